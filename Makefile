@@ -1,0 +1,46 @@
+# Two entry points for a fresh machine: `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SYSTEM_TOOLS := qemu-img:qemu-utils
+STAMP_RUN := $(VENV)/.installed-run
+STAMP_TEST := $(VENV)/.installed-test
+
+.PHONY: run test system-deps bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP_RUN): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(STAMP_TEST): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(STAMP_RUN)
+
+run: $(STAMP_RUN)
+	$(BIN)/edge-appliance serve --state-dir ./var
+
+# Installs the system tools the tests drive for real (qemu-img), or says why it cannot.
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing ) >/dev/null \
+	    || { echo "error: could not install$$missing; install them with your package manager (Debian: apt-get install$$missing)" >&2; exit 1; }; \
+	fi
+
+test: $(STAMP_TEST) system-deps
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP_TEST)
+	$(BIN)/python tests/bench/bench_transfer.py
+
+clean:
+	rm -rf $(VENV) var

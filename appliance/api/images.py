@@ -1,0 +1,128 @@
+"""Image handlers: parse the request, make one service call, shape the answer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from appliance.api import schemas
+from appliance.api.keys import IMAGES
+from appliance.api.middleware import CONTEXT
+from appliance.errors import BadRequest, UnsupportedMediaType
+
+routes = web.RouteTableDef()
+
+IMAGE_FILE_CHUNK = 1 << 20
+
+
+async def read_json(request: web.Request, media_types: tuple[str, ...] = ("application/json",)) -> Any:
+    if request.content_type not in media_types:
+        raise UnsupportedMediaType(
+            "Unsupported Content-Type %r for %s %s; expected %s" % (request.content_type, request.method, request.path, " or ".join(media_types))
+        )
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("Malformed JSON in request body: %s" % exc) from None
+
+
+def _image_response(image: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(schemas.image_to_json(image), status=status, headers=headers)
+
+
+@routes.get("/v2/images")
+async def list_images(request: web.Request) -> web.Response:
+    query = dict(request.query)  # last value wins, as in Glance, except for repeated tags
+    page = await request.app[IMAGES].list(request[CONTEXT], query, request.query.getall("tag", []))
+    query.pop("tag", None)
+    return web.json_response(schemas.images_page_to_json(page.images, query, page.next_marker))
+
+
+@routes.post("/v2/images")
+async def create_image(request: web.Request) -> web.Response:
+    service = request.app[IMAGES]
+    image = await service.create(request[CONTEXT], await read_json(request))
+    headers = {
+        "Location": "/v2/images/%s" % image.id,
+        "OpenStack-image-import-methods": "",
+        "OpenStack-image-store-ids": ",".join(service.store_names()),
+    }
+    return _image_response(image, 201, headers)
+
+
+@routes.get("/v2/images/{image_id}")
+async def show_image(request: web.Request) -> web.Response:
+    return _image_response(await request.app[IMAGES].get(request[CONTEXT], request.match_info["image_id"]))
+
+
+@routes.patch("/v2/images/{image_id}")
+async def update_image(request: web.Request) -> web.Response:
+    patch = await read_json(request, schemas.PATCH_MEDIA_TYPES)
+    image = await request.app[IMAGES].update(request[CONTEXT], request.match_info["image_id"], patch)
+    return _image_response(image)
+
+
+@routes.delete("/v2/images/{image_id}")
+async def delete_image(request: web.Request) -> web.Response:
+    await request.app[IMAGES].delete(request[CONTEXT], request.match_info["image_id"])
+    return web.Response(status=204)
+
+
+@routes.put("/v2/images/{image_id}/tags/{tag}")
+async def add_tag(request: web.Request) -> web.Response:
+    await request.app[IMAGES].add_tag(request[CONTEXT], request.match_info["image_id"], request.match_info["tag"])
+    return web.Response(status=204)
+
+
+@routes.delete("/v2/images/{image_id}/tags/{tag}")
+async def remove_tag(request: web.Request) -> web.Response:
+    await request.app[IMAGES].remove_tag(request[CONTEXT], request.match_info["image_id"], request.match_info["tag"])
+    return web.Response(status=204)
+
+
+@routes.post("/v2/images/{image_id}/actions/deactivate")
+async def deactivate(request: web.Request) -> web.Response:
+    await request.app[IMAGES].deactivate(request[CONTEXT], request.match_info["image_id"])
+    return web.Response(status=204)
+
+
+@routes.post("/v2/images/{image_id}/actions/reactivate")
+async def reactivate(request: web.Request) -> web.Response:
+    await request.app[IMAGES].reactivate(request[CONTEXT], request.match_info["image_id"])
+    return web.Response(status=204)
+
+
+@routes.put("/v2/images/{image_id}/file")
+async def upload(request: web.Request) -> web.Response:
+    if request.content_type != "application/octet-stream":
+        raise UnsupportedMediaType(
+            "Unsupported Content-Type %r for image data; send application/octet-stream" % request.content_type
+        )
+    await request.app[IMAGES].upload(
+        request[CONTEXT],
+        request.match_info["image_id"],
+        request.content.iter_any(),
+        size=request.content_length,
+        store_name=request.headers.get("X-Image-Meta-Store"),
+    )
+    return web.Response(status=204)
+
+
+@routes.get("/v2/images/{image_id}/file")
+async def download(request: web.Request) -> web.StreamResponse:
+    found = await request.app[IMAGES].open_download(request[CONTEXT], request.match_info["image_id"])
+    if found is None:
+        return web.Response(status=204)
+    headers = {"Content-Type": "application/octet-stream"}
+    if "Range" not in request.headers and found.image.checksum:
+        headers["Content-MD5"] = found.image.checksum
+    return web.FileResponse(found.path, chunk_size=IMAGE_FILE_CHUNK, headers=headers)
+
+
+@routes.get("/v2/images/{image_id}/locations")
+async def locations(request: web.Request) -> web.Response:
+    image = await request.app[IMAGES].get(request[CONTEXT], request.match_info["image_id"])
+    return web.json_response([schemas.location_to_json(loc) for loc in image.locations])

@@ -1,0 +1,95 @@
+"""Discovery and info endpoints: versions, schemas, stores, health."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from appliance.api import schema_docs, schemas
+from appliance.api.keys import CONFIG, IMAGES
+from appliance.api.middleware import CONTEXT
+from appliance.errors import NotFound
+
+routes = web.RouteTableDef()
+
+# Newest first, as Glance lists them; python-glanceclient enables cache/tasks/stores
+# commands by looking for these ids.
+CURRENT_VERSION = "2.18"
+SUPPORTED_VERSIONS = (
+    "2.17", "2.16", "2.15", "2.14", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8", "2.7", "2.6",
+    "2.5", "2.4", "2.3", "2.2", "2.1", "2.0",
+)
+
+
+def versions_document(request: web.Request) -> dict[str, object]:
+    base = "%s://%s/" % (request.scheme, request.host)
+    href = base + "v2/"
+
+    def version(v: str, status: str) -> dict[str, object]:
+        return {"id": "v%s" % v, "status": status, "links": [{"rel": "self", "href": href}]}
+
+    return {"versions": [version(CURRENT_VERSION, "CURRENT")] + [version(v, "SUPPORTED") for v in SUPPORTED_VERSIONS]}
+
+
+@routes.get("/")
+async def root(request: web.Request) -> web.Response:
+    return web.json_response(versions_document(request), status=300)
+
+
+@routes.get("/versions")
+async def versions(request: web.Request) -> web.Response:
+    return web.json_response(versions_document(request))
+
+
+@routes.get("/healthcheck")
+async def healthcheck(request: web.Request) -> web.Response:
+    return web.Response(text="OK")
+
+
+@routes.get("/v2/schemas/{name:.+}")
+async def schema(request: web.Request) -> web.Response:
+    formats = request.app[CONFIG].formats
+    docs = schema_docs.all_schemas(formats.disk_formats, formats.container_formats)
+    name = request.match_info["name"]
+    if name not in docs:
+        raise NotFound("No schema named %s" % name)
+    return web.json_response(docs[name])
+
+
+@routes.get("/v2/info/stores")
+async def stores(request: web.Request) -> web.Response:
+    service = request.app[IMAGES]
+    return web.json_response({
+        "stores": [
+            schemas.store_to_json(store.name, store.description, store.name == service.default_store, usage)
+            for store, usage in service.stores_info()
+        ]
+    })
+
+
+@routes.get("/v2/info/stores/detail")
+async def stores_detail(request: web.Request) -> web.Response:
+    service = request.app[IMAGES]
+    service.check_stores_detail(request[CONTEXT])
+    return web.json_response({
+        "stores": [
+            schemas.store_detail_to_json(
+                store.name, store.description, store.name == service.default_store, usage,
+                str(getattr(store, "path", "")),
+            )
+            for store, usage in service.stores_info()
+        ]
+    })
+
+
+@routes.get("/v2/info/import")
+async def import_info(request: web.Request) -> web.Response:
+    # The import workflow arrives with its own issue; until then no method is enabled.
+    return web.json_response({
+        "import-methods": {"description": "Import methods available.", "type": "array", "value": []}
+    })
+
+
+@routes.delete("/v2/stores/{store}/{image_id}")
+async def delete_from_store(request: web.Request) -> web.Response:
+    await request.app[IMAGES].delete_from_store(request[CONTEXT], request.match_info["store"], request.match_info["image_id"])
+    return web.Response(status=204)

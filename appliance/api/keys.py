@@ -1,0 +1,11 @@
+"""AppKeys shared by the handlers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from appliance.config import Config
+from appliance.images import ImageService
+
+CONFIG = web.AppKey("config", Config)
+IMAGES = web.AppKey("images", ImageService)

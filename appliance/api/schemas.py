@@ -1,0 +1,105 @@
+"""Wire shapes: domain records → Glance v2 JSON. The TUI may import this module."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from appliance.model import Image, Location, Task
+from appliance.stores.base import StoreUsage
+
+IMAGE_MEDIA = "application/json"
+PATCH_MEDIA_TYPES = ("application/openstack-images-v2.1-json-patch", "application/openstack-images-v2.0-json-patch")
+
+
+def image_to_json(image: Image) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": image.id,
+        "name": image.name,
+        "status": image.status,
+        "visibility": image.visibility,
+        "protected": image.protected,
+        "os_hidden": image.os_hidden,
+        "checksum": image.checksum,
+        "os_hash_algo": image.os_hash_algo,
+        "os_hash_value": image.os_hash_value,
+        "owner": image.owner,
+        "size": image.size,
+        "virtual_size": image.virtual_size,
+        "disk_format": image.disk_format,
+        "container_format": image.container_format,
+        "min_disk": image.min_disk,
+        "min_ram": image.min_ram,
+        "created_at": image.created_at,
+        "updated_at": image.updated_at,
+        "tags": list(image.tags),
+        "self": "/v2/images/%s" % image.id,
+        "file": "/v2/images/%s/file" % image.id,
+        "schema": "/v2/schemas/image",
+    }
+    # Custom properties sit beside the base attributes, as in Glance; they never shadow them.
+    for key, value in image.properties.items():
+        body.setdefault(key, value)
+    if image.locations:
+        body["stores"] = ",".join(image.stores)
+    return body
+
+
+def images_page_to_json(images: list[Image], query: dict[str, str], next_marker: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "images": [image_to_json(i) for i in images],
+        "first": "/v2/images",
+        "schema": "/v2/schemas/images",
+    }
+    if next_marker is not None:
+        params = {k: v for k, v in query.items() if k != "marker"}
+        params["marker"] = next_marker
+        body["next"] = "/v2/images?%s" % urlencode(params)
+    return body
+
+
+def location_to_json(location: Location) -> dict[str, Any]:
+    return {"url": location.url, "metadata": dict(location.metadata)}
+
+
+def task_to_json(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "type": task.type,
+        "status": task.status,
+        "owner": task.owner,
+        "input": task.input,
+        "result": task.result,
+        "message": task.message,
+        "image_id": task.image_id,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "expires_at": task.expires_at,
+        "self": "/v2/tasks/%s" % task.id,
+        "schema": "/v2/schemas/task",
+    }
+
+
+def store_to_json(name: str, description: str, default: bool, usage: StoreUsage) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": name, "description": description}
+    if default:
+        body["default"] = True
+    if usage.read_only:
+        body["read-only"] = "true"
+    return body
+
+
+def store_detail_to_json(name: str, description: str, default: bool, usage: StoreUsage, datadir: str) -> dict[str, Any]:
+    body = store_to_json(name, description, default, usage)
+    body.update({
+        "type": "file",
+        "weight": 0,
+        "properties": {
+            "datadir": datadir,
+            "total_bytes": usage.total_bytes,
+            "free_bytes": usage.free_bytes,
+            "used_bytes": usage.used_bytes,
+            "read_only_reason": usage.reason,
+        },
+    })
+    return body

@@ -1,0 +1,26 @@
+"""build_app(services) → web.Application: routes, middleware, AppKeys. No background tasks."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from appliance.api import images, info
+from appliance.api.keys import CONFIG, IMAGES
+from appliance.api.middleware import auth_middleware, error_middleware
+from appliance.services import Services
+
+# Socket read buffer per request: big reads keep the per-chunk cost of uploads low.
+READ_BUFSIZE = 1 << 22
+
+
+def build_app(services: Services) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware(services.auth)],
+        client_max_size=services.config.api.max_json_bytes,
+        handler_args={"read_bufsize": READ_BUFSIZE},
+    )
+    app[CONFIG] = services.config
+    app[IMAGES] = services.images
+    app.add_routes(info.routes)
+    app.add_routes(images.routes)
+    return app

@@ -1,0 +1,88 @@
+"""Who is calling: bearer tokens from the config mapped to (user, project, roles).
+
+No Keystone yet. With no tokens configured the daemon makes one admin token on first start
+and keeps it in `<state dir>/admin-token` (mode 0600), so a fresh site works out of the box.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.config import Config
+from appliance.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Context:
+    user: str
+    project: str
+    roles: frozenset[str]
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+LOCAL_ADMIN = Context(user="local-admin", project="admin", roles=frozenset({"admin", "member", "reader"}))
+
+
+def _read_token_file(path: Path, key: str) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError("%s: cannot read token file %s: %s" % (key, path, exc.strerror)) from exc
+    if not token:
+        raise ConfigError("%s: token file %s is empty" % (key, path))
+    return token
+
+
+def _ensure_admin_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    # O_EXCL + 0600: the token is never readable by others, not even for a moment.
+    tmp = path.with_name(path.name + ".new")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    os.replace(tmp, path)
+    log.info("auth: no tokens configured; created an admin token in %s", path)
+    return token
+
+
+class Authenticator:
+    def __init__(self, tokens: dict[str, Context]) -> None:
+        self._tokens = tokens
+
+    @classmethod
+    def from_config(cls, config: Config) -> "Authenticator":
+        tokens: dict[str, Context] = {}
+        for i, tok in enumerate(config.auth.tokens):
+            value = tok.token or _read_token_file(config.path(tok.token_file), "auth.tokens[%d].token_file" % i)
+            tokens[value] = Context(user=tok.user, project=tok.project, roles=frozenset(tok.roles))
+        if not tokens:
+            path = config.path(config.auth.admin_token_file)
+            tokens[_ensure_admin_token(path)] = LOCAL_ADMIN
+            log.info("auth: admin token is in %s", path)
+        return cls(tokens)
+
+    def authenticate(self, token: str) -> Context | None:
+        # Constant-time comparison against each configured token.
+        found = None
+        for known, ctx in self._tokens.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                found = ctx
+        return found

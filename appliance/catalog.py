@@ -1,0 +1,490 @@
+"""Catalog: the only module with SQL. aiosqlite, WAL, numbered schema migrations."""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable, Sequence
+
+import aiosqlite
+
+from appliance.errors import Conflict, NotFound
+from appliance.model import Image, ImageData, ImageId, Location, Task, TaskId
+
+log = logging.getLogger(__name__)
+
+# Each entry moves the schema one version forward; never edit a released step, add one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE images (
+        id TEXT PRIMARY KEY,
+        name TEXT,
+        status TEXT NOT NULL,
+        visibility TEXT NOT NULL,
+        protected INTEGER NOT NULL DEFAULT 0,
+        os_hidden INTEGER NOT NULL DEFAULT 0,
+        owner TEXT,
+        disk_format TEXT,
+        container_format TEXT,
+        min_disk INTEGER NOT NULL DEFAULT 0,
+        min_ram INTEGER NOT NULL DEFAULT 0,
+        size INTEGER,
+        virtual_size INTEGER,
+        checksum TEXT,
+        os_hash_algo TEXT,
+        os_hash_value TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX images_created ON images (created_at, id);
+    CREATE INDEX images_owner ON images (owner);
+    CREATE TABLE image_properties (
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (image_id, name)
+    );
+    CREATE TABLE image_tags (
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        tag TEXT NOT NULL,
+        PRIMARY KEY (image_id, tag)
+    );
+    CREATE TABLE image_locations (
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        store TEXT NOT NULL,
+        url TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'active',
+        metadata TEXT NOT NULL DEFAULT '{}',
+        position INTEGER NOT NULL,
+        PRIMARY KEY (image_id, store)
+    );
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        owner TEXT,
+        image_id TEXT,
+        input TEXT NOT NULL DEFAULT '{}',
+        result TEXT,
+        message TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        expires_at TEXT,
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        bytes_total INTEGER
+    );
+    CREATE INDEX tasks_image ON tasks (image_id);
+    """,
+)
+
+IMAGE_COLUMNS = (
+    "id", "name", "status", "visibility", "protected", "os_hidden", "owner", "disk_format",
+    "container_format", "min_disk", "min_ram", "size", "virtual_size", "checksum",
+    "os_hash_algo", "os_hash_value", "created_at", "updated_at",
+)
+# Columns a client may sort on (Glance's allowed sort keys).
+SORT_KEYS = (
+    "name", "status", "container_format", "disk_format", "size", "id", "created_at",
+    "updated_at", "visibility", "owner", "virtual_size", "min_disk", "min_ram",
+)
+INT_COLUMNS = frozenset({"size", "virtual_size", "min_disk", "min_ram"})
+BOOL_COLUMNS = frozenset({"protected", "os_hidden"})
+
+
+@dataclass(frozen=True)
+class ImageQuery:
+    """What a list request asks for; visibility rules are already folded into `scope`."""
+
+    # scope: None = everything (admin); else (project, include_community)
+    project: str | None = None
+    admin: bool = False
+    filters: tuple[tuple[str, Any], ...] = ()  # (column, value) equality on image columns
+    property_filters: tuple[tuple[str, str], ...] = ()
+    tags: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
+    visibility: str | None = None  # explicit visibility filter, or "all"
+    os_hidden: bool = False
+    size_min: int | None = None
+    size_max: int | None = None
+    sort: tuple[tuple[str, str], ...] = (("created_at", "desc"),)
+    limit: int = 25
+    marker: str | None = None
+
+
+class Catalog:
+    """Image and task records in one SQLite database."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: Path) -> AsyncIterator["Catalog"]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(str(path), isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            catalog = cls(db)
+            await catalog._migrate()
+            yield catalog
+        finally:
+            await db.close()
+
+    async def _migrate(self) -> None:
+        await self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        async with self._db.execute("SELECT version FROM schema_version") as cur:
+            row = await cur.fetchone()
+        current = row[0] if row else 0
+        if current > len(MIGRATIONS):
+            raise RuntimeError("catalog schema version %d is newer than this daemon (%d)" % (current, len(MIGRATIONS)))
+        for version in range(current, len(MIGRATIONS)):
+            log.info("catalog: migrating schema to version %d", version + 1)
+            script = "BEGIN;\n%s\nDELETE FROM schema_version;\nINSERT INTO schema_version VALUES (%d);\nCOMMIT;" % (
+                MIGRATIONS[version], version + 1)
+            await self._db.executescript(script)
+
+    async def schema_version(self) -> int:
+        async with self._db.execute("SELECT version FROM schema_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+        else:
+            await self._db.execute("COMMIT")
+
+    # -- images ---------------------------------------------------------------------------
+
+    async def create_image(self, image: Image) -> Image:
+        values = [getattr(image, c) for c in IMAGE_COLUMNS]
+        async with self._transaction() as db:
+            try:
+                await db.execute(
+                    "INSERT INTO images (%s) VALUES (%s)" % (", ".join(IMAGE_COLUMNS), ", ".join("?" * len(IMAGE_COLUMNS))),
+                    values,
+                )
+            except aiosqlite.IntegrityError as exc:
+                raise Conflict("Image with identifier %s already exists!" % image.id) from exc
+            await db.executemany(
+                "INSERT INTO image_properties (image_id, name, value) VALUES (?, ?, ?)",
+                [(image.id, k, v) for k, v in image.properties.items()],
+            )
+            await db.executemany(
+                "INSERT INTO image_tags (image_id, tag) VALUES (?, ?)", [(image.id, t) for t in image.tags]
+            )
+        return await self.get_image(image.id)
+
+    async def get_image(self, image_id: str) -> Image:
+        images = await self._load_images([image_id])
+        if not images:
+            raise NotFound("No image found with ID %s" % image_id)
+        return images[0]
+
+    async def _load_images(self, ids: Sequence[str]) -> list[Image]:
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        async with self._db.execute(
+            "SELECT %s FROM images WHERE id IN (%s)" % (", ".join(IMAGE_COLUMNS), marks), list(ids)
+        ) as cur:
+            rows = {row[0]: row for row in await cur.fetchall()}
+        props: dict[str, dict[str, str]] = {i: {} for i in rows}
+        async with self._db.execute(
+            "SELECT image_id, name, value FROM image_properties WHERE image_id IN (%s)" % marks, list(ids)
+        ) as cur:
+            for image_id, name, value in await cur.fetchall():
+                props[image_id][name] = value
+        tags: dict[str, list[str]] = {i: [] for i in rows}
+        async with self._db.execute(
+            "SELECT image_id, tag FROM image_tags WHERE image_id IN (%s) ORDER BY rowid" % marks, list(ids)
+        ) as cur:
+            for image_id, tag in await cur.fetchall():
+                tags[image_id].append(tag)
+        locs: dict[str, list[Location]] = {i: [] for i in rows}
+        async with self._db.execute(
+            "SELECT image_id, store, url, status, metadata FROM image_locations WHERE image_id IN (%s) "
+            "ORDER BY position" % marks,
+            list(ids),
+        ) as cur:
+            for image_id, store, url, status, metadata in await cur.fetchall():
+                locs[image_id].append(Location(store=store, url=url, status=status, metadata=json.loads(metadata)))
+        out = []
+        for image_id in ids:
+            row = rows.get(image_id)
+            if row is None:
+                continue
+            rec = dict(zip(IMAGE_COLUMNS, row))
+            for col in BOOL_COLUMNS:
+                rec[col] = bool(rec[col])
+            out.append(
+                Image(**rec, properties=props[image_id], tags=tuple(tags[image_id]), locations=tuple(locs[image_id]))
+            )
+        return out
+
+    async def list_images(self, query: ImageQuery) -> list[Image]:
+        where: list[str] = []
+        args: list[Any] = []
+        # Visibility: Glance's default list shows public, the caller's own, and (for admins) all.
+        if query.visibility == "community":
+            where.append("i.visibility = 'community'")
+        elif query.visibility and query.visibility != "all":
+            where.append("i.visibility = ?")
+            args.append(query.visibility)
+            if not query.admin and query.visibility in ("private", "shared"):
+                where.append("i.owner = ?")
+                args.append(query.project)
+        elif not query.admin:
+            if query.visibility == "all":
+                where.append("(i.visibility IN ('public', 'community') OR i.owner = ?)")
+            else:
+                where.append("(i.visibility = 'public' OR i.owner = ?)")
+            args.append(query.project)
+        if not query.os_hidden:
+            where.append("i.os_hidden = 0")
+        for column, value in query.filters:
+            where.append("i.%s = ?" % column)
+            args.append(value)
+        if query.ids:
+            where.append("i.id IN (%s)" % ", ".join("?" * len(query.ids)))
+            args.extend(query.ids)
+        for name, value in query.property_filters:
+            where.append("EXISTS (SELECT 1 FROM image_properties p WHERE p.image_id = i.id AND p.name = ? AND p.value = ?)")
+            args.extend([name, value])
+        for tag in query.tags:
+            where.append("EXISTS (SELECT 1 FROM image_tags t WHERE t.image_id = i.id AND t.tag = ?)")
+            args.append(tag)
+        if query.size_min is not None:
+            where.append("i.size >= ?")
+            args.append(query.size_min)
+        if query.size_max is not None:
+            where.append("i.size <= ?")
+            args.append(query.size_max)
+        sort = list(query.sort)
+        if not any(key == "id" for key, _ in sort):
+            sort.append(("id", sort[-1][1] if sort else "desc"))  # a total order, so markers are exact
+        if query.marker is not None:
+            marker_row = await self._sort_values(query.marker, [k for k, _ in sort])
+            if marker_row is None:
+                raise NotFound("marker %s not found" % query.marker)
+            where.append(_after_marker(sort, marker_row, args))
+        sql = "SELECT i.id FROM images i"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY " + ", ".join("%s %s" % (_sort_expr(k), d.upper()) for k, d in sort)
+        sql += " LIMIT ?"
+        args.append(query.limit)
+        async with self._db.execute(sql, args) as cur:
+            ids = [row[0] for row in await cur.fetchall()]
+        return await self._load_images(ids)
+
+    async def _sort_values(self, image_id: str, keys: list[str]) -> tuple[Any, ...] | None:
+        async with self._db.execute(
+            "SELECT %s FROM images i WHERE id = ?" % ", ".join(_sort_expr(k) for k in keys), [image_id]
+        ) as cur:
+            row = await cur.fetchone()
+        return tuple(row) if row else None
+
+    async def update_image(
+        self,
+        image_id: str,
+        *,
+        expect_status: Iterable[str] | None = None,
+        columns: dict[str, Any] | None = None,
+        set_properties: dict[str, str] | None = None,
+        remove_properties: Iterable[str] = (),
+        tags: Sequence[str] | None = None,
+        updated_at: str,
+    ) -> Image:
+        """Change an image in one transaction; with `expect_status`, only from those states
+        (Conflict otherwise), so concurrent requests cannot both win a state transition."""
+        cols = dict(columns or {})
+        cols["updated_at"] = updated_at
+        bad = set(cols) - set(IMAGE_COLUMNS)
+        if bad:  # pragma: no cover - programming error
+            raise ValueError(bad)
+        async with self._transaction() as db:
+            sql = "UPDATE images SET %s WHERE id = ?" % ", ".join("%s = ?" % c for c in cols)
+            args = [*cols.values(), image_id]
+            if expect_status is not None:
+                expected = list(expect_status)
+                sql += " AND status IN (%s)" % ", ".join("?" * len(expected))
+                args.extend(expected)
+            cur = await db.execute(sql, args)
+            if cur.rowcount == 0:
+                async with db.execute("SELECT status FROM images WHERE id = ?", [image_id]) as c2:
+                    row = await c2.fetchone()
+                if row is None:
+                    raise NotFound("No image found with ID %s" % image_id)
+                raise Conflict("Image %s is %s; this operation needs it to be %s" % (
+                    image_id, row[0], " or ".join(expect_status or ())))
+            for name in remove_properties:
+                await db.execute("DELETE FROM image_properties WHERE image_id = ? AND name = ?", [image_id, name])
+            if set_properties:
+                await db.executemany(
+                    "INSERT INTO image_properties (image_id, name, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (image_id, name) DO UPDATE SET value = excluded.value",
+                    [(image_id, k, v) for k, v in set_properties.items()],
+                )
+            if tags is not None:
+                await db.execute("DELETE FROM image_tags WHERE image_id = ?", [image_id])
+                await db.executemany(
+                    "INSERT OR IGNORE INTO image_tags (image_id, tag) VALUES (?, ?)", [(image_id, t) for t in tags]
+                )
+        return await self.get_image(image_id)
+
+    async def add_tag(self, image_id: str, tag: str, updated_at: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("INSERT OR IGNORE INTO image_tags (image_id, tag) VALUES (?, ?)", [image_id, tag])
+            await db.execute("UPDATE images SET updated_at = ? WHERE id = ?", [updated_at, image_id])
+
+    async def remove_tag(self, image_id: str, tag: str, updated_at: str) -> bool:
+        async with self._transaction() as db:
+            cur = await db.execute("DELETE FROM image_tags WHERE image_id = ? AND tag = ?", [image_id, tag])
+            if cur.rowcount:
+                await db.execute("UPDATE images SET updated_at = ? WHERE id = ?", [updated_at, image_id])
+            return cur.rowcount > 0
+
+    async def activate_image(
+        self, image_id: str, data: ImageData, location: Location, *, from_status: str, updated_at: str
+    ) -> Image:
+        """Record uploaded data and its first location, and turn the image active, atomically."""
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "UPDATE images SET status = 'active', size = ?, virtual_size = ?, checksum = ?, "
+                "os_hash_algo = ?, os_hash_value = ?, updated_at = ? WHERE id = ? AND status = ?",
+                [data.size, data.virtual_size, data.checksum, data.os_hash_algo, data.os_hash_value,
+                 updated_at, image_id, from_status],
+            )
+            if cur.rowcount == 0:
+                raise Conflict("Image %s changed state during the upload (deleted or reset)" % image_id)
+            await self._insert_location(db, image_id, location)
+        return await self.get_image(image_id)
+
+    async def _insert_location(self, db: aiosqlite.Connection, image_id: str, location: Location) -> None:
+        await db.execute(
+            "INSERT INTO image_locations (image_id, store, url, status, metadata, position) VALUES "
+            "(?, ?, ?, ?, ?, (SELECT COALESCE(MAX(position), 0) + 1 FROM image_locations WHERE image_id = ?)) "
+            "ON CONFLICT (image_id, store) DO UPDATE SET url = excluded.url, status = excluded.status, "
+            "metadata = excluded.metadata",
+            [image_id, location.store, location.url, location.status, json.dumps(location.metadata), image_id],
+        )
+
+    async def add_location(self, image_id: str, location: Location, updated_at: str) -> None:
+        async with self._transaction() as db:
+            await self._insert_location(db, image_id, location)
+            await db.execute("UPDATE images SET updated_at = ? WHERE id = ?", [updated_at, image_id])
+
+    async def remove_location(self, image_id: str, store: str, updated_at: str, *, keep_last: bool = True) -> None:
+        """Forget one store's copy. With keep_last, refuse to drop the only copy of an image."""
+        async with self._transaction() as db:
+            async with db.execute("SELECT store FROM image_locations WHERE image_id = ?", [image_id]) as cur:
+                stores = [r[0] for r in await cur.fetchall()]
+            if store not in stores:
+                raise NotFound("Image %s has no data in store %s" % (image_id, store))
+            if keep_last and len(stores) == 1:
+                raise Conflict("Store %s holds the only copy of image %s; delete the image instead" % (store, image_id))
+            await db.execute("DELETE FROM image_locations WHERE image_id = ? AND store = ?", [image_id, store])
+            await db.execute("UPDATE images SET updated_at = ? WHERE id = ?", [updated_at, image_id])
+
+    async def delete_image(self, image_id: str) -> None:
+        async with self._transaction() as db:
+            cur = await db.execute("DELETE FROM images WHERE id = ?", [image_id])
+            if cur.rowcount == 0:
+                raise NotFound("No image found with ID %s" % image_id)
+
+    async def images_in_status(self, status: str) -> list[ImageId]:
+        async with self._db.execute("SELECT id FROM images WHERE status = ?", [status]) as cur:
+            return [ImageId(r[0]) for r in await cur.fetchall()]
+
+    async def image_ids_in_store(self, store: str) -> set[str]:
+        async with self._db.execute("SELECT image_id FROM image_locations WHERE store = ?", [store]) as cur:
+            return {r[0] for r in await cur.fetchall()}
+
+    async def count_images(self) -> int:
+        async with self._db.execute("SELECT COUNT(*) FROM images") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    async def create_task(self, task: Task) -> Task:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO tasks (id, type, status, owner, image_id, input, result, message, created_at, "
+                "updated_at, expires_at, bytes_done, bytes_total) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [task.id, task.type, task.status, task.owner, task.image_id, json.dumps(task.input),
+                 None if task.result is None else json.dumps(task.result), task.message, task.created_at,
+                 task.updated_at, task.expires_at, task.bytes_done, task.bytes_total],
+            )
+        return await self.get_task(task.id)
+
+    async def get_task(self, task_id: str) -> Task:
+        tasks = await self._tasks("WHERE id = ?", [task_id])
+        if not tasks:
+            raise NotFound("Task with the given ID %s not found" % task_id)
+        return tasks[0]
+
+    async def list_tasks(self, image_id: str | None = None, limit: int = 100) -> list[Task]:
+        if image_id is None:
+            return await self._tasks("ORDER BY created_at DESC LIMIT ?", [limit])
+        return await self._tasks("WHERE image_id = ? ORDER BY created_at DESC LIMIT ?", [image_id, limit])
+
+    async def _tasks(self, tail: str, args: list[Any]) -> list[Task]:
+        async with self._db.execute(
+            "SELECT id, type, status, owner, image_id, input, result, message, created_at, updated_at, "
+            "expires_at, bytes_done, bytes_total FROM tasks " + tail,
+            args,
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            Task(id=TaskId(r[0]), type=r[1], status=r[2], owner=r[3], image_id=r[4], input=json.loads(r[5]),
+                 result=None if r[6] is None else json.loads(r[6]), message=r[7], created_at=r[8],
+                 updated_at=r[9], expires_at=r[10], bytes_done=r[11], bytes_total=r[12])
+            for r in rows
+        ]
+
+    async def update_task(self, task_id: str, updated_at: str, **changes: Any) -> None:
+        allowed = {"status", "result", "message", "expires_at", "bytes_done", "bytes_total"}
+        if set(changes) - allowed:  # pragma: no cover - programming error
+            raise ValueError(set(changes) - allowed)
+        if "result" in changes and changes["result"] is not None:
+            changes["result"] = json.dumps(changes["result"])
+        changes["updated_at"] = updated_at
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE tasks SET %s WHERE id = ?" % ", ".join("%s = ?" % k for k in changes),
+                [*changes.values(), task_id],
+            )
+
+
+def _sort_expr(key: str) -> str:
+    # NULLs sort as the smallest value of their kind so keyset comparisons stay well defined.
+    if key in INT_COLUMNS:
+        return "COALESCE(i.%s, -1)" % key
+    return "COALESCE(i.%s, '')" % key
+
+
+def _after_marker(sort: list[tuple[str, str]], marker: tuple[Any, ...], args: list[Any]) -> str:
+    """Keyset condition: rows strictly after the marker row in the (mixed-direction) sort order."""
+    ors = []
+    for i, (key, direction) in enumerate(sort):
+        ands = []
+        for j in range(i):
+            ands.append("%s = ?" % _sort_expr(sort[j][0]))
+            args.append(marker[j])
+        ands.append("%s %s ?" % (_sort_expr(key), "<" if direction == "desc" else ">"))
+        args.append(marker[i])
+        ors.append("(" + " AND ".join(ands) + ")")
+    return "(" + " OR ".join(ors) + ")"

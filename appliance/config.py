@@ -1,0 +1,285 @@
+"""Configuration: one TOML file, validated strictly into frozen dataclasses.
+
+Every key has a default, so an empty file (or none at all) is the embedded default config;
+`config/appliance.toml` documents the same values and a test keeps the two in step.
+Relative paths are resolved against the state directory, so several daemons can run side by
+side with nothing but `--state-dir` to tell them apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from appliance.errors import ConfigError
+from appliance.formats import CONTAINER_FORMATS, DISK_FORMATS
+
+ROLES = ("edge", "hub")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    name: str = "edge"
+    role: str = "edge"
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    host: str = "127.0.0.1"
+    port: int = 9292
+    # Relative to the state directory; "" disables the socket.
+    unix_socket: str = "appliance.sock"
+    # Largest accepted image upload (bytes); Glance's image_size_cap defaults to 1 TiB.
+    max_upload_bytes: int = 1 << 40
+    # Largest JSON request body.
+    max_json_bytes: int = 1 << 20
+    # Default and maximum page size of image lists (Glance: limit_param_default / api_limit_max).
+    default_page_size: int = 25
+    max_page_size: int = 1000
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    token: str = ""
+    token_file: str = ""
+    user: str = ""
+    project: str = ""
+    roles: tuple[str, ...] = ("member", "reader")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    # Written with a random admin token on first start when no tokens are configured.
+    admin_token_file: str = "admin-token"
+    tokens: tuple[TokenConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    name: str
+    path: str
+    thin_provisioning: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class StoresConfig:
+    default: str = "local"
+    stores: tuple[StoreConfig, ...] = (
+        StoreConfig(name="local", path="images", description="Local filesystem store"),
+    )
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    path: str = "catalog.sqlite"
+
+
+@dataclass(frozen=True)
+class FormatsConfig:
+    disk_formats: tuple[str, ...] = DISK_FORMATS
+    container_formats: tuple[str, ...] = CONTAINER_FORMATS
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: Path = Path("var")
+    site: SiteConfig = field(default_factory=SiteConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    stores: StoresConfig = field(default_factory=StoresConfig)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    formats: FormatsConfig = field(default_factory=FormatsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def path(self, value: str) -> Path:
+        """Resolve a configured path: absolute stays, relative hangs off the state dir."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.state_dir / p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: a tiny typed reader so every error names its key.
+
+
+def _check_keys(section: str, data: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            "%s: unknown key %s (allowed: %s)"
+            % (section or "top level", ", ".join(repr(k) for k in unknown), ", ".join(sorted(allowed)))
+        )
+
+
+def _typed(key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    # bool is an int subclass; refuse it where a number is meant.
+    if isinstance(value, bool) and kind is int:
+        raise ConfigError("%s: expected %s, got %r" % (key, what, value))
+    if not isinstance(value, kind):
+        raise ConfigError("%s: expected %s, got %r" % (key, what, value))
+    return value
+
+
+def _str_list(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("%s: expected a list of strings, got %r" % (key, value))
+    return tuple(value)
+
+
+def _simple_section(name: str, cls: type, data: Any) -> Any:
+    """Read a section whose fields are all str/int/bool/tuple[str]."""
+    if data is None:
+        return cls()
+    _typed(name, data, dict, "a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(name, data, set(fields))
+    values: dict[str, Any] = {}
+    defaults = cls()
+    for key, raw in data.items():
+        current = getattr(defaults, key)
+        full = "%s.%s" % (name, key)
+        if isinstance(current, bool):
+            values[key] = _typed(full, raw, bool, "true or false")
+        elif isinstance(current, int):
+            values[key] = _typed(full, raw, int, "an integer")
+        elif isinstance(current, str):
+            values[key] = _typed(full, raw, str, "a string")
+        elif isinstance(current, tuple):
+            values[key] = _str_list(full, raw)
+        else:  # pragma: no cover - only reached by a programming error
+            raise AssertionError(full)
+    return cls(**values)
+
+
+def _read_tokens(data: Any) -> tuple[TokenConfig, ...]:
+    if not isinstance(data, list):
+        raise ConfigError("auth.tokens: expected an array of tables ([[auth.tokens]])")
+    tokens = []
+    for i, item in enumerate(data):
+        name = "auth.tokens[%d]" % i
+        tok = _simple_section(name, TokenConfig, item)
+        if bool(tok.token) == bool(tok.token_file):
+            raise ConfigError("%s: set exactly one of 'token' or 'token_file'" % name)
+        if not tok.user or not tok.project:
+            raise ConfigError("%s: 'user' and 'project' are required" % name)
+        tokens.append(tok)
+    return tuple(tokens)
+
+
+def _read_auth(data: Any) -> AuthConfig:
+    if data is None:
+        return AuthConfig()
+    _typed("auth", data, dict, "a table")
+    _check_keys("auth", data, {"admin_token_file", "tokens"})
+    admin = _typed("auth.admin_token_file", data.get("admin_token_file", AuthConfig.admin_token_file), str, "a string")
+    tokens = _read_tokens(data["tokens"]) if "tokens" in data else ()
+    return AuthConfig(admin_token_file=admin, tokens=tokens)
+
+
+def _read_stores(data: Any) -> StoresConfig:
+    if data is None:
+        return StoresConfig()
+    _typed("stores", data, dict, "a table")
+    default = _typed("stores.default", data.get("default", StoresConfig.default), str, "a string")
+    stores = []
+    for name, body in data.items():
+        if name == "default":
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError("stores.%s: expected a table [stores.%s] with a 'path'" % (name, name))
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError("stores.%s: store names may hold letters, digits, '-' and '_' only" % name)
+        section = "stores.%s" % name
+        _check_keys(section, body, {"path", "thin_provisioning", "description"})
+        if "path" not in body:
+            raise ConfigError("%s.path: required" % section)
+        stores.append(
+            StoreConfig(
+                name=name,
+                path=_typed(section + ".path", body["path"], str, "a string"),
+                thin_provisioning=_typed(section + ".thin_provisioning", body.get("thin_provisioning", False), bool, "true or false"),
+                description=_typed(section + ".description", body.get("description", ""), str, "a string"),
+            )
+        )
+    if not stores:
+        stores = list(StoresConfig.stores)
+    names = [s.name for s in stores]
+    if default not in names:
+        raise ConfigError("stores.default: %r is not a configured store (configured: %s)" % (default, ", ".join(names)))
+    return StoresConfig(default=default, stores=tuple(stores))
+
+
+def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
+    """Validate a parsed TOML document into a Config."""
+    sections = {"site", "api", "auth", "stores", "catalog", "formats", "logging"}
+    _check_keys("", data, sections)
+    site = _simple_section("site", SiteConfig, data.get("site"))
+    if site.role not in ROLES:
+        raise ConfigError("site.role: must be one of %s, got %r" % (", ".join(ROLES), site.role))
+    if not site.name:
+        raise ConfigError("site.name: must not be empty")
+    api = _simple_section("api", ApiConfig, data.get("api"))
+    if not 0 <= api.port <= 65535:
+        raise ConfigError("api.port: must be 0..65535, got %d" % api.port)
+    if api.max_upload_bytes <= 0:
+        raise ConfigError("api.max_upload_bytes: must be positive")
+    if not 1 <= api.default_page_size <= api.max_page_size:
+        raise ConfigError("api.default_page_size: must be between 1 and api.max_page_size")
+    formats = _simple_section("formats", FormatsConfig, data.get("formats"))
+    for key, chosen, known in (
+        ("formats.disk_formats", formats.disk_formats, DISK_FORMATS),
+        ("formats.container_formats", formats.container_formats, CONTAINER_FORMATS),
+    ):
+        bad = [f for f in chosen if f not in known]
+        if bad:
+            raise ConfigError("%s: unknown format %s (known: %s)" % (key, ", ".join(bad), ", ".join(known)))
+        if not chosen:
+            raise ConfigError("%s: at least one format must be enabled" % key)
+    log = _simple_section("logging", LoggingConfig, data.get("logging"))
+    if log.level not in LOG_LEVELS:
+        raise ConfigError("logging.level: must be one of %s, got %r" % (", ".join(LOG_LEVELS), log.level))
+    return Config(
+        state_dir=state_dir,
+        site=site,
+        api=api,
+        auth=_read_auth(data.get("auth")),
+        stores=_read_stores(data.get("stores")),
+        catalog=_simple_section("catalog", CatalogConfig, data.get("catalog")),
+        formats=formats,
+        logging=log,
+    )
+
+
+def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """systemd's StateDirectory= sets STATE_DIRECTORY; otherwise ./var beside the checkout."""
+    return Path(environ.get("STATE_DIRECTORY", "var").split(":")[0])
+
+
+def load_config(path: Path | None, state_dir: Path | None = None, **overrides: Any) -> Config:
+    """Read and validate a config file (None: the embedded defaults).
+
+    `overrides` replace api.host / api.port after validation (the CLI flags win)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError("%s: cannot read: %s" % (path, exc.strerror)) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("%s: not valid TOML: %s" % (path, exc)) from exc
+    config = parse_config(data, (state_dir or default_state_dir()).absolute())
+    api_changes = {k: v for k, v in overrides.items() if v is not None and k in ("host", "port")}
+    if api_changes:
+        config = dataclasses.replace(config, api=dataclasses.replace(config.api, **api_changes))
+    return config

@@ -1,0 +1,106 @@
+"""Image digests: MD5 (`checksum`) and SHA-512 (`os_hash_value`) computed while streaming,
+and the one place that compares them with what an image record promises.
+
+Each hash runs on its own worker thread (hashlib releases the GIL), so on two cores the two
+digests proceed in parallel and the event loop only hands over buffers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from appliance.errors import ApplianceError
+
+HASH_ALGO = "sha512"
+# Batches in flight per stream; memory per transfer is bounded by depth x batch size.
+PIPELINE_DEPTH = 4
+
+
+class ChecksumMismatch(ApplianceError):
+    """Data does not match the size or hashes recorded for it."""
+
+    title = "Checksum Mismatch"
+
+
+@dataclass(frozen=True)
+class Digest:
+    size: int
+    checksum: str  # md5 hex
+    os_hash_value: str  # sha512 hex
+    os_hash_algo: str = HASH_ALGO
+
+
+def verify(actual: Digest, *, size: int | None, checksum: str | None, os_hash_value: str | None) -> None:
+    """Raise ChecksumMismatch unless every recorded value that is set matches."""
+    if size is not None and actual.size != size:
+        raise ChecksumMismatch("size is %d bytes, expected %d" % (actual.size, size))
+    if checksum and actual.checksum != checksum:
+        raise ChecksumMismatch("MD5 checksum %s does not match the recorded %s" % (actual.checksum, checksum))
+    if os_hash_value and actual.os_hash_value != os_hash_value:
+        raise ChecksumMismatch("SHA-512 hash does not match the recorded os_hash_value")
+
+
+class DigestSink:
+    """Consume a stream in order: `consume(batch)` (e.g. the file write) and MD5 on one thread,
+    SHA-512 on another. `feed` applies back-pressure once PIPELINE_DEPTH batches are queued."""
+
+    def __init__(self, consume: Callable[[bytes | bytearray], None] | None = None) -> None:
+        self._consume = consume
+        self._md5 = hashlib.md5()
+        self._sha = hashlib.sha512()
+        self._size = 0
+        self._first = ThreadPoolExecutor(1, thread_name_prefix="digest-md5")
+        self._second = ThreadPoolExecutor(1, thread_name_prefix="digest-sha")
+        self._pending: deque[tuple[Future[None], Future[None]]] = deque()
+
+    def _md5_step(self, batch: bytes | bytearray) -> None:
+        if self._consume is not None:
+            self._consume(batch)
+        self._md5.update(batch)
+
+    async def feed(self, batch: bytes | bytearray) -> None:
+        """Queue one batch; the caller must not modify it afterwards."""
+        if not batch:
+            return
+        self._size += len(batch)
+        self._pending.append((self._first.submit(self._md5_step, batch), self._second.submit(self._sha.update, batch)))
+        while len(self._pending) > PIPELINE_DEPTH:
+            await self._wait_oldest()
+
+    async def _wait_oldest(self) -> None:
+        a, b = self._pending[0]
+        try:
+            await asyncio.wrap_future(a)
+            await asyncio.wrap_future(b)
+        finally:
+            self._pending.popleft()
+
+    async def close(self) -> Digest:
+        """Wait for every queued batch and return the digest."""
+        try:
+            while self._pending:
+                await self._wait_oldest()
+        finally:
+            self._shutdown()
+        return Digest(size=self._size, checksum=self._md5.hexdigest(), os_hash_value=self._sha.hexdigest())
+
+    async def abort(self) -> None:
+        """Drop the stream: wait for running steps (they may hold a file), ignore their errors."""
+        while self._pending:
+            a, b = self._pending.popleft()
+            for fut in (a, b):
+                fut.cancel()
+                try:
+                    await asyncio.wrap_future(fut)
+                except (Exception, asyncio.CancelledError):
+                    pass
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._first.shutdown(wait=False)
+        self._second.shutdown(wait=False)

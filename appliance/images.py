@@ -1,0 +1,501 @@
+"""ImageService: the rules of Glance's image API (validation, policy, state transitions)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterable, AsyncIterator, Mapping, Sequence
+
+from appliance import policy
+from appliance.auth import Context
+from appliance.catalog import SORT_KEYS, Catalog, ImageQuery
+from appliance.config import Config
+from appliance.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
+from appliance.formats import FormatInspector
+from appliance.model import (
+    ACTIVE, DEACTIVATED, QUEUED, SAVING, VISIBILITIES, Image, ImageData, ImageId, Location,
+)
+from appliance.stores.base import ImageStore, StoreUsage
+
+log = logging.getLogger(__name__)
+
+# Attributes the server computes; a client setting one gets 403 as in Glance.
+READ_ONLY = frozenset({
+    "checksum", "os_hash_algo", "os_hash_value", "size", "virtual_size", "status", "created_at",
+    "updated_at", "direct_url", "self", "file", "schema", "stores",
+})
+RESERVED = frozenset({"deleted", "deleted_at", "location", "locations"})
+BASE_ATTRIBUTES = frozenset({
+    "id", "name", "visibility", "protected", "os_hidden", "owner", "disk_format",
+    "container_format", "min_disk", "min_ram", "tags",
+}) | READ_ONLY
+MAX_STRING = 255
+MAX_TAGS = 128
+JSON_PATCH_OPS = ("add", "replace", "remove")
+# List filters on image columns that take plain equality (or Glance's `in:` operator).
+COLUMN_FILTERS = ("name", "status", "visibility", "owner", "disk_format", "container_format", "id", "protected")
+LIST_PARAMS = frozenset({
+    "limit", "marker", "sort_key", "sort_dir", "sort", "tag", "os_hidden", "size_min", "size_max",
+    "member_status",
+})
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def parse_uuid(value: str, what: str = "image ID") -> str:
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError, TypeError):
+        raise BadRequest("%r is not a valid %s (expected a UUID)" % (value, what)) from None
+
+
+@dataclass(frozen=True)
+class Page:
+    images: list[Image]
+    next_marker: str | None
+
+
+@dataclass(frozen=True)
+class Download:
+    image: Image
+    path: Path
+
+
+class ImageService:
+    def __init__(self, config: Config, catalog: Catalog, stores: Mapping[str, ImageStore]) -> None:
+        self._config = config
+        self._catalog = catalog
+        self._stores = stores
+        self.default_store = config.stores.default
+
+    # -- start-up -------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Undo what a crash left: uploads that were in flight go back to queued, and store
+        files the catalog does not reference (written but never recorded) are removed."""
+        for store in self._stores.values():
+            await asyncio.to_thread(store.clean_partial)
+        for image_id in await self._catalog.images_in_status(SAVING):
+            image = await self._catalog.get_image(image_id)
+            if image.locations:
+                continue
+            await self._catalog.update_image(image_id, expect_status=[SAVING], columns={"status": QUEUED}, updated_at=now())
+            log.warning("recovery: image %s was being uploaded when the daemon stopped; it is queued again", image_id)
+        for name, store in self._stores.items():
+            known = await self._catalog.image_ids_in_store(name)
+            files = await asyncio.to_thread(store.image_files)  # type: ignore[attr-defined]
+            for orphan in sorted(files - known):
+                await store.delete(orphan)
+                log.warning("recovery: removed %s from store %s: no image records it", orphan, name)
+
+    # -- records --------------------------------------------------------------------------
+
+    async def get(self, ctx: Context, image_id: str) -> Image:
+        image = await self._catalog.get_image(parse_uuid(image_id))
+        policy.check_visible(ctx, image)
+        return image
+
+    async def create(self, ctx: Context, body: Any) -> Image:
+        if not isinstance(body, dict):
+            raise BadRequest("The request body must be a JSON object describing the image")
+        for key in body:
+            self._check_writable_key(key)
+        image_id = parse_uuid(body["id"]) if "id" in body and body["id"] is not None else str(uuid.uuid4())
+        columns: dict[str, Any] = {
+            "visibility": "shared", "protected": False, "os_hidden": False, "owner": ctx.project,
+            "name": None, "disk_format": None, "container_format": None, "min_disk": 0, "min_ram": 0,
+        }
+        props: dict[str, str] = {}
+        tags: list[str] = []
+        for key, value in body.items():
+            if key == "id":
+                continue
+            if key == "tags":
+                tags = self._validate_tags(value)
+            elif key in columns:
+                columns[key] = self._validate_attribute(ctx, key, value)
+            else:
+                props[key] = self._validate_property(key, value)
+        stamp = now()
+        image = Image(
+            id=ImageId(image_id), status=QUEUED, size=None, virtual_size=None, checksum=None,
+            os_hash_algo=None, os_hash_value=None, created_at=stamp, updated_at=stamp,
+            properties=props, tags=tuple(dict.fromkeys(tags)), **columns,
+        )
+        created = await self._catalog.create_image(image)
+        log.info("image %s created by %s/%s", image_id, ctx.project, ctx.user)
+        return created
+
+    async def list(self, ctx: Context, params: Mapping[str, str], tags: Sequence[str]) -> Page:
+        """`params`: the query string (single values); `tags`: every `tag=` value."""
+        limit = self._int_param(params, "limit", self._config.api.default_page_size, minimum=0)
+        limit = min(limit, self._config.api.max_page_size)
+        filters: list[tuple[str, Any]] = []
+        ids: tuple[str, ...] = ()
+        props: list[tuple[str, str]] = []
+        visibility = params.get("visibility")
+        if visibility is not None and visibility not in (*VISIBILITIES, "all"):
+            raise BadRequest("Invalid visibility value: %s" % visibility)
+        for key, value in params.items():
+            if key in LIST_PARAMS or key == "visibility":
+                continue
+            if key in COLUMN_FILTERS:
+                values = _split_in(key, value)
+                if key == "protected":
+                    filters.append(("protected", int(self._bool_param(key, value))))
+                elif key == "id" and len(values) > 1:
+                    ids = tuple(values)
+                elif len(values) > 1:
+                    raise BadRequest("The 'in:' operator is supported for id only here, not %s" % key)
+                else:
+                    filters.append((key, values[0]))
+            else:
+                props.append((key, value))
+        query = ImageQuery(
+            project=ctx.project,
+            admin=ctx.is_admin,
+            filters=tuple(filters),
+            property_filters=tuple(props),
+            tags=tuple(tags),
+            ids=ids,
+            visibility=visibility,
+            os_hidden=self._bool_param("os_hidden", params["os_hidden"]) if "os_hidden" in params else False,
+            size_min=self._int_param(params, "size_min", None, minimum=0),
+            size_max=self._int_param(params, "size_max", None, minimum=0),
+            sort=self._sort(params),
+            limit=limit + 1,  # one extra tells whether a next page exists
+            marker=parse_uuid(params["marker"], "marker") if "marker" in params else None,
+        )
+        images = await self._catalog.list_images(query)
+        more = len(images) > limit
+        images = images[:limit]
+        return Page(images=images, next_marker=images[-1].id if more and images else None)
+
+    async def update(self, ctx: Context, image_id: str, patch: Any) -> Image:
+        image = await self.get(ctx, image_id)
+        policy.check_modify(ctx, image)
+        if not isinstance(patch, list):
+            raise BadRequest("A JSON patch must be a JSON array of operations")
+        columns: dict[str, Any] = {}
+        set_props: dict[str, str] = {}
+        removed: set[str] = set()
+        tags: list[str] | None = None
+        current = dict(image.properties)
+        for op in patch:
+            name, key, value = self._parse_patch_op(op)
+            self._check_writable_key(key)
+            if key == "id":
+                raise Forbidden("Attribute 'id' is read-only.")
+            if key == "tags":
+                if name == "remove":
+                    raise Forbidden("Attribute 'tags' cannot be removed; set it to []")
+                tags = self._validate_tags(value)
+            elif key in BASE_ATTRIBUTES:
+                if name == "remove":
+                    raise Forbidden("Attribute '%s' is a base attribute and cannot be removed" % key)
+                columns[key] = self._validate_attribute(ctx, key, value)
+            elif name == "remove":
+                if key not in current:
+                    raise Conflict("Property %s does not exist." % key)
+                del current[key]
+                removed.add(key)
+                set_props.pop(key, None)
+            else:
+                if name == "replace" and key not in current:
+                    raise Conflict("Property %s does not exist." % key)
+                current[key] = set_props[key] = self._validate_property(key, value)
+                removed.discard(key)
+        updated = await self._catalog.update_image(
+            image.id, columns=columns, set_properties=set_props, remove_properties=removed, tags=tags, updated_at=now()
+        )
+        log.info("image %s updated (%s)", image.id, ", ".join(sorted({*columns, *set_props, *removed} | ({"tags"} if tags is not None else set()))))
+        return updated
+
+    async def delete(self, ctx: Context, image_id: str) -> None:
+        image = await self.get(ctx, image_id)
+        policy.check_modify(ctx, image)
+        if image.protected:
+            raise Forbidden("Image %s is protected and cannot be deleted." % image.id)
+        await self._catalog.delete_image(image.id)
+        for loc in image.locations:
+            store = self._stores.get(loc.store)
+            if store is not None:
+                await store.delete(image.id)
+        log.info("image %s deleted by %s/%s", image.id, ctx.project, ctx.user)
+
+    async def add_tag(self, ctx: Context, image_id: str, tag: str) -> None:
+        image = await self.get(ctx, image_id)
+        policy.check_modify(ctx, image)
+        self._validate_tags([tag])
+        if tag not in image.tags and len(image.tags) >= MAX_TAGS:
+            raise BadRequest("Maximum number of tags (%d) exceeded" % MAX_TAGS)
+        await self._catalog.add_tag(image.id, tag, now())
+
+    async def remove_tag(self, ctx: Context, image_id: str, tag: str) -> None:
+        image = await self.get(ctx, image_id)
+        policy.check_modify(ctx, image)
+        if not await self._catalog.remove_tag(image.id, tag, now()):
+            raise NotFound("Tag %s not found on image %s" % (tag, image.id))
+
+    async def deactivate(self, ctx: Context, image_id: str) -> None:
+        image = await self.get(ctx, image_id)
+        policy.check_modify(ctx, image)
+        if image.status == DEACTIVATED:
+            return
+        if image.status != ACTIVE:
+            raise Forbidden("Not allowed to deactivate image in status '%s'" % image.status)
+        await self._catalog.update_image(image.id, expect_status=[ACTIVE], columns={"status": DEACTIVATED}, updated_at=now())
+        log.info("image %s deactivated", image.id)
+
+    async def reactivate(self, ctx: Context, image_id: str) -> None:
+        image = await self.get(ctx, image_id)
+        policy.check_modify(ctx, image)
+        if image.status == ACTIVE:
+            return
+        if image.status != DEACTIVATED:
+            raise Forbidden("Not allowed to reactivate image in status '%s'" % image.status)
+        await self._catalog.update_image(image.id, expect_status=[DEACTIVATED], columns={"status": ACTIVE}, updated_at=now())
+        log.info("image %s reactivated", image.id)
+
+    # -- data -----------------------------------------------------------------------------
+
+    async def upload(
+        self, ctx: Context, image_id: str, chunks: AsyncIterable[bytes], *, size: int | None, store_name: str | None
+    ) -> Image:
+        """Plain upload (`PUT /file`): queued → saving → active, or back to queued on failure."""
+        image = await self.get(ctx, image_id)
+        policy.check_modify(ctx, image)
+        store = self._store(store_name)
+        cap = self._config.api.max_upload_bytes
+        if size is not None and size > cap:
+            raise TooLarge("Image size %d exceeds the maximum upload size of %d bytes" % (size, cap))
+        if image.status != QUEUED:
+            raise Conflict("Image %s is %s; data can only be uploaded to a queued image" % (image.id, image.status))
+        await self._catalog.update_image(image.id, expect_status=[QUEUED], columns={"status": SAVING}, updated_at=now())
+        inspector = FormatInspector(image.disk_format)
+
+        async def inspected() -> AsyncIterator[bytes]:
+            async for chunk in chunks:
+                inspector.feed(chunk)
+                yield chunk
+
+        written = False
+        try:
+            digest = await store.write(image.id, inspected(), max_size=cap)
+            written = True
+            if size is not None and digest.size != size:
+                raise BadRequest("Upload ended after %d of the %d bytes announced" % (digest.size, size))
+            found = inspector.finish()
+            data = ImageData(size=digest.size, checksum=digest.checksum, os_hash_value=digest.os_hash_value,
+                             os_hash_algo=digest.os_hash_algo, virtual_size=found.virtual_size)
+            location = Location(store=store.name, url=store.location_url(image.id), metadata={"store": store.name})
+            active = await self._catalog.activate_image(image.id, data, location, from_status=SAVING, updated_at=now())
+        except BaseException as exc:
+            if written:
+                await store.delete(image.id)
+            await self._reset_after_failed_upload(image.id, exc)
+            raise
+        log.info("image %s uploaded to store %s: %d bytes, format %s", image.id, store.name, data.size, found.format)
+        return active
+
+    async def _reset_after_failed_upload(self, image_id: ImageId, exc: BaseException) -> None:
+        # Shielded: a client that disconnects cancels the handler, but the image must not
+        # stay in `saving`.
+        async def reset() -> None:
+            try:
+                await self._catalog.update_image(image_id, expect_status=[SAVING], columns={"status": QUEUED}, updated_at=now())
+            except (NotFound, Conflict):
+                return  # deleted meanwhile
+            log.warning("image %s: upload failed (%s: %s); back to queued", image_id, type(exc).__name__, exc)
+
+        await asyncio.shield(reset())
+
+    async def open_download(self, ctx: Context, image_id: str) -> Download | None:
+        """The file to serve, or None if the image has no data yet (Glance answers 204)."""
+        image = await self.get(ctx, image_id)
+        policy.check_download(ctx, image)
+        if image.status not in (ACTIVE, DEACTIVATED) or not image.locations:
+            return None
+        for store_name in self._preferred_stores(image):
+            path = self._stores[store_name].data_path(image.id)
+            if path is not None:
+                return Download(image=image, path=path)
+        raise NotFound("Image %s has no readable data in any store of this site" % image.id)
+
+    def _preferred_stores(self, image: Image) -> list[str]:
+        names = [s for s in image.stores if s in self._stores]
+        names.sort(key=lambda s: s != self.default_store)
+        return names
+
+    # -- stores ---------------------------------------------------------------------------
+
+    def store_names(self) -> list[str]:
+        return list(self._stores)
+
+    def stores_info(self) -> list[tuple[ImageStore, StoreUsage]]:
+        return [(store, store.usage()) for store in self._stores.values()]
+
+    def check_stores_detail(self, ctx: Context) -> None:
+        policy.check_admin(ctx, "stores_info_detail")
+
+    async def delete_from_store(self, ctx: Context, store_name: str, image_id: str) -> None:
+        policy.check_admin(ctx, "delete_image_location")
+        if store_name not in self._stores:
+            raise NotFound("Unknown store %s" % store_name)
+        image = await self.get(ctx, image_id)
+        if image.status != ACTIVE:
+            raise Conflict("Image %s is %s; a store copy can be removed from an active image only" % (image.id, image.status))
+        await self._catalog.remove_location(image.id, store_name, now())
+        await self._stores[store_name].delete(image.id)
+        log.info("image %s removed from store %s", image.id, store_name)
+
+    # -- validation -----------------------------------------------------------------------
+
+    def _store(self, name: str | None) -> ImageStore:
+        name = name or self.default_store
+        store = self._stores.get(name)
+        if store is None:
+            raise BadRequest("Unknown store %r (stores of this site: %s)" % (name, ", ".join(self._stores)))
+        return store
+
+    @staticmethod
+    def _check_writable_key(key: Any) -> None:
+        if not isinstance(key, str) or not key:
+            raise BadRequest("Property names must be non-empty strings")
+        if key in READ_ONLY:
+            raise Forbidden("Attribute '%s' is read-only." % key)
+        if key in RESERVED or key.startswith("os_glance"):
+            raise Forbidden("Attribute '%s' is reserved." % key)
+        if len(key) > MAX_STRING:
+            raise BadRequest("Property name is longer than %d characters" % MAX_STRING)
+
+    def _validate_attribute(self, ctx: Context, key: str, value: Any) -> Any:
+        if key == "name":
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_STRING):
+                raise BadRequest("Invalid value for 'name': expected a string of at most %d characters" % MAX_STRING)
+            return value
+        if key in ("protected", "os_hidden"):
+            if not isinstance(value, bool):
+                raise BadRequest("Invalid value for '%s': expected true or false, got %r" % (key, value))
+            return value
+        if key in ("min_disk", "min_ram"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise BadRequest("Invalid value for '%s': expected a non-negative integer, got %r" % (key, value))
+            return value
+        if key == "visibility":
+            if value not in VISIBILITIES:
+                raise BadRequest("Invalid value for 'visibility': %r (allowed: %s)" % (value, ", ".join(VISIBILITIES)))
+            policy.check_visibility_change(ctx, value)
+            return value
+        if key == "owner":
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_STRING):
+                raise BadRequest("Invalid value for 'owner'")
+            if value != ctx.project:
+                policy.check_owner_change(ctx)
+            return value
+        if key in ("disk_format", "container_format"):
+            enabled = self._config.formats.disk_formats if key == "disk_format" else self._config.formats.container_formats
+            if value is not None and value not in enabled:
+                raise BadRequest("Invalid value '%s' for '%s': enabled values are %s" % (value, key, ", ".join(enabled)))
+            return value
+        raise AssertionError(key)  # pragma: no cover
+
+    @staticmethod
+    def _validate_property(key: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise BadRequest("Invalid value for property '%s': custom properties must be strings, got %r" % (key, value))
+        if len(value) > 65535:
+            raise BadRequest("Value of property '%s' is too long" % key)
+        return value
+
+    @staticmethod
+    def _validate_tags(value: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+            raise BadRequest("Invalid value for 'tags': expected a list of strings")
+        for tag in value:
+            if not tag or len(tag) > MAX_STRING:
+                raise BadRequest("Invalid tag %r: tags are 1 to %d characters" % (tag, MAX_STRING))
+        if len(set(value)) > MAX_TAGS:
+            raise BadRequest("Maximum number of tags (%d) exceeded" % MAX_TAGS)
+        return value
+
+    @staticmethod
+    def _parse_patch_op(op: Any) -> tuple[str, str, Any]:
+        if not isinstance(op, dict):
+            raise BadRequest("Each JSON patch operation must be an object with 'op' and 'path'")
+        name = op.get("op")
+        if name not in JSON_PATCH_OPS:
+            raise BadRequest("Unsupported JSON patch operation %r (supported: %s)" % (name, ", ".join(JSON_PATCH_OPS)))
+        path = op.get("path")
+        if not isinstance(path, str) or not path.startswith("/") or len(path) < 2:
+            raise BadRequest("Invalid JSON pointer %r in patch: it must look like '/name'" % (path,))
+        parts = path[1:].split("/")
+        if len(parts) != 1:
+            raise BadRequest("Invalid path %r: nested paths are not supported (only '/<attribute>')" % path)
+        key = parts[0].replace("~1", "/").replace("~0", "~")
+        allowed = {"op", "path", "value"} if name != "remove" else {"op", "path"}
+        extra = set(op) - allowed
+        if extra:
+            raise BadRequest("Unexpected member(s) %s in '%s' operation" % (", ".join(sorted(extra)), name))
+        if name != "remove" and "value" not in op:
+            raise BadRequest("Operation '%s' on %s needs a 'value'" % (name, path))
+        return name, key, op.get("value")
+
+    @staticmethod
+    def _int_param(params: Mapping[str, str], key: str, default: int | None, minimum: int) -> Any:
+        if key not in params:
+            return default
+        try:
+            value = int(params[key])
+        except ValueError:
+            raise BadRequest("%s must be an integer, got %r" % (key, params[key])) from None
+        if value < minimum:
+            raise BadRequest("%s must be >= %d" % (key, minimum))
+        return value
+
+    @staticmethod
+    def _bool_param(key: str, value: str) -> bool:
+        low = value.lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise BadRequest("%s must be true or false, got %r" % (key, value))
+
+    @staticmethod
+    def _sort(params: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        def check(key: str, direction: str) -> tuple[str, str]:
+            if key not in SORT_KEYS:
+                raise BadRequest("Invalid sort key: %s (allowed: %s)" % (key, ", ".join(SORT_KEYS)))
+            if direction not in ("asc", "desc"):
+                raise BadRequest("Invalid sort direction: %s" % direction)
+            return key, direction
+
+        if "sort" in params:
+            if "sort_key" in params or "sort_dir" in params:
+                raise BadRequest("The 'sort' parameter cannot be combined with sort_key/sort_dir")
+            out = []
+            for part in params["sort"].split(","):
+                key, _, direction = part.strip().partition(":")
+                out.append(check(key, direction or "desc"))
+            return tuple(out)
+        keys = [k for k in params.get("sort_key", "created_at").split(",") if k]
+        dirs = [d for d in params.get("sort_dir", "desc").split(",") if d]
+        if len(dirs) > 1 and len(dirs) != len(keys):
+            raise BadRequest("Number of sort_dir values must match the number of sort_key values")
+        return tuple(check(k, dirs[i] if len(dirs) > 1 else dirs[0]) for i, k in enumerate(keys))
+
+
+def _split_in(key: str, value: str) -> list[str]:
+    if value.startswith("in:"):
+        items = [v.strip().strip('"') for v in value[3:].split(",") if v.strip()]
+        if not items:
+            raise BadRequest("Empty 'in:' list for %s" % key)
+        return items
+    return [value]

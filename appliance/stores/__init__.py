@@ -1,0 +1,1 @@
+"""Image stores: each owns the bytes of the images it holds."""

@@ -1,0 +1,254 @@
+"""Filesystem store: one file per image, written as temp file → fsync → rename.
+
+A partial file lives only under `.partial/` and never under an image's name, so a crash at
+any point leaves either the old state or the complete new file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import AsyncIterable, Callable
+
+from appliance.digest import Digest, DigestSink
+from appliance.errors import StorageFull, StoreReadOnly, TooLarge
+from appliance.stores.base import StoreUsage
+
+log = logging.getLogger(__name__)
+
+PARTIAL_DIR = ".partial"
+# Bytes handed to the worker threads at a time: large enough to amortise the hand-over,
+# small enough that PIPELINE_DEPTH of them stay a few MiB per transfer.
+BATCH_BYTES = 1 << 20
+# Granularity of zero-run detection for thin provisioning (a typical filesystem block multiple).
+ZERO_BLOCK = 64 << 10
+_ZEROS = bytes(ZERO_BLOCK)
+# Start writeback every so often so the final fsync does not wait for the whole image.
+WRITEBACK_EVERY = 64 << 20
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+
+    def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+        fn(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)  # advisory; errors are harmless
+
+    return start_writeback
+
+
+_start_writeback = _load_sync_file_range()
+
+
+class _FileWriter:
+    """Runs on a digest worker thread: appends batches to a file, skipping zero runs if thin."""
+
+    def __init__(self, fd: int, thin: bool) -> None:
+        self.fd = fd
+        self.thin = thin
+        self.offset = 0
+        self._flushed = 0
+
+    def write(self, batch: bytes | bytearray) -> None:
+        view = memoryview(batch)
+        if self.thin:
+            self._write_sparse(view)
+        else:
+            self._write_all(view, self.offset)
+        self.offset += len(view)
+        if _start_writeback is not None and self.offset - self._flushed >= WRITEBACK_EVERY:
+            _start_writeback(self.fd, self._flushed, self.offset - self._flushed)
+            self._flushed = self.offset
+
+    def _write_all(self, view: memoryview, offset: int) -> None:
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view = view[n:]
+            offset += n
+
+    def _write_sparse(self, view: memoryview) -> None:
+        start = None  # start of the current run of non-zero blocks
+        for pos in range(0, len(view), ZERO_BLOCK):
+            block = view[pos:pos + ZERO_BLOCK]
+            is_zero = block == _ZEROS[:len(block)]
+            if is_zero and start is not None:
+                self._write_all(view[start:pos], self.offset + start)
+                start = None
+            elif not is_zero and start is None:
+                start = pos
+        if start is not None:
+            self._write_all(view[start:], self.offset + start)
+
+    def finish(self) -> None:
+        # Trailing zero runs were skipped: extend the file to its full length (a hole).
+        os.ftruncate(self.fd, self.offset)
+        os.fsync(self.fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FilesystemStore:
+    def __init__(self, name: str, path: Path, *, thin_provisioning: bool = False, description: str = "") -> None:
+        self.name = name
+        self.path = path
+        self.thin_provisioning = thin_provisioning
+        self.description = description
+        self._partial = path / PARTIAL_DIR
+
+    def prepare(self) -> None:
+        """Create the directories if possible; a failure leaves the store read-only, not fatal."""
+        try:
+            self._partial.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("store %s: cannot create %s: %s; the store is read-only", self.name, self._partial, exc.strerror)
+
+    def read_only_reason(self) -> str:
+        if not self.path.is_dir():
+            return "directory %s does not exist" % self.path
+        try:
+            if os.statvfs(self.path).f_flag & os.ST_RDONLY:
+                return "filesystem of %s is mounted read-only" % self.path
+        except OSError as exc:
+            return "cannot stat %s: %s" % (self.path, exc.strerror)
+        if not os.access(self.path, os.W_OK) or not os.access(self._partial, os.W_OK):
+            return "directory %s is not writable" % self.path
+        return ""
+
+    def usage(self) -> StoreUsage:
+        reason = self.read_only_reason()
+        total = free = used = 0
+        try:
+            st = os.statvfs(self.path)
+            total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+            with os.scandir(self.path) as it:
+                for entry in it:
+                    if entry.is_file(follow_symlinks=False):
+                        used += entry.stat(follow_symlinks=False).st_blocks * 512
+        except OSError:
+            pass
+        return StoreUsage(self.name, total, free, used, bool(reason), reason)
+
+    def location_url(self, image_id: str) -> str:
+        return "file://%s" % (self.path.absolute() / image_id)
+
+    def data_path(self, image_id: str) -> Path | None:
+        p = self.path / image_id
+        return p if p.is_file() else None
+
+    async def write(
+        self,
+        image_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_size: int,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Digest:
+        """Stream `chunks` into the store under `image_id`. Returns the digest of what was
+        written; on any error (including the source raising) nothing is left behind."""
+        reason = self.read_only_reason()
+        if reason:
+            raise StoreReadOnly("Store %s is read-only: %s" % (self.name, reason))
+        tmp = self._partial / ("%s.%s" % (image_id, secrets.token_hex(4)))
+        try:
+            fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except OSError as exc:
+            raise self._error(exc) from exc
+        writer = _FileWriter(fd, self.thin_provisioning)
+        sink = DigestSink(writer.write)
+        committed = False
+        try:
+            total = 0
+            batch = bytearray()
+            async for chunk in chunks:
+                total += len(chunk)
+                if total > max_size:
+                    raise TooLarge("Image exceeds the maximum upload size of %d bytes" % max_size)
+                batch += chunk
+                if len(batch) >= BATCH_BYTES:
+                    await sink.feed(batch)
+                    batch = bytearray()
+                    if on_progress is not None:
+                        on_progress(total)
+            await sink.feed(batch)
+            digest = await sink.close()
+            await asyncio.to_thread(self._commit, writer, tmp, self.path / image_id)
+            committed = True
+            if on_progress is not None:
+                on_progress(total)
+            log.info("store %s: wrote image %s (%d bytes)", self.name, image_id, digest.size)
+            return digest
+        except OSError as exc:
+            raise self._error(exc) from exc
+        finally:
+            if not committed:
+                await sink.abort()
+                await asyncio.to_thread(self._discard, writer, tmp)
+
+    def _commit(self, writer: _FileWriter, tmp: Path, final: Path) -> None:
+        writer.finish()
+        os.close(writer.fd)
+        writer.fd = -1
+        os.replace(tmp, final)
+        _fsync_dir(self.path)
+
+    @staticmethod
+    def _discard(writer: _FileWriter, tmp: Path) -> None:
+        if writer.fd >= 0:
+            os.close(writer.fd)
+            writer.fd = -1
+        tmp.unlink(missing_ok=True)
+
+    def _error(self, exc: OSError) -> Exception:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StorageFull("Store %s is full: %s" % (self.name, exc.strerror))
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return StoreReadOnly("Store %s refused the write: %s" % (self.name, exc.strerror))
+        return exc
+
+    async def delete(self, image_id: str) -> bool:
+        def unlink() -> bool:
+            try:
+                (self.path / image_id).unlink()
+            except FileNotFoundError:
+                return False
+            return True
+
+        return await asyncio.to_thread(unlink)
+
+    def clean_partial(self) -> int:
+        """Remove leftovers of interrupted writes (called at start, before serving)."""
+        removed = 0
+        try:
+            with os.scandir(self._partial) as it:
+                for entry in it:
+                    os.unlink(entry.path)
+                    removed += 1
+        except FileNotFoundError:
+            pass
+        if removed:
+            log.info("store %s: removed %d partial file(s) of interrupted writes", self.name, removed)
+        return removed
+
+    def image_files(self) -> set[str]:
+        try:
+            with os.scandir(self.path) as it:
+                return {e.name for e in it if e.is_file(follow_symlinks=False) and not e.name.startswith(".")}
+        except FileNotFoundError:
+            return set()

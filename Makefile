@@ -6,7 +6,7 @@ SYSTEM_TOOLS := qemu-img:qemu-utils
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test system-deps bench clean
+.PHONY: run test system-deps install-tools bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,7 +25,10 @@ run: $(STAMP_RUN)
 
 # Installs the system tools the tests drive for real (qemu-img), or says why it cannot.
 system-deps:
-	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	@$(MAKE) -s install-tools TOOLS="$(SYSTEM_TOOLS)"
+
+install-tools:
+	@missing=""; for pair in $(TOOLS); do \
 	  tool=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
@@ -39,7 +42,9 @@ system-deps:
 test: $(STAMP_TEST) system-deps
 	$(BIN)/python -m pytest -q tests
 
+# Benchmarks are not tests: they print figures and ratios to baselines from the same run.
 bench: $(STAMP_TEST)
+	@$(MAKE) -s install-tools TOOLS="$(SYSTEM_TOOLS) nginx:nginx-light curl:curl"
 	$(BIN)/python tests/bench/bench_transfer.py
 
 clean:

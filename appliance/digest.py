@@ -12,7 +12,9 @@ import hashlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence, Union
+
+Buffer = Union[bytes, bytearray, memoryview]
 
 from appliance.errors import ApplianceError
 
@@ -49,7 +51,7 @@ class DigestSink:
     """Consume a stream in order: `consume(batch)` (e.g. the file write) and MD5 on one thread,
     SHA-512 on another. `feed` applies back-pressure once PIPELINE_DEPTH batches are queued."""
 
-    def __init__(self, consume: Callable[[bytes | bytearray], None] | None = None) -> None:
+    def __init__(self, consume: Callable[[Sequence[Buffer]], None] | None = None) -> None:
         self._consume = consume
         self._md5 = hashlib.md5()
         self._sha = hashlib.sha512()
@@ -58,17 +60,26 @@ class DigestSink:
         self._second = ThreadPoolExecutor(1, thread_name_prefix="digest-sha")
         self._pending: deque[tuple[Future[None], Future[None]]] = deque()
 
-    def _md5_step(self, batch: bytes | bytearray) -> None:
+    def _md5_step(self, batch: Sequence[Buffer]) -> None:
         if self._consume is not None:
             self._consume(batch)
-        self._md5.update(batch)
+        update = self._md5.update
+        for piece in batch:
+            update(piece)
 
-    async def feed(self, batch: bytes | bytearray) -> None:
-        """Queue one batch; the caller must not modify it afterwards."""
-        if not batch:
+    def _sha_step(self, batch: Sequence[Buffer]) -> None:
+        update = self._sha.update
+        for piece in batch:
+            update(piece)
+
+    async def feed(self, batch: Sequence[Buffer]) -> None:
+        """Queue one batch (a list of buffers, hashed in order, never joined: no copy);
+        the caller must not modify the buffers afterwards."""
+        size = sum(len(piece) for piece in batch)
+        if not size:
             return
-        self._size += len(batch)
-        self._pending.append((self._first.submit(self._md5_step, batch), self._second.submit(self._sha.update, batch)))
+        self._size += size
+        self._pending.append((self._first.submit(self._md5_step, batch), self._second.submit(self._sha_step, batch)))
         while len(self._pending) > PIPELINE_DEPTH:
             await self._wait_oldest()
 

@@ -13,9 +13,9 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import AsyncIterable, Callable
+from typing import AsyncIterable, Callable, Sequence
 
-from appliance.digest import Digest, DigestSink
+from appliance.digest import Buffer, Digest, DigestSink
 from appliance.errors import StorageFull, StoreReadOnly, TooLarge
 from appliance.stores.base import StoreUsage
 
@@ -60,13 +60,13 @@ class _FileWriter:
         self.offset = 0
         self._flushed = 0
 
-    def write(self, batch: bytes | bytearray) -> None:
-        view = memoryview(batch)
-        if self.thin:
-            self._write_sparse(view)
-        else:
-            self._write_all(view, self.offset)
-        self.offset += len(view)
+    def write(self, batch: Sequence[Buffer]) -> None:
+        for piece in batch:
+            if self.thin:
+                self._write_sparse(piece)
+            else:
+                self._write_all(memoryview(piece), self.offset)
+            self.offset += len(piece)
         if _start_writeback is not None and self.offset - self._flushed >= WRITEBACK_EVERY:
             _start_writeback(self.fd, self._flushed, self.offset - self._flushed)
             self._flushed = self.offset
@@ -77,10 +77,14 @@ class _FileWriter:
             view = view[n:]
             offset += n
 
-    def _write_sparse(self, view: memoryview) -> None:
+    def _write_sparse(self, piece: Buffer) -> None:
+        # Compare slices of the bytes object itself: memoryview equality is element-wise and
+        # ~50x slower than the memcmp a bytes comparison does.
+        data = piece if not isinstance(piece, memoryview) else piece.tobytes()
+        view = memoryview(data)
         start = None  # start of the current run of non-zero blocks
-        for pos in range(0, len(view), ZERO_BLOCK):
-            block = view[pos:pos + ZERO_BLOCK]
+        for pos in range(0, len(data), ZERO_BLOCK):
+            block = data[pos:pos + ZERO_BLOCK]
             is_zero = block == _ZEROS[:len(block)]
             if is_zero and start is not None:
                 self._write_all(view[start:pos], self.offset + start)
@@ -175,15 +179,17 @@ class FilesystemStore:
         committed = False
         try:
             total = 0
-            batch = bytearray()
+            batch: list[bytes] = []
+            batched = 0
             async for chunk in chunks:
                 total += len(chunk)
                 if total > max_size:
                     raise TooLarge("Image exceeds the maximum upload size of %d bytes" % max_size)
-                batch += chunk
-                if len(batch) >= BATCH_BYTES:
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= BATCH_BYTES:
                     await sink.feed(batch)
-                    batch = bytearray()
+                    batch, batched = [], 0
                     if on_progress is not None:
                         on_progress(total)
             await sink.feed(batch)

@@ -1,0 +1,165 @@
+"""Upload/download benchmark for a 1 GiB random image (a benchmark, not a test).
+
+Prints, for the same file in the same run:
+  * upload throughput through `PUT /v2/images/{id}/file` (curl), beside the baseline of
+    `sha512sum` + `md5sum` over the same file (the hashing any upload must do);
+  * download throughput of `GET /v2/images/{id}/file` (curl), beside nginx (sendfile) serving
+    the very file the daemon stored;
+  * the daemon's peak RSS (VmHWM) after the upload and after the downloads.
+
+Usage: python tests/bench/bench_transfer.py [--size-mib 1024] [--runs 3] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
+
+
+def timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def curl_speed(args: list[str]) -> float:
+    """Run curl and return (bytes/s) as curl measured it, failing on an HTTP error."""
+    out = run(["curl", "-sS", "--fail", "-w", "%{speed_upload} %{speed_download}", *args]).stdout.split()
+    up, down = float(out[-2]), float(out[-1])
+    return max(up, down)
+
+
+def peak_rss_mib(pid: int) -> float:
+    status = Path("/proc/%d/status" % pid).read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def start_daemon(state: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    log = open(state / "daemon.log", "wb")
+    proc = subprocess.Popen(
+        [str(BIN / "edge-appliance"), "serve", "--state-dir", str(state), "--host", "127.0.0.1", "--port", "0"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = (state / "daemon.log").read_text()
+        m = re.search(r"serving the Image API on http://127\.0\.0\.1:(\d+)", text)
+        if m and "ready;" in text:
+            return proc, "http://127.0.0.1:%s" % m.group(1), (state / "admin-token").read_text().strip()
+        if proc.poll() is not None:
+            raise SystemExit("daemon exited:\n" + text)
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("daemon did not start")
+
+
+def start_nginx(root: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(nginx):
+        raise SystemExit("nginx is needed for the download baseline: run `make bench` (installs nginx-light)")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = work / "nginx.conf"
+    conf.write_text(
+        """daemon off; worker_processes 1; %(user)s pid %(w)s/nginx.pid; error_log %(w)s/nginx.err;
+events { worker_connections 64; }
+http { access_log off; sendfile on; tcp_nopush on; client_body_temp_path %(w)s/cb;
+  proxy_temp_path %(w)s/p; fastcgi_temp_path %(w)s/f; uwsgi_temp_path %(w)s/u; scgi_temp_path %(w)s/s;
+  server { listen 127.0.0.1:%(p)d; root %(r)s; } }
+""" % {"w": work, "p": port, "r": root, "user": "user root;" if os.getuid() == 0 else ""}
+    )
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(work)])
+    time.sleep(0.5)
+    return proc, "http://127.0.0.1:%d" % port
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-", dir=args.workdir))
+    try:
+        image = work / "image.raw"
+        with open(image, "wb") as fh:
+            for _ in range(args.size_mib):
+                fh.write(os.urandom(1 << 20))
+        size = image.stat().st_size
+        mb = size / 1e6
+        print("image: %d MiB of random bytes, %d runs each, best run reported" % (args.size_mib, args.runs))
+
+        timed(["cat", str(image)])  # warm the page cache for everyone
+        base_up = min(timed(["sha512sum", str(image)]) + timed(["md5sum", str(image)]) for _ in range(args.runs))
+
+        state = work / "state"
+        state.mkdir()
+        proc, url, token = start_daemon(state)
+        auth = ["-H", "X-Auth-Token: " + token]
+        up_speeds = []
+        image_id = ""
+        for _ in range(args.runs):
+            if image_id:
+                run(["curl", "-sS", "--fail", "-X", "DELETE", *auth, "%s/v2/images/%s" % (url, image_id)])
+            created = json.loads(run([
+                "curl", "-sS", "--fail", *auth, "-H", "Content-Type: application/json",
+                "-d", '{"name": "bench", "disk_format": "raw", "container_format": "bare"}', url + "/v2/images",
+            ]).stdout)
+            image_id = created["id"]
+            up_speeds.append(curl_speed([
+                *auth, "-H", "Content-Type: application/octet-stream", "-T", str(image),
+                "%s/v2/images/%s/file" % (url, image_id),
+            ]))
+        rss_upload = peak_rss_mib(proc.pid)
+        shown = json.loads(run(["curl", "-sS", "--fail", *auth, "%s/v2/images/%s" % (url, image_id)]).stdout)
+        stored = state / "images" / image_id
+        assert shown["status"] == "active" and stored.stat().st_size == size
+
+        ngx, ngx_url = start_nginx(stored.parent, work)
+        try:
+            file_url = "%s/v2/images/%s/file" % (url, image_id)
+            down, base_down = [], []
+            for _ in range(args.runs):  # interleaved so both see the same machine state
+                down.append(curl_speed([*auth, "-o", "/dev/null", file_url]))
+                base_down.append(curl_speed(["-o", "/dev/null", "%s/%s" % (ngx_url, image_id)]))
+        finally:
+            ngx.terminate()
+            ngx.wait(10)
+        rss_all = peak_rss_mib(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+        up = max(up_speeds) / 1e6
+        dn, bdn = max(down) / 1e6, max(base_down) / 1e6
+        print("upload   : %8.1f MB/s   baseline sha512sum+md5sum: %8.1f MB/s   ratio %.2fx   (target >= 300 MB/s)"
+              % (up, mb / base_up, up / (mb / base_up)))
+        print("download : %8.1f MB/s   baseline nginx sendfile  : %8.1f MB/s   ratio %.2fx   (target >= 0.90x)"
+              % (dn, bdn, dn / bdn))
+        print("peak RSS : %8.1f MiB after uploads, %.1f MiB after downloads   (target < 150 MiB)" % (rss_upload, rss_all))
+        print("all upload runs (MB/s): %s" % ", ".join("%.1f" % (s / 1e6) for s in up_speeds))
+        print("all download runs (MB/s): daemon %s | nginx %s" % (
+            ", ".join("%.0f" % (s / 1e6) for s in down), ", ".join("%.0f" % (s / 1e6) for s in base_down)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -99,7 +99,7 @@ class _Header:
 class _Window:
     """Stream bytes [start, end) collected as they pass, for structures beyond the head."""
 
-    __slots__ = ("start", "end", "buf")
+    __slots__ = ("buf", "end", "start")
 
     def __init__(self, start: int, end: int) -> None:
         self.start = start
@@ -125,9 +125,7 @@ class FormatInspector:
 
     def __init__(self, claimed_disk_format: str | None) -> None:
         if claimed_disk_format is not None and claimed_disk_format not in DISK_FORMATS:
-            raise FormatRejected(
-                f'disk_format "{claimed_disk_format}" is not one of: {", ".join(DISK_FORMATS)}'
-            )
+            raise FormatRejected(f'disk_format "{claimed_disk_format}" is not one of: {", ".join(DISK_FORMATS)}')
         self._claim = claimed_disk_format
         self._size = 0
         self._head = bytearray()
@@ -347,7 +345,7 @@ def _parse_qcow2(head: bytearray, complete: bool) -> _Header | None:
         return None
     if backing_offset:
         end = backing_offset + min(backing_size, _QCOW2_MAX_NAME)
-        name = _quoted(head[backing_offset:end]) if 0 < backing_size and end <= len(head) else ""
+        name = _quoted(head[backing_offset:end]) if backing_size > 0 and end <= len(head) else ""
         raise FormatRejected(f"qcow2 image has a backing file{name}; {_HOST_FILES}")
     extensions_start, incompatible = _QCOW2_V2_HEADER, 0
     if version == 3:
@@ -421,15 +419,15 @@ def _parse_vmdk(head: bytearray, complete: bool) -> _Header | None:
     extents = _VMDK_EXTENT.findall(text)
     if len(extents) > 1 or any(kind != "SPARSE" for kind in extents):
         raise FormatRejected(
-            f"VMDK descriptor lists {len(extents)} extent(s) beyond the image itself; "
-            "only single-file images are accepted"
+            f"VMDK descriptor lists extents of type {', '.join(extents)}; "
+            "only single-file images with one SPARSE extent are accepted"
         )
     return _Header(capacity * 512)
 
 
 def _vhd_footer(footer: bytes | bytearray) -> int:
-    current_size, = struct.unpack_from(">Q", footer, 48)
-    disk_type, = struct.unpack_from(">I", footer, 60)
+    current_size: int = struct.unpack_from(">Q", footer, 48)[0]
+    disk_type: int = struct.unpack_from(">I", footer, 60)[0]
     if disk_type == _VHD_DIFFERENCING:
         raise FormatRejected(f"VHD image is a differencing disk, which depends on a parent file; {_HOST_FILES}")
     return current_size
@@ -468,7 +466,11 @@ def _vhdx_metadata(buf: bytearray, truncated: bool) -> int:
     if buf[:8] != b"metadata":
         raise FormatRejected("VHDX image is corrupt: its metadata table is invalid")
     count = struct.unpack_from("<H", buf, 10)[0]
-    if count > _VHDX_MAX_ENTRIES or 32 + 32 * count > len(buf):
+    if count > _VHDX_MAX_ENTRIES:
+        raise FormatRejected("VHDX image is corrupt: its metadata table is invalid")
+    if 32 + 32 * count > len(buf):
+        if truncated:
+            raise FormatRejected("VHDX image is truncated: its metadata region is incomplete")
         raise FormatRejected("VHDX image is corrupt: its metadata table is invalid")
     size: int | None = None
     has_parent, has_parameters = False, False

@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator, Iterable, Sequence
 
 import aiosqlite
 
-from appliance.errors import Conflict, NotFound
+from appliance.errors import Conflict, Forbidden, NotFound
 from appliance.model import Image, ImageData, ImageId, Location, Task, TaskId
 
 log = logging.getLogger(__name__)
@@ -251,8 +251,9 @@ class Catalog:
             else:
                 where.append("(i.visibility = 'public' OR i.owner = ?)")
             args.append(query.project)
-        if not query.os_hidden:
-            where.append("i.os_hidden = 0")
+        # Glance: by default hidden images are left out; os_hidden=true lists only them.
+        where.append("i.os_hidden = ?")
+        args.append(int(query.os_hidden))
         for column, value in query.filters:
             where.append("i.%s = ?" % column)
             args.append(value)
@@ -394,7 +395,9 @@ class Catalog:
             if store not in stores:
                 raise NotFound("Image %s has no data in store %s" % (image_id, store))
             if keep_last and len(stores) == 1:
-                raise Conflict("Store %s holds the only copy of image %s; delete the image instead" % (store, image_id))
+                # Glance answers 403 here; the message says what to do instead.
+                raise Forbidden("Cannot delete image data from the only store containing it: store %s holds the only "
+                                "copy of image %s; delete the image instead" % (store, image_id))
             await db.execute("DELETE FROM image_locations WHERE image_id = ? AND store = ?", [image_id, store])
             await db.execute("UPDATE images SET updated_at = ? WHERE id = ?", [updated_at, image_id])
 

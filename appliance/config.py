@@ -86,6 +86,43 @@ class FormatsConfig:
     container_formats: tuple[str, ...] = CONTAINER_FORMATS
 
 
+IMPORT_METHODS = ("glance-direct", "web-download", "copy-image")
+IMPORT_PLUGINS = ("image_decompression", "image_conversion", "inject_image_metadata")
+
+
+@dataclass(frozen=True)
+class UriFilterSettings:
+    allowed_schemes: tuple[str, ...] = ("http", "https")
+    disallowed_schemes: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    disallowed_hosts: tuple[str, ...] = ()
+    allowed_ports: tuple[int, ...] = (80, 443)
+    disallowed_ports: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    enabled_methods: tuple[str, ...] = IMPORT_METHODS
+    # Glance's image_import_plugins: run in this order, one after the other.
+    plugins: tuple[str, ...] = ()
+    # Where glance-direct data is staged and imports do their work (relative: state dir).
+    staging_dir: str = "staging"
+    # A Glance glance-image-import.conf to take plugins and their options from ("": none).
+    glance_conf: str = ""
+    # image_decompression limits: output size and expansion ratio (decompression bombs).
+    max_decompressed_bytes: int = 1 << 40
+    max_expansion_ratio: int = 1000
+    # image_conversion
+    output_format: str = "raw"
+    # inject_image_metadata
+    inject: tuple[tuple[str, str], ...] = ()
+    ignore_user_roles: tuple[str, ...] = ("admin",)
+    # web-download
+    max_download_bytes: int = 1 << 40
+    download_idle_timeout: int = 60
+    uri_filter: UriFilterSettings = field(default_factory=UriFilterSettings)
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
@@ -100,6 +137,7 @@ class Config:
     stores: StoresConfig = field(default_factory=StoresConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     formats: FormatsConfig = field(default_factory=FormatsConfig)
+    imports: ImportConfig = field(default_factory=ImportConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def path(self, value: str) -> Path:
@@ -159,6 +197,110 @@ def _simple_section(name: str, cls: type, data: Any) -> Any:
         else:  # pragma: no cover - only reached by a programming error
             raise AssertionError(full)
     return cls(**values)
+
+
+def _int_list(key: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError("%s: expected a list of integers, got %r" % (key, value))
+    bad = [v for v in value if not 0 <= v <= 65535]
+    if bad:
+        raise ConfigError("%s: ports must be 0..65535, got %s" % (key, bad))
+    return tuple(value)
+
+
+def _read_import(data: Any) -> ImportConfig:
+    if data is None:
+        return ImportConfig()
+    _typed("import", data, dict, "a table")
+    data = dict(data)
+    filt_data = data.pop("uri_filter", None)
+    inject_data = data.pop("inject", None)
+    base = _simple_section("import", ImportConfig, {k: v for k, v in data.items()})
+    inject: tuple[tuple[str, str], ...] = ()
+    if inject_data is not None:
+        if not isinstance(inject_data, dict) or not all(isinstance(v, str) for v in inject_data.values()):
+            raise ConfigError("import.inject: expected a table of string values, e.g. inject = { site = \"edge-1\" }")
+        inject = tuple(inject_data.items())
+    filt = UriFilterSettings()
+    if filt_data is not None:
+        _typed("import.uri_filter", filt_data, dict, "a table")
+        names = {f.name for f in dataclasses.fields(UriFilterSettings)}
+        _check_keys("import.uri_filter", filt_data, names)
+        values: dict[str, Any] = {}
+        for key, raw in filt_data.items():
+            full = "import.uri_filter." + key
+            values[key] = _int_list(full, raw) if key.endswith("ports") else _str_list(full, raw)
+        filt = UriFilterSettings(**values)
+    for m in base.enabled_methods:
+        if m not in IMPORT_METHODS:
+            raise ConfigError("import.enabled_methods: unknown method %r (known: %s)" % (m, ", ".join(IMPORT_METHODS)))
+    for p in base.plugins:
+        if p not in IMPORT_PLUGINS:
+            raise ConfigError("import.plugins: unknown plugin %r (known: %s)" % (p, ", ".join(IMPORT_PLUGINS)))
+    if base.output_format not in ("raw", "qcow2", "vmdk"):
+        raise ConfigError("import.output_format: must be raw, qcow2 or vmdk, got %r" % base.output_format)
+    return dataclasses.replace(base, inject=inject, uri_filter=filt)
+
+
+def _ini_list(raw: str) -> list[str]:
+    """Glance's list options: `a,b` or the Python-literal form `['a', 'b']` from its docs."""
+    raw = raw.strip()
+    if raw.startswith("[") and raw.endswith("]"):
+        raw = raw[1:-1]
+    return [item.strip().strip("'\"") for item in raw.split(",") if item.strip().strip("'\"")]
+
+
+def read_glance_import_conf(path: Path, base: ImportConfig) -> ImportConfig:
+    """Take plugins and their options from a Glance glance-image-import.conf (INI), so an
+    operator can reuse an existing file; what it does not set keeps the TOML value."""
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path) as fh:
+            parser.read_file(fh)
+    except OSError as exc:
+        raise ConfigError("import.glance_conf: cannot read %s: %s" % (path, exc.strerror)) from exc
+    except configparser.Error as exc:
+        raise ConfigError("import.glance_conf: %s is not a valid INI file: %s" % (path, exc)) from exc
+    changes: dict[str, Any] = {}
+    if parser.has_option("image_import_opts", "image_import_plugins"):
+        plugins = _ini_list(parser.get("image_import_opts", "image_import_plugins"))
+        bad = [p for p in plugins if p not in IMPORT_PLUGINS]
+        if bad:
+            raise ConfigError("%s: [image_import_opts] image_import_plugins: unknown plugin %s" % (path, ", ".join(bad)))
+        changes["plugins"] = tuple(plugins)
+    if parser.has_option("image_conversion", "output_format"):
+        fmt = parser.get("image_conversion", "output_format").strip()
+        if fmt not in ("raw", "qcow2", "vmdk"):
+            raise ConfigError("%s: [image_conversion] output_format: must be raw, qcow2 or vmdk" % path)
+        changes["output_format"] = fmt
+    if parser.has_section("inject_metadata_properties"):
+        sec = parser["inject_metadata_properties"]
+        if "inject" in sec:
+            pairs = []
+            for item in _ini_list(sec["inject"]):
+                key, sep, value = item.partition(":")
+                if not sep or not key.strip():
+                    raise ConfigError("%s: [inject_metadata_properties] inject: %r is not key:value" % (path, item))
+                pairs.append((key.strip(), value.strip()))
+            changes["inject"] = tuple(pairs)
+        if "ignore_user_roles" in sec:
+            changes["ignore_user_roles"] = tuple(_ini_list(sec["ignore_user_roles"]))
+    if parser.has_section("import_filtering_opts"):
+        filt: dict[str, Any] = {}
+        for key in (f.name for f in dataclasses.fields(UriFilterSettings)):
+            if parser.has_option("import_filtering_opts", key):
+                items = _ini_list(parser.get("import_filtering_opts", key))
+                if key.endswith("ports"):
+                    try:
+                        filt[key] = tuple(int(i) for i in items)
+                    except ValueError:
+                        raise ConfigError("%s: [import_filtering_opts] %s: ports must be integers" % (path, key)) from None
+                else:
+                    filt[key] = tuple(items)
+        changes["uri_filter"] = dataclasses.replace(base.uri_filter, **filt)
+    return dataclasses.replace(base, **changes)
 
 
 def _read_tokens(data: Any) -> tuple[TokenConfig, ...]:
@@ -221,7 +363,7 @@ def _read_stores(data: Any) -> StoresConfig:
 
 def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
     """Validate a parsed TOML document into a Config."""
-    sections = {"site", "api", "auth", "stores", "catalog", "formats", "logging"}
+    sections = {"site", "api", "auth", "stores", "catalog", "formats", "import", "logging"}
     _check_keys("", data, sections)
     site = _simple_section("site", SiteConfig, data.get("site"))
     if site.role not in ROLES:
@@ -256,6 +398,7 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
         stores=_read_stores(data.get("stores")),
         catalog=_simple_section("catalog", CatalogConfig, data.get("catalog")),
         formats=formats,
+        imports=_read_import(data.get("import")),
         logging=log,
     )
 
@@ -279,6 +422,9 @@ def load_config(path: Path | None, state_dir: Path | None = None, **overrides: A
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("%s: not valid TOML: %s" % (path, exc)) from exc
     config = parse_config(data, (state_dir or default_state_dir()).absolute())
+    if config.imports.glance_conf:
+        imports = read_glance_import_conf(config.path(config.imports.glance_conf), config.imports)
+        config = dataclasses.replace(config, imports=imports)
     api_changes = {k: v for k, v in overrides.items() if v is not None and k in ("host", "port")}
     if api_changes:
         config = dataclasses.replace(config, api=dataclasses.replace(config.api, **api_changes))

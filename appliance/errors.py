@@ -47,11 +47,17 @@ class UnsupportedMediaType(ApplianceError):
     title = "Unsupported Media Type"
 
 
-class StorageFull(ApplianceError):
+class StorageError(ApplianceError):
+    """A store failed to read or write (I/O error, missing directory, ...)."""
+
+    title = "Internal Server Error"
+
+
+class StorageFull(StorageError):
     title = "Insufficient Storage"
 
 
-class StoreReadOnly(ApplianceError):
+class StoreReadOnly(StorageError):
     title = "Store Read-Only"
 
 

@@ -97,7 +97,13 @@ class ImageService:
     # -- records --------------------------------------------------------------------------
 
     async def get(self, ctx: Context, image_id: str) -> Image:
-        image = await self._catalog.get_image(parse_uuid(image_id))
+        try:
+            image_id = parse_uuid(image_id)
+        except BadRequest:
+            # Glance answers 404 here, and clients rely on it: openstacksdk's find_image()
+            # tries the name as an id first and falls back to a name search on 404.
+            raise NotFound("No image found with ID %s (not a valid image ID)" % image_id) from None
+        image = await self._catalog.get_image(image_id)
         policy.check_visible(ctx, image)
         return image
 
@@ -172,7 +178,10 @@ class ImageService:
             limit=limit + 1,  # one extra tells whether a next page exists
             marker=parse_uuid(params["marker"], "marker") if "marker" in params else None,
         )
-        images = await self._catalog.list_images(query)
+        try:
+            images = await self._catalog.list_images(query)
+        except NotFound as exc:
+            raise BadRequest(str(exc)) from None  # Glance: an unknown marker is a bad request
         more = len(images) > limit
         images = images[:limit]
         return Page(images=images, next_marker=images[-1].id if more and images else None)
@@ -347,7 +356,8 @@ class ImageService:
     async def delete_from_store(self, ctx: Context, store_name: str, image_id: str) -> None:
         policy.check_admin(ctx, "delete_image_location")
         if store_name not in self._stores:
-            raise NotFound("Unknown store %s" % store_name)
+            # Glance: 409, not 404 (which glanceclient reports as "multi-store not enabled").
+            raise Conflict("The selected store %s is not available on this node." % store_name)
         image = await self.get(ctx, image_id)
         if image.status != ACTIVE:
             raise Conflict("Image %s is %s; a store copy can be removed from an active image only" % (image.id, image.status))

@@ -24,6 +24,8 @@ from appliance.services import Services, open_services
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+# Glance (and so the daemon) answers errors as HTML unless the client prefers JSON.
+JSON_ERRORS = {"Accept": "application/json"}
 
 
 def write_toml(path: Path, data: dict[str, Any]) -> Path:
@@ -103,7 +105,7 @@ class Api:
 
 @pytest.fixture
 async def api(services: Services, aiohttp_client: Any) -> Api:
-    client = await aiohttp_client(build_app(services))
+    client = await aiohttp_client(build_app(services), headers=JSON_ERRORS)
     token = (services.config.state_dir / "admin-token").read_text().strip()
     return Api(client=client, token=token, services=services)
 
@@ -132,15 +134,17 @@ def start_daemon(state_dir: Path, config: Path | None = None, timeout: float = 2
     if config is not None:
         cmd += ["--config", str(config)]
     fh = open(log, "ab")
+    start = fh.tell()  # a restarted daemon appends: read only what this run wrote
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=str(state_dir))
     fh.close()
     deadline = time.monotonic() + timeout
     port = None
     while time.monotonic() < deadline and port is None:
+        text = log.read_bytes()[start:].decode(errors="replace")
         if proc.poll() is not None:
-            raise RuntimeError("daemon exited with %s:\n%s" % (proc.returncode, log.read_text()))
-        found = re.findall(r"serving the Image API on http://127\.0\.0\.1:(\d+)", log.read_text())
-        if found and "ready;" in log.read_text():
+            raise RuntimeError("daemon exited with %s:\n%s" % (proc.returncode, text))
+        found = re.findall(r"serving the Image API on http://127\.0\.0\.1:(\d+)", text)
+        if found and "ready;" in text:
             port = int(found[-1])
         else:
             time.sleep(0.05)

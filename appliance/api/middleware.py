@@ -3,6 +3,7 @@ and who is calling (token, or the peer of the Unix socket)."""
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -36,9 +37,52 @@ PUBLIC_PATHS = frozenset({"/", "/versions", "/healthcheck"})
 CONTEXT = web.RequestKey("context", Context)
 
 
-def error_response(status: int, title: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = {"code": "%d %s" % (status, title), "title": title, "message": message}
-    return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
+def _accept_quality(accept: str, media_type: str) -> float:
+    """The q-value `accept` gives `media_type` (the most specific matching range wins)."""
+    kind = media_type.split("/")[0]
+    best, quality = -1, 0.0
+    for part in accept.split(","):
+        media, *params = [p.strip() for p in part.split(";")]
+        rank = {media_type: 2, kind + "/*": 1, "*/*": 0}.get(media.lower(), -1)
+        if rank <= best:
+            continue
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        best = rank
+    return quality
+
+
+def error_media_type(request: web.Request) -> str:
+    """Glance's error bodies are webob's, negotiated between text/html and application/json
+    with HTML winning a tie (`*/*`, or no Accept). python-glanceclient (the CLI, and the image
+    client of Nova and Cinder) relies on that: it sends `*/*` and cannot read the flat JSON
+    shape (it expects every top-level value to be an object). JSON goes to clients that ask."""
+    accept = request.headers.get("Accept", "").strip() or "*/*"
+    html_q, json_q = _accept_quality(accept, "text/html"), _accept_quality(accept, "application/json")
+    if json_q > html_q:
+        return "application/json"
+    return "text/html" if html_q > 0 else "text/plain"
+
+
+def error_response(
+    status: int, title: str, message: str, headers: dict[str, str] | None = None, request: web.Request | None = None
+) -> web.Response:
+    code = "%d %s" % (status, title)
+    media_type = error_media_type(request) if request is not None else "application/json"
+    if media_type == "application/json":
+        text = json.dumps({"code": code, "title": title, "message": message})
+    elif media_type == "text/html":  # webob's page: title, heading, then the explanation
+        text = "<html>\n <head>\n  <title>%s</title>\n </head>\n <body>\n  <h1>%s</h1>\n  %s<br /><br />\n </body>\n</html>\n" % (
+            code, code, html.escape(message, quote=False))
+    else:
+        text = "%s\n\n%s\n\n" % (code, message)
+    return web.Response(status=status, text=text, content_type=media_type, headers=headers)
 
 
 def status_of(exc: errors.ApplianceError) -> int:
@@ -53,7 +97,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = status_of(exc)
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.path, exc)
-        return error_response(status, exc.title, str(exc))
+        return error_response(status, exc.title, str(exc), request=request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -63,7 +107,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = "The method %s is not allowed for %s (allowed: %s)" % (request.method, request.path, exc.headers.get("Allow", ""))
         elif exc.status == 404:
             message = "The resource %s could not be found." % request.path
-        return error_response(exc.status, exc.reason, message, headers)
+        return error_response(exc.status, exc.reason, message, headers, request)
 
 
 def _unix_peer_uid(request: web.Request) -> int | None:
@@ -87,7 +131,7 @@ def auth_middleware(auth: Authenticator) -> Callable[[web.Request, Handler], Awa
             ctx = LOCAL_ADMIN  # root or the service user on the local socket
         if ctx is None and request.path not in PUBLIC_PATHS:
             reason = "The token is not valid" if token else "Authentication required: send an X-Auth-Token header"
-            return error_response(401, "Unauthorized", reason, {"WWW-Authenticate": 'Bearer realm="edge-appliance"'})
+            return error_response(401, "Unauthorized", reason, {"WWW-Authenticate": 'Bearer realm="edge-appliance"'}, request)
         if ctx is not None:
             request[CONTEXT] = ctx
         return await handler(request)

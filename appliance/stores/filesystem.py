@@ -13,13 +13,14 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import AsyncIterable, Callable, Sequence
+from typing import AsyncIterable, Awaitable, Callable, Sequence, TypeVar
 
 from appliance.digest import Buffer, Digest, DigestSink
-from appliance.errors import StorageFull, StoreReadOnly, TooLarge
+from appliance.errors import ApplianceError, StorageError, StorageFull, StoreReadOnly, TooLarge
 from appliance.stores.base import StoreUsage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PARTIAL_DIR = ".partial"
 # Bytes handed to the worker threads at a time: large enough to amortise the hand-over,
@@ -181,6 +182,8 @@ class FilesystemStore:
             total = 0
             batch: list[bytes] = []
             batched = 0
+            # Errors raised by the source (client gone, upstream stalled) propagate unchanged;
+            # only the store's own I/O errors become domain errors.
             async for chunk in chunks:
                 total += len(chunk)
                 if total > max_size:
@@ -188,24 +191,28 @@ class FilesystemStore:
                 batch.append(chunk)
                 batched += len(chunk)
                 if batched >= BATCH_BYTES:
-                    await sink.feed(batch)
+                    await self._io(sink.feed(batch))
                     batch, batched = [], 0
                     if on_progress is not None:
                         on_progress(total)
-            await sink.feed(batch)
-            digest = await sink.close()
-            await asyncio.to_thread(self._commit, writer, tmp, self.path / image_id)
+            await self._io(sink.feed(batch))
+            digest = await self._io(sink.close())
+            await self._io(asyncio.to_thread(self._commit, writer, tmp, self.path / image_id))
             committed = True
             if on_progress is not None:
                 on_progress(total)
             log.info("store %s: wrote image %s (%d bytes)", self.name, image_id, digest.size)
             return digest
-        except OSError as exc:
-            raise self._error(exc) from exc
         finally:
             if not committed:
                 await sink.abort()
                 await asyncio.to_thread(self._discard, writer, tmp)
+
+    async def _io(self, step: Awaitable[T]) -> T:
+        try:
+            return await step
+        except OSError as exc:
+            raise self._error(exc) from exc
 
     def _commit(self, writer: _FileWriter, tmp: Path, final: Path) -> None:
         writer.finish()
@@ -221,12 +228,12 @@ class FilesystemStore:
             writer.fd = -1
         tmp.unlink(missing_ok=True)
 
-    def _error(self, exc: OSError) -> Exception:
+    def _error(self, exc: OSError) -> ApplianceError:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return StorageFull("Store %s is full: %s" % (self.name, exc.strerror))
         if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             return StoreReadOnly("Store %s refused the write: %s" % (self.name, exc.strerror))
-        return exc
+        return StorageError("Store %s could not write: %s" % (self.name, exc.strerror or exc))
 
     async def delete(self, image_id: str) -> bool:
         def unlink() -> bool:

@@ -1,0 +1,415 @@
+"""ImportService: Glance's interoperable import workflow (glance-direct, web-download,
+copy-image) with multi-store targets, import plugins and tasks.
+
+An import runs as a background asyncio task: acquire the data (staging file, web download or
+an existing store copy) → plugins in the configured order → final inspection → one verified
+write per target store. Progress is visible in `os_glance_importing_to_stores` /
+`os_glance_failed_import` and in the task; failures say why in the task message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Sequence
+
+from appliance import policy
+from appliance.auth import Context
+from appliance.catalog import Catalog
+from appliance.config import Config
+from appliance.digest import Digest, verify
+from appliance.errors import ApplianceError, BadRequest, Conflict, Forbidden, NotFound, TooLarge
+from appliance.formats import inspect_file
+from appliance.images import ImageService, now
+from appliance.model import ACTIVE, IMPORTING, QUEUED, UPLOADING, Image, ImageData, Location, Task, TaskId
+from appliance.pipeline.base import ImportFailed, ImportStep, StagedImage, StepContext
+from appliance.pipeline.steps.convert import Convert
+from appliance.pipeline.steps.decompress import Decompress
+from appliance.pipeline.steps.inject import InjectMetadata
+from appliance.stores.base import ImageStore
+from appliance.stores.filesystem import FilesystemStore
+from appliance.urifilter import UriFilter, UriFilterConfig, fetch
+
+log = logging.getLogger(__name__)
+
+IMPORTING_TO = "os_glance_importing_to_stores"
+FAILED_IMPORT = "os_glance_failed_import"
+TASK_TYPE = "api_image_import"
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    method: str
+    uri: str | None
+    stores: tuple[str, ...]
+    all_stores_must_succeed: bool
+
+
+def build_steps(config: Config) -> list[ImportStep]:
+    """The configured plugins, in order (Glance's image_import_plugins)."""
+    imp = config.imports
+    made: dict[str, ImportStep] = {
+        "image_decompression": Decompress(max_output_bytes=imp.max_decompressed_bytes, max_ratio=float(imp.max_expansion_ratio)),
+        "image_conversion": Convert(output_format=imp.output_format),
+        "inject_image_metadata": InjectMetadata(dict(imp.inject), imp.ignore_user_roles),
+    }
+    return [made[name] for name in imp.plugins]
+
+
+def build_uri_filter(config: Config) -> UriFilter:
+    f = config.imports.uri_filter
+    return UriFilter(UriFilterConfig(
+        allowed_schemes=f.allowed_schemes, disallowed_schemes=f.disallowed_schemes,
+        allowed_hosts=f.allowed_hosts, disallowed_hosts=f.disallowed_hosts,
+        allowed_ports=f.allowed_ports, disallowed_ports=f.disallowed_ports,
+    ))
+
+
+async def _read_file(path: Path) -> AsyncIterator[bytes]:
+    fh = await asyncio.to_thread(open, path, "rb")
+    try:
+        while True:
+            chunk = await asyncio.to_thread(fh.read, READ_CHUNK)
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        await asyncio.to_thread(fh.close)
+
+
+class ImportService:
+    def __init__(
+        self, config: Config, catalog: Catalog, stores: dict[str, ImageStore], images: ImageService,
+        steps: Sequence[ImportStep], uri_filter: UriFilter,
+    ) -> None:
+        self._config = config
+        self._catalog = catalog
+        self._stores = stores
+        self._images = images
+        self._steps = list(steps)
+        self.uri_filter = uri_filter
+        self._staging_root = config.path(config.imports.staging_dir)
+        self._staging = FilesystemStore("staging", self._staging_root / "staged")
+        self._running: dict[str, asyncio.Task[None]] = {}
+        # task id → (bytes done, bytes total or None) while a task runs; persisted at the end.
+        self._progress: dict[str, tuple[int, int | None]] = {}
+
+    def progress(self, task_id: str) -> tuple[int, int | None] | None:
+        return self._progress.get(task_id)
+
+    @property
+    def enabled_methods(self) -> tuple[str, ...]:
+        return self._config.imports.enabled_methods
+
+    # -- start-up / shutdown ---------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Imports interrupted by a crash or stop are failed cleanly: the image goes back to
+        queued (or stays active for copy-image), progress properties are cleared, scratch
+        space is emptied. Nothing is left `importing`."""
+        self._staging.prepare()
+        shutil.rmtree(self._staging_root / "work", ignore_errors=True)
+        await asyncio.to_thread(self._staging.clean_partial)
+        for task in await self._catalog.list_tasks(limit=10_000):
+            if task.status not in ("pending", "processing"):
+                continue
+            await self._catalog.update_task(task.id, now(), status="failure",
+                                            message="Import interrupted: the daemon stopped before it finished; run the import again")
+            if task.image_id is None:
+                continue
+            try:
+                image = await self._catalog.get_image(task.image_id)
+            except NotFound:
+                continue
+            status = ACTIVE if image.locations else QUEUED
+            await self._catalog.update_image(
+                image.id, columns={"status": status} if image.status in (IMPORTING, UPLOADING) else {},
+                remove_properties=[IMPORTING_TO], updated_at=now(),
+            )
+            await self._staging.delete(image.id)
+            log.warning("recovery: import of image %s was interrupted; image is %s", image.id, status)
+
+    async def close(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+        if self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    # -- queries --------------------------------------------------------------------------
+
+    async def image_tasks(self, ctx: Context, image_id: str) -> list[Task]:
+        image = await self._images.get(ctx, image_id)
+        return await self._catalog.list_tasks(image.id)
+
+    async def list_tasks(self, ctx: Context) -> list[Task]:
+        tasks = await self._catalog.list_tasks()
+        return [t for t in tasks if ctx.is_admin or t.owner == ctx.project]
+
+    async def get_task(self, ctx: Context, task_id: str) -> Task:
+        task = await self._catalog.get_task(task_id)
+        if not ctx.is_admin and task.owner != ctx.project:
+            raise NotFound("Task with the given ID %s not found" % task_id)
+        return task
+
+    async def check_uri(self, uri: str):  # type: ignore[no-untyped-def]
+        return await self.uri_filter.check(uri)
+
+    # -- staging (glance-direct) ---------------------------------------------------------
+
+    async def stage(self, ctx: Context, image_id: str, chunks: AsyncIterator[bytes], size: int | None) -> None:
+        if "glance-direct" not in self.enabled_methods:
+            raise NotFound("The glance-direct import method is not enabled on this site")
+        image = await self._images.get(ctx, image_id)
+        policy.check_modify(ctx, image)
+        cap = self._config.api.max_upload_bytes
+        if size is not None and size > cap:
+            raise TooLarge("Image size %d exceeds the maximum upload size of %d bytes" % (size, cap))
+        await self._catalog.update_image(image.id, expect_status=[QUEUED], columns={"status": UPLOADING}, updated_at=now())
+        try:
+            digest = await self._staging.write(image.id, chunks, max_size=cap)
+            if size is not None and digest.size != size:
+                raise BadRequest("Staging ended after %d of the %d bytes announced" % (digest.size, size))
+        except BaseException:
+            await self._staging.delete(image.id)
+            await asyncio.shield(self._catalog.update_image(
+                image.id, expect_status=[UPLOADING], columns={"status": QUEUED}, updated_at=now()))
+            raise
+        log.info("image %s: staged %d bytes", image.id, digest.size)
+
+    # -- import ---------------------------------------------------------------------------
+
+    def parse_request(self, body: Any) -> ImportRequest:
+        if not isinstance(body, dict) or not isinstance(body.get("method"), dict):
+            raise BadRequest('The import body must look like {"method": {"name": "..."}, "stores": [...]}')
+        method = body["method"].get("name")
+        if method not in self.enabled_methods:
+            raise BadRequest("Import method %r is not enabled (enabled: %s)" % (method, ", ".join(self.enabled_methods)))
+        uri = body["method"].get("uri")
+        if method == "web-download" and not isinstance(uri, str):
+            raise BadRequest("web-download needs method.uri, the URL to import from")
+        stores = body.get("stores")
+        all_stores = body.get("all_stores", False)
+        if not isinstance(all_stores, bool):
+            raise BadRequest("all_stores must be true or false")
+        if stores is not None and all_stores:
+            raise BadRequest("Give either 'stores' or 'all_stores', not both")
+        if stores is not None and (not isinstance(stores, list) or not all(isinstance(s, str) for s in stores) or not stores):
+            raise BadRequest("'stores' must be a non-empty list of store names")
+        must = body.get("all_stores_must_succeed", True)
+        if not isinstance(must, bool):
+            raise BadRequest("all_stores_must_succeed must be true or false")
+        unknown = [s for s in stores or () if s not in self._stores]
+        if unknown:
+            raise Conflict("Unknown store(s) %s (stores of this site: %s)" % (", ".join(unknown), ", ".join(self._stores)))
+        if all_stores:
+            chosen: tuple[str, ...] = tuple(self._stores)
+        else:
+            chosen = tuple(dict.fromkeys(stores)) if stores else (self._images.default_store,)
+        return ImportRequest(method=method, uri=uri, stores=chosen, all_stores_must_succeed=must)
+
+    async def start(self, ctx: Context, image_id: str, body: Any) -> Task:
+        """Validate and start an import; everything refusable is refused here, synchronously."""
+        request = self.parse_request(body)
+        image = await self._images.get(ctx, image_id)
+        if request.method == "copy-image":
+            if not ctx.is_admin:
+                policy.check_modify(ctx, image)
+                raise Forbidden("You are not authorized to complete copy_image action.")
+            if image.status != ACTIVE:
+                raise Conflict("Image %s is %s; copy-image needs an active image" % (image.id, image.status))
+            held = [s for s in request.stores if s in image.stores]
+            if "all_stores" in body and body["all_stores"]:
+                request = ImportRequest(request.method, None, tuple(s for s in request.stores if s not in image.stores),
+                                        request.all_stores_must_succeed)
+                if not request.stores:
+                    raise BadRequest("Image %s is already in every store of this site" % image.id)
+            elif held:
+                raise BadRequest("Image %s is already in store(s) %s" % (image.id, ", ".join(held)))
+        else:
+            policy.check_modify(ctx, image)
+            if request.method == "web-download" and image.status != QUEUED:
+                raise Conflict("Image %s is %s; web-download needs a queued image" % (image.id, image.status))
+            if request.method == "glance-direct" and (image.status != UPLOADING or self._staging.data_path(image.id) is None):
+                raise Conflict("Image %s has no staged data (status %s); stage it with PUT /v2/images/%s/stage first"
+                               % (image.id, image.status, image.id))
+            if request.method == "web-download":
+                decision = await self.uri_filter.check(request.uri or "")
+                if not decision.allowed:
+                    raise BadRequest("URI refused: %s" % decision.reason)
+        for store_name in request.stores:
+            usage = self._stores[store_name].usage()
+            if usage.read_only:
+                raise Conflict("Store %s is read-only: %s" % (store_name, usage.reason))
+        if image.id in self._running:
+            raise Conflict("Image %s is already being imported; wait for that import to finish" % image.id)
+        if request.method != "copy-image":
+            await self._catalog.update_image(
+                image.id, expect_status=[QUEUED, UPLOADING], columns={"status": IMPORTING},
+                set_properties={IMPORTING_TO: ",".join(request.stores), FAILED_IMPORT: ""}, updated_at=now(),
+            )
+        else:
+            await self._catalog.update_image(
+                image.id, set_properties={IMPORTING_TO: ",".join(request.stores), FAILED_IMPORT: ""}, updated_at=now())
+        stamp = now()
+        task = await self._catalog.create_task(Task(
+            id=TaskId(str(uuid.uuid4())), type=TASK_TYPE, status="processing", owner=ctx.project, image_id=image.id,
+            input={"image_id": image.id, "import_req": body, "backend": list(request.stores)},
+            result=None, message="", created_at=stamp, updated_at=stamp,
+        ))
+        job = asyncio.create_task(self._run(task, image, request, ctx), name="import-%s" % image.id)
+        self._running[image.id] = job
+        job.add_done_callback(lambda _t, i=image.id: self._running.pop(i, None))
+        log.info("image %s: %s import started to %s (task %s)", image.id, request.method, ",".join(request.stores), task.id)
+        return task
+
+    async def _run(self, task: Task, image: Image, request: ImportRequest, ctx: Context) -> None:
+        work = self._staging_root / "work" / task.id
+        try:
+            await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
+            message = await self._execute(task, image, request, ctx, work)
+        except asyncio.CancelledError:
+            # Daemon stopping: leave it to recover() on the next start (clean failure there).
+            raise
+        except ApplianceError as exc:
+            message = str(exc)
+        except Exception as exc:  # a bug must still leave a clear task message and a sane image
+            log.exception("image %s: import crashed", image.id)
+            message = "Import failed unexpectedly: %s: %s" % (type(exc).__name__, exc)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+            done, total = self._progress.pop(task.id, (0, None))
+        if message:
+            await self._fail(task, image, request, message)
+        else:
+            await self._catalog.update_task(task.id, now(), status="success", result={"image_id": image.id},
+                                            bytes_done=done, bytes_total=total if total is not None else done)
+            log.info("image %s: import finished", image.id)
+
+    async def _fail(self, task: Task, image: Image, request: ImportRequest, message: str) -> None:
+        current = await self._catalog.get_image(image.id)
+        if request.method != "copy-image" and current.status == IMPORTING:
+            # Nothing became active: remove what was written, back to queued.
+            for store_name in current.stores:
+                await self._stores[store_name].delete(image.id)
+                await self._catalog.remove_location(image.id, store_name, now(), keep_last=False)
+            await self._catalog.update_image(image.id, columns={"status": QUEUED}, remove_properties=[IMPORTING_TO], updated_at=now())
+        else:
+            await self._catalog.update_image(image.id, remove_properties=[IMPORTING_TO], updated_at=now())
+        await self._staging.delete(image.id)
+        await self._catalog.update_task(task.id, now(), status="failure", message=message)
+        log.warning("image %s: import failed: %s", image.id, message)
+
+    async def _execute(self, task: Task, image: Image, request: ImportRequest, ctx: Context, work: Path) -> str:
+        """Run the import; returns "" on success or the failure message."""
+        staged = await self._acquire(task, image, request, work)
+        if request.method != "copy-image":
+            step_ctx = StepContext(
+                image_id=image.id, work_dir=work, roles=ctx.roles, user_properties=frozenset(image.properties),
+                report=lambda note: log.info("image %s: %s", image.id, note),
+            )
+            for step in self._steps:
+                log.info("image %s: running plugin %s", image.id, step.name)
+                staged = await step.run(staged, step_ctx)
+            try:
+                found = await asyncio.to_thread(inspect_file, str(staged.path), staged.disk_format)
+            except ApplianceError as exc:
+                raise ImportFailed("Image data refused: %s" % exc) from None
+            if staged.size == 0:
+                raise ImportFailed("Image data is empty")
+            staged = staged.evolve(virtual_size=found.virtual_size)
+        expected: Digest | None = None
+        if request.method == "copy-image":
+            expected = Digest(size=image.size or 0, checksum=image.checksum or "", os_hash_value=image.os_hash_value or "")
+        remaining = list(request.stores)
+        failed: list[str] = []
+        written: list[str] = []
+        last_error = ""
+        active = request.method == "copy-image"
+        for store_name in request.stores:
+            store = self._stores[store_name]
+            try:
+                digest = await store.write(image.id, _read_file(staged.path), max_size=self._config.api.max_upload_bytes,
+                                           on_progress=lambda n: self._progress.__setitem__(task.id, (n, staged.size)))
+                try:
+                    if expected is not None:
+                        verify(digest, size=expected.size, checksum=expected.checksum, os_hash_value=expected.os_hash_value)
+                except ApplianceError:
+                    await store.delete(image.id)
+                    raise
+                expected = expected or digest
+                written.append(store_name)
+                location = Location(store=store_name, url=store.location_url(image.id), metadata={"store": store_name})
+                remaining.remove(store_name)
+                progress = {IMPORTING_TO: ",".join(remaining)}
+                if not active and (not request.all_stores_must_succeed or not remaining):
+                    await self._activate(image, staged, digest, location, progress)
+                    active = True
+                else:
+                    await self._catalog.add_location(image.id, location, now())
+                    await self._catalog.update_image(image.id, set_properties=progress, updated_at=now())
+                log.info("image %s: copy in store %s verified (%d bytes)", image.id, store_name, digest.size)
+            except ApplianceError as exc:
+                remaining.remove(store_name)
+                failed.append(store_name)
+                await self._catalog.update_image(
+                    image.id, set_properties={IMPORTING_TO: ",".join(remaining), FAILED_IMPORT: ",".join(failed)}, updated_at=now())
+                log.warning("image %s: store %s failed: %s", image.id, store_name, exc)
+                if request.all_stores_must_succeed:
+                    if request.method == "copy-image":  # revert: the new copies go again
+                        for done in written:
+                            await self._catalog.remove_location(image.id, done, now(), keep_last=False)
+                            await self._stores[done].delete(image.id)
+                    return "Import to store %s failed: %s" % (store_name, exc)
+                last_error = "store %s: %s" % (store_name, exc)
+        await self._catalog.update_image(image.id, remove_properties=[IMPORTING_TO], updated_at=now())
+        await self._staging.delete(image.id)
+        if not active:
+            return "Import failed in every store; last error: %s" % last_error
+        return ""
+
+    async def _activate(self, image: Image, staged: StagedImage, digest: Digest, location: Location,
+                        progress: dict[str, str]) -> None:
+        columns: dict[str, Any] = {}
+        if staged.disk_format != image.disk_format:
+            columns["disk_format"] = staged.disk_format
+        if staged.container_format != image.container_format:
+            columns["container_format"] = staged.container_format
+        if columns:
+            await self._catalog.update_image(image.id, columns=columns, updated_at=now())
+        await self._catalog.update_image(image.id, set_properties={**staged.properties, **progress}, updated_at=now())
+        data = ImageData(size=digest.size, checksum=digest.checksum, os_hash_value=digest.os_hash_value,
+                         os_hash_algo=digest.os_hash_algo, virtual_size=staged.virtual_size)
+        await self._catalog.activate_image(image.id, data, location, from_status=IMPORTING, updated_at=now())
+
+    async def _acquire(self, task: Task, image: Image, request: ImportRequest, work: Path) -> StagedImage:
+        """The data to import, as a file."""
+        if request.method == "glance-direct":
+            path = self._staging.data_path(image.id)
+            if path is None:
+                raise ImportFailed("The staged data of image %s is gone" % image.id)
+        elif request.method == "copy-image":
+            path = next((p for s in image.stores if s in self._stores
+                         for p in [self._stores[s].data_path(image.id)] if p is not None), None)
+            if path is None:
+                raise ImportFailed("No readable copy of image %s on this site to copy from" % image.id)
+        else:
+            path = work / "download"
+            imp = self._config.imports
+            fetched = fetch(request.uri or "", self.uri_filter, max_bytes=imp.max_download_bytes,
+                            idle_timeout=float(imp.download_idle_timeout))
+
+            downloads = FilesystemStore("download", work)
+            downloads.prepare()
+            try:
+                await downloads.write("download", fetched, max_size=imp.max_download_bytes,
+                                      on_progress=lambda n: self._progress.__setitem__(task.id, (n, None)))
+            except ApplianceError as exc:
+                raise ImportFailed("web-download of %s failed: %s" % (request.uri, exc)) from None
+        size = await asyncio.to_thread(os.path.getsize, path)
+        return StagedImage(path=path, size=size, disk_format=image.disk_format, container_format=image.container_format)

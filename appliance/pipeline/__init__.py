@@ -1,0 +1,1 @@
+"""The import pipeline: staged data → inspection → plugins in order → hashing → stores."""

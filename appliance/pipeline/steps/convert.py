@@ -1,0 +1,211 @@
+"""image_conversion: convert the staged image to one disk format with qemu-img (Glance's plugin).
+
+appliance.formats decides whether the bytes are what the user claimed and safe to open before
+qemu-img ever sees them; qemu-img then runs with the source format pinned (-f, so it never
+probes) and under CPU-time and address-space limits, and its output is inspected again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import struct
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import FormatRejected
+from appliance.formats import Inspection, inspect_file
+from appliance.pipeline.base import ImportFailed, StagedImage, StepContext
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = ("raw", "qcow2", "vmdk")
+# Claims the inspector does not check (kernels, ramdisks, Virtuozzo ploop): their bytes have
+# no verified format to pin for qemu-img, so they are left as they are.
+_NOT_CONVERTED = frozenset({"ami", "ari", "aki", "ploop"})
+# The inspector's names for what it detected → qemu-img's driver names.
+_QEMU_DRIVERS = {"raw": "raw", "gpt": "raw", "mbr": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vhd": "vpc", "vhdx": "vhdx", "vdi": "vdi"}
+_STDERR_LIMIT = 500
+_CPU_GRACE = 5  # seconds between the soft (SIGXCPU) and hard (SIGKILL) CPU limits
+
+_VMDK_MAGIC = b"KDMV"
+_VMDK_MAX_DESCRIPTOR = 64 * 1024
+_VMDK_CREATE_TYPE = re.compile(r'^\s*createType\s*=\s*"?([^"\r\n]*)', re.MULTILINE)
+_VMDK_ADAPTER_TYPE = re.compile(r'^\s*ddb\.adapterType\s*=\s*"?([^"\r\n]*)', re.MULTILINE)
+# Descriptor values → the values Nova's VMware driver and Glance's metadefs use.
+_VMWARE_DISKTYPES = {"monolithicsparse": "sparse", "streamoptimized": "streamOptimized"}
+_VMWARE_ADAPTERTYPES = {
+    "ide": "ide",
+    "buslogic": "busLogic",
+    "lsilogic": "lsiLogic",
+    "lsisas1068": "lsiLogicsas",
+    "pvscsi": "paraVirtual",
+}
+
+
+class Convert:
+    name = "image_conversion"
+
+    def __init__(
+        self,
+        output_format: str = "raw",
+        qemu_img: str = "qemu-img",
+        cpu_seconds: int = 600,
+        memory_bytes: int = 2 << 30,
+        max_virtual_size: int | None = None,
+    ) -> None:
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError("output_format %r is not one of: %s" % (output_format, ", ".join(OUTPUT_FORMATS)))
+        if cpu_seconds <= 0 or memory_bytes <= 0:
+            raise ValueError("cpu_seconds and memory_bytes must be positive")
+        self.output_format = output_format
+        self.qemu_img = qemu_img
+        self.cpu_seconds = cpu_seconds
+        self.memory_bytes = memory_bytes
+        self.max_virtual_size = max_virtual_size
+        # prlimit (util-linux) sets the limits and then execs qemu-img, so the limited process is
+        # qemu-img itself. A preexec_fn would run Python between fork and exec in a daemon full of
+        # threads (asyncio.to_thread), which the subprocess docs warn can deadlock.
+        self._prlimit = shutil.which("prlimit") or "prlimit"
+
+    async def run(self, staged: StagedImage, ctx: StepContext) -> StagedImage:
+        if staged.disk_format in _NOT_CONVERTED:
+            log.info("image %s: disk_format %s is not converted", ctx.image_id, staged.disk_format)
+            return staged
+        found = await _inspect(staged.path, staged.disk_format, "")
+        self._check_virtual_size(found.virtual_size)
+        properties = staged.properties
+        if found.format == "vmdk":
+            properties = await asyncio.to_thread(_with_vmware_properties, staged.path, properties, ctx.user_properties)
+        source = _QEMU_DRIVERS.get(found.format)
+        # ISO (no driver here) stays as it is, and so does data already in the output format.
+        if source is None or source == self.output_format:
+            return staged.evolve(virtual_size=found.virtual_size, properties=properties)
+
+        info = await self._info(staged.path, source)
+        self._check_virtual_size(info.get("virtual-size"))
+        fd, name = tempfile.mkstemp(prefix="converted-", suffix="." + self.output_format, dir=ctx.work_dir)
+        os.close(fd)
+        out = Path(name)
+        try:
+            await self._qemu_img(
+                "convert", "-f", source, "-O", self.output_format, os.path.abspath(staged.path), os.path.abspath(out)
+            )
+            result = await _inspect(out, self.output_format, "converted image failed inspection: ")
+            size = out.stat().st_size
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+        log.info("image %s: converted %s to %s (%d -> %d bytes)", ctx.image_id, found.format, self.output_format, staged.size, size)
+        ctx.report("converted %s to %s" % (found.format, self.output_format))
+        return staged.evolve(
+            path=out,
+            disk_format=self.output_format,
+            container_format="bare",
+            size=size,
+            virtual_size=result.virtual_size,
+            properties=properties,
+        )
+
+    def _check_virtual_size(self, virtual_size: object) -> None:
+        limit = self.max_virtual_size
+        if limit is not None and isinstance(virtual_size, int) and virtual_size > limit:
+            raise ImportFailed("image virtual size %d bytes exceeds the limit of %d bytes" % (virtual_size, limit))
+
+    async def _info(self, path: Path, source: str) -> dict[str, Any]:
+        out = await self._qemu_img("info", "-f", source, "--output=json", os.path.abspath(path))
+        try:
+            info = json.loads(out)
+            int(info["virtual-size"])
+        except (ValueError, KeyError, TypeError):
+            raise ImportFailed("qemu-img info gave unreadable output") from None
+        # A cross-check of qemu's own view; the inspector has already refused such images.
+        data_file = (info.get("format-specific") or {}).get("data", {}).get("data-file")
+        if info.get("backing-filename") or data_file:
+            raise ImportFailed("qemu-img reports that the image references another file; such images are refused")
+        return dict(info)
+
+    async def _qemu_img(self, *args: str) -> bytes:
+        # Linux sends SIGKILL rather than SIGXCPU when soft and hard CPU limits are equal; the
+        # higher hard limit lets the exit status say that the CPU limit was reached.
+        cpu = "--cpu=%d:%d" % (self.cpu_seconds, self.cpu_seconds + _CPU_GRACE)
+        argv = [self._prlimit, cpu, "--as=%d" % self.memory_bytes, "--", self.qemu_img, *args]
+        log.debug("running %s", argv)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+        except OSError as exc:
+            raise ImportFailed("cannot run qemu-img: %s" % exc) from None
+        try:
+            stdout, stderr = await proc.communicate()
+        except BaseException:  # cancelled: qemu-img must not outlive its task
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        if proc.returncode:
+            raise ImportFailed("qemu-img %s failed (%s): %s" % (args[0], self._exit_reason(proc.returncode), _trim(stderr)))
+        return stdout
+
+    def _exit_reason(self, code: int) -> str:
+        if code > 0:
+            return "exit status %d" % code
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "signal %d" % -code
+        if -code == signal.SIGXCPU:
+            return "killed by %s: CPU time limit of %d s reached" % (name, self.cpu_seconds)
+        return "killed by %s" % name
+
+
+async def _inspect(path: Path, claimed: str | None, prefix: str) -> Inspection:
+    try:
+        return await asyncio.to_thread(inspect_file, str(path), claimed)
+    except FormatRejected as exc:
+        raise ImportFailed(prefix + str(exc)) from None
+
+
+def _trim(stderr: bytes) -> str:
+    text = stderr.decode("utf-8", "replace").strip() or "no error output"
+    return text if len(text) <= _STDERR_LIMIT else text[:_STDERR_LIMIT] + "..."
+
+
+def _with_vmware_properties(path: Path, properties: Mapping[str, str], user_set: frozenset[str]) -> dict[str, str]:
+    """The properties plus vmware_disktype/vmware_adaptertype from the VMDK's embedded descriptor,
+    unless the user (or an earlier step) set them."""
+    descriptor = _vmdk_descriptor(path)
+    result = dict(properties)
+    for key, pattern, values in (
+        ("vmware_disktype", _VMDK_CREATE_TYPE, _VMWARE_DISKTYPES),
+        ("vmware_adaptertype", _VMDK_ADAPTER_TYPE, _VMWARE_ADAPTERTYPES),
+    ):
+        if key in user_set or key in result:
+            continue
+        match = pattern.search(descriptor)
+        value = values.get(match.group(1).strip().lower()) if match else None
+        if value is None:
+            log.info("VMDK descriptor gives no known value for %s", key)
+        else:
+            result[key] = value
+    return result
+
+
+def _vmdk_descriptor(path: Path) -> str:
+    """The text descriptor embedded in a hosted sparse extent (formats.py has checked it exists)."""
+    with open(path, "rb") as f:
+        header = f.read(512)
+        if len(header) < 512 or not header.startswith(_VMDK_MAGIC):
+            return ""
+        sector, sectors = struct.unpack_from("<QQ", header, 28)
+        f.seek(sector * 512)
+        raw = f.read(min(sectors * 512, _VMDK_MAX_DESCRIPTOR))
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from appliance.api import images, info
-from appliance.api.keys import CONFIG, IMAGES
+from appliance.api import images, imports, info
+from appliance.api.keys import CONFIG, IMAGES, IMPORTS
 from appliance.api.middleware import auth_middleware, error_middleware
 from appliance.services import Services
 
@@ -21,6 +21,8 @@ def build_app(services: Services) -> web.Application:
     )
     app[CONFIG] = services.config
     app[IMAGES] = services.images
+    app[IMPORTS] = services.imports
     app.add_routes(info.routes)
     app.add_routes(images.routes)
+    app.add_routes(imports.routes)
     return app

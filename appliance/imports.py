@@ -10,6 +10,7 @@ write per target store. Progress is visible in `os_glance_importing_to_stores` /
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -401,15 +402,15 @@ class ImportService:
         else:
             path = work / "download"
             imp = self._config.imports
-            fetched = fetch(request.uri or "", self.uri_filter, max_bytes=imp.max_download_bytes,
-                            idle_timeout=float(imp.download_idle_timeout))
-
             downloads = FilesystemStore("download", work)
             downloads.prepare()
             try:
-                await downloads.write("download", fetched, max_size=imp.max_download_bytes,
-                                      on_progress=lambda n: self._progress.__setitem__(task.id, (n, None)))
+                # aclosing: a failed write releases the connection at once, not at GC time.
+                async with contextlib.aclosing(fetch(request.uri or "", self.uri_filter, max_bytes=imp.max_download_bytes,
+                                                     idle_timeout=float(imp.download_idle_timeout))) as fetched:
+                    await downloads.write("download", fetched, max_size=imp.max_download_bytes,
+                                          on_progress=lambda n: self._progress.__setitem__(task.id, (n, None)))
             except ApplianceError as exc:
-                raise ImportFailed("web-download of %s failed: %s" % (request.uri, exc)) from None
+                raise ImportFailed(str(exc)) from None
         size = await asyncio.to_thread(os.path.getsize, path)
         return StagedImage(path=path, size=size, disk_format=image.disk_format, container_format=image.container_format)

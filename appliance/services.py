@@ -11,6 +11,7 @@ from appliance.auth import Authenticator
 from appliance.catalog import Catalog
 from appliance.config import Config
 from appliance.images import ImageService
+from appliance.imports import ImportService, build_steps, build_uri_filter
 from appliance.stores.filesystem import FilesystemStore
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ class Services:
     catalog: Catalog
     stores: dict[str, FilesystemStore]
     images: ImageService
+    imports: ImportService
     auth: Authenticator
 
 
@@ -37,5 +39,10 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
     auth = Authenticator.from_config(config)
     async with Catalog.open(config.path(config.catalog.path)) as catalog:
         images = ImageService(config, catalog, stores)
+        imports = ImportService(config, catalog, dict(stores), images, build_steps(config), build_uri_filter(config))
+        await imports.recover()  # first: interrupted imports release their images
         await images.recover()
-        yield Services(config=config, catalog=catalog, stores=stores, images=images, auth=auth)
+        try:
+            yield Services(config=config, catalog=catalog, stores=stores, images=images, imports=imports, auth=auth)
+        finally:
+            await imports.close()

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance.api import schemas
-from appliance.api.keys import IMAGES
+from appliance.api.keys import IMAGES, IMPORTS
 from appliance.api.middleware import CONTEXT
 from appliance.errors import BadRequest, UnsupportedMediaType
 
@@ -47,7 +47,7 @@ async def create_image(request: web.Request) -> web.Response:
     image = await service.create(request[CONTEXT], await read_json(request))
     headers = {
         "Location": "/v2/images/%s" % image.id,
-        "OpenStack-image-import-methods": "",
+        "OpenStack-image-import-methods": ",".join(request.app[IMPORTS].enabled_methods),
         "OpenStack-image-store-ids": ",".join(service.store_names()),
     }
     return _image_response(image, 201, headers)

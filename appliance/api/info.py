@@ -81,14 +81,6 @@ async def stores_detail(request: web.Request) -> web.Response:
     })
 
 
-@routes.get("/v2/info/import")
-async def import_info(request: web.Request) -> web.Response:
-    # The import workflow arrives with its own issue; until then no method is enabled.
-    return web.json_response({
-        "import-methods": {"description": "Import methods available.", "type": "array", "value": []}
-    })
-
-
 @routes.delete("/v2/stores/{store}/{image_id}")
 async def delete_from_store(request: web.Request) -> web.Response:
     await request.app[IMAGES].delete_from_store(request[CONTEXT], request.match_info["store"], request.match_info["image_id"])

@@ -6,6 +6,8 @@ from aiohttp import web
 
 from appliance.config import Config
 from appliance.images import ImageService
+from appliance.imports import ImportService
 
 CONFIG = web.AppKey("config", Config)
 IMAGES = web.AppKey("images", ImageService)
+IMPORTS = web.AppKey("imports", ImportService)

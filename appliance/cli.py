@@ -65,11 +65,29 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="listen port (overrides api.port; 0 picks a free one)")
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("path", type=Path)
+    u = sub.add_parser("check-uri", help="would web-download fetch this URL? (exit 0: accept, 1: refuse)")
+    u.add_argument("--config", type=Path, help="TOML config file (default: the embedded defaults)")
+    u.add_argument("url")
     return p
+
+
+def check_uri(config_path: Path | None, url: str) -> int:
+    from appliance.imports import build_uri_filter
+
+    config = load_config(config_path, Path("."))
+    decision = asyncio.run(build_uri_filter(config).check(url))
+    print("accept" if decision.allowed else "refuse: %s" % decision.reason)
+    return 0 if decision.allowed else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "check-uri":
+        try:
+            return check_uri(args.config, args.url)
+        except ConfigError as exc:
+            print("config error: %s" % exc, file=sys.stderr)
+            return 2
     if args.command == "check-config":
         try:
             load_config(args.path, Path("."))

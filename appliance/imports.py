@@ -17,7 +17,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from appliance import policy
 from appliance.auth import Context
@@ -80,6 +80,28 @@ async def _read_file(path: Path) -> AsyncIterator[bytes]:
             if not chunk:
                 return
             yield chunk
+    finally:
+        await asyncio.to_thread(fh.close)
+
+
+async def _save(chunks: AsyncIterator[bytes], path: Path, on_progress: Callable[[int], None]) -> int:
+    """Write a download to a scratch file. No hashing here: the data is hashed once, as it
+    goes into the stores, after the plugins have run."""
+    fh = await asyncio.to_thread(open, path, "wb")
+    try:
+        total = batched = 0
+        batch: list[bytes] = []
+        async for chunk in chunks:
+            batch.append(chunk)
+            batched += len(chunk)
+            total += len(chunk)
+            if batched >= READ_CHUNK:
+                await asyncio.to_thread(fh.writelines, batch)
+                batch, batched = [], 0
+                on_progress(total)
+        await asyncio.to_thread(fh.writelines, batch)
+        on_progress(total)
+        return total
     finally:
         await asyncio.to_thread(fh.close)
 
@@ -402,14 +424,11 @@ class ImportService:
         else:
             path = work / "download"
             imp = self._config.imports
-            downloads = FilesystemStore("download", work)
-            downloads.prepare()
             try:
                 # aclosing: a failed write releases the connection at once, not at GC time.
                 async with contextlib.aclosing(fetch(request.uri or "", self.uri_filter, max_bytes=imp.max_download_bytes,
                                                      idle_timeout=float(imp.download_idle_timeout))) as fetched:
-                    await downloads.write("download", fetched, max_size=imp.max_download_bytes,
-                                          on_progress=lambda n: self._progress.__setitem__(task.id, (n, None)))
+                    await _save(fetched, path, lambda n: self._progress.__setitem__(task.id, (n, None)))
             except ApplianceError as exc:
                 raise ImportFailed(str(exc)) from None
         size = await asyncio.to_thread(os.path.getsize, path)

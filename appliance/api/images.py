@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, AsyncIterator
 
 from aiohttp import web
 
@@ -95,16 +95,33 @@ async def reactivate(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body as the socket delivered it. Unlike iter_any(), which joins whatever is
+    buffered into one new bytes object, this hands each received buffer on without a copy."""
+    async for data, _end_of_http_chunk in request.content.iter_chunks():
+        if data:
+            yield data
+
+
+def _large_reads(request: web.Request) -> None:
+    """Let the socket hand over up to 1 MiB per read during a body upload instead of asyncio's
+    256 KiB: a quarter of the per-chunk work on the event loop for multi-GiB uploads."""
+    transport = request.transport
+    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = max(transport.max_size, 1 << 20)  # type: ignore[attr-defined]
+
+
 @routes.put("/v2/images/{image_id}/file")
 async def upload(request: web.Request) -> web.Response:
     if request.content_type != "application/octet-stream":
         raise UnsupportedMediaType(
             "Unsupported Content-Type %r for image data; send application/octet-stream" % request.content_type
         )
+    _large_reads(request)
     await request.app[IMAGES].upload(
         request[CONTEXT],
         request.match_info["image_id"],
-        request.content.iter_any(),
+        body_chunks(request),
         size=request.content_length,
         store_name=request.headers.get("X-Image-Meta-Store"),
     )

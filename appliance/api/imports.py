@@ -6,7 +6,7 @@ from aiohttp import web
 
 from appliance import policy
 from appliance.api import schemas
-from appliance.api.images import read_json
+from appliance.api.images import body_chunks, read_json
 from appliance.api.keys import IMPORTS
 from appliance.api.middleware import CONTEXT
 from appliance.errors import UnsupportedMediaType
@@ -31,7 +31,7 @@ async def stage(request: web.Request) -> web.Response:
         raise UnsupportedMediaType("Unsupported Content-Type %r for staged data; send application/octet-stream" % request.content_type)
     size = request.headers.get("x-openstack-image-size")
     await request.app[IMPORTS].stage(
-        request[CONTEXT], request.match_info["image_id"], request.content.iter_any(),
+        request[CONTEXT], request.match_info["image_id"], body_chunks(request),
         int(size) if size and size.isdigit() else request.content_length,
     )
     return web.Response(status=204)

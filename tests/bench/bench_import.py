@@ -1,0 +1,168 @@
+"""Import benchmark (a benchmark, not a test): web-download of a gzip-compressed qcow2 with the
+decompression and conversion plugins, beside the naive chain measured in the same run.
+
+  image     : qcow2, 2 GiB virtual, ~700 MiB of random data, gzip -1 compressed, served by nginx
+  naive     : curl to a file; gzip -dc; qemu-img convert -O raw; sha512sum; md5sum (sequential)
+  daemon    : POST /v2/images/{id}/import (web-download) → active, decompress + convert + hash + store
+  latency   : GET /v2/images/{id} p50/p99 while two such imports run at once
+  memory    : the daemon's peak RSS (VmHWM)
+
+Usage: python tests/bench/bench_import.py [--data-mib 700] [--virtual-gib 2] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_transfer import peak_rss_mib, start_nginx  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def sh(cmd: str) -> None:
+    subprocess.run(cmd, shell=True, check=True, stdout=subprocess.DEVNULL)
+
+
+def make_image(work: Path, data_mib: int, virtual_gib: int) -> Path:
+    raw = work / "src.raw"
+    with open(raw, "wb") as fh:
+        fh.truncate(virtual_gib << 30)
+        # Random data in 4 MiB runs spread over the disk; the rest stays zero (sparse).
+        runs = data_mib // 4
+        stride = (virtual_gib << 30) // runs
+        for i in range(runs):
+            fh.seek(i * stride)
+            fh.write(os.urandom(4 << 20))
+    sh("qemu-img convert -f raw -O qcow2 %s %s/disk.qcow2" % (raw, work))
+    raw.unlink()
+    sh("gzip -1 -c %s/disk.qcow2 > %s/disk.qcow2.gz" % (work, work))
+    (work / "disk.qcow2").unlink()
+    return work / "disk.qcow2.gz"
+
+
+class Client:
+    def __init__(self, url: str, token: str) -> None:
+        self.url, self.token = url, token
+
+    def call(self, method: str, path: str, body: object | None = None, ctype: str = "application/json") -> object:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"X-Auth-Token": self.token, "Content-Type": ctype, "Accept": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def import_web(self, name: str, uri: str) -> str:
+        image = self.call("POST", "/v2/images", {"name": name, "disk_format": "qcow2", "container_format": "bare"})
+        self.call("POST", "/v2/images/%s/import" % image["id"], {"method": {"name": "web-download", "uri": uri}})  # type: ignore[index]
+        return image["id"]  # type: ignore[index]
+
+    def wait(self, image_id: str, timeout: float = 900) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            tasks = self.call("GET", "/v2/images/%s/tasks" % image_id)["tasks"]  # type: ignore[index]
+            if tasks and tasks[0]["status"] not in ("pending", "processing"):
+                if tasks[0]["status"] != "success":
+                    raise SystemExit("import failed: %s" % tasks[0]["message"])
+                return self.call("GET", "/v2/images/%s" % image_id)  # type: ignore[return-value]
+            time.sleep(0.1)
+        raise SystemExit("import timed out")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-mib", type=int, default=700)
+    ap.add_argument("--virtual-gib", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-import-", dir=args.workdir))
+    nginx = daemon = None
+    try:
+        src = make_image(work, args.data_mib, args.virtual_gib)
+        print("image: qcow2, %d GiB virtual, %d MiB random data; %s is %.0f MiB"
+              % (args.virtual_gib, args.data_mib, src.name, src.stat().st_size / 2**20))
+        nginx, base = start_nginx(work, work)
+        port = int(base.rsplit(":", 1)[1])
+        uri = "%s/%s" % (base, src.name)
+
+        chain = work / "chain"
+        chain.mkdir()
+        t = time.perf_counter()
+        sh("curl -sS --fail -o %s/d.gz %s" % (chain, uri))
+        sh("gzip -dc %s/d.gz > %s/d.qcow2" % (chain, chain))
+        sh("qemu-img convert -f qcow2 -O raw %s/d.qcow2 %s/d.raw" % (chain, chain))
+        sh("sha512sum %s/d.raw" % chain)
+        sh("md5sum %s/d.raw" % chain)
+        naive = time.perf_counter() - t
+        shutil.rmtree(chain)
+
+        state = work / "state"
+        state.mkdir()
+        (state / "appliance.toml").write_text(
+            '[import]\nplugins = ["image_decompression", "image_conversion"]\n'
+            '[import.uri_filter]\nallowed_hosts = ["127.0.0.0/8"]\nallowed_ports = [%d]\n' % port)
+        log = open(state / "daemon.log", "wb")
+        daemon = subprocess.Popen([str(BIN / "edge-appliance"), "serve", "--config", str(state / "appliance.toml"),
+                                   "--state-dir", str(state), "--port", "0"], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        url = ""
+        while not url and time.monotonic() < deadline:
+            text = (state / "daemon.log").read_text()
+            if "ready;" in text:
+                url = "http://127.0.0.1:" + text.split("http://127.0.0.1:")[1].split()[0]
+            time.sleep(0.05)
+        client = Client(url, (state / "admin-token").read_text().strip())
+
+        t = time.perf_counter()
+        first = client.wait(client.import_web("single", uri))
+        single = time.perf_counter() - t
+        assert first["disk_format"] == "raw" and first["virtual_size"] == args.virtual_gib << 30
+
+        # Two imports at once, with image-show latency sampled all along.
+        ids = [client.import_web("pair-%d" % i, uri) for i in range(2)]
+        latencies = []
+        t = time.perf_counter()
+        pending = set(ids)
+        while pending:
+            s = time.perf_counter()
+            client.call("GET", "/v2/images/%s" % first["id"])
+            latencies.append(time.perf_counter() - s)
+            for image_id in list(pending):
+                tasks = client.call("GET", "/v2/images/%s/tasks" % image_id)["tasks"]  # type: ignore[index]
+                if tasks and tasks[0]["status"] != "processing":
+                    assert tasks[0]["status"] == "success", tasks[0]["message"]
+                    pending.discard(image_id)
+            time.sleep(0.02)
+        pair = time.perf_counter() - t
+        rss = peak_rss_mib(daemon.pid)
+        latencies.sort()
+        p50 = latencies[len(latencies) // 2] * 1000
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+
+        print("naive chain (curl; gzip -dc; qemu-img convert; sha512sum; md5sum): %6.1f s" % naive)
+        print("daemon web-download + decompress + convert + hash + store     : %6.1f s   ratio %.2fx of the chain (target <= 1.00x)"
+              % (single, single / naive))
+        print("two imports at once                                           : %6.1f s" % pair)
+        print("image-show latency during two imports: p50 %.1f ms, p99 %.1f ms over %d requests (target p99 < 50 ms)"
+              % (p50, p99, len(latencies)))
+        print("daemon peak RSS: %.1f MiB (target < 200 MiB)" % rss)
+    finally:
+        for proc in (daemon, nginx):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
-from appliance.api import images, imports, info
-from appliance.api.keys import CONFIG, IMAGES, IMPORTS
+from appliance.api import edge, images, imports, info
+from appliance.api.keys import CONFIG, EVENTS, IMAGES, IMPORTS, STARTED
 from appliance.api.middleware import auth_middleware, error_middleware
 from appliance.services import Services
 
@@ -22,7 +24,10 @@ def build_app(services: Services) -> web.Application:
     app[CONFIG] = services.config
     app[IMAGES] = services.images
     app[IMPORTS] = services.imports
+    app[EVENTS] = services.events
+    app[STARTED] = time.monotonic()
     app.add_routes(info.routes)
     app.add_routes(images.routes)
     app.add_routes(imports.routes)
+    app.add_routes(edge.routes)
     return app

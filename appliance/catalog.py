@@ -415,6 +415,16 @@ class Catalog:
         async with self._db.execute("SELECT image_id FROM image_locations WHERE store = ?", [store]) as cur:
             return {r[0] for r in await cur.fetchall()}
 
+    async def image_counts(self) -> dict[str, int]:
+        """Number of images per status."""
+        async with self._db.execute("SELECT status, COUNT(*) FROM images GROUP BY status") as cur:
+            return {row[0]: int(row[1]) for row in await cur.fetchall()}
+
+    async def task_counts(self) -> dict[str, int]:
+        """Number of tasks per status."""
+        async with self._db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status") as cur:
+            return {row[0]: int(row[1]) for row in await cur.fetchall()}
+
     async def count_images(self) -> int:
         async with self._db.execute("SELECT COUNT(*) FROM images") as cur:
             row = await cur.fetchone()

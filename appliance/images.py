@@ -342,6 +342,9 @@ class ImageService:
         names.sort(key=lambda s: s != self.default_store)
         return names
 
+    async def counts(self) -> dict[str, dict[str, int]]:
+        return {"images": await self._catalog.image_counts(), "tasks": await self._catalog.task_counts()}
+
     # -- stores ---------------------------------------------------------------------------
 
     def store_names(self) -> list[str]:

@@ -123,6 +123,9 @@ class ImportService:
         # task id → (bytes done, bytes total or None) while a task runs; persisted at the end.
         self._progress: dict[str, tuple[int, int | None]] = {}
 
+    def running_count(self) -> int:
+        return len(self._running)
+
     def progress(self, task_id: str) -> tuple[int, int | None] | None:
         return self._progress.get(task_id)
 

@@ -10,6 +10,7 @@ from typing import AsyncIterator
 from appliance.auth import Authenticator
 from appliance.catalog import Catalog
 from appliance.config import Config
+from appliance.events import EventLog
 from appliance.images import ImageService
 from appliance.imports import ImportService, build_steps, build_uri_filter
 from appliance.stores.filesystem import FilesystemStore
@@ -25,11 +26,14 @@ class Services:
     images: ImageService
     imports: ImportService
     auth: Authenticator
+    events: EventLog
 
 
 @asynccontextmanager
 async def open_services(config: Config) -> AsyncIterator[Services]:
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    events = EventLog()
+    events.attach()
     stores = {
         s.name: FilesystemStore(s.name, config.path(s.path), thin_provisioning=s.thin_provisioning, description=s.description)
         for s in config.stores.stores
@@ -43,6 +47,8 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         await imports.recover()  # first: interrupted imports release their images
         await images.recover()
         try:
-            yield Services(config=config, catalog=catalog, stores=stores, images=images, imports=imports, auth=auth)
+            yield Services(config=config, catalog=catalog, stores=stores, images=images, imports=imports, auth=auth,
+                           events=events)
         finally:
             await imports.close()
+            events.detach()

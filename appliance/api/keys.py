@@ -5,9 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from appliance.config import Config
+from appliance.events import EventLog
 from appliance.images import ImageService
 from appliance.imports import ImportService
 
 CONFIG = web.AppKey("config", Config)
 IMAGES = web.AppKey("images", ImageService)
 IMPORTS = web.AppKey("imports", ImportService)
+EVENTS = web.AppKey("events", EventLog)
+STARTED = web.AppKey("started", float)

@@ -103,3 +103,16 @@ def store_detail_to_json(name: str, description: str, default: bool, usage: Stor
         },
     })
     return body
+
+
+def store_usage_to_json(name: str, description: str, default: bool, usage: StoreUsage) -> dict[str, Any]:
+    return {
+        "id": name,
+        "description": description,
+        "default": default,
+        "total_bytes": usage.total_bytes,
+        "free_bytes": usage.free_bytes,
+        "used_bytes": usage.used_bytes,
+        "read_only": usage.read_only,
+        "read_only_reason": usage.reason,
+    }

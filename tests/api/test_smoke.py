@@ -24,3 +24,20 @@ async def test_create_upload_download_roundtrip(api: Api) -> None:
     assert resp.status == 200
     assert resp.headers["Content-MD5"] == shown["checksum"]
     assert await resp.read() == data
+
+
+async def test_edge_status_and_events(api: Api) -> None:
+    image = await api.create(name="evented")
+    resp = await api.client.get("/v2/edge/status", headers=api.headers())
+    assert resp.status == 200
+    status = await resp.json()
+    assert status["site"] == {"name": "edge", "role": "edge"}
+    assert status["images"] == {"queued": 1}
+    assert [s["id"] for s in status["stores"]] == ["local"]
+    assert status["stores"][0]["total_bytes"] > 0
+    resp = await api.client.get("/v2/edge/events", headers=api.headers())
+    events = (await resp.json())["events"]
+    assert any(image["id"] in e["message"] and "created" in e["message"] for e in events)
+    last = events[-1]["seq"]
+    resp = await api.client.get("/v2/edge/events?since=%d" % last, headers=api.headers())
+    assert (await resp.json())["events"] == []

@@ -1,0 +1,51 @@
+"""Appliance-only operator endpoints under /v2/edge (admin): status summary and events."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from appliance import __version__, policy
+from appliance.api import schemas
+from appliance.api.keys import CONFIG, EVENTS, IMAGES, IMPORTS, STARTED
+from appliance.api.middleware import CONTEXT
+from appliance.errors import BadRequest
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v2/edge/status")
+async def status(request: web.Request) -> web.Response:
+    policy.check_admin(request[CONTEXT], "edge_status")
+    config = request.app[CONFIG]
+    images = request.app[IMAGES]
+    catalog_counts = await images.counts()
+    return web.json_response({
+        "site": {"name": config.site.name, "role": config.site.role},
+        "version": __version__,
+        "uptime_seconds": int(time.monotonic() - request.app[STARTED]),
+        "hub": {"configured": False, "state": "none", "last_sync": None, "last_error": None},
+        "cache": None,
+        "stores": [
+            schemas.store_usage_to_json(store.name, store.description, store.name == images.default_store, usage)
+            for store, usage in images.stores_info()
+        ],
+        "images": catalog_counts["images"],
+        "tasks": catalog_counts["tasks"],
+        "imports_running": request.app[IMPORTS].running_count(),
+    })
+
+
+@routes.get("/v2/edge/events")
+async def events(request: web.Request) -> web.Response:
+    policy.check_admin(request[CONTEXT], "edge_events")
+    try:
+        since = int(request.query.get("since", "0"))
+        limit = int(request.query.get("limit", "500"))
+    except ValueError:
+        raise BadRequest("since and limit must be integers") from None
+    found = request.app[EVENTS].since(since, max(1, min(limit, 2000)))
+    return web.json_response({"events": [
+        {"seq": e.seq, "time": e.time, "level": e.level, "source": e.source, "message": e.message} for e in found
+    ]})

@@ -79,6 +79,10 @@ class Authenticator:
             log.info("auth: admin token is in %s", path)
         return cls(tokens)
 
+    def replace_with(self, other: "Authenticator") -> None:
+        """Take another authenticator's tokens (config reload)."""
+        self._tokens = other._tokens
+
     def authenticate(self, token: str) -> Context | None:
         # Constant-time comparison against each configured token.
         found = None

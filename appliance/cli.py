@@ -16,20 +16,59 @@ from appliance import __version__, systemd
 from appliance.app import build_app
 from appliance.config import Config, load_config
 from appliance.errors import ConfigError
-from appliance.logconfig import configure_logging
-from appliance.services import open_services
+from appliance.logconfig import configure_logging, set_level
+from appliance.services import Services, open_services, reload_services
 
 log = logging.getLogger("appliance")
 
 
-async def serve(config: Config) -> None:
+# In-flight downloads get this long to finish after SIGTERM (systemd's TimeoutStopSec is longer).
+STOP_GRACE_SECONDS = 30.0
+
+
+async def _watchdog(interval: float) -> None:
+    # Runs on the event loop: a loop blocked for longer than WatchdogSec stops the pings and
+    # systemd restarts the service.
+    while True:
+        systemd.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+def _status_line(services: Services) -> str:
+    config = services.config
+    return "STATUS=%s site %s: %d store(s), %d import(s) running" % (
+        config.site.role, config.site.name, len(services.stores), services.imports.running_count())
+
+
+def _reload(services: Services, config_path: Path | None, overrides: dict[str, object]) -> None:
+    systemd.reloading()
+    try:
+        new = load_config(config_path, services.config.state_dir, **overrides)
+        pending = reload_services(services, new)
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running configuration: %s", exc)
+        systemd.notify("READY=1\nSTATUS=reload failed: %s" % exc)
+        return
+    set_level(new.logging.level)
+    if pending:
+        log.warning("reload applied; these changed but need a restart to take effect: %s", ", ".join(pending))
+    else:
+        log.info("reload applied")
+    systemd.notify("READY=1\n" + _status_line(services))
+
+
+async def serve(config: Config, config_path: Path | None = None, overrides: dict[str, object] | None = None) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP re-reads `config_path` with the same CLI `overrides`."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with open_services(config) as services:
-        runner = web.AppRunner(build_app(services), access_log=logging.getLogger("aiohttp.access"))
+        loop.add_signal_handler(signal.SIGHUP, _reload, services, config_path, overrides or {})
+        runner = web.AppRunner(build_app(services), access_log=logging.getLogger("aiohttp.access"),
+                               shutdown_timeout=STOP_GRACE_SECONDS)
         await runner.setup()
+        watchdog = None
         try:
             site = web.TCPSite(runner, config.api.host, config.api.port)
             await site.start()
@@ -43,14 +82,21 @@ async def serve(config: Config) -> None:
                 await web.UnixSite(runner, str(sock_path)).start()
                 os.chmod(sock_path, 0o660)
                 log.info("serving the Image API on unix:%s", sock_path)
-            systemd.notify("READY=1\nSTATUS=serving %d store(s) as %s site %s" % (
-                len(services.stores), config.site.role, config.site.name))
+            systemd.notify("READY=1\n" + _status_line(services))
+            interval = systemd.watchdog_interval()
+            if interval:
+                watchdog = asyncio.create_task(_watchdog(interval), name="watchdog")
             log.info("site %s (%s) ready; state in %s", config.site.name, config.site.role, config.state_dir)
             await stop.wait()
-            log.info("stopping")
+            log.info("stopping: no new requests; in-flight transfers get %.0f s", STOP_GRACE_SECONDS)
         finally:
             systemd.notify("STOPPING=1")
+            loop.remove_signal_handler(signal.SIGHUP)
+            # Closes the listeners first, then waits for in-flight requests (the grace period).
             await runner.cleanup()
+            if watchdog is not None:
+                watchdog.cancel()
+    log.info("stopped")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: $STATE_DIRECTORY or ./var)")
     s.add_argument("--host", help="listen address (overrides api.host)")
     s.add_argument("--port", type=int, help="listen port (overrides api.port; 0 picks a free one)")
+    s.add_argument("--log-format", choices=("auto", "text", "journal", "json"), default="auto",
+                   help="auto: journal-style under systemd, else text; json: one JSON object per line")
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("path", type=Path)
     u = sub.add_parser("check-uri", help="would web-download fetch this URL? (exit 0: accept, 1: refuse)")
@@ -101,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print("config error: %s" % exc, file=sys.stderr)
         return 2
-    configure_logging(config.logging.level)
+    configure_logging(config.logging.level, args.log_format)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, args.config, {"host": args.host, "port": args.port}))
     except ConfigError as exc:
         log.error("config error: %s", exc)
         return 2

@@ -74,6 +74,14 @@ class ImageService:
         self._stores = stores
         self.default_store = config.stores.default
 
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def apply_config(self, config: Config) -> None:
+        """Take a reloaded config (page sizes, upload cap, enabled formats change live)."""
+        self._config = config
+
     # -- start-up -------------------------------------------------------------------------
 
     async def recover(self) -> None:

@@ -123,6 +123,13 @@ class ImportService:
         # task id → (bytes done, bytes total or None) while a task runs; persisted at the end.
         self._progress: dict[str, tuple[int, int | None]] = {}
 
+    def apply_config(self, config: Config) -> None:
+        """Take a reloaded config: methods, plugins and their options, URI filter, limits.
+        Imports already running keep what they started with."""
+        self._config = config
+        self._steps = build_steps(config)
+        self.uri_filter = build_uri_filter(config)
+
     def running_count(self) -> int:
         return len(self._running)
 
@@ -162,10 +169,14 @@ class ImportService:
             log.warning("recovery: import of image %s was interrupted; image is %s", image.id, status)
 
     async def close(self) -> None:
-        for task in list(self._running.values()):
+        """Stop running imports and fail them cleanly now (image back to queued, scratch
+        space emptied), so a stopped daemon never leaves an image `importing`."""
+        running = list(self._running.values())
+        for task in running:
             task.cancel()
-        if self._running:
-            await asyncio.gather(*self._running.values(), return_exceptions=True)
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+            await self.recover()
 
     # -- queries --------------------------------------------------------------------------
 

@@ -29,6 +29,25 @@ class Services:
     events: EventLog
 
 
+# Config parts that only a restart applies; the rest changes live on reload.
+RESTART_ONLY = ("site", "stores", "catalog", "state_dir")
+RESTART_ONLY_API = ("host", "port", "unix_socket")
+
+
+def reload_services(services: Services, new: Config) -> list[str]:
+    """Apply a re-read config to running services. Returns what changed but needs a restart
+    (reported to the operator, never silently ignored)."""
+    pending = [name for name in RESTART_ONLY if getattr(new, name) != getattr(services.config, name)]
+    pending += ["api.%s" % name for name in RESTART_ONLY_API if getattr(new.api, name) != getattr(services.config.api, name)]
+    if new.imports.staging_dir != services.config.imports.staging_dir:
+        pending.append("import.staging_dir")
+    services.auth.replace_with(Authenticator.from_config(new))
+    services.images.apply_config(new)
+    services.imports.apply_config(new)
+    services.config = new
+    return pending
+
+
 @asynccontextmanager
 async def open_services(config: Config) -> AsyncIterator[Services]:
     config.state_dir.mkdir(parents=True, exist_ok=True)

@@ -127,7 +127,8 @@ class Daemon:
         return self.proc.wait(timeout)
 
 
-def start_daemon(state_dir: Path, config: Path | None = None, timeout: float = 20) -> Daemon:
+def start_daemon(state_dir: Path, config: Path | None = None, timeout: float = 20,
+                 env: dict[str, str] | None = None) -> Daemon:
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / "daemon.log"
     cmd = [str(VENV_BIN / "edge-appliance"), "serve", "--state-dir", str(state_dir), "--port", "0", "--host", "127.0.0.1"]
@@ -135,7 +136,8 @@ def start_daemon(state_dir: Path, config: Path | None = None, timeout: float = 2
         cmd += ["--config", str(config)]
     fh = open(log, "ab")
     start = fh.tell()  # a restarted daemon appends: read only what this run wrote
-    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=str(state_dir))
+    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=str(state_dir),
+                            env={**os.environ, **(env or {})})
     fh.close()
     deadline = time.monotonic() + timeout
     port = None

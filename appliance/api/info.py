@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from appliance.api import schema_docs, schemas
-from appliance.api.keys import CONFIG, IMAGES
+from appliance.api.keys import IMAGES
 from appliance.api.middleware import CONTEXT
 from appliance.errors import NotFound
 
@@ -47,7 +47,7 @@ async def healthcheck(request: web.Request) -> web.Response:
 
 @routes.get("/v2/schemas/{name:.+}")
 async def schema(request: web.Request) -> web.Response:
-    formats = request.app[CONFIG].formats
+    formats = request.app[IMAGES].config.formats  # reloadable
     docs = schema_docs.all_schemas(formats.disk_formats, formats.container_formats)
     name = request.match_info["name"]
     if name not in docs:

@@ -7,7 +7,7 @@ import time
 from aiohttp import web
 
 from appliance.api import edge, images, imports, info
-from appliance.api.keys import CONFIG, EVENTS, IMAGES, IMPORTS, STARTED
+from appliance.api.keys import CONFIG, EVENTS, IMAGES, IMPORTS, METRICS, STARTED
 from appliance.api.middleware import auth_middleware, error_middleware
 from appliance.services import Services
 
@@ -21,10 +21,12 @@ def build_app(services: Services) -> web.Application:
         client_max_size=services.config.api.max_json_bytes,
         handler_args={"read_bufsize": READ_BUFSIZE},
     )
+    services.metrics.install(app)
     app[CONFIG] = services.config
     app[IMAGES] = services.images
     app[IMPORTS] = services.imports
     app[EVENTS] = services.events
+    app[METRICS] = services.metrics
     app[STARTED] = time.monotonic()
     app.add_routes(info.routes)
     app.add_routes(images.routes)

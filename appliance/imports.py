@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,9 @@ class ImportService:
     def __init__(
         self, config: Config, catalog: Catalog, stores: dict[str, ImageStore], images: ImageService,
         steps: Sequence[ImportStep], uri_filter: UriFilter,
+        observe_plugin: Callable[[str, float], None] = lambda name, seconds: None,
     ) -> None:
+        self._observe_plugin = observe_plugin
         self._config = config
         self._catalog = catalog
         self._stores = stores
@@ -352,7 +355,9 @@ class ImportService:
             )
             for step in self._steps:
                 log.info("image %s: running plugin %s", image.id, step.name)
+                started = time.monotonic()
                 staged = await step.run(staged, step_ctx)
+                self._observe_plugin(step.name, time.monotonic() - started)
             try:
                 found = await asyncio.to_thread(inspect_file, str(staged.path), staged.disk_format)
             except ApplianceError as exc:

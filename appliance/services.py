@@ -11,6 +11,7 @@ from appliance.auth import Authenticator
 from appliance.catalog import Catalog
 from appliance.config import Config
 from appliance.events import EventLog
+from appliance.metrics import Metrics
 from appliance.images import ImageService
 from appliance.imports import ImportService, build_steps, build_uri_filter
 from appliance.stores.filesystem import FilesystemStore
@@ -27,6 +28,7 @@ class Services:
     imports: ImportService
     auth: Authenticator
     events: EventLog
+    metrics: Metrics
 
 
 # Config parts that only a restart applies; the rest changes live on reload.
@@ -52,6 +54,7 @@ def reload_services(services: Services, new: Config) -> list[str]:
 async def open_services(config: Config) -> AsyncIterator[Services]:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     events = EventLog()
+    metrics = Metrics()
     events.attach()
     stores = {
         s.name: FilesystemStore(s.name, config.path(s.path), thin_provisioning=s.thin_provisioning, description=s.description)
@@ -62,12 +65,13 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
     auth = Authenticator.from_config(config)
     async with Catalog.open(config.path(config.catalog.path)) as catalog:
         images = ImageService(config, catalog, stores)
-        imports = ImportService(config, catalog, dict(stores), images, build_steps(config), build_uri_filter(config))
+        imports = ImportService(config, catalog, dict(stores), images, build_steps(config), build_uri_filter(config),
+                                observe_plugin=lambda name, secs: metrics.plugin_seconds.labels(name).observe(secs))
         await imports.recover()  # first: interrupted imports release their images
         await images.recover()
         try:
             yield Services(config=config, catalog=catalog, stores=stores, images=images, imports=imports, auth=auth,
-                           events=events)
+                           events=events, metrics=metrics)
         finally:
             await imports.close()
             events.detach()

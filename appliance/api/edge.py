@@ -8,7 +8,7 @@ from aiohttp import web
 
 from appliance import __version__, policy
 from appliance.api import schemas
-from appliance.api.keys import CONFIG, EVENTS, IMAGES, IMPORTS, STARTED
+from appliance.api.keys import CONFIG, EVENTS, IMAGES, IMPORTS, METRICS, STARTED
 from appliance.api.middleware import CONTEXT
 from appliance.errors import BadRequest
 
@@ -49,3 +49,21 @@ async def events(request: web.Request) -> web.Response:
     return web.json_response({"events": [
         {"seq": e.seq, "time": e.time, "level": e.level, "source": e.source, "message": e.message} for e in found
     ]})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format. Gauges that mirror state are refreshed at scrape time."""
+    m = request.app[METRICS]
+    counts = await request.app[IMAGES].counts()
+    for state in ("pending", "processing", "success", "failure"):
+        m.tasks.labels(state).set(counts["tasks"].get(state, 0))
+    for status, n in counts["images"].items():
+        m.images.labels(status).set(n)
+    m.imports_running.set(request.app[IMPORTS].running_count())
+    for store, usage in request.app[IMAGES].stores_info():
+        m.store_total.labels(store.name).set(usage.total_bytes)
+        m.store_free.labels(store.name).set(usage.free_bytes)
+        m.store_used.labels(store.name).set(usage.used_bytes)
+        m.store_read_only.labels(store.name).set(1 if usage.read_only else 0)
+    return web.Response(body=m.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

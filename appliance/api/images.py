@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
 from appliance.api import schemas
-from appliance.api.keys import IMAGES, IMPORTS
+from appliance.api.keys import IMAGES, IMPORTS, METRICS
 from appliance.api.middleware import CONTEXT
 from appliance.errors import BadRequest, UnsupportedMediaType
 
@@ -118,14 +119,29 @@ async def upload(request: web.Request) -> web.Response:
             "Unsupported Content-Type %r for image data; send application/octet-stream" % request.content_type
         )
     _large_reads(request)
-    await request.app[IMAGES].upload(
+    image = await request.app[IMAGES].upload(
         request[CONTEXT],
         request.match_info["image_id"],
         body_chunks(request),
         size=request.content_length,
         store_name=request.headers.get("X-Image-Meta-Store"),
     )
+    request.app[METRICS].bytes_received.labels("upload").inc(image.size or 0)
     return web.Response(status=204)
+
+
+class CountedFileResponse(web.FileResponse):
+    """sendfile, plus a count of the bytes actually answered (the whole file or the range)."""
+
+    def __init__(self, path: Path, count: Callable[[int], None], **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._count = count
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        writer = await super().prepare(request)
+        if self.status in (200, 206) and self.content_length:
+            self._count(self.content_length)
+        return writer
 
 
 @routes.get("/v2/images/{image_id}/file")
@@ -136,7 +152,8 @@ async def download(request: web.Request) -> web.StreamResponse:
     headers = {"Content-Type": "application/octet-stream"}
     if "Range" not in request.headers and found.image.checksum:
         headers["Content-MD5"] = found.image.checksum
-    return web.FileResponse(found.path, chunk_size=IMAGE_FILE_CHUNK, headers=headers)
+    served = request.app[METRICS].bytes_served.labels("store")
+    return CountedFileResponse(found.path, served.inc, chunk_size=IMAGE_FILE_CHUNK, headers=headers)
 
 
 @routes.get("/v2/images/{image_id}/locations")

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from appliance.config import Config
 from appliance.events import EventLog
+from appliance.metrics import Metrics
 from appliance.images import ImageService
 from appliance.imports import ImportService
 
@@ -14,3 +15,4 @@ IMAGES = web.AppKey("images", ImageService)
 IMPORTS = web.AppKey("imports", ImportService)
 EVENTS = web.AppKey("events", EventLog)
 STARTED = web.AppKey("started", float)
+METRICS = web.AppKey("metrics", Metrics)

@@ -33,7 +33,7 @@ STATUS: dict[type[Exception], int] = {
     errors.StorageFull: 507,
 }
 # Paths anyone may read without a token (version discovery, load balancer checks).
-PUBLIC_PATHS = frozenset({"/", "/versions", "/healthcheck"})
+PUBLIC_PATHS = frozenset({"/", "/versions", "/healthcheck", "/metrics"})
 CONTEXT = web.RequestKey("context", Context)
 
 

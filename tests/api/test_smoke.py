@@ -41,3 +41,22 @@ async def test_edge_status_and_events(api: Api) -> None:
     last = events[-1]["seq"]
     resp = await api.client.get("/v2/edge/events?since=%d" % last, headers=api.headers())
     assert (await resp.json())["events"] == []
+
+
+async def test_metrics_count_requests_and_bytes(api: Api) -> None:
+    image = await api.create(name="metered")
+    data = b"m" * 5000
+    assert (await api.upload(image["id"], data)).status == 204
+    resp = await api.client.get("/v2/images/%s/file" % image["id"], headers=api.headers())
+    assert await resp.read() == data
+    resp = await api.client.get("/v2/images/%s/file" % image["id"], headers=api.headers(Range="bytes=0-99"))
+    assert resp.status == 206 and len(await resp.read()) == 100
+    resp = await api.client.get("/metrics")  # no token needed for scrapes
+    assert resp.status == 200
+    text = await resp.text()
+    assert 'appliance_bytes_served_total{source="store"} 5100.0' in text
+    assert 'appliance_bytes_received_total{kind="upload"} 5000.0' in text
+    assert 'appliance_http_requests_total{method="GET",route="/v2/images/{image_id}/file",status="200"} 1.0' in text
+    assert 'appliance_http_requests_total{method="GET",route="/v2/images/{image_id}/file",status="206"} 1.0' in text
+    assert 'appliance_images{status="active"} 1.0' in text
+    assert 'appliance_store_free_bytes{store="local"}' in text

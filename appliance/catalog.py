@@ -401,6 +401,19 @@ class Catalog:
             await db.execute("DELETE FROM image_locations WHERE image_id = ? AND store = ?", [image_id, store])
             await db.execute("UPDATE images SET updated_at = ? WHERE id = ?", [updated_at, image_id])
 
+    async def set_location_status(self, image_id: str, store: str, status: str, updated_at: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("UPDATE image_locations SET status = ? WHERE image_id = ? AND store = ?", [status, image_id, store])
+            await db.execute("UPDATE images SET updated_at = ? WHERE id = ?", [updated_at, image_id])
+
+    async def servable_copies(self) -> list[tuple[str, str, int | None, str | None]]:
+        """(image id, store, size, sha512) of every active copy of an image that has data."""
+        async with self._db.execute(
+            "SELECT l.image_id, l.store, i.size, i.os_hash_value FROM image_locations l JOIN images i ON i.id = l.image_id "
+            "WHERE l.status = 'active' AND i.status IN ('active', 'deactivated') ORDER BY l.image_id, l.position"
+        ) as cur:
+            return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
+
     async def delete_image(self, image_id: str) -> None:
         async with self._transaction() as db:
             cur = await db.execute("DELETE FROM images WHERE id = ?", [image_id])

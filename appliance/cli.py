@@ -87,7 +87,16 @@ async def serve(config: Config, config_path: Path | None = None, overrides: dict
             if interval:
                 watchdog = asyncio.create_task(_watchdog(interval), name="watchdog")
             log.info("site %s (%s) ready; state in %s", config.site.name, config.site.role, config.state_dir)
-            await stop.wait()
+            loops = [asyncio.create_task(run(), name=name) for name, run in services.background_loops()]
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([stopper, *loops], return_when=asyncio.FIRST_COMPLETED)
+            for task in (stopper, *loops):
+                task.cancel()
+            await asyncio.gather(stopper, *loops, return_exceptions=True)
+            crashed = [t for t in done if t is not stopper and not t.cancelled() and t.exception() is not None]
+            if crashed:
+                # A dead background loop stops the daemon (exit 1) so systemd restarts it.
+                raise RuntimeError("background loop %s failed" % crashed[0].get_name()) from crashed[0].exception()
             log.info("stopping: no new requests; in-flight transfers get %.0f s", STOP_GRACE_SECONDS)
         finally:
             systemd.notify("STOPPING=1")

@@ -65,6 +65,9 @@ class StoreConfig:
     path: str
     thin_provisioning: bool = False
     description: str = ""
+    # Refuse writes unless the directory is a mount point (an NFS/iSCSI mount that went away
+    # must not be filled through the bare directory underneath).
+    require_mount: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,15 @@ class ImportConfig:
 
 
 @dataclass(frozen=True)
+class ScrubberConfig:
+    # Re-hash every stored copy against its recorded SHA-512 this often (seconds).
+    enabled: bool = True
+    interval: int = 86400
+    # Read rate limit while scrubbing, so serving is not starved.
+    rate_mib_per_s: int = 50
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
 
@@ -138,6 +150,7 @@ class Config:
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     formats: FormatsConfig = field(default_factory=FormatsConfig)
     imports: ImportConfig = field(default_factory=ImportConfig)
+    scrubber: ScrubberConfig = field(default_factory=ScrubberConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def path(self, value: str) -> Path:
@@ -342,7 +355,7 @@ def _read_stores(data: Any) -> StoresConfig:
         if not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError("stores.%s: store names may hold letters, digits, '-' and '_' only" % name)
         section = "stores.%s" % name
-        _check_keys(section, body, {"path", "thin_provisioning", "description"})
+        _check_keys(section, body, {"path", "thin_provisioning", "description", "require_mount"})
         if "path" not in body:
             raise ConfigError("%s.path: required" % section)
         stores.append(
@@ -351,6 +364,7 @@ def _read_stores(data: Any) -> StoresConfig:
                 path=_typed(section + ".path", body["path"], str, "a string"),
                 thin_provisioning=_typed(section + ".thin_provisioning", body.get("thin_provisioning", False), bool, "true or false"),
                 description=_typed(section + ".description", body.get("description", ""), str, "a string"),
+                require_mount=_typed(section + ".require_mount", body.get("require_mount", False), bool, "true or false"),
             )
         )
     if not stores:
@@ -363,7 +377,7 @@ def _read_stores(data: Any) -> StoresConfig:
 
 def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
     """Validate a parsed TOML document into a Config."""
-    sections = {"site", "api", "auth", "stores", "catalog", "formats", "import", "logging"}
+    sections = {"site", "api", "auth", "stores", "catalog", "formats", "import", "scrubber", "logging"}
     _check_keys("", data, sections)
     site = _simple_section("site", SiteConfig, data.get("site"))
     if site.role not in ROLES:
@@ -399,8 +413,16 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
         catalog=_simple_section("catalog", CatalogConfig, data.get("catalog")),
         formats=formats,
         imports=_read_import(data.get("import")),
+        scrubber=_scrubber(data.get("scrubber")),
         logging=log,
     )
+
+
+def _scrubber(data: Any) -> ScrubberConfig:
+    conf = _simple_section("scrubber", ScrubberConfig, data)
+    if conf.interval <= 0 or conf.rate_mib_per_s <= 0:
+        raise ConfigError("scrubber: interval and rate_mib_per_s must be positive")
+    return conf
 
 
 def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:

@@ -57,7 +57,8 @@ class Image:
 
     @property
     def stores(self) -> tuple[str, ...]:
-        return tuple(loc.store for loc in self.locations)
+        """Stores holding a servable copy (quarantined copies are never served)."""
+        return tuple(loc.store for loc in self.locations if loc.status == "active")
 
 
 @dataclass(frozen=True)

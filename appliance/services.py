@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from appliance.auth import Authenticator
 from appliance.catalog import Catalog
 from appliance.config import Config
 from appliance.events import EventLog
 from appliance.metrics import Metrics
+from appliance.scrubber import Scrubber
 from appliance.images import ImageService
 from appliance.imports import ImportService, build_steps, build_uri_filter
 from appliance.stores.filesystem import FilesystemStore
@@ -29,6 +30,13 @@ class Services:
     auth: Authenticator
     events: EventLog
     metrics: Metrics
+    scrubber: Scrubber
+
+    def background_loops(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        loops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self.config.scrubber.enabled:
+            loops.append(("scrubber", self.scrubber.run))
+        return loops
 
 
 # Config parts that only a restart applies; the rest changes live on reload.
@@ -57,7 +65,8 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
     metrics = Metrics()
     events.attach()
     stores = {
-        s.name: FilesystemStore(s.name, config.path(s.path), thin_provisioning=s.thin_provisioning, description=s.description)
+        s.name: FilesystemStore(s.name, config.path(s.path), thin_provisioning=s.thin_provisioning, description=s.description,
+                                require_mount=s.require_mount)
         for s in config.stores.stores
     }
     for store in stores.values():
@@ -67,11 +76,14 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         images = ImageService(config, catalog, stores)
         imports = ImportService(config, catalog, dict(stores), images, build_steps(config), build_uri_filter(config),
                                 observe_plugin=lambda name, secs: metrics.plugin_seconds.labels(name).observe(secs))
+        scrubber = Scrubber(catalog, stores, interval=config.scrubber.interval,
+                            rate_bytes_per_s=config.scrubber.rate_mib_per_s * float(1 << 20),
+                            on_checked=metrics.scrub_checked.inc, on_mismatch=metrics.scrub_mismatches.inc)
         await imports.recover()  # first: interrupted imports release their images
         await images.recover()
         try:
             yield Services(config=config, catalog=catalog, stores=stores, images=images, imports=imports, auth=auth,
-                           events=events, metrics=metrics)
+                           events=events, metrics=metrics, scrubber=scrubber)
         finally:
             await imports.close()
             events.detach()

@@ -40,7 +40,7 @@ def image_to_json(image: Image) -> dict[str, Any]:
     # Custom properties sit beside the base attributes, as in Glance; they never shadow them.
     for key, value in image.properties.items():
         body.setdefault(key, value)
-    if image.locations:
+    if image.stores:
         body["stores"] = ",".join(image.stores)
     return body
 

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import AsyncIterable, Awaitable, Callable, Sequence, TypeVar
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PARTIAL_DIR = ".partial"
+QUARANTINE_DIR = ".quarantine"
 # Bytes handed to the worker threads at a time: large enough to amortise the hand-over,
 # small enough that PIPELINE_DEPTH of them stay a few MiB per transfer.
 BATCH_BYTES = 1 << 20
@@ -110,21 +112,30 @@ def _fsync_dir(path: Path) -> None:
 
 
 class FilesystemStore:
-    def __init__(self, name: str, path: Path, *, thin_provisioning: bool = False, description: str = "") -> None:
+    def __init__(self, name: str, path: Path, *, thin_provisioning: bool = False, description: str = "",
+                 require_mount: bool = False) -> None:
         self.name = name
         self.path = path
         self.thin_provisioning = thin_provisioning
         self.description = description
+        self.require_mount = require_mount
         self._partial = path / PARTIAL_DIR
 
     def prepare(self) -> None:
         """Create the directories if possible; a failure leaves the store read-only, not fatal."""
+        if self.require_mount and not os.path.ismount(self.path):
+            log.warning("store %s: %s is not mounted; the store is read-only until it is", self.name, self.path)
+            return
         try:
             self._partial.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             log.warning("store %s: cannot create %s: %s; the store is read-only", self.name, self._partial, exc.strerror)
 
     def read_only_reason(self) -> str:
+        """Why writes are refused right now ("" if they are not). Checked on every write and
+        report, so a store recovers by itself when its mount comes back or turns writable."""
+        if self.require_mount and not os.path.ismount(self.path):
+            return "%s is not a mount point (its filesystem is not mounted)" % self.path
         if not self.path.is_dir():
             return "directory %s does not exist" % self.path
         try:
@@ -132,7 +143,7 @@ class FilesystemStore:
                 return "filesystem of %s is mounted read-only" % self.path
         except OSError as exc:
             return "cannot stat %s: %s" % (self.path, exc.strerror)
-        if not os.access(self.path, os.W_OK) or not os.access(self._partial, os.W_OK):
+        if not os.access(self.path, os.W_OK):
             return "directory %s is not writable" % self.path
         return ""
 
@@ -172,6 +183,7 @@ class FilesystemStore:
             raise StoreReadOnly("Store %s is read-only: %s" % (self.name, reason))
         tmp = self._partial / ("%s.%s" % (image_id, secrets.token_hex(4)))
         try:
+            await asyncio.to_thread(self._partial.mkdir, exist_ok=True)  # e.g. a mount that just came back
             fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except OSError as exc:
             raise self._error(exc) from exc
@@ -244,6 +256,17 @@ class FilesystemStore:
             return True
 
         return await asyncio.to_thread(unlink)
+
+    def quarantine(self, image_id: str) -> Path | None:
+        """Move a copy that failed verification aside (kept for inspection, never served)."""
+        src = self.path / image_id
+        if not src.is_file():
+            return None
+        qdir = self.path / QUARANTINE_DIR
+        qdir.mkdir(exist_ok=True)
+        dest = qdir / ("%s.%d" % (image_id, int(time.time())))
+        os.replace(src, dest)
+        return dest
 
     def clean_partial(self) -> int:
         """Remove leftovers of interrupted writes (called at start, before serving)."""

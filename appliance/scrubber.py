@@ -1,0 +1,91 @@
+"""Scrubber: a periodic, rate-limited job that re-hashes every stored copy against the
+SHA-512 recorded for its image. A mismatch quarantines the copy: it is moved aside, its
+location is marked `quarantined` and it is never served again."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from appliance.catalog import Catalog
+from appliance.stores.filesystem import FilesystemStore
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ScrubReport:
+    checked: int
+    quarantined: list[tuple[str, str]]  # (image id, store)
+
+
+def hash_file(path: Path, rate_bytes_per_s: float) -> tuple[int, str]:
+    """(size, sha512 hex) of a file, reading no faster than the given rate (runs in a thread)."""
+    digest = hashlib.sha512()
+    size = 0
+    started = time.monotonic()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(READ_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            ahead = size / rate_bytes_per_s - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    return size, digest.hexdigest()
+
+
+class Scrubber:
+    def __init__(
+        self, catalog: Catalog, stores: Mapping[str, FilesystemStore], *, interval: float, rate_bytes_per_s: float,
+        on_checked: Callable[[], None] = lambda: None, on_mismatch: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._catalog = catalog
+        self._stores = stores
+        self._interval = interval
+        self._rate = rate_bytes_per_s
+        self._on_checked = on_checked
+        self._on_mismatch = on_mismatch
+
+    async def tick(self) -> ScrubReport:
+        """One full pass over every servable copy."""
+        from appliance.images import now
+
+        checked = 0
+        bad: list[tuple[str, str]] = []
+        for image_id, store_name, size, expected in await self._catalog.servable_copies():
+            store = self._stores.get(store_name)
+            path = store.data_path(image_id) if store is not None else None
+            if store is None or path is None or not expected:
+                continue
+            try:
+                actual_size, actual = await asyncio.to_thread(hash_file, path, self._rate)
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            except OSError as exc:
+                log.error("scrubber: cannot read image %s in store %s: %s", image_id, store_name, exc)
+                continue
+            checked += 1
+            self._on_checked()
+            if actual == expected and (size is None or actual_size == size):
+                continue
+            moved = await asyncio.to_thread(store.quarantine, image_id)
+            await self._catalog.set_location_status(image_id, store_name, "quarantined", now())
+            self._on_mismatch()
+            bad.append((image_id, store_name))
+            log.error("scrubber: image %s in store %s does not match its recorded SHA-512 (%d bytes read); "
+                      "copy quarantined to %s and no longer served", image_id, store_name, actual_size, moved)
+        if checked:
+            log.info("scrubber: checked %d cop%s, %d quarantined", checked, "y" if checked == 1 else "ies", len(bad))
+        return ScrubReport(checked=checked, quarantined=bad)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.tick()

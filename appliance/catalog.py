@@ -464,8 +464,8 @@ class Catalog:
 
     async def list_tasks(self, image_id: str | None = None, limit: int = 100) -> list[Task]:
         if image_id is None:
-            return await self._tasks("ORDER BY created_at DESC LIMIT ?", [limit])
-        return await self._tasks("WHERE image_id = ? ORDER BY created_at DESC LIMIT ?", [image_id, limit])
+            return await self._tasks("ORDER BY created_at DESC, rowid DESC LIMIT ?", [limit])
+        return await self._tasks("WHERE image_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?", [image_id, limit])
 
     async def _tasks(self, tail: str, args: list[Any]) -> list[Task]:
         async with self._db.execute(

@@ -163,13 +163,37 @@ class ImportService:
                 image = await self._catalog.get_image(task.image_id)
             except NotFound:
                 continue
-            status = ACTIVE if image.locations else QUEUED
-            await self._catalog.update_image(
-                image.id, columns={"status": status} if image.status in (IMPORTING, UPLOADING) else {},
-                remove_properties=[IMPORTING_TO], updated_at=now(),
-            )
+            status = await self._release(image)
             await self._staging.delete(image.id)
             log.warning("recovery: import of image %s was interrupted; image is %s", image.id, status)
+        # Images stuck without an unfinished task: `importing` when the stop came between the
+        # status change and the task's creation; `uploading` with nothing staged when it came
+        # in the middle of a PUT /stage (the partial file was just removed above).
+        for image_id in await self._catalog.images_in_status(IMPORTING):
+            status = await self._release(await self._catalog.get_image(image_id))
+            log.warning("recovery: image %s was left importing; image is %s", image_id, status)
+        for image_id in await self._catalog.images_in_status(UPLOADING):
+            if self._staging.data_path(image_id) is None:
+                await self._catalog.update_image(image_id, expect_status=[UPLOADING], columns={"status": QUEUED},
+                                                 updated_at=now())
+                log.warning("recovery: staging of image %s was interrupted; it is queued again", image_id)
+
+    async def _release(self, image: Image) -> str:
+        """Put an image whose import was interrupted back in a usable state; returns its status.
+        An image still `importing` was never activated (activation makes it active), so copies
+        already written for an all-stores-must-succeed import are removed with their locations
+        and the image is queued again; an active one (copy-image, or a first store done with
+        allow-failure) keeps its verified copies."""
+        if image.status not in (IMPORTING, UPLOADING):
+            await self._catalog.update_image(image.id, remove_properties=[IMPORTING_TO], updated_at=now())
+            return image.status
+        for location in image.locations:
+            await self._catalog.remove_location(image.id, location.store, now(), keep_last=False)
+            if location.store in self._stores:
+                await self._stores[location.store].delete(image.id)
+        await self._catalog.update_image(image.id, columns={"status": QUEUED}, remove_properties=[IMPORTING_TO],
+                                         updated_at=now())
+        return QUEUED
 
     async def close(self) -> None:
         """Stop running imports and fail them cleanly now (image back to queued, scratch

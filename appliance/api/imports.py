@@ -9,7 +9,7 @@ from appliance.api import schemas
 from appliance.api.images import body_chunks, read_json
 from appliance.api.keys import IMPORTS
 from appliance.api.middleware import CONTEXT
-from appliance.errors import UnsupportedMediaType
+from appliance.errors import BadRequest, UnsupportedMediaType
 
 routes = web.RouteTableDef()
 
@@ -40,6 +40,13 @@ async def stage(request: web.Request) -> web.Response:
 @routes.post("/v2/images/{image_id}/import")
 async def import_image(request: web.Request) -> web.Response:
     body = await read_json(request)
+    header_store = request.headers.get("X-Image-Meta-Store")
+    if header_store is not None:
+        # python-glanceclient sends `--store` as this header (Glance accepts it for imports too).
+        if isinstance(body, dict) and ("stores" in body or body.get("all_stores")):
+            raise BadRequest("Give the target store either in X-Image-Meta-Store or in the body, not both")
+        if isinstance(body, dict):
+            body = {**body, "stores": [header_store]}
     await request.app[IMPORTS].start(request[CONTEXT], request.match_info["image_id"], body)
     return web.Response(status=202)
 

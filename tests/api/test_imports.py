@@ -376,3 +376,20 @@ async def test_import_inspects_claimed_format(open_api: Callable[..., Awaitable[
     assert task["status"] == "failure"
     assert "qcow2" in task["message"]
     assert (await show(api, image["id"]))["status"] == "queued"
+
+
+async def test_store_header_targets_the_import(open_api: Callable[..., Awaitable[Api]]) -> None:
+    api = await open_api(stores=TWO_STORES)
+    image = await api.create(name="by-header")
+    await stage(api, image["id"], b"h" * 4096)
+    resp = await api.client.post("/v2/images/%s/import" % image["id"], json={"method": {"name": "glance-direct"}},
+                                 headers=api.headers(**{"X-Image-Meta-Store": "fast"}))
+    assert resp.status == 202, await resp.text()
+    task = await wait_task(api, image["id"])
+    assert task["status"] == "success", task["message"]
+    assert (await show(api, image["id"]))["stores"] == "fast"
+    other = await api.create(name="both")
+    await stage(api, other["id"], b"h" * 4096)
+    resp = await api.client.post("/v2/images/%s/import" % other["id"], json={"method": {"name": "glance-direct"}, "stores": ["local"]},
+                                 headers=api.headers(**{"X-Image-Meta-Store": "fast"}))
+    assert resp.status == 400

@@ -410,3 +410,36 @@ def test_copy_image_interrupted_keeps_the_original(
     shown = show(d, image_id)
     assert shown["stores"] == "local,fast"
     assert (state / "fast" / image_id).read_bytes() == data
+
+
+def test_killed_between_stores_with_all_must_succeed_reverts(
+    daemon_factory: Callable[..., Daemon], config: Path, restart: Callable[[Path], Daemon]
+) -> None:
+    """all_stores_must_succeed: the image becomes active only once every store has its copy.
+    Killed after the first store was written but before the second was: the next start must
+    revert (queued, no copies), not turn a half-imported image active."""
+    d = daemon_factory("site", config)
+    state = d.state_dir
+    data = os.urandom(MiB) * 128
+    image_id = create(d, "all-or-nothing")
+    stage(d, image_id, data)
+    start_import(d, image_id, {"method": {"name": "glance-direct"}, "stores": ["local", "fast"],
+                               "all_stores_must_succeed": True})
+
+    def first_store_done() -> dict[str, Any] | None:
+        shown = show(d, image_id)
+        return shown if (shown.get("stores") == "local" and shown["status"] == "importing"
+                         and shown.get("os_glance_importing_to_stores") == "fast") else None
+
+    wait_for("the first store holds its copy, the second is being written", first_store_done, interval=0.002)
+    stop(d, signal.SIGKILL)
+    d = restart(state)
+
+    shown = show(d, image_id)
+    assert shown["status"] == "queued", shown
+    assert "stores" not in shown and shown["checksum"] is None
+    assert "os_glance_importing_to_stores" not in shown
+    [task] = tasks_of(d, image_id)
+    assert task["status"] == "failure" and INTERRUPTED in task["message"]
+    assert store_leftovers(state, image_id) == {}
+    assert files_in(state / "staging") == []

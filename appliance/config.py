@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from appliance.errors import ConfigError
 from appliance.formats import CONTAINER_FORMATS, DISK_FORMATS
+from appliance.urifilter import UriFilterConfig
 
 ROLES = ("edge", "hub")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -87,20 +88,14 @@ class CatalogConfig:
 class FormatsConfig:
     disk_formats: tuple[str, ...] = DISK_FORMATS
     container_formats: tuple[str, ...] = CONTAINER_FORMATS
+    # Largest virtual (guest-visible) disk size accepted, in bytes, whatever the upload's
+    # size: a small qcow2 can claim exabytes. Checked by the format inspector on uploads and
+    # imports (a qcow2 L1 table mapping more is refused too). 0 = no limit.
+    max_virtual_size: int = 1 << 40
 
 
 IMPORT_METHODS = ("glance-direct", "web-download", "copy-image")
 IMPORT_PLUGINS = ("image_decompression", "image_conversion", "inject_image_metadata")
-
-
-@dataclass(frozen=True)
-class UriFilterSettings:
-    allowed_schemes: tuple[str, ...] = ("http", "https")
-    disallowed_schemes: tuple[str, ...] = ()
-    allowed_hosts: tuple[str, ...] = ()
-    disallowed_hosts: tuple[str, ...] = ()
-    allowed_ports: tuple[int, ...] = (80, 443)
-    disallowed_ports: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,7 +118,7 @@ class ImportConfig:
     # web-download
     max_download_bytes: int = 1 << 40
     download_idle_timeout: int = 60
-    uri_filter: UriFilterSettings = field(default_factory=UriFilterSettings)
+    uri_filter: UriFilterConfig = field(default_factory=UriFilterConfig)
 
 
 @dataclass(frozen=True)
@@ -234,16 +229,16 @@ def _read_import(data: Any) -> ImportConfig:
         if not isinstance(inject_data, dict) or not all(isinstance(v, str) for v in inject_data.values()):
             raise ConfigError("import.inject: expected a table of string values, e.g. inject = { site = \"edge-1\" }")
         inject = tuple(inject_data.items())
-    filt = UriFilterSettings()
+    filt = UriFilterConfig()
     if filt_data is not None:
         _typed("import.uri_filter", filt_data, dict, "a table")
-        names = {f.name for f in dataclasses.fields(UriFilterSettings)}
+        names = {f.name for f in dataclasses.fields(UriFilterConfig)}
         _check_keys("import.uri_filter", filt_data, names)
         values: dict[str, Any] = {}
         for key, raw in filt_data.items():
             full = "import.uri_filter." + key
             values[key] = _int_list(full, raw) if key.endswith("ports") else _str_list(full, raw)
-        filt = UriFilterSettings(**values)
+        filt = UriFilterConfig(**values)
     for m in base.enabled_methods:
         if m not in IMPORT_METHODS:
             raise ConfigError("import.enabled_methods: unknown method %r (known: %s)" % (m, ", ".join(IMPORT_METHODS)))
@@ -302,7 +297,7 @@ def read_glance_import_conf(path: Path, base: ImportConfig) -> ImportConfig:
             changes["ignore_user_roles"] = tuple(_ini_list(sec["ignore_user_roles"]))
     if parser.has_section("import_filtering_opts"):
         filt: dict[str, Any] = {}
-        for key in (f.name for f in dataclasses.fields(UriFilterSettings)):
+        for key in (f.name for f in dataclasses.fields(UriFilterConfig)):
             if parser.has_option("import_filtering_opts", key):
                 items = _ini_list(parser.get("import_filtering_opts", key))
                 if key.endswith("ports"):
@@ -401,6 +396,8 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
             raise ConfigError("%s: unknown format %s (known: %s)" % (key, ", ".join(bad), ", ".join(known)))
         if not chosen:
             raise ConfigError("%s: at least one format must be enabled" % key)
+    if formats.max_virtual_size < 0:
+        raise ConfigError("formats.max_virtual_size: must be 0 (no limit) or positive")
     log = _simple_section("logging", LoggingConfig, data.get("logging"))
     if log.level not in LOG_LEVELS:
         raise ConfigError("logging.level: must be one of %s, got %r" % (", ".join(LOG_LEVELS), log.level))

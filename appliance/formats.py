@@ -4,9 +4,30 @@ Glance v2 refuses image data whose bytes do not match the claimed disk_format,
 and images that would make a hypervisor host open other files (qcow2 backing
 and data files, VMDK descriptors and parents, differencing disks).  The
 inspector sees every chunk on the event loop, so it only keeps a bounded head
-of the stream and its last 512 bytes (the VHD footer), and raises
-FormatRejected as soon as the head settles the matter so a refused upload can
-stop early.
+of the stream, its last 512 bytes (the VHD footer) and bounded windows onto a
+few tables further on, and raises FormatRejected as soon as the head settles
+the matter so a refused upload can stop early.
+
+What it refuses (whatever the claim, unless a line says otherwise):
+- empty image data;
+- data that is not the claimed format; a raw claim accepts plain, GPT- and
+  MBR-partitioned disks only, so qcow2, VMDK (binary or descriptor text),
+  LUKS, ISO 9660/UDF and the other header formats claimed as raw are refused;
+- LUKS volumes, and qcow2 images encrypted with AES or LUKS;
+- qcow2: versions other than 2 and 3, a backing file (a path, a relative name
+  or a json: pseudo-protocol specification), an external data file, the
+  corrupt bit and incompatible feature bits it does not know (dirty,
+  compression type and extended L2 are accepted), cluster sizes outside
+  512 B..2 MiB, L1/refcount/snapshot tables larger than qemu accepts or lying
+  (wholly or partly) beyond the end of the data, and L2 tables, refcount
+  blocks or data clusters beyond it (a truncated image; see _Qcow2Scan);
+- VMDK other than monolithicSparse and streamOptimized with an embedded
+  descriptor of one SPARSE extent and nothing the parser does not know
+  (see _check_vmdk_descriptor), parents, VMDK3 (COWD) extents, and a zero
+  capacity (qemu would then read the descriptor as a descriptor file);
+- VHD and VHDX differencing disks, VDI images other than normal and fixed;
+- a virtual size above max_virtual_size (whatever the claim, uninspected ones
+  included), and qcow2 L1 tables mapping more than it.
 """
 
 from __future__ import annotations
@@ -15,6 +36,8 @@ import logging
 import re
 import struct
 import uuid
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from appliance.errors import FormatRejected
@@ -33,9 +56,11 @@ FILE_CHUNK = 1 << 20
 
 # Claims Glance does not inspect; the safety checks still run on their bytes.
 _UNINSPECTED = frozenset({"ami", "ari", "aki", "ploop"})
-# What a raw claim accepts: hypervisors read these as plain bytes, so nothing in
-# them is interpreted as a reference to another file.
-_RAW_LIKE = frozenset({"raw", "gpt", "mbr", "iso"})
+# Formats without a header of their own: their virtual size is the stream length.
+_PLAIN = frozenset({"raw", "gpt", "mbr", "iso"})
+# What a raw claim accepts: hypervisors read these as plain disks, so nothing in them is
+# interpreted as a reference to another file.  An ISO is not a disk: it must be claimed as iso.
+_RAW_ACCEPTS = frozenset({"raw", "gpt", "mbr"})
 _DESCRIPTIONS = {"gpt": "raw (GPT-partitioned)", "mbr": "raw (MBR-partitioned)"}
 # Smallest stream that can hold each claimed format's header, for a clearer message.
 _MIN_SIZE = {"qcow2": 72, "vmdk": 512, "vhd": 512, "vhdx": 0x40000, "vdi": 376, "iso": 36870}
@@ -47,21 +72,64 @@ _ISO_OFFSETS = (32769, 34817, 36865)
 _ISO_IDS = (b"CD001", b"BEA01")
 _ISO_PROBE_END = _ISO_OFFSETS[-1] + 5
 
+_LUKS_MAGIC = b"LUKS\xba\xbe"
+
 _QCOW2_MAGIC = b"QFI\xfb"
 _QCOW2_V2_HEADER = 72
 _QCOW2_V3_HEADER = 104
+_QCOW2_INCOMPAT_CORRUPT = 1 << 1
 _QCOW2_INCOMPAT_DATA_FILE = 1 << 2
+_QCOW2_INCOMPAT_EXTENDED_L2 = 1 << 4
+# dirty (lazy refcounts, harmless read-only), corrupt, data file, compression type, extended L2.
+_QCOW2_INCOMPAT_KNOWN = 0x1F
+_QCOW2_COMPRESSION_TYPES = (0, 1)  # zlib, zstd
+_QCOW2_CRYPT_METHODS = {1: "AES", 2: "LUKS"}
 _QCOW2_EXT_DATA_FILE = 0x44415441
 _QCOW2_MAX_NAME = 1023
+# qemu's own limits (block/qcow2.h): beyond them it refuses to open the image.
+_QCOW2_MAX_L1_ENTRIES = (32 << 20) // 8
+_QCOW2_MAX_REFTABLE_BYTES = 8 << 20
+_QCOW2_MAX_SNAPSHOTS = 65536
+_QCOW2_MAX_REFCOUNT_ORDER = 6
+_QCOW2_SNAPSHOT_ENTRY_MIN = 40  # fixed part of a snapshot table entry
+_QCOW2_L1_OFFSET_MASK = 0x00FFFFFFFFFFFE00  # also standard L2 entries
+_QCOW2_REFTABLE_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
+_QCOW2_COMPRESSED = 1 << 62
+# How much of the L1 and refcount tables is kept to check where their entries point
+# (32768 entries: 16 TiB of a 64 KiB-cluster image's L1).
+_QCOW2_TABLE_WINDOW = 256 << 10
+# Work spent reading L2 tables per image, in bytes of table (three per byte for tables with
+# compressed clusters, read entry by entry): 256 tables of 64 KiB, 128 GiB of virtual disk,
+# and a bound of some 0.1 s of event-loop time for a stream of nothing but L2 tables.
+_QCOW2_L2_BUDGET = 16 << 20
+_QCOW2_SLOW_SCAN_COST = 3
+_BYTE_AND_40 = bytes(b & 0x40 for b in range(256))  # bit 62 of a big-endian entry: compressed
+_BYTE_AND_FE = bytes(b & 0xFE for b in range(256))
 
 _VMDK_MAGIC = b"KDMV"
+_VMDK3_MAGIC = b"COWD"  # ESX 2 sparse extents, which qemu still opens
 _VMDK_TEXT = b"# Disk DescriptorFile"
 _VMDK_ALLOWED = ("monolithicSparse", "streamOptimized")
 # qemu looks for a parent at sector 1 (20 sectors) whatever descriptorOffset says.
 _VMDK_QEMU_DESC = (512, 512 + 20 * 512)
-_VMDK_CREATE_TYPE = re.compile(r'createType\s*=\s*"?([^"\r\n]*)')
+# qemu probes this much of a file for a text descriptor.
+_VMDK_PROBE = 2048
 _VMDK_PARENT = re.compile(rb'parentFileNameHint\s*=\s*"?([^"\r\n]*)')
-_VMDK_EXTENT = re.compile(r"^\s*(?:RW|RDONLY|NOACCESS)\s+\d+\s+(\S+)", re.MULTILINE)
+_VMDK_NO_PARENT = "ffffffff"
+# The embedded descriptor grammar: comments, blank lines, these keys, ddb.* keys and extent lines.
+_VMDK_KEY_LINE = re.compile(r"([A-Za-z][A-Za-z0-9_.]*)\s*=\s*(.*)")
+_VMDK_QUOTED = re.compile(r'"([^"]*)"')
+_VMDK_VALUES = {
+    "version": re.compile(r"[1-3]"),
+    "encoding": re.compile(r"[A-Za-z0-9_.:-]*"),
+    "CID": re.compile(r"[0-9a-fA-F]{1,8}"),
+    "parentCID": re.compile(r"[0-9a-fA-F]{1,8}"),
+    "createType": re.compile(r"[^\"]*"),
+    "isNativeSnapshot": re.compile(r"no"),  # VMware writes it; "yes" marks a snapshot
+}
+_VMDK_EXTENT_LINE = re.compile(r"(?:RW|RDONLY|NOACCESS)\s+\d+\s+(\S+)(?:\s.*)?")
+_VMDK_SPARSE_EXTENT = re.compile(r'(?:RW|RDONLY)\s+\d+\s+SPARSE\s+"[^"]*"')
+_VMDK_LINE_SHOWN = 60
 
 _VHD_COOKIE = b"conectix"
 _VHD_DIFFERENCING = 4
@@ -80,6 +148,7 @@ _VHDX_PARENT_LOCATOR = uuid.UUID("A8D35F2D-B30B-454D-ABF7-D3D84834AB0C").bytes_l
 _VHDX_HAS_PARENT = 1 << 1
 
 _VDI_SIGNATURE = 0xBEDA107F
+_VDI_NORMAL, _VDI_FIXED, _VDI_DIFFERENCING = 1, 2, 4
 
 _HOST_FILES = "images that reference host files are refused"
 
@@ -88,12 +157,37 @@ _HOST_FILES = "images that reference host files are refused"
 class Inspection:
     format: str  # detected: raw, qcow2, vmdk, vhd, vhdx, vdi, iso, gpt or mbr
     virtual_size: int | None  # bytes; the stream length for raw, iso, gpt and mbr
+    # VMDK only: createType and ddb.adapterType of the embedded descriptor, as written there.
+    vmdk_create_type: str | None = None
+    vmdk_adapter_type: str | None = None
+
+
+@dataclass(frozen=True)
+class _Qcow2Layout:
+    """Where a qcow2 header says its tables are."""
+
+    cluster_bits: int
+    extended_l2: bool
+    l1_offset: int
+    l1_entries: int
+    reftable_offset: int
+    reftable_clusters: int
+    snapshots_offset: int
+    snapshots: int
+
+    @property
+    def l1_maps(self) -> int:
+        """Bytes of virtual disk one L1 entry maps: a cluster of L2 entries, 8 or 16 bytes each."""
+        return (1 << self.cluster_bits) // (16 if self.extended_l2 else 8) << self.cluster_bits
 
 
 @dataclass(frozen=True)
 class _Header:
     virtual_size: int | None
     follow: tuple[int, int] | None = None  # stream range still to collect (VHDX metadata)
+    qcow2: _Qcow2Layout | None = None
+    vmdk_create_type: str | None = None
+    vmdk_adapter_type: str | None = None
 
 
 class _Window:
@@ -121,19 +215,27 @@ class _Window:
 
 
 class FormatInspector:
-    """Fed an upload chunk by chunk; checks its bytes against the claimed disk_format."""
+    """Fed an upload chunk by chunk; checks its bytes against the claimed disk_format.
 
-    def __init__(self, claimed_disk_format: str | None) -> None:
+    max_virtual_size (bytes; None or 0: no limit) refuses images whose virtual size, or
+    whose qcow2 L1 table, exceeds it."""
+
+    def __init__(self, claimed_disk_format: str | None, max_virtual_size: int | None = None) -> None:
         if claimed_disk_format is not None and claimed_disk_format not in DISK_FORMATS:
             raise FormatRejected(f'disk_format "{claimed_disk_format}" is not one of: {", ".join(DISK_FORMATS)}')
+        if max_virtual_size is not None and max_virtual_size < 0:
+            raise ValueError("max_virtual_size must not be negative")
         self._claim = claimed_disk_format
+        self._limit = max_virtual_size or None
         self._size = 0
         self._head = bytearray()
         self._tail = b""
         self._kind: str | None = None  # format the head shows, once known
         self._settled = False  # head checks done
+        self._header: _Header | None = None
         self._virtual_size: int | None = None
         self._metadata: _Window | None = None  # VHDX metadata region still to come
+        self._qcow2: _Qcow2Scan | None = None
         self._failure: str | None = None
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
@@ -185,24 +287,41 @@ class FormatInspector:
             meta.take(offset, data)
             if meta.full:
                 self._close_metadata(meta)
+        if self._qcow2 is not None:
+            self._qcow2.take(offset, data)
+        limit = self._limit
+        # Plain data's virtual size is its length.  Under other claims it may still turn
+        # out to be a fixed VHD (whose footer gives the size), so those wait for the end.
+        if limit is not None and self._size > limit and self._kind in _PLAIN and self._claim in ("raw", "iso"):
+            raise FormatRejected(
+                f"image virtual size (more than {limit} bytes of {self._kind} data) exceeds the limit of {limit} bytes"
+            )
 
     def _finish(self) -> Inspection:
+        if not self._size:
+            raise FormatRejected("image data is empty")
         if not self._settled:
             self._inspect_head(final=True)
         if self._metadata is not None:
             self._close_metadata(self._metadata)
         detected = self._kind or "raw"
         virtual_size = self._virtual_size
-        if detected in _RAW_LIKE:
+        if detected in _PLAIN:
             if self._size >= TAIL_SIZE and self._tail.startswith(_VHD_COOKIE):
                 detected, virtual_size = "vhd", _vhd_footer(self._tail)
             else:
                 virtual_size = self._size
         self._judge(detected, ended=True)
+        if self._qcow2 is not None:
+            self._qcow2.check(self._size)
+        self._check_limit(virtual_size)
         if self._claim in _UNINSPECTED:
             virtual_size = None
         log.debug("image data is %s, virtual size %s (claimed %s)", detected, virtual_size, self._claim)
-        return Inspection(detected, virtual_size)
+        header = self._header
+        if header is None or detected != "vmdk":
+            return Inspection(detected, virtual_size)
+        return Inspection(detected, virtual_size, header.vmdk_create_type, header.vmdk_adapter_type)
 
     def _inspect_head(self, final: bool) -> None:
         head = self._head
@@ -215,47 +334,70 @@ class FormatInspector:
             if kind is None:
                 if len(head) < _ISO_PROBE_END and not complete:
                     return
-                kind = _raw_flavour(head)
+                kind = "vmdk" if _is_vmdk_text(head) else _raw_flavour(head)
             self._kind = kind
         kind = self._kind
-        if kind in _RAW_LIKE:
+        if kind in _PLAIN:
             self._settled = True
-            # A fixed VHD is only recognisable by its footer, so raw and vhd claims wait.
-            if self._claim not in ("raw", "vhd"):
-                self._judge(kind, ended=final)
+            # A fixed VHD is only recognisable by its footer, so vhd claims wait, and so do raw
+            # claims of what raw accepts (a VHD footer would make it a mismatch).
+            if self._claim == "vhd" or (self._claim == "raw" and kind in _RAW_ACCEPTS):
+                return
+            self._judge(kind, ended=final)
             return
         header = _HEADER_PARSERS[kind](head, complete)
         if header is None:
             return
         self._settled = True
+        self._header = header
         self._virtual_size = header.virtual_size
+        self._judge(kind, ended=final)
+        self._check_limit(header.virtual_size)
+        if header.qcow2 is not None:
+            self._check_l1_size(header.qcow2)
+            self._qcow2 = _Qcow2Scan(header.qcow2, head)
         if header.follow is not None:
             meta = self._metadata = _Window(*header.follow)
             with memoryview(head) as view:
                 meta.take(0, view)
             if meta.full:
                 self._close_metadata(meta)
-        self._judge(kind, ended=final)
 
     def _close_metadata(self, meta: _Window) -> None:
         self._metadata = None
         self._virtual_size = _vhdx_metadata(meta.buf, truncated=not meta.full)
+        self._check_limit(self._virtual_size)
+
+    def _check_limit(self, virtual_size: int | None) -> None:
+        limit = self._limit
+        if limit is not None and virtual_size is not None and virtual_size > limit:
+            raise FormatRejected(f"image virtual size {virtual_size} bytes exceeds the limit of {limit} bytes")
+
+    def _check_l1_size(self, layout: _Qcow2Layout) -> None:
+        # An L1 table is sized for the virtual size, so one that maps more than the limit
+        # (rounded up to whole entries) is out of proportion whatever the header's size says.
+        limit, entries, maps = self._limit, layout.l1_entries, layout.l1_maps
+        if limit is not None and entries > -(-limit // maps):
+            raise FormatRejected(
+                f"qcow2 L1 table has {entries} entries, mapping {entries * maps} bytes, "
+                f"beyond the virtual size limit of {limit} bytes"
+            )
 
     def _judge(self, detected: str, ended: bool) -> None:
         claim = self._claim
         if claim is None or claim in _UNINSPECTED:
             return
-        if detected == claim or (claim == "raw" and detected in _RAW_LIKE):
+        if detected == claim or (claim == "raw" and detected in _RAW_ACCEPTS):
             return
-        if ended and detected in _RAW_LIKE and self._size < _MIN_SIZE.get(claim, 0):
+        if ended and detected in _PLAIN and self._size < _MIN_SIZE.get(claim, 0):
             raise FormatRejected(f"image data is too short to be {claim} ({self._size} bytes)")
         described = _DESCRIPTIONS.get(detected, detected)
         raise FormatRejected(f"image data is {described}, not {claim} as claimed (disk_format)")
 
 
-def inspect_file(path: str, claimed_disk_format: str | None) -> Inspection:
+def inspect_file(path: str, claimed_disk_format: str | None, max_virtual_size: int | None = None) -> Inspection:
     """Convenience for whole files (reads in 1 MiB chunks)."""
-    inspector = FormatInspector(claimed_disk_format)
+    inspector = FormatInspector(claimed_disk_format, max_virtual_size)
     with open(path, "rb") as f:
         while chunk := f.read(FILE_CHUNK):
             inspector.feed(chunk)
@@ -265,15 +407,29 @@ def inspect_file(path: str, claimed_disk_format: str | None) -> Inspection:
 def _magic_format(head: bytearray) -> str | None:
     if head.startswith(_QCOW2_MAGIC):
         return "qcow2"
-    if head.startswith(_VMDK_MAGIC) or head.startswith(_VMDK_TEXT):
+    if head.startswith((_VMDK_MAGIC, _VMDK3_MAGIC, _VMDK_TEXT)):
         return "vmdk"
     if head.startswith(_VHDX_MAGIC):
         return "vhdx"
     if head.startswith(_VHD_COOKIE):  # a dynamic VHD starts with a copy of its footer
         return "vhd"
+    if head.startswith(_LUKS_MAGIC):
+        return "luks"
     if len(head) >= 68 and struct.unpack_from("<I", head, 64)[0] == _VDI_SIGNATURE:
         return "vdi"
     return None
+
+
+def _is_vmdk_text(head: bytearray) -> bool:
+    """qemu's probe for a VMDK text descriptor, a little wider: the first line that is neither
+    blank nor a comment says version=1, 2 or 3."""
+    lines = bytes(head[:_VMDK_PROBE]).split(b"\n")
+    for line in lines[:-1]:  # the last piece has no newline: qemu does not match it either
+        line = line.lstrip(b" ").rstrip(b"\r")
+        if not line or line.startswith(b"#"):
+            continue
+        return line in (b"version=1", b"version=2", b"version=3")
+    return False
 
 
 def _raw_flavour(head: bytearray) -> str:
@@ -320,21 +476,28 @@ def _need(head: bytearray, n: int, complete: bool, name: str, part: str | None =
     raise FormatRejected(f"{name} image is truncated: its {part} is incomplete")
 
 
-def _printable(raw: bytes | bytearray) -> str:
+def _printable(raw: bytes | bytearray, limit: int = 200) -> str:
     """Text from a header, made safe and short enough for a user-facing message."""
     text = bytes(raw).split(b"\0", 1)[0].decode("utf-8", "replace")
     text = "".join(c if c.isprintable() else "?" for c in text)
-    return text if len(text) <= 200 else text[:200] + "..."
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _quoted(raw: bytes | bytearray) -> str:
     return f' ("{_printable(raw)}")'
 
 
+def _parse_luks(head: bytearray, complete: bool) -> _Header | None:
+    raise FormatRejected("image data is a LUKS-encrypted volume; encrypted images are refused")
+
+
 def _parse_qcow2(head: bytearray, complete: bool) -> _Header | None:
     if not _need(head, _QCOW2_V2_HEADER, complete, "qcow2"):
         return None
-    version, backing_offset, backing_size, cluster_bits, size = struct.unpack_from(">IQIIQ", head, 4)
+    (
+        version, backing_offset, backing_size, cluster_bits, size, crypt_method,
+        l1_entries, l1_offset, reftable_offset, reftable_clusters, snapshots, snapshots_offset,
+    ) = struct.unpack_from(">IQIIQIIQQIIQ", head, 4)  # fmt: skip
     if version not in (2, 3):
         raise FormatRejected(f"qcow2 version {version} is not supported")
     if not 9 <= cluster_bits <= 21:
@@ -345,14 +508,25 @@ def _parse_qcow2(head: bytearray, complete: bool) -> _Header | None:
         return None
     if backing_offset:
         end = backing_offset + min(backing_size, _QCOW2_MAX_NAME)
-        name = _quoted(head[backing_offset:end]) if backing_size > 0 and end <= len(head) else ""
-        raise FormatRejected(f"qcow2 image has a backing file{name}; {_HOST_FILES}")
-    extensions_start, incompatible = _QCOW2_V2_HEADER, 0
+        name = head[backing_offset:end] if backing_size > 0 and end <= len(head) else b""
+        if name.startswith(b"json:"):
+            raise FormatRejected(
+                f"qcow2 image has a backing file given as a json: pseudo-protocol specification"
+                f"{_quoted(name)}; {_HOST_FILES}"
+            )
+        shown = _quoted(name) if backing_size > 0 and end <= len(head) else ""
+        raise FormatRejected(f"qcow2 image has a backing file{shown}; {_HOST_FILES}")
+    if crypt_method:
+        method = _QCOW2_CRYPT_METHODS.get(crypt_method, f"method {crypt_method}")
+        raise FormatRejected(f"qcow2 image is encrypted ({method}); encrypted qcow2 images are refused")
+    extensions_start, incompatible, refcount_order, compression = _QCOW2_V2_HEADER, 0, 4, 0
     if version == 3:
         incompatible = struct.unpack_from(">Q", head, 72)[0]
-        extensions_start = struct.unpack_from(">I", head, 100)[0]
+        refcount_order, extensions_start = struct.unpack_from(">II", head, 96)
         if not _QCOW2_V3_HEADER <= extensions_start <= cluster:
             raise FormatRejected(f"qcow2 header is corrupt: header length {extensions_start} is invalid")
+        if extensions_start > _QCOW2_V3_HEADER:
+            compression = head[_QCOW2_V3_HEADER]
     # qemu reads extensions up to the end of the first cluster, terminator or not.
     limit = min(cluster, len(head))
     pos, data_file = extensions_start, None
@@ -374,11 +548,157 @@ def _parse_qcow2(head: bytearray, complete: bool) -> _Header | None:
     if data_file is not None or incompatible & _QCOW2_INCOMPAT_DATA_FILE:
         name = _quoted(data_file) if data_file else ""
         raise FormatRejected(f"qcow2 image uses an external data file{name}; {_HOST_FILES}")
-    return _Header(size)
+    if incompatible & _QCOW2_INCOMPAT_CORRUPT:
+        raise FormatRejected("qcow2 image is marked corrupt; repair it (qemu-img check -r all) before uploading")
+    unknown = incompatible & ~_QCOW2_INCOMPAT_KNOWN
+    if unknown:
+        raise FormatRejected(f"qcow2 image has unknown incompatible feature bits 0x{unknown:x}")
+    if compression not in _QCOW2_COMPRESSION_TYPES:
+        raise FormatRejected(f"qcow2 image uses unknown compression type {compression}")
+    if refcount_order > _QCOW2_MAX_REFCOUNT_ORDER:
+        raise FormatRejected(f"qcow2 header is corrupt: refcount order {refcount_order} is out of range")
+    layout = _Qcow2Layout(
+        cluster_bits, bool(incompatible & _QCOW2_INCOMPAT_EXTENDED_L2), l1_offset, l1_entries,
+        reftable_offset, reftable_clusters, snapshots_offset, snapshots,
+    )  # fmt: skip
+    if l1_entries > _QCOW2_MAX_L1_ENTRIES:
+        raise FormatRejected(f"qcow2 L1 table is too large ({l1_entries} entries, at most {_QCOW2_MAX_L1_ENTRIES})")
+    if l1_entries < -(-size // layout.l1_maps):
+        raise FormatRejected(f"qcow2 header is corrupt: its L1 table ({l1_entries} entries) is too small for its size")
+    if reftable_clusters * cluster > _QCOW2_MAX_REFTABLE_BYTES:
+        raise FormatRejected(f"qcow2 refcount table is too large ({reftable_clusters} clusters)")
+    if snapshots > _QCOW2_MAX_SNAPSHOTS:
+        raise FormatRejected(f"qcow2 image has too many snapshots ({snapshots}, at most {_QCOW2_MAX_SNAPSHOTS})")
+    return _Header(size, qcow2=layout)
+
+
+class _Qcow2Scan:
+    """Follows a qcow2 image through the stream to tell, once its length is known, whether it is
+    whole: its L1, refcount and snapshot tables lie inside the data, and so do the clusters that
+    the L1 table (L2 tables), the refcount table (refcount blocks) and the L2 tables (data)
+    point at.  Keeps at most the first 256 KiB of the L1 and refcount tables and one L2 table.
+    Unchecked: the data of L2 tables that went by before the L1 table was complete (beyond the
+    first MiB), or after _QCOW2_L2_BUDGET was spent, and of those the L1 window does not reach."""
+
+    def __init__(self, layout: _Qcow2Layout, head: bytearray) -> None:
+        self.layout = layout
+        self.cluster = 1 << layout.cluster_bits
+        self.head = head  # the inspector's head buffer (it only grows, up to HEAD_SIZE)
+        l1_bytes, reftable_bytes = layout.l1_entries * 8, layout.reftable_clusters * self.cluster
+        self.l1 = _Window(layout.l1_offset, layout.l1_offset + min(l1_bytes, _QCOW2_TABLE_WINDOW))
+        self.reftable = _Window(layout.reftable_offset, layout.reftable_offset + min(reftable_bytes, _QCOW2_TABLE_WINDOW))
+        self.l2_pending: deque[int] | None = None  # L2 tables still to come, once the L1 table is known
+        self.l2: _Window | None = None  # the L2 table being collected
+        self.l2_budget = _QCOW2_L2_BUDGET
+        # Furthest byte each kind of cluster reaches; compressed data may end in a partial sector.
+        self.far_data = self.far_compressed = 0
+        # For a compressed L2 entry: the bits holding the host offset.
+        self.compressed_offset_mask = (1 << (62 - (layout.cluster_bits - 8))) - 1
+        with memoryview(head) as view:
+            self.take(0, view)
+
+    def take(self, offset: int, data: memoryview) -> None:
+        for window in (self.l1, self.reftable):
+            if not window.full:
+                window.take(offset, data)
+        if self.l2_pending is None:
+            if not self.l1.full:
+                return
+            self._queue_l2(offset)
+        if self.l2_pending:
+            self._collect_l2(offset, data)
+
+    def _queue_l2(self, offset: int) -> None:
+        """The L2 tables the L1 table names that are in the head or still to come."""
+        buf = self.l1.buf
+        tables = {entry & _QCOW2_L1_OFFSET_MASK for entry in struct.unpack_from(f">{len(buf) // 8}Q", buf)}
+        tables.discard(0)
+        self.l2_pending = deque(sorted(t for t in tables if t >= offset or t < len(self.head)))
+
+    def _collect_l2(self, offset: int, data: memoryview) -> None:
+        pending = self.l2_pending
+        end = offset + len(data)
+        while pending and pending[0] < end:
+            window = self.l2
+            if window is None:
+                start = pending[0]
+                window = self.l2 = _Window(start, start + self.cluster)
+                if start < len(self.head):
+                    with memoryview(self.head) as view:
+                        window.take(0, view)
+            window.take(offset, data)
+            if window.full:
+                self._scan_l2(window.buf)
+                if self.l2_budget <= 0:
+                    log.debug("qcow2 L2 scan budget spent; %d L2 tables left unchecked", len(pending) - 1)
+                    pending.clear()
+                    self.l2 = None
+                    return
+            elif window.start + len(window.buf) >= end:
+                return  # the table continues in the next chunk
+            # Scanned, or it went by uncollected (a table overlapping the one before).
+            pending.popleft()
+            self.l2 = None
+
+    def _scan_l2(self, table: bytearray) -> None:
+        if self.layout.extended_l2:  # each entry is followed by its subcluster bitmap: drop those
+            packed = bytearray(len(table) // 2)
+            for i in range(8):
+                packed[i::8] = table[i::16]
+            table = packed
+        count = len(table) // 8
+        if not bytes(table[0::8]).translate(_BYTE_AND_40).strip(b"\0"):
+            # No compressed cluster: clear the flag and reserved bits of every entry at once,
+            # which leaves the host offsets, then take the largest.
+            self.l2_budget -= len(table)
+            table[0::8] = bytes(count)
+            table[7::8] = bytes(count)
+            table[6::8] = bytes(table[6::8]).translate(_BYTE_AND_FE)
+            data = max(struct.unpack_from(f">{count}Q", table), default=0)
+            if data:
+                self.far_data = max(self.far_data, data + self.cluster)
+            return
+        self.l2_budget -= len(table) * _QCOW2_SLOW_SCAN_COST
+        entries = struct.unpack_from(f">{count}Q", table)
+        data = max((e & _QCOW2_L1_OFFSET_MASK for e in entries if not e & _QCOW2_COMPRESSED), default=0)
+        if data:
+            self.far_data = max(self.far_data, data + self.cluster)
+        mask = self.compressed_offset_mask
+        compressed = max((e & mask for e in entries if e & _QCOW2_COMPRESSED), default=-1)
+        if compressed >= 0:
+            self.far_compressed = max(self.far_compressed, compressed + 1)
+
+    def check(self, size: int) -> None:
+        layout, cluster = self.layout, self.cluster
+        for name, start, length in (
+            ("L1 table", layout.l1_offset, layout.l1_entries * 8),
+            ("refcount table", layout.reftable_offset, layout.reftable_clusters * cluster),
+            ("snapshot table", layout.snapshots_offset, layout.snapshots * _QCOW2_SNAPSHOT_ENTRY_MIN),
+        ):
+            if length and start + length > size:
+                _truncated(f"its {name} ends at byte {start + length}", size)
+        for window, mask, points_at in (
+            (self.l1, _QCOW2_L1_OFFSET_MASK, "an L2 table"),
+            (self.reftable, _QCOW2_REFTABLE_OFFSET_MASK, "a refcount block"),
+        ):
+            buf = window.buf
+            furthest = max((e & mask for e in struct.unpack_from(f">{len(buf) // 8}Q", buf)), default=0)
+            if furthest and furthest + cluster > size:
+                _truncated(f"it has {points_at} at byte {furthest}", size)
+        if self.far_data > size:
+            _truncated(f"it has a data cluster at byte {self.far_data - cluster}", size)
+        if self.far_compressed > size:
+            _truncated(f"it has a compressed cluster at byte {self.far_compressed - 1}", size)
+
+
+def _truncated(what: str, size: int) -> None:
+    raise FormatRejected(f"qcow2 image is truncated or corrupt: {what}, beyond the end of the data ({size} bytes)")
 
 
 def _parse_vmdk(head: bytearray, complete: bool) -> _Header | None:
-    if head.startswith(_VMDK_TEXT):
+    if head.startswith(_VMDK3_MAGIC):
+        raise FormatRejected("VMDK3 (COWD) sparse images are not supported")
+    if not head.startswith(_VMDK_MAGIC):
         raise FormatRejected(
             "image data is a VMDK descriptor file, which only points at other files; "
             "upload a single-file VMDK (monolithicSparse or streamOptimized) instead"
@@ -391,6 +711,11 @@ def _parse_vmdk(head: bytearray, complete: bool) -> _Header | None:
     capacity, _grain, desc_sector, desc_sectors = struct.unpack_from("<QQQQ", head, 12)
     if not desc_sector or not desc_sectors:
         raise FormatRejected("VMDK image has no embedded descriptor, so its createType cannot be checked")
+    if not capacity:
+        raise FormatRejected(
+            f"VMDK image has a capacity of 0, so qemu would take its descriptor for a descriptor file "
+            f"that points at other files; {_HOST_FILES}"
+        )
     start = desc_sector * 512
     end = start + desc_sectors * 512
     if end > HEAD_SIZE:
@@ -400,29 +725,74 @@ def _parse_vmdk(head: bytearray, complete: bool) -> _Header | None:
     if len(head) < _VMDK_QEMU_DESC[1] and not complete:
         return None
     descriptor = bytes(head[start:end]).split(b"\0", 1)[0]
-    text = descriptor.decode("utf-8", "replace")
-    match = _VMDK_CREATE_TYPE.search(text)
-    if match is None:
+    qemu_area = bytes(head[_VMDK_QEMU_DESC[0] : _VMDK_QEMU_DESC[1]]).split(b"\0", 1)[0]
+    create_type, adapter_type = _check_vmdk_descriptor(descriptor, qemu_area)
+    return _Header(capacity * 512, vmdk_create_type=create_type, vmdk_adapter_type=adapter_type)
+
+
+def _check_vmdk_descriptor(descriptor: bytes, qemu_area: bytes) -> tuple[str, str | None]:
+    """Check an embedded descriptor line by line; returns its createType and ddb.adapterType.
+
+    Understood: blank lines, comments (#...), version=, encoding=, CID=, parentCID=ffffffff,
+    createType=, isNativeSnapshot="no", ddb.* keys and extent lines `RW|RDONLY N SPARSE "file"`
+    (values may be quoted).  Anything else, a key given twice and an extent of another type
+    are refused; so is every parentFileNameHint, also in the sectors where qemu looks."""
+    keys: dict[str, str] = {}
+    extents: list[str] = []
+    unknown: str | None = None
+    repeated: str | None = None
+    for raw_line in descriptor.decode("utf-8", "replace").split("\n"):
+        line = raw_line.strip()
+        if not line or line.startswith("#"):
+            continue
+        extent = _VMDK_EXTENT_LINE.fullmatch(line)
+        if extent is not None:
+            extents.append(extent.group(1))
+            if extent.group(1) == "SPARSE" and not _VMDK_SPARSE_EXTENT.fullmatch(line):
+                unknown = unknown or line
+            continue
+        match = _VMDK_KEY_LINE.fullmatch(line)
+        if match is None or (match.group(1) not in _VMDK_VALUES and not match.group(1).startswith("ddb.")):
+            unknown = unknown or line
+            continue
+        key, value = match.group(1), match.group(2).strip()
+        quoted = _VMDK_QUOTED.fullmatch(value)
+        value = quoted.group(1) if quoted is not None else value
+        if key in keys:
+            if not key.startswith("ddb."):
+                repeated = repeated or key
+            continue
+        pattern = _VMDK_VALUES.get(key)
+        if pattern is not None and not pattern.fullmatch(value):
+            unknown = unknown or line
+        keys[key] = value
+    create_type = keys.get("createType")
+    if create_type is None:
         raise FormatRejected("VMDK descriptor has no createType")
-    create_type = match.group(1).strip()
     if create_type not in _VMDK_ALLOWED:
         raise FormatRejected(
             f'VMDK image has createType "{_printable(create_type.encode())}"; only monolithicSparse '
             "and streamOptimized are accepted, other types reference more files"
         )
-    qemu_area = bytes(head[_VMDK_QEMU_DESC[0] : _VMDK_QEMU_DESC[1]]).split(b"\0", 1)[0]
     for area in (descriptor, qemu_area):
         if b"parentFileNameHint" in area:
             parent = _VMDK_PARENT.search(area)
             name = _quoted(parent.group(1)) if parent and parent.group(1) else ""
             raise FormatRejected(f"VMDK image references a parent file{name}; {_HOST_FILES}")
-    extents = _VMDK_EXTENT.findall(text)
-    if len(extents) > 1 or any(kind != "SPARSE" for kind in extents):
+    parent_cid = keys.get("parentCID", _VMDK_NO_PARENT)
+    if parent_cid.lower() != _VMDK_NO_PARENT and _VMDK_VALUES["parentCID"].fullmatch(parent_cid):
+        raise FormatRejected(f"VMDK image depends on a parent image (parentCID={parent_cid}); {_HOST_FILES}")
+    if repeated is not None:
+        raise FormatRejected(f"VMDK descriptor sets {repeated} more than once")
+    if unknown is not None:
+        shown = _printable(unknown.encode(), _VMDK_LINE_SHOWN)
+        raise FormatRejected(f'VMDK descriptor has a line the inspector does not understand: "{shown}"')
+    if extents != ["SPARSE"]:
+        listed = f"extents of type {', '.join(extents)}" if extents else "no extent"
         raise FormatRejected(
-            f"VMDK descriptor lists extents of type {', '.join(extents)}; "
-            "only single-file images with one SPARSE extent are accepted"
+            f"VMDK descriptor lists {listed}; only single-file images with one SPARSE extent are accepted"
         )
-    return _Header(capacity * 512)
+    return create_type, keys.get("ddb.adapterType")
 
 
 def _vhd_footer(footer: bytes | bytearray) -> int:
@@ -500,6 +870,11 @@ def _parse_vdi(head: bytearray, complete: bool) -> _Header | None:
     version = struct.unpack_from("<I", head, 68)[0]
     if version >> 16 != 1:
         raise FormatRejected(f"VDI version {version >> 16}.{version & 0xFFFF} is not supported")
+    image_type = struct.unpack_from("<I", head, 76)[0]
+    if image_type == _VDI_DIFFERENCING:
+        raise FormatRejected(f"VDI image is a differencing disk, which depends on a parent file; {_HOST_FILES}")
+    if image_type not in (_VDI_NORMAL, _VDI_FIXED):
+        raise FormatRejected(f"VDI image type {image_type} is not supported; only normal and fixed images are accepted")
     return _Header(struct.unpack_from("<Q", head, 368)[0])
 
 
@@ -509,4 +884,35 @@ _HEADER_PARSERS = {
     "vhd": _parse_vhd,
     "vhdx": _parse_vhdx,
     "vdi": _parse_vdi,
+    "luks": _parse_luks,
 }
+
+
+# Descriptor values → the values Nova's VMware driver and Glance's metadefs use.
+VMWARE_DISKTYPES = {"monolithicsparse": "sparse", "streamoptimized": "streamOptimized"}
+VMWARE_ADAPTERTYPES = {
+    "ide": "ide",
+    "buslogic": "busLogic",
+    "lsilogic": "lsiLogic",
+    "lsisas1068": "lsiLogicsas",
+    "pvscsi": "paraVirtual",
+}
+
+
+def introspected_properties(found: Inspection, properties: Mapping[str, str], user_set: frozenset[str]) -> dict[str, str]:
+    """The properties plus vmware_disktype/vmware_adaptertype from the createType and
+    ddb.adapterType the inspector read in the VMDK's embedded descriptor, unless the user (or an
+    earlier step) set them."""
+    result = dict(properties)
+    for key, found_value, values in (
+        ("vmware_disktype", found.vmdk_create_type, VMWARE_DISKTYPES),
+        ("vmware_adaptertype", found.vmdk_adapter_type, VMWARE_ADAPTERTYPES),
+    ):
+        if key in user_set or key in result:
+            continue
+        value = values.get(found_value.strip().lower()) if found_value else None
+        if value is None:
+            log.info("VMDK descriptor gives no known value for %s", key)
+        else:
+            result[key] = value
+    return result

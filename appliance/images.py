@@ -15,7 +15,7 @@ from appliance.auth import Context
 from appliance.catalog import SORT_KEYS, Catalog, ImageQuery
 from appliance.config import Config
 from appliance.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
-from appliance.formats import FormatInspector
+from appliance.formats import FormatInspector, introspected_properties
 from appliance.model import (
     ACTIVE, DEACTIVATED, QUEUED, SAVING, VISIBILITIES, Image, ImageData, ImageId, Location,
 )
@@ -295,7 +295,7 @@ class ImageService:
         if image.status != QUEUED:
             raise Conflict("Image %s is %s; data can only be uploaded to a queued image" % (image.id, image.status))
         await self._catalog.update_image(image.id, expect_status=[QUEUED], columns={"status": SAVING}, updated_at=now())
-        inspector = FormatInspector(image.disk_format)
+        inspector = FormatInspector(image.disk_format, max_virtual_size=self._config.formats.max_virtual_size)
 
         async def inspected() -> AsyncIterator[bytes]:
             async for chunk in chunks:
@@ -312,6 +312,9 @@ class ImageService:
             data = ImageData(size=digest.size, checksum=digest.checksum, os_hash_value=digest.os_hash_value,
                              os_hash_algo=digest.os_hash_algo, virtual_size=found.virtual_size)
             location = Location(store=store.name, url=store.location_url(image.id), metadata={"store": store.name})
+            learned = introspected_properties(found, {}, frozenset(image.properties))
+            if learned:
+                await self._catalog.update_image(image.id, set_properties=learned, updated_at=now())
             active = await self._catalog.activate_image(image.id, data, location, from_status=SAVING, updated_at=now())
         except BaseException as exc:
             if written:

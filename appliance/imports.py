@@ -26,7 +26,7 @@ from appliance.catalog import Catalog
 from appliance.config import Config
 from appliance.digest import Digest, verify
 from appliance.errors import ApplianceError, BadRequest, Conflict, Forbidden, NotFound, TooLarge
-from appliance.formats import inspect_file
+from appliance.formats import inspect_file, introspected_properties
 from appliance.images import ImageService, now
 from appliance.model import ACTIVE, IMPORTING, QUEUED, UPLOADING, Image, ImageData, Location, Task, TaskId
 from appliance.pipeline.base import ImportFailed, ImportStep, StagedImage, StepContext
@@ -35,7 +35,7 @@ from appliance.pipeline.steps.decompress import Decompress
 from appliance.pipeline.steps.inject import InjectMetadata
 from appliance.stores.base import ImageStore
 from appliance.stores.filesystem import FilesystemStore
-from appliance.urifilter import UriFilter, UriFilterConfig, fetch
+from appliance.urifilter import UriFilter, fetch
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +58,14 @@ def build_steps(config: Config) -> list[ImportStep]:
     imp = config.imports
     made: dict[str, ImportStep] = {
         "image_decompression": Decompress(max_output_bytes=imp.max_decompressed_bytes, max_ratio=float(imp.max_expansion_ratio)),
-        "image_conversion": Convert(output_format=imp.output_format),
+        "image_conversion": Convert(output_format=imp.output_format, max_virtual_size=config.formats.max_virtual_size),
         "inject_image_metadata": InjectMetadata(dict(imp.inject), imp.ignore_user_roles),
     }
     return [made[name] for name in imp.plugins]
 
 
 def build_uri_filter(config: Config) -> UriFilter:
-    f = config.imports.uri_filter
-    return UriFilter(UriFilterConfig(
-        allowed_schemes=f.allowed_schemes, disallowed_schemes=f.disallowed_schemes,
-        allowed_hosts=f.allowed_hosts, disallowed_hosts=f.disallowed_hosts,
-        allowed_ports=f.allowed_ports, disallowed_ports=f.disallowed_ports,
-    ))
+    return UriFilter(config.imports.uri_filter)
 
 
 async def _read_file(path: Path) -> AsyncIterator[bytes]:
@@ -383,12 +378,14 @@ class ImportService:
                 staged = await step.run(staged, step_ctx)
                 self._observe_plugin(step.name, time.monotonic() - started)
             try:
-                found = await asyncio.to_thread(inspect_file, str(staged.path), staged.disk_format)
+                found = await asyncio.to_thread(inspect_file, str(staged.path), staged.disk_format,
+                                                self._config.formats.max_virtual_size)
             except ApplianceError as exc:
                 raise ImportFailed("Image data refused: %s" % exc) from None
             if staged.size == 0:
                 raise ImportFailed("Image data is empty")
-            staged = staged.evolve(virtual_size=found.virtual_size)
+            staged = staged.evolve(virtual_size=found.virtual_size,
+                                   properties=introspected_properties(found, staged.properties, frozenset(image.properties)))
         expected: Digest | None = None
         if request.method == "copy-image":
             expected = Digest(size=image.size or 0, checksum=image.checksum or "", os_hash_value=image.os_hash_value or "")

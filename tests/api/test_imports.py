@@ -393,3 +393,25 @@ async def test_store_header_targets_the_import(open_api: Callable[..., Awaitable
     resp = await api.client.post("/v2/images/%s/import" % other["id"], json={"method": {"name": "glance-direct"}, "stores": ["local"]},
                                  headers=api.headers(**{"X-Image-Meta-Store": "fast"}))
     assert resp.status == 400
+
+
+async def test_upload_records_vmdk_introspection_and_enforces_virtual_size(
+    open_api: Callable[..., Awaitable[Api]], tmp_path: Path, qemu_img: str
+) -> None:
+    vmdk = tmp_path / "d.vmdk"
+    subprocess.run([qemu_img, "create", "-f", "vmdk", "-o", "subformat=streamOptimized", str(vmdk), "16M"],
+                   check=True, capture_output=True)
+    big = tmp_path / "big.qcow2"
+    subprocess.run([qemu_img, "create", "-f", "qcow2", str(big), "64M"], check=True, capture_output=True)
+    api = await open_api(formats={"max_virtual_size": 32 << 20})
+    image = await api.create(name="vm", disk_format="vmdk", vmware_adaptertype="lsiLogic")
+    resp = await api.upload(image["id"], vmdk.read_bytes())
+    assert resp.status == 204, await resp.text()
+    shown = await show(api, image["id"])
+    assert shown["virtual_size"] == 16 << 20
+    assert shown["vmware_disktype"] == "streamOptimized"
+    assert shown["vmware_adaptertype"] == "lsiLogic"  # the user's value wins
+    image = await api.create(name="huge", disk_format="qcow2")
+    resp = await api.upload(image["id"], big.read_bytes())
+    assert resp.status == 400
+    assert "exceeds the limit" in (await resp.json())["message"]

@@ -25,6 +25,7 @@ from appliance.formats import (
 )
 
 QEMU_IMG = shutil.which("qemu-img") or "qemu-img"  # absence fails via the conftest qemu_img fixture
+QEMU_IO = shutil.which("qemu-io") or "qemu-io"  # qemu-utils, like qemu-img
 KiB = 1 << 10
 MiB = 1 << 20
 
@@ -33,6 +34,32 @@ Chunk = bytes | bytearray | memoryview
 
 def run_qemu_img(*args: str) -> str:
     return subprocess.run([QEMU_IMG, *args], check=True, capture_output=True, text=True).stdout
+
+
+def run_qemu_io(path: Path, *commands: str) -> None:
+    args = [QEMU_IO, "-f", "qcow2"]
+    for command in commands:
+        args += ["-c", command]
+    subprocess.run([*args, str(path)], check=True, capture_output=True)
+
+
+def qcow2_with_data(path: Path, size: str, *writes: str, options: str = "") -> None:
+    """A qcow2 with real data clusters, written by qemu-io ("offset length" per write)."""
+    run_qemu_img("create", "-q", "-f", "qcow2", *(("-o", options) if options else ()), str(path), size)
+    run_qemu_io(path, *(f"write -P 0x{0x11 * (i + 1) & 0xFF:02x} {w}" for i, w in enumerate(writes)))
+
+
+def qcow2_compressed(path: Path) -> None:
+    source = path.with_name(path.name + ".source")
+    qcow2_with_data(source, "1G", "0 2M", "700M 1M")
+    run_qemu_img("convert", "-c", "-f", "qcow2", "-O", "qcow2", str(source), str(path))
+
+
+def qcow2_resized(path: Path) -> None:
+    """Grown after creation, so qemu moved the L1 table behind the L2 tables."""
+    run_qemu_img("create", "-q", "-f", "qcow2", str(path), "1M")
+    run_qemu_img("resize", "-q", "-f", "qcow2", str(path), "100G")
+    run_qemu_io(path, "write -P 0x33 99G 1M")
 
 
 def qemu_virtual_size(path: Path, fmt: str) -> int:
@@ -76,8 +103,24 @@ IMAGES: dict[str, tuple[tuple[str, ...] | Callable[[Path], None], str, str, str]
     "qcow2": (("-f", "qcow2", "5M"), "qcow2", "qcow2", "qcow2"),
     "qcow2-v2": (("-f", "qcow2", "-o", "compat=0.10", "3M"), "qcow2", "qcow2", "qcow2"),
     "qcow2-2M-clusters": (("-f", "qcow2", "-o", "cluster_size=2M", "5M"), "qcow2", "qcow2", "qcow2"),
+    "qcow2-zstd": (("-f", "qcow2", "-o", "compression_type=zstd", "5M"), "qcow2", "qcow2", "qcow2"),
+    "qcow2-extended-l2": (("-f", "qcow2", "-o", "extended_l2=on", "5M"), "qcow2", "qcow2", "qcow2"),
+    "qcow2-empty-disk": (("-f", "qcow2", "0"), "qcow2", "qcow2", "qcow2"),
+    # Real data clusters and L2 tables in several places (an L2 table maps 512 MiB at 64 KiB clusters).
+    "qcow2-data": (lambda p: qcow2_with_data(p, "2G", "0 1M", "1500M 64k"), "qcow2", "qcow2", "qcow2"),
+    "qcow2-data-512B-clusters": (
+        lambda p: qcow2_with_data(p, "64M", "0 2M", "40M 1M", options="cluster_size=512"), "qcow2", "qcow2", "qcow2",
+    ),
+    "qcow2-data-extended-l2": (
+        lambda p: qcow2_with_data(p, "1G", "0 3M", "900M 1M", options="extended_l2=on,cluster_size=128k"),
+        "qcow2", "qcow2", "qcow2",
+    ),
+    "qcow2-preallocated": (("-f", "qcow2", "-o", "preallocation=metadata", "20M"), "qcow2", "qcow2", "qcow2"),
+    "qcow2-compressed": (qcow2_compressed, "qcow2", "qcow2", "qcow2"),
+    "qcow2-resized": (qcow2_resized, "qcow2", "qcow2", "qcow2"),
     "vmdk-monolithicSparse": (("-f", "vmdk", "-o", "subformat=monolithicSparse", "5M"), "vmdk", "vmdk", "vmdk"),
     "vmdk-streamOptimized": (("-f", "vmdk", "-o", "subformat=streamOptimized", "5M"), "vmdk", "vmdk", "vmdk"),
+    "vmdk-lsilogic": (("-f", "vmdk", "-o", "adapter_type=lsilogic", "5M"), "vmdk", "vmdk", "vmdk"),
     "vhd-dynamic": (("-f", "vpc", "5M"), "vpc", "vhd", "vhd"),
     "vhd-fixed": (("-f", "vpc", "-o", "subformat=fixed", "5M"), "vpc", "vhd", "vhd"),
     "vhdx": (("-f", "vhdx", "5M"), "vhdx", "vhdx", "vhdx"),
@@ -92,9 +135,25 @@ IMAGES: dict[str, tuple[tuple[str, ...] | Callable[[Path], None], str, str, str]
     "mbr": (make_mbr, "raw", "mbr", "raw"),
 }
 
+# What the inspector reads from the embedded descriptor of the VMDKs above.
+VMDK_TYPES = {
+    "vmdk-monolithicSparse": ("monolithicSparse", "ide"),
+    "vmdk-streamOptimized": ("streamOptimized", "ide"),
+    "vmdk-lsilogic": ("monolithicSparse", "lsilogic"),
+}
+
+SECRET = ("--object", "secret,id=sec0,data=abc")
+JSON_BACKING = 'json:{"driver": "raw", "file": {"driver": "file", "filename": "/etc/passwd"}}'
+
 # Images that must be refused, with qemu-img create arguments (a file name marks the output).
 REFUSED: dict[str, tuple[str, ...]] = {
     "qcow2-backing": ("-f", "qcow2", "-b", "{dir}/base.raw", "-F", "raw", "{out}", "4M"),
+    # -u: qemu-img does not open the backing file, so any name can be written.
+    "qcow2-backing-relative": ("-f", "qcow2", "-u", "-b", "base.raw", "-F", "raw", "{out}", "4M"),
+    "qcow2-backing-json": ("-f", "qcow2", "-u", "-b", JSON_BACKING, "-F", "raw", "{out}", "4M"),
+    "qcow2-luks": (*SECRET, "-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=sec0", "{out}", "4M"),
+    "qcow2-aes": (*SECRET, "-f", "qcow2", "-o", "encrypt.format=aes,encrypt.key-secret=sec0", "{out}", "4M"),
+    "luks": (*SECRET, "-f", "luks", "-o", "key-secret=sec0,iter-time=10", "{out}", "4M"),
     "qcow2-data-file": ("-f", "qcow2", "-o", "data_file={dir}/data.raw", "{out}", "4M"),
     "qcow2-data-file-raw": ("-f", "qcow2", "-o", "data_file={dir}/data2.raw,data_file_raw=on", "{out}", "4M"),
     "vmdk-base": ("-f", "vmdk", "{out}", "4M"),
@@ -118,7 +177,8 @@ def images(tmp_path_factory: pytest.TempPathFactory, qemu_img: str) -> dict[str,
     run_qemu_img("create", "-q", "-f", "raw", str(directory / "base.raw"), "4M")
     for name, args in REFUSED.items():
         paths[name] = directory / name
-        run_qemu_img("create", "-q", *(a.format(dir=directory, out=directory / name) for a in args))
+        out = str(directory / name)
+        run_qemu_img("create", "-q", *(a.replace("{dir}", str(directory)).replace("{out}", out) for a in args))
     # The sparse extent twoGbMaxExtentSparse points at, which has no descriptor of its own.
     paths["vmdk-extent-s001"] = directory / "vmdk-twoGbMaxExtentSparse-s001"
     return paths
@@ -172,16 +232,25 @@ def refusal(data: bytes, claim: str | None, plan: str = "whole") -> str:
 def test_detects_real_images(images: dict[str, Path], name: str, plan: str) -> None:
     _, info_format, detected, claim = IMAGES[name]
     path = images[name]
-    expected = Inspection(detected, qemu_virtual_size(path, info_format))
+    expected = Inspection(detected, qemu_virtual_size(path, info_format), *VMDK_TYPES.get(name, ()))
     data = path.read_bytes()
     assert inspect(data, None, plan) == expected
     assert inspect(data, claim, plan) == expected
 
 
-@pytest.mark.parametrize("name", ["raw", "gpt", "mbr", "iso", "iso-hybrid"])
-def test_raw_claim_accepts_partitioned_disks_and_isos(images: dict[str, Path], name: str) -> None:
+@pytest.mark.parametrize("name", ["raw", "gpt", "mbr"])
+def test_raw_claim_accepts_partitioned_disks(images: dict[str, Path], name: str) -> None:
     path = images[name]
     assert inspect(path.read_bytes(), "raw") == Inspection(IMAGES[name][2], path.stat().st_size)
+
+
+@pytest.mark.parametrize("name", ["iso", "iso-hybrid"])
+@pytest.mark.parametrize("plan", ["whole", "7B-head"])
+def test_raw_claim_refuses_isos(images: dict[str, Path], name: str, plan: str) -> None:
+    # An ISO is not a disk; it must be claimed as iso (a hybrid one's MBR does not make it raw).
+    data = images[name].read_bytes()
+    assert refusal(data, "raw", plan) == "image data is iso, not raw as claimed (disk_format)"
+    assert inspect(data, "iso", plan) == Inspection("iso", len(data))
 
 
 @pytest.mark.parametrize(
@@ -253,7 +322,7 @@ def test_vmdk_split_extent_without_create_type_refused(images: dict[str, Path]) 
 
 def test_vmdk_parent_refused(images: dict[str, Path]) -> None:
     base = images["vmdk-base"]
-    assert inspect(base.read_bytes(), "vmdk") == Inspection("vmdk", 4 * MiB)
+    assert inspect(base.read_bytes(), "vmdk") == Inspection("vmdk", 4 * MiB, "monolithicSparse", "ide")
     message = refusal(images["vmdk-child"].read_bytes(), "vmdk", "7B-head")
     assert message == f'VMDK image references a parent file ("{base}"); images that reference host files are refused'
 
@@ -284,7 +353,7 @@ def test_vmdk_parent_hint_where_qemu_looks_refused(images: dict[str, Path]) -> N
     data = images["vmdk-monolithicSparse"].read_bytes()
     clean = descriptor_of(data)
     moved = with_descriptor(data, clean, sector=60, sectors=20)
-    assert inspect(moved, "vmdk") == Inspection("vmdk", 5 * MiB)
+    assert inspect(moved, "vmdk") == Inspection("vmdk", 5 * MiB, "monolithicSparse", "ide")
     hidden = bytearray(moved)
     hint = b'parentFileNameHint="/etc/shadow"\n'
     hidden[512 : 512 + len(hint)] = hint
@@ -371,7 +440,7 @@ def test_vhdx_truncated_before_metadata_refused(images: dict[str, Path]) -> None
 @pytest.mark.parametrize(
     ("data", "claim", "message"),
     [
-        (b"", "qcow2", "image data is too short to be qcow2 (0 bytes)"),
+        (b"", "qcow2", "image data is empty"),
         (bytes(10), "qcow2", "image data is too short to be qcow2 (10 bytes)"),
         (b"QFI\xfb" + bytes(6), "qcow2", "image data is too short to be qcow2 (10 bytes)"),
         (b"QFI\xfb" + bytes(6), None, "image data is too short to be qcow2 (10 bytes)"),
@@ -383,18 +452,28 @@ def test_vhdx_truncated_before_metadata_refused(images: dict[str, Path]) -> None
         (b"vhdxfile" + bytes(1000), "vhdx", "VHDX image is truncated: its region table is incomplete"),
         (bytes(64) + struct.pack("<I", 0xBEDA107F), "vdi", "image data is too short to be VDI (68 bytes)"),
         (bytes(30000), "iso", "image data is too short to be iso (30000 bytes)"),
-        (b"", "vhd", "image data is too short to be vhd (0 bytes)"),
+        (b"", "vhd", "image data is empty"),
+        (b"\0", "vhd", "image data is too short to be vhd (1 bytes)"),
     ],
 )
 def test_short_streams_refused(data: bytes, claim: str | None, message: str) -> None:
     assert refusal(data, claim).startswith(message)
 
 
+@pytest.mark.parametrize("claim", [None, *DISK_FORMATS])
+@pytest.mark.parametrize("chunks", [(), (b"",), (b"", bytearray(), memoryview(b""))])
+def test_empty_stream_refused_whatever_the_claim(claim: str | None, chunks: tuple[Chunk, ...]) -> None:
+    inspector = FormatInspector(claim)
+    for chunk in chunks:
+        inspector.feed(chunk)
+    with pytest.raises(FormatRejected, match="^image data is empty$"):
+        inspector.finish()
+
+
 @pytest.mark.parametrize("claim", [None, "raw", "ami"])
-def test_empty_and_tiny_raw_streams(claim: str | None) -> None:
-    size = None if claim == "ami" else 0
-    assert inspect(b"", claim) == Inspection("raw", size)
+def test_tiny_raw_streams(claim: str | None) -> None:
     assert inspect(b"hello", claim, "odd") == Inspection("raw", None if claim == "ami" else 5)
+    assert inspect(b"\0", claim) == Inspection("raw", None if claim == "ami" else 1)
 
 
 @pytest.mark.parametrize(
@@ -446,6 +525,9 @@ def feed_until_refused(data: bytes, claim: str | None, size: int = 4 * KiB) -> t
         ("vmdk-twoGbMaxExtentSparse", "vmdk", 4 * KiB),
         ("raw", "qcow2", 40 * KiB),  # after the ISO probe
         ("iso", "vdi", 40 * KiB),
+        ("iso", "raw", 40 * KiB),
+        ("luks", None, 4 * KiB),
+        ("qcow2-luks", "qcow2", 64 * KiB),
         ("vhdx", "vmdk", 256 * KiB),  # region table
         ("vdi", "raw", 4 * KiB),
     ],
@@ -476,15 +558,46 @@ def test_inspect_file(images: dict[str, Path]) -> None:
         inspect_file(str(images["qcow2-backing"]), "qcow2")
 
 
+QCOW2_FIELDS = {  # name: (offset, struct format) in the header
+    "version": (4, ">I"),
+    "backing_offset": (8, ">Q"),
+    "backing_size": (16, ">I"),
+    "cluster_bits": (20, ">I"),
+    "size": (24, ">Q"),
+    "crypt_method": (32, ">I"),
+    "l1_size": (36, ">I"),
+    "l1_offset": (40, ">Q"),
+    "reftable_offset": (48, ">Q"),
+    "reftable_clusters": (56, ">I"),
+    "nb_snapshots": (60, ">I"),
+    "snapshots_offset": (64, ">Q"),
+    "incompatible": (72, ">Q"),
+    "refcount_order": (96, ">I"),
+    "header_length": (100, ">I"),
+}
+
+
+def qcow2_field(data: bytes | bytearray, name: str) -> int:
+    offset, fmt = QCOW2_FIELDS[name]
+    return int(struct.unpack_from(fmt, data, offset)[0])
+
+
+def patch_qcow2(data: bytes | bytearray, **fields: int) -> bytearray:
+    buf = bytearray(data)
+    for name, value in fields.items():
+        offset, fmt = QCOW2_FIELDS[name]
+        struct.pack_into(fmt, buf, offset, value)
+    return buf
+
+
 def qcow2_header(**fields: int) -> bytearray:
-    """A v3 qcow2 header with 64 KiB clusters in a 192 KiB stream, fields overridable."""
-    values = {"version": 3, "backing_offset": 0, "backing_size": 0, "cluster_bits": 16, "size": MiB}
-    values.update({k: v for k, v in fields.items() if k in values})
-    data = bytearray(192 * KiB)
-    struct.pack_into(">4sIQIIQ", data, 0, b"QFI\xfb", *values.values())
-    struct.pack_into(">Q", data, 72, fields.get("incompatible", 0))
-    struct.pack_into(">I", data, 100, fields.get("header_length", 104))
-    return data
+    """A v3 qcow2 with 64 KiB clusters in a 192 KiB stream (header, refcount table, L1 table
+    of one empty entry), fields overridable."""
+    values = {
+        "version": 3, "cluster_bits": 16, "size": MiB, "l1_size": 1, "l1_offset": 128 * KiB,
+        "reftable_offset": 64 * KiB, "reftable_clusters": 1, "refcount_order": 4, "header_length": 104,
+    }  # fmt: skip
+    return patch_qcow2(b"QFI\xfb".ljust(192 * KiB, b"\0"), **(values | fields))
 
 
 @pytest.mark.parametrize(
@@ -588,6 +701,446 @@ def test_vhdx_hostile_metadata_items(
         assert inspect(bytes(data), "vhdx", "4KiB") == Inspection("vhdx", size)
     else:
         assert message in refusal(bytes(data), "vhdx", "4KiB")
+
+
+# --- What safe means: every rule, table-driven over real and hand-patched images ------------
+
+
+def real(name: str) -> Callable[[dict[str, Path]], bytes]:
+    return lambda images: images[name].read_bytes()
+
+
+def qcow2_patched(name: str, **fields: int) -> Callable[[dict[str, Path]], bytes]:
+    return lambda images: bytes(patch_qcow2(images[name].read_bytes(), **fields))
+
+
+def qcow2_l1_entry(data: bytes | bytearray, index: int = 0) -> int:
+    return int(struct.unpack_from(">Q", data, qcow2_field(data, "l1_offset") + 8 * index)[0])
+
+
+def qcow2_cut(name: str, where: Callable[[bytes], int]) -> Callable[[dict[str, Path]], bytes]:
+    def build(images: dict[str, Path]) -> bytes:
+        data = images[name].read_bytes()
+        return data[: where(data)]
+
+    return build
+
+
+def bytes_patched(name: str, offset: Callable[[bytes], int], value: bytes) -> Callable[[dict[str, Path]], bytes]:
+    def build(images: dict[str, Path]) -> bytes:
+        data = bytearray(images[name].read_bytes())
+        at = offset(bytes(data))
+        data[at : at + len(value)] = value
+        return bytes(data)
+
+    return build
+
+
+def last_l2_table(data: bytes) -> int:
+    return max(qcow2_l1_entry(data, i) & 0x00FFFFFFFFFFFE00 for i in range(qcow2_field(data, "l1_size")))
+
+
+def compressed_cluster_moved_out(images: dict[str, Path]) -> bytes:
+    """The compressed image with one compressed cluster's host offset pointing past the end."""
+    data = bytearray(images["qcow2-compressed"].read_bytes())
+    assert qcow2_field(data, "cluster_bits") == 16
+    offset_bits = 62 - (16 - 8)  # the rest of a compressed entry is its sector count and flags
+    l2 = qcow2_l1_entry(data) & 0x00FFFFFFFFFFFE00
+    for pos in range(l2, l2 + 64 * KiB, 8):
+        entry = struct.unpack_from(">Q", data, pos)[0]
+        if entry & (1 << 62):
+            moved = (entry >> offset_bits << offset_bits) | (len(data) + 4096)
+            struct.pack_into(">Q", data, pos, moved)
+            return bytes(data)
+    raise AssertionError("no compressed cluster")
+
+
+TiB = 1 << 40
+
+# (builder, claims that must all be refused, message): header-level refusals come for every
+# claim, raw included; the truncation checks need the whole stream, so a raw claim is refused
+# earlier as a mismatch and they are checked under qcow2, no claim and an uninspected claim.
+EVERY_CLAIM = (None, "qcow2", "raw", "vmdk", "iso", "ami", "ploop")
+STREAM_CLAIMS = (None, "qcow2", "aki")
+UNSAFE: dict[str, tuple[Callable[[dict[str, Path]], bytes], tuple[str | None, ...], str]] = {
+    # encryption
+    "qcow2-luks": (real("qcow2-luks"), EVERY_CLAIM, "qcow2 image is encrypted (LUKS); encrypted qcow2 images are refused"),
+    "qcow2-aes": (real("qcow2-aes"), EVERY_CLAIM, "qcow2 image is encrypted (AES); encrypted qcow2 images are refused"),
+    "qcow2-crypt-method-9": (qcow2_patched("qcow2", crypt_method=9), EVERY_CLAIM, "qcow2 image is encrypted (method 9)"),
+    "luks": (real("luks"), (*EVERY_CLAIM, "vhd", "vhdx", "vdi", "aki", "ari"),
+             "image data is a LUKS-encrypted volume; encrypted images are refused"),
+    # backing files in any form
+    "qcow2-backing-relative": (real("qcow2-backing-relative"), EVERY_CLAIM,
+                               'qcow2 image has a backing file ("base.raw"); images that reference host files are refused'),
+    "qcow2-backing-json": (real("qcow2-backing-json"), EVERY_CLAIM,
+                           "qcow2 image has a backing file given as a json: pseudo-protocol specification "
+                           f'("{JSON_BACKING}"); images that reference host files are refused'),
+    # versions, feature bits, limits
+    "qcow2-version-1": (qcow2_patched("qcow2", version=1), EVERY_CLAIM, "qcow2 version 1 is not supported"),
+    "qcow2-version-4": (qcow2_patched("qcow2", version=4), EVERY_CLAIM, "qcow2 version 4 is not supported"),
+    "qcow2-corrupt-bit": (qcow2_patched("qcow2-data", incompatible=0b10), EVERY_CLAIM, "qcow2 image is marked corrupt"),
+    "qcow2-unknown-bit-5": (qcow2_patched("qcow2", incompatible=1 << 5), EVERY_CLAIM,
+                            "qcow2 image has unknown incompatible feature bits 0x20"),
+    "qcow2-unknown-bit-63": (qcow2_patched("qcow2", incompatible=(1 << 63) | 0b11001), EVERY_CLAIM,
+                             "qcow2 image has unknown incompatible feature bits 0x8000000000000000"),
+    "qcow2-compression-type-2": (bytes_patched("qcow2", lambda d: 104, b"\x02"), EVERY_CLAIM,
+                                 "qcow2 image uses unknown compression type 2"),
+    "qcow2-refcount-order-7": (qcow2_patched("qcow2", refcount_order=7), EVERY_CLAIM,
+                               "qcow2 header is corrupt: refcount order 7 is out of range"),
+    "qcow2-cluster-bits-8": (qcow2_patched("qcow2", cluster_bits=8), EVERY_CLAIM,
+                             "qcow2 header is corrupt: cluster size 2^8 is out of range"),
+    "qcow2-cluster-bits-22": (qcow2_patched("qcow2", cluster_bits=22), EVERY_CLAIM,
+                              "qcow2 header is corrupt: cluster size 2^22 is out of range"),
+    "qcow2-l1-too-large": (qcow2_patched("qcow2", l1_size=2**31), EVERY_CLAIM,
+                           "qcow2 L1 table is too large (2147483648 entries, at most 4194304)"),
+    "qcow2-l1-too-small": (qcow2_patched("qcow2", size=TiB), EVERY_CLAIM,
+                           "qcow2 header is corrupt: its L1 table (1 entries) is too small for its size"),
+    "qcow2-reftable-too-large": (qcow2_patched("qcow2", reftable_clusters=129), EVERY_CLAIM,
+                                 "qcow2 refcount table is too large (129 clusters)"),
+    "qcow2-too-many-snapshots": (qcow2_patched("qcow2", nb_snapshots=65537), EVERY_CLAIM,
+                                 "qcow2 image has too many snapshots (65537, at most 65536)"),
+    # tables outside the file
+    "qcow2-l1-outside": (qcow2_patched("qcow2", l1_offset=TiB), STREAM_CLAIMS,
+                         f"qcow2 image is truncated or corrupt: its L1 table ends at byte {TiB + 8}, "
+                         "beyond the end of the data (196616 bytes)"),
+    "qcow2-reftable-outside": (qcow2_patched("qcow2", reftable_offset=4 * MiB), STREAM_CLAIMS,
+                               f"qcow2 image is truncated or corrupt: its refcount table ends at byte {4 * MiB + 64 * KiB}"),
+    "qcow2-snapshots-outside": (qcow2_patched("qcow2", nb_snapshots=1, snapshots_offset=196608), STREAM_CLAIMS,
+                                "qcow2 image is truncated or corrupt: its snapshot table ends at byte 196648"),
+    "qcow2-l2-outside": (bytes_patched("qcow2-data", lambda d: qcow2_field(d, "l1_offset"),
+                                             struct.pack(">Q", (1 << 63) | TiB)), STREAM_CLAIMS,
+                         f"qcow2 image is truncated or corrupt: it has an L2 table at byte {TiB}, beyond the end"),
+    "qcow2-refblock-outside": (bytes_patched("qcow2", lambda d: qcow2_field(d, "reftable_offset"),
+                                                   struct.pack(">Q", 8 * MiB)), STREAM_CLAIMS,
+                               f"qcow2 image is truncated or corrupt: it has a refcount block at byte {8 * MiB}"),
+    # truncated images (real data written by qemu-io, then cut)
+    "qcow2-cut-in-l1": (qcow2_cut("qcow2-data", lambda d: qcow2_field(d, "l1_offset") + 4), STREAM_CLAIMS,
+                        "qcow2 image is truncated or corrupt: its L1 table ends at byte"),
+    "qcow2-cut-before-last-l2": (qcow2_cut("qcow2-data", last_l2_table), STREAM_CLAIMS,
+                                 "qcow2 image is truncated or corrupt: it has an L2 table at byte"),
+    "qcow2-cut-last-data-cluster": (qcow2_cut("qcow2-data", lambda d: len(d) - 4096), STREAM_CLAIMS,
+                                    "qcow2 image is truncated or corrupt: it has a data cluster at byte"),
+    "qcow2-512B-clusters-cut": (qcow2_cut("qcow2-data-512B-clusters", lambda d: len(d) - 512), STREAM_CLAIMS,
+                                "qcow2 image is truncated or corrupt: it has a data cluster at byte"),
+    "qcow2-extended-l2-cut": (qcow2_cut("qcow2-data-extended-l2", lambda d: len(d) - 1), STREAM_CLAIMS,
+                              "qcow2 image is truncated or corrupt: it has a data cluster at byte"),
+    "qcow2-compressed-cut": (qcow2_cut("qcow2-compressed", lambda d: len(d) - 2048), STREAM_CLAIMS,
+                             "qcow2 image is truncated or corrupt: it has an L2 table at byte"),  # written last
+    "qcow2-compressed-outside": (compressed_cluster_moved_out, STREAM_CLAIMS,
+                                 "qcow2 image is truncated or corrupt: it has a compressed cluster at byte"),
+    "qcow2-resized-cut": (qcow2_cut("qcow2-resized", lambda d: qcow2_field(d, "l1_offset")), STREAM_CLAIMS,
+                          "qcow2 image is truncated or corrupt: its L1 table ends at byte"),
+    # VDI
+    "vdi-differencing": (bytes_patched("vdi", lambda d: 76, struct.pack("<I", 4)), ("vdi", None, "raw", "ami"),
+                         "VDI image is a differencing disk, which depends on a parent file; images that reference host files are refused"),
+    "vdi-undo": (bytes_patched("vdi", lambda d: 76, struct.pack("<I", 3)), ("vdi", None, "raw", "ari"),
+                 "VDI image type 3 is not supported; only normal and fixed images are accepted"),
+    "vdi-type-0": (bytes_patched("vdi-static", lambda d: 76, struct.pack("<I", 0)), ("vdi", None),
+                   "VDI image type 0 is not supported"),
+    # VMDK
+    "vmdk-cowd": (lambda images: b"COWD" + images["vmdk-monolithicSparse"].read_bytes()[4:], ("vmdk", None, "raw"),
+                  "VMDK3 (COWD) sparse images are not supported"),
+    "vmdk-capacity-0": (bytes_patched("vmdk-monolithicSparse", lambda d: 12, bytes(8)), ("vmdk", None, "raw"),
+                        "VMDK image has a capacity of 0, so qemu would take its descriptor for a descriptor file"),
+}
+
+
+@pytest.mark.parametrize("case", UNSAFE)
+def test_unsafe_images_refused(images: dict[str, Path], case: str) -> None:
+    build, claims, message = UNSAFE[case]
+    data = build(images)
+    for claim in claims:
+        for plan in ("whole", "odd"):
+            assert refusal(data, claim, plan).startswith(message), (claim, plan)
+
+
+@pytest.mark.parametrize(
+    ("case", "build"),
+    [
+        ("dirty-bit", qcow2_patched("qcow2-data", incompatible=0b1)),  # lazy refcounts: harmless read-only
+        ("zstd-bit", real("qcow2-zstd")),
+        ("extended-l2-bit", real("qcow2-data-extended-l2")),
+        ("v2", real("qcow2-v2")),
+        ("l1-larger-than-needed", qcow2_patched("qcow2", l1_size=1)),
+        ("snapshot-table-inside", lambda images: bytes(
+            patch_qcow2(images["qcow2"].read_bytes(), nb_snapshots=1, snapshots_offset=196608)) + bytes(40)),
+    ],
+)
+def test_qcow2_accepted_features(images: dict[str, Path], case: str, build: Callable[[dict[str, Path]], bytes]) -> None:
+    data = build(images)
+    for plan in PLANS:
+        assert inspect(data, "qcow2", plan).format == "qcow2"
+
+
+def test_qcow2_truncated_anywhere_in_its_metadata_or_data_is_refused(images: dict[str, Path]) -> None:
+    # Every cut of a real image with data is refused, down to one missing byte; the whole image passes.
+    data = images["qcow2-data"].read_bytes()
+    assert inspect(data, "qcow2").virtual_size == 2 << 30
+    for cut in (72, 4096, 64 * KiB, qcow2_field(data, "l1_offset") + 8, *range(256 * KiB, len(data), 64 * KiB), len(data) - 1):
+        message = refusal(data[:cut], "qcow2", "4KiB")
+        assert message.startswith(("qcow2 image is truncated", "image data is too short")), (cut, message)
+
+
+def test_qcow2_l2_tables_before_the_l1_table_are_found_in_the_head(images: dict[str, Path]) -> None:
+    # Resized images have their L1 table behind the L2 tables; those in the first MiB are still checked.
+    data = bytearray(images["qcow2-resized"].read_bytes())
+    l1 = qcow2_field(data, "l1_offset")
+    l2 = max(qcow2_l1_entry(data, i) & 0x00FFFFFFFFFFFE00 for i in range(qcow2_field(data, "l1_size")))
+    assert l2 < l1 and l2 < HEAD_SIZE
+    assert inspect(bytes(data), "qcow2", "odd").virtual_size == 100 << 30
+    struct.pack_into(">Q", data, l2, len(data) + 64 * KiB)  # a data cluster beyond the end
+    assert "it has a data cluster at byte" in refusal(bytes(data), "qcow2", "odd")
+
+
+def test_qcow2_scan_stays_bounded() -> None:
+    # The largest L1 table qemu accepts (32 MiB), 1 MiB in: only 256 KiB of it is kept.
+    data = qcow2_header(l1_size=4 * MiB, l1_offset=MiB, size=MiB)
+    inspector = FormatInspector("qcow2")
+    inspector.feed(data)
+    inspector.feed(bytes(HEAD_SIZE - len(data)))
+    for _ in range(33):
+        inspector.feed(bytes(MiB))
+        scan = inspector._qcow2
+        assert scan is not None and len(scan.l1.buf) <= 256 * KiB and len(scan.reftable.buf) <= 256 * KiB
+    assert inspector.finish() == Inspection("qcow2", MiB)
+
+
+def test_qcow2_l2_scan_has_a_budget() -> None:
+    # 1024 L2 tables of 64 KiB back to back (64 MiB of nothing but tables): 256 are read (16 MiB),
+    # the rest only have to lie inside the data.
+    tables = 1024
+    data = qcow2_header(l1_size=tables, l1_offset=128 * KiB, size=MiB)
+    for i in range(tables):
+        struct.pack_into(">Q", data, 128 * KiB + 8 * i, (1 << 63) | (256 * KiB + i * 64 * KiB))
+    stream = bytes(data) + bytes(64 * KiB + tables * 64 * KiB)
+    inspector = FormatInspector(None)
+    for chunk in chunked(stream, "1MiB"):
+        inspector.feed(chunk)
+    scan = inspector._qcow2
+    assert scan is not None and scan.l2_budget <= 0 and not scan.l2_pending
+    assert inspector.finish() == Inspection("qcow2", MiB)
+    assert refusal(stream[:-1], None).startswith("qcow2 image is truncated or corrupt: it has an L2 table at byte")
+
+
+def test_qcow2_l2_scan_reads_standard_and_compressed_entries_alike(images: dict[str, Path]) -> None:
+    # The vectorised path (no compressed cluster) and the entry-by-entry one agree with qemu's map.
+    for name in ("qcow2-data", "qcow2-compressed", "qcow2-data-extended-l2", "qcow2-data-512B-clusters"):
+        data = images[name].read_bytes()
+        inspector = FormatInspector("qcow2")
+        for chunk in chunked(data, "odd"):
+            inspector.feed(chunk)
+        inspector.finish()
+        scan = inspector._qcow2
+        assert scan is not None
+        extents = json.loads(run_qemu_img("map", "-f", "qcow2", "--output=json", str(images[name])))
+        ends = [e["offset"] + e["length"] for e in extents if "offset" in e]
+        if name == "qcow2-compressed":  # qemu-img map gives no offset for compressed data
+            assert scan.far_data == 0 and 0 < scan.far_compressed <= len(data)
+        else:
+            cluster = scan.cluster
+            assert scan.far_data == -(-max(ends) // cluster) * cluster, name
+            assert scan.far_compressed == 0
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_vmdk_reports_create_and_adapter_type(images: dict[str, Path], plan: str) -> None:
+    data = images["vmdk-lsilogic"].read_bytes()
+    found = inspect(data, "vmdk", plan)
+    assert (found.vmdk_create_type, found.vmdk_adapter_type) == ("monolithicSparse", "lsilogic")
+    assert inspect(images["qcow2"].read_bytes(), "qcow2", plan).vmdk_create_type is None
+
+
+VMWARE_DESCRIPTOR = (
+    "# Disk DescriptorFile\r\n"
+    "version=1\r\n"
+    'encoding="UTF-8"\r\n'
+    "CID=fffffffe\r\n"
+    "parentCID=ffffffff\r\n"
+    'isNativeSnapshot="no"\r\n'
+    'createType="streamOptimized"\r\n'
+    "\r\n"
+    "# Extent description\r\n"
+    'RDONLY 10240 SPARSE "disk-1.vmdk"\r\n'
+    "\r\n"
+    "# The Disk Data Base\r\n"
+    "#DDB\r\n"
+    "\r\n"
+    'ddb.adapterType = "lsilogic"\r\n'
+    'ddb.geometry.cylinders = "652"\r\n'
+    'ddb.longContentID = "8f15b3d0009d9a3f456ff7b28d324d2a"\r\n'
+    'ddb.uuid = "60 00 C2 9b 2f 6a 62 50-8d 3e 1b 94 0c 1c 4a 9f"\r\n'
+    'ddb.virtualHWVersion = "7"\r\n'
+)
+
+
+def test_vmdk_descriptor_as_vmware_writes_it_accepted(images: dict[str, Path]) -> None:
+    data = with_descriptor(images["vmdk-monolithicSparse"].read_bytes(), VMWARE_DESCRIPTOR)
+    assert inspect(data, "vmdk", "7B-head") == Inspection("vmdk", 5 * MiB, "streamOptimized", "lsilogic")
+
+
+LONG_LINE = "x" * 100
+VMDK_DESCRIPTOR_EDITS: dict[str, tuple[Callable[[str], str], str]] = {
+    "unknown-key": (lambda t: t.replace("ddb.virtualHWVersion", "foo"),
+                    'VMDK descriptor has a line the inspector does not understand: "foo = "4""'),
+    "free-text": (lambda t: t + "hello world\n",
+                  'VMDK descriptor has a line the inspector does not understand: "hello world"'),
+    "long-line-truncated": (lambda t: t + LONG_LINE + "\n",
+                            f'VMDK descriptor has a line the inspector does not understand: "{"x" * 60}..."'),
+    "native-snapshot": (lambda t: t.replace("version=1", 'version=1\nisNativeSnapshot="yes"'),
+                        'VMDK descriptor has a line the inspector does not understand: "isNativeSnapshot="yes""'),
+    "bad-cid": (lambda t: t.replace("CID=", "CID=zz", 1),
+                "VMDK descriptor has a line the inspector does not understand: \"CID=zz"),
+    "version-4": (lambda t: t.replace("version=1", "version=4"),
+                  'VMDK descriptor has a line the inspector does not understand: "version=4"'),
+    "noaccess-extent": (lambda t: t.replace("RW ", "NOACCESS "),
+                        'VMDK descriptor has a line the inspector does not understand: "NOACCESS 10240 SPARSE'),
+    "unquoted-extent": (lambda t: t.replace('"vmdk-monolithicSparse"', "vmdk-monolithicSparse"),
+                        'VMDK descriptor has a line the inspector does not understand: "RW 10240 SPARSE vmdk'),
+    "sparse-extent-offset": (lambda t: t.replace('"vmdk-monolithicSparse"', '"vmdk-monolithicSparse" 0'),
+                             "VMDK descriptor has a line the inspector does not understand"),
+    "parent-cid": (lambda t: t.replace("parentCID=ffffffff", "parentCID=1234abcd"),
+                   "VMDK image depends on a parent image (parentCID=1234abcd); images that reference host files are refused"),
+    "create-type-twice": (lambda t: t + 'createType="monolithicSparse"\n',
+                          "VMDK descriptor sets createType more than once"),
+    "no-extent": (lambda t: t.replace('RW 10240 SPARSE "vmdk-monolithicSparse"', ""),
+                  "VMDK descriptor lists no extent; only single-file images with one SPARSE extent are accepted"),
+    "two-sparse-extents": (lambda t: t.replace('RW 10240 SPARSE "vmdk-monolithicSparse"',
+                                               'RW 10240 SPARSE "vmdk-monolithicSparse"\nRW 10240 SPARSE "other.vmdk"'),
+                           "VMDK descriptor lists extents of type SPARSE, SPARSE;"),
+    "zero-extent": (lambda t: t.replace("SPARSE", "ZERO"), "VMDK descriptor lists extents of type ZERO;"),
+    "vmfs-extent": (lambda t: t.replace('RW 10240 SPARSE "vmdk-monolithicSparse"',
+                                        'RW 10240 SPARSE "vmdk-monolithicSparse"\nRW 10 VMFS "/vmfs/devices/disks/x"'),
+                    "VMDK descriptor lists extents of type SPARSE, VMFS;"),
+}
+
+
+@pytest.mark.parametrize("edit", VMDK_DESCRIPTOR_EDITS)
+def test_vmdk_descriptor_grammar(images: dict[str, Path], edit: str) -> None:
+    change, message = VMDK_DESCRIPTOR_EDITS[edit]
+    data = images["vmdk-monolithicSparse"].read_bytes()
+    text = descriptor_of(data)
+    edited = change(text)
+    assert edited != text
+    for claim in ("vmdk", None, "ploop"):
+        assert refusal(with_descriptor(data, edited), claim, "4KiB").startswith(message), claim
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "version=1\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"/dev/sda\" 0\n",
+        "  \n# a comment\r\nversion=2\r\nRW 2048 FLAT \"/etc/shadow\" 0\r\n",
+        "# Disk DescriptorFile\nversion=1\n",
+    ],
+)
+@pytest.mark.parametrize("claim", [None, "raw", "vmdk", "iso", "ami"])
+def test_vmdk_text_descriptors_refused_as_qemu_would_probe_them(text: str, claim: str | None) -> None:
+    data = text.encode().ljust(64 * KiB, b"\0")
+    assert refusal(data, claim).startswith("image data is a VMDK descriptor file, which only points at other files")
+
+
+@pytest.mark.parametrize("text", ["hello\nversion=1\n", "version=1", "#version=1\n", "version=10\n"])
+def test_text_that_qemu_would_not_probe_as_vmdk_stays_raw(text: str) -> None:
+    data = text.encode().ljust(64 * KiB, b"\0")
+    assert inspect(data, "raw") == Inspection("raw", 64 * KiB)
+
+
+# (image, claim, limit, refusal or None for accepted)
+LIMITS: list[tuple[str, str | None, int | None, str | None]] = [
+    ("qcow2", "qcow2", None, None),
+    ("qcow2", "qcow2", 0, None),  # 0: no limit, as in the config
+    ("qcow2", "qcow2", 5 * MiB, None),  # the limit itself is allowed
+    ("qcow2", "qcow2", 5 * MiB - 1, f"image virtual size {5 * MiB} bytes exceeds the limit of {5 * MiB - 1} bytes"),
+    ("qcow2", None, 4 * MiB, f"image virtual size {5 * MiB} bytes exceeds the limit of {4 * MiB} bytes"),
+    ("qcow2", "ami", 4 * MiB, f"image virtual size {5 * MiB} bytes exceeds the limit of {4 * MiB} bytes"),
+    ("vmdk-streamOptimized", "vmdk", 4 * MiB, f"image virtual size {5 * MiB} bytes exceeds the limit of {4 * MiB} bytes"),
+    ("vhdx-3000M", "vhdx", 1 << 30, f"image virtual size {3000 * MiB} bytes exceeds the limit of {1 << 30} bytes"),
+    ("vhdx-3000M", "vhdx", 3000 * MiB, None),
+    ("vdi", "vdi", MiB, f"image virtual size {5 * MiB} bytes exceeds the limit of {MiB} bytes"),
+    ("vhd-dynamic", "vhd", MiB, "image virtual size"),
+    ("raw", "raw", 3 * MiB, None),
+    ("raw", "raw", MiB, f"image virtual size (more than {MiB} bytes of raw data) exceeds the limit of {MiB} bytes"),
+    ("raw", None, MiB, f"image virtual size {3 * MiB} bytes exceeds the limit of {MiB} bytes"),
+    ("iso", "iso", 512 * KiB, f"image virtual size (more than {512 * KiB} bytes of iso data) exceeds the limit"),
+    ("gpt", "raw", MiB, "image virtual size (more than 1048576 bytes of gpt data)"),
+]
+
+
+@pytest.mark.parametrize(("name", "claim", "limit", "message"), LIMITS)
+def test_max_virtual_size(images: dict[str, Path], name: str, claim: str | None, limit: int | None, message: str | None) -> None:
+    data = images[name].read_bytes()
+    for plan in ("whole", "4KiB"):
+        inspector = FormatInspector(claim, max_virtual_size=limit)
+        try:
+            for chunk in chunked(data, plan):
+                inspector.feed(chunk)
+            found = inspector.finish()
+        except FormatRejected as exc:
+            assert message is not None and str(exc).startswith(message), (plan, str(exc))
+        else:
+            assert message is None, plan
+            assert found.format == IMAGES[name][2]
+    if message is not None:
+        with pytest.raises(FormatRejected, match="exceeds the limit"):
+            inspect_file(str(images[name]), claim, max_virtual_size=limit)
+    else:
+        assert inspect_file(str(images[name]), claim, limit).format == IMAGES[name][2]
+
+
+def test_raw_over_the_limit_is_refused_while_streaming(images: dict[str, Path]) -> None:
+    fed, _ = feed_until_refused_with(images["raw"].read_bytes(), "raw", MiB)
+    assert fed <= MiB + 4 * KiB
+
+
+def test_fixed_vhd_at_the_limit_is_not_refused_for_its_footer(images: dict[str, Path]) -> None:
+    # The stream is 512 bytes longer than the virtual size; a vhd claim waits for the footer.
+    path = images["vhd-fixed"]
+    size = qemu_virtual_size(path, "vpc")
+    assert path.stat().st_size > size
+    assert inspect_file(str(path), "vhd", max_virtual_size=size) == Inspection("vhd", size)
+
+
+@pytest.mark.parametrize(("l1_size", "limit", "refused"), [(3, 1 << 30, True), (3, 1536 * MiB, False), (2, 1 << 30, False)])
+def test_qcow2_l1_table_mapping_beyond_the_limit_refused(
+    images: dict[str, Path], l1_size: int, limit: int, refused: bool
+) -> None:
+    # 64 KiB clusters: one L1 entry maps 512 MiB, whatever the header's size says.
+    data = bytes(patch_qcow2(images["qcow2"].read_bytes(), l1_size=l1_size)) + bytes(64)
+    if refused:
+        assert refusal_with(data, "qcow2", limit) == (
+            f"qcow2 L1 table has {l1_size} entries, mapping {l1_size * 512 * MiB} bytes, "
+            f"beyond the virtual size limit of {limit} bytes"
+        )
+    else:
+        assert inspect_with(data, "qcow2", limit) == Inspection("qcow2", 5 * MiB)
+
+
+def test_negative_limit_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="max_virtual_size"):
+        FormatInspector("raw", max_virtual_size=-1)
+
+
+def inspect_with(data: bytes, claim: str | None, limit: int | None) -> Inspection:
+    inspector = FormatInspector(claim, max_virtual_size=limit)
+    for chunk in chunked(data, "odd"):
+        inspector.feed(chunk)
+    return inspector.finish()
+
+
+def refusal_with(data: bytes, claim: str | None, limit: int | None) -> str:
+    with pytest.raises(FormatRejected) as info:
+        inspect_with(data, claim, limit)
+    return str(info.value)
+
+
+def feed_until_refused_with(data: bytes, claim: str | None, limit: int, size: int = 4 * KiB) -> tuple[int, FormatInspector]:
+    inspector = FormatInspector(claim, max_virtual_size=limit)
+    for i in range(0, len(data), size):
+        try:
+            inspector.feed(data[i : i + size])
+        except FormatRejected:
+            return i + size, inspector
+    raise AssertionError("feed() never refused the stream")
 
 
 FUZZ_BASES = (

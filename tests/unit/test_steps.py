@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 import zstandard
 
+from appliance import formats as formats_module
+from appliance.formats import Inspection
 from appliance.pipeline.base import ImportFailed, StagedImage, StepContext
 from appliance.pipeline.steps import convert as convert_module
 from appliance.pipeline.steps.convert import Convert
@@ -537,6 +539,70 @@ async def test_vmdk_already_in_output_format(tmp_path: Path, ctx: StepContext, q
     assert result.properties == {"vmware_disktype": "sparse", "vmware_adaptertype": "ide"}
 
 
+async def test_vmware_properties_come_from_the_inspection(
+    tmp_path: Path, ctx: StepContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # convert.py no longer reads the descriptor: what the inspector found is all it uses.
+    data = bytearray(4 * KiB)
+    data[:4] = b"KDMV"
+    staged = stage(tmp_path, bytes(data), disk_format="vmdk")
+    found = Inspection("vmdk", MiB, vmdk_create_type="streamOptimized", vmdk_adapter_type="LsiSAS1068")
+    monkeypatch.setattr(convert_module, "inspect_file", lambda path, claimed, limit=None: found)
+    forbid_qemu_img(monkeypatch)
+    result = await Convert(output_format="vmdk").run(staged, ctx)
+    assert result.properties == {"vmware_disktype": "streamOptimized", "vmware_adaptertype": "lsiLogicsas"}
+
+
+@pytest.mark.parametrize(
+    ("create_type", "adapter_type", "expected"),
+    [
+        ("monolithicSparse", None, {"vmware_disktype": "sparse"}),
+        ("streamOptimized", "pvscsi", {"vmware_disktype": "streamOptimized", "vmware_adaptertype": "paraVirtual"}),
+        ("monolithicSparse", "floppy", {"vmware_disktype": "sparse"}),  # unknown: left unset
+        (None, None, {}),
+    ],
+)
+def test_vmware_property_mapping(create_type: str | None, adapter_type: str | None, expected: dict[str, str]) -> None:
+    found = Inspection("vmdk", MiB, create_type, adapter_type)
+    assert formats_module.introspected_properties(found, {"a": "b"}, frozenset()) == {"a": "b", **expected}
+    assert formats_module.introspected_properties(found, {}, frozenset({"vmware_disktype", "vmware_adaptertype"})) == {}
+
+
+async def test_vmdk_with_unknown_descriptor_line_is_refused_before_qemu_img(
+    tmp_path: Path, ctx: StepContext, qemu_img: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, vmdk = make_image(qemu_img, tmp_path, "vmdk")
+    data = bytearray(vmdk.read_bytes())
+    sector, sectors = struct.unpack_from("<QQ", data, 28)
+    text = data[sector * 512 : (sector + sectors) * 512].split(b"\0", 1)[0] + b'extentFile="/etc/shadow"\n'
+    data[sector * 512 : (sector + sectors) * 512] = text.ljust(sectors * 512, b"\0")
+    vmdk.write_bytes(bytes(data))
+    forbid_qemu_img(monkeypatch)
+    await refused(Convert(), stage_file(vmdk, "vmdk"), ctx, 'does not understand: "extentFile="/etc/shadow""')
+
+
+async def test_virtual_size_limit_applies_to_the_qcow2_l1_table(
+    tmp_path: Path, ctx: StepContext, qemu_img: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The header says 8 MiB, but the L1 table maps 3 x 512 MiB: the inspector sees it before qemu-img runs.
+    _, qcow2 = make_image(qemu_img, tmp_path, "qcow2")
+    data = bytearray(qcow2.read_bytes())
+    struct.pack_into(">I", data, 36, 3)
+    qcow2.write_bytes(bytes(data) + bytes(16))
+    forbid_qemu_img(monkeypatch)
+    await refused(Convert(max_virtual_size=1 << 30), stage_file(qcow2, "qcow2"), ctx, "qcow2 L1 table has 3 entries")
+
+
+async def test_truncated_qcow2_is_refused_before_qemu_img(
+    tmp_path: Path, ctx: StepContext, qemu_img: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, qcow2 = make_image(qemu_img, tmp_path, "qcow2")
+    data = qcow2.read_bytes()
+    qcow2.write_bytes(data[: len(data) - 64 * KiB])
+    forbid_qemu_img(monkeypatch)
+    await refused(Convert(), stage_file(qcow2, "qcow2"), ctx, "qcow2 image is truncated or corrupt")
+
+
 async def test_same_format_is_not_converted(tmp_path: Path, ctx: StepContext, qemu_img: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _, qcow2 = make_image(qemu_img, tmp_path, "qcow2")
     forbid_qemu_img(monkeypatch)
@@ -584,6 +650,13 @@ async def test_virtual_size_limit(tmp_path: Path, ctx: StepContext, qemu_img: st
     qemu(qemu_img, "create", "-q", "-f", "qcow2", str(big), "1T")
     forbid_qemu_img(monkeypatch)
     await refused(Convert(max_virtual_size=1 << 30), stage_file(big, "qcow2"), ctx, "virtual size 1099511627776 bytes exceeds the limit of 1073741824")
+
+
+async def test_virtual_size_limit_of_0_is_no_limit(tmp_path: Path, ctx: StepContext, qemu_img: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, qcow2 = make_image(qemu_img, tmp_path, "qcow2")
+    forbid_qemu_img(monkeypatch)
+    staged = stage_file(qcow2, "qcow2")
+    assert await Convert(output_format="qcow2", max_virtual_size=0).run(staged, ctx) == staged.evolve(virtual_size=8 * MiB)
 
 
 async def test_qemu_img_failure_reports_its_stderr(tmp_path: Path, ctx: StepContext, qemu_img: str) -> None:

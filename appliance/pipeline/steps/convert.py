@@ -11,17 +11,14 @@ import asyncio
 import json
 import logging
 import os
-import re
 import shutil
 import signal
-import struct
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from appliance.errors import FormatRejected
-from appliance.formats import Inspection, inspect_file
+from appliance.formats import Inspection, inspect_file, introspected_properties
 from appliance.pipeline.base import ImportFailed, StagedImage, StepContext
 
 log = logging.getLogger(__name__)
@@ -34,21 +31,6 @@ _NOT_CONVERTED = frozenset({"ami", "ari", "aki", "ploop"})
 _QEMU_DRIVERS = {"raw": "raw", "gpt": "raw", "mbr": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vhd": "vpc", "vhdx": "vhdx", "vdi": "vdi"}
 _STDERR_LIMIT = 500
 _CPU_GRACE = 5  # seconds between the soft (SIGXCPU) and hard (SIGKILL) CPU limits
-
-_VMDK_MAGIC = b"KDMV"
-_VMDK_MAX_DESCRIPTOR = 64 * 1024
-_VMDK_CREATE_TYPE = re.compile(r'^\s*createType\s*=\s*"?([^"\r\n]*)', re.MULTILINE)
-_VMDK_ADAPTER_TYPE = re.compile(r'^\s*ddb\.adapterType\s*=\s*"?([^"\r\n]*)', re.MULTILINE)
-# Descriptor values → the values Nova's VMware driver and Glance's metadefs use.
-_VMWARE_DISKTYPES = {"monolithicsparse": "sparse", "streamoptimized": "streamOptimized"}
-_VMWARE_ADAPTERTYPES = {
-    "ide": "ide",
-    "buslogic": "busLogic",
-    "lsilogic": "lsiLogic",
-    "lsisas1068": "lsiLogicsas",
-    "pvscsi": "paraVirtual",
-}
-
 
 class Convert:
     name = "image_conversion"
@@ -69,7 +51,7 @@ class Convert:
         self.qemu_img = qemu_img
         self.cpu_seconds = cpu_seconds
         self.memory_bytes = memory_bytes
-        self.max_virtual_size = max_virtual_size
+        self.max_virtual_size = max_virtual_size or None  # 0, as in formats.max_virtual_size: no limit
         # prlimit (util-linux) sets the limits and then execs qemu-img, so the limited process is
         # qemu-img itself. A preexec_fn would run Python between fork and exec in a daemon full of
         # threads (asyncio.to_thread), which the subprocess docs warn can deadlock.
@@ -79,11 +61,11 @@ class Convert:
         if staged.disk_format in _NOT_CONVERTED:
             log.info("image %s: disk_format %s is not converted", ctx.image_id, staged.disk_format)
             return staged
-        found = await _inspect(staged.path, staged.disk_format, "")
+        found = await _inspect(staged.path, staged.disk_format, "", self.max_virtual_size)
         self._check_virtual_size(found.virtual_size)
         properties = staged.properties
         if found.format == "vmdk":
-            properties = await asyncio.to_thread(_with_vmware_properties, staged.path, properties, ctx.user_properties)
+            properties = introspected_properties(found, properties, ctx.user_properties)
         source = _QEMU_DRIVERS.get(found.format)
         # ISO (no driver here) stays as it is, and so does data already in the output format.
         if source is None or source == self.output_format:
@@ -98,7 +80,7 @@ class Convert:
             await self._qemu_img(
                 "convert", "-f", source, "-O", self.output_format, os.path.abspath(staged.path), os.path.abspath(out)
             )
-            result = await _inspect(out, self.output_format, "converted image failed inspection: ")
+            result = await _inspect(out, self.output_format, "converted image failed inspection: ", self.max_virtual_size)
             size = out.stat().st_size
         except BaseException:
             out.unlink(missing_ok=True)
@@ -167,9 +149,9 @@ class Convert:
         return "killed by %s" % name
 
 
-async def _inspect(path: Path, claimed: str | None, prefix: str) -> Inspection:
+async def _inspect(path: Path, claimed: str | None, prefix: str, max_virtual_size: int | None) -> Inspection:
     try:
-        return await asyncio.to_thread(inspect_file, str(path), claimed)
+        return await asyncio.to_thread(inspect_file, str(path), claimed, max_virtual_size)
     except FormatRejected as exc:
         raise ImportFailed(prefix + str(exc)) from None
 
@@ -177,35 +159,3 @@ async def _inspect(path: Path, claimed: str | None, prefix: str) -> Inspection:
 def _trim(stderr: bytes) -> str:
     text = stderr.decode("utf-8", "replace").strip() or "no error output"
     return text if len(text) <= _STDERR_LIMIT else text[:_STDERR_LIMIT] + "..."
-
-
-def _with_vmware_properties(path: Path, properties: Mapping[str, str], user_set: frozenset[str]) -> dict[str, str]:
-    """The properties plus vmware_disktype/vmware_adaptertype from the VMDK's embedded descriptor,
-    unless the user (or an earlier step) set them."""
-    descriptor = _vmdk_descriptor(path)
-    result = dict(properties)
-    for key, pattern, values in (
-        ("vmware_disktype", _VMDK_CREATE_TYPE, _VMWARE_DISKTYPES),
-        ("vmware_adaptertype", _VMDK_ADAPTER_TYPE, _VMWARE_ADAPTERTYPES),
-    ):
-        if key in user_set or key in result:
-            continue
-        match = pattern.search(descriptor)
-        value = values.get(match.group(1).strip().lower()) if match else None
-        if value is None:
-            log.info("VMDK descriptor gives no known value for %s", key)
-        else:
-            result[key] = value
-    return result
-
-
-def _vmdk_descriptor(path: Path) -> str:
-    """The text descriptor embedded in a hosted sparse extent (formats.py has checked it exists)."""
-    with open(path, "rb") as f:
-        header = f.read(512)
-        if len(header) < 512 or not header.startswith(_VMDK_MAGIC):
-            return ""
-        sector, sectors = struct.unpack_from("<QQ", header, 28)
-        f.seek(sector * 512)
-        raw = f.read(min(sectors * 512, _VMDK_MAX_DESCRIPTOR))
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")

@@ -1,0 +1,100 @@
+"""Fixtures for the operator UI: a real daemon with two stores, a small HTTP client to put data
+into it, TuiConfigs for the socket and for --url + token, and a `wait_until` for live data."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import aiohttp
+import pytest
+from textual.pilot import Pilot
+
+from tests.conftest import JSON_ERRORS, Daemon, write_toml
+from tui.config import TuiConfig
+
+TWO_STORES = {"default": "local", "local": {"path": "images"}, "fast": {"path": "fast"}}
+REFRESH = 0.25  # fast polling keeps the tests short
+
+
+class SiteApi:
+    """The daemon's HTTP API with the admin token, for arranging and checking state."""
+
+    def __init__(self, daemon: Daemon, session: aiohttp.ClientSession) -> None:
+        self.daemon = daemon
+        self.session = session
+
+    def _headers(self, **extra: str) -> dict[str, str]:
+        return {"X-Auth-Token": self.daemon.token, **JSON_ERRORS, **extra}
+
+    async def call(self, method: str, path: str, expect: int = 200, **kw: Any) -> Any:
+        async with self.session.request(method, self.daemon.url + path, headers=self._headers(**kw.pop("headers", {})), **kw) as resp:
+            body = await resp.read()
+            assert resp.status == expect, (resp.status, body)
+            return await resp.json() if body and resp.content_type == "application/json" else None
+
+    async def create(self, name: str, data: bytes | None = None, **props: Any) -> dict[str, Any]:
+        body = {"name": name, "disk_format": "raw", "container_format": "bare", **props}
+        image = await self.call("POST", "/v2/images", 201, json=body)
+        if data is not None:
+            await self.call("PUT", "/v2/images/%s/file" % image["id"], 204, data=data,
+                            headers={"Content-Type": "application/octet-stream"})
+            image = await self.image(image["id"])
+        return image
+
+    async def image(self, image_id: str) -> dict[str, Any]:
+        return await self.call("GET", "/v2/images/%s" % image_id)
+
+    async def images(self) -> list[dict[str, Any]]:
+        return (await self.call("GET", "/v2/images?limit=1000"))["images"]
+
+    async def copy(self, image_id: str, store: str) -> None:
+        await self.call("POST", "/v2/images/%s/import" % image_id, 202,
+                        json={"method": {"name": "copy-image"}, "stores": [store]})
+
+    async def wait_tasks_done(self, image_id: str, timeout: float = 30) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            tasks = (await self.call("GET", "/v2/images/%s/tasks" % image_id))["tasks"]
+            if tasks and all(t["status"] not in ("pending", "processing") for t in tasks):
+                return tasks
+            assert time.monotonic() < deadline, tasks
+            await asyncio.sleep(0.05)
+
+
+def site_config(tmp_path: Path, **imports: Any) -> Path:
+    data: dict[str, Any] = {"site": {"name": "edge-test"}, "stores": TWO_STORES}
+    if imports:
+        data["import"] = imports
+    return write_toml(tmp_path / "site.toml", data)
+
+
+@pytest.fixture
+def site(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> Daemon:
+    """A real daemon (edge-appliance serve) with two stores: local (default) and fast."""
+    return daemon_factory("site", site_config(tmp_path))
+
+
+@pytest.fixture
+async def site_api(site: Daemon) -> AsyncIterator[SiteApi]:
+    async with aiohttp.ClientSession() as session:
+        yield SiteApi(site, session)
+
+
+def socket_config(daemon: Daemon, **kw: Any) -> TuiConfig:
+    """The default way in: the daemon's Unix socket, no token (tests run as root)."""
+    return TuiConfig(socket=str(daemon.state_dir / "appliance.sock"), refresh_seconds=REFRESH, **kw)
+
+
+def url_config(daemon: Daemon, **kw: Any) -> TuiConfig:
+    return TuiConfig(url=daemon.url, token=daemon.token, refresh_seconds=REFRESH, **kw)
+
+
+async def wait_until(pilot: Pilot[Any], predicate: Callable[[], Any], timeout: float = 15, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for %s" % (what or predicate))
+        await pilot.pause(0.05)

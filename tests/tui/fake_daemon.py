@@ -1,0 +1,149 @@
+"""Fixed data behind the TUI's client interface, for SVG snapshots ONLY: no timestamps that move,
+no random ids, ports or free-space figures. Every behaviour test uses a real daemon."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Json = dict[str, Any]
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+def _image(n: int, name: str, status: str, disk: str, size: int | None, virtual: int | None, stores: str,
+           **extra: Any) -> Json:
+    image_id = "%08x-5e1f-4c2a-9d3b-%012x" % (0x1a2b3c00 + n * 0x1111, 0xfeed0000 + n)
+    image: Json = {
+        "id": image_id, "name": name, "status": status, "visibility": "public", "protected": False,
+        "os_hidden": False, "checksum": None, "os_hash_algo": None, "os_hash_value": None, "owner": "admin",
+        "size": size, "virtual_size": virtual, "disk_format": disk, "container_format": "bare",
+        "min_disk": 0, "min_ram": 0, "created_at": "2026-05-0%dT08:00:00Z" % n,
+        "updated_at": "2026-05-0%dT09:30:00Z" % n, "tags": [], "self": "/v2/images/%s" % image_id,
+        "file": "/v2/images/%s/file" % image_id, "schema": "/v2/schemas/image",
+    }
+    if size:
+        image.update(checksum="%032x" % (0xabcdef + n), os_hash_algo="sha512", os_hash_value="%0128x" % (0x123456 + n))
+    if stores:
+        image["stores"] = stores
+    image.update(extra)
+    return image
+
+
+IMAGES = [
+    _image(1, "cirros-0.6.2", "active", "qcow2", 21 * MiB, 112 * MiB, "local,fast", os_distro="cirros", hw_disk_bus="virtio"),
+    _image(2, "debian-12-genericcloud", "active", "qcow2", 330 * MiB, 2 * GiB, "local", os_distro="debian", os_version="12"),
+    _image(3, "ubuntu-24.04-server", "active", "raw", int(3.5 * GiB), int(3.5 * GiB), "local,fast", os_distro="ubuntu"),
+    _image(4, "windows-2022", "active", "qcow2", int(9.8 * GiB), 40 * GiB, "local", protected=True, os_type="windows"),
+    _image(5, "alpine-3.20", "queued", "qcow2", None, None, ""),
+    _image(6, "rocky-9", "importing", "qcow2", None, None, "", os_glance_importing_to_stores="local"),
+    _image(7, "broken-upload", "killed", "raw", None, None, ""),
+    _image(8, "fedora-40", "deactivated", "qcow2", 420 * MiB, 5 * GiB, "fast"),
+]
+
+STATUS: Json = {
+    "site": {"name": "edge-01", "role": "edge"},
+    "version": "0.1.0",
+    "uptime_seconds": 93784,
+    "hub": {"configured": False, "state": "none", "last_sync": None, "last_error": None},
+    "cache": None,
+    "stores": [
+        {"id": "local", "description": "NVMe pool", "default": True, "total_bytes": 500 * GiB,
+         "free_bytes": 180 * GiB, "used_bytes": int(13.9 * GiB), "read_only": False, "read_only_reason": ""},
+        {"id": "fast", "description": "RAM-backed scratch", "default": False, "total_bytes": 64 * GiB,
+         "free_bytes": 59 * GiB, "used_bytes": int(4 * GiB), "read_only": True,
+         "read_only_reason": "filesystem mounted read-only (EROFS)"},
+    ],
+    "images": {"active": 4, "queued": 1, "importing": 1, "killed": 1, "deactivated": 1},
+    "tasks": {"processing": 1, "failure": 1, "success": 2},
+    "imports_running": 1,
+}
+
+
+def _task(n: int, image: Json, status: str, method: str, stores: list[str], done: int | None, total: int | None,
+          message: str = "") -> Json:
+    body: Json = {"name": method}
+    if method == "web-download":
+        body["uri"] = "https://mirror.example.org/%s.qcow2" % image["name"]
+    return {
+        "id": "7a5c%04x-0000-4000-8000-%012x" % (n, n), "type": "api_image_import", "status": status,
+        "owner": "admin", "input": {"image_id": image["id"], "import_req": {"method": body}, "backend": stores},
+        "result": None, "message": message, "image_id": image["id"],
+        "created_at": "2026-05-10T10:0%d:00Z" % n, "updated_at": "2026-05-10T10:0%d:30Z" % n, "expires_at": None,
+        "self": "/v2/tasks/x", "schema": "/v2/schemas/task", "bytes_done": done, "bytes_total": total,
+    }
+
+
+TASKS = [
+    _task(1, IMAGES[0], "success", "copy-image", ["fast"], 21 * MiB, 21 * MiB),
+    _task(2, IMAGES[2], "success", "web-download", ["local"], int(3.5 * GiB), int(3.5 * GiB)),
+    _task(3, IMAGES[6], "failure", "web-download", ["local"], 12 * MiB, None,
+          "Download from https://mirror.example.org/broken.raw failed: HTTP 404 Not Found"),
+    _task(4, IMAGES[5], "processing", "web-download", ["local"], int(1.2 * GiB), int(2.5 * GiB)),
+]
+
+EVENTS = [
+    {"seq": i + 1, "time": "2026-05-10T10:%02d:%02dZ" % (i // 2, (i * 17) % 60), "level": level, "source": source, "message": message}
+    for i, (level, source, message) in enumerate([
+        ("info", "appliance", "serving the Image API on http://0.0.0.0:9292"),
+        ("info", "appliance", "site edge-01 (edge) ready; state in /var/lib/edge-appliance"),
+        ("info", "appliance.images", "image %s created by admin/local-admin" % IMAGES[0]["id"]),
+        ("info", "appliance.imports", "image %s: copy-image import started to fast" % IMAGES[0]["id"]),
+        ("info", "appliance.imports", "image %s: import finished" % IMAGES[0]["id"]),
+        ("warning", "appliance.stores.filesystem", "store fast: filesystem mounted read-only (EROFS)"),
+        ("info", "appliance.urifilter", "URL http://169.254.169.254/latest refused: host 169.254.169.254 is a cloud metadata address"),
+        ("error", "appliance.imports", "image %s: Download from https://mirror.example.org/broken.raw failed: HTTP 404 Not Found" % IMAGES[6]["id"]),
+        ("info", "appliance.imports", "image %s: web-download import started to local" % IMAGES[5]["id"]),
+        ("info", "appliance.images", "image %s deactivated" % IMAGES[7]["id"]),
+    ])
+]
+
+
+class FakeDaemon:
+    """Implements tui.client.DaemonApi with the fixed data above; actions are refused."""
+
+    target = "unix:/var/lib/edge-appliance/appliance.sock"
+
+    async def status(self) -> Json:
+        return STATUS
+
+    async def events(self, since: int, limit: int = 500) -> list[Json]:
+        return [e for e in EVENTS if e["seq"] > since][-limit:]
+
+    async def images(self) -> list[Json]:
+        return list(IMAGES)
+
+    async def recent_images(self, limit: int) -> list[Json]:
+        return sorted(IMAGES, key=lambda i: i["updated_at"], reverse=True)[:limit]
+
+    async def image(self, image_id: str) -> Json:
+        return next(i for i in IMAGES if i["id"] == image_id)
+
+    async def locations(self, image_id: str) -> list[Json]:
+        image = await self.image(image_id)
+        stores = [s for s in str(image.get("stores") or "").split(",") if s]
+        return [{"url": "file:///var/lib/edge-appliance/%s/%s" % ("images" if s == "local" else s, image_id),
+                 "metadata": {"store": s}} for s in stores]
+
+    async def tasks(self) -> list[Json]:
+        return list(TASKS)
+
+    async def check_uri(self, uri: str) -> tuple[bool, str]:
+        return False, "snapshot fake"
+
+    async def create_image(self, name: str, disk_format: str, container_format: str) -> Json:
+        raise AssertionError("the snapshot fake does not act")
+
+    async def import_web_download(self, image_id: str, uri: str) -> None:
+        raise AssertionError("the snapshot fake does not act")
+
+    async def copy_to_store(self, image_id: str, store: str) -> None:
+        raise AssertionError("the snapshot fake does not act")
+
+    async def delete_from_store(self, store: str, image_id: str) -> None:
+        raise AssertionError("the snapshot fake does not act")
+
+    async def delete_image(self, image_id: str) -> None:
+        raise AssertionError("the snapshot fake does not act")
+
+    async def close(self) -> None:
+        pass

@@ -1,0 +1,137 @@
+"""Keys and navigation against a real daemon: number keys, the command palette, esc, help,
+j/k, --read-only, and edge-tui itself in a pseudo-terminal."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import struct
+import subprocess
+import termios
+import time
+from typing import Any
+
+from textual.command import CommandList, CommandPalette
+from textual.widgets import Static
+
+from tests.conftest import VENV_BIN, Daemon
+from tests.tui.conftest import SiteApi, socket_config, wait_until
+from tui.app import ApplianceTui, make_app
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.help import KEYS, HelpScreen
+from tui.screens.images import ImageTable
+from tui.widgets.keyed_table import KeyedTable
+
+KEY_NAMES = {"question_mark": "?", "slash": "/", "escape": "esc"}
+
+
+def help_text(app: Any) -> str:
+    table = app.screen.query_one("#help-keys", Static).content
+    return "\n".join("%s %s" % (k, t) for k, t in zip(table.columns[0].cells, table.columns[1].cells))
+
+
+async def test_number_keys_palette_escape_and_jk(site: Daemon, site_api: SiteApi) -> None:
+    for name in ("a", "b", "c"):
+        await site_api.create(name)
+    app = make_app(socket_config(site))
+    async with app.run_test() as pilot:
+        for key, pane in (("2", "images"), ("3", "queues"), ("4", "cache"), ("5", "events"), ("1", "overview")):
+            await pilot.press(key)
+            assert app.active_pane == pane
+        # The command palette switches screens by name.
+        await pilot.press("ctrl+p")
+        assert isinstance(app.screen, CommandPalette)
+        await pilot.press(*"Show Queues")
+        await wait_until(pilot, lambda: app.screen.query_one(CommandList).option_count > 0, what="palette hits")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.active_pane == "queues", what="queues via palette")
+        # esc goes back to where we came from.
+        await pilot.press("2")
+        await pilot.press("escape")
+        assert app.active_pane == "queues"
+        await pilot.press("2")
+        table = app.query_one(ImageTable)
+        await wait_until(pilot, lambda: table.row_count == 3)
+        assert app.focused is table
+        await pilot.press("j", "j")
+        assert table.cursor_row == 2
+        await pilot.press("k")
+        assert table.cursor_row == 1
+        await pilot.press("down")
+        assert table.cursor_row == 2
+        # Mouse: click the Events tab.
+        await pilot.click("#--content-tab-events")
+        assert app.active_pane == "events"
+
+
+async def test_help_lists_every_key(site: Daemon) -> None:
+    app = make_app(socket_config(site))
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = help_text(app)
+        bindings = [b for b in ApplianceTui.BINDINGS] + list(KeyedTable.BINDINGS)
+        for binding in bindings:
+            for key in binding.key.split(","):  # type: ignore[union-attr]
+                shown = KEY_NAMES.get(key, key)
+                assert any(shown in keys.split() for keys, _, _ in KEYS), key
+        for words in ("ctrl+p", "ctrl+q", "y / n", "mouse"):
+            assert words in text
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_read_only_hides_every_action(site: Daemon, site_api: SiteApi) -> None:
+    image = await site_api.create("untouchable", os.urandom(1024))
+    app = make_app(socket_config(site, read_only=True))
+    async with app.run_test() as pilot:
+        await pilot.press("2")
+        await wait_until(pilot, lambda: app.query_one(ImageTable).row_count == 1)
+        shown = {b.binding.action for b in app.screen.active_bindings.values()}
+        assert {"filter", "help"} <= shown
+        assert not shown & {"import_url", "copy_to_store", "delete_from_store", "delete_image"}
+        for key in ("d", "x", "c", "n"):
+            await pilot.press(key)
+            assert app.screen is app.screen_stack[0], key  # no dialog opened
+        await app.workers.wait_for_complete()
+        assert (await site_api.image(image["id"]))["stores"] == "local"
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Show Images" in titles and "Delete image" not in titles and "Import image from URL" not in titles
+        await pilot.press("question_mark")
+        assert "delete" not in help_text(app).lower()
+        assert "read-only" in app.sub_title
+    # Without --read-only the same keys are there.
+    app = make_app(socket_config(site))
+    async with app.run_test() as pilot:
+        await pilot.press("2")
+        await wait_until(pilot, lambda: app.query_one(ImageTable).row_count == 1)
+        shown = {b.binding.action for b in app.screen.active_bindings.values()}
+        assert {"import_url", "copy_to_store", "delete_from_store", "delete_image"} <= shown
+        await pilot.press("d")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("escape")
+
+
+def test_edge_tui_runs_in_a_terminal_and_quits_with_q(site: Daemon) -> None:
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color", "EDGE_APPLIANCE_SOCKET": str(site.state_dir / "appliance.sock")}
+    proc = subprocess.Popen([str(VENV_BIN / "edge-tui")], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    screen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b"edge-test" not in screen and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                screen += os.read(master, 65536)
+        assert b"edge-test" in screen  # the status arrived over the socket and was drawn
+        os.write(master, b"q")
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)

@@ -1,0 +1,103 @@
+"""Import from URL through the TUI and follow it on Queues: live progress with a rate while a
+(deliberately slow) loopback server sends the data, then success; a failing import shows the
+daemon's message. (ETA needs bytes_total, which the daemon reports for store writes but not
+while downloading; tests/tui/test_units.py covers the ETA arithmetic.)"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from textual.message import Message
+
+from tests.conftest import Daemon
+from tests.tui.conftest import SiteApi, site_config, socket_config, wait_until
+from tui.app import make_app
+from tui.messages import ImportStarted, TasksLoaded
+
+CHUNK = 128 * 1024
+CHUNKS = 32  # 4 MiB, about 2.5 s
+
+
+@pytest.fixture
+async def source() -> AsyncIterator[TestServer]:
+    async def slow(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(CHUNK * CHUNKS)})
+        await resp.prepare(request)
+        for i in range(CHUNKS):
+            await resp.write(bytes([i % 251]) * CHUNK)
+            await asyncio.sleep(0.08)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/slow.raw", slow)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def open_site(daemon_factory: Callable[..., Daemon], tmp_path: Path, source: TestServer) -> AsyncIterator[SiteApi]:
+    config = site_config(tmp_path, uri_filter={"allowed_hosts": ["127.0.0.0/8"], "allowed_ports": [source.port]})
+    daemon = daemon_factory("site", config)
+    async with aiohttp.ClientSession() as session:
+        yield SiteApi(daemon, session)
+
+
+async def test_import_from_url_shows_live_progress_then_success_and_failures(open_site: SiteApi, source: TestServer) -> None:
+    site = open_site.daemon
+    seen: list[Message] = []
+    app = make_app(socket_config(site))
+    async with app.run_test(size=(120, 30), message_hook=seen.append) as pilot:
+        await pilot.press("2", "n")
+        await pilot.press(*("http://127.0.0.1:%d/slow.raw" % source.port))
+        await pilot.press("tab", *"slow-image")  # the name field
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: any(isinstance(m, ImportStarted) for m in seen), what="ImportStarted")
+        started = next(m for m in seen if isinstance(m, ImportStarted))
+        assert started.name == "slow-image"
+        await pilot.press("3")
+        table = app.queues.table
+        await wait_until(pilot, lambda: table.row_count == 1, what="task row")
+        key = table.keys[0]
+
+        def moving() -> bool:
+            return (table.cell_text(key, "status") == "processing"
+                    and table.cell_text(key, "bytes").startswith(("1.0 MiB", "2.0 MiB", "3.0 MiB"))
+                    and table.cell_text(key, "rate").endswith("/s"))
+
+        await wait_until(pilot, moving, timeout=20, what="live progress with a rate")
+        assert table.cell_text(key, "image") == "slow-image"
+        # While downloading, the daemon reports bytes done but no total (so no ETA yet).
+        assert table.cell_text(key, "bytes").endswith("/?")
+        assert table.cell_text(key, "progress").endswith("?")
+        assert table.cell_text(key, "eta") == "—"
+        assert table.cell_text(key, "method") == "web-download → local"
+        await wait_until(pilot, lambda: table.cell_text(key, "status") == "success", timeout=30, what="success")
+        assert table.cell_text(key, "progress").endswith("100%")
+        assert table.cell_text(key, "bytes") == "4.0/4.0 MiB"
+        image = await open_site.image(started.image_id)
+        assert image["status"] == "active" and image["size"] == CHUNK * CHUNKS
+        assert sum(isinstance(m, TasksLoaded) for m in seen) >= 3
+
+        # A URL the filter allows but that fails: the task fails with the daemon's message.
+        await pilot.press("2", "n", *("http://127.0.0.1:%d/missing.raw" % source.port), "enter")
+        await wait_until(pilot, lambda: sum(isinstance(m, ImportStarted) for m in seen) == 2, what="second import")
+        await pilot.press("3")
+        await wait_until(pilot, lambda: table.row_count == 2, what="second task row")
+        failed = next(k for k in table.keys if k != key)
+        await wait_until(pilot, lambda: table.cell_text(failed, "status") == "failure", timeout=20, what="failure")
+        message = table.cell_text(failed, "message")
+        assert "404" in message
+        tasks = (await open_site.call("GET", "/v2/tasks"))["tasks"]
+        assert message == next(t for t in tasks if t["id"] == failed)["message"]
+        # Running first, then failed, then done: the failed task sorts before the success.
+        assert table.keys == [failed, key]
+        table.move_cursor(row=0)
+        await wait_until(pilot, lambda: "404" in str(app.query_one("#task-detail").content), what="detail")

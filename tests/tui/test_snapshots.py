@@ -1,0 +1,58 @@
+"""SVG snapshots of each screen at 80x24 and 120x40, from the fixed-data fake (no clocks, ids,
+ports or free space that change between runs). Update with `pytest tests/tui --snapshot-update`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+
+from tests.tui.fake_daemon import FakeDaemon
+from tui.app import make_app
+from tui.config import TuiConfig
+
+SIZES = [(80, 24), (120, 40)]
+SCREENS = {"overview": ["1"], "images": ["2"], "queues": ["3"], "cache": ["4"], "events": ["5"]}
+
+
+def fake_app() -> Any:
+    # One poll at start-up and one per screen switch; the timer never fires during a snapshot.
+    config = TuiConfig(socket="/var/lib/edge-appliance/appliance.sock", refresh_seconds=3600)
+    return make_app(config, client=FakeDaemon())
+
+
+def keys_then_settle(*keys: str) -> Any:
+    async def run(pilot: Pilot[Any]) -> None:
+        await pilot.pause()
+        await pilot.app.workers.wait_for_complete()
+        for key in keys:
+            await pilot.press(key)
+            await pilot.app.workers.wait_for_complete()
+            await pilot.pause()
+        await pilot.pause()
+    return run
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "120x40"])
+@pytest.mark.parametrize("screen", list(SCREENS))
+def test_screen(snap_compare: Any, screen: str, size: tuple[int, int]) -> None:
+    assert snap_compare(fake_app(), terminal_size=size, run_before=keys_then_settle(*SCREENS[screen]))
+
+
+def test_images_second_row_detail(snap_compare: Any) -> None:
+    assert snap_compare(fake_app(), terminal_size=(120, 40), run_before=keys_then_settle("2", "j", "j", "j"))
+
+
+def test_help(snap_compare: Any) -> None:
+    assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys_then_settle("question_mark"))
+
+
+def test_delete_confirmation(snap_compare: Any) -> None:
+    assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys_then_settle("2", "d"))
+
+
+def test_read_only_images(snap_compare: Any) -> None:
+    config = TuiConfig(socket="/var/lib/edge-appliance/appliance.sock", refresh_seconds=3600, read_only=True)
+    app = make_app(config, client=FakeDaemon())
+    assert snap_compare(app, terminal_size=(80, 24), run_before=keys_then_settle("2"))

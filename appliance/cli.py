@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from appliance import __version__, systemd
+from appliance import __version__, systemd, workers
 from appliance.app import build_app
 from appliance.config import Config, load_config
 from appliance.errors import ConfigError
@@ -61,6 +61,8 @@ async def serve(config: Config, config_path: Path | None = None, overrides: dict
     """Run until SIGTERM/SIGINT; SIGHUP re-reads `config_path` with the same CLI `overrides`."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # asyncio.to_thread work (file I/O, decompression, scrubbing) runs below the loop's priority.
+    loop.set_default_executor(workers.executor(min(32, (os.cpu_count() or 1) + 4), "worker"))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with open_services(config) as services:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
 Buffer = Union[bytes, bytearray, memoryview]
 
 from appliance.errors import ApplianceError
+from appliance.workers import executor
 
 HASH_ALGO = "sha512"
 # Batches in flight per stream; memory per transfer is bounded by depth x batch size.
@@ -56,8 +57,8 @@ class DigestSink:
         self._md5 = hashlib.md5()
         self._sha = hashlib.sha512()
         self._size = 0
-        self._first = ThreadPoolExecutor(1, thread_name_prefix="digest-md5")
-        self._second = ThreadPoolExecutor(1, thread_name_prefix="digest-sha")
+        self._first = executor(1, "digest-md5")
+        self._second = executor(1, "digest-sha")
         self._pending: deque[tuple[Future[None], Future[None]]] = deque()
 
     def _md5_step(self, batch: Sequence[Buffer]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from appliance.errors import FormatRejected
 from appliance.formats import Inspection, inspect_file, introspected_properties
+from appliance.workers import nice_argv
 from appliance.pipeline.base import ImportFailed, StagedImage, StepContext
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class Convert:
         # Linux sends SIGKILL rather than SIGXCPU when soft and hard CPU limits are equal; the
         # higher hard limit lets the exit status say that the CPU limit was reached.
         cpu = "--cpu=%d:%d" % (self.cpu_seconds, self.cpu_seconds + _CPU_GRACE)
-        argv = [self._prlimit, cpu, "--as=%d" % self.memory_bytes, "--", self.qemu_img, *args]
+        argv = nice_argv([self._prlimit, cpu, "--as=%d" % self.memory_bytes, "--", self.qemu_img, *args])
         log.debug("running %s", argv)
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -229,3 +229,16 @@ async def test_list_visibility_scopes(tmp_path: Path) -> None:
         assert await ids(project="a", visibility="private") == {made["private", "a"]}
         assert await ids(admin=True) == set(made.values())
         assert await ids(admin=True, os_hidden=True) == {hidden}
+
+
+async def test_concurrent_writers_do_not_interleave_transactions(tmp_path: Path) -> None:
+    import asyncio as _asyncio
+
+    async with Catalog.open(tmp_path / "c.sqlite") as catalog:
+        images = [make_image() for _ in range(40)]
+        # Forty coroutines writing at once on the one connection: each transaction is whole.
+        await _asyncio.gather(*(catalog.create_image(image) for image in images))
+        await _asyncio.gather(*(catalog.add_tag(image.id, "t%d" % i, STAMP) for i, image in enumerate(images)))
+        assert await catalog.count_images() == 40
+        loaded = [await catalog.get_image(image.id) for image in images]
+        assert [img.tags for img in loaded] == [("t%d" % i,) for i in range(40)]

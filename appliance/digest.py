@@ -52,13 +52,15 @@ class DigestSink:
     """Consume a stream in order: `consume(batch)` (e.g. the file write) and MD5 on one thread,
     SHA-512 on another. `feed` applies back-pressure once PIPELINE_DEPTH batches are queued."""
 
-    def __init__(self, consume: Callable[[Sequence[Buffer]], None] | None = None) -> None:
+    def __init__(self, consume: Callable[[Sequence[Buffer]], None] | None = None, *, background: bool = False) -> None:
+        """background: run the worker threads below the event loop's priority (imports, which
+        nobody waits on byte by byte); a client's upload keeps normal priority."""
         self._consume = consume
         self._md5 = hashlib.md5()
         self._sha = hashlib.sha512()
         self._size = 0
-        self._first = executor(1, "digest-md5")
-        self._second = executor(1, "digest-sha")
+        self._first = executor(1, "digest-md5", background)
+        self._second = executor(1, "digest-sha", background)
         self._pending: deque[tuple[Future[None], Future[None]]] = deque()
 
     def _md5_step(self, batch: Sequence[Buffer]) -> None:

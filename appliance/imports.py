@@ -398,7 +398,8 @@ class ImportService:
             store = self._stores[store_name]
             try:
                 digest = await store.write(image.id, _read_file(staged.path), max_size=self._config.api.max_upload_bytes,
-                                           on_progress=lambda n: self._progress.__setitem__(task.id, (n, staged.size)))
+                                           on_progress=lambda n: self._progress.__setitem__(task.id, (n, staged.size)),
+                                           background=True)
                 try:
                     if expected is not None:
                         verify(digest, size=expected.size, checksum=expected.checksum, os_hash_value=expected.os_hash_value)

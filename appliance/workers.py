@@ -20,8 +20,8 @@ def lower_priority() -> None:
         pass  # not permitted or not Linux: run at normal priority
 
 
-def executor(workers: int, name: str) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=lower_priority)
+def executor(workers: int, name: str, background: bool = True) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=lower_priority if background else None)
 
 
 def nice_argv(argv: list[str]) -> list[str]:

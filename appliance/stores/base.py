@@ -37,6 +37,7 @@ class ImageStore(Protocol):
         *,
         max_size: int,
         on_progress: Callable[[int], None] | None = None,
+        background: bool = False,
     ) -> Digest: ...
 
     async def delete(self, image_id: str) -> bool: ...

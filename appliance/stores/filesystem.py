@@ -175,9 +175,11 @@ class FilesystemStore:
         *,
         max_size: int,
         on_progress: Callable[[int], None] | None = None,
+        background: bool = False,
     ) -> Digest:
         """Stream `chunks` into the store under `image_id`. Returns the digest of what was
-        written; on any error (including the source raising) nothing is left behind."""
+        written; on any error (including the source raising) nothing is left behind.
+        `background` lowers the priority of the hashing threads (imports, not uploads)."""
         reason = self.read_only_reason()
         if reason:
             raise StoreReadOnly("Store %s is read-only: %s" % (self.name, reason))
@@ -188,7 +190,7 @@ class FilesystemStore:
         except OSError as exc:
             raise self._error(exc) from exc
         writer = _FileWriter(fd, self.thin_provisioning)
-        sink = DigestSink(writer.write)
+        sink = DigestSink(writer.write, background=background)
         committed = False
         try:
             total = 0

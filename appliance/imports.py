@@ -10,7 +10,6 @@ write per target store. Progress is visible in `os_glance_importing_to_stores` /
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -35,7 +34,7 @@ from appliance.pipeline.steps.decompress import Decompress
 from appliance.pipeline.steps.inject import InjectMetadata
 from appliance.stores.base import ImageStore
 from appliance.stores.filesystem import FilesystemStore
-from appliance.urifilter import UriFilter, fetch
+from appliance.urifilter import UriFilter, open_download
 
 log = logging.getLogger(__name__)
 
@@ -467,9 +466,10 @@ class ImportService:
             imp = self._config.imports
             try:
                 # aclosing: a failed write releases the connection at once, not at GC time.
-                async with contextlib.aclosing(fetch(request.uri or "", self.uri_filter, max_bytes=imp.max_download_bytes,
-                                                     idle_timeout=float(imp.download_idle_timeout))) as fetched:
-                    await _save(fetched, path, lambda n: self._progress.__setitem__(task.id, (n, None)))
+                async with open_download(request.uri or "", self.uri_filter, max_bytes=imp.max_download_bytes,
+                                         idle_timeout=float(imp.download_idle_timeout)) as (response, chunks):
+                    total = response.content_length  # None when the source does not say
+                    await _save(chunks, path, lambda n: self._progress.__setitem__(task.id, (n, total)))
             except ApplianceError as exc:
                 raise ImportFailed(str(exc)) from None
         size = await asyncio.to_thread(os.path.getsize, path)

@@ -1,34 +1,49 @@
-"""edge-tui entry point. The full operator UI arrives with its own issue; for now it shows
-where the daemon is and how many images it serves."""
+"""edge-tui: the operator UI for one Edge Image Appliance daemon."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from textual.app import App, ComposeResult
-from textual.widgets import Footer, Header, Static
+from tui.app import make_app
+from tui.config import TuiConfig, default_socket
 
 
-class PlaceholderApp(App[None]):
-    TITLE = "Edge Image Appliance"
-    BINDINGS = [("q", "quit", "Quit")]
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-tui", description="Operator UI for the Edge Image Appliance daemon")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--url", help="daemon API, http://host:port (or unix:PATH); default: the local Unix socket")
+    where.add_argument("--socket", help="the daemon's Unix socket (default: $EDGE_APPLIANCE_SOCKET, else "
+                       "./var/appliance.sock if it exists, else /var/lib/edge-appliance/appliance.sock)")
+    token = p.add_mutually_exclusive_group()
+    token.add_argument("--token", help="admin token sent as X-Auth-Token (not needed on the socket as root or the daemon's user)")
+    token.add_argument("--token-file", type=Path, help="read the token from this file")
+    p.add_argument("--read-only", action="store_true", help="hide every action that changes the daemon")
+    p.add_argument("--refresh", type=float, default=1.5, metavar="SECONDS", help="poll interval (default 1.5)")
+    return p
 
-    def __init__(self, url: str) -> None:
-        super().__init__()
-        self._url = url
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static("Daemon: %s\n\nThe operator screens (stores, queues, locations) are not built yet." % self._url)
-        yield Footer()
+def config_from_args(argv: list[str] | None = None) -> TuiConfig:
+    args = _parser().parse_args(argv)
+    token = args.token
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            raise SystemExit("edge-tui: cannot read the token file: %s" % exc) from None
+    url, socket = args.url, args.socket
+    if url is not None and url.startswith("unix:"):
+        url, socket = None, url[len("unix:"):]
+    if url is None and socket is None:
+        socket = default_socket()
+    if args.refresh <= 0:
+        raise SystemExit("edge-tui: --refresh must be positive")
+    return TuiConfig(url=url, socket=socket, token=token or None, read_only=args.read_only, refresh_seconds=args.refresh)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="edge-tui")
-    p.add_argument("--url", default="unix:var/appliance.sock", help="daemon API (default: the local Unix socket)")
-    args = p.parse_args(argv)
-    PlaceholderApp(args.url).run()
+    make_app(config_from_args(argv)).run()
     return 0
 
 

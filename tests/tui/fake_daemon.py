@@ -3,7 +3,7 @@ no random ids, ports or free-space figures. Every behaviour test uses a real dae
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, AsyncIterator
 
 Json = dict[str, Any]
 GiB = 1 << 30
@@ -108,6 +108,9 @@ class FakeDaemon:
 
     async def events(self, since: int, limit: int = 500) -> list[Json]:
         return [e for e in EVENTS if e["seq"] > since][-limit:]
+
+    async def image_pages(self) -> AsyncIterator[list[Json]]:
+        yield sorted(IMAGES, key=lambda i: (i["name"], i["id"]))
 
     async def images(self) -> list[Json]:
         return list(IMAGES)

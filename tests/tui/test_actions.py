@@ -11,7 +11,7 @@ from textual.notifications import Notify
 from textual.widgets import OptionList
 
 from tests.conftest import Daemon
-from tests.tui.conftest import SiteApi, socket_config, url_config, wait_until
+from tests.tui.conftest import SiteApi, socket_config, type_text, url_config, wait_until
 from tui.app import make_app
 from tui.messages import ActionFailed, CopyStarted, ImageDeleted, ImportStarted, StoreCopyDeleted, UriRefused
 from tui.screens.choose import StoreChoiceScreen
@@ -133,7 +133,7 @@ async def test_import_from_a_refused_url_shows_the_refusal_and_creates_nothing(s
         await open_images(app, pilot, len(before))
         await pilot.press("n")
         assert isinstance(app.screen, ImportUrlScreen)
-        await pilot.press(*"http://169.254.169.254/latest/disk.qcow2")
+        await type_text(pilot, "http://169.254.169.254/latest/disk.qcow2")
         await pilot.press("enter")
         await app.workers.wait_for_complete()
         await wait_until(pilot, lambda: any(isinstance(m, UriRefused) for m in seen), what="UriRefused")
@@ -143,7 +143,9 @@ async def test_import_from_a_refused_url_shows_the_refusal_and_creates_nothing(s
         assert not any(isinstance(m, ImportStarted) for m in seen)
         assert await site_api.images() == before
         # Loopback is refused too.
-        await pilot.press("n", *"http://127.0.0.1/disk.qcow2", "enter")
+        await pilot.press("n")
+        await type_text(pilot, "http://127.0.0.1/disk.qcow2")
+        await pilot.press("enter")
         await app.workers.wait_for_complete()
         await wait_until(pilot, lambda: sum(isinstance(m, UriRefused) for m in seen) == 2, what="second refusal")
         assert await site_api.images() == before

@@ -43,12 +43,14 @@ async def test_number_keys_palette_escape_and_jk(site: Daemon, site_api: SiteApi
         # The command palette switches screens by name.
         await pilot.press("ctrl+p")
         assert isinstance(app.screen, CommandPalette)
-        await pilot.press(*"Show Queues")
+        await pilot.press(*"queues")
         await wait_until(pilot, lambda: app.screen.query_one(CommandList).option_count > 0, what="palette hits")
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.active_pane == "queues", what="queues via palette")
-        # esc goes back to where we came from.
-        await pilot.press("2")
+        # esc goes back to where we came from, step by step.
+        await pilot.press("4", "2")
+        await pilot.press("escape")
+        assert app.active_pane == "cache"
         await pilot.press("escape")
         assert app.active_pane == "queues"
         await pilot.press("2")

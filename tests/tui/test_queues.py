@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from textual.message import Message
 
 from tests.conftest import Daemon
-from tests.tui.conftest import SiteApi, site_config, socket_config, wait_until
+from tests.tui.conftest import SiteApi, site_config, socket_config, type_text, wait_until
 from tui.app import make_app
 from tui.messages import ImportStarted, TasksLoaded
 
@@ -56,8 +56,9 @@ async def test_import_from_url_shows_live_progress_then_success_and_failures(ope
     app = make_app(socket_config(site))
     async with app.run_test(size=(120, 30), message_hook=seen.append) as pilot:
         await pilot.press("2", "n")
-        await pilot.press(*("http://127.0.0.1:%d/slow.raw" % source.port))
-        await pilot.press("tab", *"slow-image")  # the name field
+        await type_text(pilot, "http://127.0.0.1:%d/slow.raw" % source.port)
+        await pilot.press("tab")  # the name field
+        await type_text(pilot, "slow-image")
         await pilot.press("enter")
         await wait_until(pilot, lambda: any(isinstance(m, ImportStarted) for m in seen), what="ImportStarted")
         started = next(m for m in seen if isinstance(m, ImportStarted))
@@ -87,7 +88,9 @@ async def test_import_from_url_shows_live_progress_then_success_and_failures(ope
         assert sum(isinstance(m, TasksLoaded) for m in seen) >= 3
 
         # A URL the filter allows but that fails: the task fails with the daemon's message.
-        await pilot.press("2", "n", *("http://127.0.0.1:%d/missing.raw" % source.port), "enter")
+        await pilot.press("2", "n")
+        await type_text(pilot, "http://127.0.0.1:%d/missing.raw" % source.port)
+        await pilot.press("enter")
         await wait_until(pilot, lambda: sum(isinstance(m, ImportStarted) for m in seen) == 2, what="second import")
         await pilot.press("3")
         await wait_until(pilot, lambda: table.row_count == 2, what="second task row")

@@ -80,8 +80,8 @@ async def test_filter_narrows_the_table_and_escape_clears_it(site: Daemon, site_
         await pilot.press("2")
         table = app.query_one(ImageTable)
         await wait_until(pilot, lambda: table.row_count == 3)
-        await pilot.press("slash", *"deb")
-        await wait_until(pilot, lambda: table.row_count == 2, what="filtered rows")
+        await pilot.press("slash", *"debian")  # (not hex: ids match filters too)
+        await wait_until(pilot, lambda: app.images_pane.filter_text == "debian" and table.row_count == 2, what="filtered rows")
         assert sorted(table.cell_text(k, "name") for k in table.keys) == ["debian-12", "debian-13"]
         await pilot.press("enter")  # keep the filter, back to the table
         assert app.focused is table

@@ -1,0 +1,217 @@
+"""Operator UI benchmark (a benchmark, not a test): a real daemon, the real TUI run headless.
+
+  idle CPU   : 1,000 images, the Images screen open, default 1.5 s refresh, ~10 s of wall
+               time: the TUI process's CPU time / wall time (target < 5 % of a core); the
+               daemon's CPU over the same window is printed beside it
+  switch     : 10,000 images; time from pressing "2" to the Images screen (target < 0.5 s):
+               cold (the press comes before anything is loaded: paging the API with
+               limit=1000, each page added in bulk as it arrives; the first page, then all
+               rows), and warm (after the start-up prefetch filled the table)
+  load       : start-up → 10,000 rows in the table; one full fetch of the list (10 pages)
+  baseline   : the same 10,000 rows added with plain DataTable.add_row into a stock
+               DataTable, in the same run (what the keyed table's bulk add replaces)
+
+Usage: python tests/bench/bench_tui.py [--idle-seconds 10] [--images 1000] [--many 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+from textual.app import App, ComposeResult  # noqa: E402
+from textual.widgets import DataTable  # noqa: E402
+
+from tests.conftest import start_daemon  # noqa: E402
+from tui.app import make_app  # noqa: E402
+from tui.client import HttpDaemonClient  # noqa: E402
+from tui.config import TuiConfig  # noqa: E402
+from tui.screens.images import COLUMNS, ImageTable, image_row  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+async def create_images(sock: str, count: int, start: int = 0, concurrency: int = 4) -> float:
+    """Records only (no data), over the socket, `concurrency` at a time; returns seconds.
+    (The catalog serializes its transactions, so more concurrency does not go faster.)"""
+    t = time.perf_counter()
+    queue = iter(range(start, start + count))
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session:
+        async def worker() -> None:
+            for i in queue:
+                body = {"name": "bench-%05d" % i, "disk_format": "qcow2", "container_format": "bare", "os_distro": "bench"}
+                async with session.post("http://localhost/v2/images", json=body) as resp:
+                    assert resp.status == 201, await resp.text()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - t
+
+
+async def wait_for(predicate: Callable[[], bool], pilot: Any, timeout: float = 60) -> None:
+    deadline = time.perf_counter() + timeout
+    while not predicate():
+        if time.perf_counter() > deadline:
+            raise SystemExit("timed out")
+        await pilot.pause(0.005)
+
+
+async def idle_cpu(sock: str, daemon_pid: int, seconds: float, expect: int) -> tuple[float, float]:
+    app = make_app(TuiConfig(socket=sock))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("2")
+        table = app.query_one(ImageTable)
+        await wait_for(lambda: table.row_count == expect, pilot)
+        await pilot.pause(2)  # let the first detail load and renders settle
+        cpu0, daemon0, wall0 = time.process_time(), proc_cpu_seconds(daemon_pid), time.perf_counter()
+        await asyncio.sleep(seconds)
+        cpu1, daemon1, wall1 = time.process_time(), proc_cpu_seconds(daemon_pid), time.perf_counter()
+    wall = wall1 - wall0
+    return (cpu1 - cpu0) / wall, (daemon1 - daemon0) / wall
+
+
+class RenderClock:
+    """When did the Images table last draw itself with rows? (Wraps ImageTable.render_lines.)"""
+
+    def __init__(self) -> None:
+        self.drawn_at: float | None = None
+        original = ImageTable.render_lines
+        clock = self
+
+        def render_lines(table: ImageTable, crop: Any) -> Any:
+            lines = original(table, crop)
+            if table.row_count:
+                clock.drawn_at = time.perf_counter()
+            return lines
+
+        ImageTable.render_lines = render_lines  # type: ignore[method-assign]
+
+    async def drawn_after(self, t: float, predicate: Callable[[], bool], timeout: float = 60) -> float:
+        deadline = t + timeout
+        while not (predicate() and self.drawn_at is not None and self.drawn_at > t):
+            if time.perf_counter() > deadline:
+                raise SystemExit("timed out")
+            await asyncio.sleep(0.002)
+        return self.drawn_at - t
+
+
+async def switch_times(sock: str, expect: int) -> dict[str, float]:
+    """The key goes in with simulate_key (pilot.press waits until the app is idle, which a
+    load in progress is not); "shown" is the first time the table draws itself after it."""
+    figures: dict[str, float] = {}
+    clock = RenderClock()
+    # Cold: press "2" as soon as the app runs; nothing is loaded yet.
+    app = make_app(TuiConfig(socket=sock))
+    async with app.run_test(size=(120, 40)):
+        table = app.query_one(ImageTable)
+        t = time.perf_counter()
+        app.simulate_key("2")
+        figures["cold switch, first page shown"] = await clock.drawn_after(t, lambda: table.row_count > 0)
+        figures["cold switch, all rows shown"] = await clock.drawn_after(t, lambda: table.row_count == expect)
+    # Warm: the start-up prefetch has filled the (hidden) table; then press "2".
+    t0 = time.perf_counter()
+    app = make_app(TuiConfig(socket=sock))
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(ImageTable)
+        await wait_for(lambda: table.row_count == expect, pilot)
+        figures["start-up prefetch"] = time.perf_counter() - t0
+        await pilot.pause(1)
+        t = time.perf_counter()
+        app.simulate_key("2")
+        figures["warm switch"] = await clock.drawn_after(t, lambda: app.active_pane == "images")
+        assert table.row_count == expect
+    client = HttpDaemonClient(TuiConfig(socket=sock))
+    t = time.perf_counter()
+    images = await client.images()
+    figures["full list fetch (10 pages)"] = time.perf_counter() - t
+    await client.close()
+    assert len(images) == expect
+    figures["baseline: stock add_row + measure"] = await stock_datatable([image_row(i) for i in images])
+    figures["keyed bulk add"] = await keyed_table([(str(i["id"]), image_row(i)) for i in images])
+    return figures
+
+
+async def stock_datatable(rows: list[tuple[Any, ...]]) -> float:
+    class Stock(App[None]):
+        def compose(self) -> ComposeResult:
+            yield DataTable()
+
+    app = Stock()
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(DataTable)
+        for key, label, width in COLUMNS:
+            table.add_column(label, width=width, key=key)
+        t = time.perf_counter()
+        table.add_rows(rows)
+        await pilot.pause()
+        return time.perf_counter() - t
+
+
+async def keyed_table(rows: list[tuple[str, tuple[Any, ...]]]) -> float:
+    class Keyed(App[None]):
+        def compose(self) -> ComposeResult:
+            yield ImageTable()
+
+    app = Keyed()
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(ImageTable)
+        t = time.perf_counter()
+        table.sync_rows(rows)
+        await pilot.pause()
+        return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--idle-seconds", type=float, default=10)
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--many", type=int, default=10000)
+    ap.add_argument("--concurrency", type=int, default=4, help="parallel creates")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-tui-"))
+    daemon = None
+    try:
+        daemon = start_daemon(work / "state")
+        sock = str(daemon.state_dir / "appliance.sock")
+        took = asyncio.run(create_images(sock, args.images, concurrency=args.concurrency))
+        print("created %d image records in %.1f s" % (args.images, took))
+        tui, served = asyncio.run(idle_cpu(sock, daemon.proc.pid, args.idle_seconds, args.images))
+        print("idle CPU, Images screen, %d images, %.0f s: TUI %.1f %% of a core (target < 5 %%); daemon %.1f %%  %s"
+              % (args.images, args.idle_seconds, 100 * tui, 100 * served, "OK" if tui < 0.05 else "OVER TARGET"))
+        took = asyncio.run(create_images(sock, args.many - args.images, start=args.images, concurrency=args.concurrency))
+        print("created %d more image records in %.1f s" % (args.many - args.images, took))
+        figures = asyncio.run(switch_times(sock, args.many))
+        for name, seconds in figures.items():
+            target = " (target < 0.5 s) %s" % ("OK" if seconds < 0.5 else "OVER TARGET") if "switch" in name else ""
+            print("%-36s %6.3f s%s" % (name + ", %d images:" % args.many, seconds, target))
+        base, keyed = figures["baseline: stock add_row + measure"], figures["keyed bulk add"]
+        print("keyed bulk add vs stock DataTable: %.1fx faster" % (base / keyed))
+        tui, served = asyncio.run(idle_cpu(sock, daemon.proc.pid, args.idle_seconds, args.many))
+        print("idle CPU, Images screen, %d images, %.0f s: TUI %.1f %% of a core; daemon %.1f %%"
+              % (args.many, args.idle_seconds, 100 * tui, 100 * served))
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        if os.environ.get("BENCH_KEEP"):
+            print("kept %s" % work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,637 @@
+"""The operator UI: ApplianceTui and make_app.
+
+Data flow: a timer calls `poll()` every `refresh_seconds`; the `poll_daemon` worker asks the
+daemon (status, new events, and what the visible screen needs) and posts past-tense messages
+(`StatusLoaded`, `ImagesLoaded`, ...). Only the handlers of those messages touch widgets.
+Actions run in workers too and report back as messages, shown with `notify`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from functools import partial, wraps
+from typing import Any, Callable, Iterable, TypeVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.css.query import NoMatches
+from textual.screen import ModalScreen, Screen
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
+
+from tui.client import DaemonApi, DaemonError, DaemonUnavailable, HttpDaemonClient
+from tui.config import TuiConfig
+from tui.display import short_id
+from tui.messages import (
+    ActionFailed,
+    ConnectionFailed,
+    CopyStarted,
+    EventsLoaded,
+    ImageDeleted,
+    ImageDetailLoaded,
+    ImagesLoaded,
+    ImagesPageLoaded,
+    ImportStarted,
+    StatusLoaded,
+    StoreCopyDeleted,
+    TasksLoaded,
+    UriRefused,
+)
+from tui.screens.cache import CachePane
+from tui.screens.choose import StoreChoiceScreen
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.events import EventsPane
+from tui.screens.help import HelpScreen
+from tui.screens.images import ImagesPane, store_list
+from tui.screens.import_url import ImportUrlScreen, UrlImport
+from tui.screens.overview import OverviewPane
+from tui.screens.queues import QueuesPane
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+
+PANES = (("overview", "Overview"), ("images", "Images"), ("queues", "Queues"), ("cache", "Cache"), ("events", "Events"))
+MUTATING = frozenset({"import_url", "copy_to_store", "delete_from_store", "delete_image"})
+FILTERABLE = frozenset({"images", "events"})
+# "Did the images change?" is answered by the status counts plus the most recently updated
+# images (every change bumps updated_at); the full list is fetched only when that differs, and
+# anyway every FULL_RELOAD_EVERY polls.
+PROBE_SIZE = 20
+FULL_RELOAD_EVERY = 20
+FILTER_DELAY = 0.15
+
+
+Handler = TypeVar("Handler", bound=Callable[..., None])
+
+
+def while_running(handler: Handler) -> Handler:
+    """Results can still arrive while the app shuts down (its widgets already gone): drop them."""
+
+    @wraps(handler)
+    def guarded(self: "ApplianceTui", *args: Any) -> None:
+        if self.is_running:
+            handler(self, *args)
+
+    return guarded  # type: ignore[return-value]
+
+
+@dataclass
+class PollState:
+    """What the poll worker remembers between rounds (no widgets here)."""
+
+    event_seq: int = 0
+    uptime: int | None = None
+    fingerprint: Any = None
+    images_loaded: bool = False
+    rounds: int = 0
+    force_full: bool = False
+    again: bool = False
+
+
+class ApplianceTui(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "Edge Image Appliance"
+    BINDINGS = [
+        Binding("1", "show_pane('overview')", "Overview", show=False),
+        Binding("2", "show_pane('images')", "Images", show=False),
+        Binding("3", "show_pane('queues')", "Queues", show=False),
+        Binding("4", "show_pane('cache')", "Cache", show=False),
+        Binding("5", "show_pane('events')", "Events", show=False),
+        Binding("question_mark", "help", "Help"),
+        Binding("slash", "filter", "Filter"),
+        Binding("n", "import_url", "Import"),
+        Binding("c", "copy_to_store", "Copy"),
+        Binding("x", "delete_from_store", "Drop"),
+        Binding("d", "delete_image", "Delete"),
+        Binding("r", "refresh", "Refresh", show=False),
+        Binding("escape", "back", "Back", show=False),
+        Binding("q", "quit_key", "Quit"),
+    ]
+
+    def __init__(self, config: TuiConfig, client: DaemonApi) -> None:
+        super().__init__()
+        self.config = config
+        self.client = client
+        self.stores: list[Json] = []
+        self._active = "overview"
+        self._history: list[str] = []
+        self._poll = PollState()
+        self._poll_worker: Worker[None] | None = None
+        self._detail_worker: Worker[None] | None = None
+        self._detail_id: str | None = None
+        self._filter_timer: Timer | None = None
+        self._banner_up = False
+        self._going_back = False
+
+    # -- layout ---------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="banner", classes="-hidden")
+        with TabbedContent(initial="overview", id="panes"):
+            with TabPane("1 Overview", id="overview"):
+                yield OverviewPane(id="overview-pane")
+            with TabPane("2 Images", id="images"):
+                yield ImagesPane(id="images-pane")
+            with TabPane("3 Queues", id="queues"):
+                yield QueuesPane(id="queues-pane")
+            with TabPane("4 Cache", id="cache"):
+                yield CachePane(id="cache-pane")
+            with TabPane("5 Events", id="events"):
+                yield EventsPane(id="events-pane")
+        yield Footer()
+
+    @property
+    def overview(self) -> OverviewPane:
+        return self.query_one(OverviewPane)
+
+    @property
+    def images_pane(self) -> ImagesPane:
+        return self.query_one(ImagesPane)
+
+    @property
+    def queues(self) -> QueuesPane:
+        return self.query_one(QueuesPane)
+
+    @property
+    def events_pane(self) -> EventsPane:
+        return self.query_one(EventsPane)
+
+    @property
+    def active_pane(self) -> str:
+        return self._active
+
+    def on_mount(self) -> None:
+        self.sub_title = self.client.target
+        if self.config.read_only:
+            self.sub_title += " · read-only"
+        self.set_interval(self.config.refresh_seconds, self.poll)
+        self.poll()
+
+    async def on_unmount(self) -> None:
+        self.workers.cancel_all()
+        await self.client.close()
+
+    # -- polling --------------------------------------------------------------------------
+
+    def poll(self, full: bool = False, soon: bool = False) -> None:
+        """Start a poll round unless one is running. The timer just skips a round then; a
+        screen switch (`soon`) or an action (`full`: reload every image) runs one right after."""
+        self._poll.force_full |= full
+        if self._poll_worker is not None and self._poll_worker.state in (WorkerState.PENDING, WorkerState.RUNNING):
+            self._poll.again |= full or soon
+            return
+        self._poll.again = False
+        self._poll.rounds += 1
+        full_images = self._poll.force_full or self._poll.rounds % FULL_RELOAD_EVERY == 0
+        self._poll.force_full = False
+        want_images = self._active in ("images", "queues") or not self._poll.images_loaded
+        want_tasks = self._active == "queues"
+        self._poll_worker = self.poll_daemon(want_images, full_images, want_tasks)
+
+    @work(exclusive=True, group="poll", exit_on_error=False)
+    async def poll_daemon(self, want_images: bool, full_images: bool, want_tasks: bool) -> None:
+        state = self._poll
+        try:
+            status = await self.client.status()
+        except DaemonUnavailable as exc:
+            self.post_message(ConnectionFailed(str(exc), reachable=False))
+            return
+        except DaemonError as exc:
+            self.post_message(ConnectionFailed(str(exc), reachable=True))
+            return
+        self.post_message(StatusLoaded(status))
+        try:
+            uptime = status.get("uptime_seconds")
+            restarted = state.uptime is not None and isinstance(uptime, int) and uptime < state.uptime
+            state.uptime = uptime if isinstance(uptime, int) else state.uptime
+            if restarted:  # a new daemon process: its event numbers start again
+                state.event_seq, state.fingerprint = 0, None
+            if want_images:
+                await self._poll_images(status, full_images)
+            events = await self.client.events(since=state.event_seq)
+            if events or restarted:
+                state.event_seq = max([state.event_seq] + [int(e["seq"]) for e in events])
+                self.post_message(EventsLoaded(events, restarted=restarted))
+            if want_tasks:
+                tasks = await self.client.tasks()
+                self.post_message(TasksLoaded(tasks, time.monotonic()))
+        except DaemonUnavailable as exc:
+            self.post_message(ConnectionFailed(str(exc), reachable=False))
+        except DaemonError as exc:
+            self.post_message(ConnectionFailed(str(exc), reachable=True))
+        except (KeyError, TypeError, ValueError) as exc:  # an answer of another shape
+            log.warning("unexpected answer from the daemon: %r", exc)
+            self.post_message(ConnectionFailed("unexpected answer: %r" % exc, reachable=True))
+
+    async def _poll_images(self, status: Json, full: bool) -> None:
+        """Part of poll_daemon. The first load posts each page as it comes (the screen fills at
+        once) and takes the change probe right after the first page (the first paint waits for
+        one request, not two); later rounds fetch every page only if the probe changed."""
+        state = self._poll
+        counts = sorted((status.get("images") or {}).items())
+        if not state.images_loaded:
+            images: list[Json] = []
+            fingerprint = None
+            async for page in self.client.image_pages():
+                images.extend(page)
+                self.post_message(ImagesPageLoaded(page))
+                if fingerprint is None:
+                    fingerprint = (counts, await self.client.recent_images(PROBE_SIZE))
+            state.fingerprint, state.images_loaded = fingerprint, True
+            self.post_message(ImagesLoaded(images))
+            return
+        fingerprint = (counts, await self.client.recent_images(PROBE_SIZE))
+        if full or fingerprint != state.fingerprint:
+            images = await self.client.images()
+            state.fingerprint = fingerprint
+            self.post_message(ImagesLoaded(images))
+
+    def request_detail(self, image_id: str, again: bool = False) -> None:
+        """Load the highlighted image's detail, unless that load is already under way; a load
+        for another image is cancelled (exclusive): the cursor has moved on."""
+        running = self._detail_worker is not None and self._detail_worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
+        if running and self._detail_id == image_id:
+            return
+        if not again and not running and self._detail_id == image_id and self.images_pane.has_detail(image_id):
+            return
+        self._detail_id = image_id
+        self._detail_worker = self.load_detail(image_id)
+
+    @work(exclusive=True, group="detail", exit_on_error=False)
+    async def load_detail(self, image_id: str) -> None:
+        try:
+            image = await self.client.image(image_id)
+            locations = await self.client.locations(image_id)
+        except DaemonError as exc:
+            self.post_message(ImageDetailLoaded(image_id, None, [], error=str(exc)))
+        except DaemonUnavailable:
+            return  # the banner says so; the next poll retries
+        else:
+            self.post_message(ImageDetailLoaded(image_id, image, locations))
+
+    # -- poll results ---------------------------------------------------------------------
+
+    @while_running
+    def on_status_loaded(self, message: StatusLoaded) -> None:
+        status = message.status
+        self.stores = list(status.get("stores") or [])
+        site = status.get("site") or {}
+        self.sub_title = "%s (%s) · %s%s" % (
+            site.get("name", "?"), site.get("role", "?"), self.client.target, " · read-only" if self.config.read_only else "")
+        if self._banner_up:
+            self._banner_up = False
+            self.query_one("#banner", Static).add_class("-hidden")
+            self.notify("Connected to the daemon again.", title="Daemon", markup=False)
+        self.overview.show_status(status)
+        self.query_one(CachePane).show_status(status)
+
+    @while_running
+    def on_connection_failed(self, message: ConnectionFailed) -> None:
+        banner = self.query_one("#banner", Static)
+        if message.reachable:
+            text = Text("⚠ The daemon at %s answered with an error: " % self.client.target, style="bold")
+        else:
+            text = Text("⚠ Cannot reach the daemon at %s: " % self.client.target, style="bold")
+        text.append(message.reason)
+        text.append(" — retrying every %g s" % self.config.refresh_seconds)
+        banner.update(text)
+        banner.remove_class("-hidden")
+        self._banner_up = True
+
+    @while_running
+    def on_events_loaded(self, message: EventsLoaded) -> None:
+        self.events_pane.add_events(message.events, restarted=message.restarted)
+
+    @while_running
+    def on_images_loaded(self, message: ImagesLoaded) -> None:
+        pane = self.images_pane
+        if pane.show_images(message.images):
+            image = pane.selected_image()
+            if image is not None:
+                self.request_detail(str(image["id"]), again=True)
+        if self.queues.loaded:
+            self.queues.show_highlighted(self.image_name)
+        self.refresh_bindings()
+
+    @while_running
+    def on_images_page_loaded(self, message: ImagesPageLoaded) -> None:
+        self.images_pane.add_page(message.images)
+
+    @while_running
+    def on_image_detail_loaded(self, message: ImageDetailLoaded) -> None:
+        self.images_pane.show_detail(message.image_id, message.image, message.locations, message.error)
+
+    @while_running
+    def on_tasks_loaded(self, message: TasksLoaded) -> None:
+        self.queues.show_tasks(message.tasks, message.at, self.image_name)
+
+    def image_name(self, image_id: str) -> str:
+        image = self.images_pane.images.get(image_id)
+        if image is not None and image.get("name"):
+            return str(image["name"])
+        return short_id(image_id) if image_id else "—"
+
+    @while_running
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is self._poll_worker and event.worker.is_finished and self._poll.again:
+            self.poll()
+        if event.state == WorkerState.ERROR:
+            self.notify(str(event.worker.error), title="Internal error in %s" % event.worker.name, severity="error", markup=False)
+
+    # -- navigation -----------------------------------------------------------------------
+
+    def action_show_pane(self, pane: str) -> None:
+        self.query_one(TabbedContent).active = pane
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        pane = event.pane.id or "overview"
+        if pane == self._active:
+            return
+        if not self._going_back:
+            self._history.append(self._active)
+            del self._history[:-20]
+        self._going_back = False
+        self._active = pane
+        self._focus_pane(pane)
+        self.refresh_bindings()
+        if pane in ("images", "queues"):
+            self.poll(soon=True)
+
+    def _focus_pane(self, pane: str) -> None:
+        if pane == "images":
+            self.images_pane.table.focus()
+        elif pane == "queues":
+            self.queues.table.focus()
+        elif pane == "events":
+            self.events_pane.log_widget.focus()
+        elif pane == "overview":
+            self.overview.focus()
+        else:
+            self.query_one(CachePane).focus()
+
+    def action_back(self) -> None:
+        focused = self.focused
+        if isinstance(focused, Input) and focused.id in ("image-filter", "event-filter"):
+            self._filter_owner(focused).close_filter(clear=True)
+            return
+        if self._active in FILTERABLE:
+            owner = self.images_pane if self._active == "images" else self.events_pane
+            if owner.filter_text:
+                owner.close_filter(clear=True)
+                return
+        while self._history and self._history[-1] == self._active:
+            self._history.pop()
+        if self._history:
+            self._going_back = True  # the switch must not push the pane we are leaving
+            self.action_show_pane(self._history.pop())
+
+    def _filter_owner(self, widget: Input) -> ImagesPane | EventsPane:
+        return self.images_pane if widget.id == "image-filter" else self.events_pane
+
+    def action_filter(self) -> None:
+        if self._active == "images":
+            self.images_pane.open_filter()
+        elif self._active == "events":
+            self.events_pane.open_filter()
+
+    @on(Input.Changed, "#image-filter, #event-filter")
+    def filter_changed(self, event: Input.Changed) -> None:
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        owner, value = self._filter_owner(event.input), event.value
+        self._filter_timer = self.set_timer(FILTER_DELAY, partial(self._apply_filter, owner, value))
+
+    def _apply_filter(self, owner: ImagesPane | EventsPane, value: str) -> None:
+        owner.apply_filter(value)
+        self.refresh_bindings()
+
+    @on(Input.Submitted, "#image-filter, #event-filter")
+    def filter_submitted(self, event: Input.Submitted) -> None:
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        owner = self._filter_owner(event.input)
+        owner.apply_filter(event.value)
+        owner.close_filter(clear=False)
+
+    @while_running
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "images":
+            image = self.images_pane.selected_image()
+            if image is not None:
+                self.images_pane.show_selected(image)
+                self.request_detail(str(image["id"]))
+            self.refresh_bindings()
+        elif event.data_table.id == "tasks":
+            self.queues.show_highlighted(self.image_name)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.config.read_only))
+
+    def action_refresh(self) -> None:
+        self.poll(full=True)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if isinstance(self.screen, ModalScreen):
+            # A dialog owns the keys; underneath nothing switches or acts (ctrl+q still quits).
+            return action not in MUTATING and action not in ("show_pane", "filter", "back", "refresh", "help", "quit_key")
+        if action in MUTATING:
+            if self.config.read_only or self._active != "images":
+                return False
+            if action != "import_url" and self._selected_or_none() is None:
+                return None  # shown greyed out: no image highlighted
+        if action == "filter" and self._active not in FILTERABLE:
+            return False
+        return True
+
+    def _selected_or_none(self) -> Json | None:
+        try:
+            return self.images_pane.selected_image()
+        except NoMatches:  # bindings are checked while the app is still composing
+            return None
+
+    def action_quit_key(self) -> None:
+        self.exit()
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for number, (pane, title) in enumerate(PANES, start=1):
+            yield SystemCommand("Show %s" % title, "Switch to the %s screen (key %d)" % (title, number), partial(self.action_show_pane, pane))
+        yield SystemCommand("Refresh now", "Ask the daemon again (key r)", self.action_refresh)
+        if not self.config.read_only:
+            yield SystemCommand("Import image from URL", "web-download into this site (key n)", self.action_import_url)
+            yield SystemCommand("Copy image to a store", "copy-image for the highlighted image (key c)", self.action_copy_to_store)
+            yield SystemCommand("Delete image from a store", "remove one store's copy of the highlighted image (key x)", self.action_delete_from_store)
+            yield SystemCommand("Delete image", "delete the highlighted image (key d)", self.action_delete_image)
+
+    # -- actions: ask, then a worker does it and reports back -------------------------------
+
+    def _target_image(self) -> Json | None:
+        image = self.images_pane.selected_image()
+        if image is None:
+            self.notify("Highlight an image on the Images screen first.", severity="warning", markup=False)
+        return image
+
+    def action_delete_image(self) -> None:
+        if self.config.read_only:
+            return
+        image = self._target_image()
+        if image is None:
+            return
+        image_id, name = str(image["id"]), str(image.get("name") or image["id"])
+        stores = store_list(image)
+        question = "Delete image %s (%s)?" % (name, image_id)
+        question += "\nIts data goes from every store: %s." % ", ".join(stores) if stores else "\nIt has no data yet."
+        if image.get("protected"):
+            question += "\nIt is protected: the daemon will refuse."
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.delete_image(image_id, name)
+
+        self.push_screen(ConfirmScreen("Delete image", question, yes="Delete"), answered)
+
+    def action_delete_from_store(self) -> None:
+        if self.config.read_only:
+            return
+        image = self._target_image()
+        if image is None:
+            return
+        image_id, name = str(image["id"]), str(image.get("name") or image["id"])
+        held = store_list(image)
+        if not held:
+            self.notify("%s has no data in any store." % name, severity="warning", markup=False)
+            return
+        described = {str(s.get("id")): str(s.get("description") or "") for s in self.stores}
+
+        def chosen(store: str | None) -> None:
+            if not store:
+                return
+            question = "Delete the copy of %s (%s) in store %s?" % (name, image_id, store)
+            if len(held) == 1:
+                question += "\nIt is the only copy: the daemon will refuse."
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.delete_store_copy(image_id, name, store)
+
+            self.push_screen(ConfirmScreen("Delete from store", question, yes="Delete copy"), answered)
+
+        self.push_screen(StoreChoiceScreen("Delete %s from which store?" % name, [(s, described.get(s, "")) for s in held]), chosen)
+
+    def action_copy_to_store(self) -> None:
+        if self.config.read_only:
+            return
+        image = self._target_image()
+        if image is None:
+            return
+        image_id, name = str(image["id"]), str(image.get("name") or image["id"])
+        held = set(store_list(image))
+        candidates = [(str(s.get("id")), str(s.get("description") or "")) for s in self.stores if str(s.get("id")) not in held]
+        if not candidates:
+            self.notify("%s is already in every store of this site." % name, severity="warning", markup=False)
+            return
+
+        def chosen(store: str | None) -> None:
+            if store:
+                self.copy_image(image_id, name, store)
+
+        self.push_screen(StoreChoiceScreen("Copy %s to which store?" % name, candidates), chosen)
+
+    def action_import_url(self) -> None:
+        if self.config.read_only:
+            return
+
+        def submitted(request: UrlImport | None) -> None:
+            if request is not None:
+                self.import_from_url(request)
+
+        self.push_screen(ImportUrlScreen(), submitted)
+
+    # Action workers are not exclusive: a request in flight must not be cancelled by the next.
+    @work(group="actions", exit_on_error=False)
+    async def delete_image(self, image_id: str, name: str) -> None:
+        try:
+            await self.client.delete_image(image_id)
+        except (DaemonError, DaemonUnavailable) as exc:
+            self.post_message(ActionFailed("Delete %s" % name, str(exc)))
+        else:
+            self.post_message(ImageDeleted(image_id, name))
+
+    @work(group="actions", exit_on_error=False)
+    async def delete_store_copy(self, image_id: str, name: str, store: str) -> None:
+        try:
+            await self.client.delete_from_store(store, image_id)
+        except (DaemonError, DaemonUnavailable) as exc:
+            self.post_message(ActionFailed("Delete %s from %s" % (name, store), str(exc)))
+        else:
+            self.post_message(StoreCopyDeleted(image_id, name, store))
+
+    @work(group="actions", exit_on_error=False)
+    async def copy_image(self, image_id: str, name: str, store: str) -> None:
+        try:
+            await self.client.copy_to_store(image_id, store)
+        except (DaemonError, DaemonUnavailable) as exc:
+            self.post_message(ActionFailed("Copy %s to %s" % (name, store), str(exc)))
+        else:
+            self.post_message(CopyStarted(image_id, name, store))
+
+    @work(group="actions", exit_on_error=False)
+    async def import_from_url(self, request: UrlImport) -> None:
+        try:
+            allowed, reason = await self.client.check_uri(request.uri)
+            if not allowed:
+                self.post_message(UriRefused(request.uri, reason))
+                return
+            image = await self.client.create_image(request.name, request.disk_format, request.container_format)
+            try:
+                await self.client.import_web_download(str(image["id"]), request.uri)
+            except (DaemonError, DaemonUnavailable):
+                with contextlib.suppress(DaemonError, DaemonUnavailable):
+                    await self.client.delete_image(str(image["id"]))  # leave no empty image behind
+                raise
+        except (DaemonError, DaemonUnavailable) as exc:
+            self.post_message(ActionFailed("Import %s" % request.name, str(exc)))
+        else:
+            self.post_message(ImportStarted(str(image["id"]), request.name, request.uri))
+
+    @while_running
+    def on_image_deleted(self, message: ImageDeleted) -> None:
+        self.notify("Deleted image %s." % message.name, title="Delete", markup=False)
+        self.poll(full=True)
+
+    @while_running
+    def on_store_copy_deleted(self, message: StoreCopyDeleted) -> None:
+        self.notify("Deleted the copy of %s in store %s." % (message.name, message.store), title="Delete from store", markup=False)
+        self.poll(full=True)
+
+    @while_running
+    def on_copy_started(self, message: CopyStarted) -> None:
+        self.notify("Copying %s to store %s; follow it on Queues (3)." % (message.name, message.store), title="Copy", markup=False)
+        self.poll(full=True)
+
+    @while_running
+    def on_import_started(self, message: ImportStarted) -> None:
+        self.notify("Importing %s from %s; follow it on Queues (3)." % (message.name, message.uri), title="Import", markup=False)
+        self.poll(full=True)
+
+    @while_running
+    def on_uri_refused(self, message: UriRefused) -> None:
+        self.notify("The daemon refuses %s: %s. Nothing was created." % (message.uri, message.reason),
+                    title="URL refused", severity="error", markup=False)
+
+    @while_running
+    def on_action_failed(self, message: ActionFailed) -> None:
+        self.notify(message.message, title="%s failed" % message.action, severity="error", markup=False)
+
+
+def make_app(config: TuiConfig, client: DaemonApi | None = None) -> ApplianceTui:
+    """The app for `edge-tui` and for tests; `client` replaces the HTTP client (snapshot tests)."""
+    return ApplianceTui(config, client if client is not None else HttpDaemonClient(config))

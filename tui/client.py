@@ -1,0 +1,174 @@
+"""The daemon's HTTP API as the operator UI uses it: one aiohttp ClientSession (over the Unix
+socket or TCP), JSON in and out, errors turned into two exceptions the UI can show.
+
+`DaemonApi` is the interface the app depends on; `HttpDaemonClient` is the real one. Tests of
+behaviour use the real one against a real daemon; snapshot tests inject a fixed-data fake."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, AsyncIterator, Protocol
+from urllib.parse import quote
+
+import aiohttp
+
+from tui.config import TuiConfig
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+PAGE_SIZE = 1000  # the daemon's max_page_size
+
+
+class DaemonUnavailable(Exception):
+    """The daemon could not be reached (no socket, connection refused, timeout, dropped)."""
+
+
+class DaemonError(Exception):
+    """The daemon answered with an error; `str()` is its message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DaemonApi(Protocol):
+    target: str
+
+    async def status(self) -> Json: ...
+    async def events(self, since: int, limit: int = 500) -> list[Json]: ...
+    def image_pages(self) -> AsyncIterator[list[Json]]: ...
+    async def images(self) -> list[Json]: ...
+    async def recent_images(self, limit: int) -> list[Json]: ...
+    async def image(self, image_id: str) -> Json: ...
+    async def locations(self, image_id: str) -> list[Json]: ...
+    async def tasks(self) -> list[Json]: ...
+    async def check_uri(self, uri: str) -> tuple[bool, str]: ...
+    async def create_image(self, name: str, disk_format: str, container_format: str) -> Json: ...
+    async def import_web_download(self, image_id: str, uri: str) -> None: ...
+    async def copy_to_store(self, image_id: str, store: str) -> None: ...
+    async def delete_from_store(self, store: str, image_id: str) -> None: ...
+    async def delete_image(self, image_id: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+def _error_message(status: int, reason: str, body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("message"), str) and doc["message"]:
+        return str(doc["message"])
+    text = body.decode(errors="replace").strip()
+    return text or "%d %s" % (status, reason)
+
+
+class HttpDaemonClient:
+    """Owns one ClientSession, created on first use inside the running loop."""
+
+    def __init__(self, config: TuiConfig) -> None:
+        self._config = config
+        self.target = config.target
+        self._base = config.url.rstrip("/") if config.url is not None else "http://localhost"
+        self._headers = {"Accept": "application/json"}
+        if config.token:
+            self._headers["X-Auth-Token"] = config.token
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise DaemonUnavailable("the client is closed")
+        if self._session is None:
+            connector: aiohttp.BaseConnector
+            if self._config.socket is not None:
+                connector = aiohttp.UnixConnector(path=self._config.socket)
+            else:
+                connector = aiohttp.TCPConnector(limit=8)
+            timeout = aiohttp.ClientTimeout(total=self._config.timeout_seconds, connect=min(5.0, self._config.timeout_seconds))
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self._headers)
+        return self._session
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    async def _call(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200,)) -> Any:
+        session = self._open()
+        try:
+            async with session.request(method, self._base + path, json=body) as resp:
+                raw = await resp.read()
+                if resp.status not in expect:
+                    raise DaemonError(resp.status, _error_message(resp.status, resp.reason or "", raw))
+                return json.loads(raw) if raw and resp.content_type == "application/json" else None
+        except aiohttp.ClientConnectorError as exc:
+            raise DaemonUnavailable(str(exc.os_error) if exc.os_error else str(exc)) from None
+        except aiohttp.ClientError as exc:  # dropped connection, bad payload, ...
+            raise DaemonUnavailable(str(exc) or type(exc).__name__) from None
+        except asyncio.TimeoutError:
+            raise DaemonUnavailable("no answer within %g s" % self._config.timeout_seconds) from None
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def status(self) -> Json:
+        return await self._call("GET", "/v2/edge/status")
+
+    async def events(self, since: int, limit: int = 500) -> list[Json]:
+        return list((await self._call("GET", "/v2/edge/events?since=%d&limit=%d" % (since, limit)))["events"])
+
+    async def image_pages(self) -> AsyncIterator[list[Json]]:
+        """Every image, a page (limit=1000) at a time following `next` until it is absent, in
+        the Images table's order (name, then id) so that pages can be shown as they come."""
+        path: str | None = "/v2/images?limit=%d&sort_key=name,id&sort_dir=asc,asc" % PAGE_SIZE
+        while path is not None:
+            page = await self._call("GET", path)
+            yield list(page["images"])
+            path = page.get("next")
+
+    async def images(self) -> list[Json]:
+        found: list[Json] = []
+        async for page in self.image_pages():
+            found.extend(page)
+        return found
+
+    async def recent_images(self, limit: int) -> list[Json]:
+        """The most recently changed images: a cheap probe for "did anything change?"."""
+        page = await self._call("GET", "/v2/images?limit=%d&sort_key=updated_at&sort_dir=desc" % limit)
+        return list(page["images"])
+
+    async def image(self, image_id: str) -> Json:
+        return await self._call("GET", "/v2/images/%s" % quote(image_id))
+
+    async def locations(self, image_id: str) -> list[Json]:
+        return list(await self._call("GET", "/v2/images/%s/locations" % quote(image_id)))
+
+    async def tasks(self) -> list[Json]:
+        return list((await self._call("GET", "/v2/tasks"))["tasks"])
+
+    # -- actions --------------------------------------------------------------------------
+
+    async def check_uri(self, uri: str) -> tuple[bool, str]:
+        verdict = await self._call("POST", "/v2/edge/check-uri", {"uri": uri})
+        return bool(verdict["allowed"]), str(verdict.get("reason") or "")
+
+    async def create_image(self, name: str, disk_format: str, container_format: str) -> Json:
+        body = {"name": name, "disk_format": disk_format, "container_format": container_format}
+        return await self._call("POST", "/v2/images", body, expect=(201,))
+
+    async def import_web_download(self, image_id: str, uri: str) -> None:
+        body = {"method": {"name": "web-download", "uri": uri}}
+        await self._call("POST", "/v2/images/%s/import" % quote(image_id), body, expect=(202,))
+
+    async def copy_to_store(self, image_id: str, store: str) -> None:
+        body = {"method": {"name": "copy-image"}, "stores": [store]}
+        await self._call("POST", "/v2/images/%s/import" % quote(image_id), body, expect=(202,))
+
+    async def delete_from_store(self, store: str, image_id: str) -> None:
+        await self._call("DELETE", "/v2/stores/%s/%s" % (quote(store), quote(image_id)), expect=(204,))
+
+    async def delete_image(self, image_id: str) -> None:
+        await self._call("DELETE", "/v2/images/%s" % quote(image_id), expect=(204,))

@@ -1,0 +1,114 @@
+"""What the workers found out, as past-tense facts. Workers post these to the app; only the
+handlers of these messages touch widgets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.message import Message
+
+Json = dict[str, Any]
+
+
+class StatusLoaded(Message):
+    def __init__(self, status: Json) -> None:
+        super().__init__()
+        self.status = status
+
+
+class ConnectionFailed(Message):
+    """The status poll failed: the daemon is unreachable, or answered with an error."""
+
+    def __init__(self, reason: str, reachable: bool) -> None:
+        super().__init__()
+        self.reason = reason
+        self.reachable = reachable
+
+
+class EventsLoaded(Message):
+    def __init__(self, events: list[Json], restarted: bool = False) -> None:
+        super().__init__()
+        self.events = events
+        self.restarted = restarted
+
+
+class ImagesLoaded(Message):
+    """The full image list (every page)."""
+
+    def __init__(self, images: list[Json]) -> None:
+        super().__init__()
+        self.images = images
+
+
+class ImagesPageLoaded(Message):
+    """One page of the very first load, in table order, so the Images screen fills while the
+    rest arrives; an ImagesLoaded with everything follows."""
+
+    def __init__(self, images: list[Json]) -> None:
+        super().__init__()
+        self.images = images
+
+
+class ImageDetailLoaded(Message):
+    def __init__(self, image_id: str, image: Json | None, locations: list[Json], error: str = "") -> None:
+        super().__init__()
+        self.image_id = image_id
+        self.image = image
+        self.locations = locations
+        self.error = error
+
+
+class TasksLoaded(Message):
+    def __init__(self, tasks: list[Json], at: float) -> None:
+        super().__init__()
+        self.tasks = tasks
+        self.at = at
+
+
+class ImageDeleted(Message):
+    def __init__(self, image_id: str, name: str) -> None:
+        super().__init__()
+        self.image_id = image_id
+        self.name = name
+
+
+class StoreCopyDeleted(Message):
+    def __init__(self, image_id: str, name: str, store: str) -> None:
+        super().__init__()
+        self.image_id = image_id
+        self.name = name
+        self.store = store
+
+
+class CopyStarted(Message):
+    def __init__(self, image_id: str, name: str, store: str) -> None:
+        super().__init__()
+        self.image_id = image_id
+        self.name = name
+        self.store = store
+
+
+class ImportStarted(Message):
+    def __init__(self, image_id: str, name: str, uri: str) -> None:
+        super().__init__()
+        self.image_id = image_id
+        self.name = name
+        self.uri = uri
+
+
+class UriRefused(Message):
+    """The web-download filter refused the URL; nothing was created."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__()
+        self.uri = uri
+        self.reason = reason
+
+
+class ActionFailed(Message):
+    """An action reached the daemon (or tried to) and failed; `message` is the daemon's."""
+
+    def __init__(self, action: str, message: str) -> None:
+        super().__init__()
+        self.action = action
+        self.message = message

@@ -1,0 +1,50 @@
+"""Pick a store (copy to / delete from): enter picks, esc / q cancels."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import OptionList, Static
+from textual.widgets.option_list import Option
+
+
+class StoreChoiceScreen(ModalScreen[str | None]):
+    BINDINGS = [
+        Binding("escape,q", "cancel", "Cancel"),
+        Binding("j", "cursor_down", show=False),
+        Binding("k", "cursor_up", show=False),
+    ]
+
+    def __init__(self, title: str, stores: list[tuple[str, str]]) -> None:
+        """`stores`: (id, description)."""
+        super().__init__()
+        self._title = title
+        self._stores = stores
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="choose"):
+            yield Static(Text(self._title, style="bold"), id="dialog-title")
+            yield OptionList(
+                *(Option(Text.assemble((sid, "bold"), "  ", (desc, "dim")), id=sid) for sid, desc in self._stores),
+                id="store-choice",
+            )
+            yield Static(Text("enter: choose · esc: cancel", style="dim"))
+
+    def on_mount(self) -> None:
+        self.query_one(OptionList).focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.dismiss(event.option.id)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def action_cursor_down(self) -> None:
+        self.query_one(OptionList).action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        self.query_one(OptionList).action_cursor_up()

@@ -1,0 +1,62 @@
+"""`?`: every key, in one place (tests check it against the app's bindings)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+# (keys, what they do, mutating?)
+KEYS: list[tuple[str, str, bool]] = [
+    ("1 2 3 4 5", "Overview · Images · Queues · Cache · Events", False),
+    ("?", "this help", False),
+    ("/", "filter the Images table or the Events log", False),
+    ("ctrl+p", "command palette: screens and actions by name", False),
+    ("j k ↑ ↓", "move the cursor / scroll", False),
+    ("pgup pgdn home end", "page / jump in tables and logs", False),
+    ("tab shift+tab", "move focus", False),
+    ("enter", "keep the filter; choose in a dialog", False),
+    ("esc", "close a dialog or the filter, else go back", False),
+    ("r", "refresh now", False),
+    ("n", "import an image from a URL (Images)", True),
+    ("c", "copy the highlighted image to a store (Images)", True),
+    ("x", "delete its copy in one store (Images)", True),
+    ("d", "delete the highlighted image (Images)", True),
+    ("y / n", "answer a confirmation", False),
+    ("q ctrl+q", "quit", False),
+    ("mouse", "click tabs, rows, buttons, footer keys; wheel", False),
+]
+
+
+def help_table(read_only: bool) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column()
+    for keys, text, mutating in KEYS:
+        if mutating and read_only:
+            continue
+        table.add_row(keys, text)
+    return table
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
+
+    def __init__(self, read_only: bool) -> None:
+        super().__init__()
+        self._read_only = read_only
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="dialog", classes="help"):
+            yield Static(Text("Keys", style="bold"), id="dialog-title")
+            yield Static(help_table(self._read_only), id="help-keys")
+            if self._read_only:
+                yield Static(Text("Read-only mode: actions that change the daemon are hidden.", style="yellow"))
+            yield Static(Text("esc, q or ? closes this help", style="dim"))
+
+    def action_close(self) -> None:
+        self.dismiss(None)

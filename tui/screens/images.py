@@ -1,0 +1,219 @@
+"""Images: every image of the site in a table, a `/` filter, and a detail pane (properties and
+locations) for the highlighted row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import Input, Static
+
+from tui.display import EMPTY, human_bytes, short_id, status_text
+from tui.widgets.keyed_table import KeyedTable, Values
+
+Json = dict[str, Any]
+
+COLUMNS = [
+    ("name", "Name", 15),
+    ("id", "ID", 8),
+    ("status", "Status", 11),
+    ("disk", "Disk", 5),
+    ("size", "Size", 8),
+    ("virtual", "Virtual", 8),
+    ("stores", "Stores", 10),
+]
+# Readable at 80 columns; a wider terminal gives names, then stores, more room.
+GROW = [("name", 25), ("stores", 14)]
+# Attributes every image has; the rest are the image's custom properties.
+BASE_KEYS = frozenset({
+    "id", "name", "status", "visibility", "protected", "os_hidden", "checksum", "os_hash_algo",
+    "os_hash_value", "owner", "size", "virtual_size", "disk_format", "container_format", "min_disk",
+    "min_ram", "created_at", "updated_at", "tags", "self", "file", "schema", "stores", "locations",
+    "direct_url",
+})
+
+
+def image_row(image: Json) -> Values:
+    return (
+        image.get("name") or EMPTY,
+        short_id(str(image["id"])),
+        str(image.get("status") or "?"),
+        image.get("disk_format") or EMPTY,
+        human_bytes(image.get("size")),
+        human_bytes(image.get("virtual_size")),
+        image.get("stores") or EMPTY,
+    )
+
+
+def sort_key(image: Json) -> tuple[str, str]:
+    """The daemon's order for sort_key=name,id (so pages append in place)."""
+    return (str(image.get("name") or ""), str(image["id"]))
+
+
+def matches(image: Json, needle: str) -> bool:
+    if not needle:
+        return True
+    hay = " ".join(str(image.get(k) or "") for k in ("name", "id", "status", "disk_format", "container_format", "stores"))
+    return needle.lower() in hay.lower()
+
+
+def store_list(image: Json) -> list[str]:
+    return [s for s in str(image.get("stores") or "").split(",") if s]
+
+
+def detail_text(image: Json, locations: list[Json] | None, error: str = "") -> Text:
+    text = Text()
+    text.append(str(image.get("name") or "(no name)"), style="bold")
+    text.append("  %s\n" % image["id"], style="dim")
+    text.append("status ")
+    text.append_text(status_text(str(image.get("status"))))
+    text.append(" · disk %s · container %s · %s" % (
+        image.get("disk_format") or EMPTY, image.get("container_format") or EMPTY, image.get("visibility") or EMPTY))
+    if image.get("protected"):
+        text.append(" · ")
+        text.append("protected", style="bold yellow")
+    text.append("\nsize %s · virtual %s · stores %s\n" % (
+        human_bytes(image.get("size")), human_bytes(image.get("virtual_size")), image.get("stores") or EMPTY))
+    if image.get("checksum"):
+        text.append("md5 %s · %s %s…\n" % (image["checksum"], image.get("os_hash_algo") or "hash", str(image.get("os_hash_value") or "")[:16]), style="dim")
+    text.append("created %s · updated %s" % (image.get("created_at") or EMPTY, image.get("updated_at") or EMPTY), style="dim")
+    if image.get("tags"):
+        text.append("\ntags %s" % ", ".join(str(t) for t in image["tags"]))
+    custom = sorted((k, v) for k, v in image.items() if k not in BASE_KEYS)
+    text.append("\n\nProperties", style="bold")
+    if not custom:
+        text.append(" none", style="dim")
+    for key, value in custom:
+        text.append("\n  %s" % key, style="cyan")
+        text.append(" = %s" % value)
+    text.append("\n\nLocations", style="bold")
+    if error:
+        text.append(" %s" % error, style="red")
+    elif locations is None:
+        text.append(" loading…", style="dim")
+    elif not locations:
+        text.append(" none (no data yet)", style="dim")
+    for location in locations or ():
+        store = (location.get("metadata") or {}).get("store", "?")
+        text.append("\n  %s" % store, style="bold")
+        text.append(" %s" % location.get("url", ""))
+    return text
+
+
+class ImageTable(KeyedTable):
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(COLUMNS, grow=GROW, id=id)
+
+    def render_value(self, column: str, value: Any) -> Any:
+        return status_text(value) if column == "status" else value
+
+
+class ImagesPane(Vertical):
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.images: dict[str, Json] = {}
+        self.loaded = False
+        self.filter_text = ""
+        self._detail_for: str | None = None
+        self._locations: list[Json] | None = None
+        self._detail_error = ""
+
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="filter by name, id, status, format or store (enter: keep, esc: clear)", id="image-filter", classes="-hidden")
+        yield ImageTable(id="images")
+        with VerticalScroll(id="image-detail-pane"):
+            yield Static(Text("Loading images…", style="dim"), id="image-detail")
+
+    @property
+    def table(self) -> ImageTable:
+        return self.query_one(ImageTable)
+
+    @property
+    def filter_input(self) -> Input:
+        return self.query_one("#image-filter", Input)
+
+    def selected_image(self) -> Json | None:
+        key = self.table.highlighted_key
+        return self.images.get(key) if key is not None else None
+
+    def _rows(self) -> list[tuple[str, Values]]:
+        shown = sorted((i for i in self.images.values() if matches(i, self.filter_text)), key=sort_key)
+        return [(str(i["id"]), image_row(i)) for i in shown]
+
+    def add_page(self, page: list[Json]) -> None:
+        """First load only: a page in table order goes at the bottom, in bulk."""
+        fresh = [i for i in page if str(i["id"]) not in self.images]
+        for image in fresh:
+            self.images[str(image["id"])] = image
+        self.table.add_keyed_rows([(str(i["id"]), image_row(i)) for i in fresh if matches(i, self.filter_text)])
+
+    def show_images(self, images: list[Json]) -> bool:
+        """Show a fresh image list; returns True if the highlighted image changed (the caller
+        reloads its locations)."""
+        before = self.selected_image()
+        self.images = {str(i["id"]): i for i in images}
+        self.loaded = True
+        self.table.sync_rows(self._rows())
+        after = self.selected_image()
+        if after is None:
+            self._render_empty()
+            return False
+        changed = before is None or before != after
+        if changed:
+            self.show_selected(after)
+        return changed
+
+    def apply_filter(self, text: str) -> None:
+        if text == self.filter_text:
+            return
+        self.filter_text = text
+        self.table.replace_rows(self._rows())
+        image = self.selected_image()
+        if image is None:
+            self._render_empty()
+        elif image["id"] != self._detail_for:
+            self.show_selected(image)
+
+    def _render_empty(self) -> None:
+        self._detail_for = None
+        if not self.loaded:
+            message = "Loading images…"
+        elif self.filter_text:
+            message = "No image matches %r." % self.filter_text
+        else:
+            message = "No images on this site yet. Press n to import one from a URL."
+        self.query_one("#image-detail", Static).update(Text(message, style="dim"))
+
+    def show_selected(self, image: Json) -> None:
+        """The highlighted image from the list; its locations follow in `show_detail`."""
+        if image["id"] != self._detail_for:
+            self._locations, self._detail_error = None, ""
+        self._detail_for = str(image["id"])
+        self.query_one("#image-detail", Static).update(detail_text(image, self._locations, self._detail_error))
+
+    def has_detail(self, image_id: str) -> bool:
+        return self._detail_for == image_id and (self._locations is not None or bool(self._detail_error))
+
+    def show_detail(self, image_id: str, image: Json | None, locations: list[Json], error: str = "") -> None:
+        if image_id != self._detail_for:
+            return  # the cursor moved on meanwhile
+        if image is not None:
+            self.images[image_id] = {**self.images.get(image_id, {}), **image}
+        self._locations, self._detail_error = (None if error else locations), error
+        record = self.images.get(image_id)
+        if record is not None:
+            self.query_one("#image-detail", Static).update(detail_text(record, self._locations, error))
+
+    def open_filter(self) -> None:
+        self.filter_input.remove_class("-hidden")
+        self.filter_input.focus()
+
+    def close_filter(self, clear: bool) -> None:
+        if clear:
+            self.filter_input.value = ""
+            self.apply_filter("")
+        if not self.filter_text:
+            self.filter_input.add_class("-hidden")
+        self.table.focus()

@@ -20,8 +20,11 @@ from appliance.errors import ApplianceError
 from appliance.workers import executor
 
 HASH_ALGO = "sha512"
-# Batches in flight per stream; memory per transfer is bounded by depth x batch size.
-PIPELINE_DEPTH = 4
+# Batches in flight per stream: when more than HIGH are queued, the feeder waits until only
+# LOW remain. Memory per transfer is bounded by HIGH x batch size, and the worker threads wake
+# the event loop once per HIGH - LOW batches instead of once per batch.
+PIPELINE_HIGH = 8
+PIPELINE_LOW = 4
 
 
 class ChecksumMismatch(ApplianceError):
@@ -83,22 +86,25 @@ class DigestSink:
             return
         self._size += size
         self._pending.append((self._first.submit(self._md5_step, batch), self._second.submit(self._sha_step, batch)))
-        while len(self._pending) > PIPELINE_DEPTH:
-            await self._wait_oldest()
+        if len(self._pending) > PIPELINE_HIGH:
+            await self._drain_to(PIPELINE_LOW)
 
-    async def _wait_oldest(self) -> None:
-        a, b = self._pending[0]
-        try:
-            await asyncio.wrap_future(a)
-            await asyncio.wrap_future(b)
-        finally:
-            self._pending.popleft()
+    async def _drain_to(self, remaining: int) -> None:
+        """Wait until at most `remaining` batches are queued. Each executor has one thread and
+        runs its batches in order, so waiting on one pair means every older pair is done."""
+        a, b = self._pending[len(self._pending) - remaining - 1]
+        await asyncio.wrap_future(a)
+        await asyncio.wrap_future(b)
+        while len(self._pending) > remaining:
+            first, second = self._pending.popleft()
+            first.result()  # re-raise a worker's error (e.g. ENOSPC from the writer)
+            second.result()
 
     async def close(self) -> Digest:
         """Wait for every queued batch and return the digest."""
         try:
-            while self._pending:
-                await self._wait_oldest()
+            if self._pending:
+                await self._drain_to(0)
         finally:
             self._shutdown()
         return Digest(size=self._size, checksum=self._md5.hexdigest(), os_hash_value=self._sha.hexdigest())

@@ -85,6 +85,11 @@ class Scrubber:
             log.info("scrubber: checked %d cop%s, %d quarantined", checked, "y" if checked == 1 else "ies", len(bad))
         return ScrubReport(checked=checked, quarantined=bad)
 
+    def apply_settings(self, *, interval: float, rate_bytes_per_s: float) -> None:
+        """Config reload: the next pause and pass use the new values."""
+        self._interval = interval
+        self._rate = rate_bytes_per_s
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)

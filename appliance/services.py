@@ -54,6 +54,10 @@ def reload_services(services: Services, new: Config) -> list[str]:
     services.auth.replace_with(Authenticator.from_config(new))
     services.images.apply_config(new)
     services.imports.apply_config(new)
+    services.scrubber.apply_settings(interval=new.scrubber.interval,
+                                     rate_bytes_per_s=new.scrubber.rate_mib_per_s * float(1 << 20))
+    if new.scrubber.enabled != services.config.scrubber.enabled:
+        pending.append("scrubber.enabled")
     services.config = new
     return pending
 

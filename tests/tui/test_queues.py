@@ -1,7 +1,8 @@
 """Import from URL through the TUI and follow it on Queues: live progress with a rate while a
 (deliberately slow) loopback server sends the data, then success; a failing import shows the
-daemon's message. (ETA needs bytes_total, which the daemon reports for store writes but not
-while downloading; tests/tui/test_units.py covers the ETA arithmetic.)"""
+daemon's message. (The daemon reports the source's Content-Length as bytes_total while
+downloading, so progress and ETA show from the start; tests/tui/test_units.py covers the ETA
+arithmetic.)"""
 
 from __future__ import annotations
 
@@ -70,15 +71,15 @@ async def test_import_from_url_shows_live_progress_then_success_and_failures(ope
 
         def moving() -> bool:
             return (table.cell_text(key, "status") == "processing"
-                    and table.cell_text(key, "bytes").startswith(("1.0 MiB", "2.0 MiB", "3.0 MiB"))
+                    and table.cell_text(key, "bytes") in ("1.0/4.0 MiB", "2.0/4.0 MiB", "3.0/4.0 MiB")
                     and table.cell_text(key, "rate").endswith("/s"))
 
         await wait_until(pilot, moving, timeout=20, what="live progress with a rate")
         assert table.cell_text(key, "image") == "slow-image"
-        # While downloading, the daemon reports bytes done but no total (so no ETA yet).
-        assert table.cell_text(key, "bytes").endswith("/?")
-        assert table.cell_text(key, "progress").endswith("?")
-        assert table.cell_text(key, "eta") == "—"
+        # While downloading, the daemon knows the total (the source's Content-Length): a
+        # percentage and an ETA show.
+        assert table.cell_text(key, "progress").endswith("%")
+        assert table.cell_text(key, "eta") != "—"
         assert table.cell_text(key, "method") == "web-download → local"
         await wait_until(pilot, lambda: table.cell_text(key, "status") == "success", timeout=30, what="success")
         assert table.cell_text(key, "progress").endswith("100%")

@@ -908,11 +908,11 @@ def introspected_properties(found: Inspection, properties: Mapping[str, str], us
         ("vmware_disktype", found.vmdk_create_type, VMWARE_DISKTYPES),
         ("vmware_adaptertype", found.vmdk_adapter_type, VMWARE_ADAPTERTYPES),
     ):
-        if key in user_set or key in result:
-            continue
-        value = values.get(found_value.strip().lower()) if found_value else None
+        if key in user_set or key in result or not found_value:
+            continue  # not a VMDK (or no such line): nothing to record
+        value = values.get(found_value.strip().lower())
         if value is None:
-            log.info("VMDK descriptor gives no known value for %s", key)
+            log.info("VMDK descriptor value %r has no known %s equivalent", found_value, key)
         else:
             result[key] = value
     return result

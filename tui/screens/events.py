@@ -13,6 +13,7 @@ from textual.containers import Vertical
 from textual.widgets import Input, RichLog
 
 from tui.display import level_style
+from tui.widgets.filtering import FilterLine
 
 Json = dict[str, Any]
 KEEP = 2000  # the daemon keeps as many
@@ -56,7 +57,7 @@ class EventLog(RichLog):
     ]
 
 
-class EventsPane(Vertical):
+class EventsPane(FilterLine, Vertical):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.events: deque[Json | None] = deque(maxlen=KEEP)  # None marks a daemon restart
@@ -97,14 +98,6 @@ class EventsPane(Vertical):
             elif event_matches(event, text):
                 log.write(event_line(event), expand=True)
 
-    def open_filter(self) -> None:
-        self.filter_input.remove_class("-hidden")
-        self.filter_input.focus()
-
-    def close_filter(self, clear: bool) -> None:
-        if clear:
-            self.filter_input.value = ""
-            self.apply_filter("")
-        if not self.filter_text:
-            self.filter_input.add_class("-hidden")
-        self.log_widget.focus()
+    @property
+    def filter_returns_to(self) -> EventLog:
+        return self.log_widget

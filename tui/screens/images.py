@@ -11,6 +11,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Input, Static
 
 from tui.display import EMPTY, human_bytes, short_id, status_text
+from tui.widgets.filtering import FilterLine
 from tui.widgets.keyed_table import KeyedTable, Values
 
 Json = dict[str, Any]
@@ -110,7 +111,7 @@ class ImageTable(KeyedTable):
         return status_text(value) if column == "status" else value
 
 
-class ImagesPane(Vertical):
+class ImagesPane(FilterLine, Vertical):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.images: dict[str, Json] = {}
@@ -206,14 +207,6 @@ class ImagesPane(Vertical):
         if record is not None:
             self.query_one("#image-detail", Static).update(detail_text(record, self._locations, error))
 
-    def open_filter(self) -> None:
-        self.filter_input.remove_class("-hidden")
-        self.filter_input.focus()
-
-    def close_filter(self, clear: bool) -> None:
-        if clear:
-            self.filter_input.value = ""
-            self.apply_filter("")
-        if not self.filter_text:
-            self.filter_input.add_class("-hidden")
-        self.table.focus()
+    @property
+    def filter_returns_to(self) -> ImageTable:
+        return self.table

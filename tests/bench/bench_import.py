@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_transfer import peak_rss_mib, start_nginx  # noqa: E402
+from bench_transfer import peak_rss_mib, start_daemon, start_nginx  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -111,17 +111,8 @@ def main() -> None:
         (state / "appliance.toml").write_text(
             '[import]\nplugins = ["image_decompression", "image_conversion"]\n'
             '[import.uri_filter]\nallowed_hosts = ["127.0.0.0/8"]\nallowed_ports = [%d]\n' % port)
-        log = open(state / "daemon.log", "wb")
-        daemon = subprocess.Popen([str(BIN / "edge-appliance"), "serve", "--config", str(state / "appliance.toml"),
-                                   "--state-dir", str(state), "--port", "0"], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        url = ""
-        while not url and time.monotonic() < deadline:
-            text = (state / "daemon.log").read_text()
-            if "ready;" in text:
-                url = "http://127.0.0.1:" + text.split("http://127.0.0.1:")[1].split()[0]
-            time.sleep(0.05)
-        client = Client(url, (state / "admin-token").read_text().strip())
+        daemon, url, token = start_daemon(state, state / "appliance.toml")
+        client = Client(url, token)
 
         t = time.perf_counter()
         first = client.wait(client.import_web("single", uri))

@@ -49,12 +49,12 @@ def peak_rss_mib(pid: int) -> float:
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
 
 
-def start_daemon(state: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_daemon(state: Path, config: Path | None = None) -> tuple[subprocess.Popen[bytes], str, str]:
     log = open(state / "daemon.log", "wb")
-    proc = subprocess.Popen(
-        [str(BIN / "edge-appliance"), "serve", "--state-dir", str(state), "--host", "127.0.0.1", "--port", "0"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    cmd = [str(BIN / "edge-appliance"), "serve", "--state-dir", str(state), "--host", "127.0.0.1", "--port", "0"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         text = (state / "daemon.log").read_text()

@@ -68,26 +68,28 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
     events = EventLog()
     metrics = Metrics()
     events.attach()
-    stores = {
-        s.name: FilesystemStore(s.name, config.path(s.path), thin_provisioning=s.thin_provisioning, description=s.description,
-                                require_mount=s.require_mount)
-        for s in config.stores.stores
-    }
-    for store in stores.values():
-        store.prepare()
-    auth = Authenticator.from_config(config)
-    async with Catalog.open(config.path(config.catalog.path)) as catalog:
-        images = ImageService(config, catalog, stores)
-        imports = ImportService(config, catalog, dict(stores), images, build_steps(config), build_uri_filter(config),
-                                observe_plugin=lambda name, secs: metrics.plugin_seconds.labels(name).observe(secs))
-        scrubber = Scrubber(catalog, stores, interval=config.scrubber.interval,
-                            rate_bytes_per_s=config.scrubber.rate_mib_per_s * float(1 << 20),
-                            on_checked=metrics.scrub_checked.inc, on_mismatch=metrics.scrub_mismatches.inc)
-        await imports.recover()  # first: interrupted imports release their images
-        await images.recover()
-        try:
-            yield Services(config=config, catalog=catalog, stores=stores, images=images, imports=imports, auth=auth,
-                           events=events, metrics=metrics, scrubber=scrubber)
-        finally:
-            await imports.close()
-            events.detach()
+    try:
+        stores = {
+            s.name: FilesystemStore(s.name, config.path(s.path), thin_provisioning=s.thin_provisioning, description=s.description,
+                                    require_mount=s.require_mount)
+            for s in config.stores.stores
+        }
+        for store in stores.values():
+            store.prepare()
+        auth = Authenticator.from_config(config)
+        async with Catalog.open(config.path(config.catalog.path)) as catalog:
+            images = ImageService(config, catalog, stores)
+            imports = ImportService(config, catalog, dict(stores), images, build_steps(config), build_uri_filter(config),
+                                    observe_plugin=lambda name, secs: metrics.plugin_seconds.labels(name).observe(secs))
+            scrubber = Scrubber(catalog, stores, interval=config.scrubber.interval,
+                                rate_bytes_per_s=config.scrubber.rate_mib_per_s * float(1 << 20),
+                                on_checked=metrics.scrub_checked.inc, on_mismatch=metrics.scrub_mismatches.inc)
+            await imports.recover()  # first: interrupted imports release their images
+            await images.recover()
+            try:
+                yield Services(config=config, catalog=catalog, stores=stores, images=images, imports=imports, auth=auth,
+                               events=events, metrics=metrics, scrubber=scrubber)
+            finally:
+                await imports.close()
+    finally:
+        events.detach()  # also when start-up fails

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from appliance.stores.filesystem import PARTIAL_DIR
-from tests.conftest import Daemon, start_daemon, write_toml
+from tests.conftest import Daemon, write_toml
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -120,23 +120,6 @@ def config(tmp_path: Path, source: Source) -> Path:
         "stores": STORES,
         "import": {"uri_filter": {"allowed_hosts": ["127.0.0.0/8"], "allowed_ports": [source.port]}},
     })
-
-
-@pytest.fixture
-def restart(config: Path) -> Iterator[Callable[[Path], Daemon]]:
-    """start_daemon on a used state dir; whatever this starts is killed at the end."""
-    started: list[Daemon] = []
-
-    def start(state_dir: Path) -> Daemon:
-        d = start_daemon(state_dir, config)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait(10)
 
 
 def call(d: Daemon, method: str, path: str, body: Any = None, raw: bytes | None = None,
@@ -253,7 +236,7 @@ def stop(d: Daemon, sig: int) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
 def test_web_download_interrupted_is_failed_cleanly_and_can_be_rerun(
-    daemon_factory: Callable[..., Daemon], config: Path, restart: Callable[[Path], Daemon], source: Source, sig: int
+    daemon_factory: Callable[..., Daemon], config: Path, source: Source, sig: int
 ) -> None:
     d = daemon_factory("site", config)
     state = d.state_dir
@@ -274,7 +257,7 @@ def test_web_download_interrupted_is_failed_cleanly_and_can_be_rerun(
     assert files_in(state / "staging" / "work") == ["%s/download" % task["id"]]
 
     stop(d, sig)
-    d = restart(state)
+    d = daemon_factory("site", config)  # same state dir: a restart
 
     shown = show(d, image_id)
     assert shown["status"] == "queued", shown
@@ -303,7 +286,7 @@ def test_web_download_interrupted_is_failed_cleanly_and_can_be_rerun(
 
 
 def test_staged_data_survives_a_restart(
-    daemon_factory: Callable[..., Daemon], config: Path, restart: Callable[[Path], Daemon]
+    daemon_factory: Callable[..., Daemon], config: Path
 ) -> None:
     """glance-direct: staged but not yet imported. Recovery only touches unfinished tasks, so
     the staged file is kept and the import can still be run after the restart."""
@@ -316,7 +299,7 @@ def test_staged_data_survives_a_restart(
     assert (state / "staging" / "staged" / image_id).read_bytes() == data
 
     stop(d, signal.SIGKILL)
-    d = restart(state)
+    d = daemon_factory("site", config)  # same state dir: a restart
 
     assert show(d, image_id)["status"] == "uploading"
     assert (state / "staging" / "staged" / image_id).read_bytes() == data
@@ -331,7 +314,7 @@ def test_staged_data_survives_a_restart(
 
 
 def test_sigkill_mid_stage_leaves_an_image_that_can_be_staged_again(
-    daemon_factory: Callable[..., Daemon], config: Path, restart: Callable[[Path], Daemon]
+    daemon_factory: Callable[..., Daemon], config: Path
 ) -> None:
     """Killed while PUT /stage streams: the partial staging file is dropped at start, and the
     image must not be stuck in `uploading` with nothing staged."""
@@ -355,7 +338,7 @@ def test_sigkill_mid_stage_leaves_an_image_that_can_be_staged_again(
         stop(d, signal.SIGKILL)
     finally:
         conn.close()
-    d = restart(state)
+    d = daemon_factory("site", config)  # same state dir: a restart
 
     assert files_in(state / "staging" / "staged") == []
     shown = show(d, image_id)
@@ -370,7 +353,7 @@ def test_sigkill_mid_stage_leaves_an_image_that_can_be_staged_again(
 
 
 def test_copy_image_interrupted_keeps_the_original(
-    daemon_factory: Callable[..., Daemon], config: Path, restart: Callable[[Path], Daemon]
+    daemon_factory: Callable[..., Daemon], config: Path
 ) -> None:
     d = daemon_factory("site", config)
     state = d.state_dir
@@ -386,7 +369,7 @@ def test_copy_image_interrupted_keeps_the_original(
     wait_for("the copy starts", lambda: (state / "fast" / image_id).exists() or any(partial.iterdir()),
              interval=0.001)
     stop(d, signal.SIGKILL)
-    d = restart(state)
+    d = daemon_factory("site", config)  # same state dir: a restart
 
     shown = show(d, image_id)
     assert shown["status"] == "active"
@@ -413,7 +396,7 @@ def test_copy_image_interrupted_keeps_the_original(
 
 
 def test_killed_between_stores_with_all_must_succeed_reverts(
-    daemon_factory: Callable[..., Daemon], config: Path, restart: Callable[[Path], Daemon]
+    daemon_factory: Callable[..., Daemon], config: Path
 ) -> None:
     """all_stores_must_succeed: the image becomes active only once every store has its copy.
     Killed after the first store was written but before the second was: the next start must
@@ -433,7 +416,7 @@ def test_killed_between_stores_with_all_must_succeed_reverts(
 
     wait_for("the first store holds its copy, the second is being written", first_store_done, interval=0.002)
     stop(d, signal.SIGKILL)
-    d = restart(state)
+    d = daemon_factory("site", config)  # same state dir: a restart
 
     shown = show(d, image_id)
     assert shown["status"] == "queued", shown

@@ -409,6 +409,9 @@ class ApplianceTui(App[None]):
         self._filter_timer = self.set_timer(FILTER_DELAY, partial(self._apply_filter, owner, value))
 
     def _apply_filter(self, owner: ImagesPane | EventsPane, value: str) -> None:
+        # The debounce timer may fire while the app is shutting down (screens already gone).
+        if not self.screen_stack:
+            return
         owner.apply_filter(value)
         self.refresh_bindings()
 

@@ -131,6 +131,71 @@ class ScrubberConfig:
 
 
 @dataclass(frozen=True)
+class HubConfig:
+    # The upstream Glance v2 endpoint (the hub appliance or a central Glance); "" = none.
+    url: str = ""
+    # Token sent to the hub (X-Auth-Token); set at most one of the two.
+    token: str = ""
+    token_file: str = ""
+    # Explicit timeouts: a dead WAN link must fail a request, never hang it.
+    connect_timeout: int = 10
+    read_timeout: int = 30
+    # Upstream transfer rate limit in bytes per second (0 = unlimited).
+    bandwidth_limit: int = 0
+    # How often a broken transfer is resumed before it fails, and the back-off ceiling (s).
+    resume_attempts: int = 5
+    retry_max_seconds: int = 300
+    # Hub link (edge role): catalog mirror, full reconcile, heartbeat and sync intervals (s).
+    mirror_interval: int = 60
+    reconcile_interval: int = 3600
+    heartbeat_interval: int = 15
+    sync_interval: int = 30
+    # This site's API URL as the hub should record it in locations ("" = not advertised).
+    api_url: str = ""
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    # Copies of images whose data lives upstream ([hub] url); never the site's own images.
+    enabled: bool = True
+    dir: str = "cache"
+    max_size: int = 10 << 30
+    # Percent of max_size: crossing the high mark evicts least-recently-used entries down to
+    # the low mark.
+    high_watermark: int = 90
+    low_watermark: int = 75
+    # Never fill the filesystem below this many free bytes.
+    min_free_bytes: int = 1 << 30
+    # Partial files untouched this long are removed by the cleaner (Glance: 86400).
+    stall_time: int = 86400
+    clean_interval: int = 600
+    # Queued images are fetched this often (Glance's cache_prefetcher_interval) and also at
+    # once when queued through the API, at most `prefetch_workers` at a time.
+    prefetch_interval: int = 300
+    prefetch_workers: int = 2
+
+
+@dataclass(frozen=True)
+class InboxConfig:
+    # A directory watched for bundles and image files with a sidecar ("" = no inbox).
+    dir: str = ""
+    # The store inbox imports go to ("" = the default store).
+    store: str = ""
+    # A file is taken once its size and mtime have not changed for this long (s).
+    settle_seconds: int = 5
+
+
+@dataclass(frozen=True)
+class BundlesConfig:
+    # Refuse bundles without a valid signature from one of `trusted_keys`.
+    require_signed: bool = False
+    # Paths of ed25519 public keys (PEM or raw 32-byte) whose signatures are accepted.
+    trusted_keys: tuple[str, ...] = ()
+    # This site's ed25519 private key (PEM) used by `bundle export --sign` ("" = none).
+    signing_key: str = ""
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
 
@@ -146,6 +211,10 @@ class Config:
     formats: FormatsConfig = field(default_factory=FormatsConfig)
     imports: ImportConfig = field(default_factory=ImportConfig)
     scrubber: ScrubberConfig = field(default_factory=ScrubberConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    inbox: InboxConfig = field(default_factory=InboxConfig)
+    bundles: BundlesConfig = field(default_factory=BundlesConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def path(self, value: str) -> Path:
@@ -372,7 +441,8 @@ def _read_stores(data: Any) -> StoresConfig:
 
 def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
     """Validate a parsed TOML document into a Config."""
-    sections = {"site", "api", "auth", "stores", "catalog", "formats", "import", "scrubber", "logging"}
+    sections = {"site", "api", "auth", "stores", "catalog", "formats", "import", "scrubber", "hub", "cache", "inbox",
+                "bundles", "logging"}
     _check_keys("", data, sections)
     site = _simple_section("site", SiteConfig, data.get("site"))
     if site.role not in ROLES:
@@ -411,8 +481,41 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
         formats=formats,
         imports=_read_import(data.get("import")),
         scrubber=_scrubber(data.get("scrubber")),
+        hub=_hub(data.get("hub")),
+        cache=_cache(data.get("cache")),
+        inbox=_simple_section("inbox", InboxConfig, data.get("inbox")),
+        bundles=_simple_section("bundles", BundlesConfig, data.get("bundles")),
         logging=log,
     )
+
+
+def _hub(data: Any) -> HubConfig:
+    conf = _simple_section("hub", HubConfig, data)
+    if conf.url and not conf.url.startswith(("http://", "https://")):
+        raise ConfigError("hub.url: must be an http:// or https:// URL, got %r" % conf.url)
+    if conf.token and conf.token_file:
+        raise ConfigError("hub: set at most one of 'token' or 'token_file'")
+    for key in ("connect_timeout", "read_timeout", "mirror_interval", "reconcile_interval", "heartbeat_interval",
+                "sync_interval", "retry_max_seconds"):
+        if getattr(conf, key) <= 0:
+            raise ConfigError("hub.%s: must be positive" % key)
+    if conf.bandwidth_limit < 0 or conf.resume_attempts < 0:
+        raise ConfigError("hub: bandwidth_limit and resume_attempts must not be negative")
+    return dataclasses.replace(conf, url=conf.url.rstrip("/"))
+
+
+def _cache(data: Any) -> CacheConfig:
+    conf = _simple_section("cache", CacheConfig, data)
+    if conf.max_size <= 0:
+        raise ConfigError("cache.max_size: must be positive")
+    if not 0 < conf.low_watermark <= conf.high_watermark <= 100:
+        raise ConfigError("cache: need 0 < low_watermark <= high_watermark <= 100 (percent of max_size)")
+    for key in ("stall_time", "clean_interval", "prefetch_interval", "prefetch_workers"):
+        if getattr(conf, key) <= 0:
+            raise ConfigError("cache.%s: must be positive" % key)
+    if conf.min_free_bytes < 0:
+        raise ConfigError("cache.min_free_bytes: must not be negative")
+    return conf
 
 
 def _scrubber(data: Any) -> ScrubberConfig:

@@ -65,5 +65,11 @@ class UpstreamUnavailable(ApplianceError):
     title = "Bad Gateway"
 
 
+class HubUnreachable(UpstreamUnavailable):
+    """The hub (upstream) cannot be reached and the data is not held here."""
+
+    title = "Service Unavailable"
+
+
 class ConfigError(Exception):
     """The configuration is invalid; the message names the key and the problem."""

@@ -30,6 +30,7 @@ STATUS: dict[type[Exception], int] = {
     errors.UnsupportedMediaType: 415,
     errors.StoreReadOnly: 409,
     errors.UpstreamUnavailable: 502,
+    errors.HubUnreachable: 503,
     errors.StorageFull: 507,
 }
 # Paths anyone may read without a token (version discovery, load balancer checks).

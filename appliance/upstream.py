@@ -1,0 +1,200 @@
+"""The one client for the upstream Glance v2 endpoint (`[hub] url`): the hub appliance or a
+central Glance. Image metadata, image data (with Range for resumed transfers) and JSON calls.
+
+Every connection error, timeout or 5xx becomes `HubUnreachable`, so callers decide on one
+domain error; timeouts are explicit (a dead WAN link fails, never hangs); nothing blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Mapping
+
+import aiohttp
+
+from appliance import __version__
+from appliance.config import HubConfig
+from appliance.errors import ApplianceError, BadRequest, Conflict, Forbidden, HubUnreachable, NotFound
+
+log = logging.getLogger(__name__)
+
+DATA_CHUNK = 1 << 20
+
+
+class UpstreamRejected(ApplianceError):
+    """The upstream answered, but refused (4xx other than 404/403/409)."""
+
+    title = "Bad Gateway"
+
+
+def read_token(config: HubConfig, resolve: Any = None) -> str:
+    """The token to send: inline, or read from token_file (resolved by `resolve`, a Path maker)."""
+    if config.token:
+        return config.token
+    if config.token_file:
+        path = resolve(config.token_file) if resolve else config.token_file
+        with open(path) as fh:
+            return fh.read().strip()
+    return ""
+
+
+class RateLimiter:
+    """A token bucket shared by every transfer of one client (the WAN link is one pipe)."""
+
+    def __init__(self, bytes_per_s: int) -> None:
+        self.rate = bytes_per_s
+        self._allowance = float(bytes_per_s)
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def take(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            self._allowance = min(float(self.rate), self._allowance + (now - self._stamp) * self.rate)
+            self._stamp = now
+            self._allowance -= n
+            if self._allowance < 0:
+                await asyncio.sleep(-self._allowance / self.rate)
+
+
+@dataclass(frozen=True)
+class DataResponse:
+    """An open image data response: `offset` is where its first byte sits in the image."""
+
+    offset: int
+    length: int | None  # bytes this response carries, when announced
+    total: int | None  # the whole image's size, when known
+    content_md5: str | None
+    chunks: AsyncIterator[bytes]
+
+
+class Upstream:
+    def __init__(self, config: HubConfig, token: str, *, session: aiohttp.ClientSession | None = None) -> None:
+        self.url = config.url
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout, sock_connect=config.connect_timeout,
+                                              sock_read=config.read_timeout)
+        self._session = session
+        self._limiter = RateLimiter(config.bandwidth_limit)
+
+    def set_bandwidth_limit(self, bytes_per_s: int) -> None:
+        self._limiter.rate = bytes_per_s
+
+    def data_url(self, image_id: str) -> str:
+        return "%s/v2/images/%s/file" % (self.url, image_id)
+
+    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        headers = {"User-Agent": "edge-image-appliance/%s" % __version__}
+        if self._token:
+            headers["X-Auth-Token"] = self._token
+        headers.update(extra or {})
+        return headers
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False,
+                                                  connector=aiohttp.TCPConnector(limit=64))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    # -- JSON -------------------------------------------------------------------------------
+
+    async def request_json(self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None,
+                           headers: Mapping[str, str] | None = None, expect: tuple[int, ...] = (200,)) -> Any:
+        url = self.url + path
+        try:
+            async with self._client().request(method, url, json=json, params=params,
+                                              headers=self._headers(headers)) as resp:
+                body = await resp.read()
+                if resp.status not in expect:
+                    raise _status_error(method, url, resp.status, body)
+                if not body:
+                    return None
+                try:
+                    return await resp.json(content_type=None)
+                except ValueError as exc:
+                    raise UpstreamRejected("%s %s: the hub answered with invalid JSON: %s" % (method, url, exc)) from None
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise _unreachable(url, exc) from None
+
+    async def get_image(self, image_id: str) -> dict[str, Any]:
+        return await self.request_json("GET", "/v2/images/%s" % image_id)
+
+    async def list_images(self, params: Mapping[str, str]) -> dict[str, Any]:
+        return await self.request_json("GET", "/v2/images", params=params)
+
+    # -- data -------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def open_data(self, image_id: str, offset: int = 0, end: int | None = None) -> AsyncIterator[DataResponse]:
+        """Stream an image's bytes from `offset` (inclusive) to `end` (exclusive, None = to the
+        end). A server that ignores Range answers 200: the bytes before `offset` are skipped
+        here, so the caller always gets what it asked for."""
+        url = self.data_url(image_id)
+        headers: dict[str, str] = {}
+        if offset or end is not None:
+            headers["Range"] = "bytes=%d-%s" % (offset, "" if end is None else end - 1)
+        try:
+            async with self._client().get(url, headers=self._headers(headers)) as resp:
+                if resp.status not in (200, 206):
+                    raise _status_error("GET", url, resp.status, await resp.read())
+                start, length, total = 0, resp.content_length, None
+                if resp.status == 206:
+                    start, total = _content_range(resp.headers.get("Content-Range", ""), url)
+                    if start != offset:
+                        raise UpstreamRejected("GET %s: asked for bytes from %d, the hub sent them from %d" % (url, offset, start))
+                else:
+                    total = resp.content_length
+                yield DataResponse(offset=offset, length=(length - (offset - start)) if length is not None and resp.status == 200 else length,
+                                   total=total, content_md5=resp.headers.get("Content-MD5") if resp.status == 200 else None,
+                                   chunks=self._body(url, resp, skip=offset - start if resp.status == 200 else 0))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise _unreachable(url, exc) from None
+
+    async def _body(self, url: str, resp: aiohttp.ClientResponse, skip: int) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in resp.content.iter_chunked(DATA_CHUNK):
+                if skip:
+                    if len(chunk) <= skip:
+                        skip -= len(chunk)
+                        continue
+                    chunk, skip = chunk[skip:], 0
+                await self._limiter.take(len(chunk))
+                yield chunk
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise _unreachable(url, exc) from None
+
+
+def _content_range(value: str, url: str) -> tuple[int, int | None]:
+    # "bytes START-END/TOTAL" (TOTAL may be "*")
+    try:
+        unit, _, spec = value.partition(" ")
+        span, _, total = spec.partition("/")
+        start = int(span.split("-")[0])
+        if unit != "bytes":
+            raise ValueError(unit)
+        return start, (None if total == "*" else int(total))
+    except ValueError:
+        raise UpstreamRejected("GET %s: the hub sent a 206 with an unreadable Content-Range %r" % (url, value)) from None
+
+
+def _unreachable(url: str, exc: BaseException) -> HubUnreachable:
+    what = "timed out" if isinstance(exc, asyncio.TimeoutError) else (str(exc) or type(exc).__name__)
+    return HubUnreachable("The hub is unreachable (%s: %s)" % (url, what))
+
+
+def _status_error(method: str, url: str, status: int, body: bytes) -> ApplianceError:
+    text = body[:300].decode("utf-8", "replace").strip()
+    message = "%s %s: the hub answered %d %s" % (method, url, status, text)
+    if status >= 500:
+        return HubUnreachable(message)
+    return {404: NotFound, 403: Forbidden, 409: Conflict, 400: BadRequest}.get(status, UpstreamRejected)(message)

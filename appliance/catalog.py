@@ -79,6 +79,25 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX tasks_image ON tasks (image_id);
     """,
+    # 2: the image cache (copies of upstream images) and its prefetch queue. Times are epoch
+    # seconds, as Glance's cache API reports them.
+    """
+    CREATE TABLE cache_entries (
+        image_id TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        cached_at REAL NOT NULL,
+        last_accessed REAL NOT NULL,
+        hits INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX cache_lru ON cache_entries (last_accessed);
+    CREATE TABLE cache_queue (
+        image_id TEXT PRIMARY KEY,
+        queued_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT NOT NULL DEFAULT '',
+        next_attempt_at REAL NOT NULL DEFAULT 0
+    );
+    """,
 )
 
 IMAGE_COLUMNS = (

@@ -6,8 +6,8 @@ import time
 
 from aiohttp import web
 
-from appliance.api import edge, images, imports, info
-from appliance.api.keys import CONFIG, EVENTS, IMAGES, IMPORTS, METRICS, STARTED
+from appliance.api import edge, images, imports, info, sites
+from appliance.api.keys import CONFIG, EVENTS, IMAGES, IMPORTS, METRICS, SITES, STARTED
 from appliance.api.middleware import auth_middleware, error_middleware
 from appliance.services import Services
 
@@ -27,9 +27,11 @@ def build_app(services: Services) -> web.Application:
     app[IMPORTS] = services.imports
     app[EVENTS] = services.events
     app[METRICS] = services.metrics
+    app[SITES] = services.sites
     app[STARTED] = time.monotonic()
     app.add_routes(info.routes)
     app.add_routes(images.routes)
     app.add_routes(imports.routes)
     app.add_routes(edge.routes)
+    app.add_routes(sites.routes)
     return app

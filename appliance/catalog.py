@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Iterable, Sequence
 import aiosqlite
 
 from appliance.errors import Conflict, Forbidden, NotFound
-from appliance.model import Image, ImageData, ImageId, Location, Task, TaskId
+from appliance.model import Assignment, Image, ImageData, ImageId, Location, Site, Task, TaskId
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,37 @@ MIGRATIONS: tuple[str, ...] = (
         next_attempt_at REAL NOT NULL DEFAULT 0
     );
     """,
+    # 3: the hub's edge sites and the work assigned to them (one pending action per site and
+    # image). Site times are epoch seconds; assignments go with their image or site.
+    """
+    CREATE TABLE sites (
+        name TEXT PRIMARY KEY,
+        registered_at REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        free_bytes INTEGER,
+        total_bytes INTEGER,
+        version TEXT NOT NULL DEFAULT '',
+        api_url TEXT NOT NULL DEFAULT '',
+        stores TEXT NOT NULL DEFAULT '[]',
+        cache TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE site_assignments (
+        site TEXT NOT NULL REFERENCES sites(name) ON DELETE CASCADE,
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        action TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (site, image_id)
+    );
+    CREATE INDEX site_assignments_image ON site_assignments (image_id);
+    """,
+    # 4: images a bundle import created and has not finished; start-up removes them. A row
+    # goes with its image.
+    """
+    CREATE TABLE bundle_imports (
+        image_id TEXT PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        started_at TEXT NOT NULL
+    );
+    """,
 )
 
 IMAGE_COLUMNS = (
@@ -112,6 +143,17 @@ SORT_KEYS = (
 )
 INT_COLUMNS = frozenset({"size", "virtual_size", "min_disk", "min_ram"})
 BOOL_COLUMNS = frozenset({"protected", "os_hidden"})
+
+
+@dataclass(frozen=True)
+class ListEdit:
+    """Add and remove items of a comma-separated image property (Glance's store lists), read and
+    written in one transaction so concurrent imports and site reports never lose an update."""
+
+    name: str
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+    drop_empty: bool = False  # an empty list removes the property instead of leaving ""
 
 
 @dataclass(frozen=True)
@@ -459,6 +501,134 @@ class Catalog:
         async with self._db.execute("SELECT COUNT(*) FROM images") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def edit_list_properties(self, image_id: str, edits: Sequence[ListEdit], updated_at: str) -> None:
+        async with self._transaction() as db:
+            await self._edit_lists(db, image_id, edits, updated_at)
+
+    async def _edit_lists(self, db: aiosqlite.Connection, image_id: str, edits: Sequence[ListEdit], updated_at: str) -> None:
+        for edit in edits:
+            async with db.execute("SELECT value FROM image_properties WHERE image_id = ? AND name = ?",
+                                  [image_id, edit.name]) as cur:
+                row = await cur.fetchone()
+            items = [v for v in (row[0].split(",") if row else []) if v]
+            items = [v for v in dict.fromkeys([*items, *edit.add]) if v not in edit.remove]
+            if not items and edit.drop_empty:
+                await db.execute("DELETE FROM image_properties WHERE image_id = ? AND name = ?", [image_id, edit.name])
+            else:
+                await db.execute(
+                    "INSERT INTO image_properties (image_id, name, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (image_id, name) DO UPDATE SET value = excluded.value",
+                    [image_id, edit.name, ",".join(items)],
+                )
+        await db.execute("UPDATE images SET updated_at = ? WHERE id = ?", [updated_at, image_id])
+
+    # -- edge sites (hub) -------------------------------------------------------------------
+
+    async def register_site(self, site: Site) -> Site:
+        """Insert or refresh a site; a re-registration keeps the first registration time."""
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO sites (name, registered_at, last_seen, free_bytes, total_bytes, version, api_url, stores, cache) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen, "
+                "free_bytes = excluded.free_bytes, total_bytes = excluded.total_bytes, version = excluded.version, "
+                "api_url = excluded.api_url, stores = excluded.stores",
+                [site.name, site.registered_at, site.last_seen, site.free_bytes, site.total_bytes, site.version,
+                 site.api_url, json.dumps(list(site.stores)), json.dumps(site.cache)],
+            )
+        return await self.get_site(site.name)
+
+    async def set_location_urls(self, store: str, urls: dict[str, str]) -> None:
+        """Point a store's locations at new URLs (image id → url): a site moved its API."""
+        async with self._transaction() as db:
+            await db.executemany("UPDATE image_locations SET url = ? WHERE image_id = ? AND store = ?",
+                                 [(url, image_id, store) for image_id, url in urls.items()])
+
+    async def site_heartbeat(self, name: str, last_seen: float, changes: dict[str, Any]) -> None:
+        """Record a heartbeat; `changes` holds the reported free_bytes/total_bytes/cache."""
+        cols = {"last_seen": last_seen, **{k: json.dumps(v) if k == "cache" else v for k, v in changes.items()}}
+        if set(cols) - {"last_seen", "free_bytes", "total_bytes", "cache"}:  # pragma: no cover - programming error
+            raise ValueError(cols)
+        async with self._transaction() as db:
+            cur = await db.execute("UPDATE sites SET %s WHERE name = ?" % ", ".join("%s = ?" % c for c in cols),
+                                   [*cols.values(), name])
+            if cur.rowcount == 0:
+                raise NotFound("No site named %s is registered with this hub; register it first (POST /v2/edge/sites)" % name)
+
+    async def get_site(self, name: str) -> Site:
+        sites = await self._sites("WHERE name = ?", [name])
+        if not sites:
+            raise NotFound("No site named %s is registered with this hub" % name)
+        return sites[0]
+
+    async def list_sites(self) -> list[Site]:
+        return await self._sites("ORDER BY name", [])
+
+    async def _sites(self, tail: str, args: list[Any]) -> list[Site]:
+        async with self._db.execute(
+            "SELECT name, registered_at, last_seen, free_bytes, total_bytes, version, api_url, stores, cache FROM sites " + tail,
+            args,
+        ) as cur:
+            rows = await cur.fetchall()
+        return [Site(name=r[0], registered_at=r[1], last_seen=r[2], free_bytes=r[3], total_bytes=r[4], version=r[5],
+                     api_url=r[6], stores=tuple(json.loads(r[7])), cache=json.loads(r[8])) for r in rows]
+
+    async def delete_site(self, name: str, list_names: Sequence[str], updated_at: str) -> None:
+        """Forget a site: its locations, its assignments, and its name in the images' store lists."""
+        async with self._transaction() as db:
+            cur = await db.execute("DELETE FROM sites WHERE name = ?", [name])  # assignments cascade
+            if cur.rowcount == 0:
+                raise NotFound("No site named %s is registered with this hub" % name)
+            await db.execute("DELETE FROM image_locations WHERE store = ?", [name])
+            async with db.execute(
+                "SELECT DISTINCT image_id FROM image_properties WHERE name IN (%s) AND ',' || value || ',' LIKE ?"
+                % ", ".join("?" * len(list_names)), [*list_names, "%%,%s,%%" % name],
+            ) as cur:
+                ids = [r[0] for r in await cur.fetchall()]
+            for image_id in ids:
+                await self._edit_lists(db, image_id, [ListEdit(n, remove=(name,), drop_empty=True) for n in list_names],
+                                       updated_at)
+
+    async def site_assignments(self, site: str) -> list[Assignment]:
+        return await self._assignments("WHERE site = ? ORDER BY created_at, rowid", [site])
+
+    async def image_assignments(self, image_id: str) -> list[Assignment]:
+        return await self._assignments("WHERE image_id = ? ORDER BY site", [image_id])
+
+    async def _assignments(self, tail: str, args: list[Any]) -> list[Assignment]:
+        async with self._db.execute("SELECT site, image_id, action, created_at FROM site_assignments " + tail, args) as cur:
+            return [Assignment(site=r[0], image_id=ImageId(r[1]), action=r[2], created_at=r[3]) for r in await cur.fetchall()]
+
+    async def assign(self, image_id: str, sites: Sequence[str], action: str, created_at: str, edits: Sequence[ListEdit],
+                     *, remove_locations: bool = False) -> None:
+        """Give each site `action` for the image (replacing what was pending), optionally drop the
+        sites' locations, and edit the progress lists: all at once."""
+        async with self._transaction() as db:
+            try:
+                await db.executemany(
+                    "INSERT INTO site_assignments (site, image_id, action, created_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (site, image_id) DO UPDATE SET action = excluded.action, created_at = excluded.created_at",
+                    [(site, image_id, action, created_at) for site in sites],
+                )
+            except aiosqlite.IntegrityError as exc:  # the image or a site went away meanwhile
+                raise NotFound("Image %s or site %s no longer exists" % (image_id, ", ".join(sites))) from exc
+            if remove_locations:
+                await db.executemany("DELETE FROM image_locations WHERE image_id = ? AND store = ?",
+                                     [(image_id, site) for site in sites])
+            await self._edit_lists(db, image_id, edits, created_at)
+
+    async def finish_assignment(self, site: str, image_id: str, action: str, edits: Sequence[ListEdit], updated_at: str,
+                                *, location: Location | None = None) -> None:
+        """Close a pending assignment (Conflict if there is none with that action): record the
+        site's new location if any and edit the progress lists, atomically."""
+        async with self._transaction() as db:
+            cur = await db.execute("DELETE FROM site_assignments WHERE site = ? AND image_id = ? AND action = ?",
+                                   [site, image_id, action])
+            if cur.rowcount == 0:
+                raise Conflict("No pending %s assignment of image %s for site %s" % (action, image_id, site))
+            if location is not None:
+                await self._insert_location(db, image_id, location)
+            await self._edit_lists(db, image_id, edits, updated_at)
 
     # -- tasks ----------------------------------------------------------------------------
 

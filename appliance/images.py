@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterable, AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Mapping, Sequence
 
 from appliance import policy
 from appliance.auth import Context
@@ -20,6 +20,9 @@ from appliance.model import (
     ACTIVE, DEACTIVATED, QUEUED, SAVING, VISIBILITIES, Image, ImageData, ImageId, Location,
 )
 from appliance.stores.base import ImageStore, StoreUsage
+
+if TYPE_CHECKING:  # sites.py uses this module's helpers
+    from appliance.sites import SiteService
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +71,12 @@ class Download:
 
 
 class ImageService:
-    def __init__(self, config: Config, catalog: Catalog, stores: Mapping[str, ImageStore]) -> None:
+    def __init__(self, config: Config, catalog: Catalog, stores: Mapping[str, ImageStore], *,
+                 sites: SiteService | None = None) -> None:
         self._config = config
         self._catalog = catalog
         self._stores = stores
+        self._sites = sites  # the hub's edge sites, which are stores in Glance's words
         self.default_store = config.stores.default
 
     @property
@@ -369,12 +374,21 @@ class ImageService:
 
     async def delete_from_store(self, ctx: Context, store_name: str, image_id: str) -> None:
         policy.check_admin(ctx, "delete_image_location")
-        if store_name not in self._stores:
+        sites = self._sites.names() if self._sites is not None else ()
+        if store_name not in self._stores and store_name not in sites:
             # Glance: 409, not 404 (which glanceclient reports as "multi-store not enabled").
             raise Conflict("The selected store %s is not available on this node." % store_name)
         image = await self.get(ctx, image_id)
         if image.status != ACTIVE:
             raise Conflict("Image %s is %s; a store copy can be removed from an active image only" % (image.id, image.status))
+        if self._sites is not None and store_name in sites:
+            await self._sites.remove_copy(image, store_name)
+            return
+        at_sites = [s for s in image.stores if s in sites]
+        if at_sites and [s for s in image.stores if s in self._stores] == [store_name]:
+            raise Forbidden("Cannot delete image data from the only store of this hub containing it: edge sites (%s) "
+                            "pull image %s from store %s; copy it to another store first, or delete the image"
+                            % (", ".join(at_sites), image.id, store_name))
         await self._catalog.remove_location(image.id, store_name, now())
         await self._stores[store_name].delete(image.id)
         log.info("image %s removed from store %s", image.id, store_name)

@@ -15,31 +15,32 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from appliance import policy
 from appliance.auth import Context
-from appliance.catalog import Catalog
+from appliance.catalog import Catalog, ListEdit
 from appliance.config import Config
 from appliance.digest import Digest, verify
 from appliance.errors import ApplianceError, BadRequest, Conflict, Forbidden, NotFound, TooLarge
 from appliance.formats import inspect_file, introspected_properties
 from appliance.images import ImageService, now
-from appliance.model import ACTIVE, IMPORTING, QUEUED, UPLOADING, Image, ImageData, Location, Task, TaskId
+from appliance.model import (
+    ACTIVE, COPY, FAILED_IMPORT, IMPORTING, IMPORTING_TO, QUEUED, UPLOADING, Image, ImageData, Location, Task, TaskId,
+)
 from appliance.pipeline.base import ImportFailed, ImportStep, StagedImage, StepContext
 from appliance.pipeline.steps.convert import Convert
 from appliance.pipeline.steps.decompress import Decompress
 from appliance.pipeline.steps.inject import InjectMetadata
+from appliance.sites import SiteService
 from appliance.stores.base import ImageStore
 from appliance.stores.filesystem import FilesystemStore
 from appliance.urifilter import UriFilter, open_download
 
 log = logging.getLogger(__name__)
 
-IMPORTING_TO = "os_glance_importing_to_stores"
-FAILED_IMPORT = "os_glance_failed_import"
 TASK_TYPE = "api_image_import"
 READ_CHUNK = 1 << 20
 
@@ -106,7 +107,10 @@ class ImportService:
         self, config: Config, catalog: Catalog, stores: dict[str, ImageStore], images: ImageService,
         steps: Sequence[ImportStep], uri_filter: UriFilter,
         observe_plugin: Callable[[str, float], None] = lambda name, seconds: None,
+        sites: SiteService | None = None,
     ) -> None:
+        # On a hub, edge sites are stores too: copy-image to a site becomes an assignment.
+        self._sites = sites
         self._observe_plugin = observe_plugin
         self._config = config
         self._catalog = catalog
@@ -179,7 +183,7 @@ class ImportService:
         and the image is queued again; an active one (copy-image, or a first store done with
         allow-failure) keeps its verified copies."""
         if image.status not in (IMPORTING, UPLOADING):
-            await self._catalog.update_image(image.id, remove_properties=[IMPORTING_TO], updated_at=now())
+            await self._forget_local_progress(image.id)
             return image.status
         for location in image.locations:
             await self._catalog.remove_location(image.id, location.store, now(), keep_last=False)
@@ -188,6 +192,12 @@ class ImportService:
         await self._catalog.update_image(image.id, columns={"status": QUEUED}, remove_properties=[IMPORTING_TO],
                                          updated_at=now())
         return QUEUED
+
+    async def _forget_local_progress(self, image_id: str) -> None:
+        """No import of this hub runs for the image any more: its stores leave the progress list;
+        edge sites still copying stay in it until they report."""
+        await self._catalog.edit_list_properties(image_id, [ListEdit(IMPORTING_TO, remove=tuple(self._stores), drop_empty=True)],
+                                                 now())
 
     async def close(self) -> None:
         """Stop running imports and fail them cleanly now (image back to queued, scratch
@@ -262,11 +272,13 @@ class ImportService:
         must = body.get("all_stores_must_succeed", True)
         if not isinstance(must, bool):
             raise BadRequest("all_stores_must_succeed must be true or false")
-        unknown = [s for s in stores or () if s not in self._stores]
+        sites = self._sites.names() if self._sites is not None else ()
+        unknown = [s for s in stores or () if s not in self._stores and s not in sites]
         if unknown:
-            raise Conflict("Unknown store(s) %s (stores of this site: %s)" % (", ".join(unknown), ", ".join(self._stores)))
+            raise Conflict("Unknown store(s) %s (stores of this site: %s)" % (", ".join(unknown), ", ".join([*self._stores, *sites])))
         if all_stores:
-            chosen: tuple[str, ...] = tuple(self._stores)
+            # Edge sites receive images by copy-image only (an image exists here before it goes out).
+            chosen: tuple[str, ...] = tuple(self._stores) + (sites if method == "copy-image" else ())
         else:
             chosen = tuple(dict.fromkeys(stores)) if stores else (self._images.default_store,)
         return ImportRequest(method=method, uri=uri, stores=chosen, all_stores_must_succeed=must)
@@ -281,15 +293,24 @@ class ImportService:
                 raise Forbidden("You are not authorized to complete copy_image action.")
             if image.status != ACTIVE:
                 raise Conflict("Image %s is %s; copy-image needs an active image" % (image.id, image.status))
+            pending = await self._sites.pending(image.id) if self._sites is not None else {}
+            copying = [s for s in request.stores if pending.get(s) == COPY]
             held = [s for s in request.stores if s in image.stores]
             if "all_stores" in body and body["all_stores"]:
-                request = ImportRequest(request.method, None, tuple(s for s in request.stores if s not in image.stores),
-                                        request.all_stores_must_succeed)
+                request = replace(request, stores=tuple(s for s in request.stores if s not in image.stores and s not in copying))
                 if not request.stores:
                     raise BadRequest("Image %s is already in every store of this site" % image.id)
             elif held:
                 raise BadRequest("Image %s is already in store(s) %s" % (image.id, ", ".join(held)))
+            elif copying:
+                raise Conflict("Image %s is already being copied to site(s) %s (see %s)" % (image.id, ", ".join(copying), IMPORTING_TO))
+            if any(s not in self._stores for s in request.stores) and not any(s in self._stores for s in image.stores):
+                raise Conflict("Image %s has no copy in a store of this hub, and edge sites pull from one: copy it to a "
+                               "store here first" % image.id)
         else:
+            if any(s not in self._stores for s in request.stores):
+                raise BadRequest("Edge sites (%s) receive images by copy-image only: import into a store of this hub "
+                                 "first, then copy it" % ", ".join(s for s in request.stores if s not in self._stores))
             policy.check_modify(ctx, image)
             if request.method == "web-download" and image.status != QUEUED:
                 raise Conflict("Image %s is %s; web-download needs a queued image" % (image.id, image.status))
@@ -300,26 +321,38 @@ class ImportService:
                 decision = await self.uri_filter.check(request.uri or "")
                 if not decision.allowed:
                     raise BadRequest("URI refused: %s" % decision.reason)
+        sites = tuple(s for s in request.stores if s not in self._stores)
+        request = replace(request, stores=tuple(s for s in request.stores if s in self._stores))
         for store_name in request.stores:
             usage = self._stores[store_name].usage()
             if usage.read_only:
                 raise Conflict("Store %s is read-only: %s" % (store_name, usage.reason))
-        if image.id in self._running:
+        if request.stores and image.id in self._running:
             raise Conflict("Image %s is already being imported; wait for that import to finish" % image.id)
+        if self._sites is not None and sites:
+            await self._sites.assign_copies(image, sites)
         if request.method != "copy-image":
             await self._catalog.update_image(
                 image.id, expect_status=[QUEUED, UPLOADING], columns={"status": IMPORTING},
                 set_properties={IMPORTING_TO: ",".join(request.stores), FAILED_IMPORT: ""}, updated_at=now(),
             )
-        else:
-            await self._catalog.update_image(
-                image.id, set_properties={IMPORTING_TO: ",".join(request.stores), FAILED_IMPORT: ""}, updated_at=now())
+        elif request.stores:  # added to what may still be pending (sites), as Glance does
+            await self._catalog.edit_list_properties(image.id, [
+                ListEdit(IMPORTING_TO, add=request.stores), ListEdit(FAILED_IMPORT, remove=request.stores)], now())
         stamp = now()
+        # Glance's contract: progress is read from the image properties. The task records the
+        # hand-over to the sites and runs on for the stores of this hub, if any.
+        handed = ("Copy handed to edge site(s) %s: each pulls the image on its next sync and reports back; progress is "
+                  "in %s and %s" % (", ".join(sites), IMPORTING_TO, FAILED_IMPORT)) if sites else ""
         task = await self._catalog.create_task(Task(
-            id=TaskId(str(uuid.uuid4())), type=TASK_TYPE, status="processing", owner=ctx.project, image_id=image.id,
-            input={"image_id": image.id, "import_req": body, "backend": list(request.stores)},
-            result=None, message="", created_at=stamp, updated_at=stamp,
+            id=TaskId(str(uuid.uuid4())), type=TASK_TYPE, status="processing" if request.stores else "success",
+            owner=ctx.project, image_id=image.id,
+            input={"image_id": image.id, "import_req": body, "backend": [*request.stores, *sites]},
+            result=None if request.stores else {"image_id": image.id}, message=handed, created_at=stamp, updated_at=stamp,
         ))
+        if not request.stores:
+            log.info("image %s: copy-image handed to site(s) %s (task %s)", image.id, ", ".join(sites), task.id)
+            return task
         job = asyncio.create_task(self._run(task, image, request, ctx), name="import-%s" % image.id)
         self._running[image.id] = job
         job.add_done_callback(lambda _t, i=image.id: self._running.pop(i, None))
@@ -358,7 +391,7 @@ class ImportService:
                 await self._catalog.remove_location(image.id, store_name, now(), keep_last=False)
             await self._catalog.update_image(image.id, columns={"status": QUEUED}, remove_properties=[IMPORTING_TO], updated_at=now())
         else:
-            await self._catalog.update_image(image.id, remove_properties=[IMPORTING_TO], updated_at=now())
+            await self._forget_local_progress(image.id)
         await self._staging.delete(image.id)
         await self._catalog.update_task(task.id, now(), status="failure", message=message)
         log.warning("image %s: import failed: %s", image.id, message)
@@ -389,7 +422,6 @@ class ImportService:
         if request.method == "copy-image":
             expected = Digest(size=image.size or 0, checksum=image.checksum or "", os_hash_value=image.os_hash_value or "")
         remaining = list(request.stores)
-        failed: list[str] = []
         written: list[str] = []
         last_error = ""
         active = request.method == "copy-image"
@@ -409,19 +441,17 @@ class ImportService:
                 written.append(store_name)
                 location = Location(store=store_name, url=store.location_url(image.id), metadata={"store": store_name})
                 remaining.remove(store_name)
-                progress = {IMPORTING_TO: ",".join(remaining)}
                 if not active and (not request.all_stores_must_succeed or not remaining):
-                    await self._activate(image, staged, digest, location, progress)
+                    await self._activate(image, staged, digest, location)
                     active = True
                 else:
                     await self._catalog.add_location(image.id, location, now())
-                    await self._catalog.update_image(image.id, set_properties=progress, updated_at=now())
+                await self._catalog.edit_list_properties(image.id, [ListEdit(IMPORTING_TO, remove=(store_name,))], now())
                 log.info("image %s: copy in store %s verified (%d bytes)", image.id, store_name, digest.size)
             except ApplianceError as exc:
                 remaining.remove(store_name)
-                failed.append(store_name)
-                await self._catalog.update_image(
-                    image.id, set_properties={IMPORTING_TO: ",".join(remaining), FAILED_IMPORT: ",".join(failed)}, updated_at=now())
+                await self._catalog.edit_list_properties(image.id, [
+                    ListEdit(IMPORTING_TO, remove=(store_name,)), ListEdit(FAILED_IMPORT, add=(store_name,))], now())
                 log.warning("image %s: store %s failed: %s", image.id, store_name, exc)
                 if request.all_stores_must_succeed:
                     if request.method == "copy-image":  # revert: the new copies go again
@@ -430,14 +460,13 @@ class ImportService:
                             await self._stores[done].delete(image.id)
                     return "Import to store %s failed: %s" % (store_name, exc)
                 last_error = "store %s: %s" % (store_name, exc)
-        await self._catalog.update_image(image.id, remove_properties=[IMPORTING_TO], updated_at=now())
+        await self._forget_local_progress(image.id)
         await self._staging.delete(image.id)
         if not active:
             return "Import failed in every store; last error: %s" % last_error
         return ""
 
-    async def _activate(self, image: Image, staged: StagedImage, digest: Digest, location: Location,
-                        progress: dict[str, str]) -> None:
+    async def _activate(self, image: Image, staged: StagedImage, digest: Digest, location: Location) -> None:
         columns: dict[str, Any] = {}
         if staged.disk_format != image.disk_format:
             columns["disk_format"] = staged.disk_format
@@ -445,7 +474,8 @@ class ImportService:
             columns["container_format"] = staged.container_format
         if columns:
             await self._catalog.update_image(image.id, columns=columns, updated_at=now())
-        await self._catalog.update_image(image.id, set_properties={**staged.properties, **progress}, updated_at=now())
+        if staged.properties:
+            await self._catalog.update_image(image.id, set_properties=staged.properties, updated_at=now())
         data = ImageData(size=digest.size, checksum=digest.checksum, os_hash_value=digest.os_hash_value,
                          os_hash_algo=digest.os_hash_algo, virtual_size=staged.virtual_size)
         await self._catalog.activate_image(image.id, data, location, from_status=IMPORTING, updated_at=now())

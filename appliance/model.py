@@ -22,6 +22,10 @@ STATUSES = (QUEUED, SAVING, ACTIVE, KILLED, DELETED, UPLOADING, IMPORTING, PENDI
 
 VISIBILITIES = ("public", "private", "shared", "community")
 
+# Glance's import progress properties: comma-separated store names still to do / that failed.
+IMPORTING_TO = "os_glance_importing_to_stores"
+FAILED_IMPORT = "os_glance_failed_import"
+
 
 @dataclass(frozen=True)
 class Location:
@@ -76,6 +80,36 @@ class Task:
     expires_at: str | None = None
     bytes_done: int = 0
     bytes_total: int | None = None
+
+
+@dataclass(frozen=True)
+class Site:
+    """An edge site registered with this hub (times: epoch seconds)."""
+
+    name: str
+    registered_at: float
+    last_seen: float
+    free_bytes: int | None = None
+    total_bytes: int | None = None
+    version: str = ""
+    api_url: str = ""
+    stores: tuple[dict[str, str], ...] = ()
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+# What a site is asked to do with an image: pull a pinned copy, or drop it.
+COPY = "copy"
+REMOVE = "remove"
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Pending work for one site: one action per (site, image); a newer request replaces it."""
+
+    site: str
+    image_id: ImageId
+    action: str
+    created_at: str
 
 
 @dataclass(frozen=True)

@@ -43,3 +43,15 @@ def check_download(ctx: Context, image: Image) -> None:
 def check_admin(ctx: Context, action: str) -> None:
     if not ctx.is_admin:
         raise Forbidden("You are not authorized to complete %s action." % action)
+
+
+# The role of a per-site service token: an `[[auth.tokens]]` entry whose `user` is the site name.
+SITE_ROLE = "edge-site"
+
+
+def check_site(ctx: Context, site: str, action: str) -> None:
+    """The sites API: an administrator, or the site's own service token for that site only."""
+    if ctx.is_admin or (SITE_ROLE in ctx.roles and ctx.user == site):
+        return
+    raise Forbidden("You are not authorized to complete %s action for site %s: only an administrator or that "
+                    "site's own service token (role %s, user %s) may" % (action, site, SITE_ROLE, site))

@@ -15,6 +15,7 @@ from appliance.metrics import Metrics
 from appliance.scrubber import Scrubber
 from appliance.images import ImageService
 from appliance.imports import ImportService, build_steps, build_uri_filter
+from appliance.sites import SiteService
 from appliance.stores.filesystem import FilesystemStore
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class Services:
     events: EventLog
     metrics: Metrics
     scrubber: Scrubber
+    sites: SiteService
 
     def background_loops(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         loops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
@@ -54,6 +56,7 @@ def reload_services(services: Services, new: Config) -> list[str]:
     services.auth.replace_with(Authenticator.from_config(new))
     services.images.apply_config(new)
     services.imports.apply_config(new)
+    services.sites.apply_config(new)
     services.scrubber.apply_settings(interval=new.scrubber.interval,
                                      rate_bytes_per_s=new.scrubber.rate_mib_per_s * float(1 << 20))
     if new.scrubber.enabled != services.config.scrubber.enabled:
@@ -78,8 +81,11 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             store.prepare()
         auth = Authenticator.from_config(config)
         async with Catalog.open(config.path(config.catalog.path)) as catalog:
-            images = ImageService(config, catalog, stores)
+            sites = SiteService(config, catalog, stores)
+            await sites.load()
+            images = ImageService(config, catalog, stores, sites=sites)
             imports = ImportService(config, catalog, dict(stores), images, build_steps(config), build_uri_filter(config),
+                                    sites=sites,
                                     observe_plugin=lambda name, secs: metrics.plugin_seconds.labels(name).observe(secs))
             scrubber = Scrubber(catalog, stores, interval=config.scrubber.interval,
                                 rate_bytes_per_s=config.scrubber.rate_mib_per_s * float(1 << 20),
@@ -88,7 +94,8 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             await images.recover()
             try:
                 yield Services(config=config, catalog=catalog, stores=stores, images=images, imports=imports, auth=auth,
-                               events=events, metrics=metrics, scrubber=scrubber)
+                               events=events, metrics=metrics, scrubber=scrubber,
+                               sites=sites)
             finally:
                 await imports.close()
     finally:

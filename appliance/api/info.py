@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from appliance.api import schema_docs, schemas
-from appliance.api.keys import IMAGES
+from appliance.api.keys import IMAGES, SITES
 from appliance.api.middleware import CONTEXT
 from appliance.errors import NotFound
 
@@ -62,7 +62,7 @@ async def stores(request: web.Request) -> web.Response:
         "stores": [
             schemas.store_to_json(store.name, store.description, store.name == service.default_store, usage)
             for store, usage in service.stores_info()
-        ]
+        ] + [schemas.site_store_to_json(name) for name in request.app[SITES].names()]
     })
 
 
@@ -70,6 +70,7 @@ async def stores(request: web.Request) -> web.Response:
 async def stores_detail(request: web.Request) -> web.Response:
     service = request.app[IMAGES]
     service.check_stores_detail(request[CONTEXT])
+    sites = request.app[SITES]
     return web.json_response({
         "stores": [
             schemas.store_detail_to_json(
@@ -77,7 +78,7 @@ async def stores_detail(request: web.Request) -> web.Response:
                 str(getattr(store, "path", "")),
             )
             for store, usage in service.stores_info()
-        ]
+        ] + [schemas.site_store_detail_to_json(site, sites.online(site)) for site in await sites.sites()]
     })
 
 

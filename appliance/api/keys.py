@@ -9,6 +9,7 @@ from appliance.events import EventLog
 from appliance.metrics import Metrics
 from appliance.images import ImageService
 from appliance.imports import ImportService
+from appliance.sites import SiteService
 
 CONFIG = web.AppKey("config", Config)
 IMAGES = web.AppKey("images", ImageService)
@@ -16,3 +17,4 @@ IMPORTS = web.AppKey("imports", ImportService)
 EVENTS = web.AppKey("events", EventLog)
 STARTED = web.AppKey("started", float)
 METRICS = web.AppKey("metrics", Metrics)
+SITES = web.AppKey("sites", SiteService)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import urlencode
 
-from appliance.model import Image, Location, Task
+from appliance.model import Assignment, Image, Location, Site, Task
 from appliance.stores.base import StoreUsage
 
 IMAGE_MEDIA = "application/json"
@@ -116,3 +117,48 @@ def store_usage_to_json(name: str, description: str, default: bool, usage: Store
         "read_only": usage.read_only,
         "read_only_reason": usage.reason,
     }
+
+
+def iso_time(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def site_to_json(site: Site, online: bool) -> dict[str, Any]:
+    return {
+        "name": site.name,
+        "online": online,
+        "last_seen": iso_time(site.last_seen),
+        "registered_at": iso_time(site.registered_at),
+        "free_bytes": site.free_bytes,
+        "total_bytes": site.total_bytes,
+        "version": site.version,
+        "api_url": site.api_url,
+        "stores": list(site.stores),
+        "cache": site.cache,
+    }
+
+
+def site_store_to_json(name: str) -> dict[str, Any]:
+    """A registered site as one of the hub's stores (what copy-image --stores names)."""
+    return {"id": name, "description": "Edge site %s" % name}
+
+
+def site_store_detail_to_json(site: Site, online: bool) -> dict[str, Any]:
+    body = site_store_to_json(site.name)
+    body.update({
+        "type": "edge-site",
+        "weight": 0,
+        "properties": {
+            "online": online,
+            "last_seen": iso_time(site.last_seen),
+            "total_bytes": site.total_bytes,
+            "free_bytes": site.free_bytes,
+            "api_url": site.api_url,
+            "version": site.version,
+        },
+    })
+    return body
+
+
+def assignment_to_json(assignment: Assignment) -> dict[str, Any]:
+    return {"image_id": assignment.image_id, "action": assignment.action, "created_at": assignment.created_at}

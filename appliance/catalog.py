@@ -525,16 +525,17 @@ class Catalog:
 
     # -- edge sites (hub) -------------------------------------------------------------------
 
-    async def register_site(self, site: Site) -> Site:
-        """Insert or refresh a site; a re-registration keeps the first registration time."""
+    async def register_site(self, site: Site, *, keep_cache: bool = False) -> Site:
+        """Insert or refresh a site; a re-registration keeps the first registration time (and,
+        with keep_cache, the cache figures of the last heartbeat)."""
         async with self._transaction() as db:
             await db.execute(
                 "INSERT INTO sites (name, registered_at, last_seen, free_bytes, total_bytes, version, api_url, stores, cache) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen, "
                 "free_bytes = excluded.free_bytes, total_bytes = excluded.total_bytes, version = excluded.version, "
-                "api_url = excluded.api_url, stores = excluded.stores",
+                "api_url = excluded.api_url, stores = excluded.stores, cache = CASE WHEN ? THEN sites.cache ELSE excluded.cache END",
                 [site.name, site.registered_at, site.last_seen, site.free_bytes, site.total_bytes, site.version,
-                 site.api_url, json.dumps(list(site.stores)), json.dumps(site.cache)],
+                 site.api_url, json.dumps(list(site.stores)), json.dumps(site.cache), keep_cache],
             )
         return await self.get_site(site.name)
 

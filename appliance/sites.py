@@ -188,8 +188,8 @@ class SiteService:
         site = await self._catalog.register_site(Site(
             name=name, registered_at=stamp, last_seen=stamp, free_bytes=_size(body, "free_bytes"),
             total_bytes=_size(body, "total_bytes"), version=_text(body, "version"), api_url=_api_url(body),
-            stores=_site_stores(body.get("stores")),
-        ))
+            stores=_site_stores(body.get("stores")), cache=_cache(body) if "cache" in body else {},
+        ), keep_cache="cache" not in body)
         if name not in self._names:
             self._names.add(name)
             log.info("site %s registered (version %s, api %s)", name, site.version or "?", site.api_url or "not advertised")
@@ -248,7 +248,10 @@ class SiteService:
             raise BadRequest("'action' must be one of %s, got %r" % (", ".join(ACTIONS), action))
         if status not in RESULTS:
             raise BadRequest("'status' must be one of %s, got %r" % (", ".join(RESULTS), status))
-        message = _text(body, "message", MAX_MESSAGE)
+        message = body.get("message") or ""
+        if not isinstance(message, str):
+            raise BadRequest("'message' must be a string, got %r" % (message,))
+        message = message[:MAX_MESSAGE]  # a long error is still a result: keep its start
         site = await self._catalog.get_site(name)
         if (await self.pending(image_id)).get(name) != action:
             raise Conflict("Site %s has no pending %s assignment for image %s: it was replaced, cancelled or already "

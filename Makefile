@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_TOOLS := qemu-img:qemu-utils prlimit:util-linux mount:mount systemd-analyze:systemd curl:curl
+SYSTEM_TOOLS := qemu-img:qemu-utils prlimit:util-linux mount:mount systemd-analyze:systemd curl:curl zstd:zstd ssh-keygen:openssh-client
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
@@ -44,7 +44,7 @@ test: $(STAMP_TEST) system-deps
 
 # Benchmarks are not tests: they print figures and ratios to baselines from the same run.
 bench: $(STAMP_TEST)
-	@$(MAKE) -s install-tools TOOLS="$(SYSTEM_TOOLS) nginx:nginx-light curl:curl"
+	@$(MAKE) -s install-tools TOOLS="$(SYSTEM_TOOLS) nginx:nginx-light curl:curl zstd:zstd"
 	$(BIN)/python tests/bench/bench_transfer.py
 
 clean:

@@ -6,8 +6,8 @@ import time
 
 from aiohttp import web
 
-from appliance.api import edge, images, imports, info, sites
-from appliance.api.keys import CONFIG, EVENTS, IMAGES, IMPORTS, METRICS, SITES, STARTED
+from appliance.api import bundles, cache, edge, images, imports, info, sites
+from appliance.api.keys import BUNDLES, CACHE, CONFIG, HUB, EVENTS, IMAGES, IMPORTS, METRICS, SITES, STARTED
 from appliance.api.middleware import auth_middleware, error_middleware
 from appliance.services import Services
 
@@ -24,14 +24,19 @@ def build_app(services: Services) -> web.Application:
     services.metrics.install(app)
     app[CONFIG] = services.config
     app[IMAGES] = services.images
+    app[CACHE] = services.cache
+    app[HUB] = services.hub
     app[IMPORTS] = services.imports
     app[EVENTS] = services.events
     app[METRICS] = services.metrics
     app[SITES] = services.sites
+    app[BUNDLES] = services.bundles
     app[STARTED] = time.monotonic()
     app.add_routes(info.routes)
     app.add_routes(images.routes)
     app.add_routes(imports.routes)
     app.add_routes(edge.routes)
     app.add_routes(sites.routes)
+    app.add_routes(cache.routes)
+    app.add_routes(bundles.routes)
     return app

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Iterable, Sequence
 import aiosqlite
 
 from appliance.errors import Conflict, Forbidden, NotFound
-from appliance.model import Assignment, Image, ImageData, ImageId, Location, Site, Task, TaskId
+from appliance.model import Assignment, CacheEntry, Image, ImageData, ImageId, Location, QueuedImage, Site, Task, TaskId
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,8 @@ class ImageQuery:
     os_hidden: bool = False
     size_min: int | None = None
     size_max: int | None = None
+    # (column, SQL operator, timestamp): Glance's created_at / updated_at filters
+    time_filters: tuple[tuple[str, str, str], ...] = ()
     sort: tuple[tuple[str, str], ...] = (("created_at", "desc"),)
     limit: int = 25
     marker: str | None = None
@@ -232,7 +234,9 @@ class Catalog:
 
     # -- images ---------------------------------------------------------------------------
 
-    async def create_image(self, image: Image) -> Image:
+    async def create_image(self, image: Image, *, bundle_import: bool = False) -> Image:
+        """Insert a new image. With bundle_import, also its row in the bundle-import ledger (in
+        the same transaction, so a crash never leaves an unfinished bundle image unlisted)."""
         values = [getattr(image, c) for c in IMAGE_COLUMNS]
         async with self._transaction() as db:
             try:
@@ -249,7 +253,19 @@ class Catalog:
             await db.executemany(
                 "INSERT INTO image_tags (image_id, tag) VALUES (?, ?)", [(image.id, t) for t in image.tags]
             )
+            if bundle_import:
+                await db.execute("INSERT INTO bundle_imports (image_id, started_at) VALUES (?, ?)",
+                                 [image.id, image.created_at])
         return await self.get_image(image.id)
+
+    async def bundle_imports(self) -> list[ImageId]:
+        """Images whose bundle import has not finished (see create_image)."""
+        async with self._db.execute("SELECT image_id FROM bundle_imports ORDER BY started_at") as cur:
+            return [ImageId(r[0]) for r in await cur.fetchall()]
+
+    async def finish_bundle_import(self, image_id: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM bundle_imports WHERE image_id = ?", [image_id])
 
     async def get_image(self, image_id: str) -> Image:
         images = await self._load_images([image_id])
@@ -331,6 +347,10 @@ class Catalog:
         if query.size_max is not None:
             where.append("i.size <= ?")
             args.append(query.size_max)
+        for column, op, stamp in query.time_filters:
+            assert column in ("created_at", "updated_at") and op in ("<", "<=", "=", "!=", ">", ">=")
+            where.append("i.%s %s ?" % (column, op))
+            args.append(stamp)
         sort = list(query.sort)
         if not any(key == "id" for key, _ in sort):
             sort.append(("id", sort[-1][1] if sort else "desc"))  # a total order, so markers are exact
@@ -681,6 +701,91 @@ class Catalog:
                 "UPDATE tasks SET %s WHERE id = ?" % ", ".join("%s = ?" % k for k in changes),
                 [*changes.values(), task_id],
             )
+
+
+    # -- mirrored images (records whose data lives upstream) --------------------------------
+
+    async def upsert_mirrored_images(self, images: Sequence[Image], upstream_store: str) -> None:
+        """Insert or refresh upstream image records in one transaction. Columns, properties and
+        tags follow the upstream; the `upstream_store` location is set from the record; the
+        site's own locations (pinned copies) are never touched."""
+        if not images:
+            return
+        cols = [c for c in IMAGE_COLUMNS if c != "id"]
+        async with self._transaction() as db:
+            await db.executemany(
+                "INSERT INTO images (%s) VALUES (%s) ON CONFLICT (id) DO UPDATE SET %s" % (
+                    ", ".join(IMAGE_COLUMNS), ", ".join("?" * len(IMAGE_COLUMNS)),
+                    ", ".join("%s = excluded.%s" % (c, c) for c in cols)),
+                [[getattr(image, c) for c in IMAGE_COLUMNS] for image in images],
+            )
+            ids = [(image.id,) for image in images]
+            await db.executemany("DELETE FROM image_properties WHERE image_id = ?", ids)
+            await db.executemany("DELETE FROM image_tags WHERE image_id = ?", ids)
+            await db.executemany(
+                "INSERT INTO image_properties (image_id, name, value) VALUES (?, ?, ?)",
+                [(image.id, k, v) for image in images for k, v in image.properties.items()],
+            )
+            await db.executemany(
+                "INSERT OR IGNORE INTO image_tags (image_id, tag) VALUES (?, ?)",
+                [(image.id, t) for image in images for t in image.tags],
+            )
+            await db.executemany("DELETE FROM image_locations WHERE image_id = ? AND store = ?",
+                                 [(image.id, upstream_store) for image in images])
+            for image in images:
+                for location in image.locations:
+                    if location.store == upstream_store:
+                        await self._insert_location(db, image.id, location)
+
+    async def image_ids_with_location(self, store: str) -> list[str]:
+        async with self._db.execute("SELECT image_id FROM image_locations WHERE store = ? ORDER BY image_id", [store]) as cur:
+            return [r[0] for r in await cur.fetchall()]
+
+    # -- cache ------------------------------------------------------------------------------
+
+    async def cache_entries(self) -> list[CacheEntry]:
+        async with self._db.execute(
+            "SELECT image_id, size, cached_at, last_accessed, hits FROM cache_entries ORDER BY last_accessed"
+        ) as cur:
+            return [CacheEntry(r[0], r[1], r[2], r[3], r[4]) for r in await cur.fetchall()]
+
+    async def put_cache_entry(self, entry: CacheEntry) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO cache_entries (image_id, size, cached_at, last_accessed, hits) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (image_id) DO UPDATE SET size = excluded.size, cached_at = excluded.cached_at, "
+                "last_accessed = excluded.last_accessed, hits = excluded.hits",
+                [entry.image_id, entry.size, entry.cached_at, entry.last_accessed, entry.hits],
+            )
+            await db.execute("DELETE FROM cache_queue WHERE image_id = ?", [entry.image_id])
+
+    async def touch_cache_entry(self, image_id: str, accessed: float) -> None:
+        async with self._transaction() as db:
+            await db.execute("UPDATE cache_entries SET last_accessed = ?, hits = hits + 1 WHERE image_id = ?",
+                             [accessed, image_id])
+
+    async def delete_cache_entries(self, image_ids: Sequence[str]) -> None:
+        async with self._transaction() as db:
+            await db.executemany("DELETE FROM cache_entries WHERE image_id = ?", [(i,) for i in image_ids])
+
+    async def queued_for_cache(self) -> list[QueuedImage]:
+        async with self._db.execute(
+            "SELECT image_id, queued_at, attempts, last_error, next_attempt_at FROM cache_queue ORDER BY queued_at"
+        ) as cur:
+            return [QueuedImage(r[0], r[1], r[2], r[3], r[4]) for r in await cur.fetchall()]
+
+    async def queue_for_cache(self, image_id: str, queued_at: float) -> None:
+        async with self._transaction() as db:
+            await db.execute("INSERT OR IGNORE INTO cache_queue (image_id, queued_at) VALUES (?, ?)", [image_id, queued_at])
+
+    async def set_queue_failure(self, image_id: str, error: str, next_attempt_at: float) -> None:
+        async with self._transaction() as db:
+            await db.execute("UPDATE cache_queue SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+                             "WHERE image_id = ?", [error, next_attempt_at, image_id])
+
+    async def dequeue_from_cache(self, image_ids: Sequence[str]) -> None:
+        async with self._transaction() as db:
+            await db.executemany("DELETE FROM cache_queue WHERE image_id = ?", [(i,) for i in image_ids])
 
 
 def _sort_expr(key: str) -> str:

@@ -94,7 +94,8 @@ class FormatsConfig:
     max_virtual_size: int = 1 << 40
 
 
-IMPORT_METHODS = ("glance-direct", "web-download", "copy-image")
+# glance-download (a hub image into local stores) is offered only with a [hub] url.
+IMPORT_METHODS = ("glance-direct", "web-download", "copy-image", "glance-download")
 IMPORT_PLUGINS = ("image_decompression", "image_conversion", "inject_image_metadata")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -51,17 +52,43 @@ def verify(actual: Digest, *, size: int | None, checksum: str | None, os_hash_va
         raise ChecksumMismatch("SHA-512 hash does not match the recorded os_hash_value")
 
 
+@dataclass
+class Prefix:
+    """Hash state of the first `size` bytes of a stream."""
+
+    md5: "hashlib._Hash"
+    sha: "hashlib._Hash"
+    size: int
+
+
+def hash_prefix(fd: int, size: int, chunk: int = 1 << 20) -> Prefix:
+    """Hash the first `size` bytes of an open file (blocking: run it in a thread). Used to
+    re-read what a broken transfer already wrote before resuming after it."""
+    md5, sha = hashlib.md5(), hashlib.sha512()
+    done = 0
+    while done < size:
+        data = os.pread(fd, min(chunk, size - done), done)
+        if not data:
+            break
+        md5.update(data)
+        sha.update(data)
+        done += len(data)
+    return Prefix(md5, sha, done)
+
+
 class DigestSink:
     """Consume a stream in order: `consume(batch)` (e.g. the file write) and MD5 on one thread,
     SHA-512 on another. `feed` applies back-pressure once PIPELINE_DEPTH batches are queued."""
 
-    def __init__(self, consume: Callable[[Sequence[Buffer]], None] | None = None, *, background: bool = False) -> None:
+    def __init__(self, consume: Callable[[Sequence[Buffer]], None] | None = None, *, background: bool = False,
+                 resume: "Prefix | None" = None) -> None:
         """background: run the worker threads below the event loop's priority (imports, which
-        nobody waits on byte by byte); a client's upload keeps normal priority."""
+        nobody waits on byte by byte); a client's upload keeps normal priority.
+        resume: continue after bytes already hashed (a transfer resumed after a link drop)."""
         self._consume = consume
-        self._md5 = hashlib.md5()
-        self._sha = hashlib.sha512()
-        self._size = 0
+        self._md5 = resume.md5 if resume else hashlib.md5()
+        self._sha = resume.sha if resume else hashlib.sha512()
+        self._size = resume.size if resume else 0
         self._first = executor(1, "digest-md5", background)
         self._second = executor(1, "digest-sha", background)
         self._pending: deque[tuple[Future[None], Future[None]]] = deque()

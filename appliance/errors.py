@@ -43,6 +43,10 @@ class TooLarge(ApplianceError):
     title = "Request Entity Too Large"
 
 
+class RangeNotSatisfiable(ApplianceError):
+    title = "Requested Range Not Satisfiable"
+
+
 class UnsupportedMediaType(ApplianceError):
     title = "Unsupported Media Type"
 

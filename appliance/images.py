@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Mapping, Sequence
 
 from appliance import policy
 from appliance.auth import Context
 from appliance.catalog import SORT_KEYS, Catalog, ImageQuery
 from appliance.config import Config
-from appliance.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
+from appliance.cache import ImageCache
+from appliance.download import Download
+from appliance.errors import BadRequest, Conflict, Forbidden, HubUnreachable, NotFound, TooLarge
 from appliance.formats import FormatInspector, introspected_properties
 from appliance.model import (
     ACTIVE, DEACTIVATED, QUEUED, SAVING, VISIBILITIES, Image, ImageData, ImageId, Location,
@@ -41,6 +43,9 @@ MAX_TAGS = 128
 JSON_PATCH_OPS = ("add", "replace", "remove")
 # List filters on image columns that take plain equality (or Glance's `in:` operator).
 COLUMN_FILTERS = ("name", "status", "visibility", "owner", "disk_format", "container_format", "id", "protected")
+# Glance's time filters: `updated_at=gte:2026-01-01T00:00:00Z` (operator required).
+TIME_FILTERS = ("created_at", "updated_at")
+TIME_OPERATORS = {"gt": ">", "gte": ">=", "eq": "=", "neq": "!=", "lt": "<", "lte": "<="}
 LIST_PARAMS = frozenset({
     "limit", "marker", "sort_key", "sort_dir", "sort", "tag", "os_hidden", "size_min", "size_max",
     "member_status",
@@ -64,18 +69,13 @@ class Page:
     next_marker: str | None
 
 
-@dataclass(frozen=True)
-class Download:
-    image: Image
-    path: Path
-
-
 class ImageService:
-    def __init__(self, config: Config, catalog: Catalog, stores: Mapping[str, ImageStore], *,
-                 sites: SiteService | None = None) -> None:
+    def __init__(self, config: Config, catalog: Catalog, stores: Mapping[str, ImageStore],
+                 cache: ImageCache | None = None, *, sites: SiteService | None = None) -> None:
         self._config = config
         self._catalog = catalog
         self._stores = stores
+        self._cache = cache
         self._sites = sites  # the hub's edge sites, which are stores in Glance's words
         self.default_store = config.stores.default
 
@@ -116,11 +116,18 @@ class ImageService:
             # Glance answers 404 here, and clients rely on it: openstacksdk's find_image()
             # tries the name as an id first and falls back to a name search on 404.
             raise NotFound("No image found with ID %s (not a valid image ID)" % image_id) from None
-        image = await self._catalog.get_image(image_id)
+        # An id this site has not seen may be a hub image: the cache looks it up upstream.
+        image = await (self._cache.lookup(image_id) if self._cache is not None else self._catalog.get_image(image_id))
         policy.check_visible(ctx, image)
         return image
 
     async def create(self, ctx: Context, body: Any) -> Image:
+        created = await self._catalog.create_image(self.new_record(ctx, body))
+        log.info("image %s created by %s/%s", created.id, ctx.project, ctx.user)
+        return created
+
+    def new_record(self, ctx: Context, body: Any, status: str = QUEUED) -> Image:
+        """Validate an image-create body into the record to insert (nothing is stored yet)."""
         if not isinstance(body, dict):
             raise BadRequest("The request body must be a JSON object describing the image")
         for key in body:
@@ -142,14 +149,11 @@ class ImageService:
             else:
                 props[key] = self._validate_property(key, value)
         stamp = now()
-        image = Image(
-            id=ImageId(image_id), status=QUEUED, size=None, virtual_size=None, checksum=None,
+        return Image(
+            id=ImageId(image_id), status=status, size=None, virtual_size=None, checksum=None,
             os_hash_algo=None, os_hash_value=None, created_at=stamp, updated_at=stamp,
             properties=props, tags=tuple(dict.fromkeys(tags)), **columns,
         )
-        created = await self._catalog.create_image(image)
-        log.info("image %s created by %s/%s", image_id, ctx.project, ctx.user)
-        return created
 
     async def list(self, ctx: Context, params: Mapping[str, str], tags: Sequence[str]) -> Page:
         """`params`: the query string (single values); `tags`: every `tag=` value."""
@@ -158,13 +162,16 @@ class ImageService:
         filters: list[tuple[str, Any]] = []
         ids: tuple[str, ...] = ()
         props: list[tuple[str, str]] = []
+        times: list[tuple[str, str, str]] = []
         visibility = params.get("visibility")
         if visibility is not None and visibility not in (*VISIBILITIES, "all"):
             raise BadRequest("Invalid visibility value: %s" % visibility)
         for key, value in params.items():
             if key in LIST_PARAMS or key == "visibility":
                 continue
-            if key in COLUMN_FILTERS:
+            if key in TIME_FILTERS:
+                times.append(_time_filter(key, value))
+            elif key in COLUMN_FILTERS:
                 values = _split_in(key, value)
                 if key == "protected":
                     filters.append(("protected", int(self._bool_param(key, value))))
@@ -187,6 +194,7 @@ class ImageService:
             os_hidden=self._bool_param("os_hidden", params["os_hidden"]) if "os_hidden" in params else False,
             size_min=self._int_param(params, "size_min", None, minimum=0),
             size_max=self._int_param(params, "size_max", None, minimum=0),
+            time_filters=tuple(times),
             sort=self._sort(params),
             limit=limit + 1,  # one extra tells whether a next page exists
             marker=parse_uuid(params["marker"], "marker") if "marker" in params else None,
@@ -249,6 +257,8 @@ class ImageService:
             store = self._stores.get(loc.store)
             if store is not None:
                 await store.delete(image.id)
+        if self._cache is not None:
+            await self._cache.delete(image.id)
         log.info("image %s deleted by %s/%s", image.id, ctx.project, ctx.user)
 
     async def add_tag(self, ctx: Context, image_id: str, tag: str) -> None:
@@ -341,8 +351,10 @@ class ImageService:
 
         await asyncio.shield(reset())
 
-    async def open_download(self, ctx: Context, image_id: str) -> Download | None:
-        """The file to serve, or None if the image has no data yet (Glance answers 204)."""
+    async def open_download(self, ctx: Context, image_id: str, byte_range: slice | None = None) -> Download | None:
+        """Where the bytes come from, in order: a store of this site, the cache (a committed
+        entry, or a fill from the hub that every client follows), or None if the image has no
+        data yet (Glance answers 204). `byte_range` is the request's Range, if any."""
         image = await self.get(ctx, image_id)
         policy.check_download(ctx, image)
         if image.status not in (ACTIVE, DEACTIVATED) or not image.locations:
@@ -351,6 +363,12 @@ class ImageService:
             path = self._stores[store_name].data_path(image.id)
             if path is not None:
                 return Download(image=image, path=path)
+        if self._cache is not None and self._cache.serves(image):
+            try:
+                return await self._cache.open(image, byte_range)
+            except HubUnreachable as exc:
+                raise HubUnreachable("Image %s is not cached at this site and the hub is unreachable: %s"
+                                     % (image.id, exc)) from None
         raise NotFound("Image %s has no readable data in any store of this site" % image.id)
 
     def _preferred_stores(self, image: Image) -> list[str]:
@@ -537,3 +555,17 @@ def _split_in(key: str, value: str) -> list[str]:
             raise BadRequest("Empty 'in:' list for %s" % key)
         return items
     return [value]
+
+
+def _time_filter(key: str, value: str) -> tuple[str, str, str]:
+    op, sep, stamp = value.partition(":")
+    if not sep or op not in TIME_OPERATORS:
+        raise BadRequest("Invalid %s filter %r: expected OPERATOR:TIMESTAMP with an operator of %s"
+                         % (key, value, ", ".join(TIME_OPERATORS)))
+    try:
+        when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest("Invalid %s filter %r: %r is not an ISO 8601 time" % (key, value, stamp)) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return key, TIME_OPERATORS[op], when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -26,7 +26,9 @@ from appliance.config import Config
 from appliance.digest import Digest, verify
 from appliance.errors import ApplianceError, BadRequest, Conflict, Forbidden, NotFound, TooLarge
 from appliance.formats import inspect_file, introspected_properties
-from appliance.images import ImageService, now
+from appliance.hublink import HubLink
+from appliance.images import ImageService, now, parse_uuid
+from appliance.mirror import UPSTREAM_STORE
 from appliance.model import (
     ACTIVE, COPY, FAILED_IMPORT, IMPORTING, IMPORTING_TO, QUEUED, UPLOADING, Image, ImageData, Location, Task, TaskId,
 )
@@ -51,6 +53,7 @@ class ImportRequest:
     uri: str | None
     stores: tuple[str, ...]
     all_stores_must_succeed: bool
+    glance_image_id: str | None = None  # glance-download: the hub image to import
 
 
 def build_steps(config: Config) -> list[ImportStep]:
@@ -108,9 +111,12 @@ class ImportService:
         steps: Sequence[ImportStep], uri_filter: UriFilter,
         observe_plugin: Callable[[str, float], None] = lambda name, seconds: None,
         sites: SiteService | None = None,
+        hub: HubLink | None = None,
     ) -> None:
         # On a hub, edge sites are stores too: copy-image to a site becomes an assignment.
         self._sites = sites
+        # On an edge with a hub: glance-download, and copy-image to `central` (the hub).
+        self._hub = hub
         self._observe_plugin = observe_plugin
         self._config = config
         self._catalog = catalog
@@ -137,9 +143,18 @@ class ImportService:
     def progress(self, task_id: str) -> tuple[int, int | None] | None:
         return self._progress.get(task_id)
 
+    async def wait(self, task: Task) -> Task:
+        """The task once its import has finished (for callers that start imports themselves
+        and act on the outcome, such as the inbox)."""
+        job = self._running.get(task.image_id or "")
+        if job is not None:
+            await asyncio.wait([job])
+        return await self._catalog.get_task(task.id)
+
     @property
     def enabled_methods(self) -> tuple[str, ...]:
-        return self._config.imports.enabled_methods
+        methods = self._config.imports.enabled_methods
+        return methods if self._hub is not None else tuple(m for m in methods if m != "glance-download")
 
     # -- start-up / shutdown ---------------------------------------------------------------
 
@@ -261,6 +276,11 @@ class ImportService:
         uri = body["method"].get("uri")
         if method == "web-download" and not isinstance(uri, str):
             raise BadRequest("web-download needs method.uri, the URL to import from")
+        source = body["method"].get("glance_image_id")
+        if method == "glance-download":
+            if not isinstance(source, str):
+                raise BadRequest("glance-download needs method.glance_image_id, the id of the hub image to import")
+            source = parse_uuid(source, "glance_image_id")
         stores = body.get("stores")
         all_stores = body.get("all_stores", False)
         if not isinstance(all_stores, bool):
@@ -273,15 +293,17 @@ class ImportService:
         if not isinstance(must, bool):
             raise BadRequest("all_stores_must_succeed must be true or false")
         sites = self._sites.names() if self._sites is not None else ()
-        unknown = [s for s in stores or () if s not in self._stores and s not in sites]
+        remote = (*sites, UPSTREAM_STORE) if self._hub is not None else sites
+        unknown = [s for s in stores or () if s not in self._stores and s not in remote]
         if unknown:
-            raise Conflict("Unknown store(s) %s (stores of this site: %s)" % (", ".join(unknown), ", ".join([*self._stores, *sites])))
+            raise Conflict("Unknown store(s) %s (stores of this site: %s)" % (", ".join(unknown), ", ".join([*self._stores, *remote])))
         if all_stores:
             # Edge sites receive images by copy-image only (an image exists here before it goes out).
             chosen: tuple[str, ...] = tuple(self._stores) + (sites if method == "copy-image" else ())
         else:
             chosen = tuple(dict.fromkeys(stores)) if stores else (self._images.default_store,)
-        return ImportRequest(method=method, uri=uri, stores=chosen, all_stores_must_succeed=must)
+        return ImportRequest(method=method, uri=uri, stores=chosen, all_stores_must_succeed=must,
+                             glance_image_id=source if method == "glance-download" else None)
 
     async def start(self, ctx: Context, image_id: str, body: Any) -> Task:
         """Validate and start an import; everything refusable is refused here, synchronously."""
@@ -312,8 +334,8 @@ class ImportService:
                 raise BadRequest("Edge sites (%s) receive images by copy-image only: import into a store of this hub "
                                  "first, then copy it" % ", ".join(s for s in request.stores if s not in self._stores))
             policy.check_modify(ctx, image)
-            if request.method == "web-download" and image.status != QUEUED:
-                raise Conflict("Image %s is %s; web-download needs a queued image" % (image.id, image.status))
+            if request.method in ("web-download", "glance-download") and image.status != QUEUED:
+                raise Conflict("Image %s is %s; %s needs a queued image" % (image.id, image.status, request.method))
             if request.method == "glance-direct" and (image.status != UPLOADING or self._staging.data_path(image.id) is None):
                 raise Conflict("Image %s has no staged data (status %s); stage it with PUT /v2/images/%s/stage first"
                                % (image.id, image.status, image.id))
@@ -321,7 +343,8 @@ class ImportService:
                 decision = await self.uri_filter.check(request.uri or "")
                 if not decision.allowed:
                     raise BadRequest("URI refused: %s" % decision.reason)
-        sites = tuple(s for s in request.stores if s not in self._stores)
+        to_hub = UPSTREAM_STORE in request.stores and self._hub is not None
+        sites = tuple(s for s in request.stores if s not in self._stores and not (to_hub and s == UPSTREAM_STORE))
         request = replace(request, stores=tuple(s for s in request.stores if s in self._stores))
         for store_name in request.stores:
             usage = self._stores[store_name].usage()
@@ -331,6 +354,11 @@ class ImportService:
             raise Conflict("Image %s is already being imported; wait for that import to finish" % image.id)
         if self._sites is not None and sites:
             await self._sites.assign_copies(image, sites)
+        if to_hub:
+            if request.stores or sites:
+                raise BadRequest("Copy an image to %s on its own: it goes to the hub first, then to other sites"
+                                 % UPSTREAM_STORE)
+            return await self._start_push(ctx, image, body)
         if request.method != "copy-image":
             await self._catalog.update_image(
                 image.id, expect_status=[QUEUED, UPLOADING], columns={"status": IMPORTING},
@@ -358,6 +386,48 @@ class ImportService:
         job.add_done_callback(lambda _t, i=image.id: self._running.pop(i, None))
         log.info("image %s: %s import started to %s (task %s)", image.id, request.method, ",".join(request.stores), task.id)
         return task
+
+    async def _start_push(self, ctx: Context, image: Image, body: Any) -> Task:
+        """copy-image to `central` at an edge: the image goes to the hub under the same id (the
+        documented rule: an edge-created image reaches central before other edges)."""
+        assert self._hub is not None
+        path = self._local_copy(image)
+        if path is None:
+            raise Conflict("Image %s has no readable copy in a store of this site to send to the hub" % image.id)
+        if image.id in self._running:
+            raise Conflict("Image %s is already being imported; wait for that import to finish" % image.id)
+        await self._catalog.edit_list_properties(image.id, [
+            ListEdit(IMPORTING_TO, add=(UPSTREAM_STORE,)), ListEdit(FAILED_IMPORT, remove=(UPSTREAM_STORE,))], now())
+        stamp = now()
+        task = await self._catalog.create_task(Task(
+            id=TaskId(str(uuid.uuid4())), type=TASK_TYPE, status="processing", owner=ctx.project, image_id=image.id,
+            input={"image_id": image.id, "import_req": body, "backend": [UPSTREAM_STORE]}, result=None, message="",
+            created_at=stamp, updated_at=stamp,
+        ))
+        job = asyncio.create_task(self._push(task, image, path), name="push-%s" % image.id)
+        self._running[image.id] = job
+        job.add_done_callback(lambda _t, i=image.id: self._running.pop(i, None))
+        log.info("image %s: copy to the hub (%s) started (task %s)", image.id, UPSTREAM_STORE, task.id)
+        return task
+
+    async def _push(self, task: Task, image: Image, path: Path) -> None:
+        assert self._hub is not None
+        try:
+            await self._hub.push(image, path)
+        except ApplianceError as exc:
+            await self._catalog.edit_list_properties(image.id, [
+                ListEdit(IMPORTING_TO, remove=(UPSTREAM_STORE,)), ListEdit(FAILED_IMPORT, add=(UPSTREAM_STORE,))], now())
+            message = "Copy to the hub (%s) failed: %s" % (UPSTREAM_STORE, exc)
+            await self._catalog.update_task(task.id, now(), status="failure", message=message)
+            log.warning("image %s: %s", image.id, message)
+            return
+        await self._catalog.edit_list_properties(image.id, [ListEdit(IMPORTING_TO, remove=(UPSTREAM_STORE,))], now())
+        await self._catalog.update_task(task.id, now(), status="success", result={"image_id": image.id},
+                                        bytes_done=image.size or 0, bytes_total=image.size)
+
+    def _local_copy(self, image: Image) -> Path | None:
+        return next((p for s in image.stores if s in self._stores
+                     for p in [self._stores[s].data_path(image.id)] if p is not None), None)
 
     async def _run(self, task: Task, image: Image, request: ImportRequest, ctx: Context) -> None:
         work = self._staging_root / "work" / task.id
@@ -487,10 +557,21 @@ class ImportService:
             if path is None:
                 raise ImportFailed("The staged data of image %s is gone" % image.id)
         elif request.method == "copy-image":
-            path = next((p for s in image.stores if s in self._stores
-                         for p in [self._stores[s].data_path(image.id)] if p is not None), None)
+            path = self._local_copy(image)
             if path is None:
                 raise ImportFailed("No readable copy of image %s on this site to copy from" % image.id)
+        elif request.method == "glance-download":
+            if self._hub is None or request.glance_image_id is None:
+                raise ImportFailed("glance-download needs a hub ([hub] url)")
+            path = work / "download"
+            try:
+                source = await self._hub.fetch(request.glance_image_id, path,
+                                               lambda done, total: self._progress.__setitem__(task.id, (done, total)))
+            except ApplianceError as exc:
+                raise ImportFailed("Download of hub image %s failed: %s" % (request.glance_image_id, exc)) from None
+            size = await asyncio.to_thread(os.path.getsize, path)
+            return StagedImage(path=path, size=size, disk_format=image.disk_format or source.disk_format,
+                               container_format=image.container_format or source.container_format)
         else:
             path = work / "download"
             imp = self._config.imports

@@ -121,3 +121,26 @@ class ImageData:
     os_hash_value: str
     os_hash_algo: str = "sha512"
     virtual_size: int | None = None
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A cached copy of an upstream image (times: epoch seconds, as Glance's cache API)."""
+
+    image_id: str
+    size: int
+    cached_at: float
+    last_accessed: float
+    hits: int
+
+
+@dataclass(frozen=True)
+class QueuedImage:
+    """An image waiting for the prefetcher; failures keep it queued with a back-off."""
+
+    image_id: str
+    queued_at: float
+    attempts: int
+    last_error: str
+    next_attempt_at: float
+

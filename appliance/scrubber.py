@@ -10,9 +10,12 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Awaitable, Callable, Mapping
 
+from appliance.cache import ImageCache
 from appliance.catalog import Catalog
+from appliance.errors import ApplianceError, NotFound
+from appliance.mirror import UPSTREAM_STORE
 from appliance.stores.filesystem import FilesystemStore
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,13 @@ class Scrubber:
     def __init__(
         self, catalog: Catalog, stores: Mapping[str, FilesystemStore], *, interval: float, rate_bytes_per_s: float,
         on_checked: Callable[[], None] = lambda: None, on_mismatch: Callable[[], None] = lambda: None,
+        cache: ImageCache | None = None, repair: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
+        """cache: its entries are scrubbed too (a bad one is dropped: the next download fills it
+        again from the hub). repair(image_id): pull a fresh copy of a quarantined image whose
+        data also lives at the hub (the hub link's re-pin)."""
+        self._cache = cache
+        self._repair = repair
         self._catalog = catalog
         self._stores = stores
         self._interval = interval
@@ -81,9 +90,45 @@ class Scrubber:
             bad.append((image_id, store_name))
             log.error("scrubber: image %s in store %s does not match its recorded SHA-512 (%d bytes read); "
                       "copy quarantined to %s and no longer served", image_id, store_name, actual_size, moved)
+            if self._repair is not None and UPSTREAM_STORE in (await self._catalog.get_image(image_id)).stores:
+                await self._repull(image_id)
+        checked += await self._scrub_cache(bad)
         if checked:
             log.info("scrubber: checked %d cop%s, %d quarantined", checked, "y" if checked == 1 else "ies", len(bad))
         return ScrubReport(checked=checked, quarantined=bad)
+
+    async def _repull(self, image_id: str) -> None:
+        assert self._repair is not None
+        try:
+            await self._repair(image_id)
+            log.info("scrubber: image %s pulled again from the hub after the mismatch", image_id)
+        except ApplianceError as exc:
+            log.warning("scrubber: image %s could not be pulled again from the hub (%s); it stays quarantined here", image_id, exc)
+
+    async def _scrub_cache(self, bad: list[tuple[str, str]]) -> int:
+        if self._cache is None:
+            return 0
+        checked = 0
+        for entry in self._cache.entries():
+            path = self._cache.data_path(entry.image_id)
+            try:
+                image = await self._catalog.get_image(entry.image_id)
+                actual_size, actual = await asyncio.to_thread(hash_file, path, self._rate)
+            except (NotFound, FileNotFoundError):
+                continue
+            except OSError as exc:
+                log.error("scrubber: cannot read cached image %s: %s", entry.image_id, exc)
+                continue
+            checked += 1
+            self._on_checked()
+            if actual == image.os_hash_value and actual_size == entry.size:
+                continue
+            await self._cache.delete(entry.image_id)
+            self._on_mismatch()
+            bad.append((entry.image_id, "cache"))
+            log.error("scrubber: cached image %s does not match its recorded SHA-512; dropped from the cache (the next "
+                      "download fills it again from the hub)", entry.image_id)
+        return checked
 
     def apply_settings(self, *, interval: float, rate_bytes_per_s: float) -> None:
         """Config reload: the next pause and pass use the new values."""

@@ -8,15 +8,20 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
 
 from appliance.auth import Authenticator
+from appliance.bundle_import import BundleService
+from appliance.cache import ImageCache
 from appliance.catalog import Catalog
 from appliance.config import Config
 from appliance.events import EventLog
 from appliance.metrics import Metrics
 from appliance.scrubber import Scrubber
 from appliance.images import ImageService
+from appliance.inbox import Inbox
+from appliance.hublink import HubLink
 from appliance.imports import ImportService, build_steps, build_uri_filter
 from appliance.sites import SiteService
 from appliance.stores.filesystem import FilesystemStore
+from appliance.upstream import Upstream, read_token
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +38,24 @@ class Services:
     metrics: Metrics
     scrubber: Scrubber
     sites: SiteService
+    cache: ImageCache
+    bundles: BundleService
+    inbox: Inbox | None  # None: no [inbox] dir
+    hub: HubLink | None = None  # None: no [hub] url (or this is the hub)
 
     def background_loops(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         loops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.config.scrubber.enabled:
             loops.append(("scrubber", self.scrubber.run))
+        if self.inbox is not None:
+            loops.append(("inbox", self.inbox.run))
+        if self.cache.enabled:
+            loops.append(("cache-prefetcher", self.cache.run_prefetcher))
+            loops.append(("cache-cleaner", self.cache.run_cleaner))
+        if self.hub is not None:
+            loops.append(("hub-mirror", self.hub.run_mirror))
+            loops.append(("hub-heartbeat", self.hub.run_heartbeat))
+            loops.append(("hub-sync", self.hub.run_sync))
         return loops
 
 
@@ -53,10 +71,17 @@ def reload_services(services: Services, new: Config) -> list[str]:
     pending += ["api.%s" % name for name in RESTART_ONLY_API if getattr(new.api, name) != getattr(services.config.api, name)]
     if new.imports.staging_dir != services.config.imports.staging_dir:
         pending.append("import.staging_dir")
+    if new.inbox != services.config.inbox:
+        pending.append("inbox")
+    services.bundles.apply_config(new)  # first: unreadable trusted keys refuse the whole reload
     services.auth.replace_with(Authenticator.from_config(new))
     services.images.apply_config(new)
     services.imports.apply_config(new)
     services.sites.apply_config(new)
+    if services.hub is not None:
+        services.hub.apply_config(new)
+    if new.hub.url != services.config.hub.url:
+        pending.append("hub.url")
     services.scrubber.apply_settings(interval=new.scrubber.interval,
                                      rate_bytes_per_s=new.scrubber.rate_mib_per_s * float(1 << 20))
     if new.scrubber.enabled != services.config.scrubber.enabled:
@@ -81,22 +106,39 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             store.prepare()
         auth = Authenticator.from_config(config)
         async with Catalog.open(config.path(config.catalog.path)) as catalog:
+            upstream = _upstream(config)
+            cache = ImageCache(config.cache, config.hub, config.path(config.cache.dir), catalog, upstream, metrics=metrics)
+            await cache.start()
+            hub = HubLink(config, catalog, stores, cache, upstream, metrics) if upstream is not None else None
             sites = SiteService(config, catalog, stores)
             await sites.load()
-            images = ImageService(config, catalog, stores, sites=sites)
+            images = ImageService(config, catalog, stores, cache, sites=sites)
             imports = ImportService(config, catalog, dict(stores), images, build_steps(config), build_uri_filter(config),
-                                    sites=sites,
+                                    sites=sites, hub=hub,
                                     observe_plugin=lambda name, secs: metrics.plugin_seconds.labels(name).observe(secs))
             scrubber = Scrubber(catalog, stores, interval=config.scrubber.interval,
                                 rate_bytes_per_s=config.scrubber.rate_mib_per_s * float(1 << 20),
-                                on_checked=metrics.scrub_checked.inc, on_mismatch=metrics.scrub_mismatches.inc)
+                                on_checked=metrics.scrub_checked.inc, on_mismatch=metrics.scrub_mismatches.inc,
+                                cache=cache if cache.enabled else None, repair=hub.pin if hub is not None else None)
+            bundles = BundleService(config, catalog, stores, images)
+            inbox = Inbox(config.path(config.inbox.dir), store=config.inbox.store, settle_seconds=config.inbox.settle_seconds,
+                          bundles=bundles, images=images, imports=imports) if config.inbox.dir else None
             await imports.recover()  # first: interrupted imports release their images
+            await bundles.recover()
             await images.recover()
             try:
                 yield Services(config=config, catalog=catalog, stores=stores, images=images, imports=imports, auth=auth,
-                               events=events, metrics=metrics, scrubber=scrubber,
-                               sites=sites)
+                               events=events, metrics=metrics, scrubber=scrubber, cache=cache, bundles=bundles, inbox=inbox,
+                               sites=sites, hub=hub)
             finally:
                 await imports.close()
+                await cache.close()
     finally:
         events.detach()  # also when start-up fails
+
+
+def _upstream(config: Config) -> Upstream | None:
+    """The hub client, when `[hub] url` names one."""
+    if not config.hub.url:
+        return None
+    return Upstream(config.hub, read_token(config.hub, config.path))

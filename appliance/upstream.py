@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Mapping
@@ -133,6 +134,24 @@ class Upstream:
         return await self.request_json("GET", "/v2/images", params=params)
 
     # -- data -------------------------------------------------------------------------------
+
+    async def upload(self, image_id: str, path: "os.PathLike[str]") -> None:
+        """PUT a local file as the image's data (file reads in a thread, rate-limited)."""
+        url = self.data_url(image_id)
+
+        async def body() -> AsyncIterator[bytes]:
+            with open(path, "rb") as fh:
+                while chunk := await asyncio.to_thread(fh.read, DATA_CHUNK):
+                    await self._limiter.take(len(chunk))
+                    yield chunk
+
+        try:
+            async with self._client().put(url, data=body(), headers=self._headers(
+                    {"Content-Type": "application/octet-stream", "Content-Length": str(os.path.getsize(path))})) as resp:
+                if resp.status not in (200, 204):
+                    raise _status_error("PUT", url, resp.status, await resp.read())
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise _unreachable(url, exc) from None
 
     @contextlib.asynccontextmanager
     async def open_data(self, image_id: str, offset: int = 0, end: int | None = None) -> AsyncIterator[DataResponse]:

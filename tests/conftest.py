@@ -128,10 +128,11 @@ class Daemon:
 
 
 def start_daemon(state_dir: Path, config: Path | None = None, timeout: float = 20,
-                 env: dict[str, str] | None = None) -> Daemon:
+                 env: dict[str, str] | None = None, port: int = 0) -> Daemon:
+    """port: 0 picks a free one; a restarted daemon passes its old port to keep its URL."""
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / "daemon.log"
-    cmd = [str(VENV_BIN / "edge-appliance"), "serve", "--state-dir", str(state_dir), "--port", "0", "--host", "127.0.0.1"]
+    cmd = [str(VENV_BIN / "edge-appliance"), "serve", "--state-dir", str(state_dir), "--port", str(port), "--host", "127.0.0.1"]
     if config is not None:
         cmd += ["--config", str(config)]
     fh = open(log, "ab")

@@ -8,7 +8,8 @@ from aiohttp import web
 
 from appliance import __version__, policy
 from appliance.api import schemas
-from appliance.api.keys import CONFIG, EVENTS, IMAGES, IMPORTS, METRICS, STARTED
+from appliance.api.cache import cache_summary
+from appliance.api.keys import CACHE, CONFIG, HUB, EVENTS, IMAGES, IMPORTS, METRICS, STARTED
 from appliance.api.middleware import CONTEXT
 from appliance.errors import BadRequest
 
@@ -25,8 +26,9 @@ async def status(request: web.Request) -> web.Response:
         "site": {"name": config.site.name, "role": config.site.role},
         "version": __version__,
         "uptime_seconds": int(time.monotonic() - request.app[STARTED]),
-        "hub": {"configured": False, "state": "none", "last_sync": None, "last_error": None},
-        "cache": None,
+        "hub": request.app[HUB].status() if request.app[HUB] is not None else
+        {"configured": False, "state": "none", "last_sync": None, "last_error": None},
+        "cache": cache_summary(request.app[CACHE]) if request.app[CACHE].enabled else None,
         "stores": [
             schemas.store_usage_to_json(store.name, store.description, store.name == images.default_store, usage)
             for store, usage in images.stores_info()
@@ -61,6 +63,7 @@ async def metrics(request: web.Request) -> web.Response:
     for status, n in counts["images"].items():
         m.images.labels(status).set(n)
     m.imports_running.set(request.app[IMPORTS].running_count())
+    m.cache_size.set(request.app[CACHE].used_bytes())
     for store, usage in request.app[IMAGES].stores_info():
         m.store_total.labels(store.name).set(usage.total_bytes)
         m.store_free.labels(store.name).set(usage.free_bytes)

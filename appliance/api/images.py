@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -11,8 +12,10 @@ from aiohttp import web
 from appliance.api import schemas
 from appliance.api.keys import IMAGES, IMPORTS, METRICS
 from appliance.api.middleware import CONTEXT
-from appliance.errors import BadRequest, UnsupportedMediaType
+from appliance.download import Download
+from appliance.errors import ApplianceError, BadRequest, UnsupportedMediaType
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 IMAGE_FILE_CHUNK = 1 << 20
@@ -131,14 +134,22 @@ async def upload(request: web.Request) -> web.Response:
 
 
 class CountedFileResponse(web.FileResponse):
-    """sendfile, plus a count of the bytes actually answered (the whole file or the range)."""
+    """sendfile, plus a count of the bytes actually answered (the whole file or the range), and
+    a `release` call once the file is sent (a cache entry is not evicted while it is read)."""
 
-    def __init__(self, path: Path, count: Callable[[int], None], **kwargs: Any) -> None:
+    def __init__(self, path: Path, count: Callable[[int], None], release: Callable[[], None] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self._count = count
+        self._release = release
 
     async def prepare(self, request: web.BaseRequest) -> Any:
-        writer = await super().prepare(request)
+        try:
+            writer = await super().prepare(request)  # sends the file
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
         if self.status in (200, 206) and self.content_length:
             self._count(self.content_length)
         return writer
@@ -146,14 +157,46 @@ class CountedFileResponse(web.FileResponse):
 
 @routes.get("/v2/images/{image_id}/file")
 async def download(request: web.Request) -> web.StreamResponse:
-    found = await request.app[IMAGES].open_download(request[CONTEXT], request.match_info["image_id"])
+    try:
+        byte_range = request.http_range if "Range" in request.headers else None
+    except ValueError:
+        byte_range = None  # unparseable Range: answer the whole image, as HTTP allows
+    found = await request.app[IMAGES].open_download(request[CONTEXT], request.match_info["image_id"], byte_range)
     if found is None:
         return web.Response(status=204)
     headers = {"Content-Type": "application/octet-stream"}
-    if "Range" not in request.headers and found.image.checksum:
+    if byte_range is None and found.image.checksum:
         headers["Content-MD5"] = found.image.checksum
-    served = request.app[METRICS].bytes_served.labels("store")
-    return CountedFileResponse(found.path, served.inc, chunk_size=IMAGE_FILE_CHUNK, headers=headers)
+    served = request.app[METRICS].bytes_served.labels(found.source)
+    if found.path is not None:
+        return CountedFileResponse(found.path, served.inc, release=found.release, chunk_size=IMAGE_FILE_CHUNK, headers=headers)
+    return await _stream(request, found, headers, served.inc)
+
+
+async def _stream(request: web.Request, found: Download, headers: dict[str, str], count: Callable[[int], None]) -> web.StreamResponse:
+    """Relay a stream (a cache fill being followed, or bytes from the hub). If the stream breaks,
+    the connection is dropped short of Content-Length: the client sees a failed download,
+    never a complete one."""
+    assert found.chunks is not None
+    response = web.StreamResponse(status=206 if found.content_range else 200, headers=headers)
+    if found.content_range:
+        response.headers["Content-Range"] = found.content_range
+    if found.length is not None:
+        response.content_length = found.length
+    chunks = found.chunks
+    try:
+        await response.prepare(request)
+        async for chunk in chunks:
+            await response.write(chunk)
+            count(len(chunk))
+        await response.write_eof()
+    except ApplianceError as exc:
+        log.warning("download of image %s broken off: %s", found.image.id, exc)
+        if request.transport is not None:
+            request.transport.abort()
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    return response
 
 
 @routes.get("/v2/images/{image_id}/locations")

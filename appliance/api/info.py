@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from appliance.api import schema_docs, schemas
-from appliance.api.keys import IMAGES, SITES
+from appliance.api.keys import HUB, IMAGES, SITES
 from appliance.api.middleware import CONTEXT
 from appliance.errors import NotFound
+from appliance.mirror import UPSTREAM_STORE
 
 routes = web.RouteTableDef()
 
@@ -62,8 +63,16 @@ async def stores(request: web.Request) -> web.Response:
         "stores": [
             schemas.store_to_json(store.name, store.description, store.name == service.default_store, usage)
             for store, usage in service.stores_info()
-        ] + [schemas.site_store_to_json(name) for name in request.app[SITES].names()]
+        ] + [schemas.site_store_to_json(name) for name in request.app[SITES].names()] + _hub_store(request)
     })
+
+
+def _hub_store(request: web.Request) -> list[dict[str, object]]:
+    # At an edge with a hub, `central` is where copy-image sends an image created here.
+    if request.app[HUB] is None:
+        return []
+    return [{"id": UPSTREAM_STORE, "description": "The hub (%s): copy-image here sends an image created at this site to it"
+             % request.app[HUB].upstream.url}]
 
 
 @routes.get("/v2/info/stores/detail")
@@ -78,7 +87,7 @@ async def stores_detail(request: web.Request) -> web.Response:
                 str(getattr(store, "path", "")),
             )
             for store, usage in service.stores_info()
-        ] + [schemas.site_store_detail_to_json(site, sites.online(site)) for site in await sites.sites()]
+        ] + [schemas.site_store_detail_to_json(site, sites.online(site)) for site in await sites.sites()] + _hub_store(request)
     })
 
 

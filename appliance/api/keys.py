@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from appliance.bundle_import import BundleService
+from appliance.cache import ImageCache
 from appliance.config import Config
+from appliance.hublink import HubLink
 from appliance.events import EventLog
 from appliance.metrics import Metrics
 from appliance.images import ImageService
@@ -18,3 +21,6 @@ EVENTS = web.AppKey("events", EventLog)
 STARTED = web.AppKey("started", float)
 METRICS = web.AppKey("metrics", Metrics)
 SITES = web.AppKey("sites", SiteService)
+CACHE = web.AppKey("cache", ImageCache)
+BUNDLES = web.AppKey("bundles", BundleService)
+HUB = web.AppKey("hub", HubLink | None)  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ QUARANTINE_DIR = ".quarantine"
 # Bytes handed to the worker threads at a time: large enough to amortise the hand-over,
 # small enough that PIPELINE_DEPTH of them stay a few MiB per transfer.
 BATCH_BYTES = 1 << 20
+PULLS_DIR = ".pulls"
 # Granularity of zero-run detection for thin provisioning (a typical filesystem block multiple).
 ZERO_BLOCK = 64 << 10
 _ZEROS = bytes(ZERO_BLOCK)
@@ -258,6 +259,27 @@ class FilesystemStore:
             return True
 
         return await asyncio.to_thread(unlink)
+
+    def pull_path(self, image_id: str) -> Path:
+        """Where a pull from the hub writes before it is verified. Unlike `.partial/`, kept over
+        a restart, so an interrupted pull resumes where it stopped (same filesystem: adopt()
+        is a rename)."""
+        return self.path / PULLS_DIR / image_id
+
+    async def adopt(self, image_id: str, verified: Path) -> None:
+        """Move a verified file (from pull_path) into place under the image's name."""
+        reason = self.read_only_reason()
+        if reason:
+            raise StoreReadOnly("Store %s is read-only: %s" % (self.name, reason))
+
+        def move() -> None:
+            os.replace(verified, self.path / image_id)
+            _fsync_dir(self.path)
+
+        try:
+            await asyncio.to_thread(move)
+        except OSError as exc:
+            raise self._error(exc) from exc
 
     def quarantine(self, image_id: str) -> Path | None:
         """Move a copy that failed verification aside (kept for inspection, never served)."""

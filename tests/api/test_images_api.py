@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
@@ -706,3 +707,18 @@ async def test_schema_lists_only_enabled_formats(open_api: Callable[..., Awaitab
     resp = await api.client.post("/v2/images", json={"disk_format": "vmdk"}, headers=api.headers())
     body = await error_of(resp, 400)
     assert "vmdk" in body["message"]
+
+
+async def test_time_filters_select_by_updated_at(api: Api) -> None:
+    old = await api.create(name="old")
+    await asyncio.sleep(1.1)  # timestamps have one-second resolution
+    new = await api.create(name="new")
+    since = new["updated_at"]
+    resp = await api.client.get("/v2/images", params={"updated_at": "gte:" + since, "sort_key": "updated_at",
+                                                      "sort_dir": "asc"}, headers=api.headers())
+    assert [i["id"] for i in (await resp.json())["images"]] == [new["id"]]
+    resp = await api.client.get("/v2/images", params={"updated_at": "lt:" + since}, headers=api.headers())
+    assert [i["id"] for i in (await resp.json())["images"]] == [old["id"]]
+    for bad in ("2026-01-01", "gte:yesterday", "after:2026-01-01T00:00:00Z"):
+        resp = await api.client.get("/v2/images", params={"updated_at": bad}, headers=api.headers())
+        assert resp.status == 400 and "updated_at" in (await resp.json())["message"]

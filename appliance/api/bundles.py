@@ -1,0 +1,32 @@
+"""Bundle handlers under /v2/edge (admin): `edge-appliance bundle import` streams a bundle here."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from appliance.api.images import body_chunks
+from appliance.api.keys import BUNDLES
+from appliance.api.middleware import CONTEXT
+from appliance.errors import ApplianceError, UnsupportedMediaType
+
+routes = web.RouteTableDef()
+
+BUNDLE_MEDIA_TYPES = ("application/octet-stream", "application/zstd")
+
+
+@routes.post("/v2/edge/bundles")
+async def import_bundle(request: web.Request) -> web.Response:
+    """The body is the bundle; `?store=NAME` picks the store. Answers the import report (every
+    image imported, skipped or failed, and why); a bundle refused as a whole (not a bundle,
+    unsigned where signatures are required) is an error and imports nothing."""
+    if request.content_type not in BUNDLE_MEDIA_TYPES:
+        raise UnsupportedMediaType("Unsupported Content-Type %r for a bundle; send application/octet-stream"
+                                   % request.content_type)
+    try:
+        report = await request.app[BUNDLES].import_stream(request[CONTEXT], body_chunks(request), request.query.get("store"))
+    except ApplianceError:
+        # The client is still sending: read the rest so it gets to see the answer.
+        async for _ in request.content.iter_chunked(1 << 20):
+            pass
+        raise
+    return web.json_response(report.to_json())

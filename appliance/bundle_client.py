@@ -1,0 +1,170 @@
+"""The operator's side of bundles (`edge-appliance bundle ...`): export images from an Image API
+(this site's daemon on its Unix socket, or any appliance or Glance v2 endpoint by URL) into a
+bundle file; send a bundle file to a daemon to import; verify a file; make a signing key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from appliance.bundles import (
+    IMAGE_DIR, BundleReport, ImageRecord, Manifest, create_bundle, file_chunks, generate_key, load_private_key,
+    load_public_key, sign_manifest, verify_bundle,
+)
+from appliance.config import HubConfig, default_state_dir, load_config
+from appliance.digest import ChecksumMismatch
+from appliance.errors import ApplianceError, ConfigError
+from appliance.upstream import Upstream
+
+SOCKET_ENV = "EDGE_APPLIANCE_SOCKET"
+SYSTEM_SOCKET = Path("/var/lib/edge-appliance/appliance.sock")  # the systemd unit's StateDirectory
+
+
+class TransferFailed(ApplianceError):
+    """The daemon or endpoint could not be reached, or refused the request."""
+
+
+def default_socket(state_dir: Path | None) -> str:
+    """$EDGE_APPLIANCE_SOCKET; else <state dir>/appliance.sock, the state dir being --state-dir,
+    $STATE_DIRECTORY or ./var when that socket exists, else the system one."""
+    if os.environ.get(SOCKET_ENV):
+        return os.environ[SOCKET_ENV]
+    if state_dir is not None:
+        return str(state_dir / "appliance.sock")
+    local = default_state_dir() / "appliance.sock"
+    return str(local if local.exists() else SYSTEM_SOCKET)
+
+
+@dataclass(frozen=True)
+class Target:
+    """An Image API: a base URL, or the daemon's Unix socket (where root and the daemon's user
+    need no token)."""
+
+    url: str | None
+    socket: str | None
+    token: str = ""
+
+    @property
+    def base(self) -> str:
+        return self.url.rstrip("/") if self.url else "http://localhost"
+
+    def describe(self) -> str:
+        return self.url if self.url else "unix:%s" % self.socket
+
+    def session(self) -> aiohttp.ClientSession:
+        # No overall timeout (a bundle can take long); a silent peer still fails.
+        connector = aiohttp.UnixConnector(path=self.socket) if self.socket else aiohttp.TCPConnector()
+        return aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600))
+
+
+async def export_bundle(target: Target, image_ids: list[str], output: Path, key_file: Path | None = None) -> Manifest:
+    """Write the images to a bundle at `output` (via output.partial; nothing is left on failure).
+    The data is hashed while it streams and must match each image's record."""
+    key = load_private_key(key_file) if key_file is not None else None
+    upstream = Upstream(HubConfig(url=target.base), target.token, session=target.session())
+    try:
+        records = tuple([ImageRecord.from_glance(await upstream.get_image(i)) for i in dict.fromkeys(image_ids)])
+        manifest = Manifest(images=records, source=target.describe())
+        raw = manifest.encode()
+        async with create_bundle(output) as writer:
+            await writer.start(raw, sign_manifest(raw, key) if key is not None else None)
+            for record in records:
+                async with upstream.open_data(record.id) as data:
+                    digest = await writer.add_stream(IMAGE_DIR + record.id, record.size, data.chunks)
+                try:
+                    record.check(digest)
+                except ChecksumMismatch as exc:
+                    raise ChecksumMismatch("image %s: the data %s sent does not match its record: %s"
+                                           % (record.id, target.describe(), exc)) from None
+        return manifest
+    finally:
+        await upstream.close()
+
+
+async def send_bundle(target: Target, path: Path, store: str | None = None) -> BundleReport:
+    """POST the bundle to the daemon's /v2/edge/bundles and return its import report."""
+    size = await asyncio.to_thread(lambda: path.stat().st_size)
+    headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size), "Accept": "application/json"}
+    if target.token:
+        headers["X-Auth-Token"] = target.token
+    try:
+        async with target.session() as session:
+            async with session.post(target.base + "/v2/edge/bundles", params={"store": store} if store else None,
+                                    data=file_chunks(path), headers=headers) as resp:
+                body = await resp.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        raise TransferFailed("cannot reach the daemon at %s: %s" % (target.describe(), str(exc) or type(exc).__name__)) from None
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if resp.status != 200:
+        message = answer.get("message") if isinstance(answer, dict) else body[:300].decode(errors="replace")
+        raise TransferFailed("%s refused the bundle (%d): %s" % (target.describe(), resp.status, message))
+    return BundleReport.from_json(answer)
+
+
+# -- the `bundle` command ---------------------------------------------------------------------
+
+
+def _target(args: argparse.Namespace) -> Target:
+    token = args.token or ""
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError("cannot read the token file %s: %s" % (args.token_file, exc.strerror)) from None
+    if args.url:
+        return Target(url=args.url, socket=None, token=token)
+    return Target(url=None, socket=args.socket or default_socket(args.state_dir), token=token)
+
+
+def _print_report(report: BundleReport) -> int:
+    for line in report.lines():
+        print(line)
+    return 0 if report.ok else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    """`edge-appliance bundle export|verify|import|keygen`: exit 0 on success, 1 if anything
+    failed (with the reason printed), 2 for bad configuration or arguments."""
+    try:
+        if args.bundle_command == "keygen":
+            print("wrote %s and %s.pub (%s)" % (args.keyfile, args.keyfile, generate_key(args.keyfile)))
+            return 0
+        config = load_config(args.config, args.state_dir) if args.config is not None else None
+        if args.bundle_command == "verify":
+            keys = [load_public_key(p) for p in args.trusted_key]
+            require = bool(keys)
+            if config is not None:
+                keys += [load_public_key(config.path(p)) for p in config.bundles.trusted_keys]
+                require = require or config.bundles.require_signed
+            return _print_report(asyncio.run(verify_bundle(args.file, keys, require)))
+        if args.bundle_command == "import":
+            return _print_report(asyncio.run(send_bundle(_target(args), args.file, args.store)))
+        key_file = None
+        if args.sign is not None:
+            key_file = Path(args.sign) if args.sign else None
+            if key_file is None:
+                if config is None or not config.bundles.signing_key:
+                    raise ConfigError("--sign without a key file uses [bundles] signing_key of --config, which is not set")
+                key_file = config.path(config.bundles.signing_key)
+        manifest = asyncio.run(export_bundle(_target(args), args.ids, args.output, key_file))
+        total = sum(r.size for r in manifest.images)
+        print("wrote %s: %d image(s), %d bytes of image data in %d bytes%s" % (
+            args.output, len(manifest.images), total, args.output.stat().st_size, ", signed" if key_file else ""))
+        return 0
+    except ConfigError as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
+    except (ApplianceError, OSError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1

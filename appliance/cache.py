@@ -1,0 +1,573 @@
+"""The image cache: copies of upstream images (`[hub] url`), never the site's own.
+
+Layout under `[cache] dir`: `data/<id>` (committed, verified entries), `partial/<id>` (fills in
+progress or interrupted: kept so the next fill resumes), `invalid/<id>` (fills whose hashes did
+not match, kept for inspection until the cleaner runs).
+
+The rules, all here:
+* Single flight: one fill per image however many clients ask; they all follow the fill as bytes
+  land, and a client leaving does not stop it (the fill is the cache's task, not the client's).
+* A fill is committed only after size, MD5 and SHA-512 match the image record.
+* Size is enforced when a fill starts: crossing the high watermark evicts least-recently-used
+  entries (never one being read) down to the low watermark, and `min_free_bytes` stays free on
+  the filesystem. An image that still does not fit is relayed from upstream uncached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+from appliance.catalog import Catalog
+from appliance.config import CacheConfig, HubConfig
+from appliance.digest import ChecksumMismatch, DigestSink, verify
+from appliance.download import CACHE, UPSTREAM, Download
+from appliance.errors import ApplianceError, BadRequest, NotFound, RangeNotSatisfiable
+from appliance.metrics import Metrics
+from appliance.mirror import PENDING, UPSTREAM_STORE, fetch_image_record
+from appliance.model import ACTIVE, CacheEntry, Image, QueuedImage
+from appliance.transfer import Transfer, TransferBroken, backoff
+from appliance.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+CLEAR_TARGETS = ("cache", "queue", "both")
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    bytes_from_cache: int = 0  # served to clients from committed entries
+    bytes_from_upstream: int = 0  # fetched over the WAN (fills and relays)
+    evictions: int = 0
+    invalid: int = 0  # fills whose hashes did not match
+    uncached: int = 0  # downloads relayed because the image did not fit
+
+    def as_dict(self) -> dict[str, float | int]:
+        asked = self.hits + self.misses
+        return {**self.__dict__, "hit_ratio": round(self.hits / asked, 4) if asked else 0.0}
+
+
+class ImageCache:
+    def __init__(self, config: CacheConfig, hub: HubConfig, root: Path, catalog: Catalog, upstream: Upstream | None, *,
+                 metrics: Metrics | None = None) -> None:
+        self.config = config
+        self._hub = hub
+        self.root = root
+        self._data = root / "data"
+        self._partial = root / "partial"
+        self._invalid = root / "invalid"
+        self._catalog = catalog
+        self.upstream = upstream
+        self._metrics = metrics or Metrics()
+        self.stats = CacheStats()
+        self._entries: dict[str, CacheEntry] = {}
+        self._fills: dict[str, asyncio.Future[Transfer | None]] = {}  # image id -> the fill, once begun
+        self._fill_tasks: dict[str, asyncio.Task[None]] = {}
+        self._last_error: dict[str, str] = {}
+        self._lookups: dict[str, asyncio.Future[Image]] = {}
+        self._reserved: dict[str, int] = {}
+        self._leases: Tally[str] = Tally()  # readers of committed entries (never evicted)
+        self._space = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._prefetching: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled and self.upstream is not None
+
+    # -- start-up and shutdown ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the layout and reconcile files with the catalog: files it does not know are
+        removed (never looped over), entries without a file are forgotten."""
+        for d in (self._data, self._partial, self._invalid):
+            await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
+        entries = {e.image_id: e for e in await self._catalog.cache_entries()}
+        known_images = set(await self._catalog.image_ids_with_location(UPSTREAM_STORE))
+        files = await asyncio.to_thread(_names, self._data)
+        gone = [i for i in entries if i not in files or i not in known_images]
+        if gone:
+            await self._catalog.delete_cache_entries(gone)
+            log.warning("cache: forgot %d entr(y/ies) whose file or image is gone", len(gone))
+        self._entries = {i: e for i, e in entries.items() if i not in gone}
+        for name in sorted(files - set(self._entries)):
+            await asyncio.to_thread(_unlink, self._data / name)
+            log.warning("cache: removed %s: no cache entry records it", name)
+        for name in sorted(await asyncio.to_thread(_names, self._partial) - known_images):
+            await asyncio.to_thread(_unlink, self._partial / name)
+        if self.enabled:
+            log.info("cache: %d entr(y/ies), %d of %d bytes used", len(self._entries), self.used_bytes(), self.config.max_size)
+
+    async def close(self) -> None:
+        tasks = [*self._fill_tasks.values(), *self._background]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.upstream is not None:
+            await self.upstream.close()
+
+    # -- looking up --------------------------------------------------------------------------
+
+    def serves(self, image: Image) -> bool:
+        """Whether this image's data can come through the cache (it lives upstream)."""
+        return self.enabled and any(loc.store == UPSTREAM_STORE and loc.status == "active" for loc in image.locations)
+
+    def entries(self) -> list[CacheEntry]:
+        return sorted(self._entries.values(), key=lambda e: e.last_accessed, reverse=True)
+
+    def data_path(self, image_id: str) -> Path:
+        return self._data / image_id
+
+    def used_bytes(self) -> int:
+        return sum(e.size for e in self._entries.values()) + sum(self._reserved.values())
+
+    def fills(self) -> dict[str, tuple[int, int]]:
+        """Fills in progress: image id -> (bytes on disk, size)."""
+        out = {}
+        for image_id, fut in self._fills.items():
+            if fut.done() and not fut.cancelled() and fut.exception() is None and fut.result() is not None:
+                t = fut.result()
+                assert t is not None
+                out[image_id] = (t.durable, t.size)
+        return out
+
+    async def lookup(self, image_id: str) -> Image:
+        """The image record, fetched from upstream and recorded when this site has none (one
+        upstream request however many clients ask at once)."""
+        try:
+            image = await self._catalog.get_image(image_id)
+        except NotFound:
+            if self.upstream is None:
+                raise
+            return await self._fetch_record(image_id)
+        return await self.refresh(image)
+
+    async def _fetch_record(self, image_id: str) -> Image:
+        """Fetch and record the hub's record, one request however many clients ask at once."""
+        assert self.upstream is not None
+        fut = self._lookups.get(image_id)
+        if fut is None:
+            fut = self._lookups[image_id] = asyncio.ensure_future(fetch_image_record(self.upstream, self._catalog, image_id))
+            fut.add_done_callback(lambda _: self._lookups.pop(image_id, None))
+        return await asyncio.shield(fut)
+
+    async def refresh(self, image: Image) -> Image:
+        """A newer record of an image without data here, if the hub has one (an image mirrored
+        while it was still being uploaded at the hub); the record as it is otherwise."""
+        if self.upstream is None or not any(loc.store == UPSTREAM_STORE and loc.status == PENDING for loc in image.locations):
+            return image
+        try:
+            return await self._fetch_record(image.id)
+        except ApplianceError:
+            return image  # not a hub image, or the hub is away: answer from what is known
+
+    # -- serving ----------------------------------------------------------------------------
+
+    async def open(self, image: Image, byte_range: slice | None = None) -> Download:
+        """Serve an upstream image: a committed entry, a fill being written (joined or begun),
+        or, for ranges and images that do not fit, bytes relayed from upstream."""
+        entry = self._entries.get(image.id)
+        if entry is not None:
+            self._leases[image.id] += 1
+            self.stats.hits += 1
+            self._metrics.cache_hits.inc()
+            self.stats.bytes_from_cache += _range_length(byte_range, entry.size)
+            accessed = time.time()
+            self._entries[image.id] = replace(entry, last_accessed=accessed, hits=entry.hits + 1)
+            await self._catalog.touch_cache_entry(image.id, accessed)
+            return Download(image=image, source=CACHE, path=self._data / image.id,
+                            release=lambda: self._release(image.id))
+        self.stats.misses += 1
+        self._metrics.cache_misses.inc()
+        if byte_range is not None:
+            return await self._relay_range(image, byte_range)
+        transfer = await self._join_or_begin(image)
+        if transfer is None:
+            return Download(image=image, source=UPSTREAM, chunks=self._relay(image), length=image.size)
+        return Download(image=image, source=UPSTREAM, chunks=transfer.follow(), length=image.size)
+
+    def _release(self, image_id: str) -> None:
+        self._leases[image_id] -= 1
+        if self._leases[image_id] <= 0:
+            del self._leases[image_id]
+
+    async def _join_or_begin(self, image: Image) -> Transfer | None:
+        fut = self._fills.get(image.id)
+        if fut is None:
+            # Registered before any await: concurrent first requests all find this one.
+            fut = self._fills[image.id] = asyncio.ensure_future(self._begin(image))
+        return await asyncio.shield(fut)
+
+    async def _begin(self, image: Image) -> Transfer | None:
+        assert self.upstream is not None
+        try:
+            if not await self._reserve(image):
+                self._fills.pop(image.id, None)  # the next request tries again (space may have freed)
+                return None
+            transfer = Transfer(self.upstream, image, self._partial / image.id, attempts=self._hub.resume_attempts,
+                                retry_max=self._hub.retry_max_seconds, on_bytes=self._fetched)
+            await transfer.open()
+        except BaseException:
+            self._reserved.pop(image.id, None)
+            self._fills.pop(image.id, None)
+            raise
+        self._fill_tasks[image.id] = asyncio.create_task(self._fill(transfer), name="cache-fill-%s" % image.id)
+        log.info("cache: filling image %s (%s bytes) from the hub", image.id, image.size)
+        await asyncio.shield(transfer.connected)  # HubUnreachable etc. go to every waiting client
+        return transfer
+
+    def _fetched(self, n: int) -> None:
+        self.stats.bytes_from_upstream += n
+        self._metrics.upstream_bytes.inc(n)
+
+    async def _fill(self, transfer: Transfer) -> None:
+        image = transfer.image
+        try:
+            await transfer.run()
+            await asyncio.to_thread(_commit, transfer.partial, self._data / image.id)
+            stamp = time.time()
+            entry = CacheEntry(image.id, transfer.size, stamp, stamp, 0)
+            await self._catalog.put_cache_entry(entry)
+            self._entries[image.id] = entry
+            self._last_error.pop(image.id, None)
+            transfer.complete()
+            log.info("cache: image %s cached (%d bytes, verified)", image.id, transfer.size)
+        except BaseException as exc:
+            try:
+                await self._fill_failed(transfer, exc)
+            finally:
+                transfer.fail(exc)  # after the bookkeeping: a failed client sees the settled state
+        finally:
+            self._reserved.pop(image.id, None)
+            self._fills.pop(image.id, None)
+            self._fill_tasks.pop(image.id, None)
+            transfer.retire()
+
+    async def _fill_failed(self, transfer: Transfer, exc: BaseException) -> None:
+        image = transfer.image
+        if isinstance(exc, ChecksumMismatch):
+            self.stats.invalid += 1
+            self._last_error[image.id] = "data from the hub failed verification: %s" % exc
+            await asyncio.to_thread(_move, transfer.partial, self._invalid / image.id)
+            log.error("cache: image %s from the hub failed verification (%s); moved to invalid/, not served", image.id, exc)
+        elif isinstance(exc, NotFound):
+            self._last_error[image.id] = str(exc)
+            await asyncio.to_thread(_unlink, transfer.partial)
+            log.warning("cache: image %s is gone from the hub: %s", image.id, exc)
+        elif isinstance(exc, Exception):
+            self._last_error[image.id] = str(exc)
+            log.warning("cache: filling image %s failed after %d of %d bytes (kept to resume): %s",
+                        image.id, transfer.durable, transfer.size, exc)
+        else:
+            raise exc  # cancelled: the daemon is stopping
+
+    async def _relay(self, image: Image) -> AsyncIterator[bytes]:
+        """The whole image straight from upstream, verified on the way: the final chunk is held
+        back until the hashes match, so a bad relay never looks complete to the client."""
+        assert self.upstream is not None
+        sink = DigestSink(background=True)
+        held: bytes | None = None
+        try:
+            async with self.upstream.open_data(image.id) as resp:
+                async for chunk in resp.chunks:
+                    self._fetched(len(chunk))
+                    await sink.feed([chunk])
+                    if held is not None:
+                        yield held
+                    held = chunk
+            digest = await sink.close()
+        except BaseException:
+            await sink.abort()
+            raise
+        try:
+            verify(digest, size=image.size, checksum=image.checksum, os_hash_value=image.os_hash_value)
+        except ChecksumMismatch as exc:
+            self.stats.invalid += 1
+            raise TransferBroken("image %s relayed from the hub failed verification: %s" % (image.id, exc)) from None
+        if held is not None:
+            yield held
+
+    async def _relay_range(self, image: Image, byte_range: slice) -> Download:
+        assert self.upstream is not None and image.size is not None
+        start, stop = byte_range.start, byte_range.stop
+        if start is not None and start < 0:  # suffix: the last -start bytes
+            start, stop = max(0, image.size + start), None
+        start = start or 0
+        stop = image.size if stop is None else min(stop, image.size)
+        if start >= stop:
+            raise RangeNotSatisfiable("Requested range not satisfiable: the image has %d bytes" % image.size)
+        stack = contextlib.AsyncExitStack()
+        resp = await stack.enter_async_context(self.upstream.open_data(image.id, offset=start, end=stop))
+        return Download(image=image, source=UPSTREAM, chunks=_Relayed(resp.chunks, stack, self._fetched),
+                        length=stop - start, content_range="bytes %d-%d/%d" % (start, stop - 1, image.size))
+
+    # -- space ------------------------------------------------------------------------------
+
+    async def _reserve(self, image: Image) -> bool:
+        size = image.size or 0
+        conf = self.config
+        async with self._space:
+            if size > conf.max_size:
+                return self._does_not_fit(image, "it is larger than the cache (max_size %d bytes)" % conf.max_size)
+            high = conf.max_size * conf.high_watermark // 100
+            low = conf.max_size * conf.low_watermark // 100
+            if self.used_bytes() + size > high:
+                await self._evict_until(lambda: self.used_bytes() + size <= low)
+            if self.used_bytes() + size > conf.max_size:
+                return self._does_not_fit(image, "entries being read leave only %d of %d bytes"
+                                          % (conf.max_size - self.used_bytes(), conf.max_size))
+            have = await asyncio.to_thread(_size_of, self._partial / image.id)
+            need = size - have
+
+            def short() -> bool:
+                return _free_bytes(self.root) - need < conf.min_free_bytes
+
+            if short():
+                await self._evict_until(lambda: not short())
+                if short():
+                    return self._does_not_fit(image, "the filesystem would drop below min_free_bytes (%d)" % conf.min_free_bytes)
+            self._reserved[image.id] = size
+            return True
+
+    def _does_not_fit(self, image: Image, why: str) -> bool:
+        self.stats.uncached += 1
+        log.warning("cache: image %s (%s bytes) does not fit in the cache: %s; serving it from the hub uncached",
+                    image.id, image.size, why)
+        return False
+
+    async def _evict_until(self, enough: Callable[[], bool]) -> int:
+        """Evict least-recently-used entries nobody is reading until `enough()`; returns bytes freed."""
+        freed = 0
+        for entry in sorted(self._entries.values(), key=lambda e: e.last_accessed):
+            if enough():
+                break
+            if self._leases[entry.image_id] > 0:
+                continue
+            await self._drop(entry.image_id)
+            self.stats.evictions += 1
+            self._metrics.cache_evictions.inc()
+            freed += entry.size
+            log.info("cache: evicted image %s (%d bytes, last used %s)", entry.image_id, entry.size,
+                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.last_accessed)))
+        return freed
+
+    async def _drop(self, image_id: str) -> None:
+        entry = self._entries.pop(image_id, None)
+        await self._catalog.delete_cache_entries([image_id])
+        if entry is not None:
+            await asyncio.to_thread(_unlink, self._data / image_id)
+
+    # -- operator actions (Glance's cache API) ---------------------------------------------
+
+    async def queue(self, image: Image) -> None:
+        if image.status != ACTIVE:
+            raise BadRequest("Image %s is %s; only active images can be queued for caching" % (image.id, image.status))
+        if image.id in self._entries or not self.serves(image):
+            log.info("cache: image %s not queued: %s", image.id,
+                     "already cached" if image.id in self._entries else "its data is held in this site's stores")
+            return
+        await self._catalog.queue_for_cache(image.id, time.time())
+        self._wake.set()
+
+    async def delete(self, image_id: str) -> None:
+        """Forget a cached copy (readers already streaming keep their open file)."""
+        await self._drop(image_id)
+
+    async def dequeue(self, image_id: str) -> None:
+        await self._catalog.dequeue_from_cache([image_id])
+
+    async def clear(self, target: str) -> int:
+        count = 0
+        if target in ("cache", "both"):
+            for image_id in list(self._entries):
+                await self._drop(image_id)
+                count += 1
+        if target in ("queue", "both"):
+            queued = [q.image_id for q in await self._catalog.queued_for_cache()]
+            await self._catalog.dequeue_from_cache(queued)
+            count += len(queued)
+        return count
+
+    async def prune(self) -> tuple[int, int]:
+        """Evict least-recently-used entries down to the low watermark."""
+        low = self.config.max_size * self.config.low_watermark // 100
+        before = len(self._entries)
+        freed = await self._evict_until(lambda: self.used_bytes() <= low)
+        return before - len(self._entries), freed
+
+    async def clean(self) -> tuple[int, int]:
+        """Remove everything in invalid/ and partial files untouched for stall_time."""
+        filling = set(self._fills)
+        return await asyncio.to_thread(_clean, self._invalid, self._partial, filling, self.config.stall_time)
+
+    async def queued(self) -> list[QueuedImage]:
+        return await self._catalog.queued_for_cache()
+
+    def last_error(self, image_id: str) -> str:
+        return self._last_error.get(image_id, "")
+
+    # -- background -------------------------------------------------------------------------
+
+    async def run_cleaner(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.clean_interval)
+            files, size = await self.clean()
+            if files:
+                log.info("cache: cleaner removed %d file(s), %d bytes", files, size)
+
+    async def run_prefetcher(self) -> None:
+        while True:
+            await self.prefetch_due()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.config.prefetch_interval)
+            self._wake.clear()
+
+    async def prefetch_due(self) -> None:
+        """Start fetching every queued image that is due, at most prefetch_workers at a time."""
+        now = time.time()
+        for item in await self._catalog.queued_for_cache():
+            if len(self._prefetching) >= self.config.prefetch_workers:
+                break
+            if item.next_attempt_at > now or item.image_id in self._prefetching:
+                continue
+            self._prefetching.add(item.image_id)
+            task = asyncio.create_task(self._prefetch(item), name="cache-prefetch-%s" % item.image_id)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _prefetch(self, item: QueuedImage) -> None:
+        try:
+            error = await self._prefetch_one(item.image_id)
+            if error:
+                delay = backoff(item.attempts + 1, float(self._hub.retry_max_seconds), base=float(self.config.prefetch_interval) / 4)
+                await self._catalog.set_queue_failure(item.image_id, error, time.time() + delay)
+                log.warning("cache: prefetching image %s failed (attempt %d; retry in %.0f s): %s",
+                            item.image_id, item.attempts + 1, delay, error)
+        finally:
+            self._prefetching.discard(item.image_id)
+            self._wake.set()  # a worker is free: look at the queue again
+
+    async def _prefetch_one(self, image_id: str) -> str:
+        """Fetch one queued image; returns the error, or "" when done (or nothing to do)."""
+        try:
+            image = await self.lookup(image_id)
+        except ApplianceError as exc:
+            return str(exc)
+        if image.id in self._entries or not self.serves(image):
+            await self._catalog.dequeue_from_cache([image.id])
+            return ""
+        try:
+            transfer = await self._join_or_begin(image)
+        except ApplianceError as exc:
+            return str(exc)
+        if transfer is None:
+            return "the image does not fit in the cache"
+        task = self._fill_tasks.get(image.id)
+        if task is not None:
+            await asyncio.shield(task)
+        return "" if image.id in self._entries else (self._last_error.get(image.id) or "the fill did not complete")
+
+
+class _Relayed:
+    """Chunks of an open upstream response; `aclose()` always releases the connection, even
+    when iteration never started (an async generator's `finally` would not run then)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], stack: contextlib.AsyncExitStack, count: Callable[[int], None]) -> None:
+        self._chunks = chunks
+        self._stack = stack
+        self._count = count
+
+    def __aiter__(self) -> "_Relayed":
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._chunks.__anext__()
+        self._count(len(chunk))
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+
+
+# -- file helpers (blocking: called through asyncio.to_thread) ---------------------------------
+
+
+def _range_length(byte_range: slice | None, size: int) -> int:
+    if byte_range is None:
+        return size
+    start, stop = byte_range.start, byte_range.stop
+    if start is not None and start < 0:
+        return min(size, -start)
+    return max(0, min(size, size if stop is None else stop) - (start or 0))
+
+
+def _names(directory: Path) -> set[str]:
+    try:
+        with os.scandir(directory) as it:
+            return {e.name for e in it if e.is_file(follow_symlinks=False)}
+    except FileNotFoundError:
+        return set()
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _commit(partial: Path, final: Path) -> None:
+    os.replace(partial, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move(src: Path, dest: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(src, dest)
+
+
+def _clean(invalid: Path, partial: Path, filling: set[str], stall_time: float) -> tuple[int, int]:
+    files = size = 0
+    cutoff = time.time() - stall_time
+    for directory, keep in ((invalid, lambda e: False), (partial, lambda e: e.name in filling or e.stat().st_mtime > cutoff)):
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        for e in entries:
+            try:
+                if not e.is_file(follow_symlinks=False) or keep(e):
+                    continue
+                n = e.stat().st_size
+                os.unlink(e.path)
+            except FileNotFoundError:
+                continue
+            files += 1
+            size += n
+    return files, size

@@ -1,0 +1,28 @@
+"""What a download hands to the API handler: a complete file, or a stream of bytes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+from appliance.model import Image
+
+# Where the bytes come from, as metrics and stats count them.
+STORE, CACHE, UPSTREAM = "store", "cache", "upstream"
+
+
+@dataclass
+class Download:
+    image: Image
+    source: str = STORE
+    # A complete local file: served with sendfile, ranges included.
+    path: Path | None = None
+    # Or a stream (a cache fill being followed, or bytes relayed from the hub); it must be
+    # exhausted or closed with `aclose()`.
+    chunks: AsyncIterator[bytes] | None = None
+    length: int | None = None
+    # For a relayed range request: the upstream's "bytes a-b/total" (the answer is 206).
+    content_range: str | None = None
+    # Called once the response is finished (a cache entry stays un-evictable until then).
+    release: Callable[[], None] | None = None

@@ -1,0 +1,353 @@
+"""The edge's side of the hub link. Everything is edge-initiated (sites behind NAT work):
+
+* catalog mirror: the hub's image records, incrementally (`updated_at=gte:` the newest change
+  seen, sorted by updated_at) every `mirror_interval`, and a full listing every
+  `reconcile_interval` that also finds deletions;
+* registration and heartbeats (`/v2/edge/sites`, appliance hubs only);
+* hub-driven sync: the site's assignments are carried out (a pinned copy pulled into the default
+  store, resumable and verified, or a copy removed) and reported back.
+
+Against a plain Glance v2 hub (no `/v2/edge/sites`), registration, heartbeats and assignments are
+off (logged once); mirror and pull-through work as with an appliance hub. Every hub error is
+caught per round: with the hub unreachable the site keeps serving, and the next round retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from appliance import __version__
+from appliance.cache import ImageCache
+from appliance.catalog import Catalog
+from appliance.config import Config
+from appliance.digest import ChecksumMismatch
+from appliance.errors import ApplianceError, Conflict, HubUnreachable, NotFound
+from appliance.metrics import Metrics
+from appliance.mirror import UPSTREAM_STORE, image_from_glance
+from appliance.model import ACTIVE, Image, Location
+from appliance.stores.filesystem import FilesystemStore
+from appliance.transfer import Transfer
+from appliance.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000
+PULL_WORKERS = 2
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class HubLink:
+    def __init__(self, config: Config, catalog: Catalog, stores: dict[str, FilesystemStore], cache: ImageCache,
+                 upstream: Upstream, metrics: Metrics) -> None:
+        self._config = config
+        self._catalog = catalog
+        self._stores = stores
+        self._cache = cache
+        self.upstream = upstream
+        self._metrics = metrics
+        self._state_file = config.path("hub-mirror.json")
+        self.state = "unknown"  # up | down | unknown
+        self.extras: bool | None = None  # the hub offers /v2/edge/sites (None: not asked yet)
+        self.registered = False
+        self.last_sync: float | None = None
+        self.last_error: str | None = None
+        self._since: str | None = None
+        self._pulling: dict[str, tuple[int, int]] = {}  # image id -> (bytes done, size)
+
+    @property
+    def site(self) -> str:
+        return self._config.site.name
+
+    def apply_config(self, config: Config) -> None:
+        self._config = config
+        self.upstream.set_bandwidth_limit(config.hub.bandwidth_limit)
+
+    def status(self) -> dict[str, Any]:
+        return {"configured": True, "url": self.upstream.url, "state": self.state, "site_api": self.extras,
+                "registered": self.registered, "last_sync": self.last_sync, "last_error": self.last_error,
+                "pulls": [{"image_id": i, "bytes_done": d, "bytes_total": t} for i, (d, t) in self._pulling.items()]}
+
+    def _up(self) -> None:
+        if self.state != "up":
+            log.info("hub %s is reachable", self.upstream.url)
+        self.state, self.last_error = "up", None
+        self.last_sync = time.time()
+        self._metrics.hub_up.set(1)
+        self._metrics.hub_last_sync.set(self.last_sync)
+
+    def _down(self, exc: BaseException) -> None:
+        if self.state != "down":
+            log.warning("hub %s is unreachable; serving local and cached images until it returns: %s", self.upstream.url, exc)
+        self.state, self.last_error = "down", str(exc)
+        self._metrics.hub_up.set(0)
+
+    async def _round(self, what: str, step: Any) -> None:
+        try:
+            await step()
+        except HubUnreachable as exc:
+            self._down(exc)
+        except ApplianceError as exc:
+            self.last_error = "%s: %s" % (what, exc)
+            log.warning("hub link: %s failed: %s", what, exc)
+
+    # -- loops (Services.background_loops) -----------------------------------------------------
+
+    async def run_mirror(self) -> None:
+        self._since = await asyncio.to_thread(self._load_since)
+        next_full = 0.0
+        while True:
+            full = time.monotonic() >= next_full
+            await self._round("catalog mirror", lambda: self.mirror_once(full=full))
+            if full and self.state == "up":
+                next_full = time.monotonic() + self._config.hub.reconcile_interval
+            await asyncio.sleep(self._config.hub.mirror_interval)
+
+    async def run_heartbeat(self) -> None:
+        while True:
+            await self._round("heartbeat", self.heartbeat_once)
+            await asyncio.sleep(self._config.hub.heartbeat_interval)
+
+    async def run_sync(self) -> None:
+        while True:
+            await self._round("sync", self.sync_once)
+            await asyncio.sleep(self._config.hub.sync_interval)
+
+    # -- catalog mirror ----------------------------------------------------------------------------
+
+    async def mirror_once(self, full: bool = False) -> int:
+        """Mirror what changed since the last round (everything when `full`, which also removes
+        images the hub no longer has). Returns the number of records written."""
+        since = None if full or self._since is None else self._since
+        newest = self._since
+        seen: set[str] = set()
+        written = 0
+        for hidden in ("false", "true"):  # Glance lists hidden images only when asked
+            params = {"limit": str(PAGE), "sort_key": "updated_at", "sort_dir": "asc", "visibility": "all",
+                      "os_hidden": hidden}
+            if since:
+                params["updated_at"] = "gte:" + since
+            async for page in self._pages(params):
+                images = [image_from_glance(doc, self.upstream.data_url(str(doc["id"]))) for doc in page]
+                await self._catalog.upsert_mirrored_images(images, UPSTREAM_STORE)
+                written += len(images)
+                for image in images:
+                    seen.add(image.id)
+                    if newest is None or image.updated_at > newest:
+                        newest = image.updated_at
+        if full:
+            known = set(await self._catalog.image_ids_with_location(UPSTREAM_STORE))
+            for image_id in sorted(known - seen):
+                await self._forget(image_id)
+        if newest != self._since:
+            self._since = newest
+            await asyncio.to_thread(self._save_since)
+        self._up()
+        if written or full:
+            log.info("hub link: mirrored %d image record(s)%s", written, " (full reconcile)" if full else "")
+        return written
+
+    async def _pages(self, params: dict[str, str]) -> AsyncIterator[list[dict[str, Any]]]:
+        body = await self.upstream.request_json("GET", "/v2/images", params=params)
+        while True:
+            yield list(body.get("images") or [])
+            nxt = body.get("next")
+            if not nxt:
+                return
+            body = await self.upstream.request_json("GET", nxt if nxt.startswith("/v2/") else "/v2/" + nxt.lstrip("/"))
+
+    async def _forget(self, image_id: str) -> None:
+        """The hub deleted this image: drop the record, the pinned copies and the cached copy."""
+        try:
+            image = await self._catalog.get_image(image_id)
+        except NotFound:
+            return
+        await self._catalog.delete_image(image_id)
+        for loc in image.locations:
+            store = self._stores.get(loc.store)
+            if store is not None:
+                await store.delete(image_id)
+        await self._cache.delete(image_id)
+        log.info("hub link: image %s (%s) was deleted at the hub; removed here", image_id, image.name)
+
+    def _load_since(self) -> str | None:
+        try:
+            return json.loads(self._state_file.read_text()).get("since")
+        except (OSError, ValueError):
+            return None
+
+    def _save_since(self) -> None:
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"since": self._since, "hub": self.upstream.url}))
+        tmp.replace(self._state_file)
+
+    # -- registration and heartbeat -------------------------------------------------------------
+
+    def _site_body(self) -> dict[str, Any]:
+        usages = [s.usage() for s in self._stores.values()]
+        return {
+            "name": self.site,
+            "stores": [{"id": s.name, "description": s.description} for s in self._stores.values()],
+            "total_bytes": sum(u.total_bytes for u in usages),
+            "free_bytes": sum(u.free_bytes for u in usages),
+            "version": __version__,
+            "api_url": self._config.hub.api_url,
+            "cache": {"used_bytes": self._cache.used_bytes(), "entries": len(self._cache.entries()),
+                      "hit_ratio": self._cache.stats.as_dict()["hit_ratio"]},
+        }
+
+    async def register(self) -> bool:
+        """Register this site; False (logged once) if the hub has no site API (a plain Glance)."""
+        try:
+            await self.upstream.request_json("POST", "/v2/edge/sites", json=self._site_body())
+        except NotFound:
+            if self.extras is not False:
+                log.warning("hub %s has no site API (a plain Glance v2?): registration, heartbeats and hub-driven sync "
+                            "are off; the catalog mirror and pull-through cache work as usual", self.upstream.url)
+            self.extras = False
+            return False
+        self.extras = True
+        if not self.registered:
+            log.info("hub link: site %s registered with %s", self.site, self.upstream.url)
+        self.registered = True
+        return True
+
+    async def heartbeat_once(self) -> None:
+        if not self.registered and not await self.register():
+            return
+        body = self._site_body()
+        try:
+            await self.upstream.request_json("POST", "/v2/edge/sites/%s/heartbeat" % self.site,
+                                             json={k: body[k] for k in ("free_bytes", "total_bytes", "cache")})
+        except NotFound:
+            self.registered = False  # the hub forgot us (e.g. a new hub): register again
+            await self.register()
+        self._up()
+
+    # -- hub-driven sync ----------------------------------------------------------------------------
+
+    async def sync_once(self) -> int:
+        """Carry out the pending assignments; returns how many were reported."""
+        if not self.registered and not await self.register():
+            return 0
+        doc = await self.upstream.request_json("GET", "/v2/edge/sites/%s/assignments" % self.site)
+        self._up()
+        assignments = list(doc.get("assignments") or [])
+        workers = asyncio.Semaphore(PULL_WORKERS)
+
+        async def one(a: dict[str, Any]) -> int:
+            async with workers:
+                return await self._carry_out(str(a["image_id"]), str(a["action"]))
+
+        return sum(await asyncio.gather(*(one(a) for a in assignments)))
+
+    async def _carry_out(self, image_id: str, action: str) -> int:
+        try:
+            message = await (self.pin(image_id) if action == "copy" else self.unpin(image_id))
+            status = "success"
+        except HubUnreachable:
+            raise  # nothing to report to: the assignment stays pending, and resumes next round
+        except ApplianceError as exc:
+            status, message = "failure", str(exc)
+            log.warning("hub link: %s of image %s failed: %s", action, image_id, exc)
+        try:
+            await self.upstream.request_json("POST", "/v2/edge/sites/%s/assignments/%s" % (self.site, image_id),
+                                             json={"action": action, "status": status, "message": message},
+                                             expect=(200, 204))
+        except Conflict:
+            return 0  # the hub dropped the assignment meanwhile
+        return 1
+
+    def _pin_store(self) -> FilesystemStore:
+        return self._stores[self._config.stores.default]
+
+    async def fetch(self, image_id: str, dest: Path, progress: Callable[[int, int], None] | None = None) -> Image:
+        """A hub image's bytes into `dest`: resumable (a partial `dest` is continued with Range),
+        verified against the hub's record. Returns the record."""
+        image = await self._cache.lookup(image_id)
+        if image.status != ACTIVE or image.size is None:
+            raise Conflict("image %s is %s at the hub; only active images can be pulled" % (image_id, image.status))
+        transfer = Transfer(self.upstream, image, dest, attempts=self._config.hub.resume_attempts,
+                            retry_max=self._config.hub.retry_max_seconds, on_bytes=self._metrics.upstream_bytes.inc)
+        await transfer.open()
+        watcher = asyncio.create_task(_watch(transfer, progress)) if progress is not None else None
+        try:
+            await transfer.run()
+        except ChecksumMismatch:
+            await asyncio.to_thread(dest.unlink, True)  # never resume from bad bytes
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            transfer.retire()
+        if transfer.range_requests:
+            log.info("hub link: image %s: the transfer resumed %d time(s) with a Range request", image.id, transfer.range_requests)
+        return image
+
+    async def pin(self, image_id: str) -> str:
+        """Pull a pinned copy into the default store (never evicted, unlike the cache)."""
+        image = await self._cache.lookup(image_id)
+        store = self._pin_store()
+        if store.name in image.stores:
+            return "already held in store %s" % store.name
+        partial = store.pull_path(image.id)
+        try:
+            await self.fetch(image.id, partial, lambda done, total: self._pulling.__setitem__(image.id, (done, total)))
+        finally:
+            self._pulling.pop(image.id, None)
+        await store.adopt(image.id, partial)
+        location = Location(store=store.name, url=store.location_url(image.id), metadata={"store": store.name})
+        await self._catalog.add_location(image.id, location, _now())
+        log.info("hub link: image %s pinned in store %s (%s bytes, verified)", image.id, store.name, image.size)
+        return "pulled into store %s and verified" % store.name
+
+    async def unpin(self, image_id: str) -> str:
+        try:
+            image = await self._catalog.get_image(image_id)
+        except NotFound:
+            return "not held here"
+        removed = []
+        for loc in image.locations:
+            store = self._stores.get(loc.store)
+            if store is None:
+                continue
+            await self._catalog.remove_location(image.id, loc.store, _now(), keep_last=False)
+            await store.delete(image.id)
+            removed.append(loc.store)
+        log.info("hub link: image %s removed from store(s) %s as the hub asked", image.id, ", ".join(removed) or "(none)")
+        return "removed from %s" % (", ".join(removed) or "nothing (not held)")
+
+    # -- edge-created images to central ---------------------------------------------------------
+
+    async def push(self, image: Image, path: Path) -> None:
+        """Copy an image created here to the hub under the same id (the rule: an image exists
+        at central before it goes to other edges), then record its central location."""
+        body: dict[str, Any] = {
+            "id": image.id, "name": image.name, "disk_format": image.disk_format,
+            "container_format": image.container_format, "visibility": image.visibility, "min_disk": image.min_disk,
+            "min_ram": image.min_ram, "protected": image.protected, "tags": list(image.tags), **image.properties,
+        }
+        try:
+            await self.upstream.request_json("POST", "/v2/images", json=body, expect=(201,))
+        except Conflict:
+            pass  # created by an earlier attempt: upload to it
+        await self.upstream.upload(image.id, path)
+        doc = await self.upstream.get_image(image.id)
+        if doc.get("os_hash_value") != image.os_hash_value or doc.get("checksum") != image.checksum:
+            raise ChecksumMismatch("the hub recorded different hashes for image %s than this site" % image.id)
+        location = Location(store=UPSTREAM_STORE, url=self.upstream.data_url(image.id), metadata={"store": UPSTREAM_STORE})
+        await self._catalog.add_location(image.id, location, _now())
+        log.info("hub link: image %s copied to the hub (central) with the same id", image.id)
+
+
+async def _watch(transfer: Transfer, progress: Callable[[int, int], None]) -> None:
+    while True:
+        progress(transfer.durable, transfer.size)
+        await asyncio.sleep(0.5)

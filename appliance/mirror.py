@@ -1,0 +1,80 @@
+"""Upstream image records in the site's catalog: the translation from Glance v2 JSON, and the
+on-demand lookup used when a client names an image this site has not seen yet.
+
+A mirrored image carries a location in the pseudo-store `central` (its data lives upstream), so
+its `stores` list `central`; copies the site keeps itself are ordinary store locations beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from appliance.catalog import Catalog
+from appliance.model import Image, ImageId, Location, VISIBILITIES
+from appliance.upstream import Upstream, UpstreamRejected
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_STORE = "central"
+PENDING = "pending"
+# JSON keys that are not properties of the image (links, computed views, per-site progress).
+_NOT_PROPERTIES = frozenset({
+    "id", "name", "status", "visibility", "protected", "os_hidden", "owner", "disk_format", "container_format",
+    "min_disk", "min_ram", "size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value", "created_at",
+    "updated_at", "tags", "self", "file", "schema", "stores", "locations", "direct_url",
+})
+
+
+def image_from_glance(doc: Mapping[str, Any], data_url: str) -> Image:
+    """An upstream image record as this site stores it. Raises UpstreamRejected for a record
+    that is not a Glance v2 image."""
+    try:
+        image_id = str(doc["id"])
+        visibility = str(doc.get("visibility") or "shared")
+        if visibility not in VISIBILITIES:
+            visibility = "private"
+        properties = {
+            k: v if isinstance(v, str) else str(v)
+            for k, v in doc.items()
+            # os_glance_* are the upstream's own bookkeeping (its import progress), not the image's.
+            if k not in _NOT_PROPERTIES and not k.startswith("os_glance_") and v is not None
+        }
+        return Image(
+            id=ImageId(image_id),
+            name=doc.get("name"),
+            status=str(doc["status"]),
+            visibility=visibility,
+            protected=bool(doc.get("protected", False)),
+            os_hidden=bool(doc.get("os_hidden", False)),
+            owner=doc.get("owner"),
+            disk_format=doc.get("disk_format"),
+            container_format=doc.get("container_format"),
+            min_disk=int(doc.get("min_disk") or 0),
+            min_ram=int(doc.get("min_ram") or 0),
+            size=doc.get("size"),
+            virtual_size=doc.get("virtual_size"),
+            checksum=doc.get("checksum"),
+            os_hash_algo=doc.get("os_hash_algo"),
+            os_hash_value=doc.get("os_hash_value"),
+            created_at=str(doc["created_at"]),
+            updated_at=str(doc["updated_at"]),
+            properties=properties,
+            tags=tuple(str(t) for t in doc.get("tags") or ()),
+            # A record mirrored before its data was there is marked `pending`: this site asks
+            # the hub again before answering for it (not served, not in `stores`).
+            locations=(Location(store=UPSTREAM_STORE, url=data_url, metadata={"store": UPSTREAM_STORE},
+                                status="active" if doc.get("status") in ("active", "deactivated") else PENDING),),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UpstreamRejected("the hub sent an image record this site cannot read (%s: %s)"
+                               % (type(exc).__name__, exc)) from None
+
+
+async def fetch_image_record(upstream: Upstream, catalog: Catalog, image_id: str) -> Image:
+    """Look an image up upstream and record it here (NotFound if the hub does not know it)."""
+    doc = await upstream.get_image(image_id)
+    image = image_from_glance(doc, upstream.data_url(image_id))
+    await catalog.upsert_mirrored_images([image], UPSTREAM_STORE)
+    log.info("image %s (%s) recorded from the hub", image.id, image.name)
+    return await catalog.get_image(image.id)

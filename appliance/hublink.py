@@ -15,6 +15,7 @@ caught per round: with the hub unreachable the site keeps serving, and the next 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import time
@@ -37,6 +38,7 @@ from appliance.upstream import Upstream
 log = logging.getLogger(__name__)
 
 PAGE = 1000
+SETTLE_SECONDS = 2
 PULL_WORKERS = 2
 
 
@@ -59,7 +61,8 @@ class HubLink:
         self.registered = False
         self.last_sync: float | None = None
         self.last_error: str | None = None
-        self._since: str | None = None
+        self._since: str | None = None  # updated_at of the newest record mirrored
+        self._settled = False  # the hub's clock is past that second: ask for newer (gt) only
         self._pulling: dict[str, tuple[int, int]] = {}  # image id -> (bytes done, size)
 
     @property
@@ -97,11 +100,15 @@ class HubLink:
         except ApplianceError as exc:
             self.last_error = "%s: %s" % (what, exc)
             log.warning("hub link: %s failed: %s", what, exc)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # An answer of an unexpected shape (the hub is outside input): report, retry next round.
+            self.last_error = "%s: the hub's answer could not be read: %s: %s" % (what, type(exc).__name__, exc)
+            log.warning("hub link: %s", self.last_error)
 
     # -- loops (Services.background_loops) -----------------------------------------------------
 
     async def run_mirror(self) -> None:
-        self._since = await asyncio.to_thread(self._load_since)
+        await asyncio.to_thread(self._load_since)
         next_full = 0.0
         while True:
             full = time.monotonic() >= next_full
@@ -126,15 +133,21 @@ class HubLink:
         """Mirror what changed since the last round (everything when `full`, which also removes
         images the hub no longer has). Returns the number of records written."""
         since = None if full or self._since is None else self._since
+        # Timestamps have one-second resolution: changes later in the marker's own second may
+        # still come, so it is asked again (gte) until the hub's clock has moved well past it.
+        op = "gt:" if self._settled else "gte:"
         newest = self._since
         seen: set[str] = set()
         written = 0
+        hub_now: float | None = None
         for hidden in ("false", "true"):  # Glance lists hidden images only when asked
             params = {"limit": str(PAGE), "sort_key": "updated_at", "sort_dir": "asc", "visibility": "all",
                       "os_hidden": hidden}
             if since:
-                params["updated_at"] = "gte:" + since
+                params["updated_at"] = op + since
             async for page in self._pages(params):
+                if hub_now is None:
+                    hub_now = self.upstream.server_time
                 images = [image_from_glance(doc, self.upstream.data_url(str(doc["id"]))) for doc in page]
                 await self._catalog.upsert_mirrored_images(images, UPSTREAM_STORE)
                 written += len(images)
@@ -146,8 +159,9 @@ class HubLink:
             known = set(await self._catalog.image_ids_with_location(UPSTREAM_STORE))
             for image_id in sorted(known - seen):
                 await self._forget(image_id)
-        if newest != self._since:
-            self._since = newest
+        settled = newest is not None and hub_now is not None and _epoch(newest) < hub_now - SETTLE_SECONDS
+        if newest != self._since or settled != self._settled:
+            self._since, self._settled = newest, settled
             await asyncio.to_thread(self._save_since)
         self._up()
         if written or full:
@@ -177,15 +191,17 @@ class HubLink:
         await self._cache.delete(image_id)
         log.info("hub link: image %s (%s) was deleted at the hub; removed here", image_id, image.name)
 
-    def _load_since(self) -> str | None:
+    def _load_since(self) -> None:
         try:
-            return json.loads(self._state_file.read_text()).get("since")
+            state = json.loads(self._state_file.read_text())
         except (OSError, ValueError):
-            return None
+            return
+        if state.get("hub") == self.upstream.url:  # another hub: start over
+            self._since, self._settled = state.get("since"), bool(state.get("settled"))
 
     def _save_since(self) -> None:
         tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"since": self._since, "hub": self.upstream.url}))
+        tmp.write_text(json.dumps({"since": self._since, "settled": self._settled, "hub": self.upstream.url}))
         tmp.replace(self._state_file)
 
     # -- registration and heartbeat -------------------------------------------------------------
@@ -351,3 +367,12 @@ async def _watch(transfer: Transfer, progress: Callable[[int, int], None]) -> No
     while True:
         progress(transfer.durable, transfer.size)
         await asyncio.sleep(0.5)
+
+
+def _epoch(stamp: str) -> float:
+    """A record's timestamp in seconds; an unreadable one never counts as settled."""
+    try:
+        when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return float("inf")
+    return (when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)).timestamp()

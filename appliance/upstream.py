@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import logging
 import os
 import time
@@ -83,6 +84,8 @@ class Upstream:
                                               sock_read=config.read_timeout)
         self._session = session
         self._limiter = RateLimiter(config.bandwidth_limit)
+        # The hub's clock (its Date header) at the last JSON answer: the mirror's marker logic.
+        self.server_time: float | None = None
 
     def set_bandwidth_limit(self, bytes_per_s: int) -> None:
         self._limiter.rate = bytes_per_s
@@ -115,6 +118,7 @@ class Upstream:
         try:
             async with self._client().request(method, url, json=json, params=params,
                                               headers=self._headers(headers)) as resp:
+                self.server_time = _http_date(resp.headers.get("Date"))
                 body = await resp.read()
                 if resp.status not in expect:
                     raise _status_error(method, url, resp.status, body)
@@ -191,6 +195,15 @@ class Upstream:
                 yield chunk
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise _unreachable(url, exc) from None
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 def _content_range(value: str, url: str) -> tuple[int, int | None]:

@@ -12,13 +12,14 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import partial, wraps
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
+from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
@@ -29,6 +30,10 @@ from tui.config import TuiConfig
 from tui.display import short_id
 from tui.messages import (
     ActionFailed,
+    CacheCleared,
+    CacheLoaded,
+    CacheQueued,
+    CacheRemoved,
     ConnectionFailed,
     CopyStarted,
     EventsLoaded,
@@ -37,6 +42,7 @@ from tui.messages import (
     ImagesLoaded,
     ImagesPageLoaded,
     ImportStarted,
+    SitesLoaded,
     StatusLoaded,
     StoreCopyDeleted,
     TasksLoaded,
@@ -51,13 +57,26 @@ from tui.screens.images import ImagesPane, store_list
 from tui.screens.import_url import ImportUrlScreen, UrlImport
 from tui.screens.overview import OverviewPane
 from tui.screens.queues import QueuesPane
+from tui.screens.sites import SitesPane
 
 log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 
-PANES = (("overview", "Overview"), ("images", "Images"), ("queues", "Queues"), ("cache", "Cache"), ("events", "Events"))
-MUTATING = frozenset({"import_url", "copy_to_store", "delete_from_store", "delete_image"})
+PANES = (("overview", "Overview"), ("images", "Images"), ("queues", "Queues"), ("cache", "Cache"), ("events", "Events"),
+         ("sites", "Sites"))
+# Each action that changes the daemon, and the screen it acts from.
+MUTATING = {
+    "import_url": "images", "copy_to_store": "images", "delete_from_store": "images", "delete_image": "images",
+    "cache_image": "images", "cache_remove": "cache", "cache_clear": "cache",
+}
+NEEDS_CACHE = frozenset({"cache_image", "cache_remove", "cache_clear"})
+NEEDS_SELECTION = frozenset({"copy_to_store", "delete_from_store", "delete_image", "cache_image", "cache_remove"})
+CLEAR_CHOICES = {
+    "cache": "every cached copy",
+    "queue": "the prefetch queue",
+    "both": "the cached copies and the queue",
+}
 FILTERABLE = frozenset({"images", "events"})
 # "Did the images change?" is answered by the status counts plus the most recently updated
 # images (every change bumps updated_at); the full list is fetched only when that differs, and
@@ -94,6 +113,15 @@ class PollState:
     again: bool = False
 
 
+def cache_enabled(status: Json) -> bool:
+    cache = status.get("cache")
+    return bool(cache and cache.get("enabled"))
+
+
+def is_hub(status: Json) -> bool:
+    return (status.get("site") or {}).get("role") == "hub"
+
+
 class ApplianceTui(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "Edge Image Appliance"
@@ -103,22 +131,30 @@ class ApplianceTui(App[None]):
         Binding("3", "show_pane('queues')", "Queues", show=False),
         Binding("4", "show_pane('cache')", "Cache", show=False),
         Binding("5", "show_pane('events')", "Events", show=False),
+        Binding("6", "show_pane('sites')", "Sites", show=False),
         Binding("question_mark", "help", "Help"),
         Binding("slash", "filter", "Filter"),
         Binding("n", "import_url", "Import"),
         Binding("c", "copy_to_store", "Copy"),
         Binding("x", "delete_from_store", "Drop"),
         Binding("d", "delete_image", "Delete"),
+        # Not in the footer (no room at 80 columns): the image detail's cache line names it.
+        Binding("p", "cache_image", "Cache", show=False),
+        Binding("x", "cache_remove", "Remove"),
+        Binding("X", "cache_clear", "Clear"),
         Binding("r", "refresh", "Refresh", show=False),
         Binding("escape", "back", "Back", show=False),
         Binding("q", "quit_key", "Quit"),
     ]
 
-    def __init__(self, config: TuiConfig, client: DaemonApi) -> None:
+    def __init__(self, config: TuiConfig, client: DaemonApi, clock: Callable[[], float] = time.time) -> None:
         super().__init__()
         self.config = config
         self.client = client
+        self.clock = clock  # wall time, for "3m ago" (snapshot tests fix it)
         self.stores: list[Json] = []
+        self.status: Json = {}
+        self.sites: list[Json] | None = None  # on a hub, once loaded
         self._active = "overview"
         self._history: list[str] = []
         self._poll = PollState()
@@ -145,6 +181,8 @@ class ApplianceTui(App[None]):
                 yield CachePane(id="cache-pane")
             with TabPane("5 Events", id="events"):
                 yield EventsPane(id="events-pane")
+            with TabPane("6 Sites", id="sites"):
+                yield SitesPane(id="sites-pane")
         yield Footer()
 
     @property
@@ -164,6 +202,14 @@ class ApplianceTui(App[None]):
         return self.query_one(EventsPane)
 
     @property
+    def cache_pane(self) -> CachePane:
+        return self.query_one(CachePane)
+
+    @property
+    def sites_pane(self) -> SitesPane:
+        return self.query_one(SitesPane)
+
+    @property
     def active_pane(self) -> str:
         return self._active
 
@@ -171,6 +217,7 @@ class ApplianceTui(App[None]):
         self.sub_title = self.client.target
         if self.config.read_only:
             self.sub_title += " · read-only"
+        self.query_one(TabbedContent).hide_tab("sites")  # shown once the status says this is a hub
         self.set_interval(self.config.refresh_seconds, self.poll)
         self.poll()
 
@@ -191,12 +238,14 @@ class ApplianceTui(App[None]):
         self._poll.rounds += 1
         full_images = self._poll.force_full or self._poll.rounds % FULL_RELOAD_EVERY == 0
         self._poll.force_full = False
-        want_images = self._active in ("images", "queues") or not self._poll.images_loaded
+        want_images = self._active in ("images", "queues", "sites") or not self._poll.images_loaded
         want_tasks = self._active == "queues"
-        self._poll_worker = self.poll_daemon(want_images, full_images, want_tasks)
+        self._poll_worker = self.poll_daemon(want_images, full_images, want_tasks, self._active)
 
     @work(exclusive=True, group="poll", exit_on_error=False)
-    async def poll_daemon(self, want_images: bool, full_images: bool, want_tasks: bool) -> None:
+    async def poll_daemon(self, want_images: bool, full_images: bool, want_tasks: bool, active: str) -> None:
+        """`active`: the screen shown; the cache view and the sites list are asked for only where
+        they are shown, and only if the status says the site has them."""
         state = self._poll
         try:
             status = await self.client.status()
@@ -222,6 +271,10 @@ class ApplianceTui(App[None]):
             if want_tasks:
                 tasks = await self.client.tasks()
                 self.post_message(TasksLoaded(tasks, time.monotonic()))
+            if active in ("cache", "images") and cache_enabled(status):
+                self.post_message(CacheLoaded(await self.client.cache_view()))
+            if active in ("sites", "overview") and is_hub(status):
+                self.post_message(SitesLoaded(await self.client.sites()))
         except DaemonUnavailable as exc:
             self.post_message(ConnectionFailed(str(exc), reachable=False))
         except DaemonError as exc:
@@ -289,8 +342,20 @@ class ApplianceTui(App[None]):
             self._banner_up = False
             self.query_one("#banner", Static).add_class("-hidden")
             self.notify("Connected to the daemon again.", title="Daemon", markup=False)
-        self.overview.show_status(status)
-        self.query_one(CachePane).show_status(status)
+        if is_hub(status) != is_hub(self.status) or not self.status:
+            tabs = self.query_one(TabbedContent)
+            if is_hub(status):
+                tabs.show_tab("sites")
+            else:
+                tabs.hide_tab("sites")
+                self.sites = None
+        # The footer is rebuilt only when the keys on offer change (it costs at every poll).
+        keys_change = (cache_enabled(status), is_hub(status)) != (cache_enabled(self.status), is_hub(self.status))
+        self.status = status
+        self.overview.show_status(status, self.clock(), self.image_name, self.sites)
+        self.cache_pane.show_status(status)
+        if keys_change:
+            self.refresh_bindings()
 
     @while_running
     def on_connection_failed(self, message: ConnectionFailed) -> None:
@@ -318,6 +383,10 @@ class ApplianceTui(App[None]):
                 self.request_detail(str(image["id"]), again=True)
         if self.queues.loaded:
             self.queues.show_highlighted(self.image_name)
+        if self.sites is not None:  # which images each site holds
+            self.sites_pane.show_sites(self.sites, self.images_pane.images.values(), self.clock())
+        if (self.status.get("hub") or {}).get("pulls"):  # names for the pulls' image ids
+            self.overview.show_status(self.status, self.clock(), self.image_name, self.sites)
         self.refresh_bindings()
 
     @while_running
@@ -331,6 +400,22 @@ class ApplianceTui(App[None]):
     @while_running
     def on_tasks_loaded(self, message: TasksLoaded) -> None:
         self.queues.show_tasks(message.tasks, message.at, self.image_name)
+
+    @while_running
+    def on_cache_loaded(self, message: CacheLoaded) -> None:
+        pane = self.cache_pane
+        had_row = pane.selected() is not None
+        pane.show_view(message.view, self.image_name, self.clock())
+        self.images_pane.show_cache(message.view)
+        if (pane.selected() is not None) != had_row:  # x is offered for a highlighted row only
+            self.refresh_bindings()
+
+    @while_running
+    def on_sites_loaded(self, message: SitesLoaded) -> None:
+        self.sites = message.sites
+        now = self.clock()
+        self.sites_pane.show_sites(message.sites, self.images_pane.images.values(), now)
+        self.overview.show_status(self.status, now, self.image_name, self.sites)
 
     def image_name(self, image_id: str) -> str:
         image = self.images_pane.images.get(image_id)
@@ -361,7 +446,7 @@ class ApplianceTui(App[None]):
         self._active = pane
         self._focus_pane(pane)
         self.refresh_bindings()
-        if pane in ("images", "queues"):
+        if pane != "events":
             self.poll(soon=True)
 
     def _focus_pane(self, pane: str) -> None:
@@ -373,8 +458,10 @@ class ApplianceTui(App[None]):
             self.events_pane.log_widget.focus()
         elif pane == "overview":
             self.overview.focus()
+        elif pane == "sites":
+            self.sites_pane.table.focus()
         else:
-            self.query_one(CachePane).focus()
+            self.cache_pane.focus_table()
 
     def action_back(self) -> None:
         focused = self.focused
@@ -433,6 +520,11 @@ class ApplianceTui(App[None]):
             self.refresh_bindings()
         elif event.data_table.id == "tasks":
             self.queues.show_highlighted(self.image_name)
+        elif event.data_table.id in ("cache-entries", "cache-queue"):
+            self.cache_pane.show_highlighted(self.image_name)
+            self.refresh_bindings()
+        elif event.data_table.id == "sites":
+            self.sites_pane.show_highlighted()
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
@@ -446,17 +538,21 @@ class ApplianceTui(App[None]):
             # A dialog owns the keys; underneath nothing switches or acts (ctrl+q still quits).
             return action not in MUTATING and action not in ("show_pane", "filter", "back", "refresh", "help", "quit_key")
         if action in MUTATING:
-            if self.config.read_only or self._active != "images":
+            if self.config.read_only or self._active != MUTATING[action]:
                 return False
-            if action != "import_url" and self._selected_or_none() is None:
-                return None  # shown greyed out: no image highlighted
+            if action in NEEDS_CACHE and not cache_enabled(self.status):
+                return False
+            if action in NEEDS_SELECTION and self._selected_or_none(action) is None:
+                return None  # shown greyed out: no row highlighted
         if action == "filter" and self._active not in FILTERABLE:
+            return False
+        if action == "show_pane" and parameters == ("sites",) and not is_hub(self.status):
             return False
         return True
 
-    def _selected_or_none(self) -> Json | None:
+    def _selected_or_none(self, action: str) -> object | None:
         try:
-            return self.images_pane.selected_image()
+            return self.cache_pane.selected() if action == "cache_remove" else self.images_pane.selected_image()
         except NoMatches:  # bindings are checked while the app is still composing
             return None
 
@@ -466,6 +562,8 @@ class ApplianceTui(App[None]):
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for number, (pane, title) in enumerate(PANES, start=1):
+            if pane == "sites" and not is_hub(self.status):
+                continue
             yield SystemCommand("Show %s" % title, "Switch to the %s screen (key %d)" % (title, number), partial(self.action_show_pane, pane))
         yield SystemCommand("Refresh now", "Ask the daemon again (key r)", self.action_refresh)
         if not self.config.read_only:
@@ -473,6 +571,10 @@ class ApplianceTui(App[None]):
             yield SystemCommand("Copy image to a store", "copy-image for the highlighted image (key c)", self.action_copy_to_store)
             yield SystemCommand("Delete image from a store", "remove one store's copy of the highlighted image (key x)", self.action_delete_from_store)
             yield SystemCommand("Delete image", "delete the highlighted image (key d)", self.action_delete_image)
+            if cache_enabled(self.status):
+                yield SystemCommand("Queue image for caching", "prefetch the highlighted image into the cache (key p)", self.action_cache_image)
+                yield SystemCommand("Remove from cache", "drop the highlighted cached copy or queued image (key x on Cache)", self.action_cache_remove)
+                yield SystemCommand("Clear cache", "drop every cached copy, the queue, or both (key X on Cache)", self.action_cache_clear)
 
     # -- actions: ask, then a worker does it and reports back -------------------------------
 
@@ -481,6 +583,17 @@ class ApplianceTui(App[None]):
         if image is None:
             self.notify("Highlight an image on the Images screen first.", severity="warning", markup=False)
         return image
+
+    def _store_targets(self) -> list[tuple[str, str]]:
+        """Where copy-image can send an image, (name, description): this site's stores, then on a
+        hub its edge sites, at an edge with a hub the hub itself (`central`)."""
+        targets = [(str(s.get("id")), str(s.get("description") or "")) for s in self.stores]
+        hub = self.status.get("hub") or {}
+        if is_hub(self.status):
+            targets += [(str(s["name"]), "edge site, %s" % ("online" if s.get("online") else "offline")) for s in self.sites or ()]
+        elif hub.get("configured"):
+            targets.append(("central", "the hub %s: sends an image made here to it" % hub.get("url", "")))
+        return targets
 
     def action_delete_image(self) -> None:
         if self.config.read_only:
@@ -497,7 +610,7 @@ class ApplianceTui(App[None]):
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.delete_image(image_id, name)
+                self.act("Delete %s" % name, partial(self.client.delete_image, image_id), ImageDeleted(image_id, name))
 
         self.push_screen(ConfirmScreen("Delete image", question, yes="Delete"), answered)
 
@@ -512,7 +625,7 @@ class ApplianceTui(App[None]):
         if not held:
             self.notify("%s has no data in any store." % name, severity="warning", markup=False)
             return
-        described = {str(s.get("id")): str(s.get("description") or "") for s in self.stores}
+        described = dict(self._store_targets())
 
         def chosen(store: str | None) -> None:
             if not store:
@@ -523,7 +636,8 @@ class ApplianceTui(App[None]):
 
             def answered(yes: bool | None) -> None:
                 if yes:
-                    self.delete_store_copy(image_id, name, store)
+                    self.act("Delete %s from %s" % (name, store), partial(self.client.delete_from_store, store, image_id),
+                             StoreCopyDeleted(image_id, name, store))
 
             self.push_screen(ConfirmScreen("Delete from store", question, yes="Delete copy"), answered)
 
@@ -537,14 +651,15 @@ class ApplianceTui(App[None]):
             return
         image_id, name = str(image["id"]), str(image.get("name") or image["id"])
         held = set(store_list(image))
-        candidates = [(str(s.get("id")), str(s.get("description") or "")) for s in self.stores if str(s.get("id")) not in held]
+        candidates = [(store, about) for store, about in self._store_targets() if store not in held]
         if not candidates:
             self.notify("%s is already in every store of this site." % name, severity="warning", markup=False)
             return
 
         def chosen(store: str | None) -> None:
             if store:
-                self.copy_image(image_id, name, store)
+                self.act("Copy %s to %s" % (name, store), partial(self.client.copy_to_store, image_id, store),
+                         CopyStarted(image_id, name, store))
 
         self.push_screen(StoreChoiceScreen("Copy %s to which store?" % name, candidates), chosen)
 
@@ -558,33 +673,75 @@ class ApplianceTui(App[None]):
 
         self.push_screen(ImportUrlScreen(), submitted)
 
+    def action_cache_image(self) -> None:
+        if self.config.read_only:
+            return
+        image = self._target_image()
+        if image is not None:
+            self.cache_image(str(image["id"]), str(image.get("name") or image["id"]))
+
+    def action_cache_remove(self) -> None:
+        if self.config.read_only:
+            return
+        chosen = self.cache_pane.selected()
+        if chosen is None:
+            self.notify("Highlight a cached or queued image on the Cache screen first.", severity="warning", markup=False)
+            return
+        image_id, kind = chosen
+        name = self.image_name(image_id)
+        if kind == "fill":
+            self.notify("%s is being cached for a client's read; remove it once it is cached." % name,
+                        severity="warning", markup=False)
+            return
+        if kind == "cache":
+            title, yes = "Remove from cache", "Remove"
+            question = "Remove the cached copy of %s (%s)?\nThe next read fetches it from the hub again." % (name, image_id)
+        else:
+            title, yes = "Remove from queue", "Dequeue"
+            question = "Take %s (%s) off the prefetch queue?" % (name, image_id)
+            if "fill" in self.cache_pane.queue.get(image_id, {}):
+                question += "\nThe fill under way goes on."
+
+        def answered(ok: bool | None) -> None:
+            if ok:
+                self.act("Remove %s from the %s" % (name, kind), partial(self.client.uncache_image, image_id, kind),
+                         CacheRemoved(image_id, name, kind))
+
+        self.push_screen(ConfirmScreen(title, question, yes=yes), answered)
+
+    def action_cache_clear(self) -> None:
+        if self.config.read_only:
+            return
+        pane = self.cache_pane
+        counts = {"cache": len(pane.entries), "queue": sum("queued" in r for r in pane.queue.values())}
+        counts["both"] = counts["cache"] + counts["queue"]
+        choices = [(target, "%s (%d image(s))" % (what, counts[target])) for target, what in CLEAR_CHOICES.items()]
+
+        def chosen(target: str | None) -> None:
+            if not target:
+                return
+            question = "Clear %s: %d image(s)?" % (CLEAR_CHOICES[target], counts[target])
+            if target != "queue":
+                question += "\nReads of those images fetch them from the hub again."
+
+            def answered(ok: bool | None) -> None:
+                if ok:
+                    self.act("Clear %s" % CLEAR_CHOICES[target], partial(self.client.clear_cache, target), CacheCleared(target))
+
+            self.push_screen(ConfirmScreen("Clear cache", question, yes="Clear"), answered)
+
+        self.push_screen(StoreChoiceScreen("Clear what?", choices), chosen)
+
     # Action workers are not exclusive: a request in flight must not be cancelled by the next.
     @work(group="actions", exit_on_error=False)
-    async def delete_image(self, image_id: str, name: str) -> None:
+    async def act(self, action: str, call: Callable[[], Awaitable[None]], done: Message) -> None:
+        """One daemon call; `done` reports success, ActionFailed (titled `action`) the error."""
         try:
-            await self.client.delete_image(image_id)
+            await call()
         except (DaemonError, DaemonUnavailable) as exc:
-            self.post_message(ActionFailed("Delete %s" % name, str(exc)))
+            self.post_message(ActionFailed(action, str(exc)))
         else:
-            self.post_message(ImageDeleted(image_id, name))
-
-    @work(group="actions", exit_on_error=False)
-    async def delete_store_copy(self, image_id: str, name: str, store: str) -> None:
-        try:
-            await self.client.delete_from_store(store, image_id)
-        except (DaemonError, DaemonUnavailable) as exc:
-            self.post_message(ActionFailed("Delete %s from %s" % (name, store), str(exc)))
-        else:
-            self.post_message(StoreCopyDeleted(image_id, name, store))
-
-    @work(group="actions", exit_on_error=False)
-    async def copy_image(self, image_id: str, name: str, store: str) -> None:
-        try:
-            await self.client.copy_to_store(image_id, store)
-        except (DaemonError, DaemonUnavailable) as exc:
-            self.post_message(ActionFailed("Copy %s to %s" % (name, store), str(exc)))
-        else:
-            self.post_message(CopyStarted(image_id, name, store))
+            self.post_message(done)
 
     @work(group="actions", exit_on_error=False)
     async def import_from_url(self, request: UrlImport) -> None:
@@ -604,6 +761,49 @@ class ApplianceTui(App[None]):
             self.post_message(ActionFailed("Import %s" % request.name, str(exc)))
         else:
             self.post_message(ImportStarted(str(image["id"]), request.name, request.uri))
+
+    @work(group="actions", exit_on_error=False)
+    async def cache_image(self, image_id: str, name: str) -> None:
+        """Queue, then look: the daemon answers 202 even when it has nothing to do (the image is
+        cached already, or held in this site's stores), so the cache view says what happened."""
+        try:
+            await self.client.cache_image(image_id)
+            view = await self.client.cache_view()
+        except (DaemonError, DaemonUnavailable) as exc:
+            self.post_message(ActionFailed("Cache %s" % name, str(exc)))
+            return
+        if any(e["image_id"] == image_id for e in view.get("entries") or ()):
+            outcome = "cached"
+        elif any(f["image_id"] == image_id for f in view.get("fills") or ()):
+            outcome = "filling"
+        elif any(q["image_id"] == image_id for q in view.get("queue") or ()):
+            outcome = "queued"
+        else:
+            outcome = "not queued"
+        self.post_message(CacheLoaded(view))
+        self.post_message(CacheQueued(image_id, name, outcome))
+
+    @while_running
+    def on_cache_queued(self, message: CacheQueued) -> None:
+        if message.outcome == "not queued":
+            self.notify("The daemon did not queue %s: its data is in this site's own stores, not at the hub." % message.name,
+                        title="Cache", severity="warning", markup=False)
+            return
+        said = {"cached": "%s is in the cache.", "filling": "Caching %s now; follow it on Cache (4).",
+                "queued": "Queued %s for caching; follow it on Cache (4)."}[message.outcome]
+        self.notify(said % message.name, title="Cache", markup=False)
+        self.poll(soon=True)
+
+    @while_running
+    def on_cache_removed(self, message: CacheRemoved) -> None:
+        said = "Removed the cached copy of %s." if message.target == "cache" else "Took %s off the prefetch queue."
+        self.notify(said % message.name, title="Cache", markup=False)
+        self.poll(soon=True)
+
+    @while_running
+    def on_cache_cleared(self, message: CacheCleared) -> None:
+        self.notify("Cleared %s." % CLEAR_CHOICES[message.target], title="Cache", markup=False)
+        self.poll(soon=True)
 
     @while_running
     def on_image_deleted(self, message: ImageDeleted) -> None:
@@ -635,6 +835,7 @@ class ApplianceTui(App[None]):
         self.notify(message.message, title="%s failed" % message.action, severity="error", markup=False)
 
 
-def make_app(config: TuiConfig, client: DaemonApi | None = None) -> ApplianceTui:
-    """The app for `edge-tui` and for tests; `client` replaces the HTTP client (snapshot tests)."""
-    return ApplianceTui(config, client if client is not None else HttpDaemonClient(config))
+def make_app(config: TuiConfig, client: DaemonApi | None = None, clock: Callable[[], float] = time.time) -> ApplianceTui:
+    """The app for `edge-tui` and for tests; `client` replaces the HTTP client and `clock` the
+    wall clock (snapshot tests)."""
+    return ApplianceTui(config, client if client is not None else HttpDaemonClient(config), clock)

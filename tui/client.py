@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 PAGE_SIZE = 1000  # the daemon's max_page_size
+# Glance's header that narrows a cache deletion to the cached copies or to the queue.
+CLEAR_TARGET = "x-image-cache-clear-target"
 
 
 class DaemonUnavailable(Exception):
@@ -45,12 +47,17 @@ class DaemonApi(Protocol):
     async def image(self, image_id: str) -> Json: ...
     async def locations(self, image_id: str) -> list[Json]: ...
     async def tasks(self) -> list[Json]: ...
+    async def cache_view(self) -> Json: ...
+    async def sites(self) -> list[Json]: ...
     async def check_uri(self, uri: str) -> tuple[bool, str]: ...
     async def create_image(self, name: str, disk_format: str, container_format: str) -> Json: ...
     async def import_web_download(self, image_id: str, uri: str) -> None: ...
     async def copy_to_store(self, image_id: str, store: str) -> None: ...
     async def delete_from_store(self, store: str, image_id: str) -> None: ...
     async def delete_image(self, image_id: str) -> None: ...
+    async def cache_image(self, image_id: str) -> None: ...
+    async def uncache_image(self, image_id: str, target: str) -> None: ...
+    async def clear_cache(self, target: str) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -97,10 +104,11 @@ class HttpDaemonClient:
             await self._session.close()
         self._session = None
 
-    async def _call(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200,)) -> Any:
+    async def _call(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200,),
+                    headers: dict[str, str] | None = None) -> Any:
         session = self._open()
         try:
-            async with session.request(method, self._base + path, json=body) as resp:
+            async with session.request(method, self._base + path, json=body, headers=headers) as resp:
                 raw = await resp.read()
                 if resp.status not in expect:
                     raise DaemonError(resp.status, _error_message(resp.status, resp.reason or "", raw))
@@ -149,6 +157,14 @@ class HttpDaemonClient:
     async def tasks(self) -> list[Json]:
         return list((await self._call("GET", "/v2/tasks"))["tasks"])
 
+    async def cache_view(self) -> Json:
+        """Figures, entries (most recently used first), the prefetch queue and fills."""
+        return await self._call("GET", "/v2/edge/cache")
+
+    async def sites(self) -> list[Json]:
+        """The edge sites registered with this hub."""
+        return list((await self._call("GET", "/v2/edge/sites"))["sites"])
+
     # -- actions --------------------------------------------------------------------------
 
     async def check_uri(self, uri: str) -> tuple[bool, str]:
@@ -172,3 +188,13 @@ class HttpDaemonClient:
 
     async def delete_image(self, image_id: str) -> None:
         await self._call("DELETE", "/v2/images/%s" % quote(image_id), expect=(204,))
+
+    async def cache_image(self, image_id: str) -> None:
+        await self._call("PUT", "/v2/cache/%s" % quote(image_id), expect=(202,))
+
+    async def uncache_image(self, image_id: str, target: str) -> None:
+        """target: "cache" (the cached copy), "queue" (the queued request) or "both"."""
+        await self._call("DELETE", "/v2/cache/%s" % quote(image_id), expect=(204,), headers={CLEAR_TARGET: target})
+
+    async def clear_cache(self, target: str) -> None:
+        await self._call("DELETE", "/v2/cache", expect=(204,), headers={CLEAR_TARGET: target})

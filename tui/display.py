@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from rich.text import Text
 
 UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
@@ -77,6 +79,39 @@ def human_duration(seconds: float | None) -> str:
     return "%dd%02dh" % (s // 86400, (s % 86400) // 3600)
 
 
+def coarse_duration(seconds: float) -> str:
+    """One unit: 42s, 3m, 2h, 3d (a table cell that changes once a minute, not every poll)."""
+    s = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return "%d%s" % (s // size, unit)
+    return "%ds" % s
+
+
+def ago(at: float | None, now: float, coarse: bool = False) -> str:
+    """How long before `now` an epoch time was: "42s ago"; the future reads "in 25s"."""
+    if at is None:
+        return EMPTY
+    say = coarse_duration if coarse else human_duration
+    if at > now + 0.5:
+        return "in %s" % say(at - now)
+    return "%s ago" % say(max(0.0, now - at))
+
+
+def iso_epoch(stamp: str | None) -> float | None:
+    """The daemon's ISO 8601 times ("2026-05-10T10:00:00Z") as epoch seconds."""
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def percent(part: float | None, whole: float | None) -> str:
+    return "%d%%" % int(100 * part / whole) if part is not None and whole else EMPTY
+
+
 def short_id(image_id: str) -> str:
     return image_id[:8]
 
@@ -117,4 +152,26 @@ def capacity_bar(total: int, free: int, images: int, width: int = 30) -> Text:
     bar = Text("█" * cells_mine, style=colour)
     bar.append("▓" * (cells_used - cells_mine), style=colour + " dim")
     bar.append("░" * (width - cells_used), style="dim")
+    return bar
+
+
+def usage_bar(used: int, limit: int, low: int, high: int, width: int = 20) -> Text:
+    """Cache use against its limit: green under the low watermark (%), yellow up to the high
+    one, red above it (where eviction starts); a `│` marks the high watermark."""
+    if limit <= 0:
+        return Text("░" * width, style="dim")
+    fraction = max(0.0, min(1.0, used / limit))
+    colour = "red" if fraction * 100 >= high else "yellow" if fraction * 100 >= low else "green"
+    mark = min(width - 1, int(width * high / 100))
+    cells = round(width * fraction)
+    if used and not cells:
+        cells = 1
+    bar = Text()
+    for i in range(width):
+        if i == mark:
+            bar.append("│", style="bold " + colour if i < cells else "bold")
+        elif i < cells:
+            bar.append("█", style=colour)
+        else:
+            bar.append("░", style="dim")
     return bar

@@ -65,6 +65,22 @@ class TasksLoaded(Message):
         self.at = at
 
 
+class CacheLoaded(Message):
+    """The cache view (GET /v2/edge/cache): figures, entries, queue, fills."""
+
+    def __init__(self, view: Json) -> None:
+        super().__init__()
+        self.view = view
+
+
+class SitesLoaded(Message):
+    """The hub's registered edge sites."""
+
+    def __init__(self, sites: list[Json]) -> None:
+        super().__init__()
+        self.sites = sites
+
+
 class ImageDeleted(Message):
     def __init__(self, image_id: str, name: str) -> None:
         super().__init__()
@@ -112,3 +128,30 @@ class ActionFailed(Message):
         super().__init__()
         self.action = action
         self.message = message
+
+
+class CacheQueued(Message):
+    """An image was queued for caching; `outcome` is what the cache view said right after:
+    "queued", "filling", "cached", or "not queued" (its data is in this site's stores)."""
+
+    def __init__(self, image_id: str, name: str, outcome: str) -> None:
+        super().__init__()
+        self.image_id = image_id
+        self.name = name
+        self.outcome = outcome
+
+
+class CacheRemoved(Message):
+    """A cached copy ("cache") or a queued request ("queue") of one image is gone."""
+
+    def __init__(self, image_id: str, name: str, target: str) -> None:
+        super().__init__()
+        self.image_id = image_id
+        self.name = name
+        self.target = target
+
+
+class CacheCleared(Message):
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target

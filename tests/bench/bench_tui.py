@@ -10,8 +10,11 @@
   load       : start-up → 10,000 rows in the table; one full fetch of the list (10 pages)
   baseline   : the same 10,000 rows added with plain DataTable.add_row into a stock
                DataTable, in the same run (what the keyed table's bulk add replaces)
+  hub + edge : a hub and an edge with a cache holding --cached images: idle CPU with the
+               edge's Cache screen open (the cache view is asked for on every poll), and with
+               the hub's Sites screen open
 
-Usage: python tests/bench/bench_tui.py [--idle-seconds 10] [--images 1000] [--many 10000]
+Usage: python tests/bench/bench_tui.py [--idle-seconds 10] [--images 1000] [--many 10000] [--cached 50]
 """
 
 from __future__ import annotations
@@ -33,11 +36,14 @@ import aiohttp  # noqa: E402
 from textual.app import App, ComposeResult  # noqa: E402
 from textual.widgets import DataTable  # noqa: E402
 
-from tests.conftest import start_daemon  # noqa: E402
+from tests.conftest import Daemon, start_daemon, write_toml  # noqa: E402
 from tui.app import make_app  # noqa: E402
 from tui.client import HttpDaemonClient  # noqa: E402
 from tui.config import TuiConfig  # noqa: E402
+from tui.screens.cache import CacheEntryTable  # noqa: E402
 from tui.screens.images import COLUMNS, ImageTable, image_row  # noqa: E402
+from tui.screens.sites import SiteTable  # noqa: E402
+from tui.widgets.keyed_table import KeyedTable  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -71,11 +77,15 @@ async def wait_for(predicate: Callable[[], bool], pilot: Any, timeout: float = 6
         await pilot.pause(0.005)
 
 
-async def idle_cpu(sock: str, daemon_pid: int, seconds: float, expect: int) -> tuple[float, float]:
+async def idle_cpu(sock: str, daemon_pid: int, seconds: float, expect: int, key: str = "2",
+                   table_type: type[KeyedTable] = ImageTable) -> tuple[float, float]:
+    """The TUI's and the daemon's CPU share while the screen of `key` is open, once its table
+    (`table_type`) has `expect` rows."""
     app = make_app(TuiConfig(socket=sock))
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("2")
-        table = app.query_one(ImageTable)
+        await wait_for(lambda: bool(app.status), pilot)  # the Sites key works once the role is known
+        await pilot.press(key)
+        table = app.query_one(table_type)
         await wait_for(lambda: table.row_count == expect, pilot)
         await pilot.pause(2)  # let the first detail load and renders settle
         cpu0, daemon0, wall0 = time.process_time(), proc_cpu_seconds(daemon_pid), time.perf_counter()
@@ -176,12 +186,65 @@ async def keyed_table(rows: list[tuple[str, tuple[Any, ...]]]) -> float:
         return time.perf_counter() - t
 
 
+async def fill_cache(hub: Daemon, edge: Daemon, count: int) -> float:
+    """`count` images of 64 KiB uploaded at the hub, then cached at the edge; returns seconds."""
+    t = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+        async def call(daemon: Daemon, method: str, path: str, expect: int, **kw: Any) -> Any:
+            headers = {"X-Auth-Token": daemon.token, **kw.pop("headers", {})}
+            async with session.request(method, daemon.url + path, headers=headers, **kw) as resp:
+                assert resp.status == expect, await resp.text()
+                return await resp.json() if resp.content_type == "application/json" else None
+
+        ids = []
+        for i in range(count):
+            body = {"name": "cached-%03d" % i, "disk_format": "raw", "container_format": "bare", "visibility": "public"}
+            image_id = (await call(hub, "POST", "/v2/images", 201, json=body))["id"]
+            await call(hub, "PUT", "/v2/images/%s/file" % image_id, 204, data=os.urandom(64 * 1024),
+                       headers={"Content-Type": "application/octet-stream"})
+            ids.append(image_id)
+        while not set(ids) <= {i["id"] for i in (await call(edge, "GET", "/v2/images?limit=1000", 200))["images"]}:
+            await asyncio.sleep(0.2)  # the edge's catalog mirror has not seen them all yet
+        for image_id in ids:
+            await call(edge, "PUT", "/v2/cache/%s" % image_id, 202)
+        while len((await call(edge, "GET", "/v2/edge/cache", 200))["entries"]) < count:
+            await asyncio.sleep(0.2)
+    return time.perf_counter() - t
+
+
+def hub_and_edge_figures(work: Path, seconds: float, cached: int) -> None:
+    hub = start_daemon(work / "hub", write_toml(work / "hub.toml", {
+        "site": {"name": "central", "role": "hub"}, "hub": {"heartbeat_interval": 1}}))
+    edge = None
+    try:
+        edge = start_daemon(work / "dcn0", write_toml(work / "dcn0.toml", {
+            "site": {"name": "dcn0"},
+            "hub": {"url": hub.url, "token_file": str(hub.state_dir / "admin-token"), "mirror_interval": 1,
+                    "heartbeat_interval": 1},
+            "cache": {"min_free_bytes": 0}}))
+        took = asyncio.run(fill_cache(hub, edge, cached))
+        print("hub + edge: %d images uploaded at the hub and cached at the edge in %.1f s" % (cached, took))
+        tui, served = asyncio.run(idle_cpu(str(edge.state_dir / "appliance.sock"), edge.proc.pid, seconds, cached,
+                                           key="4", table_type=CacheEntryTable))
+        print("idle CPU, edge Cache screen, %d cached images, %.0f s: TUI %.1f %% of a core (target < 5 %%); edge daemon %.1f %%  %s"
+              % (cached, seconds, 100 * tui, 100 * served, "OK" if tui < 0.05 else "OVER TARGET"))
+        tui, served = asyncio.run(idle_cpu(str(hub.state_dir / "appliance.sock"), hub.proc.pid, seconds, 1,
+                                           key="6", table_type=SiteTable))
+        print("idle CPU, hub Sites screen, 1 site, %.0f s: TUI %.1f %% of a core (target < 5 %%); hub daemon %.1f %%  %s"
+              % (seconds, 100 * tui, 100 * served, "OK" if tui < 0.05 else "OVER TARGET"))
+    finally:
+        for daemon in (edge, hub):
+            if daemon is not None:
+                daemon.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--idle-seconds", type=float, default=10)
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--many", type=int, default=10000)
     ap.add_argument("--concurrency", type=int, default=4, help="parallel creates")
+    ap.add_argument("--cached", type=int, default=50, help="images in the edge's cache (hub + edge figures)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-tui-"))
     daemon = None
@@ -204,6 +267,7 @@ def main() -> None:
         tui, served = asyncio.run(idle_cpu(sock, daemon.proc.pid, args.idle_seconds, args.many))
         print("idle CPU, Images screen, %d images, %.0f s: TUI %.1f %% of a core; daemon %.1f %%"
               % (args.many, args.idle_seconds, 100 * tui, 100 * served))
+        hub_and_edge_figures(work, args.idle_seconds, args.cached)
     finally:
         if daemon is not None:
             daemon.stop()

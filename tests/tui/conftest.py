@@ -1,10 +1,14 @@
 """Fixtures for the operator UI: a real daemon with two stores, a small HTTP client to put data
-into it, TuiConfigs for the socket and for --url + token, and a `wait_until` for live data."""
+into it, TuiConfigs for the socket and for --url + token, and a `wait_until` for live data; a
+hub and an edge with a cache, with a recording relay between the TUI and the edge."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -14,6 +18,8 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from tests.conftest import JSON_ERRORS, Daemon, write_toml
+from tests.hubproxy import HubProxy
+from tests.tui.relay import RecordingRelay
 from tui.config import TuiConfig
 
 TWO_STORES = {"default": "local", "local": {"path": "images"}, "fast": {"path": "fast"}}
@@ -107,3 +113,72 @@ async def wait_until(pilot: Pilot[Any], predicate: Callable[[], Any], timeout: f
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for %s" % (what or predicate))
         await pilot.pause(0.05)
+
+
+# -- a hub and an edge site ----------------------------------------------------------------
+
+MiB = 1 << 20
+FAST_HUB = {"mirror_interval": 1, "reconcile_interval": 2, "heartbeat_interval": 1, "sync_interval": 1,
+            "read_timeout": 5, "connect_timeout": 2, "retry_max_seconds": 1}
+
+
+@dataclass
+class HubAndEdge:
+    """A hub (role "hub") and an edge `dcn0` with a cache, as daemon processes. The edge reaches
+    the hub through `link` (which can slow the WAN down); the TUI reaches the edge through
+    `relay`, which records what it sends."""
+
+    hub: SiteApi
+    edge: SiteApi
+    link: HubProxy
+    relay: RecordingRelay
+
+    def edge_tui(self, **kw: Any) -> TuiConfig:
+        return TuiConfig(url=self.relay.url, token=self.edge.daemon.token, refresh_seconds=REFRESH, **kw)
+
+    async def hub_image(self, name: str, size: int) -> dict[str, Any]:
+        """An image uploaded at the hub, once the edge's catalog mirror lists it."""
+        image = await self.hub.create(name, visibility="public")
+        await self.hub.call("PUT", "/v2/images/%s/file" % image["id"], 204, data=io.BytesIO(os.urandom(size)),
+                            headers={"Content-Type": "application/octet-stream"})
+        deadline = time.monotonic() + 20
+        while not any(i["id"] == image["id"] for i in await self.edge.images()):
+            assert time.monotonic() < deadline, "the edge never mirrored %s" % name
+            await asyncio.sleep(0.1)
+        return image
+
+    async def cache_view(self) -> dict[str, Any]:
+        return await self.edge.call("GET", "/v2/edge/cache")
+
+
+@pytest.fixture
+async def hub_and_edge_factory(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    made: list[tuple[aiohttp.ClientSession, HubProxy, RecordingRelay]] = []
+
+    async def make(rate: int = 0) -> HubAndEdge:
+        hub = daemon_factory("hub", write_toml(tmp_path / "hub.toml", {
+            "site": {"name": "central", "role": "hub"},
+            "stores": {"default": "central", "central": {"path": "images"}},
+            "hub": {"heartbeat_interval": 1},
+        }))
+        link = await HubProxy(hub.url, rate=rate).start()
+        edge = daemon_factory("dcn0", write_toml(tmp_path / "dcn0.toml", {
+            "site": {"name": "dcn0"},
+            "hub": {"url": link.url, "token_file": str(hub.state_dir / "admin-token"), **FAST_HUB},
+            "cache": {"min_free_bytes": 0, "max_size": 64 * MiB},
+        }))
+        relay = await RecordingRelay(edge.url).start()
+        session = aiohttp.ClientSession()
+        made.append((session, link, relay))
+        return HubAndEdge(SiteApi(hub, session), SiteApi(edge, session), link, relay)
+
+    yield make
+    for session, link, relay in made:
+        await session.close()
+        await relay.close()
+        await link.close()
+
+
+@pytest.fixture
+async def hub_and_edge(hub_and_edge_factory: Callable[..., Any]) -> HubAndEdge:
+    return await hub_and_edge_factory()

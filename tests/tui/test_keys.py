@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from textual.command import CommandList, CommandPalette
-from textual.widgets import Static
+from textual.widgets import Static, TabbedContent
 
 from tests.conftest import VENV_BIN, Daemon
 from tests.tui.conftest import SiteApi, socket_config, wait_until
@@ -40,6 +40,10 @@ async def test_number_keys_palette_escape_and_jk(site: Daemon, site_api: SiteApi
         for key, pane in (("2", "images"), ("3", "queues"), ("4", "cache"), ("5", "events"), ("1", "overview")):
             await pilot.press(key)
             assert app.active_pane == pane
+        # Sites (6) is a hub's screen: not on this edge, nor its tab.
+        await pilot.press("6")
+        assert app.active_pane == "overview"
+        assert app.query_one(TabbedContent).get_tab("sites").display is False
         # The command palette switches screens by name.
         await pilot.press("ctrl+p")
         assert isinstance(app.screen, CommandPalette)
@@ -111,6 +115,7 @@ async def test_read_only_hides_every_action(site: Daemon, site_api: SiteApi) -> 
         await wait_until(pilot, lambda: app.query_one(ImageTable).row_count == 1)
         shown = {b.binding.action for b in app.screen.active_bindings.values()}
         assert {"import_url", "copy_to_store", "delete_from_store", "delete_image"} <= shown
+        assert "cache_image" not in shown  # this site has no cache
         await pilot.press("d")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("escape")

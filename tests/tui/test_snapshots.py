@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from tests.tui.fake_daemon import FakeDaemon
+from tests.tui.fake_daemon import NOW, FakeDaemon
 from tui.app import make_app
 from tui.config import TuiConfig
 
@@ -16,10 +16,10 @@ SIZES = [(80, 24), (120, 40)]
 SCREENS = {"overview": ["1"], "images": ["2"], "queues": ["3"], "cache": ["4"], "events": ["5"]}
 
 
-def fake_app() -> Any:
+def fake_app(hub: bool = False) -> Any:
     # One poll at start-up and one per screen switch; the timer never fires during a snapshot.
     config = TuiConfig(socket="/var/lib/edge-appliance/appliance.sock", refresh_seconds=3600)
-    return make_app(config, client=FakeDaemon())
+    return make_app(config, client=FakeDaemon(hub=hub), clock=lambda: NOW)
 
 
 def keys_then_settle(*keys: str) -> Any:
@@ -40,6 +40,22 @@ def test_screen(snap_compare: Any, screen: str, size: tuple[int, int]) -> None:
     assert snap_compare(fake_app(), terminal_size=size, run_before=keys_then_settle(*SCREENS[screen]))
 
 
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "120x40"])
+@pytest.mark.parametrize("screen", ["overview", "sites"])
+def test_hub_screen(snap_compare: Any, screen: str, size: tuple[int, int]) -> None:
+    keys = {"overview": ["1"], "sites": ["6"]}[screen]
+    assert snap_compare(fake_app(hub=True), terminal_size=size, run_before=keys_then_settle(*keys))
+
+
+def test_cache_queue_row_detail(snap_compare: Any) -> None:
+    # tab: from the cached images to the queue; its second row keeps failing (the error in full below).
+    assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys_then_settle("4", "tab", "j"))
+
+
+def test_cache_clear_choice(snap_compare: Any) -> None:
+    assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys_then_settle("4", "X"))
+
+
 def test_images_second_row_detail(snap_compare: Any) -> None:
     assert snap_compare(fake_app(), terminal_size=(120, 40), run_before=keys_then_settle("2", "j", "j", "j"))
 
@@ -54,5 +70,5 @@ def test_delete_confirmation(snap_compare: Any) -> None:
 
 def test_read_only_images(snap_compare: Any) -> None:
     config = TuiConfig(socket="/var/lib/edge-appliance/appliance.sock", refresh_seconds=3600, read_only=True)
-    app = make_app(config, client=FakeDaemon())
+    app = make_app(config, client=FakeDaemon(), clock=lambda: NOW)
     assert snap_compare(app, terminal_size=(80, 24), run_before=keys_then_settle("2"))

@@ -12,13 +12,13 @@ from textual.widgets import Static
 
 # (keys, what they do, mutating?)
 KEYS: list[tuple[str, str, bool]] = [
-    ("1 2 3 4 5", "Overview · Images · Queues · Cache · Events", False),
+    ("1 2 3 4 5 6", "Overview Images Queues Cache Events Sites", False),
     ("?", "this help", False),
     ("/", "filter the Images table or the Events log", False),
     ("ctrl+p", "command palette: screens and actions by name", False),
     ("j k ↑ ↓", "move the cursor / scroll", False),
     ("pgup pgdn home end", "page / jump in tables and logs", False),
-    ("tab shift+tab", "move focus", False),
+    ("tab shift+tab", "move focus (Cache: cached images ↔ queue)", False),
     ("enter", "keep the filter; choose in a dialog", False),
     ("esc", "close a dialog or the filter, else go back", False),
     ("r", "refresh now", False),
@@ -26,6 +26,9 @@ KEYS: list[tuple[str, str, bool]] = [
     ("c", "copy the highlighted image to a store (Images)", True),
     ("x", "delete its copy in one store (Images)", True),
     ("d", "delete the highlighted image (Images)", True),
+    ("p", "cache the highlighted image (Images)", True),
+    ("x", "uncache / dequeue the highlighted row (Cache)", True),
+    ("X", "clear the cache, the queue, or both (Cache)", True),
     ("y / n", "answer a confirmation", False),
     ("q ctrl+q", "quit", False),
     ("mouse", "click tabs, rows, buttons, footer keys; wheel", False),

@@ -10,11 +10,13 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Input, Static
 
-from tui.display import EMPTY, human_bytes, short_id, status_text
+from tui.display import EMPTY, human_bytes, human_pair, short_id, status_text
 from tui.widgets.filtering import FilterLine
 from tui.widgets.keyed_table import KeyedTable, Values
 
 Json = dict[str, Any]
+# The store name an edge gives the hub's copy of a mirrored image: the cache can hold those.
+UPSTREAM_STORE = "central"
 
 COLUMNS = [
     ("name", "Name", 15),
@@ -64,7 +66,23 @@ def store_list(image: Json) -> list[str]:
     return [s for s in str(image.get("stores") or "").split(",") if s]
 
 
-def detail_text(image: Json, locations: list[Json] | None, error: str = "") -> Text:
+def cache_notes(view: Json) -> dict[str, str]:
+    """What the site's cache holds of each image, as the detail's `cache` location says it."""
+    notes: dict[str, str] = {}
+    for item in view.get("queue") or []:
+        attempts = int(item.get("attempts") or 0)
+        note = "queued for caching"
+        if attempts:
+            note += " · %d failed attempt(s): %s" % (attempts, item.get("last_error") or "?")
+        notes[str(item["image_id"])] = note
+    for fill in view.get("fills") or []:
+        notes[str(fill["image_id"])] = "filling %s" % human_pair(fill.get("bytes_done"), fill.get("bytes_total"))
+    for entry in view.get("entries") or []:
+        notes[str(entry["image_id"])] = "cached copy, %s · %s hit(s)" % (human_bytes(entry.get("size")), entry.get("hits", 0))
+    return notes
+
+
+def detail_text(image: Json, locations: list[Json] | None, error: str = "", cache: str = "") -> Text:
     text = Text()
     text.append(str(image.get("name") or "(no name)"), style="bold")
     text.append("  %s\n" % image["id"], style="dim")
@@ -100,6 +118,9 @@ def detail_text(image: Json, locations: list[Json] | None, error: str = "") -> T
         store = (location.get("metadata") or {}).get("store", "?")
         text.append("\n  %s" % store, style="bold")
         text.append(" %s" % location.get("url", ""))
+    if cache:
+        text.append("\n  cache", style="bold")
+        text.append(" %s" % cache)
     return text
 
 
@@ -120,6 +141,7 @@ class ImagesPane(FilterLine, Vertical):
         self._detail_for: str | None = None
         self._locations: list[Json] | None = None
         self._detail_error = ""
+        self._cache_notes: dict[str, str] | None = None  # None: this site has no cache
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter by name, id, status, format or store (enter: keep, esc: clear)", id="image-filter", classes="-hidden")
@@ -192,7 +214,27 @@ class ImagesPane(FilterLine, Vertical):
         if image["id"] != self._detail_for:
             self._locations, self._detail_error = None, ""
         self._detail_for = str(image["id"])
-        self.query_one("#image-detail", Static).update(detail_text(image, self._locations, self._detail_error))
+        self._render_detail(image)
+
+    def _cache_note(self, image: Json) -> str:
+        if self._cache_notes is None:
+            return ""
+        note = self._cache_notes.get(str(image["id"]))
+        if note is None and UPSTREAM_STORE in store_list(image):
+            note = "not cached · p caches it"
+        return note or ""
+
+    def _render_detail(self, image: Json) -> None:
+        note = self._cache_note(image)
+        self.query_one("#image-detail", Static).update(detail_text(image, self._locations, self._detail_error, note))
+
+    def show_cache(self, view: Json) -> None:
+        """The cache view arrived: the highlighted image's `cache` line may have changed."""
+        image = self.images.get(self._detail_for or "")
+        before = self._cache_note(image) if image is not None else ""
+        self._cache_notes = cache_notes(view)
+        if image is not None and self._cache_note(image) != before:
+            self._render_detail(image)
 
     def has_detail(self, image_id: str) -> bool:
         return self._detail_for == image_id and (self._locations is not None or bool(self._detail_error))
@@ -205,7 +247,7 @@ class ImagesPane(FilterLine, Vertical):
         self._locations, self._detail_error = (None if error else locations), error
         record = self.images.get(image_id)
         if record is not None:
-            self.query_one("#image-detail", Static).update(detail_text(record, self._locations, error))
+            self._render_detail(record)
 
     @property
     def filter_returns_to(self) -> ImageTable:

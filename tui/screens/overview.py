@@ -1,8 +1,9 @@
-"""Overview: site, hub link, stores with capacity bars, cache, task and image counts."""
+"""Overview: site, hub link (or, on a hub, its sites), stores with capacity bars, cache, task
+and image counts."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -10,7 +11,9 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from tui.display import capacity_bar, human_bytes, human_duration, status_text
+from tui.display import ago, capacity_bar, human_bytes, human_duration, human_pair, percent, progress_bar, status_text
+from tui.screens.sites import sites_summary
+from tui.widgets.steady import show_text
 
 Json = dict[str, Any]
 LABEL = 8  # width of the left-hand labels
@@ -29,17 +32,41 @@ def site_text(status: Json) -> Text:
     return text
 
 
-def hub_text(status: Json) -> Text:
+HUB_STATES = {"up": "bold green", "down": "bold red", "unknown": "yellow"}
+
+
+def hub_text(status: Json, now: float, name_of: Callable[[str], str], sites: list[Json] | None = None) -> Text:
+    """The hub link at an edge: state, last sync, the last error, pinned pulls in progress. On a
+    hub: its sites (None until loaded)."""
+    site = status.get("site") or {}
     hub = status.get("hub") or {}
+    if site.get("role") == "hub":
+        text = _label("Sites")
+        if sites is None:
+            text.append("loading…", style="dim")
+        else:
+            text.append_text(sites_summary(sites, now))
+            text.append(" · 6 lists them", style="dim")
+        return text
     text = _label("Hub")
     if not hub.get("configured"):
         text.append("not configured", style="dim")
         return text
-    text.append(str(hub.get("state", "?")))
-    if hub.get("last_sync"):
-        text.append(" · last sync %s" % hub["last_sync"])
+    state = str(hub.get("state", "?"))
+    text.append(state, style=HUB_STATES.get(state, ""))
+    text.append(" · %s" % hub.get("url", "?"))
+    text.append(" · last sync %s" % ago(hub.get("last_sync"), now) if hub.get("last_sync") else " · never synced")
+    if not hub.get("registered"):
+        text.append(" · not registered" if hub.get("site_api") is not False else " · plain Glance (no sites API)", style="yellow")
+    indent = "\n" + " " * LABEL
     if hub.get("last_error"):
-        text.append(" · %s" % hub["last_error"], style="red")
+        text.append(indent)
+        text.append(str(hub["last_error"]), style="red")
+    for pull in hub.get("pulls") or []:
+        text.append(indent)
+        text.append("pulling %s " % name_of(str(pull.get("image_id") or "")))
+        text.append_text(progress_bar(pull.get("bytes_done"), pull.get("bytes_total")))
+        text.append(" %s" % human_pair(pull.get("bytes_done"), pull.get("bytes_total")), style="dim")
     return text
 
 
@@ -76,10 +103,15 @@ def stores_text(status: Json, bar_width: int = 30) -> Text:
 def cache_text(status: Json) -> Text:
     text = _label("Cache")
     cache = status.get("cache")
-    if not cache:
+    if not cache or not cache.get("enabled"):
         text.append("not configured on this site", style="dim")
         return text
-    text.append(", ".join("%s %s" % (k, v) for k, v in sorted(cache.items()) if not isinstance(v, (dict, list))))
+    stats = cache.get("stats") or {}
+    used, limit = cache.get("used_bytes") or 0, cache.get("max_size") or 0
+    text.append("%s of %s (%s)" % (human_bytes(used), human_bytes(limit), percent(used, limit)))
+    text.append(" · %d image(s) · hit ratio %d%%" % (int(cache.get("entries_count") or 0), round(100 * float(stats.get("hit_ratio") or 0))))
+    if cache.get("fills_count"):
+        text.append(" · %d filling" % int(cache["fills_count"]), style="cyan")
     return text
 
 
@@ -125,9 +157,9 @@ class OverviewPane(VerticalScroll):
         yield Static(id="overview-cache")
         yield Static(id="overview-counts")
 
-    def show_status(self, status: Json) -> None:
-        self.query_one("#overview-site", Static).update(site_text(status))
-        self.query_one("#overview-hub", Static).update(hub_text(status))
-        self.query_one("#overview-stores", Static).update(stores_text(status))
-        self.query_one("#overview-cache", Static).update(cache_text(status))
-        self.query_one("#overview-counts", Static).update(counts_text(status))
+    def show_status(self, status: Json, now: float, name_of: Callable[[str], str], sites: list[Json] | None) -> None:
+        show_text(self.query_one("#overview-site", Static), site_text(status))
+        show_text(self.query_one("#overview-hub", Static), hub_text(status, now, name_of, sites))
+        show_text(self.query_one("#overview-stores", Static), stores_text(status))
+        show_text(self.query_one("#overview-cache", Static), cache_text(status))
+        show_text(self.query_one("#overview-counts", Static), counts_text(status))

@@ -1,0 +1,158 @@
+"""Sites (on a hub): the edge sites registered with it, online or not, when last heard from,
+their free space, version and cache; below, the highlighted site's stores and the images placed
+there (the images whose `stores` name the site)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import Static
+
+from tui.display import EMPTY, ago, human_bytes, iso_epoch, percent
+from tui.widgets.keyed_table import KeyedTable, Values
+from tui.widgets.steady import show_text
+
+Json = dict[str, Any]
+
+COLUMNS = [
+    ("site", "Site", 12),
+    ("state", "State", 7),
+    ("seen", "Last seen", 9),
+    ("free", "Free", 12),
+    ("version", "Version", 7),
+    ("images", "Images", 6),
+    ("cache", "Cache/hit", 9),
+]
+GROW = [("site", 12), ("seen", 4), ("version", 8)]
+
+
+def free_text(site: Json) -> str:
+    free, total = site.get("free_bytes"), site.get("total_bytes")
+    if free is None:
+        return EMPTY
+    return "%s %s" % (human_bytes(free), percent(free, total)) if total else human_bytes(free)
+
+
+def cache_cell(site: Json) -> str:
+    cache = site.get("cache") or {}
+    if not cache:
+        return EMPTY
+    return "%s / %d%%" % (cache.get("entries", 0), round(100 * float(cache.get("hit_ratio") or 0)))
+
+
+def placements(images: Iterable[Json]) -> dict[str, list[Json]]:
+    """Images by the stores (sites among them) that hold them: one pass over the list."""
+    found: dict[str, list[Json]] = {}
+    for image in images:
+        for store in str(image.get("stores") or "").split(","):
+            if store:
+                found.setdefault(store, []).append(image)
+    return found
+
+
+def site_row(site: Json, placed: int, now: float) -> Values:
+    return (
+        str(site.get("name")),
+        "online" if site.get("online") else "offline",
+        ago(iso_epoch(site.get("last_seen")), now, coarse=True),
+        free_text(site),
+        str(site.get("version") or EMPTY),
+        str(placed),
+        cache_cell(site),
+    )
+
+
+def site_detail(site: Json, images: list[Json], now: float) -> Text:
+    text = Text()
+    text.append(str(site.get("name")), style="bold")
+    text.append(" ")
+    text.append("online" if site.get("online") else "offline", style="green" if site.get("online") else "bold red")
+    text.append(" · last seen %s · version %s" % (ago(iso_epoch(site.get("last_seen")), now), site.get("version") or EMPTY))
+    text.append("\nregistered %s" % (site.get("registered_at") or EMPTY), style="dim")
+    if site.get("api_url"):
+        text.append(" · api %s" % site["api_url"], style="dim")
+    free, total = site.get("free_bytes"), site.get("total_bytes")
+    stores = ", ".join(str(s.get("id")) for s in site.get("stores") or []) or EMPTY
+    text.append("\ndisk %s free of %s · stores %s" % (human_bytes(free), human_bytes(total), stores))
+    cache = site.get("cache") or {}
+    text.append("\ncache ")
+    if cache:
+        text.append("%s in %s image(s) · hit ratio %d%%" % (
+            human_bytes(cache.get("used_bytes")), cache.get("entries", 0), round(100 * float(cache.get("hit_ratio") or 0))))
+    else:
+        text.append("none reported", style="dim")
+    text.append("\n\nImages placed here (%d)" % len(images), style="bold")
+    if not images:
+        text.append(" none: copy-image with this site as the store (c on Images) places one", style="dim")
+    for image in sorted(images, key=lambda i: str(i.get("name") or i["id"])):
+        text.append("\n  %s" % (image.get("name") or image["id"]))
+        text.append("  %s · %s" % (image["id"], human_bytes(image.get("size"))), style="dim")
+    return text
+
+
+def sites_summary(sites: list[Json], now: float) -> Text:
+    """One line for the Overview: how many sites are online, and which are not."""
+    online = [s for s in sites if s.get("online")]
+    offline = [s for s in sites if not s.get("online")]
+    text = Text()
+    if not sites:
+        text.append("none registered yet", style="dim")
+        return text
+    text.append("%d online" % len(online), style="green" if online else "")
+    text.append(" · ")
+    text.append("%d offline" % len(offline), style="bold red" if offline else "")
+    if offline:
+        text.append(": " + ", ".join("%s (seen %s)" % (s.get("name"), ago(iso_epoch(s.get("last_seen")), now)) for s in offline[:3]))
+        if len(offline) > 3:
+            text.append(", …")
+    return text
+
+
+class SiteTable(KeyedTable):
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(COLUMNS, grow=GROW, id=id)
+
+    def render_value(self, column: str, value: Any) -> Any:
+        if column == "state":
+            return Text(value, style="green" if value == "online" else "bold red")
+        return value
+
+
+class SitesPane(Vertical):
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.sites: dict[str, Json] = {}
+        self.loaded = False
+        self._placed: dict[str, list[Json]] = {}
+        self._now = 0.0
+
+    def compose(self) -> ComposeResult:
+        yield SiteTable(id="sites")
+        with VerticalScroll(id="site-detail-pane"):
+            yield Static(Text("Loading sites…", style="dim"), id="site-detail")
+
+    @property
+    def table(self) -> SiteTable:
+        return self.query_one(SiteTable)
+
+    def show_sites(self, sites: list[Json], images: Iterable[Json], now: float) -> None:
+        self.loaded = True
+        self.sites = {str(s["name"]): s for s in sites}
+        self._placed = placements(images)
+        self._now = now
+        rows = [(name, site_row(site, len(self._placed.get(name, ())), now)) for name, site in sorted(self.sites.items())]
+        self.table.sync_rows(rows)
+        self.show_highlighted()
+
+    def show_highlighted(self) -> None:
+        detail = self.query_one("#site-detail", Static)
+        key = self.table.highlighted_key
+        site = self.sites.get(key) if key else None
+        if site is None:
+            message = "No edge site has registered with this hub yet." if self.loaded else "Loading sites…"
+            show_text(detail, Text(message, style="dim"))
+            return
+        show_text(detail, site_detail(site, self._placed.get(str(site["name"]), []), self._now))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import json
 import logging
 import time
@@ -112,7 +113,7 @@ class HubLink:
         next_full = 0.0
         while True:
             full = time.monotonic() >= next_full
-            await self._round("catalog mirror", lambda: self.mirror_once(full=full))
+            await self._round("catalog mirror", functools.partial(self.mirror_once, full=full))
             if full and self.state == "up":
                 next_full = time.monotonic() + self._config.hub.reconcile_interval
             await asyncio.sleep(self._config.hub.mirror_interval)

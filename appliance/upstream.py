@@ -143,19 +143,23 @@ class Upstream:
         """PUT a local file as the image's data (file reads in a thread, rate-limited)."""
         url = self.data_url(image_id)
 
+        fh = await asyncio.to_thread(open, path, "rb")
+        size = await asyncio.to_thread(os.fstat, fh.fileno())
+
         async def body() -> AsyncIterator[bytes]:
-            with open(path, "rb") as fh:
-                while chunk := await asyncio.to_thread(fh.read, DATA_CHUNK):
-                    await self._limiter.take(len(chunk))
-                    yield chunk
+            while chunk := await asyncio.to_thread(fh.read, DATA_CHUNK):
+                await self._limiter.take(len(chunk))
+                yield chunk
 
         try:
             async with self._client().put(url, data=body(), headers=self._headers(
-                    {"Content-Type": "application/octet-stream", "Content-Length": str(os.path.getsize(path))})) as resp:
+                    {"Content-Type": "application/octet-stream", "Content-Length": str(size.st_size)})) as resp:
                 if resp.status not in (200, 204):
                     raise _status_error("PUT", url, resp.status, await resp.read())
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise _unreachable(url, exc) from None
+        finally:
+            fh.close()
 
     @contextlib.asynccontextmanager
     async def open_data(self, image_id: str, offset: int = 0, end: int | None = None) -> AsyncIterator[DataResponse]:

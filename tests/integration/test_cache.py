@@ -407,3 +407,15 @@ async def test_the_cleaner_removes_stalled_partials_only(link_factory: Any) -> N
     assert cleaned == {"total_files_cleaned": 1, "total_bytes_cleaned": 1000}
     assert not stale.exists() and fresh.exists()
     assert (await link.download(image_id))[0] == 200
+
+
+async def test_the_free_space_floor_is_respected(link_factory: Any) -> None:
+    # A floor above the filesystem's size: nothing can be cached, everything is still served.
+    link = await link_factory(cache={"min_free_bytes": 1 << 60})
+    data = os.urandom(MiB)
+    image_id = await link.hub_image(data)
+    assert (await link.download(image_id)) == (200, data)
+    view = await link.cache_view()
+    assert view["entries"] == [] and view["stats"]["uncached"] == 1
+    events = await link.edge_json("GET", "/v2/edge/events")
+    assert any("min_free_bytes" in e["message"] for e in events["events"])

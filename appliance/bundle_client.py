@@ -7,9 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -18,51 +16,14 @@ from appliance.bundles import (
     IMAGE_DIR, BundleReport, ImageRecord, Manifest, create_bundle, file_chunks, generate_key, load_private_key,
     load_public_key, sign_manifest, verify_bundle,
 )
-from appliance.config import HubConfig, default_state_dir, load_config
+from appliance.config import HubConfig, load_config
 from appliance.digest import ChecksumMismatch
 from appliance.errors import ApplianceError, ConfigError
+from appliance.target import Target, target_from_args
 from appliance.upstream import Upstream
-
-SOCKET_ENV = "EDGE_APPLIANCE_SOCKET"
-SYSTEM_SOCKET = Path("/var/lib/edge-appliance/appliance.sock")  # the systemd unit's StateDirectory
-
 
 class TransferFailed(ApplianceError):
     """The daemon or endpoint could not be reached, or refused the request."""
-
-
-def default_socket(state_dir: Path | None) -> str:
-    """$EDGE_APPLIANCE_SOCKET; else <state dir>/appliance.sock, the state dir being --state-dir,
-    $STATE_DIRECTORY or ./var when that socket exists, else the system one."""
-    if os.environ.get(SOCKET_ENV):
-        return os.environ[SOCKET_ENV]
-    if state_dir is not None:
-        return str(state_dir / "appliance.sock")
-    local = default_state_dir() / "appliance.sock"
-    return str(local if local.exists() else SYSTEM_SOCKET)
-
-
-@dataclass(frozen=True)
-class Target:
-    """An Image API: a base URL, or the daemon's Unix socket (where root and the daemon's user
-    need no token)."""
-
-    url: str | None
-    socket: str | None
-    token: str = ""
-
-    @property
-    def base(self) -> str:
-        return self.url.rstrip("/") if self.url else "http://localhost"
-
-    def describe(self) -> str:
-        return self.url if self.url else "unix:%s" % self.socket
-
-    def session(self) -> aiohttp.ClientSession:
-        # No overall timeout (a bundle can take long); a silent peer still fails.
-        connector = aiohttp.UnixConnector(path=self.socket) if self.socket else aiohttp.TCPConnector()
-        return aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600))
 
 
 async def export_bundle(target: Target, image_ids: list[str], output: Path, key_file: Path | None = None) -> Manifest:
@@ -115,18 +76,6 @@ async def send_bundle(target: Target, path: Path, store: str | None = None) -> B
 # -- the `bundle` command ---------------------------------------------------------------------
 
 
-def _target(args: argparse.Namespace) -> Target:
-    token = args.token or ""
-    if args.token_file is not None:
-        try:
-            token = args.token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError("cannot read the token file %s: %s" % (args.token_file, exc.strerror)) from None
-    if args.url:
-        return Target(url=args.url, socket=None, token=token)
-    return Target(url=None, socket=args.socket or default_socket(args.state_dir), token=token)
-
-
 def _print_report(report: BundleReport) -> int:
     for line in report.lines():
         print(line)
@@ -149,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                 require = require or config.bundles.require_signed
             return _print_report(asyncio.run(verify_bundle(args.file, keys, require)))
         if args.bundle_command == "import":
-            return _print_report(asyncio.run(send_bundle(_target(args), args.file, args.store)))
+            return _print_report(asyncio.run(send_bundle(target_from_args(args), args.file, args.store)))
         key_file = None
         if args.sign is not None:
             key_file = Path(args.sign) if args.sign else None
@@ -157,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                 if config is None or not config.bundles.signing_key:
                     raise ConfigError("--sign without a key file uses [bundles] signing_key of --config, which is not set")
                 key_file = config.path(config.bundles.signing_key)
-        manifest = asyncio.run(export_bundle(_target(args), args.ids, args.output, key_file))
+        manifest = asyncio.run(export_bundle(target_from_args(args), args.ids, args.output, key_file))
         total = sum(r.size for r in manifest.images)
         print("wrote %s: %d image(s), %d bytes of image data in %d bytes%s" % (
             args.output, len(manifest.images), total, args.output.stat().st_size, ", signed" if key_file else ""))

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from appliance.bundle_client import Target
+from appliance.target import Target
 
 VERBS = ("list-cached", "list-queued", "queue-image", "delete-cached-image", "delete-all-cached-images",
          "delete-queued-image", "delete-all-queued-images", "stats")

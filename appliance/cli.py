@@ -183,10 +183,10 @@ def check_uri(config_path: Path | None, url: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "cache":
-        from appliance.bundle_client import _target
+        from appliance.target import target_from_args
 
         try:
-            target = _target(args)
+            target = target_from_args(args)
         except ConfigError as exc:
             print("error: %s" % exc, file=sys.stderr)
             return 2

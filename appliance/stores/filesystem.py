@@ -25,9 +25,10 @@ T = TypeVar("T")
 
 PARTIAL_DIR = ".partial"
 QUARANTINE_DIR = ".quarantine"
-# Bytes handed to the worker threads at a time: large enough to amortise the hand-over,
-# small enough that PIPELINE_DEPTH of them stay a few MiB per transfer.
-BATCH_BYTES = 1 << 20
+# Bytes handed to the worker threads at a time: large enough to amortise the hand-over (4 MiB
+# took uploads from ~280 to ~320 MB/s on a 2-core VM, where the hashes leave no CPU to spare),
+# small enough that PIPELINE_HIGH of them stay ~32 MiB per transfer.
+BATCH_BYTES = 4 << 20
 PULLS_DIR = ".pulls"
 # Granularity of zero-run detection for thin provisioning (a typical filesystem block multiple).
 ZERO_BLOCK = 64 << 10

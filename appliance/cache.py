@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from appliance.catalog import Catalog
-from appliance.config import CacheConfig, HubConfig
+from appliance.config import CacheConfig, Config, HubConfig
 from appliance.digest import ChecksumMismatch, DigestSink, verify
 from appliance.download import CACHE, UPSTREAM, Download
 from appliance.errors import ApplianceError, BadRequest, NotFound, RangeNotSatisfiable
@@ -80,6 +80,13 @@ class ImageCache:
         self._wake = asyncio.Event()
         self._prefetching: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+
+    def apply_config(self, config: Config) -> None:
+        """Reload: sizes, watermarks, intervals and retries apply to the next fill and round
+        (dir and enabled need a restart)."""
+        self.config = replace(config.cache, dir=self.config.dir, enabled=self.config.enabled)
+        self._hub = config.hub
+        self._wake.set()
 
     @property
     def enabled(self) -> bool:

@@ -78,6 +78,9 @@ def reload_services(services: Services, new: Config) -> list[str]:
     services.images.apply_config(new)
     services.imports.apply_config(new)
     services.sites.apply_config(new)
+    services.cache.apply_config(new)
+    if new.cache.dir != services.config.cache.dir or new.cache.enabled != services.config.cache.enabled:
+        pending.append("cache.dir/enabled")
     if services.hub is not None:
         services.hub.apply_config(new)
     if new.hub.url != services.config.hub.url:

@@ -419,3 +419,16 @@ async def test_the_free_space_floor_is_respected(link_factory: Any) -> None:
     assert view["entries"] == [] and view["stats"]["uncached"] == 1
     events = await link.edge_json("GET", "/v2/edge/events")
     assert any("min_free_bytes" in e["message"] for e in events["events"])
+
+
+async def test_reload_applies_cache_sizes_and_reports_what_needs_a_restart(make_config: Any) -> None:
+    from appliance.services import open_services, reload_services
+
+    async with open_services(make_config(hub={"url": "http://127.0.0.1:9"})) as services:
+        pending = reload_services(services, make_config(hub={"url": "http://127.0.0.1:9"},
+                                                        cache={"max_size": 5 * MiB, "low_watermark": 40}))
+        assert services.cache.config.max_size == 5 * MiB and services.cache.config.low_watermark == 40
+        assert pending == []
+        pending = reload_services(services, make_config(hub={"url": "http://127.0.0.1:10"}, cache={"dir": "elsewhere"}))
+        assert "hub.url" in pending and "cache.dir/enabled" in pending
+        assert services.cache.config.dir == "cache"

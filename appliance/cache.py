@@ -190,7 +190,8 @@ class ImageCache:
             self._leases[image.id] += 1
             self.stats.hits += 1
             self._metrics.cache_hits.inc()
-            self.stats.bytes_from_cache += _range_length(byte_range, entry.size)
+            start, stop = _span(byte_range, entry.size)
+            self.stats.bytes_from_cache += max(0, stop - start)
             accessed = time.time()
             self._entries[image.id] = replace(entry, last_accessed=accessed, hits=entry.hits + 1)
             await self._catalog.touch_cache_entry(image.id, accessed)
@@ -308,11 +309,7 @@ class ImageCache:
 
     async def _relay_range(self, image: Image, byte_range: slice) -> Download:
         assert self.upstream is not None and image.size is not None
-        start, stop = byte_range.start, byte_range.stop
-        if start is not None and start < 0:  # suffix: the last -start bytes
-            start, stop = max(0, image.size + start), None
-        start = start or 0
-        stop = image.size if stop is None else min(stop, image.size)
+        start, stop = _span(byte_range, image.size)
         if start >= stop:
             raise RangeNotSatisfiable("Requested range not satisfiable: the image has %d bytes" % image.size)
         stack = contextlib.AsyncExitStack()
@@ -511,13 +508,15 @@ class _Relayed:
 # -- file helpers (blocking: called through asyncio.to_thread) ---------------------------------
 
 
-def _range_length(byte_range: slice | None, size: int) -> int:
+def _span(byte_range: slice | None, size: int) -> tuple[int, int]:
+    """A request's Range (aiohttp's slice; a negative start is a suffix) as [start, stop)
+    within the image; start >= stop when it is not satisfiable."""
     if byte_range is None:
-        return size
+        return 0, size
     start, stop = byte_range.start, byte_range.stop
-    if start is not None and start < 0:
-        return min(size, -start)
-    return max(0, min(size, size if stop is None else stop) - (start or 0))
+    if start is not None and start < 0:  # suffix: the last -start bytes
+        return max(0, size + start), size
+    return start or 0, size if stop is None else min(stop, size)
 
 
 def _names(directory: Path) -> set[str]:

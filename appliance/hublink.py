@@ -29,6 +29,7 @@ from appliance.catalog import Catalog
 from appliance.config import Config
 from appliance.digest import ChecksumMismatch
 from appliance.errors import ApplianceError, Conflict, HubUnreachable, NotFound
+from appliance.images import ImageService
 from appliance.metrics import Metrics
 from appliance.mirror import UPSTREAM_STORE, image_from_glance
 from appliance.model import ACTIVE, Image, Location
@@ -49,11 +50,12 @@ def _now() -> str:
 
 class HubLink:
     def __init__(self, config: Config, catalog: Catalog, stores: dict[str, FilesystemStore], cache: ImageCache,
-                 upstream: Upstream, metrics: Metrics) -> None:
+                 images: ImageService, upstream: Upstream, metrics: Metrics) -> None:
         self._config = config
         self._catalog = catalog
         self._stores = stores
         self._cache = cache
+        self._images = images
         self.upstream = upstream
         self._metrics = metrics
         self._state_file = config.path("hub-mirror.json")
@@ -184,12 +186,7 @@ class HubLink:
             image = await self._catalog.get_image(image_id)
         except NotFound:
             return
-        await self._catalog.delete_image(image_id)
-        for loc in image.locations:
-            store = self._stores.get(loc.store)
-            if store is not None:
-                await store.delete(image_id)
-        await self._cache.delete(image_id)
+        await self._images.remove(image)
         log.info("hub link: image %s (%s) was deleted at the hub; removed here", image_id, image.name)
 
     def _load_since(self) -> None:
@@ -207,8 +204,9 @@ class HubLink:
 
     # -- registration and heartbeat -------------------------------------------------------------
 
-    def _site_body(self) -> dict[str, Any]:
-        usages = [s.usage() for s in self._stores.values()]
+    async def _site_body(self) -> dict[str, Any]:
+        # Store usage scans the store directories: in a thread, not on the event loop.
+        usages = await asyncio.to_thread(lambda: [s.usage() for s in self._stores.values()])
         return {
             "name": self.site,
             "stores": [{"id": s.name, "description": s.description} for s in self._stores.values()],
@@ -223,7 +221,7 @@ class HubLink:
     async def register(self) -> bool:
         """Register this site; False (logged once) if the hub has no site API (a plain Glance)."""
         try:
-            await self.upstream.request_json("POST", "/v2/edge/sites", json=self._site_body())
+            await self.upstream.request_json("POST", "/v2/edge/sites", json=await self._site_body())
         except NotFound:
             if self.extras is not False:
                 log.warning("hub %s has no site API (a plain Glance v2?): registration, heartbeats and hub-driven sync "
@@ -239,7 +237,7 @@ class HubLink:
     async def heartbeat_once(self) -> None:
         if not self.registered and not await self.register():
             return
-        body = self._site_body()
+        body = await self._site_body()
         try:
             await self.upstream.request_json("POST", "/v2/edge/sites/%s/heartbeat" % self.site,
                                              json={k: body[k] for k in ("free_bytes", "total_bytes", "cache")})
@@ -289,8 +287,12 @@ class HubLink:
         """A hub image's bytes into `dest`: resumable (a partial `dest` is continued with Range),
         verified against the hub's record. Returns the record."""
         image = await self._cache.lookup(image_id)
+        await self._fetch(image, dest, progress)
+        return image
+
+    async def _fetch(self, image: Image, dest: Path, progress: Callable[[int, int], None] | None) -> None:
         if image.status != ACTIVE or image.size is None:
-            raise Conflict("image %s is %s at the hub; only active images can be pulled" % (image_id, image.status))
+            raise Conflict("image %s is %s at the hub; only active images can be pulled" % (image.id, image.status))
         transfer = Transfer(self.upstream, image, dest, attempts=self._config.hub.resume_attempts,
                             retry_max=self._config.hub.retry_max_seconds, on_bytes=self._metrics.upstream_bytes.inc)
         await transfer.open()
@@ -306,7 +308,6 @@ class HubLink:
             transfer.retire()
         if transfer.range_requests:
             log.info("hub link: image %s: the transfer resumed %d time(s) with a Range request", image.id, transfer.range_requests)
-        return image
 
     async def pin(self, image_id: str) -> str:
         """Pull a pinned copy into the default store (never evicted, unlike the cache)."""
@@ -316,7 +317,7 @@ class HubLink:
             return "already held in store %s" % store.name
         partial = store.pull_path(image.id)
         try:
-            await self.fetch(image.id, partial, lambda done, total: self._pulling.__setitem__(image.id, (done, total)))
+            await self._fetch(image, partial, lambda done, total: self._pulling.__setitem__(image.id, (done, total)))
         finally:
             self._pulling.pop(image.id, None)
         await store.adopt(image.id, partial)

@@ -252,6 +252,12 @@ class ImageService:
         policy.check_modify(ctx, image)
         if image.protected:
             raise Forbidden("Image %s is protected and cannot be deleted." % image.id)
+        await self.remove(image)
+        log.info("image %s deleted by %s/%s", image.id, ctx.project, ctx.user)
+
+    async def remove(self, image: Image) -> None:
+        """Drop an image's record and every copy this site holds (stores and cache); no policy
+        here: callers decide (a client's delete, or the hub having deleted it)."""
         await self._catalog.delete_image(image.id)
         for loc in image.locations:
             store = self._stores.get(loc.store)
@@ -259,7 +265,6 @@ class ImageService:
                 await store.delete(image.id)
         if self._cache is not None:
             await self._cache.delete(image.id)
-        log.info("image %s deleted by %s/%s", image.id, ctx.project, ctx.user)
 
     async def add_tag(self, ctx: Context, image_id: str, tag: str) -> None:
         image = await self.get(ctx, image_id)

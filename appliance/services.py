@@ -112,10 +112,10 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             upstream = _upstream(config)
             cache = ImageCache(config.cache, config.hub, config.path(config.cache.dir), catalog, upstream, metrics=metrics)
             await cache.start()
-            hub = HubLink(config, catalog, stores, cache, upstream, metrics) if upstream is not None else None
             sites = SiteService(config, catalog, stores)
             await sites.load()
             images = ImageService(config, catalog, stores, cache, sites=sites)
+            hub = HubLink(config, catalog, stores, cache, images, upstream, metrics) if upstream is not None else None
             imports = ImportService(config, catalog, dict(stores), images, build_steps(config), build_uri_filter(config),
                                     sites=sites, hub=hub,
                                     observe_plugin=lambda name, secs: metrics.plugin_seconds.labels(name).observe(secs))

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
+import re
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from appliance import wire
 from appliance.api import schemas
 from appliance.api.keys import IMAGES, IMPORTS, METRICS
 from appliance.api.middleware import CONTEXT
 from appliance.download import Download
-from appliance.errors import ApplianceError, BadRequest, UnsupportedMediaType
+from appliance.errors import ApplianceError, BadRequest, RangeNotSatisfiable, UnsupportedMediaType
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -28,7 +31,7 @@ async def read_json(request: web.Request, media_types: tuple[str, ...] = ("appli
         )
     raw = await request.read()
     try:
-        return json.loads(raw)
+        return wire.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("Malformed JSON in request body: %s" % exc) from None
 
@@ -101,10 +104,28 @@ async def reactivate(request: web.Request) -> web.Response:
 
 async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
     """The request body as the socket delivered it. Unlike iter_any(), which joins whatever is
-    buffered into one new bytes object, this hands each received buffer on without a copy."""
-    async for data, _end_of_http_chunk in request.content.iter_chunks():
-        if data:
-            yield data
+    buffered into one new bytes object, this hands each received buffer on without a copy.
+
+    Ends on an empty read at end of stream: aiohttp gives every body-less request one shared
+    empty stream whose readchunk() answers (b"", True) forever once read, so iter_chunks()
+    (which stops only on (b"", False)) would spin the event loop. A body that stops short of
+    its Content-Length, or a client that goes away mid-body, is a BadRequest, never a short
+    success."""
+    content = request.content
+    received = 0
+    try:
+        while True:
+            data, _end_of_http_chunk = await content.readchunk()
+            if data:
+                received += len(data)
+                yield data
+            elif content.at_eof():
+                break
+    except (ClientPayloadError, HttpProcessingError, ConnectionError, asyncio.IncompleteReadError) as exc:
+        raise BadRequest("The request body broke off after %d bytes: %s" % (received, exc or type(exc).__name__)) from None
+    expected = request.content_length
+    if expected is not None and received < expected:
+        raise BadRequest("The request body ended after %d of the %d bytes in Content-Length" % (received, expected))
 
 
 def _large_reads(request: web.Request) -> None:
@@ -155,15 +176,32 @@ class CountedFileResponse(web.FileResponse):
         return writer
 
 
+# `bytes=-0` asks for the last zero bytes, which no file has (RFC 9110 14.1.1: 416), but
+# aiohttp's http_range reads it as slice(0, None), the whole file, since -0 == 0.
+_EMPTY_SUFFIX = re.compile(r"bytes=-0+", re.ASCII | re.IGNORECASE)
+EMPTY_RANGE = slice(0, 0)
+
+
+def _requested_range(request: web.Request) -> slice | None:
+    if "Range" not in request.headers:
+        return None
+    try:
+        byte_range = request.http_range
+    except ValueError:
+        return None  # unparseable Range: answer the whole image, as HTTP allows
+    return EMPTY_RANGE if _EMPTY_SUFFIX.fullmatch(request.headers["Range"].strip()) else byte_range
+
+
 @routes.get("/v2/images/{image_id}/file")
 async def download(request: web.Request) -> web.StreamResponse:
-    try:
-        byte_range = request.http_range if "Range" in request.headers else None
-    except ValueError:
-        byte_range = None  # unparseable Range: answer the whole image, as HTTP allows
+    byte_range = _requested_range(request)
     found = await request.app[IMAGES].open_download(request[CONTEXT], request.match_info["image_id"], byte_range)
     if found is None:
         return web.Response(status=204)
+    if byte_range is EMPTY_RANGE and found.path is not None:  # FileResponse would re-read the header
+        if found.release is not None:
+            found.release()
+        raise RangeNotSatisfiable("Requested range not satisfiable: a suffix of 0 bytes selects nothing")
     headers = {"Content-Type": "application/octet-stream"}
     if byte_range is None and found.image.checksum:
         headers["Content-MD5"] = found.image.checksum

@@ -332,21 +332,23 @@ class UriFilter:
         try:
             answers = await self._resolve(decision.host, decision.port)
         except OSError as exc:
-            return self._refused(url, "host %s could not be resolved (%s)" % (decision.host, exc), decision)
+            return self._refused(url, "host %s could not be resolved" % decision.host, decision, " (%s)" % exc)
         addresses: list[IPAddress] = []
         for answer in answers:
             try:
                 addr = ipaddress.ip_address(answer)
             except ValueError:
-                return self._refused(url, "host %s resolved to an invalid address %r" % (decision.host, answer), decision)
+                return self._refused(url, "host %s resolved to an invalid address" % decision.host, decision, " (%r)" % answer)
             if addr not in addresses:
                 addresses.append(addr)
         if not addresses:
             return self._refused(url, "host %s resolves to no address" % decision.host, decision)
         return self._check_addresses(decision, addresses, by_name=True)
 
-    def _refused(self, url: str, reason: str, base: Decision | None = None) -> Decision:
-        log.info("URL %s refused: %s", _printable(url), reason)
+    def _refused(self, url: str, reason: str, base: Decision | None = None, private: str = "") -> Decision:
+        # `private` (what DNS answered) goes to the operator's log only: a client must not learn
+        # the site's internal addresses by probing names.
+        log.info("URL %s refused: %s%s", _printable(url), reason, private)
         if base is None:
             return Decision(False, reason)
         return Decision(False, reason, base.url, base.host, base.port)
@@ -414,16 +416,18 @@ class UriFilter:
             details = [str(addr)] if by_name else []
             if embedded is not None:
                 details.append("IPv4 %s in %s form" % (target, embedded[1]))
-            shown = " (%s)" % ", ".join(details) if details else ""
+            # A literal's forms are the client's own text; what DNS answered is only logged.
+            text = " (%s)" % ", ".join(details) if details else ""
+            shown, private = ("", text) if by_name else (text, "")
             if target in METADATA_ADDRESSES:
                 if self._hosts_allowed.names_exactly(addr):
                     continue
-                return self._refused(decision.url, "%s a cloud metadata address%s" % (subject, shown), decision)
+                return self._refused(decision.url, "%s a cloud metadata address%s" % (subject, shown), decision, private)
             kind = _classify(target)
             if kind and not (name_listed or self._hosts_allowed.covers(addr)):
-                return self._refused(decision.url, "%s %s address%s" % (subject, kind, shown), decision)
+                return self._refused(decision.url, "%s %s address%s" % (subject, kind, shown), decision, private)
             if not self._hosts_allowed and self._hosts_denied.covers(addr):
-                return self._refused(decision.url, "%s an address in disallowed_hosts%s" % (subject, shown), decision)
+                return self._refused(decision.url, "%s an address in disallowed_hosts%s" % (subject, shown), decision, private)
         return Decision(True, "accepted", decision.url, decision.host, decision.port,
                         tuple(str(a) for a in addresses))
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -237,7 +241,7 @@ def test_idna_hosts_are_normalized_before_matching(config: dict[str, Any], url: 
         ({}, "http://nat64.example/", False, "private address (64:ff9b::a00:1, IPv4 10.0.0.1 in NAT64 form)"),
         ({}, "http://sixtofour.example/", False, "loopback address (2002:7f00:1::1, IPv4 127.0.0.1 in 6to4 form)"),
         ({}, "http://unknown.example/", False, "host unknown.example could not be resolved"),
-        ({}, "http://bogus.example/", False, "resolved to an invalid address 'not-an-address'"),
+        ({}, "http://bogus.example/", False, "resolved to an invalid address ('not-an-address')"),
         ({}, "http://empty.example/", False, "host empty.example resolves to no address"),
         # Literals in special-purpose ranges.
         ({}, "http://127.0.0.1/", False, "host 127.0.0.1 is a loopback address"),
@@ -310,8 +314,18 @@ def test_idna_hosts_are_normalized_before_matching(config: dict[str, Any], url: 
         ({"disallowed_hosts": (PUBLIC4,)}, "http://public6.example/", True, ""),
     ],
 )
-async def test_address_rules(config: dict[str, Any], url: str, allowed: bool, reason: str) -> None:
-    assert_decision(await make(**config).check(url), allowed, reason)
+async def test_address_rules(config: dict[str, Any], url: str, allowed: bool, reason: str,
+                             caplog: pytest.LogCaptureFixture) -> None:
+    """What DNS answered (in parentheses) goes to the operator's log, never to the client."""
+    by_name = not urlsplit(url).hostname[0].isdigit() and "[" not in url  # type: ignore[index]
+    found = re.fullmatch(r"(.*) \(([^()]*[\d:'][^()]*)\)", reason) if by_name and "not in allowed_hosts" not in reason else None
+    public, private = (found.group(1), found.group(2)) if found else (reason, "")
+    with caplog.at_level(logging.INFO, logger="appliance.urifilter"):
+        decision = await make(**config).check(url)
+    assert_decision(decision, allowed, public)
+    if private:
+        assert private not in decision.reason, decision.reason
+        assert "(%s)" % private in caplog.text
 
 
 async def test_check_returns_every_checked_address_once() -> None:

@@ -29,10 +29,10 @@ from appliance.catalog import Catalog
 from appliance.config import CacheConfig, Config, HubConfig
 from appliance.digest import ChecksumMismatch, DigestSink, verify
 from appliance.download import CACHE, UPSTREAM, Download
-from appliance.errors import ApplianceError, BadRequest, NotFound, RangeNotSatisfiable
+from appliance.errors import ApplianceError, BadRequest, Conflict, HubUnreachable, NotFound, RangeNotSatisfiable
 from appliance.metrics import Metrics
 from appliance.mirror import PENDING, UPSTREAM_STORE, fetch_image_record
-from appliance.model import ACTIVE, CacheEntry, Image, QueuedImage
+from appliance.model import ACTIVE, DEACTIVATED, CacheEntry, Image, QueuedImage
 from appliance.transfer import Transfer, TransferBroken, backoff
 from appliance.upstream import Upstream
 
@@ -153,6 +153,9 @@ class ImageCache:
     async def lookup(self, image_id: str) -> Image:
         """The image record, fetched from upstream and recorded when this site has none (one
         upstream request however many clients ask at once)."""
+        pending = self._lookups.get(image_id)
+        if pending is not None:  # the record is being fetched and written: wait for it
+            return await asyncio.shield(pending)
         try:
             image = await self._catalog.get_image(image_id)
         except NotFound:
@@ -179,6 +182,24 @@ class ImageCache:
             return await self._fetch_record(image.id)
         except ApplianceError:
             return image  # not a hub image, or the hub is away: answer from what is known
+
+    async def servable(self, image: Image) -> Image:
+        """The hub's current record of a hub image that has no data to serve here yet (mirrored
+        or looked up while the hub was still writing it): the image is served once the hub has
+        it, and until then the client gets an error, never an empty success."""
+        if self.upstream is None:
+            return image
+        try:
+            fresh = await self._fetch_record(image.id)
+        except NotFound:
+            raise NotFound("Image %s is no longer at the hub" % image.id) from None
+        except HubUnreachable as exc:
+            raise HubUnreachable("Image %s has no data at this site yet and the hub is unreachable: %s"
+                                 % (image.id, exc)) from None
+        if not _has_upstream_data(fresh):
+            raise Conflict("Image %s is not active yet at the hub (status %s); try again once its upload has finished"
+                           % (image.id, fresh.status))
+        return fresh
 
     # -- serving ----------------------------------------------------------------------------
 
@@ -506,6 +527,16 @@ class _Relayed:
 
 
 # -- file helpers (blocking: called through asyncio.to_thread) ---------------------------------
+
+
+def _has_upstream_data(image: Image) -> bool:
+    return image.status in (ACTIVE, DEACTIVATED) and image.size is not None and any(
+        loc.store == UPSTREAM_STORE and loc.status == "active" for loc in image.locations)
+
+
+def is_upstream_image(image: Image) -> bool:
+    """A hub image: its record carries a location in the upstream pseudo-store."""
+    return any(loc.store == UPSTREAM_STORE for loc in image.locations)
 
 
 def _span(byte_range: slice | None, size: int) -> tuple[int, int]:

@@ -287,7 +287,10 @@ class Catalog:
             " (SELECT * FROM image_locations WHERE image_id = i.id ORDER BY position) l) "
             "FROM images i WHERE i.id IN (%s)"
         ) % (", ".join("i.%s" % c for c in IMAGE_COLUMNS), marks)
-        async with self._db.execute(sql, list(ids)) as cur:
+        # Under the write lock: on this one connection a read between two statements of an open
+        # transaction would see it half done (an image row already active, its location not yet
+        # written: the edge answered such a record 204 No Content).
+        async with self._write_lock, self._db.execute(sql, list(ids)) as cur:
             rows = {row[0]: row for row in await cur.fetchall()}
         out = []
         n = len(IMAGE_COLUMNS)

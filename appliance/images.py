@@ -14,7 +14,7 @@ from appliance import policy
 from appliance.auth import Context
 from appliance.catalog import SORT_KEYS, Catalog, ImageQuery
 from appliance.config import Config
-from appliance.cache import ImageCache
+from appliance.cache import ImageCache, is_upstream_image
 from appliance.download import Download
 from appliance.errors import BadRequest, Conflict, Forbidden, HubUnreachable, NotFound, TooLarge
 from appliance.formats import FormatInspector, introspected_properties
@@ -362,6 +362,9 @@ class ImageService:
         data yet (Glance answers 204). `byte_range` is the request's Range, if any."""
         image = await self.get(ctx, image_id)
         policy.check_download(ctx, image)
+        if self._cache is not None and is_upstream_image(image) and (image.status not in (ACTIVE, DEACTIVATED) or image.size is None):
+            # A hub image is never answered 204: it has (or will have) data at the hub.
+            image = await self._cache.servable(image)
         if image.status not in (ACTIVE, DEACTIVATED) or not image.locations:
             return None
         for store_name in self._preferred_stores(image):

@@ -67,11 +67,12 @@ class Link:
         self.edge = start_daemon(self.edge.state_dir, self.edge.state_dir / "edge.toml")
 
 
-def _edge_config(path: Path, proxy: HubProxy, hub: Daemon, cache: dict[str, Any] | None) -> Path:
+def _edge_config(path: Path, proxy: HubProxy, hub: Daemon, cache: dict[str, Any] | None,
+                 hub_link: dict[str, Any] | None = None) -> Path:
     return write_toml(path, {
         "site": {"name": "dcn0"},
         "hub": {"url": proxy.url, "token_file": str(hub.state_dir / "admin-token"), "read_timeout": 5,
-                "connect_timeout": 2, "resume_attempts": 8, "retry_max_seconds": 1},
+                "connect_timeout": 2, "resume_attempts": 8, "retry_max_seconds": 1, **(hub_link or {})},
         "cache": {"max_size": 256 * MiB, "min_free_bytes": 0, "prefetch_interval": 3600, **(cache or {})},
     })
 
@@ -80,12 +81,12 @@ def _edge_config(path: Path, proxy: HubProxy, hub: Daemon, cache: dict[str, Any]
 async def link_factory(tmp_path: Path) -> AsyncIterator[Any]:
     made: list[Link] = []
 
-    async def make(cache: dict[str, Any] | None = None, rate: int = 0) -> Link:
+    async def make(cache: dict[str, Any] | None = None, rate: int = 0, hub_link: dict[str, Any] | None = None) -> Link:
         hub = start_daemon(tmp_path / "hub", write_toml(tmp_path / "hub.toml", {"site": {"name": "central", "role": "hub"}}))
         proxy = await HubProxy(hub.url, rate=rate).start()
         edge_dir = tmp_path / "edge"
         edge_dir.mkdir()
-        edge = start_daemon(edge_dir, _edge_config(edge_dir / "edge.toml", proxy, hub, cache))
+        edge = start_daemon(edge_dir, _edge_config(edge_dir / "edge.toml", proxy, hub, cache, hub_link))
         link = Link(hub, edge, proxy, aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)), tmp_path)
         made.append(link)
         return link
@@ -130,6 +131,56 @@ async def test_twenty_concurrent_first_downloads_make_one_upstream_transfer(link
     assert link.proxy.file_requests(image_id) == 1
     stats = (await link.cache_view())["stats"]
     assert stats["hits"] == 1 and stats["misses"] == 20 and stats["bytes_from_upstream"] == len(data)
+
+
+async def test_first_pulls_right_after_the_hub_upload_never_answer_empty(link_factory: Any) -> None:
+    # The race of issue 12: 20 clients ask the edge for an image within a second of the hub's
+    # upload ending, while the mirror (every second) rewrites fresh records. Each client gets the
+    # whole image or an error status, never a 204 or an empty 200; the hub sends the data once.
+    link = await link_factory(hub_link={"mirror_interval": 1})
+    for round_ in range(6):
+        data = os.urandom(8 * MiB)
+        image_id = await link.hub_image(data, name="race-%d" % round_)
+        uploaded = time.monotonic()
+
+        async def client(delay: float) -> tuple[int, bytes]:
+            await asyncio.sleep(delay)  # arrivals spread as separate clients' are
+            async with link.session.get(link.edge.url + "/v2/images/%s/file" % image_id,
+                                        headers=link.edge_headers()) as resp:
+                return resp.status, await resp.read()
+
+        tasks = [asyncio.create_task(client(i * 0.003)) for i in range(20)]
+        started = time.monotonic() - uploaded
+        results = await asyncio.gather(*tasks)
+        assert started < 1.0, started
+        for status, body in results:
+            assert status == 200 and body == data or status >= 400, (round_, status, len(body), body[:200])
+        assert sum(1 for status, _ in results if status == 200) >= 1, [s for s, _ in results]
+        assert link.proxy.file_requests(image_id) == 1, round_
+
+
+async def test_a_hub_image_without_data_yet_is_an_error_at_the_edge_never_204(link_factory: Any) -> None:
+    link = await link_factory()
+    headers = {"X-Auth-Token": link.hub.token, **JSON_ERRORS}
+    body = {"name": "later", "disk_format": "raw", "container_format": "bare", "visibility": "public"}
+    async with link.session.post(link.hub.url + "/v2/images", json=body, headers=headers) as resp:
+        image_id = (await resp.json())["id"]
+    await link.edge_json("GET", "/v2/images/%s" % image_id)  # recorded at the edge while queued at the hub
+    status, answer = await link.download(image_id)
+    assert status == 409, (status, answer)
+    assert "not active yet at the hub" in json.loads(answer)["message"]
+    data = os.urandom(MiB)
+    async with link.session.put(link.hub.url + "/v2/images/%s/file" % image_id, data=data,
+                                headers={**headers, "Content-Type": "application/octet-stream"}) as resp:
+        assert resp.status == 204
+    assert (await link.download(image_id)) == (200, data)
+    # The hub unreachable while the edge's record is still the queued one: 503, not 204.
+    async with link.session.post(link.hub.url + "/v2/images", json=body, headers=headers) as resp:
+        other = (await resp.json())["id"]
+    await link.edge_json("GET", "/v2/images/%s" % other)
+    link.proxy.target = "http://127.0.0.1:9"
+    status, answer = await link.download(other)
+    assert status == 503 and "hub is unreachable" in json.loads(answer)["message"], (status, answer)
 
 
 async def test_a_client_leaving_mid_fill_does_not_stop_it(link_factory: Any) -> None:

@@ -7,16 +7,19 @@ import asyncio
 import logging
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
 from appliance import __version__, cache_client, systemd, workers
+from appliance.api.listener import (Budget, ConnectionLimits, GuardedTCPSite, GuardedUnixSite, Listener,
+                                    connection_budget, raise_fd_limit)
 from appliance.app import build_app
 from appliance.config import Config, load_config
 from appliance.errors import ConfigError
-from appliance.logconfig import configure_logging, set_level
+from appliance.logconfig import configure_logging, set_level, set_repeat_interval
 from appliance.services import Services, open_services, reload_services
 
 log = logging.getLogger("appliance")
@@ -50,6 +53,7 @@ def _reload(services: Services, config_path: Path | None, overrides: dict[str, o
         systemd.notify("READY=1\nSTATUS=reload failed: %s" % exc)
         return
     set_level(new.logging.level)
+    set_repeat_interval(new.logging.repeat_interval)
     if pending:
         log.warning("reload applied; these changed but need a restart to take effect: %s", ", ".join(pending))
     else:
@@ -57,8 +61,34 @@ def _reload(services: Services, config_path: Path | None, overrides: dict[str, o
     systemd.notify("READY=1\n" + _status_line(services))
 
 
+def _private_state(config: Config) -> None:
+    """Whatever the daemon creates is its user's alone (0600 files, 0700 directories), also when
+    it is started outside systemd with a permissive umask; an existing state directory loses
+    its world bits (systemd's 0750 stays: the group reaches the socket), the catalog is 0600."""
+    os.umask(0o077)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(config.state_dir.stat().st_mode)
+    if mode & 0o027:
+        os.chmod(config.state_dir, mode & ~0o027)
+    catalog = config.path(config.catalog.path)
+    for path in (catalog, catalog.with_name(catalog.name + "-wal"), catalog.with_name(catalog.name + "-shm")):
+        if path.exists():
+            os.chmod(path, 0o600)
+
+
+def _listeners(runner: web.AppRunner, config: Config) -> tuple[Listener, Listener, Budget]:
+    api = config.api
+    limits = ConnectionLimits(header_timeout=float(api.header_timeout), min_body_rate=api.min_body_rate,
+                              body_rate_window=float(api.body_rate_window), body_timeout=float(api.body_timeout))
+    assert runner.server is not None
+    budget = connection_budget(api.max_connections, api.unix_max_connections, raise_fd_limit())
+    return (Listener("listener %s:%d" % (api.host, api.port), runner.server, limits, budget.tcp_cap),
+            Listener("unix socket", runner.server, limits, api.unix_max_connections), budget)
+
+
 async def serve(config: Config, config_path: Path | None = None, overrides: dict[str, object] | None = None) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP re-reads `config_path` with the same CLI `overrides`."""
+    _private_state(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # asyncio.to_thread work (file I/O, decompression, scrubbing) runs below the loop's priority.
@@ -68,20 +98,23 @@ async def serve(config: Config, config_path: Path | None = None, overrides: dict
     async with open_services(config) as services:
         loop.add_signal_handler(signal.SIGHUP, _reload, services, config_path, overrides or {})
         runner = web.AppRunner(build_app(services), access_log=logging.getLogger("aiohttp.access"),
-                               shutdown_timeout=STOP_GRACE_SECONDS)
+                               shutdown_timeout=STOP_GRACE_SECONDS, keepalive_timeout=float(config.api.idle_timeout))
         await runner.setup()
+        tcp, unix, budget = _listeners(runner, config)
         watchdog = None
         try:
-            site = web.TCPSite(runner, config.api.host, config.api.port)
+            site = GuardedTCPSite(runner, tcp, config.api.host, config.api.port, budget.backlog)
             await site.start()
             bound = [s.getsockname() for s in (site._server.sockets if site._server else [])]  # noqa: SLF001
             for addr in bound:
                 log.info("serving the Image API on http://%s:%d", addr[0], addr[1])
+            if bound:
+                tcp.name = "listener %s:%d" % (bound[0][0], bound[0][1])
             if config.api.unix_socket:
                 sock_path = config.path(config.api.unix_socket)
                 sock_path.parent.mkdir(parents=True, exist_ok=True)
                 sock_path.unlink(missing_ok=True)
-                await web.UnixSite(runner, str(sock_path)).start()
+                await GuardedUnixSite(runner, unix, str(sock_path), budget.unix_backlog).start()
                 os.chmod(sock_path, 0o660)
                 log.info("serving the Image API on unix:%s", sock_path)
             systemd.notify("READY=1\n" + _status_line(services))
@@ -214,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print("config error: %s" % exc, file=sys.stderr)
         return 2
-    configure_logging(config.logging.level, args.log_format)
+    configure_logging(config.logging.level, args.log_format, config.logging.repeat_interval)
     try:
         asyncio.run(serve(config, args.config, {"host": args.host, "port": args.port}))
     except ConfigError as exc:

@@ -42,6 +42,22 @@ class ApiConfig:
     # Default and maximum page size of image lists (Glance: limit_param_default / api_limit_max).
     default_page_size: int = 25
     max_page_size: int = 1000
+    # The base URL clients reach this API at, as /versions answers it ("" = the address of the
+    # listener the request came in on; never the client's Host header).
+    public_url: str = ""
+    # Connections (seconds): request line and headers must arrive within header_timeout of
+    # connecting (or of a request's first byte on a kept-alive connection); a connection with
+    # no request is closed after idle_timeout; a request body slower than min_body_rate bytes/s
+    # over body_rate_window seconds, or taking longer than body_timeout, is cut off (408).
+    header_timeout: int = 10
+    idle_timeout: int = 60
+    min_body_rate: int = 1024
+    body_rate_window: int = 30
+    body_timeout: int = 21600
+    # Concurrent connections on the TCP listener, and on the Unix socket. The Unix socket has
+    # its own cap and file descriptors set aside, so an administrator can always reach it.
+    max_connections: int = 4096
+    unix_max_connections: int = 64
 
 
 @dataclass(frozen=True)
@@ -119,6 +135,8 @@ class ImportConfig:
     # web-download
     max_download_bytes: int = 1 << 40
     download_idle_timeout: int = 60
+    # Longest a whole web-download may take, in seconds (0 = no limit).
+    download_timeout: int = 21600
     uri_filter: UriFilterConfig = field(default_factory=UriFilterConfig)
 
 
@@ -199,6 +217,9 @@ class BundlesConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
+    # The same warning or error repeated is logged at most a few times per this many seconds,
+    # then once with the count of those left out (0 = log every one).
+    repeat_interval: int = 60
 
 
 @dataclass(frozen=True)
@@ -317,6 +338,8 @@ def _read_import(data: Any) -> ImportConfig:
             raise ConfigError("import.plugins: unknown plugin %r (known: %s)" % (p, ", ".join(IMPORT_PLUGINS)))
     if base.output_format not in ("raw", "qcow2", "vmdk"):
         raise ConfigError("import.output_format: must be raw, qcow2 or vmdk, got %r" % base.output_format)
+    if base.download_timeout < 0:
+        raise ConfigError("import.download_timeout: must be 0 (no limit) or positive")
     return dataclasses.replace(base, inject=inject, uri_filter=filt)
 
 
@@ -457,6 +480,7 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
         raise ConfigError("api.max_upload_bytes: must be positive")
     if not 1 <= api.default_page_size <= api.max_page_size:
         raise ConfigError("api.default_page_size: must be between 1 and api.max_page_size")
+    _check_connections(api)
     formats = _simple_section("formats", FormatsConfig, data.get("formats"))
     for key, chosen, known in (
         ("formats.disk_formats", formats.disk_formats, DISK_FORMATS),
@@ -472,6 +496,8 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
     log = _simple_section("logging", LoggingConfig, data.get("logging"))
     if log.level not in LOG_LEVELS:
         raise ConfigError("logging.level: must be one of %s, got %r" % (", ".join(LOG_LEVELS), log.level))
+    if log.repeat_interval < 0:
+        raise ConfigError("logging.repeat_interval: must be 0 (off) or positive")
     return Config(
         state_dir=state_dir,
         site=site,
@@ -488,6 +514,17 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
         bundles=_simple_section("bundles", BundlesConfig, data.get("bundles")),
         logging=log,
     )
+
+
+def _check_connections(api: ApiConfig) -> None:
+    for key in ("header_timeout", "idle_timeout", "body_rate_window", "max_connections", "unix_max_connections"):
+        if getattr(api, key) <= 0:
+            raise ConfigError("api.%s: must be positive" % key)
+    for key in ("min_body_rate", "body_timeout"):
+        if getattr(api, key) < 0:
+            raise ConfigError("api.%s: must be 0 (off) or positive" % key)
+    if api.public_url and not api.public_url.startswith(("http://", "https://")):
+        raise ConfigError("api.public_url: must be an http:// or https:// URL, got %r" % api.public_url)
 
 
 def _hub(data: Any) -> HubConfig:

@@ -578,7 +578,8 @@ class ImportService:
             try:
                 # aclosing: a failed write releases the connection at once, not at GC time.
                 async with open_download(request.uri or "", self.uri_filter, max_bytes=imp.max_download_bytes,
-                                         idle_timeout=float(imp.download_idle_timeout)) as (response, chunks):
+                                         idle_timeout=float(imp.download_idle_timeout),
+                                         total_timeout=float(imp.download_timeout) or None) as (response, chunks):
                     total = response.content_length  # None when the source does not say
                     await _save(chunks, path, lambda n: self._progress.__setitem__(task.id, (n, total)))
             except ApplianceError as exc:

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+from typing import Callable
 
 # syslog priorities, which journald reads from a "<N>" line prefix.
 PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -35,7 +36,50 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body)
 
 
-def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+class RepeatFilter(logging.Filter):
+    """Bounds repeated warnings and errors: of records with the same logger, level, message
+    template (its first line) and exception type, `burst` per `interval` seconds pass; the
+    first to pass after that carries the count of those left out. A flood (accept errors on
+    EMFILE, a failing disk, refused connections) then costs a few lines a minute, not the disk."""
+
+    MAX_KEYS = 1000
+
+    def __init__(self, interval: float, burst: int = 5, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval = interval
+        self.burst = burst
+        self._clock = clock
+        # key → [window start, records in the window, records left out]
+        self._seen: dict[tuple[object, ...], list[float]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or self.interval <= 0:
+            return True
+        key = (record.name, record.levelno, str(record.msg).split("\n", 1)[0][:200],
+               record.exc_info[0] if record.exc_info else None)
+        now = self._clock()
+        entry = self._seen.get(key)
+        if entry is None or now - entry[0] >= self.interval:
+            left_out = int(entry[2]) if entry is not None else 0
+            if entry is None and len(self._seen) >= self.MAX_KEYS:
+                self._forget(now)
+            self._seen[key] = [now, 1, 0]
+            if left_out:
+                suffix = " [%d more like this in the last %d s not logged]" % (left_out, self.interval)
+                record.msg = str(record.msg) + suffix  # no "%" in it: safe with or without args
+            return True
+        entry[1] += 1
+        if entry[1] <= self.burst:
+            return True
+        entry[2] += 1
+        return False
+
+    def _forget(self, now: float) -> None:
+        for key in [k for k, e in self._seen.items() if now - e[0] >= self.interval] or list(self._seen):
+            del self._seen[key]
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", repeat_interval: float = 60) -> None:
     """fmt: "json", "journal", "text", or "auto" (journal under systemd, else text)."""
     if fmt == "auto":
         fmt = "journal" if "JOURNAL_STREAM" in os.environ or "INVOCATION_ID" in os.environ else "text"
@@ -46,9 +90,18 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         handler.setFormatter(JournalFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RepeatFilter(repeat_interval))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     set_level(level)
+
+
+def set_repeat_interval(interval: float) -> None:
+    """Apply a reloaded [logging] repeat_interval to the handlers configure_logging set up."""
+    for handler in logging.getLogger().handlers:
+        for filt in handler.filters:
+            if isinstance(filt, RepeatFilter):
+                filt.interval = interval
 
 
 def set_level(level: str) -> None:

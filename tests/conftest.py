@@ -128,8 +128,10 @@ class Daemon:
 
 
 def start_daemon(state_dir: Path, config: Path | None = None, timeout: float = 20,
-                 env: dict[str, str] | None = None, port: int = 0) -> Daemon:
-    """port: 0 picks a free one; a restarted daemon passes its old port to keep its URL."""
+                 env: dict[str, str] | None = None, port: int = 0,
+                 preexec_fn: Callable[[], None] | None = None) -> Daemon:
+    """port: 0 picks a free one; a restarted daemon passes its old port to keep its URL.
+    preexec_fn runs in the child before exec (resource limits, umask)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / "daemon.log"
     cmd = [str(VENV_BIN / "edge-appliance"), "serve", "--state-dir", str(state_dir), "--port", str(port), "--host", "127.0.0.1"]
@@ -138,7 +140,7 @@ def start_daemon(state_dir: Path, config: Path | None = None, timeout: float = 2
     fh = open(log, "ab")
     start = fh.tell()  # a restarted daemon appends: read only what this run wrote
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=str(state_dir),
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
     fh.close()
     deadline = time.monotonic() + timeout
     port = None

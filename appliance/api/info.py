@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from appliance.api import schema_docs, schemas
-from appliance.api.keys import HUB, IMAGES, SITES
+from appliance.api.keys import CONFIG, HUB, IMAGES, SITES
 from appliance.api.middleware import CONTEXT
 from appliance.errors import NotFound
 from appliance.mirror import UPSTREAM_STORE
@@ -21,9 +21,21 @@ SUPPORTED_VERSIONS = (
 )
 
 
+def base_url(request: web.Request) -> str:
+    """[api] public_url, else the address of the listener the request came in on: never the
+    client's Host header, which anyone can set to send other clients elsewhere."""
+    public = request.app[CONFIG].api.public_url
+    if public:
+        return public.rstrip("/") + "/"
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        host = "[%s]" % sockname[0] if ":" in sockname[0] else sockname[0]
+        return "%s://%s:%d/" % (request.scheme, host, sockname[1])
+    return "%s://localhost/" % request.scheme  # the Unix socket has no address to give
+
+
 def versions_document(request: web.Request) -> dict[str, object]:
-    base = "%s://%s/" % (request.scheme, request.host)
-    href = base + "v2/"
+    href = base_url(request) + "v2/"
 
     def version(v: str, status: str) -> dict[str, object]:
         return {"id": "v%s" % v, "status": status, "links": [{"rel": "self", "href": href}]}

@@ -26,6 +26,16 @@ What it refuses (whatever the claim, unless a line says otherwise):
   (see _check_vmdk_descriptor), parents, VMDK3 (COWD) extents, and a zero
   capacity (qemu would then read the descriptor as a descriptor file);
 - VHD and VHDX differencing disks, VDI images other than normal and fixed;
+- the other formats qemu opens, which no disk_format names (so they are refused
+  under every inspected claim, raw included, and only their safety checks run
+  under no claim and the uninspected ones): qcow version 1 with a backing file
+  or encryption, QED with a backing file (whatever its feature bits say) or
+  feature bits qemu does not know, Parallels/ploop (which has no references),
+  bochs redologs other than growing ones (undoable and volatile ones record
+  changes to a base image file), cloop, and DMG,
+  recognised as qemu finds it, by the "koly" trailer in the last 1023 bytes
+  (qemu itself only opens a file as DMG when told to or when its name ends in
+  .dmg: there is no magic at the start);
 - a virtual size above max_virtual_size (whatever the claim, uninspected ones
   included), and qcow2 L1 tables mapping more than it.
 """
@@ -50,8 +60,10 @@ CONTAINER_FORMATS = ("ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compr
 # Start of the stream kept for parsing: covers the ISO volume descriptors (32 KiB+),
 # VMDK embedded descriptors and the VHDX headers and region tables (up to 320 KiB).
 HEAD_SIZE = 1 << 20
-# A fixed VHD is raw data followed by a 512-byte footer, its only header.
-TAIL_SIZE = 512
+# End of the stream kept: a fixed VHD is raw data followed by a 512-byte footer, its only
+# header, and qemu looks for a DMG's 512-byte "koly" trailer in the last 1023 bytes.
+TAIL_SIZE = 1024
+_VHD_FOOTER = 512
 FILE_CHUNK = 1 << 20
 
 # Claims Glance does not inspect; the safety checks still run on their bytes.
@@ -65,8 +77,9 @@ _DESCRIPTIONS = {"gpt": "raw (GPT-partitioned)", "mbr": "raw (MBR-partitioned)"}
 # Smallest stream that can hold each claimed format's header, for a clearer message.
 _MIN_SIZE = {"qcow2": 72, "vmdk": 512, "vhd": 512, "vhdx": 0x40000, "vdi": 376, "iso": 36870}
 
-# Enough bytes to see every magic at offset 0 (VDI's signature sits at 64).
-_MAGIC_BYTES = 72
+# Enough bytes to see every magic at offset 0 (VDI's signature sits at 64, cloop's
+# shell-script preamble is 83 bytes long).
+_MAGIC_BYTES = 128
 # ISO 9660 / UDF volume descriptor identifiers, in sectors 16-18 of 2048 bytes.
 _ISO_OFFSETS = (32769, 34817, 36865)
 _ISO_IDS = (b"CD001", b"BEA01")
@@ -150,12 +163,51 @@ _VHDX_HAS_PARENT = 1 << 1
 _VDI_SIGNATURE = 0xBEDA107F
 _VDI_NORMAL, _VDI_FIXED, _VDI_DIFFERENCING = 1, 2, 4
 
+# qcow version 1 (block/qcow.c): the qcow2 magic with version 1; big-endian.
+_QCOW1_HEADER = 48
+_QCOW1_CRYPT_AES = 1
+
+# QED (docs/interop/qed_spec.txt): little-endian header in the first header_size clusters.
+_QED_MAGIC = b"QED\0"
+_QED_HEADER = 64
+_QED_F_BACKING_FILE = 0x01
+_QED_F_NEED_CHECK = 0x02  # not closed cleanly: qemu checks it on open, harmless
+_QED_F_BACKING_FORMAT_NO_PROBE = 0x04
+_QED_FEATURES_KNOWN = _QED_F_BACKING_FILE | _QED_F_NEED_CHECK | _QED_F_BACKING_FORMAT_NO_PROBE
+_QED_CLUSTER_SIZES = (4 << 10, 64 << 20)
+_QED_TABLE_SIZES = (1, 16)
+
+# Parallels (docs/interop/parallels.txt): both magics, version 2, little-endian.
+_PARALLELS_MAGIC = b"WithoutFreeSpace"
+_PARALLELS_MAGIC_EXT = b"WithouFreSpacExt"  # also Virtuozzo's ploop
+_PARALLELS_HEADER = 64
+_PARALLELS_VERSION = 2
+
+# bochs redolog (block/bochs.c): a 512-byte little-endian header; qemu opens "Growing" ones.
+_BOCHS_MAGIC = b"Bochs Virtual HD Image"
+_BOCHS_HEADER = 512
+_BOCHS_V1, _BOCHS_V2 = 0x00010000, 0x00020000
+
+# cloop (block/cloop.c): a shell-script preamble, then block size and count (big-endian).
+_CLOOP_MAGIC = b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n"
+_CLOOP_HEADER = 136
+
+# DMG (UDIF): a 512-byte trailer starting "koly", version 4, big-endian; qemu searches the
+# last 1023 bytes for it (block/dmg.c, dmg_find_koly_offset).
+_DMG_KOLY = b"koly"
+_DMG_TRAILER = 512
+_DMG_SEARCH = 1023
+_DMG_VERSION = 4
+_DMG_SECTOR_COUNT = 0x1EC
+
 _HOST_FILES = "images that reference host files are refused"
 
 
 @dataclass(frozen=True)
 class Inspection:
-    format: str  # detected: raw, qcow2, vmdk, vhd, vhdx, vdi, iso, gpt or mbr
+    # detected: raw, qcow2, vmdk, vhd, vhdx, vdi, iso, gpt or mbr; with no claim or an
+    # uninspected one also qcow, qed, parallels, bochs, cloop or dmg
+    format: str
     virtual_size: int | None  # bytes; the stream length for raw, iso, gpt and mbr
     # VMDK only: createType and ddb.adapterType of the embedded descriptor, as written there.
     vmdk_create_type: str | None = None
@@ -307,8 +359,11 @@ class FormatInspector:
         detected = self._kind or "raw"
         virtual_size = self._virtual_size
         if detected in _PLAIN:
-            if self._size >= TAIL_SIZE and self._tail.startswith(_VHD_COOKIE):
-                detected, virtual_size = "vhd", _vhd_footer(self._tail)
+            footer = self._tail[-_VHD_FOOTER:]
+            if self._size >= _VHD_FOOTER and footer.startswith(_VHD_COOKIE):
+                detected, virtual_size = "vhd", _vhd_footer(footer)
+            elif (dmg_size := _dmg_trailer(self._tail)) is not None:
+                detected, virtual_size = "dmg", dmg_size
             else:
                 virtual_size = self._size
         self._judge(detected, ended=True)
@@ -406,7 +461,15 @@ def inspect_file(path: str, claimed_disk_format: str | None, max_virtual_size: i
 
 def _magic_format(head: bytearray) -> str | None:
     if head.startswith(_QCOW2_MAGIC):
-        return "qcow2"
+        return "qcow" if head[4:8] == b"\0\0\0\1" else "qcow2"
+    if head.startswith(_QED_MAGIC):
+        return "qed"
+    if head.startswith((_PARALLELS_MAGIC, _PARALLELS_MAGIC_EXT)):
+        return "parallels"
+    if head.startswith(_BOCHS_MAGIC):
+        return "bochs"
+    if head.startswith(_CLOOP_MAGIC):
+        return "cloop"
     if head.startswith((_VMDK_MAGIC, _VMDK3_MAGIC, _VMDK_TEXT)):
         return "vmdk"
     if head.startswith(_VHDX_MAGIC):
@@ -878,6 +941,105 @@ def _parse_vdi(head: bytearray, complete: bool) -> _Header | None:
     return _Header(struct.unpack_from("<Q", head, 368)[0])
 
 
+def _backing_file(fmt: str, head: bytearray, offset: int, size: int) -> FormatRejected:
+    """The backing-file safety check's refusal, naming the file when the head holds its name."""
+    end = offset + min(size, _QCOW2_MAX_NAME)
+    name = head[offset:end] if offset and size and end <= len(head) else b""
+    return FormatRejected(f"{fmt} image has a backing file{_quoted(name) if name else ''}; {_HOST_FILES}")
+
+
+def _parse_qcow(head: bytearray, complete: bool) -> _Header | None:
+    if not _need(head, _QCOW1_HEADER, complete, "qcow"):
+        return None
+    backing_offset, backing_size, _mtime, size, cluster_bits, l2_bits, _pad, crypt_method = struct.unpack_from(
+        ">QIIQBBHI", head, 8
+    )
+    if backing_offset or backing_size:
+        if len(head) < min(backing_offset + backing_size, HEAD_SIZE) and not complete:
+            return None  # wait for the name, to show it
+        raise _backing_file("qcow (version 1)", head, backing_offset, backing_size)
+    if crypt_method:
+        method = "AES" if crypt_method == _QCOW1_CRYPT_AES else f"method {crypt_method}"
+        raise FormatRejected(f"qcow (version 1) image is encrypted ({method}); encrypted images are refused")
+    if not 9 <= cluster_bits <= 16 or not 9 <= l2_bits <= 16:  # what qemu accepts
+        raise FormatRejected(f"qcow (version 1) header is corrupt: cluster bits {cluster_bits}, L2 bits {l2_bits}")
+    return _Header(size)
+
+
+def _parse_qed(head: bytearray, complete: bool) -> _Header | None:
+    if not _need(head, _QED_HEADER, complete, "QED"):
+        return None
+    cluster_size, table_size, header_clusters, features, _compat, _autoclear, _l1, size, backing_offset, backing_size = (
+        struct.unpack_from("<IIIQQQQQII", head, 4)
+    )
+    # Checked whatever the feature bit says: a name in the header is enough to refuse.
+    if features & (_QED_F_BACKING_FILE | _QED_F_BACKING_FORMAT_NO_PROBE) or backing_offset or backing_size:
+        if len(head) < min(backing_offset + backing_size, HEAD_SIZE) and not complete:
+            return None  # wait for the name, to show it
+        raise _backing_file("QED", head, backing_offset, backing_size)
+    unknown = features & ~_QED_FEATURES_KNOWN
+    if unknown:
+        raise FormatRejected(f"QED image has unknown feature bits 0x{unknown:x}")
+    lo, hi = _QED_CLUSTER_SIZES
+    if not lo <= cluster_size <= hi or cluster_size & (cluster_size - 1):
+        raise FormatRejected(f"QED header is corrupt: cluster size {cluster_size} is invalid")
+    lo, hi = _QED_TABLE_SIZES
+    if not lo <= table_size <= hi or table_size & (table_size - 1) or not header_clusters:
+        raise FormatRejected("QED header is corrupt: its table or header size is invalid")
+    return _Header(size)
+
+
+def _parse_parallels(head: bytearray, complete: bool) -> _Header | None:
+    if not _need(head, _PARALLELS_HEADER, complete, "Parallels"):
+        return None
+    version, _heads, _cylinders, tracks, _bat_entries, sectors = struct.unpack_from("<IIIIIQ", head, 16)
+    if version != _PARALLELS_VERSION:
+        raise FormatRejected(f"Parallels image version {version} is not supported")
+    if not tracks:
+        raise FormatRejected("Parallels header is corrupt: its cluster size is 0")
+    if head.startswith(_PARALLELS_MAGIC):  # the old format counts sectors in 32 bits
+        sectors &= 0xFFFFFFFF
+    return _Header(sectors * 512)
+
+
+def _parse_bochs(head: bytearray, complete: bool) -> _Header | None:
+    if not _need(head, _BOCHS_HEADER, complete, "bochs"):
+        return None
+    kind, subtype = (bytes(head[start : start + 16]).split(b"\0", 1)[0] for start in (32, 48))
+    if kind != b"Redolog":
+        raise FormatRejected(f'bochs image of type "{_printable(kind)}" is not supported')
+    if subtype != b"Growing":
+        # Undoable and volatile redologs record changes to a separate base image.
+        raise FormatRejected(
+            f'bochs image is a "{_printable(subtype)}" redolog, which depends on a base image file; {_HOST_FILES}'
+        )
+    version = struct.unpack_from("<I", head, 64)[0]
+    if version not in (_BOCHS_V1, _BOCHS_V2):
+        raise FormatRejected(f"bochs image version 0x{version:x} is not supported")
+    return _Header(struct.unpack_from("<Q", head, 84 if version == _BOCHS_V1 else 88)[0])
+
+
+def _parse_cloop(head: bytearray, complete: bool) -> _Header | None:
+    if not _need(head, _CLOOP_HEADER, complete, "cloop"):
+        return None
+    block_size, blocks = struct.unpack_from(">II", head, 128)
+    if not block_size or block_size % 512:
+        raise FormatRejected(f"cloop header is corrupt: block size {block_size} is invalid")
+    return _Header(block_size * blocks)
+
+
+def _dmg_trailer(tail: bytes) -> int | None:
+    """The virtual size a DMG's "koly" trailer gives, if the tail holds one where qemu looks."""
+    window = tail[-_DMG_SEARCH:]
+    at = window.find(_DMG_KOLY)
+    while at >= 0:
+        trailer = window[at : at + _DMG_TRAILER]
+        if len(trailer) == _DMG_TRAILER and struct.unpack_from(">II", trailer, 4) == (_DMG_VERSION, _DMG_TRAILER):
+            return int(struct.unpack_from(">Q", trailer, _DMG_SECTOR_COUNT)[0]) * 512
+        at = window.find(_DMG_KOLY, at + 1)
+    return None
+
+
 _HEADER_PARSERS = {
     "qcow2": _parse_qcow2,
     "vmdk": _parse_vmdk,
@@ -885,6 +1047,11 @@ _HEADER_PARSERS = {
     "vhdx": _parse_vhdx,
     "vdi": _parse_vdi,
     "luks": _parse_luks,
+    "qcow": _parse_qcow,
+    "qed": _parse_qed,
+    "parallels": _parse_parallels,
+    "bochs": _parse_bochs,
+    "cloop": _parse_cloop,
 }
 
 

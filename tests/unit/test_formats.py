@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -33,7 +34,14 @@ Chunk = bytes | bytearray | memoryview
 
 
 def run_qemu_img(*args: str) -> str:
-    return subprocess.run([QEMU_IMG, *args], check=True, capture_output=True, text=True).stdout
+    for _ in range(10):
+        done = subprocess.run([QEMU_IMG, *args], capture_output=True, text=True)
+        # qemu times LUKS key derivation with the thread's CPU clock, whose ticks can be coarser
+        # than its first trial run: it then gives up ("Unable to get accurate CPU usage").
+        if done.returncode == 0 or "accurate CPU usage" not in done.stderr:
+            break
+    done.check_returncode()
+    return done.stdout
 
 
 def run_qemu_io(path: Path, *commands: str) -> None:
@@ -98,6 +106,59 @@ def make_mbr(path: Path) -> None:
     path.write_bytes(data)
 
 
+def make_bochs(path: Path, subtype: bytes = b"Growing", version: int = 0x20000, disk: int = MiB) -> None:
+    """A bochs redolog as block/bochs.c reads it: header, then a catalog of unallocated extents."""
+    header, extent = bytearray(512), 64 * KiB
+    header[0:22], header[32:39], header[48 : 48 + len(subtype)] = b"Bochs Virtual HD Image", b"Redolog", subtype
+    struct.pack_into("<IIIII", header, 64, version, 512, disk // extent, extent // 512 // 8, extent)
+    struct.pack_into("<Q", header, 84 if version == 0x10000 else 88, disk)
+    path.write_bytes(bytes(header) + b"\xff" * (4 * (disk // extent)))
+
+
+CLOOP_MAGIC = b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n"
+
+
+def make_cloop(path: Path, block_size: int = 64 * KiB, blocks: int = 16) -> None:
+    """A cloop image: the shell preamble, block size and count, then the (empty) blocks' offsets."""
+    header = CLOOP_MAGIC.ljust(128, b"\0") + struct.pack(">II", block_size, blocks)
+    start = len(header) + 8 * (blocks + 1)
+    path.write_bytes(header + struct.pack(f">{blocks + 1}Q", *[start] * (blocks + 1)))
+
+
+def make_dmg(path: Path, data_size: int = MiB) -> None:
+    """A UDIF image qemu opens: data, an empty XML property list, then the 512-byte "koly" trailer
+    (at an odd offset when data_size is odd, which qemu finds too)."""
+    plist = b'<?xml version="1.0"?><plist version="1.0"><dict></dict></plist>'
+    trailer = bytearray(512)
+    trailer[0:4] = b"koly"
+    struct.pack_into(">II", trailer, 4, 4, 512)
+    struct.pack_into(">QQ", trailer, 0xD8, data_size, len(plist))
+    struct.pack_into(">Q", trailer, 0x1EC, 2048)  # sectors: 1 MiB
+    path.write_bytes(bytes(data_size) + plist + trailer)
+
+
+def make_old_parallels(path: Path) -> None:
+    """Parallels with the first magic ("WithoutFreeSpace"), which qemu-img no longer writes."""
+    run_qemu_img("create", "-q", "-f", "parallels", str(path), "5M")
+    data = bytearray(path.read_bytes())
+    data[0:16] = b"WithoutFreeSpace"
+    path.write_bytes(data)
+
+
+# Formats qemu opens that no disk_format names: file name -> (qemu-img create arguments or a
+# builder, detected format).  The names end as qemu wants them to probe DMG (by name only).
+OTHER_FORMATS: dict[str, tuple[tuple[str, ...] | Callable[[Path], None], str]] = {
+    "other.qed": (("-f", "qed", "5M"), "qed"),
+    "other.qcow": (("-f", "qcow", "5M"), "qcow"),
+    "other.parallels": (("-f", "parallels", "5M"), "parallels"),
+    "other-old-magic.parallels": (make_old_parallels, "parallels"),
+    "other.bochs": (make_bochs, "bochs"),
+    "other-v1.bochs": (lambda p: make_bochs(p, version=0x10000), "bochs"),
+    "other.cloop": (make_cloop, "cloop"),
+    "other.dmg": (make_dmg, "dmg"),
+    "other-unaligned.dmg": (lambda p: make_dmg(p, data_size=MiB + 77), "dmg"),
+}
+
 # name -> (qemu-img create arguments or a builder, format for `qemu-img info -f`, detected format, matching claim)
 IMAGES: dict[str, tuple[tuple[str, ...] | Callable[[Path], None], str, str, str]] = {
     "qcow2": (("-f", "qcow2", "5M"), "qcow2", "qcow2", "qcow2"),
@@ -161,6 +222,12 @@ REFUSED: dict[str, tuple[str, ...]] = {
     "vmdk-monolithicFlat": ("-f", "vmdk", "-o", "subformat=monolithicFlat", "{out}", "5M"),
     "vmdk-twoGbMaxExtentSparse": ("-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse", "{out}", "5M"),
     "vmdk-twoGbMaxExtentFlat": ("-f", "vmdk", "-o", "subformat=twoGbMaxExtentFlat", "{out}", "5M"),
+    # The other formats' references to host files (the issue's case: QED on /etc/shadow).
+    "qed-backing": ("-f", "qed", "-u", "-b", "/etc/shadow", "-F", "raw", "{out}", "4M"),
+    "qed-backing-probed": ("-f", "qed", "-u", "-b", "{dir}/base.qed", "-F", "qed", "{out}", "4M"),
+    "qed-backing-json": ("-f", "qed", "-u", "-b", JSON_BACKING, "-F", "raw", "{out}", "4M"),
+    "qcow-backing": ("-f", "qcow", "-u", "-b", "/etc/shadow", "-F", "raw", "{out}", "4M"),
+    "qcow-aes": (*SECRET, "-f", "qcow", "-o", "encrypt.format=aes,encrypt.key-secret=sec0", "{out}", "4M"),
 }
 
 
@@ -175,10 +242,17 @@ def images(tmp_path_factory: pytest.TempPathFactory, qemu_img: str) -> dict[str,
         else:
             run_qemu_img("create", "-q", *recipe[:-1], str(path), recipe[-1])
     run_qemu_img("create", "-q", "-f", "raw", str(directory / "base.raw"), "4M")
+    run_qemu_img("create", "-q", "-f", "qed", str(directory / "base.qed"), "4M")
     for name, args in REFUSED.items():
         paths[name] = directory / name
         out = str(directory / name)
         run_qemu_img("create", "-q", *(a.replace("{dir}", str(directory)).replace("{out}", out) for a in args))
+    for name, (recipe, _) in OTHER_FORMATS.items():
+        path = paths[name] = directory / name
+        if callable(recipe):
+            recipe(path)
+        else:
+            run_qemu_img("create", "-q", *recipe[:-1], str(path), recipe[-1])
     # The sparse extent twoGbMaxExtentSparse points at, which has no descriptor of its own.
     paths["vmdk-extent-s001"] = directory / "vmdk-twoGbMaxExtentSparse-s001"
     return paths
@@ -776,7 +850,8 @@ UNSAFE: dict[str, tuple[Callable[[dict[str, Path]], bytes], tuple[str | None, ..
                            "qcow2 image has a backing file given as a json: pseudo-protocol specification "
                            f'("{JSON_BACKING}"); images that reference host files are refused'),
     # versions, feature bits, limits
-    "qcow2-version-1": (qcow2_patched("qcow2", version=1), EVERY_CLAIM, "qcow2 version 1 is not supported"),
+    # The qcow2 magic with version 1 is qcow version 1, here with a qcow2 header qemu cannot read as one.
+    "qcow2-version-1": (qcow2_patched("qcow2", version=1), (None, "ami", "ploop"), "qcow (version 1) "),
     "qcow2-version-4": (qcow2_patched("qcow2", version=4), EVERY_CLAIM, "qcow2 version 4 is not supported"),
     "qcow2-corrupt-bit": (qcow2_patched("qcow2-data", incompatible=0b10), EVERY_CLAIM, "qcow2 image is marked corrupt"),
     "qcow2-unknown-bit-5": (qcow2_patched("qcow2", incompatible=1 << 5), EVERY_CLAIM,
@@ -852,6 +927,93 @@ def test_unsafe_images_refused(images: dict[str, Path], case: str) -> None:
     for claim in claims:
         for plan in ("whole", "odd"):
             assert refusal(data, claim, plan).startswith(message), (claim, plan)
+
+
+INSPECTED_CLAIMS = tuple(c for c in DISK_FORMATS if c not in ("ami", "ari", "aki", "ploop"))
+UNINSPECTED_CLAIMS = ("ami", "ari", "aki", "ploop")
+
+
+@pytest.mark.parametrize("plan", ["whole", "7B-head", "odd"])
+@pytest.mark.parametrize("name", OTHER_FORMATS)
+def test_other_qemu_formats_detected_as_qemu_probes_them(images: dict[str, Path], name: str, plan: str) -> None:
+    # qemu-img without -f probes the file as a hypervisor host would: by magic (DMG: by name).
+    info = json.loads(run_qemu_img("info", "--output=json", str(images[name])))
+    detected = OTHER_FORMATS[name][1]
+    assert info["format"] == detected
+    assert inspect(images[name].read_bytes(), None, plan) == Inspection(detected, int(info["virtual-size"]))
+
+
+@pytest.mark.parametrize("name", OTHER_FORMATS)
+def test_other_qemu_formats_refused_under_every_inspected_claim(images: dict[str, Path], name: str) -> None:
+    data, detected = images[name].read_bytes(), OTHER_FORMATS[name][1]
+    assert refusal(data, "raw", "4KiB") == f"image data is {detected}, not raw as claimed (disk_format)"
+    for claim in INSPECTED_CLAIMS:
+        # A DMG starts like raw data: claims that want a header refuse it as raw before its trailer.
+        shown = "(raw|dmg)" if detected == "dmg" else detected
+        assert re.fullmatch(rf"image data is {shown}, not {claim} as claimed \(disk_format\)", refusal(data, claim)), claim
+
+
+@pytest.mark.parametrize("name", OTHER_FORMATS)
+def test_other_qemu_formats_pass_uninspected_claims(images: dict[str, Path], name: str) -> None:
+    for claim in UNINSPECTED_CLAIMS:
+        assert inspect(images[name].read_bytes(), claim, "odd") == Inspection(OTHER_FORMATS[name][1], None)
+
+
+def patched(name: str, offset: int, value: bytes) -> Callable[[dict[str, Path]], bytes]:
+    def build(images: dict[str, Path]) -> bytes:
+        data = bytearray(images[name].read_bytes())
+        data[offset : offset + len(value)] = value
+        return bytes(data)
+
+    return build
+
+
+def shadow_backing(fmt: str) -> str:
+    return f'{fmt} image has a backing file ("/etc/shadow"); images that reference host files are refused'
+
+
+# Refused whatever the claim (raw included, no claim, uninspected claims), with the message.
+OTHER_UNSAFE: dict[str, tuple[Callable[[dict[str, Path]], bytes], str]] = {
+    "qed-backing": (real("qed-backing"), shadow_backing("QED")),
+    "qed-backing-probed": (real("qed-backing-probed"), 'QED image has a backing file ("'),
+    "qed-backing-json": (real("qed-backing-json"), f'QED image has a backing file ("{JSON_BACKING}")'),
+    # The name without the feature bit (qemu would ignore it), and the bit without a name.
+    "qed-backing-name-only": (patched("qed-backing", 16, bytes(8)), shadow_backing("QED")),
+    "qed-backing-bit-only": (patched("other.qed", 16, struct.pack("<Q", 1)),
+                             "QED image has a backing file; images that reference host files are refused"),
+    "qed-unknown-feature": (patched("other.qed", 16, struct.pack("<Q", 0x8)), "QED image has unknown feature bits 0x8"),
+    "qed-cluster-size-0": (patched("other.qed", 4, bytes(4)), "QED header is corrupt: cluster size 0 is invalid"),
+    "qcow-backing": (real("qcow-backing"), shadow_backing("qcow (version 1)")),
+    "qcow-aes": (real("qcow-aes"), "qcow (version 1) image is encrypted (AES); encrypted images are refused"),
+    "parallels-version-3": (patched("other.parallels", 16, struct.pack("<I", 3)), "Parallels image version 3 is not supported"),
+    "bochs-undoable": (lambda images: make_bochs_bytes(images, b"Undoable"),
+                       'bochs image is a "Undoable" redolog, which depends on a base image file; '
+                       "images that reference host files are refused"),
+    "bochs-volatile": (lambda images: make_bochs_bytes(images, b"Volatile"), 'bochs image is a "Volatile" redolog'),
+    "bochs-version-3": (patched("other.bochs", 64, struct.pack("<I", 0x30000)), "bochs image version 0x30000 is not supported"),
+    "cloop-block-size-0": (patched("other.cloop", 128, bytes(4)), "cloop header is corrupt: block size 0 is invalid"),
+}
+
+
+def make_bochs_bytes(images: dict[str, Path], subtype: bytes) -> bytes:
+    path = images["other.bochs"].with_name("bochs-" + subtype.decode())
+    make_bochs(path, subtype)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("case", OTHER_UNSAFE)
+def test_other_qemu_formats_unsafe_images_refused_whatever_the_claim(images: dict[str, Path], case: str) -> None:
+    build, message = OTHER_UNSAFE[case]
+    data = build(images)
+    for claim in (*EVERY_CLAIM, "aki", "vhd"):
+        for plan in ("whole", "7B-head", "odd"):
+            assert refusal(data, claim, plan).startswith(message), (claim, plan)
+
+
+@pytest.mark.parametrize("name", ["qed-backing", "qcow-backing"])
+def test_other_qemu_formats_backing_file_refused_early(images: dict[str, Path], name: str) -> None:
+    fed, _ = feed_until_refused(images[name].read_bytes(), "raw")
+    assert fed <= 4 * KiB
 
 
 @pytest.mark.parametrize(
@@ -1157,6 +1319,8 @@ FUZZ_BASES = (
     "iso-hybrid",
     "gpt",
     "mbr",
+    *OTHER_FORMATS,
+    "qed-backing",
 )
 EXTREMES = (0, 1, 7, 0x1FF, 0x200, 0xFFFF, 2**31, 2**32 - 1, 2**63, 2**64 - 1)
 

@@ -29,7 +29,7 @@ from appliance.catalog import Catalog
 from appliance.config import Config
 from appliance.errors import ApplianceError, BadRequest, ConfigError, Conflict, NotFound, StoreReadOnly
 from appliance.formats import FormatInspector
-from appliance.images import ImageService, now
+from appliance.images import ImageService, now, require_formats
 from appliance.model import ACTIVE, DEACTIVATED, SAVING, Image, ImageData, Location
 from appliance.stores.base import ImageStore
 
@@ -72,15 +72,20 @@ class BundleService:
 
     # -- import ---------------------------------------------------------------------------
 
+    @staticmethod
+    def authorize(ctx: Context) -> None:
+        """Refuse a caller before its bundle is read (`edge:bundle_import`)."""
+        policy.enforce(ctx, "edge:bundle_import")
+
     async def import_stream(self, ctx: Context, chunks: AsyncIterable[bytes], store: str | None) -> BundleReport:
         """Import a bundle arriving as a byte stream (POST /v2/edge/bundles)."""
-        policy.check_admin(ctx, "bundle_import")
+        self.authorize(ctx)
         target = self._target(store)
         return await self._import(ctx, await BundleReader.from_chunks(chunks), target, background=False)
 
     async def import_file(self, ctx: Context, path: Path, store: str | None) -> BundleReport:
         """Import a bundle file (the inbox)."""
-        policy.check_admin(ctx, "bundle_import")
+        self.authorize(ctx)
         target = self._target(store)
         fh = await asyncio.to_thread(open, path, "rb")
         try:
@@ -169,6 +174,7 @@ class BundleService:
     async def _write(self, image: Image, chunks: AsyncIterator[bytes], store: ImageStore, record: ImageRecord,
                      background: bool) -> ImageData:
         """Write the data to the store, inspected on the way; raises unless it is the record's."""
+        require_formats(image)  # as for an upload: without them the data could not be inspected
         inspector = FormatInspector(image.disk_format, max_virtual_size=self._config.formats.max_virtual_size)
 
         async def inspected() -> AsyncIterator[bytes]:
@@ -176,7 +182,8 @@ class BundleService:
                 inspector.feed(chunk)
                 yield chunk
 
-        digest = await store.write(image.id, inspected(), max_size=self._config.api.max_upload_bytes, background=background)
+        digest = await store.write(image.id, inspected(), max_size=self._config.api.max_upload_bytes, background=background,
+                                   expected_size=record.size)
         record.check(digest)  # before anything becomes visible
         found = inspector.finish()
         return ImageData(size=digest.size, checksum=digest.checksum, os_hash_value=digest.os_hash_value,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, AsyncIterator, Iterable, Sequence
 
 import aiosqlite
 
-from appliance.errors import Conflict, Forbidden, NotFound
+from appliance.errors import Conflict, Forbidden, NotFound, StorageFull
 from appliance.model import Assignment, CacheEntry, Image, ImageData, ImageId, Location, QueuedImage, Site, Task, TaskId
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,11 @@ SORT_KEYS = (
     "updated_at", "visibility", "owner", "virtual_size", "min_disk", "min_ram",
 )
 INT_COLUMNS = frozenset({"size", "virtual_size", "min_disk", "min_ram"})
+# stream_images: target weight of one batch of image rows (their JSON columns), its largest
+# count, and the weight past which rows are decoded in a worker thread.
+STREAM_BATCH_BYTES = 1 << 20
+STREAM_MAX_BATCH = 64
+STREAM_INLINE_BYTES = 256 << 10
 BOOL_COLUMNS = frozenset({"protected", "os_hidden"})
 
 
@@ -176,6 +182,15 @@ class ImageQuery:
     sort: tuple[tuple[str, str], ...] = (("created_at", "desc"),)
     limit: int = 25
     marker: str | None = None
+
+
+@dataclass(frozen=True)
+class ProjectUsage:
+    """What a project holds, for its quotas (Glance's unified limits)."""
+
+    images: int  # images it owns, in any status
+    stored_bytes: int  # image data in the stores asked about, each copy counted (as Glance does)
+    uploading: tuple[ImageId, ...]  # its images being uploaded, staged or imported
 
 
 class Catalog:
@@ -223,14 +238,32 @@ class Catalog:
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock:
-            await self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                await asyncio.shield(self._db.execute("ROLLBACK"))
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    await asyncio.shield(self._rollback())
+                    raise
+                else:
+                    try:
+                        await asyncio.shield(self._db.execute("COMMIT"))
+                    except sqlite3.Error:
+                        await asyncio.shield(self._rollback())  # SQLite may have rolled back already
+                        raise
+            except sqlite3.OperationalError as exc:
+                # A full filesystem is the operator's to fix, not a server bug: 507, and the
+                # transaction is rolled back, so the catalog stays consistent.
+                if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
+                    raise StorageFull("The catalog's filesystem is full (%s); nothing was changed. Free space "
+                                      "on it (deleting images frees space)" % exc) from exc
                 raise
-            else:
-                await asyncio.shield(self._db.execute("COMMIT"))
+
+    async def _rollback(self) -> None:
+        try:
+            await self._db.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            pass  # no transaction left to roll back (SQLite rolled it back on the error)
 
     # -- images ---------------------------------------------------------------------------
 
@@ -267,6 +300,10 @@ class Catalog:
         async with self._transaction() as db:
             await db.execute("DELETE FROM bundle_imports WHERE image_id = ?", [image_id])
 
+    async def has_image(self, image_id: str) -> bool:
+        async with self._db.execute("SELECT 1 FROM images WHERE id = ?", [image_id]) as cur:
+            return await cur.fetchone() is not None
+
     async def get_image(self, image_id: str) -> Image:
         images = await self._load_images([image_id])
         if not images:
@@ -276,8 +313,32 @@ class Catalog:
     async def _load_images(self, ids: Sequence[str]) -> list[Image]:
         """Images with their properties, tags and locations, in one query (one round trip to
         the database thread: what keeps image-show fast while the cores are busy)."""
+        return self._rows_to_images(ids, await self._image_rows(ids))
+
+    async def stream_images(self, ids: Sequence[str]) -> AsyncIterator[list[Image]]:
+        """The images of `ids` in that order, in batches sized by what their rows weigh: a batch
+        doubles while it stays under STREAM_BATCH_BYTES and shrinks to one image for heavy ones,
+        and heavy rows are decoded off the event loop. A page of images that carry megabytes
+        of metadata each is never held whole, and the loop is never held for long."""
+        size, start = 1, 0
+        while start < len(ids):
+            chunk = ids[start:start + size]
+            start += len(chunk)
+            rows = await self._image_rows(chunk)
+            weight = sum(len(v) for row in rows.values() for v in row[len(IMAGE_COLUMNS):] if v)
+            if weight > STREAM_INLINE_BYTES:
+                images = await asyncio.to_thread(self._rows_to_images, chunk, rows)
+            else:
+                images = self._rows_to_images(chunk, rows)
+            yield images
+            if weight < STREAM_BATCH_BYTES:
+                size = min(size * 2, STREAM_MAX_BATCH)
+            else:
+                size = max(1, size * STREAM_BATCH_BYTES // weight)
+
+    async def _image_rows(self, ids: Sequence[str]) -> dict[str, Any]:
         if not ids:
-            return []
+            return {}
         marks = ", ".join("?" * len(ids))
         sql = (
             "SELECT %s, "
@@ -291,7 +352,10 @@ class Catalog:
         # transaction would see it half done (an image row already active, its location not yet
         # written: the edge answered such a record 204 No Content).
         async with self._write_lock, self._db.execute(sql, list(ids)) as cur:
-            rows = {row[0]: row for row in await cur.fetchall()}
+            return {row[0]: row for row in await cur.fetchall()}
+
+    @staticmethod
+    def _rows_to_images(ids: Sequence[str], rows: dict[str, Any]) -> list[Image]:
         out = []
         n = len(IMAGE_COLUMNS)
         for image_id in ids:
@@ -312,6 +376,10 @@ class Catalog:
         return out
 
     async def list_images(self, query: ImageQuery) -> list[Image]:
+        return await self._load_images(await self.list_image_ids(query))
+
+    async def list_image_ids(self, query: ImageQuery) -> list[ImageId]:
+        """The ids a list query selects, in order (the records: stream_images)."""
         where: list[str] = []
         args: list[Any] = []
         # Visibility: Glance's default list shows public, the caller's own, and (for admins) all.
@@ -358,7 +426,7 @@ class Catalog:
         if not any(key == "id" for key, _ in sort):
             sort.append(("id", sort[-1][1] if sort else "desc"))  # a total order, so markers are exact
         if query.marker is not None:
-            marker_row = await self._sort_values(query.marker, [k for k, _ in sort])
+            marker_row = await self._sort_values(query.marker, [k for k, _ in sort], None if query.admin else query.project)
             if marker_row is None:
                 raise NotFound("marker %s not found" % query.marker)
             where.append(_after_marker(sort, marker_row, args))
@@ -369,13 +437,17 @@ class Catalog:
         sql += " LIMIT ?"
         args.append(query.limit)
         async with self._db.execute(sql, args) as cur:
-            ids = [row[0] for row in await cur.fetchall()]
-        return await self._load_images(ids)
+            return [ImageId(row[0]) for row in await cur.fetchall()]
 
-    async def _sort_values(self, image_id: str, keys: list[str]) -> tuple[Any, ...] | None:
-        async with self._db.execute(
-            "SELECT %s FROM images i WHERE id = ?" % ", ".join(_sort_expr(k) for k in keys), [image_id]
-        ) as cur:
+    async def _sort_values(self, image_id: str, keys: list[str], project: str | None) -> tuple[Any, ...] | None:
+        """The marker's sort values; a marker the caller cannot see (`project` set: not an admin)
+        is unknown, or its place in the order would tell about an image of another project."""
+        sql = "SELECT %s FROM images i WHERE id = ?" % ", ".join(_sort_expr(k) for k in keys)
+        args = [image_id]
+        if project is not None:
+            sql += " AND (i.visibility IN ('public', 'community') OR i.owner = ?)"
+            args.append(project)
+        async with self._db.execute(sql, args) as cur:
             row = await cur.fetchone()
         return tuple(row) if row else None
 
@@ -514,6 +586,18 @@ class Catalog:
         """Number of images per status."""
         async with self._db.execute("SELECT status, COUNT(*) FROM images GROUP BY status") as cur:
             return {row[0]: int(row[1]) for row in await cur.fetchall()}
+
+    async def project_usage(self, project: str, stores: Sequence[str]) -> ProjectUsage:
+        async with self._db.execute(
+            "SELECT COUNT(*), group_concat(CASE WHEN status IN ('saving', 'uploading', 'importing') THEN id END), "
+            "(SELECT COALESCE(SUM(i.size), 0) FROM image_locations l JOIN images i ON i.id = l.image_id "
+            " WHERE i.owner = ?1 AND i.size IS NOT NULL AND l.store IN (SELECT value FROM json_each(?2))) "
+            "FROM images WHERE owner = ?1", [project, json.dumps(list(stores))],
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return ProjectUsage(images=int(row[0]), stored_bytes=int(row[2]),
+                            uploading=tuple(ImageId(i) for i in (row[1] or "").split(",") if i))
 
     async def task_counts(self) -> dict[str, int]:
         """Number of tasks per status."""

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from appliance.errors import ConfigError
+from appliance.errors import BadRequest, ConfigError
 from appliance.formats import CONTAINER_FORMATS, DISK_FORMATS
+from appliance.text import check_text
 from appliance.urifilter import UriFilterConfig
 
 ROLES = ("edge", "hub")
@@ -61,6 +62,39 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    # Glance's image_property_quota and image_tag_quota (per image; -1 = unlimited). Over →
+    # 413 "Attempted: N, Maximum: M" as in Glance. Names and tags are at most 255 characters.
+    image_property_quota: int = 128
+    image_tag_quota: int = 128
+    # Longest value of one custom property, in characters (Glance's column is TEXT, i.e. 64 KiB
+    # in MySQL). With the quotas above, one image's metadata stays below ~8 MiB.
+    max_property_value_length: int = 65535
+
+
+# Glance's unified-limit names; -1 = unlimited. Sizes in MiB, as in Glance.
+QUOTA_NAMES = ("image_size_total", "image_stage_total", "image_count_total", "image_count_uploading")
+
+
+@dataclass(frozen=True)
+class QuotaLimits:
+    image_size_total: int = -1
+    image_stage_total: int = -1
+    image_count_total: int = -1
+    image_count_uploading: int = -1
+
+
+@dataclass(frozen=True)
+class QuotasConfig:
+    default: QuotaLimits = field(default_factory=QuotaLimits)
+    # project id → its own limits (keys not set there take the default)
+    projects: tuple[tuple[str, QuotaLimits], ...] = ()
+
+    def for_project(self, project: str | None) -> QuotaLimits:
+        return next((limits for name, limits in self.projects if name == project), self.default)
+
+
+@dataclass(frozen=True)
 class TokenConfig:
     token: str = ""
     token_file: str = ""
@@ -85,6 +119,9 @@ class StoreConfig:
     # Refuse writes unless the directory is a mount point (an NFS/iSCSI mount that went away
     # must not be filled through the bare directory underneath).
     require_mount: bool = False
+    # Writes that would leave less free space than this on the store's filesystem are refused
+    # (507) before a byte is written, so the catalog and the system keep room. 0 = no floor.
+    min_free_bytes: int = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -122,6 +159,8 @@ class ImportConfig:
     plugins: tuple[str, ...] = ()
     # Where glance-direct data is staged and imports do their work (relative: state dir).
     staging_dir: str = "staging"
+    # Staging and web-downloads stop (507) rather than leave less free space than this there.
+    staging_min_free_bytes: int = 1 << 30
     # A Glance glance-image-import.conf to take plugins and their options from ("": none).
     glance_conf: str = ""
     # image_decompression limits: output size and expansion ratio (decompression bombs).
@@ -171,6 +210,13 @@ class HubConfig:
     sync_interval: int = 30
     # This site's API URL as the hub should record it in locations ("" = not advertised).
     api_url: str = ""
+    # Lookups of ids this site does not know (edge role): a hub miss is remembered for
+    # miss_ttl seconds (at most miss_cache_size ids), and each project may ask the hub about
+    # lookup_burst unknown ids at once, refilled at lookups_per_minute; beyond that, 429.
+    miss_ttl: int = 60
+    miss_cache_size: int = 10000
+    lookup_burst: int = 20
+    lookups_per_minute: int = 60
 
 
 @dataclass(frozen=True)
@@ -227,6 +273,8 @@ class Config:
     state_dir: Path = Path("var")
     site: SiteConfig = field(default_factory=SiteConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     stores: StoresConfig = field(default_factory=StoresConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
@@ -320,6 +368,12 @@ def _read_import(data: Any) -> ImportConfig:
         if not isinstance(inject_data, dict) or not all(isinstance(v, str) for v in inject_data.values()):
             raise ConfigError("import.inject: expected a table of string values, e.g. inject = { site = \"edge-1\" }")
         inject = tuple(inject_data.items())
+        for key, value in inject:  # the same rules as a client's properties
+            try:
+                check_text("Property name %r" % key, key, 255)
+                check_text("Value of property %r" % key, value, LimitsConfig.max_property_value_length, multiline=True)
+            except BadRequest as exc:
+                raise ConfigError("import.inject: %s" % exc) from None
     filt = UriFilterConfig()
     if filt_data is not None:
         _typed("import.uri_filter", filt_data, dict, "a table")
@@ -443,7 +497,7 @@ def _read_stores(data: Any) -> StoresConfig:
         if not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError("stores.%s: store names may hold letters, digits, '-' and '_' only" % name)
         section = "stores.%s" % name
-        _check_keys(section, body, {"path", "thin_provisioning", "description", "require_mount"})
+        _check_keys(section, body, {"path", "thin_provisioning", "description", "require_mount", "min_free_bytes"})
         if "path" not in body:
             raise ConfigError("%s.path: required" % section)
         stores.append(
@@ -453,6 +507,8 @@ def _read_stores(data: Any) -> StoresConfig:
                 thin_provisioning=_typed(section + ".thin_provisioning", body.get("thin_provisioning", False), bool, "true or false"),
                 description=_typed(section + ".description", body.get("description", ""), str, "a string"),
                 require_mount=_typed(section + ".require_mount", body.get("require_mount", False), bool, "true or false"),
+                min_free_bytes=_non_negative(section + ".min_free_bytes",
+                                             _typed(section + ".min_free_bytes", body.get("min_free_bytes", 1 << 30), int, "an integer")),
             )
         )
     if not stores:
@@ -465,7 +521,7 @@ def _read_stores(data: Any) -> StoresConfig:
 
 def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
     """Validate a parsed TOML document into a Config."""
-    sections = {"site", "api", "auth", "stores", "catalog", "formats", "import", "scrubber", "hub", "cache", "inbox",
+    sections = {"site", "api", "limits", "quotas", "auth", "stores", "catalog", "formats", "import", "scrubber", "hub", "cache", "inbox",
                 "bundles", "logging"}
     _check_keys("", data, sections)
     site = _simple_section("site", SiteConfig, data.get("site"))
@@ -502,6 +558,8 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
         state_dir=state_dir,
         site=site,
         api=api,
+        limits=_limits(data.get("limits")),
+        quotas=_quotas(data.get("quotas")),
         auth=_read_auth(data.get("auth")),
         stores=_read_stores(data.get("stores")),
         catalog=_simple_section("catalog", CatalogConfig, data.get("catalog")),
@@ -534,11 +592,11 @@ def _hub(data: Any) -> HubConfig:
     if conf.token and conf.token_file:
         raise ConfigError("hub: set at most one of 'token' or 'token_file'")
     for key in ("connect_timeout", "read_timeout", "mirror_interval", "reconcile_interval", "heartbeat_interval",
-                "sync_interval", "retry_max_seconds"):
+                "sync_interval", "retry_max_seconds", "miss_cache_size", "lookup_burst", "lookups_per_minute"):
         if getattr(conf, key) <= 0:
             raise ConfigError("hub.%s: must be positive" % key)
-    if conf.bandwidth_limit < 0 or conf.resume_attempts < 0:
-        raise ConfigError("hub: bandwidth_limit and resume_attempts must not be negative")
+    if conf.bandwidth_limit < 0 or conf.resume_attempts < 0 or conf.miss_ttl < 0:
+        raise ConfigError("hub: bandwidth_limit, resume_attempts and miss_ttl must not be negative")
     return dataclasses.replace(conf, url=conf.url.rstrip("/"))
 
 
@@ -554,6 +612,48 @@ def _cache(data: Any) -> CacheConfig:
     if conf.min_free_bytes < 0:
         raise ConfigError("cache.min_free_bytes: must not be negative")
     return conf
+
+
+def _non_negative(key: str, value: int) -> int:
+    if value < 0:
+        raise ConfigError("%s: must not be negative, got %d" % (key, value))
+    return value
+
+
+def _limits(data: Any) -> LimitsConfig:
+    conf = _simple_section("limits", LimitsConfig, data)
+    for key in ("image_property_quota", "image_tag_quota"):
+        if getattr(conf, key) < -1:
+            raise ConfigError("limits.%s: must be -1 (unlimited) or a count, got %d" % (key, getattr(conf, key)))
+    if conf.max_property_value_length <= 0:
+        raise ConfigError("limits.max_property_value_length: must be positive")
+    return conf
+
+
+def _quota_limits(section: str, data: Any, base: QuotaLimits) -> QuotaLimits:
+    _typed(section, data, dict, "a table")
+    _check_keys(section, data, set(QUOTA_NAMES))
+    values = {}
+    for key, raw in data.items():
+        value = _typed("%s.%s" % (section, key), raw, int, "an integer")
+        if value < -1:
+            raise ConfigError("%s.%s: must be -1 (unlimited) or a limit, got %d" % (section, key, value))
+        values[key] = value
+    return dataclasses.replace(base, **values)
+
+
+def _quotas(data: Any) -> QuotasConfig:
+    """[quotas] holds the default limits; [quotas.projects.ID] one project's (Glance's unified
+    limits: registered defaults and per-project overrides)."""
+    if data is None:
+        return QuotasConfig()
+    _typed("quotas", data, dict, "a table")
+    data = dict(data)
+    projects = data.pop("projects", {})
+    default = _quota_limits("quotas", data, QuotaLimits())
+    _typed("quotas.projects", projects, dict, "a table of [quotas.projects.ID] tables")
+    return QuotasConfig(default=default, projects=tuple(
+        (name, _quota_limits("quotas.projects.%s" % name, body, default)) for name, body in projects.items()))
 
 
 def _scrubber(data: Any) -> ScrubberConfig:

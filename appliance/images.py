@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Mapping, Sequence
 
-from appliance import policy
+from appliance import policy, wire
 from appliance.auth import Context
 from appliance.catalog import SORT_KEYS, Catalog, ImageQuery
 from appliance.config import Config
@@ -18,10 +18,13 @@ from appliance.cache import ImageCache, is_upstream_image
 from appliance.download import Download
 from appliance.errors import BadRequest, Conflict, Forbidden, HubUnreachable, NotFound, TooLarge
 from appliance.formats import FormatInspector, introspected_properties
+from appliance.imagework import ImageWork
 from appliance.model import (
     ACTIVE, DEACTIVATED, QUEUED, SAVING, VISIBILITIES, Image, ImageData, ImageId, Location,
 )
+from appliance.quotas import SIZE_TOTAL, Quotas
 from appliance.stores.base import ImageStore, StoreUsage
+from appliance.text import check_text
 
 if TYPE_CHECKING:  # sites.py uses this module's helpers
     from appliance.sites import SiteService
@@ -39,21 +42,35 @@ BASE_ATTRIBUTES = frozenset({
     "container_format", "min_disk", "min_ram", "tags",
 }) | READ_ONLY
 MAX_STRING = 255
-MAX_TAGS = 128
+# Glance's rules for making an image visible beyond its project.
+VISIBILITY_RULES = {"public": "publicize_image", "community": "communitize_image"}
 JSON_PATCH_OPS = ("add", "replace", "remove")
 # List filters on image columns that take plain equality (or Glance's `in:` operator).
 COLUMN_FILTERS = ("name", "status", "visibility", "owner", "disk_format", "container_format", "id", "protected")
 # Glance's time filters: `updated_at=gte:2026-01-01T00:00:00Z` (operator required).
 TIME_FILTERS = ("created_at", "updated_at")
 TIME_OPERATORS = {"gt": ">", "gte": ">=", "eq": "=", "neq": "!=", "lt": "<", "lte": "<="}
+MAX_LIST_FILTERS = 64
 LIST_PARAMS = frozenset({
     "limit", "marker", "sort_key", "sort_dir", "sort", "tag", "os_hidden", "size_min", "size_max",
     "member_status",
 })
 
 
+# What says how to read an image's data: set while it is queued, fixed once data arrives.
+FORMAT_ATTRIBUTES = frozenset({"disk_format", "container_format"})
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def require_formats(image: Image) -> None:
+    """Glance's rule (and its words): no data for an image that does not say how to read it."""
+    missing = [key for key in ("disk_format", "container_format") if not getattr(image, key)]
+    if missing:
+        raise BadRequest("%s %s must be set prior to saving data." % (
+            "Property" if len(missing) == 1 else "Properties", ", ".join(missing)))
 
 
 def parse_uuid(value: str, what: str = "image ID") -> str:
@@ -65,7 +82,10 @@ def parse_uuid(value: str, what: str = "image ID") -> str:
 
 @dataclass(frozen=True)
 class Page:
-    images: list[Image]
+    ids: list[ImageId]
+    # The records of `ids`, in order, a few at a time (Catalog.stream_images): a page of images
+    # at the metadata limits weighs gigabytes and is never loaded whole.
+    batches: AsyncIterator[list[Image]]
     next_marker: str | None
 
 
@@ -78,6 +98,8 @@ class ImageService:
         self._cache = cache
         self._sites = sites  # the hub's edge sites, which are stores in Glance's words
         self.default_store = config.stores.default
+        self.quotas = Quotas(config.quotas, catalog, stores)
+        self.work = ImageWork()  # uploads, staging, imports: a delete stops them first
 
     @property
     def config(self) -> Config:
@@ -86,6 +108,7 @@ class ImageService:
     def apply_config(self, config: Config) -> None:
         """Take a reloaded config (page sizes, upload cap, enabled formats change live)."""
         self._config = config
+        self.quotas.apply_config(config.quotas)
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -106,10 +129,31 @@ class ImageService:
             for orphan in sorted(files - known):
                 await store.delete(orphan)
                 log.warning("recovery: removed %s from store %s: no image records it", orphan, name)
+            # Pulls of images deleted while the daemon was down (or killed mid-delete).
+            for orphan in sorted(await asyncio.to_thread(store.pull_ids)):  # type: ignore[attr-defined]
+                if not await self._catalog.has_image(orphan):
+                    await store.purge(orphan)
+                    log.warning("recovery: removed the pull of %s from store %s: the image is gone", orphan, name)
 
     # -- records --------------------------------------------------------------------------
 
     async def get(self, ctx: Context, image_id: str) -> Image:
+        """An image the caller may read (`get_image`)."""
+        return await self.authorized(ctx, image_id, "get_image")
+
+    async def locations(self, ctx: Context, image_id: str) -> tuple[Location, ...]:
+        """Where the bytes are (server paths and site URLs): the owner's or an administrator's
+        business (Glance's `get_image_location`), not every viewer's."""
+        return (await self.authorized(ctx, image_id, "get_image_location")).locations
+
+    async def authorized(self, ctx: Context, image_id: str, rule: str) -> Image:
+        """An image the caller sees (else NotFound) and may act on under `rule` (else Forbidden)."""
+        image = await self.find(ctx, image_id)
+        policy.enforce_image(ctx, rule, image)
+        return image
+
+    async def find(self, ctx: Context, image_id: str) -> Image:
+        """An image the caller sees, with no rule checked yet: invisible is NotFound."""
         try:
             image_id = parse_uuid(image_id)
         except BadRequest:
@@ -117,12 +161,15 @@ class ImageService:
             # tries the name as an id first and falls back to a name search on 404.
             raise NotFound("No image found with ID %s (not a valid image ID)" % image_id) from None
         # An id this site has not seen may be a hub image: the cache looks it up upstream.
-        image = await (self._cache.lookup(image_id) if self._cache is not None else self._catalog.get_image(image_id))
+        image = await (self._cache.lookup(image_id, asker=ctx.project) if self._cache is not None
+                       else self._catalog.get_image(image_id))
         policy.check_visible(ctx, image)
         return image
 
     async def create(self, ctx: Context, body: Any) -> Image:
-        created = await self._catalog.create_image(self.new_record(ctx, body))
+        policy.enforce(ctx, "add_image")  # into the caller's project; another owner is checked as a change of owner
+        record = self.new_record(ctx, body)
+        created = await self.quotas.admit_image(record.owner, lambda: self._catalog.create_image(record))
         log.info("image %s created by %s/%s", created.id, ctx.project, ctx.user)
         return created
 
@@ -148,6 +195,7 @@ class ImageService:
                 columns[key] = self._validate_attribute(ctx, key, value)
             else:
                 props[key] = self._validate_property(key, value)
+        self._check_property_quota(len(props))
         stamp = now()
         return Image(
             id=ImageId(image_id), status=status, size=None, virtual_size=None, checksum=None,
@@ -157,6 +205,7 @@ class ImageService:
 
     async def list(self, ctx: Context, params: Mapping[str, str], tags: Sequence[str]) -> Page:
         """`params`: the query string (single values); `tags`: every `tag=` value."""
+        policy.enforce(ctx, "get_images")
         limit = self._int_param(params, "limit", self._config.api.default_page_size, minimum=0)
         limit = min(limit, self._config.api.max_page_size)
         filters: list[tuple[str, Any]] = []
@@ -183,9 +232,14 @@ class ImageService:
                     filters.append((key, values[0]))
             else:
                 props.append((key, value))
+        # Each filter is a clause (a property or tag one a join) in one SQL statement; SQLite
+        # refuses past its expression-depth limit, and no client needs more than a few.
+        count = len(filters) + len(props) + len(times) + len(tags) + (1 if ids else 0)
+        if count > MAX_LIST_FILTERS:
+            raise BadRequest("Too many filters in one image list query: %d (at most %d)" % (count, MAX_LIST_FILTERS))
         query = ImageQuery(
             project=ctx.project,
-            admin=ctx.is_admin,
+            admin=policy.sees_every_image(ctx),
             filters=tuple(filters),
             property_filters=tuple(props),
             tags=tuple(tags),
@@ -200,16 +254,15 @@ class ImageService:
             marker=parse_uuid(params["marker"], "marker") if "marker" in params else None,
         )
         try:
-            images = await self._catalog.list_images(query)
+            ids = await self._catalog.list_image_ids(query)
         except NotFound as exc:
             raise BadRequest(str(exc)) from None  # Glance: an unknown marker is a bad request
-        more = len(images) > limit
-        images = images[:limit]
-        return Page(images=images, next_marker=images[-1].id if more and images else None)
+        more = len(ids) > limit
+        ids = ids[:limit]
+        return Page(ids=ids, batches=self._catalog.stream_images(ids), next_marker=ids[-1] if more and ids else None)
 
     async def update(self, ctx: Context, image_id: str, patch: Any) -> Image:
-        image = await self.get(ctx, image_id)
-        policy.check_modify(ctx, image)
+        image = await self.authorized(ctx, image_id, "modify_image")
         if not isinstance(patch, list):
             raise BadRequest("A JSON patch must be a JSON array of operations")
         columns: dict[str, Any] = {}
@@ -229,6 +282,9 @@ class ImageService:
             elif key in BASE_ATTRIBUTES:
                 if name == "remove":
                     raise Forbidden("Attribute '%s' is a base attribute and cannot be removed" % key)
+                if key in FORMAT_ATTRIBUTES and image.status != QUEUED:
+                    # The data was (or is being) inspected against them.
+                    raise Forbidden("Attribute %s can be only replaced for a queued image." % key)
                 columns[key] = self._validate_attribute(ctx, key, value)
             elif name == "remove":
                 if key not in current:
@@ -241,15 +297,18 @@ class ImageService:
                     raise Conflict("Property %s does not exist." % key)
                 current[key] = set_props[key] = self._validate_property(key, value)
                 removed.discard(key)
+        if set(current) - set(image.properties):  # Glance counts only when a patch adds properties
+            self._check_property_quota(len(current))
         updated = await self._catalog.update_image(
-            image.id, columns=columns, set_properties=set_props, remove_properties=removed, tags=tags, updated_at=now()
+            image.id, columns=columns, set_properties=set_props, remove_properties=removed, tags=tags, updated_at=now(),
+            # Atomic with the check above: an upload that starts meanwhile makes this a Conflict.
+            expect_status=[QUEUED] if FORMAT_ATTRIBUTES & columns.keys() else None,
         )
         log.info("image %s updated (%s)", image.id, ", ".join(sorted({*columns, *set_props, *removed} | ({"tags"} if tags is not None else set()))))
         return updated
 
     async def delete(self, ctx: Context, image_id: str) -> None:
-        image = await self.get(ctx, image_id)
-        policy.check_modify(ctx, image)
+        image = await self.authorized(ctx, image_id, "delete_image")
         if image.protected:
             raise Forbidden("Image %s is protected and cannot be deleted." % image.id)
         await self.remove(image)
@@ -257,32 +316,29 @@ class ImageService:
 
     async def remove(self, image: Image) -> None:
         """Drop an image's record and every copy this site holds (stores and cache); no policy
-        here: callers decide (a client's delete, or the hub having deleted it)."""
-        await self._catalog.delete_image(image.id)
-        for loc in image.locations:
-            store = self._stores.get(loc.store)
-            if store is not None:
-                await store.delete(image.id)
-        if self._cache is not None:
-            await self._cache.delete(image.id)
+        here: callers decide (a client's delete, or the hub having deleted it). The image's
+        running work stops first, so no byte written for it outlives the delete."""
+        async with self.work.stopped(image.id):
+            await self._catalog.delete_image(image.id)
+            for store in self._stores.values():  # every store: a write may have landed after the record was read
+                await store.purge(image.id)
+            if self._cache is not None:
+                await self._cache.purge(image.id)
 
     async def add_tag(self, ctx: Context, image_id: str, tag: str) -> None:
-        image = await self.get(ctx, image_id)
-        policy.check_modify(ctx, image)
+        image = await self.authorized(ctx, image_id, "modify_image")
         self._validate_tags([tag])
-        if tag not in image.tags and len(image.tags) >= MAX_TAGS:
-            raise BadRequest("Maximum number of tags (%d) exceeded" % MAX_TAGS)
+        if tag not in image.tags:
+            self._check_tag_quota(len(image.tags) + 1)
         await self._catalog.add_tag(image.id, tag, now())
 
     async def remove_tag(self, ctx: Context, image_id: str, tag: str) -> None:
-        image = await self.get(ctx, image_id)
-        policy.check_modify(ctx, image)
+        image = await self.authorized(ctx, image_id, "modify_image")
         if not await self._catalog.remove_tag(image.id, tag, now()):
             raise NotFound("Tag %s not found on image %s" % (tag, image.id))
 
     async def deactivate(self, ctx: Context, image_id: str) -> None:
-        image = await self.get(ctx, image_id)
-        policy.check_modify(ctx, image)
+        image = await self.authorized(ctx, image_id, "deactivate")
         if image.status == DEACTIVATED:
             return
         if image.status != ACTIVE:
@@ -291,8 +347,7 @@ class ImageService:
         log.info("image %s deactivated", image.id)
 
     async def reactivate(self, ctx: Context, image_id: str) -> None:
-        image = await self.get(ctx, image_id)
-        policy.check_modify(ctx, image)
+        image = await self.authorized(ctx, image_id, "reactivate")
         if image.status == ACTIVE:
             return
         if image.status != DEACTIVATED:
@@ -306,25 +361,39 @@ class ImageService:
         self, ctx: Context, image_id: str, chunks: AsyncIterable[bytes], *, size: int | None, store_name: str | None
     ) -> Image:
         """Plain upload (`PUT /file`): queued → saving → active, or back to queued on failure."""
-        image = await self.get(ctx, image_id)
-        policy.check_modify(ctx, image)
+        image = await self.authorized(ctx, image_id, "upload_image")
         store = self._store(store_name)
         cap = self._config.api.max_upload_bytes
         if size is not None and size > cap:
             raise TooLarge("Image size %d exceeds the maximum upload size of %d bytes" % (size, cap))
         if image.status != QUEUED:
             raise Conflict("Image %s is %s; data can only be uploaded to a queued image" % (image.id, image.status))
-        await self._catalog.update_image(image.id, expect_status=[QUEUED], columns={"status": SAVING}, updated_at=now())
-        inspector = FormatInspector(image.disk_format, max_virtual_size=self._config.formats.max_virtual_size)
+        require_formats(image)
+        with self.work.track(image.id, "upload") as job:  # a delete stops it at the next chunk
+            async with self.quotas.transfer(
+                ctx.project, image.id, SIZE_TOTAL, size,
+                start=lambda: self._catalog.update_image(image.id, expect_status=[QUEUED], columns={"status": SAVING},
+                                                         updated_at=now()),
+            ) as meter:
+                return await self._receive(image, store, job.guard(meter.count(chunks) if meter else chunks), size)
 
-        async def inspected() -> AsyncIterator[bytes]:
+    async def _receive(self, image: Image, store: ImageStore, chunks: AsyncIterable[bytes], size: int | None) -> Image:
+        """Store an upload's bytes and activate the image (it is `saving`), or put it back to queued."""
+        cap = self._config.api.max_upload_bytes
+
+        async def inspected(inspector: FormatInspector) -> AsyncIterator[bytes]:
             async for chunk in chunks:
                 inspector.feed(chunk)
                 yield chunk
 
         written = False
         try:
-            digest = await store.write(image.id, inspected(), max_size=cap)
+            # The formats as they are now that the image is `saving` and they can no longer change
+            # (a PATCH may have changed them while it was queued).
+            image = await self._catalog.get_image(image.id)
+            require_formats(image)
+            inspector = FormatInspector(image.disk_format, max_virtual_size=self._config.formats.max_virtual_size)
+            digest = await store.write(image.id, inspected(inspector), max_size=cap, expected_size=size)
             written = True
             if size is not None and digest.size != size:
                 raise BadRequest("Upload ended after %d of the %d bytes announced" % (digest.size, size))
@@ -360,8 +429,9 @@ class ImageService:
         """Where the bytes come from, in order: a store of this site, the cache (a committed
         entry, or a fill from the hub that every client follows), or None if the image has no
         data yet (Glance answers 204). `byte_range` is the request's Range, if any."""
-        image = await self.get(ctx, image_id)
-        policy.check_download(ctx, image)
+        image = await self.authorized(ctx, image_id, "download_image")
+        if image.status == DEACTIVATED and "admin" not in ctx.roles:
+            raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
         if self._cache is not None and is_upstream_image(image) and (image.status not in (ACTIVE, DEACTIVATED) or image.size is None):
             # A hub image is never answered 204: it has (or will have) data at the hub.
             image = await self._cache.servable(image)
@@ -396,15 +466,14 @@ class ImageService:
         return [(store, store.usage()) for store in self._stores.values()]
 
     def check_stores_detail(self, ctx: Context) -> None:
-        policy.check_admin(ctx, "stores_info_detail")
+        policy.enforce(ctx, "stores_info_detail")
 
     async def delete_from_store(self, ctx: Context, store_name: str, image_id: str) -> None:
-        policy.check_admin(ctx, "delete_image_location")
+        image = await self.authorized(ctx, image_id, "delete_image_location")
         sites = self._sites.names() if self._sites is not None else ()
         if store_name not in self._stores and store_name not in sites:
             # Glance: 409, not 404 (which glanceclient reports as "multi-store not enabled").
             raise Conflict("The selected store %s is not available on this node." % store_name)
-        image = await self.get(ctx, image_id)
         if image.status != ACTIVE:
             raise Conflict("Image %s is %s; a store copy can be removed from an active image only" % (image.id, image.status))
         if self._sites is not None and store_name in sites:
@@ -436,14 +505,13 @@ class ImageService:
             raise Forbidden("Attribute '%s' is read-only." % key)
         if key in RESERVED or key.startswith("os_glance"):
             raise Forbidden("Attribute '%s' is reserved." % key)
-        if len(key) > MAX_STRING:
-            raise BadRequest("Property name is longer than %d characters" % MAX_STRING)
+        check_text("Property name %r" % key[:64], key, MAX_STRING)
 
     def _validate_attribute(self, ctx: Context, key: str, value: Any) -> Any:
         if key == "name":
-            if value is not None and (not isinstance(value, str) or len(value) > MAX_STRING):
+            if value is not None and not isinstance(value, str):
                 raise BadRequest("Invalid value for 'name': expected a string of at most %d characters" % MAX_STRING)
-            return value
+            return value if value is None else check_text("Image name", value, MAX_STRING)
         if key in ("protected", "os_hidden"):
             if not isinstance(value, bool):
                 raise BadRequest("Invalid value for '%s': expected true or false, got %r" % (key, value))
@@ -455,7 +523,8 @@ class ImageService:
         if key == "visibility":
             if value not in VISIBILITIES:
                 raise BadRequest("Invalid value for 'visibility': %r (allowed: %s)" % (value, ", ".join(VISIBILITIES)))
-            policy.check_visibility_change(ctx, value)
+            if value in VISIBILITY_RULES:
+                policy.enforce(ctx, VISIBILITY_RULES[value])
             return value
         if key == "owner":
             if value is not None and (not isinstance(value, str) or len(value) > MAX_STRING):
@@ -470,24 +539,35 @@ class ImageService:
             return value
         raise AssertionError(key)  # pragma: no cover
 
-    @staticmethod
-    def _validate_property(key: str, value: Any) -> str:
+    def _validate_property(self, key: str, value: Any) -> str:
         if not isinstance(value, str):
-            raise BadRequest("Invalid value for property '%s': custom properties must be strings, got %r" % (key, value))
-        if len(value) > 65535:
-            raise BadRequest("Value of property '%s' is too long" % key)
-        return value
+            raise BadRequest("Invalid value for property '%s': custom properties must be strings, got %s"
+                             % (key, type(value).__name__ if isinstance(value, (list, dict)) else repr(value)))
+        return check_text("Value of property '%s'" % key, value, self._config.limits.max_property_value_length,
+                          multiline=True)
 
-    @staticmethod
-    def _validate_tags(value: Any) -> list[str]:
+    def _validate_tags(self, value: Any) -> list[str]:
         if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
             raise BadRequest("Invalid value for 'tags': expected a list of strings")
+        self._check_tag_quota(len(set(value)))
         for tag in value:
-            if not tag or len(tag) > MAX_STRING:
-                raise BadRequest("Invalid tag %r: tags are 1 to %d characters" % (tag, MAX_STRING))
-        if len(set(value)) > MAX_TAGS:
-            raise BadRequest("Maximum number of tags (%d) exceeded" % MAX_TAGS)
+            if not tag:
+                raise BadRequest("Invalid tag '': tags are 1 to %d characters" % MAX_STRING)
+            check_text("Tag %r" % tag[:64], tag, MAX_STRING)
         return value
+
+    # Glance's ImagePropertyLimitExceeded / ImageTagLimitExceeded, answered 413 as there.
+    def _check_property_quota(self, attempted: int) -> None:
+        maximum = self._config.limits.image_property_quota
+        if 0 <= maximum < attempted:
+            raise TooLarge("The limit has been exceeded on the number of allowed image properties. "
+                           "Attempted: %d, Maximum: %d" % (attempted, maximum))
+
+    def _check_tag_quota(self, attempted: int) -> None:
+        maximum = self._config.limits.image_tag_quota
+        if 0 <= maximum < attempted:
+            raise TooLarge("The limit has been exceeded on the number of allowed image tags. "
+                           "Attempted: %d, Maximum: %d" % (attempted, maximum))
 
     @staticmethod
     def _parse_patch_op(op: Any) -> tuple[str, str, Any]:
@@ -516,12 +596,9 @@ class ImageService:
         if key not in params:
             return default
         try:
-            value = int(params[key])
-        except ValueError:
-            raise BadRequest("%s must be an integer, got %r" % (key, params[key])) from None
-        if value < minimum:
-            raise BadRequest("%s must be >= %d" % (key, minimum))
-        return value
+            return wire.parse_int(params[key], key, minimum)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
 
     @staticmethod
     def _bool_param(key: str, value: str) -> bool:
@@ -549,8 +626,9 @@ class ImageService:
                 key, _, direction = part.strip().partition(":")
                 out.append(check(key, direction or "desc"))
             return tuple(out)
-        keys = [k for k in params.get("sort_key", "created_at").split(",") if k]
-        dirs = [d for d in params.get("sort_dir", "desc").split(",") if d]
+        # An empty value (`sort_key=`, `sort_dir=,`) means the default, as an absent one.
+        keys = [k for k in params.get("sort_key", "").split(",") if k] or ["created_at"]
+        dirs = [d for d in params.get("sort_dir", "").split(",") if d] or ["desc"]
         if len(dirs) > 1 and len(dirs) != len(keys):
             raise BadRequest("Number of sort_dir values must match the number of sort_key values")
         return tuple(check(k, dirs[i] if len(dirs) > 1 else dirs[0]) for i, k in enumerate(keys))

@@ -17,17 +17,17 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 
 from appliance import policy
 from appliance.auth import Context
 from appliance.catalog import Catalog, ListEdit
 from appliance.config import Config
 from appliance.digest import Digest, verify
-from appliance.errors import ApplianceError, BadRequest, Conflict, Forbidden, NotFound, TooLarge
+from appliance.errors import ApplianceError, BadRequest, Conflict, NotFound, TooLarge
 from appliance.formats import inspect_file, introspected_properties
 from appliance.hublink import HubLink
-from appliance.images import ImageService, now, parse_uuid
+from appliance.images import ImageService, now, parse_uuid, require_formats
 from appliance.mirror import UPSTREAM_STORE
 from appliance.model import (
     ACTIVE, COPY, FAILED_IMPORT, IMPORTING, IMPORTING_TO, QUEUED, UPLOADING, Image, ImageData, Location, Task, TaskId,
@@ -36,6 +36,7 @@ from appliance.pipeline.base import ImportFailed, ImportStep, StagedImage, StepC
 from appliance.pipeline.steps.convert import Convert
 from appliance.pipeline.steps.decompress import Decompress
 from appliance.pipeline.steps.inject import InjectMetadata
+from appliance.quotas import SIZE_TOTAL, STAGE_TOTAL
 from appliance.sites import SiteService
 from appliance.stores.base import ImageStore
 from appliance.stores.filesystem import FilesystemStore
@@ -83,9 +84,11 @@ async def _read_file(path: Path) -> AsyncIterator[bytes]:
         await asyncio.to_thread(fh.close)
 
 
-async def _save(chunks: AsyncIterator[bytes], path: Path, on_progress: Callable[[int], None]) -> int:
+async def _save(chunks: AsyncIterator[bytes], path: Path, on_progress: Callable[[int], None],
+                ensure_room: Callable[[int], None]) -> int:
     """Write a download to a scratch file. No hashing here: the data is hashed once, as it
-    goes into the stores, after the plugins have run."""
+    goes into the stores, after the plugins have run. `ensure_room(n)` raises if writing n
+    more bytes would cross the free-space floor."""
     fh = await asyncio.to_thread(open, path, "wb")
     try:
         total = batched = 0
@@ -95,6 +98,7 @@ async def _save(chunks: AsyncIterator[bytes], path: Path, on_progress: Callable[
             batched += len(chunk)
             total += len(chunk)
             if batched >= READ_CHUNK:
+                ensure_room(batched)
                 await asyncio.to_thread(fh.writelines, batch)
                 batch, batched = [], 0
                 on_progress(total)
@@ -125,7 +129,10 @@ class ImportService:
         self._steps = list(steps)
         self.uri_filter = uri_filter
         self._staging_root = config.path(config.imports.staging_dir)
-        self._staging = FilesystemStore("staging", self._staging_root / "staged")
+        self._staging = FilesystemStore("staging", self._staging_root / "staged",
+                                        min_free_bytes=config.imports.staging_min_free_bytes)
+        images.quotas.count_staged_with(self._staged_bytes)
+        images.work.add_cleaner(self._staging.purge)  # a deleted image's staged data goes with it
         self._running: dict[str, asyncio.Task[None]] = {}
         # task id → (bytes done, bytes total or None) while a task runs; persisted at the end.
         self._progress: dict[str, tuple[int, int | None]] = {}
@@ -136,6 +143,7 @@ class ImportService:
         self._config = config
         self._steps = build_steps(config)
         self.uri_filter = build_uri_filter(config)
+        self._staging.min_free_bytes = config.imports.staging_min_free_bytes
 
     def running_count(self) -> int:
         return len(self._running)
@@ -168,6 +176,9 @@ class ImportService:
         for task in await self._catalog.list_tasks(limit=10_000):
             if task.status not in ("pending", "processing"):
                 continue
+            if task.image_id is not None and not await self._catalog.has_image(task.image_id):
+                await self._deleted(task)
+                continue
             await self._catalog.update_task(task.id, now(), status="failure",
                                             message="Import interrupted: the daemon stopped before it finished; run the import again")
             if task.image_id is None:
@@ -185,6 +196,11 @@ class ImportService:
         for image_id in await self._catalog.images_in_status(IMPORTING):
             status = await self._release(await self._catalog.get_image(image_id))
             log.warning("recovery: image %s was left importing; image is %s", image_id, status)
+        # Staged data of images deleted while the daemon was down (or killed mid-delete).
+        for image_id in sorted(await asyncio.to_thread(self._staging.image_files)):
+            if not await self._catalog.has_image(image_id):
+                await self._staging.purge(image_id)
+                log.warning("recovery: removed the staged data of %s: the image is gone", image_id)
         for image_id in await self._catalog.images_in_status(UPLOADING):
             if self._staging.data_path(image_id) is None:
                 await self._catalog.update_image(image_id, expect_status=[UPLOADING], columns={"status": QUEUED},
@@ -227,17 +243,21 @@ class ImportService:
     # -- queries --------------------------------------------------------------------------
 
     async def image_tasks(self, ctx: Context, image_id: str) -> list[Task]:
+        """An image's tasks, as Glance lists them: only the caller's project's (all for an admin).
+        A task's input (an import URI, signed query strings included) is its project's business,
+        even when the image is public."""
         image = await self._images.get(ctx, image_id)
-        return await self._catalog.list_tasks(image.id)
+        return [t for t in await self._catalog.list_tasks(image.id) if _sees_task(ctx, t)]
 
     async def list_tasks(self, ctx: Context) -> list[Task]:
-        tasks = await self._catalog.list_tasks()
-        return [t for t in tasks if ctx.is_admin or t.owner == ctx.project]
+        policy.enforce(ctx, "get_tasks")
+        return [t for t in await self._catalog.list_tasks() if _sees_task(ctx, t)]
 
     async def get_task(self, ctx: Context, task_id: str) -> Task:
         task = await self._catalog.get_task(task_id)
-        if not ctx.is_admin and task.owner != ctx.project:
+        if not _sees_task(ctx, task):
             raise NotFound("Task with the given ID %s not found" % task_id)
+        policy.enforce(ctx, "get_task", {"project_id": task.owner})
         return task
 
     async def check_uri(self, uri: str):  # type: ignore[no-untyped-def]
@@ -248,14 +268,27 @@ class ImportService:
     async def stage(self, ctx: Context, image_id: str, chunks: AsyncIterator[bytes], size: int | None) -> None:
         if "glance-direct" not in self.enabled_methods:
             raise NotFound("The glance-direct import method is not enabled on this site")
-        image = await self._images.get(ctx, image_id)
-        policy.check_modify(ctx, image)
+        image = await self._images.authorized(ctx, image_id, "modify_image")  # as Glance's stage
+        require_formats(image)
         cap = self._config.api.max_upload_bytes
         if size is not None and size > cap:
             raise TooLarge("Image size %d exceeds the maximum upload size of %d bytes" % (size, cap))
-        await self._catalog.update_image(image.id, expect_status=[QUEUED], columns={"status": UPLOADING}, updated_at=now())
+        async with self._images.quotas.transfer(
+            ctx.project, image.id, STAGE_TOTAL, size,
+            start=lambda: self._catalog.update_image(image.id, expect_status=[QUEUED], columns={"status": UPLOADING},
+                                                     updated_at=now()),
+        ) as meter:
+            with self._images.work.track(image.id, "staging") as job:
+                await self._receive_staged(image, job.guard(meter.count(chunks) if meter else chunks), size)
+                if job.deleted:  # deleted while the staged file was being committed
+                    await self._staging.purge(image.id)
+                    job.check()
+
+    async def _receive_staged(self, image: Image, chunks: AsyncIterable[bytes], size: int | None) -> None:
+        """Write staged data (the image is `uploading`), or put the image back to queued."""
         try:
-            digest = await self._staging.write(image.id, chunks, max_size=cap)
+            digest = await self._staging.write(image.id, chunks, max_size=self._config.api.max_upload_bytes,
+                                               expected_size=size)
             if size is not None and digest.size != size:
                 raise BadRequest("Staging ended after %d of the %d bytes announced" % (digest.size, size))
         except BaseException:
@@ -308,11 +341,9 @@ class ImportService:
     async def start(self, ctx: Context, image_id: str, body: Any) -> Task:
         """Validate and start an import; everything refusable is refused here, synchronously."""
         request = self.parse_request(body)
-        image = await self._images.get(ctx, image_id)
+        image = await self._images.find(ctx, image_id)
         if request.method == "copy-image":
-            if not ctx.is_admin:
-                policy.check_modify(ctx, image)
-                raise Forbidden("You are not authorized to complete copy_image action.")
+            policy.enforce_image(ctx, "copy_image", image)
             if image.status != ACTIVE:
                 raise Conflict("Image %s is %s; copy-image needs an active image" % (image.id, image.status))
             pending = await self._sites.pending(image.id) if self._sites is not None else {}
@@ -333,12 +364,14 @@ class ImportService:
             if any(s not in self._stores for s in request.stores):
                 raise BadRequest("Edge sites (%s) receive images by copy-image only: import into a store of this hub "
                                  "first, then copy it" % ", ".join(s for s in request.stores if s not in self._stores))
-            policy.check_modify(ctx, image)
+            policy.enforce_image(ctx, "modify_image", image)
             if request.method in ("web-download", "glance-download") and image.status != QUEUED:
                 raise Conflict("Image %s is %s; %s needs a queued image" % (image.id, image.status, request.method))
             if request.method == "glance-direct" and (image.status != UPLOADING or self._staging.data_path(image.id) is None):
                 raise Conflict("Image %s has no staged data (status %s); stage it with PUT /v2/images/%s/stage first"
                                % (image.id, image.status, image.id))
+            if request.method != "glance-download":  # which takes them from the hub's image
+                require_formats(image)
             if request.method == "web-download":
                 decision = await self.uri_filter.check(request.uri or "")
                 if not decision.allowed:
@@ -359,8 +392,12 @@ class ImportService:
                 raise BadRequest("Copy an image to %s on its own: it goes to the hub first, then to other sites"
                                  % UPSTREAM_STORE)
             return await self._start_push(ctx, image, body)
+        if request.stores:
+            await self._check_quotas(ctx, image, request)
         if request.method != "copy-image":
-            await self._catalog.update_image(
+            # The record from here on: a PATCH may have changed its formats while it was queued,
+            # and they are fixed from now on.
+            image = await self._catalog.update_image(
                 image.id, expect_status=[QUEUED, UPLOADING], columns={"status": IMPORTING},
                 set_properties={IMPORTING_TO: ",".join(request.stores), FAILED_IMPORT: ""}, updated_at=now(),
             )
@@ -382,10 +419,39 @@ class ImportService:
             log.info("image %s: copy-image handed to site(s) %s (task %s)", image.id, ", ".join(sites), task.id)
             return task
         job = asyncio.create_task(self._run(task, image, request, ctx), name="import-%s" % image.id)
+        self._images.work.watch(image.id, job, "import")
         self._running[image.id] = job
         job.add_done_callback(lambda _t, i=image.id: self._running.pop(i, None))
         log.info("image %s: %s import started to %s (task %s)", image.id, request.method, ",".join(request.stores), task.id)
         return task
+
+    async def _check_quotas(self, ctx: Context, image: Image, request: ImportRequest) -> None:
+        """Glance checks an import's quotas as it starts: one more upload; the bytes it adds to
+        the stores where they are known (staged data, a copy); for a download, the staging
+        space the project already holds."""
+        adds = {SIZE_TOTAL: 0}
+        if request.method == "glance-direct":
+            path = self._staging.data_path(image.id)
+            staged = await asyncio.to_thread(os.path.getsize, path) if path is not None else 0
+            adds[SIZE_TOTAL] = staged * len(request.stores)
+        elif request.method == "copy-image":
+            adds[SIZE_TOTAL] = (image.size or 0) * len(request.stores)
+        else:
+            adds[STAGE_TOTAL] = 0
+        await self._images.quotas.check(ctx.project, image.id, adds)
+
+    async def _staged_bytes(self, image_ids: Iterable[str]) -> int:
+        def total() -> int:
+            found = 0
+            for image_id in image_ids:
+                path = self._staging.data_path(image_id)
+                try:
+                    found += path.stat().st_size if path is not None else 0
+                except FileNotFoundError:
+                    pass  # imported or deleted meanwhile
+            return found
+
+        return await asyncio.to_thread(total)
 
     async def _start_push(self, ctx: Context, image: Image, body: Any) -> Task:
         """copy-image to `central` at an edge: the image goes to the hub under the same id (the
@@ -405,6 +471,7 @@ class ImportService:
             created_at=stamp, updated_at=stamp,
         ))
         job = asyncio.create_task(self._push(task, image, path), name="push-%s" % image.id)
+        self._images.work.watch(image.id, job, "copy to the hub")
         self._running[image.id] = job
         job.add_done_callback(lambda _t, i=image.id: self._running.pop(i, None))
         log.info("image %s: copy to the hub (%s) started (task %s)", image.id, UPSTREAM_STORE, task.id)
@@ -414,7 +481,14 @@ class ImportService:
         assert self._hub is not None
         try:
             await self._hub.push(image, path)
+        except asyncio.CancelledError:
+            if self._images.work.deleting(image.id):
+                await asyncio.shield(self._deleted(task))
+            raise
         except ApplianceError as exc:
+            if self._images.work.deleting(image.id) or not await self._catalog.has_image(image.id):
+                await self._deleted(task)
+                return
             await self._catalog.edit_list_properties(image.id, [
                 ListEdit(IMPORTING_TO, remove=(UPSTREAM_STORE,)), ListEdit(FAILED_IMPORT, add=(UPSTREAM_STORE,))], now())
             message = "Copy to the hub (%s) failed: %s" % (UPSTREAM_STORE, exc)
@@ -435,7 +509,9 @@ class ImportService:
             await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
             message = await self._execute(task, image, request, ctx, work)
         except asyncio.CancelledError:
-            # Daemon stopping: leave it to recover() on the next start (clean failure there).
+            if self._images.work.deleting(image.id):  # the delete removes the files
+                await asyncio.shield(self._deleted(task))
+            # Else the daemon is stopping: recover() fails the task cleanly on the next start.
             raise
         except ApplianceError as exc:
             message = str(exc)
@@ -445,12 +521,19 @@ class ImportService:
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
             done, total = self._progress.pop(task.id, (0, None))
-        if message:
+        if self._images.work.deleting(image.id) or not await self._catalog.has_image(image.id):
+            await self._deleted(task)  # deleted as the import ended: the delete removes the files
+        elif message:
             await self._fail(task, image, request, message)
         else:
             await self._catalog.update_task(task.id, now(), status="success", result={"image_id": image.id},
                                             bytes_done=done, bytes_total=total if total is not None else done)
             log.info("image %s: import finished", image.id)
+
+    async def _deleted(self, task: Task) -> None:
+        message = "Import stopped: image %s was deleted" % task.image_id
+        await self._catalog.update_task(task.id, now(), status="failure", message=message)
+        log.info("image %s: %s", task.image_id, message)
 
     async def _fail(self, task: Task, image: Image, request: ImportRequest, message: str) -> None:
         current = await self._catalog.get_image(image.id)
@@ -479,6 +562,8 @@ class ImportService:
                 started = time.monotonic()
                 staged = await step.run(staged, step_ctx)
                 self._observe_plugin(step.name, time.monotonic() - started)
+            if not staged.disk_format or not staged.container_format:  # a PATCH raced the import's start
+                raise ImportFailed("Properties disk_format, container_format must be set prior to saving data.")
             try:
                 found = await asyncio.to_thread(inspect_file, str(staged.path), staged.disk_format,
                                                 self._config.formats.max_virtual_size)
@@ -500,7 +585,7 @@ class ImportService:
             try:
                 digest = await store.write(image.id, _read_file(staged.path), max_size=self._config.api.max_upload_bytes,
                                            on_progress=lambda n: self._progress.__setitem__(task.id, (n, staged.size)),
-                                           background=True)
+                                           background=True, expected_size=staged.size)
                 try:
                     if expected is not None:
                         verify(digest, size=expected.size, checksum=expected.checksum, os_hash_value=expected.os_hash_value)
@@ -581,8 +666,16 @@ class ImportService:
                                          idle_timeout=float(imp.download_idle_timeout),
                                          total_timeout=float(imp.download_timeout) or None) as (response, chunks):
                     total = response.content_length  # None when the source does not say
-                    await _save(chunks, path, lambda n: self._progress.__setitem__(task.id, (n, total)))
+                    if total is not None:
+                        self._staging.ensure_room(total)
+                    await _save(chunks, path, lambda n: self._progress.__setitem__(task.id, (n, total)),
+                                self._staging.ensure_room)
             except ApplianceError as exc:
                 raise ImportFailed(str(exc)) from None
         size = await asyncio.to_thread(os.path.getsize, path)
         return StagedImage(path=path, size=size, disk_format=image.disk_format, container_format=image.container_format)
+
+
+def _sees_task(ctx: Context, task: Task) -> bool:
+    # Glance's task visibility: an administrator, or the project that started the task.
+    return "admin" in ctx.roles or task.owner == ctx.project

@@ -102,7 +102,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
     try:
         stores = {
             s.name: FilesystemStore(s.name, config.path(s.path), thin_provisioning=s.thin_provisioning, description=s.description,
-                                    require_mount=s.require_mount)
+                                    require_mount=s.require_mount, min_free_bytes=s.min_free_bytes)
             for s in config.stores.stores
         }
         for store in stores.values():

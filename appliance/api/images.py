@@ -40,12 +40,49 @@ def _image_response(image: Any, status: int = 200, headers: dict[str, str] | Non
     return web.json_response(schemas.image_to_json(image), status=status, headers=headers)
 
 
+class StreamedResponse(web.StreamResponse):
+    """A StreamResponse that sends no body where HTTP allows none (HEAD): aiohttp's writes the
+    bytes anyway, after headers that announce no body, and a keep-alive client then reads them
+    as the status line of its next response."""
+
+    _bodyless = False
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        self._bodyless = request.method == "HEAD"
+        return await super().prepare(request)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._bodyless:
+            await super().write(data)
+
+
 @routes.get("/v2/images")
-async def list_images(request: web.Request) -> web.Response:
+async def list_images(request: web.Request) -> web.StreamResponse:
     query = dict(request.query)  # last value wins, as in Glance, except for repeated tags
     page = await request.app[IMAGES].list(request[CONTEXT], query, request.query.getall("tag", []))
     query.pop("tag", None)
-    return web.json_response(schemas.images_page_to_json(page.images, query, page.next_marker))
+    head, tail = schemas.images_page_frame(query, page.next_marker)
+    # Streamed batch by batch, encoded in a worker thread: a page at the metadata limits is
+    # gigabytes of JSON, which neither fits in memory nor may hold the event loop.
+    response = StreamedResponse()
+    response.content_type = "application/json"
+    response.charset = "utf-8"
+    await response.prepare(request)
+    try:
+        await response.write(head)
+        separator = b""
+        async for batch in page.batches:
+            await response.write(separator + await asyncio.to_thread(schemas.encode_images, batch))
+            separator = b", "
+        await response.write(tail)
+        await response.write_eof()
+    except ApplianceError as exc:  # the status line is sent: all that is left is to break off
+        log.warning("image list broken off: %s", exc)
+        if request.transport is not None:
+            request.transport.abort()
+    finally:
+        await page.batches.aclose()  # type: ignore[attr-defined]
+    return response
 
 
 @routes.post("/v2/images")
@@ -216,7 +253,7 @@ async def _stream(request: web.Request, found: Download, headers: dict[str, str]
     the connection is dropped short of Content-Length: the client sees a failed download,
     never a complete one."""
     assert found.chunks is not None
-    response = web.StreamResponse(status=206 if found.content_range else 200, headers=headers)
+    response = StreamedResponse(status=206 if found.content_range else 200, headers=headers)
     if found.content_range:
         response.headers["Content-Range"] = found.content_range
     if found.length is not None:
@@ -239,5 +276,5 @@ async def _stream(request: web.Request, found: Download, headers: dict[str, str]
 
 @routes.get("/v2/images/{image_id}/locations")
 async def locations(request: web.Request) -> web.Response:
-    image = await request.app[IMAGES].get(request[CONTEXT], request.match_info["image_id"])
-    return web.json_response([schemas.location_to_json(loc) for loc in image.locations])
+    found = await request.app[IMAGES].locations(request[CONTEXT], request.match_info["image_id"])
+    return web.json_response([schemas.location_to_json(loc) for loc in found])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -57,6 +58,19 @@ def images_page_to_json(images: list[Image], query: dict[str, str], next_marker:
         params["marker"] = next_marker
         body["next"] = "/v2/images?%s" % urlencode(params)
     return body
+
+
+def images_page_frame(query: dict[str, str], next_marker: str | None) -> tuple[bytes, bytes]:
+    """The page's JSON before and after the items of its "images" array, which the list handler
+    streams in between: together the document images_page_to_json describes."""
+    rest = images_page_to_json([], query, next_marker)
+    del rest["images"]
+    return b'{"images": [', ("], " + json.dumps(rest)[1:]).encode()
+
+
+def encode_images(images: list[Image]) -> bytes:
+    """Array items of a page (comma-separated), for images_page_frame."""
+    return ", ".join(json.dumps(image_to_json(i)) for i in images).encode()
 
 
 def location_to_json(location: Location) -> dict[str, Any]:

@@ -38,8 +38,12 @@ class ImageStore(Protocol):
         max_size: int,
         on_progress: Callable[[int], None] | None = None,
         background: bool = False,
+        expected_size: int | None = None,
     ) -> Digest: ...
 
     async def delete(self, image_id: str) -> bool: ...
+
+    async def purge(self, image_id: str) -> None:
+        """Remove every file of the image (data, partial writes, pulls): it was deleted."""
 
     def clean_partial(self) -> int: ...

@@ -115,9 +115,10 @@ def _fsync_dir(path: Path) -> None:
 
 class FilesystemStore:
     def __init__(self, name: str, path: Path, *, thin_provisioning: bool = False, description: str = "",
-                 require_mount: bool = False) -> None:
+                 require_mount: bool = False, min_free_bytes: int = 0) -> None:
         self.name = name
         self.path = path
+        self.min_free_bytes = min_free_bytes
         self.thin_provisioning = thin_provisioning
         self.description = description
         self.require_mount = require_mount
@@ -163,6 +164,21 @@ class FilesystemStore:
             pass
         return StoreUsage(self.name, total, free, used, bool(reason), reason)
 
+    def ensure_room(self, need: int) -> None:
+        """StorageFull unless `need` more bytes leave `min_free_bytes` free on the filesystem:
+        writes stop before the disk is full, so the catalog (and the system) keep room."""
+        if self.min_free_bytes <= 0:
+            return  # no floor: a full filesystem answers ENOSPC, reported as StorageFull too
+        try:
+            st = os.statvfs(self.path)
+        except OSError as exc:
+            raise self._error(exc) from exc
+        free = st.f_bavail * st.f_frsize
+        if free - need < self.min_free_bytes:
+            raise StorageFull("Store %s has %d bytes free; %s would leave less than its floor of %d bytes "
+                              "(min_free_bytes). Delete images or free space on its filesystem."
+                              % (self.name, free, "%d more bytes" % need if need else "writing", self.min_free_bytes))
+
     def location_url(self, image_id: str) -> str:
         return "file://%s" % (self.path.absolute() / image_id)
 
@@ -178,13 +194,17 @@ class FilesystemStore:
         max_size: int,
         on_progress: Callable[[int], None] | None = None,
         background: bool = False,
+        expected_size: int | None = None,
     ) -> Digest:
         """Stream `chunks` into the store under `image_id`. Returns the digest of what was
         written; on any error (including the source raising) nothing is left behind.
-        `background` lowers the priority of the hashing threads (imports, not uploads)."""
+        `background` lowers the priority of the hashing threads (imports, not uploads).
+        `expected_size`, when known, is checked against the free-space floor before anything
+        is written; a stream of unknown size stops when it reaches the floor."""
         reason = self.read_only_reason()
         if reason:
             raise StoreReadOnly("Store %s is read-only: %s" % (self.name, reason))
+        self.ensure_room(expected_size or 0)
         tmp = self._partial / ("%s.%s" % (image_id, secrets.token_hex(4)))
         try:
             await asyncio.to_thread(self._partial.mkdir, exist_ok=True)  # e.g. a mount that just came back
@@ -207,6 +227,8 @@ class FilesystemStore:
                 batch.append(chunk)
                 batched += len(chunk)
                 if batched >= BATCH_BYTES:
+                    # What is accepted but not yet on disk (the pipeline holds a few batches).
+                    self.ensure_room(total - writer.offset)
                     await self._io(sink.feed(batch))
                     batch, batched = [], 0
                     if on_progress is not None:
@@ -260,6 +282,32 @@ class FilesystemStore:
             return True
 
         return await asyncio.to_thread(unlink)
+
+    async def purge(self, image_id: str) -> None:
+        """Every file of an image here: its data, its pull in progress, its partial writes
+        (a writer still running then fails its commit and removes nothing else)."""
+
+        def remove() -> None:
+            (self.path / image_id).unlink(missing_ok=True)
+            self.pull_path(image_id).unlink(missing_ok=True)
+            for directory in (self._partial, self.path / QUARANTINE_DIR):
+                try:
+                    with os.scandir(directory) as it:
+                        names = [e.path for e in it if e.name.split(".", 1)[0] == image_id]
+                except FileNotFoundError:
+                    continue
+                for name in names:
+                    Path(name).unlink(missing_ok=True)
+
+        await asyncio.to_thread(remove)
+
+    def pull_ids(self) -> set[str]:
+        """Images with a pull here (kept over restarts so that it resumes)."""
+        try:
+            with os.scandir(self.path / PULLS_DIR) as it:
+                return {e.name for e in it if e.is_file(follow_symlinks=False)}
+        except FileNotFoundError:
+            return set()
 
     def pull_path(self, image_id: str) -> Path:
         """Where a pull from the hub writes before it is verified. Unlike `.partial/`, kept over

@@ -84,7 +84,8 @@ async def test_store_requiring_a_mount_is_read_only_until_mounted(
 ) -> None:
     mountpoint = tmp_path / "nfs"
     mountpoint.mkdir()
-    api, services = await open_api(stores={"default": "local", "local": {"path": str(mountpoint), "require_mount": True}})
+    api, services = await open_api(stores={"default": "local", "local": {"path": str(mountpoint), "require_mount": True,
+                                                                "min_free_bytes": 0}})
     image = await api.create(name="waits-for-mount")
     resp = await api.upload(image["id"], b"x" * 1000)
     assert resp.status == 409
@@ -104,7 +105,8 @@ async def test_store_requiring_a_mount_is_read_only_until_mounted(
 
 async def test_full_filesystem_fails_the_write_cleanly(open_api: Callable[..., Any], tmpfs: Callable[[str, int], Path]) -> None:
     small = tmpfs("small", 4 << 20)
-    api, services = await open_api(stores={"default": "local", "local": {"path": str(small)}})
+    # No free-space floor: this is what a write that meets ENOSPC does (tests/integration/test_full_disk.py: the floor)
+    api, services = await open_api(stores={"default": "local", "local": {"path": str(small), "min_free_bytes": 0}})
     kept = await api.create(name="kept")
     kept_data = os.urandom(1 << 20)
     assert (await api.upload(kept["id"], kept_data)).status == 204

@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections import Counter as Tally
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -29,7 +30,9 @@ from appliance.catalog import Catalog
 from appliance.config import CacheConfig, Config, HubConfig
 from appliance.digest import ChecksumMismatch, DigestSink, verify
 from appliance.download import CACHE, UPSTREAM, Download
-from appliance.errors import ApplianceError, BadRequest, Conflict, HubUnreachable, NotFound, RangeNotSatisfiable
+from appliance.errors import (
+    ApplianceError, BadRequest, Conflict, HubUnreachable, NotFound, RangeNotSatisfiable, TooManyRequests,
+)
 from appliance.metrics import Metrics
 from appliance.mirror import PENDING, UPSTREAM_STORE, fetch_image_record
 from appliance.model import ACTIVE, DEACTIVATED, CacheEntry, Image, QueuedImage
@@ -56,6 +59,55 @@ class CacheStats:
         return {**self.__dict__, "hit_ratio": round(self.hits / asked, 4) if asked else 0.0}
 
 
+class HubLookups:
+    """Bounds on asking the hub about ids this site does not know, so that random ids sent
+    to an edge do not flood the WAN link: a miss is remembered for `miss_ttl` seconds (the
+    oldest forgotten past `miss_cache_size`), and each project has a token bucket of
+    `lookup_burst` lookups refilled at `lookups_per_minute`."""
+
+    def __init__(self, hub: HubConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self._hub = hub
+        self._clock = clock
+        self._misses: OrderedDict[str, float] = OrderedDict()  # image id -> when the hub missed it
+        self._buckets: dict[str, tuple[float, float]] = {}  # project -> (tokens, when counted)
+        self.refused = 0  # lookups answered 429
+
+    def apply_config(self, hub: HubConfig) -> None:
+        self._hub = hub
+
+    def missed(self, image_id: str) -> None:
+        if self._hub.miss_ttl <= 0:
+            return
+        self._misses[image_id] = self._clock()
+        self._misses.move_to_end(image_id)
+        while len(self._misses) > self._hub.miss_cache_size:
+            self._misses.popitem(last=False)
+
+    def found(self, image_id: str) -> None:
+        self._misses.pop(image_id, None)
+
+    def admit(self, image_id: str, project: str) -> None:
+        """Return if the hub may be asked about `image_id` for `project`; NotFound for a
+        remembered miss, TooManyRequests once the project's lookups are spent."""
+        now = self._clock()
+        missed_at = self._misses.get(image_id)
+        if missed_at is not None:
+            if now - missed_at < self._hub.miss_ttl:
+                raise NotFound("No image found with ID %s (not known at the hub %.0f s ago)" % (image_id, now - missed_at))
+            del self._misses[image_id]
+        burst, rate = float(self._hub.lookup_burst), self._hub.lookups_per_minute / 60.0
+        tokens, then = self._buckets.get(project, (burst, now))
+        tokens = min(burst, tokens + (now - then) * rate)
+        if tokens < 1:
+            self.refused += 1
+            raise TooManyRequests("Too many lookups of image ids unknown at this site for project %s (at most %d at once, "
+                                  "%d a minute); try again in %.0f s" % (project, self._hub.lookup_burst,
+                                                                         self._hub.lookups_per_minute, (1 - tokens) / rate + 0.5))
+        self._buckets[project] = (tokens - 1, now)
+        if len(self._buckets) > 4096:  # forget projects whose bucket has refilled
+            self._buckets = {p: (t, w) for p, (t, w) in self._buckets.items() if t + (now - w) * rate < burst}
+
+
 class ImageCache:
     def __init__(self, config: CacheConfig, hub: HubConfig, root: Path, catalog: Catalog, upstream: Upstream | None, *,
                  metrics: Metrics | None = None) -> None:
@@ -74,6 +126,7 @@ class ImageCache:
         self._fill_tasks: dict[str, asyncio.Task[None]] = {}
         self._last_error: dict[str, str] = {}
         self._lookups: dict[str, asyncio.Future[Image]] = {}
+        self.hub_lookups = HubLookups(hub)
         self._reserved: dict[str, int] = {}
         self._leases: Tally[str] = Tally()  # readers of committed entries (never evicted)
         self._space = asyncio.Lock()
@@ -86,6 +139,7 @@ class ImageCache:
         (dir and enabled need a restart)."""
         self.config = replace(config.cache, dir=self.config.dir, enabled=self.config.enabled)
         self._hub = config.hub
+        self.hub_lookups.apply_config(config.hub)
         self._wake.set()
 
     @property
@@ -110,8 +164,9 @@ class ImageCache:
         for name in sorted(files - set(self._entries)):
             await asyncio.to_thread(_unlink, self._data / name)
             log.warning("cache: removed %s: no cache entry records it", name)
-        for name in sorted(await asyncio.to_thread(_names, self._partial) - known_images):
-            await asyncio.to_thread(_unlink, self._partial / name)
+        for directory in (self._partial, self._invalid):  # of images gone while the daemon was down
+            for name in sorted(await asyncio.to_thread(_names, directory) - known_images):
+                await asyncio.to_thread(_unlink, directory / name)
         if self.enabled:
             log.info("cache: %d entr(y/ies), %d of %d bytes used", len(self._entries), self.used_bytes(), self.config.max_size)
 
@@ -150,9 +205,11 @@ class ImageCache:
                 out[image_id] = (t.durable, t.size)
         return out
 
-    async def lookup(self, image_id: str) -> Image:
+    async def lookup(self, image_id: str, asker: str | None = None) -> Image:
         """The image record, fetched from upstream and recorded when this site has none (one
-        upstream request however many clients ask at once)."""
+        upstream request however many clients ask at once). `asker`, the project of a client
+        request: its lookups of unknown ids are bounded, and a recent hub miss is answered
+        from memory (the daemon's own lookups, for the hub's assignments, always ask)."""
         pending = self._lookups.get(image_id)
         if pending is not None:  # the record is being fetched and written: wait for it
             return await asyncio.shield(pending)
@@ -161,6 +218,8 @@ class ImageCache:
         except NotFound:
             if self.upstream is None:
                 raise
+            if asker is not None:
+                self.hub_lookups.admit(image_id, asker)
             return await self._fetch_record(image_id)
         return await self.refresh(image)
 
@@ -169,9 +228,19 @@ class ImageCache:
         assert self.upstream is not None
         fut = self._lookups.get(image_id)
         if fut is None:
-            fut = self._lookups[image_id] = asyncio.ensure_future(fetch_image_record(self.upstream, self._catalog, image_id))
+            fut = self._lookups[image_id] = asyncio.ensure_future(self._fetch_and_remember(image_id))
             fut.add_done_callback(lambda _: self._lookups.pop(image_id, None))
         return await asyncio.shield(fut)
+
+    async def _fetch_and_remember(self, image_id: str) -> Image:
+        assert self.upstream is not None
+        try:
+            image = await fetch_image_record(self.upstream, self._catalog, image_id)
+        except NotFound:
+            self.hub_lookups.missed(image_id)
+            raise
+        self.hub_lookups.found(image_id)
+        return image
 
     async def refresh(self, image: Image) -> Image:
         """A newer record of an image without data here, if the hub has one (an image mirrored
@@ -409,6 +478,21 @@ class ImageCache:
     async def delete(self, image_id: str) -> None:
         """Forget a cached copy (readers already streaming keep their open file)."""
         await self._drop(image_id)
+
+    async def purge(self, image_id: str) -> None:
+        """The image was deleted: stop its fill (its readers fail) and remove every file of it."""
+        fill = self._fills.get(image_id)
+        if fill is not None and fill.done() and not fill.cancelled() and fill.exception() is None:
+            transfer = fill.result()
+            if transfer is not None:
+                transfer.fail(NotFound("Image %s was deleted" % image_id))
+        task = self._fill_tasks.get(image_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        await self._drop(image_id)
+        await asyncio.to_thread(_unlink, self._partial / image_id)
+        await asyncio.to_thread(_unlink, self._invalid / image_id)
 
     async def dequeue(self, image_id: str) -> None:
         await self._catalog.dequeue_from_cache([image_id])

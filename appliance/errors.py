@@ -65,6 +65,12 @@ class StoreReadOnly(StorageError):
     title = "Store Read-Only"
 
 
+class TooManyRequests(ApplianceError):
+    """A client's request rate is over a limit; it may try again later."""
+
+    title = "Too Many Requests"
+
+
 class UpstreamUnavailable(ApplianceError):
     title = "Bad Gateway"
 

@@ -316,13 +316,17 @@ class HubLink:
         if store.name in image.stores:
             return "already held in store %s" % store.name
         partial = store.pull_path(image.id)
-        try:
-            await self._fetch(image, partial, lambda done, total: self._pulling.__setitem__(image.id, (done, total)))
-        finally:
-            self._pulling.pop(image.id, None)
-        await store.adopt(image.id, partial)
-        location = Location(store=store.name, url=store.location_url(image.id), metadata={"store": store.name})
-        await self._catalog.add_location(image.id, location, _now())
+        with self._images.work.track(image.id, "pull") as job:  # a delete removes the pull file
+            try:
+                await self._fetch(image, partial, lambda done, total: self._pulling.__setitem__(image.id, (done, total)))
+            finally:
+                self._pulling.pop(image.id, None)
+            await store.adopt(image.id, partial)
+            if job.deleted:  # deleted while the copy was moved into place
+                await store.purge(image.id)
+                job.check()
+            location = Location(store=store.name, url=store.location_url(image.id), metadata={"store": store.name})
+            await self._catalog.add_location(image.id, location, _now())
         log.info("hub link: image %s pinned in store %s (%s bytes, verified)", image.id, store.name, image.size)
         return "pulled into store %s and verified" % store.name
 

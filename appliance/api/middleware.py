@@ -32,6 +32,7 @@ STATUS: dict[type[Exception], int] = {
     errors.UpstreamUnavailable: 502,
     errors.HubUnreachable: 503,
     errors.RangeNotSatisfiable: 416,
+    errors.TooManyRequests: 429,
     errors.StorageFull: 507,
 }
 # Paths anyone may read without a token (version discovery, load balancer checks).

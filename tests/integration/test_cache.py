@@ -12,6 +12,8 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
+from collections import Counter as Tally
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -181,6 +183,41 @@ async def test_a_hub_image_without_data_yet_is_an_error_at_the_edge_never_204(li
     link.proxy.target = "http://127.0.0.1:9"
     status, answer = await link.download(other)
     assert status == 503 and "hub is unreachable" in json.loads(answer)["message"], (status, answer)
+
+
+async def test_lookups_of_unknown_ids_are_remembered_and_bounded_per_project(link_factory: Any) -> None:
+    # Issue 12: any member could make the edge ask the hub about every UUID it is sent.
+    link = await link_factory(hub_link={"miss_ttl": 3, "lookup_burst": 10, "lookups_per_minute": 60})
+
+    def hub_lookups() -> int:
+        return sum(n for (method, path), n in link.proxy.requests.items()
+                   if method == "GET" and re.fullmatch(r"/v2/images/[0-9a-f-]{36}", path))
+
+    async def show(image_id: str) -> int:
+        async with link.session.get(link.edge.url + "/v2/images/%s" % image_id, headers=link.edge_headers()) as resp:
+            await resp.read()
+            return resp.status
+
+    started = time.monotonic()
+    ids = [str(uuid.uuid4()) for _ in range(200)]
+    statuses = [await show(i) for i in ids]
+    elapsed = time.monotonic() - started
+    assert set(statuses) <= {404, 429}, Tally(statuses)
+    assert statuses.count(429) > 0
+    asked = hub_lookups()
+    assert asked <= 10 + elapsed * 1 + 1, (asked, elapsed)  # the burst, plus one a second
+    # A miss asked again within the TTL is answered from memory: no hub request.
+    missed = [i for i, s in zip(ids, statuses) if s == 404]
+    before = hub_lookups()
+    assert [await show(i) for i in missed] == [404] * len(missed)
+    assert hub_lookups() == before
+    # An image created at the hub after a miss becomes visible once the TTL has passed.
+    async with link.session.post(link.hub.url + "/v2/images", json={"id": missed[0], "name": "late", "visibility": "public"},
+                                 headers={"X-Auth-Token": link.hub.token, **JSON_ERRORS}) as resp:
+        assert resp.status == 201, await resp.text()
+    assert await show(missed[0]) == 404
+    await asyncio.sleep(3.2)
+    assert await show(missed[0]) == 200
 
 
 async def test_a_client_leaving_mid_fill_does_not_stop_it(link_factory: Any) -> None:

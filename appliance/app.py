@@ -6,7 +6,7 @@ import time
 
 from aiohttp import web
 
-from appliance.api import bundles, cache, edge, images, imports, info, sites
+from appliance.api import bundles, cache, edge, images, imports, info, openapi, sites
 from appliance.api.keys import BUNDLES, CACHE, CONFIG, HUB, EVENTS, IMAGES, IMPORTS, METRICS, SITES, STARTED
 from appliance.api.middleware import auth_middleware, error_middleware
 from appliance.services import Services
@@ -39,4 +39,5 @@ def build_app(services: Services) -> web.Application:
     app.add_routes(sites.routes)
     app.add_routes(cache.routes)
     app.add_routes(bundles.routes)
+    app.add_routes(openapi.routes)
     return app

@@ -46,6 +46,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from appliance import wire
 from appliance.digest import Buffer, ChecksumMismatch, Digest, DigestSink, verify
 from appliance.errors import ApplianceError, BadRequest, ConfigError, Forbidden
 
@@ -251,7 +252,7 @@ class Manifest:
     @classmethod
     def decode(cls, raw: bytes) -> "Manifest":
         try:
-            data = json.loads(raw)
+            data = wire.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BundleError("manifest.json is not valid JSON: %s" % exc) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:

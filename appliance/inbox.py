@@ -21,7 +21,6 @@ at start-up and runs again). Nothing is imported twice; nothing leaves processin
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -32,6 +31,7 @@ from typing import Any, AsyncIterator, Callable
 
 import watchfiles
 
+from appliance import wire
 from appliance.auth import Context
 from appliance.bundle_import import BundleService
 from appliance.bundles import file_chunks
@@ -90,7 +90,7 @@ def read_sidecar(path: Path, image_name: str) -> dict[str, Any]:
     try:
         if path.stat().st_size > MAX_SIDECAR_BYTES:
             raise BadRequest("sidecar %s is larger than %d bytes" % (path.name, MAX_SIDECAR_BYTES))
-        data = json.loads(path.read_bytes())
+        data = wire.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("sidecar %s is not valid JSON: %s" % (path.name, exc)) from None
     if not isinstance(data, dict):

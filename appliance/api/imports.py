@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from appliance import policy
+from appliance import policy, wire
 from appliance.api import schemas
 from appliance.api.images import body_chunks, read_json
 from appliance.api.keys import IMPORTS
@@ -30,10 +30,11 @@ async def stage(request: web.Request) -> web.Response:
     if request.content_type != "application/octet-stream":
         raise UnsupportedMediaType("Unsupported Content-Type %r for staged data; send application/octet-stream" % request.content_type)
     size = request.headers.get("x-openstack-image-size")
-    await request.app[IMPORTS].stage(
-        request[CONTEXT], request.match_info["image_id"], body_chunks(request),
-        int(size) if size and size.isdigit() else request.content_length,
-    )
+    try:
+        length = request.content_length if size is None else wire.parse_int(size.strip(), "x-openstack-image-size")
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    await request.app[IMPORTS].stage(request[CONTEXT], request.match_info["image_id"], body_chunks(request), length)
     return web.Response(status=204)
 
 
@@ -83,7 +84,7 @@ async def show_task(request: web.Request) -> web.Response:
 @routes.post("/v2/edge/check-uri")
 async def check_uri(request: web.Request) -> web.Response:
     """Admin: the web-download filter's verdict on a URL, without fetching anything."""
-    policy.check_admin(request[CONTEXT], "check_uri")
+    policy.enforce(request[CONTEXT], "edge:check_uri")
     body = await read_json(request)
     uri = body.get("uri") if isinstance(body, dict) else None
     decision = await request.app[IMPORTS].check_uri(uri if isinstance(uri, str) else "")

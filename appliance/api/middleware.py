@@ -3,6 +3,7 @@ and who is calling (token, or the peer of the Unix socket)."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
@@ -11,7 +12,7 @@ import socket
 import struct
 from typing import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 
 from appliance import errors
 from appliance.auth import LOCAL_ADMIN, Authenticator, Context
@@ -36,7 +37,7 @@ STATUS: dict[type[Exception], int] = {
     errors.StorageFull: 507,
 }
 # Paths anyone may read without a token (version discovery, load balancer checks).
-PUBLIC_PATHS = frozenset({"/", "/versions", "/healthcheck", "/metrics"})
+PUBLIC_PATHS = frozenset({"/", "/versions", "/healthcheck", "/metrics", "/openapi.json"})
 CONTEXT = web.RequestKey("context", Context)
 
 
@@ -61,15 +62,29 @@ def _accept_quality(accept: str, media_type: str) -> float:
     return quality
 
 
+# Where python-glanceclient goes (its commands for Glance features this appliance lacks, such
+# as member-list or md-namespace-list, land on unknown routes under these prefixes too).
+GLANCE_PREFIXES = ("/versions", "/v2/images", "/v2/schemas", "/v2/info", "/v2/tasks", "/v2/cache", "/v2/stores",
+                   "/v2/metadefs")
+
+
+def _glance_path(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in GLANCE_PREFIXES)
+
+
 def error_media_type(request: web.Request) -> str:
     """Glance's error bodies are webob's, negotiated between text/html and application/json
     with HTML winning a tie (`*/*`, or no Accept). python-glanceclient (the CLI, and the image
     client of Nova and Cinder) relies on that: it sends `*/*` and cannot read the flat JSON
-    shape (it expects every top-level value to be an object). JSON goes to clients that ask."""
+    shape (it expects every top-level value to be an object). So Glance's paths keep that;
+    everything else (the appliance's own routes, unknown paths) answers JSON unless the client
+    names text/html and prefers it."""
     accept = request.headers.get("Accept", "").strip() or "*/*"
     html_q, json_q = _accept_quality(accept, "text/html"), _accept_quality(accept, "application/json")
     if json_q > html_q:
         return "application/json"
+    if not _glance_path(request.path):
+        return "text/html" if html_q > json_q and "text/html" in accept.lower() else "application/json"
     return "text/html" if html_q > 0 else "text/plain"
 
 
@@ -88,6 +103,37 @@ def error_response(
     return web.Response(status=status, text=text, content_type=media_type, headers=headers)
 
 
+# A refused request's body is not ours to read: this much is drained so that a client which
+# sends everything before it reads still gets the answer; past it the connection is closed.
+REFUSED_BODY_DRAIN = 1 << 20
+REFUSED_BODY_DRAIN_SECONDS = 1.0
+
+
+async def refuse_unread_body(request: web.Request, response: web.Response) -> web.StreamResponse:
+    """Send a refusal (401, 403) at once, and do not take in the rest of the body: aiohttp would
+    otherwise read and discard it for up to 10 s (its lingering close), 200 MB on a fast link,
+    for a caller that may not send any. A body already received in full changes nothing."""
+    content = request.content
+    if not request.body_exists or content.at_eof():
+        return response
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    drained = 0
+    try:
+        async with asyncio.timeout(REFUSED_BODY_DRAIN_SECONDS):
+            while drained <= REFUSED_BODY_DRAIN and not content.at_eof():
+                chunk = await content.readany()
+                if not chunk and content.at_eof():
+                    break
+                drained += len(chunk)
+    except (TimeoutError, ConnectionError, ClientPayloadError):
+        pass
+    if not content.at_eof():
+        request.protocol.force_close()  # no lingering read of the rest; the answer is sent
+    return response
+
+
 def status_of(exc: errors.ApplianceError) -> int:
     return next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 500)
 
@@ -100,7 +146,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = status_of(exc)
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.path, exc)
-        return error_response(status, exc.title, str(exc), request=request)
+        response = error_response(status, exc.title, str(exc), request=request)
+        return await refuse_unread_body(request, response) if status in (401, 403) else response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -134,7 +181,8 @@ def auth_middleware(auth: Authenticator) -> Callable[[web.Request, Handler], Awa
             ctx = LOCAL_ADMIN  # root or the service user on the local socket
         if ctx is None and request.path not in PUBLIC_PATHS:
             reason = "The token is not valid" if token else "Authentication required: send an X-Auth-Token header"
-            return error_response(401, "Unauthorized", reason, {"WWW-Authenticate": 'Bearer realm="edge-appliance"'}, request)
+            return await refuse_unread_body(request, error_response(
+                401, "Unauthorized", reason, {"WWW-Authenticate": 'Bearer realm="edge-appliance"'}, request))
         if ctx is not None:
             request[CONTEXT] = ctx
         return await handler(request)

@@ -1,0 +1,151 @@
+"""Property-based fuzzing of a live daemon from its own OpenAPI description (schemathesis).
+
+Every operation is driven with generated requests, valid and invalid, as an admin and as a
+member of another project, against random ids and against real images in each state. Each
+answer must be below 500 and agree with the description (a listed status, a listed media
+type, a body of the described shape); afterwards the daemon must be alive, its log free of
+unhandled errors, and /healthcheck fast. The budget is bounded (FUZZ_EXAMPLES per operation,
+mode and identity), and the test prints how many requests it made and how many were 5xx."""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import hypothesis
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from appliance.api.schemas import PATCH_MEDIA_TYPES
+from tests.conftest import Daemon, write_toml
+
+# Glance's JSON patch media types are JSON on the wire.
+schemathesis.serializer.alias(list(PATCH_MEDIA_TYPES), "application/json")
+
+FUZZ_EXAMPLES = 12  # per operation, generation mode and token: about 3,000 requests in all
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+ADMIN, MEMBER = "fuzz-admin-token", "fuzz-member-token"
+SITE = "dcn0"
+
+
+def rq(daemon: Daemon, method: str, path: str, token: str, data: bytes | None = None,
+       content_type: str = "application/json") -> Any:
+    req = urllib.request.Request(daemon.url + path, data=data, method=method,
+                                 headers={"X-Auth-Token": token, "Content-Type": content_type, "Accept": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        body = resp.read()
+        return json.loads(body) if body else None
+
+
+def seed(daemon: Daemon) -> list[str]:
+    """Images in each state the routes treat differently, for both tokens' projects."""
+    ids = []
+
+    def create(token: str, **body: Any) -> str:
+        image = rq(daemon, "POST", "/v2/images", token, json.dumps(
+            {"disk_format": "raw", "container_format": "bare", **body}).encode())
+        ids.append(image["id"])
+        return image["id"]
+
+    create(ADMIN, name="queued")
+    active = create(ADMIN, name="active", visibility="public", tags=["a", "b"], os_distro="debian")
+    rq(daemon, "PUT", "/v2/images/%s/file" % active, ADMIN, b"x" * 4096, "application/octet-stream")
+    deactivated = create(ADMIN, name="deactivated")
+    rq(daemon, "PUT", "/v2/images/%s/file" % deactivated, ADMIN, b"y" * 1024, "application/octet-stream")
+    rq(daemon, "POST", "/v2/images/%s/actions/deactivate" % deactivated, ADMIN)
+    mine = create(MEMBER, name="member's")
+    rq(daemon, "PUT", "/v2/images/%s/file" % mine, MEMBER, b"z" * 2048, "application/octet-stream")
+    create(MEMBER, name="member's queued", min_disk=1)
+    rq(daemon, "POST", "/v2/edge/sites", ADMIN, json.dumps({"name": SITE, "api_url": "http://127.0.0.1:9"}).encode())
+    return ids
+
+
+@pytest.fixture
+def fuzz_daemon(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> Daemon:
+    config = write_toml(tmp_path / "fuzz.toml", {
+        "site": {"name": "fuzz-hub", "role": "hub"},  # a hub serves every route, the sites API too
+        "auth": {"tokens": [
+            {"token": ADMIN, "user": "root", "project": "admin", "roles": ["admin"]},
+            {"token": MEMBER, "user": "alice", "project": "p1", "roles": ["member"]},
+        ]},
+        "api": {"max_upload_bytes": 1 << 20, "max_json_bytes": 64 << 10},
+    })
+    return daemon_factory("fuzzed", config)
+
+
+def test_fuzz_live_daemon(fuzz_daemon: Daemon) -> None:
+    daemon = fuzz_daemon
+    image_ids = seed(daemon)
+    schema = schemathesis.openapi.from_url(daemon.url + "/openapi.json")
+    session = requests.Session()
+    sent: dict[str, int] = {"requests": 0, "5xx": 0}
+    failures: list[str] = []
+
+    def run(strategy: st.SearchStrategy[Any], token: str) -> None:
+        @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
+                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
+                  verbosity=hypothesis.Verbosity.quiet)
+        @given(case=strategy)
+        def probe(case: Any) -> None:
+            response = case.call(base_url=daemon.url, session=session, timeout=30,
+                                 headers={"X-Auth-Token": token, "Accept": "application/json"})
+            sent["requests"] += 1
+            if response.status_code >= 500:
+                sent["5xx"] += 1
+            try:
+                case.validate_response(response, checks=CHECKS)
+            except (Exception, BaseExceptionGroup) as exc:  # collect them all: one report, no shrinking
+                failures.append("%s %s -> %d\n%s" % (case.method, case.formatted_path, response.status_code,
+                                                     str(exc)[:1500]))
+                print("contradiction: %s %s -> %d: %s" % (case.method, case.path, response.status_code,
+                                                          " / ".join(str(exc).splitlines()[:8])[:300]))
+
+        try:
+            probe()
+        except hypothesis.errors.Unsatisfiable:
+            pass  # negative mode on an operation without inputs: nothing invalid to send
+
+    started = time.monotonic()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        # Random path parameters, and the real ones (which reach past the lookups).
+        known = [{"image_id": i} for i in image_ids] if "{image_id}" in operation.path else [{}]
+        if "{name}" in operation.path and operation.path.startswith("/v2/edge/sites"):
+            known = [{**k, "name": SITE} for k in known]
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            strategies = [operation.as_strategy(generation_mode=mode)]
+            if known != [{}]:
+                strategies += [operation.as_strategy(generation_mode=mode, path_parameters=k) for k in known]
+            for token in (ADMIN, MEMBER):
+                run(st.one_of(strategies), token)
+    elapsed = time.monotonic() - started
+
+    print("\nfuzzing: %d requests in %.0f s, %d answered 5xx, %d contradicted the description"
+          % (sent["requests"], elapsed, sent["5xx"], len(failures)))
+    assert sent["5xx"] == 0 and not failures, "\n\n".join(failures[:30])
+    assert daemon.proc.poll() is None, "the daemon died"
+    timings = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(daemon.url + "/healthcheck", timeout=5) as resp:
+            assert resp.status == 200
+        timings.append(time.perf_counter() - t0)
+    assert statistics.median(timings) < 0.1, timings
+    log = daemon.log.read_text(errors="replace")
+    assert "Error handling request" not in log and "Traceback" not in log, log[-5000:]
+    assert sent["requests"] > 1000

@@ -178,7 +178,7 @@ class SiteService:
         self._check_enabled()
         body = _object(body, "registration")
         name = body.get("name")
-        policy.check_site(ctx, name if isinstance(name, str) else "", "register_site")
+        policy.enforce(ctx, "edge:site_register", {"site": name if isinstance(name, str) else ""})
         name = check_site_name(name)
         if name in self._local or name in RESERVED_NAMES:
             raise Conflict("Site name %s clashes with a store of this hub (%s); register the site under another name"
@@ -205,7 +205,7 @@ class SiteService:
 
     async def heartbeat(self, ctx: Context, name: str, body: Any) -> Site:
         self._check_enabled()
-        policy.check_site(ctx, name, "site_heartbeat")
+        policy.enforce(ctx, "edge:site_heartbeat", {"site": name})
         body = _object({} if body is None else body, "heartbeat")
         changes: dict[str, Any] = {k: _size(body, k) for k in ("free_bytes", "total_bytes") if body.get(k) is not None}
         if "cache" in body:
@@ -215,32 +215,32 @@ class SiteService:
 
     async def list(self, ctx: Context) -> list[Site]:
         self._check_enabled()
-        policy.check_admin(ctx, "list_sites")
+        policy.enforce(ctx, "edge:site_list")
         return await self.sites()
 
     async def get(self, ctx: Context, name: str) -> Site:
         self._check_enabled()
-        policy.check_site(ctx, name, "get_site")
+        policy.enforce(ctx, "edge:site_get", {"site": name})
         return await self._catalog.get_site(name)
 
     async def delete(self, ctx: Context, name: str) -> None:
         """Forget a decommissioned site: its locations, assignments and progress entries go."""
         self._check_enabled()
-        policy.check_admin(ctx, "delete_site")
+        policy.enforce(ctx, "edge:site_delete")
         await self._catalog.delete_site(name, [IMPORTING_TO, FAILED_IMPORT], now())
         self._names.discard(name)
         log.info("site %s deleted by %s/%s", name, ctx.project, ctx.user)
 
     async def assignments(self, ctx: Context, name: str) -> list[Assignment]:
         self._check_enabled()
-        policy.check_site(ctx, name, "get_site_assignments")
+        policy.enforce(ctx, "edge:site_assignments", {"site": name})
         await self._catalog.get_site(name)  # 404 tells an edge the hub forgot it: it registers again
         return await self._catalog.site_assignments(name)
 
     async def report(self, ctx: Context, name: str, image_id: str, body: Any) -> None:
         """A site's result for one assignment; a report for work no longer pending → Conflict."""
         self._check_enabled()
-        policy.check_site(ctx, name, "report_assignment")
+        policy.enforce(ctx, "edge:site_report", {"site": name})
         image_id = parse_uuid(image_id)
         body = _object(body, "report")
         action, status = body.get("action"), body.get("status")

@@ -19,11 +19,13 @@ async def import_bundle(request: web.Request) -> web.Response:
     """The body is the bundle; `?store=NAME` picks the store. Answers the import report (every
     image imported, skipped or failed, and why); a bundle refused as a whole (not a bundle,
     unsigned where signatures are required) is an error and imports nothing."""
+    bundles = request.app[BUNDLES]
+    bundles.authorize(request[CONTEXT])  # before a byte of the body is read, and nothing drained
     if request.content_type not in BUNDLE_MEDIA_TYPES:
         raise UnsupportedMediaType("Unsupported Content-Type %r for a bundle; send application/octet-stream"
                                    % request.content_type)
     try:
-        report = await request.app[BUNDLES].import_stream(request[CONTEXT], body_chunks(request), request.query.get("store"))
+        report = await bundles.import_stream(request[CONTEXT], body_chunks(request), request.query.get("store"))
     except ApplianceError:
         # The client is still sending: read the rest so it gets to see the answer.
         async for _ in request.content.iter_chunked(1 << 20):

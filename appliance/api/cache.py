@@ -16,7 +16,7 @@ routes = web.RouteTableDef()
 
 
 def _check(request: web.Request, action: str) -> None:
-    policy.check_admin(request[CONTEXT], action)
+    policy.enforce(request[CONTEXT], action)
 
 
 @routes.get("/v2/cache")

@@ -154,6 +154,30 @@ async def test_format_inspection_applies(site: Callable[..., Any], tmp_path: Pat
     assert store_files(services) == {images[2][0].id}
 
 
+async def test_other_qemu_formats_and_formatless_records_refused(site: Callable[..., Any], tmp_path: Path,
+                                                                 qemu_img: str) -> None:
+    services = await site()
+    shadow = tmp_path / "shadow.qed"
+    subprocess.run([qemu_img, "create", "-q", "-f", "qed", "-u", "-b", "/etc/shadow", "-F", "raw", str(shadow), "1M"],
+                   check=True)
+    plain = tmp_path / "plain.qed"
+    subprocess.run([qemu_img, "create", "-q", "-f", "qed", str(plain), "1M"], check=True)
+    raw = os.urandom(4096)
+    images = [
+        (record(shadow.read_bytes(), name="qed-on-shadow"), shadow.read_bytes()),
+        (record(plain.read_bytes(), name="qed-as-raw"), plain.read_bytes()),
+        (record(raw, name="no-formats", disk_format=None, container_format=None), raw),
+    ]
+    report = await services.bundles.import_file(LOCAL_ADMIN, await write_bundle(tmp_path / "b", images), None)
+    assert [(e.outcome, e.message) for e in report.entries] == [
+        (FAILED, 'QED image has a backing file ("/etc/shadow"); images that reference host files are refused'),
+        (FAILED, "image data is qed, not raw as claimed (disk_format)"),
+        (FAILED, "Properties disk_format, container_format must be set prior to saving data."),
+    ], report.lines()
+    assert await services.catalog.count_images() == 0
+    assert store_files(services) == set()
+
+
 async def test_site_rules_for_records_apply(site: Callable[..., Any], tmp_path: Path) -> None:
     services = await site(formats={"disk_formats": ["qcow2", "raw"]})
     data = os.urandom(4096)

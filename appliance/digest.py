@@ -18,6 +18,7 @@ from typing import Callable, Sequence, Union
 Buffer = Union[bytes, bytearray, memoryview]
 
 from appliance.errors import ApplianceError
+from appliance.memory import TRIMMER
 from appliance.workers import executor
 
 HASH_ALGO = "sha512"
@@ -151,3 +152,4 @@ class DigestSink:
     def _shutdown(self) -> None:
         self._first.shutdown(wait=False)
         self._second.shutdown(wait=False)
+        TRIMMER.transfer_ended()

@@ -57,9 +57,8 @@ class _Flow:
 class Meter:
     """One admitted transfer: counts its bytes and stops it when it crosses its quota."""
 
-    def __init__(self, quotas: Quotas, image_id: str, flow: _Flow, usage: int, generation: int) -> None:
+    def __init__(self, quotas: Quotas, flow: _Flow, usage: int, generation: int) -> None:
         self._quotas = quotas
-        self._image_id = image_id
         self._flow = flow
         self._usage = usage  # bytes of the resource held when last counted (catalog, files)
         self._generation = generation
@@ -152,7 +151,7 @@ class Quotas:
             usage = await self._check(project, image_id, {resource: size or 0})
             await start()
             flow = self._flows[image_id] = _Flow(project, resource)
-            meter = Meter(self, image_id, flow, await self.held_bytes(project, resource, usage), generation)
+            meter = Meter(self, flow, await self.held_bytes(project, resource, usage), generation)
         try:
             yield meter
         finally:

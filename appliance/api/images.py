@@ -80,6 +80,8 @@ async def list_images(request: web.Request) -> web.StreamResponse:
         log.warning("image list broken off: %s", exc)
         if request.transport is not None:
             request.transport.abort()
+    except ConnectionResetError:
+        log.info("image list: the client went away")
     finally:
         await page.batches.aclose()  # type: ignore[attr-defined]
     return response

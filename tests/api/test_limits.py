@@ -4,6 +4,7 @@ with Glance's unified-limit names: each on a real daemon."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import statistics
 import time
@@ -211,6 +212,16 @@ def test_healthcheck_stays_fast_during_the_largest_list(limited: Callable[..., D
         print("list of %d images x %d properties x %d chars: %.2f s; /healthcheck p99 %.1f ms, max %.1f ms over %d probes"
               % (PAGE, PROPS, VALUE, took, p99(probe.latencies) * 1000, max(probe.latencies) * 1000, len(probe.latencies)))
         assert p99(probe.latencies) < 0.1, "healthcheck p99 %.3f s during the list" % p99(probe.latencies)
+    # A client that goes away mid-list: the stream stops quietly, the daemon serves on.
+    conn = http.client.HTTPConnection(daemon.url.split("//", 1)[1], timeout=30)
+    conn.request("GET", "/v2/images?limit=%d" % PAGE, headers={"X-Auth-Token": ADMIN})
+    resp = conn.getresponse()
+    assert len(resp.read(2 * MIB)) == 2 * MIB
+    conn.sock.close()
+    conn.close()
+    time.sleep(0.5)
+    assert call(daemon, "GET", "/v2/images?limit=1")[0] == 200
+    assert "Traceback" not in daemon.log.read_text()
     # Paging still works: the next link carries the marker.
     status, first = call(daemon, "GET", "/v2/images?limit=10")
     status, second = call(daemon, "GET", first["next"])

@@ -51,6 +51,11 @@ CHECKS: dict[str, Check] = {
     "site": _role(SITE_ROLE),
     # The target's project (an image's owner, a task's owner) is the caller's project.
     "project": Check("project_id:%(project_id)s", lambda ctx, target: target.get("project_id") == ctx.project),
+    # Glance's project-or-public-or-community check (there are no image members here, so a shared
+    # image is its project's). The visibility filter has already answered 404 for the others.
+    "visible": Check('(project_id:%(project_id)s or "public":%(visibility)s or "community":%(visibility)s)',
+                     lambda ctx, target: target.get("project_id") == ctx.project
+                     or target.get("visibility") in ("public", "community")),
     # A site's own service token names the site as its user.
     "site_user": Check("user_id:%(site)s", lambda ctx, target: target.get("site") == ctx.user),
 }
@@ -60,10 +65,9 @@ Rule = tuple[tuple[str, ...], ...]  # any of (all of checks)
 ADMIN: Rule = (("admin",),)
 ADMIN_OR_PROJECT_READER: Rule = (("admin",), ("reader", "project"))
 ADMIN_OR_PROJECT_MEMBER: Rule = (("admin",), ("member", "project"))
-# Glance's *_GET_IMAGE / *_DOWNLOAD_IMAGE: the role on any image the caller sees (its project's,
-# public, community, shared with it); the visibility filter has already hidden the others.
-ADMIN_OR_READER_OF_VISIBLE: Rule = (("admin",), ("reader",))
-ADMIN_OR_MEMBER_OF_VISIBLE: Rule = (("admin",), ("member",))
+# Glance's *_GET_IMAGE / *_DOWNLOAD_IMAGE: the role on any image the caller sees.
+ADMIN_OR_READER_OF_VISIBLE: Rule = (("admin",), ("reader", "visible"))
+ADMIN_OR_MEMBER_OF_VISIBLE: Rule = (("admin",), ("member", "visible"))
 # What an edge site needs of its hub beyond its own records: every image record (it mirrors
 # them for the users of every project at the site) and the bytes of the images it pulls.
 SITE_READS: Rule = (("site",),)

@@ -342,9 +342,10 @@ async def test_a_refused_bundle_is_answered_before_its_body_is_read(hub: Hub) ->
         assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
         assert b"edge:bundle_import" in answer
         assert 0 <= after < 1.0, after  # at once, not after the body
-        # The server took in at most its drain allowance plus socket buffers, not the 200 MB.
-        assert sent < 32 * (1 << 20), sent
+        # The server took in its drain allowance (1 MiB) plus socket buffers, not the 200 MB
+        # (measured: 1.1 to 1.4 MiB).
+        assert sent < 16 * (1 << 20), sent
     # an unauthenticated caller likewise
     answer, sent, _ = await asyncio.to_thread(_post_bundle_raw, hub.daemon.url, "not-a-token", 20)
-    assert answer.startswith(b"HTTP/1.1 401") and sent < 32 * (1 << 20), (answer[:100], sent)
+    assert answer.startswith(b"HTTP/1.1 401") and sent < 16 * (1 << 20), (answer[:100], sent)
     assert (await hub.call("admin", "GET", "/healthcheck"))[0] == 200

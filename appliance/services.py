@@ -61,7 +61,8 @@ class Services:
 
 # Config parts that only a restart applies; the rest changes live on reload.
 RESTART_ONLY = ("site", "stores", "catalog", "state_dir")
-RESTART_ONLY_API = ("host", "port", "unix_socket")
+RESTART_ONLY_API = ("host", "port", "unix_socket", "public_url", "header_timeout", "idle_timeout", "min_body_rate",
+                    "body_rate_window", "body_timeout", "max_connections", "unix_max_connections")
 
 
 def reload_services(services: Services, new: Config) -> list[str]:

@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import resource
+import signal
 import socket
 import stat
 import time
@@ -19,6 +20,9 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.conftest import Daemon, start_daemon, write_toml
+from tests.integration.test_import_recovery import (  # noqa: F401  (fixture: source)
+    Source, create, source, start_import, wait_task_done,
+)
 from tests.integration.test_request_bodies import image_status, new_image, request
 
 IDLE_CONNECTIONS = 1000
@@ -355,3 +359,29 @@ def test_state_is_private_when_started_outside_systemd(tmp_path: Path, daemons: 
     daemons.append(again)
     assert stat.S_IMODE((state / "catalog.sqlite").stat().st_mode) == 0o600
     assert stat.S_IMODE(state.stat().st_mode) == 0o750
+
+
+def test_a_web_download_past_download_timeout_fails_the_import(tmp_path: Path, daemons: list[Daemon],
+                                                               source: Source) -> None:
+    # The source sends 64 KiB every 50 ms: never idle, but 64 MiB would take ~50 s.
+    config = write_toml(tmp_path / "slow.toml", {"import": {
+        "download_timeout": 2, "uri_filter": {"allowed_hosts": ["127.0.0.0/8"], "allowed_ports": [source.port]}}})
+    daemon = start_daemon(tmp_path / "slow", config)
+    daemons.append(daemon)
+    image_id = create(daemon, "slow")
+    begun = time.monotonic()
+    start_import(daemon, image_id, {"method": {"name": "web-download", "uri": source.url("slow/%d" % (64 << 20))}})
+    task = wait_task_done(daemon, image_id, set(), timeout=30)
+    assert task["status"] == "failure"
+    assert "not finished within 2 s" in task["message"], task["message"]
+    assert time.monotonic() - begun < 10
+    assert image_status(daemon, image_id) == "queued"
+
+
+def test_a_reload_reports_connection_settings_as_needing_a_restart(tmp_path: Path, daemons: list[Daemon]) -> None:
+    daemon = started(tmp_path, header_timeout=3)
+    daemons.append(daemon)
+    write_toml(tmp_path / "site.toml", {"api": {"header_timeout": 7, "max_connections": 10}})
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload applied" in daemon.log.read_text(), "the reload", 10)
+    assert "need a restart to take effect: api.header_timeout, api.max_connections" in daemon.log.read_text()

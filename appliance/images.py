@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 
 from appliance import policy, wire
 from appliance.auth import Context
@@ -195,7 +195,7 @@ class ImageService:
                 columns[key] = self._validate_attribute(ctx, key, value)
             else:
                 props[key] = self._validate_property(key, value)
-        self._check_property_quota(len(props))
+        self.check_property_quota(props)
         stamp = now()
         return Image(
             id=ImageId(image_id), status=status, size=None, virtual_size=None, checksum=None,
@@ -298,7 +298,7 @@ class ImageService:
                 current[key] = set_props[key] = self._validate_property(key, value)
                 removed.discard(key)
         if set(current) - set(image.properties):  # Glance counts only when a patch adds properties
-            self._check_property_quota(len(current))
+            self.check_property_quota(current)
         updated = await self._catalog.update_image(
             image.id, columns=columns, set_properties=set_props, remove_properties=removed, tags=tags, updated_at=now(),
             # Atomic with the check above: an upload that starts meanwhile makes this a Conflict.
@@ -557,8 +557,11 @@ class ImageService:
         return value
 
     # Glance's ImagePropertyLimitExceeded / ImageTagLimitExceeded, answered 413 as there.
-    def _check_property_quota(self, attempted: int) -> None:
+    def check_property_quota(self, names: Iterable[str]) -> None:
+        """The custom properties an image would have; os_glance_* ones are the server's own
+        (import progress), which no client can set, and do not count."""
         maximum = self._config.limits.image_property_quota
+        attempted = sum(1 for name in names if not name.startswith("os_glance"))
         if 0 <= maximum < attempted:
             raise TooLarge("The limit has been exceeded on the number of allowed image properties. "
                            "Attempted: %d, Maximum: %d" % (attempted, maximum))

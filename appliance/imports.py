@@ -562,6 +562,12 @@ class ImportService:
                 started = time.monotonic()
                 staged = await step.run(staged, step_ctx)
                 self._observe_plugin(step.name, time.monotonic() - started)
+            added = set(staged.properties) - set(image.properties)
+            if added:  # injected properties count against image_property_quota, as in Glance
+                try:
+                    self._images.check_property_quota({*image.properties, *added})
+                except TooLarge as exc:
+                    raise ImportFailed("Properties the import would add were refused: %s" % exc) from None
             if not staged.disk_format or not staged.container_format:  # a PATCH raced the import's start
                 raise ImportFailed("Properties disk_format, container_format must be set prior to saving data.")
             try:

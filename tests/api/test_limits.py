@@ -160,6 +160,33 @@ def test_text_rules_hold_on_patch_tags_and_unpaired_surrogates(limited: Callable
     assert call(daemon, "GET", "/healthcheck")[0] == 200
 
 
+def test_injected_properties_count_against_the_property_quota(limited: Callable[..., Daemon]) -> None:
+    daemon = limited(limits={"image_property_quota": 3},
+                     **{"import": {"plugins": ["inject_image_metadata"], "inject": {"site": "edge-1", "rack": "r7"}}})
+    image_id = created(daemon, P1, name="full", a="1", b="2")  # 2 of 3; injection would make 4
+    assert put_data(daemon, image_id, b"x" * 4096, P1, route="stage")[0] == 204
+    status, answer = call(daemon, "POST", "/v2/images/%s/import" % image_id, {"method": {"name": "glance-direct"}}, token=P1)
+    assert status == 202, answer
+    deadline = time.monotonic() + 30
+    while True:
+        tasks = call(daemon, "GET", "/v2/images/%s/tasks" % image_id, token=P1)[1]["tasks"]
+        if tasks and tasks[0]["status"] in ("success", "failure") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert tasks[0]["status"] == "failure", tasks
+    assert "Attempted: 4, Maximum: 3" in tasks[0]["message"]
+    shown = call(daemon, "GET", "/v2/images/%s" % image_id, token=P1)[1]
+    assert shown["status"] == "queued" and "site" not in shown
+    room = created(daemon, P1, name="room", a="1")  # 1 + 2 injected = 3: fits
+    assert put_data(daemon, room, b"x" * 4096, P1, route="stage")[0] == 204
+    assert call(daemon, "POST", "/v2/images/%s/import" % room, {"method": {"name": "glance-direct"}}, token=P1)[0] == 202
+    deadline = time.monotonic() + 30
+    while call(daemon, "GET", "/v2/images/%s" % room, token=P1)[1]["status"] != "active":
+        assert time.monotonic() < deadline, call(daemon, "GET", "/v2/images/%s/tasks" % room, token=P1)
+        time.sleep(0.1)
+    assert call(daemon, "GET", "/v2/images/%s" % room, token=P1)[1]["site"] == "edge-1"
+
+
 def test_injected_properties_follow_the_same_rules(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="import.inject: .*control characters"):
         parse_config({"import": {"inject": {"site": "edge\x1b[2J"}}}, tmp_path)

@@ -111,7 +111,7 @@ def daemons() -> Iterator[list[Daemon]]:
 
 def test_idle_connections_are_closed_after_the_header_timeout(tmp_path: Path, daemons: list[Daemon],
                                                                sockets: list[socket.socket]) -> None:
-    daemon = started(tmp_path, header_timeout=5)
+    daemon = started(tmp_path, header_timeout=8)
     daemons.append(daemon)
     healthcheck_seconds(daemon)
     idle_fds = fd_count(daemon)
@@ -130,7 +130,7 @@ def test_idle_connections_are_closed_after_the_header_timeout(tmp_path: Path, da
     held = fd_count(daemon)
     print("\nfds: idle %d, with %d idle connections open %d, %.1f s after they connected: %d"
           % (idle_fds, IDLE_CONNECTIONS, peak, time.monotonic() - opened_at, held))
-    assert time.monotonic() - opened_at >= 4.9
+    assert time.monotonic() - opened_at >= 7.9
     assert all(closed_by_server(s) for s in idle)
     assert healthcheck_seconds(daemon) < 1.0
     grown = daemon.log.stat().st_size - log_size

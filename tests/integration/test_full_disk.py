@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -106,6 +107,21 @@ def test_writes_stop_at_the_floor_and_the_catalog_stays_writable(daemon_on_small
     leftovers = [f for f in files_under(small_disk) if not f.startswith("catalog.sqlite")]
     assert leftovers == ["images/%s" % kept], leftovers  # nothing partial anywhere
     assert call(daemon, "GET", "/v2/images/%s" % big)[1]["status"] == "queued"
+
+    # An import whose data would cross the store's floor fails before writing to the store.
+    staged = new_image(daemon, "staged")
+    assert call(daemon, "PUT", "/v2/images/%s/stage" % staged, data=os.urandom(10 * MIB),
+                content_type="application/octet-stream")[0] == 204  # 22 - 10 MiB: above the floor
+    status, answer = call(daemon, "POST", "/v2/images/%s/import" % staged, body={"method": {"name": "glance-direct"}})
+    assert status == 202, answer
+    deadline = time.monotonic() + 30
+    while (task := call(daemon, "GET", "/v2/images/%s/tasks" % staged)[1]["tasks"][0])["status"] == "processing":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert task["status"] == "failure" and "min_free_bytes" in task["message"], task
+    assert call(daemon, "GET", "/v2/images/%s" % staged)[1]["status"] == "queued"
+    leftovers = [f for f in files_under(small_disk) if not f.startswith("catalog.sqlite")]
+    assert leftovers == ["images/%s" % kept], leftovers
 
     # The catalog is still writable for everyone.
     status, shown = call(daemon, "PATCH", "/v2/images/%s" % kept, body=[{"op": "add", "path": "/note", "value": "still writable"}],

@@ -220,6 +220,26 @@ async def test_lookups_of_unknown_ids_are_remembered_and_bounded_per_project(lin
     assert await show(missed[0]) == 200
 
 
+async def test_deleting_an_image_mid_fill_stops_the_fill_and_leaves_no_byte(link_factory: Any) -> None:
+    link = await link_factory(rate=4 * MiB)  # ~4 s for the image: the delete lands mid-fill
+    data = os.urandom(16 * MiB)
+    image_id = await link.hub_image(data)
+    reader = asyncio.create_task(link.download(image_id))
+    await eventually(lambda: _filled_at_least(link, image_id, MiB), "1 MiB filled")
+    await link.edge_json("DELETE", "/v2/images/%s" % image_id)
+    try:  # the client following the fill fails: never a complete download of a deleted image
+        status, body = await reader
+        assert status >= 400 or body != data, status
+    except aiohttp.ClientPayloadError:
+        pass
+    assert (await link.cache_view())["fills"] == []
+    needle = data[:4096]
+    for path in link.edge.state_dir.rglob("*"):
+        if path.is_file() and not path.name.startswith("catalog.sqlite") and path.suffix != ".log":
+            assert image_id not in path.name and needle not in path.read_bytes(), path
+    assert "Traceback" not in link.edge.log.read_text(errors="replace")
+
+
 async def test_a_client_leaving_mid_fill_does_not_stop_it(link_factory: Any) -> None:
     link = await link_factory(rate=8 * MiB)
     data = os.urandom(8 * MiB)

@@ -293,8 +293,11 @@ class ImportService:
                 raise BadRequest("Staging ended after %d of the %d bytes announced" % (digest.size, size))
         except BaseException:
             await self._staging.delete(image.id)
-            await asyncio.shield(self._catalog.update_image(
-                image.id, expect_status=[UPLOADING], columns={"status": QUEUED}, updated_at=now()))
+            try:
+                await asyncio.shield(self._catalog.update_image(
+                    image.id, expect_status=[UPLOADING], columns={"status": QUEUED}, updated_at=now()))
+            except (NotFound, Conflict):
+                pass  # deleted (or reset) meanwhile: the client hears why staging stopped, not this
             raise
         log.info("image %s: staged %d bytes", image.id, digest.size)
 
@@ -670,12 +673,13 @@ class ImportService:
                 # aclosing: a failed write releases the connection at once, not at GC time.
                 async with open_download(request.uri or "", self.uri_filter, max_bytes=imp.max_download_bytes,
                                          idle_timeout=float(imp.download_idle_timeout),
-                                         total_timeout=float(imp.download_timeout) or None) as (response, chunks):
+                                         total_timeout=float(imp.download_timeout) or None) as (response, chunks), \
+                        self._images.quotas.metered(task.owner, image.id, STAGE_TOTAL) as meter:
                     total = response.content_length  # None when the source does not say
                     if total is not None:
                         self._staging.ensure_room(total)
-                    await _save(chunks, path, lambda n: self._progress.__setitem__(task.id, (n, total)),
-                                self._staging.ensure_room)
+                    await _save(meter.count(chunks) if meter else chunks, path,
+                                lambda n: self._progress.__setitem__(task.id, (n, total)), self._staging.ensure_room)
             except ApplianceError as exc:
                 raise ImportFailed(str(exc)) from None
         size = await asyncio.to_thread(os.path.getsize, path)

@@ -29,7 +29,7 @@ from typing import AsyncIterator, Callable
 from appliance.catalog import Catalog
 from appliance.config import CacheConfig, Config, HubConfig
 from appliance.digest import ChecksumMismatch, DigestSink, verify
-from appliance.download import CACHE, UPSTREAM, Download
+from appliance.download import CACHE, UPSTREAM, Download, span
 from appliance.errors import (
     ApplianceError, BadRequest, Conflict, HubUnreachable, NotFound, RangeNotSatisfiable, TooManyRequests,
 )
@@ -280,7 +280,7 @@ class ImageCache:
             self._leases[image.id] += 1
             self.stats.hits += 1
             self._metrics.cache_hits.inc()
-            start, stop = _span(byte_range, entry.size)
+            start, stop = span(byte_range, entry.size)
             self.stats.bytes_from_cache += max(0, stop - start)
             accessed = time.time()
             self._entries[image.id] = replace(entry, last_accessed=accessed, hits=entry.hits + 1)
@@ -399,7 +399,7 @@ class ImageCache:
 
     async def _relay_range(self, image: Image, byte_range: slice) -> Download:
         assert self.upstream is not None and image.size is not None
-        start, stop = _span(byte_range, image.size)
+        start, stop = span(byte_range, image.size)
         if start >= stop:
             raise RangeNotSatisfiable("Requested range not satisfiable: the image has %d bytes" % image.size)
         stack = contextlib.AsyncExitStack()
@@ -621,17 +621,6 @@ def _has_upstream_data(image: Image) -> bool:
 def is_upstream_image(image: Image) -> bool:
     """A hub image: its record carries a location in the upstream pseudo-store."""
     return any(loc.store == UPSTREAM_STORE for loc in image.locations)
-
-
-def _span(byte_range: slice | None, size: int) -> tuple[int, int]:
-    """A request's Range (aiohttp's slice; a negative start is a suffix) as [start, stop)
-    within the image; start >= stop when it is not satisfiable."""
-    if byte_range is None:
-        return 0, size
-    start, stop = byte_range.start, byte_range.stop
-    if start is not None and start < 0:  # suffix: the last -start bytes
-        return max(0, size + start), size
-    return start or 0, size if stop is None else min(stop, size)
 
 
 def _names(directory: Path) -> set[str]:

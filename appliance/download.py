@@ -26,3 +26,14 @@ class Download:
     content_range: str | None = None
     # Called once the response is finished (a cache entry stays un-evictable until then).
     release: Callable[[], None] | None = None
+
+
+def span(byte_range: slice | None, size: int) -> tuple[int, int]:
+    """A request's Range (aiohttp's slice; a negative start is a suffix) as [start, stop)
+    within the image; start >= stop when it is not satisfiable."""
+    if byte_range is None:
+        return 0, size
+    start, stop = byte_range.start, byte_range.stop
+    if start is not None and start < 0:  # suffix: the last -start bytes
+        return max(0, size + start), size
+    return start or 0, size if stop is None else min(stop, size)

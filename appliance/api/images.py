@@ -15,7 +15,7 @@ from appliance import wire
 from appliance.api import schemas
 from appliance.api.keys import IMAGES, IMPORTS, METRICS
 from appliance.api.middleware import CONTEXT
-from appliance.download import Download
+from appliance.download import Download, span
 from appliance.errors import ApplianceError, BadRequest, RangeNotSatisfiable, UnsupportedMediaType
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,9 @@ def _requested_range(request: web.Request) -> slice | None:
     try:
         byte_range = request.http_range
     except ValueError:
-        return None  # unparseable Range: answer the whole image, as HTTP allows
+        # FileResponse answers 416 to these too (RFC 9110 14.2 allows it), so every path agrees.
+        raise RangeNotSatisfiable("Unsupported Range %r: send one range, bytes=FIRST-LAST, bytes=FIRST- or "
+                                  "bytes=-SUFFIX" % request.headers["Range"][:100]) from None
     return EMPTY_RANGE if _EMPTY_SUFFIX.fullmatch(request.headers["Range"].strip()) else byte_range
 
 
@@ -237,10 +239,14 @@ async def download(request: web.Request) -> web.StreamResponse:
     found = await request.app[IMAGES].open_download(request[CONTEXT], request.match_info["image_id"], byte_range)
     if found is None:
         return web.Response(status=204)
-    if byte_range is EMPTY_RANGE and found.path is not None:  # FileResponse would re-read the header
-        if found.release is not None:
-            found.release()
-        raise RangeNotSatisfiable("Requested range not satisfiable: a suffix of 0 bytes selects nothing")
+    if byte_range is not None and found.path is not None and found.image.size is not None:
+        # Refused here, in the error shape, rather than by FileResponse (which re-reads the
+        # header, so would serve `bytes=-0` whole, and answers its 416 as octet-stream).
+        start, stop = span(byte_range, found.image.size)
+        if start >= stop:
+            if found.release is not None:
+                found.release()
+            raise RangeNotSatisfiable("Requested range not satisfiable: the image has %d bytes" % found.image.size)
     headers = {"Content-Type": "application/octet-stream"}
     if byte_range is None and found.image.checksum:
         headers["Content-MD5"] = found.image.checksum

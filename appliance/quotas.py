@@ -150,14 +150,32 @@ class Quotas:
             generation = self.generation(project)
             usage = await self._check(project, image_id, {resource: size or 0})
             await start()
+            held = await self.held_bytes(project, resource, usage)
             flow = self._flows[image_id] = _Flow(project, resource)
-            meter = Meter(self, flow, await self.held_bytes(project, resource, usage), generation)
         try:
-            yield meter
+            yield Meter(self, flow, held, generation)
         finally:
-            if self._flows.get(image_id) is flow:
-                del self._flows[image_id]
-            self._generations[project] = self.generation(project) + 1
+            self._end(image_id, flow)
+
+    @asynccontextmanager
+    async def metered(self, project: str | None, image_id: str, resource: str) -> AsyncIterator[Meter | None]:
+        """Count the bytes of work admitted earlier (an import's download into staging, checked
+        when the import started) and stop it if it crosses the quota."""
+        if project is None or getattr(self.limits(project), resource) < 0:
+            yield None
+            return
+        generation = self.generation(project)
+        held = await self.held_bytes(project, resource)
+        flow = self._flows[image_id] = _Flow(project, resource)
+        try:
+            yield Meter(self, flow, held, generation)
+        finally:
+            self._end(image_id, flow)
+
+    def _end(self, image_id: str, flow: _Flow) -> None:
+        if self._flows.get(image_id) is flow:
+            del self._flows[image_id]
+        self._generations[flow.project] = self.generation(flow.project) + 1
 
     async def _check(self, project: str | None, image_id: str, adds: dict[str, int]) -> ProjectUsage | None:
         if project is None:

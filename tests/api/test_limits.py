@@ -5,8 +5,10 @@ with Glance's unified-limit names: each on a real daemon."""
 from __future__ import annotations
 
 import http.client
+import http.server
 import json
 import statistics
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -314,6 +316,42 @@ def test_quotas_per_project_as_glance(limited: Callable[..., Daemon]) -> None:
     # the staged image itself may go on to its import (it is the one upload)
     status, answer = call(daemon, "POST", "/v2/images/%s/import" % p1[2], {"method": {"name": "glance-direct"}}, token=P1)
     assert status == 202, answer
+
+
+class _Source(http.server.BaseHTTPRequestHandler):
+    body = b"w" * (3 * MIB)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_web_download_stops_at_the_stage_quota(limited: Callable[..., Daemon]) -> None:
+    source = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Source)
+    threading.Thread(target=source.serve_forever, daemon=True).start()
+    try:
+        port = source.server_address[1]
+        daemon = limited(quotas=QUOTAS, **{"import": {"uri_filter": {"allowed_hosts": ["127.0.0.1"], "allowed_ports": [port]}}})
+        image_id = created(daemon, P2, name="downloaded")  # p2: image_stage_total = 1 MiB
+        status, answer = call(daemon, "POST", "/v2/images/%s/import" % image_id,
+                              {"method": {"name": "web-download", "uri": "http://127.0.0.1:%d/big" % port}}, token=P2)
+        assert status == 202, answer
+        deadline = time.monotonic() + 30
+        while (task := call(daemon, "GET", "/v2/images/%s/tasks" % image_id, token=P2)[1]["tasks"][0])["status"] == "processing":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert task["status"] == "failure"
+        assert "Project p2 is over a limit for [Resource image_stage_total is over limit of 1" in task["message"], task
+        assert call(daemon, "GET", "/v2/images/%s" % image_id, token=P2)[1]["status"] == "queued"
+        assert not [p for p in (daemon.state_dir / "staging").rglob("*") if p.is_file()]
+    finally:
+        source.shutdown()
+        source.server_close()
 
 
 def test_concurrent_creates_never_pass_the_count_quota(limited: Callable[..., Daemon]) -> None:

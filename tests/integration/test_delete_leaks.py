@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from appliance.stores.filesystem import PARTIAL_DIR, PULLS_DIR
 from tests.conftest import Daemon
 from tests.integration.test_import_recovery import (  # noqa: F401  (fixtures: source, config)
-    MiB, SLOW_CHUNK, Source, call, config, create, files_in, source, stage, start_import, tasks_of, wait_for,
+    MiB, Source, call, config, create, files_in, source, stage, start_import, tasks_of, wait_for,
 )
 
 

@@ -7,6 +7,9 @@ import json
 import urllib.request
 from typing import Any, Callable
 
+import pytest
+import schemathesis
+
 from appliance.api.openapi import document
 from appliance.app import build_app
 from appliance.services import Services
@@ -52,6 +55,15 @@ def test_every_operation_lists_its_errors_and_an_id(services: Services) -> None:
             for name in (p["name"] for p in item.get("parameters", []) if p["in"] == "path"):
                 assert "{%s}" % name in path
     assert len(ids) == len(set(ids)), "operationIds must be unique"
+
+
+def test_document_is_valid_openapi_3_1(services: Services) -> None:
+    formats = services.config.formats
+    doc = document(formats.disk_formats, formats.container_formats)
+    schemathesis.openapi.from_dict(doc).validate()  # against the OpenAPI 3.1 meta-schema
+    doc["paths"]["/v2/images"]["get"]["responses"] = ["200"]
+    with pytest.raises(Exception, match="responses"):
+        schemathesis.openapi.from_dict(doc).validate()
 
 
 def test_refs_resolve(services: Services) -> None:

@@ -64,8 +64,12 @@ def _reload(services: Services, config_path: Path | None, overrides: dict[str, o
 def _private_state(config: Config) -> None:
     """Whatever the daemon creates is its user's alone (0600 files, 0700 directories), also when
     it is started outside systemd with a permissive umask; an existing state directory loses
-    its world bits (systemd's 0750 stays: the group reaches the socket), the catalog is 0600."""
-    os.umask(0o077)
+    its world bits (systemd's 0750 stays: the group reaches the socket), the catalog is 0600.
+    Under systemd the unit's UMask= (0027: group-readable, by design) is kept, less any world bits."""
+    inherited = os.umask(0o077)
+    if os.environ.get("INVOCATION_ID"):  # started by systemd
+        os.umask(inherited | 0o007)
+        return
     config.state_dir.mkdir(parents=True, exist_ok=True)
     mode = stat.S_IMODE(config.state_dir.stat().st_mode)
     if mode & 0o027:

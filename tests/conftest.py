@@ -139,8 +139,9 @@ def start_daemon(state_dir: Path, config: Path | None = None, timeout: float = 2
         cmd += ["--config", str(config)]
     fh = open(log, "ab")
     start = fh.tell()  # a restarted daemon appends: read only what this run wrote
+    # A test daemon is not a systemd service, even when the test run itself is one.
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=str(state_dir),
-                            env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
+                            env={**{k: v for k, v in os.environ.items() if k != "INVOCATION_ID"}, **(env or {})}, preexec_fn=preexec_fn)
     fh.close()
     deadline = time.monotonic() + timeout
     port = None

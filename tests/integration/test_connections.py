@@ -361,6 +361,17 @@ def test_state_is_private_when_started_outside_systemd(tmp_path: Path, daemons: 
     assert stat.S_IMODE(state.stat().st_mode) == 0o750
 
 
+def test_under_systemd_the_units_group_bits_stay_and_world_bits_go(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """The unit's UMask=0027 makes files group-readable by design; the daemon keeps that (less
+    any world bits) when systemd started it."""
+    state = tmp_path / "site"
+    daemon = start_daemon(state, preexec_fn=_permissive_umask, env={"INVOCATION_ID": "0" * 32})
+    daemons.append(daemon)
+    new_image(daemon)
+    mode = stat.S_IMODE((state / "catalog.sqlite").stat().st_mode)
+    assert mode & 0o007 == 0 and mode & 0o040, oct(mode)
+
+
 def test_a_web_download_past_download_timeout_fails_the_import(tmp_path: Path, daemons: list[Daemon],
                                                                source: Source) -> None:
     # The source sends 64 KiB every 50 ms: never idle, but 64 MiB would take ~50 s.

@@ -1,4 +1,5 @@
-"""Property-based fuzzing of a live daemon from its own OpenAPI description (schemathesis).
+"""Property-based fuzzing of live daemons (a hub, and an edge linked to it) from their own
+OpenAPI description (schemathesis).
 
 Every operation is driven with generated requests, valid and invalid, as an admin and as a
 member of another project, against random ids and against real images in each state. Each
@@ -38,9 +39,9 @@ from tests.conftest import Daemon, write_toml
 # Glance's JSON patch media types are JSON on the wire.
 schemathesis.serializer.alias(list(PATCH_MEDIA_TYPES), "application/json")
 
-# Per operation, generation mode and token: about 2,300 requests in all. A deeper or different
+# Per operation, generation mode and token: about 1,400 requests per daemon. A deeper or different
 # run: FUZZ_EXAMPLES=200 FUZZ_SEED=7 pytest tests/api/test_fuzz.py -s
-FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "6"))
 FUZZ_SEED = os.environ.get("FUZZ_SEED")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 ADMIN, MEMBER = "fuzz-admin-token", "fuzz-member-token"
@@ -56,9 +57,10 @@ def rq(daemon: Daemon, method: str, path: str, token: str, data: bytes | None = 
         return json.loads(body) if body else None
 
 
-def seed(daemon: Daemon) -> list[str]:
-    """Images in each state the routes treat differently, for both tokens' projects."""
-    ids = []
+def seed(daemon: Daemon, hub_image: str | None) -> list[str]:
+    """Images in each state the routes treat differently, for both tokens' projects (and at an
+    edge, an image of its hub)."""
+    ids = [hub_image] if hub_image else []
 
     def create(token: str, **body: Any) -> str:
         image = rq(daemon, "POST", "/v2/images", token, json.dumps(
@@ -66,35 +68,51 @@ def seed(daemon: Daemon) -> list[str]:
         ids.append(image["id"])
         return image["id"]
 
+    def upload(token: str, image_id: str, data: bytes) -> None:
+        rq(daemon, "PUT", "/v2/images/%s/file" % image_id, token, data, "application/octet-stream")
+
     create(ADMIN, name="queued")
-    active = create(ADMIN, name="active", visibility="public", tags=["a", "b"], os_distro="debian")
-    rq(daemon, "PUT", "/v2/images/%s/file" % active, ADMIN, b"x" * 4096, "application/octet-stream")
+    upload(ADMIN, create(ADMIN, name="active", visibility="public", tags=["a", "b"], os_distro="debian"), b"x" * 4096)
     deactivated = create(ADMIN, name="deactivated")
-    rq(daemon, "PUT", "/v2/images/%s/file" % deactivated, ADMIN, b"y" * 1024, "application/octet-stream")
+    upload(ADMIN, deactivated, b"y" * 1024)
     rq(daemon, "POST", "/v2/images/%s/actions/deactivate" % deactivated, ADMIN)
-    mine = create(MEMBER, name="member's")
-    rq(daemon, "PUT", "/v2/images/%s/file" % mine, MEMBER, b"z" * 2048, "application/octet-stream")
+    upload(MEMBER, create(MEMBER, name="member's"), b"z" * 2048)
     create(MEMBER, name="member's queued", min_disk=1)
-    rq(daemon, "POST", "/v2/edge/sites", ADMIN, json.dumps({"name": SITE, "api_url": "http://127.0.0.1:9"}).encode())
     return ids
 
 
-@pytest.fixture
-def fuzz_daemon(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> Daemon:
-    config = write_toml(tmp_path / "fuzz.toml", {
-        "site": {"name": "fuzz-hub", "role": "hub"},  # a hub serves every route, the sites API too
+def _config(path: Path, **sections: Any) -> Path:
+    return write_toml(path, {
         "auth": {"tokens": [
             {"token": ADMIN, "user": "root", "project": "admin", "roles": ["admin"]},
             {"token": MEMBER, "user": "alice", "project": "p1", "roles": ["member"]},
         ]},
         "api": {"max_upload_bytes": 1 << 20, "max_json_bytes": 64 << 10},
+        **sections,
     })
-    return daemon_factory("fuzzed", config)
 
 
-def test_fuzz_live_daemon(fuzz_daemon: Daemon) -> None:
-    daemon = fuzz_daemon
-    image_ids = seed(daemon)
+@pytest.fixture(params=["hub", "edge"])
+def fuzzed(request: pytest.FixtureRequest, daemon_factory: Callable[..., Daemon], tmp_path: Path) -> tuple[Daemon, list[str]]:
+    """A hub (every route, the sites API too, with a registered site), or an edge linked to it
+    (hub lookups of unknown ids, the cache, pulls of a hub image)."""
+    hub = daemon_factory("hub", _config(tmp_path / "hub.toml", site={"name": "fuzz-hub", "role": "hub"}))
+    if request.param == "hub":
+        rq(hub, "POST", "/v2/edge/sites", ADMIN, json.dumps({"name": SITE, "api_url": "http://127.0.0.1:9"}).encode())
+        return hub, seed(hub, None)
+    hub_image = rq(hub, "POST", "/v2/images", ADMIN, json.dumps(
+        {"name": "from the hub", "disk_format": "raw", "container_format": "bare", "visibility": "public"}).encode())["id"]
+    rq(hub, "PUT", "/v2/images/%s/file" % hub_image, ADMIN, b"h" * 8192, "application/octet-stream")
+    (tmp_path / "hub-token").write_text(ADMIN)
+    edge = daemon_factory("edge", _config(
+        tmp_path / "edge.toml", site={"name": SITE},
+        hub={"url": hub.url, "token_file": str(tmp_path / "hub-token"), "read_timeout": 5, "connect_timeout": 2},
+        cache={"max_size": 64 << 20, "min_free_bytes": 0, "prefetch_interval": 3600}))
+    return edge, seed(edge, hub_image)
+
+
+def test_fuzz_live_daemon(fuzzed: tuple[Daemon, list[str]]) -> None:
+    daemon, image_ids = fuzzed
     schema = schemathesis.openapi.from_url(daemon.url + "/openapi.json")
     session = requests.Session()
     sent: dict[str, float] = {"requests": 0, "5xx": 0, "call_s": 0.0}
@@ -162,4 +180,4 @@ def test_fuzz_live_daemon(fuzz_daemon: Daemon) -> None:
     assert statistics.median(timings) < 0.1, timings
     log = daemon.log.read_text(errors="replace")
     assert "Error handling request" not in log and "Traceback" not in log, log[-5000:]
-    assert sent["requests"] > 1000
+    assert sent["requests"] >= 50 * FUZZ_EXAMPLES

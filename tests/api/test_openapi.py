@@ -10,6 +10,7 @@ from typing import Any, Callable
 import pytest
 import schemathesis
 
+from appliance.api.middleware import STATUS
 from appliance.api.openapi import document
 from appliance.app import build_app
 from appliance.services import Services
@@ -89,3 +90,10 @@ def test_daemon_serves_it_without_a_token(daemon_factory: Callable[..., Daemon])
     assert doc["paths"]["/openapi.json"]["get"]["security"] == []
     disk = doc["components"]["schemas"]["ImageCreate"]["properties"]["disk_format"]["enum"]
     assert "qcow2" in disk and "raw" in disk
+
+
+def test_every_status_the_middleware_maps_is_described(services: Services) -> None:
+    formats = services.config.formats
+    doc = document(formats.disk_formats, formats.container_formats)
+    described_errors = {int(name[1:]) for name in doc["components"]["responses"]}
+    assert set(STATUS.values()) <= described_errors, "add the new status to _ERRORS and to the operations that answer it"

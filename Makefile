@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_TOOLS := qemu-img:qemu-utils prlimit:util-linux mount:mount systemd-analyze:systemd curl:curl zstd:zstd ssh-keygen:openssh-client
+SYSTEM_TOOLS := qemu-img:qemu-utils prlimit:util-linux mount:mount systemd-analyze:systemd curl:curl zstd:zstd ssh-keygen:openssh-client tmux:tmux
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 

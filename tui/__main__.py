@@ -43,8 +43,11 @@ def config_from_args(argv: list[str] | None = None) -> TuiConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    make_app(config_from_args(argv)).run()
-    return 0
+    """0 after a normal quit; non-zero (Textual's 1) when the app ended on an error, whose
+    traceback Textual has printed."""
+    app = make_app(config_from_args(argv))
+    app.run()
+    return app.return_code or 0
 
 
 if __name__ == "__main__":

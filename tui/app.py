@@ -20,6 +20,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
@@ -27,7 +28,7 @@ from textual.worker import Worker, WorkerState
 
 from tui.client import DaemonApi, DaemonError, DaemonUnavailable, HttpDaemonClient
 from tui.config import TuiConfig
-from tui.display import short_id
+from tui.display import short_id, visible
 from tui.messages import (
     ActionFailed,
     CacheCleared,
@@ -58,6 +59,7 @@ from tui.screens.import_url import ImportUrlScreen, UrlImport
 from tui.screens.overview import OverviewPane
 from tui.screens.queues import QueuesPane
 from tui.screens.sites import SitesPane
+from tui.widgets.contained import PlainStatic
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +92,24 @@ Handler = TypeVar("Handler", bound=Callable[..., None])
 
 
 def while_running(handler: Handler) -> Handler:
-    """Results can still arrive while the app shuts down (its widgets already gone): drop them."""
+    """Results can still arrive while the app shuts down (its widgets already gone): drop them.
+    A result that cannot be shown (an answer of an unforeseen shape, a bug in a view) is logged
+    and said once in a toast until it shows again; the app and the other views go on."""
 
     @wraps(handler)
     def guarded(self: "ApplianceTui", *args: Any) -> None:
-        if self.is_running:
+        if not self.is_running:
+            return
+        name = handler.__name__
+        try:
             handler(self, *args)
+        except Exception as exc:  # noqa: BLE001 - contained: one view fails, the app stays
+            log.exception("cannot show the result in %s", name)
+            if name not in self._failing:
+                self._failing.add(name)
+                self.notify("%s: %r" % (name, exc), title="Cannot show the daemon's answer", severity="error")
+        else:
+            self._failing.discard(name)
 
     return guarded  # type: ignore[return-value]
 
@@ -122,6 +136,11 @@ def is_hub(status: Json) -> bool:
     return (status.get("site") or {}).get("role") == "hub"
 
 
+def image_label(image: Json) -> str:
+    """An image's name (else its id) as shown in dialogs and notifications: `visible`."""
+    return visible(image.get("name") or image["id"])
+
+
 class ApplianceTui(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "Edge Image Appliance"
@@ -133,7 +152,9 @@ class ApplianceTui(App[None]):
         Binding("5", "show_pane('events')", "Events", show=False),
         Binding("6", "show_pane('sites')", "Sites", show=False),
         Binding("question_mark", "help", "Help"),
-        Binding("slash", "filter", "Filter"),
+        # priority: handled as the key arrives, before the keys typed after it are passed on
+        # to the focused table (they must reach the filter; see FilterLine.open_filter).
+        Binding("slash", "filter", "Filter", priority=True),
         Binding("n", "import_url", "Import"),
         Binding("c", "copy_to_store", "Copy"),
         Binding("x", "delete_from_store", "Drop"),
@@ -164,12 +185,19 @@ class ApplianceTui(App[None]):
         self._filter_timer: Timer | None = None
         self._banner_up = False
         self._going_back = False
+        self._failing: set[str] = set()  # handlers whose last result could not be shown
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Every toast is plain text (most carry the daemon's names, messages or errors): never
+        markup, control characters made visible."""
+        super().notify(visible(message), title=visible(title), severity=severity, timeout=timeout, markup=False)
 
     # -- layout ---------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(id="banner", classes="-hidden")
+        yield PlainStatic(id="banner", classes="-hidden")
         with TabbedContent(initial="overview", id="panes"):
             with TabPane("1 Overview", id="overview"):
                 yield OverviewPane(id="overview-pane")
@@ -214,7 +242,7 @@ class ApplianceTui(App[None]):
         return self._active
 
     def on_mount(self) -> None:
-        self.sub_title = self.client.target
+        self.sub_title = visible(self.client.target)
         if self.config.read_only:
             self.sub_title += " · read-only"
         self.query_one(TabbedContent).hide_tab("sites")  # shown once the status says this is a hub
@@ -337,7 +365,7 @@ class ApplianceTui(App[None]):
         self.stores = list(status.get("stores") or [])
         site = status.get("site") or {}
         self.sub_title = "%s (%s) · %s%s" % (
-            site.get("name", "?"), site.get("role", "?"), self.client.target, " · read-only" if self.config.read_only else "")
+            visible(site.get("name", "?")), visible(site.get("role", "?")), visible(self.client.target), " · read-only" if self.config.read_only else "")
         if self._banner_up:
             self._banner_up = False
             self.query_one("#banner", Static).add_class("-hidden")
@@ -361,10 +389,10 @@ class ApplianceTui(App[None]):
     def on_connection_failed(self, message: ConnectionFailed) -> None:
         banner = self.query_one("#banner", Static)
         if message.reachable:
-            text = Text("⚠ The daemon at %s answered with an error: " % self.client.target, style="bold")
+            text = Text("⚠ The daemon at %s answered with an error: " % visible(self.client.target), style="bold")
         else:
-            text = Text("⚠ Cannot reach the daemon at %s: " % self.client.target, style="bold")
-        text.append(message.reason)
+            text = Text("⚠ Cannot reach the daemon at %s: " % visible(self.client.target), style="bold")
+        text.append(visible(message.reason))
         text.append(" — retrying every %g s" % self.config.refresh_seconds)
         banner.update(text)
         banner.remove_class("-hidden")
@@ -418,10 +446,11 @@ class ApplianceTui(App[None]):
         self.overview.show_status(self.status, now, self.image_name, self.sites)
 
     def image_name(self, image_id: str) -> str:
+        """For tables, details and dialogs: `visible`."""
         image = self.images_pane.images.get(image_id)
         if image is not None and image.get("name"):
-            return str(image["name"])
-        return short_id(image_id) if image_id else "—"
+            return visible(image["name"])
+        return visible(short_id(image_id)) if image_id else "—"
 
     @while_running
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -544,8 +573,8 @@ class ApplianceTui(App[None]):
                 return False
             if action in NEEDS_SELECTION and self._selected_or_none(action) is None:
                 return None  # shown greyed out: no row highlighted
-        if action == "filter" and self._active not in FILTERABLE:
-            return False
+        if action == "filter" and (self._active not in FILTERABLE or isinstance(self.focused, Input)):
+            return False  # in an input field, "/" is typed
         if action == "show_pane" and parameters == ("sites",) and not is_hub(self.status):
             return False
         return True
@@ -601,10 +630,10 @@ class ApplianceTui(App[None]):
         image = self._target_image()
         if image is None:
             return
-        image_id, name = str(image["id"]), str(image.get("name") or image["id"])
+        image_id, name = str(image["id"]), image_label(image)
         stores = store_list(image)
-        question = "Delete image %s (%s)?" % (name, image_id)
-        question += "\nIts data goes from every store: %s." % ", ".join(stores) if stores else "\nIt has no data yet."
+        question = "Delete image %s (%s)?" % (name, visible(image_id))
+        question += "\nIts data goes from every store: %s." % visible(", ".join(stores)) if stores else "\nIt has no data yet."
         if image.get("protected"):
             question += "\nIt is protected: the daemon will refuse."
 
@@ -620,7 +649,7 @@ class ApplianceTui(App[None]):
         image = self._target_image()
         if image is None:
             return
-        image_id, name = str(image["id"]), str(image.get("name") or image["id"])
+        image_id, name = str(image["id"]), image_label(image)
         held = store_list(image)
         if not held:
             self.notify("%s has no data in any store." % name, severity="warning", markup=False)
@@ -630,7 +659,7 @@ class ApplianceTui(App[None]):
         def chosen(store: str | None) -> None:
             if not store:
                 return
-            question = "Delete the copy of %s (%s) in store %s?" % (name, image_id, store)
+            question = "Delete the copy of %s (%s) in store %s?" % (name, visible(image_id), visible(store))
             if len(held) == 1:
                 question += "\nIt is the only copy: the daemon will refuse."
 
@@ -649,7 +678,7 @@ class ApplianceTui(App[None]):
         image = self._target_image()
         if image is None:
             return
-        image_id, name = str(image["id"]), str(image.get("name") or image["id"])
+        image_id, name = str(image["id"]), image_label(image)
         held = set(store_list(image))
         candidates = [(store, about) for store, about in self._store_targets() if store not in held]
         if not candidates:
@@ -678,7 +707,7 @@ class ApplianceTui(App[None]):
             return
         image = self._target_image()
         if image is not None:
-            self.cache_image(str(image["id"]), str(image.get("name") or image["id"]))
+            self.cache_image(str(image["id"]), image_label(image))
 
     def action_cache_remove(self) -> None:
         if self.config.read_only:
@@ -695,10 +724,10 @@ class ApplianceTui(App[None]):
             return
         if kind == "cache":
             title, yes = "Remove from cache", "Remove"
-            question = "Remove the cached copy of %s (%s)?\nThe next read fetches it from the hub again." % (name, image_id)
+            question = "Remove the cached copy of %s (%s)?\nThe next read fetches it from the hub again." % (name, visible(image_id))
         else:
             title, yes = "Remove from queue", "Dequeue"
-            question = "Take %s (%s) off the prefetch queue?" % (name, image_id)
+            question = "Take %s (%s) off the prefetch queue?" % (name, visible(image_id))
             if "fill" in self.cache_pane.queue.get(image_id, {}):
                 question += "\nThe fill under way goes on."
 

@@ -1,4 +1,5 @@
-"""Pure text for the screens: sizes, bars, rates, durations, status and level colours."""
+"""Pure text for the screens: sizes, bars, rates, durations, status and level colours, and
+`visible` / `plain`, through which every string from the daemon reaches the screen."""
 
 from __future__ import annotations
 
@@ -32,6 +33,31 @@ LEVEL_STYLES = {
     "error": "bold red",
     "critical": "bold white on red",
 }
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return "\\x%02x" % code if code <= 0xFF else "\\u%04x" % code if code <= 0xFFFF else "\\U%08x" % code
+
+
+def visible(value: object) -> str:
+    """A string from the daemon (an image name, property, message, error...) made safe to show.
+
+    Every character Python does not call printable (C0 controls and ESC, DEL, C1 controls, bidi
+    overrides and other format characters, line/paragraph separators, non-ASCII spaces,
+    unassigned code points) is shown as its escape: `\\x1b`, `\\x7f`, `\\u202e`, `\\U000e0001`.
+    Nothing reaches the terminal that it would act on. The result must still be shown as plain
+    text, never as markup: pass it to `Text`, or use `plain`."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():  # the usual case, at C speed
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def plain(value: object, style: str = "") -> Text:
+    """Daemon text as a Rich Text: never parsed as markup (`[b]x[/b]` shows as typed, `[/x]`
+    cannot fail), control characters made visible (`visible`)."""
+    return Text(visible(value), style=style, end="")
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -117,7 +143,7 @@ def short_id(image_id: str) -> str:
 
 
 def status_text(status: str) -> Text:
-    return Text(status, style=STATUS_STYLES.get(status, ""))
+    return plain(status, style=STATUS_STYLES.get(status, ""))
 
 
 def level_style(level: str) -> str:

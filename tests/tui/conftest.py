@@ -21,6 +21,8 @@ from tests.conftest import JSON_ERRORS, Daemon, write_toml
 from tests.hubproxy import HubProxy
 from tests.tui.relay import RecordingRelay
 from tui.config import TuiConfig
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.images import ImageTable
 
 TWO_STORES = {"default": "local", "local": {"path": "images"}, "fast": {"path": "fast"}}
 REFRESH = 0.25  # fast polling keeps the tests short
@@ -113,6 +115,23 @@ async def wait_until(pilot: Pilot[Any], predicate: Callable[[], Any], timeout: f
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for %s" % (what or predicate))
         await pilot.pause(0.05)
+
+
+async def open_images(app: Any, pilot: Pilot[Any], count: int) -> ImageTable:
+    """Switch to Images and wait for `count` rows."""
+    await pilot.press("2")
+    table = app.query_one(ImageTable)
+    await wait_until(pilot, lambda: table.row_count == count, what="%d rows" % count)
+    return table
+
+
+async def confirm(pilot: Pilot[Any]) -> None:
+    """Answer the open confirmation "yes" as an operator does: after reading it (a "y" typed
+    before the dialog is armed is ignored on purpose)."""
+    screen = pilot.app.screen
+    assert isinstance(screen, ConfirmScreen), screen
+    await wait_until(pilot, lambda: screen.armed, timeout=5, what="the confirmation armed")
+    await pilot.press("y")
 
 
 # -- a hub and an edge site ----------------------------------------------------------------

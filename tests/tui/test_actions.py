@@ -11,7 +11,7 @@ from textual.notifications import Notify
 from textual.widgets import OptionList
 
 from tests.conftest import Daemon
-from tests.tui.conftest import SiteApi, socket_config, type_text, url_config, wait_until
+from tests.tui.conftest import SiteApi, confirm, open_images, socket_config, type_text, url_config, wait_until
 from tui.app import make_app
 from tui.messages import ActionFailed, CopyStarted, ImageDeleted, ImportStarted, StoreCopyDeleted, UriRefused
 from tui.screens.choose import StoreChoiceScreen
@@ -22,13 +22,6 @@ from tui.screens.import_url import ImportUrlScreen
 
 def errors(seen: list[Message]) -> list[str]:
     return [str(m.notification.message) for m in seen if isinstance(m, Notify) and m.notification.severity == "error"]
-
-
-async def open_images(app: Any, pilot: Any, count: int) -> ImageTable:
-    await pilot.press("2")
-    table = app.query_one(ImageTable)
-    await wait_until(pilot, lambda: table.row_count == count, what="%d rows" % count)
-    return table
 
 
 async def test_delete_image_asks_then_deletes(site: Daemon, site_api: SiteApi) -> None:
@@ -44,7 +37,7 @@ async def test_delete_image_asks_then_deletes(site: Daemon, site_api: SiteApi) -
         await app.workers.wait_for_complete()
         assert (await site_api.image(image["id"]))["status"] == "active"
         await pilot.press("d")
-        await pilot.press("y")
+        await confirm(pilot)
         await app.workers.wait_for_complete()
         await wait_until(pilot, lambda: any(isinstance(m, ImageDeleted) for m in seen), what="ImageDeleted")
         await site_api.call("GET", "/v2/images/%s" % image["id"], 404)
@@ -58,7 +51,8 @@ async def test_deleting_a_protected_image_shows_the_daemons_403_message(site: Da
     app = make_app(url_config(site))
     async with app.run_test(message_hook=seen.append) as pilot:
         await open_images(app, pilot, 1)
-        await pilot.press("d", "y")
+        await pilot.press("d")
+        await confirm(pilot)
         await app.workers.wait_for_complete()
         await wait_until(pilot, lambda: any(isinstance(m, ActionFailed) for m in seen), what="ActionFailed")
         failed = next(m for m in seen if isinstance(m, ActionFailed))
@@ -108,7 +102,7 @@ async def test_delete_from_store_removes_one_copy_and_the_last_copy_is_refused(s
         assert isinstance(app.screen, StoreChoiceScreen)
         await pilot.press("j", "enter")  # local, fast → fast
         assert isinstance(app.screen, ConfirmScreen)
-        await pilot.press("y")
+        await confirm(pilot)
         await app.workers.wait_for_complete()
         await wait_until(pilot, lambda: any(isinstance(m, StoreCopyDeleted) for m in seen), what="StoreCopyDeleted")
         copy_deleted = next(m for m in seen if isinstance(m, StoreCopyDeleted))
@@ -116,7 +110,8 @@ async def test_delete_from_store_removes_one_copy_and_the_last_copy_is_refused(s
         assert (await site_api.image(image["id"]))["stores"] == "local"
         await wait_until(pilot, lambda: table.cell_text(image["id"], "stores") == "local", what="stores cell")
         # The only copy: the daemon refuses and the TUI shows why.
-        await pilot.press("x", "enter", "y")
+        await pilot.press("x", "enter")
+        await confirm(pilot)
         await app.workers.wait_for_complete()
         await wait_until(pilot, lambda: any(isinstance(m, ActionFailed) for m in seen), what="ActionFailed")
         failed = next(m for m in seen if isinstance(m, ActionFailed))

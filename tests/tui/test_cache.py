@@ -9,7 +9,7 @@ from typing import Any, Callable
 from textual.message import Message
 from textual.widgets import OptionList, Static
 
-from tests.tui.conftest import MiB, HubAndEdge, wait_until
+from tests.tui.conftest import MiB, HubAndEdge, confirm, wait_until
 from tui.app import make_app
 from tui.messages import CacheCleared, CacheQueued, CacheRemoved, StatusLoaded
 from tui.screens.cache import CachePane
@@ -58,7 +58,7 @@ async def test_queue_remove_and_clear_send_the_cache_api_calls(hub_and_edge: Hub
         # x on the cached copy: asked first, then DELETE with the clear target "cache".
         await pilot.press("x")
         assert isinstance(app.screen, ConfirmScreen)
-        await pilot.press("y")
+        await confirm(pilot)
         await wait_until(pilot, arrived(seen, CacheRemoved), what="CacheRemoved")
         assert link.relay.changes()[-1] == ("DELETE", "/v2/cache/%s" % alpha["id"], "cache")
         assert (await link.cache_view())["entries"] == []
@@ -83,7 +83,7 @@ async def test_queue_remove_and_clear_send_the_cache_api_calls(hub_and_edge: Hub
         await wait_until(pilot, lambda: "attempt(s)" in text_of(app, "#cache-detail"), what="queue row detail")
         await pilot.press("x")
         assert isinstance(app.screen, ConfirmScreen)
-        await pilot.press("y")
+        await confirm(pilot)
         await wait_until(pilot, lambda: len(arrived(seen, CacheRemoved)()) == 2, what="dequeued")
         assert link.relay.changes()[-1] == ("DELETE", "/v2/cache/%s" % beta["id"], "queue")
         assert (await link.cache_view())["queue"] == []
@@ -96,7 +96,7 @@ async def test_queue_remove_and_clear_send_the_cache_api_calls(hub_and_edge: Hub
         assert [options.get_option_at_index(i).id for i in range(options.option_count)] == ["cache", "queue", "both"]
         await pilot.press("j", "j", "enter")
         assert isinstance(app.screen, ConfirmScreen)
-        await pilot.press("y")
+        await confirm(pilot)
         await wait_until(pilot, arrived(seen, CacheCleared), what="CacheCleared")
         assert link.relay.changes()[-1] == ("DELETE", "/v2/cache", "both")
         assert (await link.cache_view())["queue"] == []

@@ -12,7 +12,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from tui.display import EMPTY, ago, human_bytes, human_pair, percent, progress_bar, short_id, usage_bar
+from tui.display import EMPTY, ago, human_bytes, human_pair, percent, plain, progress_bar, short_id, usage_bar, visible
+from tui.widgets.contained import PlainStatic
 from tui.widgets.keyed_table import KeyedTable, Values
 from tui.widgets.steady import show_text
 
@@ -86,7 +87,7 @@ def entry_row(entry: Json, name: str, now: float) -> Values:
         name,
         short_id(str(entry["image_id"])),
         human_bytes(entry.get("size")),
-        str(entry.get("hits", 0)),
+        visible(entry.get("hits", 0)),
         ago(entry.get("last_accessed"), now, coarse=True),
         ago(entry.get("cached_at"), now, coarse=True),
     )
@@ -116,26 +117,27 @@ def queue_row(row: Json, name: str, now: float) -> Values:
         name,
         state,
         progress_bar(fill.get("bytes_done"), fill.get("bytes_total")) if fill else Text(EMPTY),
-        str(item["attempts"]) if item else EMPTY,
+        visible(item["attempts"]) if item else EMPTY,
         ("due" if due is not None and due <= now else ago(due, now)) if item and state != "filling" else EMPTY,
-        str(item.get("last_error") or ""),
+        visible(item.get("last_error") or ""),
     )
 
 
 def entry_detail(entry: Json, name: str, now: float) -> Text:
     text = Text()
-    text.append(name, style="bold")
-    text.append("  %s\n" % entry["image_id"], style="dim")
+    text.append(visible(name), style="bold")
+    text.append("  %s\n" % visible(entry["image_id"]), style="dim")
     text.append("cached %s · %s · %s hit(s) · last used %s" % (
-        ago(entry.get("cached_at"), now), human_bytes(entry.get("size")), entry.get("hits", 0), ago(entry.get("last_accessed"), now)))
+        ago(entry.get("cached_at"), now), human_bytes(entry.get("size")), visible(entry.get("hits", 0)),
+        ago(entry.get("last_accessed"), now)))
     return text
 
 
 def queue_detail(row: Json, name: str, now: float) -> Text:
     fill, item = row.get("fill"), row.get("queued")
     text = Text()
-    text.append(name, style="bold")
-    text.append("  %s\n" % (fill or item or {}).get("image_id", ""), style="dim")
+    text.append(visible(name), style="bold")
+    text.append("  %s\n" % visible((fill or item or {}).get("image_id", "")), style="dim")
     parts = []
     if fill:
         parts.append("filling %s" % human_pair(fill.get("bytes_done"), fill.get("bytes_total")))
@@ -148,7 +150,7 @@ def queue_detail(row: Json, name: str, now: float) -> Text:
     text.append(" · ".join(parts))
     if item and item.get("last_error"):
         text.append("\n")
-        text.append(str(item["last_error"]), style="red")
+        text.append(visible(item["last_error"]), style="red")
     return text
 
 
@@ -165,8 +167,8 @@ class CacheQueueTable(KeyedTable):
         if column == "state":
             return Text(value, style=STATE_STYLES.get(value, ""))
         if column == "error" and value:
-            return Text(value, style="red")
-        return value
+            return plain(value, style="red")
+        return super().render_value(column, value)
 
 
 class CachePane(Vertical):
@@ -184,13 +186,13 @@ class CachePane(Vertical):
         self._name_of: NameOf = short_id
 
     def compose(self) -> ComposeResult:
-        yield Static(off_text({}), id="cache-summary")
+        yield PlainStatic(off_text({}), id="cache-summary")
         with Vertical(id="cache-tables", classes="-hidden"):
-            yield Static(Text("Cached images · most recently used first", style="bold"), id="cache-entries-title", classes="section")
+            yield PlainStatic(Text("Cached images · most recently used first", style="bold"), id="cache-entries-title", classes="section")
             yield CacheEntryTable(id="cache-entries")
-            yield Static(Text("Prefetch queue and fills", style="bold"), id="cache-queue-title", classes="section")
+            yield PlainStatic(Text("Prefetch queue and fills", style="bold"), id="cache-queue-title", classes="section")
             yield CacheQueueTable(id="cache-queue")
-            yield Static(Text("Loading the cache…", style="dim"), id="cache-detail")
+            yield PlainStatic(Text("Loading the cache…", style="dim"), id="cache-detail")
 
     @property
     def entry_table(self) -> CacheEntryTable:

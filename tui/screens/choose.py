@@ -10,6 +10,9 @@ from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
+from tui.display import visible
+from tui.widgets.contained import PlainStatic
+
 
 class StoreChoiceScreen(ModalScreen[str | None]):
     BINDINGS = [
@@ -19,19 +22,19 @@ class StoreChoiceScreen(ModalScreen[str | None]):
     ]
 
     def __init__(self, title: str, stores: list[tuple[str, str]]) -> None:
-        """`stores`: (id, description)."""
+        """`stores`: (id, description), the daemon's text (shown `visible`); `title` is visible already."""
         super().__init__()
         self._title = title
         self._stores = stores
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="choose"):
-            yield Static(Text(self._title, style="bold"), id="dialog-title")
+            yield PlainStatic(Text(self._title, style="bold"), id="dialog-title")
             yield OptionList(
-                *(Option(Text.assemble((sid, "bold"), "  ", (desc, "dim")), id=sid) for sid, desc in self._stores),
+                *(Option(Text.assemble((visible(sid), "bold"), "  ", (visible(desc), "dim")), id=sid) for sid, desc in self._stores),
                 id="store-choice",
             )
-            yield Static(Text("enter: choose · esc: cancel", style="dim"))
+            yield PlainStatic(Text("enter: choose · esc: cancel", style="dim"))
 
     def on_mount(self) -> None:
         self.query_one(OptionList).focus()

@@ -12,7 +12,8 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Input, RichLog
 
-from tui.display import level_style
+from tui.display import level_style, plain, visible
+from tui.widgets.contained import Contained
 from tui.widgets.filtering import FilterLine
 
 Json = dict[str, Any]
@@ -30,11 +31,11 @@ def event_line(event: Json) -> Table:
     line.add_column(width=7, no_wrap=True)
     line.add_column(width=10, style="magenta", no_wrap=True, overflow="ellipsis")
     line.add_column(ratio=1)
-    line.add_row(
-        clock,
-        Text(level.upper(), style=level_style(level)),
-        source,
-        Text(str(event.get("message") or ""), style="bold red" if level in ("error", "critical") else ""),
+    line.add_row(  # Text, not str: a str cell would be parsed as markup
+        plain(clock),
+        plain(level.upper(), style=level_style(level)),
+        plain(source),
+        plain(event.get("message") or "", style="bold red" if level in ("error", "critical") else ""),
     )
     return line
 
@@ -46,11 +47,11 @@ def restart_line() -> Text:
 def event_matches(event: Json, needle: str) -> bool:
     if not needle:
         return True
-    hay = "%s %s %s" % (event.get("level"), event.get("source"), event.get("message"))
+    hay = visible("%s %s %s" % (event.get("level"), event.get("source"), event.get("message")))  # as shown
     return needle.lower() in hay.lower()
 
 
-class EventLog(RichLog):
+class EventLog(Contained, RichLog):
     BINDINGS = [
         Binding("j", "scroll_down", "Down", show=False),
         Binding("k", "scroll_up", "Up", show=False),

@@ -10,7 +10,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Input, Static
 
-from tui.display import EMPTY, human_bytes, human_pair, short_id, status_text
+from tui.display import EMPTY, human_bytes, human_pair, short_id, status_text, visible
+from tui.widgets.contained import PlainStatic
 from tui.widgets.filtering import FilterLine
 from tui.widgets.keyed_table import KeyedTable, Values
 
@@ -58,7 +59,8 @@ def sort_key(image: Json) -> tuple[str, str]:
 def matches(image: Json, needle: str) -> bool:
     if not needle:
         return True
-    hay = " ".join(str(image.get(k) or "") for k in ("name", "id", "status", "disk_format", "container_format", "stores"))
+    # As shown: a name with control characters is found by its escapes.
+    hay = " ".join(visible(image.get(k) or "") for k in ("name", "id", "status", "disk_format", "container_format", "stores"))
     return needle.lower() in hay.lower()
 
 
@@ -73,51 +75,56 @@ def cache_notes(view: Json) -> dict[str, str]:
         attempts = int(item.get("attempts") or 0)
         note = "queued for caching"
         if attempts:
-            note += " · %d failed attempt(s): %s" % (attempts, item.get("last_error") or "?")
+            note += " · %d failed attempt(s): %s" % (attempts, visible(item.get("last_error") or "?"))
         notes[str(item["image_id"])] = note
     for fill in view.get("fills") or []:
         notes[str(fill["image_id"])] = "filling %s" % human_pair(fill.get("bytes_done"), fill.get("bytes_total"))
     for entry in view.get("entries") or []:
-        notes[str(entry["image_id"])] = "cached copy, %s · %s hit(s)" % (human_bytes(entry.get("size")), entry.get("hits", 0))
+        notes[str(entry["image_id"])] = "cached copy, %s · %s hit(s)" % (human_bytes(entry.get("size")), visible(entry.get("hits", 0)))
     return notes
 
 
 def detail_text(image: Json, locations: list[Json] | None, error: str = "", cache: str = "") -> Text:
+    """Every value is the daemon's text: `visible` (`cache` is the caller's, already visible)."""
+
+    def field(key: str) -> str:
+        return visible(image.get(key) or EMPTY)
+
     text = Text()
-    text.append(str(image.get("name") or "(no name)"), style="bold")
-    text.append("  %s\n" % image["id"], style="dim")
+    text.append(visible(image.get("name") or "(no name)"), style="bold")
+    text.append("  %s\n" % visible(image["id"]), style="dim")
     text.append("status ")
     text.append_text(status_text(str(image.get("status"))))
-    text.append(" · disk %s · container %s · %s" % (
-        image.get("disk_format") or EMPTY, image.get("container_format") or EMPTY, image.get("visibility") or EMPTY))
+    text.append(" · disk %s · container %s · %s" % (field("disk_format"), field("container_format"), field("visibility")))
     if image.get("protected"):
         text.append(" · ")
         text.append("protected", style="bold yellow")
     text.append("\nsize %s · virtual %s · stores %s\n" % (
-        human_bytes(image.get("size")), human_bytes(image.get("virtual_size")), image.get("stores") or EMPTY))
+        human_bytes(image.get("size")), human_bytes(image.get("virtual_size")), field("stores")))
     if image.get("checksum"):
-        text.append("md5 %s · %s %s…\n" % (image["checksum"], image.get("os_hash_algo") or "hash", str(image.get("os_hash_value") or "")[:16]), style="dim")
-    text.append("created %s · updated %s" % (image.get("created_at") or EMPTY, image.get("updated_at") or EMPTY), style="dim")
+        text.append("md5 %s · %s %s…\n" % (field("checksum"), visible(image.get("os_hash_algo") or "hash"),
+                                            visible(str(image.get("os_hash_value") or "")[:16])), style="dim")
+    text.append("created %s · updated %s" % (field("created_at"), field("updated_at")), style="dim")
     if image.get("tags"):
-        text.append("\ntags %s" % ", ".join(str(t) for t in image["tags"]))
-    custom = sorted((k, v) for k, v in image.items() if k not in BASE_KEYS)
+        text.append("\ntags %s" % ", ".join(visible(t) for t in image["tags"]))
+    custom = sorted((str(k), v) for k, v in image.items() if k not in BASE_KEYS)
     text.append("\n\nProperties", style="bold")
     if not custom:
         text.append(" none", style="dim")
     for key, value in custom:
-        text.append("\n  %s" % key, style="cyan")
-        text.append(" = %s" % value)
+        text.append("\n  %s" % visible(key), style="cyan")
+        text.append(" = %s" % visible(value))
     text.append("\n\nLocations", style="bold")
     if error:
-        text.append(" %s" % error, style="red")
+        text.append(" %s" % visible(error), style="red")
     elif locations is None:
         text.append(" loading…", style="dim")
     elif not locations:
         text.append(" none (no data yet)", style="dim")
     for location in locations or ():
         store = (location.get("metadata") or {}).get("store", "?")
-        text.append("\n  %s" % store, style="bold")
-        text.append(" %s" % location.get("url", ""))
+        text.append("\n  %s" % visible(store), style="bold")
+        text.append(" %s" % visible(location.get("url", "")))
     if cache:
         text.append("\n  cache", style="bold")
         text.append(" %s" % cache)
@@ -129,7 +136,7 @@ class ImageTable(KeyedTable):
         super().__init__(COLUMNS, grow=GROW, id=id)
 
     def render_value(self, column: str, value: Any) -> Any:
-        return status_text(value) if column == "status" else value
+        return status_text(value) if column == "status" else super().render_value(column, value)
 
 
 class ImagesPane(FilterLine, Vertical):
@@ -147,7 +154,7 @@ class ImagesPane(FilterLine, Vertical):
         yield Input(placeholder="filter by name, id, status, format or store (enter: keep, esc: clear)", id="image-filter", classes="-hidden")
         yield ImageTable(id="images")
         with VerticalScroll(id="image-detail-pane"):
-            yield Static(Text("Loading images…", style="dim"), id="image-detail")
+            yield PlainStatic(Text("Loading images…", style="dim"), id="image-detail")
 
     @property
     def table(self) -> ImageTable:
@@ -204,7 +211,7 @@ class ImagesPane(FilterLine, Vertical):
         if not self.loaded:
             message = "Loading images…"
         elif self.filter_text:
-            message = "No image matches %r." % self.filter_text
+            message = "No image matches %r." % self.filter_text  # repr escapes control characters
         else:
             message = "No images on this site yet. Press n to import one from a URL."
         self.query_one("#image-detail", Static).update(Text(message, style="dim"))

@@ -13,6 +13,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
+from tui.display import visible
+
 DISK_FORMATS = ("qcow2", "raw", "vmdk", "vhd", "vhdx", "vdi", "iso", "ploop", "aki", "ari", "ami")
 CONTAINER_FORMATS = ("bare", "ovf", "ova", "docker", "compressed", "aki", "ari", "ami")
 
@@ -66,7 +68,8 @@ class ImportUrlScreen(ModalScreen[UrlImport | None]):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "import-uri":
-            self.query_one("#import-name", Input).placeholder = name_from_uri(event.value) or "image name"
+            # visible: the URL's %-escapes may decode to control characters
+            self.query_one("#import-name", Input).placeholder = visible(name_from_uri(event.value)) or "image name"
             self.query_one("#import-disk", Select).value = guess_disk_format(event.value)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

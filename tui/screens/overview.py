@@ -11,8 +11,9 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from tui.display import ago, capacity_bar, human_bytes, human_duration, human_pair, percent, progress_bar, status_text
+from tui.display import ago, capacity_bar, human_bytes, human_duration, human_pair, percent, progress_bar, status_text, visible
 from tui.screens.sites import sites_summary
+from tui.widgets.contained import PlainStatic
 from tui.widgets.steady import show_text
 
 Json = dict[str, Any]
@@ -26,9 +27,9 @@ def _label(name: str) -> Text:
 def site_text(status: Json) -> Text:
     site = status.get("site") or {}
     text = _label("Site")
-    text.append(str(site.get("name", "?")), style="bold")
-    text.append(" (%s)" % site.get("role", "?"))
-    text.append(" · version %s · up %s" % (status.get("version", "?"), human_duration(status.get("uptime_seconds"))))
+    text.append(visible(site.get("name", "?")), style="bold")
+    text.append(" (%s)" % visible(site.get("role", "?")))
+    text.append(" · version %s · up %s" % (visible(status.get("version", "?")), human_duration(status.get("uptime_seconds"))))
     return text
 
 
@@ -53,18 +54,18 @@ def hub_text(status: Json, now: float, name_of: Callable[[str], str], sites: lis
         text.append("not configured", style="dim")
         return text
     state = str(hub.get("state", "?"))
-    text.append(state, style=HUB_STATES.get(state, ""))
-    text.append(" · %s" % hub.get("url", "?"))
+    text.append(visible(state), style=HUB_STATES.get(state, ""))
+    text.append(" · %s" % visible(hub.get("url", "?")))
     text.append(" · last sync %s" % ago(hub.get("last_sync"), now) if hub.get("last_sync") else " · never synced")
     if not hub.get("registered"):
         text.append(" · not registered" if hub.get("site_api") is not False else " · plain Glance (no sites API)", style="yellow")
     indent = "\n" + " " * LABEL
     if hub.get("last_error"):
         text.append(indent)
-        text.append(str(hub["last_error"]), style="red")
+        text.append(visible(hub["last_error"]), style="red")
     for pull in hub.get("pulls") or []:
         text.append(indent)
-        text.append("pulling %s " % name_of(str(pull.get("image_id") or "")))
+        text.append("pulling %s " % visible(name_of(str(pull.get("image_id") or ""))))
         text.append_text(progress_bar(pull.get("bytes_done"), pull.get("bytes_total")))
         text.append(" %s" % human_pair(pull.get("bytes_done"), pull.get("bytes_total")), style="dim")
     return text
@@ -76,12 +77,12 @@ def stores_text(status: Json, bar_width: int = 30) -> Text:
     if not stores:
         text.append("none", style="dim")
         return text
-    width = max(len(str(s.get("id", ""))) for s in stores)
+    width = max(len(visible(s.get("id", ""))) for s in stores)
     for i, store in enumerate(stores):
         if i:
             text.append("\n" + " " * LABEL)
         total, free, used = int(store.get("total_bytes") or 0), int(store.get("free_bytes") or 0), int(store.get("used_bytes") or 0)
-        text.append(str(store.get("id")).ljust(width), style="bold")
+        text.append(visible(store.get("id")).ljust(width), style="bold")
         text.append(" ")
         text.append_text(capacity_bar(total, free, used, bar_width))
         percent = 100 * (total - free) / total if total else 0
@@ -96,7 +97,7 @@ def stores_text(status: Json, bar_width: int = 30) -> Text:
             text.append(" READ-ONLY ", style="bold white on red")
             reason = store.get("read_only_reason") or ""
             if reason:
-                text.append(" %s" % reason, style="red")
+                text.append(" %s" % visible(reason), style="red")
     return text
 
 
@@ -151,11 +152,11 @@ class OverviewPane(VerticalScroll):
     ]
 
     def compose(self) -> ComposeResult:
-        yield Static(Text("Waiting for the daemon…", style="dim"), id="overview-site")
-        yield Static(id="overview-hub")
-        yield Static(id="overview-stores")
-        yield Static(id="overview-cache")
-        yield Static(id="overview-counts")
+        yield PlainStatic(Text("Waiting for the daemon…", style="dim"), id="overview-site")
+        yield PlainStatic(id="overview-hub")
+        yield PlainStatic(id="overview-stores")
+        yield PlainStatic(id="overview-cache")
+        yield PlainStatic(id="overview-counts")
 
     def show_status(self, status: Json, now: float, name_of: Callable[[str], str], sites: list[Json] | None) -> None:
         show_text(self.query_one("#overview-site", Static), site_text(status))

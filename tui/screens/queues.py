@@ -10,8 +10,9 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static
 
-from tui.display import EMPTY, human_duration, human_pair, human_rate, progress_bar, short_id, status_text
+from tui.display import EMPTY, human_duration, human_pair, human_rate, plain, progress_bar, short_id, status_text, visible
 from tui.rate import TransferRates, eta_seconds
+from tui.widgets.contained import PlainStatic
 from tui.widgets.keyed_table import KeyedTable, Values
 
 Json = dict[str, Any]
@@ -35,9 +36,9 @@ def method_of(task: Json) -> str:
     """"web-download → local" from the task's input (the import request)."""
     data = task.get("input") or {}
     request = data.get("import_req") or {}
-    method = (request.get("method") or {}).get("name") or str(task.get("type") or "?")
+    method = visible((request.get("method") or {}).get("name") or task.get("type") or "?")
     stores = data.get("backend") or request.get("stores") or []
-    return "%s → %s" % (method, ",".join(stores)) if stores else method
+    return "%s → %s" % (method, ",".join(visible(s) for s in stores)) if stores else method
 
 
 def transferred(task: Json) -> str:
@@ -71,13 +72,14 @@ def task_order(task: Json) -> tuple[int, str]:
 
 def task_detail(task: Json, image_name: str) -> Text:
     text = Text()
-    text.append("%s " % image_name, style="bold")
-    text.append("(image %s) · task %s\n" % (task.get("image_id"), task.get("id")), style="dim")
+    text.append("%s " % visible(image_name), style="bold")
+    text.append("(image %s) · task %s\n" % (visible(task.get("image_id")), visible(task.get("id"))), style="dim")
     text.append_text(status_text(str(task.get("status"))))
-    text.append(" · %s · created %s · updated %s" % (method_of(task), task.get("created_at") or EMPTY, task.get("updated_at") or EMPTY))
+    text.append(" · %s · created %s · updated %s" % (
+        method_of(task), visible(task.get("created_at") or EMPTY), visible(task.get("updated_at") or EMPTY)))
     if task.get("message"):
         style = "red" if task.get("status") == "failure" else ""
-        text.append("\n%s" % task["message"], style=style)
+        text.append("\n%s" % visible(task["message"]), style=style)
     return text
 
 
@@ -89,8 +91,8 @@ class TaskTable(KeyedTable):
         if column == "status":
             return status_text(value)
         if column == "message" and value:
-            return Text(value, style="red")
-        return value
+            return plain(value, style="red")
+        return super().render_value(column, value)
 
 
 class QueuesPane(Vertical):
@@ -103,7 +105,7 @@ class QueuesPane(Vertical):
     def compose(self) -> ComposeResult:
         yield TaskTable(id="tasks")
         with VerticalScroll(id="task-detail-pane"):
-            yield Static(Text("Loading import tasks…", style="dim"), id="task-detail")
+            yield PlainStatic(Text("Loading import tasks…", style="dim"), id="task-detail")
 
     @property
     def table(self) -> TaskTable:

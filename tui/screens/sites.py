@@ -11,7 +11,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static
 
-from tui.display import EMPTY, ago, human_bytes, iso_epoch, percent
+from tui.display import EMPTY, ago, human_bytes, iso_epoch, percent, visible
+from tui.widgets.contained import PlainStatic
 from tui.widgets.keyed_table import KeyedTable, Values
 from tui.widgets.steady import show_text
 
@@ -40,7 +41,7 @@ def cache_cell(site: Json) -> str:
     cache = site.get("cache") or {}
     if not cache:
         return EMPTY
-    return "%s / %d%%" % (cache.get("entries", 0), round(100 * float(cache.get("hit_ratio") or 0)))
+    return "%s / %d%%" % (visible(cache.get("entries", 0)), round(100 * float(cache.get("hit_ratio") or 0)))
 
 
 def placements(images: Iterable[Json]) -> dict[str, list[Json]]:
@@ -67,29 +68,29 @@ def site_row(site: Json, placed: int, now: float) -> Values:
 
 def site_detail(site: Json, images: list[Json], now: float) -> Text:
     text = Text()
-    text.append(str(site.get("name")), style="bold")
+    text.append(visible(site.get("name")), style="bold")
     text.append(" ")
     text.append("online" if site.get("online") else "offline", style="green" if site.get("online") else "bold red")
-    text.append(" · last seen %s · version %s" % (ago(iso_epoch(site.get("last_seen")), now), site.get("version") or EMPTY))
-    text.append("\nregistered %s" % (site.get("registered_at") or EMPTY), style="dim")
+    text.append(" · last seen %s · version %s" % (ago(iso_epoch(site.get("last_seen")), now), visible(site.get("version") or EMPTY)))
+    text.append("\nregistered %s" % visible(site.get("registered_at") or EMPTY), style="dim")
     if site.get("api_url"):
-        text.append(" · api %s" % site["api_url"], style="dim")
+        text.append(" · api %s" % visible(site["api_url"]), style="dim")
     free, total = site.get("free_bytes"), site.get("total_bytes")
-    stores = ", ".join(str(s.get("id")) for s in site.get("stores") or []) or EMPTY
+    stores = ", ".join(visible(s.get("id")) for s in site.get("stores") or []) or EMPTY
     text.append("\ndisk %s free of %s · stores %s" % (human_bytes(free), human_bytes(total), stores))
     cache = site.get("cache") or {}
     text.append("\ncache ")
     if cache:
         text.append("%s in %s image(s) · hit ratio %d%%" % (
-            human_bytes(cache.get("used_bytes")), cache.get("entries", 0), round(100 * float(cache.get("hit_ratio") or 0))))
+            human_bytes(cache.get("used_bytes")), visible(cache.get("entries", 0)), round(100 * float(cache.get("hit_ratio") or 0))))
     else:
         text.append("none reported", style="dim")
     text.append("\n\nImages placed here (%d)" % len(images), style="bold")
     if not images:
         text.append(" none: copy-image with this site as the store (c on Images) places one", style="dim")
     for image in sorted(images, key=lambda i: str(i.get("name") or i["id"])):
-        text.append("\n  %s" % (image.get("name") or image["id"]))
-        text.append("  %s · %s" % (image["id"], human_bytes(image.get("size"))), style="dim")
+        text.append("\n  %s" % visible(image.get("name") or image["id"]))
+        text.append("  %s · %s" % (visible(image["id"]), human_bytes(image.get("size"))), style="dim")
     return text
 
 
@@ -105,7 +106,7 @@ def sites_summary(sites: list[Json], now: float) -> Text:
     text.append(" · ")
     text.append("%d offline" % len(offline), style="bold red" if offline else "")
     if offline:
-        text.append(": " + ", ".join("%s (seen %s)" % (s.get("name"), ago(iso_epoch(s.get("last_seen")), now)) for s in offline[:3]))
+        text.append(": " + ", ".join("%s (seen %s)" % (visible(s.get("name")), ago(iso_epoch(s.get("last_seen")), now)) for s in offline[:3]))
         if len(offline) > 3:
             text.append(", …")
     return text
@@ -118,7 +119,7 @@ class SiteTable(KeyedTable):
     def render_value(self, column: str, value: Any) -> Any:
         if column == "state":
             return Text(value, style="green" if value == "online" else "bold red")
-        return value
+        return super().render_value(column, value)
 
 
 class SitesPane(Vertical):
@@ -132,7 +133,7 @@ class SitesPane(Vertical):
     def compose(self) -> ComposeResult:
         yield SiteTable(id="sites")
         with VerticalScroll(id="site-detail-pane"):
-            yield Static(Text("Loading sites…", style="dim"), id="site-detail")
+            yield PlainStatic(Text("Loading sites…", style="dim"), id="site-detail")
 
     @property
     def table(self) -> SiteTable:

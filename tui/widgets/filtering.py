@@ -24,8 +24,11 @@ class FilterLine:
         raise NotImplementedError
 
     def open_filter(self) -> None:
-        self.filter_input.remove_class("-hidden")
-        self.filter_input.focus()
+        """Focus moves at once, not after the keys already queued (Widget.focus defers it):
+        keys typed right after `/` go into the filter, not to the table's and app's bindings."""
+        box = self.filter_input
+        box.remove_class("-hidden")
+        box.screen.set_focus(box)
 
     def close_filter(self, clear: bool) -> None:
         if clear:

@@ -21,6 +21,9 @@ from textual.geometry import Size
 from textual.widgets import DataTable
 from textual.widgets._data_table import ColumnKey, Row, RowKey
 
+from tui.display import plain
+from tui.widgets.contained import Contained
+
 log = logging.getLogger(__name__)
 
 Values = tuple[Any, ...]
@@ -46,7 +49,7 @@ class _Lines(Sequence[tuple[RowKey, int]]):
         """DataTable.clear() empties the cached list; the view follows the key order instead."""
 
 
-class KeyedTable(DataTable[Any]):
+class KeyedTable(Contained, DataTable[Any]):
     BINDINGS = [
         Binding("j", "cursor_down", "Down", show=False),
         Binding("k", "cursor_up", "Up", show=False),
@@ -93,7 +96,10 @@ class KeyedTable(DataTable[Any]):
     # -- how a value looks: subclasses style some columns --------------------------------
 
     def render_value(self, column: str, value: Any) -> Any:
-        return value
+        """A cell's renderable. A str is daemon text: DataTable would parse it as markup
+        (`[/x]` raises while drawing), so it becomes plain Text with control characters made
+        visible; subclasses style some columns and pass the rest here."""
+        return plain(value) if isinstance(value, str) else value
 
     # -- reading ------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from textual.notifications import Notify
 from textual.widgets import Input, Static
 
 from tests.conftest import VENV_BIN, Daemon
-from tests.tui.conftest import SiteApi, confirm, open_images, socket_config, wait_until
+from tests.tui.conftest import MiB, HubAndEdge, SiteApi, confirm, open_images, socket_config, wait_until
 from tui.app import make_app
 from tui.display import plain, visible
 from tui.messages import ImageDeleted, ImagesLoaded
@@ -183,6 +183,25 @@ async def test_events_and_a_hub_with_hostile_site_text(daemon_factory: Any, tmp_
         await wait_until(pilot, lambda: any("registered (version [/x] [b]9.9[/b]" in line.text for line in log.lines),
                          what="the registration event")
         await on_screen(pilot, "registered (version [/x] [b]9.9[/b]")
+        assert app.is_running
+
+
+async def test_an_edge_mirroring_a_hostile_hub_image(hub_and_edge: HubAndEdge) -> None:
+    """The issue's case: an image named with markup at the hub ended edge-tui on every edge that
+    mirrored it. The edge's Images and Cache screens show it as typed."""
+    name = "[/x] [b]hub[/b]"
+    image = await hub_and_edge.hub_image(name, MiB)
+    app = make_app(hub_and_edge.edge_tui())
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = await open_images(app, pilot, 1)
+        assert table.cell_text(image["id"], "name") == name
+        await on_screen(pilot, name)
+        await pilot.press("p")  # cache it: the Cache screen names it
+        await pilot.press("4")
+        entries = app.cache_pane.entry_table
+        await wait_until(pilot, lambda: image["id"] in entries.keys, what="the cached copy")
+        assert entries.cell_text(image["id"], "image") == name
+        await on_screen(pilot, name)
         assert app.is_running
 
 

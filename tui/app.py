@@ -364,8 +364,8 @@ class ApplianceTui(App[None]):
         status = message.status
         self.stores = list(status.get("stores") or [])
         site = status.get("site") or {}
-        self.sub_title = "%s (%s) · %s%s" % (
-            visible(site.get("name", "?")), visible(site.get("role", "?")), visible(self.client.target), " · read-only" if self.config.read_only else "")
+        self.sub_title = "%s (%s) · %s%s" % (visible(site.get("name", "?")), visible(site.get("role", "?")),
+                                             visible(self.client.target), " · read-only" if self.config.read_only else "")
         if self._banner_up:
             self._banner_up = False
             self.query_one("#banner", Static).add_class("-hidden")

@@ -106,7 +106,8 @@ def sites_summary(sites: list[Json], now: float) -> Text:
     text.append(" · ")
     text.append("%d offline" % len(offline), style="bold red" if offline else "")
     if offline:
-        text.append(": " + ", ".join("%s (seen %s)" % (visible(s.get("name")), ago(iso_epoch(s.get("last_seen")), now)) for s in offline[:3]))
+        text.append(": " + ", ".join("%s (seen %s)" % (visible(s.get("name")), ago(iso_epoch(s.get("last_seen")), now))
+                                     for s in offline[:3]))
         if len(offline) > 3:
             text.append(", …")
     return text

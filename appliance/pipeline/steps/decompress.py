@@ -21,8 +21,8 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import BinaryIO, Iterator, Sequence, TypeVar
 
-import lhafile  # type: ignore[import-untyped]
-import lzhlib  # type: ignore[import-not-found]  # lhafile's decoder extension
+import lhafile
+import lzhlib  # lhafile's decoder extension
 
 from appliance.pipeline.base import ImportFailed, StagedImage, StepContext
 

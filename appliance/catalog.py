@@ -164,9 +164,10 @@ class ListEdit:
 
 @dataclass(frozen=True)
 class ImageQuery:
-    """What a list request asks for; visibility rules are already folded into `scope`."""
+    """What a list request asks for. The catalog applies Glance's visibility rules from
+    `admin`, `project` and `visibility`: an admin sees every image, anyone else public ones and
+    their project's own (plus community ones with visibility "all")."""
 
-    # scope: None = everything (admin); else (project, include_community)
     project: str | None = None
     admin: bool = False
     filters: tuple[tuple[str, Any], ...] = ()  # (column, value) equality on image columns

@@ -1,4 +1,4 @@
-"""edge-appliance: serve | check-config."""
+"""edge-appliance: serve | check-config | check-uri | bundle | cache."""
 
 from __future__ import annotations
 

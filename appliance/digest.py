@@ -79,7 +79,7 @@ def hash_prefix(fd: int, size: int, chunk: int = 1 << 20) -> Prefix:
 
 class DigestSink:
     """Consume a stream in order: `consume(batch)` (e.g. the file write) and MD5 on one thread,
-    SHA-512 on another. `feed` applies back-pressure once PIPELINE_DEPTH batches are queued."""
+    SHA-512 on another. `feed` applies back-pressure once PIPELINE_HIGH batches are queued."""
 
     def __init__(self, consume: Callable[[Sequence[Buffer]], None] | None = None, *, background: bool = False,
                  resume: "Prefix | None" = None) -> None:

@@ -19,6 +19,7 @@ Buffer = Union[bytes, bytearray, memoryview]
 
 from appliance.errors import ApplianceError
 from appliance.memory import TRIMMER
+from appliance.model import ImageData
 from appliance.workers import executor
 
 HASH_ALGO = "sha512"
@@ -41,6 +42,11 @@ class Digest:
     checksum: str  # md5 hex
     os_hash_value: str  # sha512 hex
     os_hash_algo: str = HASH_ALGO
+
+    def image_data(self, virtual_size: int | None) -> ImageData:
+        """What the catalog records for an image whose bytes hashed to this."""
+        return ImageData(size=self.size, checksum=self.checksum, os_hash_value=self.os_hash_value,
+                         os_hash_algo=self.os_hash_algo, virtual_size=virtual_size)
 
 
 def verify(actual: Digest, *, size: int | None, checksum: str | None, os_hash_value: str | None) -> None:

@@ -34,6 +34,11 @@ class Location:
     status: str = "active"
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def in_store(cls, store: str, url: str) -> Location:
+        """An active copy in `store` at `url`; Glance also shows the store's name in its metadata."""
+        return cls(store=store, url=url, metadata={"store": store})
+
 
 @dataclass(frozen=True)
 class Image:

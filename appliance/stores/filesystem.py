@@ -19,6 +19,7 @@ from typing import AsyncIterable, Awaitable, Callable, Sequence, TypeVar
 from appliance.digest import Buffer, Digest, DigestSink
 from appliance.errors import ApplianceError, StorageError, StorageFull, StoreReadOnly, TooLarge
 from appliance.stores.base import StoreUsage
+from appliance.stores.files import replace_durably
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,14 +104,6 @@ class _FileWriter:
         # Trailing zero runs were skipped: extend the file to its full length (a hole).
         os.ftruncate(self.fd, self.offset)
         os.fsync(self.fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FilesystemStore:
@@ -256,8 +249,7 @@ class FilesystemStore:
         writer.finish()
         os.close(writer.fd)
         writer.fd = -1
-        os.replace(tmp, final)
-        _fsync_dir(self.path)
+        replace_durably(tmp, final)
 
     @staticmethod
     def _discard(writer: _FileWriter, tmp: Path) -> None:
@@ -321,12 +313,8 @@ class FilesystemStore:
         if reason:
             raise StoreReadOnly("Store %s is read-only: %s" % (self.name, reason))
 
-        def move() -> None:
-            os.replace(verified, self.path / image_id)
-            _fsync_dir(self.path)
-
         try:
-            await asyncio.to_thread(move)
+            await asyncio.to_thread(replace_durably, verified, self.path / image_id)
         except OSError as exc:
             raise self._error(exc) from exc
 

@@ -13,12 +13,17 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
 from appliance.errors import BadRequest, ConfigError
 from appliance.formats import CONTAINER_FORMATS, DISK_FORMATS
 from appliance.text import check_text
 from appliance.urifilter import UriFilterConfig
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Section = TypeVar("Section", bound="DataclassInstance")
 
 ROLES = ("edge", "hub")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -321,7 +326,7 @@ def _str_list(key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _simple_section(name: str, cls: type, data: Any) -> Any:
+def _simple_section(name: str, cls: type[Section], data: Any) -> Section:
     """Read a section whose fields are all str/int/bool/tuple[str]."""
     if data is None:
         return cls()

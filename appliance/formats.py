@@ -609,8 +609,8 @@ def _parse_qcow2(head: bytearray, complete: bool) -> _Header | None:
         if limit < cluster:
             raise FormatRejected("qcow2 header extensions are outside the inspected header")
     if data_file is not None or incompatible & _QCOW2_INCOMPAT_DATA_FILE:
-        name = _quoted(data_file) if data_file else ""
-        raise FormatRejected(f"qcow2 image uses an external data file{name}; {_HOST_FILES}")
+        shown = _quoted(data_file) if data_file else ""
+        raise FormatRejected(f"qcow2 image uses an external data file{shown}; {_HOST_FILES}")
     if incompatible & _QCOW2_INCOMPAT_CORRUPT:
         raise FormatRejected("qcow2 image is marked corrupt; repair it (qemu-img check -r all) before uploading")
     unknown = incompatible & ~_QCOW2_INCOMPAT_KNOWN

@@ -32,9 +32,11 @@ def config_from_args(argv: list[str] | None = None) -> TuiConfig:
             token = args.token_file.read_text().strip()
         except OSError as exc:
             raise SystemExit("edge-tui: cannot read the token file: %s" % exc) from None
-    url, socket = args.url, args.socket
+    url: str | None = args.url
+    socket: str | None = args.socket
     if url is not None and url.startswith("unix:"):
-        url, socket = None, url[len("unix:"):]
+        socket = url[len("unix:"):]
+        url = None
     if url is None and socket is None:
         socket = default_socket()
     if args.refresh <= 0:

@@ -123,7 +123,7 @@ class HttpDaemonClient:
     # -- reads ----------------------------------------------------------------------------
 
     async def status(self) -> Json:
-        return await self._call("GET", "/v2/edge/status")
+        return dict(await self._call("GET", "/v2/edge/status"))
 
     async def events(self, since: int, limit: int = 500) -> list[Json]:
         return list((await self._call("GET", "/v2/edge/events?since=%d&limit=%d" % (since, limit)))["events"])
@@ -149,7 +149,7 @@ class HttpDaemonClient:
         return list(page["images"])
 
     async def image(self, image_id: str) -> Json:
-        return await self._call("GET", "/v2/images/%s" % quote(image_id))
+        return dict(await self._call("GET", "/v2/images/%s" % quote(image_id)))
 
     async def locations(self, image_id: str) -> list[Json]:
         return list(await self._call("GET", "/v2/images/%s/locations" % quote(image_id)))
@@ -159,7 +159,7 @@ class HttpDaemonClient:
 
     async def cache_view(self) -> Json:
         """Figures, entries (most recently used first), the prefetch queue and fills."""
-        return await self._call("GET", "/v2/edge/cache")
+        return dict(await self._call("GET", "/v2/edge/cache"))
 
     async def sites(self) -> list[Json]:
         """The edge sites registered with this hub."""
@@ -173,7 +173,7 @@ class HttpDaemonClient:
 
     async def create_image(self, name: str, disk_format: str, container_format: str) -> Json:
         body = {"name": name, "disk_format": disk_format, "container_format": container_format}
-        return await self._call("POST", "/v2/images", body, expect=(201,))
+        return dict(await self._call("POST", "/v2/images", body, expect=(201,)))
 
     async def import_web_download(self, image_id: str, uri: str) -> None:
         body = {"method": {"name": "web-download", "uri": uri}}

@@ -13,6 +13,7 @@ import struct
 from typing import Awaitable, Callable
 
 from aiohttp import ClientPayloadError, web
+from aiohttp.typedefs import Middleware
 
 from appliance import errors
 from appliance.auth import LOCAL_ADMIN, Authenticator, Context
@@ -166,10 +167,10 @@ def _unix_peer_uid(request: web.Request) -> int | None:
         return None
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+    return int(uid)
 
 
-def auth_middleware(auth: Authenticator) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def auth_middleware(auth: Authenticator) -> Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         token = request.headers.get("X-Auth-Token")

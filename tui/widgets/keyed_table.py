@@ -134,7 +134,7 @@ class KeyedTable(Contained, DataTable[Any]):
         return _Lines(self._order_keys)
 
     @property
-    def ordered_rows(self) -> list[Row]:  # type: ignore[override]
+    def ordered_rows(self) -> list[Row]:
         rows = self.rows
         return [rows[k] for k in self._order_keys if k in rows]
 

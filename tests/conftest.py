@@ -3,6 +3,7 @@ processes started through the `edge-appliance serve` entry point."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -13,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -102,12 +103,35 @@ class Api:
             headers=self.headers(**{"Content-Type": "application/octet-stream", **headers}),
         )
 
+    async def show(self, image_id: str) -> dict[str, Any]:
+        resp = await self.client.get("/v2/images/%s" % image_id, headers=self.headers())
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
 
 @pytest.fixture
 async def api(services: Services, aiohttp_client: Any) -> Api:
     client = await aiohttp_client(build_app(services), headers=JSON_ERRORS)
     token = (services.config.state_dir / "admin-token").read_text().strip()
     return Api(client=client, token=token, services=services)
+
+
+@pytest.fixture
+async def open_api(make_config: Callable[..., Config], aiohttp_client: Any) -> AsyncIterator[Callable[..., Awaitable[Api]]]:
+    """open_api(token=None, **sections) → an Api on services built from that config (the token
+    defaults to the admin token the daemon writes when none are configured)."""
+    stack = contextlib.AsyncExitStack()
+
+    async def factory(token: str | None = None, **sections: Any) -> Api:
+        services = await stack.enter_async_context(open_services(make_config(**sections)))
+        client = await aiohttp_client(build_app(services), headers=JSON_ERRORS)
+        stack.push_async_callback(client.close)  # runs before the services close
+        if token is None:
+            token = (services.config.state_dir / "admin-token").read_text().strip()
+        return Api(client=client, token=token, services=services)
+
+    yield factory
+    await stack.aclose()
 
 
 @dataclass

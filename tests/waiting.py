@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, TypeVar
+
+T = TypeVar("T")
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
+async def eventually(check: Callable[[], Awaitable[T]], what: str, timeout: float = 30) -> T:
+    """Await `check` until it returns something true, and return that."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if await check():
-            return
+        found = await check()
+        if found:
+            return found
         await asyncio.sleep(0.1)
     raise AssertionError("timed out waiting for: %s" % what)
+
+
+def wait_for(check: Callable[[], T], what: str, timeout: float = 20, interval: float = 0.05) -> T:
+    """Call `check` (blocking: from a test that drives a daemon process) until it returns
+    something true, and return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %ss waiting for: %s" % (timeout, what))
+        time.sleep(interval)

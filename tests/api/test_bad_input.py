@@ -56,12 +56,6 @@ async def patch_raw(api: Api, image_id: str, body: Any, content_type: str = PATC
                                   headers=api.headers(**{"Content-Type": content_type}))
 
 
-async def show(api: Api, image_id: str) -> dict[str, Any]:
-    resp = await api.client.get("/v2/images/%s" % image_id, headers=api.headers())
-    assert resp.status == 200, await resp.text()
-    return await resp.json()
-
-
 async def count_images(api: Api) -> int:
     return await api.services.catalog.count_images()
 
@@ -74,7 +68,7 @@ def assert_store_clean(api: Api, image_id: str) -> None:
 
 
 async def assert_queued_and_clean(api: Api, image_id: str) -> None:
-    body = await show(api, image_id)
+    body = await api.show(image_id)
     assert body["status"] == "queued"
     assert body["size"] is None and body["checksum"] is None
     assert "stores" not in body
@@ -102,7 +96,7 @@ async def test_malformed_json_is_400(api: Api, body: bytes) -> None:
     image = await api.create(name="target")
     await error_of(await patch_raw(api, image["id"], body), 400, "JSON")
     assert await count_images(api) == before + 1
-    assert (await show(api, image["id"]))["name"] == "target"
+    assert (await api.show(image["id"]))["name"] == "target"
     await still_serving(api)
 
 
@@ -146,7 +140,7 @@ async def test_json_body_too_large_is_413(small_api: Api) -> None:
 async def test_bad_json_patch_is_400(api: Api, ops: Any, words: tuple[str, ...]) -> None:
     image = await api.create(name="unchanged", foo="bar")
     await error_of(await patch_raw(api, image["id"], ops), 400, *words)
-    after = await show(api, image["id"])
+    after = await api.show(image["id"])
     assert after["name"] == "unchanged" and after["foo"] == "bar"
     assert after["updated_at"] == image["updated_at"]
     await still_serving(api)
@@ -161,7 +155,7 @@ async def test_read_only_attribute_is_403(api: Api, key: str) -> None:
     for op in ("add", "replace"):
         await error_of(await patch_raw(api, image["id"], [{"op": op, "path": "/%s" % key, "value": "1"}]), 403, key)
     await error_of(await patch_raw(api, image["id"], [{"op": "remove", "path": "/%s" % key}]), 403, key)
-    assert (await show(api, image["id"]))["status"] == "queued"
+    assert (await api.show(image["id"]))["status"] == "queued"
     await still_serving(api)
 
 
@@ -169,7 +163,7 @@ async def test_id_cannot_be_patched(api: Api) -> None:
     image = await api.create(name="id")
     resp = await patch_raw(api, image["id"], [{"op": "replace", "path": "/id", "value": str(uuid.uuid4())}])
     await error_of(resp, 403, "id")
-    await show(api, image["id"])
+    await api.show(image["id"])
 
 
 @pytest.mark.parametrize("key", ["os_glance_foo", "os_glance_import_task", "locations", "location", "deleted",
@@ -180,7 +174,7 @@ async def test_reserved_attribute_is_403(api: Api, key: str) -> None:
     assert await count_images(api) == 0
     image = await api.create(name="reserved")
     await error_of(await patch_raw(api, image["id"], [{"op": "add", "path": "/%s" % key, "value": value}]), 403, key)
-    assert key not in await show(api, image["id"])
+    assert key not in await api.show(image["id"])
     await still_serving(api)
 
 
@@ -190,7 +184,7 @@ async def test_non_string_custom_property_is_400(api: Api, value: Any) -> None:
     assert await count_images(api) == 0
     image = await api.create(name="props")
     await error_of(await patch_raw(api, image["id"], [{"op": "add", "path": "/foo", "value": value}]), 400, "foo")
-    assert "foo" not in await show(api, image["id"])
+    assert "foo" not in await api.show(image["id"])
 
 
 @pytest.mark.parametrize(
@@ -220,7 +214,7 @@ async def test_patch_invalid_disk_format_names_value(api: Api) -> None:
     image = await api.create(name="fmt")
     resp = await patch_raw(api, image["id"], [{"op": "replace", "path": "/disk_format", "value": "floppy"}])
     await error_of(resp, 400, "floppy")
-    assert (await show(api, image["id"]))["disk_format"] == "raw"
+    assert (await api.show(image["id"]))["disk_format"] == "raw"
 
 
 # -- path parameters ----------------------------------------------------------------------
@@ -261,7 +255,7 @@ async def test_patch_with_wrong_content_type_is_415(api: Api, content_type: str)
     image = await api.create(name="keep")
     resp = await patch_raw(api, image["id"], [{"op": "replace", "path": "/name", "value": "x"}], content_type)
     await error_of(resp, 415, content_type)
-    assert (await show(api, image["id"]))["name"] == "keep"
+    assert (await api.show(image["id"]))["name"] == "keep"
 
 
 async def test_patch_accepts_v2_0_patch_media_type(api: Api) -> None:
@@ -294,7 +288,7 @@ async def test_upload_over_cap_with_content_length_is_413(small_api: Api) -> Non
     # exactly at the cap is fine
     resp = await api.upload(image["id"], os.urandom(MiB))
     assert resp.status == 204, await resp.text()
-    assert (await show(api, image["id"]))["size"] == MiB
+    assert (await api.show(image["id"]))["size"] == MiB
 
 
 async def test_upload_over_cap_chunked_is_413(small_api: Api) -> None:
@@ -327,7 +321,7 @@ async def test_upload_shorter_than_content_length_leaves_nothing(api: Api) -> No
     await writer.drain()
     partial = api.services.stores["local"].path / PARTIAL_DIR
     for _ in range(200):  # wait until the upload is under way
-        if (await show(api, image["id"]))["status"] == "saving" and list(partial.iterdir()):
+        if (await api.show(image["id"]))["status"] == "saving" and list(partial.iterdir()):
             break
         await asyncio.sleep(0.02)
     else:
@@ -335,7 +329,7 @@ async def test_upload_shorter_than_content_length_leaves_nothing(api: Api) -> No
     writer.close()  # the client goes away mid-upload
     await writer.wait_closed()
     for _ in range(100):
-        body = await show(api, image["id"])
+        body = await api.show(image["id"])
         if body["status"] == "queued" and not list((api.services.stores["local"].path / PARTIAL_DIR).iterdir()):
             break
         await asyncio.sleep(0.05)
@@ -398,7 +392,7 @@ async def test_clean_qcow2_is_accepted_after_a_refusal(api: Api, hostile: dict[s
     await assert_queued_and_clean(api, image["id"])
     resp = await api.upload(image["id"], hostile["qcow2-clean"])
     assert resp.status == 204, await resp.text()
-    body = await show(api, image["id"])
+    body = await api.show(image["id"])
     assert body["status"] == "active"
     assert body["virtual_size"] == 4 * MiB
     assert body["size"] == len(hostile["qcow2-clean"])
@@ -458,7 +452,7 @@ async def test_daemon_serves_after_a_barrage(api: Api) -> None:
     resp = await api.client.put("/v2/images/%s/file" % image["id"], data=io.BytesIO(b"x"),
                                 headers=api.headers(**{"Content-Type": "text/plain"}))
     assert resp.status == 415
-    assert (await show(api, image["id"]))["name"] == "survivor"
+    assert (await api.show(image["id"]))["name"] == "survivor"
     await still_serving(api)
 
 

@@ -17,9 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from appliance.app import build_app
-from appliance.services import open_services
-from tests.conftest import JSON_ERRORS, Api
+from tests.conftest import Api
 
 TWO_STORES = {"default": "local", "local": {"path": "images"}, "fast": {"path": "fast"}}
 
@@ -49,24 +47,6 @@ async def source() -> AsyncIterator[Callable[[str, bytes], str]]:
     await server.close()
 
 
-@pytest.fixture
-async def open_api(make_config: Callable[..., Any], aiohttp_client: Any) -> AsyncIterator[Callable[..., Awaitable[Api]]]:
-    opened: list[Any] = []
-
-    async def open_(**sections: Any) -> Api:
-        cm = open_services(make_config(**sections))
-        services = await cm.__aenter__()
-        opened.append(cm)
-        client = await aiohttp_client(build_app(services), headers=JSON_ERRORS)
-        token_file = services.config.state_dir / "admin-token"
-        token = token_file.read_text().strip() if token_file.exists() else "admin-tok"
-        return Api(client=client, token=token, services=services)
-
-    yield open_
-    for cm in reversed(opened):
-        await cm.__aexit__(None, None, None)
-
-
 def loopback_filter(port: int) -> dict[str, Any]:
     return {"uri_filter": {"allowed_hosts": ["127.0.0.0/8"], "allowed_ports": [port]}}
 
@@ -81,12 +61,6 @@ async def wait_task(api: Api, image_id: str, timeout: float = 60) -> dict[str, A
             return tasks[0]
         assert asyncio.get_running_loop().time() < deadline, "import did not finish"
         await asyncio.sleep(0.05)
-
-
-async def show(api: Api, image_id: str) -> dict[str, Any]:
-    resp = await api.client.get("/v2/images/%s" % image_id, headers=api.headers())
-    assert resp.status == 200
-    return await resp.json()
 
 
 async def download(api: Api, image_id: str) -> bytes:
@@ -128,14 +102,14 @@ async def test_glance_direct_to_two_stores(open_api: Callable[..., Awaitable[Api
     data = os.urandom(3 << 20)
     image = await api.create(name="direct")
     await stage(api, image["id"], data)
-    assert (await show(api, image["id"]))["status"] == "uploading"
+    assert (await api.show(image["id"]))["status"] == "uploading"
     resp = await start_import(api, image["id"], {"method": {"name": "glance-direct"}, "stores": ["local", "fast"],
                                                  "all_stores_must_succeed": True})
     assert resp.status == 202, await resp.text()
     task = await wait_task(api, image["id"])
     assert task["status"] == "success", task["message"]
     assert task["type"] == "api_image_import" and task["result"] == {"image_id": image["id"]}
-    shown = await show(api, image["id"])
+    shown = await api.show(image["id"])
     assert shown["status"] == "active"
     assert set(shown["stores"].split(",")) == {"local", "fast"}
     assert shown["os_hash_value"] == hashlib.sha512(data).hexdigest()
@@ -178,7 +152,7 @@ async def test_web_download_uri_refused_synchronously(open_api: Callable[..., Aw
     assert resp.status == 400
     message = (await resp.json())["message"]
     assert message.startswith("URI refused:")
-    shown = await show(api, image["id"])
+    shown = await api.show(image["id"])
     assert shown["status"] == "queued"
     resp = await api.client.get("/v2/images/%s/tasks" % image["id"], headers=api.headers())
     assert (await resp.json())["tasks"] == []
@@ -197,7 +171,7 @@ async def test_web_download_http_error_fails_task_with_reason(open_api: Callable
     task = await wait_task(api, image["id"])
     assert task["status"] == "failure"
     assert "404" in task["message"]
-    shown = await show(api, image["id"])
+    shown = await api.show(image["id"])
     assert shown["status"] == "queued"
     assert "os_glance_importing_to_stores" not in shown
 
@@ -231,7 +205,7 @@ async def test_copy_image_to_second_store(open_api: Callable[..., Awaitable[Api]
     assert resp.status == 202, await resp.text()
     task = await wait_task(api, image["id"])
     assert task["status"] == "success", task["message"]
-    shown = await show(api, image["id"])
+    shown = await api.show(image["id"])
     assert shown["status"] == "active" and shown["stores"] == "local,fast"
     assert (api.services.stores["fast"].path / image["id"]).read_bytes() == data
     # all_stores skips the stores that already hold it, and with none left says so
@@ -240,12 +214,12 @@ async def test_copy_image_to_second_store(open_api: Callable[..., Awaitable[Api]
     # now one copy can be removed, and it is the one named
     resp = await api.client.delete("/v2/stores/local/%s" % image["id"], headers=api.headers())
     assert resp.status == 204
-    assert (await show(api, image["id"]))["stores"] == "fast"
+    assert (await api.show(image["id"]))["stores"] == "fast"
     assert await download(api, image["id"]) == data
 
 
 async def test_copy_image_is_admin_only(open_api: Callable[..., Awaitable[Api]]) -> None:
-    api = await open_api(stores=TWO_STORES, auth={"tokens": [
+    api = await open_api(token="admin-tok", stores=TWO_STORES, auth={"tokens": [
         {"token": "admin-tok", "user": "root", "project": "ops", "roles": ["admin"]},
         {"token": "member-tok", "user": "alice", "project": "p1", "roles": ["member"]},
     ]})
@@ -273,7 +247,7 @@ async def test_failed_store_with_allow_failure_keeps_image_active(open_api: Call
     assert resp.status == 202
     task = await wait_task(api, image["id"])
     assert task["status"] == "success", task["message"]
-    shown = await show(api, image["id"])
+    shown = await api.show(image["id"])
     assert shown["status"] == "active" and shown["stores"] == "local"
     assert shown["os_glance_failed_import"] == "fast"
 
@@ -291,7 +265,7 @@ async def test_failed_store_with_all_must_succeed_reverts(open_api: Callable[...
     task = await wait_task(api, image["id"])
     assert task["status"] == "failure"
     assert "fast" in task["message"] and "could not write" in task["message"]
-    shown = await show(api, image["id"])
+    shown = await api.show(image["id"])
     assert shown["status"] == "queued" and "stores" not in shown
     assert store_files(api, "local") == set()
 
@@ -341,7 +315,7 @@ async def test_plugins_decompress_then_convert_qcow2_to_raw(
     assert (await start_import(api, image["id"], {"method": {"name": "glance-direct"}})).status == 202
     task = await wait_task(api, image["id"])
     assert task["status"] == "success", task["message"]
-    shown = await show(api, image["id"])
+    shown = await api.show(image["id"])
     assert shown["disk_format"] == "raw" and shown["container_format"] == "bare"
     assert shown["size"] == shown["virtual_size"] == raw.stat().st_size
     assert shown["site_policy"] == "edge"
@@ -360,7 +334,7 @@ async def test_plugin_refusal_says_why(open_api: Callable[..., Awaitable[Api]]) 
     task = await wait_task(api, image["id"])
     assert task["status"] == "failure"
     assert "member" in task["message"] and "Internal" not in task["message"]
-    shown = await show(api, image["id"])
+    shown = await api.show(image["id"])
     assert shown["status"] == "queued"
     assert store_files(api, "local") == set()
 
@@ -375,7 +349,7 @@ async def test_import_inspects_claimed_format(open_api: Callable[..., Awaitable[
     task = await wait_task(api, image["id"])
     assert task["status"] == "failure"
     assert "qcow2" in task["message"]
-    assert (await show(api, image["id"]))["status"] == "queued"
+    assert (await api.show(image["id"]))["status"] == "queued"
 
 
 async def test_store_header_targets_the_import(open_api: Callable[..., Awaitable[Api]]) -> None:
@@ -387,7 +361,7 @@ async def test_store_header_targets_the_import(open_api: Callable[..., Awaitable
     assert resp.status == 202, await resp.text()
     task = await wait_task(api, image["id"])
     assert task["status"] == "success", task["message"]
-    assert (await show(api, image["id"]))["stores"] == "fast"
+    assert (await api.show(image["id"]))["stores"] == "fast"
     other = await api.create(name="both")
     await stage(api, other["id"], b"h" * 4096)
     resp = await api.client.post("/v2/images/%s/import" % other["id"], json={"method": {"name": "glance-direct"}, "stores": ["local"]},
@@ -407,7 +381,7 @@ async def test_upload_records_vmdk_introspection_and_enforces_virtual_size(
     image = await api.create(name="vm", disk_format="vmdk", vmware_adaptertype="lsiLogic")
     resp = await api.upload(image["id"], vmdk.read_bytes())
     assert resp.status == 204, await resp.text()
-    shown = await show(api, image["id"])
+    shown = await api.show(image["id"])
     assert shown["virtual_size"] == 16 << 20
     assert shown["vmware_disktype"] == "streamOptimized"
     assert shown["vmware_adaptertype"] == "lsiLogic"  # the user's value wins

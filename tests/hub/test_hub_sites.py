@@ -22,6 +22,7 @@ import pytest
 
 from tests.clients.test_glance_cli import Glance, as_dict, as_records
 from tests.conftest import JSON_ERRORS, Daemon, write_toml
+from tests.waiting import eventually
 
 ADMIN_TOKEN = "hub-admin-token"
 MEMBER_TOKEN = "member-token"
@@ -154,16 +155,6 @@ def stores_of(shown: dict[str, str]) -> list[str]:
     return [s for s in shown.get("stores", "").split(",") if s]
 
 
-async def wait_for(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = await check()
-        if found:
-            return found
-        await asyncio.sleep(0.1)
-    raise AssertionError("timed out waiting for %s" % what)
-
-
 async def registered(session: aiohttp.ClientSession, hub: Daemon, *names: str) -> list[Site]:
     sites = [Site(session, hub, name) for name in names]
     for site in sites:
@@ -292,7 +283,7 @@ async def test_all_stores_assigns_every_site_failure_then_retry(
         return shown if "spare" in stores_of(shown) and "spare" not in shown["os_glance_importing_to_stores"] else None
 
     # The hub's own store is copied by the hub; the sites are waiting for their edges.
-    shown = await wait_for("the hub's spare store to hold the copy", hub_stores_done)
+    shown = await eventually(hub_stores_done, "the hub's spare store to hold the copy")
     assert shown["os_glance_importing_to_stores"] == "dcn0,dcn1"
     assert stores_of(shown) == ["central", "spare"]
     assert [w["action"] for w in await dcn0.assignments()] == ["copy"]

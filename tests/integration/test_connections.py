@@ -24,6 +24,7 @@ from tests.integration.test_import_recovery import (  # noqa: F401  (fixture: so
     Source, create, source, start_import, wait_task_done,
 )
 from tests.integration.test_request_bodies import image_status, new_image, request
+from tests.waiting import wait_for
 
 IDLE_CONNECTIONS = 1000
 
@@ -59,14 +60,6 @@ def healthcheck_seconds(daemon: Daemon) -> float:
 
 def fd_count(daemon: Daemon) -> int:
     return len(os.listdir("/proc/%d/fd" % daemon.proc.pid))
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for: %s" % what)
-        time.sleep(0.1)
 
 
 def closed_by_server(sock: socket.socket, timeout: float = 0.05) -> bool:

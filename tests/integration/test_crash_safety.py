@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from appliance.stores.filesystem import PARTIAL_DIR
 from tests.conftest import Daemon, start_daemon
+from tests.waiting import wait_for
 
 MiB = 1 << 20
 TOTAL = 64 * MiB
@@ -44,14 +45,6 @@ def show(d: Daemon, image_id: str) -> dict[str, Any]:
     status, raw = request(d, "GET", "/v2/images/%s" % image_id)
     assert status == 200, raw
     return json.loads(raw)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached within %ss" % timeout)
-        time.sleep(0.05)
 
 
 def restart(state_dir: Path) -> Daemon:
@@ -92,9 +85,9 @@ def test_sigkill_mid_upload_leaves_nothing_and_restart_requeues(daemon_factory: 
         for _ in range(16):
             sock.sendall(block)
             time.sleep(0.01)
-        wait_for(lambda: show(daemon, image_id)["status"] == "saving")
+        wait_for(lambda: show(daemon, image_id)["status"] == "saving", "the upload to be saving")
         partial_dir = state_dir / "images" / PARTIAL_DIR
-        wait_for(lambda: any(p.stat().st_size >= 4 * MiB for p in partial_dir.iterdir()))
+        wait_for(lambda: any(p.stat().st_size >= 4 * MiB for p in partial_dir.iterdir()), "4 MiB written")
         assert not final.exists()  # only the partial file exists while the upload runs
 
         daemon.proc.kill()

@@ -21,6 +21,7 @@ import pytest
 
 from appliance.stores.filesystem import PARTIAL_DIR
 from tests.conftest import Daemon, write_toml
+from tests.waiting import wait_for
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -182,16 +183,6 @@ def download(d: Daemon, image_id: str) -> bytes:
     return data
 
 
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "not reached within %ss: %s" % (timeout, what)
-        time.sleep(interval)
-
-
 def wait_task_done(d: Daemon, image_id: str, known: set[str], timeout: float = 30) -> dict[str, Any]:
     """The image's task that is not in `known`, once it has finished."""
 
@@ -199,7 +190,7 @@ def wait_task_done(d: Daemon, image_id: str, known: set[str], timeout: float = 3
         new = [t for t in tasks_of(d, image_id) if t["id"] not in known]
         return new[0] if new and new[0]["status"] in ("success", "failure") else None
 
-    return wait_for("the new import task of %s finishes" % image_id, finished, timeout)
+    return wait_for(finished, "the new import task of %s finishes" % image_id, timeout)
 
 
 def files_in(path: Path) -> list[str]:
@@ -248,7 +239,7 @@ def test_web_download_interrupted_is_failed_cleanly_and_can_be_rerun(
         tasks = tasks_of(d, image_id)
         return tasks[0] if tasks and (tasks[0]["bytes_done"] or 0) > 0 else None
 
-    task = wait_for("the download makes progress", downloading)
+    task = wait_for(downloading, "the download makes progress")
     assert task["status"] == "processing"
     shown = show(d, image_id)
     assert shown["status"] == "importing"
@@ -333,7 +324,7 @@ def test_sigkill_mid_stage_leaves_an_image_that_can_be_staged_again(
         block = os.urandom(MiB)
         for _ in range(4):
             conn.send(block)
-        wait_for("the staging write starts", lambda: files_in(state / "staging" / "staged" / PARTIAL_DIR))
+        wait_for(lambda: files_in(state / "staging" / "staged" / PARTIAL_DIR), "the staging write starts")
         assert show(d, image_id)["status"] == "uploading"
         stop(d, signal.SIGKILL)
     finally:
@@ -366,7 +357,7 @@ def test_copy_image_interrupted_keeps_the_original(
     start_import(d, image_id, {"method": {"name": "copy-image"}, "stores": ["fast"]})
     # Kill as soon as the copy shows up in the target store (in .partial/ or done).
     partial = state / "fast" / PARTIAL_DIR
-    wait_for("the copy starts", lambda: (state / "fast" / image_id).exists() or any(partial.iterdir()),
+    wait_for(lambda: (state / "fast" / image_id).exists() or any(partial.iterdir()), "the copy starts",
              interval=0.001)
     stop(d, signal.SIGKILL)
     d = daemon_factory("site", config)  # same state dir: a restart
@@ -414,7 +405,7 @@ def test_killed_between_stores_with_all_must_succeed_reverts(
         return shown if (shown.get("stores") == "local" and shown["status"] == "importing"
                          and shown.get("os_glance_importing_to_stores") == "fast") else None
 
-    wait_for("the first store holds its copy, the second is being written", first_store_done, interval=0.002)
+    wait_for(first_store_done, "the first store holds its copy, the second is being written", interval=0.002)
     stop(d, signal.SIGKILL)
     d = daemon_factory("site", config)  # same state dir: a restart
 

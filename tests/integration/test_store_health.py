@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
-from appliance.app import build_app
-from appliance.services import Services, open_services
-from tests.conftest import JSON_ERRORS, Api
 
 
 @pytest.fixture
@@ -31,25 +28,9 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[str, int], Path]]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-@pytest.fixture
-async def open_api(make_config: Callable[..., Any], aiohttp_client: Any) -> AsyncIterator[Callable[..., Any]]:
-    opened: list[Any] = []
-
-    async def open_(**sections: Any) -> tuple[Api, Services]:
-        cm = open_services(make_config(**sections))
-        services = await cm.__aenter__()
-        opened.append(cm)
-        client = await aiohttp_client(build_app(services), headers=JSON_ERRORS)
-        token = (services.config.state_dir / "admin-token").read_text().strip()
-        return Api(client=client, token=token, services=services), services
-
-    yield open_
-    for cm in reversed(opened):
-        await cm.__aexit__(None, None, None)
-
-
 async def test_scrubber_quarantines_a_flipped_byte(open_api: Callable[..., Any]) -> None:
-    api, services = await open_api()
+    api = await open_api()
+    services = api.services
     good = await api.create(name="good")
     bad = await api.create(name="bad")
     assert (await api.upload(good["id"], os.urandom(300_000))).status == 204
@@ -84,7 +65,7 @@ async def test_store_requiring_a_mount_is_read_only_until_mounted(
 ) -> None:
     mountpoint = tmp_path / "nfs"
     mountpoint.mkdir()
-    api, services = await open_api(stores={"default": "local", "local": {"path": str(mountpoint), "require_mount": True,
+    api = await open_api(stores={"default": "local", "local": {"path": str(mountpoint), "require_mount": True,
                                                                 "min_free_bytes": 0}})
     image = await api.create(name="waits-for-mount")
     resp = await api.upload(image["id"], b"x" * 1000)
@@ -106,7 +87,7 @@ async def test_store_requiring_a_mount_is_read_only_until_mounted(
 async def test_full_filesystem_fails_the_write_cleanly(open_api: Callable[..., Any], tmpfs: Callable[[str, int], Path]) -> None:
     small = tmpfs("small", 4 << 20)
     # No free-space floor: this is what a write that meets ENOSPC does (tests/integration/test_full_disk.py: the floor)
-    api, services = await open_api(stores={"default": "local", "local": {"path": str(small), "min_free_bytes": 0}})
+    api = await open_api(stores={"default": "local", "local": {"path": str(small), "min_free_bytes": 0}})
     kept = await api.create(name="kept")
     kept_data = os.urandom(1 << 20)
     assert (await api.upload(kept["id"], kept_data)).status == 204

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from appliance import policy, wire
@@ -10,6 +12,7 @@ from appliance.api.images import body_chunks, read_json
 from appliance.api.keys import IMPORTS
 from appliance.api.middleware import CONTEXT
 from appliance.errors import BadRequest, UnsupportedMediaType
+from appliance.model import Task
 
 routes = web.RouteTableDef()
 
@@ -52,13 +55,13 @@ async def import_image(request: web.Request) -> web.Response:
     return web.Response(status=202)
 
 
-def _task_json(request: web.Request, task: object) -> dict[str, object]:
-    body = schemas.task_to_json(task)  # type: ignore[arg-type]
-    live = request.app[IMPORTS].progress(body["id"])  # type: ignore[arg-type]
+def _task_json(request: web.Request, task: Task) -> dict[str, Any]:
+    body = schemas.task_to_json(task)
+    live = request.app[IMPORTS].progress(task.id)
     if live is not None:
         body["bytes_done"], body["bytes_total"] = live
     else:
-        body["bytes_done"], body["bytes_total"] = task.bytes_done, task.bytes_total  # type: ignore[attr-defined]
+        body["bytes_done"], body["bytes_total"] = task.bytes_done, task.bytes_total
     return body
 
 

@@ -33,8 +33,6 @@ PIPELINE_LOW = 4
 class ChecksumMismatch(ApplianceError):
     """Data does not match the size or hashes recorded for it."""
 
-    title = "Checksum Mismatch"
-
 
 @dataclass(frozen=True)
 class Digest:

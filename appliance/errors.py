@@ -1,4 +1,4 @@
-"""Domain errors. Only api/middleware.py maps them to HTTP status codes."""
+"""Domain errors. Only api/middleware.py maps them to HTTP status codes (and so to titles)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,9 @@ from __future__ import annotations
 class ApplianceError(Exception):
     """Base of every error the daemon reports to a client."""
 
-    title = "Error"
-
 
 class BadRequest(ApplianceError):
     """The request itself is malformed or names invalid values."""
-
-    title = "Bad Request"
 
 
 class FormatRejected(BadRequest):
@@ -20,65 +16,55 @@ class FormatRejected(BadRequest):
 
 
 class NotFound(ApplianceError):
-    title = "Not Found"
+    """No such thing, or the caller may not see it."""
 
 
 class Conflict(ApplianceError):
     """The request clashes with the current state (wrong status, duplicate, lock held)."""
 
-    title = "Conflict"
-
 
 class Forbidden(ApplianceError):
-    title = "Forbidden"
+    """The caller is known but may not do this."""
 
 
 class Unauthorized(ApplianceError):
-    title = "Unauthorized"
+    """No valid credentials."""
 
 
 class TooLarge(ApplianceError):
     """An upload exceeds a size cap."""
 
-    title = "Request Entity Too Large"
-
 
 class RangeNotSatisfiable(ApplianceError):
-    title = "Requested Range Not Satisfiable"
+    """A byte range outside the data, or one that cannot be served."""
 
 
 class UnsupportedMediaType(ApplianceError):
-    title = "Unsupported Media Type"
+    """A request body of a type the endpoint does not take."""
 
 
 class StorageError(ApplianceError):
     """A store failed to read or write (I/O error, missing directory, ...)."""
 
-    title = "Internal Server Error"
-
 
 class StorageFull(StorageError):
-    title = "Insufficient Storage"
+    """A store has no room left for the data."""
 
 
 class StoreReadOnly(StorageError):
-    title = "Store Read-Only"
+    """A store refuses writes (read-only mount, missing mount point)."""
 
 
 class TooManyRequests(ApplianceError):
     """A client's request rate is over a limit; it may try again later."""
 
-    title = "Too Many Requests"
-
 
 class UpstreamUnavailable(ApplianceError):
-    title = "Bad Gateway"
+    """The hub (or a web-download source) could not be reached or broke off."""
 
 
 class HubUnreachable(UpstreamUnavailable):
     """The hub (upstream) cannot be reached and the data is not held here."""
-
-    title = "Service Unavailable"
 
 
 class ConfigError(Exception):

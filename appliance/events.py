@@ -6,9 +6,10 @@ log line is an event and no module needs a second reporting call."""
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from dataclasses import dataclass
+
+from appliance.clock import timestamp
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class EventLog(logging.Handler):
         except Exception:  # a bad log call must not break the daemon
             message = str(record.msg)
         self._seq += 1
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+        stamp = timestamp(record.created)
         self._events.append(Event(self._seq, stamp, record.levelname.lower(), record.name, message))
 
     def since(self, seq: int, limit: int = 500) -> list[Event]:

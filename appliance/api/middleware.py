@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import http
 import json
 import logging
 import os
@@ -37,6 +38,8 @@ STATUS: dict[type[Exception], int] = {
     errors.TooManyRequests: 429,
     errors.StorageFull: 507,
 }
+# Glance's (webob's) reason phrases where Python's differ: 3.13 renamed these two.
+GLANCE_TITLES = {413: "Request Entity Too Large", 416: "Requested Range Not Satisfiable"}
 # Paths anyone may read without a token (version discovery, load balancer checks).
 PUBLIC_PATHS = frozenset({"/", "/versions", "/healthcheck", "/metrics", "/openapi.json"})
 CONTEXT = web.RequestKey("context", Context)
@@ -89,9 +92,20 @@ def error_media_type(request: web.Request) -> str:
     return "text/html" if html_q > 0 else "text/plain"
 
 
+def title_of(status: int) -> str:
+    """An error's title is its status's reason phrase, in Glance's spelling."""
+    if status in GLANCE_TITLES:
+        return GLANCE_TITLES[status]
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def error_response(
-    status: int, title: str, message: str, headers: dict[str, str] | None = None, request: web.Request | None = None
+    status: int, message: str, headers: dict[str, str] | None = None, request: web.Request | None = None
 ) -> web.Response:
+    title = title_of(status)
     code = "%d %s" % (status, title)
     media_type = error_media_type(request) if request is not None else "application/json"
     if media_type == "application/json":
@@ -147,7 +161,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = status_of(exc)
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.path, exc)
-        response = error_response(status, exc.title, str(exc), request=request)
+        response = error_response(status, str(exc), request=request)
         return await refuse_unread_body(request, response) if status in (401, 403) else response
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -158,7 +172,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = "The method %s is not allowed for %s (allowed: %s)" % (request.method, request.path, exc.headers.get("Allow", ""))
         elif exc.status == 404:
             message = "The resource %s could not be found." % request.path
-        return error_response(exc.status, exc.reason, message, headers, request)
+        return error_response(exc.status, message, headers, request)
 
 
 def _unix_peer_uid(request: web.Request) -> int | None:
@@ -183,7 +197,7 @@ def auth_middleware(auth: Authenticator) -> Middleware:
         if ctx is None and request.path not in PUBLIC_PATHS:
             reason = "The token is not valid" if token else "Authentication required: send an X-Auth-Token header"
             return await refuse_unread_body(request, error_response(
-                401, "Unauthorized", reason, {"WWW-Authenticate": 'Bearer realm="edge-appliance"'}, request))
+                401, reason, {"WWW-Authenticate": 'Bearer realm="edge-appliance"'}, request))
         if ctx is not None:
             request[CONTEXT] = ctx
         return await handler(request)

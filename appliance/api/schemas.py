@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 from urllib.parse import urlencode
 
+from appliance.clock import timestamp
 from appliance.model import Assignment, Image, Location, Site, Task
 from appliance.stores.base import StoreUsage
 
@@ -133,16 +133,12 @@ def store_usage_to_json(name: str, description: str, default: bool, usage: Store
     }
 
 
-def iso_time(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
 def site_to_json(site: Site, online: bool) -> dict[str, Any]:
     return {
         "name": site.name,
         "online": online,
-        "last_seen": iso_time(site.last_seen),
-        "registered_at": iso_time(site.registered_at),
+        "last_seen": timestamp(site.last_seen),
+        "registered_at": timestamp(site.registered_at),
         "free_bytes": site.free_bytes,
         "total_bytes": site.total_bytes,
         "version": site.version,
@@ -164,7 +160,7 @@ def site_store_detail_to_json(site: Site, online: bool) -> dict[str, Any]:
         "weight": 0,
         "properties": {
             "online": online,
-            "last_seen": iso_time(site.last_seen),
+            "last_seen": timestamp(site.last_seen),
             "total_bytes": site.total_bytes,
             "free_bytes": site.free_bytes,
             "api_url": site.api_url,

@@ -363,7 +363,7 @@ class Catalog:
             row = rows.get(image_id)
             if row is None:
                 continue
-            rec = dict(zip(IMAGE_COLUMNS, row[:n]))
+            rec = dict(zip(IMAGE_COLUMNS, row[:n], strict=True))
             for col in BOOL_COLUMNS:
                 rec[col] = bool(rec[col])
             props, tags, locs = (json.loads(v) for v in row[n:])

@@ -13,14 +13,14 @@ import os
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
-
-Buffer = Union[bytes, bytearray, memoryview]
+from typing import Callable, Sequence
 
 from appliance.errors import ApplianceError
 from appliance.memory import TRIMMER
 from appliance.model import ImageData
 from appliance.workers import executor
+
+Buffer = bytes | bytearray | memoryview
 
 HASH_ALGO = "sha512"
 # Batches in flight per stream: when more than HIGH are queued, the feeder waits until only

@@ -116,7 +116,7 @@ def check_string(rule: str) -> str:
     """The rule in oslo.policy's syntax, e.g. `role:admin or (role:member and project_id:%(project_id)s)`."""
     parts = [" and ".join(CHECKS[c].spelling for c in group) for group in RULES[rule]]
     return " or ".join(p if len(group) == 1 or len(parts) == 1 else "(%s)" % p
-                       for p, group in zip(parts, RULES[rule]))
+                       for p, group in zip(parts, RULES[rule], strict=True))
 
 
 def allows(ctx: Context, rule: str, target: Target) -> bool:

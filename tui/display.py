@@ -95,7 +95,7 @@ def human_duration(seconds: float | None) -> str:
     """Compact: 42s, 3m05s, 2h10m, 3d04h."""
     if seconds is None:
         return EMPTY
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return "%ds" % s
     if s < 3600:

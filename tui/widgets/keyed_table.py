@@ -158,7 +158,7 @@ class KeyedTable(Contained, DataTable[Any]):
         for key, values in rows:
             row_key = RowKey(key)
             self._row_locations[row_key] = index
-            self._data[row_key] = {c: render(n, v) for c, n, v in zip(column_keys, names, values)}
+            self._data[row_key] = {c: render(n, v) for c, n, v in zip(column_keys, names, values, strict=False)}
             self.rows[row_key] = Row(row_key, 1, None, False)
             self._values[key] = values
             self._order.append(key)
@@ -210,7 +210,7 @@ class KeyedTable(Contained, DataTable[Any]):
             old = self._values.get(key)
             if old is None or old == new:
                 continue
-            for name, before, after in zip(names, old, new):
+            for name, before, after in zip(names, old, new, strict=False):
                 if before != after:
                     self.update_cell(key, name, self.render_value(name, after))
             self._values[key] = new

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from appliance import __version__, cache_client, systemd, workers
+from appliance import __version__, systemd, workers
 from appliance.api.listener import (Budget, ConnectionLimits, GuardedTCPSite, GuardedUnixSite, Listener,
                                     connection_budget, raise_fd_limit)
 from appliance.app import build_app
+from appliance.commands import bundle as bundle_command
+from appliance.commands import cache as cache_command
 from appliance.config import Config, load_config
 from appliance.errors import ConfigError
 from appliance.logconfig import configure_logging, set_level, set_repeat_interval
@@ -164,48 +166,9 @@ def _parser() -> argparse.ArgumentParser:
     u = sub.add_parser("check-uri", help="would web-download fetch this URL? (exit 0: accept, 1: refuse)")
     u.add_argument("--config", type=Path, help="TOML config file (default: the embedded defaults)")
     u.add_argument("url")
-    _bundle_parser(sub.add_parser("bundle", help="portable image bundles for sites the hub never reaches"))
-    k = sub.add_parser("cache", help="the image cache (glance-cache-manage verbs, and stats)")
-    cache_client.add_arguments(k)
-    _target_options(k)
+    bundle_command.add_arguments(sub.add_parser("bundle", help="portable image bundles for sites the hub never reaches"))
+    cache_command.add_arguments(sub.add_parser("cache", help="the image cache (glance-cache-manage verbs, and stats)"))
     return p
-
-
-def _target_options(p: argparse.ArgumentParser) -> None:
-    """Which daemon a client command talks to."""
-    p.add_argument("--url", help="an appliance or Glance v2 endpoint, http(s)://host:port (default: the local daemon)")
-    p.add_argument("--socket", help="the local daemon's Unix socket (default: $EDGE_APPLIANCE_SOCKET, else "
-                   "<state dir>/appliance.sock)")
-    p.add_argument("--state-dir", type=Path, help="the local daemon's state directory (finds its socket)")
-    p.add_argument("--token", help="token sent as X-Auth-Token (not needed on the socket as root or the daemon's user)")
-    p.add_argument("--token-file", type=Path, help="read the token from this file")
-
-
-def _bundle_parser(b: argparse.ArgumentParser) -> None:
-    sub = b.add_subparsers(dest="bundle_command", required=True)
-
-    def target(p: argparse.ArgumentParser) -> None:
-        _target_options(p)
-        p.add_argument("--config", type=Path, help="TOML config file ([bundles] settings)")
-
-    e = sub.add_parser("export", help="write images (data, ids, metadata, hashes) to one bundle file")
-    e.add_argument("ids", nargs="+", metavar="ID")
-    e.add_argument("-o", "--output", type=Path, required=True, help="the bundle file to write")
-    e.add_argument("--sign", nargs="?", const="", metavar="KEYFILE",
-                   help="sign with this ed25519 private key (PEM); alone: [bundles] signing_key of --config")
-    target(e)
-    v = sub.add_parser("verify", help="check a bundle's structure, signature and every hash; imports nothing")
-    v.add_argument("file", type=Path)
-    v.add_argument("--trusted-key", type=Path, action="append", default=[], metavar="PUB",
-                   help="require a signature by this ed25519 public key (repeatable)")
-    v.add_argument("--config", type=Path, help="also apply [bundles] trusted_keys and require_signed of this config")
-    v.add_argument("--state-dir", type=Path, help=argparse.SUPPRESS)
-    i = sub.add_parser("import", help="import a bundle into the running daemon")
-    i.add_argument("file", type=Path)
-    i.add_argument("--store", help="the store to import into (default: the site's default store)")
-    target(i)
-    k = sub.add_parser("keygen", help="make an ed25519 signing key (KEYFILE) and its public key (KEYFILE.pub)")
-    k.add_argument("keyfile", type=Path)
 
 
 def check_uri(config_path: Path | None, url: str) -> int:
@@ -220,18 +183,9 @@ def check_uri(config_path: Path | None, url: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "cache":
-        from appliance.target import target_from_args
-
-        try:
-            target = target_from_args(args)
-        except ConfigError as exc:
-            print("error: %s" % exc, file=sys.stderr)
-            return 2
-        return cache_client.run(target, args)
+        return cache_command.run(args)
     if args.command == "bundle":
-        from appliance import bundle_client
-
-        return bundle_client.run(args)
+        return bundle_command.run(args)
     if args.command == "check-uri":
         try:
             return check_uri(args.config, args.url)

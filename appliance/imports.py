@@ -40,7 +40,8 @@ from appliance.quotas import SIZE_TOTAL, STAGE_TOTAL
 from appliance.sites import SiteService
 from appliance.stores.base import ImageStore
 from appliance.stores.filesystem import FilesystemStore
-from appliance.urifilter import UriFilter, open_download
+from appliance.urifilter import UriFilter
+from appliance.webdownload import open_download
 
 log = logging.getLogger(__name__)
 

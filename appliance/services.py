@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
 
 from appliance.auth import Authenticator
-from appliance.bundle_import import BundleService
+from appliance.bundles.service import BundleService
 from appliance.cache import ImageCache
 from appliance.catalog import Catalog
 from appliance.config import Config
@@ -16,7 +16,7 @@ from appliance.events import EventLog
 from appliance.metrics import Metrics
 from appliance.scrubber import Scrubber
 from appliance.images import ImageService
-from appliance.inbox import Inbox
+from appliance.bundles.inbox import Inbox
 from appliance.hublink import HubLink
 from appliance.imports import ImportService, build_steps, build_uri_filter
 from appliance.sites import SiteService

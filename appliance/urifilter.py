@@ -1,4 +1,5 @@
-"""The one filter for every URL the daemon fetches (web-download imports), and the fetcher.
+"""The one filter for every URL the daemon fetches (web-download imports): pure policy, no
+connections (appliance.webdownload fetches what it accepts).
 
 Glance's documented web-download filter decides in order: the scheme, then the host, then the
 port (only when the URI names one explicitly).  For each, a non-empty allow-list must contain the
@@ -14,9 +15,8 @@ On top of that, because the daemon fetches on behalf of API users (a classic SSR
   CGNAT, unspecified, multicast, broadcast, reserved or documentation space, including the
   IPv4 address embedded in IPv4-mapped, NAT64 (64:ff9b::/96) and 6to4 forms, unless the host
   name, the address, or a CIDR network containing it is listed in `allowed_hosts`.
-* `fetch` connects only to the addresses `check` approved (`PinnedResolver`), so DNS cannot
-  change its answer between the check and the connection, and re-applies the whole filter to
-  every redirect target.
+* The Decision of `check` carries the addresses it approved: the fetcher
+  (appliance.webdownload) connects only to those, and checks every redirect target again.
 
 allowed_hosts / disallowed_hosts entries may be host names, IP literals or CIDR networks.  A
 host name in the URL matches name entries only (Glance compares the host string; a name is not
@@ -31,23 +31,18 @@ metadata addresses are the exception: see METADATA_ADDRESSES.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import re
 import socket
-import ssl
 import unicodedata
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, Iterable
-from urllib.parse import urljoin, urlsplit
+from typing import Awaitable, Callable, Iterable
+from urllib.parse import urlsplit
 
-import aiohttp
 import idna
-from aiohttp.abc import AbstractResolver, ResolveResult
 
-from appliance import __version__
-from appliance.errors import BadRequest, ConfigError, TooLarge, UpstreamUnavailable
+from appliance.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +51,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21}
-FETCHABLE_SCHEMES = ("http", "https")
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 # Cloud instance-metadata endpoints hand out credentials, so they are refused even when a listed
 # CIDR network or host name would otherwise exempt them: only an allowed_hosts entry naming
@@ -146,20 +139,8 @@ class Decision:
     addresses: tuple[str, ...] = ()  # the checked addresses the caller must connect to
 
 
-class UriRefused(BadRequest):
-    """The filter refused a URL (the first one or a redirect target)."""
 
-    def __init__(self, message: str, decision: Decision) -> None:
-        super().__init__(message)
-        self.decision = decision
-        self.reason = decision.reason
-
-
-class FetchFailed(UpstreamUnavailable):
-    """The source answered badly or not at all: non-2xx, connection error, timeout, redirects."""
-
-
-def _unsafe_char(text: str) -> str | None:
+def unsafe_char(text: str) -> str | None:
     """The first whitespace, control or invisible formatting character (Python's urlsplit
     silently drops some of them, so they must be refused before parsing)."""
     for ch in text:
@@ -168,9 +149,9 @@ def _unsafe_char(text: str) -> str | None:
     return None
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """text with unsafe characters escaped, for messages and logs (no forged log lines)."""
-    return "".join(ch if _unsafe_char(ch) is None else "\\u%04x" % ord(ch) for ch in text)
+    return "".join(ch if unsafe_char(ch) is None else "\\u%04x" % ord(ch) for ch in text)
 
 
 def _embedded_v4(addr: IPAddress) -> tuple[ipaddress.IPv4Address, str] | None:
@@ -348,14 +329,14 @@ class UriFilter:
     def _refused(self, url: str, reason: str, base: Decision | None = None, private: str = "") -> Decision:
         # `private` (what DNS answered) goes to the operator's log only: a client must not learn
         # the site's internal addresses by probing names.
-        log.info("URL %s refused: %s%s", _printable(url), reason, private)
+        log.info("URL %s refused: %s%s", printable(url), reason, private)
         if base is None:
             return Decision(False, reason)
         return Decision(False, reason, base.url, base.host, base.port)
 
     def _syntax(self, url: str) -> tuple[Decision, IPAddress | None]:
         """(decision, the host's address if it is an IP literal)."""
-        bad = _unsafe_char(url)
+        bad = unsafe_char(url)
         if bad is not None:
             return self._refused(url, "URL contains a whitespace or control character (U+%04X)" % ord(bad)), None
         try:
@@ -446,173 +427,3 @@ def _split_netloc(netloc: str) -> tuple[str, str | None]:
     if not sep:
         return netloc, None
     return host, port
-
-
-class PinnedResolver(AbstractResolver):
-    """Resolver for aiohttp that answers only with the addresses a Decision approved (no second
-    DNS lookup → no rebinding window).  TLS still uses the URL's host name for SNI and
-    certificate checks, since aiohttp takes those from the URL, not from the resolver."""
-
-    def __init__(self, decision: Decision) -> None:
-        if not decision.allowed or not decision.addresses:
-            raise ValueError("PinnedResolver needs an accepted Decision with addresses")
-        self._host = decision.host
-        self._addresses = tuple(ipaddress.ip_address(a) for a in decision.addresses)
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        if host.rstrip(".").lower() != self._host:
-            raise OSError("host %s was not checked (pinned to %s)" % (host, self._host))
-        results: list[ResolveResult] = []
-        for addr in self._addresses:
-            addr_family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
-            if family in (socket.AF_UNSPEC, addr_family):
-                results.append(ResolveResult(hostname=host, host=str(addr), port=port, family=addr_family,
-                                             proto=0, flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV))
-        if not results:
-            raise OSError("no checked address of host %s in the requested family" % host)
-        return results
-
-    async def close(self) -> None:
-        pass
-
-
-def default_session(connector: aiohttp.BaseConnector) -> aiohttp.ClientSession:
-    # No proxies from the environment (they would connect elsewhere), no cookies carried across
-    # hops, and the bytes exactly as served: Glance's web-download does not decompress either.
-    return aiohttp.ClientSession(
-        connector=connector, connector_owner=True, trust_env=False, auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        headers={"User-Agent": "edge-image-appliance/%s" % __version__, "Accept-Encoding": "identity"},
-    )
-
-
-SessionFactory = Callable[[aiohttp.BaseConnector], aiohttp.ClientSession]
-
-
-@contextlib.asynccontextmanager
-async def open_download(
-    url: str,
-    uri_filter: UriFilter,
-    *,
-    max_bytes: int,
-    max_redirects: int = 3,
-    idle_timeout: float = 60,
-    total_timeout: float | None = None,
-    session_factory: SessionFactory = default_session,
-    ssl_context: ssl.SSLContext | None = None,
-) -> AsyncIterator[tuple[aiohttp.ClientResponse, AsyncIterator[bytes]]]:
-    """Yield (2xx response, chunk iterator) for url after following at most max_redirects
-    redirects, each target checked by the whole filter and connected to only at its checked
-    addresses.  Raises UriRefused, FetchFailed or TooLarge with a message naming url."""
-    loop = asyncio.get_running_loop()
-    deadline = None if total_timeout is None else loop.time() + total_timeout
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=idle_timeout, sock_read=idle_timeout)
-    shown = _printable(url)
-    current = url
-    for hop in range(max_redirects + 1):
-        decision = await _approve(uri_filter, shown, current, hop, idle_timeout, deadline)
-        async with contextlib.AsyncExitStack() as stack:
-            # One connector per hop, answering only with this hop's checked addresses.
-            connector = aiohttp.TCPConnector(resolver=PinnedResolver(decision), use_dns_cache=False,
-                                             force_close=True, ssl=ssl_context if ssl_context is not None else True)
-            stack.push_async_callback(connector.close)
-            session = await stack.enter_async_context(session_factory(connector))
-            try:
-                async with asyncio.timeout_at(deadline):
-                    resp = await stack.enter_async_context(
-                        session.get(decision.url, allow_redirects=False, timeout=timeout, proxy=None))
-            except TimeoutError:
-                raise _timed_out(shown, idle_timeout, total_timeout, deadline) from None
-            except aiohttp.ClientError as exc:
-                raise FetchFailed("web-download of %s failed: %s" % (shown, exc or type(exc).__name__)) from exc
-            if resp.status in REDIRECT_STATUSES:
-                current = _redirect_target(shown, decision.url, resp)
-                log.debug("web-download of %s: HTTP %d redirect to %s", shown, resp.status, current)
-                continue
-            if not 200 <= resp.status < 300:
-                status = ("HTTP %d %s" % (resp.status, resp.reason or "")).rstrip()
-                raise FetchFailed("web-download of %s failed: %s" % (shown, status))
-            if resp.content_length is not None and resp.content_length > max_bytes:
-                raise TooLarge("web-download of %s: %d bytes exceeds the %d-byte limit"
-                               % (shown, resp.content_length, max_bytes))
-            yield resp, _chunks(shown, resp, max_bytes, idle_timeout, total_timeout, deadline)
-            return
-    raise FetchFailed("web-download of %s failed: more than %d redirects" % (shown, max_redirects))
-
-
-async def fetch(
-    url: str,
-    uri_filter: UriFilter,
-    *,
-    max_bytes: int,
-    max_redirects: int = 3,
-    idle_timeout: float = 60,
-    total_timeout: float | None = None,
-    session_factory: SessionFactory = default_session,
-    ssl_context: ssl.SSLContext | None = None,
-) -> AsyncIterator[bytes]:
-    """The body of url as an async generator of chunks (see open_download).  Nothing is
-    fetched before the first iteration; close it early with contextlib.aclosing."""
-    async with open_download(url, uri_filter, max_bytes=max_bytes, max_redirects=max_redirects,
-                             idle_timeout=idle_timeout, total_timeout=total_timeout,
-                             session_factory=session_factory, ssl_context=ssl_context) as (_, chunks):
-        async for chunk in chunks:
-            yield chunk
-
-
-async def _approve(uri_filter: UriFilter, url: str, current: str, hop: int, idle_timeout: float,
-                   deadline: float | None) -> Decision:
-    try:
-        async with asyncio.timeout_at(deadline):
-            async with asyncio.timeout(idle_timeout):
-                decision = await uri_filter.check(current)
-    except TimeoutError:
-        raise FetchFailed("web-download of %s failed: resolving %s timed out" % (url, _printable(current))) from None
-    scheme = decision.url.split(":", 1)[0]
-    if decision.allowed and scheme not in FETCHABLE_SCHEMES:
-        decision = Decision(False, "scheme %r cannot be downloaded (only http, https)" % scheme,
-                            decision.url, decision.host, decision.port)
-    if not decision.allowed:
-        if hop == 0:
-            raise UriRefused("web-download of %s refused: %s" % (url, decision.reason), decision)
-        raise UriRefused("web-download of %s refused: redirect to %s: %s"
-                         % (url, _printable(current), decision.reason), decision)
-    return decision
-
-
-def _redirect_target(url: str, current: str, resp: aiohttp.ClientResponse) -> str:
-    location = resp.headers.get("Location")
-    if not location:
-        raise FetchFailed("web-download of %s failed: HTTP %d redirect without a Location" % (url, resp.status))
-    # Checked before joining: urljoin (via urlsplit) would silently drop tabs and newlines.
-    if _unsafe_char(location) is not None:
-        refused = Decision(False, "redirect Location contains a whitespace or control character")
-        raise UriRefused("web-download of %s refused: %s" % (url, refused.reason), refused)
-    return urljoin(current, location)
-
-
-async def _chunks(url: str, resp: aiohttp.ClientResponse, max_bytes: int, idle_timeout: float,
-                  total_timeout: float | None, deadline: float | None) -> AsyncIterator[bytes]:
-    received = 0
-    while True:
-        # The deadline wraps each read only, never a yield, so it cannot cancel the consumer.
-        try:
-            async with asyncio.timeout_at(deadline):
-                chunk = await resp.content.readany()
-        except TimeoutError:
-            raise _timed_out(url, idle_timeout, total_timeout, deadline) from None
-        except aiohttp.ClientError as exc:
-            raise FetchFailed("web-download of %s failed: %s" % (url, exc or type(exc).__name__)) from exc
-        if not chunk:
-            return
-        received += len(chunk)
-        if received > max_bytes:
-            raise TooLarge("web-download of %s exceeds the %d-byte limit" % (url, max_bytes))
-        yield chunk
-
-
-def _timed_out(url: str, idle_timeout: float, total_timeout: float | None, deadline: float | None) -> FetchFailed:
-    if deadline is not None and asyncio.get_running_loop().time() >= deadline:
-        return FetchFailed("web-download of %s failed: not finished within %g s (total_timeout)" % (url, total_timeout))
-    return FetchFailed("web-download of %s failed: stalled for more than %g s (idle_timeout)" % (url, idle_timeout))

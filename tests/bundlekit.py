@@ -8,7 +8,9 @@ import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from appliance.bundles import IMAGE_DIR, ImageRecord, Manifest, create_bundle, load_private_key, sign_manifest
+from appliance.bundles.manifest import ImageRecord, Manifest
+from appliance.bundles.signing import load_private_key, sign_manifest
+from appliance.bundles.stream import IMAGE_DIR, create_bundle
 
 
 def record(data: bytes, **overrides: Any) -> ImageRecord:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from appliance.bundle_import import BundleService
+from appliance.bundles.service import BundleService
 from appliance.cache import ImageCache
 from appliance.config import Config
 from appliance.hublink import HubLink

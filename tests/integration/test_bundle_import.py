@@ -15,10 +15,12 @@ import pytest
 
 from appliance.app import build_app
 from appliance.auth import LOCAL_ADMIN, Context
-from appliance.bundles import FAILED, IMPORTED, SKIPPED, BundleRefused, ImageRecord, generate_key
+from appliance.bundles.manifest import ImageRecord
+from appliance.bundles.report import FAILED, IMPORTED, SKIPPED
+from appliance.bundles.signing import BundleRefused, generate_key
+from appliance.clock import timestamp
 from appliance.config import Config
 from appliance.errors import Forbidden
-from appliance.images import now
 from appliance.model import SAVING, ImageData, Location
 from appliance.services import Services, open_services
 from appliance.stores.filesystem import PARTIAL_DIR
@@ -222,7 +224,7 @@ async def test_recovery_removes_unfinished_bundle_images(make_config: Callable[.
         assert report.ok
         await services.catalog.create_image(services.images.new_record(LOCAL_ADMIN, {"name": "plain"}))
         await services.catalog._db.execute(  # noqa: SLF001 - the ledger row a crash would leave
-            "INSERT INTO bundle_imports (image_id, started_at) VALUES (?, ?)", [done.id, now()])
+            "INSERT INTO bundle_imports (image_id, started_at) VALUES (?, ?)", [done.id, timestamp()])
     async with open_services(config) as services:
         with pytest.raises(Exception):
             await services.catalog.get_image(rec.id)
@@ -276,7 +278,7 @@ async def test_image_known_without_a_local_copy_gets_one(site: Callable[..., Any
     await services.catalog.create_image(mirrored)
     await services.catalog.activate_image(rec.id, ImageData(size=rec.size, checksum=rec.checksum, os_hash_value=rec.os_hash_value),
                                           Location(store="central", url="http://hub/v2/images/%s/file" % rec.id),
-                                          from_status="active", updated_at=now())
+                                          from_status="active", updated_at=timestamp())
     report = await services.bundles.import_file(LOCAL_ADMIN, await write_bundle(tmp_path / "b", [(rec, data)]), None)
     assert report.entries[0].outcome == IMPORTED, report.lines()
     image = await services.catalog.get_image(rec.id)

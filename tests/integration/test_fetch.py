@@ -1,4 +1,4 @@
-"""fetch() against real aiohttp servers on 127.0.0.1: streaming, redirects re-checked by the
+"""open_download() against real aiohttp servers on 127.0.0.1: streaming, redirects re-checked by the
 filter, limits, timeouts, and connections pinned to the addresses the filter approved."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import gzip
 import os
 import ssl
 import time
-from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -18,7 +17,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from appliance.errors import TooLarge
-from appliance.urifilter import FetchFailed, UriFilter, UriFilterConfig, UriRefused, fetch, open_download
+from appliance.urifilter import UriFilter, UriFilterConfig
+from appliance.webdownload import FetchFailed, UriRefused, open_download
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 17)
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -130,7 +130,8 @@ def loopback_filter(source: Source, **overrides: Any) -> UriFilter:
 
 async def download(url: str, uri_filter: UriFilter, **kwargs: Any) -> tuple[bytes, int]:
     kwargs.setdefault("max_bytes", 1 << 30)
-    chunks = [chunk async for chunk in fetch(url, uri_filter, **kwargs)]
+    async with open_download(url, uri_filter, **kwargs) as (_, body):
+        chunks = [chunk async for chunk in body]
     return b"".join(chunks), len(chunks)
 
 
@@ -235,7 +236,7 @@ async def test_total_timeout(source: Source) -> None:
 
 
 async def test_closing_early_releases_everything(source: Source) -> None:
-    async with aclosing(fetch(source.url("/chunked"), loopback_filter(source), max_bytes=1 << 30)) as chunks:
+    async with open_download(source.url("/chunked"), loopback_filter(source), max_bytes=1 << 30) as (_, chunks):
         async for chunk in chunks:
             assert chunk
             break

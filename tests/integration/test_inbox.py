@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, Callable
 import pytest
 
 from appliance.config import Config
-from appliance.inbox import DONE, FAILED, PROCESSING, Inbox
+from appliance.bundles.inbox import DONE, FAILED, PROCESSING, Inbox
 from appliance.services import Services, open_services
 from tests.bundlekit import record, write_bundle
 from tests.conftest import Daemon, write_toml

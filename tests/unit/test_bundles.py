@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 
-from appliance.bundles import (
-    FAILED, IMAGE_DIR, MANIFEST, OK, BundleCorrupt, BundleError, BundleRefused, ImageRecord, Manifest,
-    check_signature, enforce_signature_policy, generate_key, load_private_key, load_public_key, sign_manifest,
-    verify_bundle,
+from appliance.bundles.manifest import BundleError, ImageRecord, Manifest
+from appliance.bundles.report import FAILED, OK
+from appliance.bundles.signing import (
+    BundleRefused, check_signature, enforce_signature_policy, generate_key, load_private_key, load_public_key,
+    sign_manifest,
 )
+from appliance.bundles.stream import IMAGE_DIR, MANIFEST, BundleCorrupt, verify_bundle
 from appliance.errors import ConfigError
 from tests.bundlekit import record, write_bundle
 

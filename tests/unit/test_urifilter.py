@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from appliance.errors import BadRequest, ConfigError
-from appliance.urifilter import Decision, PinnedResolver, UriFilter, UriFilterConfig, UriRefused
+from appliance.urifilter import Decision, UriFilter, UriFilterConfig
+from appliance.webdownload import PinnedResolver, UriRefused
 
 PUBLIC4 = "93.184.215.14"
 PUBLIC6 = "2606:2800:21f:cb07:6820:80da:af6b:8b2c"

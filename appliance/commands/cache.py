@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 from typing import Any
 
 import aiohttp
 
-from appliance.target import Target
+from appliance.clock import timestamp
+from appliance.commands import target as target_options
+from appliance.commands.target import Target, target_from_args
+from appliance.errors import ConfigError
 
 VERBS = ("list-cached", "list-queued", "queue-image", "delete-cached-image", "delete-all-cached-images",
          "delete-queued-image", "delete-all-queued-images", "stats")
@@ -21,10 +23,11 @@ NEEDS_ID = ("queue-image", "delete-cached-image", "delete-queued-image")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("verb", choices=VERBS)
     p.add_argument("image_id", nargs="?", metavar="ID", help="for queue-image, delete-cached-image, delete-queued-image")
+    target_options.add_arguments(p)
 
 
 def _when(stamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp)) if stamp else "-"
+    return timestamp(stamp) if stamp else "-"
 
 
 def _size(n: float) -> str:
@@ -101,7 +104,14 @@ async def _run(target: Target, verb: str, image_id: str | None) -> int:
     return 0
 
 
-def run(target: Target, args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """`edge-appliance cache VERB`: exit 0 on success, 1 if the daemon refused or could not be
+    reached, 2 for bad arguments."""
+    try:
+        target = target_from_args(args)
+    except ConfigError as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
     if args.verb in NEEDS_ID and not args.image_id:
         print("cache %s: an image ID is required" % args.verb, file=sys.stderr)
         return 2

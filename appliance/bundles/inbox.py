@@ -33,8 +33,8 @@ import watchfiles
 
 from appliance import wire
 from appliance.auth import Context
-from appliance.bundle_import import BundleService
-from appliance.bundles import file_chunks
+from appliance.bundles.service import BundleService
+from appliance.bundles.stream import file_chunks
 from appliance.errors import ApplianceError, BadRequest, Conflict, NotFound
 from appliance.images import ImageService
 from appliance.imports import ImportService

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import aiohttp
 
-from appliance.bundles import (
-    IMAGE_DIR, BundleReport, ImageRecord, Manifest, create_bundle, file_chunks, generate_key, load_private_key,
-    load_public_key, sign_manifest, verify_bundle,
-)
+from appliance.bundles.manifest import ImageRecord, Manifest
+from appliance.bundles.report import BundleReport
+from appliance.bundles.signing import generate_key, load_private_key, load_public_key, sign_manifest
+from appliance.bundles.stream import IMAGE_DIR, create_bundle, file_chunks, verify_bundle
 from appliance.config import HubConfig, load_config
 from appliance.digest import ChecksumMismatch
 from appliance.errors import ApplianceError, ConfigError
-from appliance.target import Target, target_from_args
+from appliance.commands import target as target_options
+from appliance.commands.target import Target, target_from_args
 from appliance.upstream import Upstream
 
 class TransferFailed(ApplianceError):
@@ -74,6 +75,33 @@ async def send_bundle(target: Target, path: Path, store: str | None = None) -> B
 
 
 # -- the `bundle` command ---------------------------------------------------------------------
+
+
+def add_arguments(b: argparse.ArgumentParser) -> None:
+    sub = b.add_subparsers(dest="bundle_command", required=True)
+
+    def target(p: argparse.ArgumentParser) -> None:
+        target_options.add_arguments(p)
+        p.add_argument("--config", type=Path, help="TOML config file ([bundles] settings)")
+
+    e = sub.add_parser("export", help="write images (data, ids, metadata, hashes) to one bundle file")
+    e.add_argument("ids", nargs="+", metavar="ID")
+    e.add_argument("-o", "--output", type=Path, required=True, help="the bundle file to write")
+    e.add_argument("--sign", nargs="?", const="", metavar="KEYFILE",
+                   help="sign with this ed25519 private key (PEM); alone: [bundles] signing_key of --config")
+    target(e)
+    v = sub.add_parser("verify", help="check a bundle's structure, signature and every hash; imports nothing")
+    v.add_argument("file", type=Path)
+    v.add_argument("--trusted-key", type=Path, action="append", default=[], metavar="PUB",
+                   help="require a signature by this ed25519 public key (repeatable)")
+    v.add_argument("--config", type=Path, help="also apply [bundles] trusted_keys and require_signed of this config")
+    v.add_argument("--state-dir", type=Path, help=argparse.SUPPRESS)
+    i = sub.add_parser("import", help="import a bundle into the running daemon")
+    i.add_argument("file", type=Path)
+    i.add_argument("--store", help="the store to import into (default: the site's default store)")
+    target(i)
+    k = sub.add_parser("keygen", help="make an ed25519 signing key (KEYFILE) and its public key (KEYFILE.pub)")
+    k.add_argument("keyfile", type=Path)
 
 
 def _print_report(report: BundleReport) -> int:

@@ -21,10 +21,10 @@ from typing import AsyncIterable, AsyncIterator, Mapping
 
 from appliance import policy
 from appliance.auth import Context
-from appliance.bundles import (
-    FAILED, IMPORTED, SKIPPED, BundleCorrupt, BundleReader, BundleReport, Entry, EntryResult, ImageRecord,
-    check_signature, enforce_signature_policy, load_public_key, walk,
-)
+from appliance.bundles.manifest import ImageRecord
+from appliance.bundles.report import FAILED, IMPORTED, SKIPPED, BundleReport, EntryResult
+from appliance.bundles.signing import check_signature, enforce_signature_policy, load_public_key
+from appliance.bundles.stream import BundleCorrupt, BundleReader, Entry, walk
 from appliance.catalog import Catalog
 from appliance.config import Config
 from appliance.errors import ApplianceError, BadRequest, ConfigError, Conflict, NotFound, StoreReadOnly

@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
+import dataclasses
 import logging
-import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, AsyncIterable, AsyncIterator, Iterable, Mapping
 
-from appliance import policy, wire
+from appliance import policy
 from appliance.auth import Context
-from appliance.catalog import SORT_KEYS, Catalog, ImageQuery
+from appliance.catalog import Catalog, ImageQuery
+from appliance.clock import SYSTEM_CLOCK, Clock, timestamp
 from appliance.config import Config
 from appliance.cache import ImageCache, is_upstream_image
 from appliance.download import Download
 from appliance.errors import BadRequest, Conflict, Forbidden, HubUnreachable, NotFound, TooLarge
 from appliance.formats import FormatInspector, introspected_properties
+from appliance.ids import parse_uuid
 from appliance.imagework import ImageWork
 from appliance.model import (
     ACTIVE, DEACTIVATED, QUEUED, SAVING, VISIBILITIES, Image, ImageData, ImageId, Location,
 )
 from appliance.quotas import SIZE_TOTAL, Quotas
+from appliance.sites import SiteService
 from appliance.stores.base import ImageStore, StoreUsage
 from appliance.text import check_text
-
-if TYPE_CHECKING:  # sites.py uses this module's helpers
-    from appliance.sites import SiteService
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +44,10 @@ MAX_STRING = 255
 # Glance's rules for making an image visible beyond its project.
 VISIBILITY_RULES = {"public": "publicize_image", "community": "communitize_image"}
 JSON_PATCH_OPS = ("add", "replace", "remove")
-# List filters on image columns that take plain equality (or Glance's `in:` operator).
-COLUMN_FILTERS = ("name", "status", "visibility", "owner", "disk_format", "container_format", "id", "protected")
-# Glance's time filters: `updated_at=gte:2026-01-01T00:00:00Z` (operator required).
-TIME_FILTERS = ("created_at", "updated_at")
-TIME_OPERATORS = {"gt": ">", "gte": ">=", "eq": "=", "neq": "!=", "lt": "<", "lte": "<="}
-MAX_LIST_FILTERS = 64
-LIST_PARAMS = frozenset({
-    "limit", "marker", "sort_key", "sort_dir", "sort", "tag", "os_hidden", "size_min", "size_max",
-    "member_status",
-})
 
 
 # What says how to read an image's data: set while it is queued, fixed once data arrives.
 FORMAT_ATTRIBUTES = frozenset({"disk_format", "container_format"})
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def require_formats(image: Image) -> None:
@@ -71,13 +56,6 @@ def require_formats(image: Image) -> None:
     if missing:
         raise BadRequest("%s %s must be set prior to saving data." % (
             "Property" if len(missing) == 1 else "Properties", ", ".join(missing)))
-
-
-def parse_uuid(value: str, what: str = "image ID") -> str:
-    try:
-        return str(uuid.UUID(value))
-    except (ValueError, AttributeError, TypeError):
-        raise BadRequest("%r is not a valid %s (expected a UUID)" % (value, what)) from None
 
 
 @dataclass(frozen=True)
@@ -91,8 +69,10 @@ class Page:
 
 class ImageService:
     def __init__(self, config: Config, catalog: Catalog, stores: Mapping[str, ImageStore],
-                 cache: ImageCache | None = None, *, sites: SiteService | None = None) -> None:
+                 cache: ImageCache | None = None, *, sites: SiteService | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._config = config
+        self.clock = clock  # created_at / updated_at
         self._catalog = catalog
         self._stores = stores
         self._cache = cache
@@ -104,6 +84,9 @@ class ImageService:
     @property
     def config(self) -> Config:
         return self._config
+
+    def _now(self) -> str:
+        return timestamp(self.clock.now())
 
     def apply_config(self, config: Config) -> None:
         """Take a reloaded config (page sizes, upload cap, enabled formats change live)."""
@@ -121,7 +104,7 @@ class ImageService:
             image = await self._catalog.get_image(image_id)
             if image.locations:
                 continue
-            await self._catalog.update_image(image_id, expect_status=[SAVING], columns={"status": QUEUED}, updated_at=now())
+            await self._catalog.update_image(image_id, expect_status=[SAVING], columns={"status": QUEUED}, updated_at=self._now())
             log.warning("recovery: image %s was being uploaded when the daemon stopped; it is queued again", image_id)
         for name, store in self._stores.items():
             known = await self._catalog.image_ids_in_store(name)
@@ -196,63 +179,20 @@ class ImageService:
             else:
                 props[key] = self._validate_property(key, value)
         self.check_property_quota(props)
-        stamp = now()
+        stamp = self._now()
         return Image(
             id=ImageId(image_id), status=status, size=None, virtual_size=None, checksum=None,
             os_hash_algo=None, os_hash_value=None, created_at=stamp, updated_at=stamp,
             properties=props, tags=tuple(dict.fromkeys(tags)), **columns,
         )
 
-    async def list(self, ctx: Context, params: Mapping[str, str], tags: Sequence[str]) -> Page:
-        """`params`: the query string (single values); `tags`: every `tag=` value."""
+    async def list(self, ctx: Context, query: ImageQuery) -> Page:
+        """A page of the images `query` (parsed by the API layer) asks for, among those the
+        caller sees; `query.limit` is the page size."""
         policy.enforce(ctx, "get_images")
-        limit = self._int_param(params, "limit", self._config.api.default_page_size, minimum=0)
-        limit = min(limit, self._config.api.max_page_size)
-        filters: list[tuple[str, Any]] = []
-        ids: tuple[str, ...] = ()
-        props: list[tuple[str, str]] = []
-        times: list[tuple[str, str, str]] = []
-        visibility = params.get("visibility")
-        if visibility is not None and visibility not in (*VISIBILITIES, "all"):
-            raise BadRequest("Invalid visibility value: %s" % visibility)
-        for key, value in params.items():
-            if key in LIST_PARAMS or key == "visibility":
-                continue
-            if key in TIME_FILTERS:
-                times.append(_time_filter(key, value))
-            elif key in COLUMN_FILTERS:
-                values = _split_in(key, value)
-                if key == "protected":
-                    filters.append(("protected", int(self._bool_param(key, value))))
-                elif key == "id" and len(values) > 1:
-                    ids = tuple(values)
-                elif len(values) > 1:
-                    raise BadRequest("The 'in:' operator is supported for id only here, not %s" % key)
-                else:
-                    filters.append((key, values[0]))
-            else:
-                props.append((key, value))
-        # Each filter is a clause (a property or tag one a join) in one SQL statement; SQLite
-        # refuses past its expression-depth limit, and no client needs more than a few.
-        count = len(filters) + len(props) + len(times) + len(tags) + (1 if ids else 0)
-        if count > MAX_LIST_FILTERS:
-            raise BadRequest("Too many filters in one image list query: %d (at most %d)" % (count, MAX_LIST_FILTERS))
-        query = ImageQuery(
-            project=ctx.project,
-            admin=policy.sees_every_image(ctx),
-            filters=tuple(filters),
-            property_filters=tuple(props),
-            tags=tuple(tags),
-            ids=ids,
-            visibility=visibility,
-            os_hidden=self._bool_param("os_hidden", params["os_hidden"]) if "os_hidden" in params else False,
-            size_min=self._int_param(params, "size_min", None, minimum=0),
-            size_max=self._int_param(params, "size_max", None, minimum=0),
-            time_filters=tuple(times),
-            sort=self._sort(params),
-            limit=limit + 1,  # one extra tells whether a next page exists
-            marker=parse_uuid(params["marker"], "marker") if "marker" in params else None,
-        )
+        limit = query.limit
+        query = dataclasses.replace(query, project=ctx.project, admin=policy.sees_every_image(ctx),
+                                    limit=limit + 1)  # one extra tells whether a next page exists
         try:
             ids = await self._catalog.list_image_ids(query)
         except NotFound as exc:
@@ -300,7 +240,7 @@ class ImageService:
         if set(current) - set(image.properties):  # Glance counts only when a patch adds properties
             self.check_property_quota(current)
         updated = await self._catalog.update_image(
-            image.id, columns=columns, set_properties=set_props, remove_properties=removed, tags=tags, updated_at=now(),
+            image.id, columns=columns, set_properties=set_props, remove_properties=removed, tags=tags, updated_at=self._now(),
             # Atomic with the check above: an upload that starts meanwhile makes this a Conflict.
             expect_status=[QUEUED] if FORMAT_ATTRIBUTES & columns.keys() else None,
         )
@@ -330,11 +270,11 @@ class ImageService:
         self._validate_tags([tag])
         if tag not in image.tags:
             self._check_tag_quota(len(image.tags) + 1)
-        await self._catalog.add_tag(image.id, tag, now())
+        await self._catalog.add_tag(image.id, tag, self._now())
 
     async def remove_tag(self, ctx: Context, image_id: str, tag: str) -> None:
         image = await self.authorized(ctx, image_id, "modify_image")
-        if not await self._catalog.remove_tag(image.id, tag, now()):
+        if not await self._catalog.remove_tag(image.id, tag, self._now()):
             raise NotFound("Tag %s not found on image %s" % (tag, image.id))
 
     async def deactivate(self, ctx: Context, image_id: str) -> None:
@@ -343,7 +283,7 @@ class ImageService:
             return
         if image.status != ACTIVE:
             raise Forbidden("Not allowed to deactivate image in status '%s'" % image.status)
-        await self._catalog.update_image(image.id, expect_status=[ACTIVE], columns={"status": DEACTIVATED}, updated_at=now())
+        await self._catalog.update_image(image.id, expect_status=[ACTIVE], columns={"status": DEACTIVATED}, updated_at=self._now())
         log.info("image %s deactivated", image.id)
 
     async def reactivate(self, ctx: Context, image_id: str) -> None:
@@ -352,7 +292,7 @@ class ImageService:
             return
         if image.status != DEACTIVATED:
             raise Forbidden("Not allowed to reactivate image in status '%s'" % image.status)
-        await self._catalog.update_image(image.id, expect_status=[DEACTIVATED], columns={"status": ACTIVE}, updated_at=now())
+        await self._catalog.update_image(image.id, expect_status=[DEACTIVATED], columns={"status": ACTIVE}, updated_at=self._now())
         log.info("image %s reactivated", image.id)
 
     # -- data -----------------------------------------------------------------------------
@@ -373,7 +313,7 @@ class ImageService:
             async with self.quotas.transfer(
                 ctx.project, image.id, SIZE_TOTAL, size,
                 start=lambda: self._catalog.update_image(image.id, expect_status=[QUEUED], columns={"status": SAVING},
-                                                         updated_at=now()),
+                                                         updated_at=self._now()),
             ) as meter:
                 return await self._receive(image, store, job.guard(meter.count(chunks) if meter else chunks), size)
 
@@ -403,8 +343,8 @@ class ImageService:
             location = Location(store=store.name, url=store.location_url(image.id), metadata={"store": store.name})
             learned = introspected_properties(found, {}, frozenset(image.properties))
             if learned:
-                await self._catalog.update_image(image.id, set_properties=learned, updated_at=now())
-            active = await self._catalog.activate_image(image.id, data, location, from_status=SAVING, updated_at=now())
+                await self._catalog.update_image(image.id, set_properties=learned, updated_at=self._now())
+            active = await self._catalog.activate_image(image.id, data, location, from_status=SAVING, updated_at=self._now())
         except BaseException as exc:
             if written:
                 await store.delete(image.id)
@@ -418,7 +358,7 @@ class ImageService:
         # stay in `saving`.
         async def reset() -> None:
             try:
-                await self._catalog.update_image(image_id, expect_status=[SAVING], columns={"status": QUEUED}, updated_at=now())
+                await self._catalog.update_image(image_id, expect_status=[SAVING], columns={"status": QUEUED}, updated_at=self._now())
             except (NotFound, Conflict):
                 return  # deleted meanwhile
             log.warning("image %s: upload failed (%s: %s); back to queued", image_id, type(exc).__name__, exc)
@@ -484,7 +424,7 @@ class ImageService:
             raise Forbidden("Cannot delete image data from the only store of this hub containing it: edge sites (%s) "
                             "pull image %s from store %s; copy it to another store first, or delete the image"
                             % (", ".join(at_sites), image.id, store_name))
-        await self._catalog.remove_location(image.id, store_name, now())
+        await self._catalog.remove_location(image.id, store_name, self._now())
         await self._stores[store_name].delete(image.id)
         log.info("image %s removed from store %s", image.id, store_name)
 
@@ -593,68 +533,3 @@ class ImageService:
         if name != "remove" and "value" not in op:
             raise BadRequest("Operation '%s' on %s needs a 'value'" % (name, path))
         return name, key, op.get("value")
-
-    @staticmethod
-    def _int_param(params: Mapping[str, str], key: str, default: int | None, minimum: int) -> Any:
-        if key not in params:
-            return default
-        try:
-            return wire.parse_int(params[key], key, minimum)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-
-    @staticmethod
-    def _bool_param(key: str, value: str) -> bool:
-        low = value.lower()
-        if low in ("true", "1", "yes", "on"):
-            return True
-        if low in ("false", "0", "no", "off"):
-            return False
-        raise BadRequest("%s must be true or false, got %r" % (key, value))
-
-    @staticmethod
-    def _sort(params: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-        def check(key: str, direction: str) -> tuple[str, str]:
-            if key not in SORT_KEYS:
-                raise BadRequest("Invalid sort key: %s (allowed: %s)" % (key, ", ".join(SORT_KEYS)))
-            if direction not in ("asc", "desc"):
-                raise BadRequest("Invalid sort direction: %s" % direction)
-            return key, direction
-
-        if "sort" in params:
-            if "sort_key" in params or "sort_dir" in params:
-                raise BadRequest("The 'sort' parameter cannot be combined with sort_key/sort_dir")
-            out = []
-            for part in params["sort"].split(","):
-                key, _, direction = part.strip().partition(":")
-                out.append(check(key, direction or "desc"))
-            return tuple(out)
-        # An empty value (`sort_key=`, `sort_dir=,`) means the default, as an absent one.
-        keys = [k for k in params.get("sort_key", "").split(",") if k] or ["created_at"]
-        dirs = [d for d in params.get("sort_dir", "").split(",") if d] or ["desc"]
-        if len(dirs) > 1 and len(dirs) != len(keys):
-            raise BadRequest("Number of sort_dir values must match the number of sort_key values")
-        return tuple(check(k, dirs[i] if len(dirs) > 1 else dirs[0]) for i, k in enumerate(keys))
-
-
-def _split_in(key: str, value: str) -> list[str]:
-    if value.startswith("in:"):
-        items = [v.strip().strip('"') for v in value[3:].split(",") if v.strip()]
-        if not items:
-            raise BadRequest("Empty 'in:' list for %s" % key)
-        return items
-    return [value]
-
-
-def _time_filter(key: str, value: str) -> tuple[str, str, str]:
-    op, sep, stamp = value.partition(":")
-    if not sep or op not in TIME_OPERATORS:
-        raise BadRequest("Invalid %s filter %r: expected OPERATOR:TIMESTAMP with an operator of %s"
-                         % (key, value, ", ".join(TIME_OPERATORS)))
-    try:
-        when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest("Invalid %s filter %r: %r is not an ISO 8601 time" % (key, value, stamp)) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return key, TIME_OPERATORS[op], when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -22,12 +22,14 @@ from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Sequen
 from appliance import policy
 from appliance.auth import Context
 from appliance.catalog import Catalog, ListEdit
+from appliance.clock import timestamp
 from appliance.config import Config
 from appliance.digest import Digest, verify
 from appliance.errors import ApplianceError, BadRequest, Conflict, NotFound, TooLarge
 from appliance.formats import inspect_file, introspected_properties
 from appliance.hublink import HubLink
-from appliance.images import ImageService, now, parse_uuid, require_formats
+from appliance.ids import parse_uuid
+from appliance.images import ImageService, require_formats
 from appliance.mirror import UPSTREAM_STORE
 from appliance.model import (
     ACTIVE, COPY, FAILED_IMPORT, IMPORTING, IMPORTING_TO, QUEUED, UPLOADING, Image, ImageData, Location, Task, TaskId,
@@ -138,6 +140,9 @@ class ImportService:
         # task id → (bytes done, bytes total or None) while a task runs; persisted at the end.
         self._progress: dict[str, tuple[int, int | None]] = {}
 
+    def _now(self) -> str:
+        return timestamp(self._images.clock.now())  # the image records' clock
+
     def apply_config(self, config: Config) -> None:
         """Take a reloaded config: methods, plugins and their options, URI filter, limits.
         Imports already running keep what they started with."""
@@ -180,7 +185,7 @@ class ImportService:
             if task.image_id is not None and not await self._catalog.has_image(task.image_id):
                 await self._deleted(task)
                 continue
-            await self._catalog.update_task(task.id, now(), status="failure",
+            await self._catalog.update_task(task.id, self._now(), status="failure",
                                             message="Import interrupted: the daemon stopped before it finished; run the import again")
             if task.image_id is None:
                 continue
@@ -205,7 +210,7 @@ class ImportService:
         for image_id in await self._catalog.images_in_status(UPLOADING):
             if self._staging.data_path(image_id) is None:
                 await self._catalog.update_image(image_id, expect_status=[UPLOADING], columns={"status": QUEUED},
-                                                 updated_at=now())
+                                                 updated_at=self._now())
                 log.warning("recovery: staging of image %s was interrupted; it is queued again", image_id)
 
     async def _release(self, image: Image) -> str:
@@ -218,18 +223,18 @@ class ImportService:
             await self._forget_local_progress(image.id)
             return image.status
         for location in image.locations:
-            await self._catalog.remove_location(image.id, location.store, now(), keep_last=False)
+            await self._catalog.remove_location(image.id, location.store, self._now(), keep_last=False)
             if location.store in self._stores:
                 await self._stores[location.store].delete(image.id)
         await self._catalog.update_image(image.id, columns={"status": QUEUED}, remove_properties=[IMPORTING_TO],
-                                         updated_at=now())
+                                         updated_at=self._now())
         return QUEUED
 
     async def _forget_local_progress(self, image_id: str) -> None:
         """No import of this hub runs for the image any more: its stores leave the progress list;
         edge sites still copying stay in it until they report."""
         await self._catalog.edit_list_properties(image_id, [ListEdit(IMPORTING_TO, remove=tuple(self._stores), drop_empty=True)],
-                                                 now())
+                                                 self._now())
 
     async def close(self) -> None:
         """Stop running imports and fail them cleanly now (image back to queued, scratch
@@ -277,7 +282,7 @@ class ImportService:
         async with self._images.quotas.transfer(
             ctx.project, image.id, STAGE_TOTAL, size,
             start=lambda: self._catalog.update_image(image.id, expect_status=[QUEUED], columns={"status": UPLOADING},
-                                                     updated_at=now()),
+                                                     updated_at=self._now()),
         ) as meter:
             with self._images.work.track(image.id, "staging") as job:
                 await self._receive_staged(image, job.guard(meter.count(chunks) if meter else chunks), size)
@@ -296,7 +301,7 @@ class ImportService:
             await self._staging.delete(image.id)
             try:
                 await asyncio.shield(self._catalog.update_image(
-                    image.id, expect_status=[UPLOADING], columns={"status": QUEUED}, updated_at=now()))
+                    image.id, expect_status=[UPLOADING], columns={"status": QUEUED}, updated_at=self._now()))
             except (NotFound, Conflict):
                 pass  # deleted (or reset) meanwhile: the client hears why staging stopped, not this
             raise
@@ -403,12 +408,12 @@ class ImportService:
             # and they are fixed from now on.
             image = await self._catalog.update_image(
                 image.id, expect_status=[QUEUED, UPLOADING], columns={"status": IMPORTING},
-                set_properties={IMPORTING_TO: ",".join(request.stores), FAILED_IMPORT: ""}, updated_at=now(),
+                set_properties={IMPORTING_TO: ",".join(request.stores), FAILED_IMPORT: ""}, updated_at=self._now(),
             )
         elif request.stores:  # added to what may still be pending (sites), as Glance does
             await self._catalog.edit_list_properties(image.id, [
-                ListEdit(IMPORTING_TO, add=request.stores), ListEdit(FAILED_IMPORT, remove=request.stores)], now())
-        stamp = now()
+                ListEdit(IMPORTING_TO, add=request.stores), ListEdit(FAILED_IMPORT, remove=request.stores)], self._now())
+        stamp = self._now()
         # Glance's contract: progress is read from the image properties. The task records the
         # hand-over to the sites and runs on for the stores of this hub, if any.
         handed = ("Copy handed to edge site(s) %s: each pulls the image on its next sync and reports back; progress is "
@@ -467,8 +472,8 @@ class ImportService:
         if image.id in self._running:
             raise Conflict("Image %s is already being imported; wait for that import to finish" % image.id)
         await self._catalog.edit_list_properties(image.id, [
-            ListEdit(IMPORTING_TO, add=(UPSTREAM_STORE,)), ListEdit(FAILED_IMPORT, remove=(UPSTREAM_STORE,))], now())
-        stamp = now()
+            ListEdit(IMPORTING_TO, add=(UPSTREAM_STORE,)), ListEdit(FAILED_IMPORT, remove=(UPSTREAM_STORE,))], self._now())
+        stamp = self._now()
         task = await self._catalog.create_task(Task(
             id=TaskId(str(uuid.uuid4())), type=TASK_TYPE, status="processing", owner=ctx.project, image_id=image.id,
             input={"image_id": image.id, "import_req": body, "backend": [UPSTREAM_STORE]}, result=None, message="",
@@ -494,13 +499,13 @@ class ImportService:
                 await self._deleted(task)
                 return
             await self._catalog.edit_list_properties(image.id, [
-                ListEdit(IMPORTING_TO, remove=(UPSTREAM_STORE,)), ListEdit(FAILED_IMPORT, add=(UPSTREAM_STORE,))], now())
+                ListEdit(IMPORTING_TO, remove=(UPSTREAM_STORE,)), ListEdit(FAILED_IMPORT, add=(UPSTREAM_STORE,))], self._now())
             message = "Copy to the hub (%s) failed: %s" % (UPSTREAM_STORE, exc)
-            await self._catalog.update_task(task.id, now(), status="failure", message=message)
+            await self._catalog.update_task(task.id, self._now(), status="failure", message=message)
             log.warning("image %s: %s", image.id, message)
             return
-        await self._catalog.edit_list_properties(image.id, [ListEdit(IMPORTING_TO, remove=(UPSTREAM_STORE,))], now())
-        await self._catalog.update_task(task.id, now(), status="success", result={"image_id": image.id},
+        await self._catalog.edit_list_properties(image.id, [ListEdit(IMPORTING_TO, remove=(UPSTREAM_STORE,))], self._now())
+        await self._catalog.update_task(task.id, self._now(), status="success", result={"image_id": image.id},
                                         bytes_done=image.size or 0, bytes_total=image.size)
 
     def _local_copy(self, image: Image) -> Path | None:
@@ -530,13 +535,13 @@ class ImportService:
         elif message:
             await self._fail(task, image, request, message)
         else:
-            await self._catalog.update_task(task.id, now(), status="success", result={"image_id": image.id},
+            await self._catalog.update_task(task.id, self._now(), status="success", result={"image_id": image.id},
                                             bytes_done=done, bytes_total=total if total is not None else done)
             log.info("image %s: import finished", image.id)
 
     async def _deleted(self, task: Task) -> None:
         message = "Import stopped: image %s was deleted" % task.image_id
-        await self._catalog.update_task(task.id, now(), status="failure", message=message)
+        await self._catalog.update_task(task.id, self._now(), status="failure", message=message)
         log.info("image %s: %s", task.image_id, message)
 
     async def _fail(self, task: Task, image: Image, request: ImportRequest, message: str) -> None:
@@ -545,12 +550,12 @@ class ImportService:
             # Nothing became active: remove what was written, back to queued.
             for store_name in current.stores:
                 await self._stores[store_name].delete(image.id)
-                await self._catalog.remove_location(image.id, store_name, now(), keep_last=False)
-            await self._catalog.update_image(image.id, columns={"status": QUEUED}, remove_properties=[IMPORTING_TO], updated_at=now())
+                await self._catalog.remove_location(image.id, store_name, self._now(), keep_last=False)
+            await self._catalog.update_image(image.id, columns={"status": QUEUED}, remove_properties=[IMPORTING_TO], updated_at=self._now())
         else:
             await self._forget_local_progress(image.id)
         await self._staging.delete(image.id)
-        await self._catalog.update_task(task.id, now(), status="failure", message=message)
+        await self._catalog.update_task(task.id, self._now(), status="failure", message=message)
         log.warning("image %s: import failed: %s", image.id, message)
 
     async def _execute(self, task: Task, image: Image, request: ImportRequest, ctx: Context, work: Path) -> str:
@@ -610,18 +615,18 @@ class ImportService:
                     await self._activate(image, staged, digest, location)
                     active = True
                 else:
-                    await self._catalog.add_location(image.id, location, now())
-                await self._catalog.edit_list_properties(image.id, [ListEdit(IMPORTING_TO, remove=(store_name,))], now())
+                    await self._catalog.add_location(image.id, location, self._now())
+                await self._catalog.edit_list_properties(image.id, [ListEdit(IMPORTING_TO, remove=(store_name,))], self._now())
                 log.info("image %s: copy in store %s verified (%d bytes)", image.id, store_name, digest.size)
             except ApplianceError as exc:
                 remaining.remove(store_name)
                 await self._catalog.edit_list_properties(image.id, [
-                    ListEdit(IMPORTING_TO, remove=(store_name,)), ListEdit(FAILED_IMPORT, add=(store_name,))], now())
+                    ListEdit(IMPORTING_TO, remove=(store_name,)), ListEdit(FAILED_IMPORT, add=(store_name,))], self._now())
                 log.warning("image %s: store %s failed: %s", image.id, store_name, exc)
                 if request.all_stores_must_succeed:
                     if request.method == "copy-image":  # revert: the new copies go again
                         for done in written:
-                            await self._catalog.remove_location(image.id, done, now(), keep_last=False)
+                            await self._catalog.remove_location(image.id, done, self._now(), keep_last=False)
                             await self._stores[done].delete(image.id)
                     return "Import to store %s failed: %s" % (store_name, exc)
                 last_error = "store %s: %s" % (store_name, exc)
@@ -638,12 +643,12 @@ class ImportService:
         if staged.container_format != image.container_format:
             columns["container_format"] = staged.container_format
         if columns:
-            await self._catalog.update_image(image.id, columns=columns, updated_at=now())
+            await self._catalog.update_image(image.id, columns=columns, updated_at=self._now())
         if staged.properties:
-            await self._catalog.update_image(image.id, set_properties=staged.properties, updated_at=now())
+            await self._catalog.update_image(image.id, set_properties=staged.properties, updated_at=self._now())
         data = ImageData(size=digest.size, checksum=digest.checksum, os_hash_value=digest.os_hash_value,
                          os_hash_algo=digest.os_hash_algo, virtual_size=staged.virtual_size)
-        await self._catalog.activate_image(image.id, data, location, from_status=IMPORTING, updated_at=now())
+        await self._catalog.activate_image(image.id, data, location, from_status=IMPORTING, updated_at=self._now())
 
     async def _acquire(self, task: Task, image: Image, request: ImportRequest, work: Path) -> StagedImage:
         """The data to import, as a file."""

@@ -14,6 +14,7 @@ from typing import Awaitable, Callable, Mapping
 
 from appliance.cache import ImageCache
 from appliance.catalog import Catalog
+from appliance.clock import SYSTEM_CLOCK, Clock, timestamp
 from appliance.errors import ApplianceError, NotFound
 from appliance.mirror import UPSTREAM_STORE
 from appliance.stores.filesystem import FilesystemStore
@@ -49,6 +50,7 @@ class Scrubber:
         self, catalog: Catalog, stores: Mapping[str, FilesystemStore], *, interval: float, rate_bytes_per_s: float,
         on_checked: Callable[[], None] = lambda: None, on_mismatch: Callable[[], None] = lambda: None,
         cache: ImageCache | None = None, repair: Callable[[str], Awaitable[object]] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         """cache: its entries are scrubbed too (a bad one is dropped: the next download fills it
         again from the hub). repair(image_id): pull a fresh copy of a quarantined image whose
@@ -61,11 +63,10 @@ class Scrubber:
         self._rate = rate_bytes_per_s
         self._on_checked = on_checked
         self._on_mismatch = on_mismatch
+        self._clock = clock
 
     async def tick(self) -> ScrubReport:
         """One full pass over every servable copy."""
-        from appliance.images import now
-
         checked = 0
         bad: list[tuple[str, str]] = []
         for image_id, store_name, size, expected in await self._catalog.servable_copies():
@@ -85,7 +86,7 @@ class Scrubber:
             if actual == expected and (size is None or actual_size == size):
                 continue
             moved = await asyncio.to_thread(store.quarantine, image_id)
-            await self._catalog.set_location_status(image_id, store_name, "quarantined", now())
+            await self._catalog.set_location_status(image_id, store_name, "quarantined", timestamp(self._clock.now()))
             self._on_mismatch()
             bad.append((image_id, store_name))
             log.error("scrubber: image %s in store %s does not match its recorded SHA-512 (%d bytes read); "
@@ -137,5 +138,5 @@ class Scrubber:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            await self._clock.sleep(self._interval)
             await self.tick()

@@ -11,6 +11,7 @@ from appliance.auth import Authenticator
 from appliance.bundles.service import BundleService
 from appliance.cache import ImageCache
 from appliance.catalog import Catalog
+from appliance.clock import SYSTEM_CLOCK, Clock
 from appliance.config import Config
 from appliance.events import EventLog
 from appliance.metrics import Metrics
@@ -95,7 +96,8 @@ def reload_services(services: Services, new: Config) -> list[str]:
 
 
 @asynccontextmanager
-async def open_services(config: Config) -> AsyncIterator[Services]:
+async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[Services]:
+    """Every service of `config`; `clock`: the time they keep (tests pass their own)."""
     config.state_dir.mkdir(parents=True, exist_ok=True)
     events = EventLog()
     metrics = Metrics()
@@ -113,9 +115,9 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             upstream = _upstream(config)
             cache = ImageCache(config.cache, config.hub, config.path(config.cache.dir), catalog, upstream, metrics=metrics)
             await cache.start()
-            sites = SiteService(config, catalog, stores)
+            sites = SiteService(config, catalog, stores, clock=clock)
             await sites.load()
-            images = ImageService(config, catalog, stores, cache, sites=sites)
+            images = ImageService(config, catalog, stores, cache, sites=sites, clock=clock)
             hub = HubLink(config, catalog, stores, cache, images, upstream, metrics) if upstream is not None else None
             imports = ImportService(config, catalog, dict(stores), images, build_steps(config), build_uri_filter(config),
                                     sites=sites, hub=hub,
@@ -123,7 +125,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             scrubber = Scrubber(catalog, stores, interval=config.scrubber.interval,
                                 rate_bytes_per_s=config.scrubber.rate_mib_per_s * float(1 << 20),
                                 on_checked=metrics.scrub_checked.inc, on_mismatch=metrics.scrub_mismatches.inc,
-                                cache=cache if cache.enabled else None, repair=hub.pin if hub is not None else None)
+                                cache=cache if cache.enabled else None, repair=hub.pin if hub is not None else None, clock=clock)
             bundles = BundleService(config, catalog, stores, images)
             inbox = Inbox(config.path(config.inbox.dir), store=config.inbox.store, settle_seconds=config.inbox.settle_seconds,
                           bundles=bundles, images=images, imports=imports) if config.inbox.dir else None

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Collection, Sequence
 from urllib.parse import urlsplit
 
 from appliance import policy
 from appliance.auth import Context
 from appliance.catalog import Catalog, ListEdit
+from appliance.clock import SYSTEM_CLOCK, Clock, timestamp
 from appliance.config import Config
 from appliance.errors import BadRequest, Conflict, NotFound
-from appliance.images import now, parse_uuid
+from appliance.ids import parse_uuid
 from appliance.model import COPY, FAILED_IMPORT, IMPORTING_TO, REMOVE, Assignment, Image, Location, Site
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def _cache(body: dict[str, Any]) -> dict[str, Any]:
 
 class SiteService:
     def __init__(self, config: Config, catalog: Catalog, local_stores: Collection[str],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._config = config
         self._catalog = catalog
         self._local = frozenset(local_stores)
@@ -113,6 +113,9 @@ class SiteService:
     @property
     def enabled(self) -> bool:
         return self._config.site.role == "hub"
+
+    def _now(self) -> str:
+        return timestamp(self._clock.now())
 
     def apply_config(self, config: Config) -> None:
         """Reload: the heartbeat interval (and so the online window) changes live."""
@@ -138,7 +141,7 @@ class SiteService:
 
     def online(self, site: Site) -> bool:
         """Online: heard from within two heartbeat intervals (one missed beat is tolerated)."""
-        return self._clock() - site.last_seen <= 2 * self._config.hub.heartbeat_interval
+        return self._clock.now() - site.last_seen <= 2 * self._config.hub.heartbeat_interval
 
     async def sites(self) -> list[Site]:
         """Every registered site (as stores for /v2/info/stores); none on an edge."""
@@ -154,7 +157,7 @@ class SiteService:
 
     async def assign_copies(self, image: Image, sites: Sequence[str]) -> None:
         """copy-image to sites: each pulls the image on its next sync and reports back."""
-        await self._catalog.assign(image.id, sites, COPY, now(), [
+        await self._catalog.assign(image.id, sites, COPY, self._now(), [
             ListEdit(IMPORTING_TO, add=tuple(sites)), ListEdit(FAILED_IMPORT, remove=tuple(sites))])
         log.info("image %s assigned to site(s) %s", image.id, ", ".join(sites))
 
@@ -163,7 +166,7 @@ class SiteService:
         site drops its copy on its next sync. A copy still pending is cancelled the same way."""
         if site not in image.stores and (await self.pending(image.id)).get(site) != COPY:
             raise NotFound("Image %s has no data in store %s" % (image.id, site))
-        await self._catalog.assign(image.id, [site], REMOVE, now(), [ListEdit(IMPORTING_TO, remove=(site,), drop_empty=True)],
+        await self._catalog.assign(image.id, [site], REMOVE, self._now(), [ListEdit(IMPORTING_TO, remove=(site,), drop_empty=True)],
                                    remove_locations=True)
         log.info("image %s: removal of the copy at site %s assigned", image.id, site)
 
@@ -183,7 +186,7 @@ class SiteService:
         if name in self._local or name in RESERVED_NAMES:
             raise Conflict("Site name %s clashes with a store of this hub (%s); register the site under another name"
                            % (name, ", ".join(sorted(self._local | RESERVED_NAMES))))
-        stamp = self._clock()
+        stamp = self._clock.now()
         previous = await self._catalog.get_site(name) if name in self._names else None
         site = await self._catalog.register_site(Site(
             name=name, registered_at=stamp, last_seen=stamp, free_bytes=_size(body, "free_bytes"),
@@ -210,7 +213,7 @@ class SiteService:
         changes: dict[str, Any] = {k: _size(body, k) for k in ("free_bytes", "total_bytes") if body.get(k) is not None}
         if "cache" in body:
             changes["cache"] = _cache(body)
-        await self._catalog.site_heartbeat(name, self._clock(), changes)
+        await self._catalog.site_heartbeat(name, self._clock.now(), changes)
         return await self._catalog.get_site(name)
 
     async def list(self, ctx: Context) -> list[Site]:
@@ -227,7 +230,7 @@ class SiteService:
         """Forget a decommissioned site: its locations, assignments and progress entries go."""
         self._check_enabled()
         policy.enforce(ctx, "edge:site_delete")
-        await self._catalog.delete_site(name, [IMPORTING_TO, FAILED_IMPORT], now())
+        await self._catalog.delete_site(name, [IMPORTING_TO, FAILED_IMPORT], self._now())
         self._names.discard(name)
         log.info("site %s deleted by %s/%s", name, ctx.project, ctx.user)
 
@@ -261,16 +264,16 @@ class SiteService:
                 # Kept: a site must not hold a copy the hub no longer lists; it tries again next sync.
                 log.warning("site %s could not remove image %s (will retry): %s", name, image_id, message)
                 return
-            await self._catalog.finish_assignment(name, image_id, REMOVE, [], now())
+            await self._catalog.finish_assignment(name, image_id, REMOVE, [], self._now())
             log.info("site %s removed its copy of image %s", name, image_id)
         elif status == "success":
             await self._catalog.finish_assignment(
                 name, image_id, COPY,
                 [ListEdit(IMPORTING_TO, remove=(name,), drop_empty=True), ListEdit(FAILED_IMPORT, remove=(name,))],
-                now(), location=Location(store=name, url=self._location_url(site, image_id), metadata={"store": name}))
+                self._now(), location=Location(store=name, url=self._location_url(site, image_id), metadata={"store": name}))
             log.info("site %s holds a verified copy of image %s", name, image_id)
         else:
             await self._catalog.finish_assignment(
                 name, image_id, COPY,
-                [ListEdit(IMPORTING_TO, remove=(name,), drop_empty=True), ListEdit(FAILED_IMPORT, add=(name,))], now())
+                [ListEdit(IMPORTING_TO, remove=(name,), drop_empty=True), ListEdit(FAILED_IMPORT, add=(name,))], self._now())
             log.warning("site %s failed to copy image %s: %s", name, image_id, message or "no reason given")

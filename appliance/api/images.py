@@ -15,6 +15,7 @@ from appliance import wire
 from appliance.api import schemas
 from appliance.api.keys import IMAGES, IMPORTS, METRICS
 from appliance.api.middleware import CONTEXT
+from appliance.api.query import image_list_query
 from appliance.download import Download, span
 from appliance.errors import ApplianceError, BadRequest, RangeNotSatisfiable, UnsupportedMediaType
 
@@ -58,8 +59,10 @@ class StreamedResponse(web.StreamResponse):
 
 @routes.get("/v2/images")
 async def list_images(request: web.Request) -> web.StreamResponse:
+    service = request.app[IMAGES]
     query = dict(request.query)  # last value wins, as in Glance, except for repeated tags
-    page = await request.app[IMAGES].list(request[CONTEXT], query, request.query.getall("tag", []))
+    asked = image_list_query(query, request.query.getall("tag", []), service.config.api)
+    page = await service.list(request[CONTEXT], asked)
     query.pop("tag", None)
     head, tail = schemas.images_page_frame(query, page.next_marker)
     # Streamed batch by batch, encoded in a worker thread: a page at the metadata limits is

@@ -26,10 +26,11 @@ from appliance.bundles.report import FAILED, IMPORTED, SKIPPED, BundleReport, En
 from appliance.bundles.signing import check_signature, enforce_signature_policy, load_public_key
 from appliance.bundles.stream import BundleCorrupt, BundleReader, Entry, walk
 from appliance.catalog import Catalog
+from appliance.clock import timestamp
 from appliance.config import Config
 from appliance.errors import ApplianceError, BadRequest, ConfigError, Conflict, NotFound, StoreReadOnly
 from appliance.formats import FormatInspector
-from appliance.images import ImageService, now, require_formats
+from appliance.images import ImageService, require_formats
 from appliance.model import ACTIVE, DEACTIVATED, SAVING, Image, ImageData, Location
 from appliance.stores.base import ImageStore
 
@@ -162,7 +163,7 @@ class BundleService:
         record = entry.record
         try:
             await self._write(image, entry.chunks, store, record, background)
-            await self._catalog.add_location(image.id, _location(store, image.id), now())
+            await self._catalog.add_location(image.id, _location(store, image.id), timestamp(self._images.clock.now()))
         except BaseException as exc:
             await asyncio.shield(store.delete(image.id))
             if isinstance(exc, BundleCorrupt) or not isinstance(exc, ApplianceError):
@@ -194,7 +195,7 @@ class BundleService:
         data = await self._write(image, chunks, store, record, background)
         location = _location(store, image.id)
         try:
-            await self._catalog.activate_image(image.id, data, location, from_status=SAVING, updated_at=now())
+            await self._catalog.activate_image(image.id, data, location, from_status=SAVING, updated_at=timestamp(self._images.clock.now()))
         except Conflict:
             raise Conflict("image %s was changed or deleted while its data was being imported" % image.id) from None
 

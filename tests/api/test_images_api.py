@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import io
@@ -17,6 +16,7 @@ from aiohttp import ClientResponse
 from appliance.app import build_app
 from appliance.model import Location
 from appliance.services import open_services
+from tests.clock import ManualClock
 from tests.conftest import JSON_ERRORS, Api
 
 PATCH_CT = "application/openstack-images-v2.1-json-patch"
@@ -249,7 +249,7 @@ async def walk(api: Api, params: dict[str, str]) -> tuple[list[str], int]:
 @pytest.fixture
 async def thirty(api: Api, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """30 images that all share one created_at: only the id can order them."""
-    monkeypatch.setattr("appliance.images.now", lambda: "2024-05-01T12:00:00Z")
+    monkeypatch.setattr(api.services.images, "clock", ManualClock("2024-05-01T12:00:00Z"))
     images = [await api.create(name="img-%d" % (i % 4), min_ram=i % 3) for i in range(30)]
     assert {i["created_at"] for i in images} == {"2024-05-01T12:00:00Z"}
     return images
@@ -709,9 +709,11 @@ async def test_schema_lists_only_enabled_formats(open_api: Callable[..., Awaitab
     assert "vmdk" in body["message"]
 
 
-async def test_time_filters_select_by_updated_at(api: Api) -> None:
+async def test_time_filters_select_by_updated_at(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = ManualClock()
+    monkeypatch.setattr(api.services.images, "clock", clock)
     old = await api.create(name="old")
-    await asyncio.sleep(1.1)  # timestamps have one-second resolution
+    clock.advance(1.1)  # timestamps have one-second resolution
     new = await api.create(name="new")
     since = new["updated_at"]
     resp = await api.client.get("/v2/images", params={"updated_at": "gte:" + since, "sort_key": "updated_at",

@@ -36,8 +36,8 @@ import logging
 import re
 import socket
 import unicodedata
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
 import idna
@@ -239,7 +239,7 @@ class _HostList:
     shown: str  # the entries as configured, for messages
 
     @classmethod
-    def parse(cls, key: str, entries: tuple[str, ...]) -> "_HostList":
+    def parse(cls, key: str, entries: tuple[str, ...]) -> _HostList:
         names: set[str] = set()
         networks: list[IPNetwork] = []
         for entry in entries:

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import socket
 import ssl
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urljoin
 
 import aiohttp
@@ -190,6 +190,7 @@ async def _chunks(url: str, resp: aiohttp.ClientResponse, max_bytes: int, idle_t
 
 
 def _timed_out(url: str, idle_timeout: float, total_timeout: float | None, deadline: float | None) -> FetchFailed:
-    if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+    # deadline is set exactly when total_timeout is
+    if deadline is not None and total_timeout is not None and asyncio.get_running_loop().time() >= deadline:
         return FetchFailed("web-download of %s failed: not finished within %g s (total_timeout)" % (url, total_timeout))
     return FetchFailed("web-download of %s failed: stalled for more than %g s (idle_timeout)" % (url, idle_timeout))

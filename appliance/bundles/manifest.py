@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from appliance import wire
 from appliance.clock import timestamp
@@ -81,7 +82,7 @@ class ImageRecord:
         return body
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "image record") -> "ImageRecord":
+    def from_json(cls, data: Any, where: str = "image record") -> ImageRecord:
         if not isinstance(data, dict):
             raise BundleError("%s: expected a JSON object" % where)
         unknown = sorted(set(data) - set(cls.KEYS))
@@ -128,7 +129,7 @@ class ImageRecord:
         )
 
     @classmethod
-    def from_glance(cls, body: Mapping[str, Any]) -> "ImageRecord":
+    def from_glance(cls, body: Mapping[str, Any]) -> ImageRecord:
         """The record of an image as a Glance v2 endpoint shows it (custom properties sit beside
         the base attributes there). Only active images with a SHA-512 hash can travel."""
         where = "image %s" % body.get("id")
@@ -173,7 +174,7 @@ class Manifest:
         }, indent=1, sort_keys=True).encode() + b"\n"
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Manifest":
+    def decode(cls, raw: bytes) -> Manifest:
         try:
             data = wire.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 # Outcomes of one image in a report.
 OK = "ok"
@@ -50,7 +51,7 @@ class BundleReport:
                            for e in self.entries]}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "BundleReport":
+    def from_json(cls, data: Mapping[str, Any]) -> BundleReport:
         return cls(signature=data["signature"], error=data.get("error", ""),
                    entries=tuple(EntryResult(id=e["id"], name=e["name"], size=e["size"], outcome=e["outcome"],
                                              message=e.get("message", "")) for e in data["images"]))

@@ -31,9 +31,10 @@ import os
 import struct
 import tarfile
 import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterable, AsyncIterator, Awaitable, BinaryIO, Callable, Iterable, Sequence
+from typing import Any, BinaryIO, cast
 
 import zstandard
 
@@ -272,8 +273,9 @@ class BundleReader:
 
     def __init__(self, source: _Source) -> None:
         self._source = source
+        # zstd calls only read() on its source, which is all a _Source has of a file.
         self._zr = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).stream_reader(
-            source, read_size=CHUNK, read_across_frames=True)
+            cast(BinaryIO, source), read_size=CHUNK, read_across_frames=True)
         self._data_left = 0  # unread data of the current member
         self._pad_left = 0  # and its padding
         self._first: tarfile.TarInfo | None = None  # the member header after the manifest
@@ -283,15 +285,15 @@ class BundleReader:
         self.signature: bytes | None = None
 
     @classmethod
-    async def from_file(cls, fh: BinaryIO) -> "BundleReader":
+    async def from_file(cls, fh: BinaryIO) -> BundleReader:
         return await cls._open(_Source(fh.read))
 
     @classmethod
-    async def from_chunks(cls, chunks: AsyncIterable[bytes]) -> "BundleReader":
+    async def from_chunks(cls, chunks: AsyncIterable[bytes]) -> BundleReader:
         return await cls._open(_ChunkSource(chunks, asyncio.get_running_loop()))
 
     @classmethod
-    async def _open(cls, source: _Source) -> "BundleReader":
+    async def _open(cls, source: _Source) -> BundleReader:
         reader = cls(source)
         first = await reader._next_member()
         if first is None or first.name != MANIFEST:
@@ -334,7 +336,7 @@ class BundleReader:
                 self._source.count, str(exc) or type(exc).__name__)) from None
 
     async def _exact(self, n: int, what: str) -> bytes:
-        data = await self._call(self._zr.read, n)
+        data: bytes = await self._call(self._zr.read, n)
         if len(data) < n:
             raise self._break("the bundle is truncated: it ends inside %s (after %d bytes of the file)" % (what, self._source.count))
         return data
@@ -357,10 +359,10 @@ class BundleReader:
                 raise self._break("the bundle is truncated: it ends inside a member's data")
             self._data_left = self._pad_left = 0
         block = await self._exact(BLOCK, "a member header")
+        if not any(block):  # a zero block: the archive's end (what tarfile's EOFHeaderError means)
+            return None
         try:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "strict")
-        except tarfile.EOFHeaderError:
-            return None
         except tarfile.HeaderError as exc:
             raise self._break("the bundle is damaged: a member header is unreadable (%s)" % exc) from None
         if not info.isreg():

@@ -111,7 +111,8 @@ async def serve(config: Config, config_path: Path | None = None, overrides: dict
         try:
             site = GuardedTCPSite(runner, tcp, config.api.host, config.api.port, budget.backlog)
             await site.start()
-            bound = [s.getsockname() for s in (site._server.sockets if site._server else [])]  # noqa: SLF001
+            server = site._server  # noqa: SLF001
+            bound = [s.getsockname() for s in server.sockets] if isinstance(server, asyncio.Server) else []
             for addr in bound:
                 log.info("serving the Image API on http://%s:%d", addr[0], addr[1])
             if bound:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -13,11 +12,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import ClientResponse
 
-from appliance.app import build_app
 from appliance.model import Location
-from appliance.services import open_services
 from tests.clock import ManualClock
-from tests.conftest import JSON_ERRORS, Api
+from tests.conftest import Api
 
 PATCH_CT = "application/openstack-images-v2.1-json-patch"
 ADMIN = "tok-admin"
@@ -36,12 +33,6 @@ async def error_of(resp: ClientResponse, status: int) -> dict[str, Any]:
     assert body["code"] == "%d %s" % (status, body["title"])
     assert isinstance(body["message"], str) and body["message"]
     return body
-
-
-async def show(api: Api, image_id: str) -> dict[str, Any]:
-    resp = await api.client.get("/v2/images/%s" % image_id, headers=api.headers())
-    assert resp.status == 200, await resp.text()
-    return await resp.json()
 
 
 async def patch(api: Api, image_id: str, ops: list[dict[str, Any]], token: str | None = None) -> ClientResponse:
@@ -66,28 +57,11 @@ async def uploaded(api: Api, data: bytes, **body: Any) -> dict[str, Any]:
     image = await api.create(**body)
     resp = await api.upload(image["id"], data)
     assert resp.status == 204, await resp.text()
-    return await show(api, image["id"])
+    return await api.show(image["id"])
 
 
 def store_files(api: Api, store: str = "local") -> set[str]:
     return api.services.stores[store].image_files()
-
-
-@pytest.fixture
-async def open_api(make_config: Callable[..., Any], aiohttp_client: Any) -> AsyncIterator[Callable[..., Awaitable[Api]]]:
-    """open_api(token=None, **sections) → an Api on services built from that config."""
-    stack = contextlib.AsyncExitStack()
-
-    async def factory(token: str | None = None, **sections: Any) -> Api:
-        services = await stack.enter_async_context(open_services(make_config(**sections)))
-        client = await aiohttp_client(build_app(services), headers=JSON_ERRORS)
-        stack.push_async_callback(client.close)  # runs before the services close
-        if token is None:
-            token = (services.config.state_dir / "admin-token").read_text().strip()
-        return Api(client=client, token=token, services=services)
-
-    yield factory
-    await stack.aclose()
 
 
 TWO_STORES = {"default": "local", "local": {"path": "images"}, "second": {"path": "images2", "description": "Second"}}
@@ -120,7 +94,7 @@ async def test_create_returns_201_with_location_and_store_headers(api: Api) -> N
     assert body["file"] == "/v2/images/%s/file" % body["id"]
     assert body["schema"] == "/v2/schemas/image"
     assert "stores" not in body  # no data yet
-    assert await show(api, body["id"]) == body
+    assert await api.show(body["id"]) == body
 
 
 async def test_create_store_ids_header_lists_every_store(open_api: Callable[..., Awaitable[Api]]) -> None:
@@ -138,7 +112,7 @@ async def test_create_honours_given_id_and_refuses_duplicate(api: Api) -> None:
     body = await error_of(resp, 409)
     assert body["code"] == "409 Conflict"
     assert image_id in body["message"]
-    assert (await show(api, image_id))["name"] == "first"
+    assert (await api.show(image_id))["name"] == "first"
 
 
 async def test_show_unknown_image_is_404(api: Api) -> None:
@@ -171,7 +145,7 @@ async def test_list_body_shape(api: Api) -> None:
     assert body["first"] == "/v2/images"
     assert body["schema"] == "/v2/schemas/images"
     assert "next" not in body
-    assert body["images"] == [await show(api, image["id"])]
+    assert body["images"] == [await api.show(image["id"])]
 
 
 async def test_list_repeated_tags_are_anded(api: Api) -> None:
@@ -192,7 +166,7 @@ async def test_list_os_hidden(api: Api) -> None:
     # Glance: os_hidden=true lists only the hidden images.
     assert await list_ids(api, {"os_hidden": "true"}) == {hidden["id"]}
     # Hidden images stay reachable by id.
-    assert (await show(api, hidden["id"]))["os_hidden"] is True
+    assert (await api.show(hidden["id"]))["os_hidden"] is True
     resp = await api.client.get("/v2/images", params={"os_hidden": "maybe"}, headers=api.headers())
     await error_of(resp, 400)
 
@@ -350,7 +324,7 @@ async def test_patch_custom_properties(api: Api) -> None:
     assert resp.status == 200
     body = await resp.json()
     assert "foo" not in body and body["keep"] == "me"
-    assert "foo" not in await show(api, image["id"])
+    assert "foo" not in await api.show(image["id"])
     # replace / remove of a missing property: 409 as in Glance
     resp = await patch(api, image["id"], [{"op": "replace", "path": "/foo", "value": "x"}])
     await error_of(resp, 409)
@@ -375,13 +349,13 @@ async def test_patch_base_attributes_and_tags(api: Api) -> None:
     assert body["min_ram"] == 512 and body["min_disk"] == 2
     assert body["protected"] is True
     assert body["disk_format"] == "qcow2"
-    assert await show(api, image["id"]) == body
+    assert await api.show(image["id"]) == body
     # removing a base attribute is forbidden
     resp = await patch(api, image["id"], [{"op": "remove", "path": "/name"}])
     await error_of(resp, 403)
     resp = await patch(api, image["id"], [{"op": "replace", "path": "/min_ram", "value": -1}])
     await error_of(resp, 400)
-    assert (await show(api, image["id"]))["min_ram"] == 512
+    assert (await api.show(image["id"]))["min_ram"] == 512
 
 
 async def test_patch_is_atomic(api: Api) -> None:
@@ -391,7 +365,7 @@ async def test_patch_is_atomic(api: Api) -> None:
         {"op": "add", "path": "/size", "value": 5},
     ])
     await error_of(resp, 403)
-    assert (await show(api, image["id"]))["name"] == "atomic"
+    assert (await api.show(image["id"]))["name"] == "atomic"
 
 
 async def test_patch_unknown_image_is_404(api: Api) -> None:
@@ -411,10 +385,10 @@ async def test_tags_put_and_delete(api: Api) -> None:
     assert resp.status == 204
     resp = await api.client.put(url % (image["id"], "green"), headers=api.headers())
     assert resp.status == 204
-    assert sorted((await show(api, image["id"]))["tags"]) == ["blue", "green"]
+    assert sorted((await api.show(image["id"]))["tags"]) == ["blue", "green"]
     resp = await api.client.delete(url % (image["id"], "blue"), headers=api.headers())
     assert resp.status == 204
-    assert (await show(api, image["id"]))["tags"] == ["green"]
+    assert (await api.show(image["id"]))["tags"] == ["green"]
     resp = await api.client.delete(url % (image["id"], "blue"), headers=api.headers())
     await error_of(resp, 404)
     resp = await api.client.put(url % (uuid.uuid4(), "blue"), headers=api.headers())
@@ -442,7 +416,7 @@ async def test_deactivate_and_reactivate(open_api: Callable[..., Awaitable[Api]]
     assert resp.status == 204
     resp = await api.client.post("/v2/images/%s/actions/deactivate" % image_id, headers=api.headers())
     assert resp.status == 204
-    assert (await show(api, image_id))["status"] == "deactivated"
+    assert (await api.show(image_id))["status"] == "deactivated"
     resp = await api.client.post("/v2/images/%s/actions/deactivate" % image_id, headers=api.headers())
     assert resp.status == 204  # idempotent
     resp = await api.client.get("/v2/images/%s/file" % image_id, headers=member)
@@ -452,7 +426,7 @@ async def test_deactivate_and_reactivate(open_api: Callable[..., Awaitable[Api]]
     assert resp.status == 200 and await resp.read() == b"payload"  # admins still may
     resp = await api.client.post("/v2/images/%s/actions/reactivate" % image_id, headers=api.headers())
     assert resp.status == 204
-    assert (await show(api, image_id))["status"] == "active"
+    assert (await api.show(image_id))["status"] == "active"
     resp = await api.client.get("/v2/images/%s/file" % image_id, headers=member)
     assert resp.status == 200 and await resp.read() == b"payload"
 
@@ -487,7 +461,7 @@ async def test_upload_to_active_image_is_409(api: Api) -> None:
     image = await uploaded(api, b"first")
     resp = await api.upload(image["id"], b"second")
     await error_of(resp, 409)
-    after = await show(api, image["id"])
+    after = await api.show(image["id"])
     assert after["status"] == "active"
     assert after["checksum"] == hashlib.md5(b"first").hexdigest()
     resp = await api.client.get("/v2/images/%s/file" % image["id"], headers=api.headers())
@@ -499,7 +473,7 @@ async def test_upload_to_named_store(open_api: Callable[..., Awaitable[Api]]) ->
     image = await api.create(name="elsewhere")
     resp = await api.upload(image["id"], b"second store data", **{"X-Image-Meta-Store": "second"})
     assert resp.status == 204, await resp.text()
-    body = await show(api, image["id"])
+    body = await api.show(image["id"])
     assert body["stores"] == "second"
     assert store_files(api, "second") == {image["id"]}
     assert store_files(api, "local") == set()
@@ -507,7 +481,7 @@ async def test_upload_to_named_store(open_api: Callable[..., Awaitable[Api]]) ->
     # no header: the default store
     other = await api.create(name="default")
     assert (await api.upload(other["id"], b"x")).status == 204
-    assert (await show(api, other["id"]))["stores"] == "local"
+    assert (await api.show(other["id"]))["stores"] == "local"
 
 
 async def test_upload_to_unknown_store_is_400(api: Api) -> None:
@@ -515,7 +489,7 @@ async def test_upload_to_unknown_store_is_400(api: Api) -> None:
     resp = await api.upload(image["id"], b"data", **{"X-Image-Meta-Store": "atlantis"})
     body = await error_of(resp, 400)
     assert "atlantis" in body["message"]
-    assert (await show(api, image["id"]))["status"] == "queued"
+    assert (await api.show(image["id"]))["status"] == "queued"
     assert store_files(api) == set()
 
 
@@ -552,7 +526,7 @@ async def test_upload_streamed_without_length(api: Api) -> None:
     resp = await api.client.put("/v2/images/%s/file" % image["id"], data=chunks_of(data),
                                 headers=api.headers(**{"Content-Type": "application/octet-stream"}))
     assert resp.status == 204, await resp.text()
-    body = await show(api, image["id"])
+    body = await api.show(image["id"])
     assert body["size"] == len(data)
     assert body["os_hash_algo"] == "sha512"
     assert body["os_hash_value"] == hashlib.sha512(data).hexdigest()
@@ -615,7 +589,7 @@ async def test_info_stores_marks_read_only_store(open_api: Callable[..., Awaitab
     image = await api.create(name="ro")
     resp = await api.upload(image["id"], b"data", **{"X-Image-Meta-Store": "ro"})
     assert resp.status == 409, await resp.text()
-    assert (await show(api, image["id"]))["status"] == "queued"
+    assert (await api.show(image["id"]))["status"] == "queued"
 
 
 async def test_delete_from_store(open_api: Callable[..., Awaitable[Api]]) -> None:
@@ -634,10 +608,10 @@ async def test_delete_from_store(open_api: Callable[..., Awaitable[Api]]) -> Non
         image_id, Location(store="second", url=second.location_url(image_id), metadata={"store": "second"}),
         "2030-01-01T00:00:00Z",
     )
-    assert (await show(api, image_id))["stores"] == "local,second"
+    assert (await api.show(image_id))["stores"] == "local,second"
     resp = await api.client.delete("/v2/stores/second/%s" % image_id, headers=api.headers())
     assert resp.status == 204, await resp.text()
-    body = await show(api, image_id)
+    body = await api.show(image_id)
     assert body["stores"] == "local"
     assert store_files(api, "second") == set()
     resp = await api.client.get("/v2/images/%s/locations" % image_id, headers=api.headers())

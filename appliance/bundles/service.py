@@ -187,8 +187,7 @@ class BundleService:
                                    expected_size=record.size)
         record.check(digest)  # before anything becomes visible
         found = inspector.finish()
-        return ImageData(size=digest.size, checksum=digest.checksum, os_hash_value=digest.os_hash_value,
-                         os_hash_algo=digest.os_hash_algo, virtual_size=found.virtual_size)
+        return digest.image_data(found.virtual_size)
 
     async def _store_data(self, image: Image, chunks: AsyncIterator[bytes], store: ImageStore, record: ImageRecord,
                           background: bool) -> None:
@@ -210,4 +209,4 @@ class BundleService:
 
 
 def _location(store: ImageStore, image_id: str) -> Location:
-    return Location(store=store.name, url=store.location_url(image_id), metadata={"store": store.name})
+    return Location.in_store(store.name, store.location_url(image_id))

@@ -43,6 +43,7 @@ from appliance.bundles.report import FAILED, OK, BundleReport, EntryResult
 from appliance.bundles.signing import check_signature, enforce_signature_policy
 from appliance.digest import Buffer, ChecksumMismatch, Digest, DigestSink
 from appliance.errors import ApplianceError
+from appliance.stores.files import replace_durably
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
@@ -164,12 +165,7 @@ def _commit(fh: BinaryIO, partial: Path, final: Path) -> None:
     fh.flush()
     os.fsync(fh.fileno())
     fh.close()
-    os.replace(partial, final)
-    fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    replace_durably(partial, final)
 
 
 @contextlib.asynccontextmanager

@@ -1,4 +1,5 @@
-"""The image cache: copies of upstream images (`[hub] url`), never the site's own.
+"""The image cache: copies of hub images (`[hub] url`), never the site's own. Bytes only: the
+records come from HubRecords; built only when `[cache] enabled` and a hub is configured.
 
 Layout under `[cache] dir`: `data/<id>` (committed, verified entries), `partial/<id>` (fills in
 progress or interrupted: kept so the next fill resumes), `invalid/<id>` (fills whose hashes did
@@ -10,7 +11,7 @@ The rules, all here:
 * A fill is committed only after size, MD5 and SHA-512 match the image record.
 * Size is enforced when a fill starts: crossing the high watermark evicts least-recently-used
   entries (never one being read) down to the low watermark, and `min_free_bytes` stays free on
-  the filesystem. An image that still does not fit is relayed from upstream uncached.
+  the filesystem. An image that still does not fit is relayed from the hub uncached.
 """
 
 from __future__ import annotations
@@ -21,27 +22,57 @@ import logging
 import os
 import time
 from collections import Counter as Tally
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from appliance.catalog import Catalog
+from appliance.clock import timestamp
 from appliance.config import CacheConfig, Config, HubConfig
 from appliance.digest import ChecksumMismatch, DigestSink, verify
-from appliance.download import CACHE, UPSTREAM, Download, span
-from appliance.errors import (
-    ApplianceError, BadRequest, Conflict, HubUnreachable, NotFound, RangeNotSatisfiable, TooManyRequests,
-)
+from appliance.download import CACHE, HUB, Download, span
+from appliance.errors import ApplianceError, BadRequest, NotFound, RangeNotSatisfiable
+from appliance.hub.client import HubClient
+from appliance.hub.lookup import HubRecords
+from appliance.hub.records import HUB_STORE, has_hub_data
+from appliance.hub.transfer import Transfer, TransferBroken, backoff
 from appliance.metrics import Metrics
-from appliance.mirror import PENDING, UPSTREAM_STORE, fetch_image_record
-from appliance.model import ACTIVE, DEACTIVATED, CacheEntry, Image, QueuedImage
-from appliance.transfer import Transfer, TransferBroken, backoff
-from appliance.upstream import Upstream
+from appliance.model import ACTIVE, CacheEntry, Image, QueuedImage
 
 log = logging.getLogger(__name__)
 
 CLEAR_TARGETS = ("cache", "queue", "both")
+
+
+def check_queueable(image: Image) -> None:
+    """BadRequest unless the image may be queued for caching (also asked with the cache off)."""
+    if image.status != ACTIVE:
+        raise BadRequest("Image %s is %s; only active images can be queued for caching" % (image.id, image.status))
+
+
+async def reconcile(root: Path, catalog: Catalog) -> dict[str, CacheEntry]:
+    """Create the layout under `root` and reconcile its files with the catalog: files it does
+    not know are removed (never looped over), entries without a file are forgotten. Also run
+    with the cache off, so files of images deleted since it was on do not stay. Returns the
+    entries kept."""
+    data, partial, invalid = root / "data", root / "partial", root / "invalid"
+    for d in (data, partial, invalid):
+        await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
+    entries = {e.image_id: e for e in await catalog.cache_entries()}
+    known_images = set(await catalog.image_ids_with_location(HUB_STORE))
+    files = await asyncio.to_thread(_names, data)
+    gone = [i for i in entries if i not in files or i not in known_images]
+    if gone:
+        await catalog.delete_cache_entries(gone)
+        log.warning("cache: forgot %d entr(y/ies) whose file or image is gone", len(gone))
+    kept = {i: e for i, e in entries.items() if i not in gone}
+    for name in sorted(files - set(kept)):
+        await asyncio.to_thread(_unlink, data / name)
+        log.warning("cache: removed %s: no cache entry records it", name)
+    for directory in (partial, invalid):  # of images gone while the daemon was down
+        for name in sorted(await asyncio.to_thread(_names, directory) - known_images):
+            await asyncio.to_thread(_unlink, directory / name)
+    return kept
 
 
 @dataclass
@@ -59,74 +90,24 @@ class CacheStats:
         return {**self.__dict__, "hit_ratio": round(self.hits / asked, 4) if asked else 0.0}
 
 
-class HubLookups:
-    """Bounds on asking the hub about ids this site does not know, so that random ids sent
-    to an edge do not flood the WAN link: a miss is remembered for `miss_ttl` seconds (the
-    oldest forgotten past `miss_cache_size`), and each project has a token bucket of
-    `lookup_burst` lookups refilled at `lookups_per_minute`."""
-
-    def __init__(self, hub: HubConfig, clock: Callable[[], float] = time.monotonic) -> None:
-        self._hub = hub
-        self._clock = clock
-        self._misses: OrderedDict[str, float] = OrderedDict()  # image id -> when the hub missed it
-        self._buckets: dict[str, tuple[float, float]] = {}  # project -> (tokens, when counted)
-        self.refused = 0  # lookups answered 429
-
-    def apply_config(self, hub: HubConfig) -> None:
-        self._hub = hub
-
-    def missed(self, image_id: str) -> None:
-        if self._hub.miss_ttl <= 0:
-            return
-        self._misses[image_id] = self._clock()
-        self._misses.move_to_end(image_id)
-        while len(self._misses) > self._hub.miss_cache_size:
-            self._misses.popitem(last=False)
-
-    def found(self, image_id: str) -> None:
-        self._misses.pop(image_id, None)
-
-    def admit(self, image_id: str, project: str) -> None:
-        """Return if the hub may be asked about `image_id` for `project`; NotFound for a
-        remembered miss, TooManyRequests once the project's lookups are spent."""
-        now = self._clock()
-        missed_at = self._misses.get(image_id)
-        if missed_at is not None:
-            if now - missed_at < self._hub.miss_ttl:
-                raise NotFound("No image found with ID %s (not known at the hub %.0f s ago)" % (image_id, now - missed_at))
-            del self._misses[image_id]
-        burst, rate = float(self._hub.lookup_burst), self._hub.lookups_per_minute / 60.0
-        tokens, then = self._buckets.get(project, (burst, now))
-        tokens = min(burst, tokens + (now - then) * rate)
-        if tokens < 1:
-            self.refused += 1
-            raise TooManyRequests("Too many lookups of image ids unknown at this site for project %s (at most %d at once, "
-                                  "%d a minute); try again in %.0f s" % (project, self._hub.lookup_burst,
-                                                                         self._hub.lookups_per_minute, (1 - tokens) / rate + 0.5))
-        self._buckets[project] = (tokens - 1, now)
-        if len(self._buckets) > 4096:  # forget projects whose bucket has refilled
-            self._buckets = {p: (t, w) for p, (t, w) in self._buckets.items() if t + (now - w) * rate < burst}
-
-
 class ImageCache:
-    def __init__(self, config: CacheConfig, hub: HubConfig, root: Path, catalog: Catalog, upstream: Upstream | None, *,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(self, config: CacheConfig, hub_config: HubConfig, root: Path, catalog: Catalog, hub: HubClient,
+                 records: HubRecords, *, metrics: Metrics | None = None) -> None:
         self.config = config
-        self._hub = hub
+        self._hub_config = hub_config
         self.root = root
         self._data = root / "data"
         self._partial = root / "partial"
         self._invalid = root / "invalid"
         self._catalog = catalog
-        self.upstream = upstream
+        self._hub = hub
+        self._records = records  # the prefetcher's lookups of queued images
         self._metrics = metrics or Metrics()
         self.stats = CacheStats()
         self._entries: dict[str, CacheEntry] = {}
         self._fills: dict[str, asyncio.Future[Transfer | None]] = {}  # image id -> the fill, once begun
         self._fill_tasks: dict[str, asyncio.Task[None]] = {}
         self._last_error: dict[str, str] = {}
-        self._lookups: dict[str, asyncio.Future[Image]] = {}
-        self.hub_lookups = HubLookups(hub)
         self._reserved: dict[str, int] = {}
         self._leases: Tally[str] = Tally()  # readers of committed entries (never evicted)
         self._space = asyncio.Lock()
@@ -138,37 +119,14 @@ class ImageCache:
         """Reload: sizes, watermarks, intervals and retries apply to the next fill and round
         (dir and enabled need a restart)."""
         self.config = replace(config.cache, dir=self.config.dir, enabled=self.config.enabled)
-        self._hub = config.hub
-        self.hub_lookups.apply_config(config.hub)
+        self._hub_config = config.hub
         self._wake.set()
-
-    @property
-    def enabled(self) -> bool:
-        return self.config.enabled and self.upstream is not None
 
     # -- start-up and shutdown ----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the layout and reconcile files with the catalog: files it does not know are
-        removed (never looped over), entries without a file are forgotten."""
-        for d in (self._data, self._partial, self._invalid):
-            await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
-        entries = {e.image_id: e for e in await self._catalog.cache_entries()}
-        known_images = set(await self._catalog.image_ids_with_location(UPSTREAM_STORE))
-        files = await asyncio.to_thread(_names, self._data)
-        gone = [i for i in entries if i not in files or i not in known_images]
-        if gone:
-            await self._catalog.delete_cache_entries(gone)
-            log.warning("cache: forgot %d entr(y/ies) whose file or image is gone", len(gone))
-        self._entries = {i: e for i, e in entries.items() if i not in gone}
-        for name in sorted(files - set(self._entries)):
-            await asyncio.to_thread(_unlink, self._data / name)
-            log.warning("cache: removed %s: no cache entry records it", name)
-        for directory in (self._partial, self._invalid):  # of images gone while the daemon was down
-            for name in sorted(await asyncio.to_thread(_names, directory) - known_images):
-                await asyncio.to_thread(_unlink, directory / name)
-        if self.enabled:
-            log.info("cache: %d entr(y/ies), %d of %d bytes used", len(self._entries), self.used_bytes(), self.config.max_size)
+        self._entries = await reconcile(self.root, self._catalog)
+        log.info("cache: %d entr(y/ies), %d of %d bytes used", len(self._entries), self.used_bytes(), self.config.max_size)
 
     async def close(self) -> None:
         tasks = [*self._fill_tasks.values(), *self._background]
@@ -177,14 +135,12 @@ class ImageCache:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self.upstream is not None:
-            await self.upstream.close()
 
     # -- looking up --------------------------------------------------------------------------
 
     def serves(self, image: Image) -> bool:
-        """Whether this image's data can come through the cache (it lives upstream)."""
-        return self.enabled and any(loc.store == UPSTREAM_STORE and loc.status == "active" for loc in image.locations)
+        """Whether this image's data can come through the cache (it lives at the hub)."""
+        return has_hub_data(image)
 
     def entries(self) -> list[CacheEntry]:
         return sorted(self._entries.values(), key=lambda e: e.last_accessed, reverse=True)
@@ -205,76 +161,11 @@ class ImageCache:
                 out[image_id] = (t.durable, t.size)
         return out
 
-    async def lookup(self, image_id: str, asker: str | None = None) -> Image:
-        """The image record, fetched from upstream and recorded when this site has none (one
-        upstream request however many clients ask at once). `asker`, the project of a client
-        request: its lookups of unknown ids are bounded, and a recent hub miss is answered
-        from memory (the daemon's own lookups, for the hub's assignments, always ask)."""
-        pending = self._lookups.get(image_id)
-        if pending is not None:  # the record is being fetched and written: wait for it
-            return await asyncio.shield(pending)
-        try:
-            image = await self._catalog.get_image(image_id)
-        except NotFound:
-            if self.upstream is None:
-                raise
-            if asker is not None:
-                self.hub_lookups.admit(image_id, asker)
-            return await self._fetch_record(image_id)
-        return await self.refresh(image)
-
-    async def _fetch_record(self, image_id: str) -> Image:
-        """Fetch and record the hub's record, one request however many clients ask at once."""
-        assert self.upstream is not None
-        fut = self._lookups.get(image_id)
-        if fut is None:
-            fut = self._lookups[image_id] = asyncio.ensure_future(self._fetch_and_remember(image_id))
-            fut.add_done_callback(lambda _: self._lookups.pop(image_id, None))
-        return await asyncio.shield(fut)
-
-    async def _fetch_and_remember(self, image_id: str) -> Image:
-        assert self.upstream is not None
-        try:
-            image = await fetch_image_record(self.upstream, self._catalog, image_id)
-        except NotFound:
-            self.hub_lookups.missed(image_id)
-            raise
-        self.hub_lookups.found(image_id)
-        return image
-
-    async def refresh(self, image: Image) -> Image:
-        """A newer record of an image without data here, if the hub has one (an image mirrored
-        while it was still being uploaded at the hub); the record as it is otherwise."""
-        if self.upstream is None or not any(loc.store == UPSTREAM_STORE and loc.status == PENDING for loc in image.locations):
-            return image
-        try:
-            return await self._fetch_record(image.id)
-        except ApplianceError:
-            return image  # not a hub image, or the hub is away: answer from what is known
-
-    async def servable(self, image: Image) -> Image:
-        """The hub's current record of a hub image that has no data to serve here yet (mirrored
-        or looked up while the hub was still writing it): the image is served once the hub has
-        it, and until then the client gets an error, never an empty success."""
-        if self.upstream is None:
-            return image
-        try:
-            fresh = await self._fetch_record(image.id)
-        except NotFound:
-            raise NotFound("Image %s is no longer at the hub" % image.id) from None
-        except HubUnreachable as exc:
-            raise HubUnreachable("Image %s has no data at this site yet and the hub is unreachable: %s"
-                                 % (image.id, exc)) from None
-        if not _has_upstream_data(fresh):
-            raise Conflict("Image %s is not active yet at the hub (status %s); try again once its upload has finished"
-                           % (image.id, fresh.status))
-        return fresh
-
     # -- serving ----------------------------------------------------------------------------
 
     async def open(self, image: Image, byte_range: slice | None = None) -> Download:
-        """Serve an upstream image: a committed entry, a fill being written (joined or begun),
-        or, for ranges and images that do not fit, bytes relayed from upstream."""
+        """Serve a hub image: a committed entry, a fill being written (joined or begun),
+        or, for ranges and images that do not fit, bytes relayed from the hub."""
         entry = self._entries.get(image.id)
         if entry is not None:
             self._leases[image.id] += 1
@@ -293,8 +184,8 @@ class ImageCache:
             return await self._relay_range(image, byte_range)
         transfer = await self._join_or_begin(image)
         if transfer is None:
-            return Download(image=image, source=UPSTREAM, chunks=self._relay(image), length=image.size)
-        return Download(image=image, source=UPSTREAM, chunks=transfer.follow(), length=image.size)
+            return Download(image=image, source=HUB, chunks=self._relay(image), length=image.size)
+        return Download(image=image, source=HUB, chunks=transfer.follow(), length=image.size)
 
     def _release(self, image_id: str) -> None:
         self._leases[image_id] -= 1
@@ -309,13 +200,12 @@ class ImageCache:
         return await asyncio.shield(fut)
 
     async def _begin(self, image: Image) -> Transfer | None:
-        assert self.upstream is not None
         try:
             if not await self._reserve(image):
                 self._fills.pop(image.id, None)  # the next request tries again (space may have freed)
                 return None
-            transfer = Transfer(self.upstream, image, self._partial / image.id, attempts=self._hub.resume_attempts,
-                                retry_max=self._hub.retry_max_seconds, on_bytes=self._fetched)
+            transfer = Transfer(self._hub, image, self._partial / image.id, attempts=self._hub_config.resume_attempts,
+                                retry_max=self._hub_config.retry_max_seconds, on_bytes=self._fetched)
             await transfer.open()
         except BaseException:
             self._reserved.pop(image.id, None)
@@ -328,7 +218,7 @@ class ImageCache:
 
     def _fetched(self, n: int) -> None:
         self.stats.bytes_from_upstream += n
-        self._metrics.upstream_bytes.inc(n)
+        self._metrics.hub_bytes.inc(n)
 
     async def _fill(self, transfer: Transfer) -> None:
         image = transfer.image
@@ -372,13 +262,12 @@ class ImageCache:
             raise exc  # cancelled: the daemon is stopping
 
     async def _relay(self, image: Image) -> AsyncIterator[bytes]:
-        """The whole image straight from upstream, verified on the way: the final chunk is held
+        """The whole image straight from the hub, verified on the way: the final chunk is held
         back until the hashes match, so a bad relay never looks complete to the client."""
-        assert self.upstream is not None
         sink = DigestSink(background=True)
         held: bytes | None = None
         try:
-            async with self.upstream.open_data(image.id) as resp:
+            async with self._hub.open_data(image.id) as resp:
                 async for chunk in resp.chunks:
                     self._fetched(len(chunk))
                     await sink.feed([chunk])
@@ -398,13 +287,13 @@ class ImageCache:
             yield held
 
     async def _relay_range(self, image: Image, byte_range: slice) -> Download:
-        assert self.upstream is not None and image.size is not None
+        assert image.size is not None
         start, stop = span(byte_range, image.size)
         if start >= stop:
             raise RangeNotSatisfiable("Requested range not satisfiable: the image has %d bytes" % image.size)
         stack = contextlib.AsyncExitStack()
-        resp = await stack.enter_async_context(self.upstream.open_data(image.id, offset=start, end=stop))
-        return Download(image=image, source=UPSTREAM, chunks=_Relayed(resp.chunks, stack, self._fetched),
+        resp = await stack.enter_async_context(self._hub.open_data(image.id, offset=start, end=stop))
+        return Download(image=image, source=HUB, chunks=_Relayed(resp.chunks, stack, self._fetched),
                         length=stop - start, content_range="bytes %d-%d/%d" % (start, stop - 1, image.size))
 
     # -- space ------------------------------------------------------------------------------
@@ -454,7 +343,7 @@ class ImageCache:
             self._metrics.cache_evictions.inc()
             freed += entry.size
             log.info("cache: evicted image %s (%d bytes, last used %s)", entry.image_id, entry.size,
-                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.last_accessed)))
+                     timestamp(entry.last_accessed))
         return freed
 
     async def _drop(self, image_id: str) -> None:
@@ -466,8 +355,7 @@ class ImageCache:
     # -- operator actions (Glance's cache API) ---------------------------------------------
 
     async def queue(self, image: Image) -> None:
-        if image.status != ACTIVE:
-            raise BadRequest("Image %s is %s; only active images can be queued for caching" % (image.id, image.status))
+        check_queueable(image)
         if image.id in self._entries or not self.serves(image):
             log.info("cache: image %s not queued: %s", image.id,
                      "already cached" if image.id in self._entries else "its data is held in this site's stores")
@@ -560,7 +448,7 @@ class ImageCache:
         try:
             error = await self._prefetch_one(item.image_id)
             if error:
-                delay = backoff(item.attempts + 1, float(self._hub.retry_max_seconds), base=float(self.config.prefetch_interval) / 4)
+                delay = backoff(item.attempts + 1, float(self._hub_config.retry_max_seconds), base=float(self.config.prefetch_interval) / 4)
                 await self._catalog.set_queue_failure(item.image_id, error, time.time() + delay)
                 log.warning("cache: prefetching image %s failed (attempt %d; retry in %.0f s): %s",
                             item.image_id, item.attempts + 1, delay, error)
@@ -571,7 +459,7 @@ class ImageCache:
     async def _prefetch_one(self, image_id: str) -> str:
         """Fetch one queued image; returns the error, or "" when done (or nothing to do)."""
         try:
-            image = await self.lookup(image_id)
+            image = await self._records.lookup(image_id)
         except ApplianceError as exc:
             return str(exc)
         if image.id in self._entries or not self.serves(image):
@@ -590,7 +478,7 @@ class ImageCache:
 
 
 class _Relayed:
-    """Chunks of an open upstream response; `aclose()` always releases the connection, even
+    """Chunks of an open hub response; `aclose()` always releases the connection, even
     when iteration never started (an async generator's `finally` would not run then)."""
 
     def __init__(self, chunks: AsyncIterator[bytes], stack: contextlib.AsyncExitStack, count: Callable[[int], None]) -> None:
@@ -611,16 +499,6 @@ class _Relayed:
 
 
 # -- file helpers (blocking: called through asyncio.to_thread) ---------------------------------
-
-
-def _has_upstream_data(image: Image) -> bool:
-    return image.status in (ACTIVE, DEACTIVATED) and image.size is not None and any(
-        loc.store == UPSTREAM_STORE and loc.status == "active" for loc in image.locations)
-
-
-def is_upstream_image(image: Image) -> bool:
-    """A hub image: its record carries a location in the upstream pseudo-store."""
-    return any(loc.store == UPSTREAM_STORE for loc in image.locations)
 
 
 def _names(directory: Path) -> set[str]:

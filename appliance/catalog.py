@@ -80,7 +80,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX tasks_image ON tasks (image_id);
     """,
-    # 2: the image cache (copies of upstream images) and its prefetch queue. Times are epoch
+    # 2: the image cache (copies of hub images) and its prefetch queue. Times are epoch
     # seconds, as Glance's cache API reports them.
     """
     CREATE TABLE cache_entries (
@@ -791,11 +791,11 @@ class Catalog:
             )
 
 
-    # -- mirrored images (records whose data lives upstream) --------------------------------
+    # -- mirrored images (records whose data lives at the hub) ------------------------------
 
-    async def upsert_mirrored_images(self, images: Sequence[Image], upstream_store: str) -> None:
-        """Insert or refresh upstream image records in one transaction. Columns, properties and
-        tags follow the upstream; the `upstream_store` location is set from the record; the
+    async def upsert_mirrored_images(self, images: Sequence[Image], hub_store: str) -> None:
+        """Insert or refresh hub image records in one transaction. Columns, properties and
+        tags follow the hub; the `hub_store` location is set from the record; the
         site's own locations (pinned copies) are never touched."""
         if not images:
             return
@@ -819,10 +819,10 @@ class Catalog:
                 [(image.id, t) for image in images for t in image.tags],
             )
             await db.executemany("DELETE FROM image_locations WHERE image_id = ? AND store = ?",
-                                 [(image.id, upstream_store) for image in images])
+                                 [(image.id, hub_store) for image in images])
             for image in images:
                 for location in image.locations:
-                    if location.store == upstream_store:
+                    if location.store == hub_store:
                         await self._insert_location(db, image.id, location)
 
     async def image_ids_with_location(self, store: str) -> list[str]:

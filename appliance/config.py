@@ -195,7 +195,7 @@ class ScrubberConfig:
 
 @dataclass(frozen=True)
 class HubConfig:
-    # The upstream Glance v2 endpoint (the hub appliance or a central Glance); "" = none.
+    # The hub: an appliance hub or a central Glance v2 endpoint; "" = none.
     url: str = ""
     # Token sent to the hub (X-Auth-Token); set at most one of the two.
     token: str = ""
@@ -203,7 +203,7 @@ class HubConfig:
     # Explicit timeouts: a dead WAN link must fail a request, never hang it.
     connect_timeout: int = 10
     read_timeout: int = 30
-    # Upstream transfer rate limit in bytes per second (0 = unlimited).
+    # Hub transfer rate limit in bytes per second (0 = unlimited).
     bandwidth_limit: int = 0
     # How often a broken transfer is resumed before it fails, and the back-off ceiling (s).
     resume_attempts: int = 5
@@ -226,7 +226,7 @@ class HubConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    # Copies of images whose data lives upstream ([hub] url); never the site's own images.
+    # Copies of images whose data lives at the hub ([hub] url); never the site's own images.
     enabled: bool = True
     dir: str = "cache"
     max_size: int = 10 << 30

@@ -8,8 +8,9 @@ from typing import AsyncIterator, Callable
 
 from appliance.model import Image
 
-# Where the bytes come from, as metrics and stats count them.
-STORE, CACHE, UPSTREAM = "store", "cache", "upstream"
+# Where the bytes come from, as metrics and stats count them (the hub's label value, "upstream",
+# is what dashboards already query).
+STORE, CACHE, HUB = "store", "cache", "upstream"
 
 
 @dataclass
@@ -22,7 +23,7 @@ class Download:
     # exhausted or closed with `aclose()`.
     chunks: AsyncIterator[bytes] | None = None
     length: int | None = None
-    # For a relayed range request: the upstream's "bytes a-b/total" (the answer is 206).
+    # For a relayed range request: the hub's "bytes a-b/total" (the answer is 206).
     content_range: str | None = None
     # Called once the response is finished (a cache entry stays un-evictable until then).
     release: Callable[[], None] | None = None

@@ -10,6 +10,9 @@
 Against a plain Glance v2 hub (no `/v2/edge/sites`), registration, heartbeats and assignments are
 off (logged once); mirror and pull-through work as with an appliance hub. Every hub error is
 caught per round: with the hub unreachable the site keeps serving, and the next round retries.
+
+A service, not part of the hub client layer (`appliance/hub/`): it drives ImageService (removal
+of images gone at the hub, pull tracking), the stores and the cache's figures.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ from appliance.catalog import Catalog
 from appliance.config import Config
 from appliance.digest import ChecksumMismatch
 from appliance.errors import ApplianceError, Conflict, HubUnreachable, NotFound
+from appliance.hub.client import HubClient
+from appliance.hub.lookup import HubRecords
+from appliance.hub.records import HUB_STORE, image_from_glance
+from appliance.hub.transfer import Transfer
 from appliance.images import ImageService
 from appliance.metrics import Metrics
-from appliance.mirror import UPSTREAM_STORE, image_from_glance
 from appliance.model import ACTIVE, Image, Location
 from appliance.stores.filesystem import FilesystemStore
-from appliance.transfer import Transfer
-from appliance.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +53,15 @@ def _now() -> str:
 
 
 class HubLink:
-    def __init__(self, config: Config, catalog: Catalog, stores: dict[str, FilesystemStore], cache: ImageCache,
-                 images: ImageService, upstream: Upstream, metrics: Metrics) -> None:
+    def __init__(self, config: Config, catalog: Catalog, stores: dict[str, FilesystemStore], cache: ImageCache | None,
+                 images: ImageService, client: HubClient, records: HubRecords, metrics: Metrics) -> None:
         self._config = config
         self._catalog = catalog
         self._stores = stores
-        self._cache = cache
+        self._cache = cache  # None: [cache] enabled = false (reported as an empty cache)
         self._images = images
-        self.upstream = upstream
+        self.client = client
+        self._records = records
         self._metrics = metrics
         self._state_file = config.path("hub-mirror.json")
         self.state = "unknown"  # up | down | unknown
@@ -74,16 +79,16 @@ class HubLink:
 
     def apply_config(self, config: Config) -> None:
         self._config = config
-        self.upstream.set_bandwidth_limit(config.hub.bandwidth_limit)
+        self.client.set_bandwidth_limit(config.hub.bandwidth_limit)
 
     def status(self) -> dict[str, Any]:
-        return {"configured": True, "url": self.upstream.url, "state": self.state, "site_api": self.extras,
+        return {"configured": True, "url": self.client.url, "state": self.state, "site_api": self.extras,
                 "registered": self.registered, "last_sync": self.last_sync, "last_error": self.last_error,
                 "pulls": [{"image_id": i, "bytes_done": d, "bytes_total": t} for i, (d, t) in self._pulling.items()]}
 
     def _up(self) -> None:
         if self.state != "up":
-            log.info("hub %s is reachable", self.upstream.url)
+            log.info("hub %s is reachable", self.client.url)
         self.state, self.last_error = "up", None
         self.last_sync = time.time()
         self._metrics.hub_up.set(1)
@@ -91,7 +96,7 @@ class HubLink:
 
     def _down(self, exc: BaseException) -> None:
         if self.state != "down":
-            log.warning("hub %s is unreachable; serving local and cached images until it returns: %s", self.upstream.url, exc)
+            log.warning("hub %s is unreachable; serving local and cached images until it returns: %s", self.client.url, exc)
         self.state, self.last_error = "down", str(exc)
         self._metrics.hub_up.set(0)
 
@@ -150,16 +155,16 @@ class HubLink:
                 params["updated_at"] = op + since
             async for page in self._pages(params):
                 if hub_now is None:
-                    hub_now = self.upstream.server_time
-                images = [image_from_glance(doc, self.upstream.data_url(str(doc["id"]))) for doc in page]
-                await self._catalog.upsert_mirrored_images(images, UPSTREAM_STORE)
+                    hub_now = self.client.server_time
+                images = [image_from_glance(doc, self.client.data_url(str(doc["id"]))) for doc in page]
+                await self._catalog.upsert_mirrored_images(images, HUB_STORE)
                 written += len(images)
                 for image in images:
                     seen.add(image.id)
                     if newest is None or image.updated_at > newest:
                         newest = image.updated_at
         if full:
-            known = set(await self._catalog.image_ids_with_location(UPSTREAM_STORE))
+            known = set(await self._catalog.image_ids_with_location(HUB_STORE))
             for image_id in sorted(known - seen):
                 await self._forget(image_id)
         settled = newest is not None and hub_now is not None and _epoch(newest) < hub_now - SETTLE_SECONDS
@@ -172,13 +177,13 @@ class HubLink:
         return written
 
     async def _pages(self, params: dict[str, str]) -> AsyncIterator[list[dict[str, Any]]]:
-        body = await self.upstream.request_json("GET", "/v2/images", params=params)
+        body = await self.client.request_json("GET", "/v2/images", params=params)
         while True:
             yield list(body.get("images") or [])
             nxt = body.get("next")
             if not nxt:
                 return
-            body = await self.upstream.request_json("GET", nxt if nxt.startswith("/v2/") else "/v2/" + nxt.lstrip("/"))
+            body = await self.client.request_json("GET", nxt if nxt.startswith("/v2/") else "/v2/" + nxt.lstrip("/"))
 
     async def _forget(self, image_id: str) -> None:
         """The hub deleted this image: drop the record, the pinned copies and the cached copy."""
@@ -194,12 +199,12 @@ class HubLink:
             state = json.loads(self._state_file.read_text())
         except (OSError, ValueError):
             return
-        if state.get("hub") == self.upstream.url:  # another hub: start over
+        if state.get("hub") == self.client.url:  # another hub: start over
             self._since, self._settled = state.get("since"), bool(state.get("settled"))
 
     def _save_since(self) -> None:
         tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"since": self._since, "settled": self._settled, "hub": self.upstream.url}))
+        tmp.write_text(json.dumps({"since": self._since, "settled": self._settled, "hub": self.client.url}))
         tmp.replace(self._state_file)
 
     # -- registration and heartbeat -------------------------------------------------------------
@@ -214,23 +219,28 @@ class HubLink:
             "free_bytes": sum(u.free_bytes for u in usages),
             "version": __version__,
             "api_url": self._config.hub.api_url,
-            "cache": {"used_bytes": self._cache.used_bytes(), "entries": len(self._cache.entries()),
-                      "hit_ratio": self._cache.stats.as_dict()["hit_ratio"]},
+            "cache": self._cache_figures(),
         }
+
+    def _cache_figures(self) -> dict[str, Any]:
+        if self._cache is None:
+            return {"used_bytes": 0, "entries": 0, "hit_ratio": 0.0}
+        return {"used_bytes": self._cache.used_bytes(), "entries": len(self._cache.entries()),
+                "hit_ratio": self._cache.stats.as_dict()["hit_ratio"]}
 
     async def register(self) -> bool:
         """Register this site; False (logged once) if the hub has no site API (a plain Glance)."""
         try:
-            await self.upstream.request_json("POST", "/v2/edge/sites", json=await self._site_body())
+            await self.client.request_json("POST", "/v2/edge/sites", json=await self._site_body())
         except NotFound:
             if self.extras is not False:
                 log.warning("hub %s has no site API (a plain Glance v2?): registration, heartbeats and hub-driven sync "
-                            "are off; the catalog mirror and pull-through cache work as usual", self.upstream.url)
+                            "are off; the catalog mirror and pull-through cache work as usual", self.client.url)
             self.extras = False
             return False
         self.extras = True
         if not self.registered:
-            log.info("hub link: site %s registered with %s", self.site, self.upstream.url)
+            log.info("hub link: site %s registered with %s", self.site, self.client.url)
         self.registered = True
         return True
 
@@ -239,7 +249,7 @@ class HubLink:
             return
         body = await self._site_body()
         try:
-            await self.upstream.request_json("POST", "/v2/edge/sites/%s/heartbeat" % self.site,
+            await self.client.request_json("POST", "/v2/edge/sites/%s/heartbeat" % self.site,
                                              json={k: body[k] for k in ("free_bytes", "total_bytes", "cache")})
         except NotFound:
             self.registered = False  # the hub forgot us (e.g. a new hub): register again
@@ -252,7 +262,7 @@ class HubLink:
         """Carry out the pending assignments; returns how many were reported."""
         if not self.registered and not await self.register():
             return 0
-        doc = await self.upstream.request_json("GET", "/v2/edge/sites/%s/assignments" % self.site)
+        doc = await self.client.request_json("GET", "/v2/edge/sites/%s/assignments" % self.site)
         self._up()
         assignments = list(doc.get("assignments") or [])
         workers = asyncio.Semaphore(PULL_WORKERS)
@@ -273,7 +283,7 @@ class HubLink:
             status, message = "failure", str(exc)
             log.warning("hub link: %s of image %s failed: %s", action, image_id, exc)
         try:
-            await self.upstream.request_json("POST", "/v2/edge/sites/%s/assignments/%s" % (self.site, image_id),
+            await self.client.request_json("POST", "/v2/edge/sites/%s/assignments/%s" % (self.site, image_id),
                                              json={"action": action, "status": status, "message": message},
                                              expect=(200, 204))
         except Conflict:
@@ -286,15 +296,15 @@ class HubLink:
     async def fetch(self, image_id: str, dest: Path, progress: Callable[[int, int], None] | None = None) -> Image:
         """A hub image's bytes into `dest`: resumable (a partial `dest` is continued with Range),
         verified against the hub's record. Returns the record."""
-        image = await self._cache.lookup(image_id)
+        image = await self._records.lookup(image_id)
         await self._fetch(image, dest, progress)
         return image
 
     async def _fetch(self, image: Image, dest: Path, progress: Callable[[int, int], None] | None) -> None:
         if image.status != ACTIVE or image.size is None:
             raise Conflict("image %s is %s at the hub; only active images can be pulled" % (image.id, image.status))
-        transfer = Transfer(self.upstream, image, dest, attempts=self._config.hub.resume_attempts,
-                            retry_max=self._config.hub.retry_max_seconds, on_bytes=self._metrics.upstream_bytes.inc)
+        transfer = Transfer(self.client, image, dest, attempts=self._config.hub.resume_attempts,
+                            retry_max=self._config.hub.retry_max_seconds, on_bytes=self._metrics.hub_bytes.inc)
         await transfer.open()
         watcher = asyncio.create_task(_watch(transfer, progress)) if progress is not None else None
         try:
@@ -311,7 +321,7 @@ class HubLink:
 
     async def pin(self, image_id: str) -> str:
         """Pull a pinned copy into the default store (never evicted, unlike the cache)."""
-        image = await self._cache.lookup(image_id)
+        image = await self._records.lookup(image_id)
         store = self._pin_store()
         if store.name in image.stores:
             return "already held in store %s" % store.name
@@ -346,25 +356,25 @@ class HubLink:
         log.info("hub link: image %s removed from store(s) %s as the hub asked", image.id, ", ".join(removed) or "(none)")
         return "removed from %s" % (", ".join(removed) or "nothing (not held)")
 
-    # -- edge-created images to central ---------------------------------------------------------
+    # -- edge-created images to the hub --------------------------------------------------------
 
     async def push(self, image: Image, path: Path) -> None:
         """Copy an image created here to the hub under the same id (the rule: an image exists
-        at central before it goes to other edges), then record its central location."""
+        at the hub before it goes to other edges), then record its `central` location."""
         body: dict[str, Any] = {
             "id": image.id, "name": image.name, "disk_format": image.disk_format,
             "container_format": image.container_format, "visibility": image.visibility, "min_disk": image.min_disk,
             "min_ram": image.min_ram, "protected": image.protected, "tags": list(image.tags), **image.properties,
         }
         try:
-            await self.upstream.request_json("POST", "/v2/images", json=body, expect=(201,))
+            await self.client.request_json("POST", "/v2/images", json=body, expect=(201,))
         except Conflict:
             pass  # created by an earlier attempt: upload to it
-        await self.upstream.upload(image.id, path)
-        doc = await self.upstream.get_image(image.id)
+        await self.client.upload(image.id, path)
+        doc = await self.client.get_image(image.id)
         if doc.get("os_hash_value") != image.os_hash_value or doc.get("checksum") != image.checksum:
             raise ChecksumMismatch("the hub recorded different hashes for image %s than this site" % image.id)
-        location = Location(store=UPSTREAM_STORE, url=self.upstream.data_url(image.id), metadata={"store": UPSTREAM_STORE})
+        location = Location(store=HUB_STORE, url=self.client.data_url(image.id), metadata={"store": HUB_STORE})
         await self._catalog.add_location(image.id, location, _now())
         log.info("hub link: image %s copied to the hub (central) with the same id", image.id)
 

@@ -14,10 +14,12 @@ from appliance.auth import Context
 from appliance.catalog import Catalog, ImageQuery
 from appliance.clock import SYSTEM_CLOCK, Clock, timestamp
 from appliance.config import Config
-from appliance.cache import ImageCache, is_upstream_image
+from appliance.cache import ImageCache
 from appliance.download import Download
 from appliance.errors import BadRequest, Conflict, Forbidden, HubUnreachable, NotFound, TooLarge
 from appliance.formats import FormatInspector, introspected_properties
+from appliance.hub.lookup import HubRecords
+from appliance.hub.records import is_hub_image
 from appliance.ids import parse_uuid
 from appliance.imagework import ImageWork
 from appliance.model import (
@@ -70,12 +72,13 @@ class Page:
 class ImageService:
     def __init__(self, config: Config, catalog: Catalog, stores: Mapping[str, ImageStore],
                  cache: ImageCache | None = None, *, sites: SiteService | None = None,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 hub_records: HubRecords | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self._config = config
         self.clock = clock  # created_at / updated_at
         self._catalog = catalog
         self._stores = stores
-        self._cache = cache
+        self._cache = cache  # None: no hub, or [cache] enabled = false
+        self._hub_records = hub_records  # None: no hub
         self._sites = sites  # the hub's edge sites, which are stores in Glance's words
         self.default_store = config.stores.default
         self.quotas = Quotas(config.quotas, catalog, stores)
@@ -143,8 +146,8 @@ class ImageService:
             # Glance answers 404 here, and clients rely on it: openstacksdk's find_image()
             # tries the name as an id first and falls back to a name search on 404.
             raise NotFound("No image found with ID %s (not a valid image ID)" % image_id) from None
-        # An id this site has not seen may be a hub image: the cache looks it up upstream.
-        image = await (self._cache.lookup(image_id, asker=ctx.project) if self._cache is not None
+        # An id this site has not seen may be a hub image: HubRecords asks the hub.
+        image = await (self._hub_records.lookup(image_id, asker=ctx.project) if self._hub_records is not None
                        else self._catalog.get_image(image_id))
         policy.check_visible(ctx, image)
         return image
@@ -372,9 +375,9 @@ class ImageService:
         image = await self.authorized(ctx, image_id, "download_image")
         if image.status == DEACTIVATED and "admin" not in ctx.roles:
             raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
-        if self._cache is not None and is_upstream_image(image) and (image.status not in (ACTIVE, DEACTIVATED) or image.size is None):
+        if self._hub_records is not None and is_hub_image(image) and (image.status not in (ACTIVE, DEACTIVATED) or image.size is None):
             # A hub image is never answered 204: it has (or will have) data at the hub.
-            image = await self._cache.servable(image)
+            image = await self._hub_records.servable(image)
         if image.status not in (ACTIVE, DEACTIVATED) or not image.locations:
             return None
         for store_name in self._preferred_stores(image):

@@ -27,10 +27,10 @@ from appliance.config import Config
 from appliance.digest import Digest, verify
 from appliance.errors import ApplianceError, BadRequest, Conflict, NotFound, TooLarge
 from appliance.formats import inspect_file, introspected_properties
+from appliance.hub.records import HUB_STORE
 from appliance.hublink import HubLink
 from appliance.ids import parse_uuid
 from appliance.images import ImageService, require_formats
-from appliance.mirror import UPSTREAM_STORE
 from appliance.model import (
     ACTIVE, COPY, FAILED_IMPORT, IMPORTING, IMPORTING_TO, QUEUED, UPLOADING, Image, ImageData, Location, Task, TaskId,
 )
@@ -335,7 +335,7 @@ class ImportService:
         if not isinstance(must, bool):
             raise BadRequest("all_stores_must_succeed must be true or false")
         sites = self._sites.names() if self._sites is not None else ()
-        remote = (*sites, UPSTREAM_STORE) if self._hub is not None else sites
+        remote = (*sites, HUB_STORE) if self._hub is not None else sites
         unknown = [s for s in stores or () if s not in self._stores and s not in remote]
         if unknown:
             raise Conflict("Unknown store(s) %s (stores of this site: %s)" % (", ".join(unknown), ", ".join([*self._stores, *remote])))
@@ -385,8 +385,8 @@ class ImportService:
                 decision = await self.uri_filter.check(request.uri or "")
                 if not decision.allowed:
                     raise BadRequest("URI refused: %s" % decision.reason)
-        to_hub = UPSTREAM_STORE in request.stores and self._hub is not None
-        sites = tuple(s for s in request.stores if s not in self._stores and not (to_hub and s == UPSTREAM_STORE))
+        to_hub = HUB_STORE in request.stores and self._hub is not None
+        sites = tuple(s for s in request.stores if s not in self._stores and not (to_hub and s == HUB_STORE))
         request = replace(request, stores=tuple(s for s in request.stores if s in self._stores))
         for store_name in request.stores:
             usage = self._stores[store_name].usage()
@@ -399,7 +399,7 @@ class ImportService:
         if to_hub:
             if request.stores or sites:
                 raise BadRequest("Copy an image to %s on its own: it goes to the hub first, then to other sites"
-                                 % UPSTREAM_STORE)
+                                 % HUB_STORE)
             return await self._start_push(ctx, image, body)
         if request.stores:
             await self._check_quotas(ctx, image, request)
@@ -472,18 +472,18 @@ class ImportService:
         if image.id in self._running:
             raise Conflict("Image %s is already being imported; wait for that import to finish" % image.id)
         await self._catalog.edit_list_properties(image.id, [
-            ListEdit(IMPORTING_TO, add=(UPSTREAM_STORE,)), ListEdit(FAILED_IMPORT, remove=(UPSTREAM_STORE,))], self._now())
+            ListEdit(IMPORTING_TO, add=(HUB_STORE,)), ListEdit(FAILED_IMPORT, remove=(HUB_STORE,))], self._now())
         stamp = self._now()
         task = await self._catalog.create_task(Task(
             id=TaskId(str(uuid.uuid4())), type=TASK_TYPE, status="processing", owner=ctx.project, image_id=image.id,
-            input={"image_id": image.id, "import_req": body, "backend": [UPSTREAM_STORE]}, result=None, message="",
+            input={"image_id": image.id, "import_req": body, "backend": [HUB_STORE]}, result=None, message="",
             created_at=stamp, updated_at=stamp,
         ))
         job = asyncio.create_task(self._push(task, image, path), name="push-%s" % image.id)
         self._images.work.watch(image.id, job, "copy to the hub")
         self._running[image.id] = job
         job.add_done_callback(lambda _t, i=image.id: self._running.pop(i, None))
-        log.info("image %s: copy to the hub (%s) started (task %s)", image.id, UPSTREAM_STORE, task.id)
+        log.info("image %s: copy to the hub (%s) started (task %s)", image.id, HUB_STORE, task.id)
         return task
 
     async def _push(self, task: Task, image: Image, path: Path) -> None:
@@ -499,12 +499,12 @@ class ImportService:
                 await self._deleted(task)
                 return
             await self._catalog.edit_list_properties(image.id, [
-                ListEdit(IMPORTING_TO, remove=(UPSTREAM_STORE,)), ListEdit(FAILED_IMPORT, add=(UPSTREAM_STORE,))], self._now())
-            message = "Copy to the hub (%s) failed: %s" % (UPSTREAM_STORE, exc)
+                ListEdit(IMPORTING_TO, remove=(HUB_STORE,)), ListEdit(FAILED_IMPORT, add=(HUB_STORE,))], self._now())
+            message = "Copy to the hub (%s) failed: %s" % (HUB_STORE, exc)
             await self._catalog.update_task(task.id, self._now(), status="failure", message=message)
             log.warning("image %s: %s", image.id, message)
             return
-        await self._catalog.edit_list_properties(image.id, [ListEdit(IMPORTING_TO, remove=(UPSTREAM_STORE,))], self._now())
+        await self._catalog.edit_list_properties(image.id, [ListEdit(IMPORTING_TO, remove=(HUB_STORE,))], self._now())
         await self._catalog.update_task(task.id, self._now(), status="success", result={"image_id": image.id},
                                         bytes_done=image.size or 0, bytes_total=image.size)
 

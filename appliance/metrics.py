@@ -27,7 +27,7 @@ class Metrics:
         self.cache_hits = Counter("appliance_cache_hits_total", "Downloads served from the cache", registry=r)
         self.cache_misses = Counter("appliance_cache_misses_total", "Downloads that missed the cache", registry=r)
         self.cache_evictions = Counter("appliance_cache_evictions_total", "Cache entries evicted", registry=r)
-        self.upstream_bytes = Counter("appliance_upstream_bytes_total", "Image bytes fetched from the hub", registry=r)
+        self.hub_bytes = Counter("appliance_upstream_bytes_total", "Image bytes fetched from the hub", registry=r)
         self.cache_size = Gauge("appliance_cache_size_bytes", "Bytes held by the cache (0: no cache on this site)",
                                 registry=r)
         self.tasks = Gauge("appliance_import_tasks", "Import tasks by state", ["state"], registry=r)

@@ -130,7 +130,7 @@ class ImageData:
 
 @dataclass(frozen=True)
 class CacheEntry:
-    """A cached copy of an upstream image (times: epoch seconds, as Glance's cache API)."""
+    """A cached copy of a hub image (times: epoch seconds, as Glance's cache API)."""
 
     image_id: str
     size: int

@@ -16,7 +16,7 @@ from appliance.cache import ImageCache
 from appliance.catalog import Catalog
 from appliance.clock import SYSTEM_CLOCK, Clock, timestamp
 from appliance.errors import ApplianceError, NotFound
-from appliance.mirror import UPSTREAM_STORE
+from appliance.hub.records import HUB_STORE
 from appliance.stores.filesystem import FilesystemStore
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Scrubber:
             bad.append((image_id, store_name))
             log.error("scrubber: image %s in store %s does not match its recorded SHA-512 (%d bytes read); "
                       "copy quarantined to %s and no longer served", image_id, store_name, actual_size, moved)
-            if self._repair is not None and UPSTREAM_STORE in (await self._catalog.get_image(image_id)).stores:
+            if self._repair is not None and HUB_STORE in (await self._catalog.get_image(image_id)).stores:
                 await self._repull(image_id)
         checked += await self._scrub_cache(bad)
         if checked:

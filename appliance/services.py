@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable, Coroutine
 
 from appliance.auth import Authenticator
 from appliance.bundles.service import BundleService
-from appliance.cache import ImageCache
+from appliance.cache import ImageCache, reconcile
 from appliance.catalog import Catalog
 from appliance.clock import SYSTEM_CLOCK, Clock
 from appliance.config import Config
@@ -18,11 +18,12 @@ from appliance.metrics import Metrics
 from appliance.scrubber import Scrubber
 from appliance.images import ImageService
 from appliance.bundles.inbox import Inbox
+from appliance.hub.client import HubClient, read_token
+from appliance.hub.lookup import HubRecords
 from appliance.hublink import HubLink
 from appliance.imports import ImportService, build_steps, build_uri_filter
 from appliance.sites import SiteService
 from appliance.stores.filesystem import FilesystemStore
-from appliance.upstream import Upstream, read_token
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +40,19 @@ class Services:
     metrics: Metrics
     scrubber: Scrubber
     sites: SiteService
-    cache: ImageCache
+    cache: ImageCache | None  # None: no hub, or [cache] enabled = false
     bundles: BundleService
     inbox: Inbox | None  # None: no [inbox] dir
     hub: HubLink | None = None  # None: no [hub] url (or this is the hub)
+    hub_records: HubRecords | None = None  # None: no [hub] url
 
-    def background_loops(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
-        loops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+    def background_loops(self) -> list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]]:
+        loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         if self.config.scrubber.enabled:
             loops.append(("scrubber", self.scrubber.run))
         if self.inbox is not None:
             loops.append(("inbox", self.inbox.run))
-        if self.cache.enabled:
+        if self.cache is not None:
             loops.append(("cache-prefetcher", self.cache.run_prefetcher))
             loops.append(("cache-cleaner", self.cache.run_cleaner))
         if self.hub is not None:
@@ -80,7 +82,10 @@ def reload_services(services: Services, new: Config) -> list[str]:
     services.images.apply_config(new)
     services.imports.apply_config(new)
     services.sites.apply_config(new)
-    services.cache.apply_config(new)
+    if services.cache is not None:
+        services.cache.apply_config(new)
+    if services.hub_records is not None:
+        services.hub_records.apply_config(new.hub)
     if new.cache.dir != services.config.cache.dir or new.cache.enabled != services.config.cache.enabled:
         pending.append("cache.dir/enabled")
     if services.hub is not None:
@@ -112,20 +117,27 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
             store.prepare()
         auth = Authenticator.from_config(config)
         async with Catalog.open(config.path(config.catalog.path)) as catalog:
-            upstream = _upstream(config)
-            cache = ImageCache(config.cache, config.hub, config.path(config.cache.dir), catalog, upstream, metrics=metrics)
-            await cache.start()
+            client = _hub_client(config)
+            records = HubRecords(client, catalog, config.hub) if client is not None else None
+            cache: ImageCache | None = None  # bytes only: none without a hub or when disabled
+            if client is not None and records is not None and config.cache.enabled:
+                cache = ImageCache(config.cache, config.hub, config.path(config.cache.dir), catalog, client, records,
+                                   metrics=metrics)
+                await cache.start()
+            else:  # no cache, but files from when it was on: those of deleted images go
+                await reconcile(config.path(config.cache.dir), catalog)
             sites = SiteService(config, catalog, stores, clock=clock)
             await sites.load()
-            images = ImageService(config, catalog, stores, cache, sites=sites, clock=clock)
-            hub = HubLink(config, catalog, stores, cache, images, upstream, metrics) if upstream is not None else None
+            images = ImageService(config, catalog, stores, cache, sites=sites, hub_records=records, clock=clock)
+            hub = (HubLink(config, catalog, stores, cache, images, client, records, metrics)
+                   if client is not None and records is not None else None)
             imports = ImportService(config, catalog, dict(stores), images, build_steps(config), build_uri_filter(config),
                                     sites=sites, hub=hub,
                                     observe_plugin=lambda name, secs: metrics.plugin_seconds.labels(name).observe(secs))
             scrubber = Scrubber(catalog, stores, interval=config.scrubber.interval,
                                 rate_bytes_per_s=config.scrubber.rate_mib_per_s * float(1 << 20),
                                 on_checked=metrics.scrub_checked.inc, on_mismatch=metrics.scrub_mismatches.inc,
-                                cache=cache if cache.enabled else None, repair=hub.pin if hub is not None else None, clock=clock)
+                                cache=cache, repair=hub.pin if hub is not None else None, clock=clock)
             bundles = BundleService(config, catalog, stores, images)
             inbox = Inbox(config.path(config.inbox.dir), store=config.inbox.store, settle_seconds=config.inbox.settle_seconds,
                           bundles=bundles, images=images, imports=imports) if config.inbox.dir else None
@@ -135,16 +147,19 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
             try:
                 yield Services(config=config, catalog=catalog, stores=stores, images=images, imports=imports, auth=auth,
                                events=events, metrics=metrics, scrubber=scrubber, cache=cache, bundles=bundles, inbox=inbox,
-                               sites=sites, hub=hub)
+                               sites=sites, hub=hub, hub_records=records)
             finally:
                 await imports.close()
-                await cache.close()
+                if cache is not None:
+                    await cache.close()  # its fills first: they read through the client
+                if client is not None:
+                    await client.close()
     finally:
         events.detach()  # also when start-up fails
 
 
-def _upstream(config: Config) -> Upstream | None:
+def _hub_client(config: Config) -> HubClient | None:
     """The hub client, when `[hub] url` names one."""
     if not config.hub.url:
         return None
-    return Upstream(config.hub, read_token(config.hub, config.path))
+    return HubClient(config.hub, read_token(config.hub, config.path))

@@ -1,5 +1,6 @@
 """Glance's cache API (`/v2/cache`, python-glanceclient's cache-* commands) and the
-appliance's cache view for operators (`/v2/edge/cache`). Admin only."""
+appliance's cache view for operators (`/v2/edge/cache`). Admin only. With no cache (no hub, or
+`[cache] enabled = false`) they answer as an empty cache that is off."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from aiohttp import web
 from appliance import policy
 from appliance.api.keys import CACHE, IMAGES
 from appliance.api.middleware import CONTEXT
-from appliance.cache import CLEAR_TARGETS, ImageCache
+from appliance.cache import CLEAR_TARGETS, CacheStats, ImageCache, check_queueable
+from appliance.config import CacheConfig
 from appliance.errors import BadRequest
 from appliance.model import CacheEntry
 
@@ -24,8 +26,8 @@ async def list_cache(request: web.Request) -> web.Response:
     _check(request, "cache_list")
     cache = request.app[CACHE]
     return web.json_response({
-        "cached_images": [_entry(e) for e in cache.entries()],
-        "queued_images": [q.image_id for q in await cache.queued()],
+        "cached_images": [_entry(e) for e in cache.entries()] if cache is not None else [],
+        "queued_images": [q.image_id for q in await cache.queued()] if cache is not None else [],
     })
 
 
@@ -33,7 +35,11 @@ async def list_cache(request: web.Request) -> web.Response:
 async def queue_image(request: web.Request) -> web.Response:
     _check(request, "cache_image")
     image = await request.app[IMAGES].get(request[CONTEXT], request.match_info["image_id"])
-    await request.app[CACHE].queue(image)
+    cache = request.app[CACHE]
+    if cache is not None:
+        await cache.queue(image)
+    else:
+        check_queueable(image)
     return web.Response(status=202)
 
 
@@ -44,9 +50,9 @@ async def delete_image(request: web.Request) -> web.Response:
     cache = request.app[CACHE]
     # Glance removes the image from both; the clear-target header narrows it, as for DELETE /v2/cache.
     target = _clear_target(request)
-    if target in ("cache", "both"):
+    if cache is not None and target in ("cache", "both"):
         await cache.delete(image.id)
-    if target in ("queue", "both"):
+    if cache is not None and target in ("queue", "both"):
         await cache.dequeue(image.id)
     return web.Response(status=204)
 
@@ -62,21 +68,26 @@ def _clear_target(request: web.Request) -> str:
 async def clear(request: web.Request) -> web.Response:
     _check(request, "cache_delete")
     # Absent means both; `both` is accepted too (Glance documents it but rejects it).
-    await request.app[CACHE].clear(_clear_target(request))
+    target = _clear_target(request)
+    cache = request.app[CACHE]
+    if cache is not None:
+        await cache.clear(target)
     return web.Response(status=204)
 
 
 @routes.post("/v2/cache/clean")
 async def clean(request: web.Request) -> web.Response:
     _check(request, "cache_delete")
-    files, size = await request.app[CACHE].clean()
+    cache = request.app[CACHE]
+    files, size = await cache.clean() if cache is not None else (0, 0)
     return web.json_response({"total_files_cleaned": files, "total_bytes_cleaned": size})
 
 
 @routes.post("/v2/cache/prune")
 async def prune(request: web.Request) -> web.Response:
     _check(request, "cache_delete")
-    files, size = await request.app[CACHE].prune()
+    cache = request.app[CACHE]
+    files, size = await cache.prune() if cache is not None else (0, 0)
     return web.json_response({"total_files_pruned": files, "total_bytes_pruned": size})
 
 
@@ -85,8 +96,11 @@ async def overview(request: web.Request) -> web.Response:
     """Everything an operator wants at once: figures, entries, the queue with its errors, fills."""
     _check(request, "cache_list")
     cache = request.app[CACHE]
+    summary = cache_summary(cache, request.app[IMAGES].config.cache)  # the running config (reloads apply)
+    if cache is None:
+        return web.json_response({**summary, "entries": [], "queue": [], "fills": []})
     return web.json_response({
-        **cache_summary(cache),
+        **summary,
         "entries": [_entry(e) for e in cache.entries()],
         "queue": [
             {"image_id": q.image_id, "queued_at": q.queued_at, "attempts": q.attempts, "last_error": q.last_error,
@@ -103,15 +117,16 @@ def _entry(e: CacheEntry) -> dict[str, object]:
             "cached_at": e.cached_at, "size": e.size}
 
 
-def cache_summary(cache: ImageCache) -> dict[str, object]:
-    conf = cache.config
+def cache_summary(cache: ImageCache | None, config: CacheConfig) -> dict[str, object]:
+    """The figures; `config` (the running [cache] section) stands in when there is no cache."""
+    conf = cache.config if cache is not None else config
     return {
-        "enabled": cache.enabled,
+        "enabled": cache is not None,
         "max_size": conf.max_size,
-        "used_bytes": cache.used_bytes(),
+        "used_bytes": cache.used_bytes() if cache is not None else 0,
         "high_watermark": conf.high_watermark,
         "low_watermark": conf.low_watermark,
-        "entries_count": len(cache.entries()),
-        "fills_count": len(cache.fills()),
-        "stats": cache.stats.as_dict(),
+        "entries_count": len(cache.entries()) if cache is not None else 0,
+        "fills_count": len(cache.fills()) if cache is not None else 0,
+        "stats": (cache.stats if cache is not None else CacheStats()).as_dict(),
     }

@@ -28,7 +28,7 @@ async def status(request: web.Request) -> web.Response:
         "uptime_seconds": int(time.monotonic() - request.app[STARTED]),
         "hub": request.app[HUB].status() if request.app[HUB] is not None else
         {"configured": False, "state": "none", "last_sync": None, "last_error": None},
-        "cache": cache_summary(request.app[CACHE]) if request.app[CACHE].enabled else None,
+        "cache": cache_summary(request.app[CACHE], config.cache) if request.app[CACHE] is not None else None,
         "stores": [
             schemas.store_usage_to_json(store.name, store.description, store.name == images.default_store, usage)
             for store, usage in images.stores_info()
@@ -63,7 +63,8 @@ async def metrics(request: web.Request) -> web.Response:
     for status, n in counts["images"].items():
         m.images.labels(status).set(n)
     m.imports_running.set(request.app[IMPORTS].running_count())
-    m.cache_size.set(request.app[CACHE].used_bytes())
+    cache = request.app[CACHE]
+    m.cache_size.set(cache.used_bytes() if cache is not None else 0)
     for store, usage in request.app[IMAGES].stores_info():
         m.store_total.labels(store.name).set(usage.total_bytes)
         m.store_free.labels(store.name).set(usage.free_bytes)

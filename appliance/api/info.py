@@ -8,7 +8,7 @@ from appliance.api import schema_docs, schemas
 from appliance.api.keys import CONFIG, HUB, IMAGES, SITES
 from appliance.api.middleware import CONTEXT
 from appliance.errors import NotFound
-from appliance.mirror import UPSTREAM_STORE
+from appliance.hub.records import HUB_STORE
 
 routes = web.RouteTableDef()
 
@@ -83,8 +83,8 @@ def _hub_store(request: web.Request) -> list[dict[str, object]]:
     # At an edge with a hub, `central` is where copy-image sends an image created here.
     if request.app[HUB] is None:
         return []
-    return [{"id": UPSTREAM_STORE, "description": "The hub (%s): copy-image here sends an image created at this site to it"
-             % request.app[HUB].upstream.url}]
+    return [{"id": HUB_STORE, "description": "The hub (%s): copy-image here sends an image created at this site to it"
+             % request.app[HUB].client.url}]
 
 
 @routes.get("/v2/info/stores/detail")

@@ -21,6 +21,6 @@ EVENTS = web.AppKey("events", EventLog)
 STARTED = web.AppKey("started", float)
 METRICS = web.AppKey("metrics", Metrics)
 SITES = web.AppKey("sites", SiteService)
-CACHE = web.AppKey("cache", ImageCache)
+CACHE = web.AppKey("cache", ImageCache | None)  # type: ignore[arg-type]
 BUNDLES = web.AppKey("bundles", BundleService)
 HUB = web.AppKey("hub", HubLink | None)  # type: ignore[arg-type]

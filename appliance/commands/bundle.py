@@ -21,7 +21,7 @@ from appliance.digest import ChecksumMismatch
 from appliance.errors import ApplianceError, ConfigError
 from appliance.commands import target as target_options
 from appliance.commands.target import Target, target_from_args
-from appliance.upstream import Upstream
+from appliance.hub.client import HubClient
 
 class TransferFailed(ApplianceError):
     """The daemon or endpoint could not be reached, or refused the request."""
@@ -31,15 +31,15 @@ async def export_bundle(target: Target, image_ids: list[str], output: Path, key_
     """Write the images to a bundle at `output` (via output.partial; nothing is left on failure).
     The data is hashed while it streams and must match each image's record."""
     key = load_private_key(key_file) if key_file is not None else None
-    upstream = Upstream(HubConfig(url=target.base), target.token, session=target.session())
+    client = HubClient(HubConfig(url=target.base), target.token, session=target.session())
     try:
-        records = tuple([ImageRecord.from_glance(await upstream.get_image(i)) for i in dict.fromkeys(image_ids)])
+        records = tuple([ImageRecord.from_glance(await client.get_image(i)) for i in dict.fromkeys(image_ids)])
         manifest = Manifest(images=records, source=target.describe())
         raw = manifest.encode()
         async with create_bundle(output) as writer:
             await writer.start(raw, sign_manifest(raw, key) if key is not None else None)
             for record in records:
-                async with upstream.open_data(record.id) as data:
+                async with client.open_data(record.id) as data:
                     digest = await writer.add_stream(IMAGE_DIR + record.id, record.size, data.chunks)
                 try:
                     record.check(digest)
@@ -48,7 +48,7 @@ async def export_bundle(target: Target, image_ids: list[str], output: Path, key_
                                            % (record.id, target.describe(), exc)) from None
         return manifest
     finally:
-        await upstream.close()
+        await client.close()
 
 
 async def send_bundle(target: Target, path: Path, store: str | None = None) -> BundleReport:

@@ -540,3 +540,30 @@ async def test_reload_applies_cache_sizes_and_reports_what_needs_a_restart(make_
         pending = reload_services(services, make_config(hub={"url": "http://127.0.0.1:10"}, cache={"dir": "elsewhere"}))
         assert "hub.url" in pending and "cache.dir/enabled" in pending
         assert services.cache.config.dir == "cache"
+
+
+async def test_no_cache_is_built_when_it_is_off_or_there_is_no_hub(make_config: Any) -> None:
+    # Issue 15: hub records are HubRecords' business, so the byte cache exists only to hold bytes.
+    from appliance.services import open_services
+
+    async with open_services(make_config(hub={"url": "http://127.0.0.1:9"}, cache={"enabled": False})) as services:
+        assert services.cache is None and services.hub_records is not None
+        assert not [name for name, _ in services.background_loops() if name.startswith("cache-")]
+    async with open_services(make_config()) as services:
+        assert services.cache is None and services.hub_records is None
+
+
+async def test_with_the_cache_off_hub_records_are_looked_up_and_the_cache_api_answers_off(link_factory: Any) -> None:
+    link = await link_factory(cache={"enabled": False}, hub_link={"mirror_interval": 3600})
+    image_id = await link.hub_image(os.urandom(MiB))
+    # An id the edge has not mirrored yet: its record comes from the hub, with no cache built.
+    image = await link.edge_json("GET", "/v2/images/%s" % image_id)
+    assert image["id"] == image_id and image["stores"] == "central"
+    assert ("GET", "/v2/images/%s" % image_id) in link.proxy.requests
+    assert (await link.edge_json("GET", "/v2/edge/status"))["cache"] is None
+    view = await link.cache_view()
+    assert view["enabled"] is False and view["entries"] == view["queue"] == view["fills"] == []
+    assert view["stats"]["hits"] == view["stats"]["misses"] == 0
+    assert await link.edge_json("PUT", "/v2/cache/%s" % image_id) is None
+    assert await link.edge_json("GET", "/v2/cache") == {"cached_images": [], "queued_images": []}
+    assert not list((link.edge.state_dir / "cache" / "data").iterdir())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.cache import HubLookups
+from appliance.hub.lookup import HubLookups
 from appliance.config import HubConfig
 from appliance.errors import NotFound, TooManyRequests
 

@@ -1,4 +1,4 @@
-"""One upstream image transfer into a local file, shared by the cache fill and hub-driven pulls.
+"""One hub image transfer into a local file, shared by the cache fill and hub-driven pulls.
 
 * Resumable: when the link drops, the bytes already on disk are read back and hashed, then the
   transfer continues with an HTTP Range request from where it stopped (also after a restart,
@@ -17,12 +17,12 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import AsyncIterator, Callable, Sequence
+from typing import AsyncGenerator, Callable, Sequence
 
 from appliance.digest import Buffer, Digest, DigestSink, hash_prefix, verify
 from appliance.errors import ApplianceError, HubUnreachable
+from appliance.hub.client import HubClient
 from appliance.model import Image
-from appliance.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +32,15 @@ READ_CHUNK = 1 << 20
 class TransferBroken(ApplianceError):
     """The transfer a reader was following failed; the reader's response must not complete."""
 
-    title = "Bad Gateway"
-
 
 def backoff(attempt: int, ceiling: float, base: float = 0.5) -> float:
     """Exponential back-off with full jitter in its upper half (attempt counts from 1)."""
-    delay = min(ceiling, base * (2 ** (attempt - 1)))
+    delay = min(ceiling, base * 2.0 ** (attempt - 1))
     return delay * random.uniform(0.5, 1.0)
 
 
 class Transfer:
-    def __init__(self, upstream: Upstream, image: Image, partial: Path, *, attempts: int, retry_max: float,
+    def __init__(self, hub: HubClient, image: Image, partial: Path, *, attempts: int, retry_max: float,
                  on_bytes: Callable[[int], None] | None = None) -> None:
         if image.size is None:
             raise ValueError("an image without a size cannot be transferred")
@@ -54,7 +52,7 @@ class Transfer:
         self.verified = False
         self.error: BaseException | None = None
         self.range_requests = 0  # resumed requests sent (for operators and tests)
-        self._upstream = upstream
+        self._hub = hub
         self._attempts = attempts
         self._retry_max = retry_max
         self._on_bytes = on_bytes
@@ -83,7 +81,7 @@ class Transfer:
 
     async def run(self) -> Digest:
         """Fetch, resume as needed, verify. Raises HubUnreachable (attempts exhausted),
-        ChecksumMismatch, or NotFound (gone upstream); the partial file stays for the owner."""
+        ChecksumMismatch, or NotFound (gone from the hub); the partial file stays for the owner."""
         try:
             digest = await self._fetch()
             verify(digest, size=self.size, checksum=self.image.checksum, os_hash_value=self.image.os_hash_value)
@@ -132,7 +130,7 @@ class Transfer:
                     if fed:
                         self.range_requests += 1
                         log.info("image %s: resuming the transfer at byte %d of %d", self.image.id, fed, self.size)
-                    async with self._upstream.open_data(self.image.id, offset=fed) as resp:
+                    async with self._hub.open_data(self.image.id, offset=fed) as resp:
                         if not self.connected.done():
                             self.connected.set_result(None)
                         async for chunk in resp.chunks:
@@ -203,7 +201,7 @@ class Transfer:
         this call on (the file stays open for it) until it is exhausted or closed."""
         return Reader(self, start, self.size if end is None else min(end, self.size))
 
-    async def _read(self, start: int, end: int) -> AsyncIterator[bytes]:
+    async def _read(self, start: int, end: int) -> AsyncGenerator[bytes, None]:
         offset = start
         while offset < end:
             # Hold the final byte back until the whole image is verified.
@@ -234,8 +232,8 @@ class Reader:
 
     def __init__(self, transfer: Transfer, start: int, end: int) -> None:
         self._transfer = transfer
-        transfer._readers += 1  # noqa: SLF001 - the two classes are one unit
-        self._chunks = transfer._read(start, end)  # noqa: SLF001
+        transfer._readers += 1
+        self._chunks = transfer._read(start, end)
         self._open = True
 
     def __aiter__(self) -> "Reader":
@@ -252,5 +250,5 @@ class Reader:
         if self._open:
             self._open = False
             await self._chunks.aclose()
-            self._transfer._readers -= 1  # noqa: SLF001
-            self._transfer._release_read_fd()  # noqa: SLF001
+            self._transfer._readers -= 1
+            self._transfer._release_read_fd()

@@ -1,7 +1,7 @@
-"""Upstream image records in the site's catalog: the translation from Glance v2 JSON, and the
-on-demand lookup used when a client names an image this site has not seen yet.
+"""Hub image records in the site's catalog: the translation from Glance v2 JSON, and the
+fetch-and-record of one record (HubRecords decides when to ask).
 
-A mirrored image carries a location in the pseudo-store `central` (its data lives upstream), so
+A mirrored image carries a location in the pseudo-store `central` (its data lives at the hub), so
 its `stores` list `central`; copies the site keeps itself are ordinary store locations beside it.
 """
 
@@ -11,12 +11,13 @@ import logging
 from typing import Any, Mapping
 
 from appliance.catalog import Catalog
-from appliance.model import Image, ImageId, Location, VISIBILITIES
-from appliance.upstream import Upstream, UpstreamRejected
+from appliance.hub.client import HubClient, HubRejected
+from appliance.model import ACTIVE, DEACTIVATED, VISIBILITIES, Image, ImageId, Location
 
 log = logging.getLogger(__name__)
 
-UPSTREAM_STORE = "central"
+# The pseudo-store of the hub's copy: the name clients see (Glance's `stores`), kept as it is.
+HUB_STORE = "central"
 PENDING = "pending"
 # JSON keys that are not properties of the image (links, computed views, per-site progress).
 _NOT_PROPERTIES = frozenset({
@@ -27,7 +28,7 @@ _NOT_PROPERTIES = frozenset({
 
 
 def image_from_glance(doc: Mapping[str, Any], data_url: str) -> Image:
-    """An upstream image record as this site stores it. Raises UpstreamRejected for a record
+    """A hub image record as this site stores it. Raises HubRejected for a record
     that is not a Glance v2 image."""
     try:
         image_id = str(doc["id"])
@@ -37,7 +38,7 @@ def image_from_glance(doc: Mapping[str, Any], data_url: str) -> Image:
         properties = {
             k: v if isinstance(v, str) else str(v)
             for k, v in doc.items()
-            # os_glance_* are the upstream's own bookkeeping (its import progress), not the image's.
+            # os_glance_* are the hub's own bookkeeping (its import progress), not the image's.
             if k not in _NOT_PROPERTIES and not k.startswith("os_glance_") and v is not None
         }
         return Image(
@@ -63,18 +64,38 @@ def image_from_glance(doc: Mapping[str, Any], data_url: str) -> Image:
             tags=tuple(str(t) for t in doc.get("tags") or ()),
             # A record mirrored before its data was there is marked `pending`: this site asks
             # the hub again before answering for it (not served, not in `stores`).
-            locations=(Location(store=UPSTREAM_STORE, url=data_url, metadata={"store": UPSTREAM_STORE},
+            locations=(Location(store=HUB_STORE, url=data_url, metadata={"store": HUB_STORE},
                                 status="active" if doc.get("status") in ("active", "deactivated") else PENDING),),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise UpstreamRejected("the hub sent an image record this site cannot read (%s: %s)"
+        raise HubRejected("the hub sent an image record this site cannot read (%s: %s)"
                                % (type(exc).__name__, exc)) from None
 
 
-async def fetch_image_record(upstream: Upstream, catalog: Catalog, image_id: str) -> Image:
-    """Look an image up upstream and record it here (NotFound if the hub does not know it)."""
-    doc = await upstream.get_image(image_id)
-    image = image_from_glance(doc, upstream.data_url(image_id))
-    await catalog.upsert_mirrored_images([image], UPSTREAM_STORE)
+async def fetch_image_record(hub: HubClient, catalog: Catalog, image_id: str) -> Image:
+    """Look an image up at the hub and record it here (NotFound if the hub does not know it)."""
+    doc = await hub.get_image(image_id)
+    image = image_from_glance(doc, hub.data_url(image_id))
+    await catalog.upsert_mirrored_images([image], HUB_STORE)
     log.info("image %s (%s) recorded from the hub", image.id, image.name)
     return await catalog.get_image(image.id)
+
+
+def is_hub_image(image: Image) -> bool:
+    """A hub image: its record carries a location in the hub's pseudo-store."""
+    return any(loc.store == HUB_STORE for loc in image.locations)
+
+
+def has_hub_data(image: Image) -> bool:
+    """The hub holds this image's data: it can be served through the cache or relayed."""
+    return any(loc.store == HUB_STORE and loc.status == "active" for loc in image.locations)
+
+
+def is_pending(image: Image) -> bool:
+    """Mirrored before the hub had its data: the hub is asked again before answering for it."""
+    return any(loc.store == HUB_STORE and loc.status == PENDING for loc in image.locations)
+
+
+def is_servable(image: Image) -> bool:
+    """A hub image whose data can be read now (active, sized, at the hub)."""
+    return image.status in (ACTIVE, DEACTIVATED) and image.size is not None and has_hub_data(image)

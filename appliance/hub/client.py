@@ -1,5 +1,5 @@
-"""The one client for the upstream Glance v2 endpoint (`[hub] url`): the hub appliance or a
-central Glance. Image metadata, image data (with Range for resumed transfers) and JSON calls.
+"""The one client for the hub (`[hub] url`): an appliance hub or a central Glance v2. Image
+metadata, image data (with Range for resumed transfers) and JSON calls.
 
 Every connection error, timeout or 5xx becomes `HubUnreachable`, so callers decide on one
 domain error; timeouts are explicit (a dead WAN link fails, never hangs); nothing blocks the loop.
@@ -27,10 +27,8 @@ log = logging.getLogger(__name__)
 DATA_CHUNK = 1 << 20
 
 
-class UpstreamRejected(ApplianceError):
-    """The upstream answered, but refused (4xx other than 404/403/409)."""
-
-    title = "Bad Gateway"
+class HubRejected(ApplianceError):
+    """The hub answered, but refused (4xx other than 404/403/409)."""
 
 
 def read_token(config: HubConfig, resolve: Any = None) -> str:
@@ -76,7 +74,7 @@ class DataResponse:
     chunks: AsyncIterator[bytes]
 
 
-class Upstream:
+class HubClient:
     def __init__(self, config: HubConfig, token: str, *, session: aiohttp.ClientSession | None = None) -> None:
         self.url = config.url
         self._token = token
@@ -84,7 +82,7 @@ class Upstream:
                                               sock_read=config.read_timeout)
         self._session = session
         self._limiter = RateLimiter(config.bandwidth_limit)
-        # The hub's clock (its Date header) at the last JSON answer: the mirror's marker logic.
+        # The hub's clock (its Date header) at the last JSON answer: the catalog mirror's marker logic.
         self.server_time: float | None = None
 
     def set_bandwidth_limit(self, bytes_per_s: int) -> None:
@@ -127,15 +125,17 @@ class Upstream:
                 try:
                     return await resp.json(content_type=None)
                 except ValueError as exc:
-                    raise UpstreamRejected("%s %s: the hub answered with invalid JSON: %s" % (method, url, exc)) from None
+                    raise HubRejected("%s %s: the hub answered with invalid JSON: %s" % (method, url, exc)) from None
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise _unreachable(url, exc) from None
 
     async def get_image(self, image_id: str) -> dict[str, Any]:
-        return await self.request_json("GET", "/v2/images/%s" % image_id)
+        doc: dict[str, Any] = await self.request_json("GET", "/v2/images/%s" % image_id)
+        return doc
 
     async def list_images(self, params: Mapping[str, str]) -> dict[str, Any]:
-        return await self.request_json("GET", "/v2/images", params=params)
+        body: dict[str, Any] = await self.request_json("GET", "/v2/images", params=params)
+        return body
 
     # -- data -------------------------------------------------------------------------------
 
@@ -178,7 +178,7 @@ class Upstream:
                 if resp.status == 206:
                     start, total = _content_range(resp.headers.get("Content-Range", ""), url)
                     if start != offset:
-                        raise UpstreamRejected("GET %s: asked for bytes from %d, the hub sent them from %d" % (url, offset, start))
+                        raise HubRejected("GET %s: asked for bytes from %d, the hub sent them from %d" % (url, offset, start))
                 else:
                     total = resp.content_length
                 yield DataResponse(offset=offset, length=(length - (offset - start)) if length is not None and resp.status == 200 else length,
@@ -220,7 +220,7 @@ def _content_range(value: str, url: str) -> tuple[int, int | None]:
             raise ValueError(unit)
         return start, (None if total == "*" else int(total))
     except ValueError:
-        raise UpstreamRejected("GET %s: the hub sent a 206 with an unreadable Content-Range %r" % (url, value)) from None
+        raise HubRejected("GET %s: the hub sent a 206 with an unreadable Content-Range %r" % (url, value)) from None
 
 
 def _unreachable(url: str, exc: BaseException) -> HubUnreachable:
@@ -233,4 +233,4 @@ def _status_error(method: str, url: str, status: int, body: bytes) -> ApplianceE
     message = "%s %s: the hub answered %d %s" % (method, url, status, text)
     if status >= 500:
         return HubUnreachable(message)
-    return {404: NotFound, 403: Forbidden, 409: Conflict, 400: BadRequest}.get(status, UpstreamRejected)(message)
+    return {404: NotFound, 403: Forbidden, 409: Conflict, 400: BadRequest}.get(status, HubRejected)(message)

@@ -21,6 +21,7 @@ from appliance.bundles.inbox import DONE, FAILED, PROCESSING, Inbox
 from appliance.services import Services, open_services
 from tests.bundlekit import record, write_bundle
 from tests.conftest import Daemon, write_toml
+from tests.waiting import wait_for
 
 MiB = 1 << 20
 SETTLE = 5.0
@@ -207,16 +208,6 @@ def all_images(daemon: Daemon) -> list[dict[str, Any]]:
     return api(daemon, "/v2/images?limit=1000")["images"]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for %s" % what)
-
-
 @pytest.fixture
 def inbox_config(tmp_path: Path) -> Path:
     return write_toml(tmp_path / "site.toml", {"inbox": {"dir": "inbox", "settle_seconds": 1}})
@@ -226,7 +217,7 @@ def test_file_written_slowly_is_imported_once_after_it_is_complete(daemon_factor
                                                                      inbox_config: Path) -> None:
     daemon = daemon_factory("site", inbox_config)
     box = daemon.state_dir / "inbox"
-    wait_for(lambda: (box / DONE).is_dir(), what="the inbox")
+    wait_for(lambda: (box / DONE).is_dir(), "the inbox", timeout=60)
     data = os.urandom(6 * MiB)
     sidecar(box / "slow.raw", name="slow")
     piece = len(data) // 12
@@ -236,7 +227,7 @@ def test_file_written_slowly_is_imported_once_after_it_is_complete(daemon_factor
             fh.flush()
             time.sleep(0.4)  # shorter than settle_seconds: the file is still being written
             assert (box / "slow.raw").exists() and all_images(daemon) == []
-    wait_for(lambda: (box / DONE / "slow.raw").exists(), what="the import")
+    wait_for(lambda: (box / DONE / "slow.raw").exists(), "the import", timeout=60)
     time.sleep(2.5)  # a few more rounds: nothing happens twice
     [image] = all_images(daemon)
     assert image["name"] == "slow" and image["status"] == "active"
@@ -250,7 +241,7 @@ def test_daemon_killed_during_an_inbox_import_recovers(daemon_factory: Callable[
                                                        tmp_path: Path, kind: str) -> None:
     daemon = daemon_factory("site", inbox_config)
     box = daemon.state_dir / "inbox"
-    wait_for(lambda: (box / DONE).is_dir(), what="the inbox")
+    wait_for(lambda: (box / DONE).is_dir(), "the inbox", timeout=60)
     datas = [os.urandom(96 * MiB), os.urandom(96 * MiB)]
     name = "big.raw" if kind == "image" else "big.bundle"
     staging = tmp_path / (".writing-" + name)
@@ -264,14 +255,14 @@ def test_daemon_killed_during_an_inbox_import_recovers(daemon_factory: Callable[
         expected = {"big0": datas[0], "big1": datas[1]}
     os.replace(staging, box / name)  # rename into place: complete at once
 
-    wait_for(lambda: (box / PROCESSING / name).exists(), what="the claim")
+    wait_for(lambda: (box / PROCESSING / name).exists(), "the claim", timeout=60)
     wait_for(lambda: any(i["status"] in ("uploading", "importing", "saving") for i in all_images(daemon)),
-             what="the import to run")
+             "the import to run", timeout=60)
     daemon.stop(signal.SIGKILL)
     assert (box / PROCESSING / name).exists()
 
     daemon = daemon_factory("site", inbox_config)
-    wait_for(lambda: (box / DONE / name).exists(), what="the import after the restart")
+    wait_for(lambda: (box / DONE / name).exists(), "the import after the restart", timeout=60)
     found = {i["name"]: i for i in all_images(daemon)}
     assert sorted(found) == sorted(expected)  # once each
     for image_name, data in expected.items():

@@ -4,7 +4,9 @@ processes started through the `edge-appliance serve` entry point."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
+import json
 import os
 import re
 import shutil
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -149,6 +152,19 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
+
+    def show(self, image_id: str) -> dict[str, Any]:
+        """The image's record, asked over HTTP (blocking)."""
+        parts = urlsplit(self.url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        try:
+            conn.request("GET", "/v2/images/%s" % image_id, headers={"X-Auth-Token": self.token, "Accept": "application/json"})
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        assert resp.status == 200, raw
+        return dict(json.loads(raw))
 
 
 def start_daemon(state_dir: Path, config: Path | None = None, timeout: float = 20,

@@ -41,12 +41,6 @@ def create_image(d: Daemon, **body: Any) -> dict[str, Any]:
     return json.loads(raw)
 
 
-def show(d: Daemon, image_id: str) -> dict[str, Any]:
-    status, raw = request(d, "GET", "/v2/images/%s" % image_id)
-    assert status == 200, raw
-    return json.loads(raw)
-
-
 def restart(state_dir: Path) -> Daemon:
     """start_daemon on a used state dir. start_daemon looks for the port in daemon.log, which it
     appends to, so the previous run's log is moved aside first (else it would find the old port)."""
@@ -85,7 +79,7 @@ def test_sigkill_mid_upload_leaves_nothing_and_restart_requeues(daemon_factory: 
         for _ in range(16):
             sock.sendall(block)
             time.sleep(0.01)
-        wait_for(lambda: show(daemon, image_id)["status"] == "saving", "the upload to be saving")
+        wait_for(lambda: daemon.show(image_id)["status"] == "saving", "the upload to be saving")
         partial_dir = state_dir / "images" / PARTIAL_DIR
         wait_for(lambda: any(p.stat().st_size >= 4 * MiB for p in partial_dir.iterdir()), "4 MiB written")
         assert not final.exists()  # only the partial file exists while the upload runs
@@ -103,7 +97,7 @@ def test_sigkill_mid_upload_leaves_nothing_and_restart_requeues(daemon_factory: 
 
     again = restart(state_dir)
     try:
-        body = show(again, image_id)
+        body = again.show(image_id)
         assert body["status"] == "queued"
         assert body["size"] is None and body["checksum"] is None
         assert "stores" not in body
@@ -116,7 +110,7 @@ def test_sigkill_mid_upload_leaves_nothing_and_restart_requeues(daemon_factory: 
         status, raw = request(again, "PUT", "/v2/images/%s/file" % image_id, data,
                               {"Content-Type": "application/octet-stream"})
         assert status == 204, raw
-        body = show(again, image_id)
+        body = again.show(image_id)
         assert body["status"] == "active"
         assert body["size"] == len(data)
         assert body["checksum"] == hashlib.md5(data).hexdigest()
@@ -144,7 +138,7 @@ def test_sigkill_after_upload_keeps_the_image(daemon_factory: Callable[..., Daem
     daemon.proc.wait(10)
     again = restart(daemon.state_dir)
     try:
-        body = show(again, image["id"])
+        body = again.show(image["id"])
         assert body["status"] == "active"
         assert body["checksum"] == hashlib.md5(data).hexdigest()
         status, raw = request(again, "GET", "/v2/images/%s/file" % image["id"])
@@ -167,7 +161,7 @@ def test_orphan_store_file_is_removed_at_start(daemon_factory: Callable[..., Dae
     try:
         assert not orphan.exists()
         assert not stray.exists()
-        assert show(again, image["id"])["status"] == "queued"
+        assert again.show(image["id"])["status"] == "queued"
     finally:
         again.proc.kill()
         again.proc.wait(10)

@@ -148,12 +148,6 @@ def create(d: Daemon, name: str) -> str:
     return image["id"]
 
 
-def show(d: Daemon, image_id: str) -> dict[str, Any]:
-    status, image = call(d, "GET", "/v2/images/%s" % image_id)
-    assert status == 200, image
-    return image
-
-
 def tasks_of(d: Daemon, image_id: str) -> list[dict[str, Any]]:
     status, body = call(d, "GET", "/v2/images/%s/tasks" % image_id)
     assert status == 200, body
@@ -241,7 +235,7 @@ def test_web_download_interrupted_is_failed_cleanly_and_can_be_rerun(
 
     task = wait_for(downloading, "the download makes progress")
     assert task["status"] == "processing"
-    shown = show(d, image_id)
+    shown = d.show(image_id)
     assert shown["status"] == "importing"
     assert shown["os_glance_importing_to_stores"] == "local,fast"
     # the download is being written to the task's scratch directory
@@ -250,7 +244,7 @@ def test_web_download_interrupted_is_failed_cleanly_and_can_be_rerun(
     stop(d, sig)
     d = daemon_factory("site", config)  # same state dir: a restart
 
-    shown = show(d, image_id)
+    shown = d.show(image_id)
     assert shown["status"] == "queued", shown
     assert "os_glance_importing_to_stores" not in shown
     assert "stores" not in shown and shown["size"] is None and shown["checksum"] is None
@@ -268,7 +262,7 @@ def test_web_download_interrupted_is_failed_cleanly_and_can_be_rerun(
                                "stores": ["local", "fast"]})
     done = wait_task_done(d, image_id, {task["id"]})
     assert done["status"] == "success", done["message"]
-    shown = show(d, image_id)
+    shown = d.show(image_id)
     assert shown["status"] == "active" and set(shown["stores"].split(",")) == {"local", "fast"}
     assert shown["os_hash_value"] == hashlib.sha512(data).hexdigest()
     assert "os_glance_importing_to_stores" not in shown
@@ -286,19 +280,19 @@ def test_staged_data_survives_a_restart(
     data = os.urandom(2 * MiB + 5)
     image_id = create(d, "staged")
     stage(d, image_id, data)
-    assert show(d, image_id)["status"] == "uploading"
+    assert d.show(image_id)["status"] == "uploading"
     assert (state / "staging" / "staged" / image_id).read_bytes() == data
 
     stop(d, signal.SIGKILL)
     d = daemon_factory("site", config)  # same state dir: a restart
 
-    assert show(d, image_id)["status"] == "uploading"
+    assert d.show(image_id)["status"] == "uploading"
     assert (state / "staging" / "staged" / image_id).read_bytes() == data
     assert tasks_of(d, image_id) == []
     start_import(d, image_id, {"method": {"name": "glance-direct"}, "stores": ["fast"]})
     done = wait_task_done(d, image_id, set())
     assert done["status"] == "success", done["message"]
-    shown = show(d, image_id)
+    shown = d.show(image_id)
     assert shown["status"] == "active" and shown["stores"] == "fast"
     assert download(d, image_id) == data
     assert files_in(state / "staging" / "staged") == []
@@ -325,14 +319,14 @@ def test_sigkill_mid_stage_leaves_an_image_that_can_be_staged_again(
         for _ in range(4):
             conn.send(block)
         wait_for(lambda: files_in(state / "staging" / "staged" / PARTIAL_DIR), "the staging write starts")
-        assert show(d, image_id)["status"] == "uploading"
+        assert d.show(image_id)["status"] == "uploading"
         stop(d, signal.SIGKILL)
     finally:
         conn.close()
     d = daemon_factory("site", config)  # same state dir: a restart
 
     assert files_in(state / "staging" / "staged") == []
-    shown = show(d, image_id)
+    shown = d.show(image_id)
     # Either way the image must be usable again: queued (stage again), never stuck.
     assert shown["status"] == "queued", shown
     data = os.urandom(MiB + 3)
@@ -352,7 +346,7 @@ def test_copy_image_interrupted_keeps_the_original(
     digest = hashlib.sha512(data).hexdigest()
     image_id = create(d, "copy-me")
     upload(d, image_id, data)
-    assert show(d, image_id)["stores"] == "local"
+    assert d.show(image_id)["stores"] == "local"
 
     start_import(d, image_id, {"method": {"name": "copy-image"}, "stores": ["fast"]})
     # Kill as soon as the copy shows up in the target store (in .partial/ or done).
@@ -362,7 +356,7 @@ def test_copy_image_interrupted_keeps_the_original(
     stop(d, signal.SIGKILL)
     d = daemon_factory("site", config)  # same state dir: a restart
 
-    shown = show(d, image_id)
+    shown = d.show(image_id)
     assert shown["status"] == "active"
     assert "local" in shown["stores"].split(",")
     assert shown["os_hash_value"] == digest and shown["size"] == len(data)
@@ -381,7 +375,7 @@ def test_copy_image_interrupted_keeps_the_original(
         start_import(d, image_id, {"method": {"name": "copy-image"}, "stores": ["fast"]})
         done = wait_task_done(d, image_id, {task["id"]})
         assert done["status"] == "success", done["message"]
-    shown = show(d, image_id)
+    shown = d.show(image_id)
     assert shown["stores"] == "local,fast"
     assert (state / "fast" / image_id).read_bytes() == data
 
@@ -401,7 +395,7 @@ def test_killed_between_stores_with_all_must_succeed_reverts(
                                "all_stores_must_succeed": True})
 
     def first_store_done() -> dict[str, Any] | None:
-        shown = show(d, image_id)
+        shown = d.show(image_id)
         return shown if (shown.get("stores") == "local" and shown["status"] == "importing"
                          and shown.get("os_glance_importing_to_stores") == "fast") else None
 
@@ -409,7 +403,7 @@ def test_killed_between_stores_with_all_must_succeed_reverts(
     stop(d, signal.SIGKILL)
     d = daemon_factory("site", config)  # same state dir: a restart
 
-    shown = show(d, image_id)
+    shown = d.show(image_id)
     assert shown["status"] == "queued", shown
     assert "stores" not in shown and shown["checksum"] is None
     assert "os_glance_importing_to_stores" not in shown

@@ -38,6 +38,7 @@ from appliance.hub.records import HUB_STORE, has_hub_data
 from appliance.hub.transfer import Transfer, TransferBroken, backoff
 from appliance.metrics import Metrics
 from appliance.model import ACTIVE, CacheEntry, Image, QueuedImage
+from appliance.stores.files import replace_durably
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ class ImageCache:
         image = transfer.image
         try:
             await transfer.run()
-            await asyncio.to_thread(_commit, transfer.partial, self._data / image.id)
+            await asyncio.to_thread(replace_durably, transfer.partial, self._data / image.id)
             stamp = time.time()
             entry = CacheEntry(image.id, transfer.size, stamp, stamp, 0)
             await self._catalog.put_cache_entry(entry)
@@ -279,7 +280,7 @@ class ImageCache:
             await sink.abort()
             raise
         try:
-            verify(digest, size=image.size, checksum=image.checksum, os_hash_value=image.os_hash_value)
+            verify(digest, image)
         except ChecksumMismatch as exc:
             self.stats.invalid += 1
             raise TransferBroken("image %s relayed from the hub failed verification: %s" % (image.id, exc)) from None
@@ -524,15 +525,6 @@ def _size_of(path: Path) -> int:
 def _free_bytes(path: Path) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
-
-
-def _commit(partial: Path, final: Path) -> None:
-    os.replace(partial, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _move(src: Path, dest: Path) -> None:

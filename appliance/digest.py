@@ -13,7 +13,7 @@ import os
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 from appliance.errors import ApplianceError
 from appliance.memory import TRIMMER
@@ -47,8 +47,23 @@ class Digest:
                          os_hash_algo=self.os_hash_algo, virtual_size=virtual_size)
 
 
-def verify(actual: Digest, *, size: int | None, checksum: str | None, os_hash_value: str | None) -> None:
+class Recorded(Protocol):
+    """What a record promises about its data: an Image, a bundle's manifest entry, or a Digest
+    taken earlier. Values that are not set (None, "") are not checked."""
+
+    @property
+    def size(self) -> int | None: ...
+
+    @property
+    def checksum(self) -> str | None: ...
+
+    @property
+    def os_hash_value(self) -> str | None: ...
+
+
+def verify(actual: Digest, expected: Recorded) -> None:
     """Raise ChecksumMismatch unless every recorded value that is set matches."""
+    size, checksum, os_hash_value = expected.size, expected.checksum, expected.os_hash_value
     if size is not None and actual.size != size:
         raise ChecksumMismatch("size is %d bytes, expected %d" % (actual.size, size))
     if checksum and actual.checksum != checksum:

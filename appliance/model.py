@@ -35,9 +35,9 @@ class Location:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def in_store(cls, store: str, url: str) -> Location:
-        """An active copy in `store` at `url`; Glance also shows the store's name in its metadata."""
-        return cls(store=store, url=url, metadata={"store": store})
+    def in_store(cls, store: str, url: str, status: str = "active") -> Location:
+        """A copy in `store` at `url`; Glance also shows the store's name in its metadata."""
+        return cls(store=store, url=url, status=status, metadata={"store": store})
 
 
 @dataclass(frozen=True)

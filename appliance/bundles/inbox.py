@@ -35,11 +35,11 @@ import watchfiles
 from appliance import wire
 from appliance.auth import Context
 from appliance.bundles.service import BundleService
-from appliance.bundles.stream import file_chunks
 from appliance.errors import ApplianceError, BadRequest, Conflict, NotFound
 from appliance.images import ImageService
 from appliance.imports import ImportService
 from appliance.model import ACTIVE, DEACTIVATED, QUEUED, UPLOADING
+from appliance.stores.files import file_chunks
 
 log = logging.getLogger(__name__)
 

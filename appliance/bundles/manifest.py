@@ -158,7 +158,7 @@ class ImageRecord:
 
     def check(self, digest: Digest) -> None:
         """Raise ChecksumMismatch unless `digest` is this image's data."""
-        verify(digest, size=self.size, checksum=self.checksum, os_hash_value=self.os_hash_value)
+        verify(digest, self)
 
 
 @dataclass(frozen=True)

@@ -78,16 +78,6 @@ class BundleCorrupt(BundleError):
 # -- writing -------------------------------------------------------------------------------
 
 
-async def file_chunks(path: Path, size: int = CHUNK) -> AsyncIterator[bytes]:
-    """A file's bytes, read on worker threads (a bundle to send, an inbox image to stage)."""
-    fh = await asyncio.to_thread(open, path, "rb")
-    try:
-        while chunk := await asyncio.to_thread(fh.read, size):
-            yield chunk
-    finally:
-        await asyncio.to_thread(fh.close)
-
-
 def _header(name: str, size: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = size

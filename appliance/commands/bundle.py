@@ -15,13 +15,14 @@ import aiohttp
 from appliance.bundles.manifest import ImageRecord, Manifest
 from appliance.bundles.report import BundleReport
 from appliance.bundles.signing import generate_key, load_private_key, load_public_key, sign_manifest
-from appliance.bundles.stream import IMAGE_DIR, create_bundle, file_chunks, verify_bundle
+from appliance.bundles.stream import IMAGE_DIR, create_bundle, verify_bundle
 from appliance.config import HubConfig, load_config
 from appliance.digest import ChecksumMismatch
 from appliance.errors import ApplianceError, ConfigError
 from appliance.commands import target as target_options
 from appliance.commands.target import Target, target_from_args
 from appliance.hub.client import HubClient
+from appliance.stores.files import file_chunks
 
 class TransferFailed(ApplianceError):
     """The daemon or endpoint could not be reached, or refused the request."""

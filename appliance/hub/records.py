@@ -64,8 +64,8 @@ def image_from_glance(doc: Mapping[str, Any], data_url: str) -> Image:
             tags=tuple(str(t) for t in doc.get("tags") or ()),
             # A record mirrored before its data was there is marked `pending`: this site asks
             # the hub again before answering for it (not served, not in `stores`).
-            locations=(Location(store=HUB_STORE, url=data_url, metadata={"store": HUB_STORE},
-                                status="active" if doc.get("status") in ("active", "deactivated") else PENDING),),
+            locations=(Location.in_store(HUB_STORE, data_url,
+                                         "active" if doc.get("status") in ("active", "deactivated") else PENDING),),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise HubRejected("the hub sent an image record this site cannot read (%s: %s)"

@@ -84,7 +84,7 @@ class Transfer:
         ChecksumMismatch, or NotFound (gone from the hub); the partial file stays for the owner."""
         try:
             digest = await self._fetch()
-            verify(digest, size=self.size, checksum=self.image.checksum, os_hash_value=self.image.os_hash_value)
+            verify(digest, self.image)
             await asyncio.to_thread(os.fsync, self._fd)
             return digest
         except BaseException as exc:

@@ -44,9 +44,7 @@ def timestamp(epoch: float | None = None) -> str:
 
 
 def parse_timestamp(text: str) -> datetime.datetime:
-    """An ISO 8601 time (`Z` or an offset; none means UTC) as an aware UTC datetime; ValueError
-    if it is not one."""
+    """An ISO 8601 time (`Z` or an offset; none means UTC) as an aware datetime (its offset
+    kept: converting year 1 at +01:00 to UTC would overflow); ValueError if it is not one."""
     when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return when.astimezone(datetime.timezone.utc)
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.timezone.utc)

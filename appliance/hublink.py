@@ -18,17 +18,16 @@ of images gone at the hub, pull tracking), the stores and the cache's figures.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import functools
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from appliance import __version__
 from appliance.cache import ImageCache
 from appliance.catalog import Catalog
+from appliance.clock import SYSTEM_CLOCK, Clock, parse_timestamp, timestamp
 from appliance.config import Config
 from appliance.digest import ChecksumMismatch
 from appliance.errors import ApplianceError, Conflict, HubUnreachable, NotFound
@@ -48,14 +47,12 @@ SETTLE_SECONDS = 2
 PULL_WORKERS = 2
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 class HubLink:
     def __init__(self, config: Config, catalog: Catalog, stores: dict[str, FilesystemStore], cache: ImageCache | None,
-                 images: ImageService, client: HubClient, records: HubRecords, metrics: Metrics) -> None:
+                 images: ImageService, client: HubClient, records: HubRecords, metrics: Metrics,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._config = config
+        self._clock = clock
         self._catalog = catalog
         self._stores = stores
         self._cache = cache  # None: [cache] enabled = false (reported as an empty cache)
@@ -90,7 +87,7 @@ class HubLink:
         if self.state != "up":
             log.info("hub %s is reachable", self.client.url)
         self.state, self.last_error = "up", None
-        self.last_sync = time.time()
+        self.last_sync = self._clock.now()
         self._metrics.hub_up.set(1)
         self._metrics.hub_last_sync.set(self.last_sync)
 
@@ -119,21 +116,21 @@ class HubLink:
         await asyncio.to_thread(self._load_since)
         next_full = 0.0
         while True:
-            full = time.monotonic() >= next_full
+            full = self._clock.monotonic() >= next_full
             await self._round("catalog mirror", functools.partial(self.mirror_once, full=full))
             if full and self.state == "up":
-                next_full = time.monotonic() + self._config.hub.reconcile_interval
-            await asyncio.sleep(self._config.hub.mirror_interval)
+                next_full = self._clock.monotonic() + self._config.hub.reconcile_interval
+            await self._clock.sleep(self._config.hub.mirror_interval)
 
     async def run_heartbeat(self) -> None:
         while True:
             await self._round("heartbeat", self.heartbeat_once)
-            await asyncio.sleep(self._config.hub.heartbeat_interval)
+            await self._clock.sleep(self._config.hub.heartbeat_interval)
 
     async def run_sync(self) -> None:
         while True:
             await self._round("sync", self.sync_once)
-            await asyncio.sleep(self._config.hub.sync_interval)
+            await self._clock.sleep(self._config.hub.sync_interval)
 
     # -- catalog mirror ----------------------------------------------------------------------------
 
@@ -335,8 +332,8 @@ class HubLink:
             if job.deleted:  # deleted while the copy was moved into place
                 await store.purge(image.id)
                 job.check()
-            location = Location(store=store.name, url=store.location_url(image.id), metadata={"store": store.name})
-            await self._catalog.add_location(image.id, location, _now())
+            location = Location.in_store(store.name, store.location_url(image.id))
+            await self._catalog.add_location(image.id, location, timestamp(self._clock.now()))
         log.info("hub link: image %s pinned in store %s (%s bytes, verified)", image.id, store.name, image.size)
         return "pulled into store %s and verified" % store.name
 
@@ -350,7 +347,7 @@ class HubLink:
             store = self._stores.get(loc.store)
             if store is None:
                 continue
-            await self._catalog.remove_location(image.id, loc.store, _now(), keep_last=False)
+            await self._catalog.remove_location(image.id, loc.store, timestamp(self._clock.now()), keep_last=False)
             await store.delete(image.id)
             removed.append(loc.store)
         log.info("hub link: image %s removed from store(s) %s as the hub asked", image.id, ", ".join(removed) or "(none)")
@@ -374,8 +371,8 @@ class HubLink:
         doc = await self.client.get_image(image.id)
         if doc.get("os_hash_value") != image.os_hash_value or doc.get("checksum") != image.checksum:
             raise ChecksumMismatch("the hub recorded different hashes for image %s than this site" % image.id)
-        location = Location(store=HUB_STORE, url=self.client.data_url(image.id), metadata={"store": HUB_STORE})
-        await self._catalog.add_location(image.id, location, _now())
+        location = Location.in_store(HUB_STORE, self.client.data_url(image.id))
+        await self._catalog.add_location(image.id, location, timestamp(self._clock.now()))
         log.info("hub link: image %s copied to the hub (central) with the same id", image.id)
 
 
@@ -388,7 +385,6 @@ async def _watch(transfer: Transfer, progress: Callable[[int, int], None]) -> No
 def _epoch(stamp: str) -> float:
     """A record's timestamp in seconds; an unreadable one never counts as settled."""
     try:
-        when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        return parse_timestamp(stamp).timestamp()
     except ValueError:
         return float("inf")
-    return (when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)).timestamp()

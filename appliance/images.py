@@ -27,6 +27,7 @@ from appliance.model import (
 )
 from appliance.quotas import SIZE_TOTAL, Quotas
 from appliance.sites import SiteService
+from appliance.storenames import StoreNames
 from appliance.stores.base import ImageStore, StoreUsage
 from appliance.text import check_text
 
@@ -80,6 +81,7 @@ class ImageService:
         self._cache = cache  # None: no hub, or [cache] enabled = false
         self._hub_records = hub_records  # None: no hub
         self._sites = sites  # the hub's edge sites, which are stores in Glance's words
+        self.stores = StoreNames(stores, sites, hub=hub_records is not None)  # the one list of store names
         self.default_store = config.stores.default
         self.quotas = Quotas(config.quotas, catalog, stores)
         self.work = ImageWork()  # uploads, staging, imports: a delete stops them first
@@ -402,9 +404,6 @@ class ImageService:
 
     # -- stores ---------------------------------------------------------------------------
 
-    def store_names(self) -> list[str]:
-        return list(self._stores)
-
     def stores_info(self) -> list[tuple[ImageStore, StoreUsage]]:
         return [(store, store.usage()) for store in self._stores.values()]
 
@@ -413,7 +412,7 @@ class ImageService:
 
     async def delete_from_store(self, ctx: Context, store_name: str, image_id: str) -> None:
         image = await self.authorized(ctx, image_id, "delete_image_location")
-        sites = self._sites.names() if self._sites is not None else ()
+        sites = self.stores.sites()
         if store_name not in self._stores and store_name not in sites:
             # Glance: 409, not 404 (which glanceclient reports as "multi-store not enabled").
             raise Conflict("The selected store %s is not available on this node." % store_name)

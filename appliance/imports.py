@@ -334,14 +334,13 @@ class ImportService:
         must = body.get("all_stores_must_succeed", True)
         if not isinstance(must, bool):
             raise BadRequest("all_stores_must_succeed must be true or false")
-        sites = self._sites.names() if self._sites is not None else ()
-        remote = (*sites, HUB_STORE) if self._hub is not None else sites
-        unknown = [s for s in stores or () if s not in self._stores and s not in remote]
+        names = self._images.stores
+        unknown = [s for s in stores or () if s not in names.all()]
         if unknown:
-            raise Conflict("Unknown store(s) %s (stores of this site: %s)" % (", ".join(unknown), ", ".join([*self._stores, *remote])))
+            raise Conflict("Unknown store(s) %s (stores of this site: %s)" % (", ".join(unknown), ", ".join(names.all())))
         if all_stores:
             # Edge sites receive images by copy-image only (an image exists here before it goes out).
-            chosen: tuple[str, ...] = tuple(self._stores) + (sites if method == "copy-image" else ())
+            chosen: tuple[str, ...] = names.local() + (names.sites() if method == "copy-image" else ())
         else:
             chosen = tuple(dict.fromkeys(stores)) if stores else (self._images.default_store,)
         return ImportRequest(method=method, uri=uri, stores=chosen, all_stores_must_succeed=must,

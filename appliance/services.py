@@ -129,7 +129,7 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
             sites = SiteService(config, catalog, stores, clock=clock)
             await sites.load()
             images = ImageService(config, catalog, stores, cache, sites=sites, hub_records=records, clock=clock)
-            hub = (HubLink(config, catalog, stores, cache, images, client, records, metrics)
+            hub = (HubLink(config, catalog, stores, cache, images, client, records, metrics, clock=clock)
                    if client is not None and records is not None else None)
             imports = ImportService(config, catalog, dict(stores), images, build_steps(config), build_uri_filter(config),
                                     sites=sites, hub=hub,

@@ -21,6 +21,7 @@ from appliance.catalog import Catalog, ListEdit
 from appliance.clock import SYSTEM_CLOCK, Clock, timestamp
 from appliance.config import Config
 from appliance.errors import BadRequest, Conflict, NotFound
+from appliance.hub.records import HUB_STORE
 from appliance.ids import parse_uuid
 from appliance.model import COPY, FAILED_IMPORT, IMPORTING_TO, REMOVE, Assignment, Image, Location, Site
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 NAME_MAX = 63
 # Edges call the hub's copy "central": a site of that name would make their store lists ambiguous.
-RESERVED_NAMES = frozenset({"central"})
+RESERVED_NAMES = frozenset({HUB_STORE})
 MAX_SITE_STORES = 64
 MAX_TEXT = 255
 MAX_CACHE_JSON = 4096

@@ -97,7 +97,7 @@ async def create_image(request: web.Request) -> web.Response:
     headers = {
         "Location": "/v2/images/%s" % image.id,
         "OpenStack-image-import-methods": ",".join(request.app[IMPORTS].enabled_methods),
-        "OpenStack-image-store-ids": ",".join(service.store_names()),
+        "OpenStack-image-store-ids": ",".join(service.stores.local()),
     }
     return _image_response(image, 201, headers)
 

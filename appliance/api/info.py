@@ -8,7 +8,6 @@ from appliance.api import schema_docs, schemas
 from appliance.api.keys import CONFIG, HUB, IMAGES, SITES
 from appliance.api.middleware import CONTEXT
 from appliance.errors import NotFound
-from appliance.hub.records import HUB_STORE
 
 routes = web.RouteTableDef()
 
@@ -75,16 +74,15 @@ async def stores(request: web.Request) -> web.Response:
         "stores": [
             schemas.store_to_json(store.name, store.description, store.name == service.default_store, usage)
             for store, usage in service.stores_info()
-        ] + [schemas.site_store_to_json(name) for name in request.app[SITES].names()] + _hub_store(request)
+        ] + [schemas.site_store_to_json(name) for name in service.stores.sites()] + _hub_store(request)
     })
 
 
 def _hub_store(request: web.Request) -> list[dict[str, object]]:
     # At an edge with a hub, `central` is where copy-image sends an image created here.
-    if request.app[HUB] is None:
-        return []
-    return [{"id": HUB_STORE, "description": "The hub (%s): copy-image here sends an image created at this site to it"
-             % request.app[HUB].client.url}]
+    link = request.app[HUB]
+    return [{"id": name, "description": "The hub (%s): copy-image here sends an image created at this site to it"
+             % (link.client.url if link is not None else "")} for name in request.app[IMAGES].stores.hub()]
 
 
 @routes.get("/v2/info/stores/detail")

@@ -3,62 +3,53 @@
 Data flow: a timer calls `poll()` every `refresh_seconds`; the `poll_daemon` worker asks the
 daemon (status, new events, and what the visible screen needs) and posts past-tense messages
 (`StatusLoaded`, `ImagesLoaded`, ...). Only the handlers of those messages touch widgets.
-Actions run in workers too and report back as messages, shown with `notify`."""
+The app holds what is app-wide: the connection and polling, screen switching, the keys (one key
+map: the footer, the help and the command palette), notifications. Each action that changes the
+daemon belongs to the pane it acts from (`tui.panes`): the pane asks in a dialog (`tui.dialogs`),
+a worker does it and reports back in a message, the pane says the outcome and asks for a poll."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import partial, wraps
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
+from functools import partial
+from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.css.query import NoMatches
-from textual.message import Message
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
-from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from tui.client import DaemonApi, DaemonError, DaemonUnavailable, HttpDaemonClient
 from tui.config import TuiConfig
+from tui.dialogs.help import HelpScreen
 from tui.display import short_id, visible
+from tui.guard import report_worker_error, while_running
 from tui.messages import (
-    ActionFailed,
-    CacheCleared,
     CacheLoaded,
-    CacheQueued,
-    CacheRemoved,
     ConnectionFailed,
-    CopyStarted,
+    DaemonChanged,
     EventsLoaded,
-    ImageDeleted,
     ImageDetailLoaded,
     ImagesLoaded,
     ImagesPageLoaded,
-    ImportStarted,
     SitesLoaded,
     StatusLoaded,
-    StoreCopyDeleted,
     TasksLoaded,
-    UriRefused,
 )
-from tui.screens.cache import CachePane
-from tui.screens.choose import StoreChoiceScreen
-from tui.screens.confirm import ConfirmScreen
-from tui.screens.events import EventsPane
-from tui.screens.help import HelpScreen
-from tui.screens.images import ImagesPane, store_list
-from tui.screens.import_url import ImportUrlScreen, UrlImport
-from tui.screens.overview import OverviewPane
-from tui.screens.queues import QueuesPane
-from tui.screens.sites import SitesPane
+from tui.panes.cache import CachePane
+from tui.panes.events import EventsPane
+from tui.panes.images import ImagesPane
+from tui.panes.overview import OverviewPane
+from tui.panes.queues import QueuesPane
+from tui.panes.sites import SitesPane
+from tui.session import Session, cache_enabled, is_hub
 from tui.widgets.contained import PlainStatic
 
 log = logging.getLogger(__name__)
@@ -67,51 +58,14 @@ Json = dict[str, Any]
 
 PANES = (("overview", "Overview"), ("images", "Images"), ("queues", "Queues"), ("cache", "Cache"), ("events", "Events"),
          ("sites", "Sites"))
-# Each action that changes the daemon, and the screen it acts from.
-MUTATING = {
-    "import_url": "images", "copy_to_store": "images", "delete_from_store": "images", "delete_image": "images",
-    "cache_image": "images", "cache_remove": "cache", "cache_clear": "cache",
-}
-NEEDS_CACHE = frozenset({"cache_image", "cache_remove", "cache_clear"})
-NEEDS_SELECTION = frozenset({"copy_to_store", "delete_from_store", "delete_image", "cache_image", "cache_remove"})
-CLEAR_CHOICES = {
-    "cache": "every cached copy",
-    "queue": "the prefetch queue",
-    "both": "the cached copies and the queue",
-}
+# Each action that changes the daemon, and the screen (pane) it belongs to and acts from.
+PANE_ACTIONS = {action: "images" for action in ImagesPane.ACTIONS} | {action: "cache" for action in CachePane.ACTIONS}
 FILTERABLE = frozenset({"images", "events"})
 # "Did the images change?" is answered by the status counts plus the most recently updated
 # images (every change bumps updated_at); the full list is fetched only when that differs, and
 # anyway every FULL_RELOAD_EVERY polls.
 PROBE_SIZE = 20
 FULL_RELOAD_EVERY = 20
-FILTER_DELAY = 0.15
-
-
-Handler = TypeVar("Handler", bound=Callable[..., None])
-
-
-def while_running(handler: Handler) -> Handler:
-    """Results can still arrive while the app shuts down (its widgets already gone): drop them.
-    A result that cannot be shown (an answer of an unforeseen shape, a bug in a view) is logged
-    and said once in a toast until it shows again; the app and the other views go on."""
-
-    @wraps(handler)
-    def guarded(self: "ApplianceTui", *args: Any) -> None:
-        if not self.is_running:
-            return
-        name = handler.__name__
-        try:
-            handler(self, *args)
-        except Exception as exc:  # noqa: BLE001 - contained: one view fails, the app stays
-            log.exception("cannot show the result in %s", name)
-            if name not in self._failing:
-                self._failing.add(name)
-                self.notify("%s: %r" % (name, exc), title="Cannot show the daemon's answer", severity="error")
-        else:
-            self._failing.discard(name)
-
-    return guarded  # type: ignore[return-value]
 
 
 @dataclass
@@ -127,23 +81,11 @@ class PollState:
     again: bool = False
 
 
-def cache_enabled(status: Json) -> bool:
-    cache = status.get("cache")
-    return bool(cache and cache.get("enabled"))
-
-
-def is_hub(status: Json) -> bool:
-    return (status.get("site") or {}).get("role") == "hub"
-
-
-def image_label(image: Json) -> str:
-    """An image's name (else its id) as shown in dialogs and notifications: `visible`."""
-    return visible(image.get("name") or image["id"])
-
-
 class ApplianceTui(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "Edge Image Appliance"
+    # Every key of the main screen, the panes' actions too: one key map, so that a pane's keys
+    # work wherever the focus is on it (the tab bar too) and the footer lists them in this order.
     BINDINGS = [
         Binding("1", "show_pane('overview')", "Overview", show=False),
         Binding("2", "show_pane('images')", "Images", show=False),
@@ -173,19 +115,15 @@ class ApplianceTui(App[None]):
         self.config = config
         self.client = client
         self.clock = clock  # wall time, for "3m ago" (snapshot tests fix it)
-        self.stores: list[Json] = []
-        self.status: Json = {}
-        self.sites: list[Json] | None = None  # on a hub, once loaded
+        self.session = Session(client, config.read_only)  # the status and sites as last polled
         self._active = "overview"
         self._history: list[str] = []
         self._poll = PollState()
         self._poll_worker: Worker[None] | None = None
         self._detail_worker: Worker[None] | None = None
         self._detail_id: str | None = None
-        self._filter_timer: Timer | None = None
         self._banner_up = False
         self._going_back = False
-        self._failing: set[str] = set()  # handlers whose last result could not be shown
 
     def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
                timeout: float | None = None, markup: bool = False) -> None:
@@ -202,11 +140,11 @@ class ApplianceTui(App[None]):
             with TabPane("1 Overview", id="overview"):
                 yield OverviewPane(id="overview-pane")
             with TabPane("2 Images", id="images"):
-                yield ImagesPane(id="images-pane")
+                yield ImagesPane(self.session, id="images-pane")
             with TabPane("3 Queues", id="queues"):
                 yield QueuesPane(id="queues-pane")
             with TabPane("4 Cache", id="cache"):
-                yield CachePane(id="cache-pane")
+                yield CachePane(self.session, id="cache-pane")
             with TabPane("5 Events", id="events"):
                 yield EventsPane(id="events-pane")
             with TabPane("6 Sites", id="sites"):
@@ -240,6 +178,14 @@ class ApplianceTui(App[None]):
     @property
     def active_pane(self) -> str:
         return self._active
+
+    @property
+    def status(self) -> Json:
+        return self.session.status
+
+    @property
+    def sites(self) -> list[Json] | None:
+        return self.session.sites
 
     def on_mount(self) -> None:
         self.sub_title = visible(self.client.target)
@@ -362,7 +308,6 @@ class ApplianceTui(App[None]):
     @while_running
     def on_status_loaded(self, message: StatusLoaded) -> None:
         status = message.status
-        self.stores = list(status.get("stores") or [])
         site = status.get("site") or {}
         self.sub_title = "%s (%s) · %s%s" % (visible(site.get("name", "?")), visible(site.get("role", "?")),
                                              visible(self.client.target), " · read-only" if self.config.read_only else "")
@@ -376,10 +321,10 @@ class ApplianceTui(App[None]):
                 tabs.show_tab("sites")
             else:
                 tabs.hide_tab("sites")
-                self.sites = None
+                self.session.sites = None
         # The footer is rebuilt only when the keys on offer change (it costs at every poll).
         keys_change = (cache_enabled(status), is_hub(status)) != (cache_enabled(self.status), is_hub(self.status))
-        self.status = status
+        self.session.status = status
         self.overview.show_status(status, self.clock(), self.image_name, self.sites)
         self.cache_pane.show_status(status)
         if keys_change:
@@ -440,7 +385,7 @@ class ApplianceTui(App[None]):
 
     @while_running
     def on_sites_loaded(self, message: SitesLoaded) -> None:
-        self.sites = message.sites
+        self.session.sites = message.sites
         now = self.clock()
         self.sites_pane.show_sites(message.sites, self.images_pane.images.values(), now)
         self.overview.show_status(self.status, now, self.image_name, self.sites)
@@ -456,8 +401,11 @@ class ApplianceTui(App[None]):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker is self._poll_worker and event.worker.is_finished and self._poll.again:
             self.poll()
-        if event.state == WorkerState.ERROR:
-            self.notify(str(event.worker.error), title="Internal error in %s" % event.worker.name, severity="error", markup=False)
+        report_worker_error(self, event)
+
+    @while_running
+    def on_daemon_changed(self, message: DaemonChanged) -> None:
+        self.poll(full=message.full, soon=not message.full)
 
     # -- navigation -----------------------------------------------------------------------
 
@@ -492,7 +440,7 @@ class ApplianceTui(App[None]):
         else:
             self.cache_pane.focus_table()
 
-    def action_back(self) -> None:
+    async def action_back(self) -> None:  # async as App.action_back, which this replaces
         focused = self.focused
         if isinstance(focused, Input) and focused.id in ("image-filter", "event-filter"):
             self._filter_owner(focused).close_filter(clear=True)
@@ -516,28 +464,6 @@ class ApplianceTui(App[None]):
             self.images_pane.open_filter()
         elif self._active == "events":
             self.events_pane.open_filter()
-
-    @on(Input.Changed, "#image-filter, #event-filter")
-    def filter_changed(self, event: Input.Changed) -> None:
-        if self._filter_timer is not None:
-            self._filter_timer.stop()
-        owner, value = self._filter_owner(event.input), event.value
-        self._filter_timer = self.set_timer(FILTER_DELAY, partial(self._apply_filter, owner, value))
-
-    def _apply_filter(self, owner: ImagesPane | EventsPane, value: str) -> None:
-        # The debounce timer may fire while the app is shutting down (screens already gone).
-        if not self.screen_stack:
-            return
-        owner.apply_filter(value)
-        self.refresh_bindings()
-
-    @on(Input.Submitted, "#image-filter, #event-filter")
-    def filter_submitted(self, event: Input.Submitted) -> None:
-        if self._filter_timer is not None:
-            self._filter_timer.stop()
-        owner = self._filter_owner(event.input)
-        owner.apply_filter(event.value)
-        owner.close_filter(clear=False)
 
     @while_running
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -565,25 +491,19 @@ class ApplianceTui(App[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if isinstance(self.screen, ModalScreen):
             # A dialog owns the keys; underneath nothing switches or acts (ctrl+q still quits).
-            return action not in MUTATING and action not in ("show_pane", "filter", "back", "refresh", "help", "quit_key")
-        if action in MUTATING:
-            if self.config.read_only or self._active != MUTATING[action]:
+            return action not in PANE_ACTIONS and action not in ("show_pane", "filter", "back", "refresh", "help", "quit_key")
+        if action in PANE_ACTIONS:
+            if self._active != PANE_ACTIONS[action]:
                 return False
-            if action in NEEDS_CACHE and not cache_enabled(self.status):
-                return False
-            if action in NEEDS_SELECTION and self._selected_or_none(action) is None:
-                return None  # shown greyed out: no row highlighted
+            return self._pane_for(action).check_action(action, parameters)
         if action == "filter" and (self._active not in FILTERABLE or isinstance(self.focused, Input)):
             return False  # in an input field, "/" is typed
         if action == "show_pane" and parameters == ("sites",) and not is_hub(self.status):
             return False
         return True
 
-    def _selected_or_none(self, action: str) -> object | None:
-        try:
-            return self.cache_pane.selected() if action == "cache_remove" else self.images_pane.selected_image()
-        except NoMatches:  # bindings are checked while the app is still composing
-            return None
+    def _pane_for(self, action: str) -> ImagesPane | CachePane:
+        return self.images_pane if PANE_ACTIONS[action] == "images" else self.cache_pane
 
     def action_quit_key(self) -> None:
         self.exit()
@@ -605,263 +525,28 @@ class ApplianceTui(App[None]):
                 yield SystemCommand("Remove from cache", "drop the highlighted cached copy or queued image (key x on Cache)", self.action_cache_remove)
                 yield SystemCommand("Clear cache", "drop every cached copy, the queue, or both (key X on Cache)", self.action_cache_clear)
 
-    # -- actions: ask, then a worker does it and reports back -------------------------------
-
-    def _target_image(self) -> Json | None:
-        image = self.images_pane.selected_image()
-        if image is None:
-            self.notify("Highlight an image on the Images screen first.", severity="warning", markup=False)
-        return image
-
-    def _store_targets(self) -> list[tuple[str, str]]:
-        """Where copy-image can send an image, (name, description): this site's stores, then on a
-        hub its edge sites, at an edge with a hub the hub itself (`central`)."""
-        targets = [(str(s.get("id")), str(s.get("description") or "")) for s in self.stores]
-        hub = self.status.get("hub") or {}
-        if is_hub(self.status):
-            targets += [(str(s["name"]), "edge site, %s" % ("online" if s.get("online") else "offline")) for s in self.sites or ()]
-        elif hub.get("configured"):
-            targets.append(("central", "the hub %s: sends an image made here to it" % hub.get("url", "")))
-        return targets
-
-    def action_delete_image(self) -> None:
-        if self.config.read_only:
-            return
-        image = self._target_image()
-        if image is None:
-            return
-        image_id, name = str(image["id"]), image_label(image)
-        stores = store_list(image)
-        question = "Delete image %s (%s)?" % (name, visible(image_id))
-        question += "\nIts data goes from every store: %s." % visible(", ".join(stores)) if stores else "\nIt has no data yet."
-        if image.get("protected"):
-            question += "\nIt is protected: the daemon will refuse."
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.act("Delete %s" % name, partial(self.client.delete_image, image_id), ImageDeleted(image_id, name))
-
-        self.push_screen(ConfirmScreen("Delete image", question, yes="Delete"), answered)
-
-    def action_delete_from_store(self) -> None:
-        if self.config.read_only:
-            return
-        image = self._target_image()
-        if image is None:
-            return
-        image_id, name = str(image["id"]), image_label(image)
-        held = store_list(image)
-        if not held:
-            self.notify("%s has no data in any store." % name, severity="warning", markup=False)
-            return
-        described = dict(self._store_targets())
-
-        def chosen(store: str | None) -> None:
-            if not store:
-                return
-            question = "Delete the copy of %s (%s) in store %s?" % (name, visible(image_id), visible(store))
-            if len(held) == 1:
-                question += "\nIt is the only copy: the daemon will refuse."
-
-            def answered(yes: bool | None) -> None:
-                if yes:
-                    self.act("Delete %s from %s" % (name, store), partial(self.client.delete_from_store, store, image_id),
-                             StoreCopyDeleted(image_id, name, store))
-
-            self.push_screen(ConfirmScreen("Delete from store", question, yes="Delete copy"), answered)
-
-        self.push_screen(StoreChoiceScreen("Delete %s from which store?" % name, [(s, described.get(s, "")) for s in held]), chosen)
-
-    def action_copy_to_store(self) -> None:
-        if self.config.read_only:
-            return
-        image = self._target_image()
-        if image is None:
-            return
-        image_id, name = str(image["id"]), image_label(image)
-        held = set(store_list(image))
-        candidates = [(store, about) for store, about in self._store_targets() if store not in held]
-        if not candidates:
-            self.notify("%s is already in every store of this site." % name, severity="warning", markup=False)
-            return
-
-        def chosen(store: str | None) -> None:
-            if store:
-                self.act("Copy %s to %s" % (name, store), partial(self.client.copy_to_store, image_id, store),
-                         CopyStarted(image_id, name, store))
-
-        self.push_screen(StoreChoiceScreen("Copy %s to which store?" % name, candidates), chosen)
+    # -- the panes' actions, for the keys above and the command palette ---------------------
 
     def action_import_url(self) -> None:
-        if self.config.read_only:
-            return
+        self.images_pane.action_import_url()
 
-        def submitted(request: UrlImport | None) -> None:
-            if request is not None:
-                self.import_from_url(request)
+    def action_copy_to_store(self) -> None:
+        self.images_pane.action_copy_to_store()
 
-        self.push_screen(ImportUrlScreen(), submitted)
+    def action_delete_from_store(self) -> None:
+        self.images_pane.action_delete_from_store()
+
+    def action_delete_image(self) -> None:
+        self.images_pane.action_delete_image()
 
     def action_cache_image(self) -> None:
-        if self.config.read_only:
-            return
-        image = self._target_image()
-        if image is not None:
-            self.cache_image(str(image["id"]), image_label(image))
+        self.images_pane.action_cache_image()
 
     def action_cache_remove(self) -> None:
-        if self.config.read_only:
-            return
-        chosen = self.cache_pane.selected()
-        if chosen is None:
-            self.notify("Highlight a cached or queued image on the Cache screen first.", severity="warning", markup=False)
-            return
-        image_id, kind = chosen
-        name = self.image_name(image_id)
-        if kind == "fill":
-            self.notify("%s is being cached for a client's read; remove it once it is cached." % name,
-                        severity="warning", markup=False)
-            return
-        if kind == "cache":
-            title, yes = "Remove from cache", "Remove"
-            question = "Remove the cached copy of %s (%s)?\nThe next read fetches it from the hub again." % (name, visible(image_id))
-        else:
-            title, yes = "Remove from queue", "Dequeue"
-            question = "Take %s (%s) off the prefetch queue?" % (name, visible(image_id))
-            if "fill" in self.cache_pane.queue.get(image_id, {}):
-                question += "\nThe fill under way goes on."
-
-        def answered(ok: bool | None) -> None:
-            if ok:
-                self.act("Remove %s from the %s" % (name, kind), partial(self.client.uncache_image, image_id, kind),
-                         CacheRemoved(image_id, name, kind))
-
-        self.push_screen(ConfirmScreen(title, question, yes=yes), answered)
+        self.cache_pane.action_cache_remove()
 
     def action_cache_clear(self) -> None:
-        if self.config.read_only:
-            return
-        pane = self.cache_pane
-        counts = {"cache": len(pane.entries), "queue": sum("queued" in r for r in pane.queue.values())}
-        counts["both"] = counts["cache"] + counts["queue"]
-        choices = [(target, "%s (%d image(s))" % (what, counts[target])) for target, what in CLEAR_CHOICES.items()]
-
-        def chosen(target: str | None) -> None:
-            if not target:
-                return
-            question = "Clear %s: %d image(s)?" % (CLEAR_CHOICES[target], counts[target])
-            if target != "queue":
-                question += "\nReads of those images fetch them from the hub again."
-
-            def answered(ok: bool | None) -> None:
-                if ok:
-                    self.act("Clear %s" % CLEAR_CHOICES[target], partial(self.client.clear_cache, target), CacheCleared(target))
-
-            self.push_screen(ConfirmScreen("Clear cache", question, yes="Clear"), answered)
-
-        self.push_screen(StoreChoiceScreen("Clear what?", choices), chosen)
-
-    # Action workers are not exclusive: a request in flight must not be cancelled by the next.
-    @work(group="actions", exit_on_error=False)
-    async def act(self, action: str, call: Callable[[], Awaitable[None]], done: Message) -> None:
-        """One daemon call; `done` reports success, ActionFailed (titled `action`) the error."""
-        try:
-            await call()
-        except (DaemonError, DaemonUnavailable) as exc:
-            self.post_message(ActionFailed(action, str(exc)))
-        else:
-            self.post_message(done)
-
-    @work(group="actions", exit_on_error=False)
-    async def import_from_url(self, request: UrlImport) -> None:
-        try:
-            allowed, reason = await self.client.check_uri(request.uri)
-            if not allowed:
-                self.post_message(UriRefused(request.uri, reason))
-                return
-            image = await self.client.create_image(request.name, request.disk_format, request.container_format)
-            try:
-                await self.client.import_web_download(str(image["id"]), request.uri)
-            except (DaemonError, DaemonUnavailable):
-                with contextlib.suppress(DaemonError, DaemonUnavailable):
-                    await self.client.delete_image(str(image["id"]))  # leave no empty image behind
-                raise
-        except (DaemonError, DaemonUnavailable) as exc:
-            self.post_message(ActionFailed("Import %s" % request.name, str(exc)))
-        else:
-            self.post_message(ImportStarted(str(image["id"]), request.name, request.uri))
-
-    @work(group="actions", exit_on_error=False)
-    async def cache_image(self, image_id: str, name: str) -> None:
-        """Queue, then look: the daemon answers 202 even when it has nothing to do (the image is
-        cached already, or held in this site's stores), so the cache view says what happened."""
-        try:
-            await self.client.cache_image(image_id)
-            view = await self.client.cache_view()
-        except (DaemonError, DaemonUnavailable) as exc:
-            self.post_message(ActionFailed("Cache %s" % name, str(exc)))
-            return
-        if any(e["image_id"] == image_id for e in view.get("entries") or ()):
-            outcome = "cached"
-        elif any(f["image_id"] == image_id for f in view.get("fills") or ()):
-            outcome = "filling"
-        elif any(q["image_id"] == image_id for q in view.get("queue") or ()):
-            outcome = "queued"
-        else:
-            outcome = "not queued"
-        self.post_message(CacheLoaded(view))
-        self.post_message(CacheQueued(image_id, name, outcome))
-
-    @while_running
-    def on_cache_queued(self, message: CacheQueued) -> None:
-        if message.outcome == "not queued":
-            self.notify("The daemon did not queue %s: its data is in this site's own stores, not at the hub." % message.name,
-                        title="Cache", severity="warning", markup=False)
-            return
-        said = {"cached": "%s is in the cache.", "filling": "Caching %s now; follow it on Cache (4).",
-                "queued": "Queued %s for caching; follow it on Cache (4)."}[message.outcome]
-        self.notify(said % message.name, title="Cache", markup=False)
-        self.poll(soon=True)
-
-    @while_running
-    def on_cache_removed(self, message: CacheRemoved) -> None:
-        said = "Removed the cached copy of %s." if message.target == "cache" else "Took %s off the prefetch queue."
-        self.notify(said % message.name, title="Cache", markup=False)
-        self.poll(soon=True)
-
-    @while_running
-    def on_cache_cleared(self, message: CacheCleared) -> None:
-        self.notify("Cleared %s." % CLEAR_CHOICES[message.target], title="Cache", markup=False)
-        self.poll(soon=True)
-
-    @while_running
-    def on_image_deleted(self, message: ImageDeleted) -> None:
-        self.notify("Deleted image %s." % message.name, title="Delete", markup=False)
-        self.poll(full=True)
-
-    @while_running
-    def on_store_copy_deleted(self, message: StoreCopyDeleted) -> None:
-        self.notify("Deleted the copy of %s in store %s." % (message.name, message.store), title="Delete from store", markup=False)
-        self.poll(full=True)
-
-    @while_running
-    def on_copy_started(self, message: CopyStarted) -> None:
-        self.notify("Copying %s to store %s; follow it on Queues (3)." % (message.name, message.store), title="Copy", markup=False)
-        self.poll(full=True)
-
-    @while_running
-    def on_import_started(self, message: ImportStarted) -> None:
-        self.notify("Importing %s from %s; follow it on Queues (3)." % (message.name, message.uri), title="Import", markup=False)
-        self.poll(full=True)
-
-    @while_running
-    def on_uri_refused(self, message: UriRefused) -> None:
-        self.notify("The daemon refuses %s: %s. Nothing was created." % (message.uri, message.reason),
-                    title="URL refused", severity="error", markup=False)
-
-    @while_running
-    def on_action_failed(self, message: ActionFailed) -> None:
-        self.notify(message.message, title="%s failed" % message.action, severity="error", markup=False)
+        self.cache_pane.action_cache_clear()
 
 
 def make_app(config: TuiConfig, client: DaemonApi | None = None, clock: Callable[[], float] = time.time) -> ApplianceTui:

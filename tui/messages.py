@@ -1,5 +1,6 @@
-"""What the workers found out, as past-tense facts. Workers post these to the app; only the
-handlers of these messages touch widgets."""
+"""What the workers found out, as past-tense facts; only the handlers of these messages touch
+widgets. The poll's go to the app; an action's outcome goes to the pane whose action it was
+(bubble=False: it stays there), which says it and posts DaemonChanged up to the app."""
 
 from __future__ import annotations
 
@@ -81,14 +82,14 @@ class SitesLoaded(Message):
         self.sites = sites
 
 
-class ImageDeleted(Message):
+class ImageDeleted(Message, bubble=False):
     def __init__(self, image_id: str, name: str) -> None:
         super().__init__()
         self.image_id = image_id
         self.name = name
 
 
-class StoreCopyDeleted(Message):
+class StoreCopyDeleted(Message, bubble=False):
     def __init__(self, image_id: str, name: str, store: str) -> None:
         super().__init__()
         self.image_id = image_id
@@ -96,7 +97,7 @@ class StoreCopyDeleted(Message):
         self.store = store
 
 
-class CopyStarted(Message):
+class CopyStarted(Message, bubble=False):
     def __init__(self, image_id: str, name: str, store: str) -> None:
         super().__init__()
         self.image_id = image_id
@@ -104,7 +105,7 @@ class CopyStarted(Message):
         self.store = store
 
 
-class ImportStarted(Message):
+class ImportStarted(Message, bubble=False):
     def __init__(self, image_id: str, name: str, uri: str) -> None:
         super().__init__()
         self.image_id = image_id
@@ -112,7 +113,7 @@ class ImportStarted(Message):
         self.uri = uri
 
 
-class UriRefused(Message):
+class UriRefused(Message, bubble=False):
     """The web-download filter refused the URL; nothing was created."""
 
     def __init__(self, uri: str, reason: str) -> None:
@@ -121,7 +122,7 @@ class UriRefused(Message):
         self.reason = reason
 
 
-class ActionFailed(Message):
+class ActionFailed(Message, bubble=False):
     """An action reached the daemon (or tried to) and failed; `message` is the daemon's."""
 
     def __init__(self, action: str, message: str) -> None:
@@ -130,7 +131,7 @@ class ActionFailed(Message):
         self.message = message
 
 
-class CacheQueued(Message):
+class CacheQueued(Message, bubble=False):
     """An image was queued for caching; `outcome` is what the cache view said right after:
     "queued", "filling", "cached", or "not queued" (its data is in this site's stores)."""
 
@@ -141,7 +142,7 @@ class CacheQueued(Message):
         self.outcome = outcome
 
 
-class CacheRemoved(Message):
+class CacheRemoved(Message, bubble=False):
     """A cached copy ("cache") or a queued request ("queue") of one image is gone."""
 
     def __init__(self, image_id: str, name: str, target: str) -> None:
@@ -151,7 +152,15 @@ class CacheRemoved(Message):
         self.target = target
 
 
-class CacheCleared(Message):
+class CacheCleared(Message, bubble=False):
     def __init__(self, target: str) -> None:
         super().__init__()
         self.target = target
+
+
+class DaemonChanged(Message):
+    """A pane's action changed the daemon: the app polls now (`full`: reloads every image)."""
+
+    def __init__(self, full: bool) -> None:
+        super().__init__()
+        self.full = full

@@ -40,9 +40,9 @@ from tests.conftest import Daemon, start_daemon, write_toml  # noqa: E402
 from tui.app import make_app  # noqa: E402
 from tui.client import HttpDaemonClient  # noqa: E402
 from tui.config import TuiConfig  # noqa: E402
-from tui.screens.cache import CacheEntryTable  # noqa: E402
-from tui.screens.images import COLUMNS, ImageTable, image_row  # noqa: E402
-from tui.screens.sites import SiteTable  # noqa: E402
+from tui.panes.cache import CacheEntryTable  # noqa: E402
+from tui.panes.images import COLUMNS, ImageTable, image_row  # noqa: E402
+from tui.panes.sites import SiteTable  # noqa: E402
 from tui.widgets.keyed_table import KeyedTable  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

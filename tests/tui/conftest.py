@@ -21,8 +21,8 @@ from tests.conftest import JSON_ERRORS, Daemon, write_toml
 from tests.hubproxy import HubProxy
 from tests.tui.relay import RecordingRelay
 from tui.config import TuiConfig
-from tui.screens.confirm import ConfirmScreen
-from tui.screens.images import ImageTable
+from tui.dialogs.confirm import ConfirmScreen
+from tui.panes.images import ImageTable
 
 TWO_STORES = {"default": "local", "local": {"path": "images"}, "fast": {"path": "fast"}}
 REFRESH = 0.25  # fast polling keeps the tests short

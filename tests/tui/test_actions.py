@@ -14,10 +14,10 @@ from tests.conftest import Daemon
 from tests.tui.conftest import SiteApi, confirm, open_images, socket_config, type_text, url_config, wait_until
 from tui.app import make_app
 from tui.messages import ActionFailed, CopyStarted, ImageDeleted, ImportStarted, StoreCopyDeleted, UriRefused
-from tui.screens.choose import StoreChoiceScreen
-from tui.screens.confirm import ConfirmScreen
-from tui.screens.images import ImageTable
-from tui.screens.import_url import ImportUrlScreen
+from tui.dialogs.choose import StoreChoiceScreen
+from tui.dialogs.confirm import ConfirmScreen
+from tui.panes.images import ImageTable
+from tui.dialogs.import_url import ImportUrlScreen
 
 
 def errors(seen: list[Message]) -> list[str]:

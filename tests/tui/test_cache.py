@@ -12,10 +12,10 @@ from textual.widgets import OptionList, Static
 from tests.tui.conftest import MiB, HubAndEdge, confirm, wait_until
 from tui.app import make_app
 from tui.messages import CacheCleared, CacheQueued, CacheRemoved, StatusLoaded
-from tui.screens.cache import CachePane
-from tui.screens.choose import StoreChoiceScreen
-from tui.screens.confirm import ConfirmScreen
-from tui.screens.images import ImageTable
+from tui.panes.cache import CachePane
+from tui.dialogs.choose import StoreChoiceScreen
+from tui.dialogs.confirm import ConfirmScreen
+from tui.panes.images import ImageTable
 
 
 def text_of(app: Any, selector: str) -> str:

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from tui.display import ago, iso_epoch, usage_bar
-from tui.screens.cache import figures_text, off_text, queue_row, queue_rows, queue_state
-from tui.screens.images import cache_notes
-from tui.screens.overview import hub_text
-from tui.screens.sites import placements, sites_summary
+from tui.panes.cache import figures_text, off_text, queue_row, queue_rows, queue_state
+from tui.panes.images import cache_notes
+from tui.panes.overview import hub_text
+from tui.panes.sites import placements, sites_summary
 
 NOW = 1_800_000_000.0
 MiB = 1 << 20

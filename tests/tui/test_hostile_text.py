@@ -30,8 +30,8 @@ from tests.tui.conftest import MiB, HubAndEdge, SiteApi, confirm, open_images, s
 from tui.app import make_app
 from tui.display import plain, visible
 from tui.messages import ImageDeleted, ImagesLoaded
-from tui.screens.confirm import ARM_SECONDS, ConfirmScreen
-from tui.screens.images import ImageTable
+from tui.dialogs.confirm import ARM_SECONDS, ConfirmScreen
+from tui.panes.images import ImageTable
 from tui.widgets.contained import NOTICE
 
 CLOSE = "[/x]"  # an unmatched closing tag: MarkupError while drawing
@@ -216,7 +216,7 @@ async def test_a_view_that_cannot_show_an_answer_does_not_end_the_app(site: Daem
             raise RuntimeError("cannot draw")
 
     monkeypatch.setattr(ImageTable, "render_value", lambda self, column, value: Broken() if column == "size" else value)
-    monkeypatch.setattr("tui.screens.images.detail_text", lambda *a: (_ for _ in ()).throw(RuntimeError("no detail")))
+    monkeypatch.setattr("tui.panes.images.detail_text", lambda *a: (_ for _ in ()).throw(RuntimeError("no detail")))
     seen: list[Message] = []
     app = make_app(socket_config(site))
     async with app.run_test(size=(100, 30), message_hook=seen.append) as pilot:

@@ -19,9 +19,9 @@ from textual.widgets import Static, TabbedContent
 from tests.conftest import VENV_BIN, Daemon
 from tests.tui.conftest import SiteApi, socket_config, wait_until
 from tui.app import ApplianceTui, make_app
-from tui.screens.confirm import ConfirmScreen
-from tui.screens.help import KEYS, HelpScreen
-from tui.screens.images import ImageTable
+from tui.dialogs.confirm import ConfirmScreen
+from tui.dialogs.help import KEYS, HelpScreen
+from tui.panes.images import ImageTable
 from tui.widgets.keyed_table import KeyedTable
 
 KEY_NAMES = {"question_mark": "?", "slash": "/", "escape": "esc"}

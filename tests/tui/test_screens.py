@@ -13,7 +13,7 @@ from tests.conftest import Daemon
 from tests.tui.conftest import SiteApi, socket_config, url_config, wait_until
 from tui.app import make_app
 from tui.messages import ImagesLoaded, StatusLoaded
-from tui.screens.images import ImageTable
+from tui.panes.images import ImageTable
 
 
 def text_of(app: Any, selector: str) -> str:

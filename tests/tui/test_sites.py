@@ -11,8 +11,8 @@ from textual.widgets import OptionList, Static
 from tests.tui.conftest import HubAndEdge, socket_config, wait_until
 from tui.app import make_app
 from tui.messages import CopyStarted, SitesLoaded
-from tui.screens.choose import StoreChoiceScreen
-from tui.screens.images import ImageTable
+from tui.dialogs.choose import StoreChoiceScreen
+from tui.panes.images import ImageTable
 
 
 def text_of(app: Any, selector: str) -> str:

@@ -10,8 +10,8 @@ from textual.app import App, ComposeResult
 
 from tui.display import capacity_bar, human_bytes, human_duration, human_pair, human_rate, progress_bar
 from tui.rate import TransferRates, eta_seconds
-from tui.screens.import_url import guess_disk_format, name_from_uri
-from tui.screens.queues import method_of, task_order, task_row
+from tui.dialogs.import_url import guess_disk_format, name_from_uri
+from tui.panes.queues import method_of, task_order, task_row
 from tui.widgets.keyed_table import KeyedTable
 
 
@@ -124,7 +124,7 @@ async def test_import_form_needs_a_url_and_fills_in_the_rest() -> None:
     from tests.tui.fake_daemon import FakeDaemon
     from tui.app import make_app
     from tui.config import TuiConfig
-    from tui.screens.import_url import ImportUrlScreen, UrlImport
+    from tui.dialogs.import_url import ImportUrlScreen, UrlImport
 
     app = make_app(TuiConfig(socket="/nonexistent", refresh_seconds=3600), client=FakeDaemon())
     answers: list[UrlImport | None] = []

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Input
 
+FILTER_DELAY = 0.15  # typing settles this long before the rows are filtered
 
-class FilterLine:
-    """Mixin for a pane with a hidden filter Input. The pane provides `filter_input`,
-    `filter_text`, `apply_filter(text)` and `filter_returns_to` (what gets focus back)."""
+
+class FilterLine(Widget):
+    """Mixin base, before the container class, for a pane with a hidden filter Input. The pane
+    provides `filter_input`, `filter_text`, `apply_filter(text)` and `filter_returns_to` (what
+    gets focus back)."""
 
     filter_text: str
+    _filter_timer: Timer | None = None
 
     @property
     def filter_input(self) -> Input:
@@ -37,3 +42,26 @@ class FilterLine:
         if not self.filter_text:
             self.filter_input.add_class("-hidden")
         self.filter_returns_to.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input is not self.filter_input:
+            return
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        value = event.value
+        self._filter_timer = self.set_timer(FILTER_DELAY, lambda: self._filter_settled(value))
+
+    def _filter_settled(self, value: str) -> None:
+        # The debounce timer may fire while the app is shutting down (screens already gone).
+        if not self.app.screen_stack:
+            return
+        self.apply_filter(value)
+        self.app.refresh_bindings()  # the highlighted row, which some keys need, may have changed
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input is not self.filter_input:
+            return
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        self.apply_filter(event.value)
+        self.close_filter(clear=False)

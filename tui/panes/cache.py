@@ -1,18 +1,27 @@
 """Cache: the site's LRU cache of hub images. Figures (use against the watermarks, hits, bytes
-from cache and upstream), the cached images (most recently used first), and the prefetch queue
-merged with the fills in progress; the line below describes the highlighted row in full."""
+from cache and from the hub), the cached images (most recently used first), and the prefetch queue
+merged with the fills in progress; the line below describes the highlighted row in full. Its
+actions (remove a row, clear) with their dialogs."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.widgets import Static
 
+from tui.dialogs.choose import StoreChoiceScreen
+from tui.dialogs.confirm import ConfirmScreen
 from tui.display import EMPTY, ago, human_bytes, human_pair, percent, plain, progress_bar, short_id, usage_bar, visible
+from tui.guard import while_running
+from tui.messages import CacheCleared, CacheRemoved
+from tui.panes.acting import ActingPane
+from tui.session import Session, cache_enabled
 from tui.widgets.contained import PlainStatic
 from tui.widgets.keyed_table import KeyedTable, Values
 from tui.widgets.steady import show_text
@@ -40,6 +49,11 @@ QUEUE_COLUMNS = [
 ]
 QUEUE_GROW = [("image", 10), ("error", 200)]
 STATE_STYLES = {"filling": "cyan", "queued": "yellow", "retry": "bold red"}
+CLEAR_CHOICES = {
+    "cache": "every cached copy",
+    "queue": "the prefetch queue",
+    "both": "the cached copies and the queue",
+}
 
 
 def _label(name: str) -> Text:
@@ -171,13 +185,15 @@ class CacheQueueTable(KeyedTable):
         return super().render_value(column, value)
 
 
-class CachePane(Vertical):
+class CachePane(ActingPane, Vertical):
     # Focusable, so that switching here moves focus off the screen left behind (focus inside a
     # hidden tab would switch back to it) even when there are no tables to focus.
     can_focus = True
+    # The app's keys call these actions (one key map: see ApplianceTui.BINDINGS).
+    ACTIONS = frozenset({"cache_remove", "cache_clear"})
 
-    def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id)
+    def __init__(self, session: Session, *, id: str | None = None) -> None:
+        super().__init__(session, id=id)
         self.enabled = False
         self.loaded = False
         self.entries: dict[str, Json] = {}
@@ -265,3 +281,83 @@ class CachePane(Vertical):
         # The detail line follows the focused table.
         if self.loaded:
             self.show_highlighted(self._name_of)
+
+    # -- actions: ask, then a worker does it and reports back -------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action not in self.ACTIONS:
+            return True
+        if self.session.read_only or not cache_enabled(self.session.status):
+            return False
+        if action == "cache_remove" and self._selected_or_none() is None:
+            return None  # shown greyed out: no row highlighted
+        return True
+
+    def _selected_or_none(self) -> tuple[str, str] | None:
+        try:
+            return self.selected()
+        except NoMatches:  # bindings are checked while the app is still composing
+            return None
+
+    def action_cache_remove(self) -> None:
+        if self.session.read_only:
+            return
+        chosen = self.selected()
+        if chosen is None:
+            self.notify("Highlight a cached or queued image on the Cache screen first.", severity="warning", markup=False)
+            return
+        image_id, kind = chosen
+        name = self._name_of(image_id)
+        if kind == "fill":
+            self.notify("%s is being cached for a client's read; remove it once it is cached." % name,
+                        severity="warning", markup=False)
+            return
+        if kind == "cache":
+            title, yes = "Remove from cache", "Remove"
+            question = "Remove the cached copy of %s (%s)?\nThe next read fetches it from the hub again." % (name, visible(image_id))
+        else:
+            title, yes = "Remove from queue", "Dequeue"
+            question = "Take %s (%s) off the prefetch queue?" % (name, visible(image_id))
+            if "fill" in self.queue.get(image_id, {}):
+                question += "\nThe fill under way goes on."
+
+        def answered(ok: bool | None) -> None:
+            if ok:
+                self.act("Remove %s from the %s" % (name, kind), partial(self.session.client.uncache_image, image_id, kind),
+                         CacheRemoved(image_id, name, kind))
+
+        self.app.push_screen(ConfirmScreen(title, question, yes=yes), answered)
+
+    def action_cache_clear(self) -> None:
+        if self.session.read_only:
+            return
+        counts = {"cache": len(self.entries), "queue": sum("queued" in r for r in self.queue.values())}
+        counts["both"] = counts["cache"] + counts["queue"]
+        choices = [(target, "%s (%d image(s))" % (what, counts[target])) for target, what in CLEAR_CHOICES.items()]
+
+        def chosen(target: str | None) -> None:
+            if not target:
+                return
+            question = "Clear %s: %d image(s)?" % (CLEAR_CHOICES[target], counts[target])
+            if target != "queue":
+                question += "\nReads of those images fetch them from the hub again."
+
+            def answered(ok: bool | None) -> None:
+                if ok:
+                    self.act("Clear %s" % CLEAR_CHOICES[target], partial(self.session.client.clear_cache, target),
+                             CacheCleared(target))
+
+            self.app.push_screen(ConfirmScreen("Clear cache", question, yes="Clear"), answered)
+
+        self.app.push_screen(StoreChoiceScreen("Clear what?", choices), chosen)
+
+    @while_running
+    def on_cache_removed(self, message: CacheRemoved) -> None:
+        said = "Removed the cached copy of %s." if message.target == "cache" else "Took %s off the prefetch queue."
+        self.notify(said % message.name, title="Cache", markup=False)
+        self.changed(full=False)
+
+    @while_running
+    def on_cache_cleared(self, message: CacheCleared) -> None:
+        self.notify("Cleared %s." % CLEAR_CHOICES[message.target], title="Cache", markup=False)
+        self.changed(full=False)

@@ -1,23 +1,45 @@
 """Images: every image of the site in a table, a `/` filter, and a detail pane (properties and
-locations) for the highlighted row."""
+locations) for the highlighted row; the actions on an image (import from a URL, copy to a store,
+delete a store's copy, delete, queue for caching) with their dialogs."""
 
 from __future__ import annotations
 
+import contextlib
+from functools import partial
 from typing import Any
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.widgets import Input, Static
 
+from tui.client import DaemonError, DaemonUnavailable
+from tui.dialogs.choose import StoreChoiceScreen
+from tui.dialogs.confirm import ConfirmScreen
+from tui.dialogs.import_url import ImportUrlScreen, UrlImport
 from tui.display import EMPTY, human_bytes, human_pair, short_id, status_text, visible
+from tui.guard import while_running
+from tui.messages import (
+    ActionFailed,
+    CacheLoaded,
+    CacheQueued,
+    CopyStarted,
+    ImageDeleted,
+    ImportStarted,
+    StoreCopyDeleted,
+    UriRefused,
+)
+from tui.panes.acting import ActingPane
+from tui.session import Session, cache_enabled
 from tui.widgets.contained import PlainStatic
 from tui.widgets.filtering import FilterLine
 from tui.widgets.keyed_table import KeyedTable, Values
 
 Json = dict[str, Any]
 # The store name an edge gives the hub's copy of a mirrored image: the cache can hold those.
-UPSTREAM_STORE = "central"
+HUB_STORE = "central"  # the hub, as the daemon names it in `stores`
 
 COLUMNS = [
     ("name", "Name", 15),
@@ -66,6 +88,11 @@ def matches(image: Json, needle: str) -> bool:
 
 def store_list(image: Json) -> list[str]:
     return [s for s in str(image.get("stores") or "").split(",") if s]
+
+
+def image_label(image: Json) -> str:
+    """An image's name (else its id) as shown in dialogs and notifications: `visible`."""
+    return visible(image.get("name") or image["id"])
 
 
 def cache_notes(view: Json) -> dict[str, str]:
@@ -139,9 +166,13 @@ class ImageTable(KeyedTable):
         return status_text(value) if column == "status" else super().render_value(column, value)
 
 
-class ImagesPane(FilterLine, Vertical):
-    def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id)
+class ImagesPane(FilterLine, ActingPane, Vertical):
+    # The app's keys call these actions (one key map: see ApplianceTui.BINDINGS).
+    ACTIONS = frozenset({"import_url", "copy_to_store", "delete_from_store", "delete_image", "cache_image"})
+    NEEDS_SELECTION = frozenset({"copy_to_store", "delete_from_store", "delete_image", "cache_image"})
+
+    def __init__(self, session: Session, *, id: str | None = None) -> None:
+        super().__init__(session, id=id)
         self.images: dict[str, Json] = {}
         self.loaded = False
         self.filter_text = ""
@@ -227,7 +258,7 @@ class ImagesPane(FilterLine, Vertical):
         if self._cache_notes is None:
             return ""
         note = self._cache_notes.get(str(image["id"]))
-        if note is None and UPSTREAM_STORE in store_list(image):
+        if note is None and HUB_STORE in store_list(image):
             note = "not cached · p caches it"
         return note or ""
 
@@ -259,3 +290,191 @@ class ImagesPane(FilterLine, Vertical):
     @property
     def filter_returns_to(self) -> ImageTable:
         return self.table
+
+    # -- actions: ask, then a worker does it and reports back -------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action not in self.ACTIONS:
+            return True
+        if self.session.read_only:
+            return False
+        if action == "cache_image" and not cache_enabled(self.session.status):
+            return False
+        if action in self.NEEDS_SELECTION and self._selected_or_none() is None:
+            return None  # shown greyed out: no row highlighted
+        return True
+
+    def _selected_or_none(self) -> Json | None:
+        try:
+            return self.selected_image()
+        except NoMatches:  # bindings are checked while the app is still composing
+            return None
+
+    def _target_image(self) -> Json | None:
+        image = self.selected_image()
+        if image is None:
+            self.notify("Highlight an image on the Images screen first.", severity="warning", markup=False)
+        return image
+
+    def action_delete_image(self) -> None:
+        if self.session.read_only:
+            return
+        image = self._target_image()
+        if image is None:
+            return
+        image_id, name = str(image["id"]), image_label(image)
+        stores = store_list(image)
+        question = "Delete image %s (%s)?" % (name, visible(image_id))
+        question += "\nIts data goes from every store: %s." % visible(", ".join(stores)) if stores else "\nIt has no data yet."
+        if image.get("protected"):
+            question += "\nIt is protected: the daemon will refuse."
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.act("Delete %s" % name, partial(self.session.client.delete_image, image_id), ImageDeleted(image_id, name))
+
+        self.app.push_screen(ConfirmScreen("Delete image", question, yes="Delete"), answered)
+
+    def action_delete_from_store(self) -> None:
+        if self.session.read_only:
+            return
+        image = self._target_image()
+        if image is None:
+            return
+        image_id, name = str(image["id"]), image_label(image)
+        held = store_list(image)
+        if not held:
+            self.notify("%s has no data in any store." % name, severity="warning", markup=False)
+            return
+        described = dict(self.session.store_targets())
+
+        def chosen(store: str | None) -> None:
+            if not store:
+                return
+            question = "Delete the copy of %s (%s) in store %s?" % (name, visible(image_id), visible(store))
+            if len(held) == 1:
+                question += "\nIt is the only copy: the daemon will refuse."
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.act("Delete %s from %s" % (name, store), partial(self.session.client.delete_from_store, store, image_id),
+                             StoreCopyDeleted(image_id, name, store))
+
+            self.app.push_screen(ConfirmScreen("Delete from store", question, yes="Delete copy"), answered)
+
+        self.app.push_screen(StoreChoiceScreen("Delete %s from which store?" % name, [(s, described.get(s, "")) for s in held]), chosen)
+
+    def action_copy_to_store(self) -> None:
+        if self.session.read_only:
+            return
+        image = self._target_image()
+        if image is None:
+            return
+        image_id, name = str(image["id"]), image_label(image)
+        held = set(store_list(image))
+        candidates = [(store, about) for store, about in self.session.store_targets() if store not in held]
+        if not candidates:
+            self.notify("%s is already in every store of this site." % name, severity="warning", markup=False)
+            return
+
+        def chosen(store: str | None) -> None:
+            if store:
+                self.act("Copy %s to %s" % (name, store), partial(self.session.client.copy_to_store, image_id, store),
+                         CopyStarted(image_id, name, store))
+
+        self.app.push_screen(StoreChoiceScreen("Copy %s to which store?" % name, candidates), chosen)
+
+    def action_import_url(self) -> None:
+        if self.session.read_only:
+            return
+
+        def submitted(request: UrlImport | None) -> None:
+            if request is not None:
+                self.import_from_url(request)
+
+        self.app.push_screen(ImportUrlScreen(), submitted)
+
+    def action_cache_image(self) -> None:
+        if self.session.read_only:
+            return
+        image = self._target_image()
+        if image is not None:
+            self.cache_image(str(image["id"]), image_label(image))
+
+    @work(group="actions", exit_on_error=False)
+    async def import_from_url(self, request: UrlImport) -> None:
+        client = self.session.client
+        try:
+            allowed, reason = await client.check_uri(request.uri)
+            if not allowed:
+                self.post_message(UriRefused(request.uri, reason))
+                return
+            image = await client.create_image(request.name, request.disk_format, request.container_format)
+            try:
+                await client.import_web_download(str(image["id"]), request.uri)
+            except (DaemonError, DaemonUnavailable):
+                with contextlib.suppress(DaemonError, DaemonUnavailable):
+                    await client.delete_image(str(image["id"]))  # leave no empty image behind
+                raise
+        except (DaemonError, DaemonUnavailable) as exc:
+            self.post_message(ActionFailed("Import %s" % request.name, str(exc)))
+        else:
+            self.post_message(ImportStarted(str(image["id"]), request.name, request.uri))
+
+    @work(group="actions", exit_on_error=False)
+    async def cache_image(self, image_id: str, name: str) -> None:
+        """Queue, then look: the daemon answers 202 even when it has nothing to do (the image is
+        cached already, or held in this site's stores), so the cache view says what happened."""
+        client = self.session.client
+        try:
+            await client.cache_image(image_id)
+            view = await client.cache_view()
+        except (DaemonError, DaemonUnavailable) as exc:
+            self.post_message(ActionFailed("Cache %s" % name, str(exc)))
+            return
+        if any(e["image_id"] == image_id for e in view.get("entries") or ()):
+            outcome = "cached"
+        elif any(f["image_id"] == image_id for f in view.get("fills") or ()):
+            outcome = "filling"
+        elif any(q["image_id"] == image_id for q in view.get("queue") or ()):
+            outcome = "queued"
+        else:
+            outcome = "not queued"
+        self.app.post_message(CacheLoaded(view))  # the app shows it (on Cache and in the detail)
+        self.post_message(CacheQueued(image_id, name, outcome))
+
+    @while_running
+    def on_cache_queued(self, message: CacheQueued) -> None:
+        if message.outcome == "not queued":
+            self.notify("The daemon did not queue %s: its data is in this site's own stores, not at the hub." % message.name,
+                        title="Cache", severity="warning", markup=False)
+            return
+        said = {"cached": "%s is in the cache.", "filling": "Caching %s now; follow it on Cache (4).",
+                "queued": "Queued %s for caching; follow it on Cache (4)."}[message.outcome]
+        self.notify(said % message.name, title="Cache", markup=False)
+        self.changed(full=False)
+
+    @while_running
+    def on_image_deleted(self, message: ImageDeleted) -> None:
+        self.notify("Deleted image %s." % message.name, title="Delete", markup=False)
+        self.changed(full=True)
+
+    @while_running
+    def on_store_copy_deleted(self, message: StoreCopyDeleted) -> None:
+        self.notify("Deleted the copy of %s in store %s." % (message.name, message.store), title="Delete from store", markup=False)
+        self.changed(full=True)
+
+    @while_running
+    def on_copy_started(self, message: CopyStarted) -> None:
+        self.notify("Copying %s to store %s; follow it on Queues (3)." % (message.name, message.store), title="Copy", markup=False)
+        self.changed(full=True)
+
+    @while_running
+    def on_import_started(self, message: ImportStarted) -> None:
+        self.notify("Importing %s from %s; follow it on Queues (3)." % (message.name, message.uri), title="Import", markup=False)
+        self.changed(full=True)
+
+    @while_running
+    def on_uri_refused(self, message: UriRefused) -> None:
+        self.notify("The daemon refuses %s: %s. Nothing was created." % (message.uri, message.reason),
+                    title="URL refused", severity="error", markup=False)

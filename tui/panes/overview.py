@@ -12,7 +12,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from tui.display import ago, capacity_bar, human_bytes, human_duration, human_pair, percent, progress_bar, status_text, visible
-from tui.screens.sites import sites_summary
+from tui.panes.sites import sites_summary
 from tui.widgets.contained import PlainStatic
 from tui.widgets.steady import show_text
 

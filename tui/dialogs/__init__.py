@@ -1,0 +1,1 @@
+"""The modal screens (dialogs) opened over the panes: confirm, choose, import from a URL, help."""

@@ -22,11 +22,12 @@ async def status(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     images = request.app[IMAGES]
     catalog_counts = await images.counts()
+    hub = request.app[HUB]
     return web.json_response({
         "site": {"name": config.site.name, "role": config.site.role},
         "version": __version__,
         "uptime_seconds": int(time.monotonic() - request.app[STARTED]),
-        "hub": request.app[HUB].status() if request.app[HUB] is not None else
+        "hub": hub.status() if hub is not None else
         {"configured": False, "state": "none", "last_sync": None, "last_error": None},
         "cache": cache_summary(request.app[CACHE], config.cache) if request.app[CACHE] is not None else None,
         "stores": [

@@ -21,6 +21,7 @@ EVENTS = web.AppKey("events", EventLog)
 STARTED = web.AppKey("started", float)
 METRICS = web.AppKey("metrics", Metrics)
 SITES = web.AppKey("sites", SiteService)
-CACHE = web.AppKey("cache", ImageCache | None)  # type: ignore[arg-type]
+# Optional services: AppKey's second argument must be a class, so their type is declared instead.
+CACHE: web.AppKey[ImageCache | None] = web.AppKey("cache")
 BUNDLES = web.AppKey("bundles", BundleService)
-HUB = web.AppKey("hub", HubLink | None)  # type: ignore[arg-type]
+HUB: web.AppKey[HubLink | None] = web.AppKey("hub")

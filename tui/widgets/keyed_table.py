@@ -11,11 +11,11 @@ caller's order. These lean on DataTable internals (Textual 8: `_row_locations`, 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 from rich.text import Text
 from textual import events
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual._two_way_dict import TwoWayDict
 from textual.geometry import Size
 from textual.widgets import DataTable
@@ -50,7 +50,7 @@ class _Lines(Sequence[tuple[RowKey, int]]):
 
 
 class KeyedTable(Contained, DataTable[Any]):
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("j", "cursor_down", "Down", show=False),
         Binding("k", "cursor_up", "Up", show=False),
     ]

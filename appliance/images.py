@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins  # ImageService.list shadows list in the class body
 import dataclasses
 import logging
 import uuid
@@ -23,7 +24,7 @@ from appliance.hub.records import is_hub_image
 from appliance.ids import parse_uuid
 from appliance.imagework import ImageWork
 from appliance.model import (
-    ACTIVE, DEACTIVATED, QUEUED, SAVING, VISIBILITIES, Image, ImageData, ImageId, Location,
+    ACTIVE, DEACTIVATED, QUEUED, SAVING, VISIBILITIES, Image, ImageId, Location,
 )
 from appliance.quotas import SIZE_TOTAL, Quotas
 from appliance.sites import SiteService
@@ -343,9 +344,8 @@ class ImageService:
             if size is not None and digest.size != size:
                 raise BadRequest("Upload ended after %d of the %d bytes announced" % (digest.size, size))
             found = inspector.finish()
-            data = ImageData(size=digest.size, checksum=digest.checksum, os_hash_value=digest.os_hash_value,
-                             os_hash_algo=digest.os_hash_algo, virtual_size=found.virtual_size)
-            location = Location(store=store.name, url=store.location_url(image.id), metadata={"store": store.name})
+            data = digest.image_data(found.virtual_size)
+            location = Location.in_store(store.name, store.location_url(image.id))
             learned = introspected_properties(found, {}, frozenset(image.properties))
             if learned:
                 await self._catalog.update_image(image.id, set_properties=learned, updated_at=self._now())
@@ -394,7 +394,7 @@ class ImageService:
                                      % (image.id, exc)) from None
         raise NotFound("Image %s has no readable data in any store of this site" % image.id)
 
-    def _preferred_stores(self, image: Image) -> list[str]:
+    def _preferred_stores(self, image: Image) -> builtins.list[str]:
         names = [s for s in image.stores if s in self._stores]
         names.sort(key=lambda s: s != self.default_store)
         return names
@@ -404,7 +404,7 @@ class ImageService:
 
     # -- stores ---------------------------------------------------------------------------
 
-    def stores_info(self) -> list[tuple[ImageStore, StoreUsage]]:
+    def stores_info(self) -> builtins.list[tuple[ImageStore, StoreUsage]]:
         return [(store, store.usage()) for store in self._stores.values()]
 
     def check_stores_detail(self, ctx: Context) -> None:
@@ -488,7 +488,7 @@ class ImageService:
         return check_text("Value of property '%s'" % key, value, self._config.limits.max_property_value_length,
                           multiline=True)
 
-    def _validate_tags(self, value: Any) -> list[str]:
+    def _validate_tags(self, value: Any) -> builtins.list[str]:
         if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
             raise BadRequest("Invalid value for 'tags': expected a list of strings")
         self._check_tag_quota(len(set(value)))

@@ -10,6 +10,7 @@ write per target store. Progress is visible in `os_glance_importing_to_stores` /
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -32,7 +33,7 @@ from appliance.hublink import HubLink
 from appliance.ids import parse_uuid
 from appliance.images import ImageService, require_formats
 from appliance.model import (
-    ACTIVE, COPY, FAILED_IMPORT, IMPORTING, IMPORTING_TO, QUEUED, UPLOADING, Image, ImageData, Location, Task, TaskId,
+    ACTIVE, COPY, FAILED_IMPORT, IMPORTING, IMPORTING_TO, QUEUED, UPLOADING, Image, Location, Task, TaskId,
 )
 from appliance.pipeline.base import ImportFailed, ImportStep, StagedImage, StepContext
 from appliance.pipeline.steps.convert import Convert
@@ -41,6 +42,7 @@ from appliance.pipeline.steps.inject import InjectMetadata
 from appliance.quotas import SIZE_TOTAL, STAGE_TOTAL
 from appliance.sites import SiteService
 from appliance.stores.base import ImageStore
+from appliance.stores.files import file_chunks
 from appliance.stores.filesystem import FilesystemStore
 from appliance.urifilter import UriFilter
 from appliance.webdownload import open_download
@@ -73,18 +75,6 @@ def build_steps(config: Config) -> list[ImportStep]:
 
 def build_uri_filter(config: Config) -> UriFilter:
     return UriFilter(config.imports.uri_filter)
-
-
-async def _read_file(path: Path) -> AsyncIterator[bytes]:
-    fh = await asyncio.to_thread(open, path, "rb")
-    try:
-        while True:
-            chunk = await asyncio.to_thread(fh.read, READ_CHUNK)
-            if not chunk:
-                return
-            yield chunk
-    finally:
-        await asyncio.to_thread(fh.close)
 
 
 async def _save(chunks: AsyncIterator[bytes], path: Path, on_progress: Callable[[int], None],
@@ -154,6 +144,9 @@ class ImportService:
     def running_count(self) -> int:
         return len(self._running)
 
+    def _forget(self, image_id: str, _job: asyncio.Task[None]) -> None:
+        self._running.pop(image_id, None)
+
     def progress(self, task_id: str) -> tuple[int, int | None] | None:
         return self._progress.get(task_id)
 
@@ -203,10 +196,10 @@ class ImportService:
             status = await self._release(await self._catalog.get_image(image_id))
             log.warning("recovery: image %s was left importing; image is %s", image_id, status)
         # Staged data of images deleted while the daemon was down (or killed mid-delete).
-        for image_id in sorted(await asyncio.to_thread(self._staging.image_files)):
-            if not await self._catalog.has_image(image_id):
-                await self._staging.purge(image_id)
-                log.warning("recovery: removed the staged data of %s: the image is gone", image_id)
+        for staged_id in sorted(await asyncio.to_thread(self._staging.image_files)):
+            if not await self._catalog.has_image(staged_id):
+                await self._staging.purge(staged_id)
+                log.warning("recovery: removed the staged data of %s: the image is gone", staged_id)
         for image_id in await self._catalog.images_in_status(UPLOADING):
             if self._staging.data_path(image_id) is None:
                 await self._catalog.update_image(image_id, expect_status=[UPLOADING], columns={"status": QUEUED},
@@ -429,7 +422,7 @@ class ImportService:
         job = asyncio.create_task(self._run(task, image, request, ctx), name="import-%s" % image.id)
         self._images.work.watch(image.id, job, "import")
         self._running[image.id] = job
-        job.add_done_callback(lambda _t, i=image.id: self._running.pop(i, None))
+        job.add_done_callback(functools.partial(self._forget, image.id))
         log.info("image %s: %s import started to %s (task %s)", image.id, request.method, ",".join(request.stores), task.id)
         return task
 
@@ -481,7 +474,7 @@ class ImportService:
         job = asyncio.create_task(self._push(task, image, path), name="push-%s" % image.id)
         self._images.work.watch(image.id, job, "copy to the hub")
         self._running[image.id] = job
-        job.add_done_callback(lambda _t, i=image.id: self._running.pop(i, None))
+        job.add_done_callback(functools.partial(self._forget, image.id))
         log.info("image %s: copy to the hub (%s) started (task %s)", image.id, HUB_STORE, task.id)
         return task
 
@@ -597,18 +590,18 @@ class ImportService:
         for store_name in request.stores:
             store = self._stores[store_name]
             try:
-                digest = await store.write(image.id, _read_file(staged.path), max_size=self._config.api.max_upload_bytes,
+                digest = await store.write(image.id, file_chunks(staged.path), max_size=self._config.api.max_upload_bytes,
                                            on_progress=lambda n: self._progress.__setitem__(task.id, (n, staged.size)),
                                            background=True, expected_size=staged.size)
                 try:
                     if expected is not None:
-                        verify(digest, size=expected.size, checksum=expected.checksum, os_hash_value=expected.os_hash_value)
+                        verify(digest, expected)
                 except ApplianceError:
                     await store.delete(image.id)
                     raise
                 expected = expected or digest
                 written.append(store_name)
-                location = Location(store=store_name, url=store.location_url(image.id), metadata={"store": store_name})
+                location = Location.in_store(store_name, store.location_url(image.id))
                 remaining.remove(store_name)
                 if not active and (not request.all_stores_must_succeed or not remaining):
                     await self._activate(image, staged, digest, location)
@@ -645,9 +638,8 @@ class ImportService:
             await self._catalog.update_image(image.id, columns=columns, updated_at=self._now())
         if staged.properties:
             await self._catalog.update_image(image.id, set_properties=staged.properties, updated_at=self._now())
-        data = ImageData(size=digest.size, checksum=digest.checksum, os_hash_value=digest.os_hash_value,
-                         os_hash_algo=digest.os_hash_algo, virtual_size=staged.virtual_size)
-        await self._catalog.activate_image(image.id, data, location, from_status=IMPORTING, updated_at=self._now())
+        await self._catalog.activate_image(image.id, digest.image_data(staged.virtual_size), location,
+                                           from_status=IMPORTING, updated_at=self._now())
 
     async def _acquire(self, task: Task, image: Image, request: ImportRequest, work: Path) -> StagedImage:
         """The data to import, as a file."""

@@ -10,6 +10,7 @@ becomes a remove assignment. A reported copy becomes the location
 
 from __future__ import annotations
 
+import builtins  # SiteService.list shadows list in the class body
 import json
 import logging
 from typing import Any, Collection, Sequence
@@ -235,7 +236,7 @@ class SiteService:
         self._names.discard(name)
         log.info("site %s deleted by %s/%s", name, ctx.project, ctx.user)
 
-    async def assignments(self, ctx: Context, name: str) -> list[Assignment]:
+    async def assignments(self, ctx: Context, name: str) -> builtins.list[Assignment]:
         self._check_enabled()
         policy.enforce(ctx, "edge:site_assignments", {"site": name})
         await self._catalog.get_site(name)  # 404 tells an edge the hub forgot it: it registers again
@@ -271,7 +272,7 @@ class SiteService:
             await self._catalog.finish_assignment(
                 name, image_id, COPY,
                 [ListEdit(IMPORTING_TO, remove=(name,), drop_empty=True), ListEdit(FAILED_IMPORT, remove=(name,))],
-                self._now(), location=Location(store=name, url=self._location_url(site, image_id), metadata={"store": name}))
+                self._now(), location=Location.in_store(name, self._location_url(site, image_id)))
             log.info("site %s holds a verified copy of image %s", name, image_id)
         else:
             await self._catalog.finish_assignment(

@@ -9,6 +9,8 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
+from appliance import policy
+from appliance.auth import Context
 from appliance.clock import timestamp
 
 
@@ -35,6 +37,11 @@ class EventLog(logging.Handler):
         self._seq += 1
         stamp = timestamp(record.created)
         self._events.append(Event(self._seq, stamp, record.levelname.lower(), record.name, message))
+
+    def for_operator(self, ctx: Context) -> EventLog:
+        """This log, for a caller allowed to read it (`edge:events`)."""
+        policy.enforce(ctx, "edge:events")
+        return self
 
     def since(self, seq: int, limit: int = 500) -> list[Event]:
         """Events newer than `seq`, oldest first (at most `limit`, the newest ones)."""

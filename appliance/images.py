@@ -402,6 +402,11 @@ class ImageService:
     async def counts(self) -> dict[str, dict[str, int]]:
         return {"images": await self._catalog.image_counts(), "tasks": await self._catalog.task_counts()}
 
+    async def site_counts(self, ctx: Context) -> dict[str, dict[str, int]]:
+        """The counts, for the operator's status view (`edge:status`)."""
+        policy.enforce(ctx, "edge:status")
+        return await self.counts()
+
     # -- stores ---------------------------------------------------------------------------
 
     def stores_info(self) -> builtins.list[tuple[ImageStore, StoreUsage]]:

@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 from appliance import policy
 from appliance.auth import Context
@@ -44,7 +44,7 @@ from appliance.sites import SiteService
 from appliance.stores.base import ImageStore
 from appliance.stores.files import file_chunks
 from appliance.stores.filesystem import FilesystemStore
-from appliance.urifilter import UriFilter
+from appliance.urifilter import Decision, UriFilter
 from appliance.webdownload import open_download
 
 log = logging.getLogger(__name__)
@@ -259,8 +259,11 @@ class ImportService:
         policy.enforce(ctx, "get_task", {"project_id": task.owner})
         return task
 
-    async def check_uri(self, uri: str):  # type: ignore[no-untyped-def]
-        return await self.uri_filter.check(uri)
+    def uri_checker(self, ctx: Context) -> Callable[[str], Awaitable[Decision]]:
+        """The web-download filter's verdict on a URL, without fetching anything, for a caller
+        allowed to ask (`edge:check_uri`): refused before the request body is read."""
+        policy.enforce(ctx, "edge:check_uri")
+        return self.uri_filter.check
 
     # -- staging (glance-direct) ---------------------------------------------------------
 

@@ -6,96 +6,61 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from appliance import policy
 from appliance.api.keys import CACHE, IMAGES
 from appliance.api.middleware import CONTEXT
-from appliance.cache import CLEAR_TARGETS, CacheStats, ImageCache, check_queueable
+from appliance.cache import CacheStats, ImageCache
+from appliance.cacheadmin import CacheAdmin
 from appliance.config import CacheConfig
-from appliance.errors import BadRequest
 from appliance.model import CacheEntry
 
 routes = web.RouteTableDef()
+CLEAR_TARGET_HEADER = "x-image-cache-clear-target"
 
 
-def _check(request: web.Request, action: str) -> None:
-    policy.enforce(request[CONTEXT], action)
+def _admin(request: web.Request) -> CacheAdmin:
+    return CacheAdmin(request.app[CACHE], request.app[IMAGES])
 
 
 @routes.get("/v2/cache")
 async def list_cache(request: web.Request) -> web.Response:
-    _check(request, "cache_list")
-    cache = request.app[CACHE]
-    return web.json_response({
-        "cached_images": [_entry(e) for e in cache.entries()] if cache is not None else [],
-        "queued_images": [q.image_id for q in await cache.queued()] if cache is not None else [],
-    })
+    entries, queued = await _admin(request).listing(request[CONTEXT])
+    return web.json_response({"cached_images": [_entry(e) for e in entries], "queued_images": [q.image_id for q in queued]})
 
 
 @routes.put("/v2/cache/{image_id}")
 async def queue_image(request: web.Request) -> web.Response:
-    _check(request, "cache_image")
-    image = await request.app[IMAGES].get(request[CONTEXT], request.match_info["image_id"])
-    cache = request.app[CACHE]
-    if cache is not None:
-        await cache.queue(image)
-    else:
-        check_queueable(image)
+    await _admin(request).queue(request[CONTEXT], request.match_info["image_id"])
     return web.Response(status=202)
 
 
 @routes.delete("/v2/cache/{image_id}")
 async def delete_image(request: web.Request) -> web.Response:
-    _check(request, "cache_delete")
-    image = await request.app[IMAGES].get(request[CONTEXT], request.match_info["image_id"])
-    cache = request.app[CACHE]
-    # Glance removes the image from both; the clear-target header narrows it, as for DELETE /v2/cache.
-    target = _clear_target(request)
-    if cache is not None and target in ("cache", "both"):
-        await cache.delete(image.id)
-    if cache is not None and target in ("queue", "both"):
-        await cache.dequeue(image.id)
+    await _admin(request).remove(request[CONTEXT], request.match_info["image_id"], request.headers.get(CLEAR_TARGET_HEADER))
     return web.Response(status=204)
-
-
-def _clear_target(request: web.Request) -> str:
-    target = request.headers.get("x-image-cache-clear-target", "both").strip().lower() or "both"
-    if target not in CLEAR_TARGETS:
-        raise BadRequest("x-image-cache-clear-target must be one of %s, got %r" % (", ".join(CLEAR_TARGETS), target))
-    return target
 
 
 @routes.delete("/v2/cache")
 async def clear(request: web.Request) -> web.Response:
-    _check(request, "cache_delete")
-    # Absent means both; `both` is accepted too (Glance documents it but rejects it).
-    target = _clear_target(request)
-    cache = request.app[CACHE]
-    if cache is not None:
-        await cache.clear(target)
+    await _admin(request).clear(request[CONTEXT], request.headers.get(CLEAR_TARGET_HEADER))
     return web.Response(status=204)
 
 
 @routes.post("/v2/cache/clean")
 async def clean(request: web.Request) -> web.Response:
-    _check(request, "cache_delete")
-    cache = request.app[CACHE]
-    files, size = await cache.clean() if cache is not None else (0, 0)
+    files, size = await _admin(request).clean(request[CONTEXT])
     return web.json_response({"total_files_cleaned": files, "total_bytes_cleaned": size})
 
 
 @routes.post("/v2/cache/prune")
 async def prune(request: web.Request) -> web.Response:
-    _check(request, "cache_delete")
-    cache = request.app[CACHE]
-    files, size = await cache.prune() if cache is not None else (0, 0)
+    files, size = await _admin(request).prune(request[CONTEXT])
     return web.json_response({"total_files_pruned": files, "total_bytes_pruned": size})
 
 
 @routes.get("/v2/edge/cache")
 async def overview(request: web.Request) -> web.Response:
     """Everything an operator wants at once: figures, entries, the queue with its errors, fills."""
-    _check(request, "cache_list")
-    cache = request.app[CACHE]
+    cache = _admin(request).readable(request[CONTEXT])
     summary = cache_summary(cache, request.app[IMAGES].config.cache)  # the running config (reloads apply)
     if cache is None:
         return web.json_response({**summary, "entries": [], "queue": [], "fills": []})

@@ -6,7 +6,7 @@ import time
 
 from aiohttp import web
 
-from appliance import __version__, policy, wire
+from appliance import __version__, wire
 from appliance.api import schemas
 from appliance.api.cache import cache_summary
 from appliance.api.keys import CACHE, CONFIG, HUB, EVENTS, IMAGES, IMPORTS, METRICS, STARTED
@@ -18,10 +18,9 @@ routes = web.RouteTableDef()
 
 @routes.get("/v2/edge/status")
 async def status(request: web.Request) -> web.Response:
-    policy.enforce(request[CONTEXT], "edge:status")
     config = request.app[CONFIG]
     images = request.app[IMAGES]
-    catalog_counts = await images.counts()
+    catalog_counts = await images.site_counts(request[CONTEXT])
     hub = request.app[HUB]
     return web.json_response({
         "site": {"name": config.site.name, "role": config.site.role},
@@ -42,13 +41,13 @@ async def status(request: web.Request) -> web.Response:
 
 @routes.get("/v2/edge/events")
 async def events(request: web.Request) -> web.Response:
-    policy.enforce(request[CONTEXT], "edge:events")
+    event_log = request.app[EVENTS].for_operator(request[CONTEXT])
     try:
         since = wire.parse_int(request.query.get("since", "0"), "since")
         limit = wire.parse_int(request.query.get("limit", "500"), "limit")
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    found = request.app[EVENTS].since(since, max(1, min(limit, 2000)))
+    found = event_log.since(since, max(1, min(limit, 2000)))
     return web.json_response({"events": [
         {"seq": e.seq, "time": e.time, "level": e.level, "source": e.source, "message": e.message} for e in found
     ]})

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance import policy, wire
+from appliance import wire
 from appliance.api import schemas
 from appliance.api.images import body_chunks, read_json
 from appliance.api.keys import IMPORTS
@@ -87,8 +87,8 @@ async def show_task(request: web.Request) -> web.Response:
 @routes.post("/v2/edge/check-uri")
 async def check_uri(request: web.Request) -> web.Response:
     """Admin: the web-download filter's verdict on a URL, without fetching anything."""
-    policy.enforce(request[CONTEXT], "edge:check_uri")
+    check = request.app[IMPORTS].uri_checker(request[CONTEXT])
     body = await read_json(request)
     uri = body.get("uri") if isinstance(body, dict) else None
-    decision = await request.app[IMPORTS].check_uri(uri if isinstance(uri, str) else "")
+    decision = await check(uri if isinstance(uri, str) else "")
     return web.json_response({"uri": uri, "allowed": decision.allowed, "reason": decision.reason})

@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Callable
 
+from appliance.clock import timestamp
+
 # syslog priorities, which journald reads from a "<N>" line prefix.
 PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
@@ -26,7 +28,7 @@ class JournalFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         body = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + ".%03dZ" % record.msecs,
+            "time": timestamp(record.created).removesuffix("Z") + ".%03dZ" % record.msecs,  # the API's shape, plus ms
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

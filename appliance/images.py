@@ -412,8 +412,10 @@ class ImageService:
     def stores_info(self) -> builtins.list[tuple[ImageStore, StoreUsage]]:
         return [(store, store.usage()) for store in self._stores.values()]
 
-    def check_stores_detail(self, ctx: Context) -> None:
+    def stores_detail(self, ctx: Context) -> builtins.list[tuple[ImageStore, StoreUsage]]:
+        """stores_info, for a caller allowed the detail (`stores_info_detail`: paths and usage)."""
         policy.enforce(ctx, "stores_info_detail")
+        return self.stores_info()
 
     async def delete_from_store(self, ctx: Context, store_name: str, image_id: str) -> None:
         image = await self.authorized(ctx, image_id, "delete_image_location")

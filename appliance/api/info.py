@@ -88,7 +88,7 @@ def _hub_store(request: web.Request) -> list[dict[str, object]]:
 @routes.get("/v2/info/stores/detail")
 async def stores_detail(request: web.Request) -> web.Response:
     service = request.app[IMAGES]
-    service.check_stores_detail(request[CONTEXT])
+    detail = service.stores_detail(request[CONTEXT])
     sites = request.app[SITES]
     return web.json_response({
         "stores": [
@@ -96,7 +96,7 @@ async def stores_detail(request: web.Request) -> web.Response:
                 store.name, store.description, store.name == service.default_store, usage,
                 str(getattr(store, "path", "")),
             )
-            for store, usage in service.stores_info()
+            for store, usage in detail
         ] + [schemas.site_store_detail_to_json(site, sites.online(site)) for site in await sites.sites()] + _hub_store(request)
     })
 

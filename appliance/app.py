@@ -7,7 +7,7 @@ import time
 from aiohttp import web
 
 from appliance.api import bundles, cache, edge, images, imports, info, openapi, sites
-from appliance.api.keys import BUNDLES, CACHE, CONFIG, HUB, EVENTS, IMAGES, IMPORTS, METRICS, SITES, STARTED
+from appliance.api.keys import BUNDLES, CACHE, CONFIG, EVENTS, HUB, IMAGES, IMPORTS, METRICS, SITES, STARTED
 from appliance.api.middleware import auth_middleware, error_middleware
 from appliance.services import Services
 

@@ -68,7 +68,7 @@ class Authenticator:
         self._tokens = tokens
 
     @classmethod
-    def from_config(cls, config: Config) -> "Authenticator":
+    def from_config(cls, config: Config) -> Authenticator:
         tokens: dict[str, Context] = {}
         for i, tok in enumerate(config.auth.tokens):
             value = tok.token or _read_token_file(config.path(tok.token_file), "auth.tokens[%d].token_file" % i)
@@ -79,7 +79,7 @@ class Authenticator:
             log.info("auth: admin token is in %s", path)
         return cls(tokens)
 
-    def replace_with(self, other: "Authenticator") -> None:
+    def replace_with(self, other: Authenticator) -> None:
         """Take another authenticator's tokens (config reload)."""
         self._tokens = other._tokens
 

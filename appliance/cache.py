@@ -22,9 +22,9 @@ import logging
 import os
 import time
 from collections import Counter as Tally
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 from appliance.catalog import Catalog
 from appliance.clock import timestamp
@@ -92,8 +92,17 @@ class CacheStats:
 
 
 class ImageCache:
-    def __init__(self, config: CacheConfig, hub_config: HubConfig, root: Path, catalog: Catalog, hub: HubClient,
-                 records: HubRecords, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: CacheConfig,
+        hub_config: HubConfig,
+        root: Path,
+        catalog: Catalog,
+        hub: HubClient,
+        records: HubRecords,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.config = config
         self._hub_config = hub_config
         self.root = root
@@ -127,7 +136,9 @@ class ImageCache:
 
     async def start(self) -> None:
         self._entries = await reconcile(self.root, self._catalog)
-        log.info("cache: %d entr(y/ies), %d of %d bytes used", len(self._entries), self.used_bytes(), self.config.max_size)
+        log.info(
+            "cache: %d entr(y/ies), %d of %d bytes used", len(self._entries), self.used_bytes(), self.config.max_size
+        )
 
     async def close(self) -> None:
         tasks = [*self._fill_tasks.values(), *self._background]
@@ -177,8 +188,9 @@ class ImageCache:
             accessed = time.time()
             self._entries[image.id] = replace(entry, last_accessed=accessed, hits=entry.hits + 1)
             await self._catalog.touch_cache_entry(image.id, accessed)
-            return Download(image=image, source=CACHE, path=self._data / image.id,
-                            release=lambda: self._release(image.id))
+            return Download(
+                image=image, source=CACHE, path=self._data / image.id, release=lambda: self._release(image.id)
+            )
         self.stats.misses += 1
         self._metrics.cache_misses.inc()
         if byte_range is not None:
@@ -205,8 +217,14 @@ class ImageCache:
             if not await self._reserve(image):
                 self._fills.pop(image.id, None)  # the next request tries again (space may have freed)
                 return None
-            transfer = Transfer(self._hub, image, self._partial / image.id, attempts=self._hub_config.resume_attempts,
-                                retry_max=self._hub_config.retry_max_seconds, on_bytes=self._fetched)
+            transfer = Transfer(
+                self._hub,
+                image,
+                self._partial / image.id,
+                attempts=self._hub_config.resume_attempts,
+                retry_max=self._hub_config.retry_max_seconds,
+                on_bytes=self._fetched,
+            )
             await transfer.open()
         except BaseException:
             self._reserved.pop(image.id, None)
@@ -250,15 +268,22 @@ class ImageCache:
             self.stats.invalid += 1
             self._last_error[image.id] = "data from the hub failed verification: %s" % exc
             await asyncio.to_thread(_move, transfer.partial, self._invalid / image.id)
-            log.error("cache: image %s from the hub failed verification (%s); moved to invalid/, not served", image.id, exc)
+            log.error(
+                "cache: image %s from the hub failed verification (%s); moved to invalid/, not served", image.id, exc
+            )
         elif isinstance(exc, NotFound):
             self._last_error[image.id] = str(exc)
             await asyncio.to_thread(_unlink, transfer.partial)
             log.warning("cache: image %s is gone from the hub: %s", image.id, exc)
         elif isinstance(exc, Exception):
             self._last_error[image.id] = str(exc)
-            log.warning("cache: filling image %s failed after %d of %d bytes (kept to resume): %s",
-                        image.id, transfer.durable, transfer.size, exc)
+            log.warning(
+                "cache: filling image %s failed after %d of %d bytes (kept to resume): %s",
+                image.id,
+                transfer.durable,
+                transfer.size,
+                exc,
+            )
         else:
             raise exc  # cancelled: the daemon is stopping
 
@@ -294,8 +319,13 @@ class ImageCache:
             raise RangeNotSatisfiable("Requested range not satisfiable: the image has %d bytes" % image.size)
         stack = contextlib.AsyncExitStack()
         resp = await stack.enter_async_context(self._hub.open_data(image.id, offset=start, end=stop))
-        return Download(image=image, source=HUB, chunks=_Relayed(resp.chunks, stack, self._fetched),
-                        length=stop - start, content_range="bytes %d-%d/%d" % (start, stop - 1, image.size))
+        return Download(
+            image=image,
+            source=HUB,
+            chunks=_Relayed(resp.chunks, stack, self._fetched),
+            length=stop - start,
+            content_range="bytes %d-%d/%d" % (start, stop - 1, image.size),
+        )
 
     # -- space ------------------------------------------------------------------------------
 
@@ -310,8 +340,10 @@ class ImageCache:
             if self.used_bytes() + size > high:
                 await self._evict_until(lambda: self.used_bytes() + size <= low)
             if self.used_bytes() + size > conf.max_size:
-                return self._does_not_fit(image, "entries being read leave only %d of %d bytes"
-                                          % (conf.max_size - self.used_bytes(), conf.max_size))
+                return self._does_not_fit(
+                    image,
+                    "entries being read leave only %d of %d bytes" % (conf.max_size - self.used_bytes(), conf.max_size),
+                )
             have = await asyncio.to_thread(_size_of, self._partial / image.id)
             need = size - have
 
@@ -321,14 +353,20 @@ class ImageCache:
             if short():
                 await self._evict_until(lambda: not short())
                 if short():
-                    return self._does_not_fit(image, "the filesystem would drop below min_free_bytes (%d)" % conf.min_free_bytes)
+                    return self._does_not_fit(
+                        image, "the filesystem would drop below min_free_bytes (%d)" % conf.min_free_bytes
+                    )
             self._reserved[image.id] = size
             return True
 
     def _does_not_fit(self, image: Image, why: str) -> bool:
         self.stats.uncached += 1
-        log.warning("cache: image %s (%s bytes) does not fit in the cache: %s; serving it from the hub uncached",
-                    image.id, image.size, why)
+        log.warning(
+            "cache: image %s (%s bytes) does not fit in the cache: %s; serving it from the hub uncached",
+            image.id,
+            image.size,
+            why,
+        )
         return False
 
     async def _evict_until(self, enough: Callable[[], bool]) -> int:
@@ -343,8 +381,12 @@ class ImageCache:
             self.stats.evictions += 1
             self._metrics.cache_evictions.inc()
             freed += entry.size
-            log.info("cache: evicted image %s (%d bytes, last used %s)", entry.image_id, entry.size,
-                     timestamp(entry.last_accessed))
+            log.info(
+                "cache: evicted image %s (%d bytes, last used %s)",
+                entry.image_id,
+                entry.size,
+                timestamp(entry.last_accessed),
+            )
         return freed
 
     async def _drop(self, image_id: str) -> None:
@@ -358,8 +400,11 @@ class ImageCache:
     async def queue(self, image: Image) -> None:
         check_queueable(image)
         if image.id in self._entries or not self.serves(image):
-            log.info("cache: image %s not queued: %s", image.id,
-                     "already cached" if image.id in self._entries else "its data is held in this site's stores")
+            log.info(
+                "cache: image %s not queued: %s",
+                image.id,
+                "already cached" if image.id in self._entries else "its data is held in this site's stores",
+            )
             return
         await self._catalog.queue_for_cache(image.id, time.time())
         self._wake.set()
@@ -449,10 +494,19 @@ class ImageCache:
         try:
             error = await self._prefetch_one(item.image_id)
             if error:
-                delay = backoff(item.attempts + 1, float(self._hub_config.retry_max_seconds), base=float(self.config.prefetch_interval) / 4)
+                delay = backoff(
+                    item.attempts + 1,
+                    float(self._hub_config.retry_max_seconds),
+                    base=float(self.config.prefetch_interval) / 4,
+                )
                 await self._catalog.set_queue_failure(item.image_id, error, time.time() + delay)
-                log.warning("cache: prefetching image %s failed (attempt %d; retry in %.0f s): %s",
-                            item.image_id, item.attempts + 1, delay, error)
+                log.warning(
+                    "cache: prefetching image %s failed (attempt %d; retry in %.0f s): %s",
+                    item.image_id,
+                    item.attempts + 1,
+                    delay,
+                    error,
+                )
         finally:
             self._prefetching.discard(item.image_id)
             self._wake.set()  # a worker is free: look at the queue again
@@ -482,12 +536,14 @@ class _Relayed:
     """Chunks of an open hub response; `aclose()` always releases the connection, even
     when iteration never started (an async generator's `finally` would not run then)."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], stack: contextlib.AsyncExitStack, count: Callable[[int], None]) -> None:
+    def __init__(
+        self, chunks: AsyncIterator[bytes], stack: contextlib.AsyncExitStack, count: Callable[[int], None]
+    ) -> None:
         self._chunks = chunks
         self._stack = stack
         self._count = count
 
-    def __aiter__(self) -> "_Relayed":
+    def __aiter__(self) -> _Relayed:
         return self
 
     async def __anext__(self) -> bytes:
@@ -535,7 +591,10 @@ def _move(src: Path, dest: Path) -> None:
 def _clean(invalid: Path, partial: Path, filling: set[str], stall_time: float) -> tuple[int, int]:
     files = size = 0
     cutoff = time.time() - stall_time
-    for directory, keep in ((invalid, lambda e: False), (partial, lambda e: e.name in filling or e.stat().st_mtime > cutoff)):
+    for directory, keep in (
+        (invalid, lambda e: False),
+        (partial, lambda e: e.name in filling or e.stat().st_mtime > cutoff),
+    ):
         try:
             entries = list(os.scandir(directory))
         except FileNotFoundError:

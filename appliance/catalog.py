@@ -6,10 +6,11 @@ import asyncio
 import json
 import logging
 import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any
 
 import aiosqlite
 
@@ -133,14 +134,40 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 IMAGE_COLUMNS = (
-    "id", "name", "status", "visibility", "protected", "os_hidden", "owner", "disk_format",
-    "container_format", "min_disk", "min_ram", "size", "virtual_size", "checksum",
-    "os_hash_algo", "os_hash_value", "created_at", "updated_at",
+    "id",
+    "name",
+    "status",
+    "visibility",
+    "protected",
+    "os_hidden",
+    "owner",
+    "disk_format",
+    "container_format",
+    "min_disk",
+    "min_ram",
+    "size",
+    "virtual_size",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "created_at",
+    "updated_at",
 )
 # Columns a client may sort on (Glance's allowed sort keys).
 SORT_KEYS = (
-    "name", "status", "container_format", "disk_format", "size", "id", "created_at",
-    "updated_at", "visibility", "owner", "virtual_size", "min_disk", "min_ram",
+    "name",
+    "status",
+    "container_format",
+    "disk_format",
+    "size",
+    "id",
+    "created_at",
+    "updated_at",
+    "visibility",
+    "owner",
+    "virtual_size",
+    "min_disk",
+    "min_ram",
 )
 INT_COLUMNS = frozenset({"size", "virtual_size", "min_disk", "min_ram"})
 # stream_images: target weight of one batch of image rows (their JSON columns), its largest
@@ -204,7 +231,7 @@ class Catalog:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, path: Path) -> AsyncIterator["Catalog"]:
+    async def open(cls, path: Path) -> AsyncIterator[Catalog]:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(str(path), isolation_level=None)
         try:
@@ -228,7 +255,9 @@ class Catalog:
         for version in range(current, len(MIGRATIONS)):
             log.info("catalog: migrating schema to version %d", version + 1)
             script = "BEGIN;\n%s\nDELETE FROM schema_version;\nINSERT INTO schema_version VALUES (%d);\nCOMMIT;" % (
-                MIGRATIONS[version], version + 1)
+                MIGRATIONS[version],
+                version + 1,
+            )
             await self._db.executescript(script)
 
     async def schema_version(self) -> int:
@@ -256,8 +285,10 @@ class Catalog:
                 # A full filesystem is the operator's to fix, not a server bug: 507, and the
                 # transaction is rolled back, so the catalog stays consistent.
                 if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
-                    raise StorageFull("The catalog's filesystem is full (%s); nothing was changed. Free space "
-                                      "on it (deleting images frees space)" % exc) from exc
+                    raise StorageFull(
+                        "The catalog's filesystem is full (%s); nothing was changed. Free space "
+                        "on it (deleting images frees space)" % exc
+                    ) from exc
                 raise
 
     async def _rollback(self) -> None:
@@ -275,7 +306,8 @@ class Catalog:
         async with self._transaction() as db:
             try:
                 await db.execute(
-                    "INSERT INTO images (%s) VALUES (%s)" % (", ".join(IMAGE_COLUMNS), ", ".join("?" * len(IMAGE_COLUMNS))),
+                    "INSERT INTO images (%s) VALUES (%s)"
+                    % (", ".join(IMAGE_COLUMNS), ", ".join("?" * len(IMAGE_COLUMNS))),
                     values,
                 )
             except aiosqlite.IntegrityError as exc:
@@ -288,8 +320,9 @@ class Catalog:
                 "INSERT INTO image_tags (image_id, tag) VALUES (?, ?)", [(image.id, t) for t in image.tags]
             )
             if bundle_import:
-                await db.execute("INSERT INTO bundle_imports (image_id, started_at) VALUES (?, ?)",
-                                 [image.id, image.created_at])
+                await db.execute(
+                    "INSERT INTO bundle_imports (image_id, started_at) VALUES (?, ?)", [image.id, image.created_at]
+                )
         return await self.get_image(image.id)
 
     async def bundle_imports(self) -> list[ImageId]:
@@ -323,10 +356,10 @@ class Catalog:
         of metadata each is never held whole, and the loop is never held for long."""
         size, start = 1, 0
         while start < len(ids):
-            chunk = ids[start:start + size]
+            chunk = ids[start : start + size]
             start += len(chunk)
             rows = await self._image_rows(chunk)
-            weight = sum(len(v) for row in rows.values() for v in row[len(IMAGE_COLUMNS):] if v)
+            weight = sum(len(v) for row in rows.values() for v in row[len(IMAGE_COLUMNS) :] if v)
             if weight > STREAM_INLINE_BYTES:
                 images = await asyncio.to_thread(self._rows_to_images, chunk, rows)
             else:
@@ -344,7 +377,8 @@ class Catalog:
         sql = (
             "SELECT %s, "
             "(SELECT json_group_object(p.name, p.value) FROM image_properties p WHERE p.image_id = i.id), "
-            "(SELECT json_group_array(t.tag) FROM (SELECT tag FROM image_tags WHERE image_id = i.id ORDER BY rowid) t), "
+            "(SELECT json_group_array(t.tag) FROM "
+            " (SELECT tag FROM image_tags WHERE image_id = i.id ORDER BY rowid) t), "
             "(SELECT json_group_array(json_array(l.store, l.url, l.status, l.metadata)) FROM "
             " (SELECT * FROM image_locations WHERE image_id = i.id ORDER BY position) l) "
             "FROM images i WHERE i.id IN (%s)"
@@ -367,13 +401,17 @@ class Catalog:
             for col in BOOL_COLUMNS:
                 rec[col] = bool(rec[col])
             props, tags, locs = (json.loads(v) for v in row[n:])
-            out.append(Image(
-                **rec,
-                properties=props,
-                tags=tuple(tags),
-                locations=tuple(Location(store=st, url=url, status=status, metadata=json.loads(meta))
-                                for st, url, status, meta in locs),
-            ))
+            out.append(
+                Image(
+                    **rec,
+                    properties=props,
+                    tags=tuple(tags),
+                    locations=tuple(
+                        Location(store=st, url=url, status=status, metadata=json.loads(meta))
+                        for st, url, status, meta in locs
+                    ),
+                )
+            )
         return out
 
     async def list_images(self, query: ImageQuery) -> list[Image]:
@@ -408,7 +446,9 @@ class Catalog:
             where.append("i.id IN (%s)" % ", ".join("?" * len(query.ids)))
             args.extend(query.ids)
         for name, value in query.property_filters:
-            where.append("EXISTS (SELECT 1 FROM image_properties p WHERE p.image_id = i.id AND p.name = ? AND p.value = ?)")
+            where.append(
+                "EXISTS (SELECT 1 FROM image_properties p WHERE p.image_id = i.id AND p.name = ? AND p.value = ?)"
+            )
             args.extend([name, value])
         for tag in query.tags:
             where.append("EXISTS (SELECT 1 FROM image_tags t WHERE t.image_id = i.id AND t.tag = ?)")
@@ -427,7 +467,9 @@ class Catalog:
         if not any(key == "id" for key, _ in sort):
             sort.append(("id", sort[-1][1] if sort else "desc"))  # a total order, so markers are exact
         if query.marker is not None:
-            marker_row = await self._sort_values(query.marker, [k for k, _ in sort], None if query.admin else query.project)
+            marker_row = await self._sort_values(
+                query.marker, [k for k, _ in sort], None if query.admin else query.project
+            )
             if marker_row is None:
                 raise NotFound("marker %s not found" % query.marker)
             where.append(_after_marker(sort, marker_row, args))
@@ -483,8 +525,10 @@ class Catalog:
                     row = await c2.fetchone()
                 if row is None:
                     raise NotFound("No image found with ID %s" % image_id)
-                raise Conflict("Image %s is %s; this operation needs it to be %s" % (
-                    image_id, row[0], " or ".join(expect_status or ())))
+                raise Conflict(
+                    "Image %s is %s; this operation needs it to be %s"
+                    % (image_id, row[0], " or ".join(expect_status or ()))
+                )
             for name in remove_properties:
                 await db.execute("DELETE FROM image_properties WHERE image_id = ? AND name = ?", [image_id, name])
             if set_properties:
@@ -520,8 +564,16 @@ class Catalog:
             cur = await db.execute(
                 "UPDATE images SET status = 'active', size = ?, virtual_size = ?, checksum = ?, "
                 "os_hash_algo = ?, os_hash_value = ?, updated_at = ? WHERE id = ? AND status = ?",
-                [data.size, data.virtual_size, data.checksum, data.os_hash_algo, data.os_hash_value,
-                 updated_at, image_id, from_status],
+                [
+                    data.size,
+                    data.virtual_size,
+                    data.checksum,
+                    data.os_hash_algo,
+                    data.os_hash_value,
+                    updated_at,
+                    image_id,
+                    from_status,
+                ],
             )
             if cur.rowcount == 0:
                 raise Conflict("Image %s changed state during the upload (deleted or reset)" % image_id)
@@ -551,20 +603,25 @@ class Catalog:
                 raise NotFound("Image %s has no data in store %s" % (image_id, store))
             if keep_last and len(stores) == 1:
                 # Glance answers 403 here; the message says what to do instead.
-                raise Forbidden("Cannot delete image data from the only store containing it: store %s holds the only "
-                                "copy of image %s; delete the image instead" % (store, image_id))
+                raise Forbidden(
+                    "Cannot delete image data from the only store containing it: store %s holds the only "
+                    "copy of image %s; delete the image instead" % (store, image_id)
+                )
             await db.execute("DELETE FROM image_locations WHERE image_id = ? AND store = ?", [image_id, store])
             await db.execute("UPDATE images SET updated_at = ? WHERE id = ?", [updated_at, image_id])
 
     async def set_location_status(self, image_id: str, store: str, status: str, updated_at: str) -> None:
         async with self._transaction() as db:
-            await db.execute("UPDATE image_locations SET status = ? WHERE image_id = ? AND store = ?", [status, image_id, store])
+            await db.execute(
+                "UPDATE image_locations SET status = ? WHERE image_id = ? AND store = ?", [status, image_id, store]
+            )
             await db.execute("UPDATE images SET updated_at = ? WHERE id = ?", [updated_at, image_id])
 
     async def servable_copies(self) -> list[tuple[str, str, int | None, str | None]]:
         """(image id, store, size, sha512) of every active copy of an image that has data."""
         async with self._db.execute(
-            "SELECT l.image_id, l.store, i.size, i.os_hash_value FROM image_locations l JOIN images i ON i.id = l.image_id "
+            "SELECT l.image_id, l.store, i.size, i.os_hash_value "
+            "FROM image_locations l JOIN images i ON i.id = l.image_id "
             "WHERE l.status = 'active' AND i.status IN ('active', 'deactivated') ORDER BY l.image_id, l.position"
         ) as cur:
             return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
@@ -593,12 +650,16 @@ class Catalog:
             "SELECT COUNT(*), group_concat(CASE WHEN status IN ('saving', 'uploading', 'importing') THEN id END), "
             "(SELECT COALESCE(SUM(i.size), 0) FROM image_locations l JOIN images i ON i.id = l.image_id "
             " WHERE i.owner = ?1 AND i.size IS NOT NULL AND l.store IN (SELECT value FROM json_each(?2))) "
-            "FROM images WHERE owner = ?1", [project, json.dumps(list(stores))],
+            "FROM images WHERE owner = ?1",
+            [project, json.dumps(list(stores))],
         ) as cur:
             row = await cur.fetchone()
         assert row is not None
-        return ProjectUsage(images=int(row[0]), stored_bytes=int(row[2]),
-                            uploading=tuple(ImageId(i) for i in (row[1] or "").split(",") if i))
+        return ProjectUsage(
+            images=int(row[0]),
+            stored_bytes=int(row[2]),
+            uploading=tuple(ImageId(i) for i in (row[1] or "").split(",") if i),
+        )
 
     async def task_counts(self) -> dict[str, int]:
         """Number of tasks per status."""
@@ -614,10 +675,13 @@ class Catalog:
         async with self._transaction() as db:
             await self._edit_lists(db, image_id, edits, updated_at)
 
-    async def _edit_lists(self, db: aiosqlite.Connection, image_id: str, edits: Sequence[ListEdit], updated_at: str) -> None:
+    async def _edit_lists(
+        self, db: aiosqlite.Connection, image_id: str, edits: Sequence[ListEdit], updated_at: str
+    ) -> None:
         for edit in edits:
-            async with db.execute("SELECT value FROM image_properties WHERE image_id = ? AND name = ?",
-                                  [image_id, edit.name]) as cur:
+            async with db.execute(
+                "SELECT value FROM image_properties WHERE image_id = ? AND name = ?", [image_id, edit.name]
+            ) as cur:
                 row = await cur.fetchone()
             items = [v for v in (row[0].split(",") if row else []) if v]
             items = [v for v in dict.fromkeys([*items, *edit.add]) if v not in edit.remove]
@@ -638,20 +702,34 @@ class Catalog:
         with keep_cache, the cache figures of the last heartbeat)."""
         async with self._transaction() as db:
             await db.execute(
-                "INSERT INTO sites (name, registered_at, last_seen, free_bytes, total_bytes, version, api_url, stores, cache) "
+                "INSERT INTO sites "
+                "(name, registered_at, last_seen, free_bytes, total_bytes, version, api_url, stores, cache) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen, "
                 "free_bytes = excluded.free_bytes, total_bytes = excluded.total_bytes, version = excluded.version, "
-                "api_url = excluded.api_url, stores = excluded.stores, cache = CASE WHEN ? THEN sites.cache ELSE excluded.cache END",
-                [site.name, site.registered_at, site.last_seen, site.free_bytes, site.total_bytes, site.version,
-                 site.api_url, json.dumps(list(site.stores)), json.dumps(site.cache), keep_cache],
+                "api_url = excluded.api_url, stores = excluded.stores, "
+                "cache = CASE WHEN ? THEN sites.cache ELSE excluded.cache END",
+                [
+                    site.name,
+                    site.registered_at,
+                    site.last_seen,
+                    site.free_bytes,
+                    site.total_bytes,
+                    site.version,
+                    site.api_url,
+                    json.dumps(list(site.stores)),
+                    json.dumps(site.cache),
+                    keep_cache,
+                ],
             )
         return await self.get_site(site.name)
 
     async def set_location_urls(self, store: str, urls: dict[str, str]) -> None:
         """Point a store's locations at new URLs (image id → url): a site moved its API."""
         async with self._transaction() as db:
-            await db.executemany("UPDATE image_locations SET url = ? WHERE image_id = ? AND store = ?",
-                                 [(url, image_id, store) for image_id, url in urls.items()])
+            await db.executemany(
+                "UPDATE image_locations SET url = ? WHERE image_id = ? AND store = ?",
+                [(url, image_id, store) for image_id, url in urls.items()],
+            )
 
     async def site_heartbeat(self, name: str, last_seen: float, changes: dict[str, Any]) -> None:
         """Record a heartbeat; `changes` holds the reported free_bytes/total_bytes/cache."""
@@ -659,10 +737,13 @@ class Catalog:
         if set(cols) - {"last_seen", "free_bytes", "total_bytes", "cache"}:  # pragma: no cover - programming error
             raise ValueError(cols)
         async with self._transaction() as db:
-            cur = await db.execute("UPDATE sites SET %s WHERE name = ?" % ", ".join("%s = ?" % c for c in cols),
-                                   [*cols.values(), name])
+            cur = await db.execute(
+                "UPDATE sites SET %s WHERE name = ?" % ", ".join("%s = ?" % c for c in cols), [*cols.values(), name]
+            )
             if cur.rowcount == 0:
-                raise NotFound("No site named %s is registered with this hub; register it first (POST /v2/edge/sites)" % name)
+                raise NotFound(
+                    "No site named %s is registered with this hub; register it first (POST /v2/edge/sites)" % name
+                )
 
     async def get_site(self, name: str) -> Site:
         sites = await self._sites("WHERE name = ?", [name])
@@ -675,12 +756,25 @@ class Catalog:
 
     async def _sites(self, tail: str, args: list[Any]) -> list[Site]:
         async with self._db.execute(
-            "SELECT name, registered_at, last_seen, free_bytes, total_bytes, version, api_url, stores, cache FROM sites " + tail,
+            "SELECT name, registered_at, last_seen, free_bytes, total_bytes, version, api_url, stores, cache "
+            "FROM sites " + tail,
             args,
         ) as cur:
             rows = await cur.fetchall()
-        return [Site(name=r[0], registered_at=r[1], last_seen=r[2], free_bytes=r[3], total_bytes=r[4], version=r[5],
-                     api_url=r[6], stores=tuple(json.loads(r[7])), cache=json.loads(r[8])) for r in rows]
+        return [
+            Site(
+                name=r[0],
+                registered_at=r[1],
+                last_seen=r[2],
+                free_bytes=r[3],
+                total_bytes=r[4],
+                version=r[5],
+                api_url=r[6],
+                stores=tuple(json.loads(r[7])),
+                cache=json.loads(r[8]),
+            )
+            for r in rows
+        ]
 
     async def delete_site(self, name: str, list_names: Sequence[str], updated_at: str) -> None:
         """Forget a site: its locations, its assignments, and its name in the images' store lists."""
@@ -691,12 +785,14 @@ class Catalog:
             await db.execute("DELETE FROM image_locations WHERE store = ?", [name])
             async with db.execute(
                 "SELECT DISTINCT image_id FROM image_properties WHERE name IN (%s) AND ',' || value || ',' LIKE ?"
-                % ", ".join("?" * len(list_names)), [*list_names, "%%,%s,%%" % name],
+                % ", ".join("?" * len(list_names)),
+                [*list_names, "%%,%s,%%" % name],
             ) as cur:
                 ids = [r[0] for r in await cur.fetchall()]
             for image_id in ids:
-                await self._edit_lists(db, image_id, [ListEdit(n, remove=(name,), drop_empty=True) for n in list_names],
-                                       updated_at)
+                await self._edit_lists(
+                    db, image_id, [ListEdit(n, remove=(name,), drop_empty=True) for n in list_names], updated_at
+                )
 
     async def site_assignments(self, site: str) -> list[Assignment]:
         return await self._assignments("WHERE site = ? ORDER BY created_at, rowid", [site])
@@ -705,34 +801,58 @@ class Catalog:
         return await self._assignments("WHERE image_id = ? ORDER BY site", [image_id])
 
     async def _assignments(self, tail: str, args: list[Any]) -> list[Assignment]:
-        async with self._db.execute("SELECT site, image_id, action, created_at FROM site_assignments " + tail, args) as cur:
-            return [Assignment(site=r[0], image_id=ImageId(r[1]), action=r[2], created_at=r[3]) for r in await cur.fetchall()]
+        async with self._db.execute(
+            "SELECT site, image_id, action, created_at FROM site_assignments " + tail, args
+        ) as cur:
+            return [
+                Assignment(site=r[0], image_id=ImageId(r[1]), action=r[2], created_at=r[3])
+                for r in await cur.fetchall()
+            ]
 
-    async def assign(self, image_id: str, sites: Sequence[str], action: str, created_at: str, edits: Sequence[ListEdit],
-                     *, remove_locations: bool = False) -> None:
+    async def assign(
+        self,
+        image_id: str,
+        sites: Sequence[str],
+        action: str,
+        created_at: str,
+        edits: Sequence[ListEdit],
+        *,
+        remove_locations: bool = False,
+    ) -> None:
         """Give each site `action` for the image (replacing what was pending), optionally drop the
         sites' locations, and edit the progress lists: all at once."""
         async with self._transaction() as db:
             try:
                 await db.executemany(
                     "INSERT INTO site_assignments (site, image_id, action, created_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (site, image_id) DO UPDATE SET action = excluded.action, created_at = excluded.created_at",
+                    "ON CONFLICT (site, image_id) DO UPDATE SET "
+                    "action = excluded.action, created_at = excluded.created_at",
                     [(site, image_id, action, created_at) for site in sites],
                 )
             except aiosqlite.IntegrityError as exc:  # the image or a site went away meanwhile
                 raise NotFound("Image %s or site %s no longer exists" % (image_id, ", ".join(sites))) from exc
             if remove_locations:
-                await db.executemany("DELETE FROM image_locations WHERE image_id = ? AND store = ?",
-                                     [(image_id, site) for site in sites])
+                await db.executemany(
+                    "DELETE FROM image_locations WHERE image_id = ? AND store = ?", [(image_id, site) for site in sites]
+                )
             await self._edit_lists(db, image_id, edits, created_at)
 
-    async def finish_assignment(self, site: str, image_id: str, action: str, edits: Sequence[ListEdit], updated_at: str,
-                                *, location: Location | None = None) -> None:
+    async def finish_assignment(
+        self,
+        site: str,
+        image_id: str,
+        action: str,
+        edits: Sequence[ListEdit],
+        updated_at: str,
+        *,
+        location: Location | None = None,
+    ) -> None:
         """Close a pending assignment (Conflict if there is none with that action): record the
         site's new location if any and edit the progress lists, atomically."""
         async with self._transaction() as db:
-            cur = await db.execute("DELETE FROM site_assignments WHERE site = ? AND image_id = ? AND action = ?",
-                                   [site, image_id, action])
+            cur = await db.execute(
+                "DELETE FROM site_assignments WHERE site = ? AND image_id = ? AND action = ?", [site, image_id, action]
+            )
             if cur.rowcount == 0:
                 raise Conflict("No pending %s assignment of image %s for site %s" % (action, image_id, site))
             if location is not None:
@@ -746,9 +866,21 @@ class Catalog:
             await db.execute(
                 "INSERT INTO tasks (id, type, status, owner, image_id, input, result, message, created_at, "
                 "updated_at, expires_at, bytes_done, bytes_total) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [task.id, task.type, task.status, task.owner, task.image_id, json.dumps(task.input),
-                 None if task.result is None else json.dumps(task.result), task.message, task.created_at,
-                 task.updated_at, task.expires_at, task.bytes_done, task.bytes_total],
+                [
+                    task.id,
+                    task.type,
+                    task.status,
+                    task.owner,
+                    task.image_id,
+                    json.dumps(task.input),
+                    None if task.result is None else json.dumps(task.result),
+                    task.message,
+                    task.created_at,
+                    task.updated_at,
+                    task.expires_at,
+                    task.bytes_done,
+                    task.bytes_total,
+                ],
             )
         return await self.get_task(task.id)
 
@@ -771,9 +903,21 @@ class Catalog:
         ) as cur:
             rows = await cur.fetchall()
         return [
-            Task(id=TaskId(r[0]), type=r[1], status=r[2], owner=r[3], image_id=r[4], input=json.loads(r[5]),
-                 result=None if r[6] is None else json.loads(r[6]), message=r[7], created_at=r[8],
-                 updated_at=r[9], expires_at=r[10], bytes_done=r[11], bytes_total=r[12])
+            Task(
+                id=TaskId(r[0]),
+                type=r[1],
+                status=r[2],
+                owner=r[3],
+                image_id=r[4],
+                input=json.loads(r[5]),
+                result=None if r[6] is None else json.loads(r[6]),
+                message=r[7],
+                created_at=r[8],
+                updated_at=r[9],
+                expires_at=r[10],
+                bytes_done=r[11],
+                bytes_total=r[12],
+            )
             for r in rows
         ]
 
@@ -790,7 +934,6 @@ class Catalog:
                 [*changes.values(), task_id],
             )
 
-
     # -- mirrored images (records whose data lives at the hub) ------------------------------
 
     async def upsert_mirrored_images(self, images: Sequence[Image], hub_store: str) -> None:
@@ -802,9 +945,12 @@ class Catalog:
         cols = [c for c in IMAGE_COLUMNS if c != "id"]
         async with self._transaction() as db:
             await db.executemany(
-                "INSERT INTO images (%s) VALUES (%s) ON CONFLICT (id) DO UPDATE SET %s" % (
-                    ", ".join(IMAGE_COLUMNS), ", ".join("?" * len(IMAGE_COLUMNS)),
-                    ", ".join("%s = excluded.%s" % (c, c) for c in cols)),
+                "INSERT INTO images (%s) VALUES (%s) ON CONFLICT (id) DO UPDATE SET %s"
+                % (
+                    ", ".join(IMAGE_COLUMNS),
+                    ", ".join("?" * len(IMAGE_COLUMNS)),
+                    ", ".join("%s = excluded.%s" % (c, c) for c in cols),
+                ),
                 [[getattr(image, c) for c in IMAGE_COLUMNS] for image in images],
             )
             ids = [(image.id,) for image in images]
@@ -818,15 +964,19 @@ class Catalog:
                 "INSERT OR IGNORE INTO image_tags (image_id, tag) VALUES (?, ?)",
                 [(image.id, t) for image in images for t in image.tags],
             )
-            await db.executemany("DELETE FROM image_locations WHERE image_id = ? AND store = ?",
-                                 [(image.id, hub_store) for image in images])
+            await db.executemany(
+                "DELETE FROM image_locations WHERE image_id = ? AND store = ?",
+                [(image.id, hub_store) for image in images],
+            )
             for image in images:
                 for location in image.locations:
                     if location.store == hub_store:
                         await self._insert_location(db, image.id, location)
 
     async def image_ids_with_location(self, store: str) -> list[str]:
-        async with self._db.execute("SELECT image_id FROM image_locations WHERE store = ? ORDER BY image_id", [store]) as cur:
+        async with self._db.execute(
+            "SELECT image_id FROM image_locations WHERE store = ? ORDER BY image_id", [store]
+        ) as cur:
             return [r[0] for r in await cur.fetchall()]
 
     # -- cache ------------------------------------------------------------------------------
@@ -849,8 +999,9 @@ class Catalog:
 
     async def touch_cache_entry(self, image_id: str, accessed: float) -> None:
         async with self._transaction() as db:
-            await db.execute("UPDATE cache_entries SET last_accessed = ?, hits = hits + 1 WHERE image_id = ?",
-                             [accessed, image_id])
+            await db.execute(
+                "UPDATE cache_entries SET last_accessed = ?, hits = hits + 1 WHERE image_id = ?", [accessed, image_id]
+            )
 
     async def delete_cache_entries(self, image_ids: Sequence[str]) -> None:
         async with self._transaction() as db:
@@ -864,12 +1015,17 @@ class Catalog:
 
     async def queue_for_cache(self, image_id: str, queued_at: float) -> None:
         async with self._transaction() as db:
-            await db.execute("INSERT OR IGNORE INTO cache_queue (image_id, queued_at) VALUES (?, ?)", [image_id, queued_at])
+            await db.execute(
+                "INSERT OR IGNORE INTO cache_queue (image_id, queued_at) VALUES (?, ?)", [image_id, queued_at]
+            )
 
     async def set_queue_failure(self, image_id: str, error: str, next_attempt_at: float) -> None:
         async with self._transaction() as db:
-            await db.execute("UPDATE cache_queue SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
-                             "WHERE image_id = ?", [error, next_attempt_at, image_id])
+            await db.execute(
+                "UPDATE cache_queue SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+                "WHERE image_id = ?",
+                [error, next_attempt_at, image_id],
+            )
 
     async def dequeue_from_cache(self, image_ids: Sequence[str]) -> None:
         async with self._transaction() as db:

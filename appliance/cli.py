@@ -14,8 +14,15 @@ from pathlib import Path
 from aiohttp import web
 
 from appliance import __version__, systemd, workers
-from appliance.api.listener import (Budget, ConnectionLimits, GuardedTCPSite, GuardedUnixSite, Listener,
-                                    connection_budget, raise_fd_limit)
+from appliance.api.listener import (
+    Budget,
+    ConnectionLimits,
+    GuardedTCPSite,
+    GuardedUnixSite,
+    Listener,
+    connection_budget,
+    raise_fd_limit,
+)
 from appliance.app import build_app
 from appliance.commands import bundle as bundle_command
 from appliance.commands import cache as cache_command
@@ -42,7 +49,11 @@ async def _watchdog(interval: float) -> None:
 def _status_line(services: Services) -> str:
     config = services.config
     return "STATUS=%s site %s: %d store(s), %d import(s) running" % (
-        config.site.role, config.site.name, len(services.stores), services.imports.running_count())
+        config.site.role,
+        config.site.name,
+        len(services.stores),
+        services.imports.running_count(),
+    )
 
 
 def _reload(services: Services, config_path: Path | None, overrides: dict[str, object]) -> None:
@@ -84,12 +95,19 @@ def _private_state(config: Config) -> None:
 
 def _listeners(runner: web.AppRunner, config: Config) -> tuple[Listener, Listener, Budget]:
     api = config.api
-    limits = ConnectionLimits(header_timeout=float(api.header_timeout), min_body_rate=api.min_body_rate,
-                              body_rate_window=float(api.body_rate_window), body_timeout=float(api.body_timeout))
+    limits = ConnectionLimits(
+        header_timeout=float(api.header_timeout),
+        min_body_rate=api.min_body_rate,
+        body_rate_window=float(api.body_rate_window),
+        body_timeout=float(api.body_timeout),
+    )
     assert runner.server is not None
     budget = connection_budget(api.max_connections, api.unix_max_connections, raise_fd_limit())
-    return (Listener("listener %s:%d" % (api.host, api.port), runner.server, limits, budget.tcp_cap),
-            Listener("unix socket", runner.server, limits, api.unix_max_connections), budget)
+    return (
+        Listener("listener %s:%d" % (api.host, api.port), runner.server, limits, budget.tcp_cap),
+        Listener("unix socket", runner.server, limits, api.unix_max_connections),
+        budget,
+    )
 
 
 async def serve(config: Config, config_path: Path | None = None, overrides: dict[str, object] | None = None) -> None:
@@ -103,15 +121,19 @@ async def serve(config: Config, config_path: Path | None = None, overrides: dict
         loop.add_signal_handler(sig, stop.set)
     async with open_services(config) as services:
         loop.add_signal_handler(signal.SIGHUP, _reload, services, config_path, overrides or {})
-        runner = web.AppRunner(build_app(services), access_log=logging.getLogger("aiohttp.access"),
-                               shutdown_timeout=STOP_GRACE_SECONDS, keepalive_timeout=float(config.api.idle_timeout))
+        runner = web.AppRunner(
+            build_app(services),
+            access_log=logging.getLogger("aiohttp.access"),
+            shutdown_timeout=STOP_GRACE_SECONDS,
+            keepalive_timeout=float(config.api.idle_timeout),
+        )
         await runner.setup()
         tcp, unix, budget = _listeners(runner, config)
         watchdog = None
         try:
             site = GuardedTCPSite(runner, tcp, config.api.host, config.api.port, budget.backlog)
             await site.start()
-            server = site._server  # noqa: SLF001
+            server = site._server
             bound = [s.getsockname() for s in server.sockets] if isinstance(server, asyncio.Server) else []
             for addr in bound:
                 log.info("serving the Image API on http://%s:%d", addr[0], addr[1])
@@ -156,18 +178,25 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the daemon in the foreground")
     s.add_argument("--config", type=Path, help="TOML config file (default: the embedded defaults)")
-    s.add_argument("--state-dir", type=Path, help="base of every relative path in the config "
-                   "(default: $STATE_DIRECTORY or ./var)")
+    s.add_argument(
+        "--state-dir", type=Path, help="base of every relative path in the config (default: $STATE_DIRECTORY or ./var)"
+    )
     s.add_argument("--host", help="listen address (overrides api.host)")
     s.add_argument("--port", type=int, help="listen port (overrides api.port; 0 picks a free one)")
-    s.add_argument("--log-format", choices=("auto", "text", "journal", "json"), default="auto",
-                   help="auto: journal-style under systemd, else text; json: one JSON object per line")
+    s.add_argument(
+        "--log-format",
+        choices=("auto", "text", "journal", "json"),
+        default="auto",
+        help="auto: journal-style under systemd, else text; json: one JSON object per line",
+    )
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("path", type=Path)
     u = sub.add_parser("check-uri", help="would web-download fetch this URL? (exit 0: accept, 1: refuse)")
     u.add_argument("--config", type=Path, help="TOML config file (default: the embedded defaults)")
     u.add_argument("url")
-    bundle_command.add_arguments(sub.add_parser("bundle", help="portable image bundles for sites the hub never reaches"))
+    bundle_command.add_arguments(
+        sub.add_parser("bundle", help="portable image bundles for sites the hub never reaches")
+    )
     cache_command.add_arguments(sub.add_parser("cache", help="the image cache (glance-cache-manage verbs, and stats)"))
     return p
 

@@ -47,4 +47,4 @@ def parse_timestamp(text: str) -> datetime.datetime:
     """An ISO 8601 time (`Z` or an offset; none means UTC) as an aware datetime (its offset
     kept: converting year 1 at +01:00 to UTC would overflow); ValueError if it is not one."""
     when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.timezone.utc)
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)

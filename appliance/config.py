@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from appliance.errors import BadRequest, ConfigError
 from appliance.formats import CONTAINER_FORMATS, DISK_FORMATS
@@ -132,9 +133,7 @@ class StoreConfig:
 @dataclass(frozen=True)
 class StoresConfig:
     default: str = "local"
-    stores: tuple[StoreConfig, ...] = (
-        StoreConfig(name="local", path="images", description="Local filesystem store"),
-    )
+    stores: tuple[StoreConfig, ...] = (StoreConfig(name="local", path="images", description="Local filesystem store"),)
 
 
 @dataclass(frozen=True)
@@ -371,7 +370,7 @@ def _read_import(data: Any) -> ImportConfig:
     inject: tuple[tuple[str, str], ...] = ()
     if inject_data is not None:
         if not isinstance(inject_data, dict) or not all(isinstance(v, str) for v in inject_data.values()):
-            raise ConfigError("import.inject: expected a table of string values, e.g. inject = { site = \"edge-1\" }")
+            raise ConfigError('import.inject: expected a table of string values, e.g. inject = { site = "edge-1" }')
         inject = tuple(inject_data.items())
         for key, value in inject:  # the same rules as a client's properties
             try:
@@ -428,7 +427,9 @@ def read_glance_import_conf(path: Path, base: ImportConfig) -> ImportConfig:
         plugins = _ini_list(parser.get("image_import_opts", "image_import_plugins"))
         bad = [p for p in plugins if p not in IMPORT_PLUGINS]
         if bad:
-            raise ConfigError("%s: [image_import_opts] image_import_plugins: unknown plugin %s" % (path, ", ".join(bad)))
+            raise ConfigError(
+                "%s: [image_import_opts] image_import_plugins: unknown plugin %s" % (path, ", ".join(bad))
+            )
         changes["plugins"] = tuple(plugins)
     if parser.has_option("image_conversion", "output_format"):
         fmt = parser.get("image_conversion", "output_format").strip()
@@ -456,7 +457,9 @@ def read_glance_import_conf(path: Path, base: ImportConfig) -> ImportConfig:
                     try:
                         filt[key] = tuple(int(i) for i in items)
                     except ValueError:
-                        raise ConfigError("%s: [import_filtering_opts] %s: ports must be integers" % (path, key)) from None
+                        raise ConfigError(
+                            "%s: [import_filtering_opts] %s: ports must be integers" % (path, key)
+                        ) from None
                 else:
                     filt[key] = tuple(items)
         changes["uri_filter"] = dataclasses.replace(base.uri_filter, **filt)
@@ -509,11 +512,17 @@ def _read_stores(data: Any) -> StoresConfig:
             StoreConfig(
                 name=name,
                 path=_typed(section + ".path", body["path"], str, "a string"),
-                thin_provisioning=_typed(section + ".thin_provisioning", body.get("thin_provisioning", False), bool, "true or false"),
+                thin_provisioning=_typed(
+                    section + ".thin_provisioning", body.get("thin_provisioning", False), bool, "true or false"
+                ),
                 description=_typed(section + ".description", body.get("description", ""), str, "a string"),
-                require_mount=_typed(section + ".require_mount", body.get("require_mount", False), bool, "true or false"),
-                min_free_bytes=_non_negative(section + ".min_free_bytes",
-                                             _typed(section + ".min_free_bytes", body.get("min_free_bytes", 1 << 30), int, "an integer")),
+                require_mount=_typed(
+                    section + ".require_mount", body.get("require_mount", False), bool, "true or false"
+                ),
+                min_free_bytes=_non_negative(
+                    section + ".min_free_bytes",
+                    _typed(section + ".min_free_bytes", body.get("min_free_bytes", 1 << 30), int, "an integer"),
+                ),
             )
         )
     if not stores:
@@ -526,8 +535,23 @@ def _read_stores(data: Any) -> StoresConfig:
 
 def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
     """Validate a parsed TOML document into a Config."""
-    sections = {"site", "api", "limits", "quotas", "auth", "stores", "catalog", "formats", "import", "scrubber", "hub", "cache", "inbox",
-                "bundles", "logging"}
+    sections = {
+        "site",
+        "api",
+        "limits",
+        "quotas",
+        "auth",
+        "stores",
+        "catalog",
+        "formats",
+        "import",
+        "scrubber",
+        "hub",
+        "cache",
+        "inbox",
+        "bundles",
+        "logging",
+    }
     _check_keys("", data, sections)
     site = _simple_section("site", SiteConfig, data.get("site"))
     if site.role not in ROLES:
@@ -596,8 +620,18 @@ def _hub(data: Any) -> HubConfig:
         raise ConfigError("hub.url: must be an http:// or https:// URL, got %r" % conf.url)
     if conf.token and conf.token_file:
         raise ConfigError("hub: set at most one of 'token' or 'token_file'")
-    for key in ("connect_timeout", "read_timeout", "mirror_interval", "reconcile_interval", "heartbeat_interval",
-                "sync_interval", "retry_max_seconds", "miss_cache_size", "lookup_burst", "lookups_per_minute"):
+    for key in (
+        "connect_timeout",
+        "read_timeout",
+        "mirror_interval",
+        "reconcile_interval",
+        "heartbeat_interval",
+        "sync_interval",
+        "retry_max_seconds",
+        "miss_cache_size",
+        "lookup_burst",
+        "lookups_per_minute",
+    ):
         if getattr(conf, key) <= 0:
             raise ConfigError("hub.%s: must be positive" % key)
     if conf.bandwidth_limit < 0 or conf.resume_attempts < 0 or conf.miss_ttl < 0:
@@ -657,8 +691,12 @@ def _quotas(data: Any) -> QuotasConfig:
     projects = data.pop("projects", {})
     default = _quota_limits("quotas", data, QuotaLimits())
     _typed("quotas.projects", projects, dict, "a table of [quotas.projects.ID] tables")
-    return QuotasConfig(default=default, projects=tuple(
-        (name, _quota_limits("quotas.projects.%s" % name, body, default)) for name, body in projects.items()))
+    return QuotasConfig(
+        default=default,
+        projects=tuple(
+            (name, _quota_limits("quotas.projects.%s" % name, body, default)) for name, body in projects.items()
+        ),
+    )
 
 
 def _scrubber(data: Any) -> ScrubberConfig:

@@ -11,9 +11,10 @@ import asyncio
 import hashlib
 import os
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 from appliance.errors import ApplianceError
 from appliance.memory import TRIMMER
@@ -43,8 +44,13 @@ class Digest:
 
     def image_data(self, virtual_size: int | None) -> ImageData:
         """What the catalog records for an image whose bytes hashed to this."""
-        return ImageData(size=self.size, checksum=self.checksum, os_hash_value=self.os_hash_value,
-                         os_hash_algo=self.os_hash_algo, virtual_size=virtual_size)
+        return ImageData(
+            size=self.size,
+            checksum=self.checksum,
+            os_hash_value=self.os_hash_value,
+            os_hash_algo=self.os_hash_algo,
+            virtual_size=virtual_size,
+        )
 
 
 class Recorded(Protocol):
@@ -76,8 +82,8 @@ def verify(actual: Digest, expected: Recorded) -> None:
 class Prefix:
     """Hash state of the first `size` bytes of a stream."""
 
-    md5: "hashlib._Hash"
-    sha: "hashlib._Hash"
+    md5: hashlib._Hash
+    sha: hashlib._Hash
     size: int
 
 
@@ -100,8 +106,13 @@ class DigestSink:
     """Consume a stream in order: `consume(batch)` (e.g. the file write) and MD5 on one thread,
     SHA-512 on another. `feed` applies back-pressure once PIPELINE_HIGH batches are queued."""
 
-    def __init__(self, consume: Callable[[Sequence[Buffer]], None] | None = None, *, background: bool = False,
-                 resume: "Prefix | None" = None) -> None:
+    def __init__(
+        self,
+        consume: Callable[[Sequence[Buffer]], None] | None = None,
+        *,
+        background: bool = False,
+        resume: Prefix | None = None,
+    ) -> None:
         """background: run the worker threads below the event loop's priority (imports, which
         nobody waits on byte by byte); a client's upload keeps normal priority.
         resume: continue after bytes already hashed (a transfer resumed after a link drop)."""

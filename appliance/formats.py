@@ -649,7 +649,9 @@ class _Qcow2Scan:
         self.head = head  # the inspector's head buffer (it only grows, up to HEAD_SIZE)
         l1_bytes, reftable_bytes = layout.l1_entries * 8, layout.reftable_clusters * self.cluster
         self.l1 = _Window(layout.l1_offset, layout.l1_offset + min(l1_bytes, _QCOW2_TABLE_WINDOW))
-        self.reftable = _Window(layout.reftable_offset, layout.reftable_offset + min(reftable_bytes, _QCOW2_TABLE_WINDOW))
+        self.reftable = _Window(
+            layout.reftable_offset, layout.reftable_offset + min(reftable_bytes, _QCOW2_TABLE_WINDOW)
+        )
         self.l2_pending: deque[int] | None = None  # L2 tables still to come, once the L1 table is known
         self.l2: _Window | None = None  # the L2 table being collected
         self.l2_budget = _QCOW2_L2_BUDGET
@@ -969,9 +971,18 @@ def _parse_qcow(head: bytearray, complete: bool) -> _Header | None:
 def _parse_qed(head: bytearray, complete: bool) -> _Header | None:
     if not _need(head, _QED_HEADER, complete, "QED"):
         return None
-    cluster_size, table_size, header_clusters, features, _compat, _autoclear, _l1, size, backing_offset, backing_size = (
-        struct.unpack_from("<IIIQQQQQII", head, 4)
-    )
+    (
+        cluster_size,
+        table_size,
+        header_clusters,
+        features,
+        _compat,
+        _autoclear,
+        _l1,
+        size,
+        backing_offset,
+        backing_size,
+    ) = struct.unpack_from("<IIIQQQQQII", head, 4)
     # Checked whatever the feature bit says: a name in the header is enough to refuse.
     if features & (_QED_F_BACKING_FILE | _QED_F_BACKING_FORMAT_NO_PROBE) or backing_offset or backing_size:
         if len(head) < min(backing_offset + backing_size, HEAD_SIZE) and not complete:
@@ -1066,7 +1077,9 @@ VMWARE_ADAPTERTYPES = {
 }
 
 
-def introspected_properties(found: Inspection, properties: Mapping[str, str], user_set: frozenset[str]) -> dict[str, str]:
+def introspected_properties(
+    found: Inspection, properties: Mapping[str, str], user_set: frozenset[str]
+) -> dict[str, str]:
     """The properties plus vmware_disktype/vmware_adaptertype from the createType and
     ddb.adapterType the inspector read in the VMDK's embedded descriptor, unless the user (or an
     earlier step) set them."""

@@ -21,8 +21,9 @@ import asyncio
 import functools
 import json
 import logging
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from appliance import __version__
 from appliance.cache import ImageCache
@@ -48,9 +49,18 @@ PULL_WORKERS = 2
 
 
 class HubLink:
-    def __init__(self, config: Config, catalog: Catalog, stores: dict[str, FilesystemStore], cache: ImageCache | None,
-                 images: ImageService, client: HubClient, records: HubRecords, metrics: Metrics,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        config: Config,
+        catalog: Catalog,
+        stores: dict[str, FilesystemStore],
+        cache: ImageCache | None,
+        images: ImageService,
+        client: HubClient,
+        records: HubRecords,
+        metrics: Metrics,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self._config = config
         self._clock = clock
         self._catalog = catalog
@@ -79,9 +89,16 @@ class HubLink:
         self.client.set_bandwidth_limit(config.hub.bandwidth_limit)
 
     def status(self) -> dict[str, Any]:
-        return {"configured": True, "url": self.client.url, "state": self.state, "site_api": self.extras,
-                "registered": self.registered, "last_sync": self.last_sync, "last_error": self.last_error,
-                "pulls": [{"image_id": i, "bytes_done": d, "bytes_total": t} for i, (d, t) in self._pulling.items()]}
+        return {
+            "configured": True,
+            "url": self.client.url,
+            "state": self.state,
+            "site_api": self.extras,
+            "registered": self.registered,
+            "last_sync": self.last_sync,
+            "last_error": self.last_error,
+            "pulls": [{"image_id": i, "bytes_done": d, "bytes_total": t} for i, (d, t) in self._pulling.items()],
+        }
 
     def _up(self) -> None:
         if self.state != "up":
@@ -93,7 +110,9 @@ class HubLink:
 
     def _down(self, exc: BaseException) -> None:
         if self.state != "down":
-            log.warning("hub %s is unreachable; serving local and cached images until it returns: %s", self.client.url, exc)
+            log.warning(
+                "hub %s is unreachable; serving local and cached images until it returns: %s", self.client.url, exc
+            )
         self.state, self.last_error = "down", str(exc)
         self._metrics.hub_up.set(0)
 
@@ -146,8 +165,13 @@ class HubLink:
         written = 0
         hub_now: float | None = None
         for hidden in ("false", "true"):  # Glance lists hidden images only when asked
-            params = {"limit": str(PAGE), "sort_key": "updated_at", "sort_dir": "asc", "visibility": "all",
-                      "os_hidden": hidden}
+            params = {
+                "limit": str(PAGE),
+                "sort_key": "updated_at",
+                "sort_dir": "asc",
+                "visibility": "all",
+                "os_hidden": hidden,
+            }
             if since:
                 params["updated_at"] = op + since
             async for page in self._pages(params):
@@ -222,8 +246,11 @@ class HubLink:
     def _cache_figures(self) -> dict[str, Any]:
         if self._cache is None:
             return {"used_bytes": 0, "entries": 0, "hit_ratio": 0.0}
-        return {"used_bytes": self._cache.used_bytes(), "entries": len(self._cache.entries()),
-                "hit_ratio": self._cache.stats.as_dict()["hit_ratio"]}
+        return {
+            "used_bytes": self._cache.used_bytes(),
+            "entries": len(self._cache.entries()),
+            "hit_ratio": self._cache.stats.as_dict()["hit_ratio"],
+        }
 
     async def register(self) -> bool:
         """Register this site; False (logged once) if the hub has no site API (a plain Glance)."""
@@ -231,8 +258,11 @@ class HubLink:
             await self.client.request_json("POST", "/v2/edge/sites", json=await self._site_body())
         except NotFound:
             if self.extras is not False:
-                log.warning("hub %s has no site API (a plain Glance v2?): registration, heartbeats and hub-driven sync "
-                            "are off; the catalog mirror and pull-through cache work as usual", self.client.url)
+                log.warning(
+                    "hub %s has no site API (a plain Glance v2?): registration, heartbeats and hub-driven sync "
+                    "are off; the catalog mirror and pull-through cache work as usual",
+                    self.client.url,
+                )
             self.extras = False
             return False
         self.extras = True
@@ -246,8 +276,11 @@ class HubLink:
             return
         body = await self._site_body()
         try:
-            await self.client.request_json("POST", "/v2/edge/sites/%s/heartbeat" % self.site,
-                                             json={k: body[k] for k in ("free_bytes", "total_bytes", "cache")})
+            await self.client.request_json(
+                "POST",
+                "/v2/edge/sites/%s/heartbeat" % self.site,
+                json={k: body[k] for k in ("free_bytes", "total_bytes", "cache")},
+            )
         except NotFound:
             self.registered = False  # the hub forgot us (e.g. a new hub): register again
             await self.register()
@@ -280,9 +313,12 @@ class HubLink:
             status, message = "failure", str(exc)
             log.warning("hub link: %s of image %s failed: %s", action, image_id, exc)
         try:
-            await self.client.request_json("POST", "/v2/edge/sites/%s/assignments/%s" % (self.site, image_id),
-                                             json={"action": action, "status": status, "message": message},
-                                             expect=(200, 204))
+            await self.client.request_json(
+                "POST",
+                "/v2/edge/sites/%s/assignments/%s" % (self.site, image_id),
+                json={"action": action, "status": status, "message": message},
+                expect=(200, 204),
+            )
         except Conflict:
             return 0  # the hub dropped the assignment meanwhile
         return 1
@@ -300,8 +336,14 @@ class HubLink:
     async def _fetch(self, image: Image, dest: Path, progress: Callable[[int, int], None] | None) -> None:
         if image.status != ACTIVE or image.size is None:
             raise Conflict("image %s is %s at the hub; only active images can be pulled" % (image.id, image.status))
-        transfer = Transfer(self.client, image, dest, attempts=self._config.hub.resume_attempts,
-                            retry_max=self._config.hub.retry_max_seconds, on_bytes=self._metrics.hub_bytes.inc)
+        transfer = Transfer(
+            self.client,
+            image,
+            dest,
+            attempts=self._config.hub.resume_attempts,
+            retry_max=self._config.hub.retry_max_seconds,
+            on_bytes=self._metrics.hub_bytes.inc,
+        )
         await transfer.open()
         watcher = asyncio.create_task(_watch(transfer, progress)) if progress is not None else None
         try:
@@ -314,7 +356,11 @@ class HubLink:
                 watcher.cancel()
             transfer.retire()
         if transfer.range_requests:
-            log.info("hub link: image %s: the transfer resumed %d time(s) with a Range request", image.id, transfer.range_requests)
+            log.info(
+                "hub link: image %s: the transfer resumed %d time(s) with a Range request",
+                image.id,
+                transfer.range_requests,
+            )
 
     async def pin(self, image_id: str) -> str:
         """Pull a pinned copy into the default store (never evicted, unlike the cache)."""
@@ -325,7 +371,9 @@ class HubLink:
         partial = store.pull_path(image.id)
         with self._images.work.track(image.id, "pull") as job:  # a delete removes the pull file
             try:
-                await self._fetch(image, partial, lambda done, total: self._pulling.__setitem__(image.id, (done, total)))
+                await self._fetch(
+                    image, partial, lambda done, total: self._pulling.__setitem__(image.id, (done, total))
+                )
             finally:
                 self._pulling.pop(image.id, None)
             await store.adopt(image.id, partial)
@@ -350,7 +398,9 @@ class HubLink:
             await self._catalog.remove_location(image.id, loc.store, timestamp(self._clock.now()), keep_last=False)
             await store.delete(image.id)
             removed.append(loc.store)
-        log.info("hub link: image %s removed from store(s) %s as the hub asked", image.id, ", ".join(removed) or "(none)")
+        log.info(
+            "hub link: image %s removed from store(s) %s as the hub asked", image.id, ", ".join(removed) or "(none)"
+        )
         return "removed from %s" % (", ".join(removed) or "nothing (not held)")
 
     # -- edge-created images to the hub --------------------------------------------------------
@@ -359,9 +409,16 @@ class HubLink:
         """Copy an image created here to the hub under the same id (the rule: an image exists
         at the hub before it goes to other edges), then record its `central` location."""
         body: dict[str, Any] = {
-            "id": image.id, "name": image.name, "disk_format": image.disk_format,
-            "container_format": image.container_format, "visibility": image.visibility, "min_disk": image.min_disk,
-            "min_ram": image.min_ram, "protected": image.protected, "tags": list(image.tags), **image.properties,
+            "id": image.id,
+            "name": image.name,
+            "disk_format": image.disk_format,
+            "container_format": image.container_format,
+            "visibility": image.visibility,
+            "min_disk": image.min_disk,
+            "min_ram": image.min_ram,
+            "protected": image.protected,
+            "tags": list(image.tags),
+            **image.properties,
         }
         try:
             await self.client.request_json("POST", "/v2/images", json=body, expect=(201,))

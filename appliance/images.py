@@ -7,15 +7,16 @@ import builtins  # ImageService.list shadows list in the class body
 import dataclasses
 import logging
 import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, AsyncIterable, AsyncIterator, Iterable, Mapping
+from typing import Any
 
 from appliance import policy
 from appliance.auth import Context
+from appliance.cache import ImageCache
 from appliance.catalog import Catalog, ImageQuery
 from appliance.clock import SYSTEM_CLOCK, Clock, timestamp
 from appliance.config import Config
-from appliance.cache import ImageCache
 from appliance.download import Download
 from appliance.errors import BadRequest, Conflict, Forbidden, HubUnreachable, NotFound, TooLarge
 from appliance.formats import FormatInspector, introspected_properties
@@ -24,7 +25,14 @@ from appliance.hub.records import is_hub_image
 from appliance.ids import parse_uuid
 from appliance.imagework import ImageWork
 from appliance.model import (
-    ACTIVE, DEACTIVATED, QUEUED, SAVING, VISIBILITIES, Image, ImageId, Location,
+    ACTIVE,
+    DEACTIVATED,
+    QUEUED,
+    SAVING,
+    VISIBILITIES,
+    Image,
+    ImageId,
+    Location,
 )
 from appliance.quotas import SIZE_TOTAL, Quotas
 from appliance.sites import SiteService
@@ -35,15 +43,42 @@ from appliance.text import check_text
 log = logging.getLogger(__name__)
 
 # Attributes the server computes; a client setting one gets 403 as in Glance.
-READ_ONLY = frozenset({
-    "checksum", "os_hash_algo", "os_hash_value", "size", "virtual_size", "status", "created_at",
-    "updated_at", "direct_url", "self", "file", "schema", "stores",
-})
+READ_ONLY = frozenset(
+    {
+        "checksum",
+        "os_hash_algo",
+        "os_hash_value",
+        "size",
+        "virtual_size",
+        "status",
+        "created_at",
+        "updated_at",
+        "direct_url",
+        "self",
+        "file",
+        "schema",
+        "stores",
+    }
+)
 RESERVED = frozenset({"deleted", "deleted_at", "location", "locations"})
-BASE_ATTRIBUTES = frozenset({
-    "id", "name", "visibility", "protected", "os_hidden", "owner", "disk_format",
-    "container_format", "min_disk", "min_ram", "tags",
-}) | READ_ONLY
+BASE_ATTRIBUTES = (
+    frozenset(
+        {
+            "id",
+            "name",
+            "visibility",
+            "protected",
+            "os_hidden",
+            "owner",
+            "disk_format",
+            "container_format",
+            "min_disk",
+            "min_ram",
+            "tags",
+        }
+    )
+    | READ_ONLY
+)
 MAX_STRING = 255
 # Glance's rules for making an image visible beyond its project.
 VISIBILITY_RULES = {"public": "publicize_image", "community": "communitize_image"}
@@ -58,8 +93,10 @@ def require_formats(image: Image) -> None:
     """Glance's rule (and its words): no data for an image that does not say how to read it."""
     missing = [key for key in ("disk_format", "container_format") if not getattr(image, key)]
     if missing:
-        raise BadRequest("%s %s must be set prior to saving data." % (
-            "Property" if len(missing) == 1 else "Properties", ", ".join(missing)))
+        raise BadRequest(
+            "%s %s must be set prior to saving data."
+            % ("Property" if len(missing) == 1 else "Properties", ", ".join(missing))
+        )
 
 
 @dataclass(frozen=True)
@@ -72,9 +109,17 @@ class Page:
 
 
 class ImageService:
-    def __init__(self, config: Config, catalog: Catalog, stores: Mapping[str, ImageStore],
-                 cache: ImageCache | None = None, *, sites: SiteService | None = None,
-                 hub_records: HubRecords | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        config: Config,
+        catalog: Catalog,
+        stores: Mapping[str, ImageStore],
+        cache: ImageCache | None = None,
+        *,
+        sites: SiteService | None = None,
+        hub_records: HubRecords | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self._config = config
         self.clock = clock  # created_at / updated_at
         self._catalog = catalog
@@ -110,7 +155,9 @@ class ImageService:
             image = await self._catalog.get_image(image_id)
             if image.locations:
                 continue
-            await self._catalog.update_image(image_id, expect_status=[SAVING], columns={"status": QUEUED}, updated_at=self._now())
+            await self._catalog.update_image(
+                image_id, expect_status=[SAVING], columns={"status": QUEUED}, updated_at=self._now()
+            )
             log.warning("recovery: image %s was being uploaded when the daemon stopped; it is queued again", image_id)
         for name, store in self._stores.items():
             known = await self._catalog.image_ids_in_store(name)
@@ -150,8 +197,11 @@ class ImageService:
             # tries the name as an id first and falls back to a name search on 404.
             raise NotFound("No image found with ID %s (not a valid image ID)" % image_id) from None
         # An id this site has not seen may be a hub image: HubRecords asks the hub.
-        image = await (self._hub_records.lookup(image_id, asker=ctx.project) if self._hub_records is not None
-                       else self._catalog.get_image(image_id))
+        image = await (
+            self._hub_records.lookup(image_id, asker=ctx.project)
+            if self._hub_records is not None
+            else self._catalog.get_image(image_id)
+        )
         policy.check_visible(ctx, image)
         return image
 
@@ -170,8 +220,15 @@ class ImageService:
             self._check_writable_key(key)
         image_id = parse_uuid(body["id"]) if "id" in body and body["id"] is not None else str(uuid.uuid4())
         columns: dict[str, Any] = {
-            "visibility": "shared", "protected": False, "os_hidden": False, "owner": ctx.project,
-            "name": None, "disk_format": None, "container_format": None, "min_disk": 0, "min_ram": 0,
+            "visibility": "shared",
+            "protected": False,
+            "os_hidden": False,
+            "owner": ctx.project,
+            "name": None,
+            "disk_format": None,
+            "container_format": None,
+            "min_disk": 0,
+            "min_ram": 0,
         }
         props: dict[str, str] = {}
         tags: list[str] = []
@@ -187,9 +244,18 @@ class ImageService:
         self.check_property_quota(props)
         stamp = self._now()
         return Image(
-            id=ImageId(image_id), status=status, size=None, virtual_size=None, checksum=None,
-            os_hash_algo=None, os_hash_value=None, created_at=stamp, updated_at=stamp,
-            properties=props, tags=tuple(dict.fromkeys(tags)), **columns,
+            id=ImageId(image_id),
+            status=status,
+            size=None,
+            virtual_size=None,
+            checksum=None,
+            os_hash_algo=None,
+            os_hash_value=None,
+            created_at=stamp,
+            updated_at=stamp,
+            properties=props,
+            tags=tuple(dict.fromkeys(tags)),
+            **columns,
         )
 
     async def list(self, ctx: Context, query: ImageQuery) -> Page:
@@ -197,8 +263,9 @@ class ImageService:
         caller sees; `query.limit` is the page size."""
         policy.enforce(ctx, "get_images")
         limit = query.limit
-        query = dataclasses.replace(query, project=ctx.project, admin=policy.sees_every_image(ctx),
-                                    limit=limit + 1)  # one extra tells whether a next page exists
+        query = dataclasses.replace(
+            query, project=ctx.project, admin=policy.sees_every_image(ctx), limit=limit + 1
+        )  # one extra tells whether a next page exists
         try:
             ids = await self._catalog.list_image_ids(query)
         except NotFound as exc:
@@ -246,11 +313,20 @@ class ImageService:
         if set(current) - set(image.properties):  # Glance counts only when a patch adds properties
             self.check_property_quota(current)
         updated = await self._catalog.update_image(
-            image.id, columns=columns, set_properties=set_props, remove_properties=removed, tags=tags, updated_at=self._now(),
+            image.id,
+            columns=columns,
+            set_properties=set_props,
+            remove_properties=removed,
+            tags=tags,
+            updated_at=self._now(),
             # Atomic with the check above: an upload that starts meanwhile makes this a Conflict.
             expect_status=[QUEUED] if FORMAT_ATTRIBUTES & columns.keys() else None,
         )
-        log.info("image %s updated (%s)", image.id, ", ".join(sorted({*columns, *set_props, *removed} | ({"tags"} if tags is not None else set()))))
+        log.info(
+            "image %s updated (%s)",
+            image.id,
+            ", ".join(sorted({*columns, *set_props, *removed} | ({"tags"} if tags is not None else set()))),
+        )
         return updated
 
     async def delete(self, ctx: Context, image_id: str) -> None:
@@ -289,7 +365,9 @@ class ImageService:
             return
         if image.status != ACTIVE:
             raise Forbidden("Not allowed to deactivate image in status '%s'" % image.status)
-        await self._catalog.update_image(image.id, expect_status=[ACTIVE], columns={"status": DEACTIVATED}, updated_at=self._now())
+        await self._catalog.update_image(
+            image.id, expect_status=[ACTIVE], columns={"status": DEACTIVATED}, updated_at=self._now()
+        )
         log.info("image %s deactivated", image.id)
 
     async def reactivate(self, ctx: Context, image_id: str) -> None:
@@ -298,7 +376,9 @@ class ImageService:
             return
         if image.status != DEACTIVATED:
             raise Forbidden("Not allowed to reactivate image in status '%s'" % image.status)
-        await self._catalog.update_image(image.id, expect_status=[DEACTIVATED], columns={"status": ACTIVE}, updated_at=self._now())
+        await self._catalog.update_image(
+            image.id, expect_status=[DEACTIVATED], columns={"status": ACTIVE}, updated_at=self._now()
+        )
         log.info("image %s reactivated", image.id)
 
     # -- data -----------------------------------------------------------------------------
@@ -317,9 +397,13 @@ class ImageService:
         require_formats(image)
         with self.work.track(image.id, "upload") as job:  # a delete stops it at the next chunk
             async with self.quotas.transfer(
-                ctx.project, image.id, SIZE_TOTAL, size,
-                start=lambda: self._catalog.update_image(image.id, expect_status=[QUEUED], columns={"status": SAVING},
-                                                         updated_at=self._now()),
+                ctx.project,
+                image.id,
+                SIZE_TOTAL,
+                size,
+                start=lambda: self._catalog.update_image(
+                    image.id, expect_status=[QUEUED], columns={"status": SAVING}, updated_at=self._now()
+                ),
             ) as meter:
                 return await self._receive(image, store, job.guard(meter.count(chunks) if meter else chunks), size)
 
@@ -349,7 +433,9 @@ class ImageService:
             learned = introspected_properties(found, {}, frozenset(image.properties))
             if learned:
                 await self._catalog.update_image(image.id, set_properties=learned, updated_at=self._now())
-            active = await self._catalog.activate_image(image.id, data, location, from_status=SAVING, updated_at=self._now())
+            active = await self._catalog.activate_image(
+                image.id, data, location, from_status=SAVING, updated_at=self._now()
+            )
         except BaseException as exc:
             if written:
                 await store.delete(image.id)
@@ -363,7 +449,9 @@ class ImageService:
         # stay in `saving`.
         async def reset() -> None:
             try:
-                await self._catalog.update_image(image_id, expect_status=[SAVING], columns={"status": QUEUED}, updated_at=self._now())
+                await self._catalog.update_image(
+                    image_id, expect_status=[SAVING], columns={"status": QUEUED}, updated_at=self._now()
+                )
             except (NotFound, Conflict):
                 return  # deleted meanwhile
             log.warning("image %s: upload failed (%s: %s); back to queued", image_id, type(exc).__name__, exc)
@@ -377,7 +465,11 @@ class ImageService:
         image = await self.authorized(ctx, image_id, "download_image")
         if image.status == DEACTIVATED and "admin" not in ctx.roles:
             raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
-        if self._hub_records is not None and is_hub_image(image) and (image.status not in (ACTIVE, DEACTIVATED) or image.size is None):
+        if (
+            self._hub_records is not None
+            and is_hub_image(image)
+            and (image.status not in (ACTIVE, DEACTIVATED) or image.size is None)
+        ):
             # A hub image is never answered 204: it has (or will have) data at the hub.
             image = await self._hub_records.servable(image)
         if image.status not in (ACTIVE, DEACTIVATED) or not image.locations:
@@ -390,8 +482,9 @@ class ImageService:
             try:
                 return await self._cache.open(image, byte_range)
             except HubUnreachable as exc:
-                raise HubUnreachable("Image %s is not cached at this site and the hub is unreachable: %s"
-                                     % (image.id, exc)) from None
+                raise HubUnreachable(
+                    "Image %s is not cached at this site and the hub is unreachable: %s" % (image.id, exc)
+                ) from None
         raise NotFound("Image %s has no readable data in any store of this site" % image.id)
 
     def _preferred_stores(self, image: Image) -> builtins.list[str]:
@@ -424,15 +517,19 @@ class ImageService:
             # Glance: 409, not 404 (which glanceclient reports as "multi-store not enabled").
             raise Conflict("The selected store %s is not available on this node." % store_name)
         if image.status != ACTIVE:
-            raise Conflict("Image %s is %s; a store copy can be removed from an active image only" % (image.id, image.status))
+            raise Conflict(
+                "Image %s is %s; a store copy can be removed from an active image only" % (image.id, image.status)
+            )
         if self._sites is not None and store_name in sites:
             await self._sites.remove_copy(image, store_name)
             return
         at_sites = [s for s in image.stores if s in sites]
         if at_sites and [s for s in image.stores if s in self._stores] == [store_name]:
-            raise Forbidden("Cannot delete image data from the only store of this hub containing it: edge sites (%s) "
-                            "pull image %s from store %s; copy it to another store first, or delete the image"
-                            % (", ".join(at_sites), image.id, store_name))
+            raise Forbidden(
+                "Cannot delete image data from the only store of this hub containing it: edge sites (%s) "
+                "pull image %s from store %s; copy it to another store first, or delete the image"
+                % (", ".join(at_sites), image.id, store_name)
+            )
         await self._catalog.remove_location(image.id, store_name, self._now())
         await self._stores[store_name].delete(image.id)
         log.info("image %s removed from store %s", image.id, store_name)
@@ -482,18 +579,25 @@ class ImageService:
                 policy.check_owner_change(ctx)
             return value
         if key in ("disk_format", "container_format"):
-            enabled = self._config.formats.disk_formats if key == "disk_format" else self._config.formats.container_formats
+            enabled = (
+                self._config.formats.disk_formats if key == "disk_format" else self._config.formats.container_formats
+            )
             if value is not None and value not in enabled:
-                raise BadRequest("Invalid value '%s' for '%s': enabled values are %s" % (value, key, ", ".join(enabled)))
+                raise BadRequest(
+                    "Invalid value '%s' for '%s': enabled values are %s" % (value, key, ", ".join(enabled))
+                )
             return value
         raise AssertionError(key)  # pragma: no cover
 
     def _validate_property(self, key: str, value: Any) -> str:
         if not isinstance(value, str):
-            raise BadRequest("Invalid value for property '%s': custom properties must be strings, got %s"
-                             % (key, type(value).__name__ if isinstance(value, (list, dict)) else repr(value)))
-        return check_text("Value of property '%s'" % key, value, self._config.limits.max_property_value_length,
-                          multiline=True)
+            raise BadRequest(
+                "Invalid value for property '%s': custom properties must be strings, got %s"
+                % (key, type(value).__name__ if isinstance(value, (list, dict)) else repr(value))
+            )
+        return check_text(
+            "Value of property '%s'" % key, value, self._config.limits.max_property_value_length, multiline=True
+        )
 
     def _validate_tags(self, value: Any) -> builtins.list[str]:
         if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
@@ -512,14 +616,18 @@ class ImageService:
         maximum = self._config.limits.image_property_quota
         attempted = sum(1 for name in names if not name.startswith("os_glance"))
         if 0 <= maximum < attempted:
-            raise TooLarge("The limit has been exceeded on the number of allowed image properties. "
-                           "Attempted: %d, Maximum: %d" % (attempted, maximum))
+            raise TooLarge(
+                "The limit has been exceeded on the number of allowed image properties. "
+                "Attempted: %d, Maximum: %d" % (attempted, maximum)
+            )
 
     def _check_tag_quota(self, attempted: int) -> None:
         maximum = self._config.limits.image_tag_quota
         if 0 <= maximum < attempted:
-            raise TooLarge("The limit has been exceeded on the number of allowed image tags. "
-                           "Attempted: %d, Maximum: %d" % (attempted, maximum))
+            raise TooLarge(
+                "The limit has been exceeded on the number of allowed image tags. "
+                "Attempted: %d, Maximum: %d" % (attempted, maximum)
+            )
 
     @staticmethod
     def _parse_patch_op(op: Any) -> tuple[str, str, Any]:

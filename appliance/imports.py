@@ -16,9 +16,10 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 from appliance import policy
 from appliance.auth import Context
@@ -33,7 +34,17 @@ from appliance.hublink import HubLink
 from appliance.ids import parse_uuid
 from appliance.images import ImageService, require_formats
 from appliance.model import (
-    ACTIVE, COPY, FAILED_IMPORT, IMPORTING, IMPORTING_TO, QUEUED, UPLOADING, Image, Location, Task, TaskId,
+    ACTIVE,
+    COPY,
+    FAILED_IMPORT,
+    IMPORTING,
+    IMPORTING_TO,
+    QUEUED,
+    UPLOADING,
+    Image,
+    Location,
+    Task,
+    TaskId,
 )
 from appliance.pipeline.base import ImportFailed, ImportStep, StagedImage, StepContext
 from appliance.pipeline.steps.convert import Convert
@@ -66,7 +77,9 @@ def build_steps(config: Config) -> list[ImportStep]:
     """The configured plugins, in order (Glance's image_import_plugins)."""
     imp = config.imports
     made: dict[str, ImportStep] = {
-        "image_decompression": Decompress(max_output_bytes=imp.max_decompressed_bytes, max_ratio=float(imp.max_expansion_ratio)),
+        "image_decompression": Decompress(
+            max_output_bytes=imp.max_decompressed_bytes, max_ratio=float(imp.max_expansion_ratio)
+        ),
         "image_conversion": Convert(output_format=imp.output_format, max_virtual_size=config.formats.max_virtual_size),
         "inject_image_metadata": InjectMetadata(dict(imp.inject), imp.ignore_user_roles),
     }
@@ -77,8 +90,9 @@ def build_uri_filter(config: Config) -> UriFilter:
     return UriFilter(config.imports.uri_filter)
 
 
-async def _save(chunks: AsyncIterator[bytes], path: Path, on_progress: Callable[[int], None],
-                ensure_room: Callable[[int], None]) -> int:
+async def _save(
+    chunks: AsyncIterator[bytes], path: Path, on_progress: Callable[[int], None], ensure_room: Callable[[int], None]
+) -> int:
     """Write a download to a scratch file. No hashing here: the data is hashed once, as it
     goes into the stores, after the plugins have run. `ensure_room(n)` raises if writing n
     more bytes would cross the free-space floor."""
@@ -104,8 +118,13 @@ async def _save(chunks: AsyncIterator[bytes], path: Path, on_progress: Callable[
 
 class ImportService:
     def __init__(
-        self, config: Config, catalog: Catalog, stores: dict[str, ImageStore], images: ImageService,
-        steps: Sequence[ImportStep], uri_filter: UriFilter,
+        self,
+        config: Config,
+        catalog: Catalog,
+        stores: dict[str, ImageStore],
+        images: ImageService,
+        steps: Sequence[ImportStep],
+        uri_filter: UriFilter,
         observe_plugin: Callable[[str, float], None] = lambda name, seconds: None,
         sites: SiteService | None = None,
         hub: HubLink | None = None,
@@ -122,8 +141,9 @@ class ImportService:
         self._steps = list(steps)
         self.uri_filter = uri_filter
         self._staging_root = config.path(config.imports.staging_dir)
-        self._staging = FilesystemStore("staging", self._staging_root / "staged",
-                                        min_free_bytes=config.imports.staging_min_free_bytes)
+        self._staging = FilesystemStore(
+            "staging", self._staging_root / "staged", min_free_bytes=config.imports.staging_min_free_bytes
+        )
         images.quotas.count_staged_with(self._staged_bytes)
         images.work.add_cleaner(self._staging.purge)  # a deleted image's staged data goes with it
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -178,8 +198,12 @@ class ImportService:
             if task.image_id is not None and not await self._catalog.has_image(task.image_id):
                 await self._deleted(task)
                 continue
-            await self._catalog.update_task(task.id, self._now(), status="failure",
-                                            message="Import interrupted: the daemon stopped before it finished; run the import again")
+            await self._catalog.update_task(
+                task.id,
+                self._now(),
+                status="failure",
+                message="Import interrupted: the daemon stopped before it finished; run the import again",
+            )
             if task.image_id is None:
                 continue
             try:
@@ -202,8 +226,9 @@ class ImportService:
                 log.warning("recovery: removed the staged data of %s: the image is gone", staged_id)
         for image_id in await self._catalog.images_in_status(UPLOADING):
             if self._staging.data_path(image_id) is None:
-                await self._catalog.update_image(image_id, expect_status=[UPLOADING], columns={"status": QUEUED},
-                                                 updated_at=self._now())
+                await self._catalog.update_image(
+                    image_id, expect_status=[UPLOADING], columns={"status": QUEUED}, updated_at=self._now()
+                )
                 log.warning("recovery: staging of image %s was interrupted; it is queued again", image_id)
 
     async def _release(self, image: Image) -> str:
@@ -219,15 +244,17 @@ class ImportService:
             await self._catalog.remove_location(image.id, location.store, self._now(), keep_last=False)
             if location.store in self._stores:
                 await self._stores[location.store].delete(image.id)
-        await self._catalog.update_image(image.id, columns={"status": QUEUED}, remove_properties=[IMPORTING_TO],
-                                         updated_at=self._now())
+        await self._catalog.update_image(
+            image.id, columns={"status": QUEUED}, remove_properties=[IMPORTING_TO], updated_at=self._now()
+        )
         return QUEUED
 
     async def _forget_local_progress(self, image_id: str) -> None:
         """No import of this hub runs for the image any more: its stores leave the progress list;
         edge sites still copying stay in it until they report."""
-        await self._catalog.edit_list_properties(image_id, [ListEdit(IMPORTING_TO, remove=tuple(self._stores), drop_empty=True)],
-                                                 self._now())
+        await self._catalog.edit_list_properties(
+            image_id, [ListEdit(IMPORTING_TO, remove=tuple(self._stores), drop_empty=True)], self._now()
+        )
 
     async def close(self) -> None:
         """Stop running imports and fail them cleanly now (image back to queued, scratch
@@ -276,9 +303,13 @@ class ImportService:
         if size is not None and size > cap:
             raise TooLarge("Image size %d exceeds the maximum upload size of %d bytes" % (size, cap))
         async with self._images.quotas.transfer(
-            ctx.project, image.id, STAGE_TOTAL, size,
-            start=lambda: self._catalog.update_image(image.id, expect_status=[QUEUED], columns={"status": UPLOADING},
-                                                     updated_at=self._now()),
+            ctx.project,
+            image.id,
+            STAGE_TOTAL,
+            size,
+            start=lambda: self._catalog.update_image(
+                image.id, expect_status=[QUEUED], columns={"status": UPLOADING}, updated_at=self._now()
+            ),
         ) as meter:
             with self._images.work.track(image.id, "staging") as job:
                 await self._receive_staged(image, job.guard(meter.count(chunks) if meter else chunks), size)
@@ -289,15 +320,19 @@ class ImportService:
     async def _receive_staged(self, image: Image, chunks: AsyncIterable[bytes], size: int | None) -> None:
         """Write staged data (the image is `uploading`), or put the image back to queued."""
         try:
-            digest = await self._staging.write(image.id, chunks, max_size=self._config.api.max_upload_bytes,
-                                               expected_size=size)
+            digest = await self._staging.write(
+                image.id, chunks, max_size=self._config.api.max_upload_bytes, expected_size=size
+            )
             if size is not None and digest.size != size:
                 raise BadRequest("Staging ended after %d of the %d bytes announced" % (digest.size, size))
         except BaseException:
             await self._staging.delete(image.id)
             try:
-                await asyncio.shield(self._catalog.update_image(
-                    image.id, expect_status=[UPLOADING], columns={"status": QUEUED}, updated_at=self._now()))
+                await asyncio.shield(
+                    self._catalog.update_image(
+                        image.id, expect_status=[UPLOADING], columns={"status": QUEUED}, updated_at=self._now()
+                    )
+                )
             except (NotFound, Conflict):
                 pass  # deleted (or reset) meanwhile: the client hears why staging stopped, not this
             raise
@@ -310,7 +345,9 @@ class ImportService:
             raise BadRequest('The import body must look like {"method": {"name": "..."}, "stores": [...]}')
         method = body["method"].get("name")
         if method not in self.enabled_methods:
-            raise BadRequest("Import method %r is not enabled (enabled: %s)" % (method, ", ".join(self.enabled_methods)))
+            raise BadRequest(
+                "Import method %r is not enabled (enabled: %s)" % (method, ", ".join(self.enabled_methods))
+            )
         uri = body["method"].get("uri")
         if method == "web-download" and not isinstance(uri, str):
             raise BadRequest("web-download needs method.uri, the URL to import from")
@@ -325,7 +362,9 @@ class ImportService:
             raise BadRequest("all_stores must be true or false")
         if stores is not None and all_stores:
             raise BadRequest("Give either 'stores' or 'all_stores', not both")
-        if stores is not None and (not isinstance(stores, list) or not all(isinstance(s, str) for s in stores) or not stores):
+        if stores is not None and (
+            not isinstance(stores, list) or not all(isinstance(s, str) for s in stores) or not stores
+        ):
             raise BadRequest("'stores' must be a non-empty list of store names")
         must = body.get("all_stores_must_succeed", True)
         if not isinstance(must, bool):
@@ -333,14 +372,21 @@ class ImportService:
         names = self._images.stores
         unknown = [s for s in stores or () if s not in names.all()]
         if unknown:
-            raise Conflict("Unknown store(s) %s (stores of this site: %s)" % (", ".join(unknown), ", ".join(names.all())))
+            raise Conflict(
+                "Unknown store(s) %s (stores of this site: %s)" % (", ".join(unknown), ", ".join(names.all()))
+            )
         if all_stores:
             # Edge sites receive images by copy-image only (an image exists here before it goes out).
             chosen: tuple[str, ...] = names.local() + (names.sites() if method == "copy-image" else ())
         else:
             chosen = tuple(dict.fromkeys(stores)) if stores else (self._images.default_store,)
-        return ImportRequest(method=method, uri=uri, stores=chosen, all_stores_must_succeed=must,
-                             glance_image_id=source if method == "glance-download" else None)
+        return ImportRequest(
+            method=method,
+            uri=uri,
+            stores=chosen,
+            all_stores_must_succeed=must,
+            glance_image_id=source if method == "glance-download" else None,
+        )
 
     async def start(self, ctx: Context, image_id: str, body: Any) -> Task:
         """Validate and start an import; everything refusable is refused here, synchronously."""
@@ -353,27 +399,40 @@ class ImportService:
             pending = await self._sites.pending(image.id) if self._sites is not None else {}
             copying = [s for s in request.stores if pending.get(s) == COPY]
             held = [s for s in request.stores if s in image.stores]
-            if "all_stores" in body and body["all_stores"]:
-                request = replace(request, stores=tuple(s for s in request.stores if s not in image.stores and s not in copying))
+            if body.get("all_stores"):
+                request = replace(
+                    request, stores=tuple(s for s in request.stores if s not in image.stores and s not in copying)
+                )
                 if not request.stores:
                     raise BadRequest("Image %s is already in every store of this site" % image.id)
             elif held:
                 raise BadRequest("Image %s is already in store(s) %s" % (image.id, ", ".join(held)))
             elif copying:
-                raise Conflict("Image %s is already being copied to site(s) %s (see %s)" % (image.id, ", ".join(copying), IMPORTING_TO))
+                raise Conflict(
+                    "Image %s is already being copied to site(s) %s (see %s)"
+                    % (image.id, ", ".join(copying), IMPORTING_TO)
+                )
             if any(s not in self._stores for s in request.stores) and not any(s in self._stores for s in image.stores):
-                raise Conflict("Image %s has no copy in a store of this hub, and edge sites pull from one: copy it to a "
-                               "store here first" % image.id)
+                raise Conflict(
+                    "Image %s has no copy in a store of this hub, and edge sites pull from one: copy it to a "
+                    "store here first" % image.id
+                )
         else:
             if any(s not in self._stores for s in request.stores):
-                raise BadRequest("Edge sites (%s) receive images by copy-image only: import into a store of this hub "
-                                 "first, then copy it" % ", ".join(s for s in request.stores if s not in self._stores))
+                raise BadRequest(
+                    "Edge sites (%s) receive images by copy-image only: import into a store of this hub "
+                    "first, then copy it" % ", ".join(s for s in request.stores if s not in self._stores)
+                )
             policy.enforce_image(ctx, "modify_image", image)
             if request.method in ("web-download", "glance-download") and image.status != QUEUED:
                 raise Conflict("Image %s is %s; %s needs a queued image" % (image.id, image.status, request.method))
-            if request.method == "glance-direct" and (image.status != UPLOADING or self._staging.data_path(image.id) is None):
-                raise Conflict("Image %s has no staged data (status %s); stage it with PUT /v2/images/%s/stage first"
-                               % (image.id, image.status, image.id))
+            if request.method == "glance-direct" and (
+                image.status != UPLOADING or self._staging.data_path(image.id) is None
+            ):
+                raise Conflict(
+                    "Image %s has no staged data (status %s); stage it with PUT /v2/images/%s/stage first"
+                    % (image.id, image.status, image.id)
+                )
             if request.method != "glance-download":  # which takes them from the hub's image
                 require_formats(image)
             if request.method == "web-download":
@@ -393,8 +452,9 @@ class ImportService:
             await self._sites.assign_copies(image, sites)
         if to_hub:
             if request.stores or sites:
-                raise BadRequest("Copy an image to %s on its own: it goes to the hub first, then to other sites"
-                                 % HUB_STORE)
+                raise BadRequest(
+                    "Copy an image to %s on its own: it goes to the hub first, then to other sites" % HUB_STORE
+                )
             return await self._start_push(ctx, image, body)
         if request.stores:
             await self._check_quotas(ctx, image, request)
@@ -402,23 +462,43 @@ class ImportService:
             # The record from here on: a PATCH may have changed its formats while it was queued,
             # and they are fixed from now on.
             image = await self._catalog.update_image(
-                image.id, expect_status=[QUEUED, UPLOADING], columns={"status": IMPORTING},
-                set_properties={IMPORTING_TO: ",".join(request.stores), FAILED_IMPORT: ""}, updated_at=self._now(),
+                image.id,
+                expect_status=[QUEUED, UPLOADING],
+                columns={"status": IMPORTING},
+                set_properties={IMPORTING_TO: ",".join(request.stores), FAILED_IMPORT: ""},
+                updated_at=self._now(),
             )
         elif request.stores:  # added to what may still be pending (sites), as Glance does
-            await self._catalog.edit_list_properties(image.id, [
-                ListEdit(IMPORTING_TO, add=request.stores), ListEdit(FAILED_IMPORT, remove=request.stores)], self._now())
+            await self._catalog.edit_list_properties(
+                image.id,
+                [ListEdit(IMPORTING_TO, add=request.stores), ListEdit(FAILED_IMPORT, remove=request.stores)],
+                self._now(),
+            )
         stamp = self._now()
         # Glance's contract: progress is read from the image properties. The task records the
         # hand-over to the sites and runs on for the stores of this hub, if any.
-        handed = ("Copy handed to edge site(s) %s: each pulls the image on its next sync and reports back; progress is "
-                  "in %s and %s" % (", ".join(sites), IMPORTING_TO, FAILED_IMPORT)) if sites else ""
-        task = await self._catalog.create_task(Task(
-            id=TaskId(str(uuid.uuid4())), type=TASK_TYPE, status="processing" if request.stores else "success",
-            owner=ctx.project, image_id=image.id,
-            input={"image_id": image.id, "import_req": body, "backend": [*request.stores, *sites]},
-            result=None if request.stores else {"image_id": image.id}, message=handed, created_at=stamp, updated_at=stamp,
-        ))
+        handed = (
+            (
+                "Copy handed to edge site(s) %s: each pulls the image on its next sync and reports back; progress is "
+                "in %s and %s" % (", ".join(sites), IMPORTING_TO, FAILED_IMPORT)
+            )
+            if sites
+            else ""
+        )
+        task = await self._catalog.create_task(
+            Task(
+                id=TaskId(str(uuid.uuid4())),
+                type=TASK_TYPE,
+                status="processing" if request.stores else "success",
+                owner=ctx.project,
+                image_id=image.id,
+                input={"image_id": image.id, "import_req": body, "backend": [*request.stores, *sites]},
+                result=None if request.stores else {"image_id": image.id},
+                message=handed,
+                created_at=stamp,
+                updated_at=stamp,
+            )
+        )
         if not request.stores:
             log.info("image %s: copy-image handed to site(s) %s (task %s)", image.id, ", ".join(sites), task.id)
             return task
@@ -426,7 +506,9 @@ class ImportService:
         self._images.work.watch(image.id, job, "import")
         self._running[image.id] = job
         job.add_done_callback(functools.partial(self._forget, image.id))
-        log.info("image %s: %s import started to %s (task %s)", image.id, request.method, ",".join(request.stores), task.id)
+        log.info(
+            "image %s: %s import started to %s (task %s)", image.id, request.method, ",".join(request.stores), task.id
+        )
         return task
 
     async def _check_quotas(self, ctx: Context, image: Image, request: ImportRequest) -> None:
@@ -466,14 +548,26 @@ class ImportService:
             raise Conflict("Image %s has no readable copy in a store of this site to send to the hub" % image.id)
         if image.id in self._running:
             raise Conflict("Image %s is already being imported; wait for that import to finish" % image.id)
-        await self._catalog.edit_list_properties(image.id, [
-            ListEdit(IMPORTING_TO, add=(HUB_STORE,)), ListEdit(FAILED_IMPORT, remove=(HUB_STORE,))], self._now())
+        await self._catalog.edit_list_properties(
+            image.id,
+            [ListEdit(IMPORTING_TO, add=(HUB_STORE,)), ListEdit(FAILED_IMPORT, remove=(HUB_STORE,))],
+            self._now(),
+        )
         stamp = self._now()
-        task = await self._catalog.create_task(Task(
-            id=TaskId(str(uuid.uuid4())), type=TASK_TYPE, status="processing", owner=ctx.project, image_id=image.id,
-            input={"image_id": image.id, "import_req": body, "backend": [HUB_STORE]}, result=None, message="",
-            created_at=stamp, updated_at=stamp,
-        ))
+        task = await self._catalog.create_task(
+            Task(
+                id=TaskId(str(uuid.uuid4())),
+                type=TASK_TYPE,
+                status="processing",
+                owner=ctx.project,
+                image_id=image.id,
+                input={"image_id": image.id, "import_req": body, "backend": [HUB_STORE]},
+                result=None,
+                message="",
+                created_at=stamp,
+                updated_at=stamp,
+            )
+        )
         job = asyncio.create_task(self._push(task, image, path), name="push-%s" % image.id)
         self._images.work.watch(image.id, job, "copy to the hub")
         self._running[image.id] = job
@@ -493,19 +587,36 @@ class ImportService:
             if self._images.work.deleting(image.id) or not await self._catalog.has_image(image.id):
                 await self._deleted(task)
                 return
-            await self._catalog.edit_list_properties(image.id, [
-                ListEdit(IMPORTING_TO, remove=(HUB_STORE,)), ListEdit(FAILED_IMPORT, add=(HUB_STORE,))], self._now())
+            await self._catalog.edit_list_properties(
+                image.id,
+                [ListEdit(IMPORTING_TO, remove=(HUB_STORE,)), ListEdit(FAILED_IMPORT, add=(HUB_STORE,))],
+                self._now(),
+            )
             message = "Copy to the hub (%s) failed: %s" % (HUB_STORE, exc)
             await self._catalog.update_task(task.id, self._now(), status="failure", message=message)
             log.warning("image %s: %s", image.id, message)
             return
         await self._catalog.edit_list_properties(image.id, [ListEdit(IMPORTING_TO, remove=(HUB_STORE,))], self._now())
-        await self._catalog.update_task(task.id, self._now(), status="success", result={"image_id": image.id},
-                                        bytes_done=image.size or 0, bytes_total=image.size)
+        await self._catalog.update_task(
+            task.id,
+            self._now(),
+            status="success",
+            result={"image_id": image.id},
+            bytes_done=image.size or 0,
+            bytes_total=image.size,
+        )
 
     def _local_copy(self, image: Image) -> Path | None:
-        return next((p for s in image.stores if s in self._stores
-                     for p in [self._stores[s].data_path(image.id)] if p is not None), None)
+        return next(
+            (
+                p
+                for s in image.stores
+                if s in self._stores
+                for p in [self._stores[s].data_path(image.id)]
+                if p is not None
+            ),
+            None,
+        )
 
     async def _run(self, task: Task, image: Image, request: ImportRequest, ctx: Context) -> None:
         work = self._staging_root / "work" / task.id
@@ -530,8 +641,14 @@ class ImportService:
         elif message:
             await self._fail(task, image, request, message)
         else:
-            await self._catalog.update_task(task.id, self._now(), status="success", result={"image_id": image.id},
-                                            bytes_done=done, bytes_total=total if total is not None else done)
+            await self._catalog.update_task(
+                task.id,
+                self._now(),
+                status="success",
+                result={"image_id": image.id},
+                bytes_done=done,
+                bytes_total=total if total is not None else done,
+            )
             log.info("image %s: import finished", image.id)
 
     async def _deleted(self, task: Task) -> None:
@@ -546,7 +663,9 @@ class ImportService:
             for store_name in current.stores:
                 await self._stores[store_name].delete(image.id)
                 await self._catalog.remove_location(image.id, store_name, self._now(), keep_last=False)
-            await self._catalog.update_image(image.id, columns={"status": QUEUED}, remove_properties=[IMPORTING_TO], updated_at=self._now())
+            await self._catalog.update_image(
+                image.id, columns={"status": QUEUED}, remove_properties=[IMPORTING_TO], updated_at=self._now()
+            )
         else:
             await self._forget_local_progress(image.id)
         await self._staging.delete(image.id)
@@ -558,7 +677,10 @@ class ImportService:
         staged = await self._acquire(task, image, request, work)
         if request.method != "copy-image":
             step_ctx = StepContext(
-                image_id=image.id, work_dir=work, roles=ctx.roles, user_properties=frozenset(image.properties),
+                image_id=image.id,
+                work_dir=work,
+                roles=ctx.roles,
+                user_properties=frozenset(image.properties),
                 report=lambda note: log.info("image %s: %s", image.id, note),
             )
             for step in self._steps:
@@ -575,17 +697,22 @@ class ImportService:
             if not staged.disk_format or not staged.container_format:  # a PATCH raced the import's start
                 raise ImportFailed("Properties disk_format, container_format must be set prior to saving data.")
             try:
-                found = await asyncio.to_thread(inspect_file, str(staged.path), staged.disk_format,
-                                                self._config.formats.max_virtual_size)
+                found = await asyncio.to_thread(
+                    inspect_file, str(staged.path), staged.disk_format, self._config.formats.max_virtual_size
+                )
             except ApplianceError as exc:
                 raise ImportFailed("Image data refused: %s" % exc) from None
             if staged.size == 0:
                 raise ImportFailed("Image data is empty")
-            staged = staged.evolve(virtual_size=found.virtual_size,
-                                   properties=introspected_properties(found, staged.properties, frozenset(image.properties)))
+            staged = staged.evolve(
+                virtual_size=found.virtual_size,
+                properties=introspected_properties(found, staged.properties, frozenset(image.properties)),
+            )
         expected: Digest | None = None
         if request.method == "copy-image":
-            expected = Digest(size=image.size or 0, checksum=image.checksum or "", os_hash_value=image.os_hash_value or "")
+            expected = Digest(
+                size=image.size or 0, checksum=image.checksum or "", os_hash_value=image.os_hash_value or ""
+            )
         remaining = list(request.stores)
         written: list[str] = []
         last_error = ""
@@ -593,9 +720,14 @@ class ImportService:
         for store_name in request.stores:
             store = self._stores[store_name]
             try:
-                digest = await store.write(image.id, file_chunks(staged.path), max_size=self._config.api.max_upload_bytes,
-                                           on_progress=lambda n: self._progress.__setitem__(task.id, (n, staged.size)),
-                                           background=True, expected_size=staged.size)
+                digest = await store.write(
+                    image.id,
+                    file_chunks(staged.path),
+                    max_size=self._config.api.max_upload_bytes,
+                    on_progress=lambda n: self._progress.__setitem__(task.id, (n, staged.size)),
+                    background=True,
+                    expected_size=staged.size,
+                )
                 try:
                     if expected is not None:
                         verify(digest, expected)
@@ -611,12 +743,17 @@ class ImportService:
                     active = True
                 else:
                     await self._catalog.add_location(image.id, location, self._now())
-                await self._catalog.edit_list_properties(image.id, [ListEdit(IMPORTING_TO, remove=(store_name,))], self._now())
+                await self._catalog.edit_list_properties(
+                    image.id, [ListEdit(IMPORTING_TO, remove=(store_name,))], self._now()
+                )
                 log.info("image %s: copy in store %s verified (%d bytes)", image.id, store_name, digest.size)
             except ApplianceError as exc:
                 remaining.remove(store_name)
-                await self._catalog.edit_list_properties(image.id, [
-                    ListEdit(IMPORTING_TO, remove=(store_name,)), ListEdit(FAILED_IMPORT, add=(store_name,))], self._now())
+                await self._catalog.edit_list_properties(
+                    image.id,
+                    [ListEdit(IMPORTING_TO, remove=(store_name,)), ListEdit(FAILED_IMPORT, add=(store_name,))],
+                    self._now(),
+                )
                 log.warning("image %s: store %s failed: %s", image.id, store_name, exc)
                 if request.all_stores_must_succeed:
                     if request.method == "copy-image":  # revert: the new copies go again
@@ -641,8 +778,9 @@ class ImportService:
             await self._catalog.update_image(image.id, columns=columns, updated_at=self._now())
         if staged.properties:
             await self._catalog.update_image(image.id, set_properties=staged.properties, updated_at=self._now())
-        await self._catalog.activate_image(image.id, digest.image_data(staged.virtual_size), location,
-                                           from_status=IMPORTING, updated_at=self._now())
+        await self._catalog.activate_image(
+            image.id, digest.image_data(staged.virtual_size), location, from_status=IMPORTING, updated_at=self._now()
+        )
 
     async def _acquire(self, task: Task, image: Image, request: ImportRequest, work: Path) -> StagedImage:
         """The data to import, as a file."""
@@ -659,27 +797,44 @@ class ImportService:
                 raise ImportFailed("glance-download needs a hub ([hub] url)")
             path = work / "download"
             try:
-                source = await self._hub.fetch(request.glance_image_id, path,
-                                               lambda done, total: self._progress.__setitem__(task.id, (done, total)))
+                source = await self._hub.fetch(
+                    request.glance_image_id,
+                    path,
+                    lambda done, total: self._progress.__setitem__(task.id, (done, total)),
+                )
             except ApplianceError as exc:
                 raise ImportFailed("Download of hub image %s failed: %s" % (request.glance_image_id, exc)) from None
             size = await asyncio.to_thread(os.path.getsize, path)
-            return StagedImage(path=path, size=size, disk_format=image.disk_format or source.disk_format,
-                               container_format=image.container_format or source.container_format)
+            return StagedImage(
+                path=path,
+                size=size,
+                disk_format=image.disk_format or source.disk_format,
+                container_format=image.container_format or source.container_format,
+            )
         else:
             path = work / "download"
             imp = self._config.imports
             try:
                 # aclosing: a failed write releases the connection at once, not at GC time.
-                async with open_download(request.uri or "", self.uri_filter, max_bytes=imp.max_download_bytes,
-                                         idle_timeout=float(imp.download_idle_timeout),
-                                         total_timeout=float(imp.download_timeout) or None) as (response, chunks), \
-                        self._images.quotas.metered(task.owner, image.id, STAGE_TOTAL) as meter:
+                async with (
+                    open_download(
+                        request.uri or "",
+                        self.uri_filter,
+                        max_bytes=imp.max_download_bytes,
+                        idle_timeout=float(imp.download_idle_timeout),
+                        total_timeout=float(imp.download_timeout) or None,
+                    ) as (response, chunks),
+                    self._images.quotas.metered(task.owner, image.id, STAGE_TOTAL) as meter,
+                ):
                     total = response.content_length  # None when the source does not say
                     if total is not None:
                         self._staging.ensure_room(total)
-                    await _save(meter.count(chunks) if meter else chunks, path,
-                                lambda n: self._progress.__setitem__(task.id, (n, total)), self._staging.ensure_room)
+                    await _save(
+                        meter.count(chunks) if meter else chunks,
+                        path,
+                        lambda n: self._progress.__setitem__(task.id, (n, total)),
+                        self._staging.ensure_room,
+                    )
             except ApplianceError as exc:
                 raise ImportFailed(str(exc)) from None
         size = await asyncio.to_thread(os.path.getsize, path)

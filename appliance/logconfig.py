@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from appliance.clock import timestamp
 
@@ -21,7 +21,9 @@ class JournalFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = "<%d>%s: %s" % (PRIORITY.get(record.levelno, 6), record.name, record.getMessage())
         if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info).replace("\n", "\n<%d>" % PRIORITY.get(record.levelno, 6))
+            text += "\n" + self.formatException(record.exc_info).replace(
+                "\n", "\n<%d>" % PRIORITY.get(record.levelno, 6)
+            )
         return text
 
 
@@ -57,8 +59,12 @@ class RepeatFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or self.interval <= 0:
             return True
-        key = (record.name, record.levelno, str(record.msg).split("\n", 1)[0][:200],
-               record.exc_info[0] if record.exc_info else None)
+        key = (
+            record.name,
+            record.levelno,
+            str(record.msg).split("\n", 1)[0][:200],
+            record.exc_info[0] if record.exc_info else None,
+        )
         now = self._clock()
         entry = self._seen.get(key)
         if entry is None or now - entry[0] >= self.interval:

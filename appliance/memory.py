@@ -15,7 +15,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 

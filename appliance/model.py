@@ -148,4 +148,3 @@ class QueuedImage:
     attempts: int
     last_error: str
     next_attempt_at: float
-

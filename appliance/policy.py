@@ -12,8 +12,8 @@ Services call `enforce`; handlers never decide.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 from appliance.auth import Context
 from appliance.errors import Forbidden, NotFound
@@ -53,9 +53,12 @@ CHECKS: dict[str, Check] = {
     "project": Check("project_id:%(project_id)s", lambda ctx, target: target.get("project_id") == ctx.project),
     # Glance's project-or-public-or-community check (there are no image members here, so a shared
     # image is its project's). The visibility filter has already answered 404 for the others.
-    "visible": Check('(project_id:%(project_id)s or "public":%(visibility)s or "community":%(visibility)s)',
-                     lambda ctx, target: target.get("project_id") == ctx.project
-                     or target.get("visibility") in ("public", "community")),
+    "visible": Check(
+        '(project_id:%(project_id)s or "public":%(visibility)s or "community":%(visibility)s)',
+        lambda ctx, target: (
+            target.get("project_id") == ctx.project or target.get("visibility") in ("public", "community")
+        ),
+    ),
     # A site's own service token names the site as its user.
     "site_user": Check("user_id:%(site)s", lambda ctx, target: target.get("site") == ctx.user),
 }
@@ -115,8 +118,9 @@ RULES: dict[str, Rule] = {
 def check_string(rule: str) -> str:
     """The rule in oslo.policy's syntax, e.g. `role:admin or (role:member and project_id:%(project_id)s)`."""
     parts = [" and ".join(CHECKS[c].spelling for c in group) for group in RULES[rule]]
-    return " or ".join(p if len(group) == 1 or len(parts) == 1 else "(%s)" % p
-                       for p, group in zip(parts, RULES[rule], strict=True))
+    return " or ".join(
+        p if len(group) == 1 or len(parts) == 1 else "(%s)" % p for p, group in zip(parts, RULES[rule], strict=True)
+    )
 
 
 def allows(ctx: Context, rule: str, target: Target) -> bool:
@@ -128,8 +132,10 @@ def enforce(ctx: Context, rule: str, target: Target | None = None) -> None:
     A rule without a resource (list, create, admin actions) is checked against the caller's project."""
     target = {"project_id": ctx.project} if target is None else target
     if not allows(ctx, rule, target):
-        raise Forbidden("Policy doesn't allow %s to be performed: you are not authorized to complete %s action "
-                        "(it needs %s)." % (rule, rule, check_string(rule)))
+        raise Forbidden(
+            "Policy doesn't allow %s to be performed: you are not authorized to complete %s action "
+            "(it needs %s)." % (rule, rule, check_string(rule))
+        )
 
 
 def image_target(image: Image) -> Target:

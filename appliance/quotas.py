@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
+from typing import TypeVar
 
 from appliance.catalog import Catalog, ProjectUsage
 from appliance.config import QuotaLimits, QuotasConfig
@@ -36,7 +37,8 @@ class QuotaExceeded(TooLarge):
         super().__init__(
             "The request returned a 413 Request Entity Too Large. This generally means that rate limiting or a quota "
             "threshold was breached.\n\nThe response body:\nProject %s is over a limit for [Resource %s is over limit "
-            "of %d due to current usage %d and delta %d]" % (project, resource, limit, usage, delta))
+            "of %d due to current usage %d and delta %d]" % (project, resource, limit, usage, delta)
+        )
 
 
 async def _nothing_staged(image_ids: Iterable[str]) -> int:
@@ -108,7 +110,9 @@ class Quotas:
         return self._generations.get(project, 0)
 
     def flowing(self, project: str, resource: str, *, besides: str | None = None) -> int:
-        return sum(f.done for i, f in self._flows.items() if f.project == project and f.resource == resource and i != besides)
+        return sum(
+            f.done for i, f in self._flows.items() if f.project == project and f.resource == resource and i != besides
+        )
 
     async def held_bytes(self, project: str, resource: str, usage: ProjectUsage | None = None) -> int:
         usage = usage or await self._catalog.project_usage(project, self._stores)
@@ -135,8 +139,14 @@ class Quotas:
             await self._check(project, image_id, adds)
 
     @asynccontextmanager
-    async def transfer(self, project: str | None, image_id: str, resource: str, size: int | None,
-                       start: Callable[[], Awaitable[object]]) -> AsyncIterator[Meter | None]:
+    async def transfer(
+        self,
+        project: str | None,
+        image_id: str,
+        resource: str,
+        size: int | None,
+        start: Callable[[], Awaitable[object]],
+    ) -> AsyncIterator[Meter | None]:
         """Admit a transfer into a store (SIZE_TOTAL) or staging (STAGE_TOTAL): check, then run
         `start` (the status change that makes it count as uploading) atomically; the Meter
         counts its bytes until the block ends. None: no quota applies to the project."""
@@ -183,8 +193,10 @@ class Quotas:
         limits = self.limits(project)
         usage = await self._catalog.project_usage(project, self._stores)
         if limits.image_count_uploading >= 0:
-            busy = len({i for i in usage.uploading if i != image_id} | {i for i, f in self._flows.items()
-                                                                          if f.project == project and i != image_id})
+            busy = len(
+                {i for i in usage.uploading if i != image_id}
+                | {i for i, f in self._flows.items() if f.project == project and i != image_id}
+            )
             if busy + 1 > limits.image_count_uploading:
                 raise QuotaExceeded(project, COUNT_UPLOADING, limits.image_count_uploading, busy, 1)
         for resource, nbytes in adds.items():

@@ -8,9 +8,9 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable, Mapping
 
 from appliance.cache import ImageCache
 from appliance.catalog import Catalog
@@ -47,9 +47,16 @@ def hash_file(path: Path, rate_bytes_per_s: float) -> tuple[int, str]:
 
 class Scrubber:
     def __init__(
-        self, catalog: Catalog, stores: Mapping[str, FilesystemStore], *, interval: float, rate_bytes_per_s: float,
-        on_checked: Callable[[], None] = lambda: None, on_mismatch: Callable[[], None] = lambda: None,
-        cache: ImageCache | None = None, repair: Callable[[str], Awaitable[object]] | None = None,
+        self,
+        catalog: Catalog,
+        stores: Mapping[str, FilesystemStore],
+        *,
+        interval: float,
+        rate_bytes_per_s: float,
+        on_checked: Callable[[], None] = lambda: None,
+        on_mismatch: Callable[[], None] = lambda: None,
+        cache: ImageCache | None = None,
+        repair: Callable[[str], Awaitable[object]] | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         """cache: its entries are scrubbed too (a bad one is dropped: the next download fills it
@@ -89,8 +96,14 @@ class Scrubber:
             await self._catalog.set_location_status(image_id, store_name, "quarantined", timestamp(self._clock.now()))
             self._on_mismatch()
             bad.append((image_id, store_name))
-            log.error("scrubber: image %s in store %s does not match its recorded SHA-512 (%d bytes read); "
-                      "copy quarantined to %s and no longer served", image_id, store_name, actual_size, moved)
+            log.error(
+                "scrubber: image %s in store %s does not match its recorded SHA-512 (%d bytes read); "
+                "copy quarantined to %s and no longer served",
+                image_id,
+                store_name,
+                actual_size,
+                moved,
+            )
             if self._repair is not None and HUB_STORE in (await self._catalog.get_image(image_id)).stores:
                 await self._repull(image_id)
         checked += await self._scrub_cache(bad)
@@ -104,7 +117,11 @@ class Scrubber:
             await self._repair(image_id)
             log.info("scrubber: image %s pulled again from the hub after the mismatch", image_id)
         except ApplianceError as exc:
-            log.warning("scrubber: image %s could not be pulled again from the hub (%s); it stays quarantined here", image_id, exc)
+            log.warning(
+                "scrubber: image %s could not be pulled again from the hub (%s); it stays quarantined here",
+                image_id,
+                exc,
+            )
 
     async def _scrub_cache(self, bad: list[tuple[str, str]]) -> int:
         if self._cache is None:
@@ -127,8 +144,11 @@ class Scrubber:
             await self._cache.delete(entry.image_id)
             self._on_mismatch()
             bad.append((entry.image_id, "cache"))
-            log.error("scrubber: cached image %s does not match its recorded SHA-512; dropped from the cache (the next "
-                      "download fills it again from the hub)", entry.image_id)
+            log.error(
+                "scrubber: cached image %s does not match its recorded SHA-512; dropped from the cache (the next "
+                "download fills it again from the hub)",
+                entry.image_id,
+            )
         return checked
 
     def apply_settings(self, *, interval: float, rate_bytes_per_s: float) -> None:

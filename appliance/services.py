@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Coroutine
+from typing import Any
 
 from appliance.auth import Authenticator
+from appliance.bundles.inbox import Inbox
 from appliance.bundles.service import BundleService
 from appliance.cache import ImageCache, reconcile
 from appliance.catalog import Catalog
 from appliance.clock import SYSTEM_CLOCK, Clock
 from appliance.config import Config
 from appliance.events import EventLog
-from appliance.metrics import Metrics
-from appliance.scrubber import Scrubber
-from appliance.images import ImageService
-from appliance.bundles.inbox import Inbox
 from appliance.hub.client import HubClient, read_token
 from appliance.hub.lookup import HubRecords
 from appliance.hublink import HubLink
+from appliance.images import ImageService
 from appliance.imports import ImportService, build_steps, build_uri_filter
+from appliance.metrics import Metrics
+from appliance.scrubber import Scrubber
 from appliance.sites import SiteService
 from appliance.stores.filesystem import FilesystemStore
 
@@ -64,15 +65,28 @@ class Services:
 
 # Config parts that only a restart applies; the rest changes live on reload.
 RESTART_ONLY = ("site", "stores", "catalog", "state_dir")
-RESTART_ONLY_API = ("host", "port", "unix_socket", "public_url", "header_timeout", "idle_timeout", "min_body_rate",
-                    "body_rate_window", "body_timeout", "max_connections", "unix_max_connections")
+RESTART_ONLY_API = (
+    "host",
+    "port",
+    "unix_socket",
+    "public_url",
+    "header_timeout",
+    "idle_timeout",
+    "min_body_rate",
+    "body_rate_window",
+    "body_timeout",
+    "max_connections",
+    "unix_max_connections",
+)
 
 
 def reload_services(services: Services, new: Config) -> list[str]:
     """Apply a re-read config to running services. Returns what changed but needs a restart
     (reported to the operator, never silently ignored)."""
     pending = [name for name in RESTART_ONLY if getattr(new, name) != getattr(services.config, name)]
-    pending += ["api.%s" % name for name in RESTART_ONLY_API if getattr(new.api, name) != getattr(services.config.api, name)]
+    pending += [
+        "api.%s" % name for name in RESTART_ONLY_API if getattr(new.api, name) != getattr(services.config.api, name)
+    ]
     if new.imports.staging_dir != services.config.imports.staging_dir:
         pending.append("import.staging_dir")
     if new.inbox != services.config.inbox:
@@ -92,8 +106,9 @@ def reload_services(services: Services, new: Config) -> list[str]:
         services.hub.apply_config(new)
     if new.hub.url != services.config.hub.url:
         pending.append("hub.url")
-    services.scrubber.apply_settings(interval=new.scrubber.interval,
-                                     rate_bytes_per_s=new.scrubber.rate_mib_per_s * float(1 << 20))
+    services.scrubber.apply_settings(
+        interval=new.scrubber.interval, rate_bytes_per_s=new.scrubber.rate_mib_per_s * float(1 << 20)
+    )
     if new.scrubber.enabled != services.config.scrubber.enabled:
         pending.append("scrubber.enabled")
     services.config = new
@@ -109,8 +124,14 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
     events.attach()
     try:
         stores = {
-            s.name: FilesystemStore(s.name, config.path(s.path), thin_provisioning=s.thin_provisioning, description=s.description,
-                                    require_mount=s.require_mount, min_free_bytes=s.min_free_bytes)
+            s.name: FilesystemStore(
+                s.name,
+                config.path(s.path),
+                thin_provisioning=s.thin_provisioning,
+                description=s.description,
+                require_mount=s.require_mount,
+                min_free_bytes=s.min_free_bytes,
+            )
             for s in config.stores.stores
         }
         for store in stores.values():
@@ -121,33 +142,76 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
             records = HubRecords(client, catalog, config.hub) if client is not None else None
             cache: ImageCache | None = None  # bytes only: none without a hub or when disabled
             if client is not None and records is not None and config.cache.enabled:
-                cache = ImageCache(config.cache, config.hub, config.path(config.cache.dir), catalog, client, records,
-                                   metrics=metrics)
+                cache = ImageCache(
+                    config.cache, config.hub, config.path(config.cache.dir), catalog, client, records, metrics=metrics
+                )
                 await cache.start()
             else:  # no cache, but files from when it was on: those of deleted images go
                 await reconcile(config.path(config.cache.dir), catalog)
             sites = SiteService(config, catalog, stores, clock=clock)
             await sites.load()
             images = ImageService(config, catalog, stores, cache, sites=sites, hub_records=records, clock=clock)
-            hub = (HubLink(config, catalog, stores, cache, images, client, records, metrics, clock=clock)
-                   if client is not None and records is not None else None)
-            imports = ImportService(config, catalog, dict(stores), images, build_steps(config), build_uri_filter(config),
-                                    sites=sites, hub=hub,
-                                    observe_plugin=lambda name, secs: metrics.plugin_seconds.labels(name).observe(secs))
-            scrubber = Scrubber(catalog, stores, interval=config.scrubber.interval,
-                                rate_bytes_per_s=config.scrubber.rate_mib_per_s * float(1 << 20),
-                                on_checked=metrics.scrub_checked.inc, on_mismatch=metrics.scrub_mismatches.inc,
-                                cache=cache, repair=hub.pin if hub is not None else None, clock=clock)
+            hub = (
+                HubLink(config, catalog, stores, cache, images, client, records, metrics, clock=clock)
+                if client is not None and records is not None
+                else None
+            )
+            imports = ImportService(
+                config,
+                catalog,
+                dict(stores),
+                images,
+                build_steps(config),
+                build_uri_filter(config),
+                sites=sites,
+                hub=hub,
+                observe_plugin=lambda name, secs: metrics.plugin_seconds.labels(name).observe(secs),
+            )
+            scrubber = Scrubber(
+                catalog,
+                stores,
+                interval=config.scrubber.interval,
+                rate_bytes_per_s=config.scrubber.rate_mib_per_s * float(1 << 20),
+                on_checked=metrics.scrub_checked.inc,
+                on_mismatch=metrics.scrub_mismatches.inc,
+                cache=cache,
+                repair=hub.pin if hub is not None else None,
+                clock=clock,
+            )
             bundles = BundleService(config, catalog, stores, images)
-            inbox = Inbox(config.path(config.inbox.dir), store=config.inbox.store, settle_seconds=config.inbox.settle_seconds,
-                          bundles=bundles, images=images, imports=imports) if config.inbox.dir else None
+            inbox = (
+                Inbox(
+                    config.path(config.inbox.dir),
+                    store=config.inbox.store,
+                    settle_seconds=config.inbox.settle_seconds,
+                    bundles=bundles,
+                    images=images,
+                    imports=imports,
+                )
+                if config.inbox.dir
+                else None
+            )
             await imports.recover()  # first: interrupted imports release their images
             await bundles.recover()
             await images.recover()
             try:
-                yield Services(config=config, catalog=catalog, stores=stores, images=images, imports=imports, auth=auth,
-                               events=events, metrics=metrics, scrubber=scrubber, cache=cache, bundles=bundles, inbox=inbox,
-                               sites=sites, hub=hub, hub_records=records)
+                yield Services(
+                    config=config,
+                    catalog=catalog,
+                    stores=stores,
+                    images=images,
+                    imports=imports,
+                    auth=auth,
+                    events=events,
+                    metrics=metrics,
+                    scrubber=scrubber,
+                    cache=cache,
+                    bundles=bundles,
+                    inbox=inbox,
+                    sites=sites,
+                    hub=hub,
+                    hub_records=records,
+                )
             finally:
                 await imports.close()
                 if cache is not None:

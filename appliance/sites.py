@@ -13,7 +13,8 @@ from __future__ import annotations
 import builtins  # SiteService.list shadows list in the class body
 import json
 import logging
-from typing import Any, Collection, Sequence
+from collections.abc import Collection, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from appliance import policy
@@ -73,8 +74,10 @@ def _site_stores(value: Any) -> tuple[dict[str, str], ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or len(value) > MAX_SITE_STORES:
-        raise BadRequest("'stores' must be a list of at most %d objects like {\"id\": \"local\", \"description\": \"...\"}"
-                         % MAX_SITE_STORES)
+        raise BadRequest(
+            '\'stores\' must be a list of at most %d objects like {"id": "local", "description": "..."}'
+            % MAX_SITE_STORES
+        )
     out = []
     for item in value:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
@@ -88,7 +91,9 @@ def _api_url(body: dict[str, Any]) -> str:
     if url:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-            raise BadRequest("'api_url' must be the site's http(s) API URL like https://dcn0.example.org:9292, got %r" % url)
+            raise BadRequest(
+                "'api_url' must be the site's http(s) API URL like https://dcn0.example.org:9292, got %r" % url
+            )
     return url
 
 
@@ -102,8 +107,9 @@ def _cache(body: dict[str, Any]) -> dict[str, Any]:
 
 
 class SiteService:
-    def __init__(self, config: Config, catalog: Catalog, local_stores: Collection[str],
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, config: Config, catalog: Catalog, local_stores: Collection[str], clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._config = config
         self._catalog = catalog
         self._local = frozenset(local_stores)
@@ -128,8 +134,9 @@ class SiteService:
             return
         for site in await self._catalog.list_sites():
             if site.name in self._local:
-                log.warning("sites: site %s has the name of a store of this hub; the store wins, the site is ignored",
-                            site.name)
+                log.warning(
+                    "sites: site %s has the name of a store of this hub; the store wins, the site is ignored", site.name
+                )
             else:
                 self._names.add(site.name)
 
@@ -159,8 +166,13 @@ class SiteService:
 
     async def assign_copies(self, image: Image, sites: Sequence[str]) -> None:
         """copy-image to sites: each pulls the image on its next sync and reports back."""
-        await self._catalog.assign(image.id, sites, COPY, self._now(), [
-            ListEdit(IMPORTING_TO, add=tuple(sites)), ListEdit(FAILED_IMPORT, remove=tuple(sites))])
+        await self._catalog.assign(
+            image.id,
+            sites,
+            COPY,
+            self._now(),
+            [ListEdit(IMPORTING_TO, add=tuple(sites)), ListEdit(FAILED_IMPORT, remove=tuple(sites))],
+        )
         log.info("image %s assigned to site(s) %s", image.id, ", ".join(sites))
 
     async def remove_copy(self, image: Image, site: str) -> None:
@@ -168,16 +180,23 @@ class SiteService:
         site drops its copy on its next sync. A copy still pending is cancelled the same way."""
         if site not in image.stores and (await self.pending(image.id)).get(site) != COPY:
             raise NotFound("Image %s has no data in store %s" % (image.id, site))
-        await self._catalog.assign(image.id, [site], REMOVE, self._now(), [ListEdit(IMPORTING_TO, remove=(site,), drop_empty=True)],
-                                   remove_locations=True)
+        await self._catalog.assign(
+            image.id,
+            [site],
+            REMOVE,
+            self._now(),
+            [ListEdit(IMPORTING_TO, remove=(site,), drop_empty=True)],
+            remove_locations=True,
+        )
         log.info("image %s: removal of the copy at site %s assigned", image.id, site)
 
     # -- the sites API ------------------------------------------------------------------------
 
     def _check_enabled(self) -> None:
         if not self.enabled:
-            raise NotFound("The sites API is served by a hub; this appliance runs with [site] role = \"%s\""
-                           % self._config.site.role)
+            raise NotFound(
+                'The sites API is served by a hub; this appliance runs with [site] role = "%s"' % self._config.site.role
+            )
 
     async def register(self, ctx: Context, body: Any) -> Site:
         self._check_enabled()
@@ -186,22 +205,40 @@ class SiteService:
         policy.enforce(ctx, "edge:site_register", {"site": name if isinstance(name, str) else ""})
         name = check_site_name(name)
         if name in self._local or name in RESERVED_NAMES:
-            raise Conflict("Site name %s clashes with a store of this hub (%s); register the site under another name"
-                           % (name, ", ".join(sorted(self._local | RESERVED_NAMES))))
+            raise Conflict(
+                "Site name %s clashes with a store of this hub (%s); register the site under another name"
+                % (name, ", ".join(sorted(self._local | RESERVED_NAMES)))
+            )
         stamp = self._clock.now()
         previous = await self._catalog.get_site(name) if name in self._names else None
-        site = await self._catalog.register_site(Site(
-            name=name, registered_at=stamp, last_seen=stamp, free_bytes=_size(body, "free_bytes"),
-            total_bytes=_size(body, "total_bytes"), version=_text(body, "version"), api_url=_api_url(body),
-            stores=_site_stores(body.get("stores")), cache=_cache(body) if "cache" in body else {},
-        ), keep_cache="cache" not in body)
+        site = await self._catalog.register_site(
+            Site(
+                name=name,
+                registered_at=stamp,
+                last_seen=stamp,
+                free_bytes=_size(body, "free_bytes"),
+                total_bytes=_size(body, "total_bytes"),
+                version=_text(body, "version"),
+                api_url=_api_url(body),
+                stores=_site_stores(body.get("stores")),
+                cache=_cache(body) if "cache" in body else {},
+            ),
+            keep_cache="cache" not in body,
+        )
         if name not in self._names:
             self._names.add(name)
-            log.info("site %s registered (version %s, api %s)", name, site.version or "?", site.api_url or "not advertised")
+            log.info(
+                "site %s registered (version %s, api %s)", name, site.version or "?", site.api_url or "not advertised"
+            )
         elif previous is not None and previous.api_url != site.api_url:
             held = await self._catalog.image_ids_in_store(name)
             await self._catalog.set_location_urls(name, {i: self._location_url(site, i) for i in held})
-            log.info("site %s moved its API to %s; %d location(s) follow", name, site.api_url or "(not advertised)", len(held))
+            log.info(
+                "site %s moved its API to %s; %d location(s) follow",
+                name,
+                site.api_url or "(not advertised)",
+                len(held),
+            )
         return site
 
     @staticmethod
@@ -259,8 +296,10 @@ class SiteService:
         message = message[:MAX_MESSAGE]  # a long error is still a result: keep its start
         site = await self._catalog.get_site(name)
         if (await self.pending(image_id)).get(name) != action:
-            raise Conflict("Site %s has no pending %s assignment for image %s: it was replaced, cancelled or already "
-                           "reported, or the image was deleted" % (name, action, image_id))
+            raise Conflict(
+                "Site %s has no pending %s assignment for image %s: it was replaced, cancelled or already "
+                "reported, or the image was deleted" % (name, action, image_id)
+            )
         if action == REMOVE:
             if status == "failure":
                 # Kept: a site must not hold a copy the hub no longer lists; it tries again next sync.
@@ -270,12 +309,20 @@ class SiteService:
             log.info("site %s removed its copy of image %s", name, image_id)
         elif status == "success":
             await self._catalog.finish_assignment(
-                name, image_id, COPY,
+                name,
+                image_id,
+                COPY,
                 [ListEdit(IMPORTING_TO, remove=(name,), drop_empty=True), ListEdit(FAILED_IMPORT, remove=(name,))],
-                self._now(), location=Location.in_store(name, self._location_url(site, image_id)))
+                self._now(),
+                location=Location.in_store(name, self._location_url(site, image_id)),
+            )
             log.info("site %s holds a verified copy of image %s", name, image_id)
         else:
             await self._catalog.finish_assignment(
-                name, image_id, COPY,
-                [ListEdit(IMPORTING_TO, remove=(name,), drop_empty=True), ListEdit(FAILED_IMPORT, add=(name,))], self._now())
+                name,
+                image_id,
+                COPY,
+                [ListEdit(IMPORTING_TO, remove=(name,), drop_empty=True), ListEdit(FAILED_IMPORT, add=(name,))],
+                self._now(),
+            )
             log.warning("site %s failed to copy image %s: %s", name, image_id, message or "no reason given")

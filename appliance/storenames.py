@@ -6,7 +6,7 @@ edge with a hub, `central` is the hub."""
 
 from __future__ import annotations
 
-from typing import Collection
+from collections.abc import Collection
 
 from appliance.hub.records import HUB_STORE
 from appliance.sites import SiteService

@@ -21,7 +21,8 @@ def check_text(what: str, value: str, max_length: int, *, multiline: bool = Fals
         raise BadRequest("%s is %d characters long; the maximum is %d" % (what, len(value), max_length))
     found = (_CONTROL_MULTILINE if multiline else _CONTROL).search(value)
     if found is not None:
-        raise BadRequest("%s contains U+%04X at position %d: control characters and unpaired surrogates are not "
-                         "allowed%s" % (what, ord(found.group()), found.start(),
-                                        " (tab and line breaks are)" if multiline else ""))
+        raise BadRequest(
+            "%s contains U+%04X at position %d: control characters and unpaired surrogates are not "
+            "allowed%s" % (what, ord(found.group()), found.start(), " (tab and line breaks are)" if multiline else "")
+        )
     return value

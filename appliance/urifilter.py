@@ -66,8 +66,9 @@ METADATA_ADDRESSES = frozenset(
         "192.0.0.192",  # Oracle Cloud Classic
     )
 )
-METADATA_NAMES = frozenset({"metadata.google.internal", "metadata.goog", "metadata", "instance-data",
-                            "instance-data.ec2.internal"})
+METADATA_NAMES = frozenset(
+    {"metadata.google.internal", "metadata.goog", "metadata", "instance-data", "instance-data.ec2.internal"}
+)
 
 
 def _nets(*pairs: tuple[str, str]) -> tuple[tuple[IPNetwork, str], ...]:
@@ -137,7 +138,6 @@ class Decision:
     host: str = ""  # normalized; an IPv6 literal without brackets
     port: int = 0  # effective port: explicit, else the scheme's default (0 if unknown)
     addresses: tuple[str, ...] = ()  # the checked addresses the caller must connect to
-
 
 
 def unsafe_char(text: str) -> str | None:
@@ -252,7 +252,9 @@ class _HostList:
                 pass
             name = _to_ascii(text)
             if name is None or not _valid_name(name) or _ends_in_number(name):
-                raise ConfigError("import.uri_filter.%s: %r is not a host name, IP address or CIDR network" % (key, entry))
+                raise ConfigError(
+                    "import.uri_filter.%s: %r is not a host name, IP address or CIDR network" % (key, entry)
+                )
             names.add(name)
         return cls(frozenset(names), tuple(networks), ", ".join(entries))
 
@@ -280,8 +282,7 @@ def _glance_rule(what: str, shown: str, allow_text: str | None, in_allowed: bool
 
 async def system_resolve(host: str, port: int) -> list[str]:
     """The addresses the system resolver gives for host, in its order of preference."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                          proto=socket.IPPROTO_TCP)
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     return [str(info[4][0]) for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
 
 
@@ -294,7 +295,9 @@ class UriFilter:
         self._hosts_allowed = _HostList.parse("allowed_hosts", config.allowed_hosts)
         self._hosts_denied = _HostList.parse("disallowed_hosts", config.disallowed_hosts)
         for key in ("allowed_ports", "disallowed_ports"):
-            bad = [p for p in getattr(config, key) if isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 65536]
+            bad = [
+                p for p in getattr(config, key) if isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 65536
+            ]
             if bad:
                 raise ConfigError("import.uri_filter.%s: %r is not a port number (1-65535)" % (key, bad[0]))
 
@@ -319,7 +322,9 @@ class UriFilter:
             try:
                 addr = ipaddress.ip_address(answer)
             except ValueError:
-                return self._refused(url, "host %s resolved to an invalid address" % decision.host, decision, " (%r)" % answer)
+                return self._refused(
+                    url, "host %s resolved to an invalid address" % decision.host, decision, " (%r)" % answer
+                )
             if addr not in addresses:
                 addresses.append(addr)
         if not addresses:
@@ -348,8 +353,13 @@ class UriFilter:
         scheme = parts.scheme.lower()
         if not scheme:
             return self._refused(url, "URL has no scheme"), None
-        reason = _glance_rule("scheme", repr(scheme), ", ".join(cfg.allowed_schemes) or None,
-                              scheme in self._schemes_allowed, scheme in self._schemes_denied)
+        reason = _glance_rule(
+            "scheme",
+            repr(scheme),
+            ", ".join(cfg.allowed_schemes) or None,
+            scheme in self._schemes_allowed,
+            scheme in self._schemes_denied,
+        )
         if reason:
             return self._refused(url, reason), None
         # 2. host
@@ -367,8 +377,13 @@ class UriFilter:
         host, literal = parsed
         if literal is None and host in METADATA_NAMES and host not in self._hosts_allowed.names:
             return self._refused(url, "host %s is a cloud metadata service" % host), None
-        reason = _glance_rule("host", host, self._hosts_allowed.shown or None,
-                              self._hosts_allowed.matches(host, literal), self._hosts_denied.matches(host, literal))
+        reason = _glance_rule(
+            "host",
+            host,
+            self._hosts_allowed.shown or None,
+            self._hosts_allowed.matches(host, literal),
+            self._hosts_denied.matches(host, literal),
+        )
         if reason:
             return self._refused(url, reason), None
         # 3. port, only when the URL names one
@@ -377,13 +392,23 @@ class UriFilter:
             if not _PORT.fullmatch(port_text) or not 0 < int(port_text) < 65536:
                 return self._refused(url, "port %s is not a valid port (1-65535)" % port_text), None
             port = int(port_text)
-            reason = _glance_rule("port", str(port), ", ".join(map(str, cfg.allowed_ports)) or None,
-                                  port in cfg.allowed_ports, port in cfg.disallowed_ports)
+            reason = _glance_rule(
+                "port",
+                str(port),
+                ", ".join(map(str, cfg.allowed_ports)) or None,
+                port in cfg.allowed_ports,
+                port in cfg.disallowed_ports,
+            )
             if reason:
                 return self._refused(url, reason), None
         shown_host = "[%s]" % host if isinstance(literal, ipaddress.IPv6Address) else host
-        normalized = "%s://%s%s%s%s" % (scheme, shown_host, "" if port_text is None else ":%d" % port,
-                                        parts.path or "/", "?" + parts.query if parts.query else "")
+        normalized = "%s://%s%s%s%s" % (
+            scheme,
+            shown_host,
+            "" if port_text is None else ":%d" % port,
+            parts.path or "/",
+            "?" + parts.query if parts.query else "",
+        )
         addresses = (host,) if literal is not None else ()
         return Decision(True, "accepted", normalized, host, port, addresses), literal
 
@@ -403,14 +428,17 @@ class UriFilter:
             if target in METADATA_ADDRESSES:
                 if self._hosts_allowed.names_exactly(addr):
                     continue
-                return self._refused(decision.url, "%s a cloud metadata address%s" % (subject, shown), decision, private)
+                return self._refused(
+                    decision.url, "%s a cloud metadata address%s" % (subject, shown), decision, private
+                )
             kind = _classify(target)
             if kind and not (name_listed or self._hosts_allowed.covers(addr)):
                 return self._refused(decision.url, "%s %s address%s" % (subject, kind, shown), decision, private)
             if not self._hosts_allowed and self._hosts_denied.covers(addr):
-                return self._refused(decision.url, "%s an address in disallowed_hosts%s" % (subject, shown), decision, private)
-        return Decision(True, "accepted", decision.url, decision.host, decision.port,
-                        tuple(str(a) for a in addresses))
+                return self._refused(
+                    decision.url, "%s an address in disallowed_hosts%s" % (subject, shown), decision, private
+                )
+        return Decision(True, "accepted", decision.url, decision.host, decision.port, tuple(str(a) for a in addresses))
 
 
 def _split_netloc(netloc: str) -> tuple[str, str | None]:
@@ -419,7 +447,7 @@ def _split_netloc(netloc: str) -> tuple[str, str | None]:
         end = netloc.find("]")
         if end < 0:
             return netloc, None
-        host, rest = netloc[: end + 1], netloc[end + 1:]
+        host, rest = netloc[: end + 1], netloc[end + 1 :]
         if rest and not rest.startswith(":"):
             return netloc, None  # garbage after ']' makes _parse_host refuse the whole thing
         return host, rest[1:] if rest else None

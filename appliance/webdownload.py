@@ -43,7 +43,6 @@ class FetchFailed(UpstreamUnavailable):
     """The source answered badly or not at all: non-2xx, connection error, timeout, redirects."""
 
 
-
 class PinnedResolver(AbstractResolver):
     """Resolver for aiohttp that answers only with the addresses a Decision approved (no second
     DNS lookup → no rebinding window).  TLS still uses the URL's host name for SNI and
@@ -55,16 +54,25 @@ class PinnedResolver(AbstractResolver):
         self._host = decision.host
         self._addresses = tuple(ipaddress.ip_address(a) for a in decision.addresses)
 
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         if host.rstrip(".").lower() != self._host:
             raise OSError("host %s was not checked (pinned to %s)" % (host, self._host))
         results: list[ResolveResult] = []
         for addr in self._addresses:
             addr_family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
             if family in (socket.AF_UNSPEC, addr_family):
-                results.append(ResolveResult(hostname=host, host=str(addr), port=port, family=addr_family,
-                                             proto=0, flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV))
+                results.append(
+                    ResolveResult(
+                        hostname=host,
+                        host=str(addr),
+                        port=port,
+                        family=addr_family,
+                        proto=0,
+                        flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                    )
+                )
         if not results:
             raise OSError("no checked address of host %s in the requested family" % host)
         return results
@@ -77,7 +85,10 @@ def default_session(connector: aiohttp.BaseConnector) -> aiohttp.ClientSession:
     # No proxies from the environment (they would connect elsewhere), no cookies carried across
     # hops, and the bytes exactly as served: Glance's web-download does not decompress either.
     return aiohttp.ClientSession(
-        connector=connector, connector_owner=True, trust_env=False, auto_decompress=False,
+        connector=connector,
+        connector_owner=True,
+        trust_env=False,
+        auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": "edge-image-appliance/%s" % __version__, "Accept-Encoding": "identity"},
     )
@@ -110,14 +121,19 @@ async def open_download(
         decision = await _approve(uri_filter, shown, current, hop, idle_timeout, deadline)
         async with contextlib.AsyncExitStack() as stack:
             # One connector per hop, answering only with this hop's checked addresses.
-            connector = aiohttp.TCPConnector(resolver=PinnedResolver(decision), use_dns_cache=False,
-                                             force_close=True, ssl=ssl_context if ssl_context is not None else True)
+            connector = aiohttp.TCPConnector(
+                resolver=PinnedResolver(decision),
+                use_dns_cache=False,
+                force_close=True,
+                ssl=ssl_context if ssl_context is not None else True,
+            )
             stack.push_async_callback(connector.close)
             session = await stack.enter_async_context(session_factory(connector))
             try:
                 async with asyncio.timeout_at(deadline):
                     resp = await stack.enter_async_context(
-                        session.get(decision.url, allow_redirects=False, timeout=timeout, proxy=None))
+                        session.get(decision.url, allow_redirects=False, timeout=timeout, proxy=None)
+                    )
             except TimeoutError:
                 raise _timed_out(shown, idle_timeout, total_timeout, deadline) from None
             except aiohttp.ClientError as exc:
@@ -130,16 +146,17 @@ async def open_download(
                 status = ("HTTP %d %s" % (resp.status, resp.reason or "")).rstrip()
                 raise FetchFailed("web-download of %s failed: %s" % (shown, status))
             if resp.content_length is not None and resp.content_length > max_bytes:
-                raise TooLarge("web-download of %s: %d bytes exceeds the %d-byte limit"
-                               % (shown, resp.content_length, max_bytes))
+                raise TooLarge(
+                    "web-download of %s: %d bytes exceeds the %d-byte limit" % (shown, resp.content_length, max_bytes)
+                )
             yield resp, _chunks(shown, resp, max_bytes, idle_timeout, total_timeout, deadline)
             return
     raise FetchFailed("web-download of %s failed: more than %d redirects" % (shown, max_redirects))
 
 
-
-async def _approve(uri_filter: UriFilter, url: str, current: str, hop: int, idle_timeout: float,
-                   deadline: float | None) -> Decision:
+async def _approve(
+    uri_filter: UriFilter, url: str, current: str, hop: int, idle_timeout: float, deadline: float | None
+) -> Decision:
     try:
         async with asyncio.timeout_at(deadline):
             async with asyncio.timeout(idle_timeout):
@@ -148,13 +165,19 @@ async def _approve(uri_filter: UriFilter, url: str, current: str, hop: int, idle
         raise FetchFailed("web-download of %s failed: resolving %s timed out" % (url, printable(current))) from None
     scheme = decision.url.split(":", 1)[0]
     if decision.allowed and scheme not in FETCHABLE_SCHEMES:
-        decision = Decision(False, "scheme %r cannot be downloaded (only http, https)" % scheme,
-                            decision.url, decision.host, decision.port)
+        decision = Decision(
+            False,
+            "scheme %r cannot be downloaded (only http, https)" % scheme,
+            decision.url,
+            decision.host,
+            decision.port,
+        )
     if not decision.allowed:
         if hop == 0:
             raise UriRefused("web-download of %s refused: %s" % (url, decision.reason), decision)
-        raise UriRefused("web-download of %s refused: redirect to %s: %s"
-                         % (url, printable(current), decision.reason), decision)
+        raise UriRefused(
+            "web-download of %s refused: redirect to %s: %s" % (url, printable(current), decision.reason), decision
+        )
     return decision
 
 
@@ -169,8 +192,14 @@ def _redirect_target(url: str, current: str, resp: aiohttp.ClientResponse) -> st
     return urljoin(current, location)
 
 
-async def _chunks(url: str, resp: aiohttp.ClientResponse, max_bytes: int, idle_timeout: float,
-                  total_timeout: float | None, deadline: float | None) -> AsyncIterator[bytes]:
+async def _chunks(
+    url: str,
+    resp: aiohttp.ClientResponse,
+    max_bytes: int,
+    idle_timeout: float,
+    total_timeout: float | None,
+    deadline: float | None,
+) -> AsyncIterator[bytes]:
     received = 0
     while True:
         # The deadline wraps each read only, never a yield, so it cannot cancel the consumer.

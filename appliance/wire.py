@@ -18,7 +18,9 @@ _INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
 
 def _bounded_int(text: str) -> int:
     if len(text) > 20 or not -INT64_MAX - 1 <= (value := int(text)) <= INT64_MAX:
-        raise ValueError("the integer %s%s is out of range (at most %d)" % (text[:24], "..." if len(text) > 24 else "", INT64_MAX))
+        raise ValueError(
+            "the integer %s%s is out of range (at most %d)" % (text[:24], "..." if len(text) > 24 else "", INT64_MAX)
+        )
     return value
 
 

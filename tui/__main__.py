@@ -14,10 +14,15 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-tui", description="Operator UI for the Edge Image Appliance daemon")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--url", help="daemon API, http://host:port (or unix:PATH); default: the local Unix socket")
-    where.add_argument("--socket", help="the daemon's Unix socket (default: $EDGE_APPLIANCE_SOCKET, else "
-                       "./var/appliance.sock if it exists, else /var/lib/edge-appliance/appliance.sock)")
+    where.add_argument(
+        "--socket",
+        help="the daemon's Unix socket (default: $EDGE_APPLIANCE_SOCKET, else "
+        "./var/appliance.sock if it exists, else /var/lib/edge-appliance/appliance.sock)",
+    )
     token = p.add_mutually_exclusive_group()
-    token.add_argument("--token", help="admin token sent as X-Auth-Token (not needed on the socket as root or the daemon's user)")
+    token.add_argument(
+        "--token", help="admin token sent as X-Auth-Token (not needed on the socket as root or the daemon's user)"
+    )
     token.add_argument("--token-file", type=Path, help="read the token from this file")
     p.add_argument("--read-only", action="store_true", help="hide every action that changes the daemon")
     p.add_argument("--refresh", type=float, default=1.5, metavar="SECONDS", help="poll interval (default 1.5)")
@@ -35,13 +40,15 @@ def config_from_args(argv: list[str] | None = None) -> TuiConfig:
     url: str | None = args.url
     socket: str | None = args.socket
     if url is not None and url.startswith("unix:"):
-        socket = url[len("unix:"):]
+        socket = url[len("unix:") :]
         url = None
     if url is None and socket is None:
         socket = default_socket()
     if args.refresh <= 0:
         raise SystemExit("edge-tui: --refresh must be positive")
-    return TuiConfig(url=url, socket=socket, token=token or None, read_only=args.read_only, refresh_seconds=args.refresh)
+    return TuiConfig(
+        url=url, socket=socket, token=token or None, read_only=args.read_only, refresh_seconds=args.refresh
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

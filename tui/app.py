@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
@@ -56,8 +56,14 @@ log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 
-PANES = (("overview", "Overview"), ("images", "Images"), ("queues", "Queues"), ("cache", "Cache"), ("events", "Events"),
-         ("sites", "Sites"))
+PANES = (
+    ("overview", "Overview"),
+    ("images", "Images"),
+    ("queues", "Queues"),
+    ("cache", "Cache"),
+    ("events", "Events"),
+    ("sites", "Sites"),
+)
 # Each action that changes the daemon, and the screen (pane) it belongs to and acts from.
 PANE_ACTIONS = {action: "images" for action in ImagesPane.ACTIONS} | {action: "cache" for action in CachePane.ACTIONS}
 FILTERABLE = frozenset({"images", "events"})
@@ -86,7 +92,7 @@ class ApplianceTui(App[None]):
     TITLE = "Edge Image Appliance"
     # Every key of the main screen, the panes' actions too: one key map, so that a pane's keys
     # work wherever the focus is on it (the tab bar too) and the footer lists them in this order.
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("1", "show_pane('overview')", "Overview", show=False),
         Binding("2", "show_pane('images')", "Images", show=False),
         Binding("3", "show_pane('queues')", "Queues", show=False),
@@ -125,8 +131,15 @@ class ApplianceTui(App[None]):
         self._banner_up = False
         self._going_back = False
 
-    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
-               timeout: float | None = None, markup: bool = False) -> None:
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
         """Every toast is plain text (most carry the daemon's names, messages or errors): never
         markup, control characters made visible."""
         super().notify(visible(message), title=visible(title), severity=severity, timeout=timeout, markup=False)
@@ -283,7 +296,10 @@ class ApplianceTui(App[None]):
     def request_detail(self, image_id: str, again: bool = False) -> None:
         """Load the highlighted image's detail, unless that load is already under way; a load
         for another image is cancelled (exclusive): the cursor has moved on."""
-        running = self._detail_worker is not None and self._detail_worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
+        running = self._detail_worker is not None and self._detail_worker.state in (
+            WorkerState.PENDING,
+            WorkerState.RUNNING,
+        )
         if running and self._detail_id == image_id:
             return
         if not again and not running and self._detail_id == image_id and self.images_pane.has_detail(image_id):
@@ -309,8 +325,12 @@ class ApplianceTui(App[None]):
     def on_status_loaded(self, message: StatusLoaded) -> None:
         status = message.status
         site = status.get("site") or {}
-        self.sub_title = "%s (%s) · %s%s" % (visible(site.get("name", "?")), visible(site.get("role", "?")),
-                                             visible(self.client.target), " · read-only" if self.config.read_only else "")
+        self.sub_title = "%s (%s) · %s%s" % (
+            visible(site.get("name", "?")),
+            visible(site.get("role", "?")),
+            visible(self.client.target),
+            " · read-only" if self.config.read_only else "",
+        )
         if self._banner_up:
             self._banner_up = False
             self.query_one("#banner", Static).add_class("-hidden")
@@ -491,7 +511,14 @@ class ApplianceTui(App[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if isinstance(self.screen, ModalScreen):
             # A dialog owns the keys; underneath nothing switches or acts (ctrl+q still quits).
-            return action not in PANE_ACTIONS and action not in ("show_pane", "filter", "back", "refresh", "help", "quit_key")
+            return action not in PANE_ACTIONS and action not in (
+                "show_pane",
+                "filter",
+                "back",
+                "refresh",
+                "help",
+                "quit_key",
+            )
         if action in PANE_ACTIONS:
             if self._active != PANE_ACTIONS[action]:
                 return False
@@ -513,17 +540,39 @@ class ApplianceTui(App[None]):
         for number, (pane, title) in enumerate(PANES, start=1):
             if pane == "sites" and not is_hub(self.status):
                 continue
-            yield SystemCommand("Show %s" % title, "Switch to the %s screen (key %d)" % (title, number), partial(self.action_show_pane, pane))
+            yield SystemCommand(
+                "Show %s" % title,
+                "Switch to the %s screen (key %d)" % (title, number),
+                partial(self.action_show_pane, pane),
+            )
         yield SystemCommand("Refresh now", "Ask the daemon again (key r)", self.action_refresh)
         if not self.config.read_only:
             yield SystemCommand("Import image from URL", "web-download into this site (key n)", self.action_import_url)
-            yield SystemCommand("Copy image to a store", "copy-image for the highlighted image (key c)", self.action_copy_to_store)
-            yield SystemCommand("Delete image from a store", "remove one store's copy of the highlighted image (key x)", self.action_delete_from_store)
+            yield SystemCommand(
+                "Copy image to a store", "copy-image for the highlighted image (key c)", self.action_copy_to_store
+            )
+            yield SystemCommand(
+                "Delete image from a store",
+                "remove one store's copy of the highlighted image (key x)",
+                self.action_delete_from_store,
+            )
             yield SystemCommand("Delete image", "delete the highlighted image (key d)", self.action_delete_image)
             if cache_enabled(self.status):
-                yield SystemCommand("Queue image for caching", "prefetch the highlighted image into the cache (key p)", self.action_cache_image)
-                yield SystemCommand("Remove from cache", "drop the highlighted cached copy or queued image (key x on Cache)", self.action_cache_remove)
-                yield SystemCommand("Clear cache", "drop every cached copy, the queue, or both (key X on Cache)", self.action_cache_clear)
+                yield SystemCommand(
+                    "Queue image for caching",
+                    "prefetch the highlighted image into the cache (key p)",
+                    self.action_cache_image,
+                )
+                yield SystemCommand(
+                    "Remove from cache",
+                    "drop the highlighted cached copy or queued image (key x on Cache)",
+                    self.action_cache_remove,
+                )
+                yield SystemCommand(
+                    "Clear cache",
+                    "drop every cached copy, the queue, or both (key X on Cache)",
+                    self.action_cache_clear,
+                )
 
     # -- the panes' actions, for the keys above and the command palette ---------------------
 
@@ -549,7 +598,9 @@ class ApplianceTui(App[None]):
         self.cache_pane.action_cache_clear()
 
 
-def make_app(config: TuiConfig, client: DaemonApi | None = None, clock: Callable[[], float] = time.time) -> ApplianceTui:
+def make_app(
+    config: TuiConfig, client: DaemonApi | None = None, clock: Callable[[], float] = time.time
+) -> ApplianceTui:
     """The app for `edge-tui` and for tests; `client` replaces the HTTP client and `clock` the
     wall clock (snapshot tests)."""
     return ApplianceTui(config, client if client is not None else HttpDaemonClient(config), clock)

@@ -6,10 +6,10 @@ behaviour use the real one against a real daemon; snapshot tests inject a fixed-
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from typing import Any, AsyncIterator, Protocol
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -94,7 +94,9 @@ class HttpDaemonClient:
                 connector = aiohttp.UnixConnector(path=self._config.socket)
             else:
                 connector = aiohttp.TCPConnector(limit=8)
-            timeout = aiohttp.ClientTimeout(total=self._config.timeout_seconds, connect=min(5.0, self._config.timeout_seconds))
+            timeout = aiohttp.ClientTimeout(
+                total=self._config.timeout_seconds, connect=min(5.0, self._config.timeout_seconds)
+            )
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self._headers)
         return self._session
 
@@ -104,8 +106,14 @@ class HttpDaemonClient:
             await self._session.close()
         self._session = None
 
-    async def _call(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200,),
-                    headers: dict[str, str] | None = None) -> Any:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        expect: tuple[int, ...] = (200,),
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         session = self._open()
         try:
             async with session.request(method, self._base + path, json=body, headers=headers) as resp:
@@ -117,7 +125,7 @@ class HttpDaemonClient:
             raise DaemonUnavailable(str(exc.os_error) if exc.os_error else str(exc)) from None
         except aiohttp.ClientError as exc:  # dropped connection, bad payload, ...
             raise DaemonUnavailable(str(exc) or type(exc).__name__) from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DaemonUnavailable("no answer within %g s" % self._config.timeout_seconds) from None
 
     # -- reads ----------------------------------------------------------------------------

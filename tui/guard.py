@@ -34,7 +34,7 @@ def while_running(handler: Handler) -> Handler:
         failing = _failing.setdefault(app, set())
         try:
             handler(self, *args)
-        except Exception as exc:  # noqa: BLE001 - contained: one view fails, the app stays
+        except Exception as exc:
             log.exception("cannot show the result in %s", name)
             if name not in failing:
                 failing.add(name)
@@ -48,5 +48,6 @@ def while_running(handler: Handler) -> Handler:
 def report_worker_error(node: MessagePump, event: Worker.StateChanged) -> None:
     """A worker ended with an exception (workers run with exit_on_error=False): say so."""
     if event.state == WorkerState.ERROR:
-        node.app.notify(str(event.worker.error), title="Internal error in %s" % event.worker.name, severity="error",
-                        markup=False)
+        node.app.notify(
+            str(event.worker.error), title="Internal error in %s" % event.worker.name, severity="error", markup=False
+        )

@@ -33,7 +33,10 @@ class Session:
         targets = [(str(s.get("id")), str(s.get("description") or "")) for s in self.status.get("stores") or []]
         hub = self.status.get("hub") or {}
         if is_hub(self.status):
-            targets += [(str(s["name"]), "edge site, %s" % ("online" if s.get("online") else "offline")) for s in self.sites or ()]
+            targets += [
+                (str(s["name"]), "edge site, %s" % ("online" if s.get("online") else "offline"))
+                for s in self.sites or ()
+            ]
         elif hub.get("configured"):
             targets.append(("central", "the hub %s: sends an image made here to it" % hub.get("url", "")))
         return targets

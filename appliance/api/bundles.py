@@ -22,8 +22,9 @@ async def import_bundle(request: web.Request) -> web.Response:
     bundles = request.app[BUNDLES]
     bundles.authorize(request[CONTEXT])  # before a byte of the body is read, and nothing drained
     if request.content_type not in BUNDLE_MEDIA_TYPES:
-        raise UnsupportedMediaType("Unsupported Content-Type %r for a bundle; send application/octet-stream"
-                                   % request.content_type)
+        raise UnsupportedMediaType(
+            "Unsupported Content-Type %r for a bundle; send application/octet-stream" % request.content_type
+        )
     try:
         report = await bundles.import_stream(request[CONTEXT], body_chunks(request), request.query.get("store"))
     except ApplianceError:

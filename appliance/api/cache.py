@@ -24,7 +24,9 @@ def _admin(request: web.Request) -> CacheAdmin:
 @routes.get("/v2/cache")
 async def list_cache(request: web.Request) -> web.Response:
     entries, queued = await _admin(request).listing(request[CONTEXT])
-    return web.json_response({"cached_images": [_entry(e) for e in entries], "queued_images": [q.image_id for q in queued]})
+    return web.json_response(
+        {"cached_images": [_entry(e) for e in entries], "queued_images": [q.image_id for q in queued]}
+    )
 
 
 @routes.put("/v2/cache/{image_id}")
@@ -35,7 +37,9 @@ async def queue_image(request: web.Request) -> web.Response:
 
 @routes.delete("/v2/cache/{image_id}")
 async def delete_image(request: web.Request) -> web.Response:
-    await _admin(request).remove(request[CONTEXT], request.match_info["image_id"], request.headers.get(CLEAR_TARGET_HEADER))
+    await _admin(request).remove(
+        request[CONTEXT], request.match_info["image_id"], request.headers.get(CLEAR_TARGET_HEADER)
+    )
     return web.Response(status=204)
 
 
@@ -64,22 +68,37 @@ async def overview(request: web.Request) -> web.Response:
     summary = cache_summary(cache, request.app[IMAGES].config.cache)  # the running config (reloads apply)
     if cache is None:
         return web.json_response({**summary, "entries": [], "queue": [], "fills": []})
-    return web.json_response({
-        **summary,
-        "entries": [_entry(e) for e in cache.entries()],
-        "queue": [
-            {"image_id": q.image_id, "queued_at": q.queued_at, "attempts": q.attempts, "last_error": q.last_error,
-             "next_attempt_at": q.next_attempt_at}
-            for q in await cache.queued()
-        ],
-        "fills": [{"image_id": i, "bytes_done": done, "bytes_total": total} for i, (done, total) in cache.fills().items()],
-    })
+    return web.json_response(
+        {
+            **summary,
+            "entries": [_entry(e) for e in cache.entries()],
+            "queue": [
+                {
+                    "image_id": q.image_id,
+                    "queued_at": q.queued_at,
+                    "attempts": q.attempts,
+                    "last_error": q.last_error,
+                    "next_attempt_at": q.next_attempt_at,
+                }
+                for q in await cache.queued()
+            ],
+            "fills": [
+                {"image_id": i, "bytes_done": done, "bytes_total": total} for i, (done, total) in cache.fills().items()
+            ],
+        }
+    )
 
 
 def _entry(e: CacheEntry) -> dict[str, object]:
     # Glance's shape (last_modified: when it was cached), plus cached_at under its own name.
-    return {"image_id": e.image_id, "hits": e.hits, "last_accessed": e.last_accessed, "last_modified": e.cached_at,
-            "cached_at": e.cached_at, "size": e.size}
+    return {
+        "image_id": e.image_id,
+        "hits": e.hits,
+        "last_accessed": e.last_accessed,
+        "last_modified": e.cached_at,
+        "cached_at": e.cached_at,
+        "size": e.size,
+    }
 
 
 def cache_summary(cache: ImageCache | None, config: CacheConfig) -> dict[str, object]:

@@ -9,7 +9,7 @@ from aiohttp import web
 from appliance import __version__, wire
 from appliance.api import schemas
 from appliance.api.cache import cache_summary
-from appliance.api.keys import CACHE, CONFIG, HUB, EVENTS, IMAGES, IMPORTS, METRICS, STARTED
+from appliance.api.keys import CACHE, CONFIG, EVENTS, HUB, IMAGES, IMPORTS, METRICS, STARTED
 from appliance.api.middleware import CONTEXT
 from appliance.errors import BadRequest
 
@@ -22,21 +22,24 @@ async def status(request: web.Request) -> web.Response:
     images = request.app[IMAGES]
     catalog_counts = await images.site_counts(request[CONTEXT])
     hub = request.app[HUB]
-    return web.json_response({
-        "site": {"name": config.site.name, "role": config.site.role},
-        "version": __version__,
-        "uptime_seconds": int(time.monotonic() - request.app[STARTED]),
-        "hub": hub.status() if hub is not None else
-        {"configured": False, "state": "none", "last_sync": None, "last_error": None},
-        "cache": cache_summary(request.app[CACHE], config.cache) if request.app[CACHE] is not None else None,
-        "stores": [
-            schemas.store_usage_to_json(store.name, store.description, store.name == images.default_store, usage)
-            for store, usage in images.stores_info()
-        ],
-        "images": catalog_counts["images"],
-        "tasks": catalog_counts["tasks"],
-        "imports_running": request.app[IMPORTS].running_count(),
-    })
+    return web.json_response(
+        {
+            "site": {"name": config.site.name, "role": config.site.role},
+            "version": __version__,
+            "uptime_seconds": int(time.monotonic() - request.app[STARTED]),
+            "hub": hub.status()
+            if hub is not None
+            else {"configured": False, "state": "none", "last_sync": None, "last_error": None},
+            "cache": cache_summary(request.app[CACHE], config.cache) if request.app[CACHE] is not None else None,
+            "stores": [
+                schemas.store_usage_to_json(store.name, store.description, store.name == images.default_store, usage)
+                for store, usage in images.stores_info()
+            ],
+            "images": catalog_counts["images"],
+            "tasks": catalog_counts["tasks"],
+            "imports_running": request.app[IMPORTS].running_count(),
+        }
+    )
 
 
 @routes.get("/v2/edge/events")
@@ -48,9 +51,14 @@ async def events(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     found = event_log.since(since, max(1, min(limit, 2000)))
-    return web.json_response({"events": [
-        {"seq": e.seq, "time": e.time, "level": e.level, "source": e.source, "message": e.message} for e in found
-    ]})
+    return web.json_response(
+        {
+            "events": [
+                {"seq": e.seq, "time": e.time, "level": e.level, "source": e.source, "message": e.message}
+                for e in found
+            ]
+        }
+    )
 
 
 @routes.get("/metrics")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -28,7 +29,8 @@ IMAGE_FILE_CHUNK = 1 << 20
 async def read_json(request: web.Request, media_types: tuple[str, ...] = ("application/json",)) -> Any:
     if request.content_type not in media_types:
         raise UnsupportedMediaType(
-            "Unsupported Content-Type %r for %s %s; expected %s" % (request.content_type, request.method, request.path, " or ".join(media_types))
+            "Unsupported Content-Type %r for %s %s; expected %s"
+            % (request.content_type, request.method, request.path, " or ".join(media_types))
         )
     raw = await request.read()
     try:
@@ -164,7 +166,9 @@ async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
             elif content.at_eof():
                 break
     except (ClientPayloadError, HttpProcessingError, ConnectionError, asyncio.IncompleteReadError) as exc:
-        raise BadRequest("The request body broke off after %d bytes: %s" % (received, exc or type(exc).__name__)) from None
+        raise BadRequest(
+            "The request body broke off after %d bytes: %s" % (received, exc or type(exc).__name__)
+        ) from None
     expected = request.content_length
     if expected is not None and received < expected:
         raise BadRequest("The request body ended after %d of the %d bytes in Content-Length" % (received, expected))
@@ -200,8 +204,9 @@ class CountedFileResponse(web.FileResponse):
     """sendfile, plus a count of the bytes actually answered (the whole file or the range), and
     a `release` call once the file is sent (a cache entry is not evicted while it is read)."""
 
-    def __init__(self, path: Path, count: Callable[[int], None], release: Callable[[], None] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, path: Path, count: Callable[[int], None], release: Callable[[], None] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(path, **kwargs)
         self._count = count
         self._release = release
@@ -231,8 +236,10 @@ def _requested_range(request: web.Request) -> slice | None:
         byte_range = request.http_range
     except ValueError:
         # FileResponse answers 416 to these too (RFC 9110 14.2 allows it), so every path agrees.
-        raise RangeNotSatisfiable("Unsupported Range %r: send one range, bytes=FIRST-LAST, bytes=FIRST- or "
-                                  "bytes=-SUFFIX" % request.headers["Range"][:100]) from None
+        raise RangeNotSatisfiable(
+            "Unsupported Range %r: send one range, bytes=FIRST-LAST, bytes=FIRST- or "
+            "bytes=-SUFFIX" % request.headers["Range"][:100]
+        ) from None
     return EMPTY_RANGE if _EMPTY_SUFFIX.fullmatch(request.headers["Range"].strip()) else byte_range
 
 
@@ -255,11 +262,15 @@ async def download(request: web.Request) -> web.StreamResponse:
         headers["Content-MD5"] = found.image.checksum
     served = request.app[METRICS].bytes_served.labels(found.source)
     if found.path is not None:
-        return CountedFileResponse(found.path, served.inc, release=found.release, chunk_size=IMAGE_FILE_CHUNK, headers=headers)
+        return CountedFileResponse(
+            found.path, served.inc, release=found.release, chunk_size=IMAGE_FILE_CHUNK, headers=headers
+        )
     return await _stream(request, found, headers, served.inc)
 
 
-async def _stream(request: web.Request, found: Download, headers: dict[str, str], count: Callable[[int], None]) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, found: Download, headers: dict[str, str], count: Callable[[int], None]
+) -> web.StreamResponse:
     """Relay a stream (a cache fill being followed, or bytes from the hub). If the stream breaks,
     the connection is dropped short of Content-Length: the client sees a failed download,
     never a complete one."""

@@ -19,19 +19,23 @@ routes = web.RouteTableDef()
 
 @routes.get("/v2/info/import")
 async def import_info(request: web.Request) -> web.Response:
-    return web.json_response({
-        "import-methods": {
-            "description": "Import methods available.",
-            "type": "array",
-            "value": list(request.app[IMPORTS].enabled_methods),
+    return web.json_response(
+        {
+            "import-methods": {
+                "description": "Import methods available.",
+                "type": "array",
+                "value": list(request.app[IMPORTS].enabled_methods),
+            }
         }
-    })
+    )
 
 
 @routes.put("/v2/images/{image_id}/stage")
 async def stage(request: web.Request) -> web.Response:
     if request.content_type != "application/octet-stream":
-        raise UnsupportedMediaType("Unsupported Content-Type %r for staged data; send application/octet-stream" % request.content_type)
+        raise UnsupportedMediaType(
+            "Unsupported Content-Type %r for staged data; send application/octet-stream" % request.content_type
+        )
     size = request.headers.get("x-openstack-image-size")
     try:
         length = request.content_length if size is None else wire.parse_int(size.strip(), "x-openstack-image-size")
@@ -75,7 +79,9 @@ async def image_tasks(request: web.Request) -> web.Response:
 @routes.get("/v2/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
     tasks = await request.app[IMPORTS].list_tasks(request[CONTEXT])
-    return web.json_response({"tasks": [_task_json(request, t) for t in tasks], "first": "/v2/tasks", "schema": "/v2/schemas/tasks"})
+    return web.json_response(
+        {"tasks": [_task_json(request, t) for t in tasks], "first": "/v2/tasks", "schema": "/v2/schemas/tasks"}
+    )
 
 
 @routes.get("/v2/tasks/{task_id}")

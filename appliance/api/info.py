@@ -15,8 +15,24 @@ routes = web.RouteTableDef()
 # commands by looking for these ids.
 CURRENT_VERSION = "2.18"
 SUPPORTED_VERSIONS = (
-    "2.17", "2.16", "2.15", "2.14", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8", "2.7", "2.6",
-    "2.5", "2.4", "2.3", "2.2", "2.1", "2.0",
+    "2.17",
+    "2.16",
+    "2.15",
+    "2.14",
+    "2.13",
+    "2.12",
+    "2.11",
+    "2.10",
+    "2.9",
+    "2.8",
+    "2.7",
+    "2.6",
+    "2.5",
+    "2.4",
+    "2.3",
+    "2.2",
+    "2.1",
+    "2.0",
 )
 
 
@@ -70,19 +86,29 @@ async def schema(request: web.Request) -> web.Response:
 @routes.get("/v2/info/stores")
 async def stores(request: web.Request) -> web.Response:
     service = request.app[IMAGES]
-    return web.json_response({
-        "stores": [
-            schemas.store_to_json(store.name, store.description, store.name == service.default_store, usage)
-            for store, usage in service.stores_info()
-        ] + [schemas.site_store_to_json(name) for name in service.stores.sites()] + _hub_store(request)
-    })
+    return web.json_response(
+        {
+            "stores": [
+                schemas.store_to_json(store.name, store.description, store.name == service.default_store, usage)
+                for store, usage in service.stores_info()
+            ]
+            + [schemas.site_store_to_json(name) for name in service.stores.sites()]
+            + _hub_store(request)
+        }
+    )
 
 
 def _hub_store(request: web.Request) -> list[dict[str, object]]:
     # At an edge with a hub, `central` is where copy-image sends an image created here.
     link = request.app[HUB]
-    return [{"id": name, "description": "The hub (%s): copy-image here sends an image created at this site to it"
-             % (link.client.url if link is not None else "")} for name in request.app[IMAGES].stores.hub()]
+    return [
+        {
+            "id": name,
+            "description": "The hub (%s): copy-image here sends an image created at this site to it"
+            % (link.client.url if link is not None else ""),
+        }
+        for name in request.app[IMAGES].stores.hub()
+    ]
 
 
 @routes.get("/v2/info/stores/detail")
@@ -90,18 +116,27 @@ async def stores_detail(request: web.Request) -> web.Response:
     service = request.app[IMAGES]
     detail = service.stores_detail(request[CONTEXT])
     sites = request.app[SITES]
-    return web.json_response({
-        "stores": [
-            schemas.store_detail_to_json(
-                store.name, store.description, store.name == service.default_store, usage,
-                str(getattr(store, "path", "")),
-            )
-            for store, usage in detail
-        ] + [schemas.site_store_detail_to_json(site, sites.online(site)) for site in await sites.sites()] + _hub_store(request)
-    })
+    return web.json_response(
+        {
+            "stores": [
+                schemas.store_detail_to_json(
+                    store.name,
+                    store.description,
+                    store.name == service.default_store,
+                    usage,
+                    str(getattr(store, "path", "")),
+                )
+                for store, usage in detail
+            ]
+            + [schemas.site_store_detail_to_json(site, sites.online(site)) for site in await sites.sites()]
+            + _hub_store(request)
+        }
+    )
 
 
 @routes.delete("/v2/stores/{store}/{image_id}")
 async def delete_from_store(request: web.Request) -> web.Response:
-    await request.app[IMAGES].delete_from_store(request[CONTEXT], request.match_info["store"], request.match_info["image_id"])
+    await request.app[IMAGES].delete_from_store(
+        request[CONTEXT], request.match_info["store"], request.match_info["image_id"]
+    )
     return web.Response(status=204)

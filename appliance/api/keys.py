@@ -7,11 +7,11 @@ from aiohttp import web
 from appliance.bundles.service import BundleService
 from appliance.cache import ImageCache
 from appliance.config import Config
-from appliance.hublink import HubLink
 from appliance.events import EventLog
-from appliance.metrics import Metrics
+from appliance.hublink import HubLink
 from appliance.images import ImageService
 from appliance.imports import ImportService
+from appliance.metrics import Metrics
 from appliance.sites import SiteService
 
 CONFIG = web.AppKey("config", Config)

@@ -48,8 +48,11 @@ class ConnectionLimits:
 def raw_response(status: int, title: str, message: str) -> bytes:
     """A complete HTTP/1.1 answer with Glance's JSON error shape, ending the connection."""
     body = json.dumps({"code": "%d %s" % (status, title), "title": title, "message": message}).encode()
-    head = ("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-            % (status, title, len(body)))
+    head = "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (
+        status,
+        title,
+        len(body),
+    )
     return head.encode() + body
 
 
@@ -62,8 +65,9 @@ class Listener:
         self.limits = limits
         self.max_connections = max_connections
         self.open = 0
-        self._refusal = raw_response(503, "Service Unavailable",
-                                     "Too many connections to this listener (%d); try again later" % max_connections)
+        self._refusal = raw_response(
+            503, "Service Unavailable", "Too many connections to this listener (%d); try again later" % max_connections
+        )
 
     def __call__(self) -> asyncio.BaseProtocol:
         if self.open >= self.max_connections:
@@ -74,7 +78,7 @@ class Listener:
         self.open += 1
         # Server keeps the handler arguments (keep-alive timeout, read buffer, access log...)
         # that AppRunner and Application.handler_args gave it.
-        return GuardedHandler(self, self.server, loop=asyncio.get_running_loop(), **self.server._kwargs)  # noqa: SLF001
+        return GuardedHandler(self, self.server, loop=asyncio.get_running_loop(), **self.server._kwargs)
 
 
 class _Refusal(asyncio.Protocol):
@@ -143,8 +147,12 @@ class GuardedHandler(RequestHandler):
     def _header_timed_out(self) -> None:
         self._header_timer = None
         if self._request_count == self._requests_at_arm and self.transport is not None:
-            log.warning("%s: closed a connection from %s: no complete request headers within %g s",
-                        self._listener.name, self._peer(), self._limits.header_timeout)
+            log.warning(
+                "%s: closed a connection from %s: no complete request headers within %g s",
+                self._listener.name,
+                self._peer(),
+                self._limits.header_timeout,
+            )
             self.force_close()
 
     def _headers_arrived(self) -> None:
@@ -183,8 +191,11 @@ class GuardedHandler(RequestHandler):
             return
         stalled_by_us = self._paused_since_check or self._reading_paused
         if limits.min_body_rate and not stalled_by_us and delivered < limits.min_body_rate * limits.body_rate_window:
-            self._cut_off(body, "the request body arrived at %d bytes in %g s, below the minimum of %d bytes/s"
-                          % (delivered, limits.body_rate_window, limits.min_body_rate))
+            self._cut_off(
+                body,
+                "the request body arrived at %d bytes in %g s, below the minimum of %d bytes/s"
+                % (delivered, limits.body_rate_window, limits.min_body_rate),
+            )
             return
         self._body = body
         self._received_at_check = self._received
@@ -218,14 +229,17 @@ class GuardedHandler(RequestHandler):
 
 
 class GuardedTCPSite(web.TCPSite):
-    def __init__(self, runner: web.BaseRunner, listener: Listener, host: str, port: int, backlog: int = BACKLOG) -> None:
+    def __init__(
+        self, runner: web.BaseRunner, listener: Listener, host: str, port: int, backlog: int = BACKLOG
+    ) -> None:
         super().__init__(runner, host, port, backlog=backlog)
         self.listener = listener
 
     async def start(self) -> None:
         await BaseSite.start(self)  # registers the site: runner.cleanup() stops it
         self._server = await asyncio.get_running_loop().create_server(
-            self.listener, self._host, self._port, backlog=self._backlog, reuse_address=True)
+            self.listener, self._host, self._port, backlog=self._backlog, reuse_address=True
+        )
 
 
 class GuardedUnixSite(web.UnixSite):
@@ -236,7 +250,8 @@ class GuardedUnixSite(web.UnixSite):
     async def start(self) -> None:
         await BaseSite.start(self)
         self._server = await asyncio.get_running_loop().create_unix_server(
-            self.listener, str(self._path), backlog=self._backlog)
+            self.listener, str(self._path), backlog=self._backlog
+        )
 
 
 def raise_fd_limit() -> int:
@@ -271,7 +286,14 @@ def connection_budget(configured: int, unix_cap: int, fd_limit: int) -> Budget:
     if configured <= room:
         return Budget(configured, backlog, unix_backlog)
     cap = max(1, room)
-    log.warning("api.max_connections = %d does not fit the open-file limit of %d (%d kept for the Unix socket, "
-                "%d for files, %d for accepting): using %d", configured, fd_limit, unix_cap + unix_backlog, reserve,
-                backlog, cap)
+    log.warning(
+        "api.max_connections = %d does not fit the open-file limit of %d (%d kept for the Unix socket, "
+        "%d for files, %d for accepting): using %d",
+        configured,
+        fd_limit,
+        unix_cap + unix_backlog,
+        reserve,
+        backlog,
+        cap,
+    )
     return Budget(cap, backlog, unix_backlog)

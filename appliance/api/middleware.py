@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import struct
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import ClientPayloadError, web
 from aiohttp.typedefs import Middleware
@@ -68,8 +68,16 @@ def _accept_quality(accept: str, media_type: str) -> float:
 
 # Where python-glanceclient goes (its commands for Glance features this appliance lacks, such
 # as member-list or md-namespace-list, land on unknown routes under these prefixes too).
-GLANCE_PREFIXES = ("/versions", "/v2/images", "/v2/schemas", "/v2/info", "/v2/tasks", "/v2/cache", "/v2/stores",
-                   "/v2/metadefs")
+GLANCE_PREFIXES = (
+    "/versions",
+    "/v2/images",
+    "/v2/schemas",
+    "/v2/info",
+    "/v2/tasks",
+    "/v2/cache",
+    "/v2/stores",
+    "/v2/metadefs",
+)
 
 
 def _glance_path(path: str) -> bool:
@@ -111,8 +119,10 @@ def error_response(
     if media_type == "application/json":
         text = json.dumps({"code": code, "title": title, "message": message})
     elif media_type == "text/html":  # webob's page: title, heading, then the explanation
-        text = "<html>\n <head>\n  <title>%s</title>\n </head>\n <body>\n  <h1>%s</h1>\n  %s<br /><br />\n </body>\n</html>\n" % (
-            code, code, html.escape(message, quote=False))
+        text = (
+            "<html>\n <head>\n  <title>%s</title>\n </head>\n <body>\n  <h1>%s</h1>\n"
+            "  %s<br /><br />\n </body>\n</html>\n" % (code, code, html.escape(message, quote=False))
+        )
     else:
         text = "%s\n\n%s\n\n" % (code, message)
     return web.Response(status=status, text=text, content_type=media_type, headers=headers)
@@ -169,7 +179,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate", "content-range")}
         message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
         if exc.status == 405:
-            message = "The method %s is not allowed for %s (allowed: %s)" % (request.method, request.path, exc.headers.get("Allow", ""))
+            message = "The method %s is not allowed for %s (allowed: %s)" % (
+                request.method,
+                request.path,
+                exc.headers.get("Allow", ""),
+            )
         elif exc.status == 404:
             message = "The resource %s could not be found." % request.path
         return error_response(exc.status, message, headers, request)
@@ -196,8 +210,9 @@ def auth_middleware(auth: Authenticator) -> Middleware:
             ctx = LOCAL_ADMIN  # root or the service user on the local socket
         if ctx is None and request.path not in PUBLIC_PATHS:
             reason = "The token is not valid" if token else "Authentication required: send an X-Auth-Token header"
-            return await refuse_unread_body(request, error_response(
-                401, reason, {"WWW-Authenticate": 'Bearer realm="edge-appliance"'}, request))
+            return await refuse_unread_body(
+                request, error_response(401, reason, {"WWW-Authenticate": 'Bearer realm="edge-appliance"'}, request)
+            )
         if ctx is not None:
             request[CONTEXT] = ctx
         return await handler(request)

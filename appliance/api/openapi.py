@@ -10,7 +10,8 @@ every GET route)."""
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -65,8 +66,13 @@ def _query(name: str, schema: Json, description: str, **extra: Any) -> Json:
 
 
 def _path(name: str, schema: Json | None = None, description: str = "") -> Json:
-    return {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string"},
-            "description": description or name}
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": schema or {"type": "string"},
+        "description": description or name,
+    }
 
 
 def _header(name: str, schema: Json, description: str) -> Json:
@@ -77,8 +83,17 @@ def _body(media_types: Sequence[str], schema: Json, required: bool = True) -> Js
     return {"required": required, "content": {m: {"schema": schema} for m in media_types}}
 
 
-def _op(op_id: str, summary: str, ok: dict[int, Json], errors: Iterable[int] = (), *, tag: str,
-        params: Sequence[Json] = (), body: Json | None = None, public: bool = False) -> Json:
+def _op(
+    op_id: str,
+    summary: str,
+    ok: dict[int, Json],
+    errors: Iterable[int] = (),
+    *,
+    tag: str,
+    params: Sequence[Json] = (),
+    body: Json | None = None,
+    public: bool = False,
+) -> Json:
     codes = set(errors) | (set() if public else set(_AUTH))
     if body is not None:
         codes |= {400, 413, 415}
@@ -121,120 +136,280 @@ def _image_paths() -> Json:
         _query("size_max", _INT64, "Largest size in bytes"),
         _query("created_at", {"type": "string"}, "OPERATOR:TIMESTAMP (gt, gte, eq, neq, lt, lte)"),
         _query("updated_at", {"type": "string"}, "OPERATOR:TIMESTAMP (gt, gte, eq, neq, lt, lte)"),
-        _query("tag", {"type": "array", "items": {"type": "string"}}, "Images carrying every tag given",
-               style="form", explode=True),
-        _query("property_filters", {"type": "object", "additionalProperties": {"type": "string"}},
-               "Any other key filters on a custom property of that name (at most 64 filters in all)",
-               style="form", explode=True),
+        _query(
+            "tag",
+            {"type": "array", "items": {"type": "string"}},
+            "Images carrying every tag given",
+            style="form",
+            explode=True,
+        ),
+        _query(
+            "property_filters",
+            {"type": "object", "additionalProperties": {"type": "string"}},
+            "Any other key filters on a custom property of that name (at most 64 filters in all)",
+            style="form",
+            explode=True,
+        ),
     ]
     no_content = (204, _empty("Done"))
     return {
         "/v2/images": {
-            "get": _op("listImages", "Images the caller sees, one page", {200: _json(_ref("ImageList"), "A page")},
-                       (400,), tag="images", params=list_params),
-            "post": _op("createImage", "Create an image record (queued)", {201: _json(_ref("Image"), "Created")},
-                        (409,), tag="images", body=_body(JSON_BODY, _ref("ImageCreate"))),
+            "get": _op(
+                "listImages",
+                "Images the caller sees, one page",
+                {200: _json(_ref("ImageList"), "A page")},
+                (400,),
+                tag="images",
+                params=list_params,
+            ),
+            "post": _op(
+                "createImage",
+                "Create an image record (queued)",
+                {201: _json(_ref("Image"), "Created")},
+                (409,),
+                tag="images",
+                body=_body(JSON_BODY, _ref("ImageCreate")),
+            ),
         },
         "/v2/images/{image_id}": {
             "parameters": [IMAGE_ID],
             "get": _op("showImage", "One image", ok_image, (404, 429, 502, 503), tag="images"),
-            "patch": _op("updateImage", "Change an image with a JSON patch", ok_image, (404, 409, 429, 502, 503), tag="images",
-                         body=_body(PATCH_MEDIA_TYPES, _ref("JsonPatch"))),
-            "delete": _op("deleteImage", "Delete an image and its data", dict([no_content]), (404, 409, 429, 502, 503),
-                          tag="images"),
+            "patch": _op(
+                "updateImage",
+                "Change an image with a JSON patch",
+                ok_image,
+                (404, 409, 429, 502, 503),
+                tag="images",
+                body=_body(PATCH_MEDIA_TYPES, _ref("JsonPatch")),
+            ),
+            "delete": _op(
+                "deleteImage",
+                "Delete an image and its data",
+                dict([no_content]),
+                (404, 409, 429, 502, 503),
+                tag="images",
+            ),
         },
         "/v2/images/{image_id}/tags/{tag}": {
             "parameters": [IMAGE_ID, _path("tag", _NAME)],
             "put": _op("addTag", "Tag an image", dict([no_content]), (400, 404, 409, 413, 429, 502, 503), tag="images"),
-            "delete": _op("removeTag", "Untag an image", dict([no_content]), (400, 404, 409, 429, 502, 503), tag="images"),
+            "delete": _op(
+                "removeTag", "Untag an image", dict([no_content]), (400, 404, 409, 429, 502, 503), tag="images"
+            ),
         },
         "/v2/images/{image_id}/actions/deactivate": {
             "parameters": [IMAGE_ID],
-            "post": _op("deactivateImage", "Deactivate an active image", dict([no_content]), (404, 409, 429, 502, 503),
-                        tag="images"),
+            "post": _op(
+                "deactivateImage",
+                "Deactivate an active image",
+                dict([no_content]),
+                (404, 409, 429, 502, 503),
+                tag="images",
+            ),
         },
         "/v2/images/{image_id}/actions/reactivate": {
             "parameters": [IMAGE_ID],
-            "post": _op("reactivateImage", "Reactivate a deactivated image", dict([no_content]), (404, 409, 429, 502, 503),
-                        tag="images"),
+            "post": _op(
+                "reactivateImage",
+                "Reactivate a deactivated image",
+                dict([no_content]),
+                (404, 409, 429, 502, 503),
+                tag="images",
+            ),
         },
         "/v2/images/{image_id}/file": {
             "parameters": [IMAGE_ID],
-            "put": _op("uploadImage", "Upload the image's data (queued → active)", dict([no_content]),
-                       (404, 409, 429, 502, 503, 507), tag="images",
-                       params=[_header("X-Image-Meta-Store", {"type": "string"}, "Target store")],
-                       body=_body(("application/octet-stream",), _OCTETS)),
-            "get": _op("downloadImage", "The image's data, or a byte range of it", {
-                200: {"description": "The data", "content": {"application/octet-stream": {"schema": _OCTETS}}},
-                204: _empty("The image has no data yet"),
-                206: {"description": "The range asked for", "content": {"application/octet-stream": {"schema": _OCTETS}}},
-            }, (404, 416, 429, 502, 503), tag="images",
-                params=[_header("Range", {"type": "string"}, "bytes=FIRST-LAST, bytes=FIRST- or bytes=-SUFFIX")]),
+            "put": _op(
+                "uploadImage",
+                "Upload the image's data (queued → active)",
+                dict([no_content]),
+                (404, 409, 429, 502, 503, 507),
+                tag="images",
+                params=[_header("X-Image-Meta-Store", {"type": "string"}, "Target store")],
+                body=_body(("application/octet-stream",), _OCTETS),
+            ),
+            "get": _op(
+                "downloadImage",
+                "The image's data, or a byte range of it",
+                {
+                    200: {"description": "The data", "content": {"application/octet-stream": {"schema": _OCTETS}}},
+                    204: _empty("The image has no data yet"),
+                    206: {
+                        "description": "The range asked for",
+                        "content": {"application/octet-stream": {"schema": _OCTETS}},
+                    },
+                },
+                (404, 416, 429, 502, 503),
+                tag="images",
+                params=[_header("Range", {"type": "string"}, "bytes=FIRST-LAST, bytes=FIRST- or bytes=-SUFFIX")],
+            ),
         },
         "/v2/images/{image_id}/locations": {
             "parameters": [IMAGE_ID],
-            "get": _op("imageLocations", "Where the image's data is (owner or admin)",
-                       {200: _json({"type": "array", "items": _ref("Location")}, "Locations")}, (404, 429, 502, 503),
-                       tag="images"),
+            "get": _op(
+                "imageLocations",
+                "Where the image's data is (owner or admin)",
+                {200: _json({"type": "array", "items": _ref("Location")}, "Locations")},
+                (404, 429, 502, 503),
+                tag="images",
+            ),
         },
         "/v2/images/{image_id}/stage": {
             "parameters": [IMAGE_ID],
-            "put": _op("stageImage", "Stage data for the glance-direct import method", dict([no_content]),
-                       (404, 409, 429, 502, 503, 507), tag="imports",
-                       params=[_header("x-openstack-image-size", {"type": "string", "pattern": "^[0-9]{1,19}$"},
-                                       "The size to expect, in bytes")],
-                       body=_body(("application/octet-stream",), _OCTETS)),
+            "put": _op(
+                "stageImage",
+                "Stage data for the glance-direct import method",
+                dict([no_content]),
+                (404, 409, 429, 502, 503, 507),
+                tag="imports",
+                params=[
+                    _header(
+                        "x-openstack-image-size",
+                        {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                        "The size to expect, in bytes",
+                    )
+                ],
+                body=_body(("application/octet-stream",), _OCTETS),
+            ),
         },
         "/v2/images/{image_id}/import": {
             "parameters": [IMAGE_ID],
-            "post": _op("importImage", "Start an import (glance-direct, web-download, copy-image)",
-                        {202: _empty("Started; follow the image's tasks")}, (404, 409, 429, 502, 503, 507), tag="imports",
-                        params=[_header("X-Image-Meta-Store", {"type": "string"}, "Target store")],
-                        body=_body(JSON_BODY, _ref("ImportRequest"))),
+            "post": _op(
+                "importImage",
+                "Start an import (glance-direct, web-download, copy-image)",
+                {202: _empty("Started; follow the image's tasks")},
+                (404, 409, 429, 502, 503, 507),
+                tag="imports",
+                params=[_header("X-Image-Meta-Store", {"type": "string"}, "Target store")],
+                body=_body(JSON_BODY, _ref("ImportRequest")),
+            ),
         },
         "/v2/images/{image_id}/tasks": {
             "parameters": [IMAGE_ID],
-            "get": _op("imageTasks", "The image's import tasks", {200: _json(_ref("TaskList"), "Tasks")},
-                       (404, 429, 502, 503), tag="imports"),
+            "get": _op(
+                "imageTasks",
+                "The image's import tasks",
+                {200: _json(_ref("TaskList"), "Tasks")},
+                (404, 429, 502, 503),
+                tag="imports",
+            ),
         },
     }
 
 
 def _info_paths() -> Json:
-    versions = _json({"type": "object", "required": ["versions"],
-                      "properties": {"versions": {"type": "array", "items": {"type": "object"}}}}, "API versions")
+    versions = _json(
+        {
+            "type": "object",
+            "required": ["versions"],
+            "properties": {"versions": {"type": "array", "items": {"type": "object"}}},
+        },
+        "API versions",
+    )
     return {
-        "/": {"get": _op("rootVersions", "Version discovery (300 Multiple Choices, as Glance)", {300: versions},
-                         tag="info", public=True)},
+        "/": {
+            "get": _op(
+                "rootVersions",
+                "Version discovery (300 Multiple Choices, as Glance)",
+                {300: versions},
+                tag="info",
+                public=True,
+            )
+        },
         "/versions": {"get": _op("versions", "Version discovery", {200: versions}, tag="info", public=True)},
-        "/healthcheck": {"get": _op("healthcheck", "Liveness: OK while the event loop answers",
-                                    {200: {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}},
-                                    tag="info", public=True)},
-        "/openapi.json": {"get": _op("openapi", "This description", {200: _json({"type": "object"}, "OpenAPI 3.1")},
-                                     tag="info", public=True)},
-        "/metrics": {"get": _op("metrics", "Prometheus metrics (text exposition format 0.0.4)", {
-            200: {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
-            tag="info", public=True)},
+        "/healthcheck": {
+            "get": _op(
+                "healthcheck",
+                "Liveness: OK while the event loop answers",
+                {200: {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                tag="info",
+                public=True,
+            )
+        },
+        "/openapi.json": {
+            "get": _op(
+                "openapi", "This description", {200: _json({"type": "object"}, "OpenAPI 3.1")}, tag="info", public=True
+            )
+        },
+        "/metrics": {
+            "get": _op(
+                "metrics",
+                "Prometheus metrics (text exposition format 0.0.4)",
+                {200: {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                tag="info",
+                public=True,
+            )
+        },
         "/v2/schemas/{name}": {
             "parameters": [_path("name", {"type": "string"}, "image, images, task, tasks, member(s), metadefs/...")],
-            "get": _op("schema", "A JSON schema as Glance serves it", {200: _json({"type": "object"}, "The schema")},
-                       (404,), tag="info"),
+            "get": _op(
+                "schema",
+                "A JSON schema as Glance serves it",
+                {200: _json({"type": "object"}, "The schema")},
+                (404,),
+                tag="info",
+            ),
         },
-        "/v2/info/stores": {"get": _op("stores", "The stores an image can go to", {
-            200: _json({"type": "object", "required": ["stores"],
-                        "properties": {"stores": {"type": "array", "items": _ref("Store")}}}, "Stores")}, tag="info")},
-        "/v2/info/stores/detail": {"get": _op("storesDetail", "Stores with their figures (admin)", {
-            200: _json({"type": "object", "required": ["stores"],
-                        "properties": {"stores": {"type": "array", "items": _ref("Store")}}}, "Stores")}, tag="info")},
-        "/v2/info/import": {"get": _op("importInfo", "The import methods enabled here", {
-            200: _json({"type": "object", "required": ["import-methods"]}, "Import methods")}, tag="info")},
+        "/v2/info/stores": {
+            "get": _op(
+                "stores",
+                "The stores an image can go to",
+                {
+                    200: _json(
+                        {
+                            "type": "object",
+                            "required": ["stores"],
+                            "properties": {"stores": {"type": "array", "items": _ref("Store")}},
+                        },
+                        "Stores",
+                    )
+                },
+                tag="info",
+            )
+        },
+        "/v2/info/stores/detail": {
+            "get": _op(
+                "storesDetail",
+                "Stores with their figures (admin)",
+                {
+                    200: _json(
+                        {
+                            "type": "object",
+                            "required": ["stores"],
+                            "properties": {"stores": {"type": "array", "items": _ref("Store")}},
+                        },
+                        "Stores",
+                    )
+                },
+                tag="info",
+            )
+        },
+        "/v2/info/import": {
+            "get": _op(
+                "importInfo",
+                "The import methods enabled here",
+                {200: _json({"type": "object", "required": ["import-methods"]}, "Import methods")},
+                tag="info",
+            )
+        },
         "/v2/stores/{store}/{image_id}": {
             "parameters": [_path("store", {"type": "string"}, "A store name"), IMAGE_ID],
-            "delete": _op("deleteFromStore", "Remove an image's data from one store (admin)", {204: _empty("Done")},
-                          (400, 404, 409, 429, 502, 503), tag="images"),
+            "delete": _op(
+                "deleteFromStore",
+                "Remove an image's data from one store (admin)",
+                {204: _empty("Done")},
+                (400, 404, 409, 429, 502, 503),
+                tag="images",
+            ),
         },
-        "/v2/tasks": {"get": _op("listTasks", "The caller's tasks (all for an admin)",
-                                 {200: _json(_ref("TaskList"), "Tasks")}, tag="imports")},
+        "/v2/tasks": {
+            "get": _op(
+                "listTasks",
+                "The caller's tasks (all for an admin)",
+                {200: _json(_ref("TaskList"), "Tasks")},
+                tag="imports",
+            )
+        },
         "/v2/tasks/{task_id}": {
             "parameters": [_path("task_id", {"type": "string"}, "A task id")],
             "get": _op("showTask", "One task", {200: _json(_ref("Task"), "The task")}, (404,), tag="imports"),
@@ -246,28 +421,88 @@ def _edge_paths() -> Json:
     site_name = _path("name", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,63}$"}, "A site's name")
     obj = {"type": "object"}
     return {
-        "/v2/edge/check-uri": {"post": _op("checkUri", "The web-download filter's verdict on a URL (admin)", {
-            200: _json({"type": "object", "required": ["allowed", "reason"],
-                        "properties": {"allowed": {"type": "boolean"}, "reason": {"type": "string"}}}, "Verdict")},
-            tag="edge", body=_body(JSON_BODY, {"type": "object", "properties": {"uri": {"type": "string"}}}))},
+        "/v2/edge/check-uri": {
+            "post": _op(
+                "checkUri",
+                "The web-download filter's verdict on a URL (admin)",
+                {
+                    200: _json(
+                        {
+                            "type": "object",
+                            "required": ["allowed", "reason"],
+                            "properties": {"allowed": {"type": "boolean"}, "reason": {"type": "string"}},
+                        },
+                        "Verdict",
+                    )
+                },
+                tag="edge",
+                body=_body(JSON_BODY, {"type": "object", "properties": {"uri": {"type": "string"}}}),
+            )
+        },
         "/v2/edge/status": {"get": _op("edgeStatus", "Site summary (admin)", {200: _json(obj, "Summary")}, tag="edge")},
-        "/v2/edge/events": {"get": _op("edgeEvents", "The event log (admin)", {
-            200: _json({"type": "object", "required": ["events"],
-                        "properties": {"events": {"type": "array", "items": obj}}}, "Events")}, (400,), tag="edge",
-            params=[_query("since", _INT64, "Events after this sequence number"),
-                    _query("limit", _INT64, "At most this many (1 to 2000)")])},
-        "/v2/edge/cache": {"get": _op("edgeCache", "Cache figures, entries, queue, fills (admin)",
-                                      {200: _json(obj, "Cache")}, tag="cache")},
-        "/v2/edge/bundles": {"post": _op("importBundle", "Import a bundle (admin)", {
-            200: _json(obj, "The import report")}, (409, 502, 507), tag="edge",
-            params=[_query("store", {"type": "string"}, "Target store")],
-            body=_body(("application/octet-stream", "application/zstd"), _OCTETS))},
+        "/v2/edge/events": {
+            "get": _op(
+                "edgeEvents",
+                "The event log (admin)",
+                {
+                    200: _json(
+                        {
+                            "type": "object",
+                            "required": ["events"],
+                            "properties": {"events": {"type": "array", "items": obj}},
+                        },
+                        "Events",
+                    )
+                },
+                (400,),
+                tag="edge",
+                params=[
+                    _query("since", _INT64, "Events after this sequence number"),
+                    _query("limit", _INT64, "At most this many (1 to 2000)"),
+                ],
+            )
+        },
+        "/v2/edge/cache": {
+            "get": _op(
+                "edgeCache", "Cache figures, entries, queue, fills (admin)", {200: _json(obj, "Cache")}, tag="cache"
+            )
+        },
+        "/v2/edge/bundles": {
+            "post": _op(
+                "importBundle",
+                "Import a bundle (admin)",
+                {200: _json(obj, "The import report")},
+                (409, 502, 507),
+                tag="edge",
+                params=[_query("store", {"type": "string"}, "Target store")],
+                body=_body(("application/octet-stream", "application/zstd"), _OCTETS),
+            )
+        },
         "/v2/edge/sites": {
-            "get": _op("listSites", "Registered edge sites (hub)", {200: _json(
-                {"type": "object", "required": ["sites"], "properties": {"sites": {"type": "array", "items": _ref("Site")}}},
-                "Sites")}, (404,), tag="sites"),
-            "post": _op("registerSite", "Register or re-register a site (hub)", {200: _json(_ref("Site"), "The site")},
-                        (404, 409), tag="sites", body=_body(JSON_BODY, _ref("SiteRegistration"))),
+            "get": _op(
+                "listSites",
+                "Registered edge sites (hub)",
+                {
+                    200: _json(
+                        {
+                            "type": "object",
+                            "required": ["sites"],
+                            "properties": {"sites": {"type": "array", "items": _ref("Site")}},
+                        },
+                        "Sites",
+                    )
+                },
+                (404,),
+                tag="sites",
+            ),
+            "post": _op(
+                "registerSite",
+                "Register or re-register a site (hub)",
+                {200: _json(_ref("Site"), "The site")},
+                (404, 409),
+                tag="sites",
+                body=_body(JSON_BODY, _ref("SiteRegistration")),
+            ),
         },
         "/v2/edge/sites/{name}": {
             "parameters": [site_name],
@@ -276,19 +511,44 @@ def _edge_paths() -> Json:
         },
         "/v2/edge/sites/{name}/heartbeat": {
             "parameters": [site_name],
-            "post": _op("heartbeat", "A site's periodic report (figures optional)", {200: _json(_ref("Site"), "The site")},
-                        (404,), tag="sites", body=_body(JSON_BODY, _ref("Heartbeat"), required=False)),
+            "post": _op(
+                "heartbeat",
+                "A site's periodic report (figures optional)",
+                {200: _json(_ref("Site"), "The site")},
+                (404,),
+                tag="sites",
+                body=_body(JSON_BODY, _ref("Heartbeat"), required=False),
+            ),
         },
         "/v2/edge/sites/{name}/assignments": {
             "parameters": [site_name],
-            "get": _op("assignments", "Images the hub wants at the site", {200: _json(
-                {"type": "object", "required": ["assignments"],
-                 "properties": {"assignments": {"type": "array", "items": obj}}}, "Assignments")}, (400, 404), tag="sites"),
+            "get": _op(
+                "assignments",
+                "Images the hub wants at the site",
+                {
+                    200: _json(
+                        {
+                            "type": "object",
+                            "required": ["assignments"],
+                            "properties": {"assignments": {"type": "array", "items": obj}},
+                        },
+                        "Assignments",
+                    )
+                },
+                (400, 404),
+                tag="sites",
+            ),
         },
         "/v2/edge/sites/{name}/assignments/{image_id}": {
             "parameters": [site_name, IMAGE_ID],
-            "post": _op("reportAssignment", "The site reports an assignment's outcome", {204: _empty("Recorded")},
-                        (404, 409), tag="sites", body=_body(JSON_BODY, _ref("AssignmentReport"))),
+            "post": _op(
+                "reportAssignment",
+                "The site reports an assignment's outcome",
+                {204: _empty("Recorded")},
+                (404, 409),
+                tag="sites",
+                body=_body(JSON_BODY, _ref("AssignmentReport")),
+            ),
         },
     }
 
@@ -298,22 +558,55 @@ def _cache_paths() -> Json:
     cleaned = {"type": "object"}
     return {
         "/v2/cache": {
-            "get": _op("listCache", "Cached and queued images (admin)", {200: _json(
-                {"type": "object", "required": ["cached_images", "queued_images"]}, "Cache")}, tag="cache"),
-            "delete": _op("clearCache", "Empty the cache and/or its queue (admin)", {204: _empty("Done")}, (400,),
-                          tag="cache", params=[target]),
+            "get": _op(
+                "listCache",
+                "Cached and queued images (admin)",
+                {200: _json({"type": "object", "required": ["cached_images", "queued_images"]}, "Cache")},
+                tag="cache",
+            ),
+            "delete": _op(
+                "clearCache",
+                "Empty the cache and/or its queue (admin)",
+                {204: _empty("Done")},
+                (400,),
+                tag="cache",
+                params=[target],
+            ),
         },
         "/v2/cache/{image_id}": {
             "parameters": [IMAGE_ID],
-            "put": _op("queueImage", "Queue an image for caching (admin)", {202: _empty("Queued")},
-                       (400, 404, 409, 429, 502, 503), tag="cache"),
-            "delete": _op("uncacheImage", "Drop an image from the cache and/or queue (admin)", {204: _empty("Done")},
-                          (400, 404, 429, 502, 503), tag="cache", params=[target]),
+            "put": _op(
+                "queueImage",
+                "Queue an image for caching (admin)",
+                {202: _empty("Queued")},
+                (400, 404, 409, 429, 502, 503),
+                tag="cache",
+            ),
+            "delete": _op(
+                "uncacheImage",
+                "Drop an image from the cache and/or queue (admin)",
+                {204: _empty("Done")},
+                (400, 404, 429, 502, 503),
+                tag="cache",
+                params=[target],
+            ),
         },
-        "/v2/cache/clean": {"post": _op("cleanCache", "Remove invalid and stalled entries (admin)",
-                                        {200: _json(cleaned, "What was cleaned")}, tag="cache")},
-        "/v2/cache/prune": {"post": _op("pruneCache", "Prune down to the low watermark (admin)",
-                                        {200: _json(cleaned, "What was pruned")}, tag="cache")},
+        "/v2/cache/clean": {
+            "post": _op(
+                "cleanCache",
+                "Remove invalid and stalled entries (admin)",
+                {200: _json(cleaned, "What was cleaned")},
+                tag="cache",
+            )
+        },
+        "/v2/cache/prune": {
+            "post": _op(
+                "pruneCache",
+                "Prune down to the low watermark (admin)",
+                {200: _json(cleaned, "What was pruned")},
+                tag="cache",
+            )
+        },
     }
 
 
@@ -321,68 +614,146 @@ def _schemas(disk_formats: Sequence[str], container_formats: Sequence[str]) -> J
     image = schema_docs.image_schema(disk_formats, container_formats)
     image = {"type": "object", "properties": image["properties"], "additionalProperties": image["additionalProperties"]}
     task = schema_docs.task_schema()
-    task = {"type": "object", "properties": {
-        **task["properties"],
-        # Null where Glance's minimal schema says string: no message yet, or no image.
-        "message": {"type": ["string", "null"]},
-        "image_id": {"type": ["string", "null"]},
-        "bytes_done": {"type": ["integer", "null"]},
-        "bytes_total": {"type": ["integer", "null"]},
-    }}
+    task = {
+        "type": "object",
+        "properties": {
+            **task["properties"],
+            # Null where Glance's minimal schema says string: no message yet, or no image.
+            "message": {"type": ["string", "null"]},
+            "image_id": {"type": ["string", "null"]},
+            "bytes_done": {"type": ["integer", "null"]},
+            "bytes_total": {"type": ["integer", "null"]},
+        },
+    }
     size = {"type": ["integer", "null"], "minimum": 0, "maximum": INT64_MAX}
     return {
-        "Error": {"type": "object", "required": ["code", "title", "message"], "properties": {
-            "code": {"type": "string", "description": "Status and reason, e.g. '404 Not Found'"},
-            "title": {"type": "string"}, "message": {"type": "string"}}},
+        "Error": {
+            "type": "object",
+            "required": ["code", "title", "message"],
+            "properties": {
+                "code": {"type": "string", "description": "Status and reason, e.g. '404 Not Found'"},
+                "title": {"type": "string"},
+                "message": {"type": "string"},
+            },
+        },
         "Image": image,
-        "ImageList": {"type": "object", "required": ["images", "first", "schema"], "properties": {
-            "images": {"type": "array", "items": _ref("Image")}, "first": {"type": "string"},
-            "next": {"type": "string"}, "schema": {"type": "string"}}},
-        "ImageCreate": {"type": "object", "properties": {
-            "id": _UUID,
-            "name": {"type": ["string", "null"], "maxLength": 255},
-            "visibility": {"enum": list(VISIBILITIES)},
-            "protected": {"type": "boolean"},
-            "os_hidden": {"type": "boolean"},
-            "disk_format": {"enum": [*disk_formats, None]},
-            "container_format": {"enum": [*container_formats, None]},
-            "min_disk": _INT64,
-            "min_ram": _INT64,
-            "tags": {"type": "array", "maxItems": 128, "items": _NAME},
-        }, "additionalProperties": {"type": "string", "maxLength": 255},
-            "description": "Base attributes, and custom properties as strings (Glance's image-create body)"},
-        "JsonPatch": {"type": "array", "items": {"type": "object", "required": ["op", "path"], "properties": {
-            "op": {"enum": ["add", "replace", "remove"]},
-            "path": {"type": "string", "pattern": "^/[^/]+$"},
-            "value": {}}}},
-        "Location": {"type": "object", "required": ["url", "metadata"],
-                     "properties": {"url": {"type": "string"}, "metadata": {"type": "object"}}},
-        "Store": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"},
-                                                                      "description": {"type": "string"}}},
-        "ImportRequest": {"type": "object", "required": ["method"], "properties": {
-            "method": {"type": "object", "required": ["name"], "properties": {
-                "name": {"enum": ["glance-direct", "web-download", "copy-image"]}, "uri": {"type": "string"}}},
-            "stores": {"type": "array", "items": {"type": "string"}},
-            "all_stores": {"type": "boolean"},
-            "all_stores_must_succeed": {"type": "boolean"}}},
+        "ImageList": {
+            "type": "object",
+            "required": ["images", "first", "schema"],
+            "properties": {
+                "images": {"type": "array", "items": _ref("Image")},
+                "first": {"type": "string"},
+                "next": {"type": "string"},
+                "schema": {"type": "string"},
+            },
+        },
+        "ImageCreate": {
+            "type": "object",
+            "properties": {
+                "id": _UUID,
+                "name": {"type": ["string", "null"], "maxLength": 255},
+                "visibility": {"enum": list(VISIBILITIES)},
+                "protected": {"type": "boolean"},
+                "os_hidden": {"type": "boolean"},
+                "disk_format": {"enum": [*disk_formats, None]},
+                "container_format": {"enum": [*container_formats, None]},
+                "min_disk": _INT64,
+                "min_ram": _INT64,
+                "tags": {"type": "array", "maxItems": 128, "items": _NAME},
+            },
+            "additionalProperties": {"type": "string", "maxLength": 255},
+            "description": "Base attributes, and custom properties as strings (Glance's image-create body)",
+        },
+        "JsonPatch": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["op", "path"],
+                "properties": {
+                    "op": {"enum": ["add", "replace", "remove"]},
+                    "path": {"type": "string", "pattern": "^/[^/]+$"},
+                    "value": {},
+                },
+            },
+        },
+        "Location": {
+            "type": "object",
+            "required": ["url", "metadata"],
+            "properties": {"url": {"type": "string"}, "metadata": {"type": "object"}},
+        },
+        "Store": {
+            "type": "object",
+            "required": ["id"],
+            "properties": {"id": {"type": "string"}, "description": {"type": "string"}},
+        },
+        "ImportRequest": {
+            "type": "object",
+            "required": ["method"],
+            "properties": {
+                "method": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"enum": ["glance-direct", "web-download", "copy-image"]},
+                        "uri": {"type": "string"},
+                    },
+                },
+                "stores": {"type": "array", "items": {"type": "string"}},
+                "all_stores": {"type": "boolean"},
+                "all_stores_must_succeed": {"type": "boolean"},
+            },
+        },
         "Task": task,
-        "TaskList": {"type": "object", "required": ["tasks"],
-                     "properties": {"tasks": {"type": "array", "items": _ref("Task")}}},
-        "Site": {"type": "object", "required": ["name", "online"], "properties": {
-            "name": {"type": "string"}, "online": {"type": "boolean"}, "last_seen": {"type": "string"},
-            "registered_at": {"type": "string"}, "free_bytes": size, "total_bytes": size,
-            "version": {"type": "string"}, "api_url": {"type": "string"},
-            "stores": {"type": "array", "items": {"type": "object"}}, "cache": {"type": "object"}}},
-        "SiteRegistration": {"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,63}$"}, "free_bytes": size, "total_bytes": size,
-            "version": {"type": "string"}, "api_url": {"type": "string", "format": "uri"},
-            "stores": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
-                "id": {"type": "string"}, "description": {"type": "string"}}}},
-            "cache": {"type": "object"}}},
-        "Heartbeat": {"type": "object", "properties": {"free_bytes": size, "total_bytes": size,
-                                                       "cache": {"type": "object"}}},
-        "AssignmentReport": {"type": "object", "required": ["action", "status"], "properties": {
-            "action": {"type": "string"}, "status": {"type": "string"}, "message": {"type": "string"}}},
+        "TaskList": {
+            "type": "object",
+            "required": ["tasks"],
+            "properties": {"tasks": {"type": "array", "items": _ref("Task")}},
+        },
+        "Site": {
+            "type": "object",
+            "required": ["name", "online"],
+            "properties": {
+                "name": {"type": "string"},
+                "online": {"type": "boolean"},
+                "last_seen": {"type": "string"},
+                "registered_at": {"type": "string"},
+                "free_bytes": size,
+                "total_bytes": size,
+                "version": {"type": "string"},
+                "api_url": {"type": "string"},
+                "stores": {"type": "array", "items": {"type": "object"}},
+                "cache": {"type": "object"},
+            },
+        },
+        "SiteRegistration": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,63}$"},
+                "free_bytes": size,
+                "total_bytes": size,
+                "version": {"type": "string"},
+                "api_url": {"type": "string", "format": "uri"},
+                "stores": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["id"],
+                        "properties": {"id": {"type": "string"}, "description": {"type": "string"}},
+                    },
+                },
+                "cache": {"type": "object"},
+            },
+        },
+        "Heartbeat": {
+            "type": "object",
+            "properties": {"free_bytes": size, "total_bytes": size, "cache": {"type": "object"}},
+        },
+        "AssignmentReport": {
+            "type": "object",
+            "required": ["action", "status"],
+            "properties": {"action": {"type": "string"}, "status": {"type": "string"}, "message": {"type": "string"}},
+        },
     }
 
 
@@ -403,8 +774,10 @@ def _with_head(paths: Json) -> Json:
         if "get" in item:
             head = copy.deepcopy(item["get"])
             head["operationId"] += "Head"
-            head["responses"] = {status: {"description": resp.get("description", "")}
-                                 if "$ref" not in resp else resp for status, resp in head["responses"].items()}
+            head["responses"] = {
+                status: {"description": resp.get("description", "")} if "$ref" not in resp else resp
+                for status, resp in head["responses"].items()
+            }
             item["head"] = head
     return paths
 
@@ -418,7 +791,7 @@ def document(disk_formats: Sequence[str], container_formats: Sequence[str]) -> J
             "title": "Edge image appliance",
             "version": __version__,
             "description": "Glance v2-compatible image API (2.0 to 2.18) plus the appliance's /v2/edge operator "
-                           "routes. Errors carry Glance's shape {code, title, message}.",
+            "routes. Errors carry Glance's shape {code, title, message}.",
         },
         "security": [{"token": []}, {"bearer": []}],
         "tags": [{"name": n} for n in ("images", "imports", "info", "cache", "edge", "sites")],

@@ -3,7 +3,8 @@ Glance's words before any service runs (Glance's request deserializer does the s
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from appliance import wire
 from appliance.catalog import SORT_KEYS, ImageQuery
@@ -21,10 +22,20 @@ TIME_OPERATORS = {"gt": ">", "gte": ">=", "eq": "=", "neq": "!=", "lt": "<", "lt
 # Each filter is a clause (a property or tag one a join) in one SQL statement; SQLite refuses
 # past its expression-depth limit, and no client needs more than a few.
 MAX_LIST_FILTERS = 64
-LIST_PARAMS = frozenset({
-    "limit", "marker", "sort_key", "sort_dir", "sort", "tag", "os_hidden", "size_min", "size_max",
-    "member_status",
-})
+LIST_PARAMS = frozenset(
+    {
+        "limit",
+        "marker",
+        "sort_key",
+        "sort_dir",
+        "sort",
+        "tag",
+        "os_hidden",
+        "size_min",
+        "size_max",
+        "member_status",
+    }
+)
 
 
 def image_list_query(params: Mapping[str, str], tags: Sequence[str], pages: ApiConfig) -> ImageQuery:
@@ -130,8 +141,10 @@ def _split_in(key: str, value: str) -> list[str]:
 def _time_filter(key: str, value: str) -> tuple[str, str, str]:
     op, sep, stamp = value.partition(":")
     if not sep or op not in TIME_OPERATORS:
-        raise BadRequest("Invalid %s filter %r: expected OPERATOR:TIMESTAMP with an operator of %s"
-                         % (key, value, ", ".join(TIME_OPERATORS)))
+        raise BadRequest(
+            "Invalid %s filter %r: expected OPERATOR:TIMESTAMP with an operator of %s"
+            % (key, value, ", ".join(TIME_OPERATORS))
+        )
     try:
         when = parse_timestamp(stamp)
     except ValueError:

@@ -56,12 +56,28 @@ __all__ = [
 
 #: Glance's default ``[image_format] disk_formats``.
 DEFAULT_DISK_FORMATS: tuple[str, ...] = (
-    "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi",
-    "iso", "ploop",
+    "ami",
+    "ari",
+    "aki",
+    "vhd",
+    "vhdx",
+    "vmdk",
+    "raw",
+    "qcow2",
+    "vdi",
+    "iso",
+    "ploop",
 )
 #: Glance's default ``[image_format] container_formats``.
 DEFAULT_CONTAINER_FORMATS: tuple[str, ...] = (
-    "ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed",
+    "ami",
+    "ari",
+    "aki",
+    "bare",
+    "ovf",
+    "ova",
+    "docker",
+    "compressed",
 )
 
 #: Path suffixes (after ``/v2/schemas/``) of the metadef documents.
@@ -78,23 +94,17 @@ METADEF_SCHEMA_NAMES: tuple[str, ...] = (
     "metadefs/tags",
 )
 #: Every path suffix served under ``/v2/schemas/``.
-SCHEMA_NAMES: tuple[str, ...] = (
-    "image", "images", "member", "members", "task", "tasks",
-) + METADEF_SCHEMA_NAMES
+SCHEMA_NAMES: tuple[str, ...] = ("image", "images", "member", "members", "task", "tasks", *METADEF_SCHEMA_NAMES)
 
-_UUID_PATTERN = (
-    "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}"
-    "-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
-)
-_PROPERTY_KEYS_DOC = (
-    "https://docs.openstack.org/python-glanceclient/latest/cli/property-keys.html"
-)
+_UUID_PATTERN = "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
+_PROPERTY_KEYS_DOC = "https://docs.openstack.org/python-glanceclient/latest/cli/property-keys.html"
 _JSON_TYPES_OR_NULL = ["array", "boolean", "integer", "number", "object", "string", None]
 
 
 # --------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------
+
 
 def _format_enum(formats: Iterable[str] | None, what: str) -> list[str | None]:
     """``[None] + formats`` (order kept, duplicates dropped), as Glance does."""
@@ -173,9 +183,8 @@ def _timestamp(description: str) -> dict[str, Any]:
 # image
 # --------------------------------------------------------------------------
 
-def _image_base_properties(
-    disk_enum: list[str | None], container_enum: list[str | None]
-) -> dict[str, Any]:
+
+def _image_base_properties(disk_enum: list[str | None], container_enum: list[str | None]) -> dict[str, Any]:
     return {
         "id": {
             "type": "string",
@@ -191,8 +200,15 @@ def _image_base_properties(
             "string",
             "Status of the image",
             enum=[
-                "queued", "saving", "active", "killed", "deleted",
-                "uploading", "importing", "pending_delete", "deactivated",
+                "queued",
+                "saving",
+                "active",
+                "killed",
+                "deleted",
+                "uploading",
+                "importing",
+                "pending_delete",
+                "deactivated",
             ],
         ),
         "visibility": {
@@ -208,16 +224,11 @@ def _image_base_properties(
             "type": "boolean",
             "description": "If true, image will not appear in default image list response.",
         },
-        "checksum": _read_only(
-            _nullable("string"), "md5 hash of image contents.", maxLength=32
-        ),
-        "os_hash_algo": _read_only(
-            _nullable("string"), "Algorithm to calculate the os_hash_value", maxLength=64
-        ),
+        "checksum": _read_only(_nullable("string"), "md5 hash of image contents.", maxLength=32),
+        "os_hash_algo": _read_only(_nullable("string"), "Algorithm to calculate the os_hash_value", maxLength=64),
         "os_hash_value": _read_only(
             _nullable("string"),
-            "Hexdigest of the image contents using the algorithm specified by "
-            "the os_hash_algo",
+            "Hexdigest of the image contents using the algorithm specified by the os_hash_algo",
             maxLength=128,
         ),
         "owner": {
@@ -244,9 +255,7 @@ def _image_base_properties(
             "description": "List of strings related to the image",
             "items": {"type": "string", "maxLength": 255},
         },
-        "direct_url": _read_only(
-            "string", "URL to access the image file kept in external store"
-        ),
+        "direct_url": _read_only("string", "URL to access the image file kept in external store"),
         "min_ram": {
             "type": "integer",
             "description": "Amount of ram (in MB) required to boot image.",
@@ -307,16 +316,14 @@ def _image_common_properties() -> dict[str, Any]:
             "type": _nullable("string"),
             "pattern": _UUID_PATTERN,
             "description": (
-                "ID of image stored in Glance that should be used as the kernel "
-                "when booting an AMI-style image."
+                "ID of image stored in Glance that should be used as the kernel when booting an AMI-style image."
             ),
         },
         "ramdisk_id": {
             "type": _nullable("string"),
             "pattern": _UUID_PATTERN,
             "description": (
-                "ID of image stored in Glance that should be used as the ramdisk "
-                "when booting an AMI-style image."
+                "ID of image stored in Glance that should be used as the ramdisk when booting an AMI-style image."
             ),
         },
         "instance_uuid": {
@@ -332,10 +339,7 @@ def _image_common_properties() -> dict[str, Any]:
             "type": "string",
         },
         "os_distro": {
-            "description": (
-                "Common name of operating system distribution as specified in "
-                f"{_PROPERTY_KEYS_DOC}"
-            ),
+            "description": (f"Common name of operating system distribution as specified in {_PROPERTY_KEYS_DOC}"),
             "type": "string",
         },
         "os_version": {
@@ -370,9 +374,7 @@ def _image_common_properties() -> dict[str, Any]:
     return props
 
 
-def image_schema(
-    disk_formats: Sequence[str], container_formats: Sequence[str]
-) -> dict[str, Any]:
+def image_schema(disk_formats: Sequence[str], container_formats: Sequence[str]) -> dict[str, Any]:
     """``GET /v2/schemas/image``.
 
     ``disk_format`` / ``container_format`` enums are ``[None]`` followed by
@@ -395,9 +397,7 @@ def image_schema(
     }
 
 
-def images_schema(
-    disk_formats: Sequence[str], container_formats: Sequence[str]
-) -> dict[str, Any]:
+def images_schema(disk_formats: Sequence[str], container_formats: Sequence[str]) -> dict[str, Any]:
     """``GET /v2/schemas/images``: raw collection of :func:`image_schema`."""
     return _collection_raw("images", image_schema(disk_formats, container_formats))
 
@@ -405,6 +405,7 @@ def images_schema(
 # --------------------------------------------------------------------------
 # members
 # --------------------------------------------------------------------------
+
 
 def member_schema() -> dict[str, Any]:
     """``GET /v2/schemas/member`` (minimal form: no additionalProperties)."""
@@ -447,6 +448,7 @@ def members_schema() -> dict[str, Any]:
 # tasks
 # --------------------------------------------------------------------------
 
+
 def _task_properties() -> dict[str, Any]:
     return {
         "id": {
@@ -477,10 +479,7 @@ def _task_properties() -> dict[str, Any]:
             "type": "string",
         },
         "message": {
-            "description": (
-                "Human-readable informative message only included when "
-                "appropriate (usually on failure)"
-            ),
+            "description": ("Human-readable informative message only included when appropriate (usually on failure)"),
             "type": "string",
         },
         "image_id": {
@@ -529,13 +528,12 @@ def tasks_schema() -> dict[str, Any]:
 # metadata definitions
 # --------------------------------------------------------------------------
 
+
 def _metadef_definitions() -> dict[str, Any]:
     """``definitions`` shared by the namespace and object schemas."""
     return {
         "positiveInteger": {"type": "integer", "minimum": 0},
-        "positiveIntegerDefault0": {
-            "allOf": [{"$ref": "#/definitions/positiveInteger"}, {"default": 0}]
-        },
+        "positiveIntegerDefault0": {"allOf": [{"$ref": "#/definitions/positiveInteger"}, {"default": 0}]},
         "stringArray": {
             "type": "array",
             "items": {"type": "string"},
@@ -693,9 +691,7 @@ def _metadef_resource_type_association() -> dict[str, Any]:
                 "maxLength": 80,
             },
             "created_at": _timestamp("Date and time of resource type association"),
-            "updated_at": _timestamp(
-                "Date and time of the last resource type association modification"
-            ),
+            "updated_at": _timestamp("Date and time of the last resource type association modification"),
         },
         "additionalProperties": False,
         "required": ["name"],
@@ -728,9 +724,7 @@ def _metadef_property(*, require_name: bool) -> dict[str, Any]:
         "additionalProperties": False,
         "definitions": {
             "positiveInteger": {"type": "integer", "minimum": 0},
-            "positiveIntegerDefault0": {
-                "allOf": [{"$ref": "#/definitions/positiveInteger"}, {"default": 0}]
-            },
+            "positiveIntegerDefault0": {"allOf": [{"$ref": "#/definitions/positiveInteger"}, {"default": 0}]},
             "stringArray": {
                 "type": "array",
                 "items": {"type": "string"},
@@ -783,9 +777,7 @@ def metadef_schemas() -> dict[str, dict[str, Any]]:
         "metadefs/namespace": _metadef_namespace(),
         "metadefs/namespaces": _collection_raw("namespaces", _metadef_namespace()),
         "metadefs/resource_type": _metadef_resource_type_association(),
-        "metadefs/resource_types": _collection_raw(
-            "resource_type_associations", _metadef_resource_type_association()
-        ),
+        "metadefs/resource_types": _collection_raw("resource_type_associations", _metadef_resource_type_association()),
         "metadefs/object": _metadef_object(),
         "metadefs/objects": _collection_raw("objects", _metadef_object()),
         "metadefs/property": _metadef_property(require_name=True),
@@ -799,9 +791,8 @@ def metadef_schemas() -> dict[str, dict[str, Any]]:
 # everything
 # --------------------------------------------------------------------------
 
-def all_schemas(
-    disk_formats: Sequence[str], container_formats: Sequence[str]
-) -> dict[str, dict[str, Any]]:
+
+def all_schemas(disk_formats: Sequence[str], container_formats: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Every document served under ``/v2/schemas/``, keyed by path suffix."""
     docs: dict[str, dict[str, Any]] = {
         "image": image_schema(disk_formats, container_formats),
@@ -816,9 +807,7 @@ def all_schemas(
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_json(
-    name: str, disk_formats: tuple[str, ...], container_formats: tuple[str, ...]
-) -> str:
+def _cached_json(name: str, disk_formats: tuple[str, ...], container_formats: tuple[str, ...]) -> str:
     if name == "image":
         doc = image_schema(disk_formats, container_formats)
     elif name == "images":

@@ -106,17 +106,19 @@ def store_to_json(name: str, description: str, default: bool, usage: StoreUsage)
 
 def store_detail_to_json(name: str, description: str, default: bool, usage: StoreUsage, datadir: str) -> dict[str, Any]:
     body = store_to_json(name, description, default, usage)
-    body.update({
-        "type": "file",
-        "weight": 0,
-        "properties": {
-            "datadir": datadir,
-            "total_bytes": usage.total_bytes,
-            "free_bytes": usage.free_bytes,
-            "used_bytes": usage.used_bytes,
-            "read_only_reason": usage.reason,
-        },
-    })
+    body.update(
+        {
+            "type": "file",
+            "weight": 0,
+            "properties": {
+                "datadir": datadir,
+                "total_bytes": usage.total_bytes,
+                "free_bytes": usage.free_bytes,
+                "used_bytes": usage.used_bytes,
+                "read_only_reason": usage.reason,
+            },
+        }
+    )
     return body
 
 
@@ -155,18 +157,20 @@ def site_store_to_json(name: str) -> dict[str, Any]:
 
 def site_store_detail_to_json(site: Site, online: bool) -> dict[str, Any]:
     body = site_store_to_json(site.name)
-    body.update({
-        "type": "edge-site",
-        "weight": 0,
-        "properties": {
-            "online": online,
-            "last_seen": timestamp(site.last_seen),
-            "total_bytes": site.total_bytes,
-            "free_bytes": site.free_bytes,
-            "api_url": site.api_url,
-            "version": site.version,
-        },
-    })
+    body.update(
+        {
+            "type": "edge-site",
+            "weight": 0,
+            "properties": {
+                "online": online,
+                "last_seen": timestamp(site.last_seen),
+                "total_bytes": site.total_bytes,
+                "free_bytes": site.free_bytes,
+                "api_url": site.api_url,
+                "version": site.version,
+            },
+        }
+    )
     return body
 
 

@@ -49,7 +49,9 @@ async def delete_site(request: web.Request) -> web.Response:
 
 @routes.post("/v2/edge/sites/{name}/heartbeat")
 async def heartbeat(request: web.Request) -> web.Response:
-    site = await request.app[SITES].heartbeat(request[CONTEXT], request.match_info["name"], await _optional_json(request))
+    site = await request.app[SITES].heartbeat(
+        request[CONTEXT], request.match_info["name"], await _optional_json(request)
+    )
     return _site_response(request, site)
 
 
@@ -61,6 +63,7 @@ async def assignments(request: web.Request) -> web.Response:
 
 @routes.post("/v2/edge/sites/{name}/assignments/{image_id}")
 async def report(request: web.Request) -> web.Response:
-    await request.app[SITES].report(request[CONTEXT], request.match_info["name"], request.match_info["image_id"],
-                                    await read_json(request))
+    await request.app[SITES].report(
+        request[CONTEXT], request.match_info["name"], request.match_info["image_id"], await read_json(request)
+    )
     return web.Response(status=204)

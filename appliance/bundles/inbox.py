@@ -51,7 +51,9 @@ FAILED = "failed"
 SIDECAR = ".json"
 ERROR = ".error"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-SIDECAR_KEYS = frozenset({"name", "disk_format", "container_format", "properties", "visibility", "tags", "min_disk", "min_ram"})
+SIDECAR_KEYS = frozenset(
+    {"name", "disk_format", "container_format", "properties", "visibility", "tags", "min_disk", "min_ram"}
+)
 MAX_SIDECAR_BYTES = 1 << 20
 # Ids of plain images are derived from their file in this namespace (uuid5).
 ID_NAMESPACE = uuid.UUID("8f0c6f4e-6a53-4a35-9b1e-3c3e0b2f7d21")
@@ -98,7 +100,10 @@ def read_sidecar(path: Path, image_name: str) -> dict[str, Any]:
         raise BadRequest("sidecar %s must hold a JSON object" % path.name)
     unknown = sorted(set(data) - SIDECAR_KEYS)
     if unknown:
-        raise BadRequest("sidecar %s: unknown key(s) %s (allowed: %s)" % (path.name, ", ".join(unknown), ", ".join(sorted(SIDECAR_KEYS))))
+        raise BadRequest(
+            "sidecar %s: unknown key(s) %s (allowed: %s)"
+            % (path.name, ", ".join(unknown), ", ".join(sorted(SIDECAR_KEYS)))
+        )
     missing = [k for k in ("disk_format", "container_format") if k not in data]
     if missing:
         raise BadRequest("sidecar %s lacks %s" % (path.name, " and ".join(missing)))
@@ -113,9 +118,18 @@ def read_sidecar(path: Path, image_name: str) -> dict[str, Any]:
 
 
 class Inbox:
-    def __init__(self, directory: Path, *, store: str | None, settle_seconds: float, bundles: BundleService,
-                 images: ImageService, imports: ImportService, clock: Callable[[], float] = time.monotonic,
-                 watch: Watch = watchfiles.awatch) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        store: str | None,
+        settle_seconds: float,
+        bundles: BundleService,
+        images: ImageService,
+        imports: ImportService,
+        clock: Callable[[], float] = time.monotonic,
+        watch: Watch = watchfiles.awatch,
+    ) -> None:
         self.dir = directory
         self.store = store or None
         self.settle_seconds = settle_seconds
@@ -139,8 +153,9 @@ class Inbox:
         log.info("inbox: watching %s (files are taken once unchanged for %s s)", self.dir, self.settle_seconds)
         poll_ms = int(min(1000, max(100, self.settle_seconds * 250)))
         await self._round()
-        async for _changes in self._watch(self.dir, recursive=False, yield_on_timeout=True, rust_timeout=poll_ms,
-                                          debounce=poll_ms):
+        async for _changes in self._watch(
+            self.dir, recursive=False, yield_on_timeout=True, rust_timeout=poll_ms, debounce=poll_ms
+        ):
             await self._round()
 
     async def _round(self) -> None:
@@ -158,7 +173,9 @@ class Inbox:
             name = sidecar.name[: -len(SIDECAR)]
             if not (self.processing / name).exists() and not (self.dir / name).exists():
                 target = _free_name(self.dir / FAILED, sidecar.name)
-                (self.dir / FAILED / (target + ERROR)).write_text("sidecar without its image (a crash while finishing it)\n")
+                (self.dir / FAILED / (target + ERROR)).write_text(
+                    "sidecar without its image (a crash while finishing it)\n"
+                )
                 os.replace(sidecar, self.dir / FAILED / target)
 
     async def tick(self) -> int:
@@ -243,9 +260,11 @@ class Inbox:
                 return fh.read(len(ZSTD_MAGIC))
 
         if await asyncio.to_thread(magic) != ZSTD_MAGIC:
-            raise BadRequest("%s is not a bundle (it does not start with a zstandard frame) and has no sidecar %s%s: "
-                             "a plain image needs a JSON sidecar with disk_format and container_format"
-                             % (path.name, path.name, SIDECAR))
+            raise BadRequest(
+                "%s is not a bundle (it does not start with a zstandard frame) and has no sidecar %s%s: "
+                "a plain image needs a JSON sidecar with disk_format and container_format"
+                % (path.name, path.name, SIDECAR)
+            )
         report = await self._bundles.import_file(INBOX_USER, path, self.store)
         return "" if report.ok else "\n".join(report.lines())
 
@@ -261,7 +280,9 @@ class Inbox:
             log.info("inbox: %s was imported before the restart as image %s", path.name, image_id)
             return ""
         if image.status not in (QUEUED, UPLOADING):
-            raise Conflict("image %s (from %s) is %s; it must be queued to import it" % (image_id, path.name, image.status))
+            raise Conflict(
+                "image %s (from %s) is %s; it must be queued to import it" % (image_id, path.name, image.status)
+            )
         try:
             if image.status == QUEUED:  # UPLOADING: staged before a restart, the import did not start
                 await self._imports.stage(INBOX_USER, image_id, file_chunks(path), st.st_size)

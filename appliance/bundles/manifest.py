@@ -20,19 +20,46 @@ VERSION = 1
 
 _HEX = re.compile(r"[0-9a-f]+")
 # What a Glance v2 image body holds besides custom properties.
-_GLANCE_SYSTEM_KEYS = frozenset({
-    "id", "name", "status", "visibility", "protected", "os_hidden", "owner", "disk_format", "container_format",
-    "min_disk", "min_ram", "size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value", "created_at",
-    "updated_at", "tags", "self", "file", "schema", "locations", "direct_url", "stores", "deleted", "deleted_at",
-})
+_GLANCE_SYSTEM_KEYS = frozenset(
+    {
+        "id",
+        "name",
+        "status",
+        "visibility",
+        "protected",
+        "os_hidden",
+        "owner",
+        "disk_format",
+        "container_format",
+        "min_disk",
+        "min_ram",
+        "size",
+        "virtual_size",
+        "checksum",
+        "os_hash_algo",
+        "os_hash_value",
+        "created_at",
+        "updated_at",
+        "tags",
+        "self",
+        "file",
+        "schema",
+        "locations",
+        "direct_url",
+        "stores",
+        "deleted",
+        "deleted_at",
+    }
+)
 
 
 class BundleError(BadRequest):
     """A bundle or one of its records is malformed; the message says where."""
 
 
-
-def _get(data: Mapping[str, Any], key: str, kinds: type | tuple[type, ...], where: str, *, nullable: bool = False) -> Any:
+def _get(
+    data: Mapping[str, Any], key: str, kinds: type | tuple[type, ...], where: str, *, nullable: bool = False
+) -> Any:
     if key not in data:
         raise BundleError("%s: %s is missing" % (where, key))
     value = data[key]
@@ -72,9 +99,25 @@ class ImageRecord:
     properties: dict[str, str] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
 
-    KEYS = ("id", "name", "disk_format", "container_format", "visibility", "protected", "os_hidden", "owner",
-            "min_disk", "min_ram", "size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value",
-            "properties", "tags")
+    KEYS = (
+        "id",
+        "name",
+        "disk_format",
+        "container_format",
+        "visibility",
+        "protected",
+        "os_hidden",
+        "owner",
+        "min_disk",
+        "min_ram",
+        "size",
+        "virtual_size",
+        "checksum",
+        "os_hash_algo",
+        "os_hash_value",
+        "properties",
+        "tags",
+    )
 
     def to_json(self) -> dict[str, Any]:
         body = {key: getattr(self, key) for key in self.KEYS}
@@ -136,22 +179,39 @@ class ImageRecord:
         if body.get("status") != "active":
             raise BundleError("%s is %s; only active images can be exported" % (where, body.get("status")))
         if body.get("os_hash_algo") != "sha512" or not body.get("os_hash_value") or not body.get("checksum"):
-            raise BundleError("%s has no SHA-512 hash and MD5 checksum (os_hash_algo %r); bundles need both"
-                              % (where, body.get("os_hash_algo")))
+            raise BundleError(
+                "%s has no SHA-512 hash and MD5 checksum (os_hash_algo %r); bundles need both"
+                % (where, body.get("os_hash_algo"))
+            )
         record = {key: body.get(key) for key in cls.KEYS if key not in ("properties", "tags")}
         for key, default in (("protected", False), ("os_hidden", False), ("min_disk", 0), ("min_ram", 0)):
             if record[key] is None:
                 record[key] = default
         record["tags"] = list(body.get("tags") or [])
-        record["properties"] = {key: value for key, value in body.items()
-                                if key not in _GLANCE_SYSTEM_KEYS and not key.startswith("os_glance") and isinstance(value, str)}
+        record["properties"] = {
+            key: value
+            for key, value in body.items()
+            if key not in _GLANCE_SYSTEM_KEYS and not key.startswith("os_glance") and isinstance(value, str)
+        }
         return cls.from_json(record, where)
 
     def create_body(self) -> dict[str, Any]:
         """The image-create request that makes this image (ids and metadata as they were)."""
-        body: dict[str, Any] = {key: getattr(self, key) for key in (
-            "id", "name", "disk_format", "container_format", "visibility", "protected", "os_hidden", "owner",
-            "min_disk", "min_ram")}
+        body: dict[str, Any] = {
+            key: getattr(self, key)
+            for key in (
+                "id",
+                "name",
+                "disk_format",
+                "container_format",
+                "visibility",
+                "protected",
+                "os_hidden",
+                "owner",
+                "min_disk",
+                "min_ram",
+            )
+        }
         body["tags"] = list(self.tags)
         body.update(self.properties)
         return body
@@ -168,10 +228,20 @@ class Manifest:
     created_at: str = ""
 
     def encode(self) -> bytes:
-        return json.dumps({
-            "format": FORMAT, "version": VERSION, "created_at": self.created_at or timestamp(), "source": self.source,
-            "images": [record.to_json() for record in self.images],
-        }, indent=1, sort_keys=True).encode() + b"\n"
+        return (
+            json.dumps(
+                {
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "created_at": self.created_at or timestamp(),
+                    "source": self.source,
+                    "images": [record.to_json() for record in self.images],
+                },
+                indent=1,
+                sort_keys=True,
+            ).encode()
+            + b"\n"
+        )
 
     @classmethod
     def decode(cls, raw: bytes) -> Manifest:
@@ -182,10 +252,14 @@ class Manifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise BundleError("manifest.json does not describe an %s" % FORMAT)
         if data.get("version") != VERSION:
-            raise BundleError("bundle format version %r is not supported (this appliance reads version %d)"
-                              % (data.get("version"), VERSION))
+            raise BundleError(
+                "bundle format version %r is not supported (this appliance reads version %d)"
+                % (data.get("version"), VERSION)
+            )
         images = _get(data, "images", list, "manifest.json")
-        records = tuple(ImageRecord.from_json(item, "manifest.json image #%d" % (i + 1)) for i, item in enumerate(images))
+        records = tuple(
+            ImageRecord.from_json(item, "manifest.json image #%d" % (i + 1)) for i, item in enumerate(images)
+        )
         seen: set[str] = set()
         for record in records:
             if record.id in seen:

@@ -36,23 +36,39 @@ class BundleReport:
         """The report as an operator reads it (the CLI, and the inbox's .error files)."""
         out = ["signature: %s" % self.signature]
         for e in self.entries:
-            out.append("%-8s %s  %s  %d bytes%s" % (e.outcome, e.id, e.name or "-", e.size,
-                                                    "  " + e.message if e.message else ""))
+            out.append(
+                "%-8s %s  %s  %d bytes%s"
+                % (e.outcome, e.id, e.name or "-", e.size, "  " + e.message if e.message else "")
+            )
         if self.error:
             out.append("bundle error: %s" % self.error)
         counts = {o: sum(1 for e in self.entries if e.outcome == o) for o in (OK, IMPORTED, SKIPPED, FAILED)}
-        out.append("%d image(s): %s" % (len(self.entries), ", ".join("%d %s" % (n, o) for o, n in counts.items() if n)
-                                          or "nothing to do"))
+        out.append(
+            "%d image(s): %s"
+            % (len(self.entries), ", ".join("%d %s" % (n, o) for o, n in counts.items() if n) or "nothing to do")
+        )
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"signature": self.signature, "error": self.error, "ok": self.ok,
-                "images": [{"id": e.id, "name": e.name, "size": e.size, "outcome": e.outcome, "message": e.message}
-                           for e in self.entries]}
+        return {
+            "signature": self.signature,
+            "error": self.error,
+            "ok": self.ok,
+            "images": [
+                {"id": e.id, "name": e.name, "size": e.size, "outcome": e.outcome, "message": e.message}
+                for e in self.entries
+            ],
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BundleReport:
-        return cls(signature=data["signature"], error=data.get("error", ""),
-                   entries=tuple(EntryResult(id=e["id"], name=e["name"], size=e["size"], outcome=e["outcome"],
-                                             message=e.get("message", "")) for e in data["images"]))
-
+        return cls(
+            signature=data["signature"],
+            error=data.get("error", ""),
+            entries=tuple(
+                EntryResult(
+                    id=e["id"], name=e["name"], size=e["size"], outcome=e["outcome"], message=e.get("message", "")
+                )
+                for e in data["images"]
+            ),
+        )

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from pathlib import Path
-from typing import AsyncIterable, AsyncIterator, Mapping
 
 from appliance import policy
 from appliance.auth import Context
@@ -41,12 +41,16 @@ def load_trusted_keys(config: Config) -> frozenset[bytes]:
     """The [bundles] trusted_keys, read now (an unreadable key is a configuration error)."""
     conf = config.bundles
     if conf.require_signed and not conf.trusted_keys:
-        raise ConfigError("bundles.require_signed is true but bundles.trusted_keys is empty: no bundle could be accepted")
+        raise ConfigError(
+            "bundles.require_signed is true but bundles.trusted_keys is empty: no bundle could be accepted"
+        )
     return frozenset(load_public_key(config.path(p)) for p in conf.trusted_keys)
 
 
 class BundleService:
-    def __init__(self, config: Config, catalog: Catalog, stores: Mapping[str, ImageStore], images: ImageService) -> None:
+    def __init__(
+        self, config: Config, catalog: Catalog, stores: Mapping[str, ImageStore], images: ImageService
+    ) -> None:
         self._config = config
         self._catalog = catalog
         self._stores = stores
@@ -69,7 +73,9 @@ class BundleService:
                 await self._catalog.finish_bundle_import(image_id)
                 continue
             await self._discard(image_id)
-            log.warning("recovery: bundle import of image %s was interrupted; the unfinished image was removed", image_id)
+            log.warning(
+                "recovery: bundle import of image %s was interrupted; the unfinished image was removed", image_id
+            )
 
     # -- import ---------------------------------------------------------------------------
 
@@ -109,15 +115,26 @@ class BundleService:
         else at normal priority, like an upload (an operator is waiting)."""
         verdict = check_signature(reader.manifest_bytes, reader.signature, self._trusted)
         enforce_signature_policy(verdict, self._config.bundles.require_signed)
-        log.info("bundle import of %d image(s) into store %s (%s)", len(reader.manifest.images), store.name, verdict.describe())
+        log.info(
+            "bundle import of %d image(s) into store %s (%s)",
+            len(reader.manifest.images),
+            store.name,
+            verdict.describe(),
+        )
 
         async def handle(entry: Entry) -> EntryResult:
             return await self._import_entry(ctx, entry, store, background)
 
         report = await walk(reader, handle, verdict.describe())
         counts = {o: sum(1 for e in report.entries if e.outcome == o) for o in (IMPORTED, SKIPPED, FAILED)}
-        log.log(logging.INFO if report.ok else logging.WARNING, "bundle import done: %d imported, %d skipped, %d failed%s",
-                counts[IMPORTED], counts[SKIPPED], counts[FAILED], "; " + report.error if report.error else "")
+        log.log(
+            logging.INFO if report.ok else logging.WARNING,
+            "bundle import done: %d imported, %d skipped, %d failed%s",
+            counts[IMPORTED],
+            counts[SKIPPED],
+            counts[FAILED],
+            "; " + report.error if report.error else "",
+        )
         return report
 
     async def _import_entry(self, ctx: Context, entry: Entry, store: ImageStore, background: bool) -> EntryResult:
@@ -136,11 +153,16 @@ class BundleService:
                 return result(SKIPPED, "already here with the same data")
             if same:  # known here (mirrored from the hub) but with no copy in a store of this site
                 return await self._add_copy(existing, entry, store, background)
-            return result(FAILED, "an image with this ID is already here (%s%s); delete it to import this one" % (
-                existing.status, ", with other data" if existing.os_hash_value else ""))
+            return result(
+                FAILED,
+                "an image with this ID is already here (%s%s); delete it to import this one"
+                % (existing.status, ", with other data" if existing.os_hash_value else ""),
+            )
         cap = self._config.api.max_upload_bytes
         if record.size > cap:
-            return result(FAILED, "%d bytes is more than this site's maximum image size of %d bytes" % (record.size, cap))
+            return result(
+                FAILED, "%d bytes is more than this site's maximum image size of %d bytes" % (record.size, cap)
+            )
         try:
             image = self._images.new_record(ctx, record.create_body(), status=SAVING)
             await self._catalog.create_image(image, bundle_import=True)
@@ -172,8 +194,9 @@ class BundleService:
         log.info("bundle image %s (%s): copy added in store %s", image.id, record.name, store.name)
         return EntryResult(record.id, record.name, record.size, IMPORTED, "a copy of the image this site knew")
 
-    async def _write(self, image: Image, chunks: AsyncIterator[bytes], store: ImageStore, record: ImageRecord,
-                     background: bool) -> ImageData:
+    async def _write(
+        self, image: Image, chunks: AsyncIterator[bytes], store: ImageStore, record: ImageRecord, background: bool
+    ) -> ImageData:
         """Write the data to the store, inspected on the way; raises unless it is the record's."""
         require_formats(image)  # as for an upload: without them the data could not be inspected
         inspector = FormatInspector(image.disk_format, max_virtual_size=self._config.formats.max_virtual_size)
@@ -183,18 +206,26 @@ class BundleService:
                 inspector.feed(chunk)
                 yield chunk
 
-        digest = await store.write(image.id, inspected(), max_size=self._config.api.max_upload_bytes, background=background,
-                                   expected_size=record.size)
+        digest = await store.write(
+            image.id,
+            inspected(),
+            max_size=self._config.api.max_upload_bytes,
+            background=background,
+            expected_size=record.size,
+        )
         record.check(digest)  # before anything becomes visible
         found = inspector.finish()
         return digest.image_data(found.virtual_size)
 
-    async def _store_data(self, image: Image, chunks: AsyncIterator[bytes], store: ImageStore, record: ImageRecord,
-                          background: bool) -> None:
+    async def _store_data(
+        self, image: Image, chunks: AsyncIterator[bytes], store: ImageStore, record: ImageRecord, background: bool
+    ) -> None:
         data = await self._write(image, chunks, store, record, background)
         location = _location(store, image.id)
         try:
-            await self._catalog.activate_image(image.id, data, location, from_status=SAVING, updated_at=timestamp(self._images.clock.now()))
+            await self._catalog.activate_image(
+                image.id, data, location, from_status=SAVING, updated_at=timestamp(self._images.clock.now())
+            )
         except Conflict:
             raise Conflict("image %s was changed or deleted while its data was being imported" % image.id) from None
 

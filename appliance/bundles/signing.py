@@ -22,6 +22,7 @@ from appliance.errors import ConfigError, Forbidden
 class BundleRefused(Forbidden):
     """The site's signature policy refuses the bundle."""
 
+
 def fingerprint(public_key: bytes) -> str:
     """How a key is named in messages: the start of the SHA-256 of its 32 raw bytes."""
     return "ed25519:" + hashlib.sha256(public_key).hexdigest()[:32]
@@ -74,24 +75,33 @@ def generate_key(path: Path) -> str:
     """Write a new private key to `path` (PEM, mode 0600) and its public key to `path`.pub;
     returns the fingerprint."""
     key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(private)
     public = key.public_key()
     path.with_name(path.name + ".pub").write_bytes(
-        public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return fingerprint(_raw_public(public))
 
 
 def sign_manifest(manifest: bytes, key: Ed25519PrivateKey) -> bytes:
     """manifest.sig: the signature over the exact manifest bytes, with the signer's public key
     (so a site can name the signer, and check the signature, even when it does not trust it)."""
-    return json.dumps({
-        "algorithm": "ed25519",
-        "public_key": base64.b64encode(_raw_public(key.public_key())).decode(),
-        "signature": base64.b64encode(key.sign(manifest)).decode(),
-    }, indent=1).encode() + b"\n"
+    return (
+        json.dumps(
+            {
+                "algorithm": "ed25519",
+                "public_key": base64.b64encode(_raw_public(key.public_key())).decode(),
+                "signature": base64.b64encode(key.sign(manifest)).decode(),
+            },
+            indent=1,
+        ).encode()
+        + b"\n"
+    )
 
 
 @dataclass(frozen=True)
@@ -133,14 +143,19 @@ def enforce_signature_policy(check: SignatureCheck, require_signed: bool) -> Non
     changed after signing); a site that requires signatures refuses unsigned bundles and
     bundles signed by keys it does not trust."""
     if check.signed and not check.valid:
-        raise BundleRefused("The bundle's signature does not verify (%s): the manifest was changed after signing, "
-                            "or the signature is damaged; nothing was imported" % check.describe())
+        raise BundleRefused(
+            "The bundle's signature does not verify (%s): the manifest was changed after signing, "
+            "or the signature is damaged; nothing was imported" % check.describe()
+        )
     if not require_signed:
         return
     if not check.signed:
-        raise BundleRefused("This site requires signed bundles ([bundles] require_signed) and this bundle is "
-                            "not signed; nothing was imported. Export it with --sign")
+        raise BundleRefused(
+            "This site requires signed bundles ([bundles] require_signed) and this bundle is "
+            "not signed; nothing was imported. Export it with --sign"
+        )
     if not check.trusted:
-        raise BundleRefused("This site requires bundles signed by one of its trusted_keys; this one is signed by %s, "
-                            "which is not among them; nothing was imported" % check.fingerprint)
-
+        raise BundleRefused(
+            "This site requires bundles signed by one of its trusted_keys; this one is signed by %s, "
+            "which is not among them; nothing was imported" % check.fingerprint
+        )

@@ -74,7 +74,6 @@ class BundleCorrupt(BundleError):
     point can be read."""
 
 
-
 # -- writing -------------------------------------------------------------------------------
 
 
@@ -87,8 +86,9 @@ def _header(name: str, size: int) -> bytes:
     return info.tobuf(format=tarfile.GNU_FORMAT, encoding="utf-8", errors="strict")
 
 
-async def hash_stream(chunks: AsyncIterable[Buffer], consume: Callable[[Sequence[Buffer]], None] | None, *,
-                      limit: int, what: str) -> Digest:
+async def hash_stream(
+    chunks: AsyncIterable[Buffer], consume: Callable[[Sequence[Buffer]], None] | None, *, limit: int, what: str
+) -> Digest:
     """Hash a stream (MD5 and SHA-512 on worker threads), handing each batch to `consume` (on
     the MD5 thread, in order) too. More than `limit` bytes is an error."""
     sink = DigestSink(consume)
@@ -125,6 +125,7 @@ class BundleWriter:
 
     async def start(self, manifest: bytes, signature: bytes | None = None) -> None:
         """The first frame: the manifest and its signature."""
+
         def write() -> None:
             for name, data in ((MANIFEST, manifest), (SIGNATURE, signature)):
                 if data is not None:
@@ -190,7 +191,7 @@ class _Source:
     def read(self, n: int) -> bytes:
         data = self._read(n)
         self.count += len(data)
-        self.tail = data[-_END.size:] if len(data) >= _END.size else (self.tail + data)[-_END.size:]
+        self.tail = data[-_END.size :] if len(data) >= _END.size else (self.tail + data)[-_END.size :]
         return data
 
     def cancel(self) -> None:
@@ -236,7 +237,7 @@ class _ChunkSource(_Source):
                 self._done = True
             else:
                 self._buffer, self._offset = bytes(chunk), 0
-        data = self._buffer[self._offset:self._offset + n]
+        data = self._buffer[self._offset : self._offset + n]
         self._offset += len(data)
         return data
 
@@ -261,7 +262,8 @@ class BundleReader:
         self._source = source
         # zstd calls only read() on its source, which is all a _Source has of a file.
         self._zr = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).stream_reader(
-            cast(BinaryIO, source), read_size=CHUNK, read_across_frames=True)
+            cast(BinaryIO, source), read_size=CHUNK, read_across_frames=True
+        )
         self._data_left = 0  # unread data of the current member
         self._pad_left = 0  # and its padding
         self._first: tarfile.TarInfo | None = None  # the member header after the manifest
@@ -283,14 +285,18 @@ class BundleReader:
         reader = cls(source)
         first = await reader._next_member()
         if first is None or first.name != MANIFEST:
-            raise reader._break("not a bundle: it starts with %s, not %s" % (first.name if first else "no member", MANIFEST))
+            raise reader._break(
+                "not a bundle: it starts with %s, not %s" % (first.name if first else "no member", MANIFEST)
+            )
         if first.size > MAX_MANIFEST_BYTES:
             raise reader._break("manifest.json is %d bytes; at most %d are accepted" % (first.size, MAX_MANIFEST_BYTES))
         reader.manifest_bytes = await reader._member_bytes(first)
         following = await reader._next_member()
         if following is not None and following.name == SIGNATURE:
             if following.size > MAX_SIGNATURE_BYTES:
-                raise reader._break("manifest.sig is %d bytes; at most %d are accepted" % (following.size, MAX_SIGNATURE_BYTES))
+                raise reader._break(
+                    "manifest.sig is %d bytes; at most %d are accepted" % (following.size, MAX_SIGNATURE_BYTES)
+                )
             reader.signature = await reader._member_bytes(following)
             following = await reader._next_member()
         # Only now, past the end of the first frame (its checksum verified), is the manifest used.
@@ -314,17 +320,22 @@ class BundleReader:
             self._break("reading was cancelled")
             raise
         except zstandard.ZstdError as exc:
-            raise self._break("the bundle is damaged (%s, after %d bytes of the file)" % (exc, self._source.count)) from None
+            raise self._break(
+                "the bundle is damaged (%s, after %d bytes of the file)" % (exc, self._source.count)
+            ) from None
         except ApplianceError as exc:
             raise self._break("reading the bundle failed after %d bytes: %s" % (self._source.count, exc)) from None
         except Exception as exc:  # the source's own failure (an I/O error, a client gone)
-            raise self._break("reading the bundle failed after %d bytes: %s" % (
-                self._source.count, str(exc) or type(exc).__name__)) from None
+            raise self._break(
+                "reading the bundle failed after %d bytes: %s" % (self._source.count, str(exc) or type(exc).__name__)
+            ) from None
 
     async def _exact(self, n: int, what: str) -> bytes:
         data: bytes = await self._call(self._zr.read, n)
         if len(data) < n:
-            raise self._break("the bundle is truncated: it ends inside %s (after %d bytes of the file)" % (what, self._source.count))
+            raise self._break(
+                "the bundle is truncated: it ends inside %s (after %d bytes of the file)" % (what, self._source.count)
+            )
         return data
 
     def _discard(self, n: int) -> int:
@@ -376,10 +387,14 @@ class BundleReader:
                 info = await self._next_member()
             expected = IMAGE_DIR + record.id
             if info is None:
-                raise self._break("the bundle ends before the data of image %s (%d of %d images present)"
-                                  % (record.id, index, len(self.manifest.images)))
+                raise self._break(
+                    "the bundle ends before the data of image %s (%d of %d images present)"
+                    % (record.id, index, len(self.manifest.images))
+                )
             if info.name != expected:
-                raise self._break("found %s where %s was expected (images follow the manifest's order)" % (info.name, expected))
+                raise self._break(
+                    "found %s where %s was expected (images follow the manifest's order)" % (info.name, expected)
+                )
             if info.size != record.size:
                 raise self._break("%s holds %d bytes; its record says %d" % (info.name, info.size, record.size))
             yield Entry(record, self._data(info.name))
@@ -395,12 +410,16 @@ class BundleReader:
         if await self._call(self._zr.read, 1):
             raise self._break("the bundle is damaged: data follows the end of the archive")
         await self._call(self._drain_source)
-        magic, size, ident, frame = _END.unpack(self._source.tail) if len(self._source.tail) == _END.size else (0, 0, b"", 0)
+        magic, size, ident, frame = (
+            _END.unpack(self._source.tail) if len(self._source.tail) == _END.size else (0, 0, b"", 0)
+        )
         if (magic, size, ident) != (_END_MAGIC, _END.size - 8, _END_ID):
             raise self._break("the bundle is truncated or has data appended: its end marker is missing")
         if frame != self._source.count - _END.size:
-            raise self._break("the bundle is truncated or damaged: its compressed data is %d bytes, the end marker says %d"
-                              % (self._source.count - _END.size, frame))
+            raise self._break(
+                "the bundle is truncated or damaged: its compressed data is %d bytes, the end marker says %d"
+                % (self._source.count - _END.size, frame)
+            )
 
     def _drain_source(self) -> None:
         while self._source.read(CHUNK):
@@ -417,8 +436,10 @@ async def walk(reader: BundleReader, handle: Callable[[Entry], Awaitable[EntryRe
             results[entry.record.id] = await handle(entry)
     except BundleCorrupt as exc:
         error = str(exc)
-    entries = tuple(results.get(r.id) or EntryResult(r.id, r.name, r.size, FAILED, "not read: %s" % error)
-                    for r in reader.manifest.images)
+    entries = tuple(
+        results.get(r.id) or EntryResult(r.id, r.name, r.size, FAILED, "not read: %s" % error)
+        for r in reader.manifest.images
+    )
     return BundleReport(signature=signature, entries=entries, error=error)
 
 

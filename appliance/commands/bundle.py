@@ -16,13 +16,14 @@ from appliance.bundles.manifest import ImageRecord, Manifest
 from appliance.bundles.report import BundleReport
 from appliance.bundles.signing import generate_key, load_private_key, load_public_key, sign_manifest
 from appliance.bundles.stream import IMAGE_DIR, create_bundle, verify_bundle
+from appliance.commands import target as target_options
+from appliance.commands.target import Target, target_from_args
 from appliance.config import HubConfig, load_config
 from appliance.digest import ChecksumMismatch
 from appliance.errors import ApplianceError, ConfigError
-from appliance.commands import target as target_options
-from appliance.commands.target import Target, target_from_args
 from appliance.hub.client import HubClient
 from appliance.stores.files import file_chunks
+
 
 class TransferFailed(ApplianceError):
     """The daemon or endpoint could not be reached, or refused the request."""
@@ -45,8 +46,9 @@ async def export_bundle(target: Target, image_ids: list[str], output: Path, key_
                 try:
                     record.check(digest)
                 except ChecksumMismatch as exc:
-                    raise ChecksumMismatch("image %s: the data %s sent does not match its record: %s"
-                                           % (record.id, target.describe(), exc)) from None
+                    raise ChecksumMismatch(
+                        "image %s: the data %s sent does not match its record: %s" % (record.id, target.describe(), exc)
+                    ) from None
         return manifest
     finally:
         await client.close()
@@ -60,11 +62,17 @@ async def send_bundle(target: Target, path: Path, store: str | None = None) -> B
         headers["X-Auth-Token"] = target.token
     try:
         async with target.session() as session:
-            async with session.post(target.base + "/v2/edge/bundles", params={"store": store} if store else None,
-                                    data=file_chunks(path), headers=headers) as resp:
+            async with session.post(
+                target.base + "/v2/edge/bundles",
+                params={"store": store} if store else None,
+                data=file_chunks(path),
+                headers=headers,
+            ) as resp:
                 body = await resp.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        raise TransferFailed("cannot reach the daemon at %s: %s" % (target.describe(), str(exc) or type(exc).__name__)) from None
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise TransferFailed(
+            "cannot reach the daemon at %s: %s" % (target.describe(), str(exc) or type(exc).__name__)
+        ) from None
     try:
         answer = json.loads(body)
     except ValueError:
@@ -88,13 +96,24 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     e = sub.add_parser("export", help="write images (data, ids, metadata, hashes) to one bundle file")
     e.add_argument("ids", nargs="+", metavar="ID")
     e.add_argument("-o", "--output", type=Path, required=True, help="the bundle file to write")
-    e.add_argument("--sign", nargs="?", const="", metavar="KEYFILE",
-                   help="sign with this ed25519 private key (PEM); alone: [bundles] signing_key of --config")
+    e.add_argument(
+        "--sign",
+        nargs="?",
+        const="",
+        metavar="KEYFILE",
+        help="sign with this ed25519 private key (PEM); alone: [bundles] signing_key of --config",
+    )
     target(e)
     v = sub.add_parser("verify", help="check a bundle's structure, signature and every hash; imports nothing")
     v.add_argument("file", type=Path)
-    v.add_argument("--trusted-key", type=Path, action="append", default=[], metavar="PUB",
-                   help="require a signature by this ed25519 public key (repeatable)")
+    v.add_argument(
+        "--trusted-key",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PUB",
+        help="require a signature by this ed25519 public key (repeatable)",
+    )
     v.add_argument("--config", type=Path, help="also apply [bundles] trusted_keys and require_signed of this config")
     v.add_argument("--state-dir", type=Path, help=argparse.SUPPRESS)
     i = sub.add_parser("import", help="import a bundle into the running daemon")
@@ -133,12 +152,16 @@ def run(args: argparse.Namespace) -> int:
             key_file = Path(args.sign) if args.sign else None
             if key_file is None:
                 if config is None or not config.bundles.signing_key:
-                    raise ConfigError("--sign without a key file uses [bundles] signing_key of --config, which is not set")
+                    raise ConfigError(
+                        "--sign without a key file uses [bundles] signing_key of --config, which is not set"
+                    )
                 key_file = config.path(config.bundles.signing_key)
         manifest = asyncio.run(export_bundle(target_from_args(args), args.ids, args.output, key_file))
         total = sum(r.size for r in manifest.images)
-        print("wrote %s: %d image(s), %d bytes of image data in %d bytes%s" % (
-            args.output, len(manifest.images), total, args.output.stat().st_size, ", signed" if key_file else ""))
+        print(
+            "wrote %s: %d image(s), %d bytes of image data in %d bytes%s"
+            % (args.output, len(manifest.images), total, args.output.stat().st_size, ", signed" if key_file else "")
+        )
         return 0
     except ConfigError as exc:
         print("error: %s" % exc, file=sys.stderr)

@@ -15,14 +15,24 @@ from appliance.commands import target as target_options
 from appliance.commands.target import Target, target_from_args
 from appliance.errors import ConfigError
 
-VERBS = ("list-cached", "list-queued", "queue-image", "delete-cached-image", "delete-all-cached-images",
-         "delete-queued-image", "delete-all-queued-images", "stats")
+VERBS = (
+    "list-cached",
+    "list-queued",
+    "queue-image",
+    "delete-cached-image",
+    "delete-all-cached-images",
+    "delete-queued-image",
+    "delete-all-queued-images",
+    "stats",
+)
 NEEDS_ID = ("queue-image", "delete-cached-image", "delete-queued-image")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("verb", choices=VERBS)
-    p.add_argument("image_id", nargs="?", metavar="ID", help="for queue-image, delete-cached-image, delete-queued-image")
+    p.add_argument(
+        "image_id", nargs="?", metavar="ID", help="for queue-image, delete-cached-image, delete-queued-image"
+    )
     target_options.add_arguments(p)
 
 
@@ -63,16 +73,26 @@ async def _run(target: Target, verb: str, image_id: str | None) -> int:
         view = await _call(target, "GET", "/v2/edge/cache")
         print("%-36s  %10s  %5s  %-20s  %-20s" % ("ID", "Size", "Hits", "Last accessed", "Cached at"))
         for e in view["entries"]:
-            print("%-36s  %10s  %5d  %-20s  %-20s" % (e["image_id"], _size(e["size"]), e["hits"], _when(e["last_accessed"]),
-                                                       _when(e["cached_at"])))
+            print(
+                "%-36s  %10s  %5d  %-20s  %-20s"
+                % (e["image_id"], _size(e["size"]), e["hits"], _when(e["last_accessed"]), _when(e["cached_at"]))
+            )
         for f in view["fills"]:
             print("%-36s  filling: %s of %s" % (f["image_id"], _size(f["bytes_done"]), _size(f["bytes_total"])))
     elif verb == "list-queued":
         view = await _call(target, "GET", "/v2/edge/cache")
         print("%-36s  %-20s  %8s  %-20s  %s" % ("ID", "Queued at", "Attempts", "Next attempt", "Last error"))
         for q in view["queue"]:
-            print("%-36s  %-20s  %8d  %-20s  %s" % (q["image_id"], _when(q["queued_at"]), q["attempts"],
-                                                   _when(q["next_attempt_at"]), q["last_error"] or "-"))
+            print(
+                "%-36s  %-20s  %8d  %-20s  %s"
+                % (
+                    q["image_id"],
+                    _when(q["queued_at"]),
+                    q["attempts"],
+                    _when(q["next_attempt_at"]),
+                    q["last_error"] or "-",
+                )
+            )
     elif verb == "queue-image":
         await _call(target, "PUT", "/v2/cache/%s" % image_id)
         print("image %s queued for caching" % image_id)
@@ -89,14 +109,21 @@ async def _run(target: Target, verb: str, image_id: str | None) -> int:
         stats = view["stats"]
         rows = [
             ("enabled", str(view["enabled"]).lower()),
-            ("size", "%s of %s (high mark %d%%, low mark %d%%)" % (_size(view["used_bytes"]), _size(view["max_size"]),
-                                                                  view["high_watermark"], view["low_watermark"])),
-            ("entries", str(view["entries_count"])), ("fills in progress", str(view["fills_count"])),
-            ("queued", str(len(view["queue"]))), ("hits", str(stats["hits"])), ("misses", str(stats["misses"])),
+            (
+                "size",
+                "%s of %s (high mark %d%%, low mark %d%%)"
+                % (_size(view["used_bytes"]), _size(view["max_size"]), view["high_watermark"], view["low_watermark"]),
+            ),
+            ("entries", str(view["entries_count"])),
+            ("fills in progress", str(view["fills_count"])),
+            ("queued", str(len(view["queue"]))),
+            ("hits", str(stats["hits"])),
+            ("misses", str(stats["misses"])),
             ("hit ratio", "%.1f%%" % (100 * stats["hit_ratio"])),
             ("bytes served from cache", _size(stats["bytes_from_cache"])),
             ("bytes fetched from upstream", _size(stats["bytes_from_upstream"])),
-            ("evictions", str(stats["evictions"])), ("invalid fills", str(stats["invalid"])),
+            ("evictions", str(stats["evictions"])),
+            ("invalid fills", str(stats["invalid"])),
             ("served uncached", str(stats["uncached"])),
         ]
         for key, value in rows:

@@ -47,15 +47,20 @@ class Target:
     def session(self) -> aiohttp.ClientSession:
         # No overall timeout (a bundle can take long); a silent peer still fails.
         connector = aiohttp.UnixConnector(path=self.socket) if self.socket else aiohttp.TCPConnector()
-        return aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600))
+        return aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600),
+        )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options that say which daemon a command talks to (read by target_from_args)."""
     p.add_argument("--url", help="an appliance or Glance v2 endpoint, http(s)://host:port (default: the local daemon)")
-    p.add_argument("--socket", help="the local daemon's Unix socket (default: $EDGE_APPLIANCE_SOCKET, else "
-                   "<state dir>/appliance.sock)")
+    p.add_argument(
+        "--socket",
+        help="the local daemon's Unix socket (default: $EDGE_APPLIANCE_SOCKET, else <state dir>/appliance.sock)",
+    )
     p.add_argument("--state-dir", type=Path, help="the local daemon's state directory (finds its socket)")
     p.add_argument("--token", help="token sent as X-Auth-Token (not needed on the socket as root or the daemon's user)")
     p.add_argument("--token-file", type=Path, help="read the token from this file")

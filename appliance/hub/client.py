@@ -13,8 +13,9 @@ import email.utils
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Mapping
+from typing import Any
 
 import aiohttp
 
@@ -78,8 +79,12 @@ class HubClient:
     def __init__(self, config: HubConfig, token: str, *, session: aiohttp.ClientSession | None = None) -> None:
         self.url = config.url
         self._token = token
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout, sock_connect=config.connect_timeout,
-                                              sock_read=config.read_timeout)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=config.connect_timeout,
+            sock_connect=config.connect_timeout,
+            sock_read=config.read_timeout,
+        )
         self._session = session
         self._limiter = RateLimiter(config.bandwidth_limit)
         # The hub's clock (its Date header) at the last JSON answer: the catalog mirror's marker logic.
@@ -100,8 +105,9 @@ class HubClient:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False,
-                                                  connector=aiohttp.TCPConnector(limit=64))
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, auto_decompress=False, connector=aiohttp.TCPConnector(limit=64)
+            )
         return self._session
 
     async def close(self) -> None:
@@ -110,12 +116,21 @@ class HubClient:
 
     # -- JSON -------------------------------------------------------------------------------
 
-    async def request_json(self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None,
-                           headers: Mapping[str, str] | None = None, expect: tuple[int, ...] = (200,)) -> Any:
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        expect: tuple[int, ...] = (200,),
+    ) -> Any:
         url = self.url + path
         try:
-            async with self._client().request(method, url, json=json, params=params,
-                                              headers=self._headers(headers)) as resp:
+            async with self._client().request(
+                method, url, json=json, params=params, headers=self._headers(headers)
+            ) as resp:
                 self.server_time = _http_date(resp.headers.get("Date"))
                 body = await resp.read()
                 if resp.status not in expect:
@@ -126,7 +141,7 @@ class HubClient:
                     return await resp.json(content_type=None)
                 except ValueError as exc:
                     raise HubRejected("%s %s: the hub answered with invalid JSON: %s" % (method, url, exc)) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _unreachable(url, exc) from None
 
     async def get_image(self, image_id: str) -> dict[str, Any]:
@@ -139,7 +154,7 @@ class HubClient:
 
     # -- data -------------------------------------------------------------------------------
 
-    async def upload(self, image_id: str, path: "os.PathLike[str]") -> None:
+    async def upload(self, image_id: str, path: os.PathLike[str]) -> None:
         """PUT a local file as the image's data (file reads in a thread, rate-limited)."""
         url = self.data_url(image_id)
 
@@ -152,11 +167,16 @@ class HubClient:
                 yield chunk
 
         try:
-            async with self._client().put(url, data=body(), headers=self._headers(
-                    {"Content-Type": "application/octet-stream", "Content-Length": str(size.st_size)})) as resp:
+            async with self._client().put(
+                url,
+                data=body(),
+                headers=self._headers(
+                    {"Content-Type": "application/octet-stream", "Content-Length": str(size.st_size)}
+                ),
+            ) as resp:
                 if resp.status not in (200, 204):
                     raise _status_error("PUT", url, resp.status, await resp.read())
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _unreachable(url, exc) from None
         finally:
             fh.close()
@@ -178,13 +198,19 @@ class HubClient:
                 if resp.status == 206:
                     start, total = _content_range(resp.headers.get("Content-Range", ""), url)
                     if start != offset:
-                        raise HubRejected("GET %s: asked for bytes from %d, the hub sent them from %d" % (url, offset, start))
+                        raise HubRejected(
+                            "GET %s: asked for bytes from %d, the hub sent them from %d" % (url, offset, start)
+                        )
                 else:
                     total = resp.content_length
-                yield DataResponse(offset=offset, length=(length - (offset - start)) if length is not None and resp.status == 200 else length,
-                                   total=total, content_md5=resp.headers.get("Content-MD5") if resp.status == 200 else None,
-                                   chunks=self._body(url, resp, skip=offset - start if resp.status == 200 else 0))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                yield DataResponse(
+                    offset=offset,
+                    length=(length - (offset - start)) if length is not None and resp.status == 200 else length,
+                    total=total,
+                    content_md5=resp.headers.get("Content-MD5") if resp.status == 200 else None,
+                    chunks=self._body(url, resp, skip=offset - start if resp.status == 200 else 0),
+                )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _unreachable(url, exc) from None
 
     async def _body(self, url: str, resp: aiohttp.ClientResponse, skip: int) -> AsyncIterator[bytes]:
@@ -197,7 +223,7 @@ class HubClient:
                     chunk, skip = chunk[skip:], 0
                 await self._limiter.take(len(chunk))
                 yield chunk
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _unreachable(url, exc) from None
 
 

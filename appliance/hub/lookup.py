@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from appliance.catalog import Catalog
 from appliance.config import HubConfig
@@ -58,16 +58,20 @@ class HubLookups:
         missed_at = self._misses.get(image_id)
         if missed_at is not None:
             if now - missed_at < self._hub.miss_ttl:
-                raise NotFound("No image found with ID %s (not known at the hub %.0f s ago)" % (image_id, now - missed_at))
+                raise NotFound(
+                    "No image found with ID %s (not known at the hub %.0f s ago)" % (image_id, now - missed_at)
+                )
             del self._misses[image_id]
         burst, rate = float(self._hub.lookup_burst), self._hub.lookups_per_minute / 60.0
         tokens, then = self._buckets.get(project, (burst, now))
         tokens = min(burst, tokens + (now - then) * rate)
         if tokens < 1:
             self.refused += 1
-            raise TooManyRequests("Too many lookups of image ids unknown at this site for project %s (at most %d at once, "
-                                  "%d a minute); try again in %.0f s" % (project, self._hub.lookup_burst,
-                                                                         self._hub.lookups_per_minute, (1 - tokens) / rate + 0.5))
+            raise TooManyRequests(
+                "Too many lookups of image ids unknown at this site for project %s (at most %d at once, "
+                "%d a minute); try again in %.0f s"
+                % (project, self._hub.lookup_burst, self._hub.lookups_per_minute, (1 - tokens) / rate + 0.5)
+            )
         self._buckets[project] = (tokens - 1, now)
         if len(self._buckets) > 4096:  # forget projects whose bucket has refilled
             self._buckets = {p: (t, w) for p, (t, w) in self._buckets.items() if t + (now - w) * rate < burst}
@@ -135,9 +139,12 @@ class HubRecords:
         except NotFound:
             raise NotFound("Image %s is no longer at the hub" % image.id) from None
         except HubUnreachable as exc:
-            raise HubUnreachable("Image %s has no data at this site yet and the hub is unreachable: %s"
-                                 % (image.id, exc)) from None
+            raise HubUnreachable(
+                "Image %s has no data at this site yet and the hub is unreachable: %s" % (image.id, exc)
+            ) from None
         if not is_servable(fresh):
-            raise Conflict("Image %s is not active yet at the hub (status %s); try again once its upload has finished"
-                           % (image.id, fresh.status))
+            raise Conflict(
+                "Image %s is not active yet at the hub (status %s); try again once its upload has finished"
+                % (image.id, fresh.status)
+            )
         return fresh

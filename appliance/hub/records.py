@@ -8,7 +8,8 @@ its `stores` list `central`; copies the site keeps itself are ordinary store loc
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from appliance.catalog import Catalog
 from appliance.hub.client import HubClient, HubRejected
@@ -20,11 +21,35 @@ log = logging.getLogger(__name__)
 HUB_STORE = "central"
 PENDING = "pending"
 # JSON keys that are not properties of the image (links, computed views, per-site progress).
-_NOT_PROPERTIES = frozenset({
-    "id", "name", "status", "visibility", "protected", "os_hidden", "owner", "disk_format", "container_format",
-    "min_disk", "min_ram", "size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value", "created_at",
-    "updated_at", "tags", "self", "file", "schema", "stores", "locations", "direct_url",
-})
+_NOT_PROPERTIES = frozenset(
+    {
+        "id",
+        "name",
+        "status",
+        "visibility",
+        "protected",
+        "os_hidden",
+        "owner",
+        "disk_format",
+        "container_format",
+        "min_disk",
+        "min_ram",
+        "size",
+        "virtual_size",
+        "checksum",
+        "os_hash_algo",
+        "os_hash_value",
+        "created_at",
+        "updated_at",
+        "tags",
+        "self",
+        "file",
+        "schema",
+        "stores",
+        "locations",
+        "direct_url",
+    }
+)
 
 
 def image_from_glance(doc: Mapping[str, Any], data_url: str) -> Image:
@@ -64,12 +89,16 @@ def image_from_glance(doc: Mapping[str, Any], data_url: str) -> Image:
             tags=tuple(str(t) for t in doc.get("tags") or ()),
             # A record mirrored before its data was there is marked `pending`: this site asks
             # the hub again before answering for it (not served, not in `stores`).
-            locations=(Location.in_store(HUB_STORE, data_url,
-                                         "active" if doc.get("status") in ("active", "deactivated") else PENDING),),
+            locations=(
+                Location.in_store(
+                    HUB_STORE, data_url, "active" if doc.get("status") in ("active", "deactivated") else PENDING
+                ),
+            ),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise HubRejected("the hub sent an image record this site cannot read (%s: %s)"
-                               % (type(exc).__name__, exc)) from None
+        raise HubRejected(
+            "the hub sent an image record this site cannot read (%s: %s)" % (type(exc).__name__, exc)
+        ) from None
 
 
 async def fetch_image_record(hub: HubClient, catalog: Catalog, image_id: str) -> Image:

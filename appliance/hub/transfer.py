@@ -16,8 +16,8 @@ import asyncio
 import logging
 import os
 import random
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
-from typing import AsyncGenerator, Callable, Sequence
 
 from appliance.digest import Buffer, Digest, DigestSink, hash_prefix, verify
 from appliance.errors import ApplianceError, HubUnreachable
@@ -40,8 +40,16 @@ def backoff(attempt: int, ceiling: float, base: float = 0.5) -> float:
 
 
 class Transfer:
-    def __init__(self, hub: HubClient, image: Image, partial: Path, *, attempts: int, retry_max: float,
-                 on_bytes: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        hub: HubClient,
+        image: Image,
+        partial: Path,
+        *,
+        attempts: int,
+        retry_max: float,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
         if image.size is None:
             raise ValueError("an image without a size cannot be transferred")
         self.image = image
@@ -70,6 +78,7 @@ class Transfer:
 
     async def open(self) -> None:
         """Open (or reopen, to resume) the partial file; readers may attach after this."""
+
         def opener() -> tuple[int, int]:
             self.partial.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o640)
@@ -135,13 +144,17 @@ class Transfer:
                             self.connected.set_result(None)
                         async for chunk in resp.chunks:
                             if fed + len(chunk) > self.size:
-                                raise HubUnreachable("the hub sent more than the %d bytes recorded for image %s"
-                                                     % (self.size, self.image.id))
+                                raise HubUnreachable(
+                                    "the hub sent more than the %d bytes recorded for image %s"
+                                    % (self.size, self.image.id)
+                                )
                             await sink.feed([chunk])
                             fed += len(chunk)
                     if fed < self.size:
-                        raise HubUnreachable("the hub ended the transfer of image %s after %d of %d bytes"
-                                             % (self.image.id, fed, self.size))
+                        raise HubUnreachable(
+                            "the hub ended the transfer of image %s after %d of %d bytes"
+                            % (self.image.id, fed, self.size)
+                        )
                 if not self.connected.done():
                     self.connected.set_result(None)
                 return await sink.close()
@@ -152,8 +165,15 @@ class Transfer:
                 if attempt > self._attempts or not self.connected.done():
                     raise
                 delay = backoff(attempt, self._retry_max)
-                log.warning("image %s: transfer interrupted at byte %d (%s); retry %d of %d in %.1f s",
-                            self.image.id, fed, exc, attempt, self._attempts, delay)
+                log.warning(
+                    "image %s: transfer interrupted at byte %d (%s); retry %d of %d in %.1f s",
+                    self.image.id,
+                    fed,
+                    exc,
+                    attempt,
+                    self._attempts,
+                    delay,
+                )
                 await asyncio.sleep(delay)
             except BaseException:
                 await sink.abort()
@@ -196,7 +216,7 @@ class Transfer:
     def readers(self) -> int:
         return self._readers
 
-    def follow(self, start: int = 0, end: int | None = None) -> "Reader":
+    def follow(self, start: int = 0, end: int | None = None) -> Reader:
         """A reader of the image's bytes [start, end) as they land; it counts as attached from
         this call on (the file stays open for it) until it is exhausted or closed."""
         return Reader(self, start, self.size if end is None else min(end, self.size))
@@ -214,8 +234,10 @@ class Transfer:
                 yield data
                 continue
             if self.error is not None:
-                raise TransferBroken("the transfer of image %s from the hub failed after %d of %d bytes: %s"
-                                     % (self.image.id, self.durable, self.size, self.error))
+                raise TransferBroken(
+                    "the transfer of image %s from the hub failed after %d of %d bytes: %s"
+                    % (self.image.id, self.durable, self.size, self.error)
+                )
             if self.verified:
                 continue  # verified since the limit was computed
             await asyncio.shield(self._changed)
@@ -236,7 +258,7 @@ class Reader:
         self._chunks = transfer._read(start, end)
         self._open = True
 
-    def __aiter__(self) -> "Reader":
+    def __aiter__(self) -> Reader:
         return self
 
     async def __anext__(self) -> bytes:

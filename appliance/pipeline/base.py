@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from appliance.errors import BadRequest
 
@@ -26,7 +27,7 @@ class StagedImage:
     # Properties to set on the image when the import succeeds (e.g. injected metadata).
     properties: dict[str, str] = field(default_factory=dict)
 
-    def evolve(self, **changes: object) -> "StagedImage":
+    def evolve(self, **changes: object) -> StagedImage:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterable, Callable, Protocol
+from typing import Protocol
 
 from appliance.digest import Digest
 

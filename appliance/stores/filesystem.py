@@ -13,8 +13,9 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import AsyncIterable, Awaitable, Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from appliance.digest import Buffer, Digest, DigestSink
 from appliance.errors import ApplianceError, StorageError, StorageFull, StoreReadOnly, TooLarge
@@ -90,8 +91,8 @@ class _FileWriter:
         view = memoryview(data)
         start = None  # start of the current run of non-zero blocks
         for pos in range(0, len(data), ZERO_BLOCK):
-            block = data[pos:pos + ZERO_BLOCK]
-            is_zero = block == _ZEROS[:len(block)]
+            block = data[pos : pos + ZERO_BLOCK]
+            is_zero = block == _ZEROS[: len(block)]
             if is_zero and start is not None:
                 self._write_all(view[start:pos], self.offset + start)
                 start = None
@@ -107,8 +108,16 @@ class _FileWriter:
 
 
 class FilesystemStore:
-    def __init__(self, name: str, path: Path, *, thin_provisioning: bool = False, description: str = "",
-                 require_mount: bool = False, min_free_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        *,
+        thin_provisioning: bool = False,
+        description: str = "",
+        require_mount: bool = False,
+        min_free_bytes: int = 0,
+    ) -> None:
         self.name = name
         self.path = path
         self.min_free_bytes = min_free_bytes
@@ -125,7 +134,9 @@ class FilesystemStore:
         try:
             self._partial.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            log.warning("store %s: cannot create %s: %s; the store is read-only", self.name, self._partial, exc.strerror)
+            log.warning(
+                "store %s: cannot create %s: %s; the store is read-only", self.name, self._partial, exc.strerror
+            )
 
     def read_only_reason(self) -> str:
         """Why writes are refused right now ("" if they are not). Checked on every write and
@@ -168,9 +179,11 @@ class FilesystemStore:
             raise self._error(exc) from exc
         free = st.f_bavail * st.f_frsize
         if free - need < self.min_free_bytes:
-            raise StorageFull("Store %s has %d bytes free; %s would leave less than its floor of %d bytes "
-                              "(min_free_bytes). Delete images or free space on its filesystem."
-                              % (self.name, free, "%d more bytes" % need if need else "writing", self.min_free_bytes))
+            raise StorageFull(
+                "Store %s has %d bytes free; %s would leave less than its floor of %d bytes "
+                "(min_free_bytes). Delete images or free space on its filesystem."
+                % (self.name, free, "%d more bytes" % need if need else "writing", self.min_free_bytes)
+            )
 
     def location_url(self, image_id: str) -> str:
         return "file://%s" % (self.path.absolute() / image_id)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import OptionList, Static
+from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
 from tui.display import visible
@@ -15,7 +17,7 @@ from tui.widgets.contained import PlainStatic
 
 
 class StoreChoiceScreen(ModalScreen[str | None]):
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,q", "cancel", "Cancel"),
         Binding("j", "cursor_down", show=False),
         Binding("k", "cursor_up", show=False),
@@ -31,7 +33,10 @@ class StoreChoiceScreen(ModalScreen[str | None]):
         with Vertical(id="dialog", classes="choose"):
             yield PlainStatic(Text(self._title, style="bold"), id="dialog-title")
             yield OptionList(
-                *(Option(Text.assemble((visible(sid), "bold"), "  ", (visible(desc), "dim")), id=sid) for sid, desc in self._stores),
+                *(
+                    Option(Text.assemble((visible(sid), "bold"), "  ", (visible(desc), "dim")), id=sid)
+                    for sid, desc in self._stores
+                ),
                 id="store-choice",
             )
             yield PlainStatic(Text("enter: choose · esc: cancel", style="dim"))

@@ -4,11 +4,12 @@ before anything is created."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
@@ -34,15 +35,23 @@ def name_from_uri(uri: str) -> str:
 
 def guess_disk_format(uri: str) -> str:
     path = urlsplit(uri).path.lower()
-    for ext, fmt in ((".qcow2", "qcow2"), (".img", "qcow2"), (".raw", "raw"), (".vmdk", "vmdk"), (".vhdx", "vhdx"),
-                     (".vhd", "vhd"), (".vdi", "vdi"), (".iso", "iso")):
+    for ext, fmt in (
+        (".qcow2", "qcow2"),
+        (".img", "qcow2"),
+        (".raw", "raw"),
+        (".vmdk", "vmdk"),
+        (".vhdx", "vhdx"),
+        (".vhd", "vhd"),
+        (".vdi", "vdi"),
+        (".iso", "iso"),
+    ):
         if path.endswith(ext) or ext + "." in path:
             return fmt
     return "qcow2"
 
 
 class ImportUrlScreen(ModalScreen[UrlImport | None]):
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="import"):
@@ -57,7 +66,9 @@ class ImportUrlScreen(ModalScreen[UrlImport | None]):
                     yield Select([(f, f) for f in DISK_FORMATS], value="qcow2", allow_blank=False, id="import-disk")
                 with Vertical():
                     yield Label("Container format")
-                    yield Select([(f, f) for f in CONTAINER_FORMATS], value="bare", allow_blank=False, id="import-container")
+                    yield Select(
+                        [(f, f) for f in CONTAINER_FORMATS], value="bare", allow_blank=False, id="import-container"
+                    )
             yield Static("", id="import-error", classes="-hidden")
             with Horizontal(id="dialog-buttons"):
                 yield Button("Import", variant="primary", id="import")
@@ -92,11 +103,14 @@ class ImportUrlScreen(ModalScreen[UrlImport | None]):
             self.query_one("#import-uri", Input).focus()
             return
         name = self.query_one("#import-name", Input).value.strip() or name_from_uri(uri) or "imported-image"
-        self.dismiss(UrlImport(
-            uri=uri, name=name,
-            disk_format=str(self.query_one("#import-disk", Select).value),
-            container_format=str(self.query_one("#import-container", Select).value),
-        ))
+        self.dismiss(
+            UrlImport(
+                uri=uri,
+                name=name,
+                disk_format=str(self.query_one("#import-disk", Select).value),
+                container_format=str(self.query_one("#import-container", Select).value),
+            )
+        )
 
     def action_cancel(self) -> None:
         self.dismiss(None)

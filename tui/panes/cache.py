@@ -5,8 +5,9 @@ actions (remove a row, clear) with their dialogs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from rich.text import Text
 from textual import events
@@ -63,11 +64,19 @@ def _label(name: str) -> Text:
 def off_text(status: Json) -> Text:
     text = Text("Cache not configured on this site.", style="bold")
     if (status.get("site") or {}).get("role") == "hub":
-        why = "\n\nThis is the hub: it holds every image itself. The edge sites cache them; Sites (6) shows their caches."
+        why = (
+            "\n\nThis is the hub: it holds every image itself. The edge sites cache them; Sites (6) shows their caches."
+        )
     elif (status.get("hub") or {}).get("configured"):
-        why = "\n\nThis site has a hub, but its cache is off ([cache] enabled = false): images come from the hub on each read."
+        why = (
+            "\n\nThis site has a hub, but its cache is off ([cache] enabled = false): "
+            "images come from the hub on each read."
+        )
     else:
-        why = "\n\nThis site has no hub ([hub] url): it keeps every image it holds; there is nothing to cache, queue or evict."
+        why = (
+            "\n\nThis site has no hub ([hub] url): it keeps every image it holds; "
+            "there is nothing to cache, queue or evict."
+        )
     text.append(why, style="dim")
     return text
 
@@ -85,14 +94,29 @@ def figures_text(cache: Json) -> Text:
     text.append_text(_label("Hits"))
     hits, misses = int(stats.get("hits") or 0), int(stats.get("misses") or 0)
     text.append("%d%%" % round(100 * float(stats.get("hit_ratio") or 0)), style="bold")
-    text.append(" · %d hit%s, %d miss%s · from cache %s, from upstream %s" % (
-        hits, "" if hits == 1 else "s", misses, "" if misses == 1 else "es",
-        human_bytes(stats.get("bytes_from_cache") or 0), human_bytes(stats.get("bytes_from_upstream") or 0)))
+    text.append(
+        " · %d hit%s, %d miss%s · from cache %s, from upstream %s"
+        % (
+            hits,
+            "" if hits == 1 else "s",
+            misses,
+            "" if misses == 1 else "es",
+            human_bytes(stats.get("bytes_from_cache") or 0),
+            human_bytes(stats.get("bytes_from_upstream") or 0),
+        )
+    )
     text.append("\n")
     text.append_text(_label("Entries"))
-    text.append("%d cached · %d filling · evictions %d · invalid %d · uncached %d" % (
-        int(cache.get("entries_count") or 0), int(cache.get("fills_count") or 0), int(stats.get("evictions") or 0),
-        int(stats.get("invalid") or 0), int(stats.get("uncached") or 0)))
+    text.append(
+        "%d cached · %d filling · evictions %d · invalid %d · uncached %d"
+        % (
+            int(cache.get("entries_count") or 0),
+            int(cache.get("fills_count") or 0),
+            int(stats.get("evictions") or 0),
+            int(stats.get("invalid") or 0),
+            int(stats.get("uncached") or 0),
+        )
+    )
     return text
 
 
@@ -141,9 +165,15 @@ def entry_detail(entry: Json, name: str, now: float) -> Text:
     text = Text()
     text.append(visible(name), style="bold")
     text.append("  %s\n" % visible(entry["image_id"]), style="dim")
-    text.append("cached %s · %s · %s hit(s) · last used %s" % (
-        ago(entry.get("cached_at"), now), human_bytes(entry.get("size")), visible(entry.get("hits", 0)),
-        ago(entry.get("last_accessed"), now)))
+    text.append(
+        "cached %s · %s · %s hit(s) · last used %s"
+        % (
+            ago(entry.get("cached_at"), now),
+            human_bytes(entry.get("size")),
+            visible(entry.get("hits", 0)),
+            ago(entry.get("last_accessed"), now),
+        )
+    )
     return text
 
 
@@ -204,7 +234,11 @@ class CachePane(ActingPane, Vertical):
     def compose(self) -> ComposeResult:
         yield PlainStatic(off_text({}), id="cache-summary")
         with Vertical(id="cache-tables", classes="-hidden"):
-            yield PlainStatic(Text("Cached images · most recently used first", style="bold"), id="cache-entries-title", classes="section")
+            yield PlainStatic(
+                Text("Cached images · most recently used first", style="bold"),
+                id="cache-entries-title",
+                classes="section",
+            )
             yield CacheEntryTable(id="cache-entries")
             yield PlainStatic(Text("Prefetch queue and fills", style="bold"), id="cache-queue-title", classes="section")
             yield CacheQueueTable(id="cache-queue")
@@ -231,16 +265,27 @@ class CachePane(ActingPane, Vertical):
         if enabled != self.enabled:
             self.enabled = enabled
             self.query_one("#cache-tables").set_class(not enabled, "-hidden")
-        show_text(self.query_one("#cache-summary", Static), figures_text(cache) if enabled and cache else off_text(status))
+        show_text(
+            self.query_one("#cache-summary", Static), figures_text(cache) if enabled and cache else off_text(status)
+        )
 
     def show_view(self, view: Json, name_of: NameOf, now: float) -> None:
         self.loaded, self._now, self._name_of = True, now, name_of
         self.entries = {str(e["image_id"]): e for e in view.get("entries") or []}
         self.queue = queue_rows(view)
-        show_text(self.query_one("#cache-entries-title", Static), Text.assemble(
-            ("Cached images (%d)" % len(self.entries), "bold"), (" · most recently used first", "dim")))
-        show_text(self.query_one("#cache-queue-title", Static), Text.assemble(
-            ("Prefetch queue (%d) and fills (%d)" % (len(view.get("queue") or []), len(view.get("fills") or [])), "bold")))
+        show_text(
+            self.query_one("#cache-entries-title", Static),
+            Text.assemble(("Cached images (%d)" % len(self.entries), "bold"), (" · most recently used first", "dim")),
+        )
+        show_text(
+            self.query_one("#cache-queue-title", Static),
+            Text.assemble(
+                (
+                    "Prefetch queue (%d) and fills (%d)" % (len(view.get("queue") or []), len(view.get("fills") or [])),
+                    "bold",
+                )
+            ),
+        )
         self.entry_table.sync_rows([(k, entry_row(e, name_of(k), now)) for k, e in self.entries.items()])
         self.queue_table.sync_rows([(k, queue_row(r, name_of(k), now)) for k, r in self.queue.items()])
         self.show_highlighted(name_of)
@@ -304,17 +349,25 @@ class CachePane(ActingPane, Vertical):
             return
         chosen = self.selected()
         if chosen is None:
-            self.notify("Highlight a cached or queued image on the Cache screen first.", severity="warning", markup=False)
+            self.notify(
+                "Highlight a cached or queued image on the Cache screen first.", severity="warning", markup=False
+            )
             return
         image_id, kind = chosen
         name = self._name_of(image_id)
         if kind == "fill":
-            self.notify("%s is being cached for a client's read; remove it once it is cached." % name,
-                        severity="warning", markup=False)
+            self.notify(
+                "%s is being cached for a client's read; remove it once it is cached." % name,
+                severity="warning",
+                markup=False,
+            )
             return
         if kind == "cache":
             title, yes = "Remove from cache", "Remove"
-            question = "Remove the cached copy of %s (%s)?\nThe next read fetches it from the hub again." % (name, visible(image_id))
+            question = "Remove the cached copy of %s (%s)?\nThe next read fetches it from the hub again." % (
+                name,
+                visible(image_id),
+            )
         else:
             title, yes = "Remove from queue", "Dequeue"
             question = "Take %s (%s) off the prefetch queue?" % (name, visible(image_id))
@@ -323,8 +376,11 @@ class CachePane(ActingPane, Vertical):
 
         def answered(ok: bool | None) -> None:
             if ok:
-                self.act("Remove %s from the %s" % (name, kind), partial(self.session.client.uncache_image, image_id, kind),
-                         CacheRemoved(image_id, name, kind))
+                self.act(
+                    "Remove %s from the %s" % (name, kind),
+                    partial(self.session.client.uncache_image, image_id, kind),
+                    CacheRemoved(image_id, name, kind),
+                )
 
         self.app.push_screen(ConfirmScreen(title, question, yes=yes), answered)
 
@@ -344,8 +400,11 @@ class CachePane(ActingPane, Vertical):
 
             def answered(ok: bool | None) -> None:
                 if ok:
-                    self.act("Clear %s" % CLEAR_CHOICES[target], partial(self.session.client.clear_cache, target),
-                             CacheCleared(target))
+                    self.act(
+                        "Clear %s" % CLEAR_CHOICES[target],
+                        partial(self.session.client.clear_cache, target),
+                        CacheCleared(target),
+                    )
 
             self.app.push_screen(ConfirmScreen("Clear cache", question, yes="Clear"), answered)
 

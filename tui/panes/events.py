@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import Input, RichLog
 
@@ -52,7 +52,7 @@ def event_matches(event: Json, needle: str) -> bool:
 
 
 class EventLog(Contained, RichLog):
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("j", "scroll_down", "Down", show=False),
         Binding("k", "scroll_up", "Up", show=False),
     ]
@@ -65,8 +65,14 @@ class EventsPane(FilterLine, Vertical):
         self.filter_text = ""
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="filter by level, source or text (enter: keep, esc: clear)", id="event-filter", classes="-hidden")
-        yield EventLog(id="events", max_lines=KEEP, min_width=20, wrap=True, auto_scroll=True, markup=False, highlight=False)
+        yield Input(
+            placeholder="filter by level, source or text (enter: keep, esc: clear)",
+            id="event-filter",
+            classes="-hidden",
+        )
+        yield EventLog(
+            id="events", max_lines=KEEP, min_width=20, wrap=True, auto_scroll=True, markup=False, highlight=False
+        )
 
     @property
     def log_widget(self) -> EventLog:

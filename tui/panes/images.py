@@ -53,12 +53,35 @@ COLUMNS = [
 # Readable at 80 columns; a wider terminal gives names, then stores, more room.
 GROW = [("name", 25), ("stores", 14)]
 # Attributes every image has; the rest are the image's custom properties.
-BASE_KEYS = frozenset({
-    "id", "name", "status", "visibility", "protected", "os_hidden", "checksum", "os_hash_algo",
-    "os_hash_value", "owner", "size", "virtual_size", "disk_format", "container_format", "min_disk",
-    "min_ram", "created_at", "updated_at", "tags", "self", "file", "schema", "stores", "locations",
-    "direct_url",
-})
+BASE_KEYS = frozenset(
+    {
+        "id",
+        "name",
+        "status",
+        "visibility",
+        "protected",
+        "os_hidden",
+        "checksum",
+        "os_hash_algo",
+        "os_hash_value",
+        "owner",
+        "size",
+        "virtual_size",
+        "disk_format",
+        "container_format",
+        "min_disk",
+        "min_ram",
+        "created_at",
+        "updated_at",
+        "tags",
+        "self",
+        "file",
+        "schema",
+        "stores",
+        "locations",
+        "direct_url",
+    }
+)
 
 
 def image_row(image: Json) -> Values:
@@ -82,7 +105,9 @@ def matches(image: Json, needle: str) -> bool:
     if not needle:
         return True
     # As shown: a name with control characters is found by its escapes.
-    hay = " ".join(visible(image.get(k) or "") for k in ("name", "id", "status", "disk_format", "container_format", "stores"))
+    hay = " ".join(
+        visible(image.get(k) or "") for k in ("name", "id", "status", "disk_format", "container_format", "stores")
+    )
     return needle.lower() in hay.lower()
 
 
@@ -107,7 +132,10 @@ def cache_notes(view: Json) -> dict[str, str]:
     for fill in view.get("fills") or []:
         notes[str(fill["image_id"])] = "filling %s" % human_pair(fill.get("bytes_done"), fill.get("bytes_total"))
     for entry in view.get("entries") or []:
-        notes[str(entry["image_id"])] = "cached copy, %s · %s hit(s)" % (human_bytes(entry.get("size")), visible(entry.get("hits", 0)))
+        notes[str(entry["image_id"])] = "cached copy, %s · %s hit(s)" % (
+            human_bytes(entry.get("size")),
+            visible(entry.get("hits", 0)),
+        )
     return notes
 
 
@@ -122,15 +150,26 @@ def detail_text(image: Json, locations: list[Json] | None, error: str = "", cach
     text.append("  %s\n" % visible(image["id"]), style="dim")
     text.append("status ")
     text.append_text(status_text(str(image.get("status"))))
-    text.append(" · disk %s · container %s · %s" % (field("disk_format"), field("container_format"), field("visibility")))
+    text.append(
+        " · disk %s · container %s · %s" % (field("disk_format"), field("container_format"), field("visibility"))
+    )
     if image.get("protected"):
         text.append(" · ")
         text.append("protected", style="bold yellow")
-    text.append("\nsize %s · virtual %s · stores %s\n" % (
-        human_bytes(image.get("size")), human_bytes(image.get("virtual_size")), field("stores")))
+    text.append(
+        "\nsize %s · virtual %s · stores %s\n"
+        % (human_bytes(image.get("size")), human_bytes(image.get("virtual_size")), field("stores"))
+    )
     if image.get("checksum"):
-        text.append("md5 %s · %s %s…\n" % (field("checksum"), visible(image.get("os_hash_algo") or "hash"),
-                                            visible(str(image.get("os_hash_value") or "")[:16])), style="dim")
+        text.append(
+            "md5 %s · %s %s…\n"
+            % (
+                field("checksum"),
+                visible(image.get("os_hash_algo") or "hash"),
+                visible(str(image.get("os_hash_value") or "")[:16]),
+            ),
+            style="dim",
+        )
     text.append("created %s · updated %s" % (field("created_at"), field("updated_at")), style="dim")
     if image.get("tags"):
         text.append("\ntags %s" % ", ".join(visible(t) for t in image["tags"]))
@@ -182,7 +221,11 @@ class ImagesPane(FilterLine, ActingPane, Vertical):
         self._cache_notes: dict[str, str] | None = None  # None: this site has no cache
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="filter by name, id, status, format or store (enter: keep, esc: clear)", id="image-filter", classes="-hidden")
+        yield Input(
+            placeholder="filter by name, id, status, format or store (enter: keep, esc: clear)",
+            id="image-filter",
+            classes="-hidden",
+        )
         yield ImageTable(id="images")
         with VerticalScroll(id="image-detail-pane"):
             yield PlainStatic(Text("Loading images…", style="dim"), id="image-detail")
@@ -325,13 +368,19 @@ class ImagesPane(FilterLine, ActingPane, Vertical):
         image_id, name = str(image["id"]), image_label(image)
         stores = store_list(image)
         question = "Delete image %s (%s)?" % (name, visible(image_id))
-        question += "\nIts data goes from every store: %s." % visible(", ".join(stores)) if stores else "\nIt has no data yet."
+        question += (
+            "\nIts data goes from every store: %s." % visible(", ".join(stores)) if stores else "\nIt has no data yet."
+        )
         if image.get("protected"):
             question += "\nIt is protected: the daemon will refuse."
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.act("Delete %s" % name, partial(self.session.client.delete_image, image_id), ImageDeleted(image_id, name))
+                self.act(
+                    "Delete %s" % name,
+                    partial(self.session.client.delete_image, image_id),
+                    ImageDeleted(image_id, name),
+                )
 
         self.app.push_screen(ConfirmScreen("Delete image", question, yes="Delete"), answered)
 
@@ -357,12 +406,17 @@ class ImagesPane(FilterLine, ActingPane, Vertical):
 
             def answered(yes: bool | None) -> None:
                 if yes:
-                    self.act("Delete %s from %s" % (name, store), partial(self.session.client.delete_from_store, store, image_id),
-                             StoreCopyDeleted(image_id, name, store))
+                    self.act(
+                        "Delete %s from %s" % (name, store),
+                        partial(self.session.client.delete_from_store, store, image_id),
+                        StoreCopyDeleted(image_id, name, store),
+                    )
 
             self.app.push_screen(ConfirmScreen("Delete from store", question, yes="Delete copy"), answered)
 
-        self.app.push_screen(StoreChoiceScreen("Delete %s from which store?" % name, [(s, described.get(s, "")) for s in held]), chosen)
+        self.app.push_screen(
+            StoreChoiceScreen("Delete %s from which store?" % name, [(s, described.get(s, "")) for s in held]), chosen
+        )
 
     def action_copy_to_store(self) -> None:
         if self.session.read_only:
@@ -379,8 +433,11 @@ class ImagesPane(FilterLine, ActingPane, Vertical):
 
         def chosen(store: str | None) -> None:
             if store:
-                self.act("Copy %s to %s" % (name, store), partial(self.session.client.copy_to_store, image_id, store),
-                         CopyStarted(image_id, name, store))
+                self.act(
+                    "Copy %s to %s" % (name, store),
+                    partial(self.session.client.copy_to_store, image_id, store),
+                    CopyStarted(image_id, name, store),
+                )
 
         self.app.push_screen(StoreChoiceScreen("Copy %s to which store?" % name, candidates), chosen)
 
@@ -446,11 +503,18 @@ class ImagesPane(FilterLine, ActingPane, Vertical):
     @while_running
     def on_cache_queued(self, message: CacheQueued) -> None:
         if message.outcome == "not queued":
-            self.notify("The daemon did not queue %s: its data is in this site's own stores, not at the hub." % message.name,
-                        title="Cache", severity="warning", markup=False)
+            self.notify(
+                "The daemon did not queue %s: its data is in this site's own stores, not at the hub." % message.name,
+                title="Cache",
+                severity="warning",
+                markup=False,
+            )
             return
-        said = {"cached": "%s is in the cache.", "filling": "Caching %s now; follow it on Cache (4).",
-                "queued": "Queued %s for caching; follow it on Cache (4)."}[message.outcome]
+        said = {
+            "cached": "%s is in the cache.",
+            "filling": "Caching %s now; follow it on Cache (4).",
+            "queued": "Queued %s for caching; follow it on Cache (4).",
+        }[message.outcome]
         self.notify(said % message.name, title="Cache", markup=False)
         self.changed(full=False)
 
@@ -461,20 +525,34 @@ class ImagesPane(FilterLine, ActingPane, Vertical):
 
     @while_running
     def on_store_copy_deleted(self, message: StoreCopyDeleted) -> None:
-        self.notify("Deleted the copy of %s in store %s." % (message.name, message.store), title="Delete from store", markup=False)
+        self.notify(
+            "Deleted the copy of %s in store %s." % (message.name, message.store),
+            title="Delete from store",
+            markup=False,
+        )
         self.changed(full=True)
 
     @while_running
     def on_copy_started(self, message: CopyStarted) -> None:
-        self.notify("Copying %s to store %s; follow it on Queues (3)." % (message.name, message.store), title="Copy", markup=False)
+        self.notify(
+            "Copying %s to store %s; follow it on Queues (3)." % (message.name, message.store),
+            title="Copy",
+            markup=False,
+        )
         self.changed(full=True)
 
     @while_running
     def on_import_started(self, message: ImportStarted) -> None:
-        self.notify("Importing %s from %s; follow it on Queues (3)." % (message.name, message.uri), title="Import", markup=False)
+        self.notify(
+            "Importing %s from %s; follow it on Queues (3)." % (message.name, message.uri), title="Import", markup=False
+        )
         self.changed(full=True)
 
     @while_running
     def on_uri_refused(self, message: UriRefused) -> None:
-        self.notify("The daemon refuses %s: %s. Nothing was created." % (message.uri, message.reason),
-                    title="URL refused", severity="error", markup=False)
+        self.notify(
+            "The daemon refuses %s: %s. Nothing was created." % (message.uri, message.reason),
+            title="URL refused",
+            severity="error",
+            markup=False,
+        )

@@ -3,15 +3,26 @@ and image counts."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from tui.display import ago, capacity_bar, human_bytes, human_duration, human_pair, percent, progress_bar, status_text, visible
+from tui.display import (
+    ago,
+    capacity_bar,
+    human_bytes,
+    human_duration,
+    human_pair,
+    percent,
+    progress_bar,
+    status_text,
+    visible,
+)
 from tui.panes.sites import sites_summary
 from tui.widgets.contained import PlainStatic
 from tui.widgets.steady import show_text
@@ -29,7 +40,9 @@ def site_text(status: Json) -> Text:
     text = _label("Site")
     text.append(visible(site.get("name", "?")), style="bold")
     text.append(" (%s)" % visible(site.get("role", "?")))
-    text.append(" · version %s · up %s" % (visible(status.get("version", "?")), human_duration(status.get("uptime_seconds"))))
+    text.append(
+        " · version %s · up %s" % (visible(status.get("version", "?")), human_duration(status.get("uptime_seconds")))
+    )
     return text
 
 
@@ -58,7 +71,10 @@ def hub_text(status: Json, now: float, name_of: Callable[[str], str], sites: lis
     text.append(" · %s" % visible(hub.get("url", "?")))
     text.append(" · last sync %s" % ago(hub.get("last_sync"), now) if hub.get("last_sync") else " · never synced")
     if not hub.get("registered"):
-        text.append(" · not registered" if hub.get("site_api") is not False else " · plain Glance (no sites API)", style="yellow")
+        text.append(
+            " · not registered" if hub.get("site_api") is not False else " · plain Glance (no sites API)",
+            style="yellow",
+        )
     indent = "\n" + " " * LABEL
     if hub.get("last_error"):
         text.append(indent)
@@ -81,7 +97,11 @@ def stores_text(status: Json, bar_width: int = 30) -> Text:
     for i, store in enumerate(stores):
         if i:
             text.append("\n" + " " * LABEL)
-        total, free, used = int(store.get("total_bytes") or 0), int(store.get("free_bytes") or 0), int(store.get("used_bytes") or 0)
+        total, free, used = (
+            int(store.get("total_bytes") or 0),
+            int(store.get("free_bytes") or 0),
+            int(store.get("used_bytes") or 0),
+        )
         text.append(visible(store.get("id")).ljust(width), style="bold")
         text.append(" ")
         text.append_text(capacity_bar(total, free, used, bar_width))
@@ -90,8 +110,11 @@ def stores_text(status: Json, bar_width: int = 30) -> Text:
         if store.get("default"):
             text.append(" · default", style="italic")
         text.append("\n" + " " * (LABEL + width + 1))
-        text.append("images %s · %s used / %s free of %s" % (
-            human_bytes(used), human_bytes(max(0, total - free)), human_bytes(free), human_bytes(total)), style="dim")
+        text.append(
+            "images %s · %s used / %s free of %s"
+            % (human_bytes(used), human_bytes(max(0, total - free)), human_bytes(free), human_bytes(total)),
+            style="dim",
+        )
         if store.get("read_only"):
             text.append("\n" + " " * (LABEL + width + 1))
             text.append(" READ-ONLY ", style="bold white on red")
@@ -110,7 +133,10 @@ def cache_text(status: Json) -> Text:
     stats = cache.get("stats") or {}
     used, limit = cache.get("used_bytes") or 0, cache.get("max_size") or 0
     text.append("%s of %s (%s)" % (human_bytes(used), human_bytes(limit), percent(used, limit)))
-    text.append(" · %d image(s) · hit ratio %d%%" % (int(cache.get("entries_count") or 0), round(100 * float(stats.get("hit_ratio") or 0))))
+    text.append(
+        " · %d image(s) · hit ratio %d%%"
+        % (int(cache.get("entries_count") or 0), round(100 * float(stats.get("hit_ratio") or 0)))
+    )
     if cache.get("fills_count"):
         text.append(" · %d filling" % int(cache["fills_count"]), style="cyan")
     return text
@@ -146,7 +172,7 @@ def counts_text(status: Json) -> Text:
 
 
 class OverviewPane(VerticalScroll):
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("j", "scroll_down", "Down", show=False),
         Binding("k", "scroll_up", "Up", show=False),
     ]

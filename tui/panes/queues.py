@@ -3,14 +3,25 @@ daemon's message."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static
 
-from tui.display import EMPTY, human_duration, human_pair, human_rate, plain, progress_bar, short_id, status_text, visible
+from tui.display import (
+    EMPTY,
+    human_duration,
+    human_pair,
+    human_rate,
+    plain,
+    progress_bar,
+    short_id,
+    status_text,
+    visible,
+)
 from tui.rate import TransferRates, eta_seconds
 from tui.widgets.contained import PlainStatic
 from tui.widgets.keyed_table import KeyedTable, Values
@@ -33,7 +44,7 @@ ORDER = {"processing": 0, "pending": 1, "failure": 2, "success": 3}
 
 
 def method_of(task: Json) -> str:
-    """"web-download → local" from the task's input (the import request)."""
+    """ "web-download → local" from the task's input (the import request)."""
     data = task.get("input") or {}
     request = data.get("import_req") or {}
     method = visible((request.get("method") or {}).get("name") or task.get("type") or "?")
@@ -75,8 +86,10 @@ def task_detail(task: Json, image_name: str) -> Text:
     text.append("%s " % visible(image_name), style="bold")
     text.append("(image %s) · task %s\n" % (visible(task.get("image_id")), visible(task.get("id"))), style="dim")
     text.append_text(status_text(str(task.get("status"))))
-    text.append(" · %s · created %s · updated %s" % (
-        method_of(task), visible(task.get("created_at") or EMPTY), visible(task.get("updated_at") or EMPTY)))
+    text.append(
+        " · %s · created %s · updated %s"
+        % (method_of(task), visible(task.get("created_at") or EMPTY), visible(task.get("updated_at") or EMPTY))
+    )
     if task.get("message"):
         style = "red" if task.get("status") == "failure" else ""
         text.append("\n%s" % visible(task["message"]), style=style)

@@ -4,7 +4,8 @@ there (the images whose `stores` name the site)."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -71,7 +72,10 @@ def site_detail(site: Json, images: list[Json], now: float) -> Text:
     text.append(visible(site.get("name")), style="bold")
     text.append(" ")
     text.append("online" if site.get("online") else "offline", style="green" if site.get("online") else "bold red")
-    text.append(" · last seen %s · version %s" % (ago(iso_epoch(site.get("last_seen")), now), visible(site.get("version") or EMPTY)))
+    text.append(
+        " · last seen %s · version %s"
+        % (ago(iso_epoch(site.get("last_seen")), now), visible(site.get("version") or EMPTY))
+    )
     text.append("\nregistered %s" % visible(site.get("registered_at") or EMPTY), style="dim")
     if site.get("api_url"):
         text.append(" · api %s" % visible(site["api_url"]), style="dim")
@@ -81,8 +85,14 @@ def site_detail(site: Json, images: list[Json], now: float) -> Text:
     cache = site.get("cache") or {}
     text.append("\ncache ")
     if cache:
-        text.append("%s in %s image(s) · hit ratio %d%%" % (
-            human_bytes(cache.get("used_bytes")), visible(cache.get("entries", 0)), round(100 * float(cache.get("hit_ratio") or 0))))
+        text.append(
+            "%s in %s image(s) · hit ratio %d%%"
+            % (
+                human_bytes(cache.get("used_bytes")),
+                visible(cache.get("entries", 0)),
+                round(100 * float(cache.get("hit_ratio") or 0)),
+            )
+        )
     else:
         text.append("none reported", style="dim")
     text.append("\n\nImages placed here (%d)" % len(images), style="bold")
@@ -106,8 +116,12 @@ def sites_summary(sites: list[Json], now: float) -> Text:
     text.append(" · ")
     text.append("%d offline" % len(offline), style="bold red" if offline else "")
     if offline:
-        text.append(": " + ", ".join("%s (seen %s)" % (visible(s.get("name")), ago(iso_epoch(s.get("last_seen")), now))
-                                     for s in offline[:3]))
+        text.append(
+            ": "
+            + ", ".join(
+                "%s (seen %s)" % (visible(s.get("name")), ago(iso_epoch(s.get("last_seen")), now)) for s in offline[:3]
+            )
+        )
         if len(offline) > 3:
             text.append(", …")
     return text
@@ -145,7 +159,9 @@ class SitesPane(Vertical):
         self.sites = {str(s["name"]): s for s in sites}
         self._placed = placements(images)
         self._now = now
-        rows = [(name, site_row(site, len(self._placed.get(name, ())), now)) for name, site in sorted(self.sites.items())]
+        rows = [
+            (name, site_row(site, len(self._placed.get(name, ())), now)) for name, site in sorted(self.sites.items())
+        ]
         self.table.sync_rows(rows)
         self.show_highlighted()
 

@@ -33,7 +33,7 @@ class Contained:
     def render_lines(self, crop: Region) -> list[Strip]:
         try:
             strips: list[Strip] = super().render_lines(crop)  # type: ignore[misc]
-        except Exception:  # noqa: BLE001 - contained: this widget fails, the app stays
+        except Exception:
             self._failed("draw")
             notice = Strip([Segment(NOTICE, NOTICE_STYLE)]).crop_extend(0, crop.width, None)
             return [notice] + [Strip.blank(crop.width)] * max(0, crop.height - 1)
@@ -43,14 +43,14 @@ class Contained:
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         try:
             return int(super().get_content_height(container, viewport, width))  # type: ignore[misc]
-        except Exception:  # noqa: BLE001
+        except Exception:
             self._failed("measure")
             return 1
 
     def get_content_width(self, container: Size, viewport: Size) -> int:
         try:
             return int(super().get_content_width(container, viewport))  # type: ignore[misc]
-        except Exception:  # noqa: BLE001
+        except Exception:
             self._failed("measure")
             return len(NOTICE)
 

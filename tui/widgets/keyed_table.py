@@ -11,12 +11,13 @@ caller's order. These lean on DataTable internals (Textual 8: `_row_locations`, 
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import events
-from textual.binding import Binding, BindingType
 from textual._two_way_dict import TwoWayDict
+from textual.binding import Binding, BindingType
 from textual.geometry import Size
 from textual.widgets import DataTable
 from textual.widgets._data_table import ColumnKey, Row, RowKey
@@ -55,8 +56,9 @@ class KeyedTable(Contained, DataTable[Any]):
         Binding("k", "cursor_up", "Up", show=False),
     ]
 
-    def __init__(self, columns: Sequence[tuple[str, str, int]], *, grow: Sequence[tuple[str, int]] = (),
-                 id: str | None = None) -> None:
+    def __init__(
+        self, columns: Sequence[tuple[str, str, int]], *, grow: Sequence[tuple[str, int]] = (), id: str | None = None
+    ) -> None:
         """`columns`: (key, label, width) in display order; `grow`: (key, at most this many more
         cells), in order, sharing the width a wide terminal leaves over."""
         self._spec = list(columns)
@@ -117,7 +119,7 @@ class KeyedTable(Contained, DataTable[Any]):
             return None
         try:
             row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
-        except Exception:  # noqa: BLE001 - an empty or shrinking table has no cell there
+        except Exception:
             return None
         return str(row_key.value) if row_key.value is not None else None
 
@@ -128,7 +130,7 @@ class KeyedTable(Contained, DataTable[Any]):
     # -- writing ------------------------------------------------------------------------
 
     @property
-    def _y_offsets(self) -> "_Lines":  # type: ignore[override]
+    def _y_offsets(self) -> _Lines:  # type: ignore[override]
         """Every row is one line: line y is row y. DataTable rebuilds this list (10,000 rows:
         0.1 s) after every change; a view over the key order costs nothing."""
         return _Lines(self._order_keys)

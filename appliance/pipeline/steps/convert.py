@@ -19,8 +19,8 @@ from typing import Any
 
 from appliance.errors import FormatRejected
 from appliance.formats import Inspection, inspect_file, introspected_properties
-from appliance.workers import nice_argv
 from appliance.pipeline.base import ImportFailed, StagedImage, StepContext
+from appliance.workers import nice_argv
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,19 @@ OUTPUT_FORMATS = ("raw", "qcow2", "vmdk")
 # no verified format to pin for qemu-img, so they are left as they are.
 _NOT_CONVERTED = frozenset({"ami", "ari", "aki", "ploop"})
 # The inspector's names for what it detected → qemu-img's driver names.
-_QEMU_DRIVERS = {"raw": "raw", "gpt": "raw", "mbr": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vhd": "vpc", "vhdx": "vhdx", "vdi": "vdi"}
+_QEMU_DRIVERS = {
+    "raw": "raw",
+    "gpt": "raw",
+    "mbr": "raw",
+    "qcow2": "qcow2",
+    "vmdk": "vmdk",
+    "vhd": "vpc",
+    "vhdx": "vhdx",
+    "vdi": "vdi",
+}
 _STDERR_LIMIT = 500
 _CPU_GRACE = 5  # seconds between the soft (SIGXCPU) and hard (SIGKILL) CPU limits
+
 
 class Convert:
     name = "image_conversion"
@@ -79,14 +89,23 @@ class Convert:
         out = Path(name)
         try:
             await self._qemu_img(
-                "convert", "-f", source, "-O", self.output_format, os.path.abspath(staged.path), os.path.abspath(out)
+                "convert", "-f", source, "-O", self.output_format, _absolute(staged.path), _absolute(out)
             )
-            result = await _inspect(out, self.output_format, "converted image failed inspection: ", self.max_virtual_size)
-            size = out.stat().st_size
+            result = await _inspect(
+                out, self.output_format, "converted image failed inspection: ", self.max_virtual_size
+            )
+            size = (await asyncio.to_thread(out.stat)).st_size
         except BaseException:
-            out.unlink(missing_ok=True)
+            await asyncio.shield(asyncio.to_thread(out.unlink, True))
             raise
-        log.info("image %s: converted %s to %s (%d -> %d bytes)", ctx.image_id, found.format, self.output_format, staged.size, size)
+        log.info(
+            "image %s: converted %s to %s (%d -> %d bytes)",
+            ctx.image_id,
+            found.format,
+            self.output_format,
+            staged.size,
+            size,
+        )
         ctx.report("converted %s to %s" % (found.format, self.output_format))
         return staged.evolve(
             path=out,
@@ -103,7 +122,7 @@ class Convert:
             raise ImportFailed("image virtual size %d bytes exceeds the limit of %d bytes" % (virtual_size, limit))
 
     async def _info(self, path: Path, source: str) -> dict[str, Any]:
-        out = await self._qemu_img("info", "-f", source, "--output=json", os.path.abspath(path))
+        out = await self._qemu_img("info", "-f", source, "--output=json", _absolute(path))
         try:
             info = json.loads(out)
             int(info["virtual-size"])
@@ -135,7 +154,9 @@ class Convert:
                 await proc.wait()
             raise
         if proc.returncode:
-            raise ImportFailed("qemu-img %s failed (%s): %s" % (args[0], self._exit_reason(proc.returncode), _trim(stderr)))
+            raise ImportFailed(
+                "qemu-img %s failed (%s): %s" % (args[0], self._exit_reason(proc.returncode), _trim(stderr))
+            )
         return stdout
 
     def _exit_reason(self, code: int) -> str:
@@ -160,3 +181,8 @@ async def _inspect(path: Path, claimed: str | None, prefix: str, max_virtual_siz
 def _trim(stderr: bytes) -> str:
     text = stderr.decode("utf-8", "replace").strip() or "no error output"
     return text if len(text) <= _STDERR_LIMIT else text[:_STDERR_LIMIT] + "..."
+
+
+def _absolute(path: Path) -> str:
+    """qemu-img takes absolute paths, so a name can never be read as an option or a protocol."""
+    return os.path.abspath(path)

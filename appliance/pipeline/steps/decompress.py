@@ -17,9 +17,10 @@ import tempfile
 import threading
 import zipfile
 import zlib
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator, Sequence, TypeVar
+from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 import lhafile
 import lzhlib  # lhafile's decoder extension
@@ -108,7 +109,8 @@ class Decompress:
         """Refuse a bomb from its header sizes before decompressing anything."""
         if size > self.max_output_bytes:
             raise ImportFailed(
-                "%s member would decompress to %d bytes, over the limit of %d bytes" % (kind, size, self.max_output_bytes)
+                "%s member would decompress to %d bytes, over the limit of %d bytes"
+                % (kind, size, self.max_output_bytes)
             )
         if size > self.max_ratio * max(compressed, 1):
             raise ImportFailed(
@@ -141,7 +143,9 @@ class Decompress:
             # lhafile is a pure-Python header parser that fails in many ways on bad input.
             infos = lhafile.LhaFile(src).infolist()
         except Exception as exc:
-            raise ImportFailed("LHA archive is corrupt or uses an unsupported method: %s" % (str(exc) or type(exc).__name__)) from None
+            raise ImportFailed(
+                "LHA archive is corrupt or uses an unsupported method: %s" % (str(exc) or type(exc).__name__)
+            ) from None
         info = _single(infos, [i.filename for i in infos], "LHA")
         if info.compress_type == _LHA_DIRECTORY:
             raise ImportFailed("LHA member is a directory or link, not a file")
@@ -255,8 +259,17 @@ def _zip_errors() -> Iterator[None]:
     """zipfile's many ways of failing on a bad archive (kept away from the sink's own errors)."""
     try:
         yield
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error, struct.error, ValueError,
-            OverflowError, NotImplementedError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        OSError,
+        zlib.error,
+        struct.error,
+        ValueError,
+        OverflowError,
+        NotImplementedError,
+    ) as exc:
         raise ImportFailed("ZIP archive is corrupt or truncated: %s" % (str(exc) or type(exc).__name__)) from None
 
 

@@ -6,7 +6,7 @@ SYSTEM_TOOLS := qemu-img:qemu-utils prlimit:util-linux mount:mount systemd-analy
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test system-deps install-tools bench clean
+.PHONY: run test lint system-deps install-tools bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,8 +39,14 @@ install-tools:
 	    || { echo "error: could not install$$missing; install them with your package manager (Debian: apt-get install$$missing)" >&2; exit 1; }; \
 	fi
 
-test: $(STAMP_TEST) system-deps
+test: $(STAMP_TEST) system-deps lint
 	$(BIN)/python -m pytest -q tests
+
+# The checks that keep the tree tidy: formatting, lint and strict types (config in pyproject.toml).
+lint: $(STAMP_TEST)
+	$(BIN)/ruff format --check appliance tui tests
+	$(BIN)/ruff check appliance tui tests
+	$(BIN)/mypy appliance tui
 
 # Benchmarks are not tests: they print figures and ratios to baselines from the same run.
 bench: $(STAMP_TEST)

@@ -9,14 +9,15 @@ from typing import Awaitable, Callable, TypeVar
 T = TypeVar("T")
 
 
-async def eventually(check: Callable[[], Awaitable[T]], what: str, timeout: float = 30) -> T:
-    """Await `check` until it returns something true, and return that."""
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], Awaitable[T]], what: str, within: float = 30, interval: float = 0.1) -> T:
+    """Await `check` every `interval` seconds until it returns something true (for up to
+    `within` seconds), and return that."""
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         found = await check()
         if found:
             return found
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(interval)
     raise AssertionError("timed out waiting for: %s" % what)
 
 

@@ -516,7 +516,7 @@ def test_huge_and_odd_integers_are_400(daemon_factory: Callable[..., Daemon]) ->
     refused(call(daemon, "PATCH", "/v2/images/" + image_id, patch.encode(),
                  **{"Content-Type": "application/openstack-images-v2.1-json-patch"}), 400, "out of range")
     refused(call(daemon, "POST", "/v2/images", b'{"name": NaN}'), 400, "NaN")
-    code, _, body = call(daemon, "GET", "/v2/images/" + image_id)
+    _, _, body = call(daemon, "GET", "/v2/images/" + image_id)
     assert json.loads(body)["min_disk"] == 0
     assert_no_server_errors(daemon)
 

@@ -63,8 +63,8 @@ class Client:
         return await self.call("PATCH", "/v2/images/%s" % image_id, content_type=PATCH_CT,
                                data=json.dumps([{"op": "replace", "path": "/" + key, "value": value}]))
 
-    async def task_of(self, image_id: str, timeout: float = 60) -> dict[str, Any]:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def task_of(self, image_id: str) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + 60
         while True:
             status, answer = await self.call("GET", "/v2/images/%s/tasks" % image_id)
             assert status == 200, answer
@@ -187,11 +187,11 @@ async def test_patch_racing_an_upload_never_leaves_data_under_a_claim_it_was_not
                 yield data[i:i + (256 << 10)]
                 await asyncio.sleep(0.01)
 
-        async def patch_later() -> int:
-            await asyncio.sleep(patch_delay)
+        async def patch_later(image_id: str, delay: float) -> int:
+            await asyncio.sleep(delay)
             return (await client.patch(image_id, "disk_format", "raw"))[0]
 
-        (uploaded, _), patched = await asyncio.gather(client.put(image_id, "file", body()), patch_later())
+        (uploaded, _), patched = await asyncio.gather(client.put(image_id, "file", body()), patch_later(image_id, patch_delay))
         outcomes.add((uploaded, patched))
         shown = await client.show(image_id)
         if shown["status"] == "active":
@@ -225,14 +225,14 @@ async def test_patch_racing_a_web_download_import_never_leaves_data_under_a_clai
                 image_id = await client.create(name="race", disk_format="qcow2", container_format="bare")
 
                 # From before the request arrives to well after the import has started.
-                async def patch_later(delay: float = 0.0005 * (round_ % 12) + 0.01 * (round_ >= 12)) -> int:
+                async def patch_later(image_id: str, delay: float = 0.0005 * (round_ % 12) + 0.01 * (round_ >= 12)) -> int:
                     await asyncio.sleep(delay)
                     return (await client.patch(image_id, "disk_format", "raw"))[0]
 
                 (started, _), patched = await asyncio.gather(client.call(
                     "POST", "/v2/images/%s/import" % image_id,
                     body={"method": {"name": "web-download", "uri": "http://127.0.0.1:%d/disk" % server.port}},
-                ), patch_later())
+                ), patch_later(image_id))
                 task = await client.task_of(image_id) if started == 202 else {"status": "none"}
                 outcomes.add((started, patched, task["status"]))
                 shown = await client.show(image_id)

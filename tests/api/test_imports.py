@@ -51,8 +51,8 @@ def loopback_filter(port: int) -> dict[str, Any]:
     return {"uri_filter": {"allowed_hosts": ["127.0.0.0/8"], "allowed_ports": [port]}}
 
 
-async def wait_task(api: Api, image_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_task(api: Api, image_id: str) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + 60
     while True:
         resp = await api.client.get("/v2/images/%s/tasks" % image_id, headers=api.headers())
         assert resp.status == 200
@@ -307,7 +307,7 @@ async def test_plugins_decompress_then_convert_qcow2_to_raw(
     raw = tmp_path / "disk.raw"
     raw.write_bytes(os.urandom(1 << 20) + bytes(3 << 20))
     qcow = tmp_path / "disk.qcow2"
-    subprocess.run([qemu_img, "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)], check=True)
+    await asyncio.to_thread(subprocess.run, [qemu_img, "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)], check=True)
     api = await open_api(**{"import": {"plugins": ["image_decompression", "image_conversion", "inject_image_metadata"],
                                        "inject": {"site_policy": "edge"}, "ignore_user_roles": []}})
     image = await api.create(name="packed", disk_format="qcow2")
@@ -341,7 +341,7 @@ async def test_plugin_refusal_says_why(open_api: Callable[..., Awaitable[Api]]) 
 
 async def test_import_inspects_claimed_format(open_api: Callable[..., Awaitable[Api]], tmp_path: Path, qemu_img: str) -> None:
     qcow = tmp_path / "d.qcow2"
-    subprocess.run([qemu_img, "create", "-f", "qcow2", str(qcow), "8M"], check=True, capture_output=True)
+    await asyncio.to_thread(subprocess.run, [qemu_img, "create", "-f", "qcow2", str(qcow), "8M"], check=True, capture_output=True)
     api = await open_api()
     image = await api.create(name="liar", disk_format="raw")
     await stage(api, image["id"], qcow.read_bytes())
@@ -373,10 +373,10 @@ async def test_upload_records_vmdk_introspection_and_enforces_virtual_size(
     open_api: Callable[..., Awaitable[Api]], tmp_path: Path, qemu_img: str
 ) -> None:
     vmdk = tmp_path / "d.vmdk"
-    subprocess.run([qemu_img, "create", "-f", "vmdk", "-o", "subformat=streamOptimized", str(vmdk), "16M"],
+    await asyncio.to_thread(subprocess.run, [qemu_img, "create", "-f", "vmdk", "-o", "subformat=streamOptimized", str(vmdk), "16M"],
                    check=True, capture_output=True)
     big = tmp_path / "big.qcow2"
-    subprocess.run([qemu_img, "create", "-f", "qcow2", str(big), "64M"], check=True, capture_output=True)
+    await asyncio.to_thread(subprocess.run, [qemu_img, "create", "-f", "qcow2", str(big), "64M"], check=True, capture_output=True)
     api = await open_api(formats={"max_virtual_size": 32 << 20})
     image = await api.create(name="vm", disk_format="vmdk", vmware_adaptertype="lsiLogic")
     resp = await api.upload(image["id"], vmdk.read_bytes())

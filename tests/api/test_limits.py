@@ -190,11 +190,11 @@ def test_injected_properties_count_against_the_property_quota(limited: Callable[
 
 
 def test_injected_properties_follow_the_same_rules(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="import.inject: .*control characters"):
+    with pytest.raises(ConfigError, match=r"import.inject: .*control characters"):
         parse_config({"import": {"inject": {"site": "edge\x1b[2J"}}}, tmp_path)
-    with pytest.raises(ConfigError, match="import.inject: Property name"):
+    with pytest.raises(ConfigError, match=r"import.inject: Property name"):
         parse_config({"import": {"inject": {"n" * 256: "v"}}}, tmp_path)
-    with pytest.raises(ConfigError, match="limits.image_tag_quota"):
+    with pytest.raises(ConfigError, match=r"limits.image_tag_quota"):
         parse_config({"limits": {"image_tag_quota": -2}}, tmp_path)
 
 
@@ -218,7 +218,7 @@ def test_healthcheck_stays_fast_during_the_largest_list(limited: Callable[..., D
                      limits={"max_property_value_length": VALUE})
     with ThreadPoolExecutor(4) as pool:
         ids = list(pool.map(lambda i: created(daemon, **full_image(i)), range(PAGE)))
-    status, answer = create(daemon, name="over", x="v" * (VALUE + 1))
+    status, _ = create(daemon, name="over", x="v" * (VALUE + 1))
     assert status == 400  # the page below is the largest the limits allow
     for _ in range(2):
         with HealthProbe(daemon.url) as probe:

@@ -146,7 +146,7 @@ async def copied_to_fast(hub: Hub, role: str) -> Request:
     if role == "admin":  # only the admin gets past the rule; the others need no second copy
         await hub.ok("admin", "POST", "/v2/images/%s/import" % image_id, 202,
                      json={"method": {"name": "copy-image"}, "stores": ["fast"]})
-        await eventually(lambda: _has_fast(hub, image_id), "the copy in store fast", timeout=20)
+        await eventually(lambda: _has_fast(hub, image_id), "the copy in store fast", within=20)
     return "DELETE", "/v2/stores/fast/%s" % image_id, {}
 
 

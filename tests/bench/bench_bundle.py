@@ -96,7 +96,7 @@ def main() -> None:
         bundle = work / "disk.bundle"
         exports, imports = [], []
         edge = None
-        for run in range(args.runs):
+        for _ in range(args.runs):
             bundle.unlink(missing_ok=True)
             exports.append(timed([str(BIN / "edge-appliance"), "bundle", "export", image_id, "-o", str(bundle),
                                   "--url", hub_url, "--token=" + hub_token]))

@@ -128,7 +128,7 @@ async def measure(url: str, pid: int, sites: int, interval: float, seconds: floa
     load_pct = 100 * (cpu1 - cpu0) / (t1 - t0)
     ms = sorted(x * 1000 for x in window)
     p50 = statistics.median(ms)
-    p99 = ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))]
+    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
     print("hub sites benchmark: %d sites, heartbeat every %.0f s, window %.0f s (%d heartbeats, %.1f/s)"
           % (sites, interval, t1 - t0, len(window), len(window) / (t1 - t0)))
     print("  hub CPU, sites silent (baseline): %.2f %% of one core" % idle_pct)

@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,7 @@ def main() -> None:
         for kind in ("small", "large"):
             started = time.perf_counter()
             with ThreadPoolExecutor(4) as pool:
-                list(pool.map(lambda i: make(kind, i), range(args.page)))
+                list(pool.map(partial(make, kind), range(args.page)))
             print("created %d %s images in %.1f s; RSS %.0f MiB" % (args.page, kind, time.perf_counter() - started,
                                                                    rss(proc.pid)[0]))
         catalog = sum(p.stat().st_size for p in state.glob("catalog.sqlite*"))

@@ -37,6 +37,7 @@ from textual.app import App, ComposeResult  # noqa: E402
 from textual.widgets import DataTable  # noqa: E402
 
 from tests.conftest import Daemon, start_daemon, write_toml  # noqa: E402
+from tests.waiting import eventually  # noqa: E402
 from tui.app import make_app  # noqa: E402
 from tui.client import HttpDaemonClient  # noqa: E402
 from tui.config import TuiConfig  # noqa: E402
@@ -69,8 +70,8 @@ async def create_images(sock: str, count: int, start: int = 0, concurrency: int 
     return time.perf_counter() - t
 
 
-async def wait_for(predicate: Callable[[], bool], pilot: Any, timeout: float = 60) -> None:
-    deadline = time.perf_counter() + timeout
+async def wait_for(predicate: Callable[[], bool], pilot: Any) -> None:
+    deadline = time.perf_counter() + 60
     while not predicate():
         if time.perf_counter() > deadline:
             raise SystemExit("timed out")
@@ -111,8 +112,8 @@ class RenderClock:
 
         ImageTable.render_lines = render_lines  # type: ignore[method-assign]
 
-    async def drawn_after(self, t: float, predicate: Callable[[], bool], timeout: float = 60) -> float:
-        deadline = t + timeout
+    async def drawn_after(self, t: float, predicate: Callable[[], bool]) -> float:
+        deadline = t + 60
         while not (predicate() and self.drawn_at is not None and self.drawn_at > t):
             if time.perf_counter() > deadline:
                 raise SystemExit("timed out")
@@ -203,12 +204,16 @@ async def fill_cache(hub: Daemon, edge: Daemon, count: int) -> float:
             await call(hub, "PUT", "/v2/images/%s/file" % image_id, 204, data=os.urandom(64 * 1024),
                        headers={"Content-Type": "application/octet-stream"})
             ids.append(image_id)
-        while not set(ids) <= {i["id"] for i in (await call(edge, "GET", "/v2/images?limit=1000", 200))["images"]}:
-            await asyncio.sleep(0.2)  # the edge's catalog mirror has not seen them all yet
+        async def edge_lists_all() -> bool:
+            return set(ids) <= {i["id"] for i in (await call(edge, "GET", "/v2/images?limit=1000", 200))["images"]}
+
+        async def edge_caches_all() -> bool:
+            return len((await call(edge, "GET", "/v2/edge/cache", 200))["entries"]) >= count
+
+        await eventually(edge_lists_all, "the edge's catalog mirror to list them all", within=600, interval=0.2)
         for image_id in ids:
             await call(edge, "PUT", "/v2/cache/%s" % image_id, 202)
-        while len((await call(edge, "GET", "/v2/edge/cache", 200))["entries"]) < count:
-            await asyncio.sleep(0.2)
+        await eventually(edge_caches_all, "the edge to cache them all", within=600, interval=0.2)
     return time.perf_counter() - t
 
 

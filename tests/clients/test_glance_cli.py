@@ -69,7 +69,7 @@ def table(out: str) -> tuple[list[str], list[list[str]]]:
             continue
         cells = [c.strip() for c in line[1:-1].split("|")]
         if rows and cells[0] == "":
-            for frags, cell in zip(rows[-1], cells):
+            for frags, cell in zip(rows[-1], cells, strict=False):
                 if cell:
                     frags.append(cell)
         else:
@@ -87,7 +87,7 @@ def as_dict(out: str) -> dict[str, str]:
 
 def as_records(out: str) -> list[dict[str, str]]:
     header, rows = table(out)
-    return [dict(zip(header, row)) for row in rows]
+    return [dict(zip(header, row, strict=False)) for row in rows]
 
 
 @pytest.fixture

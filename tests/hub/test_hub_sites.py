@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -193,7 +192,7 @@ async def test_register_heartbeat_and_offline_after_two_missed_beats(hub: Daemon
     assert (await dcn0.heartbeat()).body["online"] is True
 
     # Re-registration updates the record but keeps the first registration time.
-    time.sleep(1.1)
+    await asyncio.sleep(1.1)
     again = (await dcn0.register(version="0.2.0", free_bytes=1)).body
     assert again["version"] == "0.2.0" and again["free_bytes"] == 1
     assert again["registered_at"] == site["registered_at"] and again["last_seen"] > site["last_seen"]
@@ -354,7 +353,7 @@ async def test_deleting_an_image_drops_its_assignments(hub: Daemon, session: aio
 
 
 async def test_deleting_a_site_forgets_its_copies(hub: Daemon, session: aiohttp.ClientSession, image_file: Path) -> None:
-    dcn0, dcn1 = await registered(session, hub, "dcn0", "dcn1")
+    dcn0, _dcn1 = await registered(session, hub, "dcn0", "dcn1")
     image_id = await create_image(hub, image_file)
     await glance(hub, "image-import", "--import-method", "copy-image", "--stores", "dcn0,dcn1", image_id)
     await dcn0.sync()

@@ -145,13 +145,13 @@ async def test_first_pulls_right_after_the_hub_upload_never_answer_empty(link_fa
         image_id = await link.hub_image(data, name="race-%d" % round_)
         uploaded = time.monotonic()
 
-        async def client(delay: float) -> tuple[int, bytes]:
+        async def client(image_id: str, delay: float) -> tuple[int, bytes]:
             await asyncio.sleep(delay)  # arrivals spread as separate clients' are
             async with link.session.get(link.edge.url + "/v2/images/%s/file" % image_id,
                                         headers=link.edge_headers()) as resp:
                 return resp.status, await resp.read()
 
-        tasks = [asyncio.create_task(client(i * 0.003)) for i in range(20)]
+        tasks = [asyncio.create_task(client(image_id, i * 0.003)) for i in range(20)]
         started = time.monotonic() - uploaded
         results = await asyncio.gather(*tasks)
         assert started < 1.0, started
@@ -207,7 +207,7 @@ async def test_lookups_of_unknown_ids_are_remembered_and_bounded_per_project(lin
     asked = hub_lookups()
     assert asked <= 10 + elapsed * 1 + 1, (asked, elapsed)  # the burst, plus one a second
     # A miss asked again within the TTL is answered from memory: no hub request.
-    missed = [i for i, s in zip(ids, statuses) if s == 404]
+    missed = [i for i, s in zip(ids, statuses, strict=True) if s == 404]
     before = hub_lookups()
     assert [await show(i) for i in missed] == [404] * len(missed)
     assert hub_lookups() == before

@@ -153,7 +153,7 @@ async def catalog_with_ties(tmp_path: Path) -> tuple[Catalog, list[Image]]:
     rng = random.Random(7)
     images = []
     async with Catalog.open(tmp_path / "c.sqlite") as catalog:
-        for n in range(40):
+        for _ in range(40):
             image = make_image(
                 name=rng.choice([None, "a", "b", "c"]),
                 size=rng.choice([None, 0, 10, 10, 200]),

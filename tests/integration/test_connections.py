@@ -20,9 +20,8 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.conftest import Daemon, start_daemon, write_toml
-from tests.integration.test_import_recovery import (  # noqa: F401  (fixture: source)
-    Source, create, source, start_import, wait_task_done,
-)
+from tests.integration.conftest import Source
+from tests.integration.test_import_recovery import create, start_import, wait_task_done
 from tests.integration.test_request_bodies import image_status, new_image, request
 from tests.waiting import wait_for
 

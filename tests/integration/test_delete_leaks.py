@@ -18,9 +18,8 @@ from urllib.parse import urlsplit
 
 from appliance.stores.filesystem import PARTIAL_DIR, PULLS_DIR
 from tests.conftest import Daemon
-from tests.integration.test_import_recovery import (  # noqa: F401  (fixtures: source, config)
-    MiB, Source, call, config, create, files_in, source, stage, start_import, tasks_of,
-)
+from tests.integration.conftest import Source
+from tests.integration.test_import_recovery import MiB, call, create, files_in, stage, start_import, tasks_of
 from tests.waiting import wait_for
 
 
@@ -75,7 +74,7 @@ def test_delete_during_a_web_download_import_stops_it_and_leaves_nothing(
         image_id = create(d, "slow-%d" % round_)
         start_import(d, image_id, {"method": {"name": "web-download", "uri": source.url("slow/%d" % (64 * MiB))},
                                    "stores": ["local", "fast"]})
-        task = wait_for(lambda: next((t for t in tasks_of(d, image_id) if (t["bytes_done"] or 0) > 0), None),
+        task = wait_for(lambda image_id=image_id: next((t for t in tasks_of(d, image_id) if (t["bytes_done"] or 0) > 0), None),
                         "the download makes progress")
         time.sleep(random.uniform(0, 0.3))
         delete(d, image_id)
@@ -97,7 +96,7 @@ def test_delete_racing_a_glance_direct_import_leaves_nothing(daemon_factory: Cal
         [task] = tasks_of(d, image_id)
         time.sleep(random.uniform(0, 0.2))  # before, during or after the store writes
         delete(d, image_id)
-        ended = wait_for(lambda: (t := task_by_id(d, task["id"]))["status"] != "processing" and t, "the task ends")
+        ended = wait_for(lambda task=task: (t := task_by_id(d, task["id"]))["status"] != "processing" and t, "the task ends")
         assert ended["status"] == "success" or "deleted" in ended["message"], ended
         assert leftovers(d.state_dir, image_id, [data[:4096], data[-4096:]]) == []
     no_traceback(d)
@@ -126,7 +125,7 @@ def test_delete_during_an_upload_or_a_stage_stops_it_and_leaves_nothing(
         try:
             for _ in range(8):
                 conn.send(block)
-            wait_for(lambda: files_in(partial_dir), "the write starts")
+            wait_for(lambda partial_dir=partial_dir: files_in(partial_dir), "the write starts")
             delete(d, image_id)
             try:  # the upload is refused at its next chunk (or its connection dropped)
                 for _ in range(24):
@@ -138,7 +137,7 @@ def test_delete_during_an_upload_or_a_stage_stops_it_and_leaves_nothing(
                 pass
         finally:
             conn.close()
-        wait_for(lambda: not files_in(partial_dir), "the partial write is gone")
+        wait_for(lambda partial_dir=partial_dir: not files_in(partial_dir), "the partial write is gone")
         assert leftovers(d.state_dir, image_id, [block[:4096]]) == []
     no_traceback(d)
 

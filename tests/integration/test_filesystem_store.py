@@ -87,7 +87,7 @@ def broken_source(store: FilesystemStore, exc: BaseException) -> AsyncIterator[b
 @pytest.mark.parametrize("exc", SOURCE_ERRORS, ids=lambda e: type(e).__name__)
 async def test_source_raising_midstream_leaves_nothing(tmp_path: Path, exc: BaseException) -> None:
     store = make_store(tmp_path)
-    with pytest.raises(Exception):
+    with pytest.raises(type(exc)):
         await store.write("img", broken_source(store, exc), max_size=1 << 30)
     assert not (store.path / "img").exists()
     assert store.data_path("img") is None

@@ -17,6 +17,7 @@ import pytest
 
 from tests.clients.test_glance_cli import Glance, as_dict
 from tests.conftest import JSON_ERRORS, Daemon, start_daemon, write_toml
+from tests.ondisk import flip_bit
 from tests.waiting import eventually
 
 MiB = 1 << 20
@@ -254,7 +255,7 @@ async def test_an_edge_killed_mid_pull_resumes_with_range(cloud: Cloud) -> None:
     kept = pulls.stat().st_size
     assert 0 < kept < len(data)
     cloud.start_edge("dcn0", bandwidth_limit=0)
-    await eventually(lambda: _has(cloud, cloud.hub, image_id, "dcn0"), "the hub to list dcn0", timeout=60)
+    await eventually(lambda: _has(cloud, cloud.hub, image_id, "dcn0"), "the hub to list dcn0", within=60)
     assert (edge.state_dir / "images" / image_id).read_bytes() == data
     log = edge.log.read_text()
     assert "resuming the transfer at byte" in log
@@ -267,7 +268,7 @@ async def _site_known(cloud: Cloud, name: str) -> bool:
 
 
 async def _size_at_least(path: Path, n: int) -> bool:
-    return path.exists() and path.stat().st_size >= n
+    return await asyncio.to_thread(lambda: path.exists() and path.stat().st_size >= n)
 
 
 async def test_an_edge_created_image_copied_to_central_keeps_its_id(cloud: Cloud) -> None:
@@ -327,11 +328,7 @@ async def test_the_scrubber_repairs_pinned_and_cached_copies_from_the_hub(cloud:
     await eventually(lambda: _has(cloud, cloud.hub, pinned_id, "dcn0"), "the pinned copy")
     assert await cloud.call(edge, "GET", "/v2/images/%s/file" % cached_id) == cached_data
     for path in (edge.state_dir / "images" / pinned_id, edge.state_dir / "cache" / "data" / cached_id):
-        with open(path, "r+b") as fh:  # a bit flips on disk
-            fh.seek(1000)
-            byte = fh.read(1)
-            fh.seek(1000)
-            fh.write(bytes([byte[0] ^ 1]))
+        await asyncio.to_thread(flip_bit, path, 1000)
 
     async def repaired() -> bool:
         log = edge.log.read_text()

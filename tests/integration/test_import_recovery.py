@@ -7,120 +7,24 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import http.server
 import json
 import os
 import signal
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import pytest
 
 from appliance.stores.filesystem import PARTIAL_DIR
-from tests.conftest import Daemon, write_toml
+from tests.conftest import Daemon
+from tests.integration.conftest import Source
 from tests.waiting import wait_for
 
 MiB = 1 << 20
-KiB = 1 << 10
-SLOW_CHUNK = 64 * KiB
-SLOW_DELAY = 0.05  # 64 KiB every 50 ms: ~1.3 MiB/s
 SLOW_TOTAL = 64 * MiB  # would take ~50 s: the import is surely still running when the daemon dies
 INTERRUPTED = "Import interrupted"
-
-
-# -- a loopback HTTP source ----------------------------------------------------------------
-
-
-class Source:
-    """GET /fast/<name>: registered bytes at once. GET /slow/<n>: n bytes, 64 KiB per 50 ms."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.slow_block = os.urandom(SLOW_CHUNK)
-        self.port = 0
-
-    def url(self, path: str) -> str:
-        return "http://127.0.0.1:%d/%s" % (self.port, path)
-
-    def add(self, name: str, data: bytes) -> str:
-        self.files[name] = data
-        return self.url("fast/" + name)
-
-
-def _handler(source: Source) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass
-
-        def do_GET(self) -> None:  # noqa: N802
-            kind, _, name = self.path.lstrip("/").partition("/")
-            if kind == "fast" and name in source.files:
-                body = source.files[name]
-                self._head(len(body))
-                self.wfile.write(body)
-            elif kind == "slow" and name.isdigit():
-                total = int(name)
-                self._head(total)
-                sent = 0
-                try:
-                    while sent < total:
-                        piece = source.slow_block[: total - sent]
-                        self.wfile.write(piece)
-                        self.wfile.flush()
-                        sent += len(piece)
-                        time.sleep(SLOW_DELAY)
-                except OSError:  # the daemon went away mid-body: expected here
-                    self.close_connection = True
-            else:
-                self.send_error(404)
-
-        def _head(self, length: int) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(length))
-            self.end_headers()
-
-    return Handler
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def source() -> Iterator[Source]:
-    src = Source()
-    server = _Server(("127.0.0.1", 0), _handler(src))
-    src.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield src
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
-
-
-# -- daemons -------------------------------------------------------------------------------
-
-STORES = {"default": "local", "local": {"path": "images"}, "fast": {"path": "fast"}}
-
-
-@pytest.fixture
-def config(tmp_path: Path, source: Source) -> Path:
-    return write_toml(tmp_path / "site.toml", {
-        "stores": STORES,
-        "import": {"uri_filter": {"allowed_hosts": ["127.0.0.0/8"], "allowed_ports": [source.port]}},
-    })
 
 
 def call(d: Daemon, method: str, path: str, body: Any = None, raw: bytes | None = None,

@@ -21,6 +21,7 @@ from appliance.bundles.inbox import DONE, FAILED, PROCESSING, Inbox
 from appliance.services import Services, open_services
 from tests.bundlekit import record, write_bundle
 from tests.conftest import Daemon, write_toml
+from tests.ondisk import append
 from tests.waiting import wait_for
 
 MiB = 1 << 20
@@ -78,8 +79,7 @@ async def test_file_is_taken_only_once_unchanged_for_settle_seconds(inbox: Inbox
     assert await inbox.tick() == 0
     clock.now += SETTLE - 1
     assert await inbox.tick() == 0
-    with open(path, "ab") as fh:  # the copy goes on: the wait starts again
-        fh.write(data[MiB // 2:])
+    await asyncio.to_thread(append, path, data[MiB // 2:])  # the copy goes on: the wait starts again
     clock.now += 2
     assert await inbox.tick() == 0
     clock.now += SETTLE - 1

@@ -111,6 +111,11 @@ def test_ready_watchdog_reload_and_stop(tmp_path: Path, fake_systemd: FakeSystem
             daemon.proc.kill()
 
 
+def block_the_event_loop(seconds: float) -> None:
+    """What a handler stuck in a blocking call does: hold the thread the event loop runs on."""
+    time.sleep(seconds)
+
+
 async def test_a_blocked_loop_stops_the_watchdog(fake_systemd: FakeSystemd, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = fake_systemd
     monkeypatch.setenv("NOTIFY_SOCKET", str(fake.path))
@@ -118,7 +123,7 @@ async def test_a_blocked_loop_stops_the_watchdog(fake_systemd: FakeSystemd, monk
     await asyncio.sleep(0.3)
     before = fake.drain(0.05)
     assert len(before) >= 3
-    time.sleep(0.5)  # the event loop is blocked: no coroutine runs
+    block_the_event_loop(0.5)  # no coroutine runs meanwhile
     # Read what arrived during the block, before the loop gets control back.
     fake.sock.setblocking(False)
     during = []

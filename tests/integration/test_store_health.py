@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from tests.ondisk import flip_bit
 
 
 @pytest.fixture
@@ -37,11 +39,7 @@ async def test_scrubber_quarantines_a_flipped_byte(open_api: Callable[..., Any])
     data = os.urandom(300_000)
     assert (await api.upload(bad["id"], data)).status == 204
     path = services.stores["local"].path / bad["id"]
-    with open(path, "r+b") as fh:  # one flipped bit, as a failing disk would do
-        fh.seek(123_456)
-        byte = fh.read(1)
-        fh.seek(123_456)
-        fh.write(bytes([byte[0] ^ 0x01]))
+    await asyncio.to_thread(flip_bit, path, 123_456)
     report = await services.scrubber.tick()
     assert report.checked == 2
     assert report.quarantined == [(bad["id"], "local")]
@@ -74,14 +72,14 @@ async def test_store_requiring_a_mount_is_read_only_until_mounted(
     assert list(mountpoint.iterdir()) == []  # nothing written into the bare directory
     detail = await (await api.client.get("/v2/info/stores/detail", headers=api.headers())).json()
     assert detail["stores"][0]["read-only"] == "true"
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], check=True)
+    await asyncio.to_thread(subprocess.run, ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], check=True)
     try:
         resp = await api.upload(image["id"], b"x" * 1000)
         assert resp.status == 204, await resp.text()  # recovered by itself
         detail = await (await api.client.get("/v2/info/stores/detail", headers=api.headers())).json()
         assert "read-only" not in detail["stores"][0]
     finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(mountpoint)], check=False)
 
 
 async def test_full_filesystem_fails_the_write_cleanly(open_api: Callable[..., Any], tmpfs: Callable[[str, int], Path]) -> None:

@@ -63,8 +63,8 @@ class SiteApi:
         await self.call("POST", "/v2/images/%s/import" % image_id, 202,
                         json={"method": {"name": "copy-image"}, "stores": [store]})
 
-    async def wait_tasks_done(self, image_id: str, timeout: float = 30) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
+    async def wait_tasks_done(self, image_id: str) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + 30
         while True:
             tasks = (await self.call("GET", "/v2/images/%s/tasks" % image_id))["tasks"]
             if tasks and all(t["status"] not in ("pending", "processing") for t in tasks):
@@ -109,8 +109,8 @@ async def type_text(pilot: Pilot[Any], text: str) -> None:
     await pilot.pause()
 
 
-async def wait_until(pilot: Pilot[Any], predicate: Callable[[], Any], timeout: float = 15, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(pilot: Pilot[Any], predicate: Callable[[], Any], within: float = 15, what: str = "") -> None:
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for %s" % (what or predicate))
@@ -130,7 +130,7 @@ async def confirm(pilot: Pilot[Any]) -> None:
     before the dialog is armed is ignored on purpose)."""
     screen = pilot.app.screen
     assert isinstance(screen, ConfirmScreen), screen
-    await wait_until(pilot, lambda: screen.armed, timeout=5, what="the confirmation armed")
+    await wait_until(pilot, lambda: screen.armed, within=5, what="the confirmation armed")
     await pilot.press("y")
 
 

@@ -117,12 +117,12 @@ async def test_fills_and_pinned_pulls_show_progress(hub_and_edge_factory: Callab
                          what="the fill")
         await wait_until(pilot, lambda: not queue.cell_text(cached["id"], "progress").endswith("?"), what="fill progress")
         assert queue.cell_text(cached["id"], "image") == "filled"
-        await wait_until(pilot, lambda: pane.entry_table.keys == [cached["id"]], timeout=30, what="cached")
+        await wait_until(pilot, lambda: pane.entry_table.keys == [cached["id"]], within=30, what="cached")
         assert queue.row_count == 0
         # A copy placed at this site by the hub: the Overview's hub line shows the pull.
         await link.hub.copy(pinned["id"], "dcn0")
         await pilot.press("1")
-        await wait_until(pilot, lambda: "pulling pinned" in text_of(app, "#overview-hub"), timeout=30, what="the pull")
+        await wait_until(pilot, lambda: "pulling pinned" in text_of(app, "#overview-hub"), within=30, what="the pull")
         await wait_until(pilot, lambda: "%" in text_of(app, "#overview-hub").split("pulling pinned", 1)[1], what="pull progress")
 
 

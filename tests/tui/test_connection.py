@@ -43,7 +43,7 @@ async def test_banner_while_the_daemon_is_down_then_reconnects(daemon_factory: C
         assert "retrying every 0.25 s" in banner_text(app)
         assert any(isinstance(m, ConnectionFailed) and not m.reachable for m in seen)
         daemon_factory("site", site_config(tmp_path))
-        await wait_until(pilot, lambda: not banner(app).display, timeout=20, what="banner gone")
+        await wait_until(pilot, lambda: not banner(app).display, within=20, what="banner gone")
         await wait_until(pilot, lambda: "edge-test" in str(app.query_one("#overview-site", Static).content), what="overview")
         assert any(isinstance(m, StatusLoaded) for m in seen)
 

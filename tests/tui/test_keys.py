@@ -29,7 +29,7 @@ KEY_NAMES = {"question_mark": "?", "slash": "/", "escape": "esc"}
 
 def help_text(app: Any) -> str:
     table = app.screen.query_one("#help-keys", Static).content
-    return "\n".join("%s %s" % (k, t) for k, t in zip(table.columns[0].cells, table.columns[1].cells))
+    return "\n".join("%s %s" % (k, t) for k, t in zip(table.columns[0].cells, table.columns[1].cells, strict=True))
 
 
 async def test_number_keys_palette_escape_and_jk(site: Daemon, site_api: SiteApi) -> None:

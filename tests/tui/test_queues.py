@@ -74,14 +74,14 @@ async def test_import_from_url_shows_live_progress_then_success_and_failures(ope
                     and table.cell_text(key, "bytes") in ("1.0/4.0 MiB", "2.0/4.0 MiB", "3.0/4.0 MiB")
                     and table.cell_text(key, "rate").endswith("/s"))
 
-        await wait_until(pilot, moving, timeout=20, what="live progress with a rate")
+        await wait_until(pilot, moving, within=20, what="live progress with a rate")
         assert table.cell_text(key, "image") == "slow-image"
         # While downloading, the daemon knows the total (the source's Content-Length): a
         # percentage and an ETA show.
         assert table.cell_text(key, "progress").endswith("%")
         assert table.cell_text(key, "eta") != "—"
         assert table.cell_text(key, "method") == "web-download → local"
-        await wait_until(pilot, lambda: table.cell_text(key, "status") == "success", timeout=30, what="success")
+        await wait_until(pilot, lambda: table.cell_text(key, "status") == "success", within=30, what="success")
         assert table.cell_text(key, "progress").endswith("100%")
         assert table.cell_text(key, "bytes") == "4.0/4.0 MiB"
         image = await open_site.image(started.image_id)
@@ -96,7 +96,7 @@ async def test_import_from_url_shows_live_progress_then_success_and_failures(ope
         await pilot.press("3")
         await wait_until(pilot, lambda: table.row_count == 2, what="second task row")
         failed = next(k for k in table.keys if k != key)
-        await wait_until(pilot, lambda: table.cell_text(failed, "status") == "failure", timeout=20, what="failure")
+        await wait_until(pilot, lambda: table.cell_text(failed, "status") == "failure", within=20, what="failure")
         message = table.cell_text(failed, "message")
         assert "404" in message
         tasks = (await open_site.call("GET", "/v2/tasks"))["tasks"]

@@ -3,6 +3,7 @@ tools to show the format is standard), truncated and damaged copies, signatures.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ from appliance.bundles.signing import (
 from appliance.bundles.stream import IMAGE_DIR, MANIFEST, BundleCorrupt, verify_bundle
 from appliance.errors import ConfigError
 from tests.bundlekit import record, write_bundle
+from tests.ondisk import append
 
 MiB = 1 << 20
 
@@ -41,12 +43,13 @@ async def test_round_trip_verifies_every_image(tmp_path: Path, three: list[tuple
 
 async def test_bundle_is_a_standard_zstd_compressed_tar(tmp_path: Path, three: list[tuple[ImageRecord, bytes]]) -> None:
     path = await write_bundle(tmp_path / "b.bundle", three)
-    subprocess.run(["zstd", "-q", "-t", str(path)], check=True)
-    listing = subprocess.run("zstd -dc %s | tar tf -" % path, shell=True, check=True, capture_output=True, text=True).stdout
+    await asyncio.to_thread(subprocess.run, ["zstd", "-q", "-t", str(path)], check=True)
+    listing = (await asyncio.to_thread(subprocess.run, "zstd -dc %s | tar tf -" % path, shell=True, check=True,
+                                       capture_output=True, text=True)).stdout
     assert listing.split() == [MANIFEST] + [IMAGE_DIR + r.id for r, _ in three]
     out = tmp_path / "x"
     out.mkdir()
-    subprocess.run("zstd -dc %s | tar xf - -C %s" % (path, out), shell=True, check=True)
+    await asyncio.to_thread(subprocess.run, "zstd -dc %s | tar xf - -C %s" % (path, out), shell=True, check=True)
     assert (out / IMAGE_DIR / three[1][0].id).read_bytes() == three[1][1]
     assert json.loads((out / MANIFEST).read_bytes())["images"][0]["id"] == three[0][0].id
 
@@ -88,7 +91,7 @@ async def test_truncated_bundle_is_detected(tmp_path: Path, three: list[tuple[Im
     assert not report.ok
     assert "truncated" in report.error or "damaged" in report.error
     # Whatever is reported OK really was complete; the rest is failed, with the reason.
-    for entry, (rec, _) in zip(report.entries, three):
+    for entry, (rec, _) in zip(report.entries, three, strict=False):  # a truncated report may list fewer
         assert entry.id == rec.id
         if entry.outcome == FAILED:
             assert "not read" in entry.message
@@ -96,8 +99,7 @@ async def test_truncated_bundle_is_detected(tmp_path: Path, three: list[tuple[Im
 
 async def test_data_appended_after_the_end_is_detected(tmp_path: Path, three: list[tuple[ImageRecord, bytes]]) -> None:
     path = await write_bundle(tmp_path / "b.bundle", three)
-    with open(path, "ab") as fh:
-        fh.write(b"junk")
+    await asyncio.to_thread(append, path, b"junk")
     report = await verify_bundle(path)
     assert all(e.outcome == OK for e in report.entries)
     assert not report.ok and ("end marker" in report.error or "damaged" in report.error)
@@ -233,7 +235,7 @@ def test_key_files(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     assert len(load_public_key(tmp_path / "ssh.pub")) == 32
     load_private_key(tmp_path / "ssh")
     (tmp_path / "bad.pub").write_text("nonsense")
-    with pytest.raises(ConfigError, match="bad.pub"):
+    with pytest.raises(ConfigError, match=r"bad.pub"):
         load_public_key(tmp_path / "bad.pub")
     with pytest.raises(ConfigError, match="cannot read"):
         load_public_key(tmp_path / "missing.pub")

@@ -540,7 +540,7 @@ def test_empty_stream_refused_whatever_the_claim(claim: str | None, chunks: tupl
     inspector = FormatInspector(claim)
     for chunk in chunks:
         inspector.feed(chunk)
-    with pytest.raises(FormatRejected, match="^image data is empty$"):
+    with pytest.raises(FormatRejected, match=r"^image data is empty$"):
         inspector.finish()
 
 

@@ -33,6 +33,7 @@ from appliance.pipeline.steps import convert as convert_module
 from appliance.pipeline.steps.convert import Convert
 from appliance.pipeline.steps.decompress import Decompress
 from appliance.pipeline.steps.inject import InjectMetadata
+from tests.waiting import eventually
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 KiB = 1 << 10
@@ -424,14 +425,18 @@ async def test_cancelled_decompression_removes_partial_output(tmp_path: Path, ct
         for _ in range(300):
             gz.write(chunk)
     task = asyncio.ensure_future(Decompress().run(stage_file(path, "raw"), ctx))
-    while not list(ctx.work_dir.iterdir()):
-        await asyncio.sleep(0.005)
+
+    async def output_started() -> bool:
+        return bool(list(ctx.work_dir.iterdir()))
+
+    async def output_gone() -> bool:
+        return not list(ctx.work_dir.iterdir())
+
+    await eventually(output_started, "the partial output", interval=0.005)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    deadline = time.monotonic() + 10
-    while list(ctx.work_dir.iterdir()) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await eventually(output_gone, "the partial output removed", within=10, interval=0.02)
     assert list(ctx.work_dir.iterdir()) == []
 
 
@@ -707,8 +712,11 @@ async def test_cancel_kills_qemu_img(tmp_path: Path, ctx: StepContext) -> None:
     pid_file = tmp_path / "pid"
     script = fake_qemu_img(tmp_path, "echo $$ > %s.tmp; mv %s.tmp %s; exec sleep 60" % (pid_file, pid_file, pid_file))
     task = asyncio.ensure_future(Convert(output_format="qcow2", qemu_img=script).run(stage(tmp_path, payload(MiB)), ctx))
-    while not pid_file.exists():
-        await asyncio.sleep(0.01)
+
+    async def started() -> bool:
+        return pid_file.exists()
+
+    await eventually(started, "the fake qemu-img to start", interval=0.01)
     pid = int(pid_file.read_text())
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

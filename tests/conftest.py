@@ -14,9 +14,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -49,7 +50,11 @@ def write_toml(path: Path, data: dict[str, Any]) -> Path:
     lines: list[str] = []
 
     def table(name: str, body: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in body.items() if not isinstance(v, dict) and not (isinstance(v, list) and v and isinstance(v[0], dict))}
+        scalars = {
+            k: v
+            for k, v in body.items()
+            if not isinstance(v, dict) and not (isinstance(v, list) and v and isinstance(v[0], dict))
+        }
         lines.append("[%s]" % name)
         lines.extend("%s = %s" % (k, value(v)) for k, v in scalars.items())
         for k, v in body.items():
@@ -102,7 +107,8 @@ class Api:
 
     async def upload(self, image_id: str, data: bytes, **headers: str) -> Any:
         return await self.client.put(
-            "/v2/images/%s/file" % image_id, data=io.BytesIO(data),
+            "/v2/images/%s/file" % image_id,
+            data=io.BytesIO(data),
             headers=self.headers(**{"Content-Type": "application/octet-stream", **headers}),
         )
 
@@ -120,7 +126,9 @@ async def api(services: Services, aiohttp_client: Any) -> Api:
 
 
 @pytest.fixture
-async def open_api(make_config: Callable[..., Config], aiohttp_client: Any) -> AsyncIterator[Callable[..., Awaitable[Api]]]:
+async def open_api(
+    make_config: Callable[..., Config], aiohttp_client: Any
+) -> AsyncIterator[Callable[..., Awaitable[Api]]]:
     """open_api(token=None, **sections) → an Api on services built from that config (the token
     defaults to the admin token the daemon writes when none are configured)."""
     stack = contextlib.AsyncExitStack()
@@ -158,7 +166,9 @@ class Daemon:
         parts = urlsplit(self.url)
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
         try:
-            conn.request("GET", "/v2/images/%s" % image_id, headers={"X-Auth-Token": self.token, "Accept": "application/json"})
+            conn.request(
+                "GET", "/v2/images/%s" % image_id, headers={"X-Auth-Token": self.token, "Accept": "application/json"}
+            )
             resp = conn.getresponse()
             raw = resp.read()
         finally:
@@ -167,21 +177,41 @@ class Daemon:
         return dict(json.loads(raw))
 
 
-def start_daemon(state_dir: Path, config: Path | None = None, timeout: float = 20,
-                 env: dict[str, str] | None = None, port: int = 0,
-                 preexec_fn: Callable[[], None] | None = None) -> Daemon:
+def start_daemon(
+    state_dir: Path,
+    config: Path | None = None,
+    timeout: float = 20,
+    env: dict[str, str] | None = None,
+    port: int = 0,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Daemon:
     """port: 0 picks a free one; a restarted daemon passes its old port to keep its URL.
     preexec_fn runs in the child before exec (resource limits, umask)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / "daemon.log"
-    cmd = [str(VENV_BIN / "edge-appliance"), "serve", "--state-dir", str(state_dir), "--port", str(port), "--host", "127.0.0.1"]
+    cmd = [
+        str(VENV_BIN / "edge-appliance"),
+        "serve",
+        "--state-dir",
+        str(state_dir),
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+    ]
     if config is not None:
         cmd += ["--config", str(config)]
     fh = open(log, "ab")
     start = fh.tell()  # a restarted daemon appends: read only what this run wrote
     # A test daemon is not a systemd service, even when the test run itself is one.
-    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=str(state_dir),
-                            env={**{k: v for k, v in os.environ.items() if k != "INVOCATION_ID"}, **(env or {})}, preexec_fn=preexec_fn)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        cwd=str(state_dir),
+        env={**{k: v for k, v in os.environ.items() if k != "INVOCATION_ID"}, **(env or {})},
+        preexec_fn=preexec_fn,
+    )
     fh.close()
     deadline = time.monotonic() + timeout
     port = None

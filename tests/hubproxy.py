@@ -29,14 +29,14 @@ class HubProxy:
     _session: aiohttp.ClientSession | None = None
     _sent_at: float = 0.0
 
-    async def start(self) -> "HubProxy":
+    async def start(self) -> HubProxy:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = "http://127.0.0.1:%d" % port
         self._session = aiohttp.ClientSession(auto_decompress=False)
         return self
@@ -58,22 +58,27 @@ class HubProxy:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         body = await request.read()
         try:
-            upstream = await self._session.request(request.method, self.target + request.path_qs, headers=headers,
-                                                   data=body or None, allow_redirects=False)
+            upstream = await self._session.request(
+                request.method, self.target + request.path_qs, headers=headers, data=body or None, allow_redirects=False
+            )
         except aiohttp.ClientError:
             return web.Response(status=502, text="hub down")
         async with upstream:
-            response = web.StreamResponse(status=upstream.status,
-                                          headers={k: upstream.headers[k] for k in PASSED_HEADERS if k in upstream.headers})
+            response = web.StreamResponse(
+                status=upstream.status,
+                headers={k: upstream.headers[k] for k in PASSED_HEADERS if k in upstream.headers},
+            )
             await response.prepare(request)
             start = _range_start(upstream.headers.get("Content-Range"))
             is_data = request.path.endswith("/file")
             offset = 0
             try:
                 async for chunk in upstream.content.iter_chunked(64 * 1024):
-                    if self.corrupt_offset is not None and start + offset <= self.corrupt_offset < start + offset + len(chunk):
+                    if self.corrupt_offset is not None and start + offset <= self.corrupt_offset < start + offset + len(
+                        chunk
+                    ):
                         i = self.corrupt_offset - start - offset
-                        chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1:]
+                        chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
                     if self.cut_after is not None and self.body_bytes + len(chunk) > self.cut_after:
                         self.cut_after = None
                         raise ConnectionResetError("cut by the test")
@@ -83,7 +88,7 @@ class HubProxy:
                     if is_data:
                         self.body_bytes += len(chunk)
                 await response.write_eof()
-            except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError, ConnectionError):
                 # The hub went away mid-body: break the edge's connection too, never end it cleanly.
                 if request.transport is not None:
                     request.transport.abort()

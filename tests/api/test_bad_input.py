@@ -11,8 +11,9 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from aiohttp import ClientResponse
@@ -52,8 +53,9 @@ async def post_raw(api: Api, body: bytes | str, content_type: str = "application
 
 async def patch_raw(api: Api, image_id: str, body: Any, content_type: str = PATCH_CT) -> ClientResponse:
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return await api.client.patch("/v2/images/%s" % image_id, data=data,
-                                  headers=api.headers(**{"Content-Type": content_type}))
+    return await api.client.patch(
+        "/v2/images/%s" % image_id, data=data, headers=api.headers(**{"Content-Type": content_type})
+    )
 
 
 async def count_images(api: Api) -> int:
@@ -146,8 +148,22 @@ async def test_bad_json_patch_is_400(api: Api, ops: Any, words: tuple[str, ...])
     await still_serving(api)
 
 
-@pytest.mark.parametrize("key", ["size", "status", "checksum", "os_hash_value", "virtual_size", "created_at",
-                                 "updated_at", "self", "file", "schema", "stores"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "size",
+        "status",
+        "checksum",
+        "os_hash_value",
+        "virtual_size",
+        "created_at",
+        "updated_at",
+        "self",
+        "file",
+        "schema",
+        "stores",
+    ],
+)
 async def test_read_only_attribute_is_403(api: Api, key: str) -> None:
     await error_of(await post_raw(api, json.dumps({"name": "x", key: "1"})), 403, key, "read-only")
     assert await count_images(api) == 0
@@ -166,8 +182,9 @@ async def test_id_cannot_be_patched(api: Api) -> None:
     await api.show(image["id"])
 
 
-@pytest.mark.parametrize("key", ["os_glance_foo", "os_glance_import_task", "locations", "location", "deleted",
-                                 "deleted_at"])
+@pytest.mark.parametrize(
+    "key", ["os_glance_foo", "os_glance_import_task", "locations", "location", "deleted", "deleted_at"]
+)
 async def test_reserved_attribute_is_403(api: Api, key: str) -> None:
     value: Any = [] if key == "locations" else "x"
     await error_of(await post_raw(api, json.dumps({"name": "x", key: value})), 403, key)
@@ -260,8 +277,12 @@ async def test_patch_with_wrong_content_type_is_415(api: Api, content_type: str)
 
 async def test_patch_accepts_v2_0_patch_media_type(api: Api) -> None:
     image = await api.create(name="old")
-    resp = await patch_raw(api, image["id"], [{"op": "replace", "path": "/name", "value": "new"}],
-                           "application/openstack-images-v2.0-json-patch")
+    resp = await patch_raw(
+        api,
+        image["id"],
+        [{"op": "replace", "path": "/name", "value": "new"}],
+        "application/openstack-images-v2.0-json-patch",
+    )
     assert resp.status == 200
     assert (await resp.json())["name"] == "new"
 
@@ -302,8 +323,11 @@ async def test_upload_over_cap_chunked_is_413(small_api: Api) -> None:
             sent += 64 << 10
             yield os.urandom(64 << 10)
 
-    resp = await api.client.put("/v2/images/%s/file" % image["id"], data=body(),
-                                headers=api.headers(**{"Content-Type": "application/octet-stream"}))
+    resp = await api.client.put(
+        "/v2/images/%s/file" % image["id"],
+        data=body(),
+        headers=api.headers(**{"Content-Type": "application/octet-stream"}),
+    )
     assert "Content-Length" not in resp.request_info.headers
     await error_of(resp, 413, str(MiB))
     await assert_queued_and_clean(api, image["id"])
@@ -347,15 +371,18 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         pytest.fail("qemu-img is required (make test installs qemu-utils)")
     d: Path = tmp_path_factory.mktemp("hostile")
     subprocess.run([qemu, "create", "-q", "-f", "raw", str(d / "base.raw"), "4M"], check=True)
-    subprocess.run([qemu, "create", "-q", "-f", "qcow2", "-b", str(d / "base.raw"), "-F", "raw",
-                    str(d / "child.qcow2"), "4M"], check=True)
-    subprocess.run([qemu, "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat",
-                    str(d / "flat.vmdk"), "4M"], check=True)
+    subprocess.run(
+        [qemu, "create", "-q", "-f", "qcow2", "-b", str(d / "base.raw"), "-F", "raw", str(d / "child.qcow2"), "4M"],
+        check=True,
+    )
+    subprocess.run(
+        [qemu, "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", str(d / "flat.vmdk"), "4M"], check=True
+    )
     subprocess.run([qemu, "create", "-q", "-f", "qcow2", str(d / "clean.qcow2"), "4M"], check=True)
     descriptor = (
-        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n'
-        '# Extent description\nRW 8192 FLAT "/etc/shadow" 0\n'
-    ).encode()
+        b'# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n'
+        b'# Extent description\nRW 8192 FLAT "/etc/shadow" 0\n'
+    )
     return {
         "qcow2-backing": (d / "child.qcow2").read_bytes(),
         "vmdk-flat": (d / "flat.vmdk").read_bytes(),
@@ -377,8 +404,9 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         ("qcow2-clean", "vmdk", ("qcow2", "vmdk")),
     ],
 )
-async def test_hostile_or_mismatched_image_is_400(api: Api, hostile: dict[str, bytes], sample: str, claim: str,
-                                                 words: tuple[str, ...]) -> None:
+async def test_hostile_or_mismatched_image_is_400(
+    api: Api, hostile: dict[str, bytes], sample: str, claim: str, words: tuple[str, ...]
+) -> None:
     image = await api.create(name=sample, disk_format=claim)
     resp = await api.upload(image["id"], hostile[sample])
     await error_of(resp, 400, *words)
@@ -403,11 +431,14 @@ async def test_hostile_upload_streamed_without_length(api: Api, hostile: dict[st
 
     async def body() -> AsyncIterator[bytes]:
         for i in range(0, len(data), 4096):
-            yield data[i:i + 4096]
+            yield data[i : i + 4096]
 
     image = await api.create(name="streamed", disk_format="qcow2")
-    resp = await api.client.put("/v2/images/%s/file" % image["id"], data=body(),
-                                headers=api.headers(**{"Content-Type": "application/octet-stream"}))
+    resp = await api.client.put(
+        "/v2/images/%s/file" % image["id"],
+        data=body(),
+        headers=api.headers(**{"Content-Type": "application/octet-stream"}),
+    )
     await error_of(resp, 400, "backing file")
     await assert_queued_and_clean(api, image["id"])
     await still_serving(api)
@@ -449,8 +480,9 @@ async def test_daemon_serves_after_a_barrage(api: Api) -> None:
     for ops in ([{"op": "bogus"}], "[", [{"op": "add", "path": "/os_glance_x", "value": "1"}]):
         resp = await patch_raw(api, image["id"], ops)
         assert 400 <= resp.status < 500
-    resp = await api.client.put("/v2/images/%s/file" % image["id"], data=io.BytesIO(b"x"),
-                                headers=api.headers(**{"Content-Type": "text/plain"}))
+    resp = await api.client.put(
+        "/v2/images/%s/file" % image["id"], data=io.BytesIO(b"x"), headers=api.headers(**{"Content-Type": "text/plain"})
+    )
     assert resp.status == 415
     assert (await api.show(image["id"]))["name"] == "survivor"
     await still_serving(api)
@@ -459,8 +491,14 @@ async def test_daemon_serves_after_a_barrage(api: Api) -> None:
 # -- on a real daemon: values that used to escape as 500s ---------------------------------
 
 
-def call(daemon: Daemon, method: str, path: str, body: bytes | None = None, accept: str | None = "application/json",
-         **headers: str) -> tuple[int, dict[str, str], bytes]:
+def call(
+    daemon: Daemon,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    accept: str | None = "application/json",
+    **headers: str,
+) -> tuple[int, dict[str, str], bytes]:
     """One request on its own connection: (status, headers, body), errors included."""
     conn = http.client.HTTPConnection(daemon.url.removeprefix("http://"), timeout=30)
     hdrs = {"X-Auth-Token": daemon.token, **({"Accept": accept} if accept else {}), **headers}
@@ -484,12 +522,15 @@ def refused(answer: tuple[int, dict[str, str], bytes], status: int, *words: str)
 
 
 def new_image(daemon: Daemon, data: bytes | None = None) -> str:
-    code, _, body = call(daemon, "POST", "/v2/images", json.dumps({"disk_format": "raw", "container_format": "bare"}).encode())
+    code, _, body = call(
+        daemon, "POST", "/v2/images", json.dumps({"disk_format": "raw", "container_format": "bare"}).encode()
+    )
     assert code == 201, body
     image_id = json.loads(body)["id"]
     if data is not None:
-        code, _, body = call(daemon, "PUT", "/v2/images/%s/file" % image_id, data,
-                             **{"Content-Type": "application/octet-stream"})
+        code, _, body = call(
+            daemon, "PUT", "/v2/images/%s/file" % image_id, data, **{"Content-Type": "application/octet-stream"}
+        )
         assert code == 204, body
     return image_id
 
@@ -504,17 +545,36 @@ def test_huge_and_odd_integers_are_400(daemon_factory: Callable[..., Daemon]) ->
     daemon = daemon_factory()
     image_id = new_image(daemon)
     huge = str(10**30)
-    for query in ("size_min=" + huge, "size_max=" + huge, "limit=" + huge, "size_min=9223372036854775808",
-                  "limit=%C2%B2", "size_min=1_000", "size_min=%D9%A3"):  # ², _ and an Arabic-Indic 3: int() takes them
+    for query in (
+        "size_min=" + huge,
+        "size_max=" + huge,
+        "limit=" + huge,
+        "size_min=9223372036854775808",
+        "limit=%C2%B2",
+        "size_min=1_000",
+        "size_min=%D9%A3",
+    ):  # ², _ and an Arabic-Indic 3: int() takes them
         refused(call(daemon, "GET", "/v2/images?" + query), 400, query.split("=")[0])
     assert call(daemon, "GET", "/v2/images?size_min=9223372036854775807")[0] == 200
     refused(call(daemon, "GET", "/v2/edge/events?since=" + huge), 400, "since")
-    for body in ('{"name": "x", "min_disk": %d}' % 2**70, '{"name": "x", "min_ram": -%d}' % 2**64,
-                 '{"name": "x", "min_disk": %s}' % ("9" * 5000)):
+    for body in (
+        '{"name": "x", "min_disk": %d}' % 2**70,
+        '{"name": "x", "min_ram": -%d}' % 2**64,
+        '{"name": "x", "min_disk": %s}' % ("9" * 5000),
+    ):
         refused(call(daemon, "POST", "/v2/images", body.encode()), 400, "out of range")
     patch = '[{"op": "replace", "path": "/min_disk", "value": %d}]' % 2**70
-    refused(call(daemon, "PATCH", "/v2/images/" + image_id, patch.encode(),
-                 **{"Content-Type": "application/openstack-images-v2.1-json-patch"}), 400, "out of range")
+    refused(
+        call(
+            daemon,
+            "PATCH",
+            "/v2/images/" + image_id,
+            patch.encode(),
+            **{"Content-Type": "application/openstack-images-v2.1-json-patch"},
+        ),
+        400,
+        "out of range",
+    )
     refused(call(daemon, "POST", "/v2/images", b'{"name": NaN}'), 400, "NaN")
     _, _, body = call(daemon, "GET", "/v2/images/" + image_id)
     assert json.loads(body)["min_disk"] == 0
@@ -526,8 +586,17 @@ def test_deeply_nested_json_is_400(daemon_factory: Callable[..., Daemon]) -> Non
     image_id = new_image(daemon)
     deep = b"[" * 100_000 + b"]" * 100_000
     refused(call(daemon, "POST", "/v2/images", deep), 400, "nested deeper")
-    refused(call(daemon, "PATCH", "/v2/images/" + image_id, deep,
-                 **{"Content-Type": "application/openstack-images-v2.1-json-patch"}), 400, "nested deeper")
+    refused(
+        call(
+            daemon,
+            "PATCH",
+            "/v2/images/" + image_id,
+            deep,
+            **{"Content-Type": "application/openstack-images-v2.1-json-patch"},
+        ),
+        400,
+        "nested deeper",
+    )
     # Below the interpreter's recursion limit the parser copes; the cap still answers first.
     middling = ('{"name": "x", "k": %s"v"%s}' % ("[" * 40, "]" * 40)).encode()
     refused(call(daemon, "POST", "/v2/images", middling), 400, "nested deeper")
@@ -539,11 +608,27 @@ def test_stage_size_header_must_be_ascii_digits(daemon_factory: Callable[..., Da
     daemon = daemon_factory()
     image_id = new_image(daemon)
     for value in ("\u00b2", "1_0", "-1", "12345678901234567890123"):
-        refused(call(daemon, "PUT", "/v2/images/%s/stage" % image_id, b"abcd",
-                     **{"Content-Type": "application/octet-stream", "x-openstack-image-size": value.encode().decode("latin-1")}),
-                400, "x-openstack-image-size")
-    code, _, body = call(daemon, "PUT", "/v2/images/%s/stage" % image_id, b"abcd",
-                         **{"Content-Type": "application/octet-stream", "x-openstack-image-size": "4"})
+        refused(
+            call(
+                daemon,
+                "PUT",
+                "/v2/images/%s/stage" % image_id,
+                b"abcd",
+                **{
+                    "Content-Type": "application/octet-stream",
+                    "x-openstack-image-size": value.encode().decode("latin-1"),
+                },
+            ),
+            400,
+            "x-openstack-image-size",
+        )
+    code, _, body = call(
+        daemon,
+        "PUT",
+        "/v2/images/%s/stage" % image_id,
+        b"abcd",
+        **{"Content-Type": "application/octet-stream", "x-openstack-image-size": "4"},
+    )
     assert code == 204, body
     assert_no_server_errors(daemon)
 
@@ -575,7 +660,9 @@ def test_empty_suffix_range_is_416(daemon_factory: Callable[..., Daemon]) -> Non
     assert_no_server_errors(daemon)
 
 
-def test_unknown_routes_answer_json_but_glance_paths_keep_glance_negotiation(daemon_factory: Callable[..., Daemon]) -> None:
+def test_unknown_routes_answer_json_but_glance_paths_keep_glance_negotiation(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
     daemon = daemon_factory()
     for path in ("/nope", "/v3/images", "/v2/edge/nope", "/v2/nope"):
         for accept in (None, "*/*", "application/json", "text/*"):

@@ -16,8 +16,9 @@ import os
 import statistics
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import hypothesis
 import pytest
@@ -48,10 +49,20 @@ ADMIN, MEMBER = "fuzz-admin-token", "fuzz-member-token"
 SITE = "dcn0"
 
 
-def rq(daemon: Daemon, method: str, path: str, token: str, data: bytes | None = None,
-       content_type: str = "application/json") -> Any:
-    req = urllib.request.Request(daemon.url + path, data=data, method=method,
-                                 headers={"X-Auth-Token": token, "Content-Type": content_type, "Accept": "application/json"})
+def rq(
+    daemon: Daemon,
+    method: str,
+    path: str,
+    token: str,
+    data: bytes | None = None,
+    content_type: str = "application/json",
+) -> Any:
+    req = urllib.request.Request(
+        daemon.url + path,
+        data=data,
+        method=method,
+        headers={"X-Auth-Token": token, "Content-Type": content_type, "Accept": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         body = resp.read()
         return json.loads(body) if body else None
@@ -63,8 +74,13 @@ def seed(daemon: Daemon, hub_image: str | None) -> list[str]:
     ids = [hub_image] if hub_image else []
 
     def create(token: str, **body: Any) -> str:
-        image = rq(daemon, "POST", "/v2/images", token, json.dumps(
-            {"disk_format": "raw", "container_format": "bare", **body}).encode())
+        image = rq(
+            daemon,
+            "POST",
+            "/v2/images",
+            token,
+            json.dumps({"disk_format": "raw", "container_format": "bare", **body}).encode(),
+        )
         ids.append(image["id"])
         return image["id"]
 
@@ -82,32 +98,51 @@ def seed(daemon: Daemon, hub_image: str | None) -> list[str]:
 
 
 def _config(path: Path, **sections: Any) -> Path:
-    return write_toml(path, {
-        "auth": {"tokens": [
-            {"token": ADMIN, "user": "root", "project": "admin", "roles": ["admin"]},
-            {"token": MEMBER, "user": "alice", "project": "p1", "roles": ["member"]},
-        ]},
-        "api": {"max_upload_bytes": 1 << 20, "max_json_bytes": 64 << 10},
-        **sections,
-    })
+    return write_toml(
+        path,
+        {
+            "auth": {
+                "tokens": [
+                    {"token": ADMIN, "user": "root", "project": "admin", "roles": ["admin"]},
+                    {"token": MEMBER, "user": "alice", "project": "p1", "roles": ["member"]},
+                ]
+            },
+            "api": {"max_upload_bytes": 1 << 20, "max_json_bytes": 64 << 10},
+            **sections,
+        },
+    )
 
 
 @pytest.fixture(params=["hub", "edge"])
-def fuzzed(request: pytest.FixtureRequest, daemon_factory: Callable[..., Daemon], tmp_path: Path) -> tuple[Daemon, list[str]]:
+def fuzzed(
+    request: pytest.FixtureRequest, daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> tuple[Daemon, list[str]]:
     """A hub (every route, the sites API too, with a registered site), or an edge linked to it
     (hub lookups of unknown ids, the cache, pulls of a hub image)."""
     hub = daemon_factory("hub", _config(tmp_path / "hub.toml", site={"name": "fuzz-hub", "role": "hub"}))
     if request.param == "hub":
         rq(hub, "POST", "/v2/edge/sites", ADMIN, json.dumps({"name": SITE, "api_url": "http://127.0.0.1:9"}).encode())
         return hub, seed(hub, None)
-    hub_image = rq(hub, "POST", "/v2/images", ADMIN, json.dumps(
-        {"name": "from the hub", "disk_format": "raw", "container_format": "bare", "visibility": "public"}).encode())["id"]
+    hub_image = rq(
+        hub,
+        "POST",
+        "/v2/images",
+        ADMIN,
+        json.dumps(
+            {"name": "from the hub", "disk_format": "raw", "container_format": "bare", "visibility": "public"}
+        ).encode(),
+    )["id"]
     rq(hub, "PUT", "/v2/images/%s/file" % hub_image, ADMIN, b"h" * 8192, "application/octet-stream")
     (tmp_path / "hub-token").write_text(ADMIN)
-    edge = daemon_factory("edge", _config(
-        tmp_path / "edge.toml", site={"name": SITE},
-        hub={"url": hub.url, "token_file": str(tmp_path / "hub-token"), "read_timeout": 5, "connect_timeout": 2},
-        cache={"max_size": 64 << 20, "min_free_bytes": 0, "prefetch_interval": 3600}))
+    edge = daemon_factory(
+        "edge",
+        _config(
+            tmp_path / "edge.toml",
+            site={"name": SITE},
+            hub={"url": hub.url, "token_file": str(tmp_path / "hub-token"), "read_timeout": 5, "connect_timeout": 2},
+            cache={"max_size": 64 << 20, "min_free_bytes": 0, "prefetch_interval": 3600},
+        ),
+    )
     return edge, seed(edge, hub_image)
 
 
@@ -120,16 +155,23 @@ def test_fuzz_live_daemon(fuzzed: tuple[Daemon, list[str]], capsys: pytest.Captu
     statuses: collections.Counter[int] = collections.Counter()
 
     def run(strategy: st.SearchStrategy[Any], token: str) -> None:
-        @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=FUZZ_SEED is None,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
-                  verbosity=hypothesis.Verbosity.quiet)
+        @settings(
+            max_examples=FUZZ_EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=FUZZ_SEED is None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+            verbosity=hypothesis.Verbosity.quiet,
+        )
         @given(case=strategy)
         def probe(case: Any) -> None:
             t0 = time.perf_counter()
             # The member asks as python-glanceclient does (*/*: HTML errors on Glance's paths).
             accept = "application/json" if token == ADMIN else "*/*"
-            response = case.call(base_url=daemon.url, session=session, timeout=30,
-                                 headers={"X-Auth-Token": token, "Accept": accept})
+            response = case.call(
+                base_url=daemon.url, session=session, timeout=30, headers={"X-Auth-Token": token, "Accept": accept}
+            )
             sent["call_s"] += time.perf_counter() - t0
             sent["requests"] += 1
             statuses[response.status_code] += 1
@@ -138,10 +180,13 @@ def test_fuzz_live_daemon(fuzzed: tuple[Daemon, list[str]], capsys: pytest.Captu
             try:
                 case.validate_response(response, checks=CHECKS)
             except (Exception, BaseExceptionGroup) as exc:  # collect them all: one report, no shrinking
-                failures.append("%s %s -> %d\n%s" % (case.method, case.formatted_path, response.status_code,
-                                                     str(exc)[:1500]))
-                print("contradiction: %s %s -> %d: %s" % (case.method, case.path, response.status_code,
-                                                          " / ".join(str(exc).splitlines()[:8])[:300]))
+                failures.append(
+                    "%s %s -> %d\n%s" % (case.method, case.formatted_path, response.status_code, str(exc)[:1500])
+                )
+                print(
+                    "contradiction: %s %s -> %d: %s"
+                    % (case.method, case.path, response.status_code, " / ".join(str(exc).splitlines()[:8])[:300])
+                )
 
         try:
             (hypothesis.seed(int(FUZZ_SEED))(probe) if FUZZ_SEED is not None else probe)()
@@ -166,10 +211,19 @@ def test_fuzz_live_daemon(fuzzed: tuple[Daemon, list[str]], capsys: pytest.Captu
     elapsed = time.monotonic() - started
 
     with capsys.disabled():  # the figures belong in `make test`'s output
-        print("\nfuzzing %s: %d requests in %.0f s (%.0f s of them waiting for answers), %d answered 5xx, "
-              "%d contradicted the description; statuses %s"
-              % (daemon.state_dir.name, sent["requests"], elapsed, sent["call_s"], sent["5xx"], len(failures),
-                 ", ".join("%d: %d" % item for item in sorted(statuses.items()))))
+        print(
+            "\nfuzzing %s: %d requests in %.0f s (%.0f s of them waiting for answers), %d answered 5xx, "
+            "%d contradicted the description; statuses %s"
+            % (
+                daemon.state_dir.name,
+                sent["requests"],
+                elapsed,
+                sent["call_s"],
+                sent["5xx"],
+                len(failures),
+                ", ".join("%d: %d" % item for item in sorted(statuses.items())),
+            )
+        )
     assert sent["5xx"] == 0 and not failures, "\n\n".join(failures[:30])
     assert daemon.proc.poll() is None, "the daemon died"
     timings = []

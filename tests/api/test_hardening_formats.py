@@ -32,8 +32,9 @@ class Client:
         self.session = session
         self.headers = {"X-Auth-Token": daemon.token, "Accept": "application/json"}
 
-    async def call(self, method: str, path: str, *, body: Any = None, data: Any = None,
-                   content_type: str | None = None) -> tuple[int, Any]:
+    async def call(
+        self, method: str, path: str, *, body: Any = None, data: Any = None, content_type: str | None = None
+    ) -> tuple[int, Any]:
         headers = dict(self.headers)
         if content_type:
             headers["Content-Type"] = content_type
@@ -56,12 +57,17 @@ class Client:
 
     async def put(self, image_id: str, route: str, data: Any) -> tuple[int, Any]:
         payload = io.BytesIO(data) if isinstance(data, bytes) else data
-        return await self.call("PUT", "/v2/images/%s/%s" % (image_id, route), data=payload,
-                               content_type="application/octet-stream")
+        return await self.call(
+            "PUT", "/v2/images/%s/%s" % (image_id, route), data=payload, content_type="application/octet-stream"
+        )
 
     async def patch(self, image_id: str, key: str, value: Any) -> tuple[int, Any]:
-        return await self.call("PATCH", "/v2/images/%s" % image_id, content_type=PATCH_CT,
-                               data=json.dumps([{"op": "replace", "path": "/" + key, "value": value}]))
+        return await self.call(
+            "PATCH",
+            "/v2/images/%s" % image_id,
+            content_type=PATCH_CT,
+            data=json.dumps([{"op": "replace", "path": "/" + key, "value": value}]),
+        )
 
     async def task_of(self, image_id: str) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + 60
@@ -112,8 +118,9 @@ async def test_qed_on_etc_shadow_uploaded_as_raw_is_refused(client: Client, tmp_
 
 
 @pytest.mark.parametrize("name", OTHER)
-async def test_other_qemu_formats_uploaded_as_raw_are_refused(client: Client, tmp_path: Path, qemu_img: str,
-                                                              name: str) -> None:
+async def test_other_qemu_formats_uploaded_as_raw_are_refused(
+    client: Client, tmp_path: Path, qemu_img: str, name: str
+) -> None:
     build, detected = OTHER[name]
     image_id = await client.create(name=name, disk_format="raw", container_format="bare")
     status, answer = await client.put(image_id, "file", build(tmp_path / ("image." + name)))
@@ -121,13 +128,15 @@ async def test_other_qemu_formats_uploaded_as_raw_are_refused(client: Client, tm
     assert (await client.show(image_id))["status"] == "queued"
 
 
-async def test_qed_on_etc_shadow_imported_with_glance_direct_fails_the_task(client: Client, tmp_path: Path,
-                                                                          qemu_img: str) -> None:
+async def test_qed_on_etc_shadow_imported_with_glance_direct_fails_the_task(
+    client: Client, tmp_path: Path, qemu_img: str
+) -> None:
     data = qemu_img_create(tmp_path / "shadow.qed", *SHADOW_QED)
     image_id = await client.create(name="shadow", disk_format="raw", container_format="bare")
     assert (await client.put(image_id, "stage", data))[0] == 204
-    status, answer = await client.call("POST", "/v2/images/%s/import" % image_id,
-                                       body={"method": {"name": "glance-direct"}})
+    status, answer = await client.call(
+        "POST", "/v2/images/%s/import" % image_id, body={"method": {"name": "glance-direct"}}
+    )
     assert status == 202, answer
     task = await client.task_of(image_id)
     assert (task["status"], task["message"]) == ("failure", "Image data refused: " + SHADOW_REFUSAL)
@@ -164,15 +173,19 @@ async def test_data_needs_disk_and_container_format(client: Client, formats: dic
     for route in ("file", "stage"):
         status, answer = await client.put(image_id, route, bytes(MiB))
         assert (status, answer["message"]) == (400, message), route
-    status, answer = await client.call("POST", "/v2/images/%s/import" % image_id,
-                                       body={"method": {"name": "web-download", "uri": "http://127.0.0.1:1/x"}})
+    status, answer = await client.call(
+        "POST",
+        "/v2/images/%s/import" % image_id,
+        body={"method": {"name": "web-download", "uri": "http://127.0.0.1:1/x"}},
+    )
     assert (status, answer["message"]) == (400, message)
     shown = await client.show(image_id)
     assert shown["status"] == "queued" and shown["size"] is None
 
 
 async def test_patch_racing_an_upload_never_leaves_data_under_a_claim_it_was_not_checked_against(
-        client: Client, tmp_path: Path, qemu_img: str) -> None:
+    client: Client, tmp_path: Path, qemu_img: str
+) -> None:
     # qcow2 data claimed as qcow2, and a PATCH to raw at some point of the upload: either the
     # PATCH comes first (the upload is then checked against raw and refused) or it is refused.
     data = qemu_img_create(tmp_path / "disk.qcow2", "-f", "qcow2", "-o", "preallocation=metadata", "8M")
@@ -184,14 +197,16 @@ async def test_patch_racing_an_upload_never_leaves_data_under_a_claim_it_was_not
 
         async def body() -> AsyncIterator[bytes]:
             for i in range(0, len(data), 256 << 10):
-                yield data[i:i + (256 << 10)]
+                yield data[i : i + (256 << 10)]
                 await asyncio.sleep(0.01)
 
         async def patch_later(image_id: str, delay: float) -> int:
             await asyncio.sleep(delay)
             return (await client.patch(image_id, "disk_format", "raw"))[0]
 
-        (uploaded, _), patched = await asyncio.gather(client.put(image_id, "file", body()), patch_later(image_id, patch_delay))
+        (uploaded, _), patched = await asyncio.gather(
+            client.put(image_id, "file", body()), patch_later(image_id, patch_delay)
+        )
         outcomes.add((uploaded, patched))
         shown = await client.show(image_id)
         if shown["status"] == "active":
@@ -203,7 +218,8 @@ async def test_patch_racing_an_upload_never_leaves_data_under_a_claim_it_was_not
 
 
 async def test_patch_racing_a_web_download_import_never_leaves_data_under_a_claim_it_was_not_checked_against(
-        daemon_factory: Callable[..., Daemon], tmp_path: Path, qemu_img: str) -> None:
+    daemon_factory: Callable[..., Daemon], tmp_path: Path, qemu_img: str
+) -> None:
     # The import reads the image, checks the URI (DNS, quotas), then moves it to importing; a
     # PATCH to raw anywhere in there must either be seen by the import or refused.
     data = qemu_img_create(tmp_path / "disk.qcow2", "-f", "qcow2", "4M")
@@ -215,8 +231,10 @@ async def test_patch_racing_a_web_download_import_never_leaves_data_under_a_clai
     app.router.add_get("/disk", serve)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    config = write_toml(tmp_path / "appliance.toml", {"import": {"uri_filter": {
-        "allowed_hosts": ["127.0.0.0/8"], "allowed_ports": [server.port]}}})
+    config = write_toml(
+        tmp_path / "appliance.toml",
+        {"import": {"uri_filter": {"allowed_hosts": ["127.0.0.0/8"], "allowed_ports": [server.port]}}},
+    )
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             client = Client(daemon_factory(config=config), session)
@@ -225,14 +243,20 @@ async def test_patch_racing_a_web_download_import_never_leaves_data_under_a_clai
                 image_id = await client.create(name="race", disk_format="qcow2", container_format="bare")
 
                 # From before the request arrives to well after the import has started.
-                async def patch_later(image_id: str, delay: float = 0.0005 * (round_ % 12) + 0.01 * (round_ >= 12)) -> int:
+                async def patch_later(
+                    image_id: str, delay: float = 0.0005 * (round_ % 12) + 0.01 * (round_ >= 12)
+                ) -> int:
                     await asyncio.sleep(delay)
                     return (await client.patch(image_id, "disk_format", "raw"))[0]
 
-                (started, _), patched = await asyncio.gather(client.call(
-                    "POST", "/v2/images/%s/import" % image_id,
-                    body={"method": {"name": "web-download", "uri": "http://127.0.0.1:%d/disk" % server.port}},
-                ), patch_later(image_id))
+                (started, _), patched = await asyncio.gather(
+                    client.call(
+                        "POST",
+                        "/v2/images/%s/import" % image_id,
+                        body={"method": {"name": "web-download", "uri": "http://127.0.0.1:%d/disk" % server.port}},
+                    ),
+                    patch_later(image_id),
+                )
                 task = await client.task_of(image_id) if started == 202 else {"status": "none"}
                 outcomes.add((started, patched, task["status"]))
                 shown = await client.show(image_id)

@@ -7,7 +7,8 @@ import io
 import json
 import os
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiohttp import ClientResponse
@@ -23,7 +24,7 @@ MEMBER_A = "tok-member-a"
 
 async def chunks_of(data: bytes, size: int = 1 << 16) -> AsyncIterator[bytes]:
     for i in range(0, len(data), size):
-        yield data[i:i + size]
+        yield data[i : i + size]
 
 
 async def error_of(resp: ClientResponse, status: int) -> dict[str, Any]:
@@ -37,7 +38,8 @@ async def error_of(resp: ClientResponse, status: int) -> dict[str, Any]:
 
 async def patch(api: Api, image_id: str, ops: list[dict[str, Any]], token: str | None = None) -> ClientResponse:
     return await api.client.patch(
-        "/v2/images/%s" % image_id, data=json.dumps(ops),
+        "/v2/images/%s" % image_id,
+        data=json.dumps(ops),
         headers={"X-Auth-Token": token or api.token, "Content-Type": PATCH_CT},
     )
 
@@ -72,8 +74,15 @@ TWO_STORES = {"default": "local", "local": {"path": "images"}, "second": {"path"
 
 async def test_create_returns_201_with_location_and_store_headers(api: Api) -> None:
     resp = await api.client.post(
-        "/v2/images", json={"name": "cirros", "disk_format": "qcow2", "container_format": "bare", "foo": "bar",
-                            "tags": ["a", "b", "a"], "min_ram": 64},
+        "/v2/images",
+        json={
+            "name": "cirros",
+            "disk_format": "qcow2",
+            "container_format": "bare",
+            "foo": "bar",
+            "tags": ["a", "b", "a"],
+            "min_ram": 64,
+        },
         headers=api.headers(),
     )
     assert resp.status == 201, await resp.text()
@@ -292,8 +301,15 @@ async def test_pagination_filters_carry_into_next_link(api: Api, thirty: list[di
 
 
 async def test_pagination_bad_parameters(api: Api) -> None:
-    for params in ({"limit": "-1"}, {"limit": "x"}, {"sort_key": "nope"}, {"sort_dir": "up"},
-                   {"sort": "name:sideways"}, {"sort": "name:asc", "sort_key": "name"}, {"marker": "not-a-uuid"}):
+    for params in (
+        {"limit": "-1"},
+        {"limit": "x"},
+        {"sort_key": "nope"},
+        {"sort_dir": "up"},
+        {"sort": "name:sideways"},
+        {"sort": "name:asc", "sort_key": "name"},
+        {"marker": "not-a-uuid"},
+    ):
         resp = await api.client.get("/v2/images", params=params, headers=api.headers())
         await error_of(resp, 400)
 
@@ -334,14 +350,18 @@ async def test_patch_custom_properties(api: Api) -> None:
 
 async def test_patch_base_attributes_and_tags(api: Api) -> None:
     image = await api.create(name="old", tags=["x", "y"])
-    resp = await patch(api, image["id"], [
-        {"op": "replace", "path": "/name", "value": "new"},
-        {"op": "replace", "path": "/tags", "value": ["p", "q"]},
-        {"op": "replace", "path": "/min_ram", "value": 512},
-        {"op": "replace", "path": "/min_disk", "value": 2},
-        {"op": "replace", "path": "/protected", "value": True},
-        {"op": "replace", "path": "/disk_format", "value": "qcow2"},
-    ])
+    resp = await patch(
+        api,
+        image["id"],
+        [
+            {"op": "replace", "path": "/name", "value": "new"},
+            {"op": "replace", "path": "/tags", "value": ["p", "q"]},
+            {"op": "replace", "path": "/min_ram", "value": 512},
+            {"op": "replace", "path": "/min_disk", "value": 2},
+            {"op": "replace", "path": "/protected", "value": True},
+            {"op": "replace", "path": "/disk_format", "value": "qcow2"},
+        ],
+    )
     assert resp.status == 200, await resp.text()
     body = await resp.json()
     assert body["name"] == "new"
@@ -360,10 +380,14 @@ async def test_patch_base_attributes_and_tags(api: Api) -> None:
 
 async def test_patch_is_atomic(api: Api) -> None:
     image = await api.create(name="atomic")
-    resp = await patch(api, image["id"], [
-        {"op": "replace", "path": "/name", "value": "changed"},
-        {"op": "add", "path": "/size", "value": 5},
-    ])
+    resp = await patch(
+        api,
+        image["id"],
+        [
+            {"op": "replace", "path": "/name", "value": "changed"},
+            {"op": "add", "path": "/size", "value": 5},
+        ],
+    )
     await error_of(resp, 403)
     assert (await api.show(image["id"]))["name"] == "atomic"
 
@@ -399,20 +423,29 @@ async def test_tags_put_and_delete(api: Api) -> None:
 
 
 async def test_deactivate_and_reactivate(open_api: Callable[..., Awaitable[Api]]) -> None:
-    api = await open_api(token=ADMIN, auth={"tokens": [
-        {"token": ADMIN, "user": "root", "project": "admin", "roles": ["admin"]},
-        {"token": MEMBER_A, "user": "alice", "project": "proj-a", "roles": ["member", "reader"]},
-    ]})
+    api = await open_api(
+        token=ADMIN,
+        auth={
+            "tokens": [
+                {"token": ADMIN, "user": "root", "project": "admin", "roles": ["admin"]},
+                {"token": MEMBER_A, "user": "alice", "project": "proj-a", "roles": ["member", "reader"]},
+            ]
+        },
+    )
     member = {"X-Auth-Token": MEMBER_A}
-    resp = await api.client.post("/v2/images", json={"name": "d", "disk_format": "raw", "container_format": "bare"},
-                                 headers=member)
+    resp = await api.client.post(
+        "/v2/images", json={"name": "d", "disk_format": "raw", "container_format": "bare"}, headers=member
+    )
     assert resp.status == 201
     image_id = (await resp.json())["id"]
     # only an active image can be deactivated
     resp = await api.client.post("/v2/images/%s/actions/deactivate" % image_id, headers=api.headers())
     await error_of(resp, 403)
-    resp = await api.client.put("/v2/images/%s/file" % image_id, data=io.BytesIO(b"payload"),
-                                headers={**member, "Content-Type": "application/octet-stream"})
+    resp = await api.client.put(
+        "/v2/images/%s/file" % image_id,
+        data=io.BytesIO(b"payload"),
+        headers={**member, "Content-Type": "application/octet-stream"},
+    )
     assert resp.status == 204
     resp = await api.client.post("/v2/images/%s/actions/deactivate" % image_id, headers=api.headers())
     assert resp.status == 204
@@ -523,8 +556,11 @@ async def test_download_range(api: Api) -> None:
 async def test_upload_streamed_without_length(api: Api) -> None:
     data = os.urandom(3 << 20) + b"end"
     image = await api.create(name="chunked")
-    resp = await api.client.put("/v2/images/%s/file" % image["id"], data=chunks_of(data),
-                                headers=api.headers(**{"Content-Type": "application/octet-stream"}))
+    resp = await api.client.put(
+        "/v2/images/%s/file" % image["id"],
+        data=chunks_of(data),
+        headers=api.headers(**{"Content-Type": "application/octet-stream"}),
+    )
     assert resp.status == 204, await resp.text()
     body = await api.show(image["id"])
     assert body["size"] == len(data)
@@ -605,7 +641,8 @@ async def test_delete_from_store(open_api: Callable[..., Awaitable[Api]]) -> Non
     second = api.services.stores["second"]
     await second.write(image_id, chunks_of(data), max_size=1 << 20)
     await api.services.catalog.add_location(
-        image_id, Location(store="second", url=second.location_url(image_id), metadata={"store": "second"}),
+        image_id,
+        Location(store="second", url=second.location_url(image_id), metadata={"store": "second"}),
         "2030-01-01T00:00:00Z",
     )
     assert (await api.show(image_id))["stores"] == "local,second"
@@ -690,8 +727,11 @@ async def test_time_filters_select_by_updated_at(api: Api, monkeypatch: pytest.M
     clock.advance(1.1)  # timestamps have one-second resolution
     new = await api.create(name="new")
     since = new["updated_at"]
-    resp = await api.client.get("/v2/images", params={"updated_at": "gte:" + since, "sort_key": "updated_at",
-                                                      "sort_dir": "asc"}, headers=api.headers())
+    resp = await api.client.get(
+        "/v2/images",
+        params={"updated_at": "gte:" + since, "sort_key": "updated_at", "sort_dir": "asc"},
+        headers=api.headers(),
+    )
     assert [i["id"] for i in (await resp.json())["images"]] == [new["id"]]
     resp = await api.client.get("/v2/images", params={"updated_at": "lt:" + since}, headers=api.headers())
     assert [i["id"] for i in (await resp.json())["images"]] == [old["id"]]

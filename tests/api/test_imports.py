@@ -10,8 +10,9 @@ import io
 import os
 import subprocess
 import zipfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -74,8 +75,11 @@ async def start_import(api: Api, image_id: str, body: dict[str, Any]) -> Any:
 
 
 async def stage(api: Api, image_id: str, data: bytes) -> None:
-    resp = await api.client.put("/v2/images/%s/stage" % image_id, data=io.BytesIO(data),
-                                headers=api.headers(**{"Content-Type": "application/octet-stream"}))
+    resp = await api.client.put(
+        "/v2/images/%s/stage" % image_id,
+        data=io.BytesIO(data),
+        headers=api.headers(**{"Content-Type": "application/octet-stream"}),
+    )
     assert resp.status == 204, await resp.text()
 
 
@@ -103,8 +107,11 @@ async def test_glance_direct_to_two_stores(open_api: Callable[..., Awaitable[Api
     image = await api.create(name="direct")
     await stage(api, image["id"], data)
     assert (await api.show(image["id"]))["status"] == "uploading"
-    resp = await start_import(api, image["id"], {"method": {"name": "glance-direct"}, "stores": ["local", "fast"],
-                                                 "all_stores_must_succeed": True})
+    resp = await start_import(
+        api,
+        image["id"],
+        {"method": {"name": "glance-direct"}, "stores": ["local", "fast"], "all_stores_must_succeed": True},
+    )
     assert resp.status == 202, await resp.text()
     task = await wait_task(api, image["id"])
     assert task["status"] == "success", task["message"]
@@ -162,7 +169,9 @@ async def test_web_download_uri_refused_synchronously(open_api: Callable[..., Aw
     assert verdict["allowed"] is False and verdict["reason"] in message
 
 
-async def test_web_download_http_error_fails_task_with_reason(open_api: Callable[..., Awaitable[Api]], source: Any) -> None:
+async def test_web_download_http_error_fails_task_with_reason(
+    open_api: Callable[..., Awaitable[Api]], source: Any
+) -> None:
     source("present", b"x")
     api = await open_api(**{"import": loopback_filter(source.port)})
     image = await api.create(name="missing")
@@ -219,17 +228,32 @@ async def test_copy_image_to_second_store(open_api: Callable[..., Awaitable[Api]
 
 
 async def test_copy_image_is_admin_only(open_api: Callable[..., Awaitable[Api]]) -> None:
-    api = await open_api(token="admin-tok", stores=TWO_STORES, auth={"tokens": [
-        {"token": "admin-tok", "user": "root", "project": "ops", "roles": ["admin"]},
-        {"token": "member-tok", "user": "alice", "project": "p1", "roles": ["member"]},
-    ]})
+    api = await open_api(
+        token="admin-tok",
+        stores=TWO_STORES,
+        auth={
+            "tokens": [
+                {"token": "admin-tok", "user": "root", "project": "ops", "roles": ["admin"]},
+                {"token": "member-tok", "user": "alice", "project": "p1", "roles": ["member"]},
+            ]
+        },
+    )
     member = {"X-Auth-Token": "member-tok"}
-    resp = await api.client.post("/v2/images", json={"name": "mine", "disk_format": "raw", "container_format": "bare"}, headers=member)
+    resp = await api.client.post(
+        "/v2/images", json={"name": "mine", "disk_format": "raw", "container_format": "bare"}, headers=member
+    )
     image = await resp.json()
-    resp = await api.client.put("/v2/images/%s/file" % image["id"], data=io.BytesIO(b"abc"),
-                                headers={**member, "Content-Type": "application/octet-stream"})
+    resp = await api.client.put(
+        "/v2/images/%s/file" % image["id"],
+        data=io.BytesIO(b"abc"),
+        headers={**member, "Content-Type": "application/octet-stream"},
+    )
     assert resp.status == 204
-    resp = await api.client.post("/v2/images/%s/import" % image["id"], json={"method": {"name": "copy-image"}, "stores": ["fast"]}, headers=member)
+    resp = await api.client.post(
+        "/v2/images/%s/import" % image["id"],
+        json={"method": {"name": "copy-image"}, "stores": ["fast"]},
+        headers=member,
+    )
     assert resp.status == 403
 
 
@@ -242,8 +266,11 @@ async def test_failed_store_with_allow_failure_keeps_image_active(open_api: Call
     data = os.urandom(1 << 20)
     image = await api.create(name="half")
     await stage(api, image["id"], data)
-    resp = await start_import(api, image["id"], {"method": {"name": "glance-direct"}, "stores": ["local", "fast"],
-                                                 "all_stores_must_succeed": False})
+    resp = await start_import(
+        api,
+        image["id"],
+        {"method": {"name": "glance-direct"}, "stores": ["local", "fast"], "all_stores_must_succeed": False},
+    )
     assert resp.status == 202
     task = await wait_task(api, image["id"])
     assert task["status"] == "success", task["message"]
@@ -259,8 +286,11 @@ async def test_failed_store_with_all_must_succeed_reverts(open_api: Callable[...
     partial.write_text("not a directory")
     image = await api.create(name="all-or-nothing")
     await stage(api, image["id"], os.urandom(1 << 20))
-    resp = await start_import(api, image["id"], {"method": {"name": "glance-direct"}, "stores": ["local", "fast"],
-                                                 "all_stores_must_succeed": True})
+    resp = await start_import(
+        api,
+        image["id"],
+        {"method": {"name": "glance-direct"}, "stores": ["local", "fast"], "all_stores_must_succeed": True},
+    )
     assert resp.status == 202
     task = await wait_task(api, image["id"])
     assert task["status"] == "failure"
@@ -307,9 +337,18 @@ async def test_plugins_decompress_then_convert_qcow2_to_raw(
     raw = tmp_path / "disk.raw"
     raw.write_bytes(os.urandom(1 << 20) + bytes(3 << 20))
     qcow = tmp_path / "disk.qcow2"
-    await asyncio.to_thread(subprocess.run, [qemu_img, "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)], check=True)
-    api = await open_api(**{"import": {"plugins": ["image_decompression", "image_conversion", "inject_image_metadata"],
-                                       "inject": {"site_policy": "edge"}, "ignore_user_roles": []}})
+    await asyncio.to_thread(
+        subprocess.run, [qemu_img, "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)], check=True
+    )
+    api = await open_api(
+        **{
+            "import": {
+                "plugins": ["image_decompression", "image_conversion", "inject_image_metadata"],
+                "inject": {"site_policy": "edge"},
+                "ignore_user_roles": [],
+            }
+        }
+    )
     image = await api.create(name="packed", disk_format="qcow2")
     await stage(api, image["id"], gzip.compress(qcow.read_bytes()))
     assert (await start_import(api, image["id"], {"method": {"name": "glance-direct"}})).status == 202
@@ -339,9 +378,13 @@ async def test_plugin_refusal_says_why(open_api: Callable[..., Awaitable[Api]]) 
     assert store_files(api, "local") == set()
 
 
-async def test_import_inspects_claimed_format(open_api: Callable[..., Awaitable[Api]], tmp_path: Path, qemu_img: str) -> None:
+async def test_import_inspects_claimed_format(
+    open_api: Callable[..., Awaitable[Api]], tmp_path: Path, qemu_img: str
+) -> None:
     qcow = tmp_path / "d.qcow2"
-    await asyncio.to_thread(subprocess.run, [qemu_img, "create", "-f", "qcow2", str(qcow), "8M"], check=True, capture_output=True)
+    await asyncio.to_thread(
+        subprocess.run, [qemu_img, "create", "-f", "qcow2", str(qcow), "8M"], check=True, capture_output=True
+    )
     api = await open_api()
     image = await api.create(name="liar", disk_format="raw")
     await stage(api, image["id"], qcow.read_bytes())
@@ -356,16 +399,22 @@ async def test_store_header_targets_the_import(open_api: Callable[..., Awaitable
     api = await open_api(stores=TWO_STORES)
     image = await api.create(name="by-header")
     await stage(api, image["id"], b"h" * 4096)
-    resp = await api.client.post("/v2/images/%s/import" % image["id"], json={"method": {"name": "glance-direct"}},
-                                 headers=api.headers(**{"X-Image-Meta-Store": "fast"}))
+    resp = await api.client.post(
+        "/v2/images/%s/import" % image["id"],
+        json={"method": {"name": "glance-direct"}},
+        headers=api.headers(**{"X-Image-Meta-Store": "fast"}),
+    )
     assert resp.status == 202, await resp.text()
     task = await wait_task(api, image["id"])
     assert task["status"] == "success", task["message"]
     assert (await api.show(image["id"]))["stores"] == "fast"
     other = await api.create(name="both")
     await stage(api, other["id"], b"h" * 4096)
-    resp = await api.client.post("/v2/images/%s/import" % other["id"], json={"method": {"name": "glance-direct"}, "stores": ["local"]},
-                                 headers=api.headers(**{"X-Image-Meta-Store": "fast"}))
+    resp = await api.client.post(
+        "/v2/images/%s/import" % other["id"],
+        json={"method": {"name": "glance-direct"}, "stores": ["local"]},
+        headers=api.headers(**{"X-Image-Meta-Store": "fast"}),
+    )
     assert resp.status == 400
 
 
@@ -373,10 +422,16 @@ async def test_upload_records_vmdk_introspection_and_enforces_virtual_size(
     open_api: Callable[..., Awaitable[Api]], tmp_path: Path, qemu_img: str
 ) -> None:
     vmdk = tmp_path / "d.vmdk"
-    await asyncio.to_thread(subprocess.run, [qemu_img, "create", "-f", "vmdk", "-o", "subformat=streamOptimized", str(vmdk), "16M"],
-                   check=True, capture_output=True)
+    await asyncio.to_thread(
+        subprocess.run,
+        [qemu_img, "create", "-f", "vmdk", "-o", "subformat=streamOptimized", str(vmdk), "16M"],
+        check=True,
+        capture_output=True,
+    )
     big = tmp_path / "big.qcow2"
-    await asyncio.to_thread(subprocess.run, [qemu_img, "create", "-f", "qcow2", str(big), "64M"], check=True, capture_output=True)
+    await asyncio.to_thread(
+        subprocess.run, [qemu_img, "create", "-f", "qcow2", str(big), "64M"], check=True, capture_output=True
+    )
     api = await open_api(formats={"max_virtual_size": 32 << 20})
     image = await api.create(name="vm", disk_format="vmdk", vmware_adaptertype="lsiLogic")
     resp = await api.upload(image["id"], vmdk.read_bytes())

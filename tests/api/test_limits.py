@@ -12,9 +12,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -35,15 +36,24 @@ PATCH_CT = "application/openstack-images-v2.1-json-patch"
 MIB = 1 << 20
 
 
-def call(daemon: Daemon, method: str, path: str, body: Any = None, *, token: str = ADMIN,
-         content_type: str = "application/json", raw: bytes | None = None, chunked: bool = False) -> tuple[int, Any]:
+def call(
+    daemon: Daemon,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    token: str = ADMIN,
+    content_type: str = "application/json",
+    raw: bytes | None = None,
+    chunked: bool = False,
+) -> tuple[int, Any]:
     """(status, parsed JSON or text) of one request; errors are JSON (Accept)."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     headers = {"X-Auth-Token": token, "Accept": "application/json"}
     if data is not None:
         headers["Content-Type"] = content_type
     if chunked and data is not None:
-        payload: Any = iter([data[i:i + 65536] for i in range(0, len(data), 65536)])
+        payload: Any = iter([data[i : i + 65536] for i in range(0, len(data), 65536)])
         headers["Transfer-Encoding"] = "chunked"
     else:
         payload = data
@@ -76,10 +86,18 @@ def patch(daemon: Daemon, image_id: str, ops: list[dict[str, Any]], token: str =
     return call(daemon, "PATCH", "/v2/images/%s" % image_id, ops, token=token, content_type=PATCH_CT)
 
 
-def put_data(daemon: Daemon, image_id: str, data: bytes, token: str = ADMIN, *, route: str = "file",
-             chunked: bool = False) -> tuple[int, Any]:
-    return call(daemon, "PUT", "/v2/images/%s/%s" % (image_id, route), token=token, raw=data,
-                content_type="application/octet-stream", chunked=chunked)
+def put_data(
+    daemon: Daemon, image_id: str, data: bytes, token: str = ADMIN, *, route: str = "file", chunked: bool = False
+) -> tuple[int, Any]:
+    return call(
+        daemon,
+        "PUT",
+        "/v2/images/%s/%s" % (image_id, route),
+        token=token,
+        raw=data,
+        content_type="application/octet-stream",
+        chunked=chunked,
+    )
 
 
 @pytest.fixture
@@ -94,23 +112,28 @@ def limited(tmp_path: Path, daemon_factory: Callable[..., Daemon]) -> Callable[.
 
 # -- per-image limits ------------------------------------------------------------------------
 
+
 def test_property_and_tag_quotas_answer_413_as_glance(limited: Callable[..., Daemon]) -> None:
     daemon = limited(limits={"image_property_quota": 4, "image_tag_quota": 3})
     status, answer = create(daemon, **{"k%d" % i: "v" for i in range(5)})
     assert status == 413
-    assert answer["message"] == ("The limit has been exceeded on the number of allowed image properties. "
-                                 "Attempted: 5, Maximum: 4")
+    assert answer["message"] == (
+        "The limit has been exceeded on the number of allowed image properties. Attempted: 5, Maximum: 4"
+    )
     image_id = created(daemon, **{"k%d" % i: "v" for i in range(4)})
     status, answer = patch(daemon, image_id, [{"op": "add", "path": "/k9", "value": "v"}])
     assert status == 413 and "Attempted: 5, Maximum: 4" in answer["message"]
     # Replacing or removing never counts (Glance counts only when a patch adds a property).
     assert patch(daemon, image_id, [{"op": "replace", "path": "/k0", "value": "w"}])[0] == 200
-    assert patch(daemon, image_id, [{"op": "remove", "path": "/k1"}, {"op": "add", "path": "/k9", "value": "v"}])[0] == 200
+    assert (
+        patch(daemon, image_id, [{"op": "remove", "path": "/k1"}, {"op": "add", "path": "/k9", "value": "v"}])[0] == 200
+    )
 
     status, answer = create(daemon, tags=["a", "b", "c", "d"])
     assert status == 413
-    assert answer["message"] == ("The limit has been exceeded on the number of allowed image tags. "
-                                 "Attempted: 4, Maximum: 3")
+    assert answer["message"] == (
+        "The limit has been exceeded on the number of allowed image tags. Attempted: 4, Maximum: 3"
+    )
     tagged = created(daemon, tags=["a", "b", "c"])
     status, answer = call(daemon, "PUT", "/v2/images/%s/tags/d" % tagged)
     assert status == 413 and "Attempted: 4, Maximum: 3" in answer["message"]
@@ -119,21 +142,24 @@ def test_property_and_tag_quotas_answer_413_as_glance(limited: Callable[..., Dae
     assert call(daemon, "GET", "/v2/images/%s" % tagged)[1]["tags"] == ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("case, body", [
-    ("image name with ESC", {"name": "x\x1b[2J\x1b[31m"}),
-    ("image name with NUL", {"name": "a\x00b"}),
-    ("property name with NUL", {"a\x00b": "v"}),
-    ("property name with a line break", {"a\nb": "v"}),
-    ("property value with NUL", {"note": "a\x00b"}),
-    ("property value with ESC", {"note": "\x1b]0;owned\x07"}),
-    ("property value with a C1 control", {"note": "a\x9bb"}),
-    ("tag with ESC", {"tags": ["ok", "\x1b[5m"]}),
-    ("tag with a line break", {"tags": ["a\nb"]}),
-    ("image name of 256 characters", {"name": "n" * 256}),
-    ("property name of 256 characters", {"p" * 256: "v"}),
-    ("tag of 256 characters", {"tags": ["t" * 256]}),
-    ("property value over the cap", {"note": "v" * 1001}),
-])
+@pytest.mark.parametrize(
+    "case, body",
+    [
+        ("image name with ESC", {"name": "x\x1b[2J\x1b[31m"}),
+        ("image name with NUL", {"name": "a\x00b"}),
+        ("property name with NUL", {"a\x00b": "v"}),
+        ("property name with a line break", {"a\nb": "v"}),
+        ("property value with NUL", {"note": "a\x00b"}),
+        ("property value with ESC", {"note": "\x1b]0;owned\x07"}),
+        ("property value with a C1 control", {"note": "a\x9bb"}),
+        ("tag with ESC", {"tags": ["ok", "\x1b[5m"]}),
+        ("tag with a line break", {"tags": ["a\nb"]}),
+        ("image name of 256 characters", {"name": "n" * 256}),
+        ("property name of 256 characters", {"p" * 256: "v"}),
+        ("tag of 256 characters", {"tags": ["t" * 256]}),
+        ("property value over the cap", {"note": "v" * 1001}),
+    ],
+)
 def test_bad_text_is_refused_with_400(limited: Callable[..., Daemon], case: str, body: dict[str, Any]) -> None:
     daemon = limited(limits={"max_property_value_length": 1000})
     status, answer = create(daemon, **body)
@@ -163,16 +189,20 @@ def test_text_rules_hold_on_patch_tags_and_unpaired_surrogates(limited: Callable
 
 
 def test_injected_properties_count_against_the_property_quota(limited: Callable[..., Daemon]) -> None:
-    daemon = limited(limits={"image_property_quota": 3},
-                     **{"import": {"plugins": ["inject_image_metadata"], "inject": {"site": "edge-1", "rack": "r7"}}})
+    daemon = limited(
+        limits={"image_property_quota": 3},
+        **{"import": {"plugins": ["inject_image_metadata"], "inject": {"site": "edge-1", "rack": "r7"}}},
+    )
     image_id = created(daemon, P1, name="full", a="1", b="2")  # 2 of 3; injection would make 4
     assert put_data(daemon, image_id, b"x" * 4096, P1, route="stage")[0] == 204
-    status, answer = call(daemon, "POST", "/v2/images/%s/import" % image_id, {"method": {"name": "glance-direct"}}, token=P1)
+    status, answer = call(
+        daemon, "POST", "/v2/images/%s/import" % image_id, {"method": {"name": "glance-direct"}}, token=P1
+    )
     assert status == 202, answer
     deadline = time.monotonic() + 30
     while True:
         tasks = call(daemon, "GET", "/v2/images/%s/tasks" % image_id, token=P1)[1]["tasks"]
-        if tasks and tasks[0]["status"] in ("success", "failure") or time.monotonic() > deadline:
+        if (tasks and tasks[0]["status"] in ("success", "failure")) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert tasks[0]["status"] == "failure", tasks
@@ -181,7 +211,9 @@ def test_injected_properties_count_against_the_property_quota(limited: Callable[
     assert shown["status"] == "queued" and "site" not in shown
     room = created(daemon, P1, name="room", a="1")  # 1 + 2 injected = 3: fits
     assert put_data(daemon, room, b"x" * 4096, P1, route="stage")[0] == 204
-    assert call(daemon, "POST", "/v2/images/%s/import" % room, {"method": {"name": "glance-direct"}}, token=P1)[0] == 202
+    assert (
+        call(daemon, "POST", "/v2/images/%s/import" % room, {"method": {"name": "glance-direct"}}, token=P1)[0] == 202
+    )
     deadline = time.monotonic() + 30
     while call(daemon, "GET", "/v2/images/%s" % room, token=P1)[1]["status"] != "active":
         assert time.monotonic() < deadline, call(daemon, "GET", "/v2/images/%s/tasks" % room, token=P1)
@@ -200,13 +232,14 @@ def test_injected_properties_follow_the_same_rules(tmp_path: Path) -> None:
 
 # -- the largest list the limits allow --------------------------------------------------------
 
+
 def p99(latencies: list[float]) -> float:
     return statistics.quantiles(latencies, n=100, method="inclusive")[98]
 
 
-PAGE = 64          # api.max_page_size in the test config
-VALUE = 8192       # limits.max_property_value_length in the test config
-PROPS = 128        # the default image_property_quota
+PAGE = 64  # api.max_page_size in the test config
+VALUE = 8192  # limits.max_property_value_length in the test config
+PROPS = 128  # the default image_property_quota
 
 
 def full_image(i: int) -> dict[str, Any]:
@@ -214,8 +247,9 @@ def full_image(i: int) -> dict[str, Any]:
 
 
 def test_healthcheck_stays_fast_during_the_largest_list(limited: Callable[..., Daemon]) -> None:
-    daemon = limited(api={"max_page_size": PAGE, "max_json_bytes": 4 * MIB},
-                     limits={"max_property_value_length": VALUE})
+    daemon = limited(
+        api={"max_page_size": PAGE, "max_json_bytes": 4 * MIB}, limits={"max_property_value_length": VALUE}
+    )
     with ThreadPoolExecutor(4) as pool:
         ids = list(pool.map(lambda i: created(daemon, **full_image(i)), range(PAGE)))
     status, _ = create(daemon, name="over", x="v" * (VALUE + 1))
@@ -224,7 +258,9 @@ def test_healthcheck_stays_fast_during_the_largest_list(limited: Callable[..., D
         with HealthProbe(daemon.url) as probe:
             time.sleep(0.2)
             started = time.perf_counter()
-            req = urllib.request.Request(daemon.url + "/v2/images?limit=%d" % (PAGE + 10), headers={"X-Auth-Token": ADMIN})
+            req = urllib.request.Request(
+                daemon.url + "/v2/images?limit=%d" % (PAGE + 10), headers={"X-Auth-Token": ADMIN}
+            )
             with urllib.request.urlopen(req, timeout=60) as resp:
                 status, body = resp.status, resp.read()  # parsed after the probe: it shares this process
             took = time.perf_counter() - started
@@ -238,8 +274,10 @@ def test_healthcheck_stays_fast_during_the_largest_list(limited: Callable[..., D
             assert all(heavy[expected["name"]][k] == v for k, v in expected.items())
         assert page["first"] == "/v2/images" and page["schema"] == "/v2/schemas/images" and "next" not in page
         assert len(probe.latencies) > 10, probe.latencies
-        print("list of %d images x %d properties x %d chars: %.2f s; /healthcheck p99 %.1f ms, max %.1f ms over %d probes"
-              % (PAGE, PROPS, VALUE, took, p99(probe.latencies) * 1000, max(probe.latencies) * 1000, len(probe.latencies)))
+        print(
+            "list of %d images x %d properties x %d chars: %.2f s; /healthcheck p99 %.1f ms, max %.1f ms over %d probes"
+            % (PAGE, PROPS, VALUE, took, p99(probe.latencies) * 1000, max(probe.latencies) * 1000, len(probe.latencies))
+        )
         assert p99(probe.latencies) < 0.1, "healthcheck p99 %.3f s during the list" % p99(probe.latencies)
     # A client that goes away mid-list: the stream stops quietly, the daemon serves on.
     conn = http.client.HTTPConnection(daemon.url.split("//", 1)[1], timeout=30)
@@ -261,20 +299,27 @@ def test_healthcheck_stays_fast_during_the_largest_list(limited: Callable[..., D
 # -- per-project quotas ------------------------------------------------------------------------
 
 QUOTAS = {
-    "image_count_total": 3, "image_size_total": 1, "image_count_uploading": 1, "image_stage_total": -1,
+    "image_count_total": 3,
+    "image_size_total": 1,
+    "image_count_uploading": 1,
+    "image_stage_total": -1,
     "projects": {"p2": {"image_count_total": 4, "image_count_uploading": -1, "image_stage_total": 1}},
 }
 
 
 def over(resource: str, project: str, limit: int, usage: int, delta: int) -> str:
-    return ("The request returned a 413 Request Entity Too Large. This generally means that rate limiting or a quota "
-            "threshold was breached.\n\nThe response body:\nProject %s is over a limit for [Resource %s is over limit "
-            "of %d due to current usage %d and delta %d]" % (project, resource, limit, usage, delta))
+    return (
+        "The request returned a 413 Request Entity Too Large. This generally means that rate limiting or a quota "
+        "threshold was breached.\n\nThe response body:\nProject %s is over a limit for [Resource %s is over limit "
+        "of %d due to current usage %d and delta %d]" % (project, resource, limit, usage, delta)
+    )
 
 
 def data_files(daemon: Daemon) -> list[str]:
     store = daemon.state_dir / "images"
-    return sorted(p.name for p in store.iterdir() if p.is_file()) + sorted(p.name for p in (store / ".partial").iterdir())
+    return sorted(p.name for p in store.iterdir() if p.is_file()) + sorted(
+        p.name for p in (store / ".partial").iterdir()
+    )
 
 
 def test_quotas_per_project_as_glance(limited: Callable[..., Daemon]) -> None:
@@ -314,14 +359,16 @@ def test_quotas_per_project_as_glance(limited: Callable[..., Daemon]) -> None:
     status, answer = put_data(daemon, fresh, b"h" * 10, P1)
     assert status == 413 and answer["message"] == over("image_count_uploading", "p1", 1, 1, 1)
     # the staged image itself may go on to its import (it is the one upload)
-    status, answer = call(daemon, "POST", "/v2/images/%s/import" % p1[2], {"method": {"name": "glance-direct"}}, token=P1)
+    status, answer = call(
+        daemon, "POST", "/v2/images/%s/import" % p1[2], {"method": {"name": "glance-direct"}}, token=P1
+    )
     assert status == 202, answer
 
 
 class _Source(http.server.BaseHTTPRequestHandler):
     body = b"w" * (3 * MIB)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
@@ -336,13 +383,22 @@ def test_a_web_download_stops_at_the_stage_quota(limited: Callable[..., Daemon])
     threading.Thread(target=source.serve_forever, daemon=True).start()
     try:
         port = source.server_address[1]
-        daemon = limited(quotas=QUOTAS, **{"import": {"uri_filter": {"allowed_hosts": ["127.0.0.1"], "allowed_ports": [port]}}})
+        daemon = limited(
+            quotas=QUOTAS, **{"import": {"uri_filter": {"allowed_hosts": ["127.0.0.1"], "allowed_ports": [port]}}}
+        )
         image_id = created(daemon, P2, name="downloaded")  # p2: image_stage_total = 1 MiB
-        status, answer = call(daemon, "POST", "/v2/images/%s/import" % image_id,
-                              {"method": {"name": "web-download", "uri": "http://127.0.0.1:%d/big" % port}}, token=P2)
+        status, answer = call(
+            daemon,
+            "POST",
+            "/v2/images/%s/import" % image_id,
+            {"method": {"name": "web-download", "uri": "http://127.0.0.1:%d/big" % port}},
+            token=P2,
+        )
         assert status == 202, answer
         deadline = time.monotonic() + 30
-        while (task := call(daemon, "GET", "/v2/images/%s/tasks" % image_id, token=P2)[1]["tasks"][0])["status"] == "processing":
+        while (task := call(daemon, "GET", "/v2/images/%s/tasks" % image_id, token=P2)[1]["tasks"][0])[
+            "status"
+        ] == "processing":
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert task["status"] == "failure"

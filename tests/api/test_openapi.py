@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import schemathesis
@@ -96,4 +97,6 @@ def test_every_status_the_middleware_maps_is_described(services: Services) -> No
     formats = services.config.formats
     doc = document(formats.disk_formats, formats.container_formats)
     described_errors = {int(name[1:]) for name in doc["components"]["responses"]}
-    assert set(STATUS.values()) <= described_errors, "add the new status to _ERRORS and to the operations that answer it"
+    assert set(STATUS.values()) <= described_errors, (
+        "add the new status to _ERRORS and to the operations that answer it"
+    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -48,13 +49,17 @@ async def create(api: Api, token: str, **body: Any) -> dict[str, Any]:
 
 
 async def upload(api: Api, token: str, image_id: str, data: bytes = b"image data") -> ClientResponse:
-    return await api.client.put("/v2/images/%s/file" % image_id, data=io.BytesIO(data),
-                                headers=h(token, **{"Content-Type": "application/octet-stream"}))
+    return await api.client.put(
+        "/v2/images/%s/file" % image_id,
+        data=io.BytesIO(data),
+        headers=h(token, **{"Content-Type": "application/octet-stream"}),
+    )
 
 
 async def patch(api: Api, token: str, image_id: str, ops: list[dict[str, Any]]) -> ClientResponse:
-    return await api.client.patch("/v2/images/%s" % image_id, data=json.dumps(ops),
-                                  headers=h(token, **{"Content-Type": PATCH_CT}))
+    return await api.client.patch(
+        "/v2/images/%s" % image_id, data=json.dumps(ops), headers=h(token, **{"Content-Type": PATCH_CT})
+    )
 
 
 async def listed(api: Api, token: str, params: Any = None) -> set[str]:
@@ -97,8 +102,12 @@ async def test_no_token_is_401_except_discovery(api: Api) -> None:
     body = await status_of(resp, 401)
     assert body["code"] == "401 Unauthorized"
     assert "WWW-Authenticate" in resp.headers
-    for method, path in (("POST", "/v2/images"), ("GET", "/v2/info/stores"), ("GET", "/v2/schemas/image"),
-                         ("GET", "/v2/images/%s" % uuid.uuid4())):
+    for method, path in (
+        ("POST", "/v2/images"),
+        ("GET", "/v2/info/stores"),
+        ("GET", "/v2/schemas/image"),
+        ("GET", "/v2/images/%s" % uuid.uuid4()),
+    ):
         resp = await api.client.request(method, path)
         await status_of(resp, 401)
     assert (await api.client.get("/versions")).status == 200
@@ -142,7 +151,10 @@ async def test_other_project_cannot_see_private_or_shared(api: Api, images: dict
     assert await listed(api, BOB, {"visibility": "private"}) == {images["b-own"]["id"]}
     assert await listed(api, BOB, {"visibility": "shared"}) == set()
     assert await listed(api, BOB, {"visibility": "all"}) == {
-        images["public"]["id"], images["community"]["id"], images["b-own"]["id"]}
+        images["public"]["id"],
+        images["community"]["id"],
+        images["b-own"]["id"],
+    }
 
 
 async def test_other_project_sees_public_and_community(api: Api, images: dict[str, dict[str, Any]]) -> None:
@@ -207,14 +219,20 @@ async def test_member_cannot_publicize(api: Api, images: dict[str, dict[str, Any
     resp = await api.client.post("/v2/images", json={"name": "pub", "visibility": "public"}, headers=h(ALICE))
     await status_of(resp, 403)
     assert await listed(api, ADMIN, {"name": "pub"}) == set()
-    resp = await patch(api, ALICE, images["private"]["id"], [{"op": "replace", "path": "/visibility", "value": "public"}])
+    resp = await patch(
+        api, ALICE, images["private"]["id"], [{"op": "replace", "path": "/visibility", "value": "public"}]
+    )
     await status_of(resp, 403)
     resp = await api.client.get("/v2/images/%s" % images["private"]["id"], headers=h(ALICE))
     assert (await resp.json())["visibility"] == "private"
     # other visibilities are the owner's choice
-    resp = await patch(api, ALICE, images["private"]["id"], [{"op": "replace", "path": "/visibility", "value": "community"}])
+    resp = await patch(
+        api, ALICE, images["private"]["id"], [{"op": "replace", "path": "/visibility", "value": "community"}]
+    )
     assert resp.status == 200 and (await resp.json())["visibility"] == "community"
-    resp = await patch(api, ADMIN, images["private"]["id"], [{"op": "replace", "path": "/visibility", "value": "public"}])
+    resp = await patch(
+        api, ADMIN, images["private"]["id"], [{"op": "replace", "path": "/visibility", "value": "public"}]
+    )
     assert resp.status == 200 and (await resp.json())["visibility"] == "public"
 
 

@@ -10,9 +10,10 @@ import json
 import socket
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -69,7 +70,9 @@ class Hub:
         return set(image["stores"].split(",")) - {""}
 
     async def staged_import(self, role: str, image_id: str) -> dict[str, Any]:
-        await self.ok(role, "PUT", "/v2/images/%s/stage" % image_id, 204, data=io.BytesIO(b"staged bytes"), headers=OCTET)
+        await self.ok(
+            role, "PUT", "/v2/images/%s/stage" % image_id, 204, data=io.BytesIO(b"staged bytes"), headers=OCTET
+        )
         await self.ok(role, "POST", "/v2/images/%s/import" % image_id, 202, json={"method": {"name": "glance-direct"}})
         tasks = (await self.ok(role, "GET", "/v2/images/%s/tasks" % image_id, 200))["tasks"]
         assert len(tasks) == 1
@@ -77,13 +80,16 @@ class Hub:
 
 
 def hub_config(tmp: Path) -> Path:
-    return write_toml(tmp / "hub.toml", {
-        "site": {"name": "central", "role": "hub"},
-        "stores": {"default": "local", "local": {"path": "images"}, "fast": {"path": "fast"}},
-        "import": {"enabled_methods": ["glance-direct", "web-download", "copy-image"]},
-        "auth": {"tokens": [{"token": t, "user": u, "project": p, "roles": r} for t, u, p, r in CALLERS.values()]},
-        "scrubber": {"enabled": False},
-    })
+    return write_toml(
+        tmp / "hub.toml",
+        {
+            "site": {"name": "central", "role": "hub"},
+            "stores": {"default": "local", "local": {"path": "images"}, "fast": {"path": "fast"}},
+            "import": {"enabled_methods": ["glance-direct", "web-download", "copy-image"]},
+            "auth": {"tokens": [{"token": t, "user": u, "project": p, "roles": r} for t, u, p, r in CALLERS.values()]},
+            "scrubber": {"enabled": False},
+        },
+    )
 
 
 @pytest.fixture
@@ -122,30 +128,39 @@ def allowed(status: int, *roles: str) -> dict[str, int]:
 def on_private(method: str, suffix: str = "", **kw: Any) -> Prepare:
     async def prepare(hub: Hub, role: str) -> Request:
         return method, "/v2/images/%s%s" % (hub.shared["private"], suffix), kw
+
     return prepare
 
 
 def on_fresh(method: str, suffix: str = "", upload: bytes | None = b"fresh", before: str = "", **kw: Any) -> Prepare:
     """A new image of p1 for each caller (the request changes or removes it); `upload`: its data."""
+
     async def prepare(hub: Hub, role: str) -> Request:
         image_id = await hub.image(data=upload)
         if before:
             await hub.ok("admin", "POST", "/v2/images/%s/actions/%s" % (image_id, before), 204)
         return method, "/v2/images/%s%s" % (image_id, suffix), kw
+
     return prepare
 
 
 def fixed(method: str, path: str, **kw: Any) -> Prepare:
     async def prepare(hub: Hub, role: str) -> Request:
         return method, path.format(private=hub.shared["private"], task=hub.task_id), kw
+
     return prepare
 
 
 async def copied_to_fast(hub: Hub, role: str) -> Request:
     image_id = await hub.image()
     if role == "admin":  # only the admin gets past the rule; the others need no second copy
-        await hub.ok("admin", "POST", "/v2/images/%s/import" % image_id, 202,
-                     json={"method": {"name": "copy-image"}, "stores": ["fast"]})
+        await hub.ok(
+            "admin",
+            "POST",
+            "/v2/images/%s/import" % image_id,
+            202,
+            json={"method": {"name": "copy-image"}, "stores": ["fast"]},
+        )
         await eventually(lambda: _has_fast(hub, image_id), "the copy in store fast", within=20)
     return "DELETE", "/v2/stores/fast/%s" % image_id, {}
 
@@ -156,8 +171,13 @@ async def _has_fast(hub: Hub, image_id: str) -> bool:
 
 async def site_copy_to_report(hub: Hub, role: str) -> Request:
     image_id = await hub.image()
-    await hub.ok("admin", "POST", "/v2/images/%s/import" % image_id, 202,
-                 json={"method": {"name": "copy-image"}, "stores": ["dcn0"]})
+    await hub.ok(
+        "admin",
+        "POST",
+        "/v2/images/%s/import" % image_id,
+        202,
+        json={"method": {"name": "copy-image"}, "stores": ["dcn0"]},
+    )
     return "POST", "/v2/edge/sites/dcn0/assignments/%s" % image_id, {"json": {"action": "copy", "status": "success"}}
 
 
@@ -173,13 +193,17 @@ async def bundle(hub: Hub, role: str) -> Request:
     return "POST", "/v2/edge/bundles", {"data": path.read_bytes(), "headers": OCTET}
 
 
-PATCH_NAME = {"data": json.dumps([{"op": "replace", "path": "/name", "value": "renamed"}]),
-              "headers": {"Content-Type": PATCH_CT}}
+PATCH_NAME = {
+    "data": json.dumps([{"op": "replace", "path": "/name", "value": "renamed"}]),
+    "headers": {"Content-Type": PATCH_CT},
+}
 
 
 def patch_visibility(value: str) -> dict[str, Any]:
-    return {"data": json.dumps([{"op": "replace", "path": "/visibility", "value": value}]),
-            "headers": {"Content-Type": PATCH_CT}}
+    return {
+        "data": json.dumps([{"op": "replace", "path": "/visibility", "value": value}]),
+        "headers": {"Content-Type": PATCH_CT},
+    }
 
 
 CASES = [
@@ -188,17 +212,40 @@ CASES = [
     Case("download_image", on_private("GET", "/file"), allowed(200, *MEMBERS, "site"), hidden=("other",)),
     Case("add_image", fixed("POST", "/v2/images", json={"name": "new"}), allowed(201, *MEMBERS, "other")),
     Case("modify_image", on_private("PATCH", **PATCH_NAME), allowed(200, *MEMBERS), hidden=("other",)),
-    Case("upload_image", on_fresh("PUT", "/file", upload=None, data=b"new bytes", headers=OCTET), allowed(204, *MEMBERS), hidden=("other",)),
+    Case(
+        "upload_image",
+        on_fresh("PUT", "/file", upload=None, data=b"new bytes", headers=OCTET),
+        allowed(204, *MEMBERS),
+        hidden=("other",),
+    ),
     Case("delete_image", on_fresh("DELETE"), allowed(204, *MEMBERS), hidden=("other",)),
     Case("deactivate", on_fresh("POST", "/actions/deactivate"), allowed(204, *MEMBERS), hidden=("other",)),
-    Case("reactivate", on_fresh("POST", "/actions/reactivate", before="deactivate"), allowed(204, *MEMBERS),
-         hidden=("other",)),
-    Case("publicize_image", on_fresh("PATCH", **patch_visibility("public")), allowed(200, "admin"), hidden=("other",),
-         named={r: "modify_image" for r in ("reader", "noroles", "unknown", "site")}),
-    Case("communitize_image", on_fresh("PATCH", **patch_visibility("community")), allowed(200, *MEMBERS),
-         hidden=("other",), named={r: "modify_image" for r in ("reader", "noroles", "unknown", "site")}),
-    Case("copy_image", on_fresh("POST", "/import", json={"method": {"name": "copy-image"}, "stores": ["fast"]}),
-         allowed(202, "admin"), hidden=("other",)),
+    Case(
+        "reactivate",
+        on_fresh("POST", "/actions/reactivate", before="deactivate"),
+        allowed(204, *MEMBERS),
+        hidden=("other",),
+    ),
+    Case(
+        "publicize_image",
+        on_fresh("PATCH", **patch_visibility("public")),
+        allowed(200, "admin"),
+        hidden=("other",),
+        named={r: "modify_image" for r in ("reader", "noroles", "unknown", "site")},
+    ),
+    Case(
+        "communitize_image",
+        on_fresh("PATCH", **patch_visibility("community")),
+        allowed(200, *MEMBERS),
+        hidden=("other",),
+        named={r: "modify_image" for r in ("reader", "noroles", "unknown", "site")},
+    ),
+    Case(
+        "copy_image",
+        on_fresh("POST", "/import", json={"method": {"name": "copy-image"}, "stores": ["fast"]}),
+        allowed(202, "admin"),
+        hidden=("other",),
+    ),
     Case("get_image_location", on_private("GET", "/locations"), allowed(200, *READERS), hidden=("other",)),
     Case("delete_image_location", copied_to_fast, allowed(204, "admin"), hidden=("other",)),
     Case("get_tasks", fixed("GET", "/v2/tasks"), allowed(200, *READERS, "other")),
@@ -215,8 +262,11 @@ CASES = [
     Case("edge:site_list", fixed("GET", "/v2/edge/sites"), allowed(200, "admin")),
     Case("edge:site_delete", throwaway_site, allowed(204, "admin")),
     Case("edge:bundle_import", bundle, allowed(200, "admin")),
-    Case("edge:check_uri", fixed("POST", "/v2/edge/check-uri", json={"uri": "https://example.com/disk.img"}),
-         allowed(200, "admin")),
+    Case(
+        "edge:check_uri",
+        fixed("POST", "/v2/edge/check-uri", json={"uri": "https://example.com/disk.img"}),
+        allowed(200, "admin"),
+    ),
     Case("edge:status", fixed("GET", "/v2/edge/status"), allowed(200, "admin")),
     Case("edge:events", fixed("GET", "/v2/edge/events"), allowed(200, "admin")),
 ]
@@ -304,8 +354,10 @@ def _post_bundle_raw(url: str, token: str, budget: float) -> tuple[bytes, int, f
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=5)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
-    head = ("POST /v2/edge/bundles HTTP/1.1\r\nHost: x\r\nX-Auth-Token: %s\r\nAccept: application/json\r\n"
-            "Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % (token, BIG_BODY)).encode()
+    head = (
+        "POST /v2/edge/bundles HTTP/1.1\r\nHost: x\r\nX-Auth-Token: %s\r\nAccept: application/json\r\n"
+        "Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % (token, BIG_BODY)
+    ).encode()
     sock.sendall(head)
     sock.setblocking(False)
     chunk = b"\0" * (1 << 16)

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_import import Client  # noqa: E402
-from bench_transfer import peak_rss_mib, start_daemon  # noqa: E402
+from bench_import import Client
+from bench_transfer import peak_rss_mib, start_daemon
 
 BIN = Path(sys.executable).parent
 MiB = 1 << 20
@@ -82,10 +82,24 @@ def main() -> None:
         hub, hub_url, hub_token = start_daemon(hub_state, work / "hub.toml")
         procs.append(hub)
         client = Client(hub_url, hub_token)
-        image_id = client.call("POST", "/v2/images", {"name": "bench", "disk_format": "raw", "container_format": "bare"})["id"]  # type: ignore[index]
-        subprocess.run(["curl", "-sS", "--fail", "-T", str(image), "-H", "X-Auth-Token: " + hub_token,
-                        "-H", "Content-Type: application/octet-stream", "%s/v2/images/%s/file" % (hub_url, image_id)],
-                       check=True)
+        image_id = client.call(
+            "POST", "/v2/images", {"name": "bench", "disk_format": "raw", "container_format": "bare"}
+        )["id"]  # type: ignore[index]
+        subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "--fail",
+                "-T",
+                str(image),
+                "-H",
+                "X-Auth-Token: " + hub_token,
+                "-H",
+                "Content-Type: application/octet-stream",
+                "%s/v2/images/%s/file" % (hub_url, image_id),
+            ],
+            check=True,
+        )
         print("image: %d MiB, %s data" % (args.size_mib, args.kind))
 
         # Baselines first (they also warm the page cache for the image file).
@@ -98,8 +112,21 @@ def main() -> None:
         edge = None
         for _ in range(args.runs):
             bundle.unlink(missing_ok=True)
-            exports.append(timed([str(BIN / "edge-appliance"), "bundle", "export", image_id, "-o", str(bundle),
-                                  "--url", hub_url, "--token=" + hub_token]))
+            exports.append(
+                timed(
+                    [
+                        str(BIN / "edge-appliance"),
+                        "bundle",
+                        "export",
+                        image_id,
+                        "-o",
+                        str(bundle),
+                        "--url",
+                        hub_url,
+                        "--token=" + hub_token,
+                    ]
+                )
+            )
             if edge is not None:
                 edge.terminate()
                 edge.wait(30)
@@ -107,26 +134,58 @@ def main() -> None:
                 edge_state.mkdir()
             edge, _, _ = start_daemon(edge_state)
             procs.append(edge)
-            imports.append(timed([str(BIN / "edge-appliance"), "bundle", "import", str(bundle),
-                                  "--socket", str(edge_state / "appliance.sock")]))
+            imports.append(
+                timed(
+                    [
+                        str(BIN / "edge-appliance"),
+                        "bundle",
+                        "import",
+                        str(bundle),
+                        "--socket",
+                        str(edge_state / "appliance.sock"),
+                    ]
+                )
+            )
         assert edge is not None
         daemon_rss = peak_rss_mib(edge.pid)
         unzstd, _ = timed([zstd, "-q", "-d", "-f", "-T0", str(bundle), "-o", str(work / "out.tar")])
 
         export_s, export_rss = min(exports)
         import_s, import_rss = min(imports)
-        print("bundle: %.1f MiB (zstd -T0: %.1f MiB, zstd -1 -T0: %.1f MiB)" % (
-            bundle.stat().st_size / MiB, (work / "plain.zst").stat().st_size / MiB, (work / "plain1.zst").stat().st_size / MiB))
-        print("export (hub -> bundle file, hashed): %7.1f MB/s  %.2f s  peak RSS %.1f MiB" % (rate(size, export_s), export_s, export_rss))
-        print("  zstd -T0 (level 3) compress:        %7.1f MB/s  %.2f s  -> export %.2fx" % (rate(size, zstd3), zstd3, zstd3 / export_s))
-        print("  zstd -1 -T0 compress:               %7.1f MB/s  %.2f s  -> export %.2fx" % (rate(size, zstd1), zstd1, zstd1 / export_s))
+        print(
+            "bundle: %.1f MiB (zstd -T0: %.1f MiB, zstd -1 -T0: %.1f MiB)"
+            % (
+                bundle.stat().st_size / MiB,
+                (work / "plain.zst").stat().st_size / MiB,
+                (work / "plain1.zst").stat().st_size / MiB,
+            )
+        )
+        print(
+            "export (hub -> bundle file, hashed): %7.1f MB/s  %.2f s  peak RSS %.1f MiB"
+            % (rate(size, export_s), export_s, export_rss)
+        )
+        print(
+            "  zstd -T0 (level 3) compress:        %7.1f MB/s  %.2f s  -> export %.2fx"
+            % (rate(size, zstd3), zstd3, zstd3 / export_s)
+        )
+        print(
+            "  zstd -1 -T0 compress:               %7.1f MB/s  %.2f s  -> export %.2fx"
+            % (rate(size, zstd1), zstd1, zstd1 / export_s)
+        )
         print("  sha512sum + md5sum (context):       %7.1f MB/s  %.2f s" % (rate(size, hashes), hashes))
-        print("import (bundle -> edge, verified):    %7.1f MB/s  %.2f s  client peak RSS %.1f MiB, daemon %.1f MiB"
-              % (rate(size, import_s), import_s, import_rss, daemon_rss))
-        print("  zstd -d -T0 decompress:             %7.1f MB/s  %.2f s  -> import %.2fx" % (rate(size, unzstd), unzstd, unzstd / import_s))
+        print(
+            "import (bundle -> edge, verified):    %7.1f MB/s  %.2f s  client peak RSS %.1f MiB, daemon %.1f MiB"
+            % (rate(size, import_s), import_s, import_rss, daemon_rss)
+        )
+        print(
+            "  zstd -d -T0 decompress:             %7.1f MB/s  %.2f s  -> import %.2fx"
+            % (rate(size, unzstd), unzstd, unzstd / import_s)
+        )
         if args.runs > 1:
-            print("runs: export %s s; import %s s" % (", ".join("%.2f" % e[0] for e in exports),
-                                                     ", ".join("%.2f" % i[0] for i in imports)))
+            print(
+                "runs: export %s s; import %s s"
+                % (", ".join("%.2f" % e[0] for e in exports), ", ".join("%.2f" % i[0] for i in imports))
+            )
     finally:
         for proc in procs:
             if proc.poll() is None:

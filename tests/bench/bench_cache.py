@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.bench_transfer import curl_speed, run, start_daemon, start_nginx  # noqa: E402
-from tests.hubproxy import HubProxy  # noqa: E402
+from tests.bench.bench_transfer import curl_speed, run, start_daemon, start_nginx
+from tests.hubproxy import HubProxy
 
 
 def random_file(path: Path, mib: int) -> Path:
@@ -39,20 +39,53 @@ def random_file(path: Path, mib: int) -> Path:
 
 def hub_image(url: str, token: str, path: Path, name: str) -> str:
     auth = ["-H", "X-Auth-Token: " + token]
-    created = json.loads(run(["curl", "-sS", "--fail", *auth, "-H", "Content-Type: application/json", "-d",
-                              json.dumps({"name": name, "disk_format": "raw", "container_format": "bare",
-                                          "visibility": "public"}), url + "/v2/images"]).stdout)
-    run(["curl", "-sS", "--fail", *auth, "-H", "Content-Type: application/octet-stream", "-T", str(path),
-         "%s/v2/images/%s/file" % (url, created["id"])])
+    created = json.loads(
+        run(
+            [
+                "curl",
+                "-sS",
+                "--fail",
+                *auth,
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                json.dumps({"name": name, "disk_format": "raw", "container_format": "bare", "visibility": "public"}),
+                url + "/v2/images",
+            ]
+        ).stdout
+    )
+    run(
+        [
+            "curl",
+            "-sS",
+            "--fail",
+            *auth,
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-T",
+            str(path),
+            "%s/v2/images/%s/file" % (url, created["id"]),
+        ]
+    )
     return str(created["id"])
 
 
 async def clients(url: str, token: str, image_id: str, n: int) -> float:
     """Wall time for n concurrent curl downloads of one image (each checked complete)."""
     started = time.perf_counter()
-    procs = [await asyncio.create_subprocess_exec(
-        "curl", "-sS", "--fail", "-o", "/dev/null", "-H", "X-Auth-Token: " + token,
-        "%s/v2/images/%s/file" % (url, image_id)) for _ in range(n)]
+    procs = [
+        await asyncio.create_subprocess_exec(
+            "curl",
+            "-sS",
+            "--fail",
+            "-o",
+            "/dev/null",
+            "-H",
+            "X-Auth-Token: " + token,
+            "%s/v2/images/%s/file" % (url, image_id),
+        )
+        for _ in range(n)
+    ]
     codes = [await p.wait() for p in procs]
     if any(codes):
         raise SystemExit("a client failed: exit codes %s" % codes)
@@ -80,7 +113,8 @@ async def main() -> None:
         proxy = await HubProxy(hub_url).start()
         (work / "edge.toml").write_text(
             '[site]\nname = "dcn0"\n[hub]\nurl = "%s"\ntoken_file = "%s"\n[cache]\nmax_size = %d\nmin_free_bytes = 0\n'
-            % (proxy.url, hub_state / "admin-token", 8 << 30))
+            % (proxy.url, hub_state / "admin-token", 8 << 30)
+        )
         edge, edge_url, edge_token = start_daemon(edge_state, work / "edge.toml")
         auth = ["-H", "X-Auth-Token: " + edge_token]
 
@@ -94,8 +128,11 @@ async def main() -> None:
         try:
             hits, base = [], []
             for _ in range(args.runs):  # interleaved: both see the same machine state
-                hits.append(await asyncio.to_thread(curl_speed, [*auth, "-o", "/dev/null",
-                                                                 "%s/v2/images/%s/file" % (edge_url, big)]))
+                hits.append(
+                    await asyncio.to_thread(
+                        curl_speed, [*auth, "-o", "/dev/null", "%s/v2/images/%s/file" % (edge_url, big)]
+                    )
+                )
                 base.append(await asyncio.to_thread(curl_speed, ["-o", "/dev/null", "%s/%s" % (ngx_url, big)]))
         finally:
             ngx.terminate()
@@ -116,16 +153,25 @@ async def main() -> None:
         storm_requests = proxy.file_requests(storm_id)
 
         hit, ngx_speed = statistics.median(hits) / 1e6, statistics.median(base) / 1e6
-        print("cache hit : %8.1f MB/s   nginx sendfile (same file): %8.1f MB/s   ratio %.2fx   (target >= 0.90x)"
-              % (hit, ngx_speed, hit / ngx_speed))
+        print(
+            "cache hit : %8.1f MB/s   nginx sendfile (same file): %8.1f MB/s   ratio %.2fx   (target >= 0.90x)"
+            % (hit, ngx_speed, hit / ngx_speed)
+        )
         print("            first fill of %d MiB over the unshaped loopback link: %.1f s" % (args.hit_mib, fill))
-        print("boot storm: %d clients %.1f s   one client %.1f s   ratio %.2fx   (target <= 1.10x; link %.0f MB/s, %d MiB)"
-              % (args.clients, storm, single, storm / single, args.rate_mb, args.wan_mib))
-        print("hub bytes : %d for %d clients = %.3f images' worth, in %d request(s)   (one client: %d)   "
-              "(target: exactly one image, %d bytes)" % (storm_bytes, args.clients, storm_bytes / wan, storm_requests,
-                                                         single_bytes, wan))
-        print("all hit runs (MB/s): daemon %s | nginx %s" % (", ".join("%.0f" % (s / 1e6) for s in hits),
-                                                             ", ".join("%.0f" % (s / 1e6) for s in base)))
+        print(
+            "boot storm: %d clients %.1f s   one client %.1f s   ratio %.2fx   "
+            "(target <= 1.10x; link %.0f MB/s, %d MiB)"
+            % (args.clients, storm, single, storm / single, args.rate_mb, args.wan_mib)
+        )
+        print(
+            "hub bytes : %d for %d clients = %.3f images' worth, in %d request(s)   (one client: %d)   "
+            "(target: exactly one image, %d bytes)"
+            % (storm_bytes, args.clients, storm_bytes / wan, storm_requests, single_bytes, wan)
+        )
+        print(
+            "all hit runs (MB/s): daemon %s | nginx %s"
+            % (", ".join("%.0f" % (s / 1e6) for s in hits), ", ".join("%.0f" % (s / 1e6) for s in base))
+        )
     finally:
         for proc in (edge, hub):
             if proc is not None:

@@ -21,9 +21,15 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.conftest import start_daemon  # noqa: E402
-from tests.integration.test_request_bodies import (  # noqa: E402
-    JSON, OCTETS, HealthProbe, head, new_image, raw_exchange, request,
+from tests.conftest import start_daemon
+from tests.integration.test_request_bodies import (
+    JSON,
+    OCTETS,
+    HealthProbe,
+    head,
+    new_image,
+    raw_exchange,
+    request,
 )
 
 
@@ -37,7 +43,9 @@ def hostile_client(daemon, stop: threading.Event, counts: list[int]) -> None:  #
         request(daemon, "POST", "/v2/images", b"", JSON)
         raw_exchange(daemon, head(daemon, "PUT", "/v2/images/%s/file" % image_id, OCTETS, 1 << 20), b"0123456789", True)
         sock = socket.create_connection((url.hostname, url.port), timeout=5)
-        sock.sendall(head(daemon, "PUT", "/v2/images/%s/file" % new_image(daemon), OCTETS, 1 << 20).encode() + b"x" * 10)
+        sock.sendall(
+            head(daemon, "PUT", "/v2/images/%s/file" % new_image(daemon), OCTETS, 1 << 20).encode() + b"x" * 10
+        )
         sock.close()
         counts[0] += 9
 
@@ -68,10 +76,20 @@ def main() -> None:
         finally:
             daemon.stop()
     base_p99, p99 = percentile(idle.latencies, 0.99), percentile(busy.latencies, 0.99)
-    print("idle:    /healthcheck p50 %.1f ms, p99 %.1f ms (%d probes)" % (
-        statistics.median(idle.latencies) * 1e3, base_p99 * 1e3, len(idle.latencies)))
-    print("hostile: /healthcheck p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d probes; %d hostile requests)" % (
-        statistics.median(busy.latencies) * 1e3, p99 * 1e3, max(busy.latencies) * 1e3, len(busy.latencies), counts[0]))
+    print(
+        "idle:    /healthcheck p50 %.1f ms, p99 %.1f ms (%d probes)"
+        % (statistics.median(idle.latencies) * 1e3, base_p99 * 1e3, len(idle.latencies))
+    )
+    print(
+        "hostile: /healthcheck p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d probes; %d hostile requests)"
+        % (
+            statistics.median(busy.latencies) * 1e3,
+            p99 * 1e3,
+            max(busy.latencies) * 1e3,
+            len(busy.latencies),
+            counts[0],
+        )
+    )
     print("p99 ratio hostile/idle: %.2f" % (p99 / base_p99))
 
 

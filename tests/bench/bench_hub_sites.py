@@ -26,8 +26,9 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench_transfer import start_daemon  # noqa: E402
-from tests.conftest import write_toml  # noqa: E402
+from bench_transfer import start_daemon
+
+from tests.conftest import write_toml
 
 ADMIN_TOKEN = "bench-admin"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -48,15 +49,20 @@ def site_name(i: int) -> str:
 
 def hub_config(work: Path, sites: int, interval: int) -> Path:
     tokens = [{"token": ADMIN_TOKEN, "user": "admin", "project": "admin", "roles": ["admin", "member", "reader"]}]
-    tokens += [{"token": site_token(i), "user": site_name(i), "project": "edge-sites", "roles": ["edge-site", "reader"]}
-               for i in range(sites)]
-    return write_toml(work / "hub.toml", {
-        "site": {"name": "hub", "role": "hub"},
-        "stores": {"default": "central", "central": {"path": "images"}},
-        "hub": {"heartbeat_interval": interval},
-        "auth": {"tokens": tokens},
-        "scrubber": {"enabled": False},
-    })
+    tokens += [
+        {"token": site_token(i), "user": site_name(i), "project": "edge-sites", "roles": ["edge-site", "reader"]}
+        for i in range(sites)
+    ]
+    return write_toml(
+        work / "hub.toml",
+        {
+            "site": {"name": "hub", "role": "hub"},
+            "stores": {"default": "central", "central": {"path": "images"}},
+            "hub": {"heartbeat_interval": interval},
+            "auth": {"tokens": tokens},
+            "scrubber": {"enabled": False},
+        },
+    )
 
 
 class SimulatedSite:
@@ -68,18 +74,28 @@ class SimulatedSite:
         self.free = 8 << 30
 
     async def register(self) -> None:
-        body = {"name": self.name, "stores": [{"id": "local", "description": "site store"}], "total_bytes": 10 << 30,
-                "free_bytes": self.free, "version": "0.1.0", "api_url": "http://%s.example:9292" % self.name}
+        body = {
+            "name": self.name,
+            "stores": [{"id": "local", "description": "site store"}],
+            "total_bytes": 10 << 30,
+            "free_bytes": self.free,
+            "version": "0.1.0",
+            "api_url": "http://%s.example:9292" % self.name,
+        }
         async with self.session.post(self.url + "/v2/edge/sites", json=body, headers=self.headers) as resp:
             assert resp.status == 200, await resp.text()
 
     async def heartbeat(self) -> float:
         self.free -= 4096
-        body = {"free_bytes": self.free, "total_bytes": 10 << 30,
-                "cache": {"entries": 12, "size": 3 << 30, "hits": 1000, "misses": 7}}
+        body = {
+            "free_bytes": self.free,
+            "total_bytes": 10 << 30,
+            "cache": {"entries": 12, "size": 3 << 30, "hits": 1000, "misses": 7},
+        }
         started = time.perf_counter()
-        async with self.session.post(self.url + "/v2/edge/sites/%s/heartbeat" % self.name, json=body,
-                                     headers=self.headers) as resp:
+        async with self.session.post(
+            self.url + "/v2/edge/sites/%s/heartbeat" % self.name, json=body, headers=self.headers
+        ) as resp:
             await resp.read()
             assert resp.status == 200, resp.status
         return time.perf_counter() - started
@@ -113,8 +129,10 @@ async def measure(url: str, pid: int, sites: int, interval: float, seconds: floa
         latencies: list[float] = []
         start = time.monotonic()
         stop_at = start + interval + seconds
-        beaters = [asyncio.create_task(site.beat_until(i * interval / sites, interval, stop_at, latencies))
-                   for i, site in enumerate(fleet)]
+        beaters = [
+            asyncio.create_task(site.beat_until(i * interval / sites, interval, stop_at, latencies))
+            for i, site in enumerate(fleet)
+        ]
         await asyncio.sleep(interval)
         measured_from = len(latencies)
         cpu0, t0 = proc_cpu_seconds(pid), time.monotonic()
@@ -129,11 +147,15 @@ async def measure(url: str, pid: int, sites: int, interval: float, seconds: floa
     ms = sorted(x * 1000 for x in window)
     p50 = statistics.median(ms)
     p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
-    print("hub sites benchmark: %d sites, heartbeat every %.0f s, window %.0f s (%d heartbeats, %.1f/s)"
-          % (sites, interval, t1 - t0, len(window), len(window) / (t1 - t0)))
+    print(
+        "hub sites benchmark: %d sites, heartbeat every %.0f s, window %.0f s (%d heartbeats, %.1f/s)"
+        % (sites, interval, t1 - t0, len(window), len(window) / (t1 - t0))
+    )
     print("  hub CPU, sites silent (baseline): %.2f %% of one core" % idle_pct)
-    print("  hub CPU, heartbeating           : %.2f %% of one core (target < 5 %%): %s"
-          % (load_pct, "met" if load_pct < 5 else "MISSED"))
+    print(
+        "  hub CPU, heartbeating           : %.2f %% of one core (target < 5 %%): %s"
+        % (load_pct, "met" if load_pct < 5 else "MISSED")
+    )
     print("  CPU per heartbeat               : %.2f ms" % (1000 * (cpu1 - cpu0) / max(1, len(window))))
     print("  heartbeat latency               : p50 %.2f ms, p99 %.2f ms, max %.2f ms" % (p50, p99, ms[-1]))
 

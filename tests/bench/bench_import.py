@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_transfer import peak_rss_mib, start_daemon, start_nginx  # noqa: E402
+from bench_transfer import peak_rss_mib, start_daemon, start_nginx
 
 BIN = Path(sys.executable).parent
 
@@ -56,8 +56,12 @@ class Client:
 
     def call(self, method: str, path: str, body: object | None = None, ctype: str = "application/json") -> object:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"X-Auth-Token": self.token, "Content-Type": ctype, "Accept": "application/json"})
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"X-Auth-Token": self.token, "Content-Type": ctype, "Accept": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=60) as resp:
             raw = resp.read()
         return json.loads(raw) if raw else None
@@ -89,8 +93,10 @@ def main() -> None:
     nginx = daemon = None
     try:
         src = make_image(work, args.data_mib, args.virtual_gib)
-        print("image: qcow2, %d GiB virtual, %d MiB random data; %s is %.0f MiB"
-              % (args.virtual_gib, args.data_mib, src.name, src.stat().st_size / 2**20))
+        print(
+            "image: qcow2, %d GiB virtual, %d MiB random data; %s is %.0f MiB"
+            % (args.virtual_gib, args.data_mib, src.name, src.stat().st_size / 2**20)
+        )
         nginx, base = start_nginx(work, work)
         port = int(base.rsplit(":", 1)[1])
         uri = "%s/%s" % (base, src.name)
@@ -110,7 +116,8 @@ def main() -> None:
         state.mkdir()
         (state / "appliance.toml").write_text(
             '[import]\nplugins = ["image_decompression", "image_conversion"]\n'
-            '[import.uri_filter]\nallowed_hosts = ["127.0.0.0/8"]\nallowed_ports = [%d]\n' % port)
+            '[import.uri_filter]\nallowed_hosts = ["127.0.0.0/8"]\nallowed_ports = [%d]\n' % port
+        )
         daemon, url, token = start_daemon(state, state / "appliance.toml")
         client = Client(url, token)
 
@@ -141,11 +148,15 @@ def main() -> None:
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
 
         print("naive chain (curl; gzip -dc; qemu-img convert; sha512sum; md5sum): %6.1f s" % naive)
-        print("daemon web-download + decompress + convert + hash + store     : %6.1f s   ratio %.2fx of the chain (target <= 1.00x)"
-              % (single, single / naive))
+        print(
+            "daemon web-download + decompress + convert + hash + store     : %6.1f s   "
+            "ratio %.2fx of the chain (target <= 1.00x)" % (single, single / naive)
+        )
         print("two imports at once                                           : %6.1f s" % pair)
-        print("image-show latency during two imports: p50 %.1f ms, p99 %.1f ms over %d requests (target p99 < 50 ms)"
-              % (p50, p99, len(latencies)))
+        print(
+            "image-show latency during two imports: p50 %.1f ms, p99 %.1f ms over %d requests (target p99 < 50 ms)"
+            % (p50, p99, len(latencies))
+        )
         print("daemon peak RSS: %.1f MiB (target < 200 MiB)" % rss)
     finally:
         for proc in (daemon, nginx):

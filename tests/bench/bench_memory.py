@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.conftest import Daemon, start_daemon  # noqa: E402
+from tests.conftest import Daemon, start_daemon
 
 SEND_CHUNK = 1 << 20
 
@@ -40,8 +40,12 @@ def _connection(daemon: Daemon) -> http.client.HTTPConnection:
 def create_image(daemon: Daemon, name: str) -> str:
     conn = _connection(daemon)
     try:
-        conn.request("POST", "/v2/images", json.dumps({"name": name, "disk_format": "raw", "container_format": "bare"}),
-                     {"X-Auth-Token": daemon.token, "Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/v2/images",
+            json.dumps({"name": name, "disk_format": "raw", "container_format": "bare"}),
+            {"X-Auth-Token": daemon.token, "Content-Type": "application/json"},
+        )
         resp = conn.getresponse()
         body = resp.read()
         assert resp.status == 201, body
@@ -54,12 +58,15 @@ def upload(daemon: Daemon, image_id: str, data: memoryview, errors: list[str]) -
     conn = _connection(daemon)
     try:
         conn.putrequest("PUT", "/v2/images/%s/file" % image_id)
-        for key, value in (("X-Auth-Token", daemon.token), ("Content-Type", "application/octet-stream"),
-                           ("Content-Length", str(len(data)))):
+        for key, value in (
+            ("X-Auth-Token", daemon.token),
+            ("Content-Type", "application/octet-stream"),
+            ("Content-Length", str(len(data))),
+        ):
             conn.putheader(key, value)
         conn.endheaders()
         for pos in range(0, len(data), SEND_CHUNK):
-            conn.send(data[pos:pos + SEND_CHUNK])
+            conn.send(data[pos : pos + SEND_CHUNK])
         resp = conn.getresponse()
         resp.read()
         if resp.status != 204:
@@ -78,8 +85,10 @@ class Memory:
 
     def report(self, uploads: int, size_mib: int) -> str:
         rounds = ", ".join("%.0f" % a for a in self.after)
-        return ("RSS idle %.0f MiB, peak %.0f MiB, after %d concurrent uploads of %d MiB: %s MiB (%+.0f MiB over idle)"
-                % (self.idle, self.peak, uploads, size_mib, rounds, self.after[-1] - self.idle))
+        return (
+            "RSS idle %.0f MiB, peak %.0f MiB, after %d concurrent uploads of %d MiB: %s MiB (%+.0f MiB over idle)"
+            % (self.idle, self.peak, uploads, size_mib, rounds, self.after[-1] - self.idle)
+        )
 
 
 def measure(daemon: Daemon, uploads: int = 20, size_mib: int = 64, rounds: int = 1, settle: float = 2.0) -> Memory:

@@ -32,8 +32,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench_transfer import start_daemon  # noqa: E402
-from tests.conftest import write_toml  # noqa: E402
+from bench_transfer import start_daemon
+
+from tests.conftest import write_toml
 
 PROPS = 128
 
@@ -75,8 +76,9 @@ def rss(pid: int) -> tuple[float, float]:
 
 def request(url: str, token: str, method: str, path: str, body: Any = None) -> bytes:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url + path, data=data, method=method,
-                                 headers={"X-Auth-Token": token, "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + path, data=data, method=method, headers={"X-Auth-Token": token, "Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=300) as resp:
         return resp.read()
 
@@ -92,30 +94,53 @@ def main() -> None:
     state = work / "state"
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
-    config = write_toml(work / "bench.toml", {
-        "api": {"unix_socket": "", "max_page_size": args.page, "max_json_bytes": PROPS * args.value * 2 + (1 << 20)},
-        "limits": {"max_property_value_length": args.value},
-    })
+    config = write_toml(
+        work / "bench.toml",
+        {
+            "api": {
+                "unix_socket": "",
+                "max_page_size": args.page,
+                "max_json_bytes": PROPS * args.value * 2 + (1 << 20),
+            },
+            "limits": {"max_property_value_length": args.value},
+        },
+    )
     proc, url, token = start_daemon(state, config)
     try:
         probe = Probe(url)
         probe.start()
         time.sleep(3)
         idle = probe.stop()
-        print("idle        /healthcheck p50 %6.1f ms  p99 %6.1f ms  (%d probes)" % (pct(idle, 50), pct(idle, 99), len(idle)))
+        print(
+            "idle        /healthcheck p50 %6.1f ms  p99 %6.1f ms  (%d probes)"
+            % (pct(idle, 50), pct(idle, 99), len(idle))
+        )
 
         def make(kind: str, i: int) -> None:
             size = args.value if kind == "large" else 16
             props = {"p%03d" % k: chr(97 + (i + k) % 26) * size for k in range(PROPS)}
-            request(url, token, "POST", "/v2/images", {"name": "%s-%d" % (kind, i), "disk_format": "raw",
-                                                       "container_format": "bare", "tags": [kind], **props})
+            request(
+                url,
+                token,
+                "POST",
+                "/v2/images",
+                {
+                    "name": "%s-%d" % (kind, i),
+                    "disk_format": "raw",
+                    "container_format": "bare",
+                    "tags": [kind],
+                    **props,
+                },
+            )
 
         for kind in ("small", "large"):
             started = time.perf_counter()
             with ThreadPoolExecutor(4) as pool:
                 list(pool.map(partial(make, kind), range(args.page)))
-            print("created %d %s images in %.1f s; RSS %.0f MiB" % (args.page, kind, time.perf_counter() - started,
-                                                                   rss(proc.pid)[0]))
+            print(
+                "created %d %s images in %.1f s; RSS %.0f MiB"
+                % (args.page, kind, time.perf_counter() - started, rss(proc.pid)[0])
+            )
         catalog = sum(p.stat().st_size for p in state.glob("catalog.sqlite*"))
         print("catalog: %.0f MiB" % (catalog / (1 << 20)))
         for kind in ("small", "large"):
@@ -129,10 +154,21 @@ def main() -> None:
                 time.sleep(0.3)
                 lat = probe.stop()
                 now, peak = rss(proc.pid)
-                print("%-5s list #%d: %6.2f s  %8.1f MiB answered  /healthcheck p50 %6.1f ms  p99 %6.1f ms  max %6.1f ms"
-                      "  RSS %5.0f MiB (peak %5.0f MiB)"
-                      % (kind, round_ + 1, took, len(body) / (1 << 20), pct(lat, 50), pct(lat, 99), max(lat) * 1000,
-                         now, peak))
+                print(
+                    "%-5s list #%d: %6.2f s  %8.1f MiB answered  /healthcheck p50 %6.1f ms  p99 %6.1f ms  max %6.1f ms"
+                    "  RSS %5.0f MiB (peak %5.0f MiB)"
+                    % (
+                        kind,
+                        round_ + 1,
+                        took,
+                        len(body) / (1 << 20),
+                        pct(lat, 50),
+                        pct(lat, 99),
+                        max(lat) * 1000,
+                        now,
+                        peak,
+                    )
+                )
                 assert len(json.loads(body)["images"]) == args.page
                 del body
     finally:

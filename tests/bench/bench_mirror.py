@@ -21,9 +21,9 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from appliance.config import parse_config  # noqa: E402
-from appliance.services import open_services  # noqa: E402
-from tests.bench.bench_transfer import start_daemon  # noqa: E402
+from appliance.config import parse_config
+from appliance.services import open_services
+from tests.bench.bench_transfer import start_daemon
 
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 
@@ -32,9 +32,16 @@ async def create_images(url: str, token: str, n: int) -> list[str]:
     ids: list[str] = []
     headers = {"X-Auth-Token": token}
     async with aiohttp.ClientSession(headers=headers) as session:
+
         async def one(i: int) -> None:
-            body = {"name": "image-%05d" % i, "disk_format": "qcow2", "container_format": "bare", "visibility": "public",
-                    "os_distro": "ubuntu", "hw_disk_bus": "scsi"}
+            body = {
+                "name": "image-%05d" % i,
+                "disk_format": "qcow2",
+                "container_format": "bare",
+                "visibility": "public",
+                "os_distro": "ubuntu",
+                "hw_disk_bus": "scsi",
+            }
             async with session.post(url + "/v2/images", json=body) as resp:
                 assert resp.status == 201, await resp.text()
                 ids.append((await resp.json())["id"])
@@ -47,8 +54,9 @@ async def create_images(url: str, token: str, n: int) -> list[str]:
 async def change(url: str, token: str, ids: list[str], tag: str) -> None:
     async with aiohttp.ClientSession(headers={"X-Auth-Token": token, **PATCH}) as session:
         for image_id in ids:
-            async with session.patch(url + "/v2/images/%s" % image_id,
-                                     json=[{"op": "add", "path": "/bench_note", "value": tag}]) as resp:
+            async with session.patch(
+                url + "/v2/images/%s" % image_id, json=[{"op": "add", "path": "/bench_note", "value": tag}]
+            ) as resp:
                 assert resp.status == 200, await resp.text()
 
 
@@ -66,8 +74,10 @@ async def main() -> None:
         ids = await create_images(hub_url, token, args.images)
         print("hub: %d image records created in %.1f s" % (len(ids), time.perf_counter() - t))
         # The edge side: the daemon's own services, driven directly so each sync is timed alone.
-        config = parse_config({"site": {"name": "dcn0"}, "api": {"unix_socket": ""},
-                               "hub": {"url": hub_url, "token": token}}, work / "edge")
+        config = parse_config(
+            {"site": {"name": "dcn0"}, "api": {"unix_socket": ""}, "hub": {"url": hub_url, "token": token}},
+            work / "edge",
+        )
         async with open_services(config) as services:
             link = services.hub
             assert link is not None
@@ -86,12 +96,16 @@ async def main() -> None:
                 results.append((n, took, written))
                 await asyncio.sleep(2.1)
             for n, took, written in results:
-                print("incremental sync  : %6.3f s after %3d change(s) at the hub (%d record(s) fetched)%s"
-                      % (took, n, written, "   (target < 1 s)" if n == 10 else ""))
+                print(
+                    "incremental sync  : %6.3f s after %3d change(s) at the hub (%d record(s) fetched)%s"
+                    % (took, n, written, "   (target < 1 s)" if n == 10 else "")
+                )
             t = time.perf_counter()
             await link.mirror_once(full=True)
-            print("full reconcile    : %6.2f s (re-reads all %d records; runs every reconcile_interval)"
-                  % (time.perf_counter() - t, args.images))
+            print(
+                "full reconcile    : %6.2f s (re-reads all %d records; runs every reconcile_interval)"
+                % (time.perf_counter() - t, args.images)
+            )
     finally:
         if hub is not None:
             hub.send_signal(signal.SIGTERM)

@@ -17,8 +17,8 @@ import json
 import os
 import re
 import shutil
-import statistics
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,7 +85,8 @@ events { worker_connections 64; }
 http { access_log off; sendfile on; tcp_nopush on; client_body_temp_path %(w)s/cb;
   proxy_temp_path %(w)s/p; fastcgi_temp_path %(w)s/f; uwsgi_temp_path %(w)s/u; scgi_temp_path %(w)s/s;
   server { listen 127.0.0.1:%(p)d; root %(r)s; } }
-""" % {"w": work, "p": port, "r": root, "user": "user root;" if os.getuid() == 0 else ""}
+"""
+        % {"w": work, "p": port, "r": root, "user": "user root;" if os.getuid() == 0 else ""}
     )
     proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(work)])
     time.sleep(0.5)
@@ -109,7 +110,9 @@ def main() -> None:
         print("image: %d MiB of random bytes, %d runs each, medians reported" % (args.size_mib, args.runs))
 
         timed(["cat", str(image)])  # warm the page cache for everyone
-        base_up = statistics.median(timed(["sha512sum", str(image)]) + timed(["md5sum", str(image)]) for _ in range(args.runs))
+        base_up = statistics.median(
+            timed(["sha512sum", str(image)]) + timed(["md5sum", str(image)]) for _ in range(args.runs)
+        )
 
         state = work / "state"
         state.mkdir()
@@ -120,15 +123,34 @@ def main() -> None:
         for _ in range(args.runs):
             if image_id:
                 run(["curl", "-sS", "--fail", "-X", "DELETE", *auth, "%s/v2/images/%s" % (url, image_id)])
-            created = json.loads(run([
-                "curl", "-sS", "--fail", *auth, "-H", "Content-Type: application/json",
-                "-d", '{"name": "bench", "disk_format": "raw", "container_format": "bare"}', url + "/v2/images",
-            ]).stdout)
+            created = json.loads(
+                run(
+                    [
+                        "curl",
+                        "-sS",
+                        "--fail",
+                        *auth,
+                        "-H",
+                        "Content-Type: application/json",
+                        "-d",
+                        '{"name": "bench", "disk_format": "raw", "container_format": "bare"}',
+                        url + "/v2/images",
+                    ]
+                ).stdout
+            )
             image_id = created["id"]
-            up_speeds.append(curl_speed([
-                *auth, "-H", "Content-Type: application/octet-stream", "-T", str(image),
-                "%s/v2/images/%s/file" % (url, image_id),
-            ]))
+            up_speeds.append(
+                curl_speed(
+                    [
+                        *auth,
+                        "-H",
+                        "Content-Type: application/octet-stream",
+                        "-T",
+                        str(image),
+                        "%s/v2/images/%s/file" % (url, image_id),
+                    ]
+                )
+            )
         rss_upload = peak_rss_mib(proc.pid)
         shown = json.loads(run(["curl", "-sS", "--fail", *auth, "%s/v2/images/%s" % (url, image_id)]).stdout)
         stored = state / "images" / image_id
@@ -151,14 +173,22 @@ def main() -> None:
         # Medians: one lucky run on a shared VM should not decide a ratio.
         up = statistics.median(up_speeds) / 1e6
         dn, bdn = statistics.median(down) / 1e6, statistics.median(base_down) / 1e6
-        print("upload   : %8.1f MB/s   baseline sha512sum+md5sum: %8.1f MB/s   ratio %.2fx   (target >= 300 MB/s)"
-              % (up, mb / base_up, up / (mb / base_up)))
-        print("download : %8.1f MB/s   baseline nginx sendfile  : %8.1f MB/s   ratio %.2fx   (target >= 0.90x)"
-              % (dn, bdn, dn / bdn))
-        print("peak RSS : %8.1f MiB after uploads, %.1f MiB after downloads   (target < 150 MiB)" % (rss_upload, rss_all))
+        print(
+            "upload   : %8.1f MB/s   baseline sha512sum+md5sum: %8.1f MB/s   ratio %.2fx   (target >= 300 MB/s)"
+            % (up, mb / base_up, up / (mb / base_up))
+        )
+        print(
+            "download : %8.1f MB/s   baseline nginx sendfile  : %8.1f MB/s   ratio %.2fx   (target >= 0.90x)"
+            % (dn, bdn, dn / bdn)
+        )
+        print(
+            "peak RSS : %8.1f MiB after uploads, %.1f MiB after downloads   (target < 150 MiB)" % (rss_upload, rss_all)
+        )
         print("all upload runs (MB/s): %s" % ", ".join("%.1f" % (s / 1e6) for s in up_speeds))
-        print("all download runs (MB/s): daemon %s | nginx %s" % (
-            ", ".join("%.0f" % (s / 1e6) for s in down), ", ".join("%.0f" % (s / 1e6) for s in base_down)))
+        print(
+            "all download runs (MB/s): daemon %s | nginx %s"
+            % (", ".join("%.0f" % (s / 1e6) for s in down), ", ".join("%.0f" % (s / 1e6) for s in base_down))
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -26,8 +26,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -60,9 +61,15 @@ async def create_images(sock: str, count: int, start: int = 0, concurrency: int 
     t = time.perf_counter()
     queue = iter(range(start, start + count))
     async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session:
+
         async def worker() -> None:
             for i in queue:
-                body = {"name": "bench-%05d" % i, "disk_format": "qcow2", "container_format": "bare", "os_distro": "bench"}
+                body = {
+                    "name": "bench-%05d" % i,
+                    "disk_format": "qcow2",
+                    "container_format": "bare",
+                    "os_distro": "bench",
+                }
                 async with session.post("http://localhost/v2/images", json=body) as resp:
                     assert resp.status == 201, await resp.text()
 
@@ -78,8 +85,9 @@ async def wait_for(predicate: Callable[[], bool], pilot: Any) -> None:
         await pilot.pause(0.005)
 
 
-async def idle_cpu(sock: str, daemon_pid: int, seconds: float, expect: int, key: str = "2",
-                   table_type: type[KeyedTable] = ImageTable) -> tuple[float, float]:
+async def idle_cpu(
+    sock: str, daemon_pid: int, seconds: float, expect: int, key: str = "2", table_type: type[KeyedTable] = ImageTable
+) -> tuple[float, float]:
     """The TUI's and the daemon's CPU share while the screen of `key` is open, once its table
     (`table_type`) has `expect` rows."""
     app = make_app(TuiConfig(socket=sock))
@@ -191,6 +199,7 @@ async def fill_cache(hub: Daemon, edge: Daemon, count: int) -> float:
     """`count` images of 64 KiB uploaded at the hub, then cached at the edge; returns seconds."""
     t = time.perf_counter()
     async with aiohttp.ClientSession() as session:
+
         async def call(daemon: Daemon, method: str, path: str, expect: int, **kw: Any) -> Any:
             headers = {"X-Auth-Token": daemon.token, **kw.pop("headers", {})}
             async with session.request(method, daemon.url + path, headers=headers, **kw) as resp:
@@ -201,9 +210,16 @@ async def fill_cache(hub: Daemon, edge: Daemon, count: int) -> float:
         for i in range(count):
             body = {"name": "cached-%03d" % i, "disk_format": "raw", "container_format": "bare", "visibility": "public"}
             image_id = (await call(hub, "POST", "/v2/images", 201, json=body))["id"]
-            await call(hub, "PUT", "/v2/images/%s/file" % image_id, 204, data=os.urandom(64 * 1024),
-                       headers={"Content-Type": "application/octet-stream"})
+            await call(
+                hub,
+                "PUT",
+                "/v2/images/%s/file" % image_id,
+                204,
+                data=os.urandom(64 * 1024),
+                headers={"Content-Type": "application/octet-stream"},
+            )
             ids.append(image_id)
+
         async def edge_lists_all() -> bool:
             return set(ids) <= {i["id"] for i in (await call(edge, "GET", "/v2/images?limit=1000", 200))["images"]}
 
@@ -218,25 +234,52 @@ async def fill_cache(hub: Daemon, edge: Daemon, count: int) -> float:
 
 
 def hub_and_edge_figures(work: Path, seconds: float, cached: int) -> None:
-    hub = start_daemon(work / "hub", write_toml(work / "hub.toml", {
-        "site": {"name": "central", "role": "hub"}, "hub": {"heartbeat_interval": 1}}))
+    hub = start_daemon(
+        work / "hub",
+        write_toml(work / "hub.toml", {"site": {"name": "central", "role": "hub"}, "hub": {"heartbeat_interval": 1}}),
+    )
     edge = None
     try:
-        edge = start_daemon(work / "dcn0", write_toml(work / "dcn0.toml", {
-            "site": {"name": "dcn0"},
-            "hub": {"url": hub.url, "token_file": str(hub.state_dir / "admin-token"), "mirror_interval": 1,
-                    "heartbeat_interval": 1},
-            "cache": {"min_free_bytes": 0}}))
+        edge = start_daemon(
+            work / "dcn0",
+            write_toml(
+                work / "dcn0.toml",
+                {
+                    "site": {"name": "dcn0"},
+                    "hub": {
+                        "url": hub.url,
+                        "token_file": str(hub.state_dir / "admin-token"),
+                        "mirror_interval": 1,
+                        "heartbeat_interval": 1,
+                    },
+                    "cache": {"min_free_bytes": 0},
+                },
+            ),
+        )
         took = asyncio.run(fill_cache(hub, edge, cached))
         print("hub + edge: %d images uploaded at the hub and cached at the edge in %.1f s" % (cached, took))
-        tui, served = asyncio.run(idle_cpu(str(edge.state_dir / "appliance.sock"), edge.proc.pid, seconds, cached,
-                                           key="4", table_type=CacheEntryTable))
-        print("idle CPU, edge Cache screen, %d cached images, %.0f s: TUI %.1f %% of a core (target < 5 %%); edge daemon %.1f %%  %s"
-              % (cached, seconds, 100 * tui, 100 * served, "OK" if tui < 0.05 else "OVER TARGET"))
-        tui, served = asyncio.run(idle_cpu(str(hub.state_dir / "appliance.sock"), hub.proc.pid, seconds, 1,
-                                           key="6", table_type=SiteTable))
-        print("idle CPU, hub Sites screen, 1 site, %.0f s: TUI %.1f %% of a core (target < 5 %%); hub daemon %.1f %%  %s"
-              % (seconds, 100 * tui, 100 * served, "OK" if tui < 0.05 else "OVER TARGET"))
+        tui, served = asyncio.run(
+            idle_cpu(
+                str(edge.state_dir / "appliance.sock"),
+                edge.proc.pid,
+                seconds,
+                cached,
+                key="4",
+                table_type=CacheEntryTable,
+            )
+        )
+        print(
+            "idle CPU, edge Cache screen, %d cached images, %.0f s: "
+            "TUI %.1f %% of a core (target < 5 %%); edge daemon %.1f %%  %s"
+            % (cached, seconds, 100 * tui, 100 * served, "OK" if tui < 0.05 else "OVER TARGET")
+        )
+        tui, served = asyncio.run(
+            idle_cpu(str(hub.state_dir / "appliance.sock"), hub.proc.pid, seconds, 1, key="6", table_type=SiteTable)
+        )
+        print(
+            "idle CPU, hub Sites screen, 1 site, %.0f s: TUI %.1f %% of a core (target < 5 %%); hub daemon %.1f %%  %s"
+            % (seconds, 100 * tui, 100 * served, "OK" if tui < 0.05 else "OVER TARGET")
+        )
     finally:
         for daemon in (edge, hub):
             if daemon is not None:
@@ -259,9 +302,13 @@ def main() -> None:
         took = asyncio.run(create_images(sock, args.images, concurrency=args.concurrency))
         print("created %d image records in %.1f s" % (args.images, took))
         tui, served = asyncio.run(idle_cpu(sock, daemon.proc.pid, args.idle_seconds, args.images))
-        print("idle CPU, Images screen, %d images, %.0f s: TUI %.1f %% of a core (target < 5 %%); daemon %.1f %%  %s"
-              % (args.images, args.idle_seconds, 100 * tui, 100 * served, "OK" if tui < 0.05 else "OVER TARGET"))
-        took = asyncio.run(create_images(sock, args.many - args.images, start=args.images, concurrency=args.concurrency))
+        print(
+            "idle CPU, Images screen, %d images, %.0f s: TUI %.1f %% of a core (target < 5 %%); daemon %.1f %%  %s"
+            % (args.images, args.idle_seconds, 100 * tui, 100 * served, "OK" if tui < 0.05 else "OVER TARGET")
+        )
+        took = asyncio.run(
+            create_images(sock, args.many - args.images, start=args.images, concurrency=args.concurrency)
+        )
         print("created %d more image records in %.1f s" % (args.many - args.images, took))
         figures = asyncio.run(switch_times(sock, args.many))
         for name, seconds in figures.items():
@@ -270,8 +317,10 @@ def main() -> None:
         base, keyed = figures["baseline: stock add_row + measure"], figures["keyed bulk add"]
         print("keyed bulk add vs stock DataTable: %.1fx faster" % (base / keyed))
         tui, served = asyncio.run(idle_cpu(sock, daemon.proc.pid, args.idle_seconds, args.many))
-        print("idle CPU, Images screen, %d images, %.0f s: TUI %.1f %% of a core; daemon %.1f %%"
-              % (args.many, args.idle_seconds, 100 * tui, 100 * served))
+        print(
+            "idle CPU, Images screen, %d images, %.0f s: TUI %.1f %% of a core; daemon %.1f %%"
+            % (args.many, args.idle_seconds, 100 * tui, 100 * served)
+        )
         hub_and_edge_figures(work, args.idle_seconds, args.cached)
     finally:
         if daemon is not None:

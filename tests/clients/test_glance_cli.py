@@ -12,8 +12,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -35,8 +36,14 @@ class Glance:
     def run(self, *args: str, token: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
         cmd = [
-            str(GLANCE), "--os-image-api-version", "2", "--os-image-url", self.daemon.url,
-            "--os-auth-token", token if token is not None else self.daemon.token, *args,
+            str(GLANCE),
+            "--os-image-api-version",
+            "2",
+            "--os-image-url",
+            self.daemon.url,
+            "--os-auth-token",
+            token if token is not None else self.daemon.token,
+            *args,
         ]
         # stdin must not be a pipe: image-create without --file would upload whatever it holds.
         return subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
@@ -44,7 +51,11 @@ class Glance:
     def ok(self, *args: str) -> str:
         result = self.run(*args)
         assert result.returncode == 0, "glance %s failed (%d):\n%s%s" % (
-            " ".join(args), result.returncode, result.stdout, result.stderr)
+            " ".join(args),
+            result.returncode,
+            result.stdout,
+            result.stderr,
+        )
         return result.stdout
 
     def fails(self, *args: str) -> str:
@@ -108,10 +119,20 @@ def two_store_glance(tmp_path: Path, daemon_factory: Callable[..., Daemon]) -> G
 
 
 def create(glance: Glance, name: str, image_file: Path, *extra: str) -> str:
-    created = as_dict(glance.ok(
-        "image-create", "--name", name, "--disk-format", "raw", "--container-format", "bare",
-        "--file", str(image_file), *extra,
-    ))
+    created = as_dict(
+        glance.ok(
+            "image-create",
+            "--name",
+            name,
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "--file",
+            str(image_file),
+            *extra,
+        )
+    )
     assert created["name"] == name
     assert created["status"] == "active"
     return created["id"]

@@ -16,14 +16,16 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
-from tests.clients.test_glance_cli import GLANCE, Glance as _Glance, as_dict, as_records
+from tests.clients.test_glance_cli import GLANCE, as_dict, as_records
+from tests.clients.test_glance_cli import Glance as _Glance
 from tests.conftest import Daemon, write_toml
 
 pytestmark = pytest.mark.clients
@@ -33,7 +35,7 @@ FINISHED = ("success", "failure")
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -81,8 +83,14 @@ class Glance(_Glance):
     def run(self, *args: str, token: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
         cmd = [
-            str(GLANCE), "--os-image-api-version", "2", "--os-image-url", self.daemon.url,
-            "--os-auth-token", token if token is not None else self.daemon.token, *args,
+            str(GLANCE),
+            "--os-image-api-version",
+            "2",
+            "--os-image-url",
+            self.daemon.url,
+            "--os-auth-token",
+            token if token is not None else self.daemon.token,
+            *args,
         ]
         master, slave = os.openpty()
         try:
@@ -101,8 +109,10 @@ def site_config(tmp_path: Path, port: int | None) -> Path:
     }
     if port is not None:
         imp["uri_filter"] = {"allowed_hosts": ["127.0.0.0/8"], "allowed_ports": [port]}
-    return write_toml(tmp_path / ("import-%s.toml" % ("default-filter" if port is None else "loopback")),
-                      {"stores": STORES, "import": imp})
+    return write_toml(
+        tmp_path / ("import-%s.toml" % ("default-filter" if port is None else "loopback")),
+        {"stores": STORES, "import": imp},
+    )
 
 
 @pytest.fixture
@@ -123,8 +133,10 @@ def image_tasks(glance: Glance, image_id: str) -> list[dict[str, str]]:
 
 
 def _api_tasks(glance: Glance, image_id: str) -> list[dict[str, Any]]:
-    req = urllib.request.Request("%s/v2/images/%s/tasks" % (glance.daemon.url, image_id),
-                                 headers={"X-Auth-Token": glance.daemon.token, "Accept": "application/json"})
+    req = urllib.request.Request(
+        "%s/v2/images/%s/tasks" % (glance.daemon.url, image_id),
+        headers={"X-Auth-Token": glance.daemon.token, "Accept": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.load(resp)["tasks"]
 
@@ -170,8 +182,19 @@ def created_id(out: str) -> str:
 def test_web_download_via_cli(glance: Glance, web: WebRoot, tmp_path: Path) -> None:
     data = disk_bytes(3 << 20)
     url = web.add("disk.raw", data)
-    out = glance.ok("image-create-via-import", "--import-method", "web-download", "--uri", url,
-                    "--name", "from-web", "--disk-format", "raw", "--container-format", "bare")
+    out = glance.ok(
+        "image-create-via-import",
+        "--import-method",
+        "web-download",
+        "--uri",
+        url,
+        "--name",
+        "from-web",
+        "--disk-format",
+        "raw",
+        "--container-format",
+        "bare",
+    )
     created = as_dict(out)
     assert created["name"] == "from-web"
     assert created["status"] in ("importing", "active")
@@ -188,23 +211,52 @@ def test_web_download_via_cli(glance: Glance, web: WebRoot, tmp_path: Path) -> N
     # A gzip'd source is unpacked by image_decompression before it reaches the store.
     packed = disk_bytes(2 << 20) + bytes(1 << 20)
     url = web.add("disk.raw.gz", gzip.compress(packed))
-    image_id = created_id(glance.ok(
-        "image-create-via-import", "--import-method", "web-download", "--uri", url,
-        "--name", "from-web-gz", "--disk-format", "raw", "--container-format", "bare", "--stores", "fast"))
+    image_id = created_id(
+        glance.ok(
+            "image-create-via-import",
+            "--import-method",
+            "web-download",
+            "--uri",
+            url,
+            "--name",
+            "from-web-gz",
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "--stores",
+            "fast",
+        )
+    )
     shown = wait_active(glance, image_id)
     assert shown["size"] == str(len(packed))
     assert shown["stores"] == "fast"
     assert download(glance, image_id, tmp_path) == packed
 
 
-@pytest.mark.parametrize("targets", [("--stores", "local,fast"), ("--all-stores", "true")], ids=["stores", "all-stores"])
+@pytest.mark.parametrize(
+    "targets", [("--stores", "local,fast"), ("--all-stores", "true")], ids=["stores", "all-stores"]
+)
 def test_glance_direct_to_both_stores_via_cli(glance: Glance, tmp_path: Path, targets: tuple[str, str]) -> None:
     data = disk_bytes((2 << 20) + 4321)
     source = tmp_path / "disk.raw"
     source.write_bytes(data)
-    out = glance.ok("image-create-via-import", "--import-method", "glance-direct", "--file", str(source),
-                    "--name", "direct", "--disk-format", "raw", "--container-format", "bare",
-                    *targets, "--allow-failure", "false")
+    out = glance.ok(
+        "image-create-via-import",
+        "--import-method",
+        "glance-direct",
+        "--file",
+        str(source),
+        "--name",
+        "direct",
+        "--disk-format",
+        "raw",
+        "--container-format",
+        "bare",
+        *targets,
+        "--allow-failure",
+        "false",
+    )
     image_id = created_id(out)
     shown = wait_active(glance, image_id)
     assert stores_of(shown) == {"local", "fast"}
@@ -223,8 +275,21 @@ def test_copy_image_then_delete_original_store_via_cli(glance: Glance, tmp_path:
     data = disk_bytes(3 << 20)
     source = tmp_path / "disk.raw"
     source.write_bytes(data)
-    created = as_dict(glance.ok("image-create", "--name", "to-copy", "--disk-format", "raw",
-                                "--container-format", "bare", "--file", str(source), "--store", "local"))
+    created = as_dict(
+        glance.ok(
+            "image-create",
+            "--name",
+            "to-copy",
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "--file",
+            str(source),
+            "--store",
+            "local",
+        )
+    )
     image_id = created["id"]
     assert created["status"] == "active" and created["stores"] == "local"
 
@@ -258,8 +323,19 @@ def test_refused_uri_fails_the_cli_with_the_reason(glance: Glance, web: WebRoot)
         "other-port": ("http://127.0.0.1:%d/disk.raw" % other_port, "port %d" % other_port),
     }
     for name, (url, reason) in cases.items():
-        result = glance.run("image-create-via-import", "--import-method", "web-download", "--uri", url,
-                            "--name", name, "--disk-format", "raw", "--container-format", "bare")
+        result = glance.run(
+            "image-create-via-import",
+            "--import-method",
+            "web-download",
+            "--uri",
+            url,
+            "--name",
+            name,
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+        )
         assert result.returncode != 0, result.stdout
         assert "URI refused" in result.stderr and reason in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and "object has no attribute" not in result.stderr
@@ -277,24 +353,56 @@ def test_loopback_refused_by_the_default_filter(
 ) -> None:
     glance = Glance(daemon_factory("default-filter", site_config(tmp_path, None)))
     url = web.add("disk.raw", disk_bytes(1 << 20))
-    result = glance.run("image-create-via-import", "--import-method", "web-download", "--uri", url,
-                        "--name", "loopback", "--disk-format", "raw", "--container-format", "bare")
+    result = glance.run(
+        "image-create-via-import",
+        "--import-method",
+        "web-download",
+        "--uri",
+        url,
+        "--name",
+        "loopback",
+        "--disk-format",
+        "raw",
+        "--container-format",
+        "bare",
+    )
     assert result.returncode != 0, result.stdout
     # The real server's URL: refused on its port (not 80/443) before its loopback address is looked at.
     assert "URI refused" in result.stderr and "port %d" % web.port in result.stderr, result.stderr
     assert glance.show(created_id(result.stdout))["status"] == "queued"
     # On the default port, the address itself is the reason.
-    err = glance.fails("image-create-via-import", "--import-method", "web-download", "--uri",
-                       "http://127.0.0.1/disk.raw", "--name", "loopback-80", "--disk-format", "raw",
-                       "--container-format", "bare")
+    err = glance.fails(
+        "image-create-via-import",
+        "--import-method",
+        "web-download",
+        "--uri",
+        "http://127.0.0.1/disk.raw",
+        "--name",
+        "loopback-80",
+        "--disk-format",
+        "raw",
+        "--container-format",
+        "bare",
+    )
     assert "URI refused" in err and "loopback" in err, err
 
 
 def test_image_tasks_shows_status_and_failure_message(glance: Glance, web: WebRoot, tmp_path: Path) -> None:
     web.add("present.raw", b"x")
     missing = web.url("absent.raw")
-    out = glance.ok("image-create-via-import", "--import-method", "web-download", "--uri", missing,
-                    "--name", "will-404", "--disk-format", "raw", "--container-format", "bare")
+    out = glance.ok(
+        "image-create-via-import",
+        "--import-method",
+        "web-download",
+        "--uri",
+        missing,
+        "--name",
+        "will-404",
+        "--disk-format",
+        "raw",
+        "--container-format",
+        "bare",
+    )
     image_id = created_id(out)
     shown, tasks = wait_import(glance, image_id)
     assert [t["Status"] for t in tasks] == ["failure"], tasks

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import openstack
 import pytest
@@ -88,8 +88,13 @@ def test_upload_download_update_tag_delete(conn: Connection, data: bytes, tmp_pa
     # to False; the daemon offers no import methods yet). Data as bytes, so that the SDK can
     # compare the checksum the daemon reports with its own.
     created = conn.image.create_image(
-        name="cirros-sdk", data=data, disk_format="raw", container_format="bare",
-        validate_checksum=True, wait=True, timeout=30,
+        name="cirros-sdk",
+        data=data,
+        disk_format="raw",
+        container_format="bare",
+        validate_checksum=True,
+        wait=True,
+        timeout=30,
     )
     image = conn.image.get_image(created.id)
     assert image.status == "active"
@@ -151,7 +156,12 @@ def test_cloud_layer_create_image_waits_for_active(conn: Connection, image_file:
     # filename=: given a filename, openstacksdk 4.22 opens it and never closes it.
     with image_file.open("rb") as fh:
         image = conn.create_image(
-            "cloud-layer", data=fh, disk_format="raw", container_format="bare", wait=True, timeout=30,
+            "cloud-layer",
+            data=fh,
+            disk_format="raw",
+            container_format="bare",
+            wait=True,
+            timeout=30,
         )
     assert image.status == "active"
     assert image.checksum == hashlib.md5(data).hexdigest()

@@ -13,8 +13,9 @@ import asyncio
 import hashlib
 import json
 import os
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -37,13 +38,16 @@ def hub_config(tmp_path: Path, *, role: str = "hub", stores: dict[str, Any] | No
         {"token": token, "user": name, "project": "edge-sites", "roles": ["edge-site", "reader"]}
         for name, token in SITE_TOKENS.items()
     ]
-    return write_toml(tmp_path / ("%s.toml" % role), {
-        "site": {"name": "central-hub", "role": role},
-        "stores": stores or {"default": "central", "central": {"path": "images", "description": "Hub store"}},
-        "hub": {"heartbeat_interval": HEARTBEAT_INTERVAL},
-        "auth": {"tokens": tokens},
-        "scrubber": {"enabled": False},
-    })
+    return write_toml(
+        tmp_path / ("%s.toml" % role),
+        {
+            "site": {"name": "central-hub", "role": role},
+            "stores": stores or {"default": "central", "central": {"path": "images", "description": "Hub store"}},
+            "hub": {"heartbeat_interval": HEARTBEAT_INTERVAL},
+            "auth": {"tokens": tokens},
+            "scrubber": {"enabled": False},
+        },
+    )
 
 
 def start_hub(tmp_path: Path, daemon_factory: Callable[..., Daemon], name: str = "hub", **kw: Any) -> Daemon:
@@ -76,8 +80,15 @@ class Site:
             return Reply(resp.status, json.loads(raw) if raw else None)
 
     async def register(self, **extra: Any) -> Reply:
-        body = {"name": self.name, "stores": [{"id": "local", "description": "site store"}], "total_bytes": 10 << 30,
-                "free_bytes": 8 << 30, "version": "0.1.0", "api_url": "http://%s.example:9292" % self.name, **extra}
+        body = {
+            "name": self.name,
+            "stores": [{"id": "local", "description": "site store"}],
+            "total_bytes": 10 << 30,
+            "free_bytes": 8 << 30,
+            "version": "0.1.0",
+            "api_url": "http://%s.example:9292" % self.name,
+            **extra,
+        }
         return await self.call("POST", "/v2/edge/sites", body)
 
     async def heartbeat(self, **body: Any) -> Reply:
@@ -89,13 +100,17 @@ class Site:
         return reply.body["assignments"]
 
     async def report(self, image_id: str, action: str, status: str, message: str = "") -> Reply:
-        return await self.call("POST", "/v2/edge/sites/%s/assignments/%s" % (self.name, image_id),
-                               {"action": action, "status": status, "message": message})
+        return await self.call(
+            "POST",
+            "/v2/edge/sites/%s/assignments/%s" % (self.name, image_id),
+            {"action": action, "status": status, "message": message},
+        )
 
     async def pull(self, image_id: str) -> str:
         """Fetch the image from the hub as an edge does, verify it, return 'success' or 'failure'."""
-        async with self.session.get("%s/v2/images/%s/file" % (self.hub.url, image_id),
-                                    headers={"X-Auth-Token": self.token}) as resp:
+        async with self.session.get(
+            "%s/v2/images/%s/file" % (self.hub.url, image_id), headers={"X-Auth-Token": self.token}
+        ) as resp:
             if resp.status != 200:
                 return "failure"
             data = await resp.read()
@@ -144,8 +159,23 @@ async def show(hub: Daemon, image_id: str) -> dict[str, str]:
 
 
 async def create_image(hub: Daemon, image_file: Path, *extra: str) -> str:
-    created = as_dict(await glance(hub, "image-create", "--name", "cirros", "--disk-format", "raw", "--container-format",
-                                   "bare", "--visibility", "public", "--file", str(image_file), *extra))
+    created = as_dict(
+        await glance(
+            hub,
+            "image-create",
+            "--name",
+            "cirros",
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "--visibility",
+            "public",
+            "--file",
+            str(image_file),
+            *extra,
+        )
+    )
     assert created["status"] == "active"
     return created["id"]
 
@@ -165,7 +195,9 @@ async def registered(session: aiohttp.ClientSession, hub: Daemon, *names: str) -
 # -- registration, heartbeat, online state ------------------------------------------------------
 
 
-async def test_register_heartbeat_and_offline_after_two_missed_beats(hub: Daemon, session: aiohttp.ClientSession) -> None:
+async def test_register_heartbeat_and_offline_after_two_missed_beats(
+    hub: Daemon, session: aiohttp.ClientSession
+) -> None:
     dcn0 = Site(session, hub, "dcn0")
     reply = await dcn0.register()
     assert reply.status == 200, reply.body
@@ -200,8 +232,9 @@ async def test_register_heartbeat_and_offline_after_two_missed_beats(hub: Daemon
     assert (await dcn0.register(cache={"entries": 4})).body["cache"] == {"entries": 4}
 
 
-async def test_sites_persist_across_a_hub_restart(tmp_path: Path, daemon_factory: Callable[..., Daemon],
-                                                   session: aiohttp.ClientSession) -> None:
+async def test_sites_persist_across_a_hub_restart(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon], session: aiohttp.ClientSession
+) -> None:
     hub = start_hub(tmp_path, daemon_factory)
     await registered(session, hub, "dcn0")
     hub.stop()
@@ -211,7 +244,9 @@ async def test_sites_persist_across_a_hub_restart(tmp_path: Path, daemon_factory
     assert (await Site(session, hub, "dcn0").heartbeat()).status == 200
 
 
-async def test_heartbeat_of_an_unknown_site_is_404_so_the_edge_registers(hub: Daemon, session: aiohttp.ClientSession) -> None:
+async def test_heartbeat_of_an_unknown_site_is_404_so_the_edge_registers(
+    hub: Daemon, session: aiohttp.ClientSession
+) -> None:
     dcn0 = Site(session, hub, "dcn0")
     reply = await dcn0.heartbeat(free_bytes=1)
     assert reply.status == 404 and "register" in reply.message, reply.body
@@ -224,11 +259,16 @@ async def test_heartbeat_of_an_unknown_site_is_404_so_the_edge_registers(hub: Da
 # -- placement through the stock glance CLI -------------------------------------------------------
 
 
-async def test_copy_image_to_one_site_via_glance_cli(hub: Daemon, session: aiohttp.ClientSession, image_file: Path) -> None:
+async def test_copy_image_to_one_site_via_glance_cli(
+    hub: Daemon, session: aiohttp.ClientSession, image_file: Path
+) -> None:
     dcn0, dcn1 = await registered(session, hub, "dcn0", "dcn1")
     stores = json.loads(as_dict(await glance(hub, "stores-info"))["stores"])
-    assert stores == [{"id": "central", "default": True, "description": "Hub store"},
-                      {"id": "dcn0", "description": "Edge site dcn0"}, {"id": "dcn1", "description": "Edge site dcn1"}]
+    assert stores == [
+        {"id": "central", "default": True, "description": "Hub store"},
+        {"id": "dcn0", "description": "Edge site dcn0"},
+        {"id": "dcn1", "description": "Edge site dcn1"},
+    ]
     image_id = await create_image(hub, image_file)
 
     await glance(hub, "image-import", "--import-method", "copy-image", "--stores", "dcn0", image_id)
@@ -270,8 +310,11 @@ async def test_copy_image_to_one_site_via_glance_cli(hub: Daemon, session: aioht
 async def test_all_stores_assigns_every_site_failure_then_retry(
     tmp_path: Path, daemon_factory: Callable[..., Daemon], session: aiohttp.ClientSession, image_file: Path
 ) -> None:
-    hub = start_hub(tmp_path, daemon_factory,
-                    stores={"default": "central", "central": {"path": "images"}, "spare": {"path": "spare"}})
+    hub = start_hub(
+        tmp_path,
+        daemon_factory,
+        stores={"default": "central", "central": {"path": "images"}, "spare": {"path": "spare"}},
+    )
     dcn0, dcn1 = await registered(session, hub, "dcn0", "dcn1")
     image_id = await create_image(hub, image_file, "--store", "central")
 
@@ -341,7 +384,9 @@ async def test_stores_delete_of_a_site_copy_assigns_its_removal(
     assert (await dcn0.report(image_id, "copy", "success")).status == 409
 
 
-async def test_deleting_an_image_drops_its_assignments(hub: Daemon, session: aiohttp.ClientSession, image_file: Path) -> None:
+async def test_deleting_an_image_drops_its_assignments(
+    hub: Daemon, session: aiohttp.ClientSession, image_file: Path
+) -> None:
     dcn0, dcn1 = await registered(session, hub, "dcn0", "dcn1")
     image_id = await create_image(hub, image_file)
     await glance(hub, "image-import", "--import-method", "copy-image", "--stores", "dcn0,dcn1", image_id)
@@ -352,7 +397,9 @@ async def test_deleting_an_image_drops_its_assignments(hub: Daemon, session: aio
     assert (await dcn1.report(image_id, "copy", "success")).status == 409
 
 
-async def test_deleting_a_site_forgets_its_copies(hub: Daemon, session: aiohttp.ClientSession, image_file: Path) -> None:
+async def test_deleting_a_site_forgets_its_copies(
+    hub: Daemon, session: aiohttp.ClientSession, image_file: Path
+) -> None:
     dcn0, _dcn1 = await registered(session, hub, "dcn0", "dcn1")
     image_id = await create_image(hub, image_file)
     await glance(hub, "image-import", "--import-method", "copy-image", "--stores", "dcn0,dcn1", image_id)
@@ -403,8 +450,9 @@ async def test_per_site_token_limits(hub: Daemon, session: aiohttp.ClientSession
         assert "not authorized" in reply.message
     assert (await dcn0.call("GET", "/v2/edge/sites/dcn0", token=as_dcn0)).status == 200
     # A site token cannot copy images around either: placement is the admin's.
-    reply = await dcn0.call("POST", "/v2/images/%s/import" % image_id,
-                            {"method": {"name": "copy-image"}, "stores": ["dcn0"]}, token=as_dcn0)
+    reply = await dcn0.call(
+        "POST", "/v2/images/%s/import" % image_id, {"method": {"name": "copy-image"}, "stores": ["dcn0"]}, token=as_dcn0
+    )
     assert reply.status == 403
 
     # An ordinary project member is no site at all; no token is no caller.
@@ -421,7 +469,9 @@ async def test_per_site_token_limits(hub: Daemon, session: aiohttp.ClientSession
 # -- bad input -------------------------------------------------------------------------------------
 
 
-async def test_bad_input_is_refused_with_clear_messages(hub: Daemon, session: aiohttp.ClientSession, image_file: Path) -> None:
+async def test_bad_input_is_refused_with_clear_messages(
+    hub: Daemon, session: aiohttp.ClientSession, image_file: Path
+) -> None:
     admin = Site(session, hub, "dcn0", ADMIN_TOKEN)
     cases: list[tuple[Any, int, str]] = [
         ([], 400, "JSON object"),
@@ -439,8 +489,11 @@ async def test_bad_input_is_refused_with_clear_messages(hub: Daemon, session: ai
     for body, status, words in cases:
         reply = await admin.call("POST", "/v2/edge/sites", body)
         assert reply.status == status and words in reply.message, (body, reply.status, reply.body)
-    async with session.post(hub.url + "/v2/edge/sites", data=b"{not json", headers={
-            **JSON_ERRORS, "X-Auth-Token": ADMIN_TOKEN, "Content-Type": "application/json"}) as resp:
+    async with session.post(
+        hub.url + "/v2/edge/sites",
+        data=b"{not json",
+        headers={**JSON_ERRORS, "X-Auth-Token": ADMIN_TOKEN, "Content-Type": "application/json"},
+    ) as resp:
         assert resp.status == 400 and "Malformed JSON" in (await resp.json())["message"]
     assert (await admin.call("GET", "/v2/edge/sites")).body == {"sites": []}  # nothing was registered
 
@@ -450,9 +503,11 @@ async def test_bad_input_is_refused_with_clear_messages(hub: Daemon, session: ai
     reply = await dcn0.heartbeat(cache={"blob": "x" * 5000})
     assert reply.status == 400 and "larger than" in reply.message
     image_id = await create_image(hub, image_file)
-    for body, words in (({"action": "move", "status": "success"}, "'action' must be one of copy, remove"),
-                        ({"action": "copy", "status": "done"}, "'status' must be one of success, failure"),
-                        ({"action": "copy", "status": "success", "message": 7}, "'message' must be a string")):
+    for body, words in (
+        ({"action": "move", "status": "success"}, "'action' must be one of copy, remove"),
+        ({"action": "copy", "status": "done"}, "'status' must be one of success, failure"),
+        ({"action": "copy", "status": "success", "message": 7}, "'message' must be a string"),
+    ):
         reply = await dcn0.call("POST", "/v2/edge/sites/dcn0/assignments/%s" % image_id, body)
         assert reply.status == 400 and words in reply.message, reply.body
     reply = await dcn0.report("not-a-uuid", "copy", "success")
@@ -461,19 +516,27 @@ async def test_bad_input_is_refused_with_clear_messages(hub: Daemon, session: ai
     assert reply.status == 409 and "no pending copy assignment" in reply.message
 
     # Placement refusals, each with its reason.
-    reply = await admin.call("POST", "/v2/images/%s/import" % image_id, {"method": {"name": "copy-image"}, "stores": ["dcn9"]})
+    reply = await admin.call(
+        "POST", "/v2/images/%s/import" % image_id, {"method": {"name": "copy-image"}, "stores": ["dcn9"]}
+    )
     assert reply.status == 409 and "Unknown store(s) dcn9" in reply.message and "dcn0" in reply.message
-    queued = (await admin.call("POST", "/v2/images", {"name": "empty", "disk_format": "raw", "container_format": "bare"})).body
-    reply = await admin.call("POST", "/v2/images/%s/import" % queued["id"],
-                             {"method": {"name": "web-download", "uri": "http://example.org/x"}, "stores": ["dcn0"]})
+    queued = (
+        await admin.call("POST", "/v2/images", {"name": "empty", "disk_format": "raw", "container_format": "bare"})
+    ).body
+    reply = await admin.call(
+        "POST",
+        "/v2/images/%s/import" % queued["id"],
+        {"method": {"name": "web-download", "uri": "http://example.org/x"}, "stores": ["dcn0"]},
+    )
     assert reply.status == 400 and "copy-image only" in reply.message
     await glance(hub, "image-import", "--import-method", "copy-image", "--stores", "dcn0", image_id)
     err = await glance_fails(hub, "image-import", "--import-method", "copy-image", "--stores", "dcn0", image_id)
     assert "already being copied to site(s) dcn0" in err
 
 
-async def test_an_edge_has_no_sites_api(tmp_path: Path, daemon_factory: Callable[..., Daemon],
-                                        session: aiohttp.ClientSession) -> None:
+async def test_an_edge_has_no_sites_api(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon], session: aiohttp.ClientSession
+) -> None:
     edge = start_hub(tmp_path, daemon_factory, name="edge", role="edge")
     reply = await Site(session, edge, "dcn0", ADMIN_TOKEN).register()
     assert reply.status == 404 and "served by a hub" in reply.message and 'role = "edge"' in reply.message

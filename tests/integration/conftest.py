@@ -8,8 +8,9 @@ import http.server
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -42,10 +43,10 @@ def _handler(source: Source) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             kind, _, name = self.path.lstrip("/").partition("/")
             if kind == "fast" and name in source.files:
                 body = source.files[name]
@@ -103,7 +104,10 @@ STORES = {"default": "local", "local": {"path": "images"}, "fast": {"path": "fas
 
 @pytest.fixture
 def config(tmp_path: Path, source: Source) -> Path:
-    return write_toml(tmp_path / "site.toml", {
-        "stores": STORES,
-        "import": {"uri_filter": {"allowed_hosts": ["127.0.0.0/8"], "allowed_ports": [source.port]}},
-    })
+    return write_toml(
+        tmp_path / "site.toml",
+        {
+            "stores": STORES,
+            "import": {"uri_filter": {"allowed_hosts": ["127.0.0.0/8"], "allowed_ports": [source.port]}},
+        },
+    )

@@ -9,8 +9,9 @@ import asyncio
 import io
 import os
 import subprocess
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -50,9 +51,22 @@ def images_of(n: int = 3) -> list[tuple[ImageRecord, bytes]]:
     out = []
     for i in range(n):
         data = os.urandom(MiB + 1000 * i)
-        out.append((record(data, name="img%d" % i, visibility=["public", "private", "community"][i % 3],
-                           owner="project-%d" % i, min_disk=i, min_ram=64 * i, os_hidden=i == 2,
-                           properties={"os_distro": "cirros", "n": str(i)}, tags=["t%d" % i, "x"]), data))
+        out.append(
+            (
+                record(
+                    data,
+                    name="img%d" % i,
+                    visibility=["public", "private", "community"][i % 3],
+                    owner="project-%d" % i,
+                    min_disk=i,
+                    min_ram=64 * i,
+                    os_hidden=i == 2,
+                    properties={"os_distro": "cirros", "n": str(i)},
+                    tags=["t%d" % i, "x"],
+                ),
+                data,
+            )
+        )
     return out
 
 
@@ -71,7 +85,13 @@ async def test_import_keeps_ids_metadata_and_bytes(site: Callable[..., Any], tmp
         image = await services.catalog.get_image(rec.id)
         assert image.status == "active"
         assert (image.name, image.visibility, image.owner, image.min_disk, image.min_ram, image.os_hidden) == (
-            rec.name, rec.visibility, rec.owner, rec.min_disk, rec.min_ram, rec.os_hidden)
+            rec.name,
+            rec.visibility,
+            rec.owner,
+            rec.min_disk,
+            rec.min_ram,
+            rec.os_hidden,
+        )
         assert (image.size, image.checksum, image.os_hash_value) == (rec.size, rec.checksum, rec.os_hash_value)
         assert image.properties == rec.properties and image.tags == rec.tags
         assert image.stores == ("local",)
@@ -93,7 +113,9 @@ async def test_same_id_with_other_data_is_not_touched(site: Callable[..., Any], 
     await services.bundles.import_file(LOCAL_ADMIN, await write_bundle(tmp_path / "a", [(rec, data)]), None)
     other = os.urandom(len(data))
     forged = record(other, id=rec.id, name="other")
-    report = await services.bundles.import_file(LOCAL_ADMIN, await write_bundle(tmp_path / "b", [(forged, other)]), None)
+    report = await services.bundles.import_file(
+        LOCAL_ADMIN, await write_bundle(tmp_path / "b", [(forged, other)]), None
+    )
     assert report.entries[0].outcome == FAILED and "other data" in report.entries[0].message
     image = await services.catalog.get_image(rec.id)
     assert image.name == rec.name and image.os_hash_value == rec.os_hash_value
@@ -116,12 +138,14 @@ async def test_bit_flipped_image_is_not_imported(site: Callable[..., Any], tmp_p
 
 
 @pytest.mark.parametrize("keep", [0.4, 0.75, 0.999])
-async def test_truncated_bundle_imports_only_complete_images(site: Callable[..., Any], tmp_path: Path, keep: float) -> None:
+async def test_truncated_bundle_imports_only_complete_images(
+    site: Callable[..., Any], tmp_path: Path, keep: float
+) -> None:
     services = await site()
     images = images_of()
     path = await write_bundle(tmp_path / "b", images)
     full = path.read_bytes()
-    path.write_bytes(full[:int(len(full) * keep)])
+    path.write_bytes(full[: int(len(full) * keep)])
     report = await services.bundles.import_file(LOCAL_ADMIN, path, None)
     assert not report.ok and "truncated" in report.error
     for entry, (rec, data) in zip(report.entries, images, strict=False):  # a truncated report may list fewer
@@ -139,7 +163,11 @@ async def test_truncated_bundle_imports_only_complete_images(site: Callable[...,
 async def test_format_inspection_applies(site: Callable[..., Any], tmp_path: Path, qemu_img: str) -> None:
     services = await site()
     backed = tmp_path / "backed.qcow2"
-    await asyncio.to_thread(subprocess.run, [qemu_img, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/passwd", str(backed), "1M"], check=True)
+    await asyncio.to_thread(
+        subprocess.run,
+        [qemu_img, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/passwd", str(backed), "1M"],
+        check=True,
+    )
     qcow2_data = backed.read_bytes()
     raw = os.urandom(MiB)
     good = tmp_path / "good.qcow2"
@@ -157,12 +185,16 @@ async def test_format_inspection_applies(site: Callable[..., Any], tmp_path: Pat
     assert store_files(services) == {images[2][0].id}
 
 
-async def test_other_qemu_formats_and_formatless_records_refused(site: Callable[..., Any], tmp_path: Path,
-                                                                 qemu_img: str) -> None:
+async def test_other_qemu_formats_and_formatless_records_refused(
+    site: Callable[..., Any], tmp_path: Path, qemu_img: str
+) -> None:
     services = await site()
     shadow = tmp_path / "shadow.qed"
-    await asyncio.to_thread(subprocess.run, [qemu_img, "create", "-q", "-f", "qed", "-u", "-b", "/etc/shadow", "-F", "raw", str(shadow), "1M"],
-                   check=True)
+    await asyncio.to_thread(
+        subprocess.run,
+        [qemu_img, "create", "-q", "-f", "qed", "-u", "-b", "/etc/shadow", "-F", "raw", str(shadow), "1M"],
+        check=True,
+    )
     plain = tmp_path / "plain.qed"
     await asyncio.to_thread(subprocess.run, [qemu_img, "create", "-q", "-f", "qed", str(plain), "1M"], check=True)
     raw = os.urandom(4096)
@@ -184,8 +216,10 @@ async def test_other_qemu_formats_and_formatless_records_refused(site: Callable[
 async def test_site_rules_for_records_apply(site: Callable[..., Any], tmp_path: Path) -> None:
     services = await site(formats={"disk_formats": ["qcow2", "raw"]})
     data = os.urandom(4096)
-    images = [(record(data, disk_format="vhd", name="not-enabled"), data),
-              (record(data, properties={"os_glance_x": "1"}, name="reserved"), data)]
+    images = [
+        (record(data, disk_format="vhd", name="not-enabled"), data),
+        (record(data, properties={"os_glance_x": "1"}, name="reserved"), data),
+    ]
     report = await services.bundles.import_file(LOCAL_ADMIN, await write_bundle(tmp_path / "b", images), None)
     assert [e.outcome for e in report.entries] == [FAILED, FAILED]
     assert "vhd" in report.entries[0].message and "reserved" in report.entries[1].message
@@ -224,8 +258,9 @@ async def test_recovery_removes_unfinished_bundle_images(make_config: Callable[.
         report = await services.bundles.import_file(LOCAL_ADMIN, await write_bundle(tmp_path / "b", [(done, _)]), None)
         assert report.ok
         await services.catalog.create_image(services.images.new_record(LOCAL_ADMIN, {"name": "plain"}))
-        await services.catalog._db.execute(  # noqa: SLF001 - the ledger row a crash would leave
-            "INSERT INTO bundle_imports (image_id, started_at) VALUES (?, ?)", [done.id, timestamp()])
+        await services.catalog._db.execute(
+            "INSERT INTO bundle_imports (image_id, started_at) VALUES (?, ?)", [done.id, timestamp()]
+        )
     async with open_services(config) as services:
         with pytest.raises(NotFound):
             await services.catalog.get_image(rec.id)
@@ -245,16 +280,26 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
 async def test_api_import_and_refusals(site: Callable[..., Any], tmp_path: Path, aiohttp_client: Any) -> None:
     key = tmp_path / "hub.key"
     generate_key(key)
-    services = await site(auth={"tokens": [{"token": "adm", "user": "a", "project": "admin", "roles": ["admin"]},
-                                           {"token": "mem", "user": "m", "project": "p", "roles": ["member"]}]},
-                          stores={"default": "local", "local": {"path": "images"}, "fast": {"path": "fast"}})
+    services = await site(
+        auth={
+            "tokens": [
+                {"token": "adm", "user": "a", "project": "admin", "roles": ["admin"]},
+                {"token": "mem", "user": "m", "project": "p", "roles": ["member"]},
+            ]
+        },
+        stores={"default": "local", "local": {"path": "images"}, "fast": {"path": "fast"}},
+    )
     client = await aiohttp_client(build_app(services), headers=JSON_ERRORS)
     images = images_of(2)
     body = (await write_bundle(tmp_path / "b", images)).read_bytes()
 
     def post(token: str, data: bytes, **params: str) -> Any:
-        return client.post("/v2/edge/bundles", data=io.BytesIO(data), params=params,
-                           headers={"X-Auth-Token": token, "Content-Type": "application/octet-stream"})
+        return client.post(
+            "/v2/edge/bundles",
+            data=io.BytesIO(data),
+            params=params,
+            headers={"X-Auth-Token": token, "Content-Type": "application/octet-stream"},
+        )
 
     resp = await post("mem", body)
     assert resp.status == 403
@@ -277,9 +322,13 @@ async def test_image_known_without_a_local_copy_gets_one(site: Callable[..., Any
     rec, data = images_of(1)[0]
     mirrored = services.images.new_record(LOCAL_ADMIN, rec.create_body(), status="active")
     await services.catalog.create_image(mirrored)
-    await services.catalog.activate_image(rec.id, ImageData(size=rec.size, checksum=rec.checksum, os_hash_value=rec.os_hash_value),
-                                          Location(store="central", url="http://hub/v2/images/%s/file" % rec.id),
-                                          from_status="active", updated_at=timestamp())
+    await services.catalog.activate_image(
+        rec.id,
+        ImageData(size=rec.size, checksum=rec.checksum, os_hash_value=rec.os_hash_value),
+        Location(store="central", url="http://hub/v2/images/%s/file" % rec.id),
+        from_status="active",
+        updated_at=timestamp(),
+    )
     report = await services.bundles.import_file(LOCAL_ADMIN, await write_bundle(tmp_path / "b", [(rec, data)]), None)
     assert report.entries[0].outcome == IMPORTED, report.lines()
     image = await services.catalog.get_image(rec.id)

@@ -8,8 +8,9 @@ import json
 import os
 import subprocess
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -17,8 +18,26 @@ from tests.conftest import VENV_BIN, Daemon, write_toml
 
 MiB = 1 << 20
 # What must arrive unchanged (created_at/updated_at are the importing site's own).
-KEPT = ("id", "name", "disk_format", "container_format", "visibility", "protected", "os_hidden", "owner", "min_disk",
-        "min_ram", "size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value", "tags", "os_distro", "hw_disk_bus")
+KEPT = (
+    "id",
+    "name",
+    "disk_format",
+    "container_format",
+    "visibility",
+    "protected",
+    "os_hidden",
+    "owner",
+    "min_disk",
+    "min_ram",
+    "size",
+    "virtual_size",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "tags",
+    "os_distro",
+    "hw_disk_bus",
+)
 
 
 def call(daemon: Daemon, method: str, path: str, body: Any = None, data: bytes | None = None) -> Any:
@@ -40,7 +59,9 @@ def add_image(daemon: Daemon, data: bytes, **body: Any) -> dict[str, Any]:
 
 
 def bundle_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VENV_BIN / "edge-appliance"), "bundle", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(VENV_BIN / "edge-appliance"), "bundle", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def socket_of(daemon: Daemon) -> str:
@@ -53,30 +74,51 @@ def image_count(daemon: Daemon) -> int:
 
 
 @pytest.fixture
-def hub_with_images(daemon_factory: Callable[..., Daemon], tmp_path: Path, qemu_img: str) -> tuple[Daemon, dict[str, bytes]]:
-    hub = daemon_factory("hub", write_toml(tmp_path / "hub.toml", {"site": {"name": "central", "role": "hub"},
-                                                                    "api": {"unix_socket": "appliance.sock"}}))
+def hub_with_images(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path, qemu_img: str
+) -> tuple[Daemon, dict[str, bytes]]:
+    hub = daemon_factory(
+        "hub",
+        write_toml(
+            tmp_path / "hub.toml",
+            {"site": {"name": "central", "role": "hub"}, "api": {"unix_socket": "appliance.sock"}},
+        ),
+    )
     raw = os.urandom(2 * MiB + 17)
     source = tmp_path / "src.raw"
     source.write_bytes(os.urandom(MiB) + bytes(7 * MiB))
     qcow2 = tmp_path / "disk.qcow2"
     subprocess.run([qemu_img, "convert", "-q", "-f", "raw", "-O", "qcow2", str(source), str(qcow2)], check=True)
     sparse = bytearray(64 * MiB)
-    sparse[40 * MiB:40 * MiB + 4096] = os.urandom(4096)
+    sparse[40 * MiB : 40 * MiB + 4096] = os.urandom(4096)
     datas = {}
     for data, body in (
-        (raw, {"name": "random", "disk_format": "raw", "visibility": "public", "os_distro": "cirros", "hw_disk_bus": "scsi",
-               "tags": ["edge", "boot"], "min_disk": 1, "min_ram": 256}),
-        (qcow2.read_bytes(), {"name": "qcow", "disk_format": "qcow2", "visibility": "private", "os_hidden": True,
-                              "owner": "project-b"}),
+        (
+            raw,
+            {
+                "name": "random",
+                "disk_format": "raw",
+                "visibility": "public",
+                "os_distro": "cirros",
+                "hw_disk_bus": "scsi",
+                "tags": ["edge", "boot"],
+                "min_disk": 1,
+                "min_ram": 256,
+            },
+        ),
+        (
+            qcow2.read_bytes(),
+            {"name": "qcow", "disk_format": "qcow2", "visibility": "private", "os_hidden": True, "owner": "project-b"},
+        ),
         (bytes(sparse), {"name": "sparse", "disk_format": "raw", "visibility": "community", "protected": True}),
     ):
         datas[add_image(hub, data, **body)["id"]] = data
     return hub, datas
 
 
-def test_hub_to_bundle_to_air_gapped_edge(hub_with_images: tuple[Daemon, dict[str, bytes]],
-                                          daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
+def test_hub_to_bundle_to_air_gapped_edge(
+    hub_with_images: tuple[Daemon, dict[str, bytes]], daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
     hub, datas = hub_with_images
     edge = daemon_factory("edge", write_toml(tmp_path / "edge.toml", {"api": {"unix_socket": "appliance.sock"}}))
     bundle = tmp_path / "media" / "images.bundle"
@@ -109,8 +151,9 @@ def test_export_from_the_local_daemon_socket(hub_with_images: tuple[Daemon, dict
     out = bundle_cli("export", first, "-o", str(tmp_path / "one.bundle"), "--socket", socket_of(hub))
     assert out.returncode == 0, out.stderr
     assert bundle_cli("verify", str(tmp_path / "one.bundle")).returncode == 0
-    missing = bundle_cli("export", "8a5bd5a3-53b4-4b83-8f39-0f2d8e8a3e11", "-o", str(tmp_path / "no.bundle"),
-                         "--socket", socket_of(hub))
+    missing = bundle_cli(
+        "export", "8a5bd5a3-53b4-4b83-8f39-0f2d8e8a3e11", "-o", str(tmp_path / "no.bundle"), "--socket", socket_of(hub)
+    )
     assert missing.returncode == 1 and "404" in missing.stderr
     assert not list(tmp_path.glob("no.bundle*"))
     queued = call(hub, "POST", "/v2/images", {"name": "empty", "disk_format": "raw", "container_format": "bare"})
@@ -118,8 +161,9 @@ def test_export_from_the_local_daemon_socket(hub_with_images: tuple[Daemon, dict
     assert out.returncode == 1 and "only active images" in out.stderr
 
 
-def test_damaged_bundles_through_the_cli(hub_with_images: tuple[Daemon, dict[str, bytes]],
-                                         daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
+def test_damaged_bundles_through_the_cli(
+    hub_with_images: tuple[Daemon, dict[str, bytes]], daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
     hub, datas = hub_with_images
     ids = list(datas)
     bundle = tmp_path / "all.bundle"
@@ -127,10 +171,10 @@ def test_damaged_bundles_through_the_cli(hub_with_images: tuple[Daemon, dict[str
     full = bundle.read_bytes()
 
     flipped = bytearray(full)
-    flipped[full.index(datas[ids[0]][MiB:MiB + 64]) + 5] ^= 0x01  # inside the first image's data
+    flipped[full.index(datas[ids[0]][MiB : MiB + 64]) + 5] ^= 0x01  # inside the first image's data
     (tmp_path / "flipped.bundle").write_bytes(bytes(flipped))
     truncated = tmp_path / "truncated.bundle"
-    truncated.write_bytes(full[:int(len(full) * 0.7)])  # inside the second image (the qcow2)
+    truncated.write_bytes(full[: int(len(full) * 0.7)])  # inside the second image (the qcow2)
 
     out = bundle_cli("verify", str(tmp_path / "flipped.bundle"))
     assert out.returncode == 1 and "failed   %s" % ids[0] in out.stdout, out.stdout
@@ -154,19 +198,31 @@ def test_damaged_bundles_through_the_cli(hub_with_images: tuple[Daemon, dict[str
     assert not any((edge2.state_dir / "images" / ".partial").iterdir())
 
 
-def test_site_that_requires_signed_bundles(hub_with_images: tuple[Daemon, dict[str, bytes]],
-                                           daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
+def test_site_that_requires_signed_bundles(
+    hub_with_images: tuple[Daemon, dict[str, bytes]], daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
     hub, datas = hub_with_images
     first = next(iter(datas))
     for name in ("hub.key", "other.key"):
         assert bundle_cli("keygen", str(tmp_path / name)).returncode == 0
-    edge = daemon_factory("edge", write_toml(tmp_path / "edge.toml", {
-        "api": {"unix_socket": "appliance.sock"},
-        "bundles": {"require_signed": True, "trusted_keys": [str(tmp_path / "hub.key.pub")]},
-    }))
-    for name, sign in (("unsigned", []), ("other", ["--sign", str(tmp_path / "other.key")]),
-                       ("signed", ["--sign", str(tmp_path / "hub.key")])):
-        out = bundle_cli("export", first, "-o", str(tmp_path / (name + ".bundle")), "--url", hub.url, "--token=" + hub.token, *sign)
+    edge = daemon_factory(
+        "edge",
+        write_toml(
+            tmp_path / "edge.toml",
+            {
+                "api": {"unix_socket": "appliance.sock"},
+                "bundles": {"require_signed": True, "trusted_keys": [str(tmp_path / "hub.key.pub")]},
+            },
+        ),
+    )
+    for name, sign in (
+        ("unsigned", []),
+        ("other", ["--sign", str(tmp_path / "other.key")]),
+        ("signed", ["--sign", str(tmp_path / "hub.key")]),
+    ):
+        out = bundle_cli(
+            "export", first, "-o", str(tmp_path / (name + ".bundle")), "--url", hub.url, "--token=" + hub.token, *sign
+        )
         assert out.returncode == 0, out.stderr
 
     out = bundle_cli("import", str(tmp_path / "unsigned.bundle"), "--socket", socket_of(edge))

@@ -14,9 +14,10 @@ import subprocess
 import time
 import uuid
 from collections import Counter as Tally
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -46,14 +47,18 @@ class Link:
         async with self.session.post(self.hub.url + "/v2/images", json=body, headers=headers) as resp:
             assert resp.status == 201, await resp.text()
             image_id = (await resp.json())["id"]
-        async with self.session.put(self.hub.url + "/v2/images/%s/file" % image_id, data=io.BytesIO(data),
-                                    headers={**headers, "Content-Type": "application/octet-stream"}) as resp:
+        async with self.session.put(
+            self.hub.url + "/v2/images/%s/file" % image_id,
+            data=io.BytesIO(data),
+            headers={**headers, "Content-Type": "application/octet-stream"},
+        ) as resp:
             assert resp.status == 204, await resp.text()
         return image_id
 
     async def download(self, image_id: str, **headers: str) -> tuple[int, bytes]:
-        async with self.session.get(self.edge.url + "/v2/images/%s/file" % image_id,
-                                    headers=self.edge_headers(**headers)) as resp:
+        async with self.session.get(
+            self.edge.url + "/v2/images/%s/file" % image_id, headers=self.edge_headers(**headers)
+        ) as resp:
             return resp.status, await resp.read()
 
     async def edge_json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -69,14 +74,25 @@ class Link:
         self.edge = start_daemon(self.edge.state_dir, self.edge.state_dir / "edge.toml")
 
 
-def _edge_config(path: Path, proxy: HubProxy, hub: Daemon, cache: dict[str, Any] | None,
-                 hub_link: dict[str, Any] | None = None) -> Path:
-    return write_toml(path, {
-        "site": {"name": "dcn0"},
-        "hub": {"url": proxy.url, "token_file": str(hub.state_dir / "admin-token"), "read_timeout": 5,
-                "connect_timeout": 2, "resume_attempts": 8, "retry_max_seconds": 1, **(hub_link or {})},
-        "cache": {"max_size": 256 * MiB, "min_free_bytes": 0, "prefetch_interval": 3600, **(cache or {})},
-    })
+def _edge_config(
+    path: Path, proxy: HubProxy, hub: Daemon, cache: dict[str, Any] | None, hub_link: dict[str, Any] | None = None
+) -> Path:
+    return write_toml(
+        path,
+        {
+            "site": {"name": "dcn0"},
+            "hub": {
+                "url": proxy.url,
+                "token_file": str(hub.state_dir / "admin-token"),
+                "read_timeout": 5,
+                "connect_timeout": 2,
+                "resume_attempts": 8,
+                "retry_max_seconds": 1,
+                **(hub_link or {}),
+            },
+            "cache": {"max_size": 256 * MiB, "min_free_bytes": 0, "prefetch_interval": 3600, **(cache or {})},
+        },
+    )
 
 
 @pytest.fixture
@@ -84,7 +100,9 @@ async def link_factory(tmp_path: Path) -> AsyncIterator[Any]:
     made: list[Link] = []
 
     async def make(cache: dict[str, Any] | None = None, rate: int = 0, hub_link: dict[str, Any] | None = None) -> Link:
-        hub = start_daemon(tmp_path / "hub", write_toml(tmp_path / "hub.toml", {"site": {"name": "central", "role": "hub"}}))
+        hub = start_daemon(
+            tmp_path / "hub", write_toml(tmp_path / "hub.toml", {"site": {"name": "central", "role": "hub"}})
+        )
         proxy = await HubProxy(hub.url, rate=rate).start()
         edge_dir = tmp_path / "edge"
         edge_dir.mkdir()
@@ -111,7 +129,9 @@ async def test_twenty_concurrent_first_downloads_make_one_upstream_transfer(link
     started = time.monotonic()
 
     async def client() -> bytes:
-        async with link.session.get(link.edge.url + "/v2/images/%s/file" % image_id, headers=link.edge_headers()) as resp:
+        async with link.session.get(
+            link.edge.url + "/v2/images/%s/file" % image_id, headers=link.edge_headers()
+        ) as resp:
             assert resp.status == 200, await resp.text()
             assert resp.headers["Content-Length"] == str(len(data))
             parts = [await resp.content.readany()]
@@ -147,8 +167,9 @@ async def test_first_pulls_right_after_the_hub_upload_never_answer_empty(link_fa
 
         async def client(image_id: str, delay: float) -> tuple[int, bytes]:
             await asyncio.sleep(delay)  # arrivals spread as separate clients' are
-            async with link.session.get(link.edge.url + "/v2/images/%s/file" % image_id,
-                                        headers=link.edge_headers()) as resp:
+            async with link.session.get(
+                link.edge.url + "/v2/images/%s/file" % image_id, headers=link.edge_headers()
+            ) as resp:
                 return resp.status, await resp.read()
 
         tasks = [asyncio.create_task(client(image_id, i * 0.003)) for i in range(20)]
@@ -156,7 +177,7 @@ async def test_first_pulls_right_after_the_hub_upload_never_answer_empty(link_fa
         results = await asyncio.gather(*tasks)
         assert started < 1.0, started
         for status, body in results:
-            assert status == 200 and body == data or status >= 400, (round_, status, len(body), body[:200])
+            assert (status == 200 and body == data) or status >= 400, (round_, status, len(body), body[:200])
         assert sum(1 for status, _ in results if status == 200) >= 1, [s for s, _ in results]
         assert link.proxy.file_requests(image_id) == 1, round_
 
@@ -172,8 +193,11 @@ async def test_a_hub_image_without_data_yet_is_an_error_at_the_edge_never_204(li
     assert status == 409, (status, answer)
     assert "not active yet at the hub" in json.loads(answer)["message"]
     data = os.urandom(MiB)
-    async with link.session.put(link.hub.url + "/v2/images/%s/file" % image_id, data=data,
-                                headers={**headers, "Content-Type": "application/octet-stream"}) as resp:
+    async with link.session.put(
+        link.hub.url + "/v2/images/%s/file" % image_id,
+        data=data,
+        headers={**headers, "Content-Type": "application/octet-stream"},
+    ) as resp:
         assert resp.status == 204
     assert (await link.download(image_id)) == (200, data)
     # The hub unreachable while the edge's record is still the queued one: 503, not 204.
@@ -190,8 +214,11 @@ async def test_lookups_of_unknown_ids_are_remembered_and_bounded_per_project(lin
     link = await link_factory(hub_link={"miss_ttl": 3, "lookup_burst": 10, "lookups_per_minute": 60})
 
     def hub_lookups() -> int:
-        return sum(n for (method, path), n in link.proxy.requests.items()
-                   if method == "GET" and re.fullmatch(r"/v2/images/[0-9a-f-]{36}", path))
+        return sum(
+            n
+            for (method, path), n in link.proxy.requests.items()
+            if method == "GET" and re.fullmatch(r"/v2/images/[0-9a-f-]{36}", path)
+        )
 
     async def show(image_id: str) -> int:
         async with link.session.get(link.edge.url + "/v2/images/%s" % image_id, headers=link.edge_headers()) as resp:
@@ -212,8 +239,11 @@ async def test_lookups_of_unknown_ids_are_remembered_and_bounded_per_project(lin
     assert [await show(i) for i in missed] == [404] * len(missed)
     assert hub_lookups() == before
     # An image created at the hub after a miss becomes visible once the TTL has passed.
-    async with link.session.post(link.hub.url + "/v2/images", json={"id": missed[0], "name": "late", "visibility": "public"},
-                                 headers={"X-Auth-Token": link.hub.token, **JSON_ERRORS}) as resp:
+    async with link.session.post(
+        link.hub.url + "/v2/images",
+        json={"id": missed[0], "name": "late", "visibility": "public"},
+        headers={"X-Auth-Token": link.hub.token, **JSON_ERRORS},
+    ) as resp:
         assert resp.status == 201, await resp.text()
     assert await show(missed[0]) == 404
     await asyncio.sleep(3.2)
@@ -246,7 +276,9 @@ async def test_a_client_leaving_mid_fill_does_not_stop_it(link_factory: Any) -> 
     image_id = await link.hub_image(data)
 
     async def leaver() -> None:
-        async with link.session.get(link.edge.url + "/v2/images/%s/file" % image_id, headers=link.edge_headers()) as resp:
+        async with link.session.get(
+            link.edge.url + "/v2/images/%s/file" % image_id, headers=link.edge_headers()
+        ) as resp:
             await resp.content.readexactly(MiB)
             resp.close()  # drop the connection mid-body
 
@@ -276,7 +308,7 @@ async def test_hub_killed_mid_fill_resumes_with_range(link_factory: Any) -> None
     assert status == 200 and body == data
     assert link.proxy.file_requests(image_id) >= 2
     assert link.proxy.ranges and link.proxy.ranges[-1][1].startswith("bytes=")
-    resumed_at = int(link.proxy.ranges[-1][1][len("bytes="):].rstrip("-"))
+    resumed_at = int(link.proxy.ranges[-1][1][len("bytes=") :].rstrip("-"))
     assert 0 < resumed_at < len(data)
     # The hub itself answered the resumed request with a 206.
     async with link.session.get(link.hub.url + "/metrics") as resp:
@@ -346,16 +378,18 @@ async def test_ranges_relay_upstream_until_cached_then_come_from_the_entry(link_
     link = await link_factory()
     data = os.urandom(2 * MiB)
     image_id = await link.hub_image(data)
-    async with link.session.get(link.edge.url + "/v2/images/%s/file" % image_id,
-                                headers=link.edge_headers(Range="bytes=100-199")) as resp:
+    async with link.session.get(
+        link.edge.url + "/v2/images/%s/file" % image_id, headers=link.edge_headers(Range="bytes=100-199")
+    ) as resp:
         assert resp.status == 206 and await resp.read() == data[100:200]
         assert resp.headers["Content-Range"] == "bytes 100-199/%d" % len(data)
     assert link.proxy.ranges[-1][1] == "bytes=100-199"
     assert (await link.cache_view())["entries"] == []  # a range does not start a fill
     assert (await link.download(image_id)) == (200, data)
     before = sum(link.proxy.requests.values())
-    async with link.session.get(link.edge.url + "/v2/images/%s/file" % image_id,
-                                headers=link.edge_headers(Range="bytes=-10")) as resp:
+    async with link.session.get(
+        link.edge.url + "/v2/images/%s/file" % image_id, headers=link.edge_headers(Range="bytes=-10")
+    ) as resp:
         assert resp.status == 206 and await resp.read() == data[-10:]
     assert sum(link.proxy.requests.values()) == before
 
@@ -457,8 +491,12 @@ async def test_the_cache_cli(link_factory: Any) -> None:
     image_id = await link.hub_image(data)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(VENV_BIN / "edge-appliance"), "cache", *args, "--state-dir", str(link.edge.state_dir)],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [str(VENV_BIN / "edge-appliance"), "cache", *args, "--state-dir", str(link.edge.state_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     queued = await asyncio.to_thread(cli, "queue-image", image_id)
     assert queued.returncode == 0, queued.stderr
@@ -492,8 +530,11 @@ async def test_an_entry_being_read_is_never_evicted(link_factory: Any) -> None:
     reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     try:
         await asyncio.to_thread(reader.connect, (host, int(port)))
-        reader.sendall(("GET /v2/images/%s/file HTTP/1.1\r\nHost: x\r\nX-Auth-Token: %s\r\n\r\n"
-                        % (ids["A"], link.edge.token)).encode())
+        reader.sendall(
+            (
+                "GET /v2/images/%s/file HTTP/1.1\r\nHost: x\r\nX-Auth-Token: %s\r\n\r\n" % (ids["A"], link.edge.token)
+            ).encode()
+        )
         assert (await asyncio.to_thread(reader.recv, 4096)).startswith(b"HTTP/1.1 200")
         await asyncio.sleep(0.3)
         assert (await link.download(ids["C"])) == (200, blobs["C"])
@@ -533,8 +574,9 @@ async def test_reload_applies_cache_sizes_and_reports_what_needs_a_restart(make_
     from appliance.services import open_services, reload_services
 
     async with open_services(make_config(hub={"url": "http://127.0.0.1:9"})) as services:
-        pending = reload_services(services, make_config(hub={"url": "http://127.0.0.1:9"},
-                                                        cache={"max_size": 5 * MiB, "low_watermark": 40}))
+        pending = reload_services(
+            services, make_config(hub={"url": "http://127.0.0.1:9"}, cache={"max_size": 5 * MiB, "low_watermark": 40})
+        )
         assert services.cache.config.max_size == 5 * MiB and services.cache.config.low_watermark == 40
         assert pending == []
         pending = reload_services(services, make_config(hub={"url": "http://127.0.0.1:10"}, cache={"dir": "elsewhere"}))

@@ -20,10 +20,24 @@ STAMP = "2024-01-01T00:00:00Z"
 
 def make_image(**fields: Any) -> Image:
     values: dict[str, Any] = dict(
-        id=ImageId(str(uuid.uuid4())), name=None, status="queued", visibility="public", protected=False,
-        os_hidden=False, owner="p", disk_format="raw", container_format="bare", min_disk=0, min_ram=0,
-        size=None, virtual_size=None, checksum=None, os_hash_algo=None, os_hash_value=None,
-        created_at=STAMP, updated_at=STAMP,
+        id=ImageId(str(uuid.uuid4())),
+        name=None,
+        status="queued",
+        visibility="public",
+        protected=False,
+        os_hidden=False,
+        owner="p",
+        disk_format="raw",
+        container_format="bare",
+        min_disk=0,
+        min_ram=0,
+        size=None,
+        virtual_size=None,
+        checksum=None,
+        os_hash_algo=None,
+        os_hash_value=None,
+        created_at=STAMP,
+        updated_at=STAMP,
     )
     values.update(fields)
     return Image(**values)
@@ -87,10 +101,12 @@ async def test_round_trip_and_conflicts(tmp_path: Path) -> None:
             await catalog.get_image(str(uuid.uuid4()))
         # state transitions are compare-and-set
         with pytest.raises(Conflict):
-            await catalog.update_image(image.id, expect_status=["active"], columns={"status": "deactivated"},
-                                       updated_at=STAMP)
-        saving = await catalog.update_image(image.id, expect_status=["queued"], columns={"status": "saving"},
-                                            updated_at="2024-01-02T00:00:00Z")
+            await catalog.update_image(
+                image.id, expect_status=["active"], columns={"status": "deactivated"}, updated_at=STAMP
+            )
+        saving = await catalog.update_image(
+            image.id, expect_status=["queued"], columns={"status": "saving"}, updated_at="2024-01-02T00:00:00Z"
+        )
         assert saving.status == "saving" and saving.updated_at == "2024-01-02T00:00:00Z"
         data = ImageData(size=3, checksum="c", os_hash_value="h", virtual_size=3)
         loc = Location(store="local", url="file:///x", metadata={"store": "local"})
@@ -125,11 +141,13 @@ def expected_order(images: list[Image], sort: list[tuple[str, str]]) -> list[str
         keys.append(("id", keys[-1][1]))
     out = list(images)
     for key, direction in reversed(keys):  # stable sorts, least significant key first
+
         def value(i: Image, key: str = key) -> Any:
             v = getattr(i, key)
             if v is None:
                 return -1 if key in ("size", "virtual_size", "min_disk", "min_ram") else ""
             return v
+
         out.sort(key=value, reverse=direction == "desc")
     return [i.id for i in out]
 
@@ -223,8 +241,13 @@ async def test_list_visibility_scopes(tmp_path: Path) -> None:
         async def ids(**q: Any) -> set[str]:
             return {i.id for i in await catalog.list_images(ImageQuery(limit=100, **q))}
 
-        assert await ids(project="a") == {made["public", "a"], made["public", "b"], made["private", "a"],
-                                          made["shared", "a"], made["community", "a"]}
+        assert await ids(project="a") == {
+            made["public", "a"],
+            made["public", "b"],
+            made["private", "a"],
+            made["shared", "a"],
+            made["community", "a"],
+        }
         assert await ids(project="a", visibility="community") == {made["community", "a"], made["community", "b"]}
         assert await ids(project="a", visibility="private") == {made["private", "a"]}
         assert await ids(admin=True) == set(made.values())

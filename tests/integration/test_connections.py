@@ -14,8 +14,8 @@ import signal
 import socket
 import stat
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -65,7 +65,7 @@ def closed_by_server(sock: socket.socket, timeout: float = 0.05) -> bool:
     sock.settimeout(timeout)
     try:
         return sock.recv(1) == b""
-    except (socket.timeout, BlockingIOError):
+    except (TimeoutError, BlockingIOError):
         return False
     except OSError:
         return True
@@ -101,8 +101,9 @@ def daemons() -> Iterator[list[Daemon]]:
             d.proc.wait(10)
 
 
-def test_idle_connections_are_closed_after_the_header_timeout(tmp_path: Path, daemons: list[Daemon],
-                                                               sockets: list[socket.socket]) -> None:
+def test_idle_connections_are_closed_after_the_header_timeout(
+    tmp_path: Path, daemons: list[Daemon], sockets: list[socket.socket]
+) -> None:
     daemon = started(tmp_path, header_timeout=8)
     daemons.append(daemon)
     healthcheck_seconds(daemon)
@@ -120,8 +121,10 @@ def test_idle_connections_are_closed_after_the_header_timeout(tmp_path: Path, da
 
     wait_for(lambda: fd_count(daemon) <= idle_fds + 5, "the descriptors of the idle connections to be freed", 15)
     held = fd_count(daemon)
-    print("\nfds: idle %d, with %d idle connections open %d, %.1f s after they connected: %d"
-          % (idle_fds, IDLE_CONNECTIONS, peak, time.monotonic() - opened_at, held))
+    print(
+        "\nfds: idle %d, with %d idle connections open %d, %.1f s after they connected: %d"
+        % (idle_fds, IDLE_CONNECTIONS, peak, time.monotonic() - opened_at, held)
+    )
     assert time.monotonic() - opened_at >= 7.9
     assert all(closed_by_server(s) for s in idle)
     assert healthcheck_seconds(daemon) < 1.0
@@ -130,8 +133,9 @@ def test_idle_connections_are_closed_after_the_header_timeout(tmp_path: Path, da
     assert grown < 4096, daemon.log.read_text()[-5000:]
 
 
-def test_slow_headers_are_closed_after_the_header_timeout(tmp_path: Path, daemons: list[Daemon],
-                                                          sockets: list[socket.socket]) -> None:
+def test_slow_headers_are_closed_after_the_header_timeout(
+    tmp_path: Path, daemons: list[Daemon], sockets: list[socket.socket]
+) -> None:
     daemon = started(tmp_path, header_timeout=2)
     daemons.append(daemon)
     [slow] = connect(daemon, sockets, 1)
@@ -168,9 +172,12 @@ def slow_upload(daemon: Daemon, image_id: str, rate: float, length: int, give_up
     """Send a PUT body at `rate` bytes/s; answer (seconds until the daemon answered or closed, answer)."""
     port = int(daemon.url.rsplit(":", 1)[1])
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.sendall(("PUT /v2/images/%s/file HTTP/1.1\r\nHost: x\r\nX-Auth-Token: %s\r\nAccept: application/json\r\n"
-                  "Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n"
-                  % (image_id, daemon.token, length)).encode())
+    sock.sendall(
+        (
+            "PUT /v2/images/%s/file HTTP/1.1\r\nHost: x\r\nX-Auth-Token: %s\r\nAccept: application/json\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % (image_id, daemon.token, length)
+        ).encode()
+    )
     begun = time.monotonic()
     answer = b""
     try:
@@ -182,7 +189,7 @@ def slow_upload(daemon: Daemon, image_id: str, rate: float, length: int, give_up
                 pass
             try:
                 data = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break
@@ -218,8 +225,9 @@ def test_a_body_past_body_timeout_is_cut_off_with_408(tmp_path: Path, daemons: l
     assert image_status(daemon, image_id) == "queued"
 
 
-def test_the_tcp_cap_answers_503_and_leaves_the_unix_socket(tmp_path: Path, daemons: list[Daemon],
-                                                            sockets: list[socket.socket]) -> None:
+def test_the_tcp_cap_answers_503_and_leaves_the_unix_socket(
+    tmp_path: Path, daemons: list[Daemon], sockets: list[socket.socket]
+) -> None:
     daemon = started(tmp_path, max_connections=50, unix_max_connections=4, header_timeout=30)
     daemons.append(daemon)
     log_size = daemon.log.stat().st_size
@@ -272,8 +280,9 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_limit(tmp_path: Path, da
     assert soft_nofile(daemon) == 4096
 
 
-def test_a_low_open_file_limit_lowers_the_tcp_cap_and_never_runs_out(tmp_path: Path, daemons: list[Daemon],
-                                                                      sockets: list[socket.socket]) -> None:
+def test_a_low_open_file_limit_lowers_the_tcp_cap_and_never_runs_out(
+    tmp_path: Path, daemons: list[Daemon], sockets: list[socket.socket]
+) -> None:
     # 256 descriptors: 64 are kept for the daemon's files, 64 + 16 for the Unix socket and 16 for
     # accepting, so TCP gets 96, whatever max_connections says; before, accept() failed with
     # EMFILE and the Unix socket, the catalog and the log went down together.
@@ -297,8 +306,12 @@ def test_a_low_open_file_limit_lowers_the_tcp_cap_and_never_runs_out(tmp_path: P
 def new_image_over_unix(daemon: Daemon) -> str:
     conn = UnixConnection(daemon.state_dir / "appliance.sock")
     try:
-        conn.request("POST", "/v2/images", body=json.dumps({"name": "u", "disk_format": "raw", "container_format": "bare"}),
-                     headers={"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/v2/images",
+            body=json.dumps({"name": "u", "disk_format": "raw", "container_format": "bare"}),
+            headers={"Content-Type": "application/json"},
+        )
         resp = conn.getresponse()
         assert resp.status == 201, resp.read()
         return str(json.loads(resp.read())["id"])
@@ -364,11 +377,19 @@ def test_under_systemd_the_units_group_bits_stay_and_world_bits_go(tmp_path: Pat
     assert mode & 0o007 == 0 and mode & 0o040, oct(mode)
 
 
-def test_a_web_download_past_download_timeout_fails_the_import(tmp_path: Path, daemons: list[Daemon],
-                                                               source: Source) -> None:
+def test_a_web_download_past_download_timeout_fails_the_import(
+    tmp_path: Path, daemons: list[Daemon], source: Source
+) -> None:
     # The source sends 64 KiB every 50 ms: never idle, but 64 MiB would take ~50 s.
-    config = write_toml(tmp_path / "slow.toml", {"import": {
-        "download_timeout": 2, "uri_filter": {"allowed_hosts": ["127.0.0.0/8"], "allowed_ports": [source.port]}}})
+    config = write_toml(
+        tmp_path / "slow.toml",
+        {
+            "import": {
+                "download_timeout": 2,
+                "uri_filter": {"allowed_hosts": ["127.0.0.0/8"], "allowed_ports": [source.port]},
+            }
+        },
+    )
     daemon = start_daemon(tmp_path / "slow", config)
     daemons.append(daemon)
     image_id = create(daemon, "slow")

@@ -10,8 +10,9 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from appliance.stores.filesystem import PARTIAL_DIR
@@ -22,8 +23,9 @@ MiB = 1 << 20
 TOTAL = 64 * MiB
 
 
-def request(d: Daemon, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-            ) -> tuple[int, bytes]:
+def request(
+    d: Daemon, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     parts = urlsplit(d.url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
@@ -70,11 +72,13 @@ def test_sigkill_mid_upload_leaves_nothing_and_restart_requeues(daemon_factory: 
     parts = urlsplit(daemon.url)
     sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
     try:
-        sock.sendall((
-            "PUT /v2/images/%s/file HTTP/1.1\r\nHost: %s\r\nX-Auth-Token: %s\r\n"
-            "Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n"
-            % (image_id, parts.netloc, daemon.token, TOTAL)
-        ).encode())
+        sock.sendall(
+            (
+                "PUT /v2/images/%s/file HTTP/1.1\r\nHost: %s\r\nX-Auth-Token: %s\r\n"
+                "Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n"
+                % (image_id, parts.netloc, daemon.token, TOTAL)
+            ).encode()
+        )
         block = os.urandom(MiB)
         for _ in range(16):
             sock.sendall(block)
@@ -107,8 +111,9 @@ def test_sigkill_mid_upload_leaves_nothing_and_restart_requeues(daemon_factory: 
 
         # The image can be uploaded in full now.
         data = os.urandom(8 * MiB) + b"complete"
-        status, raw = request(again, "PUT", "/v2/images/%s/file" % image_id, data,
-                              {"Content-Type": "application/octet-stream"})
+        status, raw = request(
+            again, "PUT", "/v2/images/%s/file" % image_id, data, {"Content-Type": "application/octet-stream"}
+        )
         assert status == 204, raw
         body = again.show(image_id)
         assert body["status"] == "active"
@@ -131,8 +136,9 @@ def test_sigkill_after_upload_keeps_the_image(daemon_factory: Callable[..., Daem
     daemon = daemon_factory("site")
     image = create_image(daemon, name="durable")
     data = os.urandom(3 * MiB)
-    status, raw = request(daemon, "PUT", "/v2/images/%s/file" % image["id"], data,
-                          {"Content-Type": "application/octet-stream"})
+    status, raw = request(
+        daemon, "PUT", "/v2/images/%s/file" % image["id"], data, {"Content-Type": "application/octet-stream"}
+    )
     assert status == 204, raw
     daemon.proc.kill()
     daemon.proc.wait(10)

@@ -12,8 +12,9 @@ import signal
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from appliance.stores.filesystem import PARTIAL_DIR, PULLS_DIR
@@ -55,7 +56,9 @@ def no_traceback(d: Daemon) -> None:
     assert "Traceback" not in text and "never retrieved" not in text, text[-4000:]
 
 
-def test_delete_after_stage_removes_the_staged_data_at_once(daemon_factory: Callable[..., Daemon], config: Path) -> None:
+def test_delete_after_stage_removes_the_staged_data_at_once(
+    daemon_factory: Callable[..., Daemon], config: Path
+) -> None:
     d = daemon_factory("site", config)
     data = os.urandom(2 * MiB + 11)
     image_id = create(d, "staged")
@@ -72,10 +75,18 @@ def test_delete_during_a_web_download_import_stops_it_and_leaves_nothing(
     d = daemon_factory("site", config)
     for round_ in range(3):  # the race, repeated: the delete lands at a different point each time
         image_id = create(d, "slow-%d" % round_)
-        start_import(d, image_id, {"method": {"name": "web-download", "uri": source.url("slow/%d" % (64 * MiB))},
-                                   "stores": ["local", "fast"]})
-        task = wait_for(lambda image_id=image_id: next((t for t in tasks_of(d, image_id) if (t["bytes_done"] or 0) > 0), None),
-                        "the download makes progress")
+        start_import(
+            d,
+            image_id,
+            {
+                "method": {"name": "web-download", "uri": source.url("slow/%d" % (64 * MiB))},
+                "stores": ["local", "fast"],
+            },
+        )
+        task = wait_for(
+            lambda image_id=image_id: next((t for t in tasks_of(d, image_id) if (t["bytes_done"] or 0) > 0), None),
+            "the download makes progress",
+        )
         time.sleep(random.uniform(0, 0.3))
         delete(d, image_id)
         # The import stopped with the delete: the task says why, nothing of the image is left.
@@ -86,7 +97,9 @@ def test_delete_during_a_web_download_import_stops_it_and_leaves_nothing(
     no_traceback(d)
 
 
-def test_delete_racing_a_glance_direct_import_leaves_nothing(daemon_factory: Callable[..., Daemon], config: Path) -> None:
+def test_delete_racing_a_glance_direct_import_leaves_nothing(
+    daemon_factory: Callable[..., Daemon], config: Path
+) -> None:
     d = daemon_factory("site", config)
     for round_ in range(5):
         data = os.urandom(24 * MiB)
@@ -96,7 +109,9 @@ def test_delete_racing_a_glance_direct_import_leaves_nothing(daemon_factory: Cal
         [task] = tasks_of(d, image_id)
         time.sleep(random.uniform(0, 0.2))  # before, during or after the store writes
         delete(d, image_id)
-        ended = wait_for(lambda task=task: (t := task_by_id(d, task["id"]))["status"] != "processing" and t, "the task ends")
+        ended = wait_for(
+            lambda task=task: (t := task_by_id(d, task["id"]))["status"] != "processing" and t, "the task ends"
+        )
         assert ended["status"] == "success" or "deleted" in ended["message"], ended
         assert leftovers(d.state_dir, image_id, [data[:4096], data[-4096:]]) == []
     no_traceback(d)
@@ -106,8 +121,12 @@ def _slow_put(d: Daemon, path: str, total: int) -> http.client.HTTPConnection:
     parts = urlsplit(d.url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     conn.putrequest("PUT", path)
-    for k, v in {"X-Auth-Token": d.token, "Content-Type": "application/octet-stream", "Content-Length": str(total),
-                 "Accept": "application/json"}.items():
+    for k, v in {
+        "X-Auth-Token": d.token,
+        "Content-Type": "application/octet-stream",
+        "Content-Length": str(total),
+        "Accept": "application/json",
+    }.items():
         conn.putheader(k, v)
     conn.endheaders()
     return conn
@@ -118,8 +137,10 @@ def test_delete_during_an_upload_or_a_stage_stops_it_and_leaves_nothing(
 ) -> None:
     d = daemon_factory("site", config)
     block = os.urandom(MiB)
-    for route, partial_dir in (("file", d.state_dir / "images" / PARTIAL_DIR),
-                               ("stage", d.state_dir / "staging" / "staged" / PARTIAL_DIR)):
+    for route, partial_dir in (
+        ("file", d.state_dir / "images" / PARTIAL_DIR),
+        ("stage", d.state_dir / "staging" / "staged" / PARTIAL_DIR),
+    ):
         image_id = create(d, "uploading-" + route)
         conn = _slow_put(d, "/v2/images/%s/%s" % (image_id, route), 32 * MiB)
         try:
@@ -157,8 +178,12 @@ def test_the_start_up_sweep_removes_what_a_crash_left(daemon_factory: Callable[.
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("DELETE FROM images WHERE id = ?", [gone])
     stray = str(uuid.uuid4())
-    planted = [state / "images" / PULLS_DIR / stray, state / "cache" / "partial" / stray,
-               state / "cache" / "invalid" / stray, state / "staging" / "staged" / stray]
+    planted = [
+        state / "images" / PULLS_DIR / stray,
+        state / "cache" / "partial" / stray,
+        state / "cache" / "invalid" / stray,
+        state / "staging" / "staged" / stray,
+    ]
     for path in planted:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(gone_data)

@@ -9,8 +9,9 @@ import gzip
 import os
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -69,7 +70,7 @@ class Source:
         resp.enable_chunked_encoding()
         await resp.prepare(request)
         for offset in range(0, len(PAYLOAD), 256 * 1024):
-            await resp.write(PAYLOAD[offset:offset + 256 * 1024])
+            await resp.write(PAYLOAD[offset : offset + 256 * 1024])
         await resp.write_eof()
         return resp
 
@@ -148,7 +149,10 @@ async def test_bytes_are_not_decompressed(source: Source) -> None:
 
 
 async def test_open_download_exposes_the_response(source: Source) -> None:
-    async with open_download(source.url("/redirect"), loopback_filter(source), max_bytes=len(PAYLOAD)) as (resp, chunks):
+    async with open_download(source.url("/redirect"), loopback_filter(source), max_bytes=len(PAYLOAD)) as (
+        resp,
+        chunks,
+    ):
         assert resp.status == 200
         assert resp.content_length == len(PAYLOAD)
         assert resp.url.path == "/data"
@@ -191,7 +195,9 @@ async def test_redirect_to_metadata_is_refused_even_when_its_network_is_allowed(
 
 
 async def test_redirect_loop_stops_at_max_redirects(source: Source) -> None:
-    with pytest.raises(FetchFailed, match=r"web-download of http://127\.0\.0\.1:\d+/loop failed: more than 3 redirects"):
+    with pytest.raises(
+        FetchFailed, match=r"web-download of http://127\.0\.0\.1:\d+/loop failed: more than 3 redirects"
+    ):
         await download(source.url("/loop"), loopback_filter(source), max_redirects=3)
     assert source.hits["/loop"] == 4
     with pytest.raises(FetchFailed, match="more than 0 redirects"):
@@ -256,7 +262,11 @@ async def test_localhost_is_refused_when_only_its_address_is_allowed(source: Sou
 
 
 async def test_first_url_refused_before_connecting(source: Source) -> None:
-    with pytest.raises(UriRefused, match=r"^web-download of http://169\.254\.169\.254/ refused: host 169\.254\.169\.254 is a cloud metadata address$"):
+    with pytest.raises(
+        UriRefused,
+        match=r"^web-download of http://169\.254\.169\.254/ refused: "
+        r"host 169\.254\.169\.254 is a cloud metadata address$",
+    ):
         await download("http://169.254.169.254/", UriFilter(UriFilterConfig()))
     ftp = UriFilter(UriFilterConfig(allowed_schemes=("ftp",)))
     with pytest.raises(UriRefused, match="scheme 'ftp' cannot be downloaded"):
@@ -278,8 +288,9 @@ class RebindingResolver:
 
 async def test_connection_is_pinned_to_the_checked_address(source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
     resolver = RebindingResolver("127.0.0.1", "169.254.169.254")
-    uri_filter = UriFilter(UriFilterConfig(allowed_hosts=("images.test", "127.0.0.0/8"),
-                                           allowed_ports=(source.port,)), resolver=resolver)
+    uri_filter = UriFilter(
+        UriFilterConfig(allowed_hosts=("images.test", "127.0.0.0/8"), allowed_ports=(source.port,)), resolver=resolver
+    )
 
     async def no_dns(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("fetch resolved a name a second time: %r" % (args,))
@@ -292,8 +303,9 @@ async def test_connection_is_pinned_to_the_checked_address(source: Source, monke
 
 async def test_each_redirect_hop_is_resolved_and_checked_again(source: Source) -> None:
     resolver = RebindingResolver("127.0.0.1", "169.254.169.254")
-    uri_filter = UriFilter(UriFilterConfig(allowed_hosts=("images.test", "127.0.0.0/8"),
-                                           allowed_ports=(source.port,)), resolver=resolver)
+    uri_filter = UriFilter(
+        UriFilterConfig(allowed_hosts=("images.test", "127.0.0.0/8"), allowed_ports=(source.port,)), resolver=resolver
+    )
     with pytest.raises(UriRefused) as caught:
         await download(source.url("/redirect", host="images.test"), uri_filter)
     # the rule, never what DNS answered
@@ -310,19 +322,24 @@ def self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -340,7 +357,9 @@ async def test_https_uses_the_host_name_for_sni_while_connecting_to_the_pinned_a
     async def resolver(host: str, port: int) -> list[str]:
         return ["127.0.0.1"] if host == "images.test" else []
 
-    uri_filter = UriFilter(UriFilterConfig(allowed_hosts=("images.test",), allowed_ports=(src.port,)), resolver=resolver)
+    uri_filter = UriFilter(
+        UriFilterConfig(allowed_hosts=("images.test",), allowed_ports=(src.port,)), resolver=resolver
+    )
     client_ctx = ssl.create_default_context(cafile=str(cert))
     url = "https://images.test:%d/redirect" % src.port
     body, _ = await download(url, uri_filter, ssl_context=client_ctx)

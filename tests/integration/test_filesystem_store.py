@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import AsyncIterator, Iterable
 
 import pytest
 
@@ -26,7 +26,7 @@ def pieces_of(data: bytes, sizes: Iterable[int]) -> list[bytes]:
     i = 0
     while pos < len(data):
         n = sizes[i % len(sizes)]
-        out.append(data[pos:pos + n])
+        out.append(data[pos : pos + n])
         pos += n
         i += 1
     return out
@@ -46,8 +46,9 @@ async def test_write_computes_md5_and_sha512(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     data = os.urandom(5 * MiB + 12345)
     progress: list[int] = []
-    digest = await store.write("img", feed(pieces_of(data, [1, 4096, 777777, 65536, 3 * MiB])),
-                               max_size=1 << 30, on_progress=progress.append)
+    digest = await store.write(
+        "img", feed(pieces_of(data, [1, 4096, 777777, 65536, 3 * MiB])), max_size=1 << 30, on_progress=progress.append
+    )
     assert digest.size == len(data)
     assert digest.checksum == hashlib.md5(data).hexdigest()
     assert digest.os_hash_value == hashlib.sha512(data).hexdigest()
@@ -70,8 +71,11 @@ async def test_empty_write(tmp_path: Path) -> None:
     assert (store.path / "empty").read_bytes() == b""
 
 
-SOURCE_ERRORS = [RuntimeError("decoder broke"), ConnectionResetError("client went away"),
-                 TimeoutError("upstream stalled")]
+SOURCE_ERRORS = [
+    RuntimeError("decoder broke"),
+    ConnectionResetError("client went away"),
+    TimeoutError("upstream stalled"),
+]
 
 
 def broken_source(store: FilesystemStore, exc: BaseException) -> AsyncIterator[bytes]:

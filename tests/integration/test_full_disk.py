@@ -12,8 +12,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -35,14 +36,22 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def call(daemon: Daemon, method: str, path: str, *, body: Any = None, data: bytes | None = None,
-         content_type: str = "application/json", chunked: bool = False) -> tuple[int, Any]:
+def call(
+    daemon: Daemon,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    data: bytes | None = None,
+    content_type: str = "application/json",
+    chunked: bool = False,
+) -> tuple[int, Any]:
     headers = {"X-Auth-Token": daemon.token, "Accept": "application/json"}
     payload: Any = data if data is not None else (json.dumps(body).encode() if body is not None else None)
     if payload is not None:
         headers["Content-Type"] = content_type
     if chunked:
-        payload = iter([payload[i:i + MIB] for i in range(0, len(payload), MIB)])
+        payload = iter([payload[i : i + MIB] for i in range(0, len(payload), MIB)])
         headers["Transfer-Encoding"] = "chunked"
     req = urllib.request.Request(daemon.url + path, data=payload, method=method, headers=headers)
     try:
@@ -64,27 +73,37 @@ def files_under(path: Path) -> list[str]:
 
 @pytest.fixture
 def daemon_on_small_disk(tmp_path: Path, small_disk: Path, daemon_factory: Callable[..., Daemon]) -> Daemon:
-    config = write_toml(tmp_path / "full.toml", {
-        "api": {"unix_socket": ""},
-        "stores": {"default": "local", "local": {"path": str(small_disk / "images"), "min_free_bytes": 8 * MIB}},
-        "catalog": {"path": str(small_disk / "catalog.sqlite")},
-        "import": {"staging_dir": str(small_disk / "staging"), "staging_min_free_bytes": 8 * MIB},
-        "cache": {"enabled": False},
-    })
+    config = write_toml(
+        tmp_path / "full.toml",
+        {
+            "api": {"unix_socket": ""},
+            "stores": {"default": "local", "local": {"path": str(small_disk / "images"), "min_free_bytes": 8 * MIB}},
+            "catalog": {"path": str(small_disk / "catalog.sqlite")},
+            "import": {"staging_dir": str(small_disk / "staging"), "staging_min_free_bytes": 8 * MIB},
+            "cache": {"enabled": False},
+        },
+    )
     return daemon_factory("site", config)
 
 
 def new_image(daemon: Daemon, name: str) -> str:
-    status, image = call(daemon, "POST", "/v2/images", body={"name": name, "disk_format": "raw", "container_format": "bare"})
+    status, image = call(
+        daemon, "POST", "/v2/images", body={"name": name, "disk_format": "raw", "container_format": "bare"}
+    )
     assert status == 201, image
     return str(image["id"])
 
 
-def test_writes_stop_at_the_floor_and_the_catalog_stays_writable(daemon_on_small_disk: Daemon, small_disk: Path) -> None:
+def test_writes_stop_at_the_floor_and_the_catalog_stays_writable(
+    daemon_on_small_disk: Daemon, small_disk: Path
+) -> None:
     daemon = daemon_on_small_disk
     kept = new_image(daemon, "kept")
     kept_data = os.urandom(10 * MIB)
-    assert call(daemon, "PUT", "/v2/images/%s/file" % kept, data=kept_data, content_type="application/octet-stream")[0] == 204
+    assert (
+        call(daemon, "PUT", "/v2/images/%s/file" % kept, data=kept_data, content_type="application/octet-stream")[0]
+        == 204
+    )
     # ~22 MiB left, the floor is 8 MiB: 20 MiB does not fit.
     big = new_image(daemon, "big")
     data = os.urandom(20 * MIB)
@@ -94,15 +113,19 @@ def test_writes_stop_at_the_floor_and_the_catalog_stays_writable(daemon_on_small
     assert "min_free_bytes" in answer["message"] and "Store local" in answer["message"]
     assert free_bytes(small_disk) >= before - MIB  # refused before writing (only the catalog moved)
     # Size unknown (chunked): stopped at the floor, the partial file removed.
-    status, answer = call(daemon, "PUT", "/v2/images/%s/file" % big, data=data, content_type="application/octet-stream",
-                          chunked=True)
+    status, answer = call(
+        daemon, "PUT", "/v2/images/%s/file" % big, data=data, content_type="application/octet-stream", chunked=True
+    )
     assert status == 507, answer
     assert free_bytes(small_disk) >= 8 * MIB - 4 * MIB  # never far below the floor
     # Staging (glance-direct) has its own floor.
-    status, answer = call(daemon, "PUT", "/v2/images/%s/stage" % big, data=data, content_type="application/octet-stream")
+    status, answer = call(
+        daemon, "PUT", "/v2/images/%s/stage" % big, data=data, content_type="application/octet-stream"
+    )
     assert status == 507, answer
-    status, answer = call(daemon, "PUT", "/v2/images/%s/stage" % big, data=data, content_type="application/octet-stream",
-                          chunked=True)
+    status, answer = call(
+        daemon, "PUT", "/v2/images/%s/stage" % big, data=data, content_type="application/octet-stream", chunked=True
+    )
     assert status == 507, answer
     leftovers = [f for f in files_under(small_disk) if not f.startswith("catalog.sqlite")]
     assert leftovers == ["images/%s" % kept], leftovers  # nothing partial anywhere
@@ -110,8 +133,16 @@ def test_writes_stop_at_the_floor_and_the_catalog_stays_writable(daemon_on_small
 
     # An import whose data would cross the store's floor fails before writing to the store.
     staged = new_image(daemon, "staged")
-    assert call(daemon, "PUT", "/v2/images/%s/stage" % staged, data=os.urandom(10 * MIB),
-                content_type="application/octet-stream")[0] == 204  # 22 - 10 MiB: above the floor
+    assert (
+        call(
+            daemon,
+            "PUT",
+            "/v2/images/%s/stage" % staged,
+            data=os.urandom(10 * MIB),
+            content_type="application/octet-stream",
+        )[0]
+        == 204
+    )  # 22 - 10 MiB: above the floor
     status, answer = call(daemon, "POST", "/v2/images/%s/import" % staged, body={"method": {"name": "glance-direct"}})
     assert status == 202, answer
     deadline = time.monotonic() + 30
@@ -124,8 +155,13 @@ def test_writes_stop_at_the_floor_and_the_catalog_stays_writable(daemon_on_small
     assert leftovers == ["images/%s" % kept], leftovers
 
     # The catalog is still writable for everyone.
-    status, shown = call(daemon, "PATCH", "/v2/images/%s" % kept, body=[{"op": "add", "path": "/note", "value": "still writable"}],
-                         content_type=PATCH_CT)
+    status, shown = call(
+        daemon,
+        "PATCH",
+        "/v2/images/%s" % kept,
+        body=[{"op": "add", "path": "/note", "value": "still writable"}],
+        content_type=PATCH_CT,
+    )
     assert status == 200 and shown["note"] == "still writable"
     assert new_image(daemon, "another")
     # Deleting frees space: then the big image fits.
@@ -161,13 +197,21 @@ def test_a_full_catalog_filesystem_answers_507_and_recovers(daemon_on_small_disk
     try:
         big_value = "v" * 60_000  # needs new catalog pages
         for attempt in range(3):  # every write: a 507 naming the cause, never a 500
-            status, answer = call(daemon, "PATCH", "/v2/images/%s" % image,
-                                  body=[{"op": "add", "path": "/note%d" % attempt, "value": big_value}],
-                                  content_type=PATCH_CT)
+            status, answer = call(
+                daemon,
+                "PATCH",
+                "/v2/images/%s" % image,
+                body=[{"op": "add", "path": "/note%d" % attempt, "value": big_value}],
+                content_type=PATCH_CT,
+            )
             assert status == 507, (status, answer)
             assert "catalog's filesystem is full" in answer["message"]
-        status, answer = call(daemon, "POST", "/v2/images",
-                              body={"name": "x" * 200, "disk_format": "raw", "container_format": "bare", "n": big_value})
+        status, answer = call(
+            daemon,
+            "POST",
+            "/v2/images",
+            body={"name": "x" * 200, "disk_format": "raw", "container_format": "bare", "n": big_value},
+        )
         assert status == 507, (status, answer)
         status, shown = call(daemon, "GET", "/v2/images/%s" % image)  # reads go on
         assert status == 200 and "note0" not in shown
@@ -175,7 +219,12 @@ def test_a_full_catalog_filesystem_answers_507_and_recovers(daemon_on_small_disk
             assert resp.status == 200
     finally:
         filler.unlink()
-    status, shown = call(daemon, "PATCH", "/v2/images/%s" % image,
-                         body=[{"op": "add", "path": "/note", "value": "space is back"}], content_type=PATCH_CT)
+    status, shown = call(
+        daemon,
+        "PATCH",
+        "/v2/images/%s" % image,
+        body=[{"op": "add", "path": "/note", "value": "space is back"}],
+        content_type=PATCH_CT,
+    )
     assert status == 200 and shown["note"] == "space is back"
     assert [i["name"] for i in call(daemon, "GET", "/v2/images")[1]["images"]] == ["before"]

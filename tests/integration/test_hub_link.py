@@ -8,9 +8,10 @@ import io
 import json
 import os
 import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,8 +25,15 @@ MiB = 1 << 20
 HUB_ADMIN_TOKEN = "hub-admin-token"
 # Each edge talks to the hub with its own service token: role edge-site and nothing else.
 SITE_TOKENS = {name: "%s-service-token" % name for name in ("dcn0", "dcn1")}
-FAST = {"mirror_interval": 1, "reconcile_interval": 2, "heartbeat_interval": 1, "sync_interval": 1,
-        "read_timeout": 5, "connect_timeout": 2, "retry_max_seconds": 1}
+FAST = {
+    "mirror_interval": 1,
+    "reconcile_interval": 2,
+    "heartbeat_interval": 1,
+    "sync_interval": 1,
+    "read_timeout": 5,
+    "connect_timeout": 2,
+    "retry_max_seconds": 1,
+}
 
 
 @dataclass
@@ -36,25 +44,40 @@ class Cloud:
     edges: dict[str, Daemon] = field(default_factory=dict)
 
     def hub_config(self, role: str = "hub") -> Path:
-        return write_toml(self.tmp / "hub.toml", {
-            "site": {"name": "central", "role": role},
-            "stores": {"default": "central", "central": {"path": "images"}},
-            "hub": {"heartbeat_interval": 1},
-            "auth": {"tokens": [
-                {"token_file": "admin-token", "user": "admin", "project": "admin", "roles": ["admin", "member", "reader"]},
-                *({"token": token, "user": name, "project": "edge-sites", "roles": ["edge-site"]}
-                  for name, token in SITE_TOKENS.items()),
-            ]},
-            "scrubber": {"enabled": False},
-        })
+        return write_toml(
+            self.tmp / "hub.toml",
+            {
+                "site": {"name": "central", "role": role},
+                "stores": {"default": "central", "central": {"path": "images"}},
+                "hub": {"heartbeat_interval": 1},
+                "auth": {
+                    "tokens": [
+                        {
+                            "token_file": "admin-token",
+                            "user": "admin",
+                            "project": "admin",
+                            "roles": ["admin", "member", "reader"],
+                        },
+                        *(
+                            {"token": token, "user": name, "project": "edge-sites", "roles": ["edge-site"]}
+                            for name, token in SITE_TOKENS.items()
+                        ),
+                    ]
+                },
+                "scrubber": {"enabled": False},
+            },
+        )
 
     def edge_config(self, name: str, scrubber: dict[str, Any] | None = None, **hub: Any) -> Path:
-        return write_toml(self.tmp / ("%s.toml" % name), {
-            "site": {"name": name},
-            "hub": {"url": self.hub.url, "token": SITE_TOKENS[name], **FAST, **hub},
-            "cache": {"min_free_bytes": 0},
-            "scrubber": scrubber or {"enabled": False},
-        })
+        return write_toml(
+            self.tmp / ("%s.toml" % name),
+            {
+                "site": {"name": name},
+                "hub": {"url": self.hub.url, "token": SITE_TOKENS[name], **FAST, **hub},
+                "cache": {"min_free_bytes": 0},
+                "scrubber": scrubber or {"enabled": False},
+            },
+        )
 
     def start_edge(self, name: str, scrubber: dict[str, Any] | None = None, **hub: Any) -> Daemon:
         config = self.tmp / ("%s.toml" % name)
@@ -77,13 +100,20 @@ class Cloud:
     async def upload(self, daemon: Daemon, data: bytes, **body: Any) -> str:
         body = {"name": "img", "disk_format": "raw", "container_format": "bare", "visibility": "public", **body}
         image_id = (await self.call(daemon, "POST", "/v2/images", 201, json=body))["id"]
-        await self.call(daemon, "PUT", "/v2/images/%s/file" % image_id, 204, data=io.BytesIO(data),
-                        headers={"Content-Type": "application/octet-stream"})
+        await self.call(
+            daemon,
+            "PUT",
+            "/v2/images/%s/file" % image_id,
+            204,
+            data=io.BytesIO(data),
+            headers={"Content-Type": "application/octet-stream"},
+        )
         return image_id
 
     async def image(self, daemon: Daemon, image_id: str) -> dict[str, Any] | None:
-        async with self.session.get(daemon.url + "/v2/images/%s" % image_id,
-                                    headers={"X-Auth-Token": daemon.token, **JSON_ERRORS}) as resp:
+        async with self.session.get(
+            daemon.url + "/v2/images/%s" % image_id, headers={"X-Auth-Token": daemon.token, **JSON_ERRORS}
+        ) as resp:
             return await resp.json() if resp.status == 200 else None
 
     async def stores_of(self, daemon: Daemon, image_id: str) -> set[str]:
@@ -133,7 +163,9 @@ async def test_copy_image_to_one_site_then_all_sites_with_the_glance_cli(cloud: 
     image_id = await cloud.upload(cloud.hub, data)
     hub_glance = glance(cloud, cloud.hub)
     # Every registered site is a store of the hub, in Glance's own listing.
-    assert {"dcn0", "dcn1", "central"} <= {s["id"] for s in json.loads(as_dict(await hub_glance("stores-info"))["stores"])}
+    assert {"dcn0", "dcn1", "central"} <= {
+        s["id"] for s in json.loads(as_dict(await hub_glance("stores-info"))["stores"])
+    }
     await hub_glance("image-import", image_id, "--import-method", "copy-image", "--stores", "dcn0")
     await eventually(lambda: _has(cloud, cloud.hub, image_id, "dcn0"), "the hub to list dcn0")
     # dcn0 holds a pinned copy in its own store, byte-identical; dcn1 does not.
@@ -168,15 +200,24 @@ async def _has(cloud: Cloud, daemon: Daemon, image_id: str, store: str) -> bool:
 async def test_a_hub_deletion_reaches_the_edges_and_their_pinned_copies(cloud: Cloud) -> None:
     await two_edges(cloud)
     image_id = await cloud.upload(cloud.hub, os.urandom(MiB))
-    await cloud.call(cloud.hub, "POST", "/v2/images/%s/import" % image_id, 202,
-                     json={"method": {"name": "copy-image"}, "all_stores": True})
+    await cloud.call(
+        cloud.hub,
+        "POST",
+        "/v2/images/%s/import" % image_id,
+        202,
+        json={"method": {"name": "copy-image"}, "all_stores": True},
+    )
     await eventually(lambda: _has(cloud, cloud.hub, image_id, "dcn1"), "the copy at dcn1")
     await eventually(lambda: _has(cloud, cloud.hub, image_id, "dcn0"), "the copy at dcn0")
     await cloud.call(cloud.hub, "DELETE", "/v2/images/%s" % image_id, 204)
 
     async def gone() -> bool:
-        return all([await cloud.image(e, image_id) is None and not (e.state_dir / "images" / image_id).exists()
-                    for e in cloud.edges.values()])
+        return all(
+            [
+                await cloud.image(e, image_id) is None and not (e.state_dir / "images" / image_id).exists()
+                for e in cloud.edges.values()
+            ]
+        )
 
     await eventually(gone, "the image to disappear from both edges")
 
@@ -195,9 +236,14 @@ async def test_mirror_lists_hub_images_with_central_among_their_stores(cloud: Cl
     assert listed[hub_id]["stores"] == "central" and listed[hub_id]["name"] == "from-hub"
     assert listed[local_id]["stores"] == "local"
     # An incremental change at the hub arrives.
-    await cloud.call(cloud.hub, "PATCH", "/v2/images/%s" % hub_id, 200,
-                     json=[{"op": "replace", "path": "/name", "value": "renamed"}],
-                     headers={"Content-Type": "application/openstack-images-v2.1-json-patch"})
+    await cloud.call(
+        cloud.hub,
+        "PATCH",
+        "/v2/images/%s" % hub_id,
+        200,
+        json=[{"op": "replace", "path": "/name", "value": "renamed"}],
+        headers={"Content-Type": "application/openstack-images-v2.1-json-patch"},
+    )
 
     async def renamed() -> bool:
         return ((await cloud.image(edge, hub_id)) or {}).get("name") == "renamed"
@@ -232,7 +278,10 @@ async def test_offline_hub_edges_keep_serving_and_everything_converges(cloud: Cl
 
     async def converged() -> bool:
         sites = await cloud.sites()
-        return all(s["online"] for s in sites.values()) and (await cloud.call(edge, "GET", "/v2/edge/status"))["hub"]["state"] == "up"
+        return (
+            all(s["online"] for s in sites.values())
+            and (await cloud.call(edge, "GET", "/v2/edge/status"))["hub"]["state"] == "up"
+        )
 
     await eventually(converged, "sites online again and the edge's link up")
     assert await cloud.call(edge, "GET", "/v2/images/%s/file" % other_id) == other_data
@@ -247,8 +296,13 @@ async def test_an_edge_killed_mid_pull_resumes_with_range(cloud: Cloud) -> None:
     image_id = await cloud.upload(cloud.hub, data)
     edge = cloud.start_edge("dcn0", bandwidth_limit=4 * MiB)  # ~6 s for the pull
     await eventually(lambda: _site_known(cloud, "dcn0"), "registration")
-    await cloud.call(cloud.hub, "POST", "/v2/images/%s/import" % image_id, 202,
-                     json={"method": {"name": "copy-image"}, "stores": ["dcn0"]})
+    await cloud.call(
+        cloud.hub,
+        "POST",
+        "/v2/images/%s/import" % image_id,
+        202,
+        json={"method": {"name": "copy-image"}, "stores": ["dcn0"]},
+    )
     pulls = edge.state_dir / "images" / ".pulls" / image_id
     await eventually(lambda: _size_at_least(pulls, 4 * MiB), "4 MiB pulled")
     edge.stop(signal.SIGKILL)
@@ -290,10 +344,16 @@ async def test_glance_download_imports_a_hub_image_into_local_stores(cloud: Clou
     edge = cloud.start_edge("dcn0")
     data = os.urandom(MiB)
     hub_id = await cloud.upload(cloud.hub, data, name="golden")
-    local = await cloud.call(edge, "POST", "/v2/images", 201,
-                             json={"name": "golden-copy", "disk_format": "raw", "container_format": "bare"})
-    await cloud.call(edge, "POST", "/v2/images/%s/import" % local["id"], 202,
-                     json={"method": {"name": "glance-download", "glance_image_id": hub_id}, "stores": ["local"]})
+    local = await cloud.call(
+        edge, "POST", "/v2/images", 201, json={"name": "golden-copy", "disk_format": "raw", "container_format": "bare"}
+    )
+    await cloud.call(
+        edge,
+        "POST",
+        "/v2/images/%s/import" % local["id"],
+        202,
+        json={"method": {"name": "glance-download", "glance_image_id": hub_id}, "stores": ["local"]},
+    )
 
     async def active() -> bool:
         return ((await cloud.image(edge, local["id"])) or {}).get("status") == "active"
@@ -323,8 +383,13 @@ async def test_the_scrubber_repairs_pinned_and_cached_copies_from_the_hub(cloud:
     pinned_data, cached_data = os.urandom(MiB), os.urandom(MiB)
     pinned_id = await cloud.upload(cloud.hub, pinned_data)
     cached_id = await cloud.upload(cloud.hub, cached_data)
-    await cloud.call(cloud.hub, "POST", "/v2/images/%s/import" % pinned_id, 202,
-                     json={"method": {"name": "copy-image"}, "stores": ["dcn0"]})
+    await cloud.call(
+        cloud.hub,
+        "POST",
+        "/v2/images/%s/import" % pinned_id,
+        202,
+        json={"method": {"name": "copy-image"}, "stores": ["dcn0"]},
+    )
     await eventually(lambda: _has(cloud, cloud.hub, pinned_id, "dcn0"), "the pinned copy")
     assert await cloud.call(edge, "GET", "/v2/images/%s/file" % cached_id) == cached_data
     for path in (edge.state_dir / "images" / pinned_id, edge.state_dir / "cache" / "data" / cached_id):

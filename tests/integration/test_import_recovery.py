@@ -11,8 +11,9 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -27,8 +28,9 @@ SLOW_TOTAL = 64 * MiB  # would take ~50 s: the import is surely still running wh
 INTERRUPTED = "Import interrupted"
 
 
-def call(d: Daemon, method: str, path: str, body: Any = None, raw: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, Any]:
+def call(
+    d: Daemon, method: str, path: str, body: Any = None, raw: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
     parts = urlsplit(d.url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     hdrs = {"X-Auth-Token": d.token, "Accept": "application/json", **(headers or {})}
@@ -64,14 +66,16 @@ def start_import(d: Daemon, image_id: str, body: dict[str, Any]) -> None:
 
 
 def stage(d: Daemon, image_id: str, data: bytes) -> None:
-    status, answer = call(d, "PUT", "/v2/images/%s/stage" % image_id, raw=data,
-                          headers={"Content-Type": "application/octet-stream"})
+    status, answer = call(
+        d, "PUT", "/v2/images/%s/stage" % image_id, raw=data, headers={"Content-Type": "application/octet-stream"}
+    )
     assert status == 204, answer
 
 
 def upload(d: Daemon, image_id: str, data: bytes) -> None:
-    status, answer = call(d, "PUT", "/v2/images/%s/file" % image_id, raw=data,
-                          headers={"Content-Type": "application/octet-stream"})
+    status, answer = call(
+        d, "PUT", "/v2/images/%s/file" % image_id, raw=data, headers={"Content-Type": "application/octet-stream"}
+    )
     assert status == 204, answer
 
 
@@ -130,8 +134,11 @@ def test_web_download_interrupted_is_failed_cleanly_and_can_be_rerun(
     d = daemon_factory("site", config)
     state = d.state_dir
     image_id = create(d, "in-flight")
-    start_import(d, image_id, {"method": {"name": "web-download", "uri": source.url("slow/%d" % SLOW_TOTAL)},
-                               "stores": ["local", "fast"]})
+    start_import(
+        d,
+        image_id,
+        {"method": {"name": "web-download", "uri": source.url("slow/%d" % SLOW_TOTAL)}, "stores": ["local", "fast"]},
+    )
 
     def downloading() -> dict[str, Any] | None:
         tasks = tasks_of(d, image_id)
@@ -162,8 +169,11 @@ def test_web_download_interrupted_is_failed_cleanly_and_can_be_rerun(
 
     # The same image imports fine now, from a fast source.
     data = os.urandom(3 * MiB + 17)
-    start_import(d, image_id, {"method": {"name": "web-download", "uri": source.add("disk.raw", data)},
-                               "stores": ["local", "fast"]})
+    start_import(
+        d,
+        image_id,
+        {"method": {"name": "web-download", "uri": source.add("disk.raw", data)}, "stores": ["local", "fast"]},
+    )
     done = wait_task_done(d, image_id, {task["id"]})
     assert done["status"] == "success", done["message"]
     shown = d.show(image_id)
@@ -174,9 +184,7 @@ def test_web_download_interrupted_is_failed_cleanly_and_can_be_rerun(
     assert files_in(state / "staging" / "work") == []
 
 
-def test_staged_data_survives_a_restart(
-    daemon_factory: Callable[..., Daemon], config: Path
-) -> None:
+def test_staged_data_survives_a_restart(daemon_factory: Callable[..., Daemon], config: Path) -> None:
     """glance-direct: staged but not yet imported. Recovery only touches unfinished tasks, so
     the staged file is kept and the import can still be run after the restart."""
     d = daemon_factory("site", config)
@@ -215,8 +223,11 @@ def test_sigkill_mid_stage_leaves_an_image_that_can_be_staged_again(
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
         conn.putrequest("PUT", "/v2/images/%s/stage" % image_id)
-        for k, v in {"X-Auth-Token": d.token, "Content-Type": "application/octet-stream",
-                     "Content-Length": str(total)}.items():
+        for k, v in {
+            "X-Auth-Token": d.token,
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(total),
+        }.items():
             conn.putheader(k, v)
         conn.endheaders()
         block = os.urandom(MiB)
@@ -241,9 +252,7 @@ def test_sigkill_mid_stage_leaves_an_image_that_can_be_staged_again(
     assert download(d, image_id) == data
 
 
-def test_copy_image_interrupted_keeps_the_original(
-    daemon_factory: Callable[..., Daemon], config: Path
-) -> None:
+def test_copy_image_interrupted_keeps_the_original(daemon_factory: Callable[..., Daemon], config: Path) -> None:
     d = daemon_factory("site", config)
     state = d.state_dir
     data = os.urandom(MiB) * 96 + b"tail"
@@ -255,8 +264,7 @@ def test_copy_image_interrupted_keeps_the_original(
     start_import(d, image_id, {"method": {"name": "copy-image"}, "stores": ["fast"]})
     # Kill as soon as the copy shows up in the target store (in .partial/ or done).
     partial = state / "fast" / PARTIAL_DIR
-    wait_for(lambda: (state / "fast" / image_id).exists() or any(partial.iterdir()), "the copy starts",
-             interval=0.001)
+    wait_for(lambda: (state / "fast" / image_id).exists() or any(partial.iterdir()), "the copy starts", interval=0.001)
     stop(d, signal.SIGKILL)
     d = daemon_factory("site", config)  # same state dir: a restart
 
@@ -295,13 +303,21 @@ def test_killed_between_stores_with_all_must_succeed_reverts(
     data = os.urandom(MiB) * 128
     image_id = create(d, "all-or-nothing")
     stage(d, image_id, data)
-    start_import(d, image_id, {"method": {"name": "glance-direct"}, "stores": ["local", "fast"],
-                               "all_stores_must_succeed": True})
+    start_import(
+        d, image_id, {"method": {"name": "glance-direct"}, "stores": ["local", "fast"], "all_stores_must_succeed": True}
+    )
 
     def first_store_done() -> dict[str, Any] | None:
         shown = d.show(image_id)
-        return shown if (shown.get("stores") == "local" and shown["status"] == "importing"
-                         and shown.get("os_glance_importing_to_stores") == "fast") else None
+        return (
+            shown
+            if (
+                shown.get("stores") == "local"
+                and shown["status"] == "importing"
+                and shown.get("os_glance_importing_to_stores") == "fast"
+            )
+            else None
+        )
 
     wait_for(first_store_done, "the first store holds its copy, the second is being written", interval=0.002)
     stop(d, signal.SIGKILL)

@@ -11,13 +11,14 @@ import os
 import signal
 import time
 import urllib.request
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
-from appliance.config import Config
 from appliance.bundles.inbox import DONE, FAILED, PROCESSING, Inbox
+from appliance.config import Config
 from appliance.services import Services, open_services
 from tests.bundlekit import record, write_bundle
 from tests.conftest import Daemon, write_toml
@@ -49,14 +50,23 @@ def clock() -> Clock:
 
 @pytest.fixture
 def inbox(services: Services, tmp_path: Path, clock: Clock) -> Inbox:
-    box = Inbox(tmp_path / "inbox", store=None, settle_seconds=SETTLE, bundles=services.bundles, images=services.images,
-                imports=services.imports, clock=clock)
+    box = Inbox(
+        tmp_path / "inbox",
+        store=None,
+        settle_seconds=SETTLE,
+        bundles=services.bundles,
+        images=services.images,
+        imports=services.imports,
+        clock=clock,
+    )
     box.prepare()
     return box
 
 
 def sidecar(path: Path, **body: Any) -> None:
-    path.with_name(path.name + ".json").write_text(json.dumps({"disk_format": "raw", "container_format": "bare", **body}))
+    path.with_name(path.name + ".json").write_text(
+        json.dumps({"disk_format": "raw", "container_format": "bare", **body})
+    )
 
 
 async def settle(inbox: Inbox, clock: Clock) -> int:
@@ -67,19 +77,24 @@ async def settle(inbox: Inbox, clock: Clock) -> int:
 
 
 async def images(services: Services) -> list[Any]:
-    return [await services.catalog.get_image(i) for s in ("active", "queued", "saving", "importing", "uploading")
-            for i in await services.catalog.images_in_status(s)]
+    return [
+        await services.catalog.get_image(i)
+        for s in ("active", "queued", "saving", "importing", "uploading")
+        for i in await services.catalog.images_in_status(s)
+    ]
 
 
-async def test_file_is_taken_only_once_unchanged_for_settle_seconds(inbox: Inbox, clock: Clock, services: Services) -> None:
+async def test_file_is_taken_only_once_unchanged_for_settle_seconds(
+    inbox: Inbox, clock: Clock, services: Services
+) -> None:
     data = os.urandom(MiB)
     path = inbox.dir / "disk.raw"
     sidecar(path, name="disk")
-    path.write_bytes(data[:MiB // 2])
+    path.write_bytes(data[: MiB // 2])
     assert await inbox.tick() == 0
     clock.now += SETTLE - 1
     assert await inbox.tick() == 0
-    await asyncio.to_thread(append, path, data[MiB // 2:])  # the copy goes on: the wait starts again
+    await asyncio.to_thread(append, path, data[MiB // 2 :])  # the copy goes on: the wait starts again
     clock.now += 2
     assert await inbox.tick() == 0
     clock.now += SETTLE - 1
@@ -100,7 +115,11 @@ async def test_hidden_and_partial_names_are_never_taken(inbox: Inbox, clock: Clo
     assert await settle(inbox, clock) == 0
     clock.now += 1000
     assert await inbox.tick() == 0
-    assert sorted(p.name for p in inbox.dir.iterdir() if p.is_file()) == [".disk.raw", "disk.raw.partial", "lonely.json"]
+    assert sorted(p.name for p in inbox.dir.iterdir() if p.is_file()) == [
+        ".disk.raw",
+        "disk.raw.partial",
+        "lonely.json",
+    ]
 
 
 async def test_plain_image_goes_through_the_import_plugins(inbox: Inbox, clock: Clock, services: Services) -> None:
@@ -110,20 +129,30 @@ async def test_plain_image_goes_through_the_import_plugins(inbox: Inbox, clock: 
     sidecar(path, name="cirros", properties={"os_distro": "cirros"}, tags=["boot"], visibility="public", min_disk=1)
     assert await settle(inbox, clock) == 1
     [image] = await images(services)
-    assert (image.status, image.name, image.visibility, image.min_disk, image.tags) == ("active", "cirros", "public", 1, ("boot",))
+    assert (image.status, image.name, image.visibility, image.min_disk, image.tags) == (
+        "active",
+        "cirros",
+        "public",
+        1,
+        ("boot",),
+    )
     assert image.properties["os_distro"] == "cirros"
     assert image.size == len(data) and image.os_hash_value == hashlib.sha512(data).hexdigest()  # decompressed
 
 
-@pytest.mark.parametrize("content, side, reason", [
-    (b"not an image", None, "not a bundle"),
-    (os.urandom(4096), {"disk_format": "qcow2", "container_format": "bare"}, "qcow2"),
-    (os.urandom(4096), {"disk_format": "raw"}, "container_format"),
-    (os.urandom(4096), {"disk_format": "raw", "container_format": "bare", "colour": "red"}, "unknown key"),
-    (os.urandom(4096), {"disk_format": "nope", "container_format": "bare"}, "nope"),
-])
-async def test_failed_files_say_why_and_leave_no_image(inbox: Inbox, clock: Clock, services: Services, content: bytes,
-                                                        side: dict[str, Any] | None, reason: str) -> None:
+@pytest.mark.parametrize(
+    "content, side, reason",
+    [
+        (b"not an image", None, "not a bundle"),
+        (os.urandom(4096), {"disk_format": "qcow2", "container_format": "bare"}, "qcow2"),
+        (os.urandom(4096), {"disk_format": "raw"}, "container_format"),
+        (os.urandom(4096), {"disk_format": "raw", "container_format": "bare", "colour": "red"}, "unknown key"),
+        (os.urandom(4096), {"disk_format": "nope", "container_format": "bare"}, "nope"),
+    ],
+)
+async def test_failed_files_say_why_and_leave_no_image(
+    inbox: Inbox, clock: Clock, services: Services, content: bytes, side: dict[str, Any] | None, reason: str
+) -> None:
     path = inbox.dir / "thing.img"
     path.write_bytes(content)
     if side is not None:
@@ -141,8 +170,14 @@ async def test_bundles_and_their_failures(inbox: Inbox, clock: Clock, services: 
     datas = [os.urandom(MiB), os.urandom(MiB)]
     recs = [(record(d, name="b%d" % i), d) for i, d in enumerate(datas)]
     await write_bundle(inbox.dir / "good.bundle", recs)
-    raw = bytearray((await write_bundle(tmp_path / "bad", [(record(d, name="c%d" % i), d) for i, d in
-                                                           enumerate([os.urandom(MiB), os.urandom(MiB)])])).read_bytes())
+    raw = bytearray(
+        (
+            await write_bundle(
+                tmp_path / "bad",
+                [(record(d, name="c%d" % i), d) for i, d in enumerate([os.urandom(MiB), os.urandom(MiB)])],
+            )
+        ).read_bytes()
+    )
     raw[len(raw) // 4] ^= 1  # inside the first image of the second bundle
     (inbox.dir / "bad.bundle").write_bytes(bytes(raw))
     assert await settle(inbox, clock) == 2
@@ -187,21 +222,36 @@ async def test_run_takes_a_round_per_change_set(services: Services, tmp_path: Pa
         clock.now += SETTLE
         yield set()  # unchanged since: taken
 
-    box = Inbox(tmp_path / "box", store=None, settle_seconds=SETTLE, bundles=services.bundles, images=services.images,
-                imports=services.imports, clock=clock, watch=watch)
+    box = Inbox(
+        tmp_path / "box",
+        store=None,
+        settle_seconds=SETTLE,
+        bundles=services.bundles,
+        images=services.images,
+        imports=services.imports,
+        clock=clock,
+        watch=watch,
+    )
     await box.run()
     assert (tmp_path / "box" / DONE / "disk.raw").exists()
-    assert seen == [{"path": tmp_path / "box", "recursive": False, "yield_on_timeout": True, "rust_timeout": 1000,
-                     "debounce": 1000}]
+    assert seen == [
+        {"path": tmp_path / "box", "recursive": False, "yield_on_timeout": True, "rust_timeout": 1000, "debounce": 1000}
+    ]
 
 
 # -- real daemons ---------------------------------------------------------------------------
 
 
 def api(daemon: Daemon, path: str) -> Any:
-    req = urllib.request.Request(daemon.url + path, headers={"X-Auth-Token": daemon.token, "Accept": "application/json"})
+    req = urllib.request.Request(
+        daemon.url + path, headers={"X-Auth-Token": daemon.token, "Accept": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read()) if resp.headers.get("Content-Type", "").startswith("application/json") else resp.read()
+        return (
+            json.loads(resp.read())
+            if resp.headers.get("Content-Type", "").startswith("application/json")
+            else resp.read()
+        )
 
 
 def all_images(daemon: Daemon) -> list[dict[str, Any]]:
@@ -213,8 +263,9 @@ def inbox_config(tmp_path: Path) -> Path:
     return write_toml(tmp_path / "site.toml", {"inbox": {"dir": "inbox", "settle_seconds": 1}})
 
 
-def test_file_written_slowly_is_imported_once_after_it_is_complete(daemon_factory: Callable[..., Daemon],
-                                                                     inbox_config: Path) -> None:
+def test_file_written_slowly_is_imported_once_after_it_is_complete(
+    daemon_factory: Callable[..., Daemon], inbox_config: Path
+) -> None:
     daemon = daemon_factory("site", inbox_config)
     box = daemon.state_dir / "inbox"
     wait_for(lambda: (box / DONE).is_dir(), "the inbox", timeout=60)
@@ -223,7 +274,7 @@ def test_file_written_slowly_is_imported_once_after_it_is_complete(daemon_factor
     piece = len(data) // 12
     with open(box / "slow.raw", "wb") as fh:
         for i in range(0, len(data), piece):
-            fh.write(data[i:i + piece])
+            fh.write(data[i : i + piece])
             fh.flush()
             time.sleep(0.4)  # shorter than settle_seconds: the file is still being written
             assert (box / "slow.raw").exists() and all_images(daemon) == []
@@ -237,8 +288,9 @@ def test_file_written_slowly_is_imported_once_after_it_is_complete(daemon_factor
 
 
 @pytest.mark.parametrize("kind", ["image", "bundle"])
-def test_daemon_killed_during_an_inbox_import_recovers(daemon_factory: Callable[..., Daemon], inbox_config: Path,
-                                                       tmp_path: Path, kind: str) -> None:
+def test_daemon_killed_during_an_inbox_import_recovers(
+    daemon_factory: Callable[..., Daemon], inbox_config: Path, tmp_path: Path, kind: str
+) -> None:
     daemon = daemon_factory("site", inbox_config)
     box = daemon.state_dir / "inbox"
     wait_for(lambda: (box / DONE).is_dir(), "the inbox", timeout=60)
@@ -256,8 +308,11 @@ def test_daemon_killed_during_an_inbox_import_recovers(daemon_factory: Callable[
     os.replace(staging, box / name)  # rename into place: complete at once
 
     wait_for(lambda: (box / PROCESSING / name).exists(), "the claim", timeout=60)
-    wait_for(lambda: any(i["status"] in ("uploading", "importing", "saving") for i in all_images(daemon)),
-             "the import to run", timeout=60)
+    wait_for(
+        lambda: any(i["status"] in ("uploading", "importing", "saving") for i in all_images(daemon)),
+        "the import to run",
+        timeout=60,
+    )
     daemon.stop(signal.SIGKILL)
     assert (box / PROCESSING / name).exists()
 

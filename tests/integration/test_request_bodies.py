@@ -10,7 +10,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -22,8 +23,14 @@ OCTETS = "application/octet-stream"
 PATCH = "application/openstack-images-v2.1-json-patch"
 
 
-def request(daemon: Daemon, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
-            timeout: float = 10) -> tuple[int, bytes]:
+def request(
+    daemon: Daemon,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    content_type: str | None = None,
+    timeout: float = 10,
+) -> tuple[int, bytes]:
     headers = {"X-Auth-Token": daemon.token, "Accept": JSON}
     if content_type:
         headers["Content-Type"] = content_type
@@ -36,8 +43,13 @@ def request(daemon: Daemon, method: str, path: str, body: bytes | None = None, c
 
 
 def new_image(daemon: Daemon) -> str:
-    status, body = request(daemon, "POST", "/v2/images", json.dumps(
-        {"name": "e", "disk_format": "raw", "container_format": "bare"}).encode(), JSON)
+    status, body = request(
+        daemon,
+        "POST",
+        "/v2/images",
+        json.dumps({"name": "e", "disk_format": "raw", "container_format": "bare"}).encode(),
+        JSON,
+    )
     assert status == 201, body
     return str(json.loads(body)["id"])
 
@@ -69,7 +81,7 @@ class HealthProbe:
                 self.latencies.append(self._timeout)
             self._stop.wait(0.01)
 
-    def __enter__(self) -> "HealthProbe":
+    def __enter__(self) -> HealthProbe:
         self._thread.start()
         return self
 
@@ -108,24 +120,26 @@ def raw_exchange(daemon: Daemon, head: str, body: bytes, close_write: bool, time
         try:
             while chunk := sock.recv(65536):
                 answer += chunk
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             pass
         return answer
 
 
 def head(daemon: Daemon, method: str, path: str, content_type: str, length: int) -> str:
     url = urlsplit(daemon.url)
-    return ("%s %s HTTP/1.1\r\nHost: %s:%d\r\nX-Auth-Token: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-            "Accept: application/json\r\nConnection: close\r\n\r\n") % (
-        method, path, url.hostname, url.port, daemon.token, content_type, length)
+    return (
+        "%s %s HTTP/1.1\r\nHost: %s:%d\r\nX-Auth-Token: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+        "Accept: application/json\r\nConnection: close\r\n\r\n"
+    ) % (method, path, url.hostname, url.port, daemon.token, content_type, length)
 
 
 DATA_ROUTES = [("PUT", "/v2/images/{id}/file"), ("PUT", "/v2/images/{id}/stage")]
 
 
 @pytest.mark.parametrize("method,path", DATA_ROUTES)
-def test_empty_bodies_to_data_routes_are_answered_every_time(daemon: Daemon, probed: Callable[..., Any],
-                                                             method: str, path: str) -> None:
+def test_empty_bodies_to_data_routes_are_answered_every_time(
+    daemon: Daemon, probed: Callable[..., Any], method: str, path: str
+) -> None:
     """The issue's reproduction: the second empty-body request used to spin the loop forever."""
     image_id = new_image(daemon)
 
@@ -141,15 +155,19 @@ def test_empty_bodies_to_data_routes_are_answered_every_time(daemon: Daemon, pro
     assert image_status(daemon, other) == "active"
 
 
-@pytest.mark.parametrize("method,path,content_type", [
-    ("POST", "/v2/images", JSON),
-    ("PATCH", "/v2/images/{id}", PATCH),
-    ("POST", "/v2/images/{id}/import", JSON),
-    ("POST", "/v2/edge/check-uri", JSON),
-    ("POST", "/v2/edge/bundles", OCTETS),
-])
-def test_empty_bodies_to_other_routes_get_a_400(daemon: Daemon, probed: Callable[..., Any],
-                                                method: str, path: str, content_type: str) -> None:
+@pytest.mark.parametrize(
+    "method,path,content_type",
+    [
+        ("POST", "/v2/images", JSON),
+        ("PATCH", "/v2/images/{id}", PATCH),
+        ("POST", "/v2/images/{id}/import", JSON),
+        ("POST", "/v2/edge/check-uri", JSON),
+        ("POST", "/v2/edge/bundles", OCTETS),
+    ],
+)
+def test_empty_bodies_to_other_routes_get_a_400(
+    daemon: Daemon, probed: Callable[..., Any], method: str, path: str, content_type: str
+) -> None:
     image_id = new_image(daemon)
 
     def case() -> list[tuple[int, bytes]]:
@@ -160,24 +178,32 @@ def test_empty_bodies_to_other_routes_get_a_400(daemon: Daemon, probed: Callable
         assert json.loads(body)["message"]
 
 
-@pytest.mark.parametrize("method,path,content_type", [
-    ("PUT", "/v2/images/{id}/file", OCTETS),
-    ("PUT", "/v2/images/{id}/stage", OCTETS),
-    ("POST", "/v2/images", JSON),
-    ("PATCH", "/v2/images/{id}", PATCH),
-    ("POST", "/v2/edge/bundles", OCTETS),
-])
+@pytest.mark.parametrize(
+    "method,path,content_type",
+    [
+        ("PUT", "/v2/images/{id}/file", OCTETS),
+        ("PUT", "/v2/images/{id}/stage", OCTETS),
+        ("POST", "/v2/images", JSON),
+        ("PATCH", "/v2/images/{id}", PATCH),
+        ("POST", "/v2/edge/bundles", OCTETS),
+    ],
+)
 @pytest.mark.parametrize("close_write", [True, False], ids=["half-close", "disconnect"])
-def test_short_bodies_and_vanishing_clients(daemon: Daemon, probed: Callable[..., Any], method: str, path: str,
-                                            content_type: str, close_write: bool) -> None:
+def test_short_bodies_and_vanishing_clients(
+    daemon: Daemon, probed: Callable[..., Any], method: str, path: str, content_type: str, close_write: bool
+) -> None:
     """Content-Length promises 1 MiB, 10 bytes arrive, then the client half-closes (and waits
     for an answer) or goes away. Nothing becomes visible, the image goes back to queued."""
     image_id = new_image(daemon)
 
     def case() -> bytes:
         if close_write:
-            return raw_exchange(daemon, head(daemon, method, path.format(id=image_id), content_type, 1 << 20),
-                                b"0123456789", close_write=True)
+            return raw_exchange(
+                daemon,
+                head(daemon, method, path.format(id=image_id), content_type, 1 << 20),
+                b"0123456789",
+                close_write=True,
+            )
         url = urlsplit(daemon.url)
         sock = socket.create_connection((url.hostname, url.port), timeout=5)
         sock.sendall(head(daemon, method, path.format(id=image_id), content_type, 1 << 20).encode() + b"0123456789")
@@ -196,20 +222,23 @@ def test_short_bodies_and_vanishing_clients(daemon: Daemon, probed: Callable[...
     # the next client is served as usual
     assert request(daemon, "PUT", "/v2/images/%s/file" % image_id, b"y" * 4096, OCTETS)[0] == 204
     assert image_status(daemon, image_id) == "active"
-    assert not any(p.name.endswith(".partial") or p.parent.name == ".partial"
-                   for p in (daemon.state_dir / "images").rglob("*") if p.is_file()
-                   and image_id not in p.name)
+    assert not any(
+        p.name.endswith(".partial") or p.parent.name == ".partial"
+        for p in (daemon.state_dir / "images").rglob("*")
+        if p.is_file() and image_id not in p.name
+    )
 
 
 def test_chunked_upload_with_empty_chunk_boundaries_keeps_every_byte(daemon: Daemon) -> None:
     """Ending on an empty read must not cut a chunked body at a chunk boundary."""
     image_id = new_image(daemon)
     payload = bytes(range(256)) * 4096  # 1 MiB
-    pieces = [payload[i:i + 65536] for i in range(0, len(payload), 65536)]
+    pieces = [payload[i : i + 65536] for i in range(0, len(payload), 65536)]
     url = urlsplit(daemon.url)
-    text_head = ("PUT /v2/images/%s/file HTTP/1.1\r\nHost: %s:%d\r\nX-Auth-Token: %s\r\nContent-Type: %s\r\n"
-                 "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n") % (
-        image_id, url.hostname, url.port, daemon.token, OCTETS)
+    text_head = (
+        "PUT /v2/images/%s/file HTTP/1.1\r\nHost: %s:%d\r\nX-Auth-Token: %s\r\nContent-Type: %s\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ) % (image_id, url.hostname, url.port, daemon.token, OCTETS)
     with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
         sock.sendall(text_head.encode())
         for piece in pieces:

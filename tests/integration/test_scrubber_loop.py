@@ -24,8 +24,9 @@ async def test_the_scrubber_loop_pauses_on_its_clock_and_takes_a_new_interval(ap
         passes += 1
         progressed.set()
 
-    scrubber = Scrubber(api.services.catalog, api.services.stores, interval=3600, rate_bytes_per_s=1e9,
-                        on_checked=checked, clock=clock)
+    scrubber = Scrubber(
+        api.services.catalog, api.services.stores, interval=3600, rate_bytes_per_s=1e9, on_checked=checked, clock=clock
+    )
 
     async def passes_reach(count: int) -> None:
         async with asyncio.timeout(10):  # an hour each on the real clock

@@ -10,8 +10,8 @@ import signal
 import socket
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -62,8 +62,12 @@ def fake_systemd(tmp_path: Path) -> Iterator[FakeSystemd]:
 
 
 def check_uri(url: str, token: str, uri: str) -> dict:
-    req = urllib.request.Request(url + "/v2/edge/check-uri", data=json.dumps({"uri": uri}).encode(), method="POST",
-                                 headers={"X-Auth-Token": token, "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + "/v2/edge/check-uri",
+        data=json.dumps({"uri": uri}).encode(),
+        method="POST",
+        headers={"X-Auth-Token": token, "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
 
@@ -81,8 +85,9 @@ def test_ready_watchdog_reload_and_stop(tmp_path: Path, fake_systemd: FakeSystem
         assert check_uri(daemon.url, daemon.token, "http://203.0.113.9/disk")["allowed"] is True
 
         # A reload with a changed URI filter takes effect without a restart.
-        write_toml(config, {"import": {"uri_filter": {"allowed_hosts": ["198.51.100.0/24"]}},
-                            "site": {"name": "renamed"}})
+        write_toml(
+            config, {"import": {"uri_filter": {"allowed_hosts": ["198.51.100.0/24"]}}, "site": {"name": "renamed"}}
+        )
         fake.received.clear()
         daemon.proc.send_signal(signal.SIGHUP)
         reloading = fake.wait_for("RELOADING=1")
@@ -94,7 +99,7 @@ def test_ready_watchdog_reload_and_stop(tmp_path: Path, fake_systemd: FakeSystem
         assert "need a restart to take effect: site" in log
 
         # An invalid config on reload keeps the running one and says why.
-        config.write_text("[import.uri_filter]\nallowed_ports = [\"x\"]\n")
+        config.write_text('[import.uri_filter]\nallowed_ports = ["x"]\n')
         fake.received.clear()
         daemon.proc.send_signal(signal.SIGHUP)
         fake.wait_for("RELOADING=1")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -58,13 +59,12 @@ async def test_scrubber_quarantines_a_flipped_byte(open_api: Callable[..., Any])
     assert (await services.scrubber.tick()).checked == 1
 
 
-async def test_store_requiring_a_mount_is_read_only_until_mounted(
-    open_api: Callable[..., Any], tmp_path: Path
-) -> None:
+async def test_store_requiring_a_mount_is_read_only_until_mounted(open_api: Callable[..., Any], tmp_path: Path) -> None:
     mountpoint = tmp_path / "nfs"
     mountpoint.mkdir()
-    api = await open_api(stores={"default": "local", "local": {"path": str(mountpoint), "require_mount": True,
-                                                                "min_free_bytes": 0}})
+    api = await open_api(
+        stores={"default": "local", "local": {"path": str(mountpoint), "require_mount": True, "min_free_bytes": 0}}
+    )
     image = await api.create(name="waits-for-mount")
     resp = await api.upload(image["id"], b"x" * 1000)
     assert resp.status == 409
@@ -72,7 +72,9 @@ async def test_store_requiring_a_mount_is_read_only_until_mounted(
     assert list(mountpoint.iterdir()) == []  # nothing written into the bare directory
     detail = await (await api.client.get("/v2/info/stores/detail", headers=api.headers())).json()
     assert detail["stores"][0]["read-only"] == "true"
-    await asyncio.to_thread(subprocess.run, ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], check=True)
+    await asyncio.to_thread(
+        subprocess.run, ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], check=True
+    )
     try:
         resp = await api.upload(image["id"], b"x" * 1000)
         assert resp.status == 204, await resp.text()  # recovered by itself
@@ -82,7 +84,9 @@ async def test_store_requiring_a_mount_is_read_only_until_mounted(
         await asyncio.to_thread(subprocess.run, ["umount", "-l", str(mountpoint)], check=False)
 
 
-async def test_full_filesystem_fails_the_write_cleanly(open_api: Callable[..., Any], tmpfs: Callable[[str, int], Path]) -> None:
+async def test_full_filesystem_fails_the_write_cleanly(
+    open_api: Callable[..., Any], tmpfs: Callable[[str, int], Path]
+) -> None:
     small = tmpfs("small", 4 << 20)
     # No free-space floor: this is what a write that meets ENOSPC does (tests/integration/test_full_disk.py: the floor)
     api = await open_api(stores={"default": "local", "local": {"path": str(small), "min_free_bytes": 0}})

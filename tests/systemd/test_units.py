@@ -45,8 +45,10 @@ ACCEPTED_EXPOSURES = {
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.fail("%s is not installed (Debian: apt-get install %s)" % (
-            name, "util-linux" if name == "unshare" else "systemd"))
+        pytest.fail(
+            "%s is not installed (Debian: apt-get install %s)"
+            % (name, "util-linux" if name == "unshare" else "systemd")
+        )
     return path
 
 
@@ -119,8 +121,14 @@ def test_verify_would_report_a_broken_unit(tmp_path: Path) -> None:
 
 
 def test_security_exposure_is_at_most_2() -> None:
-    proc = run(tool("systemd-analyze"), "security", "--offline=yes", "--no-pager",
-               "--threshold=%d" % (MAX_EXPOSURE * 10), str(SERVICE))
+    proc = run(
+        tool("systemd-analyze"),
+        "security",
+        "--offline=yes",
+        "--no-pager",
+        "--threshold=%d" % (MAX_EXPOSURE * 10),
+        str(SERVICE),
+    )
     found = re.search(r"Overall exposure level for edge-appliance\.service: (\d+\.\d+)", proc.stdout)
     assert found, proc.stdout + proc.stderr
     score = float(found.group(1))
@@ -175,7 +183,9 @@ def test_tmpfiles_makes_the_config_readable_by_the_service_group_only(tmp_path: 
     else:
         # Unprivileged: run as "root" of a user namespace, with the group mapped onto ours.
         group_file = root / "etc" / "group"
-        group_file.write_text(re.sub(r"^edge-appliance:x:\d+:", "edge-appliance:x:0:", group_file.read_text(), flags=re.M))
+        group_file.write_text(
+            re.sub(r"^edge-appliance:x:\d+:", "edge-appliance:x:0:", group_file.read_text(), flags=re.M)
+        )
         argv = [tool("unshare"), "--user", "--map-root-user", *argv]
         owner, group = os.getuid(), os.getgid()
 

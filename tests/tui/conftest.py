@@ -8,9 +8,10 @@ import asyncio
 import io
 import os
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -39,7 +40,9 @@ class SiteApi:
         return {"X-Auth-Token": self.daemon.token, **JSON_ERRORS, **extra}
 
     async def call(self, method: str, path: str, expect: int = 200, **kw: Any) -> Any:
-        async with self.session.request(method, self.daemon.url + path, headers=self._headers(**kw.pop("headers", {})), **kw) as resp:
+        async with self.session.request(
+            method, self.daemon.url + path, headers=self._headers(**kw.pop("headers", {})), **kw
+        ) as resp:
             body = await resp.read()
             assert resp.status == expect, (resp.status, body)
             return await resp.json() if body and resp.content_type == "application/json" else None
@@ -48,8 +51,13 @@ class SiteApi:
         body = {"name": name, "disk_format": "raw", "container_format": "bare", **props}
         image = await self.call("POST", "/v2/images", 201, json=body)
         if data is not None:
-            await self.call("PUT", "/v2/images/%s/file" % image["id"], 204, data=data,
-                            headers={"Content-Type": "application/octet-stream"})
+            await self.call(
+                "PUT",
+                "/v2/images/%s/file" % image["id"],
+                204,
+                data=data,
+                headers={"Content-Type": "application/octet-stream"},
+            )
             image = await self.image(image["id"])
         return image
 
@@ -60,8 +68,9 @@ class SiteApi:
         return (await self.call("GET", "/v2/images?limit=1000"))["images"]
 
     async def copy(self, image_id: str, store: str) -> None:
-        await self.call("POST", "/v2/images/%s/import" % image_id, 202,
-                        json={"method": {"name": "copy-image"}, "stores": [store]})
+        await self.call(
+            "POST", "/v2/images/%s/import" % image_id, 202, json={"method": {"name": "copy-image"}, "stores": [store]}
+        )
 
     async def wait_tasks_done(self, image_id: str) -> list[dict[str, Any]]:
         deadline = time.monotonic() + 30
@@ -137,8 +146,15 @@ async def confirm(pilot: Pilot[Any]) -> None:
 # -- a hub and an edge site ----------------------------------------------------------------
 
 MiB = 1 << 20
-FAST_HUB = {"mirror_interval": 1, "reconcile_interval": 2, "heartbeat_interval": 1, "sync_interval": 1,
-            "read_timeout": 5, "connect_timeout": 2, "retry_max_seconds": 1}
+FAST_HUB = {
+    "mirror_interval": 1,
+    "reconcile_interval": 2,
+    "heartbeat_interval": 1,
+    "sync_interval": 1,
+    "read_timeout": 5,
+    "connect_timeout": 2,
+    "retry_max_seconds": 1,
+}
 
 
 @dataclass
@@ -158,8 +174,13 @@ class HubAndEdge:
     async def hub_image(self, name: str, size: int) -> dict[str, Any]:
         """An image uploaded at the hub, once the edge's catalog mirror lists it."""
         image = await self.hub.create(name, visibility="public")
-        await self.hub.call("PUT", "/v2/images/%s/file" % image["id"], 204, data=io.BytesIO(os.urandom(size)),
-                            headers={"Content-Type": "application/octet-stream"})
+        await self.hub.call(
+            "PUT",
+            "/v2/images/%s/file" % image["id"],
+            204,
+            data=io.BytesIO(os.urandom(size)),
+            headers={"Content-Type": "application/octet-stream"},
+        )
         deadline = time.monotonic() + 20
         while not any(i["id"] == image["id"] for i in await self.edge.images()):
             assert time.monotonic() < deadline, "the edge never mirrored %s" % name
@@ -171,21 +192,35 @@ class HubAndEdge:
 
 
 @pytest.fixture
-async def hub_and_edge_factory(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+async def hub_and_edge_factory(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
     made: list[tuple[aiohttp.ClientSession, HubProxy, RecordingRelay]] = []
 
     async def make(rate: int = 0) -> HubAndEdge:
-        hub = daemon_factory("hub", write_toml(tmp_path / "hub.toml", {
-            "site": {"name": "central", "role": "hub"},
-            "stores": {"default": "central", "central": {"path": "images"}},
-            "hub": {"heartbeat_interval": 1},
-        }))
+        hub = daemon_factory(
+            "hub",
+            write_toml(
+                tmp_path / "hub.toml",
+                {
+                    "site": {"name": "central", "role": "hub"},
+                    "stores": {"default": "central", "central": {"path": "images"}},
+                    "hub": {"heartbeat_interval": 1},
+                },
+            ),
+        )
         link = await HubProxy(hub.url, rate=rate).start()
-        edge = daemon_factory("dcn0", write_toml(tmp_path / "dcn0.toml", {
-            "site": {"name": "dcn0"},
-            "hub": {"url": link.url, "token_file": str(hub.state_dir / "admin-token"), **FAST_HUB},
-            "cache": {"min_free_bytes": 0, "max_size": 64 * MiB},
-        }))
+        edge = daemon_factory(
+            "dcn0",
+            write_toml(
+                tmp_path / "dcn0.toml",
+                {
+                    "site": {"name": "dcn0"},
+                    "hub": {"url": link.url, "token_file": str(hub.state_dir / "admin-token"), **FAST_HUB},
+                    "cache": {"min_free_bytes": 0, "max_size": 64 * MiB},
+                },
+            ),
+        )
         relay = await RecordingRelay(edge.url).start()
         session = aiohttp.ClientSession()
         made.append((session, link, relay))

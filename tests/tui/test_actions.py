@@ -4,7 +4,6 @@ own error message; destructive ones ask first."""
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from textual.message import Message
 from textual.notifications import Notify
@@ -13,11 +12,11 @@ from textual.widgets import OptionList
 from tests.conftest import Daemon
 from tests.tui.conftest import SiteApi, confirm, open_images, socket_config, type_text, url_config, wait_until
 from tui.app import make_app
-from tui.messages import ActionFailed, CopyStarted, ImageDeleted, ImportStarted, StoreCopyDeleted, UriRefused
 from tui.dialogs.choose import StoreChoiceScreen
 from tui.dialogs.confirm import ConfirmScreen
-from tui.panes.images import ImageTable
 from tui.dialogs.import_url import ImportUrlScreen
+from tui.messages import ActionFailed, CopyStarted, ImageDeleted, ImportStarted, StoreCopyDeleted, UriRefused
+from tui.panes.images import ImageTable
 
 
 def errors(seen: list[Message]) -> list[str]:
@@ -70,7 +69,9 @@ async def test_copy_to_store_adds_the_store_after_the_task(site: Daemon, site_ap
         await pilot.press("c")
         assert isinstance(app.screen, StoreChoiceScreen)
         options = app.screen.query_one(OptionList)
-        assert [options.get_option_at_index(i).id for i in range(options.option_count)] == ["fast"]  # not local: it is there
+        assert [options.get_option_at_index(i).id for i in range(options.option_count)] == [
+            "fast"
+        ]  # not local: it is there
         await pilot.press("enter")
         await app.workers.wait_for_complete()
         await wait_until(pilot, lambda: any(isinstance(m, CopyStarted) for m in seen), what="CopyStarted")

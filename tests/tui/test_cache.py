@@ -4,17 +4,18 @@ what the screens show: entries, the queue with failed attempts, fills with progr
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from textual.message import Message
 from textual.widgets import OptionList, Static
 
-from tests.tui.conftest import MiB, HubAndEdge, confirm, wait_until
+from tests.tui.conftest import HubAndEdge, MiB, confirm, wait_until
 from tui.app import make_app
-from tui.messages import CacheCleared, CacheQueued, CacheRemoved, StatusLoaded
-from tui.panes.cache import CachePane
 from tui.dialogs.choose import StoreChoiceScreen
 from tui.dialogs.confirm import ConfirmScreen
+from tui.messages import CacheCleared, CacheQueued, CacheRemoved, StatusLoaded
+from tui.panes.cache import CachePane
 from tui.panes.images import ImageTable
 
 
@@ -42,7 +43,9 @@ async def test_queue_remove_and_clear_send_the_cache_api_calls(hub_and_edge: Hub
         await pilot.press("2")
         table = app.query_one(ImageTable)
         await wait_until(pilot, lambda: table.row_count == 2, what="two rows")
-        await wait_until(pilot, lambda: "cache not cached · p caches it" in text_of(app, "#image-detail"), what="cache hint")
+        await wait_until(
+            pilot, lambda: "cache not cached · p caches it" in text_of(app, "#image-detail"), what="cache hint"
+        )
         await pilot.press("p")
         await wait_until(pilot, arrived(seen, CacheQueued), what="CacheQueued")
         assert arrived(seen, CacheQueued)()[0].outcome in ("queued", "filling", "cached")
@@ -67,13 +70,18 @@ async def test_queue_remove_and_clear_send_the_cache_api_calls(hub_and_edge: Hub
         # With the hub down, a queued image stays queued: attempts and the error show.
         link.hub.daemon.stop()
         await pilot.press("2", "j")
-        await wait_until(pilot, lambda: (app.images_pane.selected_image() or {}).get("id") == beta["id"], what="beta highlighted")
+        await wait_until(
+            pilot, lambda: (app.images_pane.selected_image() or {}).get("id") == beta["id"], what="beta highlighted"
+        )
         await pilot.press("p")
         await wait_until(pilot, lambda: len(arrived(seen, CacheQueued)()) == 2, what="second CacheQueued")
         await pilot.press("4")
         queue = pane.queue_table
-        await wait_until(pilot, lambda: beta["id"] in queue.keys and queue.cell_text(beta["id"], "state") == "retry",
-                         what="a failed attempt")
+        await wait_until(
+            pilot,
+            lambda: beta["id"] in queue.keys and queue.cell_text(beta["id"], "state") == "retry",
+            what="a failed attempt",
+        )
         assert int(queue.cell_text(beta["id"], "tries")) >= 1
         assert queue.cell_text(beta["id"], "error")
         await wait_until(pilot, lambda: "down" in text_of(app, "#overview-hub"), what="hub down on Overview")
@@ -113,9 +121,14 @@ async def test_fills_and_pinned_pulls_show_progress(hub_and_edge_factory: Callab
         pane = app.query_one(CachePane)
         await link.edge.call("PUT", "/v2/cache/%s" % cached["id"], 202)
         queue = pane.queue_table
-        await wait_until(pilot, lambda: cached["id"] in queue.keys and queue.cell_text(cached["id"], "state") == "filling",
-                         what="the fill")
-        await wait_until(pilot, lambda: not queue.cell_text(cached["id"], "progress").endswith("?"), what="fill progress")
+        await wait_until(
+            pilot,
+            lambda: cached["id"] in queue.keys and queue.cell_text(cached["id"], "state") == "filling",
+            what="the fill",
+        )
+        await wait_until(
+            pilot, lambda: not queue.cell_text(cached["id"], "progress").endswith("?"), what="fill progress"
+        )
         assert queue.cell_text(cached["id"], "image") == "filled"
         await wait_until(pilot, lambda: pane.entry_table.keys == [cached["id"]], within=30, what="cached")
         assert queue.row_count == 0
@@ -123,7 +136,9 @@ async def test_fills_and_pinned_pulls_show_progress(hub_and_edge_factory: Callab
         await link.hub.copy(pinned["id"], "dcn0")
         await pilot.press("1")
         await wait_until(pilot, lambda: "pulling pinned" in text_of(app, "#overview-hub"), within=30, what="the pull")
-        await wait_until(pilot, lambda: "%" in text_of(app, "#overview-hub").split("pulling pinned", 1)[1], what="pull progress")
+        await wait_until(
+            pilot, lambda: "%" in text_of(app, "#overview-hub").split("pulling pinned", 1)[1], what="pull progress"
+        )
 
 
 async def test_read_only_offers_no_cache_action(hub_and_edge: HubAndEdge) -> None:

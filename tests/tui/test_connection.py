@@ -4,8 +4,8 @@ reconnection, and the edge-tui command line."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from textual.message import Message
 from textual.widgets import Static
@@ -33,7 +33,9 @@ def dead_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_banner_while_the_daemon_is_down_then_reconnects(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
+async def test_banner_while_the_daemon_is_down_then_reconnects(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
     sock = tmp_path / "site" / "appliance.sock"  # where the daemon will put it
     seen: list[Message] = []
     app = make_app(TuiConfig(socket=str(sock), refresh_seconds=REFRESH))
@@ -44,7 +46,9 @@ async def test_banner_while_the_daemon_is_down_then_reconnects(daemon_factory: C
         assert any(isinstance(m, ConnectionFailed) and not m.reachable for m in seen)
         daemon_factory("site", site_config(tmp_path))
         await wait_until(pilot, lambda: not banner(app).display, within=20, what="banner gone")
-        await wait_until(pilot, lambda: "edge-test" in str(app.query_one("#overview-site", Static).content), what="overview")
+        await wait_until(
+            pilot, lambda: "edge-test" in str(app.query_one("#overview-site", Static).content), what="overview"
+        )
         assert any(isinstance(m, StatusLoaded) for m in seen)
 
 
@@ -67,7 +71,9 @@ async def test_banner_for_a_dead_port_and_for_a_refused_token(site: Daemon, site
 async def test_the_banner_returns_when_the_daemon_stops(site: Daemon) -> None:
     app = make_app(TuiConfig(socket=str(site.state_dir / "appliance.sock"), refresh_seconds=REFRESH))
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: "edge-test" in str(app.query_one("#overview-site", Static).content), what="overview")
+        await wait_until(
+            pilot, lambda: "edge-test" in str(app.query_one("#overview-site", Static).content), what="overview"
+        )
         assert not banner(app).display
         site.stop()
         await wait_until(pilot, lambda: banner(app).display, what="banner")

@@ -16,8 +16,9 @@ import sqlite3
 import subprocess
 import time
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from textual import events
@@ -26,11 +27,11 @@ from textual.notifications import Notify
 from textual.widgets import Input, Static
 
 from tests.conftest import VENV_BIN, Daemon
-from tests.tui.conftest import MiB, HubAndEdge, SiteApi, confirm, open_images, socket_config, wait_until
+from tests.tui.conftest import HubAndEdge, MiB, SiteApi, confirm, open_images, socket_config, wait_until
 from tui.app import make_app
+from tui.dialogs.confirm import ARM_SECONDS, ConfirmScreen
 from tui.display import plain, visible
 from tui.messages import ImageDeleted, ImagesLoaded
-from tui.dialogs.confirm import ARM_SECONDS, ConfirmScreen
 from tui.panes.images import ImageTable
 from tui.widgets.contained import NOTICE
 
@@ -100,15 +101,22 @@ async def hostile_site(site: Daemon, site_api: SiteApi) -> dict[str, str]:
     await site_api.wait_tasks_done(ids["clear"])
     write_catalog(site, "UPDATE images SET name = ? WHERE id = ?", CLEAR, ids["clear"])
     write_catalog(site, "UPDATE images SET name = ? WHERE id = ?", MIXED, ids["mixed"])
-    write_catalog(site, "INSERT INTO image_properties (image_id, name, value) VALUES (?, ?, ?)", ids["clear"], PROP_KEY, PROP_VALUE)
+    write_catalog(
+        site,
+        "INSERT INTO image_properties (image_id, name, value) VALUES (?, ?, ?)",
+        ids["clear"],
+        PROP_KEY,
+        PROP_VALUE,
+    )
     write_catalog(site, "UPDATE tasks SET message = ? WHERE image_id = ?", TASK_MESSAGE, ids["clear"])
     shown = {i["name"]: i["id"] for i in await site_api.images()}  # the daemon serves them as stored
     assert shown == {CLOSE: ids[CLOSE], BOLD: ids[BOLD], CLEAR: ids["clear"], MIXED: ids["mixed"]}
     return shown
 
 
-async def test_hostile_names_properties_and_messages_show_literally(site: Daemon, site_api: SiteApi,
-                                                                    hostile_site: dict[str, str]) -> None:
+async def test_hostile_names_properties_and_messages_show_literally(
+    site: Daemon, site_api: SiteApi, hostile_site: dict[str, str]
+) -> None:
     seen: list[Message] = []
     app = make_app(socket_config(site))
     async with app.run_test(size=(120, 40), message_hook=seen.append, notifications=True) as pilot:
@@ -161,12 +169,24 @@ async def test_events_and_a_hub_with_hostile_site_text(daemon_factory: Any, tmp_
 
     from tests.conftest import write_toml
 
-    hub = daemon_factory("hub", write_toml(tmp_path / "hub.toml", {
-        "site": {"name": "central", "role": "hub"}, "stores": {"default": "central", "central": {"path": "images"}}}))
+    hub = daemon_factory(
+        "hub",
+        write_toml(
+            tmp_path / "hub.toml",
+            {
+                "site": {"name": "central", "role": "hub"},
+                "stores": {"default": "central", "central": {"path": "images"}},
+            },
+        ),
+    )
     async with aiohttp.ClientSession() as session:
         api = SiteApi(hub, session)
-        await api.call("POST", "/v2/edge/sites", 200, json={"name": "dcn9", "version": "[/x] [b]9.9[/b]",
-                                                            "free_bytes": 1 << 30, "total_bytes": 2 << 30})
+        await api.call(
+            "POST",
+            "/v2/edge/sites",
+            200,
+            json={"name": "dcn9", "version": "[/x] [b]9.9[/b]", "free_bytes": 1 << 30, "total_bytes": 2 << 30},
+        )
     write_catalog(hub, "UPDATE sites SET api_url = ? WHERE name = ?", "http://x/\x1b[2J\x1b]0;t\x07", "dcn9")
     app = make_app(socket_config(hub))
     async with app.run_test(size=(120, 40)) as pilot:
@@ -176,12 +196,17 @@ async def test_events_and_a_hub_with_hostile_site_text(daemon_factory: Any, tmp_
         sites = app.sites_pane.table
         await wait_until(pilot, lambda: sites.row_count == 1, what="the site")
         assert sites.cell_text("dcn9", "version") == "[/x] [b]9.9[/b]"
-        await wait_until(pilot, lambda: "api http://x/\\x1b[2J\\x1b]0;t\\x07" in text_of(app, "#site-detail"), what="detail")
+        await wait_until(
+            pilot, lambda: "api http://x/\\x1b[2J\\x1b]0;t\\x07" in text_of(app, "#site-detail"), what="detail"
+        )
         await on_screen(pilot, "[/x] [b]9.9[/b]")
         await pilot.press("5")
         log = app.events_pane.log_widget
-        await wait_until(pilot, lambda: any("registered (version [/x] [b]9.9[/b]" in line.text for line in log.lines),
-                         what="the registration event")
+        await wait_until(
+            pilot,
+            lambda: any("registered (version [/x] [b]9.9[/b]" in line.text for line in log.lines),
+            what="the registration event",
+        )
         await on_screen(pilot, "registered (version [/x] [b]9.9[/b]")
         assert app.is_running
 
@@ -205,8 +230,9 @@ async def test_an_edge_mirroring_a_hostile_hub_image(hub_and_edge: HubAndEdge) -
         assert app.is_running
 
 
-async def test_a_view_that_cannot_show_an_answer_does_not_end_the_app(site: Daemon, site_api: SiteApi,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_view_that_cannot_show_an_answer_does_not_end_the_app(
+    site: Daemon, site_api: SiteApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A rendering error (here a cell renderable that raises while drawing, and a detail that
     raises while being built) stays in its widget; the app goes on and says so once."""
     image = await site_api.create("fine", os.urandom(1024))
@@ -237,6 +263,7 @@ async def test_a_view_that_cannot_show_an_answer_does_not_end_the_app(site: Daem
 
 # -- type-ahead ---------------------------------------------------------------------------------
 
+
 def burst(app: Any, *keys: tuple[str, str]) -> None:
     """Keys as a terminal delivers a quick typist's burst: all queued before the first is handled
     (Pilot.press waits for the app to go idle between keys, which hides the race)."""
@@ -251,7 +278,9 @@ async def image(site_api: SiteApi) -> dict[str, Any]:
     return await site_api.create("precious", os.urandom(1024))
 
 
-async def test_keys_typed_after_slash_go_to_the_filter_not_to_delete(site: Daemon, site_api: SiteApi, image: dict[str, Any]) -> None:
+async def test_keys_typed_after_slash_go_to_the_filter_not_to_delete(
+    site: Daemon, site_api: SiteApi, image: dict[str, Any]
+) -> None:
     app = make_app(socket_config(site))
     async with app.run_test() as pilot:
         await open_images(app, pilot, 1)
@@ -282,6 +311,7 @@ async def test_a_confirmation_ignores_yes_typed_ahead(site: Daemon, site_api: Si
 
 # -- the real edge-tui in a terminal -------------------------------------------------------------
 
+
 class Tmux:
     """One tmux server of our own (its own socket), one 80x24 window running a command; the
     window stays after the command ends (its last screen can be read) and the shell around the
@@ -298,12 +328,16 @@ class Tmux:
     def tmux(self, *args: str) -> str:
         tool = shutil.which("tmux")
         assert tool, "tmux is required (make test installs it)"
-        return subprocess.run([tool, "-S", self.socket, "-f", self.conf, *args], check=True, capture_output=True,
-                              text=True, timeout=10).stdout
+        return subprocess.run(
+            [tool, "-S", self.socket, "-f", self.conf, *args], check=True, capture_output=True, text=True, timeout=10
+        ).stdout
 
     def start(self, command: list[str], env: dict[str, str]) -> None:
         settings = [arg for key, value in env.items() for arg in ("-e", "%s=%s" % (key, value))]
-        line = "%s; echo $? > %s" % (" ".join(shlex.quote(part) for part in command), shlex.quote(str(self.status_file)))
+        line = "%s; echo $? > %s" % (
+            " ".join(shlex.quote(part) for part in command),
+            shlex.quote(str(self.status_file)),
+        )
         self.tmux("new-session", "-d", "-x", "80", "-y", "24", "-c", self.cwd, *settings, line)
 
     def screen(self) -> str:
@@ -329,7 +363,9 @@ class Tmux:
         return int(self.status_file.read_text())
 
     def close(self) -> None:
-        subprocess.run([shutil.which("tmux") or "tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=10)
+        subprocess.run(
+            [shutil.which("tmux") or "tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=10
+        )
 
 
 @pytest.fixture
@@ -343,8 +379,9 @@ def edge_tui_env(daemon: Daemon) -> dict[str, str]:
     return {"EDGE_APPLIANCE_SOCKET": str(daemon.state_dir / "appliance.sock"), "TERM": "xterm-256color"}
 
 
-async def test_edge_tui_in_a_terminal_shows_hostile_names_and_keeps_the_screen(site: Daemon, tmux: Tmux,
-                                                                               hostile_site: dict[str, str]) -> None:
+async def test_edge_tui_in_a_terminal_shows_hostile_names_and_keeps_the_screen(
+    site: Daemon, tmux: Tmux, hostile_site: dict[str, str]
+) -> None:
     tmux.start([str(VENV_BIN / "edge-tui")], edge_tui_env(site))
     tmux.wait_for("edge-test")
     tmux.keys("2")
@@ -363,9 +400,11 @@ def test_edge_tui_that_crashes_exits_non_zero(site: Daemon, tmux: Tmux) -> None:
     """A crash while running (here: a fault injected into the help key's action) prints
     Textual's traceback and the process exits 1, not 0 (as it did after the `[/x]` traceback), so
     systemd, scripts and operators see it failed."""
-    crash = ("import sys; import tui.app as a; "
-             "a.ApplianceTui.action_help = lambda self: 1 / 0; "
-             "from tui.__main__ import main; sys.exit(main())")
+    crash = (
+        "import sys; import tui.app as a; "
+        "a.ApplianceTui.action_help = lambda self: 1 / 0; "
+        "from tui.__main__ import main; sys.exit(main())"
+    )
     tmux.start([str(VENV_BIN / "python"), "-c", crash], edge_tui_env(site))
     tmux.wait_for("edge-test")
     tmux.keys("?")

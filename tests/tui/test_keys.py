@@ -125,7 +125,9 @@ def test_edge_tui_runs_in_a_terminal_and_quits_with_q(site: Daemon) -> None:
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     env = {**os.environ, "TERM": "xterm-256color", "EDGE_APPLIANCE_SOCKET": str(site.state_dir / "appliance.sock")}
-    proc = subprocess.Popen([str(VENV_BIN / "edge-tui")], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "edge-tui")], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True
+    )
     os.close(slave)
     screen = b""
     try:

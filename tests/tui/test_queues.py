@@ -7,8 +7,8 @@ arithmetic.)"""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -28,7 +28,9 @@ CHUNKS = 32  # 4 MiB, about 2.5 s
 @pytest.fixture
 async def source() -> AsyncIterator[TestServer]:
     async def slow(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(CHUNK * CHUNKS)})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(CHUNK * CHUNKS)}
+        )
         await resp.prepare(request)
         for i in range(CHUNKS):
             await resp.write(bytes([i % 251]) * CHUNK)
@@ -44,14 +46,18 @@ async def source() -> AsyncIterator[TestServer]:
 
 
 @pytest.fixture
-async def open_site(daemon_factory: Callable[..., Daemon], tmp_path: Path, source: TestServer) -> AsyncIterator[SiteApi]:
+async def open_site(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path, source: TestServer
+) -> AsyncIterator[SiteApi]:
     config = site_config(tmp_path, uri_filter={"allowed_hosts": ["127.0.0.0/8"], "allowed_ports": [source.port]})
     daemon = daemon_factory("site", config)
     async with aiohttp.ClientSession() as session:
         yield SiteApi(daemon, session)
 
 
-async def test_import_from_url_shows_live_progress_then_success_and_failures(open_site: SiteApi, source: TestServer) -> None:
+async def test_import_from_url_shows_live_progress_then_success_and_failures(
+    open_site: SiteApi, source: TestServer
+) -> None:
     site = open_site.daemon
     seen: list[Message] = []
     app = make_app(socket_config(site))
@@ -70,9 +76,11 @@ async def test_import_from_url_shows_live_progress_then_success_and_failures(ope
         key = table.keys[0]
 
         def moving() -> bool:
-            return (table.cell_text(key, "status") == "processing"
-                    and table.cell_text(key, "bytes") in ("1.0/4.0 MiB", "2.0/4.0 MiB", "3.0/4.0 MiB")
-                    and table.cell_text(key, "rate").endswith("/s"))
+            return (
+                table.cell_text(key, "status") == "processing"
+                and table.cell_text(key, "bytes") in ("1.0/4.0 MiB", "2.0/4.0 MiB", "3.0/4.0 MiB")
+                and table.cell_text(key, "rate").endswith("/s")
+            )
 
         await wait_until(pilot, moving, within=20, what="live progress with a rate")
         assert table.cell_text(key, "image") == "slow-image"

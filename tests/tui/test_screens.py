@@ -81,7 +81,9 @@ async def test_filter_narrows_the_table_and_escape_clears_it(site: Daemon, site_
         table = app.query_one(ImageTable)
         await wait_until(pilot, lambda: table.row_count == 3)
         await pilot.press("slash", *"debian")  # (not hex: ids match filters too)
-        await wait_until(pilot, lambda: app.images_pane.filter_text == "debian" and table.row_count == 2, what="filtered rows")
+        await wait_until(
+            pilot, lambda: app.images_pane.filter_text == "debian" and table.row_count == 2, what="filtered rows"
+        )
         assert sorted(table.cell_text(k, "name") for k in table.keys) == ["debian-12", "debian-13"]
         await pilot.press("enter")  # keep the filter, back to the table
         assert app.focused is table
@@ -111,8 +113,13 @@ async def test_live_refresh_updates_rows_in_place(site: Daemon, site_api: SiteAp
 
         table.replace_rows = counting  # type: ignore[method-assign]
         # A status change, a new image and a deletion, all made through the daemon's API.
-        await site_api.call("PUT", "/v2/images/%s/file" % first["id"], 204, data=b"x" * 2048,
-                            headers={"Content-Type": "application/octet-stream"})
+        await site_api.call(
+            "PUT",
+            "/v2/images/%s/file" % first["id"],
+            204,
+            data=b"x" * 2048,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         await wait_until(pilot, lambda: table.cell_text(first["id"], "status") == "active", what="status cell")
         assert table.cell_text(first["id"], "size") == "2.0 KiB"
         third = await site_api.create("third")
@@ -143,5 +150,10 @@ async def test_events_screen_shows_the_daemon_log(site: Daemon, site_api: SiteAp
         later = await site_api.create("later")
         await wait_until(pilot, lambda: any(later["id"] in s.text for s in pane.log_widget.lines), what="new event")
         await pilot.press("slash", *"later")
-        await wait_until(pilot, lambda: all("later" in s.text or not s.text.strip() or s.text.startswith(" " * 20)
-                                            for s in pane.log_widget.lines), what="filtered log")
+        await wait_until(
+            pilot,
+            lambda: all(
+                "later" in s.text or not s.text.strip() or s.text.startswith(" " * 20) for s in pane.log_widget.lines
+            ),
+            what="filtered log",
+        )

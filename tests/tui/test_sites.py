@@ -10,8 +10,8 @@ from textual.widgets import OptionList, Static
 
 from tests.tui.conftest import HubAndEdge, socket_config, wait_until
 from tui.app import make_app
-from tui.messages import CopyStarted, SitesLoaded
 from tui.dialogs.choose import StoreChoiceScreen
+from tui.messages import CopyStarted, SitesLoaded
 from tui.panes.images import ImageTable
 
 
@@ -56,4 +56,6 @@ async def test_sites_screen_on_a_hub(hub_and_edge: HubAndEdge) -> None:
         link.edge.daemon.stop()
         await wait_until(pilot, lambda: table.cell_text("dcn0", "state") == "offline", within=20, what="offline")
         await pilot.press("1")
-        await wait_until(pilot, lambda: "0 online · 1 offline: dcn0 (seen" in text_of(app, "#overview-hub"), what="overview")
+        await wait_until(
+            pilot, lambda: "0 online · 1 offline: dcn0 (seen" in text_of(app, "#overview-hub"), what="overview"
+        )

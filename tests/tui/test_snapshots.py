@@ -31,6 +31,7 @@ def keys_then_settle(*keys: str) -> Any:
             await pilot.app.workers.wait_for_complete()
             await pilot.pause()
         await pilot.pause()
+
     return run
 
 

@@ -8,30 +8,48 @@ from typing import Any
 import pytest
 from textual.app import App, ComposeResult
 
-from tui.display import capacity_bar, human_bytes, human_duration, human_pair, human_rate, progress_bar
-from tui.rate import TransferRates, eta_seconds
 from tui.dialogs.import_url import guess_disk_format, name_from_uri
+from tui.display import capacity_bar, human_bytes, human_duration, human_pair, human_rate, progress_bar
 from tui.panes.queues import method_of, task_order, task_row
+from tui.rate import TransferRates, eta_seconds
 from tui.widgets.keyed_table import KeyedTable
 
 
-@pytest.mark.parametrize("n, shown", [
-    (None, "—"), (0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"),
-    (100 * 1024, "100 KiB"), (1023 * 1024 * 1024, "1023 MiB"), (5 * 1024 ** 3, "5.0 GiB"), (3 * 1024 ** 5, "3.0 PiB"),
-])
+@pytest.mark.parametrize(
+    "n, shown",
+    [
+        (None, "—"),
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (100 * 1024, "100 KiB"),
+        (1023 * 1024 * 1024, "1023 MiB"),
+        (5 * 1024**3, "5.0 GiB"),
+        (3 * 1024**5, "3.0 PiB"),
+    ],
+)
 def test_human_bytes(n: int | None, shown: str) -> None:
     assert human_bytes(n) == shown
     assert len(shown) <= 8
 
 
-@pytest.mark.parametrize("done, total, shown", [
-    (None, None, "—"), (1024, None, "1.0 KiB/?"), (1 << 20, 4 << 20, "1.0/4.0 MiB"), (512 << 20, 2 << 30, "512 MiB/2.0 GiB"),
-])
+@pytest.mark.parametrize(
+    "done, total, shown",
+    [
+        (None, None, "—"),
+        (1024, None, "1.0 KiB/?"),
+        (1 << 20, 4 << 20, "1.0/4.0 MiB"),
+        (512 << 20, 2 << 30, "512 MiB/2.0 GiB"),
+    ],
+)
 def test_human_pair(done: int | None, total: int | None, shown: str) -> None:
     assert human_pair(done, total) == shown
 
 
-@pytest.mark.parametrize("seconds, shown", [(None, "—"), (0, "0s"), (59.4, "59s"), (61, "1m01s"), (3600, "1h00m"), (93784, "1d02h")])
+@pytest.mark.parametrize(
+    "seconds, shown", [(None, "—"), (0, "0s"), (59.4, "59s"), (61, "1m01s"), (3600, "1h00m"), (93784, "1d02h")]
+)
 def test_human_duration(seconds: float | None, shown: str) -> None:
     assert human_duration(seconds) == shown
 
@@ -60,7 +78,11 @@ def test_rates_smooth_successive_samples_and_give_an_eta() -> None:
 
 def test_task_rows() -> None:
     task: dict[str, Any] = {
-        "id": "t1", "status": "processing", "bytes_done": 1 << 30, "bytes_total": 4 << 30, "message": "",
+        "id": "t1",
+        "status": "processing",
+        "bytes_done": 1 << 30,
+        "bytes_total": 4 << 30,
+        "message": "",
         "created_at": "2026-01-01T00:00:00Z",
         "input": {"import_req": {"method": {"name": "web-download", "uri": "https://x/y"}}, "backend": ["local"]},
     }
@@ -77,13 +99,16 @@ def test_task_rows() -> None:
     assert sorted([failed, older, task], key=task_order) == [task, older, failed]
 
 
-@pytest.mark.parametrize("uri, name, fmt", [
-    ("https://cloud.debian.org/images/debian-12.qcow2", "debian-12.qcow2", "qcow2"),
-    ("http://x/disk.raw", "disk.raw", "raw"),
-    ("http://x/win.vhdx?sig=1", "win.vhdx", "vhdx"),
-    ("http://x/", "", "qcow2"),
-    ("http://x/ubuntu.img", "ubuntu.img", "qcow2"),
-])
+@pytest.mark.parametrize(
+    "uri, name, fmt",
+    [
+        ("https://cloud.debian.org/images/debian-12.qcow2", "debian-12.qcow2", "qcow2"),
+        ("http://x/disk.raw", "disk.raw", "raw"),
+        ("http://x/win.vhdx?sig=1", "win.vhdx", "vhdx"),
+        ("http://x/", "", "qcow2"),
+        ("http://x/ubuntu.img", "ubuntu.img", "qcow2"),
+    ],
+)
 def test_url_form_guesses(uri: str, name: str, fmt: str) -> None:
     assert name_from_uri(uri) == name
     assert guess_disk_format(uri) == fmt

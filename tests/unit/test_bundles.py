@@ -16,7 +16,12 @@ import pytest
 from appliance.bundles.manifest import BundleError, ImageRecord, Manifest
 from appliance.bundles.report import FAILED, OK
 from appliance.bundles.signing import (
-    BundleRefused, check_signature, enforce_signature_policy, generate_key, load_private_key, load_public_key,
+    BundleRefused,
+    check_signature,
+    enforce_signature_policy,
+    generate_key,
+    load_private_key,
+    load_public_key,
     sign_manifest,
 )
 from appliance.bundles.stream import IMAGE_DIR, MANIFEST, BundleCorrupt, verify_bundle
@@ -44,8 +49,11 @@ async def test_round_trip_verifies_every_image(tmp_path: Path, three: list[tuple
 async def test_bundle_is_a_standard_zstd_compressed_tar(tmp_path: Path, three: list[tuple[ImageRecord, bytes]]) -> None:
     path = await write_bundle(tmp_path / "b.bundle", three)
     await asyncio.to_thread(subprocess.run, ["zstd", "-q", "-t", str(path)], check=True)
-    listing = (await asyncio.to_thread(subprocess.run, "zstd -dc %s | tar tf -" % path, shell=True, check=True,
-                                       capture_output=True, text=True)).stdout
+    listing = (
+        await asyncio.to_thread(
+            subprocess.run, "zstd -dc %s | tar tf -" % path, shell=True, check=True, capture_output=True, text=True
+        )
+    ).stdout
     assert listing.split() == [MANIFEST] + [IMAGE_DIR + r.id for r, _ in three]
     out = tmp_path / "x"
     out.mkdir()
@@ -56,7 +64,7 @@ async def test_bundle_is_a_standard_zstd_compressed_tar(tmp_path: Path, three: l
 
 async def test_sparse_image_stays_small(tmp_path: Path) -> None:
     data = bytearray(64 * MiB)
-    data[5 * MiB:5 * MiB + 4096] = os.urandom(4096)
+    data[5 * MiB : 5 * MiB + 4096] = os.urandom(4096)
     rec = record(bytes(data))
     path = await write_bundle(tmp_path / "sparse.bundle", [(rec, bytes(data))])
     assert path.stat().st_size < 64 * 1024
@@ -78,7 +86,9 @@ async def test_reading_holds_little_memory_whatever_the_expansion(tmp_path: Path
 
 
 @pytest.mark.parametrize("keep", [0.1, 0.3, 0.5, 0.8, 0.95, -40, -21, -20, -19, -4, -1])
-async def test_truncated_bundle_is_detected(tmp_path: Path, three: list[tuple[ImageRecord, bytes]], keep: float) -> None:
+async def test_truncated_bundle_is_detected(
+    tmp_path: Path, three: list[tuple[ImageRecord, bytes]], keep: float
+) -> None:
     path = await write_bundle(tmp_path / "b.bundle", three)
     full = path.read_bytes()
     cut = int(len(full) * keep) if keep > 0 else len(full) + int(keep)
@@ -105,7 +115,9 @@ async def test_data_appended_after_the_end_is_detected(tmp_path: Path, three: li
     assert not report.ok and ("end marker" in report.error or "damaged" in report.error)
 
 
-async def test_bit_flip_in_image_data_fails_that_image_only(tmp_path: Path, three: list[tuple[ImageRecord, bytes]]) -> None:
+async def test_bit_flip_in_image_data_fails_that_image_only(
+    tmp_path: Path, three: list[tuple[ImageRecord, bytes]]
+) -> None:
     path = await write_bundle(tmp_path / "b.bundle", three)
     raw = bytearray(path.read_bytes())
     # Random data is stored in raw zstd blocks: find the second image's bytes in the file.
@@ -136,7 +148,9 @@ async def test_bit_flip_in_compressed_data_is_detected(tmp_path: Path, where: fl
     assert not report.ok
 
 
-async def test_damaged_manifest_is_refused_before_any_image(tmp_path: Path, three: list[tuple[ImageRecord, bytes]]) -> None:
+async def test_damaged_manifest_is_refused_before_any_image(
+    tmp_path: Path, three: list[tuple[ImageRecord, bytes]]
+) -> None:
     path = await write_bundle(tmp_path / "b.bundle", three)
     raw = bytearray(path.read_bytes())
     raw[300] ^= 0x01  # inside the first frame (the manifest's, a little over 1 KiB here)
@@ -180,16 +194,18 @@ def keys(tmp_path: Path) -> tuple[Path, Path]:
     return good, other
 
 
-async def test_signed_bundle_by_a_trusted_key(tmp_path: Path, three: list[tuple[ImageRecord, bytes]],
-                                              keys: tuple[Path, Path]) -> None:
+async def test_signed_bundle_by_a_trusted_key(
+    tmp_path: Path, three: list[tuple[ImageRecord, bytes]], keys: tuple[Path, Path]
+) -> None:
     path = await write_bundle(tmp_path / "b.bundle", three, key_file=keys[0])
     trusted = [load_public_key(keys[0].with_name("site.key.pub"))]
     report = await verify_bundle(path, trusted, require_signed=True)
     assert report.ok and "trusted" in report.signature and "not a trusted" not in report.signature
 
 
-async def test_unsigned_bundle_refused_where_signatures_are_required(tmp_path: Path, three: list[tuple[ImageRecord, bytes]],
-                                                                     keys: tuple[Path, Path]) -> None:
+async def test_unsigned_bundle_refused_where_signatures_are_required(
+    tmp_path: Path, three: list[tuple[ImageRecord, bytes]], keys: tuple[Path, Path]
+) -> None:
     path = await write_bundle(tmp_path / "b.bundle", three)
     trusted = [load_public_key(keys[0].with_name("site.key.pub"))]
     with pytest.raises(BundleRefused, match="not signed"):
@@ -197,16 +213,18 @@ async def test_unsigned_bundle_refused_where_signatures_are_required(tmp_path: P
     assert (await verify_bundle(path, trusted, require_signed=False)).ok
 
 
-async def test_bundle_signed_by_an_untrusted_key_is_refused(tmp_path: Path, three: list[tuple[ImageRecord, bytes]],
-                                                            keys: tuple[Path, Path]) -> None:
+async def test_bundle_signed_by_an_untrusted_key_is_refused(
+    tmp_path: Path, three: list[tuple[ImageRecord, bytes]], keys: tuple[Path, Path]
+) -> None:
     path = await write_bundle(tmp_path / "b.bundle", three, key_file=keys[1])
     trusted = [load_public_key(keys[0].with_name("site.key.pub"))]
     with pytest.raises(BundleRefused, match="not among them"):
         await verify_bundle(path, trusted, require_signed=True)
 
 
-async def test_changed_manifest_breaks_the_signature_always(tmp_path: Path, three: list[tuple[ImageRecord, bytes]],
-                                                            keys: tuple[Path, Path]) -> None:
+async def test_changed_manifest_breaks_the_signature_always(
+    tmp_path: Path, three: list[tuple[ImageRecord, bytes]], keys: tuple[Path, Path]
+) -> None:
     changed = Manifest(images=tuple(r for r, _ in three), source="evil").encode()
     path = await write_bundle(tmp_path / "b.bundle", three, key_file=keys[0], manifest_raw=changed)
     with pytest.raises(BundleRefused, match="does not verify"):
@@ -246,9 +264,18 @@ def test_key_files(tmp_path: Path, keys: tuple[Path, Path]) -> None:
 
 def test_record_from_glance_keeps_properties_and_drops_server_fields() -> None:
     data = b"x" * 10
-    body = {**record(data).to_json(), "status": "active", "self": "/v2/images/x", "file": "/f", "schema": "/s",
-            "stores": "local", "os_glance_importing_to_stores": "", "created_at": "t", "updated_at": "t",
-            "hw_disk_bus": "scsi"}
+    body = {
+        **record(data).to_json(),
+        "status": "active",
+        "self": "/v2/images/x",
+        "file": "/f",
+        "schema": "/s",
+        "stores": "local",
+        "os_glance_importing_to_stores": "",
+        "created_at": "t",
+        "updated_at": "t",
+        "hw_disk_bus": "scsi",
+    }
     props = body.pop("properties")
     body.update(props)
     rec = ImageRecord.from_glance(body)
@@ -259,15 +286,18 @@ def test_record_from_glance_keeps_properties_and_drops_server_fields() -> None:
         ImageRecord.from_glance({**body, "os_hash_algo": "sha256"})
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"id": "nope"}, "not a UUID"),
-    ({"size": -1}, "negative"),
-    ({"size": True}, "wrong type"),
-    ({"checksum": "abc"}, "hex"),
-    ({"properties": {"name": "x"}}, "cannot be a custom property"),
-    ({"properties": {"k": 1}}, "strings"),
-    ({"extra": 1}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"id": "nope"}, "not a UUID"),
+        ({"size": -1}, "negative"),
+        ({"size": True}, "wrong type"),
+        ({"checksum": "abc"}, "hex"),
+        ({"properties": {"name": "x"}}, "cannot be a custom property"),
+        ({"properties": {"k": 1}}, "strings"),
+        ({"extra": 1}, "unknown key"),
+    ],
+)
 def test_bad_records_are_refused(change: dict[str, Any], message: str) -> None:
     body = {**record(b"abc").to_json(), **change}
     with pytest.raises(BundleError, match=message):

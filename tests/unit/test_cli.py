@@ -23,8 +23,18 @@ def test_check_uri_refuses_metadata_address() -> None:
 
 
 def test_check_uri_follows_the_documented_port_rule(tmp_path: Path) -> None:
-    config = write_toml(tmp_path / "a.toml", {"import": {"uri_filter": {
-        "allowed_schemes": ["http", "https", "ftp"], "allowed_hosts": ["203.0.113.0/24"], "allowed_ports": [80, 443]}}})
+    config = write_toml(
+        tmp_path / "a.toml",
+        {
+            "import": {
+                "uri_filter": {
+                    "allowed_schemes": ["http", "https", "ftp"],
+                    "allowed_hosts": ["203.0.113.0/24"],
+                    "allowed_ports": [80, 443],
+                }
+            }
+        },
+    )
     # No port named: the port rule does not apply (Glance's documented example).
     assert run("check-uri", "--config", str(config), "ftp://203.0.113.5/r").stdout.strip() == "accept"
     refused = run("check-uri", "--config", str(config), "ftp://203.0.113.5:21/r")

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from appliance.config import (
-    ApiConfig, Config, StoreConfig, TokenConfig, load_config, parse_config,
+    ApiConfig,
+    Config,
+    StoreConfig,
+    TokenConfig,
+    load_config,
+    parse_config,
 )
 from appliance.errors import ConfigError
 from tests.conftest import write_toml
@@ -67,13 +72,23 @@ def test_cli_overrides_host_and_port(tmp_path: Path) -> None:
 
 
 def test_custom_stores_and_tokens(tmp_path: Path) -> None:
-    path = write_toml(tmp_path / "c.toml", {
-        "site": {"name": "hub-1", "role": "hub"},
-        "stores": {"default": "fast", "fast": {"path": "/srv/fast", "thin_provisioning": True},
-                   "slow": {"path": "slow", "description": "Slow disks"}},
-        "auth": {"tokens": [{"token": "t1", "user": "nova", "project": "service"},
-                            {"token_file": "nova.token", "user": "u", "project": "p", "roles": ["admin"]}]},
-    })
+    path = write_toml(
+        tmp_path / "c.toml",
+        {
+            "site": {"name": "hub-1", "role": "hub"},
+            "stores": {
+                "default": "fast",
+                "fast": {"path": "/srv/fast", "thin_provisioning": True},
+                "slow": {"path": "slow", "description": "Slow disks"},
+            },
+            "auth": {
+                "tokens": [
+                    {"token": "t1", "user": "nova", "project": "service"},
+                    {"token_file": "nova.token", "user": "u", "project": "p", "roles": ["admin"]},
+                ]
+            },
+        },
+    )
     config = load_config(path, tmp_path)
     assert config.site.role == "hub"
     assert config.stores.default == "fast"
@@ -98,7 +113,10 @@ def test_custom_stores_and_tokens(tmp_path: Path) -> None:
         ({"site": {"nmae": "x"}}, ("nmae", "site")),
         ({"stores": {"local": {"path": "images", "thin": True}}}, ("thin", "stores.local")),
         ({"auth": {"admin_token": "x"}}, ("admin_token", "auth")),
-        ({"auth": {"tokens": [{"token": "t", "user": "u", "project": "p", "role": "admin"}]}}, ("role", "auth.tokens[0]")),
+        (
+            {"auth": {"tokens": [{"token": "t", "user": "u", "project": "p", "role": "admin"}]}},
+            ("role", "auth.tokens[0]"),
+        ),
         ({"logging": {"file": "x"}}, ("file", "logging")),
     ],
 )
@@ -206,7 +224,7 @@ def test_check_config_cli_rejects_bad_file(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "config error" in result.stderr and "site.role" in result.stderr
     unknown = tmp_path / "unknown.toml"
-    unknown.write_text("[stores.local]\npath = \"images\"\nsize = 5\n")
+    unknown.write_text('[stores.local]\npath = "images"\nsize = 5\n')
     result = check_config(unknown)
     assert result.returncode == 2
     assert "size" in result.stderr and "stores.local" in result.stderr
@@ -216,7 +234,11 @@ def test_check_config_cli_rejects_bad_file(tmp_path: Path) -> None:
 
 def test_serve_refuses_bad_config(tmp_path: Path) -> None:
     bad = write_toml(tmp_path / "bad.toml", {"api": {"port": "x"}})
-    result = subprocess.run([str(CLI), "serve", "--config", str(bad), "--state-dir", str(tmp_path / "s")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(CLI), "serve", "--config", str(bad), "--state-dir", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "api.port" in result.stderr

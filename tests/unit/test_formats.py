@@ -170,11 +170,16 @@ IMAGES: dict[str, tuple[tuple[str, ...] | Callable[[Path], None], str, str, str]
     # Real data clusters and L2 tables in several places (an L2 table maps 512 MiB at 64 KiB clusters).
     "qcow2-data": (lambda p: qcow2_with_data(p, "2G", "0 1M", "1500M 64k"), "qcow2", "qcow2", "qcow2"),
     "qcow2-data-512B-clusters": (
-        lambda p: qcow2_with_data(p, "64M", "0 2M", "40M 1M", options="cluster_size=512"), "qcow2", "qcow2", "qcow2",
+        lambda p: qcow2_with_data(p, "64M", "0 2M", "40M 1M", options="cluster_size=512"),
+        "qcow2",
+        "qcow2",
+        "qcow2",
     ),
     "qcow2-data-extended-l2": (
         lambda p: qcow2_with_data(p, "1G", "0 3M", "900M 1M", options="extended_l2=on,cluster_size=128k"),
-        "qcow2", "qcow2", "qcow2",
+        "qcow2",
+        "qcow2",
+        "qcow2",
     ),
     "qcow2-preallocated": (("-f", "qcow2", "-o", "preallocation=metadata", "20M"), "qcow2", "qcow2", "qcow2"),
     "qcow2-compressed": (qcow2_compressed, "qcow2", "qcow2", "qcow2"),
@@ -838,85 +843,185 @@ EVERY_CLAIM = (None, "qcow2", "raw", "vmdk", "iso", "ami", "ploop")
 STREAM_CLAIMS = (None, "qcow2", "aki")
 UNSAFE: dict[str, tuple[Callable[[dict[str, Path]], bytes], tuple[str | None, ...], str]] = {
     # encryption
-    "qcow2-luks": (real("qcow2-luks"), EVERY_CLAIM, "qcow2 image is encrypted (LUKS); encrypted qcow2 images are refused"),
+    "qcow2-luks": (
+        real("qcow2-luks"),
+        EVERY_CLAIM,
+        "qcow2 image is encrypted (LUKS); encrypted qcow2 images are refused",
+    ),
     "qcow2-aes": (real("qcow2-aes"), EVERY_CLAIM, "qcow2 image is encrypted (AES); encrypted qcow2 images are refused"),
-    "qcow2-crypt-method-9": (qcow2_patched("qcow2", crypt_method=9), EVERY_CLAIM, "qcow2 image is encrypted (method 9)"),
-    "luks": (real("luks"), (*EVERY_CLAIM, "vhd", "vhdx", "vdi", "aki", "ari"),
-             "image data is a LUKS-encrypted volume; encrypted images are refused"),
+    "qcow2-crypt-method-9": (
+        qcow2_patched("qcow2", crypt_method=9),
+        EVERY_CLAIM,
+        "qcow2 image is encrypted (method 9)",
+    ),
+    "luks": (
+        real("luks"),
+        (*EVERY_CLAIM, "vhd", "vhdx", "vdi", "aki", "ari"),
+        "image data is a LUKS-encrypted volume; encrypted images are refused",
+    ),
     # backing files in any form
-    "qcow2-backing-relative": (real("qcow2-backing-relative"), EVERY_CLAIM,
-                               'qcow2 image has a backing file ("base.raw"); images that reference host files are refused'),
-    "qcow2-backing-json": (real("qcow2-backing-json"), EVERY_CLAIM,
-                           "qcow2 image has a backing file given as a json: pseudo-protocol specification "
-                           f'("{JSON_BACKING}"); images that reference host files are refused'),
+    "qcow2-backing-relative": (
+        real("qcow2-backing-relative"),
+        EVERY_CLAIM,
+        'qcow2 image has a backing file ("base.raw"); images that reference host files are refused',
+    ),
+    "qcow2-backing-json": (
+        real("qcow2-backing-json"),
+        EVERY_CLAIM,
+        "qcow2 image has a backing file given as a json: pseudo-protocol specification "
+        f'("{JSON_BACKING}"); images that reference host files are refused',
+    ),
     # versions, feature bits, limits
     # The qcow2 magic with version 1 is qcow version 1, here with a qcow2 header qemu cannot read as one.
     "qcow2-version-1": (qcow2_patched("qcow2", version=1), (None, "ami", "ploop"), "qcow (version 1) "),
     "qcow2-version-4": (qcow2_patched("qcow2", version=4), EVERY_CLAIM, "qcow2 version 4 is not supported"),
     "qcow2-corrupt-bit": (qcow2_patched("qcow2-data", incompatible=0b10), EVERY_CLAIM, "qcow2 image is marked corrupt"),
-    "qcow2-unknown-bit-5": (qcow2_patched("qcow2", incompatible=1 << 5), EVERY_CLAIM,
-                            "qcow2 image has unknown incompatible feature bits 0x20"),
-    "qcow2-unknown-bit-63": (qcow2_patched("qcow2", incompatible=(1 << 63) | 0b11001), EVERY_CLAIM,
-                             "qcow2 image has unknown incompatible feature bits 0x8000000000000000"),
-    "qcow2-compression-type-2": (bytes_patched("qcow2", lambda d: 104, b"\x02"), EVERY_CLAIM,
-                                 "qcow2 image uses unknown compression type 2"),
-    "qcow2-refcount-order-7": (qcow2_patched("qcow2", refcount_order=7), EVERY_CLAIM,
-                               "qcow2 header is corrupt: refcount order 7 is out of range"),
-    "qcow2-cluster-bits-8": (qcow2_patched("qcow2", cluster_bits=8), EVERY_CLAIM,
-                             "qcow2 header is corrupt: cluster size 2^8 is out of range"),
-    "qcow2-cluster-bits-22": (qcow2_patched("qcow2", cluster_bits=22), EVERY_CLAIM,
-                              "qcow2 header is corrupt: cluster size 2^22 is out of range"),
-    "qcow2-l1-too-large": (qcow2_patched("qcow2", l1_size=2**31), EVERY_CLAIM,
-                           "qcow2 L1 table is too large (2147483648 entries, at most 4194304)"),
-    "qcow2-l1-too-small": (qcow2_patched("qcow2", size=TiB), EVERY_CLAIM,
-                           "qcow2 header is corrupt: its L1 table (1 entries) is too small for its size"),
-    "qcow2-reftable-too-large": (qcow2_patched("qcow2", reftable_clusters=129), EVERY_CLAIM,
-                                 "qcow2 refcount table is too large (129 clusters)"),
-    "qcow2-too-many-snapshots": (qcow2_patched("qcow2", nb_snapshots=65537), EVERY_CLAIM,
-                                 "qcow2 image has too many snapshots (65537, at most 65536)"),
+    "qcow2-unknown-bit-5": (
+        qcow2_patched("qcow2", incompatible=1 << 5),
+        EVERY_CLAIM,
+        "qcow2 image has unknown incompatible feature bits 0x20",
+    ),
+    "qcow2-unknown-bit-63": (
+        qcow2_patched("qcow2", incompatible=(1 << 63) | 0b11001),
+        EVERY_CLAIM,
+        "qcow2 image has unknown incompatible feature bits 0x8000000000000000",
+    ),
+    "qcow2-compression-type-2": (
+        bytes_patched("qcow2", lambda d: 104, b"\x02"),
+        EVERY_CLAIM,
+        "qcow2 image uses unknown compression type 2",
+    ),
+    "qcow2-refcount-order-7": (
+        qcow2_patched("qcow2", refcount_order=7),
+        EVERY_CLAIM,
+        "qcow2 header is corrupt: refcount order 7 is out of range",
+    ),
+    "qcow2-cluster-bits-8": (
+        qcow2_patched("qcow2", cluster_bits=8),
+        EVERY_CLAIM,
+        "qcow2 header is corrupt: cluster size 2^8 is out of range",
+    ),
+    "qcow2-cluster-bits-22": (
+        qcow2_patched("qcow2", cluster_bits=22),
+        EVERY_CLAIM,
+        "qcow2 header is corrupt: cluster size 2^22 is out of range",
+    ),
+    "qcow2-l1-too-large": (
+        qcow2_patched("qcow2", l1_size=2**31),
+        EVERY_CLAIM,
+        "qcow2 L1 table is too large (2147483648 entries, at most 4194304)",
+    ),
+    "qcow2-l1-too-small": (
+        qcow2_patched("qcow2", size=TiB),
+        EVERY_CLAIM,
+        "qcow2 header is corrupt: its L1 table (1 entries) is too small for its size",
+    ),
+    "qcow2-reftable-too-large": (
+        qcow2_patched("qcow2", reftable_clusters=129),
+        EVERY_CLAIM,
+        "qcow2 refcount table is too large (129 clusters)",
+    ),
+    "qcow2-too-many-snapshots": (
+        qcow2_patched("qcow2", nb_snapshots=65537),
+        EVERY_CLAIM,
+        "qcow2 image has too many snapshots (65537, at most 65536)",
+    ),
     # tables outside the file
-    "qcow2-l1-outside": (qcow2_patched("qcow2", l1_offset=TiB), STREAM_CLAIMS,
-                         f"qcow2 image is truncated or corrupt: its L1 table ends at byte {TiB + 8}, "
-                         "beyond the end of the data (196616 bytes)"),
-    "qcow2-reftable-outside": (qcow2_patched("qcow2", reftable_offset=4 * MiB), STREAM_CLAIMS,
-                               f"qcow2 image is truncated or corrupt: its refcount table ends at byte {4 * MiB + 64 * KiB}"),
-    "qcow2-snapshots-outside": (qcow2_patched("qcow2", nb_snapshots=1, snapshots_offset=196608), STREAM_CLAIMS,
-                                "qcow2 image is truncated or corrupt: its snapshot table ends at byte 196648"),
-    "qcow2-l2-outside": (bytes_patched("qcow2-data", lambda d: qcow2_field(d, "l1_offset"),
-                                             struct.pack(">Q", (1 << 63) | TiB)), STREAM_CLAIMS,
-                         f"qcow2 image is truncated or corrupt: it has an L2 table at byte {TiB}, beyond the end"),
-    "qcow2-refblock-outside": (bytes_patched("qcow2", lambda d: qcow2_field(d, "reftable_offset"),
-                                                   struct.pack(">Q", 8 * MiB)), STREAM_CLAIMS,
-                               f"qcow2 image is truncated or corrupt: it has a refcount block at byte {8 * MiB}"),
+    "qcow2-l1-outside": (
+        qcow2_patched("qcow2", l1_offset=TiB),
+        STREAM_CLAIMS,
+        f"qcow2 image is truncated or corrupt: its L1 table ends at byte {TiB + 8}, "
+        "beyond the end of the data (196616 bytes)",
+    ),
+    "qcow2-reftable-outside": (
+        qcow2_patched("qcow2", reftable_offset=4 * MiB),
+        STREAM_CLAIMS,
+        f"qcow2 image is truncated or corrupt: its refcount table ends at byte {4 * MiB + 64 * KiB}",
+    ),
+    "qcow2-snapshots-outside": (
+        qcow2_patched("qcow2", nb_snapshots=1, snapshots_offset=196608),
+        STREAM_CLAIMS,
+        "qcow2 image is truncated or corrupt: its snapshot table ends at byte 196648",
+    ),
+    "qcow2-l2-outside": (
+        bytes_patched("qcow2-data", lambda d: qcow2_field(d, "l1_offset"), struct.pack(">Q", (1 << 63) | TiB)),
+        STREAM_CLAIMS,
+        f"qcow2 image is truncated or corrupt: it has an L2 table at byte {TiB}, beyond the end",
+    ),
+    "qcow2-refblock-outside": (
+        bytes_patched("qcow2", lambda d: qcow2_field(d, "reftable_offset"), struct.pack(">Q", 8 * MiB)),
+        STREAM_CLAIMS,
+        f"qcow2 image is truncated or corrupt: it has a refcount block at byte {8 * MiB}",
+    ),
     # truncated images (real data written by qemu-io, then cut)
-    "qcow2-cut-in-l1": (qcow2_cut("qcow2-data", lambda d: qcow2_field(d, "l1_offset") + 4), STREAM_CLAIMS,
-                        "qcow2 image is truncated or corrupt: its L1 table ends at byte"),
-    "qcow2-cut-before-last-l2": (qcow2_cut("qcow2-data", last_l2_table), STREAM_CLAIMS,
-                                 "qcow2 image is truncated or corrupt: it has an L2 table at byte"),
-    "qcow2-cut-last-data-cluster": (qcow2_cut("qcow2-data", lambda d: len(d) - 4096), STREAM_CLAIMS,
-                                    "qcow2 image is truncated or corrupt: it has a data cluster at byte"),
-    "qcow2-512B-clusters-cut": (qcow2_cut("qcow2-data-512B-clusters", lambda d: len(d) - 512), STREAM_CLAIMS,
-                                "qcow2 image is truncated or corrupt: it has a data cluster at byte"),
-    "qcow2-extended-l2-cut": (qcow2_cut("qcow2-data-extended-l2", lambda d: len(d) - 1), STREAM_CLAIMS,
-                              "qcow2 image is truncated or corrupt: it has a data cluster at byte"),
-    "qcow2-compressed-cut": (qcow2_cut("qcow2-compressed", lambda d: len(d) - 2048), STREAM_CLAIMS,
-                             "qcow2 image is truncated or corrupt: it has an L2 table at byte"),  # written last
-    "qcow2-compressed-outside": (compressed_cluster_moved_out, STREAM_CLAIMS,
-                                 "qcow2 image is truncated or corrupt: it has a compressed cluster at byte"),
-    "qcow2-resized-cut": (qcow2_cut("qcow2-resized", lambda d: qcow2_field(d, "l1_offset")), STREAM_CLAIMS,
-                          "qcow2 image is truncated or corrupt: its L1 table ends at byte"),
+    "qcow2-cut-in-l1": (
+        qcow2_cut("qcow2-data", lambda d: qcow2_field(d, "l1_offset") + 4),
+        STREAM_CLAIMS,
+        "qcow2 image is truncated or corrupt: its L1 table ends at byte",
+    ),
+    "qcow2-cut-before-last-l2": (
+        qcow2_cut("qcow2-data", last_l2_table),
+        STREAM_CLAIMS,
+        "qcow2 image is truncated or corrupt: it has an L2 table at byte",
+    ),
+    "qcow2-cut-last-data-cluster": (
+        qcow2_cut("qcow2-data", lambda d: len(d) - 4096),
+        STREAM_CLAIMS,
+        "qcow2 image is truncated or corrupt: it has a data cluster at byte",
+    ),
+    "qcow2-512B-clusters-cut": (
+        qcow2_cut("qcow2-data-512B-clusters", lambda d: len(d) - 512),
+        STREAM_CLAIMS,
+        "qcow2 image is truncated or corrupt: it has a data cluster at byte",
+    ),
+    "qcow2-extended-l2-cut": (
+        qcow2_cut("qcow2-data-extended-l2", lambda d: len(d) - 1),
+        STREAM_CLAIMS,
+        "qcow2 image is truncated or corrupt: it has a data cluster at byte",
+    ),
+    "qcow2-compressed-cut": (
+        qcow2_cut("qcow2-compressed", lambda d: len(d) - 2048),
+        STREAM_CLAIMS,
+        "qcow2 image is truncated or corrupt: it has an L2 table at byte",
+    ),  # written last
+    "qcow2-compressed-outside": (
+        compressed_cluster_moved_out,
+        STREAM_CLAIMS,
+        "qcow2 image is truncated or corrupt: it has a compressed cluster at byte",
+    ),
+    "qcow2-resized-cut": (
+        qcow2_cut("qcow2-resized", lambda d: qcow2_field(d, "l1_offset")),
+        STREAM_CLAIMS,
+        "qcow2 image is truncated or corrupt: its L1 table ends at byte",
+    ),
     # VDI
-    "vdi-differencing": (bytes_patched("vdi", lambda d: 76, struct.pack("<I", 4)), ("vdi", None, "raw", "ami"),
-                         "VDI image is a differencing disk, which depends on a parent file; images that reference host files are refused"),
-    "vdi-undo": (bytes_patched("vdi", lambda d: 76, struct.pack("<I", 3)), ("vdi", None, "raw", "ari"),
-                 "VDI image type 3 is not supported; only normal and fixed images are accepted"),
-    "vdi-type-0": (bytes_patched("vdi-static", lambda d: 76, struct.pack("<I", 0)), ("vdi", None),
-                   "VDI image type 0 is not supported"),
+    "vdi-differencing": (
+        bytes_patched("vdi", lambda d: 76, struct.pack("<I", 4)),
+        ("vdi", None, "raw", "ami"),
+        "VDI image is a differencing disk, which depends on a parent file; "
+        "images that reference host files are refused",
+    ),
+    "vdi-undo": (
+        bytes_patched("vdi", lambda d: 76, struct.pack("<I", 3)),
+        ("vdi", None, "raw", "ari"),
+        "VDI image type 3 is not supported; only normal and fixed images are accepted",
+    ),
+    "vdi-type-0": (
+        bytes_patched("vdi-static", lambda d: 76, struct.pack("<I", 0)),
+        ("vdi", None),
+        "VDI image type 0 is not supported",
+    ),
     # VMDK
-    "vmdk-cowd": (lambda images: b"COWD" + images["vmdk-monolithicSparse"].read_bytes()[4:], ("vmdk", None, "raw"),
-                  "VMDK3 (COWD) sparse images are not supported"),
-    "vmdk-capacity-0": (bytes_patched("vmdk-monolithicSparse", lambda d: 12, bytes(8)), ("vmdk", None, "raw"),
-                        "VMDK image has a capacity of 0, so qemu would take its descriptor for a descriptor file"),
+    "vmdk-cowd": (
+        lambda images: b"COWD" + images["vmdk-monolithicSparse"].read_bytes()[4:],
+        ("vmdk", None, "raw"),
+        "VMDK3 (COWD) sparse images are not supported",
+    ),
+    "vmdk-capacity-0": (
+        bytes_patched("vmdk-monolithicSparse", lambda d: 12, bytes(8)),
+        ("vmdk", None, "raw"),
+        "VMDK image has a capacity of 0, so qemu would take its descriptor for a descriptor file",
+    ),
 }
 
 
@@ -950,7 +1055,9 @@ def test_other_qemu_formats_refused_under_every_inspected_claim(images: dict[str
     for claim in INSPECTED_CLAIMS:
         # A DMG starts like raw data: claims that want a header refuse it as raw before its trailer.
         shown = "(raw|dmg)" if detected == "dmg" else detected
-        assert re.fullmatch(rf"image data is {shown}, not {claim} as claimed \(disk_format\)", refusal(data, claim)), claim
+        assert re.fullmatch(rf"image data is {shown}, not {claim} as claimed \(disk_format\)", refusal(data, claim)), (
+            claim
+        )
 
 
 @pytest.mark.parametrize("name", OTHER_FORMATS)
@@ -979,18 +1086,28 @@ OTHER_UNSAFE: dict[str, tuple[Callable[[dict[str, Path]], bytes], str]] = {
     "qed-backing-json": (real("qed-backing-json"), f'QED image has a backing file ("{JSON_BACKING}")'),
     # The name without the feature bit (qemu would ignore it), and the bit without a name.
     "qed-backing-name-only": (patched("qed-backing", 16, bytes(8)), shadow_backing("QED")),
-    "qed-backing-bit-only": (patched("other.qed", 16, struct.pack("<Q", 1)),
-                             "QED image has a backing file; images that reference host files are refused"),
+    "qed-backing-bit-only": (
+        patched("other.qed", 16, struct.pack("<Q", 1)),
+        "QED image has a backing file; images that reference host files are refused",
+    ),
     "qed-unknown-feature": (patched("other.qed", 16, struct.pack("<Q", 0x8)), "QED image has unknown feature bits 0x8"),
     "qed-cluster-size-0": (patched("other.qed", 4, bytes(4)), "QED header is corrupt: cluster size 0 is invalid"),
     "qcow-backing": (real("qcow-backing"), shadow_backing("qcow (version 1)")),
     "qcow-aes": (real("qcow-aes"), "qcow (version 1) image is encrypted (AES); encrypted images are refused"),
-    "parallels-version-3": (patched("other.parallels", 16, struct.pack("<I", 3)), "Parallels image version 3 is not supported"),
-    "bochs-undoable": (lambda images: make_bochs_bytes(images, b"Undoable"),
-                       'bochs image is a "Undoable" redolog, which depends on a base image file; '
-                       "images that reference host files are refused"),
+    "parallels-version-3": (
+        patched("other.parallels", 16, struct.pack("<I", 3)),
+        "Parallels image version 3 is not supported",
+    ),
+    "bochs-undoable": (
+        lambda images: make_bochs_bytes(images, b"Undoable"),
+        'bochs image is a "Undoable" redolog, which depends on a base image file; '
+        "images that reference host files are refused",
+    ),
     "bochs-volatile": (lambda images: make_bochs_bytes(images, b"Volatile"), 'bochs image is a "Volatile" redolog'),
-    "bochs-version-3": (patched("other.bochs", 64, struct.pack("<I", 0x30000)), "bochs image version 0x30000 is not supported"),
+    "bochs-version-3": (
+        patched("other.bochs", 64, struct.pack("<I", 0x30000)),
+        "bochs image version 0x30000 is not supported",
+    ),
     "cloop-block-size-0": (patched("other.cloop", 128, bytes(4)), "cloop header is corrupt: block size 0 is invalid"),
 }
 
@@ -1024,8 +1141,12 @@ def test_other_qemu_formats_backing_file_refused_early(images: dict[str, Path], 
         ("extended-l2-bit", real("qcow2-data-extended-l2")),
         ("v2", real("qcow2-v2")),
         ("l1-larger-than-needed", qcow2_patched("qcow2", l1_size=1)),
-        ("snapshot-table-inside", lambda images: bytes(
-            patch_qcow2(images["qcow2"].read_bytes(), nb_snapshots=1, snapshots_offset=196608)) + bytes(40)),
+        (
+            "snapshot-table-inside",
+            lambda images: (
+                bytes(patch_qcow2(images["qcow2"].read_bytes(), nb_snapshots=1, snapshots_offset=196608)) + bytes(40)
+            ),
+        ),
     ],
 )
 def test_qcow2_accepted_features(images: dict[str, Path], case: str, build: Callable[[dict[str, Path]], bytes]) -> None:
@@ -1038,7 +1159,14 @@ def test_qcow2_truncated_anywhere_in_its_metadata_or_data_is_refused(images: dic
     # Every cut of a real image with data is refused, down to one missing byte; the whole image passes.
     data = images["qcow2-data"].read_bytes()
     assert inspect(data, "qcow2").virtual_size == 2 << 30
-    for cut in (72, 4096, 64 * KiB, qcow2_field(data, "l1_offset") + 8, *range(256 * KiB, len(data), 64 * KiB), len(data) - 1):
+    for cut in (
+        72,
+        4096,
+        64 * KiB,
+        qcow2_field(data, "l1_offset") + 8,
+        *range(256 * KiB, len(data), 64 * KiB),
+        len(data) - 1,
+    ):
         message = refusal(data[:cut], "qcow2", "4KiB")
         assert message.startswith(("qcow2 image is truncated", "image data is too short")), (cut, message)
 
@@ -1142,37 +1270,69 @@ def test_vmdk_descriptor_as_vmware_writes_it_accepted(images: dict[str, Path]) -
 
 LONG_LINE = "x" * 100
 VMDK_DESCRIPTOR_EDITS: dict[str, tuple[Callable[[str], str], str]] = {
-    "unknown-key": (lambda t: t.replace("ddb.virtualHWVersion", "foo"),
-                    'VMDK descriptor has a line the inspector does not understand: "foo = "4""'),
-    "free-text": (lambda t: t + "hello world\n",
-                  'VMDK descriptor has a line the inspector does not understand: "hello world"'),
-    "long-line-truncated": (lambda t: t + LONG_LINE + "\n",
-                            f'VMDK descriptor has a line the inspector does not understand: "{"x" * 60}..."'),
-    "native-snapshot": (lambda t: t.replace("version=1", 'version=1\nisNativeSnapshot="yes"'),
-                        'VMDK descriptor has a line the inspector does not understand: "isNativeSnapshot="yes""'),
-    "bad-cid": (lambda t: t.replace("CID=", "CID=zz", 1),
-                "VMDK descriptor has a line the inspector does not understand: \"CID=zz"),
-    "version-4": (lambda t: t.replace("version=1", "version=4"),
-                  'VMDK descriptor has a line the inspector does not understand: "version=4"'),
-    "noaccess-extent": (lambda t: t.replace("RW ", "NOACCESS "),
-                        'VMDK descriptor has a line the inspector does not understand: "NOACCESS 10240 SPARSE'),
-    "unquoted-extent": (lambda t: t.replace('"vmdk-monolithicSparse"', "vmdk-monolithicSparse"),
-                        'VMDK descriptor has a line the inspector does not understand: "RW 10240 SPARSE vmdk'),
-    "sparse-extent-offset": (lambda t: t.replace('"vmdk-monolithicSparse"', '"vmdk-monolithicSparse" 0'),
-                             "VMDK descriptor has a line the inspector does not understand"),
-    "parent-cid": (lambda t: t.replace("parentCID=ffffffff", "parentCID=1234abcd"),
-                   "VMDK image depends on a parent image (parentCID=1234abcd); images that reference host files are refused"),
-    "create-type-twice": (lambda t: t + 'createType="monolithicSparse"\n',
-                          "VMDK descriptor sets createType more than once"),
-    "no-extent": (lambda t: t.replace('RW 10240 SPARSE "vmdk-monolithicSparse"', ""),
-                  "VMDK descriptor lists no extent; only single-file images with one SPARSE extent are accepted"),
-    "two-sparse-extents": (lambda t: t.replace('RW 10240 SPARSE "vmdk-monolithicSparse"',
-                                               'RW 10240 SPARSE "vmdk-monolithicSparse"\nRW 10240 SPARSE "other.vmdk"'),
-                           "VMDK descriptor lists extents of type SPARSE, SPARSE;"),
+    "unknown-key": (
+        lambda t: t.replace("ddb.virtualHWVersion", "foo"),
+        'VMDK descriptor has a line the inspector does not understand: "foo = "4""',
+    ),
+    "free-text": (
+        lambda t: t + "hello world\n",
+        'VMDK descriptor has a line the inspector does not understand: "hello world"',
+    ),
+    "long-line-truncated": (
+        lambda t: t + LONG_LINE + "\n",
+        f'VMDK descriptor has a line the inspector does not understand: "{"x" * 60}..."',
+    ),
+    "native-snapshot": (
+        lambda t: t.replace("version=1", 'version=1\nisNativeSnapshot="yes"'),
+        'VMDK descriptor has a line the inspector does not understand: "isNativeSnapshot="yes""',
+    ),
+    "bad-cid": (
+        lambda t: t.replace("CID=", "CID=zz", 1),
+        'VMDK descriptor has a line the inspector does not understand: "CID=zz',
+    ),
+    "version-4": (
+        lambda t: t.replace("version=1", "version=4"),
+        'VMDK descriptor has a line the inspector does not understand: "version=4"',
+    ),
+    "noaccess-extent": (
+        lambda t: t.replace("RW ", "NOACCESS "),
+        'VMDK descriptor has a line the inspector does not understand: "NOACCESS 10240 SPARSE',
+    ),
+    "unquoted-extent": (
+        lambda t: t.replace('"vmdk-monolithicSparse"', "vmdk-monolithicSparse"),
+        'VMDK descriptor has a line the inspector does not understand: "RW 10240 SPARSE vmdk',
+    ),
+    "sparse-extent-offset": (
+        lambda t: t.replace('"vmdk-monolithicSparse"', '"vmdk-monolithicSparse" 0'),
+        "VMDK descriptor has a line the inspector does not understand",
+    ),
+    "parent-cid": (
+        lambda t: t.replace("parentCID=ffffffff", "parentCID=1234abcd"),
+        "VMDK image depends on a parent image (parentCID=1234abcd); images that reference host files are refused",
+    ),
+    "create-type-twice": (
+        lambda t: t + 'createType="monolithicSparse"\n',
+        "VMDK descriptor sets createType more than once",
+    ),
+    "no-extent": (
+        lambda t: t.replace('RW 10240 SPARSE "vmdk-monolithicSparse"', ""),
+        "VMDK descriptor lists no extent; only single-file images with one SPARSE extent are accepted",
+    ),
+    "two-sparse-extents": (
+        lambda t: t.replace(
+            'RW 10240 SPARSE "vmdk-monolithicSparse"',
+            'RW 10240 SPARSE "vmdk-monolithicSparse"\nRW 10240 SPARSE "other.vmdk"',
+        ),
+        "VMDK descriptor lists extents of type SPARSE, SPARSE;",
+    ),
     "zero-extent": (lambda t: t.replace("SPARSE", "ZERO"), "VMDK descriptor lists extents of type ZERO;"),
-    "vmfs-extent": (lambda t: t.replace('RW 10240 SPARSE "vmdk-monolithicSparse"',
-                                        'RW 10240 SPARSE "vmdk-monolithicSparse"\nRW 10 VMFS "/vmfs/devices/disks/x"'),
-                    "VMDK descriptor lists extents of type SPARSE, VMFS;"),
+    "vmfs-extent": (
+        lambda t: t.replace(
+            'RW 10240 SPARSE "vmdk-monolithicSparse"',
+            'RW 10240 SPARSE "vmdk-monolithicSparse"\nRW 10 VMFS "/vmfs/devices/disks/x"',
+        ),
+        "VMDK descriptor lists extents of type SPARSE, VMFS;",
+    ),
 }
 
 
@@ -1190,8 +1350,8 @@ def test_vmdk_descriptor_grammar(images: dict[str, Path], edit: str) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "version=1\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"/dev/sda\" 0\n",
-        "  \n# a comment\r\nversion=2\r\nRW 2048 FLAT \"/etc/shadow\" 0\r\n",
+        'version=1\ncreateType="monolithicFlat"\nRW 2048 FLAT "/dev/sda" 0\n',
+        '  \n# a comment\r\nversion=2\r\nRW 2048 FLAT "/etc/shadow" 0\r\n',
         "# Disk DescriptorFile\nversion=1\n",
     ],
 )
@@ -1215,7 +1375,12 @@ LIMITS: list[tuple[str, str | None, int | None, str | None]] = [
     ("qcow2", "qcow2", 5 * MiB - 1, f"image virtual size {5 * MiB} bytes exceeds the limit of {5 * MiB - 1} bytes"),
     ("qcow2", None, 4 * MiB, f"image virtual size {5 * MiB} bytes exceeds the limit of {4 * MiB} bytes"),
     ("qcow2", "ami", 4 * MiB, f"image virtual size {5 * MiB} bytes exceeds the limit of {4 * MiB} bytes"),
-    ("vmdk-streamOptimized", "vmdk", 4 * MiB, f"image virtual size {5 * MiB} bytes exceeds the limit of {4 * MiB} bytes"),
+    (
+        "vmdk-streamOptimized",
+        "vmdk",
+        4 * MiB,
+        f"image virtual size {5 * MiB} bytes exceeds the limit of {4 * MiB} bytes",
+    ),
     ("vhdx-3000M", "vhdx", 1 << 30, f"image virtual size {3000 * MiB} bytes exceeds the limit of {1 << 30} bytes"),
     ("vhdx-3000M", "vhdx", 3000 * MiB, None),
     ("vdi", "vdi", MiB, f"image virtual size {5 * MiB} bytes exceeds the limit of {MiB} bytes"),
@@ -1229,7 +1394,9 @@ LIMITS: list[tuple[str, str | None, int | None, str | None]] = [
 
 
 @pytest.mark.parametrize(("name", "claim", "limit", "message"), LIMITS)
-def test_max_virtual_size(images: dict[str, Path], name: str, claim: str | None, limit: int | None, message: str | None) -> None:
+def test_max_virtual_size(
+    images: dict[str, Path], name: str, claim: str | None, limit: int | None, message: str | None
+) -> None:
     data = images[name].read_bytes()
     for plan in ("whole", "4KiB"):
         inspector = FormatInspector(claim, max_virtual_size=limit)
@@ -1262,7 +1429,9 @@ def test_fixed_vhd_at_the_limit_is_not_refused_for_its_footer(images: dict[str, 
     assert inspect_file(str(path), "vhd", max_virtual_size=size) == Inspection("vhd", size)
 
 
-@pytest.mark.parametrize(("l1_size", "limit", "refused"), [(3, 1 << 30, True), (3, 1536 * MiB, False), (2, 1 << 30, False)])
+@pytest.mark.parametrize(
+    ("l1_size", "limit", "refused"), [(3, 1 << 30, True), (3, 1536 * MiB, False), (2, 1 << 30, False)]
+)
 def test_qcow2_l1_table_mapping_beyond_the_limit_refused(
     images: dict[str, Path], l1_size: int, limit: int, refused: bool
 ) -> None:
@@ -1295,7 +1464,9 @@ def refusal_with(data: bytes, claim: str | None, limit: int | None) -> str:
     return str(info.value)
 
 
-def feed_until_refused_with(data: bytes, claim: str | None, limit: int, size: int = 4 * KiB) -> tuple[int, FormatInspector]:
+def feed_until_refused_with(
+    data: bytes, claim: str | None, limit: int, size: int = 4 * KiB
+) -> tuple[int, FormatInspector]:
     inspector = FormatInspector(claim, max_virtual_size=limit)
     for i in range(0, len(data), size):
         try:

@@ -6,8 +6,16 @@ from __future__ import annotations
 
 from tests.unit.test_imports_graph import import_graph
 
-ABOVE = ("appliance.cache", "appliance.images", "appliance.hublink", "appliance.services", "appliance.api",
-         "appliance.app", "appliance.imports", "appliance.sites")
+ABOVE = (
+    "appliance.cache",
+    "appliance.images",
+    "appliance.hublink",
+    "appliance.services",
+    "appliance.api",
+    "appliance.app",
+    "appliance.imports",
+    "appliance.sites",
+)
 
 
 def reached(graph: dict[str, set[str]], start: str) -> set[str]:
@@ -23,7 +31,9 @@ def reached(graph: dict[str, set[str]], start: str) -> set[str]:
 def test_the_hub_client_layer_imports_nothing_above_it() -> None:
     graph = import_graph()
     hub = sorted(name for name in graph if name == "appliance.hub" or name.startswith("appliance.hub."))
-    assert {"appliance.hub.client", "appliance.hub.lookup", "appliance.hub.records", "appliance.hub.transfer"} <= set(hub)
+    assert {"appliance.hub.client", "appliance.hub.lookup", "appliance.hub.records", "appliance.hub.transfer"} <= set(
+        hub
+    )
     upward = {name: sorted(m for m in reached(graph, name) if m.startswith(ABOVE)) for name in hub}
     assert {name: found for name, found in upward.items() if found} == {}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.hub.lookup import HubLookups
 from appliance.config import HubConfig
 from appliance.errors import NotFound, TooManyRequests
+from appliance.hub.lookup import HubLookups
 
 
 class Clock:

@@ -12,7 +12,11 @@ API = Path(appliance.api.__file__).resolve().parent
 
 def imports_policy(path: Path) -> bool:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.ImportFrom) and node.module == "appliance" and any(a.name == "policy" for a in node.names):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "appliance"
+            and any(a.name == "policy" for a in node.names)
+        ):
             return True
         if isinstance(node, ast.ImportFrom) and node.module == "appliance.policy":
             return True

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-from jsonschema.validators import validator_for
-
-from appliance.api import schema_docs as sd
 
 # python-glanceclient is a declared test dependency (pyproject [test] extra):
 # import it outright so a broken install fails loudly instead of skipping.
@@ -27,6 +25,9 @@ from glanceclient.v2 import images as gc_images
 from glanceclient.v2 import metadefs as gc_metadefs
 from glanceclient.v2 import schemas as gc_schemas
 from glanceclient.v2 import tasks as gc_tasks
+from jsonschema.validators import validator_for
+
+from appliance.api import schema_docs as sd
 
 DISK = ("raw", "qcow2", "iso")
 CONTAINER = ("bare", "ovf")
@@ -35,20 +36,56 @@ IMAGE_ID = "1bea47ed-f6a9-463b-b423-14b9cca9ad27"
 OWNER = "5ef70662f8b34079a6eddb8da9d75fe8"
 
 READ_ONLY_IMAGE_PROPS = {
-    "status", "checksum", "os_hash_algo", "os_hash_value", "size",
-    "virtual_size", "created_at", "updated_at", "direct_url", "self", "file",
-    "stores", "schema",
+    "status",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "size",
+    "virtual_size",
+    "created_at",
+    "updated_at",
+    "direct_url",
+    "self",
+    "file",
+    "stores",
+    "schema",
 }
 COMMON_IMAGE_PROPS = {
-    "kernel_id", "ramdisk_id", "instance_uuid", "architecture", "os_distro",
-    "os_version", "description", "cinder_encryption_key_id",
+    "kernel_id",
+    "ramdisk_id",
+    "instance_uuid",
+    "architecture",
+    "os_distro",
+    "os_version",
+    "description",
+    "cinder_encryption_key_id",
     "cinder_encryption_key_deletion_policy",
 }
 BASE_IMAGE_PROPS = {
-    "id", "name", "status", "visibility", "protected", "os_hidden", "checksum",
-    "os_hash_algo", "os_hash_value", "owner", "size", "virtual_size",
-    "container_format", "disk_format", "created_at", "updated_at", "tags",
-    "direct_url", "min_ram", "min_disk", "self", "file", "stores", "schema",
+    "id",
+    "name",
+    "status",
+    "visibility",
+    "protected",
+    "os_hidden",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "owner",
+    "size",
+    "virtual_size",
+    "container_format",
+    "disk_format",
+    "created_at",
+    "updated_at",
+    "tags",
+    "direct_url",
+    "min_ram",
+    "min_disk",
+    "self",
+    "file",
+    "stores",
+    "schema",
     "locations",
 }
 
@@ -90,6 +127,7 @@ def typical_image(**overrides: Any) -> dict[str, Any]:
 # A stand-in for glanceclient's HTTP client
 # ---------------------------------------------------------------------------
 
+
 class FakeResponse:
     def __init__(self) -> None:
         self.headers = {"x-openstack-request-id": "req-schema-docs-test"}
@@ -118,7 +156,7 @@ class FakeHTTP:
     def get(self, url, headers=None, **kwargs):
         self.calls.append(("GET", url, headers or {}, None))
         if url.startswith("/v2/schemas/"):
-            name = url[len("/v2/schemas/"):]
+            name = url[len("/v2/schemas/") :]
             if name not in self.docs:
                 raise AssertionError(f"glanceclient asked for unknown schema {name!r}")
             return FakeResponse(), _wire(self.docs[name])
@@ -158,6 +196,7 @@ def image_model(disk_formats=DISK, container_formats=CONTAINER):
 # Structure
 # ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "formats",
     [(DISK, CONTAINER), (sd.DEFAULT_DISK_FORMATS, sd.DEFAULT_CONTAINER_FORMATS), ((), ())],
@@ -187,14 +226,22 @@ def test_metadef_schemas_are_the_metadef_part_of_all_schemas():
 def test_document_names():
     docs = sd.all_schemas(DISK, CONTAINER)
     expected = {
-        "image": "image", "images": "images", "member": "member",
-        "members": "members", "task": "task", "tasks": "tasks",
-        "metadefs/namespace": "namespace", "metadefs/namespaces": "namespaces",
+        "image": "image",
+        "images": "images",
+        "member": "member",
+        "members": "members",
+        "task": "task",
+        "tasks": "tasks",
+        "metadefs/namespace": "namespace",
+        "metadefs/namespaces": "namespaces",
         "metadefs/resource_type": "resource_type_association",
         "metadefs/resource_types": "resource_type_associations",
-        "metadefs/object": "object", "metadefs/objects": "objects",
-        "metadefs/property": "property", "metadefs/properties": "properties",
-        "metadefs/tag": "tag", "metadefs/tags": "tags",
+        "metadefs/object": "object",
+        "metadefs/objects": "objects",
+        "metadefs/property": "property",
+        "metadefs/properties": "properties",
+        "metadefs/tag": "tag",
+        "metadefs/tags": "tags",
     }
     assert {k: v["name"] for k, v in docs.items()} == expected
 
@@ -212,12 +259,28 @@ def test_image_schema_shape():
     assert {k for k, v in props.items() if v.get("readOnly")} == READ_ONLY_IMAGE_PROPS
     assert {k for k, v in props.items() if v.get("is_base", True) is False} == COMMON_IMAGE_PROPS
     assert props["status"]["enum"] == [
-        "queued", "saving", "active", "killed", "deleted", "uploading",
-        "importing", "pending_delete", "deactivated",
+        "queued",
+        "saving",
+        "active",
+        "killed",
+        "deleted",
+        "uploading",
+        "importing",
+        "pending_delete",
+        "deactivated",
     ]
     assert sorted(props["visibility"]["enum"]) == ["community", "private", "public", "shared"]
-    for nullable in ("name", "checksum", "os_hash_algo", "os_hash_value", "owner",
-                     "kernel_id", "ramdisk_id", "container_format", "disk_format"):
+    for nullable in (
+        "name",
+        "checksum",
+        "os_hash_algo",
+        "os_hash_value",
+        "owner",
+        "kernel_id",
+        "ramdisk_id",
+        "container_format",
+        "disk_format",
+    ):
         assert props[nullable]["type"] == ["null", "string"], nullable
     assert props["size"]["type"] == ["null", "integer"]
     assert props["virtual_size"]["type"] == ["null", "integer"]
@@ -225,7 +288,8 @@ def test_image_schema_shape():
     assert props["tags"]["items"] == {"type": "string", "maxLength": 255}
     assert props["locations"]["items"]["required"] == ["url", "metadata"]
     assert props["cinder_encryption_key_deletion_policy"]["enum"] == [
-        "on_image_deletion", "do_not_delete",
+        "on_image_deletion",
+        "do_not_delete",
     ]
     assert props["checksum"]["maxLength"] == 32
     assert props["os_hash_algo"]["maxLength"] == 64
@@ -235,7 +299,8 @@ def test_image_schema_shape():
 def test_collections():
     images = sd.images_schema(DISK, CONTAINER)
     assert images["properties"]["images"] == {
-        "type": "array", "items": sd.image_schema(DISK, CONTAINER),
+        "type": "array",
+        "items": sd.image_schema(DISK, CONTAINER),
     }
     assert {"first", "next", "schema"} <= set(images["properties"])
     assert [link["rel"] for link in images["links"]] == ["first", "next", "describedby"]
@@ -294,7 +359,7 @@ def test_every_call_returns_fresh_objects():
         if isinstance(node, (dict, list)):
             assert id(node) not in seen, f"{where} shares an object with {seen[id(node)]}"
             seen[id(node)] = where
-            for key, child in (node.items() if isinstance(node, dict) else enumerate(node)):
+            for key, child in node.items() if isinstance(node, dict) else enumerate(node):
                 walk(child, f"{where}/{key}")
 
     for name, doc in docs.items():
@@ -305,21 +370,27 @@ def test_every_call_returns_fresh_objects():
 # Format enums
 # ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "disk, container, disk_enum, container_enum",
     [
         (("raw", "qcow2"), ("bare",), [None, "raw", "qcow2"], [None, "bare"]),
         (["qcow2", "raw", "qcow2"], ["bare", None], [None, "qcow2", "raw"], [None, "bare"]),
         ((), (), [None], [None]),
-        (sd.DEFAULT_DISK_FORMATS, sd.DEFAULT_CONTAINER_FORMATS,
-         [None, "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"],
-         [None, "ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed"]),
+        (
+            sd.DEFAULT_DISK_FORMATS,
+            sd.DEFAULT_CONTAINER_FORMATS,
+            [None, "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"],
+            [None, "ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed"],
+        ),
     ],
 )
 def test_format_enums_follow_configuration(disk, container, disk_enum, container_enum):
-    for schema in (sd.image_schema(disk, container),
-                   sd.images_schema(disk, container)["properties"]["images"]["items"],
-                   sd.all_schemas(disk, container)["image"]):
+    for schema in (
+        sd.image_schema(disk, container),
+        sd.images_schema(disk, container)["properties"]["images"]["items"],
+        sd.all_schemas(disk, container)["image"],
+    ):
         assert schema["properties"]["disk_format"]["enum"] == disk_enum
         assert schema["properties"]["container_format"]["enum"] == container_enum
         assert None in schema["properties"]["disk_format"]["enum"]
@@ -350,6 +421,7 @@ def test_model_only_accepts_enabled_formats():
 # Cached JSON text
 # ---------------------------------------------------------------------------
 
+
 def test_schema_json():
     for name in sd.SCHEMA_NAMES:
         text = sd.schema_json(name, DISK, CONTAINER)
@@ -357,7 +429,8 @@ def test_schema_json():
         assert sd.schema_json(name, list(DISK), list(CONTAINER)) is text  # cached
     assert sd.schema_json("/image/", DISK, CONTAINER) == sd.schema_json("image", DISK, CONTAINER)
     assert json.loads(sd.schema_json("image"))["properties"]["disk_format"]["enum"] == [
-        None, *sd.DEFAULT_DISK_FORMATS,
+        None,
+        *sd.DEFAULT_DISK_FORMATS,
     ]
     assert sd.schema_json("nope") is None
     assert sd.schema_json("metadefs/nope") is None
@@ -368,14 +441,23 @@ def test_schema_json():
 # python-glanceclient: schema download + Schema helper
 # ---------------------------------------------------------------------------
 
+
 def test_glanceclient_fetches_every_schema_it_uses():
     http = FakeHTTP()
     client = schema_client(http)
     # Names glanceclient itself asks for (images, image_tags, image_members,
     # tasks, metadefs controllers, the shell's schema cache and `explain`).
-    for name in ("image", "member", "task", "metadefs/namespace",
-                 "metadefs/resource_type", "metadefs/property",
-                 "metadefs/object", "metadefs/tag", *sd.SCHEMA_NAMES):
+    for name in (
+        "image",
+        "member",
+        "task",
+        "metadefs/namespace",
+        "metadefs/resource_type",
+        "metadefs/property",
+        "metadefs/object",
+        "metadefs/tag",
+        *sd.SCHEMA_NAMES,
+    ):
         schema = client.get(name)
         assert schema.name == http.docs[name]["name"]
         assert {p.name for p in schema.properties} == set(http.docs[name]["properties"])
@@ -422,6 +504,7 @@ def test_glanceclient_cli_arguments_skip_read_only_properties():
 # python-glanceclient: the warlock image model
 # ---------------------------------------------------------------------------
 
+
 def test_model_accepts_typical_image_json():
     Image = image_model()
     image = Image(**without_self(typical_image()))
@@ -429,14 +512,22 @@ def test_model_accepts_typical_image_json():
     assert image.tags == ["edge", "cirros"]
     assert image.hw_disk_bus == "virtio"
     # An active image with data and a location.
-    Image(**without_self(typical_image(
-        status="active", size=16338944, virtual_size=117440512,
-        checksum="c8fc807773e5354afe61636071771906",
-        os_hash_algo="sha512", os_hash_value="a" * 128,
-        locations=[{"url": "file:///var/lib/edge/images/x", "metadata": {}}],
-        direct_url="file:///var/lib/edge/images/x",
-        kernel_id=None, description="Cirros test image",
-    )))
+    Image(
+        **without_self(
+            typical_image(
+                status="active",
+                size=16338944,
+                virtual_size=117440512,
+                checksum="c8fc807773e5354afe61636071771906",
+                os_hash_algo="sha512",
+                os_hash_value="a" * 128,
+                locations=[{"url": "file:///var/lib/edge/images/x", "metadata": {}}],
+                direct_url="file:///var/lib/edge/images/x",
+                kernel_id=None,
+                description="Cirros test image",
+            )
+        )
+    )
 
 
 def test_model_rejects_non_string_custom_properties():
@@ -510,6 +601,7 @@ def test_model_generates_json_patch():
 # python-glanceclient: whole controller calls over the fake HTTP client
 # ---------------------------------------------------------------------------
 
+
 def test_images_create_validates_and_posts():
     def server(url, body):
         assert url == "/v2/images"
@@ -518,24 +610,40 @@ def test_images_create_validates_and_posts():
     http = FakeHTTP(on_post=server)
     images = gc_images.Controller(http, schema_client(http))
     image = images.create(
-        name="cirros", disk_format="qcow2", container_format="bare",
-        visibility="private", tags=["a", "b"], min_disk=1,
-        os_distro="cirros", hw_disk_bus="virtio",
+        name="cirros",
+        disk_format="qcow2",
+        container_format="bare",
+        visibility="private",
+        tags=["a", "b"],
+        min_disk=1,
+        os_distro="cirros",
+        hw_disk_bus="virtio",
     )
     posts = [c for c in http.calls if c[0] == "POST"]
     assert posts[0][3] == {
-        "name": "cirros", "disk_format": "qcow2", "container_format": "bare",
-        "visibility": "private", "tags": ["a", "b"], "min_disk": 1,
-        "os_distro": "cirros", "hw_disk_bus": "virtio",
+        "name": "cirros",
+        "disk_format": "qcow2",
+        "container_format": "bare",
+        "visibility": "private",
+        "tags": ["a", "b"],
+        "min_disk": 1,
+        "os_distro": "cirros",
+        "hw_disk_bus": "virtio",
     }
     assert image.id == IMAGE_ID and image.status == "queued"
     assert image.request_ids == ["req-schema-docs-test"]
 
-    for bad in ({"hw_numa_nodes": 2}, {"disk_format": "vmdk"},
-                {"container_format": "docker"}, {"visibility": "everyone"},
-                {"min_ram": "lots"}, {"protected": "yes"}, {"tags": "a,b"},
-                {"cinder_encryption_key_deletion_policy": "sometimes"},
-                {"kernel_id": "not-a-uuid"}):
+    for bad in (
+        {"hw_numa_nodes": 2},
+        {"disk_format": "vmdk"},
+        {"container_format": "docker"},
+        {"visibility": "everyone"},
+        {"min_ram": "lots"},
+        {"protected": "yes"},
+        {"tags": "a,b"},
+        {"cinder_encryption_key_deletion_policy": "sometimes"},
+        {"kernel_id": "not-a-uuid"},
+    ):
         with pytest.raises(TypeError):
             images.create(**bad)
     assert len([c for c in http.calls if c[0] == "POST"]) == 1  # nothing else was sent
@@ -547,22 +655,28 @@ def test_images_update_sends_the_patch_glance_expects():
     http = FakeHTTP(resources={f"/v2/images/{IMAGE_ID}": original})
     images = gc_images.Controller(http, schema_client(http))
     images.update(
-        IMAGE_ID, remove_props=["hw_disk_bus", "not_there"],
-        name="renamed", os_hidden=True, description="d", hw_video_model="vga",
+        IMAGE_ID,
+        remove_props=["hw_disk_bus", "not_there"],
+        name="renamed",
+        os_hidden=True,
+        description="d",
+        hw_video_model="vga",
     )
     (patch_call,) = [c for c in http.calls if c[0] == "PATCH"]
     _, url, headers, patch = patch_call
     assert url == f"/v2/images/{IMAGE_ID}"
     assert headers["Content-Type"] == "application/openstack-images-v2.1-json-patch"
     ops = sorted((op["op"], op["path"], json.dumps(op.get("value"))) for op in patch)
-    assert ops == sorted([
-        ("replace", "/name", '"renamed"'),
-        ("replace", "/os_hidden", "true"),       # base property -> replace
-        ("add", "/description", '"d"'),          # common property -> add
-        ("add", "/hw_video_model", '"vga"'),     # custom property -> add
-        ("remove", "/hw_disk_bus", "null"),
-        ("replace", "/tags", '["edge", "cirros"]'),
-    ])
+    assert ops == sorted(
+        [
+            ("replace", "/name", '"renamed"'),
+            ("replace", "/os_hidden", "true"),  # base property -> replace
+            ("add", "/description", '"d"'),  # common property -> add
+            ("add", "/hw_video_model", '"vga"'),  # custom property -> add
+            ("remove", "/hw_disk_bus", "null"),
+            ("replace", "/tags", '["edge", "cirros"]'),
+        ]
+    )
 
     with pytest.raises(TypeError):
         images.update(IMAGE_ID, hw_numa_nodes=2)
@@ -570,16 +684,27 @@ def test_images_update_sends_the_patch_glance_expects():
 
 def test_members_tasks_and_metadefs_models():
     member = {
-        "member_id": OWNER, "image_id": IMAGE_ID, "status": "pending",
-        "created_at": "2024-05-01T10:00:00Z", "updated_at": "2024-05-01T10:00:00Z",
+        "member_id": OWNER,
+        "image_id": IMAGE_ID,
+        "status": "pending",
+        "created_at": "2024-05-01T10:00:00Z",
+        "updated_at": "2024-05-01T10:00:00Z",
         "schema": "/v2/schemas/member",
     }
     task = {
-        "id": "8b6e4f5a-3c1d-4f2e-9a7b-0c1d2e3f4a5b", "type": "api_image_import",
-        "status": "processing", "input": {"image_id": IMAGE_ID}, "result": None,
-        "owner": OWNER, "message": "", "image_id": IMAGE_ID,
-        "request_id": "req-1", "user_id": "u1", "expires_at": None,
-        "created_at": "2024-05-01T10:00:00Z", "updated_at": "2024-05-01T10:00:00Z",
+        "id": "8b6e4f5a-3c1d-4f2e-9a7b-0c1d2e3f4a5b",
+        "type": "api_image_import",
+        "status": "processing",
+        "input": {"image_id": IMAGE_ID},
+        "result": None,
+        "owner": OWNER,
+        "message": "",
+        "image_id": IMAGE_ID,
+        "request_id": "req-1",
+        "user_id": "u1",
+        "expires_at": None,
+        "created_at": "2024-05-01T10:00:00Z",
+        "updated_at": "2024-05-01T10:00:00Z",
         "self": "/v2/tasks/8b6e4f5a-3c1d-4f2e-9a7b-0c1d2e3f4a5b",
         "schema": "/v2/schemas/task",
     }
@@ -614,7 +739,9 @@ def test_members_tasks_and_metadefs_models():
 
     namespaces = gc_metadefs.NamespaceController(http, schemas)
     ns = namespaces.create(
-        namespace="EDGE::Test", display_name="Edge test", visibility="public",
+        namespace="EDGE::Test",
+        display_name="Edge test",
+        visibility="public",
         protected=False,
         properties={"hw_foo": {"title": "Foo", "type": "string", "enum": ["a", "b"]}},
         resource_type_associations=[{"name": "OS::Glance::Image", "prefix": "hw_"}],
@@ -628,21 +755,22 @@ def test_members_tasks_and_metadefs_models():
         namespaces.create(namespace="EDGE::Bad", properties={"p": {"type": "string"}})
 
     resource_types = gc_metadefs.ResourceTypeController(http, schemas)
-    assert resource_types.associate("EDGE::Test", name="OS::Glance::Image",
-                                    prefix="hw_").prefix == "hw_"
+    assert resource_types.associate("EDGE::Test", name="OS::Glance::Image", prefix="hw_").prefix == "hw_"
     with pytest.raises(TypeError):
         resource_types.associate("EDGE::Test", prefix="hw_")  # name is required
 
     properties = gc_metadefs.PropertyController(http, schemas)
-    prop = properties.create("EDGE::Test", name="hw_foo", title="Foo", type="string",
-                             enum=["a", "b"], default="a")
+    prop = properties.create("EDGE::Test", name="hw_foo", title="Foo", type="string", enum=["a", "b"], default="a")
     assert prop.title == "Foo"
     with pytest.raises(TypeError):
         properties.create("EDGE::Test", name="hw_foo", title="Foo", type="decimal")
 
     objects = gc_metadefs.ObjectController(http, schemas)
     obj = objects.create(
-        "EDGE::Test", name="CPU", description="cpu knobs", required=["hw_foo"],
+        "EDGE::Test",
+        name="CPU",
+        description="cpu knobs",
+        required=["hw_foo"],
         properties={"hw_foo": {"title": "Foo", "type": "integer", "minimum": 0}},
     )
     assert obj.name == "CPU"

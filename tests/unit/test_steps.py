@@ -107,7 +107,9 @@ def crc16(data: bytes) -> int:
     return crc
 
 
-def lha_member(name: bytes, data: bytes, method: bytes = b"-lh0-", original: int | None = None, crc: int | None = None) -> bytes:
+def lha_member(
+    name: bytes, data: bytes, method: bytes = b"-lh0-", original: int | None = None, crc: int | None = None
+) -> bytes:
     """A level-0 header: size, checksum, method, packed size, original size, DOS time/date,
     attribute, level, name length, name, CRC-16 of the data; then the (stored) data."""
     dos_date = (2024 - 1980) << 9 | 1 << 5 | 1
@@ -258,7 +260,12 @@ async def test_zip_member_size_differs_from_header(tmp_path: Path, ctx: StepCont
     data = payload(4 * KiB)
     size = struct.pack("<I", len(data) + delta)
     archive = patch_zip(zip_bytes(("disk.img", data), method=zipfile.ZIP_STORED), (22, size), (24, size))
-    await refused(Decompress(), stage(tmp_path, archive), ctx, "ZIP (member holds 4096 bytes but its header says|archive is corrupt)")
+    await refused(
+        Decompress(),
+        stage(tmp_path, archive),
+        ctx,
+        "ZIP (member holds 4096 bytes but its header says|archive is corrupt)",
+    )
 
 
 async def test_truncated_zip(tmp_path: Path, ctx: StepContext) -> None:
@@ -331,7 +338,9 @@ async def test_gzip_bomb_fails_fast(tmp_path: Path, ctx: StepContext) -> None:
 
 async def test_gzip_over_max_output_bytes(tmp_path: Path, ctx: StepContext) -> None:
     data = gzip.compress(payload(3 * MiB))
-    await refused(Decompress(max_output_bytes=2 * MiB), stage(tmp_path, data), ctx, "exceeds the limit of 2097152 bytes")
+    await refused(
+        Decompress(max_output_bytes=2 * MiB), stage(tmp_path, data), ctx, "exceeds the limit of 2097152 bytes"
+    )
 
 
 @pytest.mark.parametrize(
@@ -351,7 +360,9 @@ async def test_gzip_over_max_output_bytes(tmp_path: Path, ctx: StepContext) -> N
 )
 async def test_multi_layer_archives(tmp_path: Path, ctx: StepContext, archive: bytes, inner: str) -> None:
     await refused(
-        Decompress(), stage(tmp_path, archive), ctx,
+        Decompress(),
+        stage(tmp_path, archive),
+        ctx,
         "itself a %s archive: multi-layer archives \\(e.g. tar.gz\\) are not supported" % inner,
     )
 
@@ -371,7 +382,9 @@ async def test_lha_with_duplicate_names(tmp_path: Path, ctx: StepContext) -> Non
     [(b"../evil", "contains '..'"), (b"a\\..\\..\\evil", "contains '..'"), (b"/etc/passwd", "absolute path")],
 )
 async def test_lha_with_bad_member_name(tmp_path: Path, ctx: StepContext, name: bytes, problem: str) -> None:
-    await refused(Decompress(), stage(tmp_path, lha_bytes(lha_member(name, b"x" * 600))), ctx, "LHA member name .*" + problem)
+    await refused(
+        Decompress(), stage(tmp_path, lha_bytes(lha_member(name, b"x" * 600))), ctx, "LHA member name .*" + problem
+    )
 
 
 async def test_lha_directory_member(tmp_path: Path, ctx: StepContext) -> None:
@@ -411,7 +424,9 @@ async def test_lha_with_unsupported_method(tmp_path: Path, ctx: StepContext) -> 
 
 async def test_lha_bomb_refused_before_decoding(tmp_path: Path, ctx: StepContext) -> None:
     archive = lha_bytes(lha_member(b"disk.img", b"x" * 1000, original=(1 << 32) - 1))
-    await refused(Decompress(max_output_bytes=1 << 31), stage(tmp_path, archive), ctx, "over the limit of 2147483648 bytes")
+    await refused(
+        Decompress(max_output_bytes=1 << 31), stage(tmp_path, archive), ctx, "over the limit of 2147483648 bytes"
+    )
     archive = lha_bytes(lha_member(b"disk.img", b"x" * 1000, original=1 << 30))
     await refused(Decompress(), stage(tmp_path, archive), ctx, "LHA member would expand more than 1000 times")
     fixture = stage(tmp_path, (FIXTURES / "disk-lh5-level2.lzh").read_bytes())
@@ -490,8 +505,12 @@ def test_convert_rejects_unknown_output_format() -> None:
         Convert(output_format="vhd")
 
 
-@pytest.mark.parametrize(("fmt", "options"), [("qcow2", ()), ("vdi", ()), ("vpc", ("-o", "subformat=fixed")), ("vhdx", ())])
-async def test_convert_to_raw(tmp_path: Path, ctx: StepContext, qemu_img: str, fmt: str, options: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "options"), [("qcow2", ()), ("vdi", ()), ("vpc", ("-o", "subformat=fixed")), ("vhdx", ())]
+)
+async def test_convert_to_raw(
+    tmp_path: Path, ctx: StepContext, qemu_img: str, fmt: str, options: tuple[str, ...]
+) -> None:
     raw, image = make_image(qemu_img, tmp_path, fmt, *options)
     claim = {"vpc": "vhd"}.get(fmt, fmt)
     staged = stage_file(image, claim).evolve(container_format="ovf", properties={"a": "b"})
@@ -529,12 +548,16 @@ async def test_convert_vmdk_records_vmware_properties(tmp_path: Path, ctx: StepC
 
 async def test_vmdk_properties_the_user_set_are_kept(tmp_path: Path, work: Path, qemu_img: str) -> None:
     _, vmdk = make_image(qemu_img, tmp_path, "vmdk", "-o", "adapter_type=buslogic")
-    ctx = StepContext(image_id="img-1", work_dir=work, roles=frozenset(), user_properties=frozenset({"vmware_adaptertype"}))
+    ctx = StepContext(
+        image_id="img-1", work_dir=work, roles=frozenset(), user_properties=frozenset({"vmware_adaptertype"})
+    )
     result = await Convert(qemu_img=qemu_img).run(stage_file(vmdk, "vmdk"), ctx)
     assert result.properties == {"vmware_disktype": "sparse"}
 
 
-async def test_vmdk_already_in_output_format(tmp_path: Path, ctx: StepContext, qemu_img: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_vmdk_already_in_output_format(
+    tmp_path: Path, ctx: StepContext, qemu_img: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, vmdk = make_image(qemu_img, tmp_path, "vmdk", "-o", "adapter_type=ide")
     forbid_qemu_img(monkeypatch)
     staged = stage_file(vmdk, "vmdk")
@@ -608,7 +631,9 @@ async def test_truncated_qcow2_is_refused_before_qemu_img(
     await refused(Convert(), stage_file(qcow2, "qcow2"), ctx, "qcow2 image is truncated or corrupt")
 
 
-async def test_same_format_is_not_converted(tmp_path: Path, ctx: StepContext, qemu_img: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_same_format_is_not_converted(
+    tmp_path: Path, ctx: StepContext, qemu_img: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, qcow2 = make_image(qemu_img, tmp_path, "qcow2")
     forbid_qemu_img(monkeypatch)
     staged = stage_file(qcow2, "qcow2")
@@ -626,7 +651,9 @@ async def test_iso_stays_as_is(tmp_path: Path, ctx: StepContext, monkeypatch: py
     assert await Convert(output_format="qcow2").run(staged, ctx) == staged.evolve(virtual_size=64 * KiB)
 
 
-async def test_uninspected_claims_stay_as_they_are(tmp_path: Path, ctx: StepContext, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_uninspected_claims_stay_as_they_are(
+    tmp_path: Path, ctx: StepContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
     forbid_qemu_img(monkeypatch)
     staged = stage(tmp_path, payload(64 * KiB), disk_format="aki")
     assert await Convert(output_format="qcow2").run(staged, ctx) is staged
@@ -650,18 +677,29 @@ async def test_qcow2_with_backing_file_is_refused_before_qemu_img(
     await refused(Convert(), stage_file(overlay, "qcow2"), ctx, "backing file")
 
 
-async def test_virtual_size_limit(tmp_path: Path, ctx: StepContext, qemu_img: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_virtual_size_limit(
+    tmp_path: Path, ctx: StepContext, qemu_img: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     big = tmp_path / "big.qcow2"
     qemu(qemu_img, "create", "-q", "-f", "qcow2", str(big), "1T")
     forbid_qemu_img(monkeypatch)
-    await refused(Convert(max_virtual_size=1 << 30), stage_file(big, "qcow2"), ctx, "virtual size 1099511627776 bytes exceeds the limit of 1073741824")
+    await refused(
+        Convert(max_virtual_size=1 << 30),
+        stage_file(big, "qcow2"),
+        ctx,
+        "virtual size 1099511627776 bytes exceeds the limit of 1073741824",
+    )
 
 
-async def test_virtual_size_limit_of_0_is_no_limit(tmp_path: Path, ctx: StepContext, qemu_img: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_virtual_size_limit_of_0_is_no_limit(
+    tmp_path: Path, ctx: StepContext, qemu_img: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, qcow2 = make_image(qemu_img, tmp_path, "qcow2")
     forbid_qemu_img(monkeypatch)
     staged = stage_file(qcow2, "qcow2")
-    assert await Convert(output_format="qcow2", max_virtual_size=0).run(staged, ctx) == staged.evolve(virtual_size=8 * MiB)
+    assert await Convert(output_format="qcow2", max_virtual_size=0).run(staged, ctx) == staged.evolve(
+        virtual_size=8 * MiB
+    )
 
 
 async def test_qemu_img_failure_reports_its_stderr(tmp_path: Path, ctx: StepContext, qemu_img: str) -> None:
@@ -669,29 +707,49 @@ async def test_qemu_img_failure_reports_its_stderr(tmp_path: Path, ctx: StepCont
     data = bytearray(qcow2.read_bytes())
     data[40:48] = struct.pack(">Q", 12345)  # L1 table offset: not cluster aligned
     qcow2.write_bytes(bytes(data))
-    await refused(Convert(qemu_img=qemu_img), stage_file(qcow2, "qcow2"), ctx, "qemu-img info failed \\(exit status 1\\): qemu-img: .*L1 table")
+    await refused(
+        Convert(qemu_img=qemu_img),
+        stage_file(qcow2, "qcow2"),
+        ctx,
+        "qemu-img info failed \\(exit status 1\\): qemu-img: .*L1 table",
+    )
 
 
 async def test_failed_convert_leaves_no_output(tmp_path: Path, ctx: StepContext) -> None:
-    script = fake_qemu_img(tmp_path, 'if [ "$1" = info ]; then echo \'{"virtual-size": 1048576, "format": "raw"}\'; exit 0; fi\n'
-                                     'echo partial > "$7"; echo "qemu-img: write failed: No space left" >&2; exit 1')
-    await refused(Convert(output_format="qcow2", qemu_img=script), stage(tmp_path, payload(MiB)), ctx,
-                  "qemu-img convert failed \\(exit status 1\\): qemu-img: write failed: No space left")
+    script = fake_qemu_img(
+        tmp_path,
+        'if [ "$1" = info ]; then echo \'{"virtual-size": 1048576, "format": "raw"}\'; exit 0; fi\n'
+        'echo partial > "$7"; echo "qemu-img: write failed: No space left" >&2; exit 1',
+    )
+    await refused(
+        Convert(output_format="qcow2", qemu_img=script),
+        stage(tmp_path, payload(MiB)),
+        ctx,
+        "qemu-img convert failed \\(exit status 1\\): qemu-img: write failed: No space left",
+    )
 
 
 async def test_converted_output_is_inspected(tmp_path: Path, ctx: StepContext) -> None:
     # A qemu-img that claims success but writes something that is not qcow2.
-    script = fake_qemu_img(tmp_path, 'if [ "$1" = info ]; then echo \'{"virtual-size": 1048576}\'; exit 0; fi\n'
-                                     'printf "QFI\\373" > "$7"; exit 0')
-    await refused(Convert(output_format="qcow2", qemu_img=script), stage(tmp_path, payload(MiB)), ctx,
-                  "converted image failed inspection: image data is too short to be qcow2")
+    script = fake_qemu_img(
+        tmp_path,
+        'if [ "$1" = info ]; then echo \'{"virtual-size": 1048576}\'; exit 0; fi\nprintf "QFI\\373" > "$7"; exit 0',
+    )
+    await refused(
+        Convert(output_format="qcow2", qemu_img=script),
+        stage(tmp_path, payload(MiB)),
+        ctx,
+        "converted image failed inspection: image data is too short to be qcow2",
+    )
 
 
 async def test_qemu_img_runs_under_resource_limits(tmp_path: Path, ctx: StepContext) -> None:
     limits = tmp_path / "limits"
     script = fake_qemu_img(tmp_path, 'cat /proc/$$/limits > %s; echo "qemu-img: stop here" >&2; exit 3' % limits)
     step = Convert(output_format="qcow2", qemu_img=script, cpu_seconds=7, memory_bytes=3 << 30)
-    await refused(step, stage(tmp_path, payload(MiB)), ctx, "qemu-img info failed \\(exit status 3\\): qemu-img: stop here")
+    await refused(
+        step, stage(tmp_path, payload(MiB)), ctx, "qemu-img info failed \\(exit status 3\\): qemu-img: stop here"
+    )
     rows = {line[:26].strip(): line[26:].split() for line in limits.read_text().splitlines()[1:]}
     assert rows["Max cpu time"][:2] == ["7", "12"]  # SIGXCPU at 7 s, SIGKILL at 12 s
     assert rows["Max address space"][:2] == [str(3 << 30)] * 2
@@ -705,13 +763,17 @@ async def test_cpu_limit_stops_qemu_img(tmp_path: Path, ctx: StepContext) -> Non
 
 async def test_memory_limit_applies_to_real_qemu_img(tmp_path: Path, ctx: StepContext, qemu_img: str) -> None:
     _, qcow2 = make_image(qemu_img, tmp_path, "qcow2")
-    await refused(Convert(qemu_img=qemu_img, memory_bytes=16 * MiB), stage_file(qcow2, "qcow2"), ctx, "qemu-img info failed")
+    await refused(
+        Convert(qemu_img=qemu_img, memory_bytes=16 * MiB), stage_file(qcow2, "qcow2"), ctx, "qemu-img info failed"
+    )
 
 
 async def test_cancel_kills_qemu_img(tmp_path: Path, ctx: StepContext) -> None:
     pid_file = tmp_path / "pid"
     script = fake_qemu_img(tmp_path, "echo $$ > %s.tmp; mv %s.tmp %s; exec sleep 60" % (pid_file, pid_file, pid_file))
-    task = asyncio.ensure_future(Convert(output_format="qcow2", qemu_img=script).run(stage(tmp_path, payload(MiB)), ctx))
+    task = asyncio.ensure_future(
+        Convert(output_format="qcow2", qemu_img=script).run(stage(tmp_path, payload(MiB)), ctx)
+    )
 
     async def started() -> bool:
         return pid_file.exists()
@@ -728,7 +790,12 @@ async def test_cancel_kills_qemu_img(tmp_path: Path, ctx: StepContext) -> None:
 
 # --- inject_image_metadata ----------------------------------------------------------------
 
-INJECT = {"site": "edge-1", "hw_disk_bus": "virtio", "os_glance_importing_to_stores": "x", "os_glance_failed_import": "y"}
+INJECT = {
+    "site": "edge-1",
+    "hw_disk_bus": "virtio",
+    "os_glance_importing_to_stores": "x",
+    "os_glance_failed_import": "y",
+}
 
 
 async def test_inject_for_members(tmp_path: Path, ctx: StepContext, caplog: pytest.LogCaptureFixture) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -89,29 +88,59 @@ GLANCE_EXAMPLE = {"allowed_schemes": ("http", "https", "ftp"), "allowed_ports": 
         (GLANCE_EXAMPLE, "ftp://example.org:21/r", False, "port 21 is not in allowed_ports (80, 443)"),
         # Decision order: scheme, then host, then port.
         ({"disallowed_hosts": ("evil.example",)}, "ftp://evil.example:21/", False, "scheme 'ftp'"),
-        ({"disallowed_hosts": ("evil.example",)}, "http://evil.example:21/", False, "host evil.example is in disallowed_hosts"),
+        (
+            {"disallowed_hosts": ("evil.example",)},
+            "http://evil.example:21/",
+            False,
+            "host evil.example is in disallowed_hosts",
+        ),
         ({"disallowed_hosts": ("evil.example",)}, "http://good.example:21/", False, "port 21 is not in allowed_ports"),
         # A non-empty allow-list decides alone; the deny-list is ignored.
         ({"allowed_schemes": ("http",), "disallowed_schemes": ("http",)}, "http://example.org/", True, ""),
         ({"allowed_hosts": ("a.example",), "disallowed_hosts": ("a.example",)}, "http://a.example/", True, ""),
-        ({"allowed_hosts": ("a.example",)}, "http://b.example/", False, "host b.example is not in allowed_hosts (a.example)"),
+        (
+            {"allowed_hosts": ("a.example",)},
+            "http://b.example/",
+            False,
+            "host b.example is not in allowed_hosts (a.example)",
+        ),
         ({"allowed_ports": (8080,), "disallowed_ports": (8080,)}, "http://example.org:8080/", True, ""),
         # An empty allow-list lets the deny-list decide.
-        ({"allowed_schemes": (), "disallowed_schemes": ("ftp",)}, "ftp://example.org/", False, "scheme 'ftp' is in disallowed_schemes"),
+        (
+            {"allowed_schemes": (), "disallowed_schemes": ("ftp",)},
+            "ftp://example.org/",
+            False,
+            "scheme 'ftp' is in disallowed_schemes",
+        ),
         ({"allowed_schemes": (), "disallowed_schemes": ("ftp",)}, "gopher://example.org/", True, ""),
         ({"disallowed_hosts": ("bad.example",)}, "http://good.example/", True, ""),
         ({"disallowed_hosts": ("10.0.0.0/8",)}, "http://10.1.2.3/", False, "host 10.1.2.3 is in disallowed_hosts"),
         ({"disallowed_hosts": ("10.0.0.0/8",)}, "http://[::ffff:10.1.2.3]/", False, "is in disallowed_hosts"),
-        ({"allowed_ports": (), "disallowed_ports": (22,)}, "http://example.org:22/", False, "port 22 is in disallowed_ports"),
+        (
+            {"allowed_ports": (), "disallowed_ports": (22,)},
+            "http://example.org:22/",
+            False,
+            "port 22 is in disallowed_ports",
+        ),
         ({"allowed_ports": (), "disallowed_ports": (22,)}, "http://example.org:8080/", True, ""),
         # Host lists: names match names, IP/CIDR entries match literals.
         ({"allowed_hosts": ("127.0.0.0/8",)}, "http://127.0.0.1/", True, ""),
         ({"allowed_hosts": ("127.0.0.0/8",)}, "http://127.9.9.9/", True, ""),
-        ({"allowed_hosts": ("127.0.0.0/8",)}, "http://10.0.0.1/", False, "host 10.0.0.1 is not in allowed_hosts (127.0.0.0/8)"),
+        (
+            {"allowed_hosts": ("127.0.0.0/8",)},
+            "http://10.0.0.1/",
+            False,
+            "host 10.0.0.1 is not in allowed_hosts (127.0.0.0/8)",
+        ),
         ({"allowed_hosts": ("127.0.0.0/8",)}, "http://localhost/", False, "host localhost is not in allowed_hosts"),
         ({"allowed_hosts": ("[::1]",)}, "http://[0:0:0:0:0:0:0:1]/", True, ""),
         # Cloud metadata host names are refused unless listed by name.
-        ({}, "http://metadata.google.internal/computeMetadata/v1/", False, "host metadata.google.internal is a cloud metadata service"),
+        (
+            {},
+            "http://metadata.google.internal/computeMetadata/v1/",
+            False,
+            "host metadata.google.internal is a cloud metadata service",
+        ),
         ({}, "http://Metadata.Google.Internal./", False, "cloud metadata service"),
         ({"allowed_hosts": ("metadata.google.internal",)}, "http://metadata.google.internal/", True, ""),
     ],
@@ -122,8 +151,23 @@ def test_glance_rules(config: dict[str, Any], url: str, allowed: bool, reason: s
 
 @pytest.mark.parametrize(
     "host",
-    ["2130706433", "0x7f000001", "0X7F000001", "127.1", "127.0.1", "0177.0.0.1", "127.0.0.01", "0x7f.0.0.1",
-     "017700000001", "127.0.0.1.", "1.2.3.4.5", "0x", "example.0x10", "example.123", "\uff11\uff12\uff17.0.0.1"],
+    [
+        "2130706433",
+        "0x7f000001",
+        "0X7F000001",
+        "127.1",
+        "127.0.1",
+        "0177.0.0.1",
+        "127.0.0.01",
+        "0x7f.0.0.1",
+        "017700000001",
+        "127.0.0.1.",
+        "1.2.3.4.5",
+        "0x",
+        "example.0x10",
+        "example.123",
+        "\uff11\uff12\uff17.0.0.1",
+    ],
 )
 def test_numeric_encoded_ipv4_hosts_are_refused(host: str) -> None:
     decision = make(allowed_hosts=("0.0.0.0/0",)).check_syntax("http://%s/" % host)
@@ -284,7 +328,12 @@ def test_idna_hosts_are_normalized_before_matching(config: dict[str, Any], url: 
         ({}, "http://[fd00:ec2::254]/", False, "is a cloud metadata address"),
         ({}, "http://100.100.100.200/", False, "is a cloud metadata address"),
         ({}, "http://168.63.129.16/", False, "is a cloud metadata address"),
-        ({}, "http://[::ffff:169.254.169.254]/", False, "cloud metadata address (IPv4 169.254.169.254 in IPv4-mapped form)"),
+        (
+            {},
+            "http://[::ffff:169.254.169.254]/",
+            False,
+            "cloud metadata address (IPv4 169.254.169.254 in IPv4-mapped form)",
+        ),
         ({}, "http://[64:ff9b::a9fe:a9fe]/", False, "cloud metadata address (IPv4 169.254.169.254 in NAT64 form)"),
         ({}, "http://[2002:a9fe:a9fe::]/", False, "cloud metadata address (IPv4 169.254.169.254 in 6to4 form)"),
         # Explicitly allowed: literals via CIDR or the exact address, names by name.
@@ -297,7 +346,12 @@ def test_idna_hosts_are_normalized_before_matching(config: dict[str, Any], url: 
         ({"allowed_hosts": ("mixed.example", "192.168.0.0/16")}, "http://mixed.example/", True, ""),
         ({"allowed_hosts": ("loop.example",)}, "http://loop.example/", True, ""),
         # An address entry does not allow a name that resolves to it.
-        ({"allowed_hosts": ("127.0.0.1",)}, "http://loop.example/", False, "host loop.example is not in allowed_hosts (127.0.0.1)"),
+        (
+            {"allowed_hosts": ("127.0.0.1",)},
+            "http://loop.example/",
+            False,
+            "host loop.example is not in allowed_hosts (127.0.0.1)",
+        ),
         ({"allowed_hosts": ("10.0.0.0/8",)}, "http://private.example/", False, "is not in allowed_hosts"),
         # Metadata addresses need the exact address, not a network or the name.
         ({"allowed_hosts": ("169.254.0.0/16",)}, "http://169.254.169.254/", False, "is a cloud metadata address"),
@@ -305,21 +359,45 @@ def test_idna_hosts_are_normalized_before_matching(config: dict[str, Any], url: 
         ({"allowed_hosts": ("0.0.0.0/0",)}, "http://169.254.169.254/", False, "is a cloud metadata address"),
         ({"allowed_hosts": ("169.254.169.254",)}, "http://169.254.169.254/", True, ""),
         ({"allowed_hosts": ("169.254.169.254/32",)}, "http://169.254.169.254/", True, ""),
-        ({"allowed_hosts": ("metadata.example",)}, "http://metadata.example/", False, "resolves to a cloud metadata address"),
+        (
+            {"allowed_hosts": ("metadata.example",)},
+            "http://metadata.example/",
+            False,
+            "resolves to a cloud metadata address",
+        ),
         ({"allowed_hosts": ("metadata.example", "169.254.169.254")}, "http://metadata.example/", True, ""),
-        ({"allowed_hosts": ("metadata.google.internal",)}, "http://metadata.google.internal/", False, "cloud metadata address"),
-        ({"allowed_hosts": ("metadata.google.internal", "169.254.169.254")}, "http://metadata.google.internal/", True, ""),
+        (
+            {"allowed_hosts": ("metadata.google.internal",)},
+            "http://metadata.google.internal/",
+            False,
+            "cloud metadata address",
+        ),
+        (
+            {"allowed_hosts": ("metadata.google.internal", "169.254.169.254")},
+            "http://metadata.google.internal/",
+            True,
+            "",
+        ),
         # With no allow-list, IP/CIDR deny entries also apply to resolved addresses.
-        ({"disallowed_hosts": (PUBLIC4,)}, "http://public.example/", False,
-         "host public.example resolves to an address in disallowed_hosts (%s)" % PUBLIC4),
+        (
+            {"disallowed_hosts": (PUBLIC4,)},
+            "http://public.example/",
+            False,
+            "host public.example resolves to an address in disallowed_hosts (%s)" % PUBLIC4,
+        ),
         ({"disallowed_hosts": (PUBLIC4,)}, "http://public6.example/", True, ""),
     ],
 )
-async def test_address_rules(config: dict[str, Any], url: str, allowed: bool, reason: str,
-                             caplog: pytest.LogCaptureFixture) -> None:
+async def test_address_rules(
+    config: dict[str, Any], url: str, allowed: bool, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """What DNS answered (in parentheses) goes to the operator's log, never to the client."""
     by_name = not urlsplit(url).hostname[0].isdigit() and "[" not in url  # type: ignore[index]
-    found = re.fullmatch(r"(.*) \(([^()]*[\d:'][^()]*)\)", reason) if by_name and "not in allowed_hosts" not in reason else None
+    found = (
+        re.fullmatch(r"(.*) \(([^()]*[\d:'][^()]*)\)", reason)
+        if by_name and "not in allowed_hosts" not in reason
+        else None
+    )
     public, private = (found.group(1), found.group(2)) if found else (reason, "")
     with caplog.at_level(logging.INFO, logger="appliance.urifilter"):
         decision = await make(**config).check(url)
@@ -376,7 +454,9 @@ async def test_pinned_resolver_answers_only_with_checked_addresses() -> None:
     resolver = PinnedResolver(decision)
     answers = await resolver.resolve("dual.example", 80, socket.AF_UNSPEC)
     assert [(a["host"], a["port"], a["family"]) for a in answers] == [
-        (PUBLIC4, 80, socket.AF_INET), (PUBLIC6, 80, socket.AF_INET6)]
+        (PUBLIC4, 80, socket.AF_INET),
+        (PUBLIC6, 80, socket.AF_INET6),
+    ]
     assert [a["host"] for a in await resolver.resolve("dual.example", 80, socket.AF_INET6)] == [PUBLIC6]
     with pytest.raises(OSError, match="was not checked"):
         await resolver.resolve("other.example", 80)

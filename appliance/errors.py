@@ -55,6 +55,10 @@ class StoreReadOnly(StorageError):
     """A store refuses writes (read-only mount, missing mount point)."""
 
 
+class RequestTimeout(ApplianceError):
+    """A request body arrived too slowly, or not within its time limit."""
+
+
 class TooManyRequests(ApplianceError):
     """A client's request rate is over a limit; it may try again later."""
 

@@ -23,6 +23,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_runner import BaseSite
 
+from appliance.errors import RequestTimeout
+
 log = logging.getLogger(__name__)
 
 # Descriptors kept for everything that is not a client connection: the catalog, store and
@@ -33,6 +35,9 @@ FD_RESERVE = 512
 BACKLOG = 1024
 # RLIMIT_NOFILE's hard limit may be "unlimited"; the kernel's nr_open default is this.
 FD_CEILING = 1 << 20
+# How long a handler whose body was cut off may take to clean up and answer before the
+# connection answers 408 for it and closes.
+CUT_OFF_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -204,13 +209,24 @@ class GuardedHandler(RequestHandler):
 
     def _cut_off(self, body: Any, reason: str) -> None:
         log.warning("%s: closed a connection from %s: %s", self._listener.name, self._peer(), reason)
+        # The handler's next read fails; it cleans up (the image back to queued, nothing partial
+        # left) before the middleware answers 408, so the client sees the 408 only once the
+        # image can take the next upload. Then the connection closes: the rest of the body is
+        # not read.
+        body.set_exception(RequestTimeout("Request body too slow: %s" % reason))
+        self._lingering_time = 0.0  # do not drain the rest of the body after the answer
+        self.close()  # close once the answer is sent
+        self._stop_timers()
+        # A handler that is not reading the body does not see that: answer for it after a grace.
         request = self._current_request
-        transport = self.transport
-        # Answer 408 unless the application has started its own answer.
-        if request is not None and transport is not None and getattr(request.writer, "output_size", 1) == 0:
+        self._loop.call_later(CUT_OFF_GRACE, self._answer_for_stuck_handler, request, reason)
+
+    def _answer_for_stuck_handler(self, request: web.BaseRequest | None, reason: str) -> None:
+        transport, current = self.transport, self._current_request
+        if request is None or current is not request or transport is None:
+            return  # the handler answered, and the connection is closed or closing
+        if getattr(current.writer, "output_size", 1) == 0:
             transport.write(raw_response(408, "Request Timeout", "Request body too slow: %s" % reason))
-        # The handler's next read fails as for a client that went away, and it cleans up as then.
-        body.set_exception(ConnectionResetError(reason))
         self.force_close()
 
     def _stop_timers(self) -> None:

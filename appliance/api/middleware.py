@@ -36,6 +36,7 @@ STATUS: dict[type[Exception], int] = {
     errors.HubUnreachable: 503,
     errors.RangeNotSatisfiable: 416,
     errors.TooManyRequests: 429,
+    errors.RequestTimeout: 408,
     errors.StorageFull: 507,
 }
 # Glance's (webob's) reason phrases where Python's differ: 3.13 renamed these two.

@@ -37,6 +37,7 @@ _ERRORS = {
     401: "No valid token (send X-Auth-Token or Authorization: Bearer)",
     403: "The caller's roles do not allow this (the message names the rule)",
     404: "No such resource, or not visible to the caller (and the sites API at an edge: a hub serves it)",
+    408: "The request body arrived too slowly (api.min_body_rate) or not within api.body_timeout",
     409: "The request clashes with the resource's current state",
     413: "The body is larger than a configured limit, or a quota would be exceeded",
     415: "Unsupported Content-Type",
@@ -96,7 +97,7 @@ def _op(
 ) -> Json:
     codes = set(errors) | (set() if public else set(_AUTH))
     if body is not None:
-        codes |= {400, 413, 415}
+        codes |= {400, 408, 413, 415}
     responses: Json = {str(status): response for status, response in sorted(ok.items())}
     for status in sorted(codes):
         responses[str(status)] = {"$ref": "#/components/responses/E%d" % status}

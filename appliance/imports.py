@@ -1,10 +1,10 @@
 """ImportService: Glance's interoperable import workflow (glance-direct, web-download,
 copy-image) with multi-store targets, import plugins and tasks.
 
-An import runs as a background asyncio task: acquire the data (staging file, web download or
-an existing store copy) → plugins in the configured order → final inspection → one verified
-write per target store. Progress is visible in `os_glance_importing_to_stores` /
-`os_glance_failed_import` and in the task; failures say why in the task message.
+The service parses and refuses requests, stages data, starts imports and lists their tasks;
+each import runs as a background asyncio task of `appliance.importjob.ImportRunner`. Progress
+is visible in `os_glance_importing_to_stores` / `os_glance_failed_import` and in the task;
+failures say why in the task message.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ import functools
 import logging
 import os
 import shutil
-import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from appliance import policy
@@ -26,13 +24,12 @@ from appliance.auth import Context
 from appliance.catalog import Catalog, ListEdit
 from appliance.clock import timestamp
 from appliance.config import Config
-from appliance.digest import Digest, verify
-from appliance.errors import ApplianceError, BadRequest, Conflict, NotFound, TooLarge
-from appliance.formats import inspect_file, introspected_properties
+from appliance.errors import BadRequest, Conflict, NotFound, TooLarge
 from appliance.hub.records import HUB_STORE
 from appliance.hublink import HubLink
 from appliance.ids import parse_uuid
 from appliance.images import ImageService, require_formats
+from appliance.importjob import ImportRequest, ImportRunner
 from appliance.model import (
     ACTIVE,
     COPY,
@@ -42,35 +39,22 @@ from appliance.model import (
     QUEUED,
     UPLOADING,
     Image,
-    Location,
     Task,
     TaskId,
 )
-from appliance.pipeline.base import ImportFailed, ImportStep, StagedImage, StepContext
+from appliance.pipeline.base import ImportStep
 from appliance.pipeline.steps.convert import Convert
 from appliance.pipeline.steps.decompress import Decompress
 from appliance.pipeline.steps.inject import InjectMetadata
 from appliance.quotas import SIZE_TOTAL, STAGE_TOTAL
 from appliance.sites import SiteService
 from appliance.stores.base import ImageStore
-from appliance.stores.files import file_chunks
 from appliance.stores.filesystem import FilesystemStore
 from appliance.urifilter import Decision, UriFilter
-from appliance.webdownload import open_download
 
 log = logging.getLogger(__name__)
 
 TASK_TYPE = "api_image_import"
-READ_CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class ImportRequest:
-    method: str
-    uri: str | None
-    stores: tuple[str, ...]
-    all_stores_must_succeed: bool
-    glance_image_id: str | None = None  # glance-download: the hub image to import
 
 
 def build_steps(config: Config) -> list[ImportStep]:
@@ -90,32 +74,6 @@ def build_uri_filter(config: Config) -> UriFilter:
     return UriFilter(config.imports.uri_filter)
 
 
-async def _save(
-    chunks: AsyncIterator[bytes], path: Path, on_progress: Callable[[int], None], ensure_room: Callable[[int], None]
-) -> int:
-    """Write a download to a scratch file. No hashing here: the data is hashed once, as it
-    goes into the stores, after the plugins have run. `ensure_room(n)` raises if writing n
-    more bytes would cross the free-space floor."""
-    fh = await asyncio.to_thread(open, path, "wb")
-    try:
-        total = batched = 0
-        batch: list[bytes] = []
-        async for chunk in chunks:
-            batch.append(chunk)
-            batched += len(chunk)
-            total += len(chunk)
-            if batched >= READ_CHUNK:
-                ensure_room(batched)
-                await asyncio.to_thread(fh.writelines, batch)
-                batch, batched = [], 0
-                on_progress(total)
-        await asyncio.to_thread(fh.writelines, batch)
-        on_progress(total)
-        return total
-    finally:
-        await asyncio.to_thread(fh.close)
-
-
 class ImportService:
     def __init__(
         self,
@@ -133,22 +91,20 @@ class ImportService:
         self._sites = sites
         # On an edge with a hub: glance-download, and copy-image to `central` (the hub).
         self._hub = hub
-        self._observe_plugin = observe_plugin
         self._config = config
         self._catalog = catalog
         self._stores = stores
         self._images = images
-        self._steps = list(steps)
-        self.uri_filter = uri_filter
         self._staging_root = config.path(config.imports.staging_dir)
         self._staging = FilesystemStore(
             "staging", self._staging_root / "staged", min_free_bytes=config.imports.staging_min_free_bytes
         )
+        self._job = ImportRunner(
+            config, catalog, stores, images, self._staging, self._staging_root, steps, uri_filter, observe_plugin, hub
+        )
         images.quotas.count_staged_with(self._staged_bytes)
         images.work.add_cleaner(self._staging.purge)  # a deleted image's staged data goes with it
         self._running: dict[str, asyncio.Task[None]] = {}
-        # task id → (bytes done, bytes total or None) while a task runs; persisted at the end.
-        self._progress: dict[str, tuple[int, int | None]] = {}
 
     def _now(self) -> str:
         return timestamp(self._images.clock.now())  # the image records' clock
@@ -157,8 +113,7 @@ class ImportService:
         """Take a reloaded config: methods, plugins and their options, URI filter, limits.
         Imports already running keep what they started with."""
         self._config = config
-        self._steps = build_steps(config)
-        self.uri_filter = build_uri_filter(config)
+        self._job.reconfigure(config, build_steps(config), build_uri_filter(config))
         self._staging.min_free_bytes = config.imports.staging_min_free_bytes
 
     def running_count(self) -> int:
@@ -168,7 +123,11 @@ class ImportService:
         self._running.pop(image_id, None)
 
     def progress(self, task_id: str) -> tuple[int, int | None] | None:
-        return self._progress.get(task_id)
+        return self._job.progress.get(task_id)
+
+    @property
+    def uri_filter(self) -> UriFilter:
+        return self._job.uri_filter
 
     async def wait(self, task: Task) -> Task:
         """The task once its import has finished (for callers that start imports themselves
@@ -196,7 +155,7 @@ class ImportService:
             if task.status not in ("pending", "processing"):
                 continue
             if task.image_id is not None and not await self._catalog.has_image(task.image_id):
-                await self._deleted(task)
+                await self._job.deleted(task)
                 continue
             await self._catalog.update_task(
                 task.id,
@@ -238,7 +197,7 @@ class ImportService:
         and the image is queued again; an active one (copy-image, or a first store done with
         allow-failure) keeps its verified copies."""
         if image.status not in (IMPORTING, UPLOADING):
-            await self._forget_local_progress(image.id)
+            await self._job.forget_local_progress(image.id)
             return image.status
         for location in image.locations:
             await self._catalog.remove_location(image.id, location.store, self._now(), keep_last=False)
@@ -248,13 +207,6 @@ class ImportService:
             image.id, columns={"status": QUEUED}, remove_properties=[IMPORTING_TO], updated_at=self._now()
         )
         return QUEUED
-
-    async def _forget_local_progress(self, image_id: str) -> None:
-        """No import of this hub runs for the image any more: its stores leave the progress list;
-        edge sites still copying stay in it until they report."""
-        await self._catalog.edit_list_properties(
-            image_id, [ListEdit(IMPORTING_TO, remove=tuple(self._stores), drop_empty=True)], self._now()
-        )
 
     async def close(self) -> None:
         """Stop running imports and fail them cleanly now (image back to queued, scratch
@@ -502,7 +454,7 @@ class ImportService:
         if not request.stores:
             log.info("image %s: copy-image handed to site(s) %s (task %s)", image.id, ", ".join(sites), task.id)
             return task
-        job = asyncio.create_task(self._run(task, image, request, ctx), name="import-%s" % image.id)
+        job = asyncio.create_task(self._job.run(task, image, request, ctx), name="import-%s" % image.id)
         self._images.work.watch(image.id, job, "import")
         self._running[image.id] = job
         job.add_done_callback(functools.partial(self._forget, image.id))
@@ -543,7 +495,7 @@ class ImportService:
         """copy-image to `central` at an edge: the image goes to the hub under the same id (the
         documented rule: an edge-created image reaches central before other edges)."""
         assert self._hub is not None
-        path = self._local_copy(image)
+        path = self._job.local_copy(image)
         if path is None:
             raise Conflict("Image %s has no readable copy in a store of this site to send to the hub" % image.id)
         if image.id in self._running:
@@ -568,277 +520,12 @@ class ImportService:
                 updated_at=stamp,
             )
         )
-        job = asyncio.create_task(self._push(task, image, path), name="push-%s" % image.id)
+        job = asyncio.create_task(self._job.push(task, image, path), name="push-%s" % image.id)
         self._images.work.watch(image.id, job, "copy to the hub")
         self._running[image.id] = job
         job.add_done_callback(functools.partial(self._forget, image.id))
         log.info("image %s: copy to the hub (%s) started (task %s)", image.id, HUB_STORE, task.id)
         return task
-
-    async def _push(self, task: Task, image: Image, path: Path) -> None:
-        assert self._hub is not None
-        try:
-            await self._hub.push(image, path)
-        except asyncio.CancelledError:
-            if self._images.work.deleting(image.id):
-                await asyncio.shield(self._deleted(task))
-            raise
-        except ApplianceError as exc:
-            if self._images.work.deleting(image.id) or not await self._catalog.has_image(image.id):
-                await self._deleted(task)
-                return
-            await self._catalog.edit_list_properties(
-                image.id,
-                [ListEdit(IMPORTING_TO, remove=(HUB_STORE,)), ListEdit(FAILED_IMPORT, add=(HUB_STORE,))],
-                self._now(),
-            )
-            message = "Copy to the hub (%s) failed: %s" % (HUB_STORE, exc)
-            await self._catalog.update_task(task.id, self._now(), status="failure", message=message)
-            log.warning("image %s: %s", image.id, message)
-            return
-        await self._catalog.edit_list_properties(image.id, [ListEdit(IMPORTING_TO, remove=(HUB_STORE,))], self._now())
-        await self._catalog.update_task(
-            task.id,
-            self._now(),
-            status="success",
-            result={"image_id": image.id},
-            bytes_done=image.size or 0,
-            bytes_total=image.size,
-        )
-
-    def _local_copy(self, image: Image) -> Path | None:
-        return next(
-            (
-                p
-                for s in image.stores
-                if s in self._stores
-                for p in [self._stores[s].data_path(image.id)]
-                if p is not None
-            ),
-            None,
-        )
-
-    async def _run(self, task: Task, image: Image, request: ImportRequest, ctx: Context) -> None:
-        work = self._staging_root / "work" / task.id
-        try:
-            await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
-            message = await self._execute(task, image, request, ctx, work)
-        except asyncio.CancelledError:
-            if self._images.work.deleting(image.id):  # the delete removes the files
-                await asyncio.shield(self._deleted(task))
-            # Else the daemon is stopping: recover() fails the task cleanly on the next start.
-            raise
-        except ApplianceError as exc:
-            message = str(exc)
-        except Exception as exc:  # a bug must still leave a clear task message and a sane image
-            log.exception("image %s: import crashed", image.id)
-            message = "Import failed unexpectedly: %s: %s" % (type(exc).__name__, exc)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, work, True)
-            done, total = self._progress.pop(task.id, (0, None))
-        if self._images.work.deleting(image.id) or not await self._catalog.has_image(image.id):
-            await self._deleted(task)  # deleted as the import ended: the delete removes the files
-        elif message:
-            await self._fail(task, image, request, message)
-        else:
-            await self._catalog.update_task(
-                task.id,
-                self._now(),
-                status="success",
-                result={"image_id": image.id},
-                bytes_done=done,
-                bytes_total=total if total is not None else done,
-            )
-            log.info("image %s: import finished", image.id)
-
-    async def _deleted(self, task: Task) -> None:
-        message = "Import stopped: image %s was deleted" % task.image_id
-        await self._catalog.update_task(task.id, self._now(), status="failure", message=message)
-        log.info("image %s: %s", task.image_id, message)
-
-    async def _fail(self, task: Task, image: Image, request: ImportRequest, message: str) -> None:
-        current = await self._catalog.get_image(image.id)
-        if request.method != "copy-image" and current.status == IMPORTING:
-            # Nothing became active: remove what was written, back to queued.
-            for store_name in current.stores:
-                await self._stores[store_name].delete(image.id)
-                await self._catalog.remove_location(image.id, store_name, self._now(), keep_last=False)
-            await self._catalog.update_image(
-                image.id, columns={"status": QUEUED}, remove_properties=[IMPORTING_TO], updated_at=self._now()
-            )
-        else:
-            await self._forget_local_progress(image.id)
-        await self._staging.delete(image.id)
-        await self._catalog.update_task(task.id, self._now(), status="failure", message=message)
-        log.warning("image %s: import failed: %s", image.id, message)
-
-    async def _execute(self, task: Task, image: Image, request: ImportRequest, ctx: Context, work: Path) -> str:
-        """Run the import; returns "" on success or the failure message."""
-        staged = await self._acquire(task, image, request, work)
-        if request.method != "copy-image":
-            step_ctx = StepContext(
-                image_id=image.id,
-                work_dir=work,
-                roles=ctx.roles,
-                user_properties=frozenset(image.properties),
-                report=lambda note: log.info("image %s: %s", image.id, note),
-            )
-            for step in self._steps:
-                log.info("image %s: running plugin %s", image.id, step.name)
-                started = time.monotonic()
-                staged = await step.run(staged, step_ctx)
-                self._observe_plugin(step.name, time.monotonic() - started)
-            added = set(staged.properties) - set(image.properties)
-            if added:  # injected properties count against image_property_quota, as in Glance
-                try:
-                    self._images.check_property_quota({*image.properties, *added})
-                except TooLarge as exc:
-                    raise ImportFailed("Properties the import would add were refused: %s" % exc) from None
-            if not staged.disk_format or not staged.container_format:  # a PATCH raced the import's start
-                raise ImportFailed("Properties disk_format, container_format must be set prior to saving data.")
-            try:
-                found = await asyncio.to_thread(
-                    inspect_file, str(staged.path), staged.disk_format, self._config.formats.max_virtual_size
-                )
-            except ApplianceError as exc:
-                raise ImportFailed("Image data refused: %s" % exc) from None
-            if staged.size == 0:
-                raise ImportFailed("Image data is empty")
-            staged = staged.evolve(
-                virtual_size=found.virtual_size,
-                properties=introspected_properties(found, staged.properties, frozenset(image.properties)),
-            )
-        expected: Digest | None = None
-        if request.method == "copy-image":
-            expected = Digest(
-                size=image.size or 0, checksum=image.checksum or "", os_hash_value=image.os_hash_value or ""
-            )
-        remaining = list(request.stores)
-        written: list[str] = []
-        last_error = ""
-        active = request.method == "copy-image"
-        for store_name in request.stores:
-            store = self._stores[store_name]
-            try:
-                digest = await store.write(
-                    image.id,
-                    file_chunks(staged.path),
-                    max_size=self._config.api.max_upload_bytes,
-                    on_progress=lambda n: self._progress.__setitem__(task.id, (n, staged.size)),
-                    background=True,
-                    expected_size=staged.size,
-                )
-                try:
-                    if expected is not None:
-                        verify(digest, expected)
-                except ApplianceError:
-                    await store.delete(image.id)
-                    raise
-                expected = expected or digest
-                written.append(store_name)
-                location = Location.in_store(store_name, store.location_url(image.id))
-                remaining.remove(store_name)
-                if not active and (not request.all_stores_must_succeed or not remaining):
-                    await self._activate(image, staged, digest, location)
-                    active = True
-                else:
-                    await self._catalog.add_location(image.id, location, self._now())
-                await self._catalog.edit_list_properties(
-                    image.id, [ListEdit(IMPORTING_TO, remove=(store_name,))], self._now()
-                )
-                log.info("image %s: copy in store %s verified (%d bytes)", image.id, store_name, digest.size)
-            except ApplianceError as exc:
-                remaining.remove(store_name)
-                await self._catalog.edit_list_properties(
-                    image.id,
-                    [ListEdit(IMPORTING_TO, remove=(store_name,)), ListEdit(FAILED_IMPORT, add=(store_name,))],
-                    self._now(),
-                )
-                log.warning("image %s: store %s failed: %s", image.id, store_name, exc)
-                if request.all_stores_must_succeed:
-                    if request.method == "copy-image":  # revert: the new copies go again
-                        for done in written:
-                            await self._catalog.remove_location(image.id, done, self._now(), keep_last=False)
-                            await self._stores[done].delete(image.id)
-                    return "Import to store %s failed: %s" % (store_name, exc)
-                last_error = "store %s: %s" % (store_name, exc)
-        await self._forget_local_progress(image.id)
-        await self._staging.delete(image.id)
-        if not active:
-            return "Import failed in every store; last error: %s" % last_error
-        return ""
-
-    async def _activate(self, image: Image, staged: StagedImage, digest: Digest, location: Location) -> None:
-        columns: dict[str, Any] = {}
-        if staged.disk_format != image.disk_format:
-            columns["disk_format"] = staged.disk_format
-        if staged.container_format != image.container_format:
-            columns["container_format"] = staged.container_format
-        if columns:
-            await self._catalog.update_image(image.id, columns=columns, updated_at=self._now())
-        if staged.properties:
-            await self._catalog.update_image(image.id, set_properties=staged.properties, updated_at=self._now())
-        await self._catalog.activate_image(
-            image.id, digest.image_data(staged.virtual_size), location, from_status=IMPORTING, updated_at=self._now()
-        )
-
-    async def _acquire(self, task: Task, image: Image, request: ImportRequest, work: Path) -> StagedImage:
-        """The data to import, as a file."""
-        if request.method == "glance-direct":
-            path = self._staging.data_path(image.id)
-            if path is None:
-                raise ImportFailed("The staged data of image %s is gone" % image.id)
-        elif request.method == "copy-image":
-            path = self._local_copy(image)
-            if path is None:
-                raise ImportFailed("No readable copy of image %s on this site to copy from" % image.id)
-        elif request.method == "glance-download":
-            if self._hub is None or request.glance_image_id is None:
-                raise ImportFailed("glance-download needs a hub ([hub] url)")
-            path = work / "download"
-            try:
-                source = await self._hub.fetch(
-                    request.glance_image_id,
-                    path,
-                    lambda done, total: self._progress.__setitem__(task.id, (done, total)),
-                )
-            except ApplianceError as exc:
-                raise ImportFailed("Download of hub image %s failed: %s" % (request.glance_image_id, exc)) from None
-            size = await asyncio.to_thread(os.path.getsize, path)
-            return StagedImage(
-                path=path,
-                size=size,
-                disk_format=image.disk_format or source.disk_format,
-                container_format=image.container_format or source.container_format,
-            )
-        else:
-            path = work / "download"
-            imp = self._config.imports
-            try:
-                # aclosing: a failed write releases the connection at once, not at GC time.
-                async with (
-                    open_download(
-                        request.uri or "",
-                        self.uri_filter,
-                        max_bytes=imp.max_download_bytes,
-                        idle_timeout=float(imp.download_idle_timeout),
-                        total_timeout=float(imp.download_timeout) or None,
-                    ) as (response, chunks),
-                    self._images.quotas.metered(task.owner, image.id, STAGE_TOTAL) as meter,
-                ):
-                    total = response.content_length  # None when the source does not say
-                    if total is not None:
-                        self._staging.ensure_room(total)
-                    await _save(
-                        meter.count(chunks) if meter else chunks,
-                        path,
-                        lambda n: self._progress.__setitem__(task.id, (n, total)),
-                        self._staging.ensure_room,
-                    )
-            except ApplianceError as exc:
-                raise ImportFailed(str(exc)) from None
-        size = await asyncio.to_thread(os.path.getsize, path)
-        return StagedImage(path=path, size=size, disk_format=image.disk_format, container_format=image.container_format)
 
 
 def _sees_task(ctx: Context, task: Task) -> bool:

@@ -1,4 +1,4 @@
-"""ImageService: the rules of Glance's image API (validation, policy, state transitions)."""
+"""ImageService: the rules of Glance's image API (policy, state transitions; value rules: imagerules)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from appliance import policy
+from appliance import imagerules, policy
 from appliance.auth import Context
 from appliance.cache import ImageCache
 from appliance.catalog import Catalog, ImageQuery
@@ -29,7 +29,6 @@ from appliance.model import (
     DEACTIVATED,
     QUEUED,
     SAVING,
-    VISIBILITIES,
     Image,
     ImageId,
     Location,
@@ -38,51 +37,8 @@ from appliance.quotas import SIZE_TOTAL, Quotas
 from appliance.sites import SiteService
 from appliance.storenames import StoreNames
 from appliance.stores.base import ImageStore, StoreUsage
-from appliance.text import check_text
 
 log = logging.getLogger(__name__)
-
-# Attributes the server computes; a client setting one gets 403 as in Glance.
-READ_ONLY = frozenset(
-    {
-        "checksum",
-        "os_hash_algo",
-        "os_hash_value",
-        "size",
-        "virtual_size",
-        "status",
-        "created_at",
-        "updated_at",
-        "direct_url",
-        "self",
-        "file",
-        "schema",
-        "stores",
-    }
-)
-RESERVED = frozenset({"deleted", "deleted_at", "location", "locations"})
-BASE_ATTRIBUTES = (
-    frozenset(
-        {
-            "id",
-            "name",
-            "visibility",
-            "protected",
-            "os_hidden",
-            "owner",
-            "disk_format",
-            "container_format",
-            "min_disk",
-            "min_ram",
-            "tags",
-        }
-    )
-    | READ_ONLY
-)
-MAX_STRING = 255
-# Glance's rules for making an image visible beyond its project.
-VISIBILITY_RULES = {"public": "publicize_image", "community": "communitize_image"}
-JSON_PATCH_OPS = ("add", "replace", "remove")
 
 
 # What says how to read an image's data: set while it is queued, fixed once data arrives.
@@ -217,7 +173,7 @@ class ImageService:
         if not isinstance(body, dict):
             raise BadRequest("The request body must be a JSON object describing the image")
         for key in body:
-            self._check_writable_key(key)
+            imagerules.check_writable_key(key)
         image_id = parse_uuid(body["id"]) if "id" in body and body["id"] is not None else str(uuid.uuid4())
         columns: dict[str, Any] = {
             "visibility": "shared",
@@ -236,11 +192,11 @@ class ImageService:
             if key == "id":
                 continue
             if key == "tags":
-                tags = self._validate_tags(value)
+                tags = imagerules.validate_tags(self._config.limits, value)
             elif key in columns:
-                columns[key] = self._validate_attribute(ctx, key, value)
+                columns[key] = imagerules.validate_attribute(ctx, self._config.formats, key, value)
             else:
-                props[key] = self._validate_property(key, value)
+                props[key] = imagerules.validate_property(self._config.limits, key, value)
         self.check_property_quota(props)
         stamp = self._now()
         return Image(
@@ -284,21 +240,21 @@ class ImageService:
         tags: list[str] | None = None
         current = dict(image.properties)
         for op in patch:
-            name, key, value = self._parse_patch_op(op)
-            self._check_writable_key(key)
+            name, key, value = imagerules.parse_patch_op(op)
+            imagerules.check_writable_key(key)
             if key == "id":
                 raise Forbidden("Attribute 'id' is read-only.")
             if key == "tags":
                 if name == "remove":
                     raise Forbidden("Attribute 'tags' cannot be removed; set it to []")
-                tags = self._validate_tags(value)
-            elif key in BASE_ATTRIBUTES:
+                tags = imagerules.validate_tags(self._config.limits, value)
+            elif key in imagerules.BASE_ATTRIBUTES:
                 if name == "remove":
                     raise Forbidden("Attribute '%s' is a base attribute and cannot be removed" % key)
                 if key in FORMAT_ATTRIBUTES and image.status != QUEUED:
                     # The data was (or is being) inspected against them.
                     raise Forbidden("Attribute %s can be only replaced for a queued image." % key)
-                columns[key] = self._validate_attribute(ctx, key, value)
+                columns[key] = imagerules.validate_attribute(ctx, self._config.formats, key, value)
             elif name == "remove":
                 if key not in current:
                     raise Conflict("Property %s does not exist." % key)
@@ -308,7 +264,7 @@ class ImageService:
             else:
                 if name == "replace" and key not in current:
                     raise Conflict("Property %s does not exist." % key)
-                current[key] = set_props[key] = self._validate_property(key, value)
+                current[key] = set_props[key] = imagerules.validate_property(self._config.limits, key, value)
                 removed.discard(key)
         if set(current) - set(image.properties):  # Glance counts only when a patch adds properties
             self.check_property_quota(current)
@@ -349,9 +305,9 @@ class ImageService:
 
     async def add_tag(self, ctx: Context, image_id: str, tag: str) -> None:
         image = await self.authorized(ctx, image_id, "modify_image")
-        self._validate_tags([tag])
+        imagerules.validate_tags(self._config.limits, [tag])
         if tag not in image.tags:
-            self._check_tag_quota(len(image.tags) + 1)
+            imagerules.check_tag_quota(self._config.limits, len(image.tags) + 1)
         await self._catalog.add_tag(image.id, tag, self._now())
 
     async def remove_tag(self, ctx: Context, image_id: str, tag: str) -> None:
@@ -543,110 +499,6 @@ class ImageService:
             raise BadRequest("Unknown store %r (stores of this site: %s)" % (name, ", ".join(self._stores)))
         return store
 
-    @staticmethod
-    def _check_writable_key(key: Any) -> None:
-        if not isinstance(key, str) or not key:
-            raise BadRequest("Property names must be non-empty strings")
-        if key in READ_ONLY:
-            raise Forbidden("Attribute '%s' is read-only." % key)
-        if key in RESERVED or key.startswith("os_glance"):
-            raise Forbidden("Attribute '%s' is reserved." % key)
-        check_text("Property name %r" % key[:64], key, MAX_STRING)
-
-    def _validate_attribute(self, ctx: Context, key: str, value: Any) -> Any:
-        if key == "name":
-            if value is not None and not isinstance(value, str):
-                raise BadRequest("Invalid value for 'name': expected a string of at most %d characters" % MAX_STRING)
-            return value if value is None else check_text("Image name", value, MAX_STRING)
-        if key in ("protected", "os_hidden"):
-            if not isinstance(value, bool):
-                raise BadRequest("Invalid value for '%s': expected true or false, got %r" % (key, value))
-            return value
-        if key in ("min_disk", "min_ram"):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise BadRequest("Invalid value for '%s': expected a non-negative integer, got %r" % (key, value))
-            return value
-        if key == "visibility":
-            if value not in VISIBILITIES:
-                raise BadRequest("Invalid value for 'visibility': %r (allowed: %s)" % (value, ", ".join(VISIBILITIES)))
-            if value in VISIBILITY_RULES:
-                policy.enforce(ctx, VISIBILITY_RULES[value])
-            return value
-        if key == "owner":
-            if value is not None and (not isinstance(value, str) or len(value) > MAX_STRING):
-                raise BadRequest("Invalid value for 'owner'")
-            if value != ctx.project:
-                policy.check_owner_change(ctx)
-            return value
-        if key in ("disk_format", "container_format"):
-            enabled = (
-                self._config.formats.disk_formats if key == "disk_format" else self._config.formats.container_formats
-            )
-            if value is not None and value not in enabled:
-                raise BadRequest(
-                    "Invalid value '%s' for '%s': enabled values are %s" % (value, key, ", ".join(enabled))
-                )
-            return value
-        raise AssertionError(key)  # pragma: no cover
-
-    def _validate_property(self, key: str, value: Any) -> str:
-        if not isinstance(value, str):
-            raise BadRequest(
-                "Invalid value for property '%s': custom properties must be strings, got %s"
-                % (key, type(value).__name__ if isinstance(value, (list, dict)) else repr(value))
-            )
-        return check_text(
-            "Value of property '%s'" % key, value, self._config.limits.max_property_value_length, multiline=True
-        )
-
-    def _validate_tags(self, value: Any) -> builtins.list[str]:
-        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-            raise BadRequest("Invalid value for 'tags': expected a list of strings")
-        self._check_tag_quota(len(set(value)))
-        for tag in value:
-            if not tag:
-                raise BadRequest("Invalid tag '': tags are 1 to %d characters" % MAX_STRING)
-            check_text("Tag %r" % tag[:64], tag, MAX_STRING)
-        return value
-
-    # Glance's ImagePropertyLimitExceeded / ImageTagLimitExceeded, answered 413 as there.
     def check_property_quota(self, names: Iterable[str]) -> None:
-        """The custom properties an image would have; os_glance_* ones are the server's own
-        (import progress), which no client can set, and do not count."""
-        maximum = self._config.limits.image_property_quota
-        attempted = sum(1 for name in names if not name.startswith("os_glance"))
-        if 0 <= maximum < attempted:
-            raise TooLarge(
-                "The limit has been exceeded on the number of allowed image properties. "
-                "Attempted: %d, Maximum: %d" % (attempted, maximum)
-            )
-
-    def _check_tag_quota(self, attempted: int) -> None:
-        maximum = self._config.limits.image_tag_quota
-        if 0 <= maximum < attempted:
-            raise TooLarge(
-                "The limit has been exceeded on the number of allowed image tags. "
-                "Attempted: %d, Maximum: %d" % (attempted, maximum)
-            )
-
-    @staticmethod
-    def _parse_patch_op(op: Any) -> tuple[str, str, Any]:
-        if not isinstance(op, dict):
-            raise BadRequest("Each JSON patch operation must be an object with 'op' and 'path'")
-        name = op.get("op")
-        if name not in JSON_PATCH_OPS:
-            raise BadRequest("Unsupported JSON patch operation %r (supported: %s)" % (name, ", ".join(JSON_PATCH_OPS)))
-        path = op.get("path")
-        if not isinstance(path, str) or not path.startswith("/") or len(path) < 2:
-            raise BadRequest("Invalid JSON pointer %r in patch: it must look like '/name'" % (path,))
-        parts = path[1:].split("/")
-        if len(parts) != 1:
-            raise BadRequest("Invalid path %r: nested paths are not supported (only '/<attribute>')" % path)
-        key = parts[0].replace("~1", "/").replace("~0", "~")
-        allowed = {"op", "path", "value"} if name != "remove" else {"op", "path"}
-        extra = set(op) - allowed
-        if extra:
-            raise BadRequest("Unexpected member(s) %s in '%s' operation" % (", ".join(sorted(extra)), name))
-        if name != "remove" and "value" not in op:
-            raise BadRequest("Operation '%s' on %s needs a 'value'" % (name, path))
-        return name, key, op.get("value")
+        """The custom properties an image would have (see imagerules.check_property_quota)."""
+        imagerules.check_property_quota(self._config.limits, names)

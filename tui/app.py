@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
@@ -145,6 +145,13 @@ class ApplianceTui(App[None]):
         super().notify(visible(message), title=visible(title), severity=severity, timeout=timeout, markup=False)
 
     # -- layout ---------------------------------------------------------------------------
+
+    async def _on_key(self, event: events.Key) -> None:
+        # Textual calls this before App._on_key. A key that reaches the app while it shuts down
+        # (its screens already gone: keys typed as the operator quits) has no screen to go to;
+        # drop it rather than end on a ScreenStackError.
+        if not self._screen_stack:
+            event.prevent_default()
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -28,7 +28,7 @@ from textual.widgets import Input, Static
 
 from tests.conftest import VENV_BIN, Daemon
 from tests.tui.conftest import HubAndEdge, MiB, SiteApi, confirm, open_images, socket_config, wait_until
-from tui.app import make_app
+from tui.app import ApplianceTui, make_app
 from tui.dialogs.confirm import ARM_SECONDS, ConfirmScreen
 from tui.display import plain, visible
 from tui.messages import ImageDeleted, ImagesLoaded
@@ -410,3 +410,22 @@ def test_edge_tui_that_crashes_exits_non_zero(site: Daemon, tmux: Tmux) -> None:
     tmux.keys("?")
     assert tmux.exit_status(timeout=20) == 1
     assert "ZeroDivisionError" in tmux.screen()
+
+
+async def test_a_key_that_arrives_while_the_app_shuts_down_is_dropped(site: Daemon) -> None:
+    """Keys typed as the operator quits can reach the app after its screens are gone; Textual's
+    own handler would end the app on a ScreenStackError (seen as a flaky teardown)."""
+
+    class ShutDown:  # the app as it is once its screens are gone
+        def __init__(self) -> None:
+            self._screen_stack: list[Any] = []
+
+    late = events.Key("y", "y")
+    await ApplianceTui._on_key(ShutDown(), late)  # type: ignore[arg-type]
+    assert late._no_default_action  # App._on_key is not reached
+    app = make_app(socket_config(site))
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        pressed = events.Key("y", "y")
+        await app._on_key(pressed)  # with screens, the key goes on to Textual's bindings
+        assert not pressed._no_default_action

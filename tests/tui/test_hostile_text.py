@@ -309,6 +309,22 @@ async def test_a_confirmation_ignores_yes_typed_ahead(site: Daemon, site_api: Si
     await site_api.call("GET", "/v2/images/%s" % image["id"], 404)
 
 
+async def test_enter_typed_ahead_is_ignored_once_the_dialog_has_focus(
+    site: Daemon, site_api: SiteApi, image: dict[str, Any]
+) -> None:
+    """The other order of the same burst: the dialog mounted (Cancel focused) before enter arrived.
+    The outcome must not depend on which won the race."""
+    app = make_app(socket_config(site))
+    async with app.run_test() as pilot:
+        await open_images(app, pilot, 1)
+        await pilot.press("d")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the confirmation")
+        burst(app, ("enter", "\r"), ("y", "y"))
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ConfirmScreen)
+    assert (await site_api.image(image["id"]))["status"] == "active"
+
+
 # -- the real edge-tui in a terminal -------------------------------------------------------------
 
 

@@ -1,8 +1,10 @@
 """Every destructive action asks first: y / enter on "Yes" confirms, n / esc / q cancels.
 
 Keys typed ahead cannot answer it: for ARM_SECONDS after the dialog opens, and again after each
-early "yes", "yes" does nothing (keys typed in one burst, such as `d` `y`, arrive within
-milliseconds; an operator reading the question takes longer). "No" works at once."""
+early answer, "yes" and the buttons do nothing (keys typed in one burst, such as `d` `y` `enter`,
+arrive within milliseconds; an operator reading the question takes longer). n, esc and q work at
+once. Enter typed ahead is ignored whichever button has focus by the time it arrives, so the
+outcome of a burst does not depend on how fast the dialog mounted."""
 
 from __future__ import annotations
 
@@ -54,6 +56,9 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
+        if not self.armed:
+            self._armed_at = time.monotonic() + ARM_SECONDS
+            return
         self.action_answer(event.button.id == "yes")
 
     def action_answer(self, yes: bool) -> None:

@@ -10,7 +10,7 @@ import hmac
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.config import Config
@@ -21,13 +21,37 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Context:
+    """The caller as Glance's request context sees it. Static tokens fill user, project and roles;
+    a Keystone token fills the rest."""
+
     user: str
     project: str
     roles: frozenset[str]
+    user_domain: str | None = None
+    project_domain: str | None = None
+    system_scope: str | None = None  # "all" for a system-scoped token
+    service_user: str | None = None  # from a valid X-Service-Token
+    service_roles: frozenset[str] = frozenset()
+    # The caller's own token, for forwarding to the hub; never logged or shown.
+    token: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_admin(self) -> bool:
         return "admin" in self.roles
+
+    def credentials(self) -> dict[str, object]:
+        """The caller as oslo.policy's `creds` (the names a check string's left side uses)."""
+        return {
+            "user_id": self.user,
+            "project_id": self.project,
+            "roles": sorted(self.roles),
+            "user_domain_id": self.user_domain,
+            "project_domain_id": self.project_domain,
+            "system_scope": self.system_scope,
+            "service_user_id": self.service_user,
+            "service_roles": sorted(self.service_roles),
+            "is_admin": self.is_admin,
+        }
 
 
 LOCAL_ADMIN = Context(user="local-admin", project="admin", roles=frozenset({"admin", "member", "reader"}))

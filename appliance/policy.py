@@ -59,6 +59,8 @@ CHECKS: dict[str, Check] = {
             target.get("project_id") == ctx.project or target.get("visibility") in ("public", "community")
         ),
     ),
+    # The caller's project is the member of the target image (Glance's IMAGE_MEMBER_CHECK).
+    "image_member": Check("project_id:%(member_id)s", lambda ctx, target: target.get("member_id") == ctx.project),
     # A site's own service token names the site as its user.
     "site_user": Check("user_id:%(site)s", lambda ctx, target: target.get("site") == ctx.user),
 }
@@ -74,6 +76,9 @@ ADMIN_OR_MEMBER_OF_VISIBLE: Rule = (("admin",), ("member", "visible"))
 # What an edge site needs of its hub beyond its own records: every image record (it mirrors
 # them for the users of every project at the site) and the bytes of the images it pulls.
 SITE_READS: Rule = (("site",),)
+# Glance's ADMIN_OR_SHARED_MEMBER and ADMIN_OR_PROJECT_READER_OR_SHARED_MEMBER (image members).
+ADMIN_OR_SHARED_MEMBER: Rule = (("admin",), ("member", "image_member"))
+ADMIN_OR_PROJECT_READER_OR_SHARED_MEMBER: Rule = (("admin",), ("reader", "project"), ("reader", "image_member"))
 ADMIN_OR_SITE_ITSELF: Rule = (("admin",), ("site", "site_user"))
 
 RULES: dict[str, Rule] = {
@@ -92,6 +97,12 @@ RULES: dict[str, Rule] = {
     "copy_image": ADMIN,
     "get_image_location": ADMIN_OR_PROJECT_READER,
     "delete_image_location": ADMIN,
+    # Image members (glance/policies/image.py)
+    "add_member": ADMIN_OR_PROJECT_MEMBER,
+    "delete_member": ADMIN_OR_PROJECT_MEMBER,
+    "get_member": ADMIN_OR_PROJECT_READER_OR_SHARED_MEMBER,
+    "get_members": ADMIN_OR_PROJECT_READER_OR_SHARED_MEMBER,
+    "modify_member": ADMIN_OR_SHARED_MEMBER,
     # Tasks (glance/policies/tasks.py leaves these to `default`; ours: the task's project)
     "get_task": ADMIN_OR_PROJECT_READER,
     "get_tasks": ADMIN_OR_PROJECT_READER,

@@ -5,8 +5,12 @@ BIN := $(VENV)/bin
 SYSTEM_TOOLS := qemu-img:qemu-utils prlimit:util-linux mount:mount systemd-analyze:systemd curl:curl zstd:zstd ssh-keygen:openssh-client tmux:tmux
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
+# OpenStack Keystone for the tests that validate real tokens (tests/keystone.py), in its own
+# virtual environment, served by gunicorn (pure Python: nothing to compile).
+KEYSTONE_VENV := .venv-keystone
+STAMP_KEYSTONE := $(KEYSTONE_VENV)/.installed-keystone
 
-.PHONY: run test lint system-deps install-tools bench clean
+.PHONY: run test lint system-deps install-tools bench clean keystone
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,6 +23,14 @@ $(STAMP_RUN): pyproject.toml | $(BIN)/python
 $(STAMP_TEST): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@ $(STAMP_RUN)
+
+$(STAMP_KEYSTONE):
+	$(PY) -m venv $(KEYSTONE_VENV)
+	$(KEYSTONE_VENV)/bin/pip install -q --upgrade pip
+	$(KEYSTONE_VENV)/bin/pip install -q 'keystone==30.0.0' 'gunicorn==27.0.1'
+	touch $@
+
+keystone: $(STAMP_KEYSTONE)
 
 run: $(STAMP_RUN)
 	$(BIN)/edge-appliance serve --state-dir ./var
@@ -39,7 +51,7 @@ install-tools:
 	    || { echo "error: could not install$$missing; install them with your package manager (Debian: apt-get install$$missing)" >&2; exit 1; }; \
 	fi
 
-test: $(STAMP_TEST) system-deps lint
+test: $(STAMP_TEST) system-deps keystone lint
 	$(BIN)/python -m pytest -q tests
 
 # The checks that keep the tree tidy: formatting, lint and strict types (config in pyproject.toml).
@@ -54,4 +66,4 @@ bench: $(STAMP_TEST)
 	$(BIN)/python tests/bench/bench_transfer.py
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) $(KEYSTONE_VENV) var

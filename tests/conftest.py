@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestClient
 from appliance.app import build_app
 from appliance.config import Config, parse_config
 from appliance.services import Services, open_services
+from tests.keystone import keystone as keystone  # the session's Keystone
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

@@ -2,15 +2,20 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_TOOLS := qemu-img:qemu-utils prlimit:util-linux mount:mount systemd-analyze:systemd curl:curl zstd:zstd ssh-keygen:openssh-client tmux:tmux
+SYSTEM_TOOLS := qemu-img:qemu-utils prlimit:util-linux mount:mount systemd-analyze:systemd curl:curl zstd:zstd ssh-keygen:openssh-client tmux:tmux gcc:gcc
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
+# OpenStack Glance for the tests whose hub is the real thing (tests/glance_server.py), in its own
+# virtual environment; uWSGI serves it (Glance has no standalone server), built by pip with gcc.
+GLANCE_VENV := .venv-glance
+GLANCE_VERSION := 33.0.0
+STAMP_GLANCE := $(GLANCE_VENV)/.installed-glance
 # OpenStack Keystone for the tests that validate real tokens (tests/keystone.py), in its own
 # virtual environment, served by gunicorn (pure Python: nothing to compile).
 KEYSTONE_VENV := .venv-keystone
 STAMP_KEYSTONE := $(KEYSTONE_VENV)/.installed-keystone
 
-.PHONY: run test lint system-deps install-tools bench clean keystone
+.PHONY: run test lint system-deps install-tools bench clean glance keystone
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,6 +28,14 @@ $(STAMP_RUN): pyproject.toml | $(BIN)/python
 $(STAMP_TEST): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@ $(STAMP_RUN)
+
+$(STAMP_GLANCE): | system-deps
+	$(PY) -m venv $(GLANCE_VENV)
+	$(GLANCE_VENV)/bin/pip install -q --upgrade pip
+	$(GLANCE_VENV)/bin/pip install -q 'glance==$(GLANCE_VERSION)' 'uwsgi==2.0.31'
+	touch $@
+
+glance: $(STAMP_GLANCE)
 
 $(STAMP_KEYSTONE):
 	$(PY) -m venv $(KEYSTONE_VENV)
@@ -51,7 +64,7 @@ install-tools:
 	    || { echo "error: could not install$$missing; install them with your package manager (Debian: apt-get install$$missing)" >&2; exit 1; }; \
 	fi
 
-test: $(STAMP_TEST) system-deps keystone lint
+test: $(STAMP_TEST) system-deps glance keystone lint
 	$(BIN)/python -m pytest -q tests
 
 # The checks that keep the tree tidy: formatting, lint and strict types (config in pyproject.toml).
@@ -66,4 +79,4 @@ bench: $(STAMP_TEST)
 	$(BIN)/python tests/bench/bench_transfer.py
 
 clean:
-	rm -rf $(VENV) $(KEYSTONE_VENV) var
+	rm -rf $(VENV) $(GLANCE_VENV) $(KEYSTONE_VENV) var

@@ -1,0 +1,318 @@
+"""An edge whose hub is a real OpenStack Glance (tests/glance_server.py): the catalog mirror
+through Glance's pages, pull-through with one upstream transfer, resume and verification
+against Glance's hashes, a hub that goes away, deletions found by the full reconcile, and the
+appliance-only hub extras (sites, heartbeats, assignments, change feed) off after one probe.
+
+Glance runs once per session; each test starts its own edge daemons and uses its own images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import pytest
+
+from tests.clients.test_glance_cli import Glance, as_dict
+from tests.clients.test_openstacksdk import connect
+from tests.conftest import JSON_ERRORS, Daemon, start_daemon, write_toml
+from tests.glance_server import API_LIMIT_MAX, GlanceServer
+from tests.integration.test_hub_link import FAST
+from tests.ondisk import flip_bit
+from tests.waiting import eventually
+
+# openstacksdk's own deprecation warnings (see tests/clients/test_openstacksdk.py).
+pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning:openstack")
+
+MiB = 1 << 20
+
+
+class Cloud:
+    """The session's Glance as the hub, this test's edges, one HTTP session for both."""
+
+    def __init__(self, glance: GlanceServer, tmp: Path, session: aiohttp.ClientSession) -> None:
+        self.glance = glance
+        self.tmp = tmp
+        self.session = session
+        self.edges: list[Daemon] = []
+
+    def start_edge(self, name: str = "dcn0", **hub: Any) -> Daemon:
+        config = write_toml(
+            self.tmp / ("%s.toml" % name),
+            {
+                "site": {"name": name},
+                "hub": {"url": self.glance.url, "token": self.glance.token, **FAST, **hub},
+                "cache": {"min_free_bytes": 0},
+                "scrubber": {"enabled": False},
+            },
+        )
+        edge = start_daemon(self.tmp / name, config)
+        self.edges.append(edge)
+        return edge
+
+    async def at_glance(self, method: str, path: str, expect: int = 200, **kw: Any) -> Any:
+        headers = {**self.glance.headers(), **kw.pop("headers", {})}
+        async with self.session.request(method, self.glance.url + path, headers=headers, **kw) as resp:
+            body = await resp.read()
+            assert resp.status == expect, "glance %s %s: %d %s" % (method, path, resp.status, body[:500])
+            return await resp.json() if resp.content_type == "application/json" else body
+
+    async def create_at_glance(self, data: bytes | None, **body: Any) -> str:
+        body = {"name": "img", "disk_format": "raw", "container_format": "bare", "visibility": "public", **body}
+        image_id = str((await self.at_glance("POST", "/v2/images", 201, json=body))["id"])
+        if data is not None:
+            await self.at_glance(
+                "PUT",
+                "/v2/images/%s/file" % image_id,
+                204,
+                data=io.BytesIO(data),
+                headers={"Content-Type": "application/octet-stream"},
+            )
+        return image_id
+
+    async def at_edge(self, edge: Daemon, method: str, path: str, expect: int = 200, **kw: Any) -> Any:
+        headers = {"X-Auth-Token": edge.token, **JSON_ERRORS, **kw.pop("headers", {})}
+        async with self.session.request(method, edge.url + path, headers=headers, **kw) as resp:
+            body = await resp.read()
+            assert resp.status == expect, "edge %s %s: %d %s" % (method, path, resp.status, body[:500])
+            return await resp.json() if resp.content_type == "application/json" else body
+
+    async def shown(self, edge: Daemon, image_id: str) -> dict[str, Any] | None:
+        async with self.session.get(
+            edge.url + "/v2/images/%s" % image_id, headers={"X-Auth-Token": edge.token, **JSON_ERRORS}
+        ) as resp:
+            return dict(await resp.json()) if resp.status == 200 else None
+
+    async def listed(self, edge: Daemon, **query: str) -> set[str]:
+        """Every id the edge lists (following its own pages)."""
+        ids: set[str] = set()
+        path: str | None = "/v2/images?" + "&".join("%s=%s" % kv for kv in {"limit": "100", **query}.items())
+        while path:
+            body = await self.at_edge(edge, "GET", path)
+            ids.update(i["id"] for i in body["images"])
+            path = body.get("next")
+        return ids
+
+
+@pytest.fixture
+async def cloud(openstack_glance: GlanceServer, tmp_path: Path) -> AsyncIterator[Cloud]:
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+    c = Cloud(openstack_glance, tmp_path, session)
+    try:
+        yield c
+    finally:
+        await session.close()
+        for edge in c.edges:
+            if edge.proc.poll() is None:
+                edge.proc.kill()
+                edge.proc.wait(10)
+        if not openstack_glance.answers():  # a failed test must not leave the next without its hub
+            await asyncio.to_thread(openstack_glance.restart)
+
+
+def glance_cli(target: Any) -> Glance:
+    """The real `glance` CLI against Glance or an edge (both have .url and .token)."""
+    return Glance(cast(Daemon, target))
+
+
+async def test_the_catalog_mirror_follows_glance_pages_hidden_images_and_renames(cloud: Cloud) -> None:
+    # More images than Glance puts in a page (api_limit_max): the mirror goes through `next`.
+    plain = [await cloud.create_at_glance(os.urandom(1024), name="page-%d" % n) for n in range(API_LIMIT_MAX + 2)]
+    hidden = await cloud.create_at_glance(os.urandom(1024), name="hidden", os_hidden=True)
+    queued = await cloud.create_at_glance(None, name="no-data-yet")
+    edge = cloud.start_edge()
+
+    async def mirrored() -> bool:
+        return set(plain) | {queued} <= await cloud.listed(edge) and hidden in await cloud.listed(
+            edge, os_hidden="true"
+        )
+
+    # Hidden at Glance, hidden at the edge: listed only when asked for.
+    await eventually(mirrored, "every Glance image listed at the edge")
+    assert hidden not in await cloud.listed(edge)
+    shown = await cloud.shown(edge, plain[0])
+    at_glance = await cloud.at_glance("GET", "/v2/images/%s" % plain[0])
+    assert shown is not None and shown["stores"] == "central"
+    for key in ("name", "size", "checksum", "os_hash_algo", "os_hash_value", "owner", "visibility", "created_at"):
+        assert shown[key] == at_glance[key], key
+    assert (await cloud.shown(edge, queued) or {}).get("status") == "queued"
+    # A change at Glance arrives with the next incremental round (updated_at), not a reconcile only.
+    await cloud.at_glance(
+        "PATCH",
+        "/v2/images/%s" % plain[1],
+        200,
+        json=[{"op": "replace", "path": "/name", "value": "renamed-at-glance"}],
+        headers={"Content-Type": "application/openstack-images-v2.1-json-patch"},
+    )
+
+    async def renamed() -> bool:
+        return ((await cloud.shown(edge, plain[1])) or {}).get("name") == "renamed-at-glance"
+
+    await eventually(renamed, "the rename to reach the edge")
+
+
+async def test_many_clients_one_transfer_from_glance(cloud: Cloud) -> None:
+    data = os.urandom(8 * MiB)
+    image_id = await cloud.create_at_glance(data, name="popular")
+    edge = cloud.start_edge(bandwidth_limit=8 * MiB)  # ~1 s: the clients arrive while it runs
+    await eventually(lambda: cloud.shown(edge, image_id), "the mirror")
+    for _ in range(3):  # the race, repeated: all at once, then again while it may be in flight
+        bodies = await asyncio.gather(*(cloud.at_edge(edge, "GET", "/v2/images/%s/file" % image_id) for _ in range(12)))
+        assert all(body == data for body in bodies)
+    # One GET of the data at Glance (its own request log), however many clients asked.
+    assert cloud.glance.data_gets(image_id) == 1
+    cached = (await cloud.at_edge(edge, "GET", "/v2/edge/cache"))["entries"]
+    assert image_id in {e["image_id"] for e in cached}
+
+
+async def test_upload_with_the_glance_cli_then_read_through_the_edge_with_cli_and_sdk(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    data = os.urandom(3 * MiB) + b"tail"
+    source = tmp_path / "disk.raw"
+    source.write_bytes(data)
+    created = as_dict(
+        await asyncio.to_thread(
+            glance_cli(cloud.glance).ok,
+            "image-create",
+            "--name",
+            "via-cli",
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "--visibility",
+            "public",
+            "--file",
+            str(source),
+        )
+    )
+    image_id = created["id"]
+    assert created["status"] == "active" and created["stores"] == "central"
+    edge = cloud.start_edge()
+    edge_cli = glance_cli(edge)
+    await eventually(lambda: cloud.shown(edge, image_id), "the mirror")
+    shown = as_dict(await asyncio.to_thread(edge_cli.ok, "image-show", "--max-column-width", "4096", image_id))
+    assert shown["name"] == "via-cli" and shown["status"] == "active" and shown["stores"] == "central"
+    assert shown["os_hash_value"].replace(" ", "") == hashlib.sha512(data).hexdigest()
+    assert shown["checksum"] == hashlib.md5(data).hexdigest()
+    listing = await asyncio.to_thread(edge_cli.ok, "image-list")
+    assert image_id in listing
+    target = tmp_path / "via-edge.raw"
+    await asyncio.to_thread(edge_cli.ok, "image-download", "--file", str(target), image_id)
+    assert target.read_bytes() == data
+    # openstacksdk: the proxy layer and a streamed download, verified by the SDK against the MD5.
+    conn = connect(edge)
+    try:
+        image = await asyncio.to_thread(conn.image.get_image, image_id)
+        assert image.name == "via-cli" and image.size == len(data)
+        downloaded = await asyncio.to_thread(conn.image.download_image, image)
+        assert downloaded.content == data
+    finally:
+        conn.close()
+    assert cloud.glance.data_gets(image_id) == 1  # the CLI and the SDK read the edge's cached copy
+
+
+async def test_a_fill_resumes_with_range_after_glance_restarts(cloud: Cloud) -> None:
+    data = os.urandom(24 * MiB)
+    image_id = await cloud.create_at_glance(data, name="big")
+    edge = cloud.start_edge(bandwidth_limit=4 * MiB, resume_attempts=20)  # ~6 s for the transfer
+    await eventually(lambda: cloud.shown(edge, image_id), "the mirror")
+    reader = asyncio.create_task(cloud.at_edge(edge, "GET", "/v2/images/%s/file" % image_id))
+    fill = edge.state_dir / "cache" / "partial" / image_id
+
+    async def some_bytes() -> bool:
+        return await asyncio.to_thread(lambda: fill.exists() and fill.stat().st_size >= 4 * MiB)
+
+    await eventually(some_bytes, "4 MiB in the cache fill")
+    with cloud.glance.stopped():
+        await asyncio.sleep(1.5)  # the edge sees the link drop and backs off
+    assert await reader == data  # the client's one response carries every byte, verified
+    log = edge.log.read_text()
+    assert "resuming the transfer at byte" in log
+    # Glance answered the resumed request with a 206 (uWSGI's request log).
+    assert re.search(r"GET /v2/images/%s/file => .*\(HTTP/1\.1 206\)" % image_id, cloud.glance.log_text())
+
+
+async def test_data_that_does_not_match_glances_hashes_is_not_served(cloud: Cloud) -> None:
+    data = os.urandom(2 * MiB)
+    image_id = await cloud.create_at_glance(data, name="rotten")
+    # Glance serves what its store holds: a bit flipped there after the upload.
+    await asyncio.to_thread(flip_bit, cloud.glance.root / "images" / image_id, 12345)
+    edge = cloud.start_edge()
+    await eventually(lambda: cloud.shown(edge, image_id), "the mirror")
+    async with cloud.session.get(
+        edge.url + "/v2/images/%s/file" % image_id, headers={"X-Auth-Token": edge.token, **JSON_ERRORS}
+    ) as resp:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()  # cut off before its last byte: never a complete response for bad data
+    assert "failed verification" in edge.log.read_text()
+    cached = (await cloud.at_edge(edge, "GET", "/v2/edge/cache"))["entries"]
+    assert image_id not in {e["image_id"] for e in cached}
+
+
+async def test_glance_down_the_edge_serves_what_it_holds(cloud: Cloud) -> None:
+    cached_data, other_data, local_data = os.urandom(MiB), os.urandom(MiB), os.urandom(MiB)
+    cached_id = await cloud.create_at_glance(cached_data, name="cached")
+    other_id = await cloud.create_at_glance(other_data, name="not-cached")
+    edge = cloud.start_edge()
+    local_id = (
+        await cloud.at_edge(
+            edge, "POST", "/v2/images", 201, json={"name": "local", "disk_format": "raw", "container_format": "bare"}
+        )
+    )["id"]
+    await cloud.at_edge(
+        edge,
+        "PUT",
+        "/v2/images/%s/file" % local_id,
+        204,
+        data=io.BytesIO(local_data),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    await eventually(lambda: cloud.shown(edge, other_id), "the mirror")
+    assert await cloud.at_edge(edge, "GET", "/v2/images/%s/file" % cached_id) == cached_data
+    with cloud.glance.stopped():
+
+        async def down() -> bool:
+            return bool((await cloud.at_edge(edge, "GET", "/v2/edge/status"))["hub"]["state"] == "down")
+
+        await eventually(down, "the edge to see Glance down")
+        assert await cloud.at_edge(edge, "GET", "/v2/images/%s/file" % cached_id) == cached_data
+        assert await cloud.at_edge(edge, "GET", "/v2/images/%s/file" % local_id) == local_data
+        assert {cached_id, other_id, local_id} <= await cloud.listed(edge)
+        message = (await cloud.at_edge(edge, "GET", "/v2/images/%s/file" % other_id, 503))["message"]
+        assert "hub is unreachable" in message
+        await asyncio.sleep(3)  # several rounds of every hub loop against a dead hub
+    log = edge.log.read_text()
+    assert log.count("is unreachable; serving local and cached images") == 1
+
+    async def up() -> bool:
+        return bool((await cloud.at_edge(edge, "GET", "/v2/edge/status"))["hub"]["state"] == "up")
+
+    await eventually(up, "the edge to see Glance back")
+    assert await cloud.at_edge(edge, "GET", "/v2/images/%s/file" % other_id) == other_data
+
+
+async def test_an_image_deleted_at_glance_leaves_the_edge_at_the_reconcile(cloud: Cloud) -> None:
+    data = os.urandom(MiB)
+    kept_id = await cloud.create_at_glance(os.urandom(1024), name="kept")
+    gone_id = await cloud.create_at_glance(data, name="deleted-at-glance")
+    edge = cloud.start_edge()
+    await eventually(lambda: cloud.shown(edge, gone_id), "the mirror")
+    assert await cloud.at_edge(edge, "GET", "/v2/images/%s/file" % gone_id) == data  # cached too
+    await cloud.at_glance("DELETE", "/v2/images/%s" % gone_id, 204)
+
+    async def gone() -> bool:
+        return await cloud.shown(edge, gone_id) is None
+
+    await eventually(gone, "the deletion to reach the edge (full reconcile)")
+    assert not (edge.state_dir / "cache" / "data" / gone_id).exists()
+    assert await cloud.shown(edge, kept_id) is not None
+    assert "was deleted at the hub; removed here" in edge.log.read_text()

@@ -1,4 +1,4 @@
-"""edge-appliance: serve | check-config | check-uri | bundle | cache."""
+"""edge-appliance: serve | check-config | check-uri | bundle | cache | policy."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from appliance.api.listener import (
 from appliance.app import build_app
 from appliance.commands import bundle as bundle_command
 from appliance.commands import cache as cache_command
+from appliance.commands import policy as policy_command
 from appliance.config import Config, load_config
 from appliance.errors import ConfigError
 from appliance.logconfig import configure_logging, set_level, set_repeat_interval
@@ -198,6 +199,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser("bundle", help="portable image bundles for sites the hub never reaches")
     )
     cache_command.add_arguments(sub.add_parser("cache", help="the image cache (glance-cache-manage verbs, and stats)"))
+    policy_command.add_arguments(
+        sub.add_parser("policy", help="the policy rules in force (defaults and [auth] policy_file); try a caller")
+    )
     return p
 
 
@@ -216,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         return cache_command.run(args)
     if args.command == "bundle":
         return bundle_command.run(args)
+    if args.command == "policy":
+        return policy_command.run(args)
     if args.command == "check-uri":
         try:
             return check_uri(args.config, args.url)

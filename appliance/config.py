@@ -114,6 +114,8 @@ class AuthConfig:
     # Written with a random admin token on first start when no tokens are configured.
     admin_token_file: str = "admin-token"
     tokens: tuple[TokenConfig, ...] = ()
+    # An oslo.policy file (YAML or JSON) whose rules replace Glance's defaults by name; "" = none.
+    policy_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -485,10 +487,11 @@ def _read_auth(data: Any) -> AuthConfig:
     if data is None:
         return AuthConfig()
     _typed("auth", data, dict, "a table")
-    _check_keys("auth", data, {"admin_token_file", "tokens"})
+    _check_keys("auth", data, {"admin_token_file", "tokens", "policy_file"})
     admin = _typed("auth.admin_token_file", data.get("admin_token_file", AuthConfig.admin_token_file), str, "a string")
     tokens = _read_tokens(data["tokens"]) if "tokens" in data else ()
-    return AuthConfig(admin_token_file=admin, tokens=tokens)
+    policy_file = _typed("auth.policy_file", data.get("policy_file", AuthConfig.policy_file), str, "a string")
+    return AuthConfig(admin_token_file=admin, tokens=tokens, policy_file=policy_file)
 
 
 def _read_stores(data: Any) -> StoresConfig:

@@ -35,6 +35,7 @@ MAX_NESTING = 50
 # A whole %(key)s substitution, or an escaped percent sign.
 _SUBSTITUTION = re.compile(r"%\(([^)]+)\)s|%%")
 _NAME = re.compile(r"[\w-]+")  # one part of a (dotted) credential name
+_COLLECTIONS = (list, tuple, set, frozenset)  # a credential holding several values (roles)
 
 
 class CheckSyntaxError(ValueError):
@@ -90,9 +91,10 @@ class RoleCheck(Check):
     def __call__(self, creds: Creds, target: Target, rules: RuleLookup) -> bool:
         role = substitute(self.match, target)
         roles = creds.get("roles")
-        if role is None or not isinstance(roles, list | tuple | set | frozenset):
+        if role is None or not isinstance(roles, _COLLECTIONS):
             return False
-        return role.lower() in (str(r).lower() for r in roles)
+        wanted = role.lower()
+        return any(str(r).lower() == wanted for r in roles)
 
     def __str__(self) -> str:
         return "role:%s" % self.match
@@ -161,6 +163,8 @@ class Or(_Group):
 
 def substitute(match: str, target: Target) -> str | None:
     """MATCH with its %(key)s parts filled from the target; None when a key is missing or None."""
+    if "%" not in match:
+        return match
     missing = False
 
     def fill(m: re.Match[str]) -> str:
@@ -179,7 +183,7 @@ def substitute(match: str, target: Target) -> str | None:
 
 def _found(value: object, path: tuple[str, ...], match: str) -> bool:
     # oslo.policy's walk: one path segment per nesting level; a list matches when any item does.
-    if isinstance(value, list | tuple | set | frozenset):
+    if isinstance(value, _COLLECTIONS):
         return any(_found(item, path, match) for item in value)
     if not path:
         return match == str(value)

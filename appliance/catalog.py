@@ -15,7 +15,20 @@ from typing import Any
 import aiosqlite
 
 from appliance.errors import Conflict, Forbidden, NotFound, StorageFull
-from appliance.model import Assignment, CacheEntry, Image, ImageData, ImageId, Location, QueuedImage, Site, Task, TaskId
+from appliance.model import (
+    Assignment,
+    CacheEntry,
+    ChangePage,
+    Image,
+    ImageChange,
+    ImageData,
+    ImageId,
+    Location,
+    QueuedImage,
+    Site,
+    Task,
+    TaskId,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +143,39 @@ MIGRATIONS: tuple[str, ...] = (
         image_id TEXT PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
         started_at TEXT NOT NULL
     );
+    """,
+    # 5: which images are the hub's (records the hub link mirrored; before this, those with an
+    # http location in the hub's pseudo-store `central`), and the hub's change feed: a serial
+    # per image created, updated or deleted, written by triggers in the change's own transaction
+    # while `change_feed` has its row (role "hub"). The newest 100000 changes are kept; an edge
+    # whose serial is older than `pruned_through` reconciles in full.
+    """
+    ALTER TABLE images ADD COLUMN mirrored INTEGER NOT NULL DEFAULT 0;
+    UPDATE images SET mirrored = 1 WHERE id IN
+        (SELECT image_id FROM image_locations WHERE store = 'central' AND url LIKE 'http%');
+    CREATE TABLE change_feed (feed_id TEXT NOT NULL, pruned_through INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE image_changes (
+        serial INTEGER PRIMARY KEY AUTOINCREMENT,
+        image_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        changed_at TEXT NOT NULL
+    );
+    CREATE TRIGGER image_created AFTER INSERT ON images WHEN EXISTS (SELECT 1 FROM change_feed) BEGIN
+        INSERT INTO image_changes (image_id, kind, changed_at)
+        VALUES (NEW.id, 'created', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));
+    END;
+    CREATE TRIGGER image_updated AFTER UPDATE ON images WHEN EXISTS (SELECT 1 FROM change_feed) BEGIN
+        INSERT INTO image_changes (image_id, kind, changed_at)
+        VALUES (NEW.id, 'updated', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));
+    END;
+    CREATE TRIGGER image_deleted AFTER DELETE ON images WHEN EXISTS (SELECT 1 FROM change_feed) BEGIN
+        INSERT INTO image_changes (image_id, kind, changed_at)
+        VALUES (OLD.id, 'deleted', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));
+    END;
+    CREATE TRIGGER image_changes_pruned AFTER INSERT ON image_changes WHEN NEW.serial > 100000 BEGIN
+        DELETE FROM image_changes WHERE serial <= NEW.serial - 100000;
+        UPDATE change_feed SET pruned_through = MAX(pruned_through, NEW.serial - 100000);
+    END;
     """,
 )
 
@@ -944,8 +990,9 @@ class Catalog:
             return
         cols = [c for c in IMAGE_COLUMNS if c != "id"]
         async with self._transaction() as db:
+            # A new record is marked mirrored; an image created here keeps its mark (it stays this site's).
             await db.executemany(
-                "INSERT INTO images (%s) VALUES (%s) ON CONFLICT (id) DO UPDATE SET %s"
+                "INSERT INTO images (%s, mirrored) VALUES (%s, 1) ON CONFLICT (id) DO UPDATE SET %s"
                 % (
                     ", ".join(IMAGE_COLUMNS),
                     ", ".join("?" * len(IMAGE_COLUMNS)),
@@ -973,11 +1020,58 @@ class Catalog:
                     if location.store == hub_store:
                         await self._insert_location(db, image.id, location)
 
+    async def is_mirrored(self, image_id: str) -> bool:
+        """The record came from the hub (the hub link wrote it), as opposed to an image created
+        here, even one since copied to the hub."""
+        async with self._db.execute("SELECT mirrored FROM images WHERE id = ?", [image_id]) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound("No image found with ID %s" % image_id)
+        return bool(row[0])
+
     async def image_ids_with_location(self, store: str) -> list[str]:
         async with self._db.execute(
             "SELECT image_id FROM image_locations WHERE store = ? ORDER BY image_id", [store]
         ) as cur:
             return [r[0] for r in await cur.fetchall()]
+
+    # -- change feed (hub) ------------------------------------------------------------------
+
+    async def keep_change_feed(self, keep: bool, feed_id: str) -> None:
+        """Start recording image changes (`feed_id` names the new feed; a running one keeps its
+        id), or stop and drop them: a feed with a hole in it must not be offered again under the
+        same id."""
+        async with self._transaction() as db:
+            async with db.execute("SELECT 1 FROM change_feed") as cur:
+                running = await cur.fetchone() is not None
+            if keep and not running:
+                await db.execute("DELETE FROM image_changes")
+                await db.execute("INSERT INTO change_feed (feed_id) VALUES (?)", [feed_id])
+            elif not keep and running:
+                await db.execute("DELETE FROM change_feed")
+                await db.execute("DELETE FROM image_changes")
+
+    async def changes(self, since: int, limit: int) -> ChangePage:
+        """The changes after serial `since`, oldest first, at most `limit` (NotFound: no feed is kept)."""
+        async with self._write_lock:  # one consistent view of the feed and its changes
+            async with self._db.execute("SELECT feed_id, pruned_through FROM change_feed") as cur:
+                feed = await cur.fetchone()
+            if feed is None:
+                raise NotFound("This appliance keeps no change feed (it runs as an edge, not as a hub)")
+            async with self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'image_changes'") as cur:
+                latest = await cur.fetchone()
+            async with self._db.execute(
+                "SELECT serial, image_id, kind, changed_at FROM image_changes WHERE serial > ? ORDER BY serial LIMIT ?",
+                [since, limit + 1],
+            ) as cur:
+                rows = list(await cur.fetchall())
+        return ChangePage(
+            feed=feed[0],
+            pruned_through=int(feed[1]),
+            latest=int(latest[0]) if latest else 0,
+            changes=tuple(ImageChange(int(r[0]), r[1], r[2], r[3]) for r in rows[:limit]),
+            more=len(rows) > limit,
+        )
 
     # -- cache ------------------------------------------------------------------------------
 

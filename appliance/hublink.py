@@ -1,8 +1,11 @@
 """The edge's side of the hub link. Everything is edge-initiated (sites behind NAT work):
 
-* catalog mirror: the hub's image records, incrementally (`updated_at=gte:` the newest change
-  seen, sorted by updated_at) every `mirror_interval`, and a full listing every
-  `reconcile_interval` that also finds deletions;
+* catalog mirror: every `mirror_interval`, the hub's change feed after the last serial applied
+  (an appliance hub: records created, updated and deleted, fetched one by one, so a round costs
+  what changed, not the catalog); against a hub without a feed (plain Glance), the records
+  changed since the newest seen (`updated_at=gte:`). A full listing, which also finds
+  deletions, every `reconcile_interval`, at the first round, and whenever the feed cannot be
+  followed (pruned past this site's serial, or a new feed);
 * registration and heartbeats (`/v2/edge/sites`, appliance hubs only);
 * hub-driven sync: the site's assignments are carried out (a pinned copy pulled into the default
   store, resumable and verified, or a copy removed) and reported back.
@@ -21,7 +24,8 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +38,19 @@ from appliance.digest import ChecksumMismatch
 from appliance.errors import ApplianceError, Conflict, HubUnreachable, NotFound
 from appliance.hub.client import HubClient
 from appliance.hub.lookup import HubRecords
-from appliance.hub.records import HUB_STORE, image_from_glance
+from appliance.hub.records import HUB_STORE, image_from_glance, is_hub_image
 from appliance.hub.transfer import Transfer
 from appliance.images import ImageService
 from appliance.metrics import Metrics
-from appliance.model import ACTIVE, Image, Location
+from appliance.model import ACTIVE, REMOVED, ChangePage, Image, ImageChange, Location
 from appliance.stores.filesystem import FilesystemStore
 
 log = logging.getLogger(__name__)
 
 PAGE = 1000
+FEED_PAGE = 1000  # change feed entries asked per request (the hub's most)
+FEED_PAGES_PER_ROUND = 20  # a longer backlog continues in the next round
+FEED_FETCHES = 4  # image records fetched at once while applying the feed
 SETTLE_SECONDS = 2
 PULL_WORKERS = 2
 
@@ -77,6 +84,9 @@ class HubLink:
         self.last_sync: float | None = None
         self.last_error: str | None = None
         self._since: str | None = None  # updated_at of the newest record mirrored
+        self.feed_api: bool | None = None  # the hub offers /v2/edge/changes (None: not asked yet)
+        self._feed: str | None = None  # the hub's change feed this site follows, and its serial applied
+        self._serial: int | None = None
         self._settled = False  # the hub's clock is past that second: ask for newer (gt) only
         self._pulling: dict[str, tuple[int, int]] = {}  # image id -> (bytes done, size)
 
@@ -94,6 +104,8 @@ class HubLink:
             "url": self.client.url,
             "state": self.state,
             "site_api": self.extras,
+            "change_feed": self.feed_api,
+            "serial": self._serial,
             "registered": self.registered,
             "last_sync": self.last_sync,
             "last_error": self.last_error,
@@ -133,10 +145,11 @@ class HubLink:
 
     async def run_mirror(self) -> None:
         await asyncio.to_thread(self._load_since)
-        next_full = 0.0
+        # A site that knows its place in the hub's feed catches up from there; others reconcile first.
+        next_full = 0.0 if self._serial is None else self._clock.monotonic() + self._config.hub.reconcile_interval
         while True:
             full = self._clock.monotonic() >= next_full
-            await self._round("catalog mirror", functools.partial(self.mirror_once, full=full))
+            await self._round("catalog mirror", functools.partial(self.follow_once, full=full))
             if full and self.state == "up":
                 next_full = self._clock.monotonic() + self._config.hub.reconcile_interval
             await self._clock.sleep(self._config.hub.mirror_interval)
@@ -152,6 +165,98 @@ class HubLink:
             await self._clock.sleep(self._config.hub.sync_interval)
 
     # -- catalog mirror ----------------------------------------------------------------------------
+
+    async def follow_once(self, full: bool = False) -> int:
+        """One round of the catalog mirror: the hub's changes since this site's serial, or a full
+        reconcile (when `full`, or when the feed cannot be followed from here). Against a hub
+        without a change feed, mirror_once. Returns the number of records written or removed."""
+        try:
+            page = await self.client.changes(self._serial or 0, FEED_PAGE)
+        except NotFound:
+            if self.feed_api is not False:
+                log.info(
+                    "hub %s has no change feed (a plain Glance v2?): changes are mirrored by updated_at, and "
+                    "deletions found by the full reconcile every %d s",
+                    self.client.url,
+                    self._config.hub.reconcile_interval,
+                )
+            self.feed_api = False
+            if self._serial is not None:  # deletions from here on are in no feed: start from a full listing
+                full, self._feed, self._serial = True, None, None
+            return await self.mirror_once(full=full)
+        self.feed_api = True
+        gap = self._feed_gap(page)
+        if full or gap:
+            if gap and self._serial is not None:
+                log.warning("hub link: %s; reconciling the whole catalog", gap)
+            # Changes from here on are followed: the reconcile below sees at least these.
+            latest = page.latest
+            written = await self.mirror_once(full=True)
+            self._feed, self._serial = page.feed, latest
+            await asyncio.to_thread(self._save_since)
+            return written
+        done = 0
+        for _ in range(FEED_PAGES_PER_ROUND):  # a long backlog continues next round
+            done += await self._apply_changes(page.changes)
+            if page.changes:
+                self._serial = page.changes[-1].serial
+                await asyncio.to_thread(self._save_since)
+            if not page.more:
+                break
+            page = await self.client.changes(self._serial or 0, FEED_PAGE)
+            if self._feed_gap(page):
+                break  # the next round reconciles
+        self._up()
+        if done:
+            log.info("hub link: applied %d change(s) from the hub's feed (serial %s)", done, self._serial)
+        return done
+
+    def _feed_gap(self, page: ChangePage) -> str | None:
+        """Why this site cannot follow the feed from its serial, if it cannot."""
+        if self._serial is None:
+            return "no serial yet"
+        if page.feed != self._feed:
+            return "the hub's change feed is new (%s, was %s)" % (page.feed, self._feed)
+        if self._serial < page.pruned_through:
+            return "the hub pruned its change feed past this site's serial %d (to %d)" % (
+                self._serial,
+                page.pruned_through,
+            )
+        if self._serial > page.latest:
+            return "this site's serial %d is ahead of the hub's feed (%d)" % (self._serial, page.latest)
+        return None
+
+    async def _apply_changes(self, changes: Sequence[ImageChange]) -> int:
+        """Apply a page of the feed: the newest change of each image wins. A deleted image goes
+        with its pinned and cached copies; a created or updated one is fetched (one record each,
+        a few at once); one the hub no longer shows is gone too."""
+        last: dict[str, str] = {}
+        for change in changes:
+            last.pop(change.image_id, None)
+            last[change.image_id] = change.kind
+        fetching = asyncio.Semaphore(FEED_FETCHES)
+
+        async def apply(image_id: str, kind: str) -> None:
+            if kind != REMOVED:
+                async with fetching:
+                    try:
+                        doc = await self.client.get_image(image_id)
+                    except NotFound:
+                        doc = None
+                if doc is not None:
+                    await self._catalog.upsert_mirrored_images(
+                        [image_from_glance(doc, self.client.data_url(image_id))], HUB_STORE
+                    )
+                    return
+            await self._forget(image_id)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for image_id, kind in last.items():
+                    tg.create_task(apply(image_id, kind))
+        except ExceptionGroup as group:  # the round reports the first (the hub went away, mostly)
+            raise group.exceptions[0] from None
+        return len(last)
 
     async def mirror_once(self, full: bool = False) -> int:
         """Mirror what changed since the last round (everything when `full`, which also removes
@@ -207,10 +312,17 @@ class HubLink:
             body = await self.client.request_json("GET", nxt if nxt.startswith("/v2/") else "/v2/" + nxt.lstrip("/"))
 
     async def _forget(self, image_id: str) -> None:
-        """The hub deleted this image: drop the record, the pinned copies and the cached copy."""
+        """The hub deleted this image: drop the record, the pinned copies and the cached copy.
+        An image created here (and copied to the hub) stays this site's: only its hub copy goes."""
         try:
             image = await self._catalog.get_image(image_id)
+            mirrored = await self._catalog.is_mirrored(image_id)
         except NotFound:
+            return
+        if not mirrored:
+            if is_hub_image(image):
+                await self._catalog.remove_location(image.id, HUB_STORE, timestamp(self._clock.now()), keep_last=False)
+                log.info("hub link: image %s (%s), created here, is no longer at the hub", image_id, image.name)
             return
         await self._images.remove(image)
         log.info("hub link: image %s (%s) was deleted at the hub; removed here", image_id, image.name)
@@ -222,10 +334,24 @@ class HubLink:
             return
         if state.get("hub") == self.client.url:  # another hub: start over
             self._since, self._settled = state.get("since"), bool(state.get("settled"))
+            serial = state.get("serial")
+            self._feed, self._serial = state.get("feed"), serial if isinstance(serial, int) else None
 
     def _save_since(self) -> None:
+        # Durable (fsync before the rename): a serial that went back after a power cut would
+        # only repeat changes, but one saved before the changes were applied would skip them.
+        state = {
+            "since": self._since,
+            "settled": self._settled,
+            "feed": self._feed,
+            "serial": self._serial,
+            "hub": self.client.url,
+        }
         tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"since": self._since, "settled": self._settled, "hub": self.client.url}))
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(state))
+            fh.flush()
+            os.fsync(fh.fileno())
         tmp.replace(self._state_file)
 
     # -- registration and heartbeat -------------------------------------------------------------

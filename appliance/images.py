@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from appliance import imagerules, policy
 from appliance.auth import Context
@@ -230,10 +231,31 @@ class ImageService:
         ids = ids[:limit]
         return Page(ids=ids, batches=self._catalog.stream_images(ids), next_marker=ids[-1] if more and ids else None)
 
+    async def _at_hub(self, ctx: Context, image: Image) -> tuple[HubRecords, str] | None:
+        """Where a write to `image` is made: None for this site's own images (created here, even
+        if since copied to the hub); for the hub's, the hub and the caller's own token, since a
+        change made only here would be undone by the next mirror round. Without a token to
+        forward (a static token), refused, saying where to make the change."""
+        if self._hub_records is None or not await self._catalog.is_mirrored(image.id):
+            return None
+        if ctx.token is None:
+            raise Conflict(
+                "Image %s belongs to the hub %s; this site only mirrors it. Make the change at the hub, or "
+                "authenticate here with a Keystone token, which this site forwards to the hub"
+                % (image.id, self._hub_records.hub_url)
+            )
+        return self._hub_records, ctx.token
+
     async def update(self, ctx: Context, image_id: str, patch: Any) -> Image:
         image = await self.authorized(ctx, image_id, "modify_image")
         if not isinstance(patch, list):
             raise BadRequest("A JSON patch must be a JSON array of operations")
+        at_hub = await self._at_hub(ctx, image)
+        if at_hub is not None:
+            hub, token = at_hub
+            updated = await hub.update(token, image.id, patch)
+            log.info("image %s updated at the hub for %s/%s", image.id, ctx.project, ctx.user)
+            return updated
         columns: dict[str, Any] = {}
         set_props: dict[str, str] = {}
         removed: set[str] = set()
@@ -289,6 +311,10 @@ class ImageService:
         image = await self.authorized(ctx, image_id, "delete_image")
         if image.protected:
             raise Forbidden("Image %s is protected and cannot be deleted." % image.id)
+        at_hub = await self._at_hub(ctx, image)
+        if at_hub is not None:
+            hub, token = at_hub
+            await hub.delete(token, image.id)
         await self.remove(image)
         log.info("image %s deleted by %s/%s", image.id, ctx.project, ctx.user)
 
@@ -303,8 +329,20 @@ class ImageService:
             if self._cache is not None:
                 await self._cache.purge(image.id)
 
+    async def _act_at_hub(self, ctx: Context, image: Image, method: str, path: str) -> bool:
+        """A tag or status change of a hub image, made at the hub (True); False for this site's own."""
+        at_hub = await self._at_hub(ctx, image)
+        if at_hub is None:
+            return False
+        hub, token = at_hub
+        await hub.act(token, image.id, method, path)
+        log.info("image %s: %s %s made at the hub for %s/%s", image.id, method, path, ctx.project, ctx.user)
+        return True
+
     async def add_tag(self, ctx: Context, image_id: str, tag: str) -> None:
         image = await self.authorized(ctx, image_id, "modify_image")
+        if await self._act_at_hub(ctx, image, "PUT", "/v2/images/%s/tags/%s" % (image.id, quote(tag, safe=""))):
+            return
         imagerules.validate_tags(self._config.limits, [tag])
         if tag not in image.tags:
             imagerules.check_tag_quota(self._config.limits, len(image.tags) + 1)
@@ -312,11 +350,15 @@ class ImageService:
 
     async def remove_tag(self, ctx: Context, image_id: str, tag: str) -> None:
         image = await self.authorized(ctx, image_id, "modify_image")
+        if await self._act_at_hub(ctx, image, "DELETE", "/v2/images/%s/tags/%s" % (image.id, quote(tag, safe=""))):
+            return
         if not await self._catalog.remove_tag(image.id, tag, self._now()):
             raise NotFound("Tag %s not found on image %s" % (tag, image.id))
 
     async def deactivate(self, ctx: Context, image_id: str) -> None:
         image = await self.authorized(ctx, image_id, "deactivate")
+        if await self._act_at_hub(ctx, image, "POST", "/v2/images/%s/actions/deactivate" % image.id):
+            return
         if image.status == DEACTIVATED:
             return
         if image.status != ACTIVE:
@@ -328,6 +370,8 @@ class ImageService:
 
     async def reactivate(self, ctx: Context, image_id: str) -> None:
         image = await self.authorized(ctx, image_id, "reactivate")
+        if await self._act_at_hub(ctx, image, "POST", "/v2/images/%s/actions/reactivate" % image.id):
+            return
         if image.status == ACTIVE:
             return
         if image.status != DEACTIVATED:

@@ -148,3 +148,32 @@ class QueuedImage:
     attempts: int
     last_error: str
     next_attempt_at: float
+
+
+# Kinds of entries in a hub's change feed.
+CREATED = "created"
+UPDATED = "updated"
+REMOVED = "deleted"
+
+
+@dataclass(frozen=True)
+class ImageChange:
+    """One entry of a hub's change feed: an image created, updated or deleted."""
+
+    serial: int
+    image_id: str
+    kind: str  # CREATED | UPDATED | REMOVED
+    changed_at: str
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    """Changes after a serial, oldest first. `feed` names this feed: a new one (a new hub
+    database) has serials unrelated to the old. Serials up to `pruned_through` are gone, and
+    `latest` is the newest serial written; `more`: the page was cut at its limit."""
+
+    feed: str
+    pruned_through: int
+    latest: int
+    changes: tuple[ImageChange, ...]
+    more: bool

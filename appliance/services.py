@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from appliance import policy
 from appliance.auth import Authenticator
 from appliance.bundles.inbox import Inbox
 from appliance.bundles.service import BundleService
@@ -92,9 +92,7 @@ def reload_services(services: Services, new: Config) -> list[str]:
         pending.append("import.staging_dir")
     if new.inbox != services.config.inbox:
         pending.append("inbox")
-    rules = policy.load(new)  # a policy file with an error refuses the whole reload
     services.bundles.apply_config(new)  # first: unreadable trusted keys refuse the whole reload
-    policy.install(rules)
     services.auth.replace_with(Authenticator.from_config(new))
     services.images.apply_config(new)
     services.imports.apply_config(new)
@@ -122,11 +120,9 @@ def reload_services(services: Services, new: Config) -> list[str]:
 async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[Services]:
     """Every service of `config`; `clock`: the time they keep (tests pass their own)."""
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    rules = policy.load(config)  # a policy file with an error refuses the start
     events = EventLog()
     metrics = Metrics()
     events.attach()
-    previous_rules = policy.install(rules)
     try:
         stores = {
             s.name: FilesystemStore(
@@ -143,6 +139,8 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
             store.prepare()
         auth = Authenticator.from_config(config)
         async with Catalog.open(config.path(config.catalog.path)) as catalog:
+            # A hub publishes its changes (deletions included) for the edges to follow.
+            await catalog.keep_change_feed(config.site.role == "hub", str(uuid.uuid4()))
             client = _hub_client(config)
             records = HubRecords(client, catalog, config.hub) if client is not None else None
             cache: ImageCache | None = None  # bytes only: none without a hub or when disabled
@@ -225,7 +223,6 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
                     await client.close()
     finally:
         events.detach()  # also when start-up fails
-        policy.install(previous_rules)
 
 
 def _hub_client(config: Config) -> HubClient | None:

@@ -17,7 +17,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from appliance import policy
+from appliance import policy, wire
 from appliance.auth import Context
 from appliance.catalog import Catalog, ListEdit
 from appliance.clock import SYSTEM_CLOCK, Clock, timestamp
@@ -25,7 +25,7 @@ from appliance.config import Config
 from appliance.errors import BadRequest, Conflict, NotFound
 from appliance.hub.records import HUB_STORE
 from appliance.ids import parse_uuid
-from appliance.model import COPY, FAILED_IMPORT, IMPORTING_TO, REMOVE, Assignment, Image, Location, Site
+from appliance.model import COPY, FAILED_IMPORT, IMPORTING_TO, REMOVE, Assignment, ChangePage, Image, Location, Site
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ MAX_CACHE_JSON = 4096
 MAX_MESSAGE = 4096
 ACTIONS = (COPY, REMOVE)
 RESULTS = ("success", "failure")
+FEED_PAGE = 1000  # change feed entries per answer, at most (about 100 bytes of JSON each)
 
 
 def _object(body: Any, what: str) -> dict[str, Any]:
@@ -278,6 +279,18 @@ class SiteService:
         policy.enforce(ctx, "edge:site_assignments", {"site": name})
         await self._catalog.get_site(name)  # 404 tells an edge the hub forgot it: it registers again
         return await self._catalog.site_assignments(name)
+
+    async def changes(self, ctx: Context, since: str | None, limit: str | None) -> ChangePage:
+        """The hub's change feed after serial `since` (query text; default 0), at most `limit`
+        entries (default and most FEED_PAGE): what edges follow to learn of changes and deletions."""
+        self._check_enabled()
+        policy.enforce(ctx, "edge:changes")
+        try:
+            after = wire.parse_int(since, "since") if since is not None else 0
+            count = wire.parse_int(limit, "limit", 0, FEED_PAGE) if limit is not None else FEED_PAGE
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return await self._catalog.changes(after, count)
 
     async def report(self, ctx: Context, name: str, image_id: str, body: Any) -> None:
         """A site's result for one assignment; a report for work no longer pending → Conflict."""

@@ -67,3 +67,10 @@ async def report(request: web.Request) -> web.Response:
         request[CONTEXT], request.match_info["name"], request.match_info["image_id"], await read_json(request)
     )
     return web.Response(status=204)
+
+
+@routes.get("/v2/edge/changes")
+async def changes(request: web.Request) -> web.Response:
+    query = request.query
+    page = await request.app[SITES].changes(request[CONTEXT], query.get("since"), query.get("limit"))
+    return web.json_response(schemas.change_page_to_json(page))

@@ -21,7 +21,18 @@ import aiohttp
 
 from appliance import __version__
 from appliance.config import HubConfig
-from appliance.errors import ApplianceError, BadRequest, Conflict, Forbidden, HubUnreachable, NotFound
+from appliance.errors import (
+    ApplianceError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    HubUnreachable,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from appliance.model import ChangePage, ImageChange
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +40,20 @@ DATA_CHUNK = 1 << 20
 
 
 class HubRejected(ApplianceError):
-    """The hub answered, but refused (4xx other than 404/403/409)."""
+    """The hub answered, but refused (4xx other than 404/403/409/400); `status`: its answer's."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# A forwarded write answers what the hub answered: the hub's refusals in domain words. (The
+# site's own requests keep HubRejected: a 401 there is this site's token, not the client's.)
+FORWARDED_REFUSALS: dict[int, type[ApplianceError]] = {
+    401: Unauthorized,
+    413: TooLarge,
+    415: UnsupportedMediaType,
+}
 
 
 def read_token(config: HubConfig, resolve: Any = None) -> str:
@@ -152,6 +176,46 @@ class HubClient:
         body: dict[str, Any] = await self.request_json("GET", "/v2/images", params=params)
         return body
 
+    async def changes(self, since: int, limit: int) -> ChangePage:
+        """The hub's change feed after serial `since` (an appliance hub; NotFound from a plain Glance)."""
+        body = await self.request_json("GET", "/v2/edge/changes", params={"since": str(since), "limit": str(limit)})
+        try:
+            return ChangePage(
+                feed=str(body["feed"]),
+                pruned_through=int(body["pruned_through"]),
+                latest=int(body["latest"]),
+                changes=tuple(
+                    ImageChange(int(c["serial"]), str(c["image_id"]), str(c["kind"]), str(c["changed_at"]))
+                    for c in body["changes"]
+                ),
+                more=bool(body.get("next")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise HubRejected("the hub sent a change feed page this site cannot read (%r)" % exc) from None
+
+    async def forward(
+        self,
+        method: str,
+        path: str,
+        token: str,
+        *,
+        json: Any = None,
+        content_type: str | None = None,
+        expect: tuple[int, ...] = (200,),
+    ) -> Any:
+        """A client's write to a hub image, made at the hub with the client's own token (not
+        this site's): the hub decides, and its answer (or refusal) is the client's."""
+        headers = {"X-Auth-Token": token}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        try:
+            return await self.request_json(method, path, json=json, headers=headers, expect=expect)
+        except HubRejected as exc:
+            refusal = FORWARDED_REFUSALS.get(exc.status or 0)
+            if refusal is None:
+                raise
+            raise refusal(str(exc)) from None
+
     # -- data -------------------------------------------------------------------------------
 
     async def upload(self, image_id: str, path: os.PathLike[str]) -> None:
@@ -259,4 +323,5 @@ def _status_error(method: str, url: str, status: int, body: bytes) -> ApplianceE
     message = "%s %s: the hub answered %d %s" % (method, url, status, text)
     if status >= 500:
         return HubUnreachable(message)
-    return {404: NotFound, 403: Forbidden, 409: Conflict, 400: BadRequest}.get(status, HubRejected)(message)
+    error = {404: NotFound, 403: Forbidden, 409: Conflict, 400: BadRequest}.get(status)
+    return error(message) if error is not None else HubRejected(message, status)

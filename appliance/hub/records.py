@@ -103,10 +103,15 @@ def image_from_glance(doc: Mapping[str, Any], data_url: str) -> Image:
 
 async def fetch_image_record(hub: HubClient, catalog: Catalog, image_id: str) -> Image:
     """Look an image up at the hub and record it here (NotFound if the hub does not know it)."""
-    doc = await hub.get_image(image_id)
-    image = image_from_glance(doc, hub.data_url(image_id))
-    await catalog.upsert_mirrored_images([image], HUB_STORE)
+    image = await record_hub_image(hub, catalog, await hub.get_image(image_id))
     log.info("image %s (%s) recorded from the hub", image.id, image.name)
+    return image
+
+
+async def record_hub_image(hub: HubClient, catalog: Catalog, doc: Mapping[str, Any]) -> Image:
+    """Record (insert or refresh) the hub's answer for one image; returns the record as kept here."""
+    image = image_from_glance(doc, hub.data_url(str(doc.get("id"))))
+    await catalog.upsert_mirrored_images([image], HUB_STORE)
     return await catalog.get_image(image.id)
 
 

@@ -4,6 +4,7 @@ with its own state directory; placement through the stock `glance` CLI on the hu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -110,6 +111,12 @@ class Cloud:
         )
         return image_id
 
+    async def copy_image(self, image_id: str, **target: Any) -> None:
+        """copy-image at the hub to `stores=[...]` or `all_stores=True` (sites are stores)."""
+        await self.call(
+            self.hub, "POST", "/v2/images/%s/import" % image_id, 202, json={"method": {"name": "copy-image"}, **target}
+        )
+
     async def image(self, daemon: Daemon, image_id: str) -> dict[str, Any] | None:
         async with self.session.get(
             daemon.url + "/v2/images/%s" % image_id, headers={"X-Auth-Token": daemon.token, **JSON_ERRORS}
@@ -126,6 +133,13 @@ class Cloud:
 
 @pytest.fixture
 async def cloud(tmp_path: Path) -> AsyncIterator[Cloud]:
+    async with running_cloud(tmp_path) as c:
+        yield c
+
+
+@contextlib.asynccontextmanager
+async def running_cloud(tmp_path: Path) -> AsyncIterator[Cloud]:
+    """A hub daemon (edges are started by the test); every daemon is killed at the end."""
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
     c = Cloud(tmp_path, session, hub=None)  # type: ignore[arg-type]
     (tmp_path / "hub").mkdir()

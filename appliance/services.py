@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from appliance import policy
 from appliance.auth import Authenticator
 from appliance.bundles.inbox import Inbox
 from appliance.bundles.service import BundleService
@@ -92,7 +93,9 @@ def reload_services(services: Services, new: Config) -> list[str]:
         pending.append("import.staging_dir")
     if new.inbox != services.config.inbox:
         pending.append("inbox")
+    rules = policy.load(new)  # a policy file with an error refuses the whole reload
     services.bundles.apply_config(new)  # first: unreadable trusted keys refuse the whole reload
+    policy.install(rules)
     services.auth.replace_with(Authenticator.from_config(new))
     services.images.apply_config(new)
     services.imports.apply_config(new)
@@ -120,9 +123,11 @@ def reload_services(services: Services, new: Config) -> list[str]:
 async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[Services]:
     """Every service of `config`; `clock`: the time they keep (tests pass their own)."""
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    rules = policy.load(config)  # a policy file with an error refuses the start
     events = EventLog()
     metrics = Metrics()
     events.attach()
+    previous_rules = policy.install(rules)
     try:
         stores = {
             s.name: FilesystemStore(
@@ -223,6 +228,7 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
                     await client.close()
     finally:
         events.detach()  # also when start-up fails
+        policy.install(previous_rules)
 
 
 def _hub_client(config: Config) -> HubClient | None:

@@ -312,3 +312,17 @@ def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         policy.Policy.load(tmp_path / "missing.yaml")
     assert "cannot read it" in str(info.value)
+
+
+def test_owner_change_follows_context_is_admin(tmp_path: Path) -> None:
+    policy.check_owner_change(ADMIN)
+    with pytest.raises(Forbidden):
+        policy.check_owner_change(MEMBER)
+    loaded = policy.Policy.load(write(tmp_path, "p.yaml", 'context_is_admin: "role:cloud_admin"\n'))
+    previous = policy.install(loaded)
+    try:
+        policy.check_owner_change(Context(user="c", project="x", roles=frozenset({"cloud_admin"})))
+        with pytest.raises(Forbidden):
+            policy.check_owner_change(ADMIN)
+    finally:
+        policy.install(previous)

@@ -540,6 +540,46 @@ def _edge_paths() -> Json:
                 tag="sites",
             ),
         },
+        "/v2/edge/changes": {
+            "get": _op(
+                "changes",
+                "The hub's change feed: images created, updated or deleted after a serial (hub; admin or site)",
+                {
+                    200: _json(
+                        {
+                            "type": "object",
+                            "required": ["feed", "pruned_through", "latest", "changes", "next"],
+                            "properties": {
+                                "feed": {"type": "string", "description": "Names the feed; a new one restarts serials"},
+                                "pruned_through": {**_INT64, "description": "Serials up to this one are gone"},
+                                "latest": {**_INT64, "description": "The newest serial written"},
+                                "changes": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["serial", "image_id", "kind", "changed_at"],
+                                        "properties": {
+                                            "serial": _INT64,
+                                            "image_id": {"type": "string"},
+                                            "kind": {"type": "string", "enum": ["created", "updated", "deleted"]},
+                                            "changed_at": {"type": "string", "format": "date-time"},
+                                        },
+                                    },
+                                },
+                                "next": {"type": ["string", "null"], "description": "The next page, if cut"},
+                            },
+                        },
+                        "Changes, oldest first",
+                    )
+                },
+                (400, 404),
+                tag="sites",
+                params=[
+                    _query("since", _INT64, "Changes after this serial (default 0)"),
+                    _query("limit", _INT64, "At most this many (0 to 1000, default 1000)"),
+                ],
+            )
+        },
         "/v2/edge/sites/{name}/assignments/{image_id}": {
             "parameters": [site_name, IMAGE_ID],
             "post": _op(

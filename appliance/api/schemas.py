@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from appliance.clock import timestamp
-from appliance.model import Assignment, Image, Location, Site, Task
+from appliance.model import Assignment, ChangePage, Image, Location, Site, Task
 from appliance.stores.base import StoreUsage
 
 IMAGE_MEDIA = "application/json"
@@ -176,3 +176,16 @@ def site_store_detail_to_json(site: Site, online: bool) -> dict[str, Any]:
 
 def assignment_to_json(assignment: Assignment) -> dict[str, Any]:
     return {"image_id": assignment.image_id, "action": assignment.action, "created_at": assignment.created_at}
+
+
+def change_page_to_json(page: ChangePage) -> dict[str, Any]:
+    return {
+        "feed": page.feed,
+        "pruned_through": page.pruned_through,
+        "latest": page.latest,
+        "changes": [
+            {"serial": c.serial, "image_id": c.image_id, "kind": c.kind, "changed_at": c.changed_at}
+            for c in page.changes
+        ],
+        "next": "/v2/edge/changes?since=%d" % page.changes[-1].serial if page.more and page.changes else None,
+    }

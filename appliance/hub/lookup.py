@@ -1,6 +1,7 @@
 """HubRecords: the record of a hub image, asked of the hub when this site has none (or has one
 mirrored before the hub had its data). Image reads, the hub link and the cache's prefetcher ask
-here; the cache itself keeps bytes only.
+here; the cache itself keeps bytes only. Writes to hub images are made here too: at the hub, with
+the client's own token, and the hub's answer recorded at once.
 
 * Single flight: one hub request per image however many clients ask at once.
 * Bounded: random ids sent to an edge do not flood the WAN link (HubLookups).
@@ -13,15 +14,18 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from appliance.catalog import Catalog
 from appliance.config import HubConfig
 from appliance.errors import ApplianceError, Conflict, HubUnreachable, NotFound, TooManyRequests
 from appliance.hub.client import HubClient
-from appliance.hub.records import fetch_image_record, is_pending, is_servable
-from appliance.model import Image
+from appliance.hub.records import fetch_image_record, is_pending, is_servable, record_hub_image
+from appliance.model import Image, ImageId
 
 log = logging.getLogger(__name__)
+
+JSON_PATCH = "application/openstack-images-v2.1-json-patch"
 
 
 class HubLookups:
@@ -148,3 +152,37 @@ class HubRecords:
                 % (image.id, fresh.status)
             )
         return fresh
+
+    # -- writes to hub images, made at the hub ------------------------------------------------
+
+    @property
+    def hub_url(self) -> str:
+        return self._hub.url
+
+    async def update(self, token: str, image_id: ImageId, patch: Any) -> Image:
+        """A JSON patch made at the hub; returns the hub's record, recorded here."""
+        doc = await self._forward(image_id, "PATCH", "/v2/images/%s" % image_id, token, json=patch)
+        return await record_hub_image(self._hub, self._catalog, doc)
+
+    async def act(self, token: str, image_id: ImageId, method: str, path: str) -> Image:
+        """A write that the hub answers 204 (tags, deactivate, reactivate), made at the hub; then the
+        hub's record of the image, recorded here."""
+        await self._forward(image_id, method, path, token, expect=(204,))
+        return await fetch_image_record(self._hub, self._catalog, image_id)
+
+    async def delete(self, token: str, image_id: ImageId) -> None:
+        """The image deleted at the hub (the caller removes it here)."""
+        await self._forward(image_id, "DELETE", "/v2/images/%s" % image_id, token, expect=(204,))
+
+    async def _forward(
+        self, image_id: str, method: str, path: str, token: str, *, json: Any = None, expect: tuple[int, ...] = (200,)
+    ) -> Any:
+        try:
+            return await self._hub.forward(
+                method, path, token, json=json, content_type=JSON_PATCH if method == "PATCH" else None, expect=expect
+            )
+        except HubUnreachable as exc:
+            raise HubUnreachable(
+                "Image %s belongs to the hub %s, which could not be reached, so the change was not made here; "
+                "try again when the hub is back (%s)" % (image_id, self._hub.url, exc)
+            ) from None

@@ -66,15 +66,21 @@ class Recorded(Protocol):
     @property
     def os_hash_value(self) -> str | None: ...
 
+    @property
+    def os_hash_algo(self) -> str | None: ...
+
 
 def verify(actual: Digest, expected: Recorded) -> None:
-    """Raise ChecksumMismatch unless every recorded value that is set matches."""
+    """Raise ChecksumMismatch unless every recorded value that is set matches. A multihash of
+    another algorithm (a Glance hub's `hashing_algorithm`, e.g. sha256) is not comparable with
+    the one computed here: size and MD5 are checked (and hub transfers check it themselves)."""
     size, checksum, os_hash_value = expected.size, expected.checksum, expected.os_hash_value
     if size is not None and actual.size != size:
         raise ChecksumMismatch("size is %d bytes, expected %d" % (actual.size, size))
     if checksum and actual.checksum != checksum:
         raise ChecksumMismatch("MD5 checksum %s does not match the recorded %s" % (actual.checksum, checksum))
-    if os_hash_value and actual.os_hash_value != os_hash_value:
+    same_algo = (expected.os_hash_algo or actual.os_hash_algo) == actual.os_hash_algo
+    if os_hash_value and same_algo and actual.os_hash_value != os_hash_value:
         raise ChecksumMismatch("SHA-512 hash does not match the recorded os_hash_value")
 
 

@@ -52,6 +52,9 @@ FEED_PAGE = 1000  # change feed entries asked per request (the hub's most)
 FEED_PAGES_PER_ROUND = 20  # a longer backlog continues in the next round
 FEED_FETCHES = 4  # image records fetched at once while applying the feed
 SETTLE_SECONDS = 2
+# A hub that answered 404 for an appliance-only API (a plain Glance) is asked again this seldom,
+# and after the link comes back from down (the hub may have been replaced): never every round.
+EXTRAS_RETRY_SECONDS = 3600
 PULL_WORKERS = 2
 
 
@@ -80,6 +83,8 @@ class HubLink:
         self._state_file = config.path("hub-mirror.json")
         self.state = "unknown"  # up | down | unknown
         self.extras: bool | None = None  # the hub offers /v2/edge/sites (None: not asked yet)
+        self._extras_retry_at = 0.0  # monotonic time from which a 404'd extra is asked again
+        self._registering = asyncio.Lock()  # the heartbeat and sync loops start together: one probe
         self.registered = False
         self.last_sync: float | None = None
         self.last_error: str | None = None
@@ -127,6 +132,14 @@ class HubLink:
             )
         self.state, self.last_error = "down", str(exc)
         self._metrics.hub_up.set(0)
+        self._extras_retry_at = 0.0  # whatever answers when the link is back is asked afresh
+
+    def _ask_extra(self, offered: bool | None) -> bool:
+        """Whether to ask the hub for an appliance-only API: yes unless it answered 404 lately."""
+        return offered is not False or self._clock.monotonic() >= self._extras_retry_at
+
+    def _no_extra(self) -> None:
+        self._extras_retry_at = self._clock.monotonic() + EXTRAS_RETRY_SECONDS
 
     async def _round(self, what: str, step: Any) -> None:
         try:
@@ -170,9 +183,12 @@ class HubLink:
         """One round of the catalog mirror: the hub's changes since this site's serial, or a full
         reconcile (when `full`, or when the feed cannot be followed from here). Against a hub
         without a change feed, mirror_once. Returns the number of records written or removed."""
+        if not self._ask_extra(self.feed_api):
+            return await self.mirror_once(full=full)
         try:
             page = await self.client.changes(self._serial or 0, FEED_PAGE)
         except NotFound:
+            self._no_extra()
             if self.feed_api is not False:
                 log.info(
                     "hub %s has no change feed (a plain Glance v2?): changes are mirrored by updated_at, and "
@@ -379,23 +395,29 @@ class HubLink:
         }
 
     async def register(self) -> bool:
-        """Register this site; False (logged once) if the hub has no site API (a plain Glance)."""
-        try:
-            await self.client.request_json("POST", "/v2/edge/sites", json=await self._site_body())
-        except NotFound:
-            if self.extras is not False:
-                log.warning(
-                    "hub %s has no site API (a plain Glance v2?): registration, heartbeats and hub-driven sync "
-                    "are off; the catalog mirror and pull-through cache work as usual",
-                    self.client.url,
-                )
-            self.extras = False
-            return False
-        self.extras = True
-        if not self.registered:
+        """Register this site; False if the hub has no site API (a plain Glance): logged once,
+        and not asked again every round (see EXTRAS_RETRY_SECONDS)."""
+        async with self._registering:
+            if self.registered:  # by the other loop, while this one waited
+                return True
+            if not self._ask_extra(self.extras):
+                return False
+            try:
+                await self.client.request_json("POST", "/v2/edge/sites", json=await self._site_body())
+            except NotFound:
+                if self.extras is not False:
+                    log.warning(
+                        "hub %s has no site API (a plain Glance v2?): registration, heartbeats and hub-driven sync "
+                        "are off; the catalog mirror and pull-through cache work as usual",
+                        self.client.url,
+                    )
+                self.extras = False
+                self._no_extra()
+                return False
+            self.extras = True
             log.info("hub link: site %s registered with %s", self.site, self.client.url)
-        self.registered = True
-        return True
+            self.registered = True
+            return True
 
     async def heartbeat_once(self) -> None:
         if not self.registered and not await self.register():

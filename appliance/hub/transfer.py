@@ -13,13 +13,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import random
 from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 
-from appliance.digest import Buffer, Digest, DigestSink, hash_prefix, verify
+from appliance.digest import Buffer, ChecksumMismatch, Digest, DigestSink, hash_prefix, verify
 from appliance.errors import ApplianceError, HubUnreachable
 from appliance.hub.client import HubClient
 from appliance.model import Image
@@ -94,6 +95,7 @@ class Transfer:
         try:
             digest = await self._fetch()
             verify(digest, self.image)
+            await self._verify_other_algo(digest)
             await asyncio.to_thread(os.fsync, self._fd)
             return digest
         except BaseException as exc:
@@ -107,6 +109,20 @@ class Transfer:
             if fd >= 0:
                 os.close(fd)
             self._notify()
+
+    async def _verify_other_algo(self, digest: Digest) -> None:
+        """A hub that hashes with another algorithm than this site (Glance's `hashing_algorithm`,
+        e.g. sha256): its os_hash_value is checked too, by reading the file back once."""
+        algo, recorded = self.image.os_hash_algo, self.image.os_hash_value
+        if not algo or not recorded or algo == digest.os_hash_algo:
+            return
+        actual = await asyncio.to_thread(_file_hash, self._fd, algo, self.size)
+        if actual is None:
+            log.warning(
+                "image %s: the hub's os_hash_algo %r is unknown here; size and MD5 checked", self.image.id, algo
+            )
+        elif actual != recorded:
+            raise ChecksumMismatch("%s hash does not match the hub's os_hash_value" % algo)
 
     def complete(self) -> None:
         """The owner committed the verified file: readers may take the final byte."""
@@ -246,6 +262,25 @@ class Transfer:
         if self._retired and self._readers == 0 and self._read_fd >= 0:
             os.close(self._read_fd)
             self._read_fd = -1
+
+
+def _file_hash(fd: int, algo: str, size: int) -> str | None:
+    """The `algo` hex digest of the first `size` bytes of an open file; None for an algorithm
+    hashlib does not know (blocking: run it in a thread)."""
+    try:
+        h = hashlib.new(algo)
+    except ValueError:
+        return None
+    if not h.digest_size:  # shake_*: no fixed length, not a Glance multihash
+        return None
+    done = 0
+    while done < size:
+        data = os.pread(fd, min(READ_CHUNK, size - done), done)
+        if not data:
+            break
+        h.update(data)
+        done += len(data)
+    return h.hexdigest()
 
 
 class Reader:

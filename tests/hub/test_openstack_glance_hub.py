@@ -23,7 +23,7 @@ import pytest
 from tests.clients.test_glance_cli import Glance, as_dict
 from tests.clients.test_openstacksdk import connect
 from tests.conftest import JSON_ERRORS, Daemon, start_daemon, write_toml
-from tests.glance_server import API_LIMIT_MAX, GlanceServer
+from tests.glance_server import API_LIMIT_MAX, GlanceServer, running_glance
 from tests.integration.test_hub_link import FAST
 from tests.ondisk import flip_bit
 from tests.waiting import eventually
@@ -258,6 +258,29 @@ async def test_data_that_does_not_match_glances_hashes_is_not_served(cloud: Clou
     assert image_id not in {e["image_id"] for e in cached}
 
 
+async def test_a_glance_that_hashes_with_sha256_is_checked_with_sha256(tmp_path: Path) -> None:
+    # Glance's `hashing_algorithm` is the operator's choice: the edge computes SHA-512 as it
+    # streams, and checks another algorithm's os_hash_value by reading its copy back once.
+    data = os.urandom(3 * MiB)
+    with running_glance(tmp_path / "glance-sha256", hashing_algorithm="sha256") as glance:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+            cloud = Cloud(glance, tmp_path, session)
+            try:
+                image_id = await cloud.create_at_glance(data, name="sha256")
+                edge = cloud.start_edge()
+                await eventually(lambda: cloud.shown(edge, image_id), "the mirror")
+                assert await cloud.at_edge(edge, "GET", "/v2/images/%s/file" % image_id) == data
+                shown = await cloud.shown(edge, image_id)
+                assert shown is not None and shown["os_hash_algo"] == "sha256"
+                assert shown["os_hash_value"] == hashlib.sha256(data).hexdigest()
+                cached = (await cloud.at_edge(edge, "GET", "/v2/edge/cache"))["entries"]
+                assert image_id in {e["image_id"] for e in cached}
+                assert "failed verification" not in edge.log.read_text()
+            finally:
+                for e in cloud.edges:
+                    e.stop()
+
+
 async def test_glance_down_the_edge_serves_what_it_holds(cloud: Cloud) -> None:
     cached_data, other_data, local_data = os.urandom(MiB), os.urandom(MiB), os.urandom(MiB)
     cached_id = await cloud.create_at_glance(cached_data, name="cached")
@@ -316,3 +339,22 @@ async def test_an_image_deleted_at_glance_leaves_the_edge_at_the_reconcile(cloud
     assert not (edge.state_dir / "cache" / "data" / gone_id).exists()
     assert await cloud.shown(edge, kept_id) is not None
     assert "was deleted at the hub; removed here" in edge.log.read_text()
+
+
+async def test_the_appliance_only_extras_are_off_after_one_probe_each(cloud: Cloud) -> None:
+    before = len(cloud.glance.log_text())
+    edge = cloud.start_edge()
+    image_id = await cloud.create_at_glance(os.urandom(1024), name="with-extras-off")
+    await eventually(lambda: cloud.shown(edge, image_id), "the mirror")
+    await asyncio.sleep(4)  # four rounds of the mirror, heartbeat and sync loops at 1 s
+    status = (await cloud.at_edge(edge, "GET", "/v2/edge/status"))["hub"]
+    assert status["state"] == "up" and status["site_api"] is False and status["change_feed"] is False
+    assert status["last_error"] is None
+    log = edge.log.read_text()
+    assert log.count("has no site API") == 1
+    assert log.count("has no change feed") == 1
+    warnings = [line for line in log.splitlines() if "WARNING" in line and "has no site API" not in line]
+    assert warnings == []
+    # Glance was asked once per extra (registration, change feed), not every round.
+    asked = re.findall(r"(POST|GET) (/v2/edge/\w+)", cloud.glance.log_text()[before:])
+    assert sorted(asked) == [("GET", "/v2/edge/changes"), ("POST", "/v2/edge/sites")], asked

@@ -1,7 +1,9 @@
-"""Who is calling: bearer tokens from the config mapped to (user, project, roles).
+"""Who is calling: static bearer tokens from the config mapped to (user, project, roles), then
+Keystone tokens (appliance/keystone.py) when `[keystone] auth_url` is set.
 
-No Keystone yet. With no tokens configured the daemon makes one admin token on first start
-and keeps it in `<state dir>/admin-token` (mode 0600), so a fresh site works out of the box.
+With no tokens configured the daemon makes one admin token on first start and keeps it in
+`<state dir>/admin-token` (mode 0600), so a fresh site works out of the box. Static tokens are
+checked first and never ask Keystone: they are the way in while Keystone is unreachable.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from appliance.config import Config
-from appliance.errors import ConfigError
+from appliance.errors import ConfigError, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +90,34 @@ def _ensure_admin_token(path: Path) -> str:
     return token
 
 
+class TokenValidator(Protocol):
+    """Validates the tokens that are not static ones: Keystone's (appliance/keystone.py)."""
+
+    @property
+    def challenge(self) -> str:
+        """The WWW-Authenticate value of a 401: where to get a token."""
+        ...
+
+    async def authenticate(self, token: str, service_token: str | None = None) -> Context:
+        """The caller; Unauthorized for a bad token, IdentityUnavailable when it cannot tell."""
+        ...
+
+    def adopt(self, other: TokenValidator) -> bool:
+        """Take `other`'s settings if it asks the same service as the same user (config
+        reload: what was validated stays valid), and say whether it did."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class Authenticator:
-    def __init__(self, tokens: dict[str, Context]) -> None:
+    def __init__(self, tokens: dict[str, Context], keystone: TokenValidator | None = None) -> None:
         self._tokens = tokens
+        self.keystone = keystone
+        self._retired: list[TokenValidator] = []
 
     @classmethod
-    def from_config(cls, config: Config) -> Authenticator:
+    def from_config(cls, config: Config, keystone: TokenValidator | None = None) -> Authenticator:
         tokens: dict[str, Context] = {}
         for i, tok in enumerate(config.auth.tokens):
             value = tok.token or _read_token_file(config.path(tok.token_file), "auth.tokens[%d].token_file" % i)
@@ -101,16 +126,38 @@ class Authenticator:
             path = config.path(config.auth.admin_token_file)
             tokens[_ensure_admin_token(path)] = LOCAL_ADMIN
             log.info("auth: admin token is in %s", path)
-        return cls(tokens)
+        return cls(tokens, keystone)
 
     def replace_with(self, other: Authenticator) -> None:
-        """Take another authenticator's tokens (config reload)."""
+        """Take another authenticator's tokens and Keystone settings (config reload); Keystone's
+        validated tokens stay cached unless where or as whom it is asked changed."""
         self._tokens = other._tokens
+        if self.keystone is not None and other.keystone is not None and self.keystone.adopt(other.keystone):
+            return
+        if self.keystone is not None:
+            self._retired.append(self.keystone)
+        self.keystone = other.keystone
 
-    def authenticate(self, token: str) -> Context | None:
-        # Constant-time comparison against each configured token.
+    def static(self, token: str) -> Context | None:
+        """The configured token's caller (constant-time comparison against each one)."""
         found = None
         for known, ctx in self._tokens.items():
             if hmac.compare_digest(known.encode(), token.encode()):
                 found = ctx
         return found
+
+    async def authenticate(self, token: str, service_token: str | None = None) -> Context | None:
+        """The caller behind `token`: a static token, else Keystone's answer. None: not valid.
+        Raises IdentityUnavailable when Keystone cannot tell (see appliance/keystone.py)."""
+        found = self.static(token)
+        if found is not None or self.keystone is None:
+            return found
+        try:
+            return await self.keystone.authenticate(token, service_token)
+        except Unauthorized:
+            return None
+
+    async def close(self) -> None:
+        for keystone in [*self._retired, *([self.keystone] if self.keystone else [])]:
+            await keystone.close()
+        self._retired.clear()

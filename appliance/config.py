@@ -119,6 +119,37 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class KeystoneConfig:
+    """Keystone v3 (keystonemiddleware's [keystone_authtoken] names): callers' tokens are validated
+    there with the appliance's own service credentials, and the hub link may authenticate with
+    them. auth_url = "" keeps Keystone out (static tokens only)."""
+
+    auth_url: str = ""
+    # The appliance's own user (password) ...
+    username: str = ""
+    password: str = ""
+    user_domain_name: str = "Default"
+    project_name: str = "service"
+    project_domain_name: str = "Default"
+    # ... or an application credential (then the fields above are not used).
+    application_credential_id: str = ""
+    application_credential_secret: str = ""
+    # Catalog lookups (the hub's image endpoint): region and interface.
+    region_name: str = ""
+    interface: str = "internal"
+    # A validated token is trusted this long (s) before Keystone is asked again, and never past
+    # its expiry; at most token_cache_size tokens are remembered (least recently used go first).
+    token_cache_time: int = 300
+    token_cache_size: int = 10000
+    # Seconds to wait for Keystone before answering 503.
+    http_connect_timeout: int = 10
+    # An X-Service-Token must carry one of these roles; with service_token_roles_required a
+    # service token without one is refused, otherwise only logged (keystonemiddleware's default).
+    service_token_roles: tuple[str, ...] = ("service",)
+    service_token_roles_required: bool = False
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     name: str
     path: str
@@ -282,6 +313,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    keystone: KeystoneConfig = field(default_factory=KeystoneConfig)
     stores: StoresConfig = field(default_factory=StoresConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     formats: FormatsConfig = field(default_factory=FormatsConfig)
@@ -544,6 +576,7 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
         "limits",
         "quotas",
         "auth",
+        "keystone",
         "stores",
         "catalog",
         "formats",
@@ -593,6 +626,7 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
         limits=_limits(data.get("limits")),
         quotas=_quotas(data.get("quotas")),
         auth=_read_auth(data.get("auth")),
+        keystone=_keystone(data.get("keystone")),
         stores=_read_stores(data.get("stores")),
         catalog=_simple_section("catalog", CatalogConfig, data.get("catalog")),
         formats=formats,
@@ -615,6 +649,25 @@ def _check_connections(api: ApiConfig) -> None:
             raise ConfigError("api.%s: must be 0 (off) or positive" % key)
     if api.public_url and not api.public_url.startswith(("http://", "https://")):
         raise ConfigError("api.public_url: must be an http:// or https:// URL, got %r" % api.public_url)
+
+
+def _keystone(data: Any) -> KeystoneConfig:
+    conf = _simple_section("keystone", KeystoneConfig, data)
+    if conf.auth_url and not conf.auth_url.startswith(("http://", "https://")):
+        raise ConfigError("keystone.auth_url: must be an http:// or https:// URL, got %r" % conf.auth_url)
+    if conf.interface not in ("public", "internal", "admin"):
+        raise ConfigError("keystone.interface: must be public, internal or admin, got %r" % conf.interface)
+    for key in ("token_cache_time", "token_cache_size", "http_connect_timeout"):
+        if getattr(conf, key) <= 0:
+            raise ConfigError("keystone.%s: must be positive" % key)
+    if bool(conf.application_credential_id) != bool(conf.application_credential_secret):
+        raise ConfigError("keystone: set both application_credential_id and application_credential_secret, or neither")
+    if conf.auth_url and not conf.application_credential_id and not (conf.username and conf.password):
+        raise ConfigError(
+            "keystone: auth_url needs the appliance's own credentials: username and password, "
+            "or application_credential_id and application_credential_secret"
+        )
+    return dataclasses.replace(conf, auth_url=conf.auth_url.rstrip("/"))
 
 
 def _hub(data: Any) -> HubConfig:

@@ -71,5 +71,10 @@ class HubUnreachable(UpstreamUnavailable):
     """The hub (upstream) cannot be reached and the data is not held here."""
 
 
+class IdentityUnavailable(ApplianceError):
+    """Keystone cannot be reached (or cannot validate for us), and the caller's token was not
+    validated before: nothing says the token is bad, so this is not Unauthorized."""
+
+
 class ConfigError(Exception):
     """The configuration is invalid; the message names the key and the problem."""

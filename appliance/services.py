@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from appliance import policy
+from appliance import keystone, policy
 from appliance.auth import Authenticator
 from appliance.bundles.inbox import Inbox
 from appliance.bundles.service import BundleService
@@ -96,7 +96,7 @@ def reload_services(services: Services, new: Config) -> list[str]:
     rules = policy.load(new)  # a policy file with an error refuses the whole reload
     services.bundles.apply_config(new)  # first: unreadable trusted keys refuse the whole reload
     policy.install(rules)
-    services.auth.replace_with(Authenticator.from_config(new))
+    services.auth.replace_with(Authenticator.from_config(new, keystone.from_config(new.keystone)))
     services.images.apply_config(new)
     services.imports.apply_config(new)
     services.sites.apply_config(new)
@@ -142,7 +142,7 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
         }
         for store in stores.values():
             store.prepare()
-        auth = Authenticator.from_config(config)
+        auth = Authenticator.from_config(config, keystone.from_config(config.keystone, clock))
         async with Catalog.open(config.path(config.catalog.path)) as catalog:
             # A hub publishes its changes (deletions included) for the edges to follow.
             await catalog.keep_change_feed(config.site.role == "hub", str(uuid.uuid4()))
@@ -221,6 +221,7 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
                     hub_records=records,
                 )
             finally:
+                await auth.close()
                 await imports.close()
                 if cache is not None:
                     await cache.close()  # its fills first: they read through the client

@@ -254,7 +254,8 @@ class Keystone:
                 raw = resp.read()
                 return resp.status, dict(resp.headers), json.loads(raw) if raw else None
         except urllib.error.HTTPError as exc:
-            raw = exc.read()
+            with exc:
+                raw = exc.read()
             try:
                 payload = json.loads(raw) if raw else None
             except ValueError:

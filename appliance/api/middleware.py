@@ -34,6 +34,7 @@ STATUS: dict[type[Exception], int] = {
     errors.StoreReadOnly: 409,
     errors.UpstreamUnavailable: 502,
     errors.HubUnreachable: 503,
+    errors.IdentityUnavailable: 503,
     errors.RangeNotSatisfiable: 416,
     errors.TooManyRequests: 429,
     errors.RequestTimeout: 408,
@@ -206,13 +207,21 @@ def auth_middleware(auth: Authenticator) -> Middleware:
         if token is None:
             scheme, _, value = request.headers.get("Authorization", "").partition(" ")
             token = value.strip() if scheme.lower() == "bearer" else None
-        ctx = auth.authenticate(token) if token else None
+        try:
+            ctx = await auth.authenticate(token, request.headers.get("X-Service-Token")) if token else None
+        except errors.IdentityUnavailable as exc:
+            if request.path in PUBLIC_PATHS:
+                return await handler(request)
+            log.warning("%s %s: %s", request.method, request.path, exc)
+            return await refuse_unread_body(request, error_response(503, str(exc), request=request))
         if ctx is None and token is None and _unix_peer_uid(request) in (0, os.getuid()):
             ctx = LOCAL_ADMIN  # root or the service user on the local socket
         if ctx is None and request.path not in PUBLIC_PATHS:
             reason = "The token is not valid" if token else "Authentication required: send an X-Auth-Token header"
+            # Keystone's challenge names where to get a token, as keystonemiddleware's does.
+            challenge = auth.keystone.challenge if auth.keystone is not None else 'Bearer realm="edge-appliance"'
             return await refuse_unread_body(
-                request, error_response(401, reason, {"WWW-Authenticate": 'Bearer realm="edge-appliance"'}, request)
+                request, error_response(401, reason, {"WWW-Authenticate": challenge}, request)
             )
         if ctx is not None:
             request[CONTEXT] = ctx

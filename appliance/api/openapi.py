@@ -44,10 +44,10 @@ _ERRORS = {
     416: "The requested byte range is not satisfiable",
     429: "Too many lookups of ids this edge does not know (hub.lookup_burst, hub.lookups_per_minute)",
     502: "The hub or an upstream server failed",
-    503: "The hub is unreachable",
+    503: "The hub is unreachable, or the identity service (Keystone) is and the token was not validated before",
     507: "No space left in the store",
 }
-_AUTH = (401, 403)
+_AUTH = (401, 403, 503)  # 503: Keystone unreachable for a token not validated before
 
 
 def _ref(name: str) -> Json:

@@ -6,8 +6,8 @@ import time
 
 from aiohttp import web
 
-from appliance.api import bundles, cache, edge, images, imports, info, openapi, sites
-from appliance.api.keys import BUNDLES, CACHE, CONFIG, EVENTS, HUB, IMAGES, IMPORTS, METRICS, SITES, STARTED
+from appliance.api import bundles, cache, edge, images, imports, info, members, openapi, sites
+from appliance.api.keys import BUNDLES, CACHE, CONFIG, EVENTS, HUB, IMAGES, IMPORTS, MEMBERS, METRICS, SITES, STARTED
 from appliance.api.middleware import auth_middleware, error_middleware
 from appliance.services import Services
 
@@ -24,6 +24,7 @@ def build_app(services: Services) -> web.Application:
     services.metrics.install(app)
     app[CONFIG] = services.config
     app[IMAGES] = services.images
+    app[MEMBERS] = services.members
     app[CACHE] = services.cache
     app[HUB] = services.hub
     app[IMPORTS] = services.imports
@@ -34,6 +35,7 @@ def build_app(services: Services) -> web.Application:
     app[STARTED] = time.monotonic()
     app.add_routes(info.routes)
     app.add_routes(images.routes)
+    app.add_routes(members.routes)
     app.add_routes(imports.routes)
     app.add_routes(edge.routes)
     app.add_routes(sites.routes)

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiosqlite
 
-from appliance.errors import Conflict, Forbidden, NotFound, StorageFull
+from appliance.errors import Conflict, Forbidden, NotFound, StorageFull, TooLarge
 from appliance.model import (
     Assignment,
     CacheEntry,
@@ -24,6 +24,7 @@ from appliance.model import (
     ImageData,
     ImageId,
     Location,
+    Member,
     QueuedImage,
     Site,
     Task,
@@ -177,6 +178,18 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE change_feed SET pruned_through = MAX(pruned_through, NEW.serial - 100000);
     END;
     """,
+    # 6: image members (the projects a shared image is shared with); they go with their image.
+    """
+    CREATE TABLE image_members (
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        member_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (image_id, member_id)
+    );
+    CREATE INDEX image_members_member ON image_members (member_id, status);
+    """,
 )
 
 IMAGE_COLUMNS = (
@@ -248,6 +261,8 @@ class ImageQuery:
     tags: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
     visibility: str | None = None  # explicit visibility filter, or "all"
+    # Shared images listed to a member: those whose membership has this status, or "all".
+    member_status: str = "accepted"
     os_hidden: bool = False
     size_min: int | None = None
     size_max: int | None = None
@@ -426,7 +441,9 @@ class Catalog:
             "(SELECT json_group_array(t.tag) FROM "
             " (SELECT tag FROM image_tags WHERE image_id = i.id ORDER BY rowid) t), "
             "(SELECT json_group_array(json_array(l.store, l.url, l.status, l.metadata)) FROM "
-            " (SELECT * FROM image_locations WHERE image_id = i.id ORDER BY position) l) "
+            " (SELECT * FROM image_locations WHERE image_id = i.id ORDER BY position) l), "
+            "(SELECT json_group_array(json_array(m.member_id, m.status, m.created_at, m.updated_at)) FROM "
+            " (SELECT * FROM image_members WHERE image_id = i.id ORDER BY created_at, member_id) m) "
             "FROM images i WHERE i.id IN (%s)"
         ) % (", ".join("i.%s" % c for c in IMAGE_COLUMNS), marks)
         # Under the write lock: on this one connection a read between two statements of an open
@@ -446,7 +463,7 @@ class Catalog:
             rec = dict(zip(IMAGE_COLUMNS, row[:n], strict=True))
             for col in BOOL_COLUMNS:
                 rec[col] = bool(rec[col])
-            props, tags, locs = (json.loads(v) for v in row[n:])
+            props, tags, locs, members = (json.loads(v) for v in row[n:])
             out.append(
                 Image(
                     **rec,
@@ -455,6 +472,10 @@ class Catalog:
                     locations=tuple(
                         Location(store=st, url=url, status=status, metadata=json.loads(meta))
                         for st, url, status, meta in locs
+                    ),
+                    members=tuple(
+                        Member(ImageId(image_id), member, status, created, updated)
+                        for member, status, created, updated in members
                     ),
                 )
             )
@@ -467,21 +488,32 @@ class Catalog:
         """The ids a list query selects, in order (the records: stream_images)."""
         where: list[str] = []
         args: list[Any] = []
-        # Visibility: Glance's default list shows public, the caller's own, and (for admins) all.
+        # Visibility, as Glance's image_get_all: an admin sees every image; anyone else public
+        # ones, their project's own, and the shared ones their project is a member of with
+        # `member_status` (community ones only when asked for).
+        shared_args: list[Any] = [query.project]
+        if query.member_status != "all":
+            shared_args.append(query.member_status)
+        shared_with = "(i.visibility = 'shared' AND %s)" % (
+            _MEMBER_OF % (" AND m.status = ?" if len(shared_args) > 1 else "")
+        )
         if query.visibility == "community":
             where.append("i.visibility = 'community'")
         elif query.visibility and query.visibility != "all":
             where.append("i.visibility = ?")
             args.append(query.visibility)
-            if not query.admin and query.visibility in ("private", "shared"):
+            if not query.admin and query.visibility == "private":
                 where.append("i.owner = ?")
                 args.append(query.project)
+            elif not query.admin and query.visibility == "shared":
+                where.append("(i.owner = ? OR %s)" % shared_with)
+                args.extend([query.project, *shared_args])
         elif not query.admin:
-            if query.visibility == "all":
-                where.append("(i.visibility IN ('public', 'community') OR i.owner = ?)")
-            else:
-                where.append("(i.visibility = 'public' OR i.owner = ?)")
-            args.append(query.project)
+            public = (
+                "i.visibility IN ('public', 'community')" if query.visibility == "all" else "i.visibility = 'public'"
+            )
+            where.append("(%s OR i.owner = ? OR %s)" % (public, shared_with))
+            args.extend([query.project, *shared_args])
         # Glance: by default hidden images are left out; os_hidden=true lists only them.
         where.append("i.os_hidden = ?")
         args.append(int(query.os_hidden))
@@ -534,8 +566,11 @@ class Catalog:
         sql = "SELECT %s FROM images i WHERE id = ?" % ", ".join(_sort_expr(k) for k in keys)
         args = [image_id]
         if project is not None:
-            sql += " AND (i.visibility IN ('public', 'community') OR i.owner = ?)"
-            args.append(project)
+            sql += (
+                " AND (i.visibility IN ('public', 'community') OR i.owner = ? OR (i.visibility = 'shared' AND %s))"
+                % (_MEMBER_OF % "")
+            )
+            args.extend([project, project])
         async with self._db.execute(sql, args) as cur:
             row = await cur.fetchone()
         return tuple(row) if row else None
@@ -601,6 +636,55 @@ class Catalog:
             if cur.rowcount:
                 await db.execute("UPDATE images SET updated_at = ? WHERE id = ?", [updated_at, image_id])
             return cur.rowcount > 0
+
+    # -- image members ----------------------------------------------------------------------
+
+    async def add_member(self, member: Member, quota: int) -> Image:
+        """Share an image with a project, keeping the image within `quota` members (-1: no
+        limit; counted in the same transaction, so concurrent adds cannot overshoot). The
+        image's updated_at moves too: the hub's change feed and the edges' mirror follow it."""
+        async with self._transaction() as db:
+            async with db.execute("SELECT member_id FROM image_members WHERE image_id = ?", [member.image_id]) as cur:
+                current = [r[0] for r in await cur.fetchall()]
+            if member.member_id in current:
+                raise Conflict("Member %s is duplicated for image %s" % (member.member_id, member.image_id))
+            if 0 <= quota < len(current) + 1:
+                raise TooLarge(
+                    "Image member limit exceeded for image %s: The limit has been exceeded on the number of "
+                    "allowed image members for this image. Attempted: %d, Maximum: %d:"
+                    % (member.image_id, len(current) + 1, quota)
+                )
+            cur = await db.execute(
+                "UPDATE images SET updated_at = ? WHERE id = ?", [member.updated_at, member.image_id]
+            )
+            if cur.rowcount == 0:
+                raise NotFound("No image found with ID %s" % member.image_id)
+            await db.execute(
+                "INSERT INTO image_members (image_id, member_id, status, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [member.image_id, member.member_id, member.status, member.created_at, member.updated_at],
+            )
+        return await self.get_image(member.image_id)
+
+    async def set_member_status(self, image_id: str, member_id: str, status: str, updated_at: str) -> Image:
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "UPDATE image_members SET status = ?, updated_at = ? WHERE image_id = ? AND member_id = ?",
+                [status, updated_at, image_id, member_id],
+            )
+            if cur.rowcount == 0:
+                raise NotFound("%s not found in the member list of the image %s." % (member_id, image_id))
+            await db.execute("UPDATE images SET updated_at = ? WHERE id = ?", [updated_at, image_id])
+        return await self.get_image(image_id)
+
+    async def remove_member(self, image_id: str, member_id: str, updated_at: str) -> None:
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "DELETE FROM image_members WHERE image_id = ? AND member_id = ?", [image_id, member_id]
+            )
+            if cur.rowcount == 0:
+                raise NotFound("%s not found in the member list of the image %s." % (member_id, image_id))
+            await db.execute("UPDATE images SET updated_at = ? WHERE id = ?", [updated_at, image_id])
 
     async def activate_image(
         self, image_id: str, data: ImageData, location: Location, *, from_status: str, updated_at: str
@@ -1019,6 +1103,17 @@ class Catalog:
                 for location in image.locations:
                     if location.store == hub_store:
                         await self._insert_location(db, image.id, location)
+            # The members follow the hub's record too: who may see a shared image is the hub's word.
+            await db.executemany("DELETE FROM image_members WHERE image_id = ?", ids)
+            await db.executemany(
+                "INSERT OR IGNORE INTO image_members (image_id, member_id, status, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (image.id, m.member_id, m.status, m.created_at, m.updated_at)
+                    for image in images
+                    for m in image.members
+                ],
+            )
 
     async def is_mirrored(self, image_id: str) -> bool:
         """The record came from the hub (the hub link wrote it), as opposed to an image created
@@ -1124,6 +1219,10 @@ class Catalog:
     async def dequeue_from_cache(self, image_ids: Sequence[str]) -> None:
         async with self._transaction() as db:
             await db.executemany("DELETE FROM cache_queue WHERE image_id = ?", [(i,) for i in image_ids])
+
+
+# The caller's project (the first argument) is a member of image `i`; %s: more conditions on `m`.
+_MEMBER_OF = "EXISTS (SELECT 1 FROM image_members m WHERE m.image_id = i.id AND m.member_id = ?%s)"
 
 
 def _sort_expr(key: str) -> str:

@@ -73,6 +73,8 @@ class LimitsConfig:
     # 413 "Attempted: N, Maximum: M" as in Glance. Names and tags are at most 255 characters.
     image_property_quota: int = 128
     image_tag_quota: int = 128
+    # Glance's image_member_quota: projects one image may be shared with (-1 = unlimited).
+    image_member_quota: int = 128
     # Longest value of one custom property, in characters (Glance's column is TEXT, i.e. 64 KiB
     # in MySQL). With the quotas above, one image's metadata stays below ~8 MiB.
     max_property_value_length: int = 65535
@@ -717,7 +719,7 @@ def _non_negative(key: str, value: int) -> int:
 
 def _limits(data: Any) -> LimitsConfig:
     conf = _simple_section("limits", LimitsConfig, data)
-    for key in ("image_property_quota", "image_tag_quota"):
+    for key in ("image_property_quota", "image_tag_quota", "image_member_quota"):
         if getattr(conf, key) < -1:
             raise ConfigError("limits.%s: must be -1 (unlimited) or a count, got %d" % (key, getattr(conf, key)))
     if conf.max_property_value_length <= 0:

@@ -56,6 +56,13 @@ def require_formats(image: Image) -> None:
         )
 
 
+def image_target(ctx: Context, image: Image) -> policy.Target:
+    """The image as a policy target, with Glance's `member_id`: the caller's project when it is a
+    member of the image (what `project_id:%(member_id)s` checks)."""
+    member = image.membership(ctx.project)
+    return {**policy.image_target(image), "member_id": member.member_id if member is not None else None}
+
+
 @dataclass(frozen=True)
 class Page:
     ids: list[ImageId]
@@ -142,7 +149,7 @@ class ImageService:
     async def authorized(self, ctx: Context, image_id: str, rule: str) -> Image:
         """An image the caller sees (else NotFound) and may act on under `rule` (else Forbidden)."""
         image = await self.find(ctx, image_id)
-        policy.enforce_image(ctx, rule, image)
+        policy.enforce(ctx, rule, image_target(ctx, image))
         return image
 
     async def find(self, ctx: Context, image_id: str) -> Image:

@@ -22,6 +22,15 @@ STATUSES = (QUEUED, SAVING, ACTIVE, KILLED, DELETED, UPLOADING, IMPORTING, PENDI
 
 VISIBILITIES = ("public", "private", "shared", "community")
 
+# Glance's image member statuses; a new member is pending until it accepts or rejects.
+MEMBER_PENDING = "pending"
+MEMBER_ACCEPTED = "accepted"
+MEMBER_REJECTED = "rejected"
+MEMBER_STATUSES = (MEMBER_PENDING, MEMBER_ACCEPTED, MEMBER_REJECTED)
+# The key of an image's members in the records a hub serves its edge sites. Glance reserves
+# os_glance_* names: no client can set a property by this name and pass it off as members.
+MIRRORED_MEMBERS = "os_glance_members"
+
 # Glance's import progress properties: comma-separated store names still to do / that failed.
 IMPORTING_TO = "os_glance_importing_to_stores"
 FAILED_IMPORT = "os_glance_failed_import"
@@ -38,6 +47,17 @@ class Location:
     def in_store(cls, store: str, url: str, status: str = "active") -> Location:
         """A copy in `store` at `url`; Glance also shows the store's name in its metadata."""
         return cls(store=store, url=url, status=status, metadata={"store": store})
+
+
+@dataclass(frozen=True)
+class Member:
+    """A project an image is shared with (Glance's image membership)."""
+
+    image_id: ImageId
+    member_id: str
+    status: str
+    created_at: str
+    updated_at: str
 
 
 @dataclass(frozen=True)
@@ -63,11 +83,17 @@ class Image:
     properties: dict[str, str] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
     locations: tuple[Location, ...] = ()
+    # The projects it is shared with: they see a shared image (and only a shared one).
+    members: tuple[Member, ...] = ()
 
     @property
     def stores(self) -> tuple[str, ...]:
         """Stores holding a servable copy (quarantined copies are never served)."""
         return tuple(loc.store for loc in self.locations if loc.status == "active")
+
+    def membership(self, project: str | None) -> Member | None:
+        """`project`'s membership of this image, if it has one."""
+        return next((m for m in self.members if m.member_id == project), None)
 
 
 @dataclass(frozen=True)

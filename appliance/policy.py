@@ -467,8 +467,15 @@ def sees_every_image(ctx: Context) -> bool:
 
 
 def can_see(ctx: Context, image: Image) -> bool:
-    """Member-less rules: public and community images are visible to all, others to the owner."""
-    return sees_every_image(ctx) or image.visibility in ("public", "community") or image.owner == ctx.project
+    """Glance's is_image_visible: public and community images are visible to all, others to the
+    owner, and a shared one also to its members, whatever their status (a pending member can
+    look at what it is offered; lists show it only once accepted, see ImageQuery.member_status)."""
+    return (
+        sees_every_image(ctx)
+        or image.visibility in ("public", "community")
+        or image.owner == ctx.project
+        or (image.visibility == "shared" and image.membership(ctx.project) is not None)
+    )
 
 
 def check_visible(ctx: Context, image: Image) -> None:

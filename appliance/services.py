@@ -23,6 +23,7 @@ from appliance.hub.lookup import HubRecords
 from appliance.hublink import HubLink
 from appliance.images import ImageService
 from appliance.imports import ImportService, build_steps, build_uri_filter
+from appliance.members import MemberService
 from appliance.metrics import Metrics
 from appliance.scrubber import Scrubber
 from appliance.sites import SiteService
@@ -46,6 +47,7 @@ class Services:
     cache: ImageCache | None  # None: no hub, or [cache] enabled = false
     bundles: BundleService
     inbox: Inbox | None  # None: no [inbox] dir
+    members: MemberService
     hub: HubLink | None = None  # None: no [hub] url (or this is the hub)
     hub_records: HubRecords | None = None  # None: no [hub] url
 
@@ -159,6 +161,7 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
             sites = SiteService(config, catalog, stores, clock=clock)
             await sites.load()
             images = ImageService(config, catalog, stores, cache, sites=sites, hub_records=records, clock=clock)
+            members = MemberService(catalog, images, hub=records is not None)
             hub = (
                 HubLink(config, catalog, stores, cache, images, client, records, metrics, clock=clock)
                 if client is not None and records is not None
@@ -216,6 +219,7 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
                     cache=cache,
                     bundles=bundles,
                     inbox=inbox,
+                    members=members,
                     sites=sites,
                     hub=hub,
                     hub_records=records,

@@ -19,6 +19,7 @@ from appliance.api.middleware import CONTEXT
 from appliance.api.query import image_list_query
 from appliance.download import Download, span
 from appliance.errors import ApplianceError, BadRequest, RangeNotSatisfiable, UnsupportedMediaType
+from appliance.members import shows_members
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -65,6 +66,7 @@ async def list_images(request: web.Request) -> web.StreamResponse:
     query = dict(request.query)  # last value wins, as in Glance, except for repeated tags
     asked = image_list_query(query, request.query.getall("tag", []), service.config.api)
     page = await service.list(request[CONTEXT], asked)
+    members = shows_members(request[CONTEXT])
     query.pop("tag", None)
     head, tail = schemas.images_page_frame(query, page.next_marker)
     # Streamed batch by batch, encoded in a worker thread: a page at the metadata limits is
@@ -77,7 +79,7 @@ async def list_images(request: web.Request) -> web.StreamResponse:
         await response.write(head)
         separator = b""
         async for batch in page.batches:
-            await response.write(separator + await asyncio.to_thread(schemas.encode_images, batch))
+            await response.write(separator + await asyncio.to_thread(schemas.encode_images, batch, members))
             separator = b", "
         await response.write(tail)
         await response.write_eof()
@@ -106,7 +108,9 @@ async def create_image(request: web.Request) -> web.Response:
 
 @routes.get("/v2/images/{image_id}")
 async def show_image(request: web.Request) -> web.Response:
-    return _image_response(await request.app[IMAGES].get(request[CONTEXT], request.match_info["image_id"]))
+    ctx = request[CONTEXT]
+    image = await request.app[IMAGES].get(ctx, request.match_info["image_id"])
+    return web.json_response(schemas.image_to_json(image, members=shows_members(ctx)))
 
 
 @routes.patch("/v2/images/{image_id}")

@@ -11,12 +11,14 @@ from appliance.events import EventLog
 from appliance.hublink import HubLink
 from appliance.images import ImageService
 from appliance.imports import ImportService
+from appliance.members import MemberService
 from appliance.metrics import Metrics
 from appliance.sites import SiteService
 
 CONFIG = web.AppKey("config", Config)
 IMAGES = web.AppKey("images", ImageService)
 IMPORTS = web.AppKey("imports", ImportService)
+MEMBERS = web.AppKey("members", MemberService)
 EVENTS = web.AppKey("events", EventLog)
 STARTED = web.AppKey("started", float)
 METRICS = web.AppKey("metrics", Metrics)

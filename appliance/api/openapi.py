@@ -19,7 +19,7 @@ from appliance import __version__
 from appliance.api import schema_docs
 from appliance.api.keys import IMAGES
 from appliance.api.schemas import PATCH_MEDIA_TYPES
-from appliance.model import VISIBILITIES
+from appliance.model import MEMBER_STATUSES, VISIBILITIES
 from appliance.wire import INT64_MAX
 
 routes = web.RouteTableDef()
@@ -132,7 +132,11 @@ def _image_paths() -> Json:
         _query("id", {"type": "string"}, "An id, or in:id1,id2,..."),
         _query("protected", {"type": "string"}, "true or false"),
         _query("os_hidden", {"type": "string"}, "true or false"),
-        _query("member_status", {"type": "string"}, "Accepted and ignored"),
+        _query(
+            "member_status",
+            {"enum": [*MEMBER_STATUSES, "all"]},
+            "Shared images listed to a member: those it has accepted (default), pending, rejected, or all",
+        ),
         _query("size_min", _INT64, "Smallest size in bytes"),
         _query("size_max", _INT64, "Largest size in bytes"),
         _query("created_at", {"type": "string"}, "OPERATOR:TIMESTAMP (gt, gte, eq, neq, lt, lte)"),
@@ -293,6 +297,51 @@ def _image_paths() -> Json:
                 {200: _json(_ref("TaskList"), "Tasks")},
                 (404, 429, 502, 503),
                 tag="imports",
+            ),
+        },
+    }
+
+
+def _member_paths() -> Json:
+    member_id = _path("member_id", {"type": "string"}, "The member's project id")
+    ok_member = {200: _json(_ref("Member"), "The membership")}
+    refused = (400, 403, 404, 409, 413, 429, 502, 503)
+    return {
+        "/v2/images/{image_id}/members": {
+            "parameters": [IMAGE_ID],
+            "get": _op(
+                "listMembers",
+                "The projects a shared image is shared with (a member sees only itself)",
+                {200: _json(_ref("MemberList"), "Members")},
+                (403, 404, 429, 502, 503),
+                tag="images",
+            ),
+            "post": _op(
+                "createMember",
+                "Share a shared image with a project (owner; image_member_quota)",
+                ok_member,
+                refused,
+                tag="images",
+                body=_body(JSON_BODY, _ref("MemberCreate")),
+            ),
+        },
+        "/v2/images/{image_id}/members/{member_id}": {
+            "parameters": [IMAGE_ID, member_id],
+            "get": _op("showMember", "One membership", ok_member, (404, 429, 502, 503), tag="images"),
+            "put": _op(
+                "updateMember",
+                "Accept, reject or reset a membership (the member itself)",
+                ok_member,
+                refused,
+                tag="images",
+                body=_body(JSON_BODY, _ref("MemberUpdate")),
+            ),
+            "delete": _op(
+                "deleteMember",
+                "Stop sharing an image with a project (owner)",
+                {204: _empty("Done")},
+                (403, 404, 429, 502, 503),
+                tag="images",
             ),
         },
     }
@@ -654,6 +703,7 @@ def _cache_paths() -> Json:
 def _schemas(disk_formats: Sequence[str], container_formats: Sequence[str]) -> Json:
     image = schema_docs.image_schema(disk_formats, container_formats)
     image = {"type": "object", "properties": image["properties"], "additionalProperties": image["additionalProperties"]}
+    member = schema_docs.member_schema()["properties"]
     task = schema_docs.task_schema()
     task = {
         "type": "object",
@@ -678,6 +728,22 @@ def _schemas(disk_formats: Sequence[str], container_formats: Sequence[str]) -> J
             },
         },
         "Image": image,
+        "Member": {"type": "object", "properties": member},
+        "MemberList": {
+            "type": "object",
+            "required": ["members", "schema"],
+            "properties": {"members": {"type": "array", "items": _ref("Member")}, "schema": {"type": "string"}},
+        },
+        "MemberCreate": {
+            "type": "object",
+            "required": ["member"],
+            "properties": {"member": {"type": "string", "minLength": 1, "maxLength": 255}},
+        },
+        "MemberUpdate": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"enum": list(MEMBER_STATUSES)}},
+        },
         "ImageList": {
             "type": "object",
             "required": ["images", "first", "schema"],
@@ -825,7 +891,7 @@ def _with_head(paths: Json) -> Json:
 
 def document(disk_formats: Sequence[str], container_formats: Sequence[str]) -> Json:
     """The whole description (a new object each call)."""
-    paths = {**_info_paths(), **_image_paths(), **_edge_paths(), **_cache_paths()}
+    paths = {**_info_paths(), **_image_paths(), **_member_paths(), **_edge_paths(), **_cache_paths()}
     return {
         "openapi": "3.1.0",
         "info": {

@@ -12,7 +12,7 @@ from appliance.clock import parse_timestamp, timestamp
 from appliance.config import ApiConfig
 from appliance.errors import BadRequest
 from appliance.ids import parse_uuid
-from appliance.model import VISIBILITIES
+from appliance.model import MEMBER_ACCEPTED, MEMBER_STATUSES, VISIBILITIES
 
 # List filters on image columns that take plain equality (or Glance's `in:` operator).
 COLUMN_FILTERS = ("name", "status", "visibility", "owner", "disk_format", "container_format", "id", "protected")
@@ -51,6 +51,11 @@ def image_list_query(params: Mapping[str, str], tags: Sequence[str], pages: ApiC
     visibility = params.get("visibility")
     if visibility is not None and visibility not in (*VISIBILITIES, "all"):
         raise BadRequest("Invalid visibility value: %s" % visibility)
+    member_status = params.get("member_status", MEMBER_ACCEPTED)
+    if member_status not in (*MEMBER_STATUSES, "all"):
+        raise BadRequest(
+            "Invalid status: %s (member_status is one of %s or all)" % (member_status, ", ".join(MEMBER_STATUSES))
+        )
     for key, value in params.items():
         if key in LIST_PARAMS or key == "visibility":
             continue
@@ -77,6 +82,7 @@ def image_list_query(params: Mapping[str, str], tags: Sequence[str], pages: ApiC
         tags=tuple(tags),
         ids=ids,
         visibility=visibility,
+        member_status=member_status,
         os_hidden=_bool_param("os_hidden", params["os_hidden"]) if "os_hidden" in params else False,
         size_min=_int_param(params, "size_min", None, minimum=0),
         size_max=_int_param(params, "size_max", None, minimum=0),

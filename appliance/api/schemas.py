@@ -7,14 +7,15 @@ from typing import Any
 from urllib.parse import urlencode
 
 from appliance.clock import timestamp
-from appliance.model import Assignment, ChangePage, Image, Location, Site, Task
+from appliance.model import MIRRORED_MEMBERS, Assignment, ChangePage, Image, Location, Member, Site, Task
 from appliance.stores.base import StoreUsage
 
 IMAGE_MEDIA = "application/json"
 PATCH_MEDIA_TYPES = ("application/openstack-images-v2.1-json-patch", "application/openstack-images-v2.0-json-patch")
 
 
-def image_to_json(image: Image) -> dict[str, Any]:
+def image_to_json(image: Image, members: bool = False) -> dict[str, Any]:
+    """Glance's image shape; with `members` (for edge sites, which mirror them), also the image's members."""
     body: dict[str, Any] = {
         "id": image.id,
         "name": image.name,
@@ -44,6 +45,11 @@ def image_to_json(image: Image) -> dict[str, Any]:
         body.setdefault(key, value)
     if image.stores:
         body["stores"] = ",".join(image.stores)
+    if members:
+        body[MIRRORED_MEMBERS] = [
+            {"member_id": m.member_id, "status": m.status, "created_at": m.created_at, "updated_at": m.updated_at}
+            for m in image.members
+        ]
     return body
 
 
@@ -68,9 +74,24 @@ def images_page_frame(query: dict[str, str], next_marker: str | None) -> tuple[b
     return b'{"images": [', ("], " + json.dumps(rest)[1:]).encode()
 
 
-def encode_images(images: list[Image]) -> bytes:
+def encode_images(images: list[Image], members: bool = False) -> bytes:
     """Array items of a page (comma-separated), for images_page_frame."""
-    return ", ".join(json.dumps(image_to_json(i)) for i in images).encode()
+    return ", ".join(json.dumps(image_to_json(i, members)) for i in images).encode()
+
+
+def member_to_json(member: Member) -> dict[str, Any]:
+    return {
+        "created_at": member.created_at,
+        "image_id": member.image_id,
+        "member_id": member.member_id,
+        "schema": "/v2/schemas/member",
+        "status": member.status,
+        "updated_at": member.updated_at,
+    }
+
+
+def members_to_json(members: list[Member]) -> dict[str, Any]:
+    return {"members": [member_to_json(m) for m in members], "schema": "/v2/schemas/members"}
 
 
 def location_to_json(location: Location) -> dict[str, Any]:

@@ -13,7 +13,17 @@ from typing import Any
 
 from appliance.catalog import Catalog
 from appliance.hub.client import HubClient, HubRejected
-from appliance.model import ACTIVE, DEACTIVATED, VISIBILITIES, Image, ImageId, Location
+from appliance.model import (
+    ACTIVE,
+    DEACTIVATED,
+    MEMBER_STATUSES,
+    MIRRORED_MEMBERS,
+    VISIBILITIES,
+    Image,
+    ImageId,
+    Location,
+    Member,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +97,7 @@ def image_from_glance(doc: Mapping[str, Any], data_url: str) -> Image:
             updated_at=str(doc["updated_at"]),
             properties=properties,
             tags=tuple(str(t) for t in doc.get("tags") or ()),
+            members=_members(ImageId(image_id), doc.get(MIRRORED_MEMBERS) or ()),
             # A record mirrored before its data was there is marked `pending`: this site asks
             # the hub again before answering for it (not served, not in `stores`).
             locations=(
@@ -99,6 +110,19 @@ def image_from_glance(doc: Mapping[str, Any], data_url: str) -> Image:
         raise HubRejected(
             "the hub sent an image record this site cannot read (%s: %s)" % (type(exc).__name__, exc)
         ) from None
+
+
+def _members(image_id: ImageId, docs: Any) -> tuple[Member, ...]:
+    """The members an appliance hub sends its sites with a record (a plain Glance sends none:
+    there, its shared images are its owners' only)."""
+    members = []
+    for doc in docs:
+        if doc["status"] not in MEMBER_STATUSES:
+            raise ValueError("member status %r" % doc["status"])
+        members.append(
+            Member(image_id, str(doc["member_id"]), doc["status"], str(doc["created_at"]), str(doc["updated_at"]))
+        )
+    return tuple(members)
 
 
 async def fetch_image_record(hub: HubClient, catalog: Catalog, image_id: str) -> Image:

@@ -110,6 +110,8 @@ Prepare = Callable[[Hub, str], Awaitable[Request]]
 ALL = tuple(CALLERS)
 READERS = ("admin", "member", "reader")
 MEMBERS = ("admin", "member")
+# Callers with no role this table knows (and the site, which reads records, not memberships).
+NO_ROLE = ("noroles", "unknown", "site")
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,17 @@ def on_fresh(method: str, suffix: str = "", upload: bytes | None = b"fresh", bef
 def fixed(method: str, path: str, **kw: Any) -> Prepare:
     async def prepare(hub: Hub, role: str) -> Request:
         return method, path.format(private=hub.shared["private"], task=hub.task_id), kw
+
+    return prepare
+
+
+def shared_with_other(method: str, suffix: str = "", **kw: Any) -> Prepare:
+    """A new shared image of p1 for each caller, with p2 (`other`) a pending member of it."""
+
+    async def prepare(hub: Hub, role: str) -> Request:
+        image_id = await hub.image(data=None, visibility="shared")
+        await hub.ok("member", "POST", "/v2/images/%s/members" % image_id, 200, json={"member": "p2"})
+        return method, "/v2/images/%s/members%s" % (image_id, suffix), kw
 
     return prepare
 
@@ -248,6 +261,22 @@ CASES = [
     ),
     Case("get_image_location", on_private("GET", "/locations"), allowed(200, *READERS), hidden=("other",)),
     Case("delete_image_location", copied_to_fast, allowed(204, "admin"), hidden=("other",)),
+    Case("add_member", shared_with_other("POST", json={"member": "p3"}), allowed(200, *MEMBERS)),
+    Case("get_members", shared_with_other("GET"), allowed(200, *READERS, "other")),
+    # Glance answers a refused member lookup as missing.
+    Case("get_member", shared_with_other("GET", "/p2"), allowed(200, *READERS, "other"), hidden=NO_ROLE),
+    Case(
+        "modify_member",
+        shared_with_other("PUT", "/p2", json={"status": "accepted"}),
+        allowed(200, "admin", "other"),  # the member itself: the owner does not answer for it
+        named=dict.fromkeys(NO_ROLE, "get_member"),
+    ),
+    Case(
+        "delete_member",
+        shared_with_other("DELETE", "/p2"),
+        allowed(204, *MEMBERS),
+        named=dict.fromkeys(NO_ROLE, "get_member"),
+    ),
     Case("get_tasks", fixed("GET", "/v2/tasks"), allowed(200, *READERS, "other")),
     Case("get_task", fixed("GET", "/v2/tasks/{task}"), allowed(200, *READERS), hidden=("other", "site")),
     Case("stores_info_detail", fixed("GET", "/v2/info/stores/detail"), allowed(200, "admin")),

@@ -1,0 +1,103 @@
+"""Shared images reach edge sites with their members: a hub and an edge as separate daemon
+processes, the same projects' tokens at both. A member sees, lists (once accepted) and pulls a
+shared image at the edge; others do not; the members follow the hub's word."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.clients.test_members import Http, members_path, sharing_config
+from tests.conftest import Daemon, start_daemon, write_toml
+from tests.integration.test_hub_link import FAST
+from tests.waiting import eventually
+
+SITE_TOKEN = "dcn0-service-token"
+
+
+@pytest.fixture
+async def hub_and_edge(tmp_path: Path) -> AsyncIterator[tuple[Http, Http]]:
+    hub_conf = sharing_config(tmp_path / "hub")
+    hub_conf["auth"]["tokens"].append({"token": SITE_TOKEN, "user": "dcn0", "project": "sites", "roles": ["edge-site"]})
+    hub_conf["site"] = {"name": "central", "role": "hub"}
+    hub_conf["stores"] = {"default": "central", "central": {"path": "images"}}
+    hub_conf["scrubber"] = {"enabled": False}
+    daemons: list[Daemon] = []
+    try:
+        hub = start_daemon(tmp_path / "hub", write_toml(tmp_path / "hub.toml", hub_conf))
+        daemons.append(hub)
+        edge_conf: dict[str, Any] = {
+            **sharing_config(tmp_path / "dcn0"),
+            "site": {"name": "dcn0"},
+            "hub": {"url": hub.url, "token": SITE_TOKEN, **FAST},
+            "cache": {"min_free_bytes": 0},
+            "scrubber": {"enabled": False},
+        }
+        edge = start_daemon(tmp_path / "dcn0", write_toml(tmp_path / "dcn0.toml", edge_conf))
+        daemons.append(edge)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            yield Http(hub, session), Http(edge, session)
+    finally:
+        for d in daemons:
+            if d.proc.poll() is None:
+                d.proc.kill()
+                d.proc.wait(10)
+
+
+async def status_of(http: Http, who: str, path: str) -> int:
+    async with http.session.get(
+        http.daemon.url + path, headers={"X-Auth-Token": "%s-secret" % who, "Accept": "application/json"}
+    ) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def test_an_accepted_member_sees_and_pulls_a_shared_image_at_the_edge(hub_and_edge: tuple[Http, Http]) -> None:
+    hub, edge = hub_and_edge
+    data = os.urandom(256 << 10)
+    image_id = await hub.image(data=data)
+    await hub.call("alpha", "POST", members_path(image_id), 200, json={"member": "beta"})
+    image_path = "/v2/images/%s" % image_id
+
+    # Pending at the hub: at the edge beta sees the image by its id, and in lists only when asked.
+    async def beta_sees_it() -> bool:
+        return await status_of(edge, "beta", image_path) == 200
+
+    await eventually(beta_sees_it, "the edge to mirror the shared image with its member")
+    assert image_id not in await edge.listed("beta")
+    assert image_id in await edge.listed("beta", "?member_status=pending")
+    assert await status_of(edge, "gamma", image_path) == 404
+    assert await status_of(edge, "gamma", image_path + "/file") == 404
+    assert image_id in await edge.listed("alpha")  # the owner's own, as at the hub
+
+    await hub.call("beta", "PUT", members_path(image_id, "beta"), json={"status": "accepted"})
+
+    async def beta_lists_it() -> bool:
+        return image_id in await edge.listed("beta")
+
+    await eventually(beta_lists_it, "the member's acceptance to reach the edge")
+    assert image_id in await edge.listed("beta", "?visibility=shared")
+    # The data comes through the edge from the hub (pull-through), for the member only.
+    assert await edge.call("beta", "GET", image_path + "/file") == data
+    assert await status_of(edge, "gamma", image_path + "/file") == 404
+    mine = await edge.call("beta", "GET", members_path(image_id))
+    assert [(m["member_id"], m["status"]) for m in mine["members"]] == [("beta", "accepted")]
+
+    # The members of a hub image are the hub's: the edge refuses to change them, saying where to.
+    message = await edge.message("alpha", "POST", members_path(image_id), 409, json={"member": "gamma"})
+    assert "Change its members at the hub" in message
+    await edge.call("beta", "PUT", members_path(image_id, "beta"), 409, json={"status": "rejected"})
+
+    # Unshared at the hub: gone for beta at the edge too.
+    await hub.call("alpha", "DELETE", members_path(image_id, "beta"), 204)
+
+    async def beta_lost_it() -> bool:
+        return await status_of(edge, "beta", image_path) == 404
+
+    await eventually(beta_lost_it, "the removed membership to reach the edge")
+    assert image_id not in await edge.listed("beta", "?member_status=all")

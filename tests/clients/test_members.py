@@ -16,9 +16,15 @@ import aiohttp
 import pytest
 
 from tests.clients.test_glance_cli import Glance, as_dict, as_records
-from tests.conftest import JSON_ERRORS, Daemon, write_toml
+from tests.clients.test_keystone_auth import PASSWORD, cli
+from tests.clients.test_keystone_auth import site_config as keystone_site_config
+from tests.conftest import JSON_ERRORS, Daemon, start_daemon, write_toml
+from tests.keystone import Keystone
 
-pytestmark = pytest.mark.clients
+pytestmark = [
+    pytest.mark.clients,
+    pytest.mark.filterwarnings("ignore::PendingDeprecationWarning:openstack"),  # as in test_openstacksdk
+]
 
 ADMIN = "admin-secret"
 # Two projects that share images, one that is shared nothing, and a read-only user of the owner.
@@ -352,3 +358,44 @@ def test_glance_cli_reports_a_private_image_has_no_members(site: Daemon, disk: P
     refused = glance.run("member-create", image_id, "beta", token=TOKENS["alpha"][0])
     assert refused.returncode != 0
     assert "Only shared images have members" in refused.stderr, refused.stderr
+
+
+# -- the openstack CLI, with Keystone -----------------------------------------------------------
+# `openstack image add project` and `image set --accept` resolve projects through Keystone's
+# identity API, so these run with the session's real Keystone and a daemon that validates its tokens.
+
+
+def test_openstack_cli_adds_a_project_and_the_member_accepts(keystone: Keystone, tmp_path: Path, disk: Path) -> None:
+    daemon = start_daemon(tmp_path / "ks-site", keystone_site_config(tmp_path / "ks-site.toml", keystone))
+    try:
+        keystone.register_image_endpoint(daemon.url)
+        keystone.create_user("share-owner", PASSWORD, "share-alpha", ["member", "reader"])
+        keystone.create_user("share-member", PASSWORD, "share-beta", ["member", "reader"])
+        owner = {"name": "share-owner", "project": "share-alpha"}
+        member = {"name": "share-member", "project": "share-beta"}
+        beta = keystone.project_id("share-beta")
+
+        args = ("--shared", "--disk-format", "raw", "--container-format", "bare", "--file", str(disk))
+        created = json.loads(cli(keystone, "openstack", "image", "create", *args, "-f", "json", "osc-shared", **owner))
+        image_id = created["id"]
+        assert created["visibility"] == "shared"
+
+        added = json.loads(cli(keystone, "openstack", "image", "add", "project", "-f", "json", image_id, beta, **owner))
+        assert (added["image_id"], added["member_id"], added["status"]) == (image_id, beta, "pending")
+        listed = json.loads(cli(keystone, "openstack", "image", "list", "-f", "json", **member))
+        assert image_id not in [row["ID"] for row in listed]
+
+        cli(keystone, "openstack", "image", "set", "--accept", image_id, **member)  # its own project, from its token
+        members = json.loads(cli(keystone, "openstack", "image", "member", "list", "-f", "json", image_id, **owner))
+        assert [(m["Member ID"], m["Status"]) for m in members] == [(beta, "accepted")]
+        listed = json.loads(cli(keystone, "openstack", "image", "list", "-f", "json", **member))
+        assert image_id in [row["ID"] for row in listed]
+
+        cli(keystone, "openstack", "image", "set", "--reject", image_id, **member)
+        listed = json.loads(cli(keystone, "openstack", "image", "list", "-f", "json", **member))
+        assert image_id not in [row["ID"] for row in listed]
+
+        cli(keystone, "openstack", "image", "remove", "project", image_id, beta, **owner)
+        assert json.loads(cli(keystone, "openstack", "image", "member", "list", "-f", "json", image_id, **owner)) == []
+    finally:
+        daemon.stop()

@@ -229,11 +229,17 @@ class ScrubberConfig:
 
 @dataclass(frozen=True)
 class HubConfig:
-    # The hub: an appliance hub or a central Glance v2 endpoint; "" = none.
+    # The hub: an appliance hub or a central Glance v2 endpoint; "" = none (or, with keystone,
+    # the image endpoint of region_name in the Keystone catalog).
     url: str = ""
     # Token sent to the hub (X-Auth-Token); set at most one of the two.
     token: str = ""
     token_file: str = ""
+    # Authenticate to the hub with the [keystone] credentials (a Keystone token, renewed)
+    # instead of a static token.
+    keystone: bool = False
+    # The hub's region in the Keystone catalog ("" = [keystone] region_name).
+    region_name: str = ""
     # Explicit timeouts: a dead WAN link must fail a request, never hang it.
     connect_timeout: int = 10
     read_timeout: int = 30
@@ -621,6 +627,10 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
         raise ConfigError("logging.level: must be one of %s, got %r" % (", ".join(LOG_LEVELS), log.level))
     if log.repeat_interval < 0:
         raise ConfigError("logging.repeat_interval: must be 0 (off) or positive")
+    keystone = _keystone(data.get("keystone"))
+    hub = _hub(data.get("hub"))
+    if hub.keystone and not keystone.auth_url:
+        raise ConfigError("hub.keystone: needs [keystone] auth_url and the appliance's credentials")
     return Config(
         state_dir=state_dir,
         site=site,
@@ -628,13 +638,13 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
         limits=_limits(data.get("limits")),
         quotas=_quotas(data.get("quotas")),
         auth=_read_auth(data.get("auth")),
-        keystone=_keystone(data.get("keystone")),
+        keystone=keystone,
         stores=_read_stores(data.get("stores")),
         catalog=_simple_section("catalog", CatalogConfig, data.get("catalog")),
         formats=formats,
         imports=_read_import(data.get("import")),
         scrubber=_scrubber(data.get("scrubber")),
-        hub=_hub(data.get("hub")),
+        hub=hub,
         cache=_cache(data.get("cache")),
         inbox=_simple_section("inbox", InboxConfig, data.get("inbox")),
         bundles=_simple_section("bundles", BundlesConfig, data.get("bundles")),
@@ -678,6 +688,8 @@ def _hub(data: Any) -> HubConfig:
         raise ConfigError("hub.url: must be an http:// or https:// URL, got %r" % conf.url)
     if conf.token and conf.token_file:
         raise ConfigError("hub: set at most one of 'token' or 'token_file'")
+    if conf.keystone and (conf.token or conf.token_file):
+        raise ConfigError("hub: keystone = true takes the token from Keystone; remove 'token'/'token_file'")
     for key in (
         "connect_timeout",
         "read_timeout",

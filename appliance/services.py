@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from appliance import keystone, policy
@@ -17,12 +21,14 @@ from appliance.cache import ImageCache, reconcile
 from appliance.catalog import Catalog
 from appliance.clock import SYSTEM_CLOCK, Clock
 from appliance.config import Config
+from appliance.errors import IdentityUnavailable
 from appliance.events import EventLog
 from appliance.hub.client import HubClient, read_token
 from appliance.hub.lookup import HubRecords
 from appliance.hublink import HubLink
 from appliance.images import ImageService
 from appliance.imports import ImportService, build_steps, build_uri_filter
+from appliance.keystone import KeystoneAuth
 from appliance.members import MemberService
 from appliance.metrics import Metrics
 from appliance.scrubber import Scrubber
@@ -30,6 +36,9 @@ from appliance.sites import SiteService
 from appliance.stores.filesystem import FilesystemStore
 
 log = logging.getLogger(__name__)
+
+# Where the hub's URL found in the Keystone catalog is remembered (relative to the state dir).
+HUB_ENDPOINT_FILE = "hub-endpoint"
 
 
 @dataclass
@@ -144,11 +153,12 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
         }
         for store in stores.values():
             store.prepare()
-        auth = Authenticator.from_config(config, keystone.from_config(config.keystone, clock))
+        identity = keystone.from_config(config.keystone, clock)
+        auth = Authenticator.from_config(config, identity)
         async with Catalog.open(config.path(config.catalog.path)) as catalog:
             # A hub publishes its changes (deletions included) for the edges to follow.
             await catalog.keep_change_feed(config.site.role == "hub", str(uuid.uuid4()))
-            client = _hub_client(config)
+            client = await _hub_client(config, identity)
             records = HubRecords(client, catalog, config.hub) if client is not None else None
             cache: ImageCache | None = None  # bytes only: none without a hub or when disabled
             if client is not None and records is not None and config.cache.enabled:
@@ -236,8 +246,43 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
         policy.install(previous_rules)
 
 
-def _hub_client(config: Config) -> HubClient | None:
-    """The hub client, when `[hub] url` names one."""
-    if not config.hub.url:
+async def _hub_client(config: Config, keystone: KeystoneAuth | None) -> HubClient | None:
+    """The hub client, when `[hub] url` names one, or (`[hub] keystone`) the Keystone catalog."""
+    if not config.hub.keystone:
+        return HubClient(config.hub, read_token(config.hub, config.path)) if config.hub.url else None
+    assert keystone is not None  # the config requires [keystone] auth_url with hub.keystone
+    url = config.hub.url or await _catalog_hub_url(config, keystone)
+    if not url:
         return None
-    return HubClient(config.hub, read_token(config.hub, config.path))
+    return HubClient(dataclasses.replace(config.hub, url=url), "", token_source=keystone)
+
+
+async def _catalog_hub_url(config: Config, keystone: KeystoneAuth) -> str:
+    """The image endpoint of the hub's region in the Keystone catalog, remembered in the state
+    dir, so a site that starts while Keystone cannot be reached still knows its hub."""
+    remembered = config.path(HUB_ENDPOINT_FILE)
+    try:
+        url = await keystone.endpoint("image", config.hub.region_name)
+    except IdentityUnavailable as exc:
+        known = await asyncio.to_thread(_read_text, remembered)
+        if known:
+            log.warning("hub: %s; using the hub found in the catalog before: %s", exc, known)
+        else:
+            log.error("hub: %s; no hub link until a start that reaches Keystone", exc)
+        return known
+    await asyncio.to_thread(_write_text, remembered, url)
+    log.info("hub: %s (image endpoint in the Keystone catalog)", url)
+    return url
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)

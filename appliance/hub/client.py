@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -27,6 +27,7 @@ from appliance.errors import (
     Conflict,
     Forbidden,
     HubUnreachable,
+    IdentityUnavailable,
     NotFound,
     TooLarge,
     Unauthorized,
@@ -67,6 +68,13 @@ def read_token(config: HubConfig, resolve: Any = None) -> str:
     return ""
 
 
+class TokenSource(Protocol):
+    """Where the site's own token for the hub comes from when it is not a static one: Keystone
+    (appliance/keystone.py), which renews it before it expires."""
+
+    async def service_token(self) -> str: ...
+
+
 class RateLimiter:
     """A token bucket shared by every transfer of one client (the WAN link is one pipe)."""
 
@@ -100,9 +108,17 @@ class DataResponse:
 
 
 class HubClient:
-    def __init__(self, config: HubConfig, token: str, *, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        config: HubConfig,
+        token: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        token_source: TokenSource | None = None,
+    ) -> None:
         self.url = config.url
         self._token = token
+        self._token_source = token_source
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=config.connect_timeout,
@@ -120,10 +136,17 @@ class HubClient:
     def data_url(self, image_id: str) -> str:
         return "%s/v2/images/%s/file" % (self.url, image_id)
 
-    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    async def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         headers = {"User-Agent": "edge-image-appliance/%s" % __version__}
-        if self._token:
-            headers["X-Auth-Token"] = self._token
+        token = self._token
+        if self._token_source is not None and not (extra and "X-Auth-Token" in extra):
+            try:
+                token = await self._token_source.service_token()
+            except IdentityUnavailable as exc:
+                # No token, no hub: to the hub link this is the WAN being down.
+                raise HubUnreachable("no token for the hub %s: %s" % (self.url, exc)) from None
+        if token:
+            headers["X-Auth-Token"] = token
         headers.update(extra or {})
         return headers
 
@@ -153,7 +176,7 @@ class HubClient:
         url = self.url + path
         try:
             async with self._client().request(
-                method, url, json=json, params=params, headers=self._headers(headers)
+                method, url, json=json, params=params, headers=await self._headers(headers)
             ) as resp:
                 self.server_time = _http_date(resp.headers.get("Date"))
                 body = await resp.read()
@@ -234,7 +257,7 @@ class HubClient:
             async with self._client().put(
                 url,
                 data=body(),
-                headers=self._headers(
+                headers=await self._headers(
                     {"Content-Type": "application/octet-stream", "Content-Length": str(size.st_size)}
                 ),
             ) as resp:
@@ -255,7 +278,7 @@ class HubClient:
         if offset or end is not None:
             headers["Range"] = "bytes=%d-%s" % (offset, "" if end is None else end - 1)
         try:
-            async with self._client().get(url, headers=self._headers(headers)) as resp:
+            async with self._client().get(url, headers=await self._headers(headers)) as resp:
                 if resp.status not in (200, 206):
                     raise _status_error("GET", url, resp.status, await resp.read())
                 start, length, total = 0, resp.content_length, None

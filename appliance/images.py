@@ -238,7 +238,7 @@ class ImageService:
         ids = ids[:limit]
         return Page(ids=ids, batches=self._catalog.stream_images(ids), next_marker=ids[-1] if more and ids else None)
 
-    async def _at_hub(self, ctx: Context, image: Image) -> tuple[HubRecords, str] | None:
+    async def at_hub(self, ctx: Context, image: Image) -> tuple[HubRecords, str] | None:
         """Where a write to `image` is made: None for this site's own images (created here, even
         if since copied to the hub); for the hub's, the hub and the caller's own token, since a
         change made only here would be undone by the next mirror round. Without a token to
@@ -257,7 +257,7 @@ class ImageService:
         image = await self.authorized(ctx, image_id, "modify_image")
         if not isinstance(patch, list):
             raise BadRequest("A JSON patch must be a JSON array of operations")
-        at_hub = await self._at_hub(ctx, image)
+        at_hub = await self.at_hub(ctx, image)
         if at_hub is not None:
             hub, token = at_hub
             updated = await hub.update(token, image.id, patch)
@@ -318,7 +318,7 @@ class ImageService:
         image = await self.authorized(ctx, image_id, "delete_image")
         if image.protected:
             raise Forbidden("Image %s is protected and cannot be deleted." % image.id)
-        at_hub = await self._at_hub(ctx, image)
+        at_hub = await self.at_hub(ctx, image)
         if at_hub is not None:
             hub, token = at_hub
             await hub.delete(token, image.id)
@@ -338,7 +338,7 @@ class ImageService:
 
     async def _act_at_hub(self, ctx: Context, image: Image, method: str, path: str) -> bool:
         """A tag or status change of a hub image, made at the hub (True); False for this site's own."""
-        at_hub = await self._at_hub(ctx, image)
+        at_hub = await self.at_hub(ctx, image)
         if at_hub is None:
             return False
         hub, token = at_hub

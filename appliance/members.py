@@ -10,23 +10,25 @@ The rules, as Glance applies them:
 * what the caller may not look at is missing (404), as in Glance's member repository.
 
 Refusals by the policy carry its message as they are, as Glance's do. At an edge the members of a
-hub image are the hub's: they come with the mirrored record, and a change here is refused (409)
-saying where to make it.
+hub image are the hub's: they come with the mirrored record, and a change made here is made at the
+hub with the caller's Keystone token (the hub decides), or refused (409) for a static token.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from appliance import policy
 from appliance.auth import Context
 from appliance.catalog import Catalog
 from appliance.clock import timestamp
-from appliance.errors import BadRequest, Conflict, Forbidden, NotFound
-from appliance.hub.records import is_hub_image
+from appliance.errors import BadRequest, Forbidden, NotFound
+from appliance.hub.client import HubRejected
+from appliance.hub.records import member_from_glance
 from appliance.images import ImageService, image_target
-from appliance.model import MEMBER_PENDING, MEMBER_STATUSES, Image, Member
+from appliance.model import MEMBER_PENDING, MEMBER_STATUSES, Image, ImageId, Member
 from appliance.text import check_text
 
 log = logging.getLogger(__name__)
@@ -48,23 +50,28 @@ def _check_shared(image: Image, refusal: str) -> None:
 
 
 ONLY_SHARED = "Only shared images have members."
+NO_HUB = object()  # _at_hub's answer for an image of this site (the hub may answer None: a 204)
 
 
 class MemberService:
-    def __init__(self, catalog: Catalog, images: ImageService, *, hub: bool = False) -> None:
+    def __init__(self, catalog: Catalog, images: ImageService) -> None:
         self._catalog = catalog
         self._images = images
-        self._hub = hub  # this site mirrors a hub: hub images' members are the hub's
 
     def _now(self) -> str:
         return timestamp(self._images.clock.now())
 
-    def _check_local(self, image: Image) -> None:
-        if self._hub and is_hub_image(image):
-            raise Conflict(
-                "Image %s belongs to the hub; this site only mirrors it and its members. Change its members at "
-                "the hub" % image.id
-            )
+    async def _at_hub(self, ctx: Context, image: Image, method: str, path: str, body: Any = None) -> Any:
+        """A member write to a hub image, made at the hub with the caller's token (the hub decides;
+        the record and its members are then refreshed here): the hub's answer, or NO_HUB for an
+        image of this site. A caller without a token to forward is refused (ImageService.at_hub)."""
+        at_hub = await self._images.at_hub(ctx, image)
+        if at_hub is None:
+            return NO_HUB
+        hub, token = at_hub
+        doc = await hub.change_members(token, image.id, method, "/v2/images/%s/members%s" % (image.id, path), body)
+        log.info("image %s: %s of members made at the hub for %s/%s", image.id, method, ctx.project, ctx.user)
+        return doc
 
     async def _image(self, ctx: Context, image_id: str) -> Image:
         try:
@@ -103,7 +110,9 @@ class MemberService:
     async def add(self, ctx: Context, image_id: str, body: Any) -> Member:
         member_id = _member_from_body(body)
         image = await self._image(ctx, image_id)
-        self._check_local(image)
+        at_hub = await self._at_hub(ctx, image, "POST", "", {"member": member_id})
+        if at_hub is not NO_HUB:
+            return _hub_member(image.id, at_hub)
         _check_shared(image, "Not allowed to create members for image %s. %s" % (image.id, ONLY_SHARED))
         policy.enforce(ctx, "add_member", image_target(ctx, image))
         stamp = self._now()
@@ -115,7 +124,9 @@ class MemberService:
     async def update(self, ctx: Context, image_id: str, member_id: str, body: Any) -> Member:
         status = _status_from_body(body)
         image = await self._image(ctx, image_id)
-        self._check_local(image)
+        at_hub = await self._at_hub(ctx, image, "PUT", "/" + quote(member_id, safe=""), {"status": status})
+        if at_hub is not NO_HUB:
+            return _hub_member(image.id, at_hub)
         _check_shared(image, "Not allowed to update members for image %s. %s" % (image.id, ONLY_SHARED))
         member = self._lookup(ctx, image, member_id)
         # The membership's own project, not the caller's: a member changes only its own status.
@@ -131,7 +142,8 @@ class MemberService:
 
     async def delete(self, ctx: Context, image_id: str, member_id: str) -> None:
         image = await self._image(ctx, image_id)
-        self._check_local(image)
+        if await self._at_hub(ctx, image, "DELETE", "/" + quote(member_id, safe="")) is not NO_HUB:
+            return
         _check_shared(image, "Not allowed to delete members for image %s. %s" % (image.id, ONLY_SHARED))
         member = self._lookup(ctx, image, member_id)
         policy.enforce(ctx, "delete_member", image_target(ctx, image))
@@ -139,6 +151,13 @@ class MemberService:
         log.info(
             "image %s no longer shared with project %s (by %s/%s)", image.id, member.member_id, ctx.project, ctx.user
         )
+
+
+def _hub_member(image_id: ImageId, doc: Any) -> Member:
+    try:
+        return member_from_glance(image_id, doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HubRejected("the hub answered a member change with something else than a member (%s)" % exc) from None
 
 
 def _member_from_body(body: Any) -> str:

@@ -171,7 +171,7 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
             sites = SiteService(config, catalog, stores, clock=clock)
             await sites.load()
             images = ImageService(config, catalog, stores, cache, sites=sites, hub_records=records, clock=clock)
-            members = MemberService(catalog, images, hub=records is not None)
+            members = MemberService(catalog, images)
             hub = (
                 HubLink(config, catalog, stores, cache, images, client, records, metrics, clock=clock)
                 if client is not None and records is not None

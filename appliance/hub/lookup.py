@@ -170,6 +170,15 @@ class HubRecords:
         await self._forward(image_id, method, path, token, expect=(204,))
         return await fetch_image_record(self._hub, self._catalog, image_id)
 
+    async def change_members(self, token: str, image_id: ImageId, method: str, path: str, body: Any = None) -> Any:
+        """A member write (add, status, remove) to a hub image, made at the hub; then the hub's
+        record, which carries the members, recorded here. Returns the hub's answer (None for 204)."""
+        doc = await self._forward(
+            image_id, method, path, token, json=body, expect=(204,) if method == "DELETE" else (200,)
+        )
+        await fetch_image_record(self._hub, self._catalog, image_id)
+        return doc
+
     async def delete(self, token: str, image_id: ImageId) -> None:
         """The image deleted at the hub (the caller removes it here)."""
         await self._forward(image_id, "DELETE", "/v2/images/%s" % image_id, token, expect=(204,))

@@ -115,14 +115,14 @@ def image_from_glance(doc: Mapping[str, Any], data_url: str) -> Image:
 def _members(image_id: ImageId, docs: Any) -> tuple[Member, ...]:
     """The members an appliance hub sends its sites with a record (a plain Glance sends none:
     there, its shared images are its owners' only)."""
-    members = []
-    for doc in docs:
-        if doc["status"] not in MEMBER_STATUSES:
-            raise ValueError("member status %r" % doc["status"])
-        members.append(
-            Member(image_id, str(doc["member_id"]), doc["status"], str(doc["created_at"]), str(doc["updated_at"]))
-        )
-    return tuple(members)
+    return tuple(member_from_glance(image_id, doc) for doc in docs)
+
+
+def member_from_glance(image_id: ImageId, doc: Any) -> Member:
+    """A membership as the hub wrote it (KeyError, TypeError or ValueError if it is not one)."""
+    if doc["status"] not in MEMBER_STATUSES:
+        raise ValueError("member status %r" % doc["status"])
+    return Member(image_id, str(doc["member_id"]), doc["status"], str(doc["created_at"]), str(doc["updated_at"]))
 
 
 async def fetch_image_record(hub: HubClient, catalog: Catalog, image_id: str) -> Image:

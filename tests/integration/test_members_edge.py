@@ -15,6 +15,7 @@ import pytest
 from tests.clients.test_members import Http, members_path, sharing_config
 from tests.conftest import Daemon, start_daemon, write_toml
 from tests.integration.test_hub_link import FAST
+from tests.keystone import Keystone
 from tests.waiting import eventually
 
 SITE_TOKEN = "dcn0-service-token"
@@ -90,7 +91,7 @@ async def test_an_accepted_member_sees_and_pulls_a_shared_image_at_the_edge(hub_
 
     # The members of a hub image are the hub's: the edge refuses to change them, saying where to.
     message = await edge.message("alpha", "POST", members_path(image_id), 409, json={"member": "gamma"})
-    assert "Change its members at the hub" in message
+    assert "Make the change at the hub" in message
     await edge.call("beta", "PUT", members_path(image_id, "beta"), 409, json={"status": "rejected"})
 
     # Unshared at the hub: gone for beta at the edge too.
@@ -101,3 +102,105 @@ async def test_an_accepted_member_sees_and_pulls_a_shared_image_at_the_edge(hub_
 
     await eventually(beta_lost_it, "the removed membership to reach the edge")
     assert image_id not in await edge.listed("beta", "?member_status=all")
+
+
+async def keystone_call(
+    session: aiohttp.ClientSession, daemon: Daemon, token: str, method: str, path: str, expect: int = 200, **kw: Any
+) -> Any:
+    headers = {"X-Auth-Token": token, "Accept": "application/json", **kw.pop("headers", {})}
+    async with session.request(method, daemon.url + path, headers=headers, **kw) as resp:
+        body = await resp.read()
+        assert resp.status == expect, "%s %s: %d %s" % (method, path, resp.status, body[:500])
+        return await resp.json() if resp.content_type == "application/json" else body
+
+
+async def test_member_changes_made_at_an_edge_are_made_at_the_hub(keystone: Keystone, tmp_path: Path) -> None:
+    # With Keystone tokens the edge forwards a member change of a hub image to the hub with the
+    # caller's own token: the hub decides, and the edge's record follows at once.
+    keystone.create_user("members-hub", "hub-secret", "service", ["service"])
+    keystone.create_user("members-edge", "edge-secret", "service", ["service"])
+    keystone.create_user("sh-owner", "owner-secret", "sh-alpha", ["member", "reader"])
+    keystone.create_user("sh-member", "member-secret", "sh-beta", ["member", "reader"])
+    owner, member = (
+        keystone.token("sh-owner", "owner-secret", "sh-alpha"),
+        keystone.token("sh-member", "member-secret", "sh-beta"),
+    )
+    beta = keystone.project_id("sh-beta")
+
+    def section(user: str, password: str) -> dict[str, Any]:
+        return {"auth_url": keystone.auth_url, "username": user, "password": password, "project_name": "service"}
+
+    site_token = {"token": SITE_TOKEN, "user": "dcn0", "project": "sites", "roles": ["edge-site"]}
+    hub = start_daemon(
+        tmp_path / "hub",
+        write_toml(
+            tmp_path / "hub.toml",
+            {
+                "site": {"name": "central", "role": "hub"},
+                "stores": {"default": "central", "central": {"path": "images"}},
+                "keystone": section("members-hub", "hub-secret"),
+                "auth": {"tokens": [site_token]},
+                "scrubber": {"enabled": False},
+            },
+        ),
+    )
+    edge: Daemon | None = None
+    try:
+        edge = start_daemon(
+            tmp_path / "dcn0",
+            write_toml(
+                tmp_path / "dcn0.toml",
+                {
+                    "site": {"name": "dcn0"},
+                    "keystone": section("members-edge", "edge-secret"),
+                    "hub": {"url": hub.url, "token": SITE_TOKEN, **FAST},
+                    "cache": {"min_free_bytes": 0},
+                    "scrubber": {"enabled": False},
+                },
+            ),
+        )
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            body = {"name": "ks-shared", "disk_format": "raw", "container_format": "bare", "visibility": "shared"}
+            image_id = (await keystone_call(session, hub, owner, "POST", "/v2/images", 201, json=body))["id"]
+            data = os.urandom(100_000)
+            octets = {"Content-Type": "application/octet-stream"}
+            await keystone_call(
+                session, hub, owner, "PUT", "/v2/images/%s/file" % image_id, 204, data=data, headers=octets
+            )
+            image, members = "/v2/images/%s" % image_id, members_path(image_id)
+
+            async def mirrored() -> bool:
+                async with session.get(edge.url + image, headers={"X-Auth-Token": owner}) as resp:
+                    return resp.status == 200
+
+            await eventually(mirrored, "the edge to mirror the image")
+            await keystone_call(session, edge, member, "GET", image, 404)
+
+            added = await keystone_call(session, edge, owner, "POST", members, json={"member": beta})
+            assert (added["member_id"], added["status"]) == (beta, "pending")
+            at_hub = await keystone_call(session, hub, owner, "GET", members)
+            assert [(m["member_id"], m["status"]) for m in at_hub["members"]] == [(beta, "pending")]
+            await keystone_call(session, edge, member, "GET", image)  # at once: the edge took the hub's record
+
+            accepted = await keystone_call(
+                session, edge, member, "PUT", members_path(image_id, beta), json={"status": "accepted"}
+            )
+            assert accepted["status"] == "accepted"
+            assert (await keystone_call(session, hub, member, "GET", members_path(image_id, beta)))[
+                "status"
+            ] == "accepted"
+            listed = await keystone_call(session, edge, member, "GET", "/v2/images")
+            assert image_id in [i["id"] for i in listed["images"]]
+            assert await keystone_call(session, edge, member, "GET", image + "/file") == data
+
+            # The hub's rules decide: the owner does not answer for the member, even through the edge.
+            await keystone_call(
+                session, edge, owner, "PUT", members_path(image_id, beta), 403, json={"status": "rejected"}
+            )
+            await keystone_call(session, edge, owner, "DELETE", members_path(image_id, beta), 204)
+            assert (await keystone_call(session, hub, owner, "GET", members))["members"] == []
+            await keystone_call(session, edge, member, "GET", image, 404)
+    finally:
+        if edge is not None:
+            edge.stop()
+        hub.stop()

@@ -79,6 +79,8 @@ async def list_images(request: web.Request) -> web.StreamResponse:
         await response.write(head)
         separator = b""
         async for batch in page.batches:
+            if not batch:  # its images were deleted since the page's ids were read
+                continue
             await response.write(separator + await asyncio.to_thread(schemas.encode_images, batch, members))
             separator = b", "
         await response.write(tail)

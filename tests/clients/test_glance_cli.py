@@ -41,8 +41,8 @@ class Glance:
             "2",
             "--os-image-url",
             self.daemon.url,
-            "--os-auth-token",
-            token if token is not None else self.daemon.token,
+            # One argument: a generated token may start with "-", which argparse takes for an option.
+            "--os-auth-token=" + (token if token is not None else self.daemon.token),
             *args,
         ]
         # stdin must not be a pipe: image-create without --file would upload whatever it holds.

@@ -203,6 +203,7 @@ async def test_an_edge_restarted_after_deletions_catches_up_from_its_serial(feed
             return renamed and await forgotten(cloud, edge, pinned) and await forgotten(cloud, edge, records[0])
 
         await eventually(caught_up, "the edge to catch up", within=WITHIN)
+        await eventually(lambda: _serial_reached(cloud, edge), "the serial saved after the changes")
         assert mirror_state(edge)["serial"] > serial
         # From its serial: no listing of the catalog, one record fetched for the rename, none for
         # the deletions or the untouched images.

@@ -14,6 +14,10 @@ from the token itself (`user:project:role,role`) and hands it on as the headers 
 policies (its defaults) do the rest, so a reader token is refused what a reader may not do.
 (Glance's `unauthenticated-context` flavor cannot import: tasks need a project.)
 
+With Keystone (`keystone_glance`, a second session Glance on the session's tests/keystone.py):
+the flavor `keystone+caching` and `[keystone_authtoken]` with Keystone's bootstrap admin as the
+service user; `.token` is then a project-scoped Keystone token of that admin.
+
 Tests share the process: each uses its own images, and one that stops Glance restarts it
 (`stopped()`, same port and database) before it ends.
 """
@@ -33,6 +37,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,7 +77,7 @@ filesystem_store_datadir = {root}/tasks
 connection = sqlite:///{root}/glance.sqlite
 
 [paste_deploy]
-flavor = tokens+caching
+flavor = {flavor}
 config_file = {root}/glance-api-paste.ini
 
 [import_filtering_opts]
@@ -91,6 +96,7 @@ class GlanceServer:
     port: int
     token: str = ADMIN_TOKEN
     options: dict[str, str] = field(default_factory=dict)  # more [DEFAULT] options
+    keystone: Any = None  # a tests.keystone.Keystone: validate tokens there (flavor keystone+caching)
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(init=False)
 
@@ -115,7 +121,9 @@ class GlanceServer:
                 root=self.root,
                 limit=API_LIMIT_MAX,
                 options="\n".join("%s = %s" % kv for kv in self.options.items()),
+                flavor="tokens+caching" if self.keystone is None else "keystone+caching",
             )
+            + ("" if self.keystone is None else _authtoken(self.keystone))
         )
         subprocess.run(
             [
@@ -228,11 +236,14 @@ def _write_paste(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_glance(root: Path, **options: str) -> Iterator[GlanceServer]:
-    """A Glance of one's own (about 6 s to set up), with more [DEFAULT] options; stopped after."""
+def running_glance(root: Path, keystone: Any = None, **options: str) -> Iterator[GlanceServer]:
+    """A Glance of one's own (about 6 s to set up), with more [DEFAULT] options, validating
+    tokens at `keystone` (a tests.keystone.Keystone) if one is given; stopped after."""
     if not (GLANCE_VENV / "bin" / "uwsgi").exists():
         pytest.fail("OpenStack Glance is required: `make glance` installs it into %s" % GLANCE_VENV)
-    server = GlanceServer(root=root, port=free_port(), options=options)
+    server = GlanceServer(root=root, port=free_port(), options=options, keystone=keystone)
+    if keystone is not None:
+        server.token = keystone.admin_token()
     server.configure()
     server.start()
     try:
@@ -245,3 +256,35 @@ def running_glance(root: Path, **options: str) -> Iterator[GlanceServer]:
 def openstack_glance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServer]:
     with running_glance(tmp_path_factory.mktemp("glance")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def keystone_glance(tmp_path_factory: pytest.TempPathFactory, keystone: Any) -> Iterator[GlanceServer]:
+    with running_glance(tmp_path_factory.mktemp("glance-keystone"), keystone=keystone) as server:
+        yield server
+
+
+def _authtoken(keystone: Any) -> str:
+    """keystonemiddleware's section: Keystone's bootstrap admin validates the callers' tokens."""
+    return (
+        "\n[keystone_authtoken]\n"
+        "www_authenticate_uri = %s\n"
+        "auth_url = %s\n"
+        "auth_type = password\n"
+        "username = %s\n"
+        "password = %s\n"
+        "project_name = %s\n"
+        "user_domain_id = %s\n"
+        "project_domain_id = %s\n"
+        "region_name = %s\n"
+        % (
+            keystone.url,
+            keystone.url,
+            keystone.admin_user,
+            keystone.admin_password,
+            keystone.admin_project,
+            keystone.domain,
+            keystone.domain,
+            keystone.region,
+        )
+    )

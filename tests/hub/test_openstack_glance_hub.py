@@ -102,9 +102,20 @@ class Cloud:
 
 
 @pytest.fixture
-async def cloud(openstack_glance: GlanceServer, tmp_path: Path) -> AsyncIterator[Cloud]:
+def glance_hub(request: pytest.FixtureRequest) -> GlanceServer:
+    """The session's Glance (identity from the token); with KEYSTONE_TOO, also its twin that
+    validates Keystone tokens (the edge's hub token is then a Keystone token)."""
+    kind = getattr(request, "param", "tokens")
+    return cast(GlanceServer, request.getfixturevalue("keystone_glance" if kind == "keystone" else "openstack_glance"))
+
+
+KEYSTONE_TOO = pytest.mark.parametrize("glance_hub", ["tokens", "keystone"], indirect=True)
+
+
+@pytest.fixture
+async def cloud(glance_hub: GlanceServer, tmp_path: Path) -> AsyncIterator[Cloud]:
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
-    c = Cloud(openstack_glance, tmp_path, session)
+    c = Cloud(glance_hub, tmp_path, session)
     try:
         yield c
     finally:
@@ -113,8 +124,8 @@ async def cloud(openstack_glance: GlanceServer, tmp_path: Path) -> AsyncIterator
             if edge.proc.poll() is None:
                 edge.proc.kill()
                 edge.proc.wait(10)
-        if not openstack_glance.answers():  # a failed test must not leave the next without its hub
-            await asyncio.to_thread(openstack_glance.restart)
+        if not glance_hub.answers():  # a failed test must not leave the next without its hub
+            await asyncio.to_thread(glance_hub.restart)
 
 
 def glance_cli(target: Any) -> Glance:
@@ -122,6 +133,7 @@ def glance_cli(target: Any) -> Glance:
     return Glance(cast(Daemon, target))
 
 
+@KEYSTONE_TOO
 async def test_the_catalog_mirror_follows_glance_pages_hidden_images_and_renames(cloud: Cloud) -> None:
     # More images than Glance puts in a page (api_limit_max): the mirror goes through `next`.
     plain = [await cloud.create_at_glance(os.urandom(1024), name="page-%d" % n) for n in range(API_LIMIT_MAX + 2)]
@@ -158,6 +170,7 @@ async def test_the_catalog_mirror_follows_glance_pages_hidden_images_and_renames
     await eventually(renamed, "the rename to reach the edge")
 
 
+@KEYSTONE_TOO
 async def test_many_clients_one_transfer_from_glance(cloud: Cloud) -> None:
     data = os.urandom(8 * MiB)
     image_id = await cloud.create_at_glance(data, name="popular")
@@ -172,6 +185,7 @@ async def test_many_clients_one_transfer_from_glance(cloud: Cloud) -> None:
     assert image_id in {e["image_id"] for e in cached}
 
 
+@KEYSTONE_TOO
 async def test_upload_with_the_glance_cli_then_read_through_the_edge_with_cli_and_sdk(
     cloud: Cloud, tmp_path: Path
 ) -> None:
@@ -218,6 +232,8 @@ async def test_upload_with_the_glance_cli_then_read_through_the_edge_with_cli_an
     finally:
         conn.close()
     assert cloud.glance.data_gets(image_id) == 1  # the CLI and the SDK read the edge's cached copy
+    refused = await asyncio.to_thread(glance_cli(cloud.glance).run, "image-list", token="not-a-valid-token")
+    assert refused.returncode != 0 and "Invalid OpenStack Identity credentials" in refused.stderr
 
 
 async def test_a_fill_resumes_with_range_after_glance_restarts(cloud: Cloud) -> None:
@@ -253,7 +269,11 @@ async def test_data_that_does_not_match_glances_hashes_is_not_served(cloud: Clou
     ) as resp:
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()  # cut off before its last byte: never a complete response for bad data
-    assert "failed verification" in edge.log.read_text()
+
+    async def logged() -> bool:
+        return "failed verification" in await asyncio.to_thread(edge.log.read_text)
+
+    await eventually(logged, "the cache to log the failed verification")
     cached = (await cloud.at_edge(edge, "GET", "/v2/edge/cache"))["entries"]
     assert image_id not in {e["image_id"] for e in cached}
 
@@ -341,6 +361,7 @@ async def test_an_image_deleted_at_glance_leaves_the_edge_at_the_reconcile(cloud
     assert "was deleted at the hub; removed here" in edge.log.read_text()
 
 
+@KEYSTONE_TOO
 async def test_the_appliance_only_extras_are_off_after_one_probe_each(cloud: Cloud) -> None:
     before = len(cloud.glance.log_text())
     edge = cloud.start_edge()
@@ -358,3 +379,81 @@ async def test_the_appliance_only_extras_are_off_after_one_probe_each(cloud: Clo
     # Glance was asked once per extra (registration, change feed), not every round.
     asked = re.findall(r"(POST|GET) (/v2/edge/\w+)", cloud.glance.log_text()[before:])
     assert sorted(asked) == [("GET", "/v2/edge/changes"), ("POST", "/v2/edge/sites")], asked
+
+
+async def test_glance_download_imports_a_glance_image_into_an_edge_store(cloud: Cloud) -> None:
+    data = os.urandom(2 * MiB)
+    hub_id = await cloud.create_at_glance(data, name="golden")
+    edge = cloud.start_edge()
+    local = await cloud.at_edge(
+        edge, "POST", "/v2/images", 201, json={"name": "golden-copy", "disk_format": "raw", "container_format": "bare"}
+    )
+    await cloud.at_edge(
+        edge,
+        "POST",
+        "/v2/images/%s/import" % local["id"],
+        202,
+        json={"method": {"name": "glance-download", "glance_image_id": hub_id}},
+    )
+
+    async def active() -> bool:
+        return ((await cloud.shown(edge, local["id"])) or {}).get("status") == "active"
+
+    await eventually(active, "the glance-download import")
+    assert await cloud.at_edge(edge, "GET", "/v2/images/%s/file" % local["id"]) == data
+    shown = await cloud.shown(edge, local["id"])
+    assert shown is not None and shown["stores"] == "local"
+    assert shown["os_hash_value"] == hashlib.sha512(data).hexdigest()
+
+
+@KEYSTONE_TOO
+async def test_copy_image_to_central_creates_the_edge_image_at_glance_with_its_id(cloud: Cloud) -> None:
+    edge = cloud.start_edge()
+    data = os.urandom(2 * MiB)
+    image_id = (
+        await cloud.at_edge(
+            edge,
+            "POST",
+            "/v2/images",
+            201,
+            json={"name": "made-at-the-edge", "disk_format": "raw", "container_format": "bare", "site": "dcn0"},
+        )
+    )["id"]
+    await cloud.at_edge(
+        edge,
+        "PUT",
+        "/v2/images/%s/file" % image_id,
+        204,
+        data=io.BytesIO(data),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    await asyncio.to_thread(
+        glance_cli(edge).ok, "image-import", image_id, "--import-method", "copy-image", "--stores", "central"
+    )
+
+    async def at_central() -> bool:
+        return "central" in ((await cloud.shown(edge, image_id)) or {}).get("stores", "").split(",")
+
+    await eventually(at_central, "the edge to record central")
+    at_glance = await cloud.at_glance("GET", "/v2/images/%s" % image_id)
+    assert at_glance["name"] == "made-at-the-edge" and at_glance["status"] == "active"
+    assert at_glance["site"] == "dcn0"
+    assert at_glance["os_hash_value"] == hashlib.sha512(data).hexdigest()
+    assert not any(key.startswith("os_glance_") and at_glance[key] for key in at_glance)
+    assert await cloud.at_glance("GET", "/v2/images/%s/file" % image_id) == data
+
+
+async def test_a_range_of_an_image_not_cached_is_relayed_from_glance(cloud: Cloud) -> None:
+    data = os.urandom(4 * MiB)
+    image_id = await cloud.create_at_glance(data, name="ranged")
+    edge = cloud.start_edge()
+    await eventually(lambda: cloud.shown(edge, image_id), "the mirror")
+    async with cloud.session.get(
+        edge.url + "/v2/images/%s/file" % image_id,
+        headers={"X-Auth-Token": edge.token, "Range": "bytes=1000000-1000999", **JSON_ERRORS},
+    ) as resp:
+        assert resp.status == 206, await resp.text()
+        assert resp.headers["Content-Range"] == "bytes 1000000-1000999/%d" % len(data)
+        assert await resp.read() == data[1000000:1001000]
+    # Glance was asked for that range (206), not for the whole image.
+    assert re.search(r"GET /v2/images/%s/file => .*\(HTTP/1\.1 206\)" % image_id, cloud.glance.log_text())

@@ -38,7 +38,7 @@ from appliance.digest import ChecksumMismatch
 from appliance.errors import ApplianceError, Conflict, HubUnreachable, NotFound
 from appliance.hub.client import HubClient
 from appliance.hub.lookup import HubRecords
-from appliance.hub.records import HUB_STORE, image_from_glance, is_hub_image
+from appliance.hub.records import HUB_STORE, image_from_glance, is_hub_image, with_members
 from appliance.hub.transfer import Transfer
 from appliance.images import ImageService
 from appliance.metrics import Metrics
@@ -256,7 +256,7 @@ class HubLink:
             if kind != REMOVED:
                 async with fetching:
                     try:
-                        doc = await self.client.get_image(image_id)
+                        doc = await with_members(self.client, await self.client.get_image(image_id))
                     except NotFound:
                         doc = None
                 if doc is not None:
@@ -298,7 +298,8 @@ class HubLink:
             async for page in self._pages(params):
                 if hub_now is None:
                     hub_now = self.client.server_time
-                images = [image_from_glance(doc, self.client.data_url(str(doc["id"]))) for doc in page]
+                docs = [await with_members(self.client, doc) for doc in page]  # a plain Glance's
+                images = [image_from_glance(doc, self.client.data_url(str(doc["id"]))) for doc in docs]
                 await self._catalog.upsert_mirrored_images(images, HUB_STORE)
                 written += len(images)
                 for image in images:

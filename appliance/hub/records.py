@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from appliance.catalog import Catalog
+from appliance.errors import Forbidden, NotFound
 from appliance.hub.client import HubClient, HubRejected
 from appliance.model import (
     ACTIVE,
@@ -132,8 +133,23 @@ async def fetch_image_record(hub: HubClient, catalog: Catalog, image_id: str) ->
     return image
 
 
+async def with_members(hub: HubClient, doc: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The record with its members: an appliance hub sends them to its sites; a plain Glance does
+    not, so the members of its shared images are asked for (the site's hub token must see them,
+    as an admin's does; otherwise the image stays its owner's only here)."""
+    if doc.get("visibility") != "shared" or MIRRORED_MEMBERS in doc:
+        return doc
+    try:
+        listing = await hub.request_json("GET", "/v2/images/%s/members" % doc.get("id"))
+    except (NotFound, Forbidden, HubRejected) as exc:
+        log.info("the members of hub image %s are not known here: %s", doc.get("id"), exc)
+        return doc
+    return {**doc, MIRRORED_MEMBERS: listing.get("members") or []}
+
+
 async def record_hub_image(hub: HubClient, catalog: Catalog, doc: Mapping[str, Any]) -> Image:
     """Record (insert or refresh) the hub's answer for one image; returns the record as kept here."""
+    doc = await with_members(hub, doc)
     image = image_from_glance(doc, hub.data_url(str(doc.get("id"))))
     await catalog.upsert_mirrored_images([image], HUB_STORE)
     return await catalog.get_image(image.id)

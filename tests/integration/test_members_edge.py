@@ -13,7 +13,10 @@ import aiohttp
 import pytest
 
 from tests.clients.test_members import Http, members_path, sharing_config
+from tests.clients.test_members_vs_glance import CALLERS
+from tests.clients.test_members_vs_glance import token as glance_token
 from tests.conftest import Daemon, start_daemon, write_toml
+from tests.glance_server import GlanceServer
 from tests.integration.test_hub_link import FAST
 from tests.keystone import Keystone
 from tests.waiting import eventually
@@ -204,3 +207,57 @@ async def test_member_changes_made_at_an_edge_are_made_at_the_hub(keystone: Keys
         if edge is not None:
             edge.stop()
         hub.stop()
+
+
+async def test_members_of_a_plain_glance_hub_reach_the_edge(openstack_glance: GlanceServer, tmp_path: Path) -> None:
+    # OpenStack Glance sends no members with its records: the edge asks for those of its shared
+    # images (its hub token is an admin's), so the members see them at the edge as at the hub.
+    tokens = [{"token": glance_token(w), "user": u, "project": p, "roles": r} for w, (u, p, r) in CALLERS.items()]
+    config = {
+        "site": {"name": "dcn0"},
+        "hub": {"url": openstack_glance.url, "token": openstack_glance.token, **FAST},
+        "auth": {"tokens": tokens},
+        "cache": {"min_free_bytes": 0},
+        "scrubber": {"enabled": False},
+    }
+    edge = start_daemon(tmp_path / "dcn0", write_toml(tmp_path / "dcn0.toml", config))
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+            async def call(daemon_url: str, who: str, method: str, path: str, expect: int = 200, **kw: Any) -> Any:
+                headers = {"X-Auth-Token": glance_token(who), "Accept": "application/json", **kw.pop("headers", {})}
+                async with session.request(method, daemon_url + path, headers=headers, **kw) as resp:
+                    body = await resp.read()
+                    assert resp.status == expect, "%s %s as %s: %d %s" % (method, path, who, resp.status, body[:300])
+                    return await resp.json() if resp.content_type == "application/json" else body
+
+            glance = openstack_glance.url
+            body = {"name": "glance-shared", "disk_format": "raw", "container_format": "bare", "visibility": "shared"}
+            image_id = (await call(glance, "alpha", "POST", "/v2/images", 201, json=body))["id"]
+            data = os.urandom(100_000)
+            octets = {"Content-Type": "application/octet-stream"}
+            await call(glance, "alpha", "PUT", "/v2/images/%s/file" % image_id, 204, data=data, headers=octets)
+            await call(glance, "alpha", "POST", members_path(image_id), json={"member": "beta"})
+            await call(glance, "beta", "PUT", members_path(image_id, "beta"), json={"status": "accepted"})
+            image = "/v2/images/%s" % image_id
+
+            async def beta_lists_it() -> bool:
+                listed = await call(edge.url, "beta", "GET", "/v2/images?limit=100")
+                return image_id in [i["id"] for i in listed["images"]]
+
+            await eventually(beta_lists_it, "the edge to mirror Glance's shared image with its members")
+            assert await call(edge.url, "beta", "GET", image + "/file") == data
+            await call(edge.url, "gamma", "GET", image, 404)
+            mine = await call(edge.url, "beta", "GET", members_path(image_id))
+            assert [(m["member_id"], m["status"]) for m in mine["members"]] == [("beta", "accepted")]
+
+            # Glance does not date its image for a member change: the edge's full reconcile finds it.
+            await call(glance, "alpha", "DELETE", members_path(image_id, "beta"), 204)
+
+            async def beta_lost_it() -> bool:
+                async with session.get(edge.url + image, headers={"X-Auth-Token": glance_token("beta")}) as resp:
+                    return resp.status == 404
+
+            await eventually(beta_lost_it, "the edge's reconcile to drop the membership")
+    finally:
+        edge.stop()

@@ -52,6 +52,9 @@ FEED_PAGE = 1000  # change feed entries asked per request (the hub's most)
 FEED_PAGES_PER_ROUND = 20  # a longer backlog continues in the next round
 FEED_FETCHES = 4  # image records fetched at once while applying the feed
 SETTLE_SECONDS = 2
+# The same against a hub that sends no Date header (Glance under uWSGI): this site's clock stands
+# in for the hub's, with room for a skew of several seconds between the two (NTP keeps it less).
+LOCAL_SETTLE_SECONDS = 10
 # A hub that answered 404 for an appliance-only API (a plain Glance) is asked again this seldom,
 # and after the link comes back from down (the hub may have been replaced): never every round.
 EXTRAS_RETRY_SECONDS = 3600
@@ -279,8 +282,10 @@ class HubLink:
         images the hub no longer has). Returns the number of records written."""
         since = None if full or self._since is None else self._since
         # Timestamps have one-second resolution: changes later in the marker's own second may
-        # still come, so it is asked again (gte) until the hub's clock has moved well past it.
-        op = "gt:" if self._settled else "gte:"
+        # still come, so it is asked again (gte) until the hub's clock has moved well past it;
+        # then from the next second on (not gt: Glance keeps microseconds behind the second it
+        # shows, so gt: the marker still matches the records of that second, every round).
+        marker = _next_second(self._since) if self._settled and self._since else self._since
         newest = self._since
         seen: set[str] = set()
         written = 0
@@ -294,7 +299,7 @@ class HubLink:
                 "os_hidden": hidden,
             }
             if since:
-                params["updated_at"] = op + since
+                params["updated_at"] = "gte:%s" % marker
             async for page in self._pages(params):
                 if hub_now is None:
                     hub_now = self.client.server_time
@@ -310,7 +315,10 @@ class HubLink:
             known = set(await self._catalog.image_ids_with_location(HUB_STORE))
             for image_id in sorted(known - seen):
                 await self._forget(image_id)
-        settled = newest is not None and hub_now is not None and _epoch(newest) < hub_now - SETTLE_SECONDS
+        margin = SETTLE_SECONDS
+        if hub_now is None:  # no Date from the hub: without this, the newest second is asked for every round
+            hub_now, margin = self._clock.now(), LOCAL_SETTLE_SECONDS
+        settled = newest is not None and _epoch(newest) < hub_now - margin
         if newest != self._since or settled != self._settled:
             self._since, self._settled = newest, settled
             await asyncio.to_thread(self._save_since)
@@ -586,6 +594,14 @@ async def _watch(transfer: Transfer, progress: Callable[[int, int], None]) -> No
     while True:
         progress(transfer.durable, transfer.size)
         await asyncio.sleep(0.5)
+
+
+def _next_second(stamp: str) -> str:
+    """The second after a record's timestamp, in Glance's shape (an unreadable one as it is)."""
+    try:
+        return timestamp(parse_timestamp(stamp).timestamp() + 1)
+    except ValueError:
+        return stamp
 
 
 def _epoch(stamp: str) -> float:

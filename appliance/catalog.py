@@ -1069,12 +1069,19 @@ class Catalog:
     async def upsert_mirrored_images(self, images: Sequence[Image], hub_store: str) -> None:
         """Insert or refresh hub image records in one transaction. Columns, properties and
         tags follow the hub; the `hub_store` location is set from the record; the
-        site's own locations (pinned copies) are never touched."""
+        site's own locations (pinned copies) are never touched. An image created here and
+        copied to the hub stays this site's: the hub's record of it is not taken."""
         if not images:
             return
         cols = [c for c in IMAGE_COLUMNS if c != "id"]
         async with self._transaction() as db:
-            # A new record is marked mirrored; an image created here keeps its mark (it stays this site's).
+            async with db.execute(
+                "SELECT id FROM images WHERE mirrored = 0 AND id IN (%s)" % ", ".join("?" * len(images)),
+                [image.id for image in images],
+            ) as cur:
+                own = {r[0] for r in await cur.fetchall()}
+            images = [image for image in images if image.id not in own]
+            # A new record is marked mirrored.
             await db.executemany(
                 "INSERT INTO images (%s, mirrored) VALUES (%s, 1) ON CONFLICT (id) DO UPDATE SET %s"
                 % (

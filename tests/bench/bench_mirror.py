@@ -28,7 +28,7 @@ from tests.bench.bench_transfer import start_daemon
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 
 
-async def create_images(url: str, token: str, n: int) -> list[str]:
+async def create_images(url: str, token: str, n: int, disk_format: str = "qcow2") -> list[str]:
     ids: list[str] = []
     headers = {"X-Auth-Token": token}
     async with aiohttp.ClientSession(headers=headers) as session:
@@ -36,7 +36,7 @@ async def create_images(url: str, token: str, n: int) -> list[str]:
         async def one(i: int) -> None:
             body = {
                 "name": "image-%05d" % i,
-                "disk_format": "qcow2",
+                "disk_format": disk_format,
                 "container_format": "bare",
                 "visibility": "public",
                 "os_distro": "ubuntu",

@@ -16,7 +16,7 @@ import pytest
 from tests.clients.test_glance_cli import Glance
 from tests.conftest import JSON_ERRORS, Daemon, start_daemon
 from tests.hubproxy import HubProxy
-from tests.integration.test_hub_link import SITE_TOKENS, Cloud, _site_known, running_cloud
+from tests.integration.test_hub_link import HUB_ADMIN_TOKEN, SITE_TOKENS, Cloud, _has, _site_known, running_cloud
 from tests.waiting import eventually
 
 MiB = 1 << 20
@@ -329,3 +329,32 @@ async def test_images_created_at_the_edge_stay_the_edges(feed_cloud: Cloud) -> N
     assert shown["status"] == "deactivated"
     await cloud.call(edge, "DELETE", path, 204)
     assert await cloud.image(edge, local_id) is None
+
+
+async def test_an_edge_image_copied_to_central_stays_the_edges(feed_cloud: Cloud) -> None:
+    cloud = feed_cloud
+    # Copying to central creates the image at the hub: an edge that does is given a token that may.
+    edge = cloud.start_edge("dcn0", token=HUB_ADMIN_TOKEN, **HOURLY)
+    data = os.urandom(MiB)
+    image_id = await cloud.upload(edge, data, name="made-here")
+    copy = {"method": {"name": "copy-image"}, "stores": ["central"]}
+    await cloud.call(edge, "POST", "/v2/images/%s/import" % image_id, 202, json=copy)
+    await eventually(lambda: _has(cloud, edge, image_id, "central"), "the copy at central")
+    path = "/v2/images/%s" % image_id
+    # Changes here stay, whatever the hub's record says; the hub's changes do not overwrite them.
+    await cloud.call(
+        edge, "PATCH", path, 200, json=[{"op": "replace", "path": "/name", "value": "mine"}], headers=PATCH
+    )
+    await cloud.call(
+        cloud.hub, "PATCH", path, 200, json=[{"op": "replace", "path": "/name", "value": "theirs"}], headers=PATCH
+    )
+    await eventually(lambda: _serial_reached(cloud, edge), "the edge to apply the feed")
+    assert ((await cloud.image(edge, image_id)) or {}).get("name") == "mine"
+    # Deleted at the hub: only the copy there goes.
+    await cloud.call(cloud.hub, "DELETE", path, 204)
+    await eventually(lambda: _lost_central(cloud, edge, image_id), "the edge to drop central", within=WITHIN)
+    assert await cloud.call(edge, "GET", path + "/file") == data
+
+
+async def _lost_central(cloud: Cloud, edge: Daemon, image_id: str) -> bool:
+    return await cloud.stores_of(edge, image_id) == {"local"}

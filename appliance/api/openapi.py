@@ -340,7 +340,7 @@ def _member_paths() -> Json:
                 "deleteMember",
                 "Stop sharing an image with a project (owner)",
                 {204: _empty("Done")},
-                (403, 404, 429, 502, 503),
+                (403, 404, 409, 429, 502, 503),
                 tag="images",
             ),
         },

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from appliance.model import MIRRORED_MEMBERS
 from tests.clients.test_glance_cli import Glance, as_dict, as_records
 from tests.clients.test_keystone_auth import PASSWORD, cli
 from tests.clients.test_keystone_auth import site_config as keystone_site_config
@@ -33,6 +34,7 @@ TOKENS = {
     "beta": ("beta-secret", "beta", ["member", "reader"]),
     "gamma": ("gamma-secret", "gamma", ["member", "reader"]),
     "alpha-reader": ("alpha-reader-secret", "alpha", ["reader"]),
+    "site": ("site-secret", "sites", ["edge-site"]),  # an edge site's service token
 }
 QUOTA = 3
 MEMBER_KEYS = {"created_at", "image_id", "member_id", "schema", "status", "updated_at"}
@@ -237,6 +239,39 @@ async def test_who_sees_a_shared_image(http: Http) -> None:
     assert await http.message("beta", "GET", "/v2/images?member_status=bogus", 400) == (
         "Invalid status: bogus (member_status is one of pending, accepted, rejected or all)"
     )
+
+
+async def test_a_member_pages_through_the_images_shared_with_it(http: Http) -> None:
+    shared = []
+    for _ in range(3):
+        image_id = await http.image()
+        await http.call("alpha", "POST", members_path(image_id), 200, json={"member": "beta"})
+        await http.call("beta", "PUT", members_path(image_id, "beta"), json={"status": "accepted"})
+        shared.append(image_id)
+    await http.image()  # not shared with beta
+    seen: list[str] = []
+    path: str | None = "/v2/images?limit=1"
+    while path:  # the markers are shared images: the member may page from them
+        page = await http.call("beta", "GET", path)
+        seen.extend(i["id"] for i in page["images"])
+        path = page.get("next")
+    assert sorted(seen) == sorted(shared)  # each once (same-second images are in id order)
+
+
+async def test_only_edge_sites_get_the_members_with_a_record(http: Http) -> None:
+    image_id = await http.image()
+    await http.call("alpha", "POST", members_path(image_id), 200, json={"member": "beta"})
+    record = await http.call("site", "GET", "/v2/images/%s" % image_id)
+    assert [(m["member_id"], m["status"]) for m in record[MIRRORED_MEMBERS]] == [("beta", "pending")]
+    listed = await http.call("site", "GET", "/v2/images")
+    assert [i[MIRRORED_MEMBERS] for i in listed["images"] if i["id"] == image_id] == [record[MIRRORED_MEMBERS]]
+    # Glance's image shape for everyone else, the administrator and the owner included
+    for who in ("admin", "alpha", "beta"):
+        assert MIRRORED_MEMBERS not in await http.call(who, "GET", "/v2/images/%s" % image_id)
+    # and no client can forge it as a property
+    patch = [{"op": "add", "path": "/" + MIRRORED_MEMBERS, "value": "[]"}]
+    ct = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
+    await http.call("alpha", "PATCH", "/v2/images/%s" % image_id, 403, json=patch, headers=ct)
 
 
 async def test_a_reader_of_the_owner_lists_members_but_does_not_share(http: Http) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.clients.test_glance_cli import Glance
 from tests.conftest import JSON_ERRORS, Daemon, start_daemon
+from tests.glance_server import GlanceServer
 from tests.hubproxy import HubProxy
 from tests.integration.test_hub_link import HUB_ADMIN_TOKEN, SITE_TOKENS, Cloud, _has, _site_known, running_cloud
 from tests.waiting import eventually
@@ -358,3 +359,44 @@ async def test_an_edge_image_copied_to_central_stays_the_edges(feed_cloud: Cloud
 
 async def _lost_central(cloud: Cloud, edge: Daemon, image_id: str) -> bool:
     return await cloud.stores_of(edge, image_id) == {"local"}
+
+
+async def test_a_hub_without_the_feed_is_reconciled_in_full_at_once(
+    openstack_glance: GlanceServer, feed_cloud: Cloud
+) -> None:
+    # An edge followed an appliance hub's feed; at the same URL there is now a plain OpenStack
+    # Glance (404 for the feed): the edge lists the whole catalog at once, finding what is gone,
+    # rather than waiting an hour for its reconcile.
+    cloud = feed_cloud
+    cloud.hub.stop()
+    (cloud.hub.state_dir / "admin-token").write_text(openstack_glance.token + "\n")  # one token for both hubs
+    cloud.restart_hub()
+    proxy = await HubProxy(cloud.hub.url).start()
+    glance_id = ""
+    try:
+        only_at_hub = await record(cloud, cloud.hub, name="only-at-the-appliance-hub")
+        body = {"name": "only-at-glance", "disk_format": "raw", "container_format": "bare"}
+        async with cloud.session.post(
+            openstack_glance.url + "/v2/images", json=body, headers=openstack_glance.headers()
+        ) as resp:
+            assert resp.status == 201, await resp.text()
+            glance_id = (await resp.json())["id"]
+        edge = cloud.start_edge("dcn0", url=proxy.url, token=openstack_glance.token, **HOURLY)
+        await eventually(lambda: knows(cloud, edge, only_at_hub), "the mirror")
+        await eventually(lambda: _serial_reached(cloud, edge), "the edge to follow the feed")
+        proxy.target = openstack_glance.url
+
+        async def switched() -> bool:
+            return await knows(cloud, edge, glance_id) and await forgotten(cloud, edge, only_at_hub)
+
+        await eventually(switched, "the full reconcile against Glance", within=WITHIN)
+        status = (await cloud.call(edge, "GET", "/v2/edge/status"))["hub"]
+        assert status["change_feed"] is False and status["serial"] is None
+        assert "has no change feed" in edge.log.read_text()
+    finally:
+        await proxy.close()
+        if glance_id:
+            async with cloud.session.delete(
+                openstack_glance.url + "/v2/images/%s" % glance_id, headers=openstack_glance.headers()
+            ) as resp:
+                assert resp.status == 204

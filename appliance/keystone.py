@@ -59,7 +59,7 @@ class ServiceToken:
     catalog: tuple[Mapping[str, Any], ...]
 
 
-def _context(token: str, body: Mapping[str, Any]) -> tuple[Context, float]:
+def token_context(token: str, body: Mapping[str, Any]) -> tuple[Context, float]:
     """A validated token's body (`{"token": {...}}`) → the caller as Glance sees it, and when
     the token expires (epoch seconds)."""
     info = body["token"]
@@ -169,7 +169,7 @@ class KeystoneAuth:
         if body is None:  # not valid: remembered too, so a bad token does not hammer Keystone
             entry = _Validated(context=None, expires=now + self.config.token_cache_time, fresh_until=fresh)
         else:
-            ctx, expires = _context(token, body)
+            ctx, expires = token_context(token, body)
             entry = _Validated(context=ctx, expires=expires, fresh_until=fresh)
         self._remember(token, entry)
         return entry

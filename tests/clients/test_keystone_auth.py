@@ -23,6 +23,7 @@ from typing import Any
 import openstack
 import pytest
 
+from appliance.keystone import token_context
 from tests.conftest import Daemon, start_daemon, write_toml
 from tests.keystone import Keystone
 
@@ -200,19 +201,68 @@ def test_a_token_stops_working_when_it_expires(keystone: Keystone, site: Daemon)
     assert status == 401, body
 
 
-def test_a_revoked_token_is_refused_after_the_cache_time(keystone: Keystone, tmp_path: Path) -> None:
-    daemon = start_daemon(tmp_path / "state", site_config(tmp_path / "appliance.toml", keystone, token_cache_time=2))
+@pytest.fixture(scope="module")
+def short_cache(keystone: Keystone, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A daemon that trusts a validation for CACHE_TIME seconds and remembers two tokens."""
+    root = tmp_path_factory.mktemp("keystone-short-cache")
+    config = site_config(root / "appliance.toml", keystone, token_cache_time=CACHE_TIME, token_cache_size=2)
+    daemon = start_daemon(root / "state", config)
     try:
-        token = user(keystone, "revoked-user", "alpha")
-        assert call(daemon, "/v2/images", token)[0] == 200
-        keystone.revoke(token)
-        assert call(daemon, "/v2/images", token)[0] == 200  # cached: Keystone is not asked again yet
-        time.sleep(2.5)
-        status, body = call(daemon, "/v2/images", token)
-        assert status == 401, body
-        assert keystone.validations(token) == 2
+        yield daemon
     finally:
         daemon.stop()
+
+
+CACHE_TIME = 2
+
+
+def test_a_revoked_token_is_refused_after_the_cache_time(keystone: Keystone, short_cache: Daemon) -> None:
+    token = user(keystone, "revoked-user", "alpha")
+    assert call(short_cache, "/v2/images", token)[0] == 200
+    keystone.revoke(token)
+    assert call(short_cache, "/v2/images", token)[0] == 200  # cached: Keystone is not asked again yet
+    time.sleep(CACHE_TIME + 0.5)
+    status, body = call(short_cache, "/v2/images", token)
+    assert status == 401, body
+    assert keystone.validations(token) == 2
+
+
+def test_a_validated_token_outlives_its_cache_time_while_keystone_is_down(
+    keystone: Keystone, short_cache: Daemon
+) -> None:
+    token = user(keystone, "stale-user", "alpha")
+    assert call(short_cache, "/v2/images", token)[0] == 200
+    with keystone.stopped():
+        time.sleep(CACHE_TIME + 0.5)  # past the cache time: Keystone would be asked, and cannot be
+        assert call(short_cache, "/v2/images", token)[0] == 200
+
+
+def test_the_token_cache_is_bounded(keystone: Keystone, short_cache: Daemon) -> None:
+    """token_cache_size = 2: a third token pushes out the least recently used one."""
+    keystone.create_user("lru-user", PASSWORD, "alpha", ["member", "reader"])
+    first, second, third = (keystone.token("lru-user", PASSWORD, "alpha") for _ in range(3))
+    for token in (first, second, first, third):  # `second` is now the least recently used
+        assert call(short_cache, "/v2/images", token)[0] == 200
+    assert call(short_cache, "/v2/images", first)[0] == 200
+    assert call(short_cache, "/v2/images", second)[0] == 200  # forgotten: validated again
+    assert [keystone.validations(t) for t in (first, second, third)] == [1, 2, 1]
+
+
+def test_keystone_answers_map_into_the_context(keystone: Keystone) -> None:
+    """Real validation bodies (project-scoped, system-scoped) become Glance's request context."""
+    keystone.create_user("mapped-user", PASSWORD, "alpha", ["member", "reader"])
+    token = keystone.token("mapped-user", PASSWORD, "alpha")
+    _status, _headers, body = keystone.request("GET", "/v3/auth/tokens", headers={"X-Subject-Token": token})
+    ctx, expires = token_context(token, body)
+    assert ctx.user == body["token"]["user"]["id"]
+    assert ctx.project == keystone.project_id("alpha")
+    assert ctx.roles == {"member", "reader"}
+    assert (ctx.user_domain, ctx.project_domain, ctx.system_scope) == ("default", "default", None)
+    assert ctx.token == token and expires > time.time()
+    system = keystone.token(keystone.admin_user, keystone.admin_password, system=True)
+    _status, _headers, body = keystone.request("GET", "/v3/auth/tokens", headers={"X-Subject-Token": system})
+    ctx, _expires = token_context(system, body)
+    assert ctx.system_scope == "all" and ctx.project == "" and "admin" in ctx.roles
 
 
 def test_keystone_outage_keeps_validated_tokens_and_answers_503_for_new_ones(keystone: Keystone, site: Daemon) -> None:

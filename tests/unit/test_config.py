@@ -176,6 +176,13 @@ def test_wrong_types_name_the_key(tmp_path: Path, data: dict[str, Any], key: str
         ({"auth": {"tokens": [{"user": "u", "project": "p"}]}}, "auth.tokens[0]"),
         ({"auth": {"tokens": [{"token": "t", "token_file": "f", "user": "u", "project": "p"}]}}, "auth.tokens[0]"),
         ({"auth": {"tokens": [{"token": "t", "project": "p"}]}}, "auth.tokens[0]"),
+        ({"keystone": {"auth_url": "keystone:5000"}}, "keystone.auth_url"),
+        ({"keystone": {"auth_url": "http://k/v3"}}, "keystone: auth_url needs the appliance's own credentials"),
+        ({"keystone": {"interface": "private"}}, "keystone.interface"),
+        ({"keystone": {"token_cache_time": 0}}, "keystone.token_cache_time"),
+        ({"keystone": {"application_credential_id": "x"}}, "application_credential_secret"),
+        ({"hub": {"keystone": True}}, "hub.keystone"),
+        ({"hub": {"keystone": True, "token": "t"}}, "hub: keystone = true"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path: Path, data: dict[str, Any], key: str) -> None:

@@ -3,7 +3,9 @@
 What keystonemiddleware's auth_token does for Glance, asynchronously: a caller's X-Auth-Token is
 checked with `GET /v3/auth/tokens` (X-Subject-Token) under the appliance's own service token,
 and the answer is kept until the earlier of the token's expiry and `token_cache_time`, in a
-bounded LRU. Concurrent first requests with one token share one Keystone request.
+bounded LRU. Concurrent first requests with one token share one Keystone request. With a valid
+X-Service-Token holding a service role, the user's token may have expired (allow_expired), as
+keystonemiddleware allows a service finishing a long operation for a user.
 
 An edge loses its WAN: while Keystone cannot be reached, a token validated before keeps working
 until it expires; a token not seen before is refused with `IdentityUnavailable` (503), never
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 # While Keystone cannot be reached, a cached token is not re-checked more often than this
 # (seconds): an outage must not make every request wait for a connection that fails.
 OUTAGE_RETRY_SECONDS = 30.0
+# Cache key prefix of answers asked with allow_expired (not a character a token can hold).
+EXPIRED_KEY = "\0"
 # Settings a config reload may change without forgetting validated tokens.
 _CACHE_SETTINGS = ("token_cache_time", "token_cache_size", "service_token_roles", "service_token_roles_required")
 # The appliance's own token is renewed this long (seconds) before it expires, or at half its
@@ -116,53 +120,66 @@ class KeystoneAuth:
         """The caller behind `token` (and the service behind `service_token`, as
         keystonemiddleware's X-Service-Token). Unauthorized: Keystone says a token is not valid;
         IdentityUnavailable: Keystone cannot tell, and the token was not validated before."""
-        ctx = await self._validated(token)
         if service_token is None:
-            return ctx
+            return await self._validated(token)
         service = await self._validated(service_token)
-        roles = self.config.service_token_roles
-        if roles and not service.roles & {r.lower() for r in roles}:
+        roles = {r.lower() for r in self.config.service_token_roles}
+        is_service = not roles or bool(service.roles & roles)
+        if not is_service:
             if self.config.service_token_roles_required:
-                raise Unauthorized("The service token does not hold a service role (%s)" % ", ".join(roles))
-            log.warning("keystone: service token of user %s holds none of the service roles %s", service.user, roles)
+                raise Unauthorized("The service token does not hold a service role (%s)" % ", ".join(sorted(roles)))
+            log.warning("keystone: service token of user %s holds none of the roles %s", service.user, sorted(roles))
+        # A service acting for a user may carry the user's expired token (Nova finishing a long
+        # snapshot): as keystonemiddleware, Keystone is asked with allow_expired.
+        ctx = await self._validated(token, allow_expired=is_service)
         return replace(ctx, service_user=service.user, service_roles=service.roles)
 
-    async def _validated(self, token: str) -> Context:
-        entry = self._cache.get(token)
-        if entry is None or self._clock.monotonic() >= entry.fresh_until or self._clock.now() >= entry.expires:
-            entry = await self._lookup(token)
+    async def _validated(self, token: str, allow_expired: bool = False) -> Context:
+        now, monotonic = self._clock.now(), self._clock.monotonic()
+        plain = self._cache.get(token)
+        if plain is not None and plain.context is not None and monotonic < plain.fresh_until:
+            if now < plain.expires or not allow_expired:
+                self._cache.move_to_end(token)
+                if now >= plain.expires:  # known to have expired: no need to ask
+                    raise Unauthorized("The request you have made requires authentication: the token has expired")
+                return plain.context
+        # An expired token's answer with allow_expired is kept apart from the plain one.
+        key = EXPIRED_KEY + token if allow_expired else token
+        entry = self._cache.get(key)
+        if entry is None or monotonic >= entry.fresh_until or (not allow_expired and now >= entry.expires):
+            entry = await self._lookup(key, token, allow_expired)
         else:
-            self._cache.move_to_end(token)
+            self._cache.move_to_end(key)
         if entry.context is None:
             raise Unauthorized("The request you have made requires authentication: the token is not valid")
-        if self._clock.now() >= entry.expires:
+        if not allow_expired and self._clock.now() >= entry.expires:
             raise Unauthorized("The request you have made requires authentication: the token has expired")
         return entry.context
 
-    async def _lookup(self, token: str) -> _Validated:
+    async def _lookup(self, key: str, token: str, allow_expired: bool) -> _Validated:
         """Ask Keystone once however many requests wait for the same token. The shared task is
         shielded: a client that goes away does not cancel the others' answer."""
-        task = self._inflight.get(token)
+        task = self._inflight.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch(token))
-            self._inflight[token] = task
-            task.add_done_callback(lambda done: self._settled(token, done))
+            task = asyncio.get_running_loop().create_task(self._fetch(key, token, allow_expired))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._settled(key, done))
         return await asyncio.shield(task)
 
-    def _settled(self, token: str, task: asyncio.Task[_Validated]) -> None:
-        self._inflight.pop(token, None)
+    def _settled(self, key: str, task: asyncio.Task[_Validated]) -> None:
+        self._inflight.pop(key, None)
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have gone away
 
-    async def _fetch(self, token: str) -> _Validated:
+    async def _fetch(self, key: str, token: str, allow_expired: bool) -> _Validated:
         try:
-            body = await self._validate_remote(token)
+            body = await self._validate_remote(token, allow_expired)
         except IdentityUnavailable:
-            known = self._cache.get(token)
-            if known is not None and known.context is not None and self._clock.now() < known.expires:
+            known = self._cache.get(key)
+            if known is not None and known.context is not None and (allow_expired or self._clock.now() < known.expires):
                 # Validated before and not expired: keep serving it through the outage.
                 kept = replace(known, fresh_until=self._clock.monotonic() + OUTAGE_RETRY_SECONDS)
-                self._remember(token, kept)
+                self._remember(key, kept)
                 return kept
             raise
         now, fresh = self._clock.now(), self._clock.monotonic() + self.config.token_cache_time
@@ -171,7 +188,7 @@ class KeystoneAuth:
         else:
             ctx, expires = token_context(token, body)
             entry = _Validated(context=ctx, expires=expires, fresh_until=fresh)
-        self._remember(token, entry)
+        self._remember(key, entry)
         return entry
 
     def _remember(self, token: str, entry: _Validated) -> None:
@@ -180,14 +197,15 @@ class KeystoneAuth:
         while len(self._cache) > self.config.token_cache_size:
             self._cache.popitem(last=False)
 
-    async def _validate_remote(self, token: str) -> dict[str, Any] | None:
+    async def _validate_remote(self, token: str, allow_expired: bool = False) -> dict[str, Any] | None:
         """Keystone's body for a valid token, None for one it does not know (404)."""
+        path = "/auth/tokens?nocatalog" + ("&allow_expired=1" if allow_expired else "")
         for attempt in range(2):
             own = await self._own_token(renew=attempt > 0)
             self.requests += 1
             status, body, _headers = await self._call(
                 "GET",
-                "/auth/tokens?nocatalog",
+                path,
                 headers={"X-Auth-Token": own.token, "X-Subject-Token": token},
             )
             if status == 200:

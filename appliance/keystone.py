@@ -99,7 +99,6 @@ class KeystoneAuth:
         self._inflight: dict[str, asyncio.Task[_Validated]] = {}
         self._own: ServiceToken | None = None
         self._own_lock = asyncio.Lock()
-        self.requests = 0  # validation requests sent to Keystone (metrics, benchmarks)
 
     @property
     def challenge(self) -> str:
@@ -202,7 +201,6 @@ class KeystoneAuth:
         path = "/auth/tokens?nocatalog" + ("&allow_expired=1" if allow_expired else "")
         for attempt in range(2):
             own = await self._own_token(renew=attempt > 0)
-            self.requests += 1
             status, body, _headers = await self._call(
                 "GET",
                 path,

@@ -235,12 +235,12 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
                     hub_records=records,
                 )
             finally:
-                await auth.close()
                 await imports.close()
                 if cache is not None:
                     await cache.close()  # its fills first: they read through the client
                 if client is not None:
                     await client.close()
+                await auth.close()  # last: the hub client takes its tokens from Keystone
     finally:
         events.detach()  # also when start-up fails
         policy.install(previous_rules)

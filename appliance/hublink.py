@@ -258,14 +258,13 @@ class HubLink:
         async def apply(image_id: str, kind: str) -> None:
             if kind != REMOVED:
                 async with fetching:
+                    asked = self._records.now()
                     try:
                         doc = await with_members(self.client, await self.client.get_image(image_id))
                     except NotFound:
                         doc = None
                 if doc is not None:
-                    await self._catalog.upsert_mirrored_images(
-                        [image_from_glance(doc, self.client.data_url(image_id))], HUB_STORE
-                    )
+                    await self._records.record([image_from_glance(doc, self.client.data_url(image_id))], asked)
                     return
             await self._forget(image_id)
 
@@ -280,6 +279,7 @@ class HubLink:
     async def mirror_once(self, full: bool = False) -> int:
         """Mirror what changed since the last round (everything when `full`, which also removes
         images the hub no longer has). Returns the number of records written."""
+        asked = self._records.now()  # the listing's records are no newer than this
         since = None if full or self._since is None else self._since
         # Timestamps have one-second resolution: changes later in the marker's own second may
         # still come, so it is asked again (gte) until the hub's clock has moved well past it;
@@ -305,7 +305,7 @@ class HubLink:
                     hub_now = self.client.server_time
                 docs = [await with_members(self.client, doc) for doc in page]  # a plain Glance's
                 images = [image_from_glance(doc, self.client.data_url(str(doc["id"]))) for doc in docs]
-                await self._catalog.upsert_mirrored_images(images, HUB_STORE)
+                await self._records.record(images, asked)
                 written += len(images)
                 for image in images:
                     seen.add(image.id)

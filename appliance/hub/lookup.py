@@ -13,19 +13,20 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from appliance.catalog import Catalog
 from appliance.config import HubConfig
 from appliance.errors import ApplianceError, Conflict, HubUnreachable, NotFound, TooManyRequests
 from appliance.hub.client import HubClient
-from appliance.hub.records import fetch_image_record, is_pending, is_servable, record_hub_image
+from appliance.hub.records import HUB_STORE, fetch_image_record, is_pending, is_servable, record_hub_image
 from appliance.model import Image, ImageId
 
 log = logging.getLogger(__name__)
 
 JSON_PATCH = "application/openstack-images-v2.1-json-patch"
+WRITE_MEMORY = 3600.0  # s: how long a write made at the hub through this site is remembered
 
 
 class HubLookups:
@@ -82,10 +83,16 @@ class HubLookups:
 
 
 class HubRecords:
-    def __init__(self, hub: HubClient, catalog: Catalog, config: HubConfig) -> None:
+    def __init__(
+        self, hub: HubClient, catalog: Catalog, config: HubConfig, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._hub = hub
         self._catalog = catalog
+        self._clock = clock
         self._lookups: dict[str, asyncio.Future[Image]] = {}  # image id -> the record fetch in flight
+        # image id -> when a write to it, made at the hub through this site, was answered: a hub
+        # record asked for before then would undo that write here until the next mirror round.
+        self._written: dict[str, float] = {}
         self.bounds = HubLookups(config)
 
     def apply_config(self, config: HubConfig) -> None:
@@ -116,13 +123,40 @@ class HubRecords:
         return await asyncio.shield(fut)
 
     async def _fetch_and_remember(self, image_id: str) -> Image:
+        asked = self.now()
         try:
-            image = await fetch_image_record(self._hub, self._catalog, image_id)
+            doc = await self._hub.get_image(image_id)
+            if self.written_since(image_id, asked):
+                image = await self._catalog.get_image(image_id)  # as the write left it (NotFound: deleted)
+            else:
+                image = await record_hub_image(self._hub, self._catalog, doc)
+                log.info("image %s (%s) recorded from the hub", image.id, image.name)
         except NotFound:
             self.bounds.missed(image_id)
             raise
         self.bounds.found(image_id)
         return image
+
+    def now(self) -> float:
+        """The time to pass to `written_since` and `record` for a hub answer asked for now."""
+        return self._clock()
+
+    def written_since(self, image_id: str, asked: float) -> bool:
+        """A write to the image was made at the hub through this site after `asked`."""
+        return self._written.get(image_id, float("-inf")) >= asked
+
+    async def record(self, images: Sequence[Image], asked: float) -> None:
+        """Record the hub's records asked for at `asked` (HubRecords.now), except those a write
+        made here through the hub has overtaken since: the next round brings them as they are."""
+        await self._catalog.upsert_mirrored_images(
+            [i for i in images if not self.written_since(i.id, asked)], HUB_STORE
+        )
+
+    def _wrote(self, image_id: str) -> None:
+        now = self._clock()
+        self._written[image_id] = now
+        # A mirror round is far shorter than WRITE_MEMORY: older marks can no longer matter.
+        self._written = {i: t for i, t in self._written.items() if now - t < WRITE_MEMORY}
 
     async def refresh(self, image: Image) -> Image:
         """A newer record of an image without data here, if the hub has one (an image mirrored
@@ -162,12 +196,14 @@ class HubRecords:
     async def update(self, token: str, image_id: ImageId, patch: Any) -> Image:
         """A JSON patch made at the hub; returns the hub's record, recorded here."""
         doc = await self._forward(image_id, "PATCH", "/v2/images/%s" % image_id, token, json=patch)
+        self._wrote(image_id)
         return await record_hub_image(self._hub, self._catalog, doc)
 
     async def act(self, token: str, image_id: ImageId, method: str, path: str) -> Image:
         """A write that the hub answers 204 (tags, deactivate, reactivate), made at the hub; then the
         hub's record of the image, recorded here."""
         await self._forward(image_id, method, path, token, expect=(204,))
+        self._wrote(image_id)
         return await fetch_image_record(self._hub, self._catalog, image_id)
 
     async def change_members(self, token: str, image_id: ImageId, method: str, path: str, body: Any = None) -> Any:
@@ -176,12 +212,14 @@ class HubRecords:
         doc = await self._forward(
             image_id, method, path, token, json=body, expect=(204,) if method == "DELETE" else (200,)
         )
+        self._wrote(image_id)
         await fetch_image_record(self._hub, self._catalog, image_id)
         return doc
 
     async def delete(self, token: str, image_id: ImageId) -> None:
         """The image deleted at the hub (the caller removes it here)."""
         await self._forward(image_id, "DELETE", "/v2/images/%s" % image_id, token, expect=(204,))
+        self._wrote(image_id)
 
     async def _forward(
         self, image_id: str, method: str, path: str, token: str, *, json: Any = None, expect: tuple[int, ...] = (200,)

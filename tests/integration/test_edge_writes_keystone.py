@@ -5,7 +5,9 @@ validating the session's real Keystone."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Daemon, start_daemon, write_toml
+from tests.hubproxy import HubProxy
 from tests.integration.test_change_feed import HOURLY, leftovers
 from tests.keystone import Keystone
 from tests.waiting import eventually
@@ -30,6 +33,7 @@ class Pair:
     session: aiohttp.ClientSession
     owner: str  # a Keystone token of the images' owner
     other: str  # a Keystone token of a member of another project
+    link: HubProxy  # the edge's way to the hub
 
     async def call(self, daemon: Daemon, token: str, method: str, path: str, expect: int = 200, **kw: Any) -> Any:
         headers = {"X-Auth-Token": token, "Accept": "application/json", **kw.pop("headers", {})}
@@ -54,6 +58,7 @@ async def pair(keystone: Keystone, tmp_path: Path) -> AsyncIterator[Pair]:
 
     site_token = {"token": SITE_TOKEN, "user": "dcn0", "project": "sites", "roles": ["edge-site"]}
     started: list[Daemon] = []
+    link: HubProxy | None = None
     try:
         hub = start_daemon(
             tmp_path / "hub",
@@ -69,6 +74,7 @@ async def pair(keystone: Keystone, tmp_path: Path) -> AsyncIterator[Pair]:
             ),
         )
         started.append(hub)
+        link = await HubProxy(hub.url).start()
         edge = start_daemon(
             tmp_path / "dcn0",
             write_toml(
@@ -76,7 +82,7 @@ async def pair(keystone: Keystone, tmp_path: Path) -> AsyncIterator[Pair]:
                 {
                     "site": {"name": "dcn0"},
                     "keystone": section("fw-edge", "fw-edge-secret"),
-                    "hub": {"url": hub.url, "token": SITE_TOKEN, "read_timeout": 5, "connect_timeout": 2, **HOURLY},
+                    "hub": {"url": link.url, "token": SITE_TOKEN, "read_timeout": 5, "connect_timeout": 2, **HOURLY},
                     "cache": {"min_free_bytes": 0},
                     "scrubber": {"enabled": False},
                 },
@@ -90,8 +96,11 @@ async def pair(keystone: Keystone, tmp_path: Path) -> AsyncIterator[Pair]:
                 session,
                 keystone.token("fw-owner", "fw-owner-secret", "fw-alpha"),
                 keystone.token("fw-other", "fw-other-secret", "fw-beta"),
+                link,
             )
     finally:
+        if link is not None:
+            await link.close()
         for d in started:
             if d.proc.poll() is None:
                 d.proc.kill()
@@ -157,7 +166,7 @@ async def test_a_delete_at_the_edge_is_made_at_the_hub_and_leaves_no_byte_here(p
 async def test_with_the_hub_down_an_edge_write_is_503_naming_it_and_changes_nothing(pair: Pair) -> None:
     image_id = await hub_image(pair, "steady", os.urandom(64 << 10))
     path = "/v2/images/%s" % image_id
-    hub_url = pair.hub.url
+    hub_url = pair.link.url  # the hub as the edge knows it
     pair.hub.stop()
     patch = [{"op": "replace", "path": "/name", "value": "never"}]
     for method, where, kw in (
@@ -169,3 +178,38 @@ async def test_with_the_hub_down_an_edge_write_is_503_naming_it_and_changes_noth
         assert hub_url in refused["message"], refused
     shown = await pair.show(pair.edge, image_id)
     assert shown["name"] == "steady" and shown["tags"] == [] and shown["status"] == "active"
+
+
+async def test_a_mirror_round_in_flight_does_not_undo_an_edge_write(pair: Pair) -> None:
+    # The edge's link to the hub is slow: a mirror round that asked for a record before the
+    # edge made a write at the hub gets its answer after it. That older answer must not bring a
+    # deleted image back, nor an old name back, even for a round. Repeated.
+    for i in range(3):
+        image_id = await hub_image(pair, "race-%d" % i, os.urandom(1024))
+        path = "/v2/images/%s" % image_id
+        record_gets = pair.link.requests[("GET", path)]
+        pair.link.rate = 1500  # bytes/s: a record takes about a second to come over the link
+        await pair.call(
+            pair.hub, pair.owner, "PATCH", path, json=[{"op": "add", "path": "/round", "value": str(i)}], headers=PATCH
+        )
+
+        async def fetching(before: int = record_gets, path: str = path) -> bool:
+            return pair.link.requests[("GET", path)] > before
+
+        await eventually(fetching, "the edge's feed round to ask for the record")
+        if i % 2:  # a delete overtakes the round
+            await pair.call(pair.edge, pair.owner, "DELETE", path, 204)
+        else:  # an update overtakes it
+            rename = [{"op": "replace", "path": "/name", "value": "renamed-%d" % i}]
+            await pair.call(pair.edge, pair.owner, "PATCH", path, json=rename, headers=PATCH)
+        deadline = time.monotonic() + 3  # the round's answer lands meanwhile, and a round or two more
+        while time.monotonic() < deadline:
+            listed = {
+                i["id"]: i["name"] for i in (await pair.call(pair.edge, pair.owner, "GET", "/v2/images"))["images"]
+            }
+            if i % 2:
+                assert image_id not in listed, "a deleted image came back at the edge"
+            else:
+                assert listed.get(image_id) == "renamed-%d" % i, "the edge showed %r" % listed.get(image_id)
+            await asyncio.sleep(0.05)
+        pair.link.rate = 0

@@ -280,6 +280,27 @@ def test_keystone_outage_keeps_validated_tokens_and_answers_503_for_new_ones(key
         assert UNREACHABLE in body["message"] and "unreachable" in body["message"], body
         assert call(site, "/v2/images", site.token)[0] == 200  # the static admin token: break-glass
         assert call(site, "/v2/images", "gAAAAA-never-issued")[0] == 503  # not 401: nobody can tell
+        # What an operator sees: the glance CLI (with the token it has) names the cause.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+        shown = subprocess.run(
+            [
+                str(BIN / "glance"),
+                "--os-image-api-version",
+                "2",
+                "--os-image-url",
+                site.url,
+                "--os-auth-token",
+                fresh,
+                "image-list",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert shown.returncode != 0 and "503" in shown.stderr, shown.stderr
+        assert "identity service (Keystone at" in shown.stderr and "unreachable" in shown.stderr, shown.stderr
     assert call(site, "/v2/images", fresh)[0] == 200  # Keystone back: the new token is validated
 
 

@@ -161,6 +161,8 @@ class HubLink:
 
     async def run_mirror(self) -> None:
         await asyncio.to_thread(self._load_since)
+        if self._serial is not None and not await self._catalog.image_ids_with_location(HUB_STORE):
+            self._feed, self._serial = None, None  # a new or emptied catalog: the feed's past is not in it
         # A site that knows its place in the hub's feed catches up from there; others reconcile first.
         next_full = 0.0 if self._serial is None else self._clock.monotonic() + self._config.hub.reconcile_interval
         while True:

@@ -227,6 +227,21 @@ async def _serial_reached(cloud: Cloud, edge: Daemon) -> bool:
         return False
 
 
+async def test_an_edge_whose_catalog_was_emptied_reconciles_instead_of_following(feed_cloud: Cloud) -> None:
+    # The serial is kept beside the catalog: a catalog started afresh (an operator removed it) has
+    # none of the records before that serial, so the edge lists the hub's catalog again.
+    cloud = feed_cloud
+    ids = [await record(cloud, cloud.hub, name="e%d" % i) for i in range(3)]
+    edge = cloud.start_edge("dcn0", **HOURLY)
+    await eventually(lambda: knows(cloud, edge, *ids), "the mirror")
+    await eventually(lambda: _serial_reached(cloud, edge), "the edge to apply the whole feed")
+    assert edge.stop() == 0
+    for name in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"):
+        (edge.state_dir / name).unlink(missing_ok=True)
+    edge = cloud.edges["dcn0"] = start_daemon(edge.state_dir, cloud.tmp / "dcn0.toml")
+    await eventually(lambda: knows(cloud, edge, *ids), "the hub's catalog again", within=WITHIN)
+
+
 async def test_records_fetched_per_deletion_do_not_grow_with_the_catalog(feed_cloud: Cloud) -> None:
     cloud = feed_cloud
     proxy = await HubProxy(cloud.hub.url).start()

@@ -222,9 +222,9 @@ class KeystoneAuth:
 
     # -- the appliance's own token ----------------------------------------------------------
 
-    async def service_token(self) -> str:
-        """The appliance's own token (for the hub link), renewed before it expires."""
-        return (await self._own_token()).token
+    async def service_token(self, renew: bool = False) -> str:
+        """The appliance's own token (for the hub link), renewed before it expires, or now."""
+        return (await self._own_token(renew=renew)).token
 
     async def endpoint(self, service_type: str, region: str = "") -> str:
         """The URL of `service_type` in the catalog, for the configured interface and `region`

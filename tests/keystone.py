@@ -238,15 +238,18 @@ class Keystone:
             count = again
 
     def _validations(self, token: str) -> int:
+        return self.validated_subjects().count(token)
+
+    def validated_subjects(self) -> list[str]:
+        """Every token Keystone was asked to validate, in order (repeats included)."""
         path = self.root / "access.log"
         if not path.exists():
-            return 0
-        needle = "subject=%s" % token
-        return sum(
-            1
+            return []
+        return [
+            line.rsplit(" subject=", 1)[1]
             for line in path.read_text(errors="replace").splitlines()
-            if line.startswith("GET /v3/auth/tokens ") and line.endswith(needle)
-        )
+            if line.startswith("GET /v3/auth/tokens ") and " subject=" in line
+        ]
 
     # -- API ------------------------------------------------------------------------------
 

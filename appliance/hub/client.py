@@ -72,7 +72,9 @@ class TokenSource(Protocol):
     """Where the site's own token for the hub comes from when it is not a static one: Keystone
     (appliance/keystone.py), which renews it before it expires."""
 
-    async def service_token(self) -> str: ...
+    async def service_token(self, renew: bool = False) -> str:
+        """The token; `renew`: a new one (the hub refused the last)."""
+        ...
 
 
 class RateLimiter:
@@ -119,6 +121,7 @@ class HubClient:
         self.url = config.url
         self._token = token
         self._token_source = token_source
+        self._token_refused = False  # the hub answered 401 to the source's token: renew it
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=config.connect_timeout,
@@ -141,7 +144,8 @@ class HubClient:
         token = self._token
         if self._token_source is not None and not (extra and "X-Auth-Token" in extra):
             try:
-                token = await self._token_source.service_token()
+                renew, self._token_refused = self._token_refused, False
+                token = await self._token_source.service_token(renew=renew)
             except IdentityUnavailable as exc:
                 # No token, no hub: to the hub link this is the WAN being down.
                 raise HubUnreachable("no token for the hub %s: %s" % (self.url, exc)) from None
@@ -160,6 +164,14 @@ class HubClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    def _refused(self, method: str, url: str, status: int, body: bytes, own_token: bool = True) -> ApplianceError:
+        """The hub's refusal as a domain error. A 401 to a Keystone token of our own (revoked, or
+        unknown to the hub's Keystone) makes the next request take a new one."""
+        if status == 401 and own_token and self._token_source is not None:
+            log.warning("hub %s refused this site's Keystone token: a new one for the next request", self.url)
+            self._token_refused = True
+        return _status_error(method, url, status, body)
 
     # -- JSON -------------------------------------------------------------------------------
 
@@ -181,7 +193,7 @@ class HubClient:
                 self.server_time = _http_date(resp.headers.get("Date"))
                 body = await resp.read()
                 if resp.status not in expect:
-                    raise _status_error(method, url, resp.status, body)
+                    raise self._refused(method, url, resp.status, body, own_token="X-Auth-Token" not in (headers or {}))
                 if not body:
                     return None
                 try:
@@ -262,7 +274,7 @@ class HubClient:
                 ),
             ) as resp:
                 if resp.status not in (200, 204):
-                    raise _status_error("PUT", url, resp.status, await resp.read())
+                    raise self._refused("PUT", url, resp.status, await resp.read())
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _unreachable(url, exc) from None
         finally:
@@ -280,7 +292,7 @@ class HubClient:
         try:
             async with self._client().get(url, headers=await self._headers(headers)) as resp:
                 if resp.status not in (200, 206):
-                    raise _status_error("GET", url, resp.status, await resp.read())
+                    raise self._refused("GET", url, resp.status, await resp.read())
                 start, length, total = 0, resp.content_length, None
                 if resp.status == 206:
                     start, total = _content_range(resp.headers.get("Content-Range", ""), url)

@@ -47,7 +47,9 @@ def test_an_edge_finds_its_hub_in_the_catalog_and_talks_to_it_with_keystone_toke
             tmp_path / "hub.toml",
             {
                 "site": {"name": "central", "role": "hub"},
-                "keystone": keystone_section(keystone, "central-glance", "central-secret"),
+                # The edge's token is asked about again after a second (the revocation below).
+                "keystone": {**keystone_section(keystone, "central-glance", "central-secret"), "token_cache_time": 1},
+                "hub": {"heartbeat_interval": 1},
                 "scrubber": {"enabled": False},
             },
         ),
@@ -95,6 +97,7 @@ def test_an_edge_finds_its_hub_in_the_catalog_and_talks_to_it_with_keystone_toke
         wait_for(lambda: b"from-central" in get(edge, "/v2/images", edge.token), "the edge mirrors the hub")
         # ... and pulls its data through with its Keystone token.
         assert get(edge, "/v2/images/%s/file" % image["id"], edge.token) == data
+        (edge_token,) = set(keystone.validated_subjects()) - {admin}  # the hub validated it
 
         # A bundle exported from the hub found through the catalog, with password auth.
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
@@ -116,6 +119,20 @@ def test_an_edge_finds_its_hub_in_the_catalog_and_talks_to_it_with_keystone_toke
         )
         assert result.returncode == 0, result.stderr
         assert "1 image(s), %d bytes" % len(data) in result.stdout
+
+        # The edge's own token revoked: the hub refuses it, and the edge takes a new one.
+        known = set(keystone.validated_subjects())
+        keystone.revoke(edge_token)
+        wait_for(
+            lambda: "refused this site's Keystone token" in edge.log.read_text(), "the hub refuses the revoked token"
+        )
+        wait_for(
+            lambda: set(keystone.validated_subjects()) - known, "the edge authenticates to the hub with a new token"
+        )
+        wait_for(
+            lambda: json.loads(get(hub, "/v2/edge/sites/dcn0", admin))["online"],
+            "the edge's heartbeats reach the hub again",
+        )
     finally:
         if edge is not None:
             edge.stop()

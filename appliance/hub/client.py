@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import json
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -140,7 +142,8 @@ class HubClient:
         return "%s/v2/images/%s/file" % (self.url, image_id)
 
     async def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        headers = {"User-Agent": "edge-image-appliance/%s" % __version__}
+        # Glance answers its errors as HTML unless JSON is acceptable: its message is then readable.
+        headers = {"User-Agent": "edge-image-appliance/%s" % __version__, "Accept": "application/json"}
         token = self._token
         if self._token_source is not None and not (extra and "X-Auth-Token" in extra):
             try:
@@ -286,7 +289,7 @@ class HubClient:
         end). A server that ignores Range answers 200: the bytes before `offset` are skipped
         here, so the caller always gets what it asked for."""
         url = self.data_url(image_id)
-        headers: dict[str, str] = {}
+        headers = {"Accept": "application/octet-stream, application/json"}  # JSON for errors
         if offset or end is not None:
             headers["Range"] = "bytes=%d-%s" % (offset, "" if end is None else end - 1)
         try:
@@ -353,9 +356,21 @@ def _unreachable(url: str, exc: BaseException) -> HubUnreachable:
     return HubUnreachable("The hub is unreachable (%s: %s)" % (url, what))
 
 
+def _hub_message(body: bytes) -> str:
+    """The hub's own words: the `message` of a JSON error (Glance's and this appliance's shape),
+    else the start of the body; Glance's HTML line breaks and runs of white space made one space."""
+    text = body[:4000].decode("utf-8", "replace")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+        text = doc["message"]
+    return re.sub(r"(?:<br\s*/?>|\s)+", " ", text).strip()[:300]
+
+
 def _status_error(method: str, url: str, status: int, body: bytes) -> ApplianceError:
-    text = body[:300].decode("utf-8", "replace").strip()
-    message = "%s %s: the hub answered %d %s" % (method, url, status, text)
+    message = "%s %s: the hub answered %d: %s" % (method, url, status, _hub_message(body))
     if status >= 500:
         return HubUnreachable(message)
     error = {404: NotFound, 403: Forbidden, 409: Conflict, 400: BadRequest}.get(status)

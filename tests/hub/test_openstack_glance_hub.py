@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import aiohttp
@@ -133,6 +134,27 @@ async def cloud(glance_hub: GlanceServer, tmp_path: Path) -> AsyncIterator[Cloud
             await asyncio.to_thread(glance_hub.restart)
 
 
+async def glance_logged(glance: GlanceServer, pattern: str) -> None:
+    """Wait for a line in Glance's request log (uWSGI writes it once the response is sent)."""
+
+    async def found() -> bool:
+        return re.search(pattern, await asyncio.to_thread(glance.log_text)) is not None
+
+    await eventually(found, "Glance's request log to show %s" % pattern)
+
+
+async def data_gets(glance: GlanceServer, image_id: str, at_least: int = 1) -> int:
+    """The GETs of the image's data in Glance's log, once `at_least` are there and a moment has
+    passed for any later one to be logged too."""
+
+    async def logged() -> bool:
+        return await asyncio.to_thread(glance.data_gets, image_id) >= at_least
+
+    await eventually(logged, "%d GET(s) of image %s in Glance's request log" % (at_least, image_id))
+    await asyncio.sleep(0.5)
+    return await asyncio.to_thread(glance.data_gets, image_id)
+
+
 def glance_cli(target: Any) -> Glance:
     """The real `glance` CLI against Glance or an edge (both have .url and .token)."""
     return Glance(cast(Daemon, target))
@@ -185,7 +207,7 @@ async def test_many_clients_one_transfer_from_glance(cloud: Cloud) -> None:
         bodies = await asyncio.gather(*(cloud.at_edge(edge, "GET", "/v2/images/%s/file" % image_id) for _ in range(12)))
         assert all(body == data for body in bodies)
     # One GET of the data at Glance (its own request log), however many clients asked.
-    assert cloud.glance.data_gets(image_id) == 1
+    assert await data_gets(cloud.glance, image_id) == 1
     cached = (await cloud.at_edge(edge, "GET", "/v2/edge/cache"))["entries"]
     assert image_id in {e["image_id"] for e in cached}
 
@@ -236,7 +258,7 @@ async def test_upload_with_the_glance_cli_then_read_through_the_edge_with_cli_an
         assert downloaded.content == data
     finally:
         conn.close()
-    assert cloud.glance.data_gets(image_id) == 1  # the CLI and the SDK read the edge's cached copy
+    assert await data_gets(cloud.glance, image_id) == 1  # the CLI and the SDK read the edge's cached copy
     refused = await asyncio.to_thread(glance_cli(cloud.glance).run, "image-list", token="not-a-valid-token")
     assert refused.returncode != 0 and "Invalid OpenStack Identity credentials" in refused.stderr
 
@@ -259,7 +281,7 @@ async def test_a_fill_resumes_with_range_after_glance_restarts(cloud: Cloud) -> 
     log = edge.log.read_text()
     assert "resuming the transfer at byte" in log
     # Glance answered the resumed request with a 206 (uWSGI's request log).
-    assert re.search(r"GET /v2/images/%s/file => .*\(HTTP/1\.1 206\)" % image_id, cloud.glance.log_text())
+    await glance_logged(cloud.glance, r"GET /v2/images/%s/file => .*\(HTTP/1\.1 206\)" % image_id)
 
 
 async def test_data_that_does_not_match_glances_hashes_is_not_served(cloud: Cloud) -> None:
@@ -461,7 +483,7 @@ async def test_a_range_of_an_image_not_cached_is_relayed_from_glance(cloud: Clou
         assert resp.headers["Content-Range"] == "bytes 1000000-1000999/%d" % len(data)
         assert await resp.read() == data[1000000:1001000]
     # Glance was asked for that range (206), not for the whole image.
-    assert re.search(r"GET /v2/images/%s/file => .*\(HTTP/1\.1 206\)" % image_id, cloud.glance.log_text())
+    await glance_logged(cloud.glance, r"GET /v2/images/%s/file => .*\(HTTP/1\.1 206\)" % image_id)
 
 
 async def test_the_incremental_mirror_goes_quiet_once_glances_newest_second_has_passed(cloud: Cloud) -> None:
@@ -495,3 +517,62 @@ async def test_the_incremental_mirror_goes_quiet_once_glances_newest_second_has_
         return ((await cloud.shown(edge, image_id)) or {}).get("edge_note") == "later"
 
     await eventually(arrived, "the later change at the edge")
+
+
+async def test_keystone_on_both_sides(keystone_glance: GlanceServer, keystone: Any, tmp_path: Path) -> None:
+    # The edge finds Glance in the Keystone catalog and talks to it with its own service user's
+    # token ([hub] keystone); a client at the edge comes with a Keystone token, validated there.
+    # Glance's default policies let a reader list and show but not download (download_image
+    # needs member): the edge passes Glance's refusal on in Glance's words.
+    keystone.register_image_endpoint(keystone_glance.url, region="GlanceHub")
+    keystone.create_user("dcn0-edge", "dcn0-edge-secret", "service", ["service", "reader"])
+    data = os.urandom(2 * MiB)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        cloud = Cloud(keystone_glance, tmp_path, session)
+        image_id = await cloud.create_at_glance(data, name="keystone-both-sides")
+        config = write_toml(
+            tmp_path / "dcn0-keystone.toml",
+            {
+                "site": {"name": "dcn0"},
+                "hub": {"url": "", "keystone": True, "region_name": "GlanceHub", **FAST},
+                "keystone": {
+                    "auth_url": keystone.auth_url,
+                    "username": "dcn0-edge",
+                    "password": "dcn0-edge-secret",
+                    "project_name": "service",
+                    "interface": "public",
+                },
+                "cache": {"min_free_bytes": 0},
+                "scrubber": {"enabled": False},
+            },
+        )
+        edge = start_daemon(tmp_path / "dcn0", config)
+        try:
+
+            async def mirrored() -> bool:
+                status = (await cloud.at_edge(edge, "GET", "/v2/edge/status"))["hub"]
+                return bool(status["state"] == "up" and status["url"] == keystone_glance.url)
+
+            await eventually(mirrored, "the mirror, with the edge's own Keystone token")
+            assert image_id in await cloud.listed(edge)
+            client = Glance(cast(Daemon, SimpleNamespace(url=edge.url, token=keystone.admin_token())))
+            shown = as_dict(await asyncio.to_thread(client.ok, "image-show", image_id))
+            assert shown["name"] == "keystone-both-sides" and shown["stores"] == "central"
+            target = tmp_path / "download.raw"
+            refused = await asyncio.to_thread(client.run, "image-download", "--file", str(target), image_id)
+            assert refused.returncode != 0
+            assert "You are not authorized to complete download_image action." in refused.stderr, refused.stderr
+            assert "<html>" not in refused.stderr and "&lt;" not in refused.stderr
+            # Roles are in the token: the edge, restarted, gets one with member.
+            keystone.create_user("dcn0-edge", "dcn0-edge-secret", "service", ["member"])
+            edge.stop()
+            edge = start_daemon(tmp_path / "dcn0", config)
+            client = Glance(cast(Daemon, SimpleNamespace(url=edge.url, token=keystone.admin_token())))
+            refused_gets = await data_gets(keystone_glance, image_id)
+            await asyncio.to_thread(client.ok, "image-download", "--file", str(target), image_id)
+            assert target.read_bytes() == data
+            assert await data_gets(keystone_glance, image_id, at_least=refused_gets + 1) == refused_gets + 1
+            refused = await asyncio.to_thread(client.run, "image-list", token="not-a-keystone-token")
+            assert refused.returncode != 0
+        finally:
+            edge.stop()

@@ -6,8 +6,21 @@ import time
 
 from aiohttp import web
 
-from appliance.api import bundles, cache, edge, images, imports, info, members, openapi, sites
-from appliance.api.keys import BUNDLES, CACHE, CONFIG, EVENTS, HUB, IMAGES, IMPORTS, MEMBERS, METRICS, SITES, STARTED
+from appliance.api import bundles, cache, edge, images, imports, info, members, metadefs, openapi, sites
+from appliance.api.keys import (
+    BUNDLES,
+    CACHE,
+    CONFIG,
+    EVENTS,
+    HUB,
+    IMAGES,
+    IMPORTS,
+    MEMBERS,
+    METADEFS,
+    METRICS,
+    SITES,
+    STARTED,
+)
 from appliance.api.middleware import auth_middleware, error_middleware
 from appliance.services import Services
 
@@ -25,6 +38,7 @@ def build_app(services: Services) -> web.Application:
     app[CONFIG] = services.config
     app[IMAGES] = services.images
     app[MEMBERS] = services.members
+    app[METADEFS] = services.metadefs
     app[CACHE] = services.cache
     app[HUB] = services.hub
     app[IMPORTS] = services.imports
@@ -36,6 +50,7 @@ def build_app(services: Services) -> web.Application:
     app.add_routes(info.routes)
     app.add_routes(images.routes)
     app.add_routes(members.routes)
+    app.add_routes(metadefs.routes)
     app.add_routes(imports.routes)
     app.add_routes(edge.routes)
     app.add_routes(sites.routes)

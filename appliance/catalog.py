@@ -25,6 +25,9 @@ from appliance.model import (
     ImageId,
     Location,
     Member,
+    MetadefItem,
+    MetadefNamespace,
+    MetadefResourceType,
     QueuedImage,
     Site,
     Task,
@@ -189,6 +192,35 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (image_id, member_id)
     );
     CREATE INDEX image_members_member ON image_members (member_id, status);
+    """,
+    # 7: metadata definitions (Glance's metadefs): namespaces, the objects, properties, tags and
+    # resource type associations they hold (one table, each item's JSON body), resource types.
+    """
+    CREATE TABLE metadef_namespaces (
+        namespace TEXT PRIMARY KEY,
+        display_name TEXT,
+        description TEXT,
+        visibility TEXT NOT NULL,
+        protected INTEGER NOT NULL DEFAULT 0,
+        owner TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE metadef_items (
+        namespace TEXT NOT NULL REFERENCES metadef_namespaces(namespace) ON DELETE CASCADE ON UPDATE CASCADE,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (namespace, kind, name)
+    );
+    CREATE TABLE metadef_resource_types (
+        name TEXT PRIMARY KEY,
+        protected INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
     """,
 )
 
@@ -1226,6 +1258,158 @@ class Catalog:
     async def dequeue_from_cache(self, image_ids: Sequence[str]) -> None:
         async with self._transaction() as db:
             await db.executemany("DELETE FROM cache_queue WHERE image_id = ?", [(i,) for i in image_ids])
+
+    # -- metadata definitions ---------------------------------------------------------------------
+
+    async def metadef_namespaces(self) -> list[MetadefNamespace]:
+        async with self._db.execute("SELECT %s FROM metadef_namespaces" % _NS_COLUMNS) as cur:
+            return [_namespace(r) for r in await cur.fetchall()]
+
+    async def get_metadef_namespace(self, name: str) -> MetadefNamespace:
+        async with self._db.execute(
+            "SELECT %s FROM metadef_namespaces WHERE namespace = ?" % _NS_COLUMNS, [name]
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound("Metadata definition namespace=%s was not found." % name)
+        return _namespace(row)
+
+    async def metadef_items(self, namespace: str | None, kind: str) -> list[MetadefItem]:
+        """The items of one kind, of `namespace` or (None) of every namespace, by name."""
+        where, args = "kind = ?", [kind]
+        if namespace is not None:
+            where, args = where + " AND namespace = ?", [kind, namespace]
+        async with self._db.execute(
+            "SELECT namespace, kind, name, body, created_at, updated_at FROM metadef_items WHERE %s "
+            "ORDER BY namespace, created_at, rowid" % where,
+            args,
+        ) as cur:
+            return [_item(r) for r in await cur.fetchall()]
+
+    async def create_metadef_namespace(self, ns: MetadefNamespace, items: Sequence[MetadefItem]) -> None:
+        async with self._transaction() as db:
+            try:
+                await db.execute(
+                    "INSERT INTO metadef_namespaces (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)" % _NS_COLUMNS, _ns_row(ns)
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict("Metadata definition namespace=%s already exists." % ns.namespace) from None
+            for item in items:
+                await self._insert_item(db, item)
+
+    async def replace_metadef_namespace(self, ns: MetadefNamespace, items: Sequence[MetadefItem]) -> None:
+        """`ns` with exactly `items`, whether it existed or not (a mirror or a load)."""
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM metadef_namespaces WHERE namespace = ?", [ns.namespace])
+            await db.execute(
+                "INSERT INTO metadef_namespaces (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)" % _NS_COLUMNS, _ns_row(ns)
+            )
+            for item in items:
+                await self._insert_item(db, item)
+
+    async def update_metadef_namespace(self, old_name: str, ns: MetadefNamespace) -> None:
+        """Saves `ns` over `old_name` (a rename takes the namespace's items along)."""
+        async with self._transaction() as db:
+            try:
+                cur = await db.execute(
+                    "UPDATE metadef_namespaces SET namespace = ?, display_name = ?, description = ?, "
+                    "visibility = ?, protected = ?, owner = ?, created_at = ?, updated_at = ? WHERE namespace = ?",
+                    [*_ns_row(ns), old_name],
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict("Metadata definition namespace=%s already exists." % ns.namespace) from None
+            if cur.rowcount == 0:
+                raise NotFound("Metadata definition namespace=%s was not found." % old_name)
+
+    async def delete_metadef_namespace(self, name: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM metadef_namespaces WHERE namespace = ?", [name])
+
+    async def put_metadef_item(self, item: MetadefItem, *, old_name: str | None = None) -> None:
+        """Adds `item` (old_name None; Conflict if its name is taken) or saves it over `old_name`."""
+        async with self._transaction() as db:
+            if old_name is not None:
+                cur = await db.execute(
+                    "DELETE FROM metadef_items WHERE namespace = ? AND kind = ? AND name = ?",
+                    [item.namespace, item.kind, old_name],
+                )
+                if cur.rowcount == 0:
+                    raise NotFound("Metadata definition %s=%s was not found." % (item.kind, old_name))
+            await self._insert_item(db, item)
+
+    async def replace_metadef_items(self, namespace: str, kind: str, items: Sequence[MetadefItem]) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM metadef_items WHERE namespace = ? AND kind = ?", [namespace, kind])
+            for item in items:
+                await self._insert_item(db, item)
+
+    async def delete_metadef_items(self, namespace: str, kind: str, name: str | None = None) -> int:
+        """Deletes one item (`name`) or every item of `kind`; returns how many went."""
+        sql, args = "DELETE FROM metadef_items WHERE namespace = ? AND kind = ?", [namespace, kind]
+        if name is not None:
+            sql, args = sql + " AND name = ?", [*args, name]
+        async with self._transaction() as db:
+            cur = await db.execute(sql, args)
+            return cur.rowcount
+
+    async def _insert_item(self, db: aiosqlite.Connection, item: MetadefItem) -> None:
+        if item.kind == "resource_type":
+            # An association names a resource type; one first named here comes into being.
+            await db.execute(
+                "INSERT OR IGNORE INTO metadef_resource_types (name, protected, created_at, updated_at) "
+                "VALUES (?, 0, ?, ?)",
+                [item.name, item.created_at, item.created_at],
+            )
+        try:
+            await db.execute(
+                "INSERT INTO metadef_items (namespace, kind, name, body, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [item.namespace, item.kind, item.name, json.dumps(item.body), item.created_at, item.updated_at],
+            )
+        except sqlite3.IntegrityError:
+            what = {"resource_type": "resource type association"}.get(item.kind, item.kind)
+            raise Conflict(
+                "A metadata definition %s with name=%s already exists in namespace=%s."
+                % (what, item.name, item.namespace)
+            ) from None
+
+    async def metadef_resource_types(self) -> list[MetadefResourceType]:
+        async with self._db.execute(
+            "SELECT name, protected, created_at, updated_at FROM metadef_resource_types ORDER BY name"
+        ) as cur:
+            return [MetadefResourceType(r[0], bool(r[1]), r[2], r[3]) for r in await cur.fetchall()]
+
+    async def add_metadef_resource_types(self, types: Sequence[MetadefResourceType]) -> None:
+        async with self._transaction() as db:
+            await db.executemany(
+                "INSERT OR IGNORE INTO metadef_resource_types (name, protected, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?)",
+                [(t.name, int(t.protected), t.created_at, t.updated_at) for t in types],
+            )
+
+
+_NS_COLUMNS = "namespace, display_name, description, visibility, protected, owner, created_at, updated_at"
+
+
+def _namespace(row: Any) -> MetadefNamespace:
+    return MetadefNamespace(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], row[7])
+
+
+def _ns_row(ns: MetadefNamespace) -> list[Any]:
+    return [
+        ns.namespace,
+        ns.display_name,
+        ns.description,
+        ns.visibility,
+        int(ns.protected),
+        ns.owner,
+        ns.created_at,
+        ns.updated_at,
+    ]
+
+
+def _item(row: Any) -> MetadefItem:
+    return MetadefItem(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
 
 
 # The caller's project (the first argument) is a member of image `i`; %s: more conditions on `m`.

@@ -26,6 +26,7 @@ from appliance.api.listener import (
 from appliance.app import build_app
 from appliance.commands import bundle as bundle_command
 from appliance.commands import cache as cache_command
+from appliance.commands import metadefs as metadefs_command
 from appliance.commands import policy as policy_command
 from appliance.config import Config, load_config
 from appliance.errors import ConfigError
@@ -202,6 +203,9 @@ def _parser() -> argparse.ArgumentParser:
     policy_command.add_arguments(
         sub.add_parser("policy", help="the policy rules in force (defaults and [auth] policy_file); try a caller")
     )
+    metadefs_command.add_arguments(
+        sub.add_parser("metadefs", help="load or export metadata definition namespaces (Glance's file format)")
+    )
     return p
 
 
@@ -222,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         return bundle_command.run(args)
     if args.command == "policy":
         return policy_command.run(args)
+    if args.command == "metadefs":
+        return metadefs_command.run(args)
     if args.command == "check-uri":
         try:
             return check_uri(args.config, args.url)

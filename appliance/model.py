@@ -203,3 +203,38 @@ class ChangePage:
     latest: int
     changes: tuple[ImageChange, ...]
     more: bool
+
+
+# Glance's metadata definitions: a namespace and what it holds (objects, properties, tags and its
+# resource type associations), each item kept as Glance's JSON body of it.
+METADEF_KINDS = ("object", "property", "tag", "resource_type")
+
+
+@dataclass(frozen=True)
+class MetadefNamespace:
+    namespace: str
+    display_name: str | None
+    description: str | None
+    visibility: str  # public | private
+    protected: bool
+    owner: str | None
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class MetadefItem:
+    namespace: str
+    kind: str  # one of METADEF_KINDS
+    name: str
+    body: dict[str, Any]  # the item's fields besides its name and timestamps
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class MetadefResourceType:
+    name: str
+    protected: bool
+    created_at: str
+    updated_at: str

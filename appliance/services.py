@@ -30,6 +30,7 @@ from appliance.images import ImageService
 from appliance.imports import ImportService, build_steps, build_uri_filter
 from appliance.keystone import KeystoneAuth
 from appliance.members import MemberService
+from appliance.metadefs import MetadefService
 from appliance.metrics import Metrics
 from appliance.scrubber import Scrubber
 from appliance.sites import SiteService
@@ -57,6 +58,7 @@ class Services:
     bundles: BundleService
     inbox: Inbox | None  # None: no [inbox] dir
     members: MemberService
+    metadefs: MetadefService
     hub: HubLink | None = None  # None: no [hub] url (or this is the hub)
     hub_records: HubRecords | None = None  # None: no [hub] url
 
@@ -172,6 +174,8 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
             await sites.load()
             images = ImageService(config, catalog, stores, cache, sites=sites, hub_records=records, clock=clock)
             members = MemberService(catalog, images)
+            # At an edge with a hub the definitions are the hub's, mirrored read-only.
+            metadefs = MetadefService(catalog, hub_url=client.url if client is not None else None, clock=clock)
             hub = (
                 HubLink(config, catalog, stores, cache, images, client, records, metrics, clock=clock)
                 if client is not None and records is not None
@@ -230,6 +234,7 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
                     bundles=bundles,
                     inbox=inbox,
                     members=members,
+                    metadefs=metadefs,
                     sites=sites,
                     hub=hub,
                     hub_records=records,

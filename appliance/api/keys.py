@@ -12,6 +12,7 @@ from appliance.hublink import HubLink
 from appliance.images import ImageService
 from appliance.imports import ImportService
 from appliance.members import MemberService
+from appliance.metadefs import MetadefService
 from appliance.metrics import Metrics
 from appliance.sites import SiteService
 
@@ -19,6 +20,7 @@ CONFIG = web.AppKey("config", Config)
 IMAGES = web.AppKey("images", ImageService)
 IMPORTS = web.AppKey("imports", ImportService)
 MEMBERS = web.AppKey("members", MemberService)
+METADEFS = web.AppKey("metadefs", MetadefService)
 EVENTS = web.AppKey("events", EventLog)
 STARTED = web.AppKey("started", float)
 METRICS = web.AppKey("metrics", Metrics)

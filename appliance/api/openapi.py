@@ -889,9 +889,188 @@ def _with_head(paths: Json) -> Json:
     return paths
 
 
+def _metadef_paths() -> Json:
+    """Glance's metadata definitions (/v2/metadefs); the bodies are those of /v2/schemas/metadefs/*."""
+    obj: Json = {"type": "object"}
+    ns_param = _path("namespace", {"type": "string"}, "The namespace's name")
+    name_param = _path("name", {"type": "string"}, "The item's name")
+    read = (404, 429)
+    write = (400, 403, 404, 409, 429)
+    gone = {204: _empty("Done")}
+
+    def one(what: str, required: Sequence[str] = ("name",)) -> dict[int, Json]:
+        return {200: _json({"type": "object", "required": list(required)}, what)}
+
+    def made(what: str, required: Sequence[str] = ("name",)) -> dict[int, Json]:
+        return {201: _json({"type": "object", "required": list(required)}, what)}
+
+    def listing(key: str, what: str) -> dict[int, Json]:
+        kind = "object" if key == "properties" else "array"  # properties are keyed by name
+        return {200: _json({"type": "object", "required": [key], "properties": {key: {"type": kind}}}, what)}
+
+    def crud(plural: str, label: str) -> Json:
+        cap = label.capitalize()
+        return {
+            "/v2/metadefs/namespaces/{namespace}/%s" % plural: {
+                "parameters": [ns_param],
+                "get": _op(
+                    "listMetadef%ss" % cap,
+                    "A namespace's %ss" % label,
+                    listing(plural, cap + "s"),
+                    read,
+                    tag="metadefs",
+                ),
+                "post": _op(
+                    "createMetadef%s" % cap,
+                    "Add a %s to a namespace (metadef rules: administrators)" % label,
+                    made(cap),
+                    write,
+                    tag="metadefs",
+                    body=_body(JSON_BODY, obj),
+                ),
+                "delete": _op(
+                    "deleteMetadef%ss" % cap,
+                    "Delete every %s of a namespace" % label,
+                    gone,
+                    (403, 404, 409, 429),
+                    tag="metadefs",
+                ),
+            },
+            "/v2/metadefs/namespaces/{namespace}/%s/{name}" % plural: {
+                "parameters": [ns_param, name_param],
+                "get": _op("showMetadef%s" % cap, "One %s" % label, one(cap), read, tag="metadefs"),
+                "put": _op(
+                    "updateMetadef%s" % cap,
+                    "Replace (or rename) a %s" % label,
+                    one(cap),
+                    write,
+                    tag="metadefs",
+                    body=_body(JSON_BODY, obj),
+                ),
+                "delete": _op(
+                    "deleteMetadef%s" % cap, "Delete a %s" % label, gone, (403, 404, 409, 429), tag="metadefs"
+                ),
+            },
+        }
+
+    paths: Json = {
+        "/v2/metadefs/namespaces": {
+            "get": _op(
+                "listMetadefNamespaces",
+                "Namespaces the caller may read (public ones and its project's)",
+                {200: _json({"type": "object", "required": ["namespaces", "first", "schema"]}, "Namespaces")},
+                (400, 404, 429),
+                tag="metadefs",
+                params=[
+                    _query("limit", _INT64, "Page size (capped at api.max_page_size)"),
+                    _query("marker", {"type": "string"}, "The last namespace of the previous page"),
+                    _query("sort_key", {"type": "string"}, "namespace, created_at, updated_at, ..."),
+                    _query("sort_dir", {"type": "string"}, "asc or desc"),
+                    _query("visibility", {"type": "string"}, "public or private"),
+                    _query("resource_types", {"type": "string"}, "Comma-separated resource type names"),
+                ],
+            ),
+            "post": _op(
+                "createMetadefNamespace",
+                "Create a namespace with its contents (metadef rules: administrators)",
+                made("Namespace", ("namespace",)),
+                write,
+                tag="metadefs",
+                body=_body(JSON_BODY, obj),
+            ),
+        },
+        "/v2/metadefs/namespaces/{namespace}": {
+            "parameters": [ns_param],
+            "get": _op(
+                "showMetadefNamespace",
+                "A namespace with its objects, properties, tags and resource type associations",
+                one("Namespace", ("namespace",)),
+                read,
+                tag="metadefs",
+                params=[_query("resource_type", {"type": "string"}, "Prefix property names as this association does")],
+            ),
+            "put": _op(
+                "updateMetadefNamespace",
+                "Replace a namespace's own fields (or rename it)",
+                one("Namespace", ("namespace",)),
+                write,
+                tag="metadefs",
+                body=_body(JSON_BODY, obj),
+            ),
+            "delete": _op(
+                "deleteMetadefNamespace",
+                "Delete a namespace and its contents",
+                gone,
+                (403, 404, 409, 429),
+                tag="metadefs",
+            ),
+        },
+        "/v2/metadefs/resource_types": {
+            "get": _op(
+                "listMetadefResourceTypes",
+                "Every resource type",
+                listing("resource_types", "Resource types"),
+                (429,),
+                tag="metadefs",
+            ),
+        },
+        "/v2/metadefs/namespaces/{namespace}/resource_types": {
+            "parameters": [ns_param],
+            "get": _op(
+                "listMetadefResourceTypeAssociations",
+                "A namespace's resource type associations",
+                listing("resource_type_associations", "Associations"),
+                read,
+                tag="metadefs",
+            ),
+            "post": _op(
+                "createMetadefResourceTypeAssociation",
+                "Associate a resource type with a namespace",
+                made("Association"),
+                write,
+                tag="metadefs",
+                body=_body(JSON_BODY, obj),
+            ),
+        },
+        "/v2/metadefs/namespaces/{namespace}/resource_types/{name}": {
+            "parameters": [ns_param, name_param],
+            "delete": _op(
+                "deleteMetadefResourceTypeAssociation",
+                "Remove a resource type association",
+                gone,
+                (403, 404, 409, 429),
+                tag="metadefs",
+            ),
+        },
+        **crud("objects", "object"),
+        **crud("properties", "property"),
+        **crud("tags", "tag"),
+    }
+    tags = paths["/v2/metadefs/namespaces/{namespace}/tags"]
+    tags["post"] = _op(
+        "createMetadefTags",
+        "Replace a namespace's tags (X-Openstack-Append: True adds to them)",
+        made("Tags", ("tags",)),
+        write,
+        tag="metadefs",
+        params=[_header("X-Openstack-Append", {"type": "string"}, "True: add to the tags instead of replacing them")],
+        body=_body(JSON_BODY, obj),
+    )
+    one_tag = paths["/v2/metadefs/namespaces/{namespace}/tags/{name}"]
+    one_tag["post"] = _op("createMetadefTag", "Add one tag", made("Tag"), write, tag="metadefs")
+    return paths
+
+
 def document(disk_formats: Sequence[str], container_formats: Sequence[str]) -> Json:
     """The whole description (a new object each call)."""
-    paths = {**_info_paths(), **_image_paths(), **_member_paths(), **_edge_paths(), **_cache_paths()}
+    paths = {
+        **_info_paths(),
+        **_image_paths(),
+        **_member_paths(),
+        **_edge_paths(),
+        **_cache_paths(),
+        **_metadef_paths(),
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -901,7 +1080,7 @@ def document(disk_formats: Sequence[str], container_formats: Sequence[str]) -> J
             "routes. Errors carry Glance's shape {code, title, message}.",
         },
         "security": [{"token": []}, {"bearer": []}],
-        "tags": [{"name": n} for n in ("images", "imports", "info", "cache", "edge", "sites")],
+        "tags": [{"name": n} for n in ("images", "imports", "info", "cache", "edge", "sites", "metadefs")],
         "paths": _with_head(paths),
         "components": {
             "securitySchemes": {

@@ -1,6 +1,7 @@
 """The edge's side of the hub link. Everything is edge-initiated (sites behind NAT work):
 
-* catalog mirror: every `mirror_interval`, the hub's change feed after the last serial applied
+* catalog mirror: every `mirror_interval` (or `sync_interval`, if shorter, when the hub has a
+  feed), the hub's change feed after the last serial applied
   (an appliance hub: records created, updated and deleted, fetched one by one, so a round costs
   what changed, not the catalog); against a hub without a feed (plain Glance), the records
   changed since the newest seen (`updated_at=gte:`). A full listing, which also finds
@@ -170,7 +171,14 @@ class HubLink:
             await self._round("catalog mirror", functools.partial(self.follow_once, full=full))
             if full and self.state == "up":
                 next_full = self._clock.monotonic() + self._config.hub.reconcile_interval
-            await self._clock.sleep(self._config.hub.mirror_interval)
+            await self._clock.sleep(self.mirror_pause())
+
+    def mirror_pause(self) -> float:
+        """Seconds between mirror rounds. A feed round costs what changed, so an appliance hub's
+        feed is also followed at the sync interval: a hub deletion (perhaps an image withdrawn
+        for a vulnerability) stops being served here within one sync interval."""
+        hub = self._config.hub
+        return min(hub.mirror_interval, hub.sync_interval) if self.feed_api else hub.mirror_interval
 
     async def run_heartbeat(self) -> None:
         while True:

@@ -168,6 +168,16 @@ async def test_a_hub_deletion_reaches_two_edges_with_their_pinned_and_cached_cop
             )
 
 
+async def test_an_edge_follows_the_feed_at_its_sync_interval_when_that_is_shorter(feed_cloud: Cloud) -> None:
+    """The issue's bound is one sync interval: a slow catalog mirror must not delay deletions."""
+    cloud = feed_cloud
+    edge = cloud.start_edge("dcn0", reconcile_interval=3600, mirror_interval=3600, sync_interval=1)
+    image_id = await record(cloud, cloud.hub, name="withdrawn")
+    await eventually(lambda: knows(cloud, edge, image_id), "the edge to mirror the image", within=WITHIN)
+    await cloud.call(cloud.hub, "DELETE", "/v2/images/%s" % image_id, 204)
+    await eventually(lambda: forgotten(cloud, edge, image_id), "the deletion at the edge", within=WITHIN)
+
+
 async def _stored(edge: Daemon, image_id: str) -> bool:
     return await asyncio.to_thread((edge.state_dir / "images" / image_id).exists)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from appliance.errors import BadRequest, ConfigError
 from appliance.formats import CONTAINER_FORMATS, DISK_FORMATS
 from appliance.text import check_text
-from appliance.urifilter import UriFilterConfig
+from appliance.urifilter import FETCHABLE_SCHEMES, UriFilterConfig
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -430,6 +430,16 @@ def _read_import(data: Any) -> ImportConfig:
             full = "import.uri_filter." + key
             values[key] = _int_list(full, raw) if key.endswith("ports") else _str_list(full, raw)
         filt = UriFilterConfig(**values)
+        unfetchable = [s for s in filt.allowed_schemes if s.lower() not in FETCHABLE_SCHEMES]
+        if unfetchable:
+            raise ConfigError(
+                "import.uri_filter.allowed_schemes: %s cannot be downloaded (only %s); remove %s"
+                % (
+                    ", ".join(map(repr, unfetchable)),
+                    ", ".join(FETCHABLE_SCHEMES),
+                    "them" if len(unfetchable) > 1 else "it",
+                )
+            )
     for m in base.enabled_methods:
         if m not in IMPORT_METHODS:
             raise ConfigError("import.enabled_methods: unknown method %r (known: %s)" % (m, ", ".join(IMPORT_METHODS)))

@@ -50,7 +50,7 @@ from appliance.quotas import SIZE_TOTAL, STAGE_TOTAL
 from appliance.sites import SiteService
 from appliance.stores.base import ImageStore
 from appliance.stores.filesystem import FilesystemStore
-from appliance.urifilter import Decision, UriFilter
+from appliance.urifilter import FETCHABLE_SCHEMES, Decision, UriFilter
 
 log = logging.getLogger(__name__)
 
@@ -391,6 +391,11 @@ class ImportService:
                 decision = await self.uri_filter.check(request.uri or "")
                 if not decision.allowed:
                     raise BadRequest("URI refused: %s" % decision.reason)
+                scheme = decision.url.split(":", 1)[0].lower()
+                if scheme not in FETCHABLE_SCHEMES:  # an empty allowed_schemes lets the filter pass it
+                    raise BadRequest(
+                        "URI refused: scheme %r cannot be downloaded (only %s)" % (scheme, ", ".join(FETCHABLE_SCHEMES))
+                    )
         to_hub = HUB_STORE in request.stores and self._hub is not None
         sites = tuple(s for s in request.stores if s not in self._stores and not (to_hub and s == HUB_STORE))
         request = replace(request, stores=tuple(s for s in request.stores if s in self._stores))

@@ -117,6 +117,10 @@ _CANONICAL_V4 = re.compile(r"%s(?:\.%s){3}" % (_OCTET, _OCTET))
 _NUMERIC_LABEL = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]*")
 _PORT = re.compile(r"[0-9]{1,5}")
 
+# The schemes web-download (and an http location) can fetch; Glance's filter also names ftp,
+# which no downloader here speaks, so a config that allows it is refused up front.
+FETCHABLE_SCHEMES = ("http", "https")
+
 
 @dataclass(frozen=True)
 class UriFilterConfig:

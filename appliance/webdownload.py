@@ -22,11 +22,10 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from appliance import __version__
 from appliance.errors import BadRequest, TooLarge, UpstreamUnavailable
-from appliance.urifilter import Decision, UriFilter, printable, unsafe_char
+from appliance.urifilter import FETCHABLE_SCHEMES, Decision, UriFilter, printable, unsafe_char
 
 log = logging.getLogger(__name__)
 
-FETCHABLE_SCHEMES = ("http", "https")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 

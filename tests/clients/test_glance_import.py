@@ -428,3 +428,41 @@ def test_image_tasks_shows_status_and_failure_message(glance: Glance, web: WebRo
     assert shown["status"] == "active"
     assert sorted(t["Status"] for t in tasks) == ["failure", "success"], tasks
     assert download(glance, image_id, tmp_path) == data
+
+
+def test_ftp_web_download_is_refused_at_the_request(tmp_path: Path, daemon_factory: Callable[..., Daemon]) -> None:
+    """An empty allowed_schemes lets Glance's filter pass ftp (only disallowed_schemes apply);
+    nothing here downloads ftp, so the import request itself is refused, not a task later."""
+    config = write_toml(
+        tmp_path / "ftp-open.toml",
+        {
+            "stores": STORES,
+            "import": {
+                "uri_filter": {"allowed_schemes": [], "disallowed_schemes": ["file"], "allowed_hosts": ["127.0.0.0/8"]}
+            },
+        },
+    )
+    glance = Glance(daemon_factory("site", config))
+    err = glance.fails(
+        "image-create-via-import",
+        "--import-method",
+        "web-download",
+        "--uri",
+        "ftp://127.0.0.1/disk.raw",
+        "--name",
+        "from-ftp",
+        "--disk-format",
+        "raw",
+        "--container-format",
+        "bare",
+    )
+    assert "scheme 'ftp' cannot be downloaded (only http, https)" in err
+    assert all(t["status"] != "processing" for image in _images(glance) for t in _api_tasks(glance, image))
+
+
+def _images(glance: Glance) -> list[str]:
+    req = urllib.request.Request(
+        "%s/v2/images" % glance.daemon.url, headers={"X-Auth-Token": glance.daemon.token, "Accept": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return [i["id"] for i in json.load(resp)["images"]]

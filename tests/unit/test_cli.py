@@ -28,17 +28,26 @@ def test_check_uri_follows_the_documented_port_rule(tmp_path: Path) -> None:
         {
             "import": {
                 "uri_filter": {
-                    "allowed_schemes": ["http", "https", "ftp"],
+                    "allowed_schemes": ["http", "https"],
                     "allowed_hosts": ["203.0.113.0/24"],
-                    "allowed_ports": [80, 443],
+                    "allowed_ports": [443],
                 }
             }
         },
     )
     # No port named: the port rule does not apply (Glance's documented example).
-    assert run("check-uri", "--config", str(config), "ftp://203.0.113.5/r").stdout.strip() == "accept"
-    refused = run("check-uri", "--config", str(config), "ftp://203.0.113.5:21/r")
-    assert refused.returncode == 1 and "port 21" in refused.stdout
+    assert run("check-uri", "--config", str(config), "http://203.0.113.5/r").stdout.strip() == "accept"
+    refused = run("check-uri", "--config", str(config), "http://203.0.113.5:80/r")
+    assert refused.returncode == 1 and "port 80" in refused.stdout
+
+
+def test_ftp_in_allowed_schemes_is_refused_up_front(tmp_path: Path) -> None:
+    """Glance's filter names ftp, but nothing here downloads it: the config is refused with the
+    reason rather than accepting ftp URLs that every import would then fail on."""
+    config = write_toml(tmp_path / "ftp.toml", {"import": {"uri_filter": {"allowed_schemes": ["http", "ftp"]}}})
+    result = run("check-uri", "--config", str(config), "ftp://203.0.113.5/r")
+    assert result.returncode == 2
+    assert "import.uri_filter.allowed_schemes: 'ftp' cannot be downloaded (only http, https)" in result.stderr
 
 
 def test_check_uri_with_a_bad_config_exits_2(tmp_path: Path) -> None:

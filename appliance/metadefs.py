@@ -19,13 +19,14 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from appliance import policy
 from appliance.auth import Context
 from appliance.catalog import Catalog
 from appliance.clock import Clock, SystemClock, timestamp
-from appliance.errors import BadRequest, Conflict, Forbidden, NotFound
+from appliance.errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnavailable
+from appliance.hub.client import HubClient, HubRejected
 from appliance.model import MetadefItem, MetadefNamespace, MetadefResourceType
 
 log = logging.getLogger(__name__)
@@ -323,7 +324,13 @@ class MetadefService:
 
     @staticmethod
     def _visible(ctx: Context, ns: MetadefNamespace) -> bool:
-        return ns.visibility == "public" or ns.owner == ctx.project or policy.is_admin(ctx)
+        # Edge sites mirror every namespace of their hub, as they do every image record.
+        return (
+            ns.visibility == "public"
+            or ns.owner == ctx.project
+            or policy.SITE_ROLE in ctx.roles
+            or policy.is_admin(ctx)
+        )
 
     async def _namespace(self, ctx: Context, name: str, rule: str) -> MetadefNamespace:
         """The namespace `ctx` may see (else 404, as if missing) and act on by `rule`."""
@@ -554,6 +561,31 @@ class MetadefService:
             if self._visible(ctx, ns) and policy.allows(ctx, "get_metadef_namespace", self._target(ns)):
                 docs.append(file_format(await self._detail(ns, None)))
         return docs
+
+    async def run_mirror(self, hub: HubClient, interval: float) -> None:
+        """The edge's loop: the hub's namespaces every `interval` seconds (the first at once)."""
+        while True:
+            try:
+                count = await self.mirror_once(hub)
+                log.debug("metadefs: %d namespace(s) mirrored from the hub", count)
+            except NotFound:
+                log.info("metadefs: the hub %s has no metadata definitions API; none mirrored", hub.url)
+            except (UpstreamUnavailable, HubRejected, BadRequest, Forbidden) as exc:
+                log.warning("metadefs: mirror from the hub failed (next try in %d s): %s", interval, exc)
+            await self._clock.sleep(interval)
+
+    async def mirror_once(self, hub: HubClient) -> int:
+        """The hub's namespaces as this site's token reads them, with their contents; those the hub
+        no longer has go. Returns how many namespaces there are."""
+        docs = []
+        page = await hub.request_json("GET", NAMESPACES_PATH, params={"limit": "1000"})
+        while True:
+            for ns in page["namespaces"]:
+                docs.append(await hub.request_json("GET", namespace_href(quote(ns["namespace"], safe=":"))))
+            if "next" not in page or not page["namespaces"]:
+                break
+            page = await hub.request_json("GET", page["next"])
+        return await self.replace_all(docs, keep_others=False)
 
     async def replace_all(self, namespaces: Sequence[Json], *, keep_others: bool) -> int:
         """Puts each namespace document (a show's shape) in place with its contents; without

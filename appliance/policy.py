@@ -132,14 +132,14 @@ RULES: dict[str, str] = {
 }
 
 # glance/policies/metadef.py: reads for a namespace's project or a public one, writes for
-# administrators only (17.1's defaults after OSSN-0090). Listed and overridable now; the
-# metadata definitions API enforces them.
+# administrators only (17.1's defaults after OSSN-0090); appliance/metadefs.py enforces them.
+# Edge sites read every namespace too: they mirror their hub's.
 METADEF_ADMIN = "rule:metadef_admin"
 METADEF: dict[str, str] = {
     "metadef_default": "",
     "metadef_admin": ADMIN,
-    "get_metadef_namespace": ADMIN_OR_PROJECT_READER_GET_NAMESPACE,
-    "get_metadef_namespaces": ADMIN_OR_PROJECT_READER,
+    "get_metadef_namespace": ADMIN_OR_PROJECT_READER_GET_NAMESPACE + SITE_READS,
+    "get_metadef_namespaces": ADMIN_OR_PROJECT_READER + SITE_READS,
     "modify_metadef_namespace": METADEF_ADMIN,
     "add_metadef_namespace": METADEF_ADMIN,
     "delete_metadef_namespace": METADEF_ADMIN,

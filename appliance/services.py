@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import uuid
@@ -75,6 +76,12 @@ class Services:
             loops.append(("hub-mirror", self.hub.run_mirror))
             loops.append(("hub-heartbeat", self.hub.run_heartbeat))
             loops.append(("hub-sync", self.hub.run_sync))
+            loops.append(
+                (
+                    "metadefs-mirror",
+                    functools.partial(self.metadefs.run_mirror, self.hub.client, self.config.hub.reconcile_interval),
+                )
+            )
         return loops
 
 

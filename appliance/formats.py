@@ -73,6 +73,9 @@ _PLAIN = frozenset({"raw", "gpt", "mbr", "iso"})
 # What a raw claim accepts: hypervisors read these as plain disks, so nothing in them is
 # interpreted as a reference to another file.  An ISO is not a disk: it must be claimed as iso.
 _RAW_ACCEPTS = frozenset({"raw", "gpt", "mbr"})
+# Detected formats a refusal names as the --disk-format to pass (raw-looking data may be a
+# format without a header at its start, such as DMG, so it gets no such advice).
+_NAMED_HINT = frozenset(DISK_FORMATS) - _RAW_ACCEPTS
 _DESCRIPTIONS = {"gpt": "raw (GPT-partitioned)", "mbr": "raw (MBR-partitioned)"}
 # Smallest stream that can hold each claimed format's header, for a clearer message.
 _MIN_SIZE = {"qcow2": 72, "vmdk": 512, "vhd": 512, "vhdx": 0x40000, "vdi": 376, "iso": 36870}
@@ -447,7 +450,9 @@ class FormatInspector:
         if ended and detected in _PLAIN and self._size < _MIN_SIZE.get(claim, 0):
             raise FormatRejected(f"image data is too short to be {claim} ({self._size} bytes)")
         described = _DESCRIPTIONS.get(detected, detected)
-        raise FormatRejected(f"image data is {described}, not {claim} as claimed (disk_format)")
+        # Clients send raw when no format is named (openstack image create --file): say what to pass.
+        hint = f"; to keep it as {detected}, pass --disk-format {detected}" if detected in _NAMED_HINT else ""
+        raise FormatRejected(f"image data is {described}, not {claim} as claimed (disk_format){hint}")
 
 
 def inspect_file(path: str, claimed_disk_format: str | None, max_virtual_size: int | None = None) -> Inspection:

@@ -328,7 +328,9 @@ def test_raw_claim_accepts_partitioned_disks(images: dict[str, Path], name: str)
 def test_raw_claim_refuses_isos(images: dict[str, Path], name: str, plan: str) -> None:
     # An ISO is not a disk; it must be claimed as iso (a hybrid one's MBR does not make it raw).
     data = images[name].read_bytes()
-    assert refusal(data, "raw", plan) == "image data is iso, not raw as claimed (disk_format)"
+    assert refusal(data, "raw", plan) == (
+        "image data is iso, not raw as claimed (disk_format); to keep it as iso, pass --disk-format iso"
+    )
     assert inspect(data, "iso", plan) == Inspection("iso", len(data))
 
 
@@ -340,7 +342,10 @@ def test_raw_claim_refuses_isos(images: dict[str, Path], name: str, plan: str) -
 def test_raw_claim_refuses_header_formats(images: dict[str, Path], name: str, plan: str) -> None:
     detected = IMAGES[name][2]
     message = refusal(images[name].read_bytes(), "raw", plan)
-    assert message == f"image data is {detected}, not raw as claimed (disk_format)"
+    assert message == (
+        f"image data is {detected}, not raw as claimed (disk_format); "
+        f"to keep it as {detected}, pass --disk-format {detected}"
+    )
 
 
 @pytest.mark.parametrize(

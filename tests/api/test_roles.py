@@ -289,6 +289,7 @@ CASES = [
     Case("edge:site_assignments", fixed("GET", "/v2/edge/sites/dcn0/assignments"), allowed(200, "admin", "site")),
     Case("edge:site_report", site_copy_to_report, allowed(204, "admin", "site")),
     Case("edge:site_list", fixed("GET", "/v2/edge/sites"), allowed(200, "admin")),
+    Case("edge:changes", fixed("GET", "/v2/edge/changes"), allowed(200, "admin", "site")),
     Case("edge:site_delete", throwaway_site, allowed(204, "admin")),
     Case("edge:bundle_import", bundle, allowed(200, "admin")),
     Case(

@@ -28,6 +28,7 @@ from textual.worker import Worker, WorkerState
 
 from tui.client import DaemonApi, DaemonError, DaemonUnavailable, HttpDaemonClient
 from tui.config import TuiConfig
+from tui.dialogs.detail import DetailScreen, load_image_detail, task_page
 from tui.dialogs.help import HelpScreen
 from tui.display import short_id, visible
 from tui.guard import report_worker_error, while_running
@@ -507,6 +508,26 @@ class ApplianceTui(App[None]):
             self.refresh_bindings()
         elif event.data_table.id == "sites":
             self.sites_pane.show_highlighted()
+
+    @while_running
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a row: the full-screen detail of that image or task."""
+        if isinstance(self.screen, ModalScreen):
+            return
+        if event.data_table.id == "images":
+            self.open_image_detail()
+        elif event.data_table.id == "tasks":
+            task = self.queues.tasks.get(event.row_key.value or "")
+            if task is not None:
+                name = self.image_name(str(task.get("image_id") or ""))
+                self.push_screen(DetailScreen("Task", task_page(task, name)))
+
+    def open_image_detail(self) -> None:
+        image = self.images_pane.selected_image()
+        if image is None:
+            return
+        image_id, note = str(image["id"]), self.images_pane.cache_note(image)
+        self.push_screen(DetailScreen("Image", load=partial(load_image_detail, self.client, image_id, note)))
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -373,6 +373,9 @@ class FakeDaemon:
     async def tasks(self) -> list[Json]:
         return list(TASKS)
 
+    async def image_tasks(self, image_id: str) -> list[Json]:
+        return [t for t in TASKS if t["image_id"] == image_id]
+
     async def cache_view(self) -> Json:
         return CACHE_VIEW
 

@@ -408,6 +408,17 @@ async def test_edge_tui_in_a_terminal_shows_hostile_names_and_keeps_the_screen(
     assert "\\x1b[2J\\x1b[31mred  %s" % hostile_site[CLEAR] in screen  # the highlighted image's detail
     assert not controls(screen)
     assert len(lines) >= 24 and "Quit" in lines[23]  # and the footer at the bottom
+    # Enter: the highlighted image's full-screen detail, its property key escaped, its task's message too.
+    tmux.keys("Enter")
+    screen = tmux.wait_for("os_glance_failed_import")
+    assert "os_[/x]\\x1b]0;pwned\\x07" in screen and "Edge Image Appliance" not in screen
+    assert not controls(screen)
+    tmux.keys("G")
+    screen = tmux.wait_for("[/x] \\x1b[31mfailed\\x9b")  # the task, at the end
+    assert "Stores and locations" in screen and not controls(screen)
+    tmux.keys("Escape")
+    screen = tmux.wait_for("Quit")
+    assert "os_glance_failed_import" not in screen and "[b]bold[/b]" in screen
     tmux.keys("q")
     assert tmux.exit_status() == 0
 

@@ -73,3 +73,8 @@ def test_read_only_images(snap_compare: Any) -> None:
     config = TuiConfig(socket="/var/lib/edge-appliance/appliance.sock", refresh_seconds=3600, read_only=True)
     app = make_app(config, client=FakeDaemon(), clock=lambda: NOW)
     assert snap_compare(app, terminal_size=(80, 24), run_before=keys_then_settle("2"))
+
+
+def test_image_detail_view(snap_compare: Any) -> None:
+    # enter on the first image: the full-screen detail (properties, stores, tasks).
+    assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys_then_settle("2", "enter"))

@@ -21,7 +21,7 @@ KEYS: list[tuple[str, str, bool]] = [
     ("j k ↑ ↓", "move the cursor / scroll", False),
     ("pgup pgdn home end", "page / jump in tables and logs", False),
     ("tab shift+tab", "move focus (Cache: cached images ↔ queue)", False),
-    ("enter", "keep the filter; choose in a dialog", False),
+    ("enter", "open the highlighted image or task in full (esc: back); keep the filter; choose in a dialog", False),
     ("esc", "close a dialog or the filter, else go back", False),
     ("r", "refresh now", False),
     ("n", "import an image from a URL (Images)", True),

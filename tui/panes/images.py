@@ -297,7 +297,7 @@ class ImagesPane(FilterLine, ActingPane, Vertical):
         self._detail_for = str(image["id"])
         self._render_detail(image)
 
-    def _cache_note(self, image: Json) -> str:
+    def cache_note(self, image: Json) -> str:
         if self._cache_notes is None:
             return ""
         note = self._cache_notes.get(str(image["id"]))
@@ -306,15 +306,15 @@ class ImagesPane(FilterLine, ActingPane, Vertical):
         return note or ""
 
     def _render_detail(self, image: Json) -> None:
-        note = self._cache_note(image)
+        note = self.cache_note(image)
         self.query_one("#image-detail", Static).update(detail_text(image, self._locations, self._detail_error, note))
 
     def show_cache(self, view: Json) -> None:
         """The cache view arrived: the highlighted image's `cache` line may have changed."""
         image = self.images.get(self._detail_for or "")
-        before = self._cache_note(image) if image is not None else ""
+        before = self.cache_note(image) if image is not None else ""
         self._cache_notes = cache_notes(view)
-        if image is not None and self._cache_note(image) != before:
+        if image is not None and self.cache_note(image) != before:
             self._render_detail(image)
 
     def has_detail(self, image_id: str) -> bool:

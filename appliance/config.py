@@ -65,6 +65,11 @@ class ApiConfig:
     # its own cap and file descriptors set aside, so an administrator can always reach it.
     max_connections: int = 4096
     unix_max_connections: int = 64
+    # Glance's show_multiple_locations / show_image_direct_url: the image body carries
+    # `locations` (and location-add/-delete work) / `direct_url`, for callers that pass
+    # get_image_location. Off, as in Glance: locations name server paths and site URLs.
+    show_multiple_locations: bool = False
+    show_image_direct_url: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from appliance.hub.lookup import HubRecords
 from appliance.hub.records import is_hub_image
 from appliance.ids import parse_uuid
 from appliance.imagework import ImageWork
+from appliance.locations import Locations
 from appliance.model import (
     ACTIVE,
     DEACTIVATED,
@@ -95,6 +96,7 @@ class ImageService:
         self.default_store = config.stores.default
         self.quotas = Quotas(config.quotas, catalog, stores)
         self.work = ImageWork()  # uploads, staging, imports: a delete stops them first
+        self.location_rules = Locations(config, catalog, stores, self._now)  # Glance's location API
 
     @property
     def config(self) -> Config:
@@ -107,6 +109,7 @@ class ImageService:
         """Take a reloaded config (page sizes, upload cap, enabled formats change live)."""
         self._config = config
         self.quotas.apply_config(config.quotas)
+        self.location_rules.apply_config(config)
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -263,6 +266,12 @@ class ImageService:
             updated = await hub.update(token, image.id, patch)
             log.info("image %s updated at the hub for %s/%s", image.id, ctx.project, ctx.user)
             return updated
+        location_ops = [op for op in patch if self.location_rules.is_location_op(op)]
+        if location_ops:
+            if len(location_ops) != len(patch):
+                raise BadRequest("Send location changes (/locations) in a patch of their own")
+            await self.location_rules.edit(ctx, image, location_ops)
+            return await self._catalog.get_image(image.id)
         columns: dict[str, Any] = {}
         set_props: dict[str, str] = {}
         removed: set[str] = set()
@@ -492,6 +501,9 @@ class ImageService:
                 raise HubUnreachable(
                     "Image %s is not cached at this site and the hub is unreachable: %s" % (image.id, exc)
                 ) from None
+        url = self.location_rules.http_url(image)
+        if url is not None:
+            return await self.location_rules.read_through(image, url, byte_range)
         raise NotFound("Image %s has no readable data in any store of this site" % image.id)
 
     def _preferred_stores(self, image: Image) -> builtins.list[str]:

@@ -101,6 +101,7 @@ RULES: dict[str, str] = {
     "copy_image": ADMIN,
     "get_image_location": ADMIN_OR_PROJECT_READER,
     "delete_image_location": ADMIN,
+    "set_image_location": ADMIN_OR_PROJECT_MEMBER,
     # Image members (glance/policies/image.py)
     "add_member": ADMIN_OR_PROJECT_MEMBER,
     "delete_member": ADMIN_OR_PROJECT_MEMBER,

@@ -40,8 +40,14 @@ async def read_json(request: web.Request, media_types: tuple[str, ...] = ("appli
         raise BadRequest("Malformed JSON in request body: %s" % exc) from None
 
 
-def _image_response(image: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(schemas.image_to_json(image), status=status, headers=headers)
+def _image_response(
+    request: web.Request, image: Any, status: int = 200, headers: dict[str, str] | None = None, members: bool = False
+) -> web.Response:
+    """The image in Glance's shape, with the locations this caller may see (if shown at all)."""
+    ctx = request[CONTEXT]
+    body = schemas.image_to_json(image, members=members)
+    body.update(request.app[IMAGES].location_rules.shown(ctx, image))
+    return web.json_response(body, status=status, headers=headers)
 
 
 class StreamedResponse(web.StreamResponse):
@@ -81,7 +87,8 @@ async def list_images(request: web.Request) -> web.StreamResponse:
         async for batch in page.batches:
             if not batch:  # its images were deleted since the page's ids were read
                 continue
-            await response.write(separator + await asyncio.to_thread(schemas.encode_images, batch, members))
+            shown: dict[str, dict[str, Any]] = {i.id: service.location_rules.shown(request[CONTEXT], i) for i in batch}
+            await response.write(separator + await asyncio.to_thread(schemas.encode_images, batch, members, shown))
             separator = b", "
         await response.write(tail)
         await response.write_eof()
@@ -105,21 +112,20 @@ async def create_image(request: web.Request) -> web.Response:
         "OpenStack-image-import-methods": ",".join(request.app[IMPORTS].enabled_methods),
         "OpenStack-image-store-ids": ",".join(service.stores.local()),
     }
-    return _image_response(image, 201, headers)
+    return _image_response(request, image, 201, headers)
 
 
 @routes.get("/v2/images/{image_id}")
 async def show_image(request: web.Request) -> web.Response:
-    ctx = request[CONTEXT]
-    image = await request.app[IMAGES].get(ctx, request.match_info["image_id"])
-    return web.json_response(schemas.image_to_json(image, members=shows_members(ctx)))
+    image = await request.app[IMAGES].get(request[CONTEXT], request.match_info["image_id"])
+    return _image_response(request, image, members=shows_members(request[CONTEXT]))
 
 
 @routes.patch("/v2/images/{image_id}")
 async def update_image(request: web.Request) -> web.Response:
     patch = await read_json(request, schemas.PATCH_MEDIA_TYPES)
     image = await request.app[IMAGES].update(request[CONTEXT], request.match_info["image_id"], patch)
-    return _image_response(image)
+    return _image_response(request, image)
 
 
 @routes.delete("/v2/images/{image_id}")

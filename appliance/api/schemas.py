@@ -74,9 +74,11 @@ def images_page_frame(query: dict[str, str], next_marker: str | None) -> tuple[b
     return b'{"images": [', ("], " + json.dumps(rest)[1:]).encode()
 
 
-def encode_images(images: list[Image], members: bool = False) -> bytes:
-    """Array items of a page (comma-separated), for images_page_frame."""
-    return ", ".join(json.dumps(image_to_json(i, members)) for i in images).encode()
+def encode_images(images: list[Image], members: bool = False, extra: dict[str, dict[str, Any]] | None = None) -> bytes:
+    """Array items of a page (comma-separated), for images_page_frame; `extra`: members to add
+    to an image's body, by id (the locations its caller may see)."""
+    extra = extra or {}
+    return ", ".join(json.dumps({**image_to_json(i, members), **extra.get(i.id, {})}) for i in images).encode()
 
 
 def member_to_json(member: Member) -> dict[str, Any]:

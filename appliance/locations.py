@@ -1,0 +1,220 @@
+"""Image locations as Glance shows and edits them: `locations` and `direct_url` in the image body
+(show_multiple_locations, show_image_direct_url; only for callers passing get_image_location),
+PATCH add/remove on /locations (glance location-add / location-delete), and an image's bytes
+read through an http location.
+
+An http location is one more copy, kept in the pseudo-store `http` (one per image); it is read
+with web-download's downloader under the same URI filter and limits, so an administrator cannot
+point an image at an address the filter refuses. A copy in one of this site's stores can be
+listed again by its store URL once its data is there."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from appliance import policy
+from appliance.auth import Context
+from appliance.catalog import Catalog
+from appliance.config import Config
+from appliance.download import Download, span
+from appliance.errors import BadRequest, Conflict, Forbidden, RangeNotSatisfiable
+from appliance.model import ACTIVE, Image, Location
+from appliance.stores.base import ImageStore
+from appliance.urifilter import FETCHABLE_SCHEMES, UriFilter, printable
+from appliance.webdownload import FetchFailed, UriRefused, open_download
+
+log = logging.getLogger(__name__)
+
+HTTP_STORE = "http"
+# Where an http location's bytes are counted (metrics' source label).
+HTTP_SOURCE = "http"
+
+
+class Locations:
+    def __init__(
+        self, config: Config, catalog: Catalog, stores: Mapping[str, ImageStore], now: Callable[[], str]
+    ) -> None:
+        self._now = now
+        self._catalog = catalog
+        self._stores = stores
+        self.apply_config(config)
+
+    def apply_config(self, config: Config) -> None:
+        self._config = config
+        self._filter = UriFilter(config.imports.uri_filter)
+
+    # -- the image body -------------------------------------------------------------------
+
+    def shown(self, ctx: Context, image: Image) -> dict[str, Any]:
+        """The `locations` / `direct_url` members of the image body for this caller (Glance shows
+        `locations: []` to a caller who may not read them, and no direct_url)."""
+        api = self._config.api
+        if not (api.show_multiple_locations or api.show_image_direct_url):
+            return {}
+        active = [loc for loc in image.locations if loc.status == ACTIVE]
+        if not policy.allows(ctx, "get_image_location", policy.image_target(image)):
+            active = []
+        body: dict[str, Any] = {}
+        if api.show_multiple_locations:
+            body["locations"] = [{"url": loc.url, "metadata": dict(loc.metadata)} for loc in active]
+        if api.show_image_direct_url and active:
+            body["direct_url"] = active[0].url
+        return body
+
+    # -- PATCH /locations -----------------------------------------------------------------
+
+    @staticmethod
+    def is_location_op(op: Any) -> bool:
+        path = op.get("path") if isinstance(op, dict) else None
+        return isinstance(path, str) and (path == "/locations" or path.startswith("/locations/"))
+
+    async def edit(self, ctx: Context, image: Image, ops: list[dict[str, Any]]) -> None:
+        for op in ops:
+            name, path = op.get("op"), op["path"]
+            position = path[len("/locations/") :] if path.startswith("/locations/") else None
+            if name == "add" and position is not None:
+                await self._add(ctx, image, position, op.get("value"))
+            elif name == "remove" and position is not None:
+                await self._remove(ctx, image, position)
+            else:
+                raise BadRequest(
+                    "Unsupported location change %r on %s: add /locations/- {url, metadata} or remove "
+                    "/locations/N" % (name, path)
+                )
+            image = await self._catalog.get_image(image.id)
+
+    async def _add(self, ctx: Context, image: Image, position: str, value: Any) -> None:
+        if not self._config.api.show_multiple_locations:
+            raise Forbidden("It's not allowed to add locations if locations are invisible.")
+        policy.enforce(ctx, "set_image_location", policy.image_target(image))
+        if image.status != ACTIVE:
+            # Glance also takes a queued image's first location; here an image gets its data
+            # (and its checksums) by upload or import, then more locations.
+            raise Conflict(
+                "It's not allowed to add locations if image status is %s; a location can be added to an "
+                "active image (upload or import its data first)" % image.status
+            )
+        active = [loc for loc in image.locations if loc.status == ACTIVE]
+        if position != "-" and not (position.isdigit() and int(position) <= len(active)):
+            raise BadRequest(
+                "Invalid location position %r: use /locations/- or an index up to %d" % (position, len(active))
+            )
+        if not isinstance(value, dict) or not isinstance(value.get("url"), str) or not value["url"]:
+            raise BadRequest("A location is an object with a 'url' string and optional 'metadata' object")
+        url, metadata = value["url"], value.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise BadRequest("Location metadata must be a JSON object")
+        if any(loc.url == url for loc in active):
+            raise BadRequest("Location %s is already listed for image %s" % (url, image.id))
+        location = await self._store_location(image, url) or await self._http_location(image, url, metadata)
+        await self._catalog.add_location(image.id, location, self._now())
+        log.info("image %s: location %s added by %s/%s", image.id, location.store, ctx.project, ctx.user)
+
+    async def _store_location(self, image: Image, url: str) -> Location | None:
+        """The URL of this image's copy in one of this site's stores, if it names one."""
+        for name, store in self._stores.items():
+            if store.location_url(image.id) == url:
+                if name in image.stores:
+                    raise BadRequest("Store %s already lists image %s" % (name, image.id))
+                if store.data_path(image.id) is None:
+                    raise BadRequest("Store %s holds no data of image %s at %s" % (name, image.id, url))
+                return Location.in_store(name, url)
+        return None
+
+    async def _http_location(self, image: Image, url: str, metadata: dict[str, Any]) -> Location:
+        scheme = url.split(":", 1)[0].lower()
+        if scheme not in FETCHABLE_SCHEMES:
+            raise BadRequest(
+                "No store can serve %s: a location is an http(s) URL or a URL of this site's stores (%s)"
+                % (url[:200], ", ".join(store.location_url(image.id) for store in self._stores.values()))
+            )
+        if HTTP_STORE in image.stores:
+            raise BadRequest("Image %s already has an http location; remove it first" % image.id)
+        try:
+            async with self._open(url) as (response, _chunks):
+                length = response.content_length
+        except UriRefused as exc:
+            raise BadRequest("Location %s refused ([import.uri_filter]): %s" % (printable(url), exc.reason)) from None
+        except FetchFailed as exc:
+            raise BadRequest("Location %s cannot be read: %s" % (printable(url), exc)) from None
+        if length != image.size:
+            raise BadRequest(
+                "Location %s serves %s bytes, but image %s has %d"
+                % (url[:200], "an unknown number of" if length is None else length, image.id, image.size or 0)
+            )
+        return Location(store=HTTP_STORE, url=url, metadata={**metadata, "store": HTTP_STORE})
+
+    async def _remove(self, ctx: Context, image: Image, position: str) -> None:
+        if not self._config.api.show_multiple_locations:
+            raise Forbidden("It's not allowed to remove locations if locations are invisible.")
+        policy.enforce(ctx, "delete_image_location", policy.image_target(image))
+        if image.status != ACTIVE:
+            raise Conflict("It's not allowed to remove locations if image status is %s." % image.status)
+        active = [loc for loc in image.locations if loc.status == ACTIVE]
+        if not position.isdigit() or int(position) >= len(active):
+            raise BadRequest("Invalid location position %r: image %s has %d" % (position, image.id, len(active)))
+        if len(active) == 1:
+            raise Forbidden("Cannot remove last location in the image.")
+        location = active[int(position)]
+        await self._catalog.remove_location(image.id, location.store, self._now())
+        store = self._stores.get(location.store)
+        if store is not None:  # Glance deletes a store location's data with it
+            await store.delete(image.id)
+        log.info("image %s: location %s removed by %s/%s", image.id, location.store, ctx.project, ctx.user)
+
+    # -- reading through an http location ------------------------------------------------
+
+    def http_url(self, image: Image) -> str | None:
+        return next((loc.url for loc in image.locations if loc.store == HTTP_STORE and loc.status == ACTIVE), None)
+
+    async def read_through(self, image: Image, url: str, byte_range: slice | None) -> Download:
+        """The image's bytes streamed from its http location (a range is cut from the stream)."""
+        assert image.size is not None
+        start, stop = span(byte_range, image.size)
+        if start >= stop and byte_range is not None:
+            raise RangeNotSatisfiable("Requested range not satisfiable: the image has %d bytes" % image.size)
+        stack = contextlib.AsyncExitStack()
+        response, chunks = await stack.enter_async_context(self._open(url))
+        if response.content_length not in (None, image.size):
+            await stack.aclose()
+            raise Conflict(
+                "Image %s's location %s now serves %d bytes, not %d"
+                % (image.id, url, response.content_length or 0, image.size)
+            )
+        return Download(
+            image=image,
+            source=HTTP_SOURCE,
+            chunks=_cut(chunks, start, stop, stack),
+            length=stop - start,
+            content_range="bytes %d-%d/%d" % (start, stop - 1, image.size) if byte_range is not None else None,
+        )
+
+    def _open(self, url: str) -> contextlib.AbstractAsyncContextManager[Any]:
+        imp = self._config.imports
+        return open_download(
+            url,
+            self._filter,
+            max_bytes=imp.max_download_bytes,
+            idle_timeout=float(imp.download_idle_timeout),
+            total_timeout=float(imp.download_timeout) or None,
+        )
+
+
+async def _cut(
+    chunks: AsyncIterator[bytes], start: int, stop: int, stack: contextlib.AsyncExitStack
+) -> AsyncIterator[bytes]:
+    """Bytes [start, stop) of the stream; the connection is released when the relay ends."""
+    offset = 0
+    try:
+        async for chunk in chunks:
+            end = offset + len(chunk)
+            if end > start and offset < stop:
+                yield chunk[max(0, start - offset) : min(len(chunk), stop - offset)]
+            offset = end
+            if offset >= stop:
+                break
+    finally:
+        await stack.aclose()

@@ -280,8 +280,10 @@ def namespace_to_json(ns: MetadefNamespace) -> Json:
     return doc
 
 
-def object_to_json(item: MetadefItem, prefix: str = "") -> Json:
-    doc: Json = {"name": item.name, **item.body}
+def object_to_json(item: MetadefItem, prefix: str = "", *, written: bool = False) -> Json:
+    """An object as Glance shows it (`required` and `properties` always), or (`written`) as it answers a create or
+    an update: with the fields given."""
+    doc: Json = {"name": item.name, **({} if written else {"required": [], "properties": {}}), **item.body}
     if prefix:
         doc["properties"] = {prefix + k: v for k, v in item.body.get("properties", {}).items()}
         if "required" in item.body:
@@ -420,7 +422,16 @@ class MetadefService:
         ns = new_namespace(checked, owner, now, now)
         await self._catalog.create_metadef_namespace(ns, contents(ns.namespace, checked, now))
         log.info("metadefs: namespace %s created by %s/%s", ns.namespace, ctx.project, ctx.user)
-        return await self._detail(ns, None)
+        # Glance answers with the contents as they were given (no timestamps or links on them).
+        doc = namespace_to_json(ns)
+        for key in ("resource_type_associations", "objects"):
+            if key in checked:
+                doc[key] = [{"name": name, **body} for name, body in checked[key]]
+        if "properties" in checked:
+            doc["properties"] = checked["properties"]
+        if "tags" in checked:
+            doc["tags"] = [{"name": name} for name in checked["tags"]]
+        return doc
 
     async def show_namespace(self, ctx: Context, name: str, resource_type: str | None) -> Json:
         ns = await self._namespace(ctx, name, "get_metadef_namespace")
@@ -474,8 +485,8 @@ class MetadefService:
     def _check_unprotected(ns: MetadefNamespace) -> None:
         if ns.protected:
             raise Forbidden(
-                "Metadata definition namespace %s is protected and cannot be deleted "
-                "(set protected to false first)." % ns.namespace
+                "Metadata definition namespace %s is protected and cannot be deleted. "
+                "(Set protected to false first.)" % ns.namespace
             )
 
     async def delete_contents(self, ctx: Context, name: str, kind: str) -> None:
@@ -521,9 +532,16 @@ class MetadefService:
         return item
 
     async def delete_item(self, ctx: Context, name: str, kind: str, item_name: str, rule: str) -> None:
-        await self._writable(ctx, name, rule)
+        ns = await self._writable(ctx, name, rule)
+        await self._find(name, kind, item_name)
+        if ns.protected:  # Glance: what a protected namespace holds stays with it
+            what = {"resource_type": "resource-type-association"}.get(kind, kind)
+            raise Forbidden(
+                "Metadata definition %s %s is protected and cannot be deleted (namespace %s is protected)."
+                % (what, item_name, name)
+            )
         if not await self._catalog.delete_metadef_items(name, kind, item_name):
-            await self._find(name, kind, item_name)  # raises its NotFound
+            await self._find(name, kind, item_name)  # gone meanwhile: its NotFound
 
     async def create_tags(self, ctx: Context, name: str, body: Any, *, append: bool) -> list[MetadefItem]:
         """POST .../tags: the tags given, replacing the namespace's (or added to them)."""

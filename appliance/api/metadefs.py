@@ -91,7 +91,7 @@ async def create_object(request: web.Request) -> web.Response:
     item = await request.app[METADEFS].add_item(
         request[CONTEXT], _ns(request), "object", name, body, "add_metadef_object"
     )
-    doc = object_to_json(item)
+    doc = object_to_json(item, written=True)
     return _created(doc, doc["self"])
 
 
@@ -115,7 +115,7 @@ async def update_object(request: web.Request) -> web.Response:
     item = await request.app[METADEFS].update_item(
         request[CONTEXT], _ns(request), "object", request.match_info["name"], name, body, "modify_metadef_object"
     )
-    return web.json_response(object_to_json(item))
+    return web.json_response(object_to_json(item, written=True))
 
 
 @routes.delete(NS + "/objects/{name}")
@@ -139,6 +139,7 @@ async def list_properties(request: web.Request) -> web.Response:
 async def create_property(request: web.Request) -> web.Response:
     name, body = check_property(await read_json(request), "property", named=True)
     assert name is not None  # named=True requires it
+    body = {"name": name, **body}  # Glance keeps a property's name in its body when it is made alone
     item = await request.app[METADEFS].add_item(
         request[CONTEXT], _ns(request), "property", name, body, "add_metadef_property"
     )
@@ -163,6 +164,7 @@ async def show_property(request: web.Request) -> web.Response:
 async def update_property(request: web.Request) -> web.Response:
     name, body = check_property(await read_json(request), "property", named=True)
     assert name is not None
+    body = {"name": name, **body}
     item = await request.app[METADEFS].update_item(
         request[CONTEXT], _ns(request), "property", request.match_info["name"], name, body, "modify_metadef_property"
     )
@@ -183,7 +185,7 @@ async def delete_property(request: web.Request) -> web.Response:
 @routes.get(NS + "/tags")
 async def list_tags(request: web.Request) -> web.Response:
     items = await request.app[METADEFS].list_items(request[CONTEXT], _ns(request), "tag", "get_metadef_tags")
-    return web.json_response({"tags": [tag_to_json(i) for i in items]})
+    return web.json_response({"tags": [{"name": i.name} for i in items]})  # names only, as Glance lists them
 
 
 @routes.post(NS + "/tags")

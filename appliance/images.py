@@ -147,7 +147,8 @@ class ImageService:
     async def locations(self, ctx: Context, image_id: str) -> tuple[Location, ...]:
         """Where the bytes are (server paths and site URLs): the owner's or an administrator's
         business (Glance's `get_image_location`), not every viewer's."""
-        return (await self.authorized(ctx, image_id, "get_image_location")).locations
+        image = await self.authorized(ctx, image_id, "get_image_location")
+        return tuple(loc for loc in image.locations if loc.status == ACTIVE)  # a quarantined copy is gone
 
     async def authorized(self, ctx: Context, image_id: str, rule: str) -> Image:
         """An image the caller sees (else NotFound) and may act on under `rule` (else Forbidden)."""
@@ -488,7 +489,8 @@ class ImageService:
         ):
             # A hub image is never answered 204: it has (or will have) data at the hub.
             image = await self._hub_records.servable(image)
-        if image.status not in (ACTIVE, DEACTIVATED) or not image.locations:
+        if image.status not in (ACTIVE, DEACTIVATED) or not image.stores:
+            # No data, or only quarantined copies: Glance's answer for an image whose data is gone.
             return None
         for store_name in self._preferred_stores(image):
             path = self._stores[store_name].data_path(image.id)

@@ -9,8 +9,10 @@ import hashlib
 import json
 import os
 import subprocess
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -18,6 +20,8 @@ import pytest
 from tests.clients.test_glance_cli import Glance, as_dict
 from tests.clients.test_glance_import import WebRoot, web  # noqa: F401  (the fixture)
 from tests.conftest import Daemon, write_toml
+from tests.ondisk import flip_bit
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.clients
 
@@ -39,7 +43,7 @@ class As(Glance):
         return super().run(*args, token=token or self.token, timeout=timeout)
 
 
-def config(tmp_path: Path, port: int, **api: bool) -> Path:
+def config(tmp_path: Path, port: int, scrub_every: int = 86400, **api: bool) -> Path:
     return write_toml(
         tmp_path / ("loc-%s.toml" % "-".join(sorted(k for k, v in api.items() if v)) or "off"),
         {
@@ -47,6 +51,7 @@ def config(tmp_path: Path, port: int, **api: bool) -> Path:
             "auth": {"tokens": [{"token": t, "user": u, "project": p, "roles": r} for t, u, p, r in TOKENS.values()]},
             "import": {"uri_filter": {"allowed_hosts": ["127.0.0.0/8"], "allowed_ports": [port]}},
             "api": api,
+            "scrubber": {"interval": scrub_every, "rate_mib_per_s": 1000},
         },
     )
 
@@ -148,3 +153,44 @@ def test_locations_hidden_and_unchangeable_by_default(
     url = web.add("disk.raw", path.read_bytes())
     err = admin.fails("location-add", "--url", url, image_id)
     assert "It's not allowed to add locations if locations are invisible." in err
+
+
+def test_a_quarantined_copy_leaves_the_image_at_once(
+    tmp_path: Path,
+    daemon_factory: Callable[..., Daemon],
+    web: WebRoot,  # noqa: F811
+) -> None:
+    """The scrubber finds a flipped bit: the copy leaves locations and stores; with another copy
+    (an http location) the image is read from it, and an image whose only copy it was has no
+    data (Glance answers 204, which the CLI reports as no data)."""
+    daemon = daemon_factory("site", config(tmp_path, web.port, scrub_every=1, show_multiple_locations=True))
+    admin = As(daemon, "admin")
+    data = b"RAWDISK\0" + os.urandom(300_000)
+    path = tmp_path / "disk.raw"
+    path.write_bytes(data)
+    mirrored, alone = create(admin, path), create(admin, path)
+    admin.ok("location-add", "--url", web.add("disk.raw", data), mirrored)
+    for image_id in (mirrored, alone):
+        flip_bit(Path(urlsplit(_store_url(admin, image_id)).path), 4321)
+    wait_for(
+        lambda: all(_api_show(daemon, i).get("stores", "") in ("http", "") for i in (mirrored, alone)), "quarantine"
+    )
+    left = shown(admin, mirrored)
+    assert left["stores"] == "http" and [loc["url"] for loc in json.loads(left["locations"])] == [web.url("disk.raw")]
+    assert download(admin, mirrored, tmp_path) == data
+    gone = shown(admin, alone)
+    assert gone["status"] == "active" and "stores" not in gone and gone["locations"] == "[]", gone
+    result = admin.run("image-download", "--file", str(tmp_path / "none"), alone)
+    assert result.returncode != 0 and "has no data" in result.stderr, result
+
+
+def _store_url(glance: As, image_id: str) -> str:
+    return str(json.loads(shown(glance, image_id)["locations"])[0]["url"])
+
+
+def _api_show(daemon: Daemon, image_id: str) -> dict[str, Any]:
+    req = urllib.request.Request(
+        "%s/v2/images/%s" % (daemon.url, image_id), headers={"X-Auth-Token": TOKENS["admin"][0]}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return dict(json.load(resp))

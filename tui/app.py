@@ -167,7 +167,7 @@ class ApplianceTui(App[None]):
             with TabPane("4 Cache", id="cache"):
                 yield CachePane(self.session, id="cache-pane")
             with TabPane("5 Events", id="events"):
-                yield EventsPane(id="events-pane")
+                yield EventsPane(self.known_name, id="events-pane")
             with TabPane("6 Sites", id="sites"):
                 yield SitesPane(id="sites-pane")
         yield Footer()
@@ -233,7 +233,8 @@ class ApplianceTui(App[None]):
         self._poll.rounds += 1
         full_images = self._poll.force_full or self._poll.rounds % FULL_RELOAD_EVERY == 0
         self._poll.force_full = False
-        want_images = self._active in ("images", "queues", "sites") or not self._poll.images_loaded
+        # events: the log names the images its messages mention
+        want_images = self._active in ("images", "queues", "sites", "events") or not self._poll.images_loaded
         want_tasks = self._active == "queues"
         self._poll_worker = self.poll_daemon(want_images, full_images, want_tasks, self._active)
 
@@ -382,6 +383,7 @@ class ApplianceTui(App[None]):
             image = pane.selected_image()
             if image is not None:
                 self.request_detail(str(image["id"]), again=True)
+        self.events_pane.names_changed()
         if self.queues.loaded:
             self.queues.show_highlighted(self.image_name)
         if self.sites is not None:  # which images each site holds
@@ -418,6 +420,11 @@ class ApplianceTui(App[None]):
         self.sites_pane.show_sites(message.sites, self.images_pane.images.values(), now)
         self.overview.show_status(self.status, now, self.image_name, self.sites)
 
+    def known_name(self, image_id: str) -> str | None:
+        """An image's name if the image list has it (`visible`), else None."""
+        image = self.images_pane.images.get(image_id)
+        return visible(image["name"]) if image is not None and image.get("name") else None
+
     def image_name(self, image_id: str) -> str:
         """For tables, details and dialogs: `visible`."""
         image = self.images_pane.images.get(image_id)
@@ -451,8 +458,7 @@ class ApplianceTui(App[None]):
         self._active = pane
         self._focus_pane(pane)
         self.refresh_bindings()
-        if pane != "events":
-            self.poll(soon=True)
+        self.poll(soon=True)
 
     def _focus_pane(self, pane: str) -> None:
         if pane == "images":

@@ -1,12 +1,20 @@
-"""Events: the daemon's event log, newest at the bottom, levels coloured, `/` to filter."""
+"""Events: the daemon's event log, newest at the bottom, levels coloured, `/` to filter; an
+image id in a message is followed by the image's name.
+
+A RichLog draws each line at the width it has when the line is written, and a hidden pane has
+none: lines that arrive while another screen is shown are drawn when the log is shown again,
+and every line again when its width or the names of the images it mentions change."""
 
 from __future__ import annotations
 
+import re
 from collections import deque
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from rich.table import Table
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
@@ -18,9 +26,29 @@ from tui.widgets.filtering import FilterLine
 
 Json = dict[str, Any]
 KEEP = 2000  # the daemon keeps as many
+UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+NameOf = Callable[[str], str | None]  # an image id's name, if known (`visible`)
 
 
-def event_line(event: Json) -> Table:
+def no_names(image_id: str) -> str | None:
+    return None
+
+
+def mentioned(event: Json) -> list[str]:
+    return UUID.findall(str(event.get("message") or ""))
+
+
+def with_names(message: str, name_of: NameOf) -> str:
+    """`image 1a2b…: import finished` → `image 1a2b… (cirros): import finished`."""
+
+    def named(match: re.Match[str]) -> str:
+        name = name_of(match.group(0))
+        return "%s (%s)" % (match.group(0), name) if name else match.group(0)
+
+    return UUID.sub(named, message)
+
+
+def event_line(event: Json, name_of: NameOf = no_names) -> Table:
     """time, level, source, then the message, wrapped under itself (a hanging indent)."""
     stamp = str(event.get("time") or "")
     clock = stamp[11:19] if len(stamp) >= 19 else stamp
@@ -30,12 +58,15 @@ def event_line(event: Json) -> Table:
     line.add_column(width=8, style="dim", no_wrap=True)
     line.add_column(width=7, no_wrap=True)
     line.add_column(width=10, style="magenta", no_wrap=True, overflow="ellipsis")
-    line.add_column(ratio=1)
+    line.add_column(ratio=1, overflow="fold")  # a long path or URL folds: nothing is cut
     line.add_row(  # Text, not str: a str cell would be parsed as markup
         plain(clock),
         plain(level.upper(), style=level_style(level)),
         plain(source),
-        plain(event.get("message") or "", style="bold red" if level in ("error", "critical") else ""),
+        plain(
+            with_names(visible(event.get("message") or ""), name_of),
+            style="bold red" if level in ("error", "critical") else "",
+        ),
     )
     return line
 
@@ -44,10 +75,11 @@ def restart_line() -> Text:
     return Text("──── daemon restarted ────", style="bold yellow")
 
 
-def event_matches(event: Json, needle: str) -> bool:
+def event_matches(event: Json, needle: str, name_of: NameOf = no_names) -> bool:
     if not needle:
         return True
-    hay = visible("%s %s %s" % (event.get("level"), event.get("source"), event.get("message")))  # as shown
+    message = with_names(visible(event.get("message") or ""), name_of)
+    hay = visible("%s %s " % (event.get("level"), event.get("source"))) + message  # as shown
     return needle.lower() in hay.lower()
 
 
@@ -57,12 +89,27 @@ class EventLog(Contained, RichLog):
         Binding("k", "scroll_up", "Up", show=False),
     ]
 
+    def __init__(self, resized: Callable[[], None], **kw: Any) -> None:
+        super().__init__(**kw)
+        self._resized = resized
+        self.drawn_width = 0  # the width the lines were drawn at
+
+    @property
+    def width_now(self) -> int:
+        return self.scrollable_content_region.width
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._resized()
+
 
 class EventsPane(FilterLine, Vertical):
-    def __init__(self, *, id: str | None = None) -> None:
+    def __init__(self, name_of: NameOf = no_names, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.events: deque[Json | None] = deque(maxlen=KEEP)  # None marks a daemon restart
         self.filter_text = ""
+        self._name_of = name_of
+        self._names: dict[str, str | None] = {}  # the names the lines were drawn with
+        self._stale = False  # lines arrived while the log had no width
 
     def compose(self) -> ComposeResult:
         yield Input(
@@ -71,7 +118,14 @@ class EventsPane(FilterLine, Vertical):
             classes="-hidden",
         )
         yield EventLog(
-            id="events", max_lines=KEEP, min_width=20, wrap=True, auto_scroll=True, markup=False, highlight=False
+            self._log_resized,
+            id="events",
+            max_lines=KEEP,
+            min_width=20,
+            wrap=True,
+            auto_scroll=True,
+            markup=False,
+            highlight=False,
         )
 
     @property
@@ -86,24 +140,54 @@ class EventsPane(FilterLine, Vertical):
         log = self.log_widget
         if restarted and self.events:
             self.events.append(None)
-            log.write(restart_line(), expand=True)
+            if log.width_now:
+                log.write(restart_line(), expand=True)
+        log.drawn_width = log.width_now or log.drawn_width
         for event in events:
             self.events.append(event)
-            if event_matches(event, self.filter_text):
-                log.write(event_line(event), expand=True)
+            if log.width_now and event_matches(event, self.filter_text, self._name_of):
+                log.write(self._line(event), expand=True)
+        if not log.width_now:
+            self._stale = True
+
+    def _line(self, event: Json) -> Table:
+        for image_id in mentioned(event):
+            self._names[image_id] = self._name_of(image_id)
+        return event_line(event, self._name_of)
+
+    def names_changed(self) -> None:
+        """The image list changed: lines that mention an image whose name is now known (or
+        another) are drawn again."""
+        if any(self._name_of(image_id) != name for image_id, name in self._names.items()):
+            self.redraw()
+
+    def redraw(self) -> None:
+        """Every kept line again, at the log's width now (later, if it has none yet)."""
+        log = self.log_widget
+        if not log.width_now:
+            self._stale = True
+            return
+        self._stale = False
+        self._names = {}
+        log.clear()
+        log.drawn_width = log.width_now
+        for event in self.events:
+            if event is None:
+                if not self.filter_text:
+                    log.write(restart_line(), expand=True)
+            elif event_matches(event, self.filter_text, self._name_of):
+                log.write(self._line(event), expand=True)
+
+    def _log_resized(self) -> None:
+        log = self.log_widget
+        if log.width_now and (self._stale or log.width_now != log.drawn_width):
+            self.redraw()
 
     def apply_filter(self, text: str) -> None:
         if text == self.filter_text:
             return
         self.filter_text = text
-        log = self.log_widget
-        log.clear()
-        for event in self.events:
-            if event is None:
-                if not text:
-                    log.write(restart_line(), expand=True)
-            elif event_matches(event, text):
-                log.write(event_line(event), expand=True)
+        self.redraw()
 
     @property
     def filter_returns_to(self) -> EventLog:

@@ -72,3 +72,35 @@ class CacheAdmin:
         """The cache, for a caller who may read it (the operator view: figures, entries, queue, fills)."""
         policy.enforce(ctx, "cache_list")
         return self.cache
+
+    # -- Glance's legacy cache routes (/v2/cached_images, /v2/queued_images), which older
+    # glance-cache-manage tools call; Glance guards them all with `manage_image_cache`.
+
+    async def legacy_cached(self, ctx: Context) -> list[CacheEntry]:
+        policy.enforce(ctx, "manage_image_cache")
+        return self.cache.entries() if self.cache is not None else []
+
+    async def legacy_queued(self, ctx: Context) -> list[str]:
+        policy.enforce(ctx, "manage_image_cache")
+        return [q.image_id for q in await self.cache.queued()] if self.cache is not None else []
+
+    async def legacy_queue(self, ctx: Context, image_id: str) -> None:
+        policy.enforce(ctx, "manage_image_cache")
+        image = await self._images.get(ctx, image_id)
+        if self.cache is not None:
+            await self.cache.queue(image)
+        else:
+            check_queueable(image)
+
+    async def legacy_remove(self, ctx: Context, image_id: str, target: str) -> None:
+        """Drop one image from the cache or from the queue (an id it does not hold is a no-op, as in Glance)."""
+        policy.enforce(ctx, "manage_image_cache")
+        if self.cache is not None and target == "cache":
+            await self.cache.delete(image_id)
+        elif self.cache is not None:
+            await self.cache.dequeue(image_id)
+
+    async def legacy_clear(self, ctx: Context, target: str) -> int:
+        """Empty the cache or the queue; how many went (Glance's num_deleted)."""
+        policy.enforce(ctx, "manage_image_cache")
+        return await self.cache.clear(target) if self.cache is not None else 0

@@ -117,6 +117,8 @@ RULES: dict[str, str] = {
     "cache_image": ADMIN,
     "cache_list": ADMIN,
     "cache_delete": ADMIN,
+    # The legacy /v2/cached_images and /v2/queued_images routes (glance/policies/image.py)
+    "manage_image_cache": ADMIN,
     # The appliance's own
     "edge:site_register": ADMIN_OR_SITE_ITSELF,
     "edge:site_heartbeat": ADMIN_OR_SITE_ITSELF,

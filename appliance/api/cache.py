@@ -61,6 +61,49 @@ async def prune(request: web.Request) -> web.Response:
     return web.json_response({"total_files_pruned": files, "total_bytes_pruned": size})
 
 
+# Glance's legacy cache routes (cached_images.py's get/delete_cached_image(s) and
+# get/queue/delete_queued_image(s)): answers in its shapes, `null` where it returns nothing.
+
+
+@routes.get("/v2/cached_images")
+async def legacy_cached(request: web.Request) -> web.Response:
+    entries = await _admin(request).legacy_cached(request[CONTEXT])
+    return web.json_response({"cached_images": [_entry(e) for e in entries]})
+
+
+@routes.delete("/v2/cached_images/{image_id}")
+async def legacy_uncache(request: web.Request) -> web.Response:
+    await _admin(request).legacy_remove(request[CONTEXT], request.match_info["image_id"], "cache")
+    return web.json_response(None)
+
+
+@routes.delete("/v2/cached_images")
+async def legacy_clear_cached(request: web.Request) -> web.Response:
+    return web.json_response({"num_deleted": await _admin(request).legacy_clear(request[CONTEXT], "cache")})
+
+
+@routes.get("/v2/queued_images")
+async def legacy_queued(request: web.Request) -> web.Response:
+    return web.json_response({"queued_images": await _admin(request).legacy_queued(request[CONTEXT])})
+
+
+@routes.put("/v2/queued_images/{image_id}")
+async def legacy_queue(request: web.Request) -> web.Response:
+    await _admin(request).legacy_queue(request[CONTEXT], request.match_info["image_id"])
+    return web.json_response(None)
+
+
+@routes.delete("/v2/queued_images/{image_id}")
+async def legacy_dequeue(request: web.Request) -> web.Response:
+    await _admin(request).legacy_remove(request[CONTEXT], request.match_info["image_id"], "queue")
+    return web.json_response(None)
+
+
+@routes.delete("/v2/queued_images")
+async def legacy_clear_queued(request: web.Request) -> web.Response:
+    return web.json_response({"num_deleted": await _admin(request).legacy_clear(request[CONTEXT], "queue")})
+
+
 @routes.get("/v2/edge/cache")
 async def overview(request: web.Request) -> web.Response:
     """Everything an operator wants at once: figures, entries, the queue with its errors, fills."""

@@ -646,6 +646,7 @@ def _edge_paths() -> Json:
 def _cache_paths() -> Json:
     target = _header("x-image-cache-clear-target", {"enum": ["cache", "queue", "both"]}, "What to clear (default both)")
     cleaned = {"type": "object"}
+    deleted = {"type": "object", "required": ["num_deleted"], "properties": {"num_deleted": _INT64}}
     return {
         "/v2/cache": {
             "get": _op(
@@ -696,6 +697,60 @@ def _cache_paths() -> Json:
                 {200: _json(cleaned, "What was pruned")},
                 tag="cache",
             )
+        },
+        # Glance's legacy cache routes (older glance-cache-manage), under manage_image_cache.
+        "/v2/cached_images": {
+            "get": _op(
+                "legacyListCached",
+                "Cached images, Glance's legacy route (admin)",
+                {200: _json({"type": "object", "required": ["cached_images"]}, "Cached images")},
+                tag="cache",
+            ),
+            "delete": _op(
+                "legacyClearCached",
+                "Empty the cache, Glance's legacy route (admin)",
+                {200: _json(deleted, "How many went")},
+                tag="cache",
+            ),
+        },
+        "/v2/cached_images/{image_id}": {
+            "parameters": [IMAGE_ID],
+            "delete": _op(
+                "legacyUncache",
+                "Drop an image from the cache, Glance's legacy route (admin)",
+                {200: _json({"type": "null"}, "Done (null)")},
+                tag="cache",
+            ),
+        },
+        "/v2/queued_images": {
+            "get": _op(
+                "legacyListQueued",
+                "Queued image ids, Glance's legacy route (admin)",
+                {200: _json({"type": "object", "required": ["queued_images"]}, "Queued images")},
+                tag="cache",
+            ),
+            "delete": _op(
+                "legacyClearQueued",
+                "Empty the cache queue, Glance's legacy route (admin)",
+                {200: _json(deleted, "How many went")},
+                tag="cache",
+            ),
+        },
+        "/v2/queued_images/{image_id}": {
+            "parameters": [IMAGE_ID],
+            "put": _op(
+                "legacyQueue",
+                "Queue an image for caching, Glance's legacy route (admin)",
+                {200: _json({"type": "null"}, "Queued (null)")},
+                (400, 404, 409, 429, 502, 503),
+                tag="cache",
+            ),
+            "delete": _op(
+                "legacyDequeue",
+                "Drop an image from the cache queue, Glance's legacy route (admin)",
+                {200: _json({"type": "null"}, "Done (null)")},
+                tag="cache",
+            ),
         },
     }
 

@@ -300,6 +300,7 @@ CASES = [
     Case("cache_list", fixed("GET", "/v2/cache"), allowed(200, "admin")),
     Case("cache_image", fixed("PUT", "/v2/cache/{private}"), allowed(202, "admin")),
     Case("cache_delete", fixed("DELETE", "/v2/cache/{private}"), allowed(204, "admin")),
+    Case("manage_image_cache", fixed("GET", "/v2/queued_images"), allowed(200, "admin")),
     Case("edge:site_register", fixed("POST", "/v2/edge/sites", json={"name": "dcn0"}), allowed(200, "admin", "site")),
     Case("edge:site_heartbeat", fixed("POST", "/v2/edge/sites/dcn0/heartbeat", json={}), allowed(200, "admin", "site")),
     Case("edge:site_get", fixed("GET", "/v2/edge/sites/dcn0"), allowed(200, "admin", "site")),

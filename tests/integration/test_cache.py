@@ -489,6 +489,29 @@ async def test_the_glance_cache_commands(link_factory: Any) -> None:
     assert "Unable to queue image" in unknown.stderr and "404" in unknown.stderr
 
 
+async def test_glance_legacy_cache_routes(link_factory: Any) -> None:
+    """/v2/cached_images and /v2/queued_images, as older glance-cache-manage tools call them."""
+    link = await link_factory()
+    data = os.urandom(MiB)
+    cached_id = await link.hub_image(data, name="cached")
+    queued_id = await link.hub_image(os.urandom(MiB), name="queued")
+    assert (await link.download(cached_id)) == (200, data)
+    listed = (await link.edge_json("GET", "/v2/cached_images"))["cached_images"]
+    assert [(e["image_id"], e["size"], e["hits"]) for e in listed] == [(cached_id, len(data), 0)]
+    assert set(listed[0]) >= {"image_id", "hits", "last_accessed", "last_modified", "size"}
+    await link.edge_json("GET", "/v2/images/%s" % queued_id)  # recorded at the edge
+    link.proxy.target = "http://127.0.0.1:9"  # so the queued image stays queued
+    assert await link.edge_json("PUT", "/v2/queued_images/%s" % queued_id) is None
+    assert (await link.edge_json("GET", "/v2/queued_images")) == {"queued_images": [queued_id]}
+    assert await link.edge_json("DELETE", "/v2/queued_images/%s" % queued_id) is None
+    assert (await link.edge_json("GET", "/v2/queued_images")) == {"queued_images": []}
+    await link.edge_json("PUT", "/v2/queued_images/%s" % queued_id)
+    assert (await link.edge_json("DELETE", "/v2/queued_images")) == {"num_deleted": 1}
+    assert (await link.edge_json("DELETE", "/v2/cached_images")) == {"num_deleted": 1}
+    assert (await link.edge_json("GET", "/v2/cached_images")) == {"cached_images": []}
+    await link.edge_json("DELETE", "/v2/cached_images/%s" % cached_id)  # gone already: a no-op, as in Glance
+
+
 async def test_the_cache_cli(link_factory: Any) -> None:
     link = await link_factory()
     data = os.urandom(MiB)

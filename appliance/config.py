@@ -319,6 +319,17 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class SignaturesConfig:
+    # Certificates for Glance's image signature verification (img_signature_certificate_uuid):
+    # one PEM file per certificate id, named <id>.pem ("" = none: signed images are refused).
+    cert_dir: str = ""
+    # Glance's enable_certificate_validation idea: the signing certificate must be within its
+    # validity dates and chain to a CA in trusted_ca (a PEM file or a directory of them).
+    enable_certificate_validation: bool = False
+    trusted_ca: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path("var")
     site: SiteConfig = field(default_factory=SiteConfig)
@@ -336,6 +347,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     inbox: InboxConfig = field(default_factory=InboxConfig)
     bundles: BundlesConfig = field(default_factory=BundlesConfig)
+    signatures: SignaturesConfig = field(default_factory=SignaturesConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def path(self, value: str) -> Path:
@@ -609,6 +621,7 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
         "cache",
         "inbox",
         "bundles",
+        "signatures",
         "logging",
     }
     _check_keys("", data, sections)
@@ -663,8 +676,16 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
         cache=_cache(data.get("cache")),
         inbox=_simple_section("inbox", InboxConfig, data.get("inbox")),
         bundles=_simple_section("bundles", BundlesConfig, data.get("bundles")),
+        signatures=_signatures(data.get("signatures")),
         logging=log,
     )
+
+
+def _signatures(data: Any) -> SignaturesConfig:
+    conf = _simple_section("signatures", SignaturesConfig, data)
+    if conf.enable_certificate_validation and not conf.trusted_ca:
+        raise ConfigError("signatures.enable_certificate_validation: needs signatures.trusted_ca (the CA certificates)")
+    return conf
 
 
 def _check_connections(api: ApiConfig) -> None:

@@ -41,6 +41,9 @@ class Digest:
     checksum: str  # md5 hex
     os_hash_value: str  # sha512 hex
     os_hash_algo: str = HASH_ALGO
+    # The raw digest of the image signature's hash method (img_signature_hash_method), when
+    # the writer was asked for one: what the signature is checked against.
+    signed_hash: bytes | None = None
 
     def image_data(self, virtual_size: int | None) -> ImageData:
         """What the catalog records for an image whose bytes hashed to this."""
@@ -110,7 +113,8 @@ def hash_prefix(fd: int, size: int, chunk: int = 1 << 20) -> Prefix:
 
 class DigestSink:
     """Consume a stream in order: `consume(batch)` (e.g. the file write) and MD5 on one thread,
-    SHA-512 on another. `feed` applies back-pressure once PIPELINE_HIGH batches are queued."""
+    SHA-512 (and the signature's hash, if asked for) on another. `feed` applies back-pressure
+    once PIPELINE_HIGH batches are queued."""
 
     def __init__(
         self,
@@ -118,11 +122,16 @@ class DigestSink:
         *,
         background: bool = False,
         resume: Prefix | None = None,
+        signed_hash: str | None = None,
     ) -> None:
         """background: run the worker threads below the event loop's priority (imports, which
         nobody waits on byte by byte); a client's upload keeps normal priority.
-        resume: continue after bytes already hashed (a transfer resumed after a link drop)."""
+        resume: continue after bytes already hashed (a transfer resumed after a link drop).
+        signed_hash: a hashlib name (e.g. "sha256") also computed, for a signed image."""
         self._consume = consume
+        self._signed = hashlib.new(signed_hash) if signed_hash else None
+        if self._signed is not None and resume is not None and resume.size:
+            raise ValueError("a resumed transfer cannot compute a signature hash")
         self._md5 = resume.md5 if resume else hashlib.md5()
         self._sha = resume.sha if resume else hashlib.sha512()
         self._size = resume.size if resume else 0
@@ -141,6 +150,10 @@ class DigestSink:
         update = self._sha.update
         for piece in batch:
             update(piece)
+        if self._signed is not None:
+            update = self._signed.update
+            for piece in batch:
+                update(piece)
 
     async def feed(self, batch: Sequence[Buffer]) -> None:
         """Queue one batch (a list of buffers, hashed in order, never joined: no copy);
@@ -171,7 +184,12 @@ class DigestSink:
                 await self._drain_to(0)
         finally:
             self._shutdown()
-        return Digest(size=self._size, checksum=self._md5.hexdigest(), os_hash_value=self._sha.hexdigest())
+        return Digest(
+            size=self._size,
+            checksum=self._md5.hexdigest(),
+            os_hash_value=self._sha.hexdigest(),
+            signed_hash=self._signed.digest() if self._signed is not None else None,
+        )
 
     async def abort(self) -> None:
         """Drop the stream: wait for running steps (they may hold a file), ignore their errors."""

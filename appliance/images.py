@@ -36,6 +36,7 @@ from appliance.model import (
     Location,
 )
 from appliance.quotas import SIZE_TOTAL, Quotas
+from appliance.signature import SignatureVerifier
 from appliance.sites import SiteService
 from appliance.storenames import StoreNames
 from appliance.stores.base import ImageStore, StoreUsage
@@ -97,6 +98,7 @@ class ImageService:
         self.quotas = Quotas(config.quotas, catalog, stores)
         self.work = ImageWork()  # uploads, staging, imports: a delete stops them first
         self.location_rules = Locations(config, catalog, stores, self._now)  # Glance's location API
+        self.signatures = SignatureVerifier(config)  # signed images (img_signature_*)
 
     @property
     def config(self) -> Config:
@@ -110,6 +112,7 @@ class ImageService:
         self._config = config
         self.quotas.apply_config(config.quotas)
         self.location_rules.apply_config(config)
+        self.signatures.apply_config(config)
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -440,10 +443,19 @@ class ImageService:
             image = await self._catalog.get_image(image.id)
             require_formats(image)
             inspector = FormatInspector(image.disk_format, max_virtual_size=self._config.formats.max_virtual_size)
-            digest = await store.write(image.id, inspected(inspector), max_size=cap, expected_size=size)
+            signer = await self.signatures.prepare(image.id, image.properties)
+            digest = await store.write(
+                image.id,
+                inspected(inspector),
+                max_size=cap,
+                expected_size=size,
+                signed_hash=signer.hash_name if signer else None,
+            )
             written = True
             if size is not None and digest.size != size:
                 raise BadRequest("Upload ended after %d of the %d bytes announced" % (digest.size, size))
+            if signer is not None:
+                await signer.verify(digest.signed_hash)
             found = inspector.finish()
             data = digest.image_data(found.virtual_size)
             location = Location.in_store(store.name, store.location_url(image.id))

@@ -221,6 +221,9 @@ class ImportRunner:
 
     async def _execute(self, task: Task, image: Image, request: ImportRequest, ctx: Context, work: Path) -> str:
         """Run the import; returns "" on success or the failure message."""
+        # A signed image's certificate is checked before any data is fetched; the signature is
+        # checked against each store's copy as it is written, before the image turns active.
+        signer = await self._images.signatures.prepare(image.id, image.properties)
         staged = await self._acquire(task, image, request, work)
         if request.method != "copy-image":
             step_ctx = StepContext(
@@ -274,10 +277,13 @@ class ImportRunner:
                     on_progress=lambda n: self.progress.__setitem__(task.id, (n, staged.size)),
                     background=True,
                     expected_size=staged.size,
+                    signed_hash=signer.hash_name if signer else None,
                 )
                 try:
                     if expected is not None:
                         verify(digest, expected)
+                    if signer is not None:
+                        await signer.verify(digest.signed_hash)
                 except ApplianceError:
                     await store.delete(image.id)
                     raise

@@ -206,14 +206,18 @@ class BundleService:
                 inspector.feed(chunk)
                 yield chunk
 
+        signer = await self._images.signatures.prepare(image.id, image.properties)
         digest = await store.write(
             image.id,
             inspected(),
             max_size=self._config.api.max_upload_bytes,
             background=background,
             expected_size=record.size,
+            signed_hash=signer.hash_name if signer else None,
         )
         record.check(digest)  # before anything becomes visible
+        if signer is not None:
+            await signer.verify(digest.signed_hash)
         found = inspector.finish()
         return digest.image_data(found.virtual_size)
 

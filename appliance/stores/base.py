@@ -40,6 +40,7 @@ class ImageStore(Protocol):
         on_progress: Callable[[int], None] | None = None,
         background: bool = False,
         expected_size: int | None = None,
+        signed_hash: str | None = None,
     ) -> Digest: ...
 
     async def delete(self, image_id: str) -> bool: ...

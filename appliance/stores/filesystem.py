@@ -201,6 +201,7 @@ class FilesystemStore:
         on_progress: Callable[[int], None] | None = None,
         background: bool = False,
         expected_size: int | None = None,
+        signed_hash: str | None = None,
     ) -> Digest:
         """Stream `chunks` into the store under `image_id`. Returns the digest of what was
         written; on any error (including the source raising) nothing is left behind.
@@ -218,7 +219,7 @@ class FilesystemStore:
         except OSError as exc:
             raise self._error(exc) from exc
         writer = _FileWriter(fd, self.thin_provisioning)
-        sink = DigestSink(writer.write, background=background)
+        sink = DigestSink(writer.write, background=background, signed_hash=signed_hash)
         committed = False
         try:
             total = 0

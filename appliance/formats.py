@@ -275,11 +275,20 @@ class FormatInspector:
     max_virtual_size (bytes; None or 0: no limit) refuses images whose virtual size, or
     whose qcow2 L1 table, exceeds it."""
 
-    def __init__(self, claimed_disk_format: str | None, max_virtual_size: int | None = None) -> None:
+    def __init__(
+        self, claimed_disk_format: str | None, max_virtual_size: int | None = None, container_format: str | None = None
+    ) -> None:
         if claimed_disk_format is not None and claimed_disk_format not in DISK_FORMATS:
             raise FormatRejected(f'disk_format "{claimed_disk_format}" is not one of: {", ".join(DISK_FORMATS)}')
         if max_virtual_size is not None and max_virtual_size < 0:
             raise ValueError("max_virtual_size must not be negative")
+        # As in Glance, the disk format is held against the data only in a bare container (an
+        # OVA's data is a tar, a docker image's too); the safety checks still run on any data,
+        # and an OVA must be a tar with an OVF descriptor.
+        self._container = container_format if container_format not in (None, "bare") else None
+        self._ova = _OvaScan() if container_format == "ova" else None
+        if self._container is not None:
+            claimed_disk_format = None
         self._claim = claimed_disk_format
         self._limit = max_virtual_size or None
         self._size = 0
@@ -299,6 +308,8 @@ class FormatInspector:
         if self._failure is not None:
             raise FormatRejected(self._failure)
         try:
+            if self._ova is not None:
+                self._ova.feed(chunk)
             self._feed(chunk)
         except FormatRejected as exc:
             self._refused(exc)
@@ -310,7 +321,12 @@ class FormatInspector:
         if self._failure is not None:
             raise FormatRejected(self._failure)
         try:
-            return self._finish()
+            found = self._finish()
+            if self._ova is not None:
+                self._ova.finish()
+                return Inspection("ova", None)
+            # Outside a bare container the data is not the disk: no virtual size (Glance's too).
+            return found if self._container is None else Inspection(found.format, None)
         except FormatRejected as exc:
             self._refused(exc)
             raise
@@ -455,9 +471,11 @@ class FormatInspector:
         raise FormatRejected(f"image data is {described}, not {claim} as claimed (disk_format){hint}")
 
 
-def inspect_file(path: str, claimed_disk_format: str | None, max_virtual_size: int | None = None) -> Inspection:
+def inspect_file(
+    path: str, claimed_disk_format: str | None, max_virtual_size: int | None = None, container_format: str | None = None
+) -> Inspection:
     """Convenience for whole files (reads in 1 MiB chunks)."""
-    inspector = FormatInspector(claimed_disk_format, max_virtual_size)
+    inspector = FormatInspector(claimed_disk_format, max_virtual_size, container_format)
     with open(path, "rb") as f:
         while chunk := f.read(FILE_CHUNK):
             inspector.feed(chunk)
@@ -1101,3 +1119,69 @@ def introspected_properties(
         else:
             result[key] = value
     return result
+
+
+_TAR_BLOCK = 512
+# Members looked at for the descriptor: an OVA puts it first (DSP0243); a few more are allowed
+# for packers that put a manifest or a long-name record ahead of it.
+_OVA_MAX_MEMBERS = 16
+
+
+class _OvaScan:
+    """Walks the tar headers of a stream until it finds the OVF descriptor (a member named
+    *.ovf), as Glance's OVF processing looks for it; the member data in between is skipped."""
+
+    def __init__(self) -> None:
+        self._pos = 0  # bytes seen
+        self._next = 0  # offset of the next tar header
+        self._header = bytearray()
+        self._members = 0
+        self.descriptor: str | None = None
+        self._failure: str | None = None
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        view = memoryview(chunk)
+        while view and self.descriptor is None and self._failure is None:
+            if self._pos < self._next:  # inside a member's data
+                skip = min(len(view), self._next - self._pos)
+                view, self._pos = view[skip:], self._pos + skip
+                continue
+            take = min(len(view), _TAR_BLOCK - len(self._header))
+            self._header += view[:take]
+            view, self._pos = view[take:], self._pos + take
+            if len(self._header) == _TAR_BLOCK:
+                self._read_header(bytes(self._header))
+                self._header.clear()
+        if self._failure is not None:
+            raise FormatRejected(self._failure)
+
+    def _read_header(self, block: bytes) -> None:
+        if block == bytes(_TAR_BLOCK) or block[257:262] != b"ustar":
+            self._failure = (
+                "image data is not an OVA: no OVF descriptor (*.ovf) in a tar archive"
+                if self._members
+                else "image data is not an OVA: container_format ova needs a tar archive with an OVF descriptor"
+            )
+            return
+        self._members += 1
+        name = block[0:100].split(b"\0", 1)[0]
+        prefix = block[345:500].split(b"\0", 1)[0]
+        full = (prefix + b"/" + name if prefix else name).decode("utf-8", "replace")
+        try:
+            size = int(block[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            self._failure = "image data is not an OVA: a tar header is corrupt (member %r)" % full[:100]
+            return
+        if full.lower().endswith(".ovf") and block[156:157] in (b"0", b"\0"):
+            self.descriptor = full
+            return
+        if self._members >= _OVA_MAX_MEMBERS:
+            self._failure = "image data is not an OVA: no OVF descriptor among its first %d members" % _OVA_MAX_MEMBERS
+            return
+        self._next = self._pos + -(-size // _TAR_BLOCK) * _TAR_BLOCK
+
+    def finish(self) -> None:
+        if self._failure is not None:
+            raise FormatRejected(self._failure)
+        if self.descriptor is None:
+            raise FormatRejected("image data is not an OVA: no OVF descriptor (*.ovf) in a tar archive")

@@ -442,7 +442,9 @@ class ImageService:
             # (a PATCH may have changed them while it was queued).
             image = await self._catalog.get_image(image.id)
             require_formats(image)
-            inspector = FormatInspector(image.disk_format, max_virtual_size=self._config.formats.max_virtual_size)
+            inspector = FormatInspector(
+                image.disk_format, self._config.formats.max_virtual_size, container_format=image.container_format
+            )
             signer = await self.signatures.prepare(image.id, image.properties)
             digest = await store.write(
                 image.id,

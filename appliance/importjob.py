@@ -248,7 +248,11 @@ class ImportRunner:
                 raise ImportFailed("Properties disk_format, container_format must be set prior to saving data.")
             try:
                 found = await asyncio.to_thread(
-                    inspect_file, str(staged.path), staged.disk_format, self.config.formats.max_virtual_size
+                    inspect_file,
+                    str(staged.path),
+                    staged.disk_format,
+                    self.config.formats.max_virtual_size,
+                    staged.container_format,
                 )
             except ApplianceError as exc:
                 raise ImportFailed("Image data refused: %s" % exc) from None

@@ -199,7 +199,9 @@ class BundleService:
     ) -> ImageData:
         """Write the data to the store, inspected on the way; raises unless it is the record's."""
         require_formats(image)  # as for an upload: without them the data could not be inspected
-        inspector = FormatInspector(image.disk_format, max_virtual_size=self._config.formats.max_virtual_size)
+        inspector = FormatInspector(
+            image.disk_format, self._config.formats.max_virtual_size, container_format=image.container_format
+        )
 
         async def inspected() -> AsyncIterator[bytes]:
             async for chunk in chunks:

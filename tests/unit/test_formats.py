@@ -1553,3 +1553,34 @@ def test_hostile_bytes_raise_only_format_rejected(images: dict[str, Path]) -> No
             assert isinstance(result, Inspection)
             outcomes["accepted"] += 1
     assert outcomes["accepted"] > 20 and outcomes["refused"] > 100
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("chunk", [7, 512, 1 << 20])
+def test_ova_is_a_tar_with_a_descriptor_whatever_the_disk_format(chunk: int) -> None:
+    # A manifest ahead of the descriptor, whose data spans chunks; the disk format is not held
+    # against the tar (Glance inspects only bare containers).
+    data = _tar({"a.mf": b"SHA256(a.ovf)= 00\n" * 100, "a.ovf": b"<Envelope/>", "disk.vmdk": b"KDMV" + bytes(4000)})
+    inspector = FormatInspector("vmdk", None, container_format="ova")
+    for i in range(0, len(data), chunk):
+        inspector.feed(data[i : i + chunk])
+    assert inspector.finish() == Inspection("ova", None)
+    without = _tar({"disk.vmdk": bytes(4000)})
+    inspector = FormatInspector("vmdk", None, container_format="ova")
+    with pytest.raises(FormatRejected, match=r"no OVF descriptor \(\*\.ovf\) in a tar archive"):
+        inspector.feed(without)
+        inspector.finish()
+    # Other containers: no claim check, no virtual size, the safety checks still apply.
+    assert FormatInspector("qcow2", None, container_format="docker").feed(data) is None

@@ -15,7 +15,14 @@ STAMP_GLANCE := $(GLANCE_VENV)/.installed-glance
 KEYSTONE_VENV := .venv-keystone
 STAMP_KEYSTONE := $(KEYSTONE_VENV)/.installed-keystone
 
-.PHONY: run test lint system-deps install-tools bench clean glance keystone
+# Ceph for the RBD store tests (tests/ceph.py): a monitor, an OSD and a manager from Debian's
+# packages, and the distribution's librados/librbd bindings, which are not on PyPI: their two
+# extension modules are linked into a folder that a .pth file puts on the venv's path.
+CEPH_PKGS := ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd
+CEPH_BINDINGS := $(VENV)/ceph-bindings
+STAMP_CEPH := $(VENV)/.installed-ceph
+
+.PHONY: run test lint system-deps install-tools bench clean glance keystone ceph
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -45,6 +52,25 @@ $(STAMP_KEYSTONE):
 
 keystone: $(STAMP_KEYSTONE)
 
+$(STAMP_CEPH): | $(BIN)/python
+	@missing=""; for pkg in $(CEPH_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing ) >/dev/null \
+	    || { echo "error: could not install$$missing (Debian: apt-get install$$missing)" >&2; exit 1; }; \
+	fi
+	mkdir -p $(CEPH_BINDINGS)
+	ln -sf /usr/lib/python3/dist-packages/rados.cpython-311-x86_64-linux-gnu.so $(CEPH_BINDINGS)/
+	ln -sf /usr/lib/python3/dist-packages/rbd.cpython-311-x86_64-linux-gnu.so $(CEPH_BINDINGS)/
+	echo "$(abspath $(CEPH_BINDINGS))" > $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/ceph-bindings.pth
+	$(BIN)/python -c 'import rados, rbd'
+	touch $@
+
+ceph: $(STAMP_CEPH)
+
 run: $(STAMP_RUN)
 	$(BIN)/edge-appliance serve --state-dir ./var
 
@@ -64,7 +90,7 @@ install-tools:
 	    || { echo "error: could not install$$missing; install them with your package manager (Debian: apt-get install$$missing)" >&2; exit 1; }; \
 	fi
 
-test: $(STAMP_TEST) system-deps glance keystone lint
+test: $(STAMP_TEST) system-deps glance keystone ceph lint
 	$(BIN)/python -m pytest -q tests
 
 # The checks that keep the tree tidy: formatting, lint and strict types (config in pyproject.toml).

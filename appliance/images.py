@@ -18,8 +18,8 @@ from appliance.cache import ImageCache
 from appliance.catalog import Catalog, ImageQuery
 from appliance.clock import SYSTEM_CLOCK, Clock, timestamp
 from appliance.config import Config
-from appliance.download import Download
-from appliance.errors import BadRequest, Conflict, Forbidden, HubUnreachable, NotFound, TooLarge
+from appliance.download import Download, span
+from appliance.errors import BadRequest, Conflict, Forbidden, HubUnreachable, NotFound, RangeNotSatisfiable, TooLarge
 from appliance.formats import FormatInspector, introspected_properties
 from appliance.hub.lookup import HubRecords
 from appliance.hub.records import is_hub_image
@@ -331,6 +331,7 @@ class ImageService:
         image = await self.authorized(ctx, image_id, "delete_image")
         if image.protected:
             raise Forbidden("Image %s is protected and cannot be deleted." % image.id)
+        await self.check_not_in_use(image, image.stores)
         at_hub = await self.at_hub(ctx, image)
         if at_hub is not None:
             hub, token = at_hub
@@ -522,6 +523,29 @@ class ImageService:
             return await self.location_rules.read_through(image, url, byte_range)
         raise NotFound("Image %s has no readable data in any store of this site" % image.id)
 
+    @staticmethod
+    def _streamed(store: ImageStore, image: Image, byte_range: slice | None) -> Download:
+        """The bytes of a store that holds no file (RBD), streamed; a range is answered 206."""
+        assert image.size is not None
+        start, stop = span(byte_range, image.size)
+        if start >= stop and byte_range is not None:
+            raise RangeNotSatisfiable("Requested range not satisfiable: the image has %d bytes" % image.size)
+        return Download(
+            image=image,
+            chunks=store.read(image.id, start, stop),
+            length=stop - start,
+            content_range="bytes %d-%d/%d" % (start, stop - 1, image.size) if byte_range is not None else None,
+        )
+
+    async def check_not_in_use(self, image: Image, store_names: Iterable[str]) -> None:
+        """Conflict if a store's copy is in use outside the appliance (RBD clones: Nova's and
+        Cinder's disks), as Glance answers 409 for InUseByStore; nothing is deleted then."""
+        for name in store_names:
+            store = self._stores.get(name)
+            reason = await store.in_use(image.id) if store is not None else ""
+            if reason:
+                raise Conflict("Image %s could not be deleted because it is in use: %s" % (image.id, reason))
+
     def _preferred_stores(self, image: Image) -> builtins.list[str]:
         names = [s for s in image.stores if s in self._stores]
         names.sort(key=lambda s: s != self.default_store)
@@ -565,6 +589,7 @@ class ImageService:
                 "pull image %s from store %s; copy it to another store first, or delete the image"
                 % (", ".join(at_sites), image.id, store_name)
             )
+        await self.check_not_in_use(image, [store_name])
         await self._catalog.remove_location(image.id, store_name, self._now())
         await self._stores[store_name].delete(image.id)
         log.info("image %s removed from store %s", image.id, store_name)

@@ -346,9 +346,7 @@ class ImportRunner:
             if path is None:
                 raise ImportFailed("The staged data of image %s is gone" % image.id)
         elif request.method == "copy-image":
-            path = self.local_copy(image)
-            if path is None:
-                raise ImportFailed("No readable copy of image %s on this site to copy from" % image.id)
+            path = self.local_copy(image) or await self._copy_out(task, image, work)
         elif request.method == "glance-download":
             if self._hub is None or request.glance_image_id is None:
                 raise ImportFailed("glance-download needs a hub ([hub] url)")

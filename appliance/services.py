@@ -35,6 +35,8 @@ from appliance.metadefs import MetadefService
 from appliance.metrics import Metrics
 from appliance.scrubber import Scrubber
 from appliance.sites import SiteService
+from appliance.stores import open_store
+from appliance.stores.base import ImageStore
 from appliance.stores.filesystem import FilesystemStore
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ HUB_ENDPOINT_FILE = "hub-endpoint"
 class Services:
     config: Config
     catalog: Catalog
-    stores: dict[str, FilesystemStore]
+    stores: dict[str, ImageStore]
     images: ImageService
     imports: ImportService
     auth: Authenticator
@@ -149,19 +151,9 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
     events.attach()
     previous_rules = policy.install(rules)
     try:
-        stores = {
-            s.name: FilesystemStore(
-                s.name,
-                config.path(s.path),
-                thin_provisioning=s.thin_provisioning,
-                description=s.description,
-                require_mount=s.require_mount,
-                min_free_bytes=s.min_free_bytes,
-            )
-            for s in config.stores.stores
-        }
-        for store in stores.values():
-            store.prepare()
+        stores = {s.name: open_store(s, config.path(s.path)) for s in config.stores.stores}
+        # Hub pins (pulls adopted by rename) and the scrubber work on files.
+        file_stores = {n: s for n, s in stores.items() if isinstance(s, FilesystemStore)}
         identity = keystone.from_config(config.keystone, clock)
         auth = Authenticator.from_config(config, identity)
         async with Catalog.open(config.path(config.catalog.path)) as catalog:
@@ -184,7 +176,7 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
             # At an edge with a hub the definitions are the hub's, mirrored read-only.
             metadefs = MetadefService(catalog, hub_url=client.url if client is not None else None, clock=clock)
             hub = (
-                HubLink(config, catalog, stores, cache, images, client, records, metrics, clock=clock)
+                HubLink(config, catalog, file_stores, cache, images, client, records, metrics, clock=clock)
                 if client is not None and records is not None
                 else None
             )
@@ -201,7 +193,7 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
             )
             scrubber = Scrubber(
                 catalog,
-                stores,
+                file_stores,
                 interval=config.scrubber.interval,
                 rate_bytes_per_s=config.scrubber.rate_mib_per_s * float(1 << 20),
                 on_checked=metrics.scrub_checked.inc,
@@ -248,6 +240,8 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
                 )
             finally:
                 await imports.close()
+                for store in stores.values():
+                    await asyncio.to_thread(store.close)
                 if cache is not None:
                     await cache.close()  # its fills first: they read through the client
                 if client is not None:

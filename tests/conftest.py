@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestClient
 from appliance.app import build_app
 from appliance.config import Config, parse_config
 from appliance.services import Services, open_services
+from tests.ceph import ceph as ceph  # the session's Ceph cluster (RBD stores)
 from tests.glance_server import keystone_glance as keystone_glance  # the same, tokens from Keystone
 from tests.glance_server import openstack_glance as openstack_glance  # the session's OpenStack Glance
 from tests.keystone import keystone as keystone  # the session's Keystone

@@ -124,7 +124,8 @@ async def stores_detail(request: web.Request) -> web.Response:
                     store.description,
                     store.name == service.default_store,
                     usage,
-                    str(getattr(store, "path", "")),
+                    store.kind,
+                    store.properties(),
                 )
                 for store, usage in detail
             ]

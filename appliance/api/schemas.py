@@ -127,14 +127,18 @@ def store_to_json(name: str, description: str, default: bool, usage: StoreUsage)
     return body
 
 
-def store_detail_to_json(name: str, description: str, default: bool, usage: StoreUsage, datadir: str) -> dict[str, Any]:
+def store_detail_to_json(
+    name: str, description: str, default: bool, usage: StoreUsage, kind: str, properties: dict[str, Any]
+) -> dict[str, Any]:
+    """Glance's detail of a store: `kind` and `properties` as its driver reports them (file:
+    datadir; rbd: chunk_size, pool, thin_provisioning), plus this appliance's usage."""
     body = store_to_json(name, description, default, usage)
     body.update(
         {
-            "type": "file",
+            "type": kind,
             "weight": 0,
             "properties": {
-                "datadir": datadir,
+                **properties,
                 "total_bytes": usage.total_bytes,
                 "free_bytes": usage.free_bytes,
                 "used_bytes": usage.used_bytes,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from appliance.digest import Digest
 
@@ -23,13 +23,28 @@ class StoreUsage:
 class ImageStore(Protocol):
     name: str
     description: str
+    kind: str  # Glance's store type in /v2/info/stores/detail: "file", "rbd"
+
+    def properties(self) -> dict[str, Any]:
+        """Glance's `properties` of the store in /v2/info/stores/detail."""
 
     def usage(self) -> StoreUsage: ...
 
     def location_url(self, image_id: str) -> str: ...
 
     def data_path(self, image_id: str) -> Path | None:
-        """The committed file of an image, or None if this store does not hold it."""
+        """The committed file of an image, or None if this store does not hold it as a file
+        (an RBD store never does: read() streams its bytes)."""
+
+    def holds(self, image_id: str) -> bool:
+        """Whether the store holds committed data of the image. Blocking: run it in a thread."""
+
+    def read(self, image_id: str, start: int = 0, stop: int | None = None) -> AsyncIterator[bytes]:
+        """The committed bytes [start, stop) of an image this store holds."""
+
+    async def in_use(self, image_id: str) -> str:
+        """Why the image's data cannot be deleted from this store ("" if it can), e.g. RBD
+        clones of it (Glance: InUseByStore)."""
 
     async def write(
         self,
@@ -49,3 +64,5 @@ class ImageStore(Protocol):
         """Remove every file of the image (data, partial writes, pulls): it was deleted."""
 
     def clean_partial(self) -> int: ...
+
+    def close(self) -> None: ...

@@ -102,6 +102,28 @@ def test_custom_stores_and_tokens(tmp_path: Path) -> None:
     )
 
 
+def test_rbd_store(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path / "c.toml",
+        {
+            "stores": {
+                "default": "ceph",
+                "ceph": {"type": "rbd", "pool": "glance-images", "keyring": "/etc/ceph/k", "chunk_size": 4},
+                "local": {"path": "images"},
+            }
+        },
+    )
+    config = load_config(path, tmp_path)
+    assert config.stores.default == "ceph"
+    assert config.stores.stores == (
+        StoreConfig(
+            name="ceph", type="rbd", pool="glance-images", user="glance", conf_file="/etc/ceph/ceph.conf",
+            keyring="/etc/ceph/k", chunk_size=4,
+        ),
+        StoreConfig(name="local", path="images"),
+    )  # fmt: skip
+
+
 # -- unknown keys -------------------------------------------------------------------------
 
 
@@ -173,6 +195,11 @@ def test_wrong_types_name_the_key(tmp_path: Path, data: dict[str, Any], key: str
         ({"formats": {"container_formats": []}}, "formats.container_formats"),
         ({"stores": {"bad name": {"path": "x"}}}, "stores.bad name"),
         ({"stores": {"local": {"description": "no path"}}}, "stores.local.path"),
+        ({"stores": {"ceph": {"type": "s3"}}}, "stores.ceph.type"),
+        ({"stores": {"ceph": {"type": "rbd", "chunk_size": 3}}}, "stores.ceph.chunk_size"),
+        ({"stores": {"ceph": {"type": "rbd", "path": "images"}}}, "'path'"),
+        ({"stores": {"ceph": {"type": "rbd", "pool": 5}}}, "stores.ceph.pool"),
+        ({"stores": {"default": "ceph", "ceph": {"type": "rbd"}}, "hub": {"url": "http://hub:9292"}}, "stores.default"),
         ({"auth": {"tokens": [{"user": "u", "project": "p"}]}}, "auth.tokens[0]"),
         ({"auth": {"tokens": [{"token": "t", "token_file": "f", "user": "u", "project": "p"}]}}, "auth.tokens[0]"),
         ({"auth": {"tokens": [{"token": "t", "project": "p"}]}}, "auth.tokens[0]"),

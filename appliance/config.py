@@ -540,90 +540,7 @@ def read_glance_import_conf(path: Path, base: ImportConfig) -> ImportConfig:
                 else:
                     filt[key] = tuple(items)
         changes["uri_filter"] = dataclasses.replace(base.uri_filter, **filt)
-        unfetchable = [s for s in changes["uri_filter"].allowed_schemes if s.lower() not in FETCHABLE_SCHEMES]
-        if unfetchable:
-            raise ConfigError(
-                "%s: [import_filtering_opts] allowed_schemes: %s cannot be downloaded (only %s)"
-                % (path, ", ".join(map(repr, unfetchable)), ", ".join(FETCHABLE_SCHEMES))
-            )
     return dataclasses.replace(base, **changes)
-
-
-# Options of a glance-api.conf / glance-cache.conf with an equivalent here:
-# (INI section, option) -> (TOML section, key, kind). The import options are read by
-# read_glance_import_conf.
-_GLANCE_CONF_OPTIONS: dict[tuple[str, str], tuple[str, str, str]] = {
-    ("DEFAULT", "show_multiple_locations"): ("api", "show_multiple_locations", "bool"),
-    ("DEFAULT", "show_image_direct_url"): ("api", "show_image_direct_url", "bool"),
-    ("DEFAULT", "image_size_cap"): ("api", "max_upload_bytes", "int"),
-    ("DEFAULT", "limit_param_default"): ("api", "default_page_size", "int"),
-    ("DEFAULT", "api_limit_max"): ("api", "max_page_size", "int"),
-    ("DEFAULT", "image_property_quota"): ("limits", "image_property_quota", "int"),
-    ("DEFAULT", "image_tag_quota"): ("limits", "image_tag_quota", "int"),
-    ("DEFAULT", "image_member_quota"): ("limits", "image_member_quota", "int"),
-    ("DEFAULT", "enabled_import_methods"): ("import", "enabled_methods", "list"),
-    ("DEFAULT", "image_cache_dir"): ("cache", "dir", "str"),
-    ("DEFAULT", "image_cache_max_size"): ("cache", "max_size", "int"),
-    ("DEFAULT", "image_cache_stall_time"): ("cache", "stall_time", "int"),
-    ("image_format", "disk_formats"): ("formats", "disk_formats", "list"),
-    ("image_format", "container_formats"): ("formats", "container_formats", "list"),
-}
-_GLANCE_IMPORT_OPTIONS = {
-    ("image_import_opts", "image_import_plugins"),
-    ("image_conversion", "output_format"),
-    ("inject_metadata_properties", "inject"),
-    ("inject_metadata_properties", "ignore_user_roles"),
-} | {("import_filtering_opts", f.name) for f in dataclasses.fields(UriFilterConfig)}
-
-
-def glance_conf_overlay(path: Path) -> dict[str, dict[str, Any]]:
-    """The TOML sections a Glance INI file (glance-api.conf, glance-cache.conf or
-    glance-image-import.conf) sets, for the options that have an equivalent here. A file that
-    sets any other option is refused with those options named, never half-read in silence."""
-    import configparser
-
-    parser = configparser.ConfigParser(interpolation=None, default_section="\0")  # [DEFAULT] as a section
-    try:
-        with open(path) as fh:
-            parser.read_file(fh)
-    except OSError as exc:
-        raise ConfigError("import.glance_conf: cannot read %s: %s" % (path, exc.strerror)) from exc
-    except configparser.Error as exc:
-        raise ConfigError("import.glance_conf: %s is not a valid INI file: %s" % (path, exc)) from exc
-    overlay: dict[str, dict[str, Any]] = {}
-    unusable: list[str] = []
-    for section in parser.sections():
-        for option, raw in parser.items(section, raw=True):
-            known = _GLANCE_CONF_OPTIONS.get((section, option))
-            if known is None:
-                if (section, option) not in _GLANCE_IMPORT_OPTIONS:
-                    unusable.append("[%s] %s" % (section, option))
-                continue
-            table, key, kind = known
-            overlay.setdefault(table, {})[key] = _ini_value(path, section, option, raw, kind)
-    if unusable:
-        shown = ", ".join(unusable[:20]) + (" and %d more" % (len(unusable) - 20) if len(unusable) > 20 else "")
-        raise ConfigError(
-            "import.glance_conf: %s sets options this appliance has no equivalent for: %s; remove them "
-            "from the file (or give their TOML equivalents in the config instead)" % (path, shown)
-        )
-    return overlay
-
-
-def _ini_value(path: Path, section: str, option: str, raw: str, kind: str) -> Any:
-    text = raw.strip()
-    if kind == "list":
-        return _ini_list(text)
-    if kind == "str":
-        return text
-    if kind == "bool":
-        if text.lower() not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-            raise ConfigError("%s: [%s] %s: expected true or false, got %r" % (path, section, option, text))
-        return text.lower() in ("true", "yes", "on", "1")
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError("%s: [%s] %s: expected an integer, got %r" % (path, section, option, text)) from None
 
 
 def _read_tokens(data: Any) -> tuple[TokenConfig, ...]:
@@ -775,6 +692,13 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
     hub = _hub(data.get("hub"))
     if hub.keystone and not keystone.auth_url:
         raise ConfigError("hub.keystone: needs [keystone] auth_url and the appliance's credentials")
+    stores = _read_stores(data.get("stores"))
+    if (hub.url or hub.keystone) and any(s.name == stores.default and s.type == "rbd" for s in stores.stores):
+        # Pins from the hub are pulled into a resumable file and adopted by rename.
+        raise ConfigError(
+            "stores.default: %r is an rbd store; with a [hub], hub-driven pins go into the default "
+            "store, which must be a filesystem store (name an rbd store in uploads and imports)" % stores.default
+        )
     return Config(
         state_dir=state_dir,
         site=site,
@@ -783,7 +707,7 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
         quotas=_quotas(data.get("quotas")),
         auth=_read_auth(data.get("auth")),
         keystone=keystone,
-        stores=_read_stores(data.get("stores")),
+        stores=stores,
         catalog=_simple_section("catalog", CatalogConfig, data.get("catalog")),
         formats=formats,
         imports=_read_import(data.get("import")),

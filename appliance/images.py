@@ -508,9 +508,12 @@ class ImageService:
             # No data, or only quarantined copies: Glance's answer for an image whose data is gone.
             return None
         for store_name in self._preferred_stores(image):
-            path = self._stores[store_name].data_path(image.id)
+            store = self._stores[store_name]
+            path = store.data_path(image.id)
             if path is not None:
                 return Download(image=image, path=path)
+            if image.size is not None and await asyncio.to_thread(store.holds, image.id):
+                return self._streamed(store, image, byte_range)
         if self._cache is not None and self._cache.serves(image):
             try:
                 return await self._cache.open(image, byte_range)

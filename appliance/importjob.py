@@ -339,6 +339,25 @@ class ImportRunner:
             image.id, digest.image_data(staged.virtual_size), location, from_status=IMPORTING, updated_at=self.now()
         )
 
+    async def _copy_out(self, task: Task, image: Image, work: Path) -> Path:
+        """A copy held by a store without files (RBD), read into the work dir to copy from."""
+        for holder in (self._stores[s] for s in image.stores if s in self._stores):
+            if await asyncio.to_thread(holder.holds, image.id):
+                break
+        else:
+            raise ImportFailed("No readable copy of image %s on this site to copy from" % image.id)
+        path = work / "download"
+        try:
+            await _save(
+                holder.read(image.id),
+                path,
+                lambda n: self.progress.__setitem__(task.id, (n, image.size)),
+                self._staging.ensure_room,
+            )
+        except ApplianceError as exc:
+            raise ImportFailed("Reading the copy in store %s failed: %s" % (holder.name, exc)) from None
+        return path
+
     async def _acquire(self, task: Task, image: Image, request: ImportRequest, work: Path) -> StagedImage:
         """The data to import, as a file."""
         if request.method == "glance-direct":

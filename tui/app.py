@@ -122,7 +122,8 @@ class ApplianceTui(App[None]):
         self.config = config
         self.client = client
         self.clock = clock  # wall time, for "3m ago" (snapshot tests fix it)
-        self.session = Session(client, config.read_only)  # the status and sites as last polled
+        # the status and sites as last polled
+        self.session = Session(client, config.read_only, has_token=config.token is not None)
         self._active = "overview"
         self._history: list[str] = []
         self._poll = PollState()

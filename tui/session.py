@@ -26,6 +26,17 @@ class Session:
     read_only: bool
     status: Json = field(default_factory=dict)
     sites: list[Json] | None = None  # on a hub, once loaded
+    # The TUI sends a token (--url with a token); over the Unix socket it has none to forward.
+    has_token: bool = False
+
+    def own_stores(self) -> list[str]:
+        """This site's stores (not the hub's `central`, not edge sites)."""
+        return [str(s.get("id")) for s in self.status.get("stores") or []]
+
+    def hub_url(self) -> str | None:
+        """At an edge with a hub, the hub's URL; else None."""
+        hub = self.status.get("hub") or {}
+        return str(hub.get("url") or "?") if hub.get("configured") and not is_hub(self.status) else None
 
     def store_targets(self) -> list[tuple[str, str]]:
         """Where copy-image can send an image, (name, description): this site's stores, then on a

@@ -1,7 +1,9 @@
-"""Pick a store (copy to / delete from): enter picks, esc / q cancels."""
+"""Pick a store (copy to / delete from): enter picks, esc / q cancels. A store the daemon would
+refuse is listed greyed out, its description saying why, and cannot be picked."""
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from typing import ClassVar
 
 from rich.text import Text
@@ -23,18 +25,26 @@ class StoreChoiceScreen(ModalScreen[str | None]):
         Binding("k", "cursor_up", show=False),
     ]
 
-    def __init__(self, title: str, stores: list[tuple[str, str]]) -> None:
-        """`stores`: (id, description), the daemon's text (shown `visible`); `title` is visible already."""
+    def __init__(self, title: str, stores: list[tuple[str, str]], disabled: AbstractSet[str] = frozenset()) -> None:
+        """`stores`: (id, description), the daemon's text (shown `visible`); `title` is visible already;
+        `disabled`: the ids shown but not offered."""
         super().__init__()
         self._title = title
         self._stores = stores
+        self._disabled = disabled
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="choose"):
             yield PlainStatic(Text(self._title, style="bold"), id="dialog-title")
             yield OptionList(
                 *(
-                    Option(Text.assemble((visible(sid), "bold"), "  ", (visible(desc), "dim")), id=sid)
+                    Option(
+                        Text.assemble(
+                            (visible(sid), "strike" if sid in self._disabled else "bold"), "  ", (visible(desc), "dim")
+                        ),
+                        id=sid,
+                        disabled=sid in self._disabled,
+                    )
                     for sid, desc in self._stores
                 ),
                 id="store-choice",

@@ -359,6 +359,12 @@ class ImagesPane(FilterLine, ActingPane, Vertical):
             self.notify("Highlight an image on the Images screen first.", severity="warning", markup=False)
         return image
 
+    def from_hub(self, image: Json) -> str | None:
+        """At an edge, the hub's URL if `image` is the hub's (it has the hub's copy, `central`),
+        as the daemon tells them apart; else None."""
+        url = self.session.hub_url()
+        return url if url is not None and HUB_STORE in store_list(image) else None
+
     def action_delete_image(self) -> None:
         if self.session.read_only:
             return
@@ -367,10 +373,30 @@ class ImagesPane(FilterLine, ActingPane, Vertical):
             return
         image_id, name = str(image["id"]), image_label(image)
         stores = store_list(image)
+        hub = self.from_hub(image)
+        if hub is not None and not self.session.has_token:
+            # The daemon would answer 409: it forwards a hub image's delete with the caller's
+            # Keystone token only, and over the Unix socket there is none.
+            self.notify(
+                "%s belongs to the hub %s; this site only mirrors it. The daemon deletes a hub image only by "
+                "forwarding the caller's Keystone token to the hub, and this TUI (on the Unix socket) has none: "
+                "delete it at the hub; this site follows within a sync." % (name, visible(hub)),
+                title="Delete not offered",
+                severity="warning",
+                markup=False,
+            )
+            return
         question = "Delete image %s (%s)?" % (name, visible(image_id))
-        question += (
-            "\nIts data goes from every store: %s." % visible(", ".join(stores)) if stores else "\nIt has no data yet."
-        )
+        if hub is not None:
+            question += (
+                "\nIt belongs to the hub %s: the daemon forwards this delete there with your token, and with a "
+                "Keystone token the hub deletes it for every site. With a static token the daemon refuses (409): "
+                "delete it at the hub instead." % visible(hub)
+            )
+        elif stores:
+            question += "\nIts data goes from every store: %s." % visible(", ".join(stores))
+        else:
+            question += "\nIt has no data yet."
         if image.get("protected"):
             question += "\nIt is protected: the daemon will refuse."
 
@@ -396,12 +422,24 @@ class ImagesPane(FilterLine, ActingPane, Vertical):
             self.notify("%s has no data in any store." % name, severity="warning", markup=False)
             return
         described = dict(self.session.store_targets())
+        refused: dict[str, str] = {}
+        if self.session.hub_url() is not None and HUB_STORE in held:
+            # The daemon answers 409: `central` is not a store of this site.
+            refused[HUB_STORE] = "the hub's copy: not a store of this site (delete it at the hub)"
+        if not [s for s in held if s not in refused]:
+            self.notify(
+                "%s has no copy in a store of this site; its data is the hub's (delete it at the hub)." % name,
+                title="Delete from store not offered",
+                severity="warning",
+                markup=False,
+            )
+            return
 
         def chosen(store: str | None) -> None:
             if not store:
                 return
             question = "Delete the copy of %s (%s) in store %s?" % (name, visible(image_id), visible(store))
-            if len(held) == 1:
+            if len([s for s in held if s not in refused]) == 1:
                 question += "\nIt is the only copy: the daemon will refuse."
 
             def answered(yes: bool | None) -> None:
@@ -415,7 +453,12 @@ class ImagesPane(FilterLine, ActingPane, Vertical):
             self.app.push_screen(ConfirmScreen("Delete from store", question, yes="Delete copy"), answered)
 
         self.app.push_screen(
-            StoreChoiceScreen("Delete %s from which store?" % name, [(s, described.get(s, "")) for s in held]), chosen
+            StoreChoiceScreen(
+                "Delete %s from which store?" % name,
+                [(s, refused.get(s) or described.get(s, "")) for s in held],
+                disabled=set(refused),
+            ),
+            chosen,
         )
 
     def action_copy_to_store(self) -> None:
@@ -425,10 +468,30 @@ class ImagesPane(FilterLine, ActingPane, Vertical):
         if image is None:
             return
         image_id, name = str(image["id"]), image_label(image)
+        if image.get("status") != "active":
+            # The daemon answers 409: copy-image reads an active image's data.
+            self.notify(
+                "%s is %s: the daemon copies active images only." % (name, visible(image.get("status"))),
+                title="Copy not offered",
+                severity="warning",
+                markup=False,
+            )
+            return
         held = set(store_list(image))
         candidates = [(store, about) for store, about in self.session.store_targets() if store not in held]
         if not candidates:
             self.notify("%s is already in every store of this site." % name, severity="warning", markup=False)
+            return
+        if not held & set(self.session.own_stores()):
+            # copy-image reads a copy in this site's stores (not the hub's, not the cache): the
+            # daemon refuses (to the hub) or the task fails ("No readable copy").
+            self.notify(
+                "%s has no copy in a store of this site for the daemon to copy from%s."
+                % (name, " (the hub's copy is not read; p caches it)" if HUB_STORE in held else ""),
+                title="Copy not offered",
+                severity="warning",
+                markup=False,
+            )
             return
 
         def chosen(store: str | None) -> None:

@@ -540,7 +540,90 @@ def read_glance_import_conf(path: Path, base: ImportConfig) -> ImportConfig:
                 else:
                     filt[key] = tuple(items)
         changes["uri_filter"] = dataclasses.replace(base.uri_filter, **filt)
+        unfetchable = [s for s in changes["uri_filter"].allowed_schemes if s.lower() not in FETCHABLE_SCHEMES]
+        if unfetchable:
+            raise ConfigError(
+                "%s: [import_filtering_opts] allowed_schemes: %s cannot be downloaded (only %s)"
+                % (path, ", ".join(map(repr, unfetchable)), ", ".join(FETCHABLE_SCHEMES))
+            )
     return dataclasses.replace(base, **changes)
+
+
+# Options of a glance-api.conf / glance-cache.conf with an equivalent here:
+# (INI section, option) -> (TOML section, key, kind). The import options are read by
+# read_glance_import_conf.
+_GLANCE_CONF_OPTIONS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("DEFAULT", "show_multiple_locations"): ("api", "show_multiple_locations", "bool"),
+    ("DEFAULT", "show_image_direct_url"): ("api", "show_image_direct_url", "bool"),
+    ("DEFAULT", "image_size_cap"): ("api", "max_upload_bytes", "int"),
+    ("DEFAULT", "limit_param_default"): ("api", "default_page_size", "int"),
+    ("DEFAULT", "api_limit_max"): ("api", "max_page_size", "int"),
+    ("DEFAULT", "image_property_quota"): ("limits", "image_property_quota", "int"),
+    ("DEFAULT", "image_tag_quota"): ("limits", "image_tag_quota", "int"),
+    ("DEFAULT", "image_member_quota"): ("limits", "image_member_quota", "int"),
+    ("DEFAULT", "enabled_import_methods"): ("import", "enabled_methods", "list"),
+    ("DEFAULT", "image_cache_dir"): ("cache", "dir", "str"),
+    ("DEFAULT", "image_cache_max_size"): ("cache", "max_size", "int"),
+    ("DEFAULT", "image_cache_stall_time"): ("cache", "stall_time", "int"),
+    ("image_format", "disk_formats"): ("formats", "disk_formats", "list"),
+    ("image_format", "container_formats"): ("formats", "container_formats", "list"),
+}
+_GLANCE_IMPORT_OPTIONS = {
+    ("image_import_opts", "image_import_plugins"),
+    ("image_conversion", "output_format"),
+    ("inject_metadata_properties", "inject"),
+    ("inject_metadata_properties", "ignore_user_roles"),
+} | {("import_filtering_opts", f.name) for f in dataclasses.fields(UriFilterConfig)}
+
+
+def glance_conf_overlay(path: Path) -> dict[str, dict[str, Any]]:
+    """The TOML sections a Glance INI file (glance-api.conf, glance-cache.conf or
+    glance-image-import.conf) sets, for the options that have an equivalent here. A file that
+    sets any other option is refused with those options named, never half-read in silence."""
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None, default_section="\0")  # [DEFAULT] as a section
+    try:
+        with open(path) as fh:
+            parser.read_file(fh)
+    except OSError as exc:
+        raise ConfigError("import.glance_conf: cannot read %s: %s" % (path, exc.strerror)) from exc
+    except configparser.Error as exc:
+        raise ConfigError("import.glance_conf: %s is not a valid INI file: %s" % (path, exc)) from exc
+    overlay: dict[str, dict[str, Any]] = {}
+    unusable: list[str] = []
+    for section in parser.sections():
+        for option, raw in parser.items(section, raw=True):
+            known = _GLANCE_CONF_OPTIONS.get((section, option))
+            if known is None:
+                if (section, option) not in _GLANCE_IMPORT_OPTIONS:
+                    unusable.append("[%s] %s" % (section, option))
+                continue
+            table, key, kind = known
+            overlay.setdefault(table, {})[key] = _ini_value(path, section, option, raw, kind)
+    if unusable:
+        shown = ", ".join(unusable[:20]) + (" and %d more" % (len(unusable) - 20) if len(unusable) > 20 else "")
+        raise ConfigError(
+            "import.glance_conf: %s sets options this appliance has no equivalent for: %s; remove them "
+            "from the file (or give their TOML equivalents in the config instead)" % (path, shown)
+        )
+    return overlay
+
+
+def _ini_value(path: Path, section: str, option: str, raw: str, kind: str) -> Any:
+    text = raw.strip()
+    if kind == "list":
+        return _ini_list(text)
+    if kind == "str":
+        return text
+    if kind == "bool":
+        if text.lower() not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            raise ConfigError("%s: [%s] %s: expected true or false, got %r" % (path, section, option, text))
+        return text.lower() in ("true", "yes", "on", "1")
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError("%s: [%s] %s: expected an integer, got %r" % (path, section, option, text)) from None
 
 
 def _read_tokens(data: Any) -> tuple[TokenConfig, ...]:
@@ -872,6 +955,12 @@ def load_config(path: Path | None, state_dir: Path | None = None, **overrides: A
             raise ConfigError("%s: not valid TOML: %s" % (path, exc)) from exc
     config = parse_config(data, (state_dir or default_state_dir()).absolute())
     if config.imports.glance_conf:
+        overlay = glance_conf_overlay(config.path(config.imports.glance_conf))
+        if overlay:  # validated as if the TOML had said it; the Glance file wins
+            merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+            for table, values in overlay.items():
+                merged[table] = {**merged.get(table, {}), **values}
+            config = parse_config(merged, config.state_dir)
         imports = read_glance_import_conf(config.path(config.imports.glance_conf), config.imports)
         config = dataclasses.replace(config, imports=imports)
     api_changes = {k: v for k, v in overrides.items() if v is not None and k in ("host", "port")}

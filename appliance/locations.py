@@ -10,9 +10,10 @@ listed again by its store URL once its data is there."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 from appliance import policy
@@ -119,7 +120,7 @@ class Locations:
             if store.location_url(image.id) == url:
                 if name in image.stores:
                     raise BadRequest("Store %s already lists image %s" % (name, image.id))
-                if store.data_path(image.id) is None:
+                if not await asyncio.to_thread(store.holds, image.id):
                     raise BadRequest("Store %s holds no data of image %s at %s" % (name, image.id, url))
                 return Location.in_store(name, url)
         return None
@@ -187,7 +188,7 @@ class Locations:
         return Download(
             image=image,
             source=HTTP_SOURCE,
-            chunks=_cut(chunks, start, stop, stack),
+            chunks=_Relay(_cut(chunks, start, stop), stack),
             length=stop - start,
             content_range="bytes %d-%d/%d" % (start, stop - 1, image.size) if byte_range is not None else None,
         )
@@ -203,18 +204,36 @@ class Locations:
         )
 
 
-async def _cut(
-    chunks: AsyncIterator[bytes], start: int, stop: int, stack: contextlib.AsyncExitStack
-) -> AsyncIterator[bytes]:
-    """Bytes [start, stop) of the stream; the connection is released when the relay ends."""
+class _Relay:
+    """The relayed bytes; closing it releases the connection even if no byte was read (an
+    async generator that never started would skip its cleanup)."""
+
+    def __init__(self, chunks: AsyncGenerator[bytes, None], stack: contextlib.AsyncExitStack) -> None:
+        self._chunks = chunks
+        self._stack = stack
+
+    def __aiter__(self) -> _Relay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._chunks.__anext__()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
+        await self._stack.aclose()
+
+
+async def _cut(chunks: AsyncIterator[bytes], start: int, stop: int) -> AsyncGenerator[bytes, None]:
+    """Bytes [start, stop) of the stream."""
     offset = 0
-    try:
-        async for chunk in chunks:
-            end = offset + len(chunk)
-            if end > start and offset < stop:
-                yield chunk[max(0, start - offset) : min(len(chunk), stop - offset)]
-            offset = end
-            if offset >= stop:
-                break
-    finally:
-        await stack.aclose()
+    async for chunk in chunks:
+        end = offset + len(chunk)
+        if end > start and offset < stop:
+            yield chunk[max(0, start - offset) : min(len(chunk), stop - offset)]
+        offset = end
+        if offset >= stop:
+            break

@@ -130,8 +130,15 @@ def test_locations_shown_added_read_through_and_deleted(
     # The last location stays (Glance: 403).
     assert "Cannot remove last location in the image." in admin.fails("location-delete", "--url", url, image_id)
 
-    # The bytes now come through the http location.
+    # The bytes now come through the http location, ranges cut from the stream.
     assert download(other, image_id, tmp_path) == data
+    req = urllib.request.Request(
+        "%s/v2/images/%s/file" % (daemon.url, image_id),
+        headers={"X-Auth-Token": TOKENS["other"][0], "Range": "bytes=1000-70000"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 206 and resp.headers["Content-Range"] == "bytes 1000-70000/%d" % len(data)
+        assert resp.read() == data[1000:70001]
     assert hashlib.sha512(data).hexdigest() == left["os_hash_value"]
 
     # The site's own store URL comes back only where its data is.

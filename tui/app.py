@@ -67,6 +67,16 @@ PANES = (
 )
 # Each action that changes the daemon, and the screen (pane) it belongs to and acts from.
 PANE_ACTIONS = {action: "images" for action in ImagesPane.ACTIONS} | {action: "cache" for action in CachePane.ACTIONS}
+# The panes' actions in the command palette: (action, title, help).
+PALETTE_ACTIONS = [
+    ("import_url", "Import image from URL", "web-download into this site (key n)"),
+    ("copy_to_store", "Copy image to a store", "copy-image for the highlighted image (key c)"),
+    ("delete_from_store", "Delete image from a store", "remove one store's copy of the highlighted image (key x)"),
+    ("delete_image", "Delete image", "delete the highlighted image (key d)"),
+    ("cache_image", "Queue image for caching", "prefetch the highlighted image into the cache (key p)"),
+    ("cache_remove", "Remove from cache", "drop the highlighted cached copy or queued image (key x)"),
+    ("cache_clear", "Clear cache", "drop every cached copy, the queue, or both (key X)"),
+]
 FILTERABLE = frozenset({"images", "events"})
 # "Did the images change?" is answered by the status counts plus the most recently updated
 # images (every change bumps updated_at); the full list is fetched only when that differs, and
@@ -581,33 +591,15 @@ class ApplianceTui(App[None]):
                 partial(self.action_show_pane, pane),
             )
         yield SystemCommand("Refresh now", "Ask the daemon again (key r)", self.action_refresh)
-        if not self.config.read_only:
-            yield SystemCommand("Import image from URL", "web-download into this site (key n)", self.action_import_url)
-            yield SystemCommand(
-                "Copy image to a store", "copy-image for the highlighted image (key c)", self.action_copy_to_store
-            )
-            yield SystemCommand(
-                "Delete image from a store",
-                "remove one store's copy of the highlighted image (key x)",
-                self.action_delete_from_store,
-            )
-            yield SystemCommand("Delete image", "delete the highlighted image (key d)", self.action_delete_image)
-            if cache_enabled(self.status):
-                yield SystemCommand(
-                    "Queue image for caching",
-                    "prefetch the highlighted image into the cache (key p)",
-                    self.action_cache_image,
-                )
-                yield SystemCommand(
-                    "Remove from cache",
-                    "drop the highlighted cached copy or queued image (key x on Cache)",
-                    self.action_cache_remove,
-                )
-                yield SystemCommand(
-                    "Clear cache",
-                    "drop every cached copy, the queue, or both (key X on Cache)",
-                    self.action_cache_clear,
-                )
+        # The actions of the screen shown, as its keys offer them (a highlighted row, not read-only,
+        # a cache): never an action on a row that is not on screen.
+        for action, title, help_text in PALETTE_ACTIONS:
+            if not isinstance(screen, ModalScreen) and self._offered(action):
+                yield SystemCommand(title, help_text, getattr(self, "action_%s" % action))
+
+    def _offered(self, action: str) -> bool:
+        """A pane's action is on offer where its keys are (check_action, without the dialog)."""
+        return self._active == PANE_ACTIONS[action] and self._pane_for(action).check_action(action, ()) is True
 
     # -- the panes' actions, for the keys above and the command palette ---------------------
 

@@ -144,3 +144,36 @@ def test_edge_tui_runs_in_a_terminal_and_quits_with_q(site: Daemon) -> None:
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+async def palette_titles(pilot: Any, typed: str) -> list[str]:
+    """Open the command palette, type `typed`, and read the commands it offers; then close it."""
+    app = pilot.app
+    await pilot.press("ctrl+p")
+    assert isinstance(app.screen, CommandPalette)
+    await pilot.press(*typed)
+    listed = app.screen.query_one(CommandList)
+    await wait_until(pilot, lambda: listed.option_count > 0, what="palette hits for %r" % typed)
+    await pilot.pause(0.3)  # every provider has answered
+    titles = [str(listed.get_option_at_index(i).prompt) for i in range(listed.option_count)]
+    await pilot.press("escape")
+    return titles
+
+
+async def test_the_palette_offers_the_shown_screens_actions_and_navigation(site: Daemon, site_api: SiteApi) -> None:
+    """From Overview, "Delete image" would delete a row that is not on screen: not offered there."""
+    await site_api.create("only")
+    app = make_app(socket_config(site))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: app.images_pane.loaded, what="the images")
+        overview = await palette_titles(pilot, "image")
+        assert any("Show Images" in t for t in overview), overview
+        assert not any("Delete image" in t or "Copy image" in t or "Import image" in t for t in overview), overview
+        await pilot.press("2")
+        await wait_until(pilot, lambda: app.query_one(ImageTable).row_count == 1)
+        images = await palette_titles(pilot, "image")
+        assert any("Delete image" in t for t in images) and any("Import image" in t for t in images), images
+        assert not any("cach" in t.lower() for t in images)  # no cache on this site
+        await pilot.press("4")
+        cache = await palette_titles(pilot, "image")
+        assert not any("Delete image" in t for t in cache), cache

@@ -1293,7 +1293,7 @@ class Catalog:
                     "INSERT INTO metadef_namespaces (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)" % _NS_COLUMNS, _ns_row(ns)
                 )
             except sqlite3.IntegrityError:
-                raise Conflict("Metadata definition namespace=%s already exists." % ns.namespace) from None
+                raise Conflict("The metadata definition namespace=%s already exists." % ns.namespace) from None
             for item in items:
                 await self._insert_item(db, item)
 
@@ -1317,7 +1317,7 @@ class Catalog:
                     [*_ns_row(ns), old_name],
                 )
             except sqlite3.IntegrityError:
-                raise Conflict("Metadata definition namespace=%s already exists." % ns.namespace) from None
+                raise Conflict("The metadata definition namespace=%s already exists." % ns.namespace) from None
             if cur.rowcount == 0:
                 raise NotFound("Metadata definition namespace=%s was not found." % old_name)
 
@@ -1360,6 +1360,16 @@ class Catalog:
                 "VALUES (?, 0, ?, ?)",
                 [item.name, item.created_at, item.created_at],
             )
+        if item.kind == "tag":  # Glance's tag names are unique whatever their case
+            async with db.execute(
+                "SELECT 1 FROM metadef_items WHERE namespace = ? AND kind = 'tag' AND lower(name) = lower(?)",
+                [item.namespace, item.name],
+            ) as cur:
+                if await cur.fetchone() is not None:
+                    raise Conflict(
+                        "A metadata tag with name=%s already exists in namespace=%s. (Please note that metadata "
+                        "tag names are case insensitive)." % (item.name, item.namespace)
+                    )
         try:
             await db.execute(
                 "INSERT INTO metadef_items (namespace, kind, name, body, created_at, updated_at) "

@@ -16,6 +16,7 @@ token sees), and a write is refused (409) naming the hub, where it is to be made
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -46,7 +47,12 @@ Json = dict[str, Any]
 
 
 def _fail(where: str, problem: str) -> BadRequest:
-    return BadRequest("Invalid %s: %s" % (where, problem))
+    """Glance's words for a body its schema refuses; `where`: the path to the wrong part."""
+    schema = re.split(r"[.\[ ]", where, maxsplit=1)[0]
+    inner = where[len(schema) :].lstrip(".")
+    return BadRequest(
+        "Provided object does not match schema '%s': %s%s" % (schema, inner + ": " if inner else "", problem)
+    )
 
 
 def _object(value: Any, where: str) -> Json:
@@ -309,6 +315,15 @@ def association_to_json(item: MetadefItem) -> Json:
     return {"name": item.name, **item.body, "created_at": item.created_at, "updated_at": item.updated_at}
 
 
+# Glance's words for a missing item (an association is only ever looked up to be removed).
+_NOT_FOUND = {
+    "object": "Could not find metadata object %s",
+    "property": "Could not find property %s",
+    "tag": "Could not find metadata tag %s",
+    "resource_type": "Failed to find resource type %s to delete",
+}
+
+
 class MetadefService:
     def __init__(self, catalog: Catalog, *, hub_url: str | None = None, clock: Clock | None = None) -> None:
         self._catalog = catalog
@@ -338,7 +353,7 @@ class MetadefService:
         """The namespace `ctx` may see (else 404, as if missing) and act on by `rule`."""
         ns = await self._catalog.get_metadef_namespace(name)
         if not self._visible(ctx, ns):
-            raise NotFound("Metadata definition namespace=%s was not found." % name)
+            raise NotFound("The resource could not be found.")  # Glance's words, which name nothing
         policy.enforce(ctx, rule, self._target(ns))
         return ns
 
@@ -510,10 +525,7 @@ class MetadefService:
         for item in await self._catalog.metadef_items(name, kind):
             if item.name == item_name:
                 return item
-        what = {"resource_type": "resource-type association"}.get(kind, kind)
-        raise NotFound(
-            "The metadata definition %s with name=%s was not found in namespace=%s." % (what, item_name, name)
-        )
+        raise NotFound("%s (in namespace %s)." % (_NOT_FOUND[kind] % item_name, name))
 
     async def add_item(self, ctx: Context, name: str, kind: str, item_name: str, body: Json, rule: str) -> MetadefItem:
         await self._writable(ctx, name, rule)
@@ -550,19 +562,16 @@ class MetadefService:
         if not isinstance(doc.get("tags"), list):
             raise _fail("tags", "'tags' must be an array of tags")
         names = [check_tag(t, "tags[%d]" % i) for i, t in enumerate(doc["tags"])]
-        if len(set(names)) != len(names):
+        if len({n.lower() for n in names}) != len(names):
             raise Conflict(
-                "Duplicate tag names in the request: %s" % ", ".join(sorted({n for n in names if names.count(n) > 1}))
+                "Duplicate tag names in the request: %s"
+                % ", ".join(sorted({n for n in names if [m.lower() for m in names].count(n.lower()) > 1}))
             )
         await self._writable(ctx, name, "add_metadef_tags")
         now = self._now()
         items = [MetadefItem(name, "tag", n, {}, now, now) for n in names]
         if append:
-            existing = {t.name for t in await self._catalog.metadef_items(name, "tag")}
-            clash = sorted(existing & set(names))
-            if clash:
-                raise Conflict("A metadata tag with name=%s already exists in namespace=%s." % (clash[0], name))
-            items = [*await self._catalog.metadef_items(name, "tag"), *items]
+            items = [*await self._catalog.metadef_items(name, "tag"), *items]  # the catalog refuses a clash
         await self._catalog.replace_metadef_items(name, "tag", items)
         return items[-len(names) :] if names else []
 

@@ -5,6 +5,7 @@ namespaces and their own project's), an operator's policy file opening them (16.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +24,7 @@ TOKENS = {
     "beta": ("beta-secret", "beta", ["member", "reader"]),
 }
 NS = "/v2/metadefs/namespaces"
+ADMIN_HEADERS = {"X-Auth-Token": ADMIN, **JSON_ERRORS}
 NS_KEYS = {"namespace", "visibility", "protected", "owner", "created_at", "updated_at", "schema", "self"}
 
 
@@ -185,6 +187,8 @@ async def test_objects_properties_tags_and_resource_types(http: Http) -> None:
     tag = await http.call("admin", "POST", NS + "/ns/tags/one", 201)
     assert set(tag) == {"name", "created_at", "updated_at"} and tag["name"] == "one"
     await http.call("admin", "POST", NS + "/ns/tags/one", 409)
+    clash = await http.call("admin", "POST", NS + "/ns/tags/ONE", 409)  # tag names are case insensitive
+    assert "case insensitive" in clash["message"]
     many = await http.call("admin", "POST", NS + "/ns/tags", 201, json={"tags": [{"name": "a"}, {"name": "b"}]})
     assert many == {"tags": [{"name": "a"}, {"name": "b"}]}
     # Without X-Openstack-Append the tags given replace the namespace's; with it they are added.
@@ -220,7 +224,8 @@ async def test_policy_defaults_admin_writes_projects_read_public_and_their_own(h
     await http.call("admin", "POST", NS, 201, json={"namespace": "open", "visibility": "public"})
     # The owner's project reads its private namespace; another project's is missing (404).
     assert (await http.call("alpha", "GET", NS + "/alpha-private"))["owner"] == "alpha"
-    await http.call("beta", "GET", NS + "/alpha-private", 404)
+    hidden = await http.call("beta", "GET", NS + "/alpha-private", 404)
+    assert "alpha-private" not in hidden["message"]  # Glance's words for it name nothing
     await http.call("beta", "GET", NS + "/alpha-private/objects", 404)
     assert {n["namespace"] for n in (await http.call("beta", "GET", NS))["namespaces"]} == {"open"}
     assert {n["namespace"] for n in (await http.call("alpha", "GET", NS))["namespaces"]} == {"open", "alpha-private"}
@@ -295,3 +300,30 @@ async def test_load_and_export_namespace_files(http: Http, site: Daemon, tmp_pat
     assert set(docs) == {"OS-Test-Full.json", "OS-Test-Second.json"}
     assert docs["OS-Test-Second.json"] == second
     assert docs["OS-Test-Full.json"] == {**changed, "tags": [{"name": "fast"}, {"name": "slow"}]}
+
+
+async def test_concurrent_creates_of_one_name_make_one(http: Http) -> None:
+    """Repeats the race: many creates of one namespace (and one tag, in any case) at once; one
+    wins, the others are told it exists, and the namespace holds that one."""
+    for round_ in range(5):
+        name = "race-%d" % round_
+        answers = await asyncio.gather(
+            *(
+                http.session.post(http.daemon.url + NS, json={"namespace": name}, headers=ADMIN_HEADERS)
+                for _ in range(8)
+            )
+        )
+        statuses = sorted(r.status for r in answers)
+        for r in answers:
+            r.release()
+        assert statuses == [201] + [409] * 7, statuses
+        tags = await asyncio.gather(
+            *(
+                http.session.post(http.daemon.url + NS + "/%s/tags/%s" % (name, tag), headers=ADMIN_HEADERS)
+                for tag in ("t", "T", "t", "T")
+            )
+        )
+        assert sorted(r.status for r in tags) == [201, 409, 409, 409]
+        for r in tags:
+            r.release()
+        assert len((await http.call("admin", "GET", NS + "/%s/tags" % name))["tags"]) == 1

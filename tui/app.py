@@ -78,6 +78,7 @@ PALETTE_ACTIONS = [
     ("cache_clear", "Clear cache", "drop every cached copy, the queue, or both (key X)"),
 ]
 FILTERABLE = frozenset({"images", "events"})
+UNAUTHORIZED = (401, 403)  # the daemon refuses the token: no poll will load anything
 # "Did the images change?" is answered by the status counts plus the most recently updated
 # images (every change bumps updated_at); the full list is fetched only when that differs, and
 # anyway every FULL_RELOAD_EVERY polls.
@@ -260,7 +261,7 @@ class ApplianceTui(App[None]):
             self.post_message(ConnectionFailed(str(exc), reachable=False))
             return
         except DaemonError as exc:
-            self.post_message(ConnectionFailed(str(exc), reachable=True))
+            self.post_message(ConnectionFailed(str(exc), reachable=True, status=exc.status))
             return
         self.post_message(StatusLoaded(status))
         try:
@@ -285,7 +286,7 @@ class ApplianceTui(App[None]):
         except DaemonUnavailable as exc:
             self.post_message(ConnectionFailed(str(exc), reachable=False))
         except DaemonError as exc:
-            self.post_message(ConnectionFailed(str(exc), reachable=True))
+            self.post_message(ConnectionFailed(str(exc), reachable=True, status=exc.status))
         except (KeyError, TypeError, ValueError) as exc:  # an answer of another shape
             log.warning("unexpected answer from the daemon: %r", exc)
             self.post_message(ConnectionFailed("unexpected answer: %r" % exc, reachable=True))
@@ -373,7 +374,10 @@ class ApplianceTui(App[None]):
     @while_running
     def on_connection_failed(self, message: ConnectionFailed) -> None:
         banner = self.query_one("#banner", Static)
-        if message.reachable:
+        if message.status in UNAUTHORIZED:
+            text = Text("⛔ Not authorized by the daemon at %s: " % visible(self.client.target), style="bold")
+            self._show_unauthorized(message.status)
+        elif message.reachable:
             text = Text("⚠ The daemon at %s answered with an error: " % visible(self.client.target), style="bold")
         else:
             text = Text("⚠ Cannot reach the daemon at %s: " % visible(self.client.target), style="bold")
@@ -382,6 +386,23 @@ class ApplianceTui(App[None]):
         banner.update(text)
         banner.remove_class("-hidden")
         self._banner_up = True
+
+    def _show_unauthorized(self, status: int | None) -> None:
+        """What waits for data the daemon refuses says so, instead of "Loading…" for ever."""
+        said = Text(
+            "Not authorized (%s): the daemon refuses this token. Give edge-tui another --token, "
+            "or use the Unix socket on the daemon's host." % status,
+            style="bold red",
+        )
+        panes: list[tuple[bool, str]] = [
+            (self.images_pane.loaded, "#image-detail"),
+            (self.queues.loaded, "#task-detail"),
+            (self.cache_pane.loaded, "#cache-detail"),
+            (self.sites_pane.loaded, "#site-detail"),
+        ]
+        for loaded, detail in panes:
+            if not loaded:
+                self.query_one(detail, Static).update(said)
 
     @while_running
     def on_events_loaded(self, message: EventsLoaded) -> None:

@@ -20,10 +20,11 @@ class StatusLoaded(Message):
 class ConnectionFailed(Message):
     """The status poll failed: the daemon is unreachable, or answered with an error."""
 
-    def __init__(self, reason: str, reachable: bool) -> None:
+    def __init__(self, reason: str, reachable: bool, status: int | None = None) -> None:
         super().__init__()
         self.reason = reason
         self.reachable = reachable
+        self.status = status  # the daemon's HTTP status, when it answered
 
 
 class EventsLoaded(Message):

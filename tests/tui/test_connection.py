@@ -61,7 +61,10 @@ async def test_banner_for_a_dead_port_and_for_a_refused_token(site: Daemon, site
     app = make_app(TuiConfig(url=site.url, refresh_seconds=REFRESH))
     async with app.run_test() as pilot:
         await wait_until(pilot, lambda: banner(app).display, what="banner")
-        assert "answered with an error: Authentication required: send an X-Auth-Token header" in banner_text(app)
+        assert (
+            "Not authorized by the daemon at %s: Authentication required: send an X-Auth-Token header" % site.url
+            in (banner_text(app))
+        )
     app = make_app(TuiConfig(url=site.url, token="wrong", refresh_seconds=REFRESH))
     async with app.run_test() as pilot:
         await wait_until(pilot, lambda: banner(app).display, what="banner")
@@ -96,3 +99,21 @@ def test_default_socket(tmp_path: Path) -> None:
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "appliance.sock").touch()
     assert default_socket({}, tmp_path) == str(tmp_path / "var" / "appliance.sock")
+
+
+async def test_a_wrong_token_says_not_authorized_at_once(site: Daemon) -> None:
+    """Not "Loading images…" for ever: every screen waiting for data says the token is refused."""
+    seen: list[Message] = []
+    app = make_app(TuiConfig(url=site.url, token="wrong", refresh_seconds=REFRESH))
+    async with app.run_test(size=(80, 24), message_hook=seen.append) as pilot:
+        await wait_until(pilot, lambda: banner(app).display, what="banner")
+        failed = next(m for m in seen if isinstance(m, ConnectionFailed))
+        assert failed.status == 401
+        assert banner_text(app).startswith("⛔ Not authorized by the daemon at %s: " % site.url), banner_text(app)
+        assert "The token is not valid" in banner_text(app)
+        await pilot.press("2")
+        detail = app.query_one("#image-detail", Static).content
+        assert "Not authorized (401): the daemon refuses this token" in getattr(detail, "plain", str(detail))
+        await pilot.press("3")
+        tasks = app.query_one("#task-detail", Static).content
+        assert "Not authorized (401)" in getattr(tasks, "plain", str(tasks))

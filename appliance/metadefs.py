@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from appliance import policy
 from appliance.auth import Context
@@ -28,6 +28,7 @@ from appliance.catalog import Catalog
 from appliance.clock import Clock, SystemClock, timestamp
 from appliance.errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnavailable
 from appliance.hub.client import HubClient, HubRejected
+from appliance.hub.metadefs import hub_namespaces
 from appliance.model import MetadefItem, MetadefNamespace, MetadefResourceType
 
 log = logging.getLogger(__name__)
@@ -604,15 +605,7 @@ class MetadefService:
     async def mirror_once(self, hub: HubClient) -> int:
         """The hub's namespaces as this site's token reads them, with their contents; those the hub
         no longer has go. Returns how many namespaces there are."""
-        docs = []
-        page = await hub.request_json("GET", NAMESPACES_PATH, params={"limit": "1000"})
-        while True:
-            for ns in page["namespaces"]:
-                docs.append(await hub.request_json("GET", namespace_href(quote(ns["namespace"], safe=":"))))
-            if "next" not in page or not page["namespaces"]:
-                break
-            page = await hub.request_json("GET", page["next"])
-        return await self.replace_all(docs, keep_others=False)
+        return await self.replace_all(await hub_namespaces(hub), keep_others=False)
 
     async def replace_all(self, namespaces: Sequence[Json], *, keep_others: bool) -> int:
         """Puts each namespace document (a show's shape) in place with its contents; without

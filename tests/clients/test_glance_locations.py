@@ -143,6 +143,8 @@ def test_locations_shown_added_read_through_and_deleted(
 
     # The site's own store URL comes back only where its data is.
     assert "holds no data of image" in admin.fails("location-add", "--url", store_url, image_id)
+    owner.ok("image-delete", image_id)  # an http location is no store's to clean up
+    assert "404 Not Found" in owner.fails("image-show", image_id)
 
 
 def test_locations_hidden_and_unchangeable_by_default(

@@ -181,7 +181,8 @@ def _image_paths() -> Json:
             "get": _op("showImage", "One image", ok_image, (404, 429, 502, 503), tag="images"),
             "patch": _op(
                 "updateImage",
-                "Change an image with a JSON patch",
+                "Change an image with a JSON patch; add /locations/- {url, metadata} and remove /locations/N "
+                "(glance location-add / location-delete) need [api] show_multiple_locations",
                 ok_image,
                 (404, 409, 429, 502, 503),
                 tag="images",

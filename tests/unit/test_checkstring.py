@@ -173,8 +173,10 @@ def test_defaults_are_glances_check_strings() -> None:
     assert defaults.rule("modify_member").text == "rule:context_is_admin or (role:member and project_id:%(member_id)s)"
     assert defaults.rule("add_metadef_namespace").text == "rule:metadef_admin"
     assert defaults.rule("metadef_admin").text == "rule:context_is_admin"
+    # Glance's, plus the edge-site role as on the image read rules (an edge mirrors every namespace).
     assert defaults.rule("get_metadef_namespace").text == (
         "rule:context_is_admin or (role:reader and (project_id:%(project_id)s or 'public':%(visibility)s))"
+        " or role:edge-site"
     )
     assert {r.origin for r in defaults} == {"default"}
     assert set(policy.RULES) <= {r.name for r in defaults}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from tests.conftest import Daemon
-from tests.tui.conftest import SiteApi, socket_config, wait_until
+from tests.tui.conftest import SiteApi, socket_config, type_text, wait_until
 from tests.tui.test_hostile_text import screen_text
 from tui.app import make_app
 
@@ -37,3 +37,13 @@ async def test_events_that_arrive_on_another_screen_keep_their_message_and_name_
         assert "(events-probe) created by admin/local-admin" in shown, shown
         assert "image %s" % image["id"] in shown, shown
         assert not any("…" in line for line in log), shown  # the time, the level, the message: whole
+        # Deleted: its lines keep the name they were shown with.
+        await site_api.call("DELETE", "/v2/images/%s" % image["id"], 204)
+        await wait_until(pilot, lambda: "deleted" in screen_text(app), what="the deletion's event")
+        await wait_until(pilot, lambda: image["id"] not in app.images_pane.images, what="the image list without it")
+        # The filter draws every line again: found by the name, which they keep.
+        await pilot.press("slash")
+        await type_text(pilot, "(events-probe) created")
+        await wait_until(pilot, lambda: app.events_pane.filter_text == "(events-probe) created", what="the filter")
+        await pilot.pause(0.3)
+        assert "image %s" % image["id"] in screen_text(app) and "created by" in screen_text(app), screen_text(app)

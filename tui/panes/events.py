@@ -108,8 +108,10 @@ class EventsPane(FilterLine, Vertical):
         self.events: deque[Json | None] = deque(maxlen=KEEP)  # None marks a daemon restart
         self.filter_text = ""
         self._name_of = name_of
+        self._known: dict[str, str] = {}  # every name seen: a deleted image's lines keep it
         self._names: dict[str, str | None] = {}  # the names the lines were drawn with
-        self._stale = False  # lines arrived while the log had no width
+        self._pending: list[Json | None] = []  # arrived while the log had no width
+        self._stale = False  # every line must be drawn again (a name became known)
 
     def compose(self) -> ComposeResult:
         yield Input(
@@ -137,29 +139,40 @@ class EventsPane(FilterLine, Vertical):
         return self.query_one("#event-filter", Input)
 
     def add_events(self, events: list[Json], restarted: bool = False) -> None:
-        log = self.log_widget
-        if restarted and self.events:
-            self.events.append(None)
-            if log.width_now:
-                log.write(restart_line(), expand=True)
-        log.drawn_width = log.width_now or log.drawn_width
-        for event in events:
-            self.events.append(event)
-            if log.width_now and event_matches(event, self.filter_text, self._name_of):
-                log.write(self._line(event), expand=True)
-        if not log.width_now:
-            self._stale = True
+        fresh: list[Json | None] = [None] if restarted and self.events else []
+        fresh += events
+        self.events.extend(fresh)
+        if self.log_widget.width_now:
+            self._write(fresh)
+        else:
+            self._pending.extend(fresh)
+            del self._pending[:-KEEP]
 
-    def _line(self, event: Json) -> Table:
-        for image_id in mentioned(event):
-            self._names[image_id] = self._name_of(image_id)
-        return event_line(event, self._name_of)
+    def _write(self, events: list[Json | None]) -> None:
+        log = self.log_widget
+        log.drawn_width = log.width_now
+        for event in events:
+            if event is None:
+                if not self.filter_text:
+                    log.write(restart_line(), expand=True)
+            elif event_matches(event, self.filter_text, self._name_for):
+                for image_id in mentioned(event):
+                    self._names[image_id] = self._name_for(image_id)
+                log.write(event_line(event, self._name_for), expand=True)
+
+    def _name_for(self, image_id: str) -> str | None:
+        name = self._name_of(image_id)
+        if name is not None:
+            self._known[image_id] = name
+        return name or self._known.get(image_id)
 
     def names_changed(self) -> None:
-        """The image list changed: lines that mention an image whose name is now known (or
-        another) are drawn again."""
-        if any(self._name_of(image_id) != name for image_id, name in self._names.items()):
-            self.redraw()
+        """The image list changed: if an image a line mentions has a name now (or another one),
+        every line is drawn again (now, or when the log is shown: it costs)."""
+        if any(self._name_of(i) not in (None, drawn) for i, drawn in self._names.items()):
+            self._stale = True
+            if self.log_widget.width_now:
+                self.redraw()
 
     def redraw(self) -> None:
         """Every kept line again, at the log's width now (later, if it has none yet)."""
@@ -167,21 +180,20 @@ class EventsPane(FilterLine, Vertical):
         if not log.width_now:
             self._stale = True
             return
-        self._stale = False
-        self._names = {}
+        self._stale, self._pending, self._names = False, [], {}
         log.clear()
-        log.drawn_width = log.width_now
-        for event in self.events:
-            if event is None:
-                if not self.filter_text:
-                    log.write(restart_line(), expand=True)
-            elif event_matches(event, self.filter_text, self._name_of):
-                log.write(self._line(event), expand=True)
+        self._write(list(self.events))
 
     def _log_resized(self) -> None:
+        """Shown again, or resized: draw what came meanwhile, or everything at a new width."""
         log = self.log_widget
-        if log.width_now and (self._stale or log.width_now != log.drawn_width):
+        if not log.width_now:
+            return
+        if self._stale or log.width_now != log.drawn_width:
             self.redraw()
+        elif self._pending:
+            pending, self._pending = self._pending, []
+            self._write(pending)
 
     def apply_filter(self, text: str) -> None:
         if text == self.filter_text:

@@ -96,7 +96,7 @@ def main() -> None:
                 ["curl", "-sS", "-f", *auth, "-X", "DELETE", "%s/v2/images/%s" % (url, image_id)], check=True
             )
 
-            rbd = ["rbd", "-c", str(cluster.conf), "--keyring", str(cluster.admin_keyring)]
+            rbd = ["rbd", "--no-progress", "-c", str(cluster.conf), "--keyring", str(cluster.admin_keyring)]
             keep("rbd import", timed([*rbd, "import", str(src), "%s/base" % POOL]))
             with open(os.devnull, "wb") as null:
                 keep("rbd export", timed([*rbd, "export", "%s/base" % POOL, "-"], stdout=null.fileno()))

@@ -75,6 +75,10 @@ class Locations:
     async def edit(self, ctx: Context, image: Image, ops: list[dict[str, Any]]) -> None:
         for op in ops:
             name, path = op.get("op"), op["path"]
+            if not self._config.api.show_multiple_locations:
+                # Glance refuses any change to locations it does not show before reading the change.
+                verb = name if name in ("add", "remove") else "update"
+                raise Forbidden("It's not allowed to %s locations if locations are invisible." % verb)
             position = path[len("/locations/") :] if path.startswith("/locations/") else None
             if name == "add" and position is not None:
                 await self._add(ctx, image, position, op.get("value"))

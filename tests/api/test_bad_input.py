@@ -671,7 +671,7 @@ def test_unknown_routes_answer_json_but_glance_paths_keep_glance_negotiation(
         assert code == 404 and headers["content-type"].startswith("text/html"), body
     refused(call(daemon, "POST", "/healthcheck", accept="*/*"), 405, "POST")
     # python-glanceclient sends */* and can read only webob's HTML there (member-list, md-* land here).
-    for path in ("/v2/images/%s/members" % uuid.uuid4(), "/v2/metadefs/namespaces"):
+    for path in ("/v2/images/%s/members" % uuid.uuid4(), "/v2/metadefs/namespaces/%s" % uuid.uuid4()):
         code, headers, body = call(daemon, "GET", path, accept="*/*")
         assert code == 404 and headers["content-type"].startswith("text/html"), body
         refused(call(daemon, "GET", path), 404)

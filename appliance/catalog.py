@@ -16,6 +16,7 @@ import aiosqlite
 
 from appliance.errors import Conflict, Forbidden, NotFound, StorageFull, TooLarge
 from appliance.model import (
+    IMAGE_ATTRIBUTES,
     Assignment,
     CacheEntry,
     ChangePage,
@@ -224,26 +225,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-IMAGE_COLUMNS = (
-    "id",
-    "name",
-    "status",
-    "visibility",
-    "protected",
-    "os_hidden",
-    "owner",
-    "disk_format",
-    "container_format",
-    "min_disk",
-    "min_ram",
-    "size",
-    "virtual_size",
-    "checksum",
-    "os_hash_algo",
-    "os_hash_value",
-    "created_at",
-    "updated_at",
-)
 # Columns a client may sort on (Glance's allowed sort keys).
 SORT_KEYS = (
     "name",
@@ -395,12 +376,12 @@ class Catalog:
     async def create_image(self, image: Image, *, bundle_import: bool = False) -> Image:
         """Insert a new image. With bundle_import, also its row in the bundle-import ledger (in
         the same transaction, so a crash never leaves an unfinished bundle image unlisted)."""
-        values = [getattr(image, c) for c in IMAGE_COLUMNS]
+        values = [getattr(image, c) for c in IMAGE_ATTRIBUTES]
         async with self._transaction() as db:
             try:
                 await db.execute(
                     "INSERT INTO images (%s) VALUES (%s)"
-                    % (", ".join(IMAGE_COLUMNS), ", ".join("?" * len(IMAGE_COLUMNS))),
+                    % (", ".join(IMAGE_ATTRIBUTES), ", ".join("?" * len(IMAGE_ATTRIBUTES))),
                     values,
                 )
             except aiosqlite.IntegrityError as exc:
@@ -452,7 +433,7 @@ class Catalog:
             chunk = ids[start : start + size]
             start += len(chunk)
             rows = await self._image_rows(chunk)
-            weight = sum(len(v) for row in rows.values() for v in row[len(IMAGE_COLUMNS) :] if v)
+            weight = sum(len(v) for row in rows.values() for v in row[len(IMAGE_ATTRIBUTES) :] if v)
             if weight > STREAM_INLINE_BYTES:
                 images = await asyncio.to_thread(self._rows_to_images, chunk, rows)
             else:
@@ -477,7 +458,7 @@ class Catalog:
             "(SELECT json_group_array(json_array(m.member_id, m.status, m.created_at, m.updated_at)) FROM "
             " (SELECT * FROM image_members WHERE image_id = i.id ORDER BY created_at, member_id) m) "
             "FROM images i WHERE i.id IN (%s)"
-        ) % (", ".join("i.%s" % c for c in IMAGE_COLUMNS), marks)
+        ) % (", ".join("i.%s" % c for c in IMAGE_ATTRIBUTES), marks)
         # Under the write lock: on this one connection a read between two statements of an open
         # transaction would see it half done (an image row already active, its location not yet
         # written: the edge answered such a record 204 No Content).
@@ -487,12 +468,12 @@ class Catalog:
     @staticmethod
     def _rows_to_images(ids: Sequence[str], rows: dict[str, Any]) -> list[Image]:
         out = []
-        n = len(IMAGE_COLUMNS)
+        n = len(IMAGE_ATTRIBUTES)
         for image_id in ids:
             row = rows.get(image_id)
             if row is None:
                 continue
-            rec = dict(zip(IMAGE_COLUMNS, row[:n], strict=True))
+            rec = dict(zip(IMAGE_ATTRIBUTES, row[:n], strict=True))
             for col in BOOL_COLUMNS:
                 rec[col] = bool(rec[col])
             props, tags, locs, members = (json.loads(v) for v in row[n:])
@@ -622,7 +603,7 @@ class Catalog:
         (Conflict otherwise), so concurrent requests cannot both win a state transition."""
         cols = dict(columns or {})
         cols["updated_at"] = updated_at
-        bad = set(cols) - set(IMAGE_COLUMNS)
+        bad = set(cols) - set(IMAGE_ATTRIBUTES)
         if bad:  # pragma: no cover - programming error
             raise ValueError(bad)
         async with self._transaction() as db:
@@ -1105,7 +1086,7 @@ class Catalog:
         copied to the hub stays this site's: the hub's record of it is not taken."""
         if not images:
             return
-        cols = [c for c in IMAGE_COLUMNS if c != "id"]
+        cols = [c for c in IMAGE_ATTRIBUTES if c != "id"]
         async with self._transaction() as db:
             async with db.execute(
                 "SELECT id FROM images WHERE mirrored = 0 AND id IN (%s)" % ", ".join("?" * len(images)),
@@ -1117,11 +1098,11 @@ class Catalog:
             await db.executemany(
                 "INSERT INTO images (%s, mirrored) VALUES (%s, 1) ON CONFLICT (id) DO UPDATE SET %s"
                 % (
-                    ", ".join(IMAGE_COLUMNS),
-                    ", ".join("?" * len(IMAGE_COLUMNS)),
+                    ", ".join(IMAGE_ATTRIBUTES),
+                    ", ".join("?" * len(IMAGE_ATTRIBUTES)),
                     ", ".join("%s = excluded.%s" % (c, c) for c in cols),
                 ),
-                [[getattr(image, c) for c in IMAGE_COLUMNS] for image in images],
+                [[getattr(image, c) for c in IMAGE_ATTRIBUTES] for image in images],
             )
             ids = [(image.id,) for image in images]
             await db.executemany("DELETE FROM image_properties WHERE image_id = ?", ids)

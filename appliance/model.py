@@ -60,6 +60,42 @@ class Member:
     updated_at: str
 
 
+# The image record's own attributes, in the catalog's column order.
+IMAGE_ATTRIBUTES = (
+    "id",
+    "name",
+    "status",
+    "visibility",
+    "protected",
+    "os_hidden",
+    "owner",
+    "disk_format",
+    "container_format",
+    "min_disk",
+    "min_ram",
+    "size",
+    "virtual_size",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "created_at",
+    "updated_at",
+)
+# Keys of a Glance v2 image body that are not custom properties: the attributes, tags, links and
+# computed views, and the names Glance reserves.
+NOT_PROPERTIES = frozenset(IMAGE_ATTRIBUTES) | {
+    "tags",
+    "self",
+    "file",
+    "schema",
+    "locations",
+    "direct_url",
+    "stores",
+    "deleted",
+    "deleted_at",
+}
+
+
 @dataclass(frozen=True)
 class Image:
     id: ImageId

@@ -14,43 +14,12 @@ from appliance import wire
 from appliance.clock import timestamp
 from appliance.digest import Digest, verify
 from appliance.errors import BadRequest
+from appliance.model import NOT_PROPERTIES
 
 FORMAT = "edge-image-bundle"
 VERSION = 1
 
 _HEX = re.compile(r"[0-9a-f]+")
-# What a Glance v2 image body holds besides custom properties.
-_GLANCE_SYSTEM_KEYS = frozenset(
-    {
-        "id",
-        "name",
-        "status",
-        "visibility",
-        "protected",
-        "os_hidden",
-        "owner",
-        "disk_format",
-        "container_format",
-        "min_disk",
-        "min_ram",
-        "size",
-        "virtual_size",
-        "checksum",
-        "os_hash_algo",
-        "os_hash_value",
-        "created_at",
-        "updated_at",
-        "tags",
-        "self",
-        "file",
-        "schema",
-        "locations",
-        "direct_url",
-        "stores",
-        "deleted",
-        "deleted_at",
-    }
-)
 
 
 class BundleError(BadRequest):
@@ -139,7 +108,7 @@ class ImageRecord:
         properties = _get(data, "properties", dict, where)
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in properties.items()):
             raise BundleError("%s: properties must map strings to strings" % where)
-        clash = sorted(set(properties) & _GLANCE_SYSTEM_KEYS)
+        clash = sorted(set(properties) & NOT_PROPERTIES)
         if clash:
             raise BundleError("%s: %s cannot be a custom property" % (where, ", ".join(clash)))
         tags = _get(data, "tags", list, where)
@@ -191,7 +160,7 @@ class ImageRecord:
         record["properties"] = {
             key: value
             for key, value in body.items()
-            if key not in _GLANCE_SYSTEM_KEYS and not key.startswith("os_glance") and isinstance(value, str)
+            if key not in NOT_PROPERTIES and not key.startswith("os_glance") and isinstance(value, str)
         }
         return cls.from_json(record, where)
 

@@ -19,6 +19,7 @@ from appliance.model import (
     DEACTIVATED,
     MEMBER_STATUSES,
     MIRRORED_MEMBERS,
+    NOT_PROPERTIES,
     VISIBILITIES,
     Image,
     ImageId,
@@ -31,36 +32,6 @@ log = logging.getLogger(__name__)
 # The pseudo-store of the hub's copy: the name clients see (Glance's `stores`), kept as it is.
 HUB_STORE = "central"
 PENDING = "pending"
-# JSON keys that are not properties of the image (links, computed views, per-site progress).
-_NOT_PROPERTIES = frozenset(
-    {
-        "id",
-        "name",
-        "status",
-        "visibility",
-        "protected",
-        "os_hidden",
-        "owner",
-        "disk_format",
-        "container_format",
-        "min_disk",
-        "min_ram",
-        "size",
-        "virtual_size",
-        "checksum",
-        "os_hash_algo",
-        "os_hash_value",
-        "created_at",
-        "updated_at",
-        "tags",
-        "self",
-        "file",
-        "schema",
-        "stores",
-        "locations",
-        "direct_url",
-    }
-)
 
 
 def image_from_glance(doc: Mapping[str, Any], data_url: str) -> Image:
@@ -75,7 +46,7 @@ def image_from_glance(doc: Mapping[str, Any], data_url: str) -> Image:
             k: v if isinstance(v, str) else str(v)
             for k, v in doc.items()
             # os_glance_* are the hub's own bookkeeping (its import progress), not the image's.
-            if k not in _NOT_PROPERTIES and not k.startswith("os_glance_") and v is not None
+            if k not in NOT_PROPERTIES and not k.startswith("os_glance_") and v is not None
         }
         return Image(
             id=ImageId(image_id),

@@ -30,6 +30,7 @@ from appliance.errors import BadRequest, Conflict, Forbidden, NotFound, Upstream
 from appliance.hub.client import HubClient, HubRejected
 from appliance.hub.metadefs import hub_namespaces
 from appliance.model import MetadefItem, MetadefNamespace, MetadefResourceType
+from appliance.text import check_text
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,16 @@ def _string(value: Any, where: str, max_length: int | None = None, *, required: 
         raise _fail(where, "must not be empty")
     if max_length is not None and len(value) > max_length:
         raise _fail(where, "longer than %d characters" % max_length)
-    return value
+    # Names travel in URLs, Location headers, logs and the TUI: no control characters at all;
+    # descriptions and other free text may hold tabs and line breaks.
+    return check_text(where, value, len(value), multiline=not required)
 
 
 def _strings(value: Any, where: str, *, unique: bool = False) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _fail(where, "expected an array of strings")
+    for i, item in enumerate(value):
+        check_text("%s[%d]" % (where, i), item, len(item))
     if unique and len(set(value)) != len(value):
         raise _fail(where, "has non-unique elements")
     return list(value)

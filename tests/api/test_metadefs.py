@@ -327,3 +327,18 @@ async def test_concurrent_creates_of_one_name_make_one(http: Http) -> None:
         for r in tags:
             r.release()
         assert len((await http.call("admin", "GET", NS + "/%s/tags" % name))["tags"]) == 1
+
+
+async def test_names_with_control_characters_are_refused_and_create_nothing(http: Http) -> None:
+    """A namespace name travels in the 201's Location header: a control character in it used to
+    store the namespace and then drop the connection (aiohttp refuses the header)."""
+    for name in ("[b]n\x1b", "a\r\nX-Injected: 1", "tab\there"):
+        body = await http.call("admin", "POST", "/v2/metadefs/namespaces", 400, json={"namespace": name})
+        assert "control characters" in body["message"], body
+    tags = {"namespace": "ok-ns", "tags": [{"name": "t\x07"}]}
+    await http.call("admin", "POST", "/v2/metadefs/namespaces", 400, json=tags)
+    listed = await http.call("admin", "GET", "/v2/metadefs/namespaces")
+    assert listed["namespaces"] == []
+    # Free text keeps its line breaks.
+    await http.call("admin", "POST", "/v2/metadefs/namespaces", 201, json={"namespace": "ok", "description": "a\nb"})
+    assert (await http.call("admin", "GET", "/v2/healthcheck".replace("/v2", ""))) == b"OK"

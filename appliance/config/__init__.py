@@ -5,64 +5,8 @@ Every key has a default, so an empty file (or none at all) is the embedded defau
 reads the options a Glance installation's INI files share with them.
 """
 
+from appliance.config import sections
 from appliance.config.reader import default_state_dir, load_config, parse_config
-from appliance.config.sections import (
-    IMPORT_METHODS,
-    IMPORT_PLUGINS,
-    LOG_LEVELS,
-    QUOTA_NAMES,
-    ROLES,
-    ApiConfig,
-    AuthConfig,
-    BundlesConfig,
-    CacheConfig,
-    CatalogConfig,
-    Config,
-    FormatsConfig,
-    HubConfig,
-    ImportConfig,
-    InboxConfig,
-    KeystoneConfig,
-    LimitsConfig,
-    LoggingConfig,
-    QuotaLimits,
-    QuotasConfig,
-    ScrubberConfig,
-    SignaturesConfig,
-    SiteConfig,
-    StoreConfig,
-    StoresConfig,
-    TokenConfig,
-)
+from appliance.config.sections import *  # noqa: F403 - the sections are this package's interface
 
-__all__ = [
-    "IMPORT_METHODS",
-    "IMPORT_PLUGINS",
-    "LOG_LEVELS",
-    "QUOTA_NAMES",
-    "ROLES",
-    "ApiConfig",
-    "AuthConfig",
-    "BundlesConfig",
-    "CacheConfig",
-    "CatalogConfig",
-    "Config",
-    "FormatsConfig",
-    "HubConfig",
-    "ImportConfig",
-    "InboxConfig",
-    "KeystoneConfig",
-    "LimitsConfig",
-    "LoggingConfig",
-    "QuotaLimits",
-    "QuotasConfig",
-    "ScrubberConfig",
-    "SignaturesConfig",
-    "SiteConfig",
-    "StoreConfig",
-    "StoresConfig",
-    "TokenConfig",
-    "default_state_dir",
-    "load_config",
-    "parse_config",
-]
+__all__ = [*sections.__all__, "default_state_dir", "load_config", "parse_config"]

@@ -11,6 +11,35 @@ from pathlib import Path
 from appliance.formats import CONTAINER_FORMATS, DISK_FORMATS
 from appliance.urifilter import UriFilterConfig
 
+__all__ = [
+    "IMPORT_METHODS",
+    "IMPORT_PLUGINS",
+    "LOG_LEVELS",
+    "QUOTA_NAMES",
+    "ROLES",
+    "ApiConfig",
+    "AuthConfig",
+    "BundlesConfig",
+    "CacheConfig",
+    "CatalogConfig",
+    "Config",
+    "FormatsConfig",
+    "HubConfig",
+    "ImportConfig",
+    "InboxConfig",
+    "KeystoneConfig",
+    "LimitsConfig",
+    "LoggingConfig",
+    "QuotaLimits",
+    "QuotasConfig",
+    "ScrubberConfig",
+    "SignaturesConfig",
+    "SiteConfig",
+    "StoreConfig",
+    "StoresConfig",
+    "TokenConfig",
+]
+
 ROLES = ("edge", "hub")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

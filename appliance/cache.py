@@ -1,8 +1,9 @@
 """The image cache: copies of hub images (`[hub] url`), never the site's own. Bytes only: the
 records come from HubRecords; built only when `[cache] enabled` and a hub is configured.
 
-Layout under `[cache] dir`: `data/<id>` (committed, verified entries), `partial/<id>` (fills in
-progress or interrupted: kept so the next fill resumes), `invalid/<id>` (fills whose hashes did
+Layout under `[cache] dir`: `data/<id>` (committed, verified entries; with `[cache] store`, RBD
+images `cache.<id>` in that store's pool instead: appliance/cachefiles.py), `partial/<id>` (fills
+in progress or interrupted: kept so the next fill resumes), `invalid/<id>` (fills whose hashes did
 not match, kept for inspection until the cleaner runs).
 
 The rules, all here:
@@ -19,26 +20,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from appliance.cachefiles import Entries, EntryFiles, clean, free_bytes, move, reconcile, size_of, unlink
 from appliance.catalog import Catalog
 from appliance.clock import timestamp
 from appliance.config import CacheConfig, Config, HubConfig
 from appliance.digest import ChecksumMismatch, DigestSink, verify
-from appliance.download import CACHE, HUB, Download, span
-from appliance.errors import ApplianceError, BadRequest, NotFound, RangeNotSatisfiable
+from appliance.download import HUB, Download, span
+from appliance.errors import ApplianceError, BadRequest, Conflict, NotFound, RangeNotSatisfiable
 from appliance.hub.client import HubClient
 from appliance.hub.lookup import HubRecords
-from appliance.hub.records import HUB_STORE, has_hub_data
+from appliance.hub.records import has_hub_data
 from appliance.hub.transfer import Transfer, TransferBroken, backoff
 from appliance.metrics import Metrics
 from appliance.model import ACTIVE, CacheEntry, Image, QueuedImage
-from appliance.stores.files import replace_durably
 
 log = logging.getLogger(__name__)
 
@@ -49,31 +49,6 @@ def check_queueable(image: Image) -> None:
     """BadRequest unless the image may be queued for caching (also asked with the cache off)."""
     if image.status != ACTIVE:
         raise BadRequest("Image %s is %s; only active images can be queued for caching" % (image.id, image.status))
-
-
-async def reconcile(root: Path, catalog: Catalog) -> dict[str, CacheEntry]:
-    """Create the layout under `root` and reconcile its files with the catalog: files it does
-    not know are removed (never looped over), entries without a file are forgotten. Also run
-    with the cache off, so files of images deleted since it was on do not stay. Returns the
-    entries kept."""
-    data, partial, invalid = root / "data", root / "partial", root / "invalid"
-    for d in (data, partial, invalid):
-        await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
-    entries = {e.image_id: e for e in await catalog.cache_entries()}
-    known_images = set(await catalog.image_ids_with_location(HUB_STORE))
-    files = await asyncio.to_thread(_names, data)
-    gone = [i for i in entries if i not in files or i not in known_images]
-    if gone:
-        await catalog.delete_cache_entries(gone)
-        log.warning("cache: forgot %d entr(y/ies) whose file or image is gone", len(gone))
-    kept = {i: e for i, e in entries.items() if i not in gone}
-    for name in sorted(files - set(kept)):
-        await asyncio.to_thread(_unlink, data / name)
-        log.warning("cache: removed %s: no cache entry records it", name)
-    for directory in (partial, invalid):  # of images gone while the daemon was down
-        for name in sorted(await asyncio.to_thread(_names, directory) - known_images):
-            await asyncio.to_thread(_unlink, directory / name)
-    return kept
 
 
 @dataclass
@@ -102,11 +77,13 @@ class ImageCache:
         records: HubRecords,
         *,
         metrics: Metrics | None = None,
+        entries: Entries | None = None,
     ) -> None:
+        """entries: where committed entries live (files under data/ by default)."""
         self.config = config
         self._hub_config = hub_config
         self.root = root
-        self._data = root / "data"
+        self._committed = entries or EntryFiles(root)
         self._partial = root / "partial"
         self._invalid = root / "invalid"
         self._catalog = catalog
@@ -127,15 +104,15 @@ class ImageCache:
 
     def apply_config(self, config: Config) -> None:
         """Reload: sizes, watermarks, intervals and retries apply to the next fill and round
-        (dir and enabled need a restart)."""
-        self.config = replace(config.cache, dir=self.config.dir, enabled=self.config.enabled)
+        (dir, store and enabled need a restart)."""
+        self.config = replace(config.cache, dir=self.config.dir, store=self.config.store, enabled=self.config.enabled)
         self._hub_config = config.hub
         self._wake.set()
 
     # -- start-up and shutdown ----------------------------------------------------------------
 
     async def start(self) -> None:
-        self._entries = await reconcile(self.root, self._catalog)
+        self._entries = await reconcile(self.root, self._catalog, self._committed)
         log.info(
             "cache: %d entr(y/ies), %d of %d bytes used", len(self._entries), self.used_bytes(), self.config.max_size
         )
@@ -157,8 +134,12 @@ class ImageCache:
     def entries(self) -> list[CacheEntry]:
         return sorted(self._entries.values(), key=lambda e: e.last_accessed, reverse=True)
 
-    def data_path(self, image_id: str) -> Path:
-        return self._data / image_id
+    def data_path(self, image_id: str) -> Path | None:
+        """A committed entry's file; None when entries are RBD images (read() streams them)."""
+        return self._committed.data_path(image_id)
+
+    def read(self, image_id: str) -> AsyncIterator[bytes]:
+        return self._committed.read(image_id)
 
     def used_bytes(self) -> int:
         return sum(e.size for e in self._entries.values()) + sum(self._reserved.values())
@@ -188,9 +169,7 @@ class ImageCache:
             accessed = time.time()
             self._entries[image.id] = replace(entry, last_accessed=accessed, hits=entry.hits + 1)
             await self._catalog.touch_cache_entry(image.id, accessed)
-            return Download(
-                image=image, source=CACHE, path=self._data / image.id, release=lambda: self._release(image.id)
-            )
+            return self._committed.download(image, entry.size, byte_range, lambda: self._release(image.id))
         self.stats.misses += 1
         self._metrics.cache_misses.inc()
         if byte_range is not None:
@@ -243,7 +222,7 @@ class ImageCache:
         image = transfer.image
         try:
             await transfer.run()
-            await asyncio.to_thread(replace_durably, transfer.partial, self._data / image.id)
+            await self._committed.commit(image, transfer.partial)
             stamp = time.time()
             entry = CacheEntry(image.id, transfer.size, stamp, stamp, 0)
             await self._catalog.put_cache_entry(entry)
@@ -267,13 +246,13 @@ class ImageCache:
         if isinstance(exc, ChecksumMismatch):
             self.stats.invalid += 1
             self._last_error[image.id] = "data from the hub failed verification: %s" % exc
-            await asyncio.to_thread(_move, transfer.partial, self._invalid / image.id)
+            await asyncio.to_thread(move, transfer.partial, self._invalid / image.id)
             log.error(
                 "cache: image %s from the hub failed verification (%s); moved to invalid/, not served", image.id, exc
             )
         elif isinstance(exc, NotFound):
             self._last_error[image.id] = str(exc)
-            await asyncio.to_thread(_unlink, transfer.partial)
+            await asyncio.to_thread(unlink, transfer.partial)
             log.warning("cache: image %s is gone from the hub: %s", image.id, exc)
         elif isinstance(exc, Exception):
             self._last_error[image.id] = str(exc)
@@ -344,11 +323,11 @@ class ImageCache:
                     image,
                     "entries being read leave only %d of %d bytes" % (conf.max_size - self.used_bytes(), conf.max_size),
                 )
-            have = await asyncio.to_thread(_size_of, self._partial / image.id)
+            have = await asyncio.to_thread(size_of, self._partial / image.id)
             need = size - have
 
             def short() -> bool:
-                return _free_bytes(self.root) - need < conf.min_free_bytes
+                return free_bytes(self.root) - need < conf.min_free_bytes
 
             if short():
                 await self._evict_until(lambda: not short())
@@ -377,7 +356,11 @@ class ImageCache:
                 break
             if self._leases[entry.image_id] > 0:
                 continue
-            await self._drop(entry.image_id)
+            try:
+                await self._drop(entry.image_id)
+            except Conflict as exc:
+                log.info("cache: not evicting image %s: %s", entry.image_id, exc)
+                continue
             self.stats.evictions += 1
             self._metrics.cache_evictions.inc()
             freed += entry.size
@@ -390,10 +373,13 @@ class ImageCache:
         return freed
 
     async def _drop(self, image_id: str) -> None:
+        reason = await self._committed.in_use(image_id) if image_id in self._entries else ""
+        if reason:  # RBD clones of the entry (a disk booted from it): it stays
+            raise Conflict("Cached image %s cannot be removed: %s" % (image_id, reason))
         entry = self._entries.pop(image_id, None)
         await self._catalog.delete_cache_entries([image_id])
         if entry is not None:
-            await asyncio.to_thread(_unlink, self._data / image_id)
+            await self._committed.remove(image_id)
 
     # -- operator actions (Glance's cache API) ---------------------------------------------
 
@@ -425,8 +411,8 @@ class ImageCache:
             task.cancel()
             await asyncio.wait([task])
         await self._drop(image_id)
-        await asyncio.to_thread(_unlink, self._partial / image_id)
-        await asyncio.to_thread(_unlink, self._invalid / image_id)
+        await asyncio.to_thread(unlink, self._partial / image_id)
+        await asyncio.to_thread(unlink, self._invalid / image_id)
 
     async def dequeue(self, image_id: str) -> None:
         await self._catalog.dequeue_from_cache([image_id])
@@ -453,7 +439,7 @@ class ImageCache:
     async def clean(self) -> tuple[int, int]:
         """Remove everything in invalid/ and partial files untouched for stall_time."""
         filling = set(self._fills)
-        return await asyncio.to_thread(_clean, self._invalid, self._partial, filling, self.config.stall_time)
+        return await asyncio.to_thread(clean, self._invalid, self._partial, filling, self.config.stall_time)
 
     async def queued(self) -> list[QueuedImage]:
         return await self._catalog.queued_for_cache()
@@ -553,60 +539,3 @@ class _Relayed:
 
     async def aclose(self) -> None:
         await self._stack.aclose()
-
-
-# -- file helpers (blocking: called through asyncio.to_thread) ---------------------------------
-
-
-def _names(directory: Path) -> set[str]:
-    try:
-        with os.scandir(directory) as it:
-            return {e.name for e in it if e.is_file(follow_symlinks=False)}
-    except FileNotFoundError:
-        return set()
-
-
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _size_of(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def _move(src: Path, dest: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.replace(src, dest)
-
-
-def _clean(invalid: Path, partial: Path, filling: set[str], stall_time: float) -> tuple[int, int]:
-    files = size = 0
-    cutoff = time.time() - stall_time
-    for directory, keep in (
-        (invalid, lambda e: False),
-        (partial, lambda e: e.name in filling or e.stat().st_mtime > cutoff),
-    ):
-        try:
-            entries = list(os.scandir(directory))
-        except FileNotFoundError:
-            continue
-        for e in entries:
-            try:
-                if not e.is_file(follow_symlinks=False) or keep(e):
-                    continue
-                n = e.stat().st_size
-                os.unlink(e.path)
-            except FileNotFoundError:
-                continue
-            files += 1
-            size += n
-    return files, size

@@ -26,8 +26,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from appliance import __version__
@@ -40,11 +39,11 @@ from appliance.errors import ApplianceError, Conflict, HubUnreachable, NotFound
 from appliance.hub.client import HubClient
 from appliance.hub.lookup import HubRecords
 from appliance.hub.records import HUB_STORE, image_from_glance, is_hub_image, with_members
-from appliance.hub.transfer import Transfer
 from appliance.images import ImageService
 from appliance.metrics import Metrics
-from appliance.model import ACTIVE, REMOVED, ChangePage, Image, ImageChange, Location
-from appliance.stores.filesystem import FilesystemStore
+from appliance.model import REMOVED, ChangePage, Image, ImageChange, Location
+from appliance.pins import Pins
+from appliance.stores.base import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ class HubLink:
         self,
         config: Config,
         catalog: Catalog,
-        stores: dict[str, FilesystemStore],
+        stores: dict[str, ImageStore],
         cache: ImageCache | None,
         images: ImageService,
         client: HubClient,
@@ -97,7 +96,7 @@ class HubLink:
         self._feed: str | None = None  # the hub's change feed this site follows, and its serial applied
         self._serial: int | None = None
         self._settled = False  # the hub's clock is past that second: ask for newer (gt) only
-        self._pulling: dict[str, tuple[int, int]] = {}  # image id -> (bytes done, size)
+        self.pins = Pins(config, catalog, stores, images, client, records, metrics, clock)
 
     @property
     def site(self) -> str:
@@ -105,6 +104,7 @@ class HubLink:
 
     def apply_config(self, config: Config) -> None:
         self._config = config
+        self.pins.apply_config(config)
         self.client.set_bandwidth_limit(config.hub.bandwidth_limit)
 
     def status(self) -> dict[str, Any]:
@@ -118,7 +118,7 @@ class HubLink:
             "registered": self.registered,
             "last_sync": self.last_sync,
             "last_error": self.last_error,
-            "pulls": [{"image_id": i, "bytes_done": d, "bytes_total": t} for i, (d, t) in self._pulling.items()],
+            "pulls": [{"image_id": i, "bytes_done": d, "bytes_total": t} for i, (d, t) in self.pins.pulling.items()],
         }
 
     def _up(self) -> None:
@@ -186,6 +186,7 @@ class HubLink:
             await self._clock.sleep(self._config.hub.heartbeat_interval)
 
     async def run_sync(self) -> None:
+        await self.pins.recover()
         while True:
             await self._round("sync", self.sync_once)
             await self._clock.sleep(self._config.hub.sync_interval)
@@ -392,11 +393,21 @@ class HubLink:
     # -- registration and heartbeat -------------------------------------------------------------
 
     async def _site_body(self) -> dict[str, Any]:
-        # Store usage scans the store directories: in a thread, not on the event loop.
+        # Store usage scans the store directories: in a thread, not on the event loop. An RBD
+        # store's figures are its pool's (the health thread's last answer).
         usages = await asyncio.to_thread(lambda: [s.usage() for s in self._stores.values()])
         return {
             "name": self.site,
-            "stores": [{"id": s.name, "description": s.description} for s in self._stores.values()],
+            "stores": [
+                {
+                    "id": s.name,
+                    "description": s.description,
+                    "type": s.kind,
+                    "total_bytes": u.total_bytes,
+                    "free_bytes": u.free_bytes,
+                }
+                for s, u in zip(self._stores.values(), usages, strict=True)
+            ],
             "total_bytes": sum(u.total_bytes for u in usages),
             "free_bytes": sum(u.free_bytes for u in usages),
             "version": __version__,
@@ -472,7 +483,7 @@ class HubLink:
 
     async def _carry_out(self, image_id: str, action: str) -> int:
         try:
-            message = await (self.pin(image_id) if action == "copy" else self.unpin(image_id))
+            message = await (self.pins.pin(image_id) if action == "copy" else self.pins.unpin(image_id))
             status = "success"
         except HubUnreachable:
             raise  # nothing to report to: the assignment stays pending, and resumes next round
@@ -490,91 +501,12 @@ class HubLink:
             return 0  # the hub dropped the assignment meanwhile
         return 1
 
-    def _pin_store(self) -> FilesystemStore:
-        return self._stores[self._config.stores.default]
-
-    async def fetch(self, image_id: str, dest: Path, progress: Callable[[int, int], None] | None = None) -> Image:
-        """A hub image's bytes into `dest`: resumable (a partial `dest` is continued with Range),
-        verified against the hub's record. Returns the record."""
-        image = await self._records.lookup(image_id)
-        await self._fetch(image, dest, progress)
-        return image
-
-    async def _fetch(self, image: Image, dest: Path, progress: Callable[[int, int], None] | None) -> None:
-        if image.status != ACTIVE or image.size is None:
-            raise Conflict("image %s is %s at the hub; only active images can be pulled" % (image.id, image.status))
-        transfer = Transfer(
-            self.client,
-            image,
-            dest,
-            attempts=self._config.hub.resume_attempts,
-            retry_max=self._config.hub.retry_max_seconds,
-            on_bytes=self._metrics.hub_bytes.inc,
-        )
-        await transfer.open()
-        watcher = asyncio.create_task(_watch(transfer, progress)) if progress is not None else None
-        try:
-            await transfer.run()
-        except ChecksumMismatch:
-            await asyncio.to_thread(dest.unlink, True)  # never resume from bad bytes
-            raise
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-            transfer.retire()
-        if transfer.range_requests:
-            log.info(
-                "hub link: image %s: the transfer resumed %d time(s) with a Range request",
-                image.id,
-                transfer.range_requests,
-            )
-
-    async def pin(self, image_id: str) -> str:
-        """Pull a pinned copy into the default store (never evicted, unlike the cache)."""
-        image = await self._records.lookup(image_id)
-        store = self._pin_store()
-        if store.name in image.stores:
-            return "already held in store %s" % store.name
-        partial = store.pull_path(image.id)
-        with self._images.work.track(image.id, "pull") as job:  # a delete removes the pull file
-            try:
-                await self._fetch(
-                    image, partial, lambda done, total: self._pulling.__setitem__(image.id, (done, total))
-                )
-            finally:
-                self._pulling.pop(image.id, None)
-            await store.adopt(image.id, partial)
-            if job.deleted:  # deleted while the copy was moved into place
-                await store.purge(image.id)
-                job.check()
-            location = Location.in_store(store.name, store.location_url(image.id))
-            await self._catalog.add_location(image.id, location, timestamp(self._clock.now()))
-        log.info("hub link: image %s pinned in store %s (%s bytes, verified)", image.id, store.name, image.size)
-        return "pulled into store %s and verified" % store.name
-
-    async def unpin(self, image_id: str) -> str:
-        try:
-            image = await self._catalog.get_image(image_id)
-        except NotFound:
-            return "not held here"
-        removed = []
-        for loc in image.locations:
-            store = self._stores.get(loc.store)
-            if store is None:
-                continue
-            await self._catalog.remove_location(image.id, loc.store, timestamp(self._clock.now()), keep_last=False)
-            await store.delete(image.id)
-            removed.append(loc.store)
-        log.info(
-            "hub link: image %s removed from store(s) %s as the hub asked", image.id, ", ".join(removed) or "(none)"
-        )
-        return "removed from %s" % (", ".join(removed) or "nothing (not held)")
-
     # -- edge-created images to the hub --------------------------------------------------------
 
-    async def push(self, image: Image, path: Path) -> None:
-        """Copy an image created here to the hub under the same id (the rule: an image exists
-        at the hub before it goes to other edges), then record its `central` location."""
+    async def push(self, image: Image, store: ImageStore) -> None:
+        """Copy an image created here (its copy in `store`, a file or an RBD image) to the hub
+        under the same id (the rule: an image exists at the hub before it goes to other edges),
+        then record its `central` location."""
         body: dict[str, Any] = {
             "id": image.id,
             "name": image.name,
@@ -591,19 +523,13 @@ class HubLink:
             await self.client.request_json("POST", "/v2/images", json=body, expect=(201,))
         except Conflict:
             pass  # created by an earlier attempt: upload to it
-        await self.client.upload(image.id, path)
+        await self.client.upload(image.id, store.read(image.id), image.size or 0)
         doc = await self.client.get_image(image.id)
         if doc.get("os_hash_value") != image.os_hash_value or doc.get("checksum") != image.checksum:
             raise ChecksumMismatch("the hub recorded different hashes for image %s than this site" % image.id)
         location = Location.in_store(HUB_STORE, self.client.data_url(image.id))
         await self._catalog.add_location(image.id, location, timestamp(self._clock.now()))
         log.info("hub link: image %s copied to the hub (central) with the same id", image.id)
-
-
-async def _watch(transfer: Transfer, progress: Callable[[int, int], None]) -> None:
-    while True:
-        progress(transfer.durable, transfer.size)
-        await asyncio.sleep(0.5)
 
 
 def _next_second(stamp: str) -> str:

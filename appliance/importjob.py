@@ -122,10 +122,10 @@ class ImportRunner:
             image_id, [ListEdit(IMPORTING_TO, remove=tuple(self._stores), drop_empty=True)], self.now()
         )
 
-    async def push(self, task: Task, image: Image, path: Path) -> None:
+    async def push(self, task: Task, image: Image, holder: ImageStore) -> None:
         assert self._hub is not None
         try:
-            await self._hub.push(image, path)
+            await self._hub.push(image, holder)
         except asyncio.CancelledError:
             if self._images.work.deleting(image.id):
                 await asyncio.shield(self.deleted(task))
@@ -339,12 +339,18 @@ class ImportRunner:
             image.id, digest.image_data(staged.virtual_size), location, from_status=IMPORTING, updated_at=self.now()
         )
 
+    async def holder(self, image: Image) -> ImageStore | None:
+        """A store of this site that holds the image's data (those with files first)."""
+        stores = sorted((self._stores[s] for s in image.stores if s in self._stores), key=lambda s: s.kind != "file")
+        for store in stores:
+            if await asyncio.to_thread(store.holds, image.id):
+                return store
+        return None
+
     async def _copy_out(self, task: Task, image: Image, work: Path) -> Path:
         """A copy held by a store without files (RBD), read into the work dir to copy from."""
-        for holder in (self._stores[s] for s in image.stores if s in self._stores):
-            if await asyncio.to_thread(holder.holds, image.id):
-                break
-        else:
+        holder = await self.holder(image)
+        if holder is None:
             raise ImportFailed("No readable copy of image %s on this site to copy from" % image.id)
         path = work / "download"
         try:
@@ -371,7 +377,7 @@ class ImportRunner:
                 raise ImportFailed("glance-download needs a hub ([hub] url)")
             path = work / "download"
             try:
-                source = await self._hub.fetch(
+                source = await self._hub.pins.fetch(
                     request.glance_image_id,
                     path,
                     lambda done, total: self.progress.__setitem__(task.id, (done, total)),

@@ -500,8 +500,8 @@ class ImportService:
         """copy-image to `central` at an edge: the image goes to the hub under the same id (the
         documented rule: an edge-created image reaches central before other edges)."""
         assert self._hub is not None
-        path = self._job.local_copy(image)
-        if path is None:
+        holder = await self._job.holder(image)
+        if holder is None:
             raise Conflict("Image %s has no readable copy in a store of this site to send to the hub" % image.id)
         if image.id in self._running:
             raise Conflict("Image %s is already being imported; wait for that import to finish" % image.id)
@@ -525,7 +525,7 @@ class ImportService:
                 updated_at=stamp,
             )
         )
-        job = asyncio.create_task(self._job.push(task, image, path), name="push-%s" % image.id)
+        job = asyncio.create_task(self._job.push(task, image, holder), name="push-%s" % image.id)
         self._images.work.watch(image.id, job, "copy to the hub")
         self._running[image.id] = job
         job.add_done_callback(functools.partial(self._forget, image.id))

@@ -160,7 +160,7 @@ class Site:
     total_bytes: int | None = None
     version: str = ""
     api_url: str = ""
-    stores: tuple[dict[str, str], ...] = ()
+    stores: tuple[dict[str, Any], ...] = ()  # id, description; type, total_bytes, free_bytes if sent
     cache: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,5 +1,6 @@
-"""Scrubber: a periodic, rate-limited job that re-hashes every stored copy against the
-SHA-512 recorded for its image. A mismatch quarantines the copy: it is moved aside, its
+"""Scrubber: a periodic, rate-limited job that re-hashes every stored copy (a file, or an RBD
+image's snapshot read back from the pool) against the SHA-512 recorded for its image. A mismatch
+quarantines the copy: it is moved aside (a file to `.quarantine/`, an RBD image renamed), its
 location is marked `quarantined` and it is never served again."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from appliance.catalog import Catalog
 from appliance.clock import SYSTEM_CLOCK, Clock, timestamp
 from appliance.errors import ApplianceError, NotFound
 from appliance.hub.records import HUB_STORE
-from appliance.stores.filesystem import FilesystemStore
+from appliance.stores.base import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,26 @@ def hash_file(path: Path, rate_bytes_per_s: float) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+async def hash_stream(chunks: AsyncIterator[bytes], rate_bytes_per_s: float) -> tuple[int, str]:
+    """(size, sha512 hex) of a store's stream (an RBD image), hashed on a worker thread, read no
+    faster than the given rate."""
+    digest = hashlib.sha512()
+    size = 0
+    started = time.monotonic()
+    async for chunk in chunks:
+        await asyncio.to_thread(digest.update, chunk)
+        size += len(chunk)
+        ahead = size / rate_bytes_per_s - (time.monotonic() - started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+    return size, digest.hexdigest()
+
+
 class Scrubber:
     def __init__(
         self,
         catalog: Catalog,
-        stores: Mapping[str, FilesystemStore],
+        stores: Mapping[str, ImageStore],
         *,
         interval: float,
         rate_bytes_per_s: float,
@@ -78,21 +94,24 @@ class Scrubber:
         bad: list[tuple[str, str]] = []
         for image_id, store_name, size, expected in await self._catalog.servable_copies():
             store = self._stores.get(store_name)
-            path = store.data_path(image_id) if store is not None else None
-            if store is None or path is None or not expected:
+            if store is None or not expected:
                 continue
             try:
-                actual_size, actual = await asyncio.to_thread(hash_file, path, self._rate)
-            except FileNotFoundError:
-                continue  # deleted meanwhile
-            except OSError as exc:
+                hashed = await self._hash_copy(store, image_id)
+            except (OSError, ApplianceError) as exc:  # e.g. an RBD cluster that does not answer: next pass
                 log.error("scrubber: cannot read image %s in store %s: %s", image_id, store_name, exc)
                 continue
+            if hashed is None:
+                continue  # deleted meanwhile
+            actual_size, actual = hashed
             checked += 1
             self._on_checked()
             if actual == expected and (size is None or actual_size == size):
                 continue
-            moved = await asyncio.to_thread(store.quarantine, image_id)
+            try:
+                moved = await asyncio.to_thread(store.quarantine, image_id)
+            except ApplianceError as exc:  # not moved (cluster gone): never served all the same
+                moved = "nowhere (%s)" % exc
             await self._catalog.set_location_status(image_id, store_name, "quarantined", timestamp(self._clock.now()))
             self._on_mismatch()
             bad.append((image_id, store_name))
@@ -110,6 +129,18 @@ class Scrubber:
         if checked:
             log.info("scrubber: checked %d cop%s, %d quarantined", checked, "y" if checked == 1 else "ies", len(bad))
         return ScrubReport(checked=checked, quarantined=bad)
+
+    async def _hash_copy(self, store: ImageStore, image_id: str) -> tuple[int, str] | None:
+        """(size, sha512) of a store's copy, read at the rate limit; None if it is gone."""
+        path = store.data_path(image_id)
+        if path is None:  # a store without files (RBD): its committed snapshot, streamed
+            if not await asyncio.to_thread(store.holds, image_id):
+                return None
+            return await hash_stream(store.read(image_id), self._rate)
+        try:
+            return await asyncio.to_thread(hash_file, path, self._rate)
+        except FileNotFoundError:
+            return None
 
     async def _repull(self, image_id: str) -> None:
         assert self._repair is not None
@@ -131,10 +162,13 @@ class Scrubber:
             path = self._cache.data_path(entry.image_id)
             try:
                 image = await self._catalog.get_image(entry.image_id)
-                actual_size, actual = await asyncio.to_thread(hash_file, path, self._rate)
+                if path is None:  # entries in an RBD pool
+                    actual_size, actual = await hash_stream(self._cache.read(entry.image_id), self._rate)
+                else:
+                    actual_size, actual = await asyncio.to_thread(hash_file, path, self._rate)
             except (NotFound, FileNotFoundError):
                 continue
-            except OSError as exc:
+            except (OSError, ApplianceError) as exc:
                 log.error("scrubber: cannot read cached image %s: %s", entry.image_id, exc)
                 continue
             checked += 1

@@ -18,7 +18,8 @@ from appliance import keystone, policy
 from appliance.auth import Authenticator
 from appliance.bundles.inbox import Inbox
 from appliance.bundles.service import BundleService
-from appliance.cache import ImageCache, reconcile
+from appliance.cache import ImageCache
+from appliance.cachefiles import EntryPool, reconcile
 from appliance.catalog import Catalog
 from appliance.clock import SYSTEM_CLOCK, Clock
 from appliance.config import Config
@@ -37,7 +38,6 @@ from appliance.scrubber import Scrubber
 from appliance.sites import SiteService
 from appliance.stores import open_store
 from appliance.stores.base import ImageStore
-from appliance.stores.filesystem import FilesystemStore
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,8 @@ def reload_services(services: Services, new: Config) -> list[str]:
         services.hub_records.apply_config(new.hub)
     if new.cache.dir != services.config.cache.dir or new.cache.enabled != services.config.cache.enabled:
         pending.append("cache.dir/enabled")
+    if new.cache.store != services.config.cache.store:
+        pending.append("cache.store")
     if services.hub is not None:
         services.hub.apply_config(new)
     if new.hub.url != services.config.hub.url:
@@ -152,8 +154,6 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
     previous_rules = policy.install(rules)
     try:
         stores = {s.name: open_store(s, config.path(s.path)) for s in config.stores.stores}
-        # Hub pins (pulls adopted by rename) and the scrubber work on files.
-        file_stores = {n: s for n, s in stores.items() if isinstance(s, FilesystemStore)}
         identity = keystone.from_config(config.keystone, clock)
         auth = Authenticator.from_config(config, identity)
         async with Catalog.open(config.path(config.catalog.path)) as catalog:
@@ -164,7 +164,14 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
             cache: ImageCache | None = None  # bytes only: none without a hub or when disabled
             if client is not None and records is not None and config.cache.enabled:
                 cache = ImageCache(
-                    config.cache, config.hub, config.path(config.cache.dir), catalog, client, records, metrics=metrics
+                    config.cache,
+                    config.hub,
+                    config.path(config.cache.dir),
+                    catalog,
+                    client,
+                    records,
+                    metrics=metrics,
+                    entries=_cache_pool(stores[config.cache.store]) if config.cache.store else None,
                 )
                 await cache.start()
             else:  # no cache, but files from when it was on: those of deleted images go
@@ -176,7 +183,7 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
             # At an edge with a hub the definitions are the hub's, mirrored read-only.
             metadefs = MetadefService(catalog, hub_url=client.url if client is not None else None, clock=clock)
             hub = (
-                HubLink(config, catalog, file_stores, cache, images, client, records, metrics, clock=clock)
+                HubLink(config, catalog, stores, cache, images, client, records, metrics, clock=clock)
                 if client is not None and records is not None
                 else None
             )
@@ -193,13 +200,13 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
             )
             scrubber = Scrubber(
                 catalog,
-                file_stores,
+                stores,
                 interval=config.scrubber.interval,
                 rate_bytes_per_s=config.scrubber.rate_mib_per_s * float(1 << 20),
                 on_checked=metrics.scrub_checked.inc,
                 on_mismatch=metrics.scrub_mismatches.inc,
                 cache=cache,
-                repair=hub.pin if hub is not None else None,
+                repair=hub.pins.pin if hub is not None else None,
                 clock=clock,
             )
             bundles = BundleService(config, catalog, stores, images)
@@ -250,6 +257,14 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
     finally:
         events.detach()  # also when start-up fails
         policy.install(previous_rules)
+
+
+def _cache_pool(store: ImageStore) -> EntryPool:
+    """The cache's entries in an RBD store's pool (the config allows rbd stores only)."""
+    from appliance.stores.rbd import RbdStore  # Ceph's bindings: only when an RBD store is configured
+
+    assert isinstance(store, RbdStore)
+    return EntryPool(store)
 
 
 async def _hub_client(config: Config, keystone: KeystoneAuth | None) -> HubClient | None:

@@ -71,7 +71,10 @@ def check_site_name(name: Any) -> str:
     return name
 
 
-def _site_stores(value: Any) -> tuple[dict[str, str], ...]:
+STORE_TYPES = ("file", "rbd")  # Glance's store types an edge reports (filesystem, Ceph RBD)
+
+
+def _site_stores(value: Any) -> tuple[dict[str, Any], ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or len(value) > MAX_SITE_STORES:
@@ -83,7 +86,19 @@ def _site_stores(value: Any) -> tuple[dict[str, str], ...]:
     for item in value:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
             raise BadRequest("Each entry of 'stores' needs an 'id' string, got %r" % (item,))
-        out.append({"id": _text(item, "id"), "description": _text(item, "description")})
+        store: dict[str, Any] = {"id": _text(item, "id"), "description": _text(item, "description")}
+        kind = item.get("type")
+        if kind is not None:  # older edges send id and description only
+            if kind not in STORE_TYPES:
+                raise BadRequest(
+                    "Store %r: 'type' must be one of %s, got %r" % (store["id"], ", ".join(STORE_TYPES), kind)
+                )
+            store["type"] = kind
+        for key in ("total_bytes", "free_bytes"):  # the store's own capacity (an RBD store: its pool's)
+            size = _size(item, key)
+            if size is not None:
+                store[key] = size
+        out.append(store)
     return tuple(out)
 
 

@@ -305,6 +305,8 @@ async def _stream(
             request.transport.abort()
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
+        if found.release is not None:  # a cache entry streamed from an RBD pool: evictable again
+            found.release()
     return response
 
 

@@ -902,7 +902,13 @@ def _schemas(disk_formats: Sequence[str], container_formats: Sequence[str]) -> J
                     "items": {
                         "type": "object",
                         "required": ["id"],
-                        "properties": {"id": {"type": "string"}, "description": {"type": "string"}},
+                        "properties": {
+                            "id": {"type": "string"},
+                            "description": {"type": "string"},
+                            "type": {"type": "string", "enum": ["file", "rbd"]},
+                            "total_bytes": size,
+                            "free_bytes": size,
+                        },
                     },
                 },
                 "cache": {"type": "object"},

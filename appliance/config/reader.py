@@ -311,12 +311,6 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
     if hub.keystone and not keystone.auth_url:
         raise ConfigError("hub.keystone: needs [keystone] auth_url and the appliance's credentials")
     stores = _read_stores(data.get("stores"))
-    if (hub.url or hub.keystone) and any(s.name == stores.default and s.type == "rbd" for s in stores.stores):
-        # Pins from the hub are pulled into a resumable file and adopted by rename.
-        raise ConfigError(
-            "stores.default: %r is an rbd store; with a [hub], hub-driven pins go into the default "
-            "store, which must be a filesystem store (name an rbd store in uploads and imports)" % stores.default
-        )
     return Config(
         state_dir=state_dir,
         site=site,
@@ -331,7 +325,7 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
         imports=_read_import(data.get("import")),
         scrubber=_scrubber(data.get("scrubber")),
         hub=hub,
-        cache=_cache(data.get("cache")),
+        cache=_cache(data.get("cache"), stores),
         inbox=_simple_section("inbox", InboxConfig, data.get("inbox")),
         bundles=_simple_section("bundles", BundlesConfig, data.get("bundles")),
         signatures=_signatures(data.get("signatures")),
@@ -403,8 +397,18 @@ def _hub(data: Any) -> HubConfig:
     return dataclasses.replace(conf, url=conf.url.rstrip("/"))
 
 
-def _cache(data: Any) -> CacheConfig:
+def _cache(data: Any, stores: StoresConfig) -> CacheConfig:
     conf = _simple_section("cache", CacheConfig, data)
+    if conf.store:
+        kinds = {s.name: s.type for s in stores.stores}
+        if conf.store not in kinds:
+            raise ConfigError("cache.store: %r is not a store of [stores] (%s)" % (conf.store, ", ".join(kinds)))
+        if kinds[conf.store] != "rbd":
+            # A filesystem store's directory holds image files by id; the cache's files go in [cache] dir.
+            raise ConfigError(
+                'cache.store: %r is a filesystem store; name an rbd store, or leave it "" to keep the cache '
+                "under [cache] dir" % conf.store
+            )
     if conf.max_size <= 0:
         raise ConfigError("cache.max_size: must be positive")
     if not 0 < conf.low_watermark <= conf.high_watermark <= 100:

@@ -296,6 +296,9 @@ class CacheConfig:
     # Copies of images whose data lives at the hub ([hub] url); never the site's own images.
     enabled: bool = True
     dir: str = "cache"
+    # An rbd store whose pool keeps the committed entries (RBD images cache.<id>); "" = files
+    # under `dir`. Fills in progress stay under `dir` either way (they resume from there).
+    store: str = ""
     max_size: int = 10 << 30
     # Percent of max_size: crossing the high mark evicts least-recently-used entries down to
     # the low mark.

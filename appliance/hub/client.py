@@ -12,10 +12,9 @@ import contextlib
 import email.utils
 import json
 import logging
-import os
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -256,15 +255,13 @@ class HubClient:
 
     # -- data -------------------------------------------------------------------------------
 
-    async def upload(self, image_id: str, path: os.PathLike[str]) -> None:
-        """PUT a local file as the image's data (file reads in a thread, rate-limited)."""
+    async def upload(self, image_id: str, chunks: AsyncIterable[bytes], size: int) -> None:
+        """PUT `size` bytes of a stream (a store's copy: a file, an RBD image) as the image's
+        data, rate-limited."""
         url = self.data_url(image_id)
 
-        fh = await asyncio.to_thread(open, path, "rb")
-        size = await asyncio.to_thread(os.fstat, fh.fileno())
-
         async def body() -> AsyncIterator[bytes]:
-            while chunk := await asyncio.to_thread(fh.read, DATA_CHUNK):
+            async for chunk in chunks:
                 await self._limiter.take(len(chunk))
                 yield chunk
 
@@ -272,16 +269,12 @@ class HubClient:
             async with self._client().put(
                 url,
                 data=body(),
-                headers=await self._headers(
-                    {"Content-Type": "application/octet-stream", "Content-Length": str(size.st_size)}
-                ),
+                headers=await self._headers({"Content-Type": "application/octet-stream", "Content-Length": str(size)}),
             ) as resp:
                 if resp.status not in (200, 204):
                     raise self._refused("PUT", url, resp.status, await resp.read())
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _unreachable(url, exc) from None
-        finally:
-            fh.close()
 
     @contextlib.asynccontextmanager
     async def open_data(self, image_id: str, offset: int = 0, end: int | None = None) -> AsyncIterator[DataResponse]:

@@ -63,6 +63,10 @@ class ImageStore(Protocol):
     async def purge(self, image_id: str) -> None:
         """Remove every file of the image (data, partial writes, pulls): it was deleted."""
 
+    def quarantine(self, image_id: str) -> object | None:
+        """Move a copy that failed verification aside, kept for inspection and never served;
+        returns where it went (None if there was no copy). Blocking: run it in a thread."""
+
     def clean_partial(self) -> int: ...
 
     def close(self) -> None: ...

@@ -34,6 +34,8 @@ from appliance.stores.stream import feed_batches
 log = logging.getLogger(__name__)
 
 SNAP = "snap"
+# A quarantined copy (the scrubber found it changed) is renamed ID.quarantine.TIME.
+QUARANTINE_INFIX = ".quarantine."
 # Bytes read per request.
 READ_CHUNK = 4 << 20
 # Asynchronous writes in flight per image (up to this many 4 MiB pieces; rbd import keeps 10
@@ -438,14 +440,41 @@ class RbdStore:
         return removed
 
     async def purge(self, image_id: str) -> None:
+        """The image was deleted: its RBD image and its quarantined ones go."""
         try:
-            await self.delete(image_id)
-        except Conflict as exc:  # clones appeared after the check: the image stays for them
-            log.warning("store %s: image %s not removed: %s", self.name, image_id, exc)
+            quarantined = await self._io(asyncio.to_thread(self._quarantined, image_id))
         except ApplianceError as exc:
-            with self._lock:
-                self._leftovers.setdefault(image_id, None)
-            log.warning("store %s: image %s not removed: %s", self.name, image_id, exc)
+            quarantined = []
+            log.warning("store %s: cannot look for quarantined copies of %s: %s", self.name, image_id, exc)
+        for name in [image_id, *quarantined]:
+            try:
+                await self.delete(name)
+            except Conflict as exc:  # clones appeared after the check: the image stays for them
+                log.warning("store %s: image %s not removed: %s", self.name, name, exc)
+            except ApplianceError as exc:
+                if name == image_id:
+                    with self._lock:
+                        self._leftovers.setdefault(image_id, None)
+                log.warning("store %s: image %s not removed: %s", self.name, name, exc)
+
+    def quarantine(self, image_id: str) -> str | None:
+        """Rename a copy that failed verification aside (`ID.quarantine.TIME`, with its snapshot
+        and any clones of it): never served again, kept for inspection, and the image's name is
+        free for a fresh copy. Blocking."""
+        dest = "%s%s%d" % (image_id, QUARANTINE_INFIX, int(time.time()))
+        try:
+            with self._ioctx() as ioctx:
+                rbd.RBD().rename(ioctx, image_id, dest)
+        except rbd.ImageNotFound:
+            return None
+        except (rbd.Error, rados.Error) as exc:
+            raise self._error(exc) from exc
+        log.warning("store %s: RBD image %s/%s renamed to %s (quarantined)", self.name, self.pool, image_id, dest)
+        return "%s/%s" % (self.pool, dest)
+
+    def _quarantined(self, image_id: str) -> list[str]:
+        with self._ioctx() as ioctx:
+            return [n for n in rbd.RBD().list(ioctx) if n.startswith(image_id + QUARANTINE_INFIX)]
 
     def clean_partial(self) -> int:
         """Remove half-written images (an image id without `snap`) left by a crash; called at
@@ -476,6 +505,14 @@ class RbdStore:
         except (rbd.Error, rados.Error, ApplianceError) as exc:
             log.warning("store %s: cannot list images: %s", self.name, exc)
             return set()
+
+    def names(self) -> set[str]:
+        """Every RBD image of the pool (the image cache keeps its own there). Blocking."""
+        try:
+            with self._ioctx() as ioctx:
+                return set(rbd.RBD().list(ioctx))
+        except (rbd.Error, rados.Error) as exc:
+            raise self._error(exc) from exc
 
     def pull_ids(self) -> set[str]:
         return set()  # pulls from the hub are staged on a filesystem store

@@ -6,19 +6,18 @@ Namespaces hold objects, properties, tags and resource type associations; the ru
   `get_metadef_*` rules decide among the visible ones with the namespace as the target;
 * writes follow the `add_/modify_/delete_metadef_*` rules (17.1: administrators only), with the
   namespace's owner as `project_id`; a protected namespace cannot be deleted (403);
-* bodies are checked against the /v2/schemas/metadefs/* documents: an unknown or read-only
-  attribute, a wrong type or a missing name is refused with what was wrong.
+* bodies are checked against the /v2/schemas/metadefs/* documents (metadefschema.py) and shown in
+  Glance's shapes (metadefshape.py).
 
 At an edge with a hub the definitions are the hub's: `mirror` copies them (what the site's hub
-token sees), and a write is refused (409) naming the hub, where it is to be made.
+token sees), and a write is made at the hub with the caller's Keystone token (`write_at_hub`), the
+namespace mirrored again at once; without a token to forward it is refused (409) naming the hub.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 from urllib.parse import urlencode
 
@@ -28,297 +27,25 @@ from appliance.catalog import Catalog
 from appliance.clock import Clock, SystemClock, timestamp
 from appliance.errors import BadRequest, Conflict, Forbidden, NotFound, UpstreamUnavailable
 from appliance.hub.client import HubClient, HubRejected
-from appliance.hub.metadefs import hub_namespaces
+from appliance.hub.metadefs import hub_namespace, hub_namespaces, write_at_hub
+from appliance.metadefschema import NS_CONTENTS, NS_FIELDS, Json, check_namespace, check_tags
+from appliance.metadefshape import (
+    NAMESPACES_PATH,
+    association_to_json,
+    contents,
+    file_format,
+    namespace_to_json,
+    new_namespace,
+    object_to_json,
+)
 from appliance.model import MetadefItem, MetadefNamespace, MetadefResourceType
-from appliance.text import check_text
 
 log = logging.getLogger(__name__)
 
-NS_SCHEMA = "/v2/schemas/metadefs/namespace"
-OBJECT_SCHEMA = "/v2/schemas/metadefs/object"
-NAMESPACES_PATH = "/v2/metadefs/namespaces"
 # Glance's namespace list sorts on these (glanceclient's SORT_KEY_VALUES and the DB columns).
 SORT_KEYS = ("namespace", "created_at", "updated_at", "display_name", "visibility", "owner")
-JSON_TYPES = ("array", "boolean", "integer", "number", "object", "string", None)
-READ_ONLY = ("self", "schema", "created_at", "updated_at")
-
-Json = dict[str, Any]
-
-
-# -- checking bodies (the /v2/schemas/metadefs/* documents) ----------------------------------
-
-
-def _fail(where: str, problem: str) -> BadRequest:
-    """Glance's words for a body its schema refuses; `where`: the path to the wrong part."""
-    schema = re.split(r"[.\[ ]", where, maxsplit=1)[0]
-    inner = where[len(schema) :].lstrip(".")
-    return BadRequest(
-        "Provided object does not match schema '%s': %s%s" % (schema, inner + ": " if inner else "", problem)
-    )
-
-
-def _object(value: Any, where: str) -> Json:
-    if not isinstance(value, dict):
-        raise _fail(where, "expected a JSON object, got %s" % type(value).__name__)
-    return value
-
-
-def _string(value: Any, where: str, max_length: int | None = None, *, required: bool = False) -> str:
-    if not isinstance(value, str):
-        raise _fail(where, "expected a string, got %s" % type(value).__name__)
-    if required and not value.strip():
-        raise _fail(where, "must not be empty")
-    if max_length is not None and len(value) > max_length:
-        raise _fail(where, "longer than %d characters" % max_length)
-    # Names travel in URLs, Location headers, logs and the TUI: no control characters at all;
-    # descriptions and other free text may hold tabs and line breaks.
-    return check_text(where, value, len(value), multiline=not required)
-
-
-def _strings(value: Any, where: str, *, unique: bool = False) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _fail(where, "expected an array of strings")
-    for i, item in enumerate(value):
-        check_text("%s[%d]" % (where, i), item, len(item))
-    if unique and len(set(value)) != len(value):
-        raise _fail(where, "has non-unique elements")
-    return list(value)
-
-
-def _count(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _fail(where, "expected an integer of 0 or more")
-    return value
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(where, "expected a number")
-    return value
-
-
-def _boolean(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(where, "expected true or false")
-    return value
-
-
-def _json_type(value: Any, where: str) -> Any:
-    if value not in JSON_TYPES:
-        raise _fail(where, "%r is not one of %s" % (value, ", ".join(str(t) for t in JSON_TYPES if t)))
-    return value
-
-
-def _array(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise _fail(where, "expected an array")
-    return value
-
-
-def _items_type(value: Any, where: str) -> Json:
-    items = _object(value, where)
-    for key in items:
-        if key == "type":
-            _json_type(items[key], where + ".type")
-        elif key == "enum":
-            _array(items[key], where + ".enum")
-    return dict(items)
-
-
-_PROPERTY_FIELDS: dict[str, Callable[[Any, str], Any]] = {
-    "title": _string,
-    "description": _string,
-    "operators": _strings,
-    "type": _json_type,
-    "required": lambda v, w: _strings(v, w, unique=True),
-    "minimum": _number,
-    "maximum": _number,
-    "maxLength": _count,
-    "minLength": _count,
-    "pattern": _string,
-    "enum": lambda v, w: _array(v, w),
-    "readonly": _boolean,
-    "default": lambda v, w: v,
-    "items": _items_type,
-    "maxItems": _count,
-    "minItems": _count,
-    "uniqueItems": _boolean,
-    "additionalItems": _boolean,
-}
-
-
-def check_property(value: Any, where: str, *, named: bool) -> tuple[str | None, Json]:
-    """A property's name (when `named`: the body carries it) and its body without the name."""
-    prop = _object(value, where)
-    body: Json = {}
-    name = None
-    for key, field in prop.items():
-        if key == "name":
-            name = _string(field, where + ".name", 255, required=True)
-        elif key in _PROPERTY_FIELDS:
-            body[key] = _PROPERTY_FIELDS[key](field, "%s.%s" % (where, key))
-        else:
-            raise _fail(where, "Additional properties are not allowed (%r was unexpected)" % key)
-    for key in ("title", "type") + (("name",) if named else ()):
-        if key not in prop:
-            raise _fail(where, "%r is a required property" % key)
-    return name, body
-
-
-def _properties(value: Any, where: str) -> dict[str, Json]:
-    props = _object(value, where)
-    checked = {}
-    for name, prop in props.items():
-        _string(name, where + " name", 255, required=True)
-        _, body = check_property(prop, "%s[%r]" % (where, name), named=False)
-        checked[name] = body
-    return checked
-
-
-def _allowed(body: Json, allowed: Sequence[str], where: str, *, read_only: Sequence[str] = READ_ONLY) -> None:
-    for key in body:
-        if key in read_only:
-            raise Forbidden("Attribute '%s' is read-only." % key)  # Glance answers 403 to these
-        if key not in allowed:
-            raise _fail(where, "Additional properties are not allowed (%r was unexpected)" % key)
-
-
-def _inner(value: Any, where: str) -> Json:
-    """An item inside a namespace body: Glance's schema lets its read-only fields through there
-    (clients send a shown namespace back), and they are not kept."""
-    return {k: v for k, v in _object(value, where).items() if k not in READ_ONLY}
-
-
-def check_object(value: Any, where: str = "object") -> tuple[str, Json]:
-    obj = _object(value, where)
-    _allowed(obj, ("name", "description", "required", "properties"), where)
-    if "name" not in obj:
-        raise _fail(where, "'name' is a required property")
-    name = _string(obj["name"], where + ".name", 255, required=True)
-    body: Json = {}
-    if "description" in obj:
-        body["description"] = _string(obj["description"], where + ".description")
-    if "required" in obj:
-        body["required"] = _strings(obj["required"], where + ".required", unique=True)
-    if "properties" in obj:
-        body["properties"] = _properties(obj["properties"], where + ".properties")
-    return name, body
-
-
-def check_association(value: Any, where: str = "resource_type_association") -> tuple[str, Json]:
-    rta = _object(value, where)
-    _allowed(rta, ("name", "prefix", "properties_target"), where, read_only=("created_at", "updated_at"))
-    if "name" not in rta:
-        raise _fail(where, "'name' is a required property")
-    name = _string(rta["name"], where + ".name", 80, required=True)
-    body: Json = {
-        key: _string(rta[key], "%s.%s" % (where, key), 80) for key in ("prefix", "properties_target") if key in rta
-    }
-    return name, body
-
-
-def check_tag(value: Any, where: str = "tag") -> str:
-    tag = _object(value, where)
-    _allowed(tag, ("name",), where, read_only=("created_at", "updated_at"))
-    if "name" not in tag:
-        raise _fail(where, "'name' is a required property")
-    return _string(tag["name"], where + ".name", 255, required=True)
-
-
-_NS_FIELDS = ("namespace", "display_name", "description", "visibility", "protected", "owner")
-_NS_CONTENTS = ("resource_type_associations", "properties", "objects", "tags")
-
-
-def _each(ns: Json, key: str, check: Callable[[Json, str], Any]) -> list[Any]:
-    values, where = ns[key], "namespace." + key
-    if not isinstance(values, list):
-        raise _fail(where, "expected an array")
-    return [check(_inner(v, "%s[%d]" % (where, i)), "%s[%d]" % (where, i)) for i, v in enumerate(values)]
-
-
-def check_namespace(value: Any) -> Json:
-    """The namespace's own fields (checked), and its contents as given (checked too)."""
-    ns = _object(value, "namespace")
-    _allowed(ns, _NS_FIELDS + _NS_CONTENTS, "namespace")
-    if "namespace" not in ns:
-        raise _fail("namespace", "'namespace' is a required property")
-    checked: Json = {"namespace": _string(ns["namespace"], "namespace.namespace", 80, required=True)}
-    if "/" in checked["namespace"]:
-        raise _fail("namespace.namespace", "must not contain '/'")
-    for key, limit in (("display_name", 80), ("description", 500), ("owner", 255)):
-        if key in ns:
-            checked[key] = _string(ns[key], "namespace." + key, limit)
-    if "visibility" in ns and ns["visibility"] not in ("public", "private"):
-        raise _fail("namespace.visibility", "%r is not one of public, private" % (ns["visibility"],))
-    if "visibility" in ns:
-        checked["visibility"] = ns["visibility"]
-    if "protected" in ns:
-        checked["protected"] = _boolean(ns["protected"], "namespace.protected")
-    if "resource_type_associations" in ns:
-        checked["resource_type_associations"] = _each(ns, "resource_type_associations", check_association)
-    if "properties" in ns:
-        checked["properties"] = _properties(ns["properties"], "namespace.properties")
-    if "objects" in ns:
-        checked["objects"] = _each(ns, "objects", check_object)
-    if "tags" in ns:
-        checked["tags"] = _each(ns, "tags", check_tag)
-    return checked
-
-
-# -- shapes -------------------------------------------------------------------------------------
-
-
-def namespace_href(name: str) -> str:
-    return "%s/%s" % (NAMESPACES_PATH, name)
-
-
-def namespace_to_json(ns: MetadefNamespace) -> Json:
-    doc: Json = {"namespace": ns.namespace}
-    if ns.display_name is not None:
-        doc["display_name"] = ns.display_name
-    if ns.description is not None:
-        doc["description"] = ns.description
-    doc.update(
-        visibility=ns.visibility,
-        protected=ns.protected,
-        owner=ns.owner,
-        created_at=ns.created_at,
-        updated_at=ns.updated_at,
-        schema=NS_SCHEMA,
-        self=namespace_href(ns.namespace),
-    )
-    if ns.owner is None:
-        del doc["owner"]
-    return doc
-
-
-def object_to_json(item: MetadefItem, prefix: str = "", *, written: bool = False) -> Json:
-    """An object as Glance shows it (`required` and `properties` always), or (`written`) as it answers a create or
-    an update: with the fields given."""
-    doc: Json = {"name": item.name, **({} if written else {"required": [], "properties": {}}), **item.body}
-    if prefix:
-        doc["properties"] = {prefix + k: v for k, v in item.body.get("properties", {}).items()}
-        if "required" in item.body:
-            doc["required"] = [prefix + r for r in item.body["required"]]
-    doc.update(
-        created_at=item.created_at,
-        updated_at=item.updated_at,
-        schema=OBJECT_SCHEMA,
-        self="%s/objects/%s" % (namespace_href(item.namespace), item.name),
-    )
-    return doc
-
-
-def property_to_json(item: MetadefItem) -> Json:
-    return {"name": item.name, **item.body}
-
-
-def tag_to_json(item: MetadefItem) -> Json:
-    return {"name": item.name, "created_at": item.created_at, "updated_at": item.updated_at}
-
-
-def association_to_json(item: MetadefItem) -> Json:
-    return {"name": item.name, **item.body, "created_at": item.created_at, "updated_at": item.updated_at}
+TAG_SORT_KEYS = ("name", "created_at", "updated_at")  # the columns of Glance's metadef_tags
+WRITE_MEMORY = 3600.0  # s: how long a write made at the hub through this site is remembered
 
 
 # Glance's words for a missing item (an association is only ever looked up to be removed).
@@ -330,11 +57,28 @@ _NOT_FOUND = {
 }
 
 
+def _limit(value: str) -> int:
+    try:
+        limit = int(value)
+    except ValueError:
+        raise BadRequest("limit param must be an integer") from None
+    if limit < 0:
+        raise BadRequest("limit param must be positive")
+    return limit
+
+
 class MetadefService:
-    def __init__(self, catalog: Catalog, *, hub_url: str | None = None, clock: Clock | None = None) -> None:
+    def __init__(self, catalog: Catalog, *, hub: HubClient | None = None, clock: Clock | None = None) -> None:
         self._catalog = catalog
-        self._hub_url = hub_url  # set at an edge: the definitions are the hub's, mirrored here
+        self._hub = hub  # set at an edge: the definitions are the hub's, mirrored here
         self._clock = clock or SystemClock()
+        # namespace -> when (monotonic) a write to it made at the hub through this site was answered:
+        # a mirror round that asked the hub before then would undo the write here.
+        self._written: dict[str, float] = {}
+
+    @property
+    def mirrors_hub(self) -> bool:
+        return self._hub is not None
 
     def _now(self) -> str:
         return timestamp(self._clock.now())
@@ -368,11 +112,49 @@ class MetadefService:
         return await self._namespace(ctx, name, rule)
 
     def _check_local(self) -> None:
-        if self._hub_url is not None:
+        if self._hub is not None:
             raise Conflict(
-                "Metadata definitions at this edge are mirrored read-only from its hub %s: "
-                "make this change at the hub; it reaches this edge at the next mirror round" % self._hub_url
+                "Metadata definitions at this edge are mirrored read-only from its hub %s: make this change at "
+                "the hub (it reaches this edge at the next mirror round), or authenticate here with a Keystone "
+                "token, which this site forwards to the hub" % self._hub.url
             )
+
+    async def write_at_hub(
+        self, ctx: Context, method: str, path: str, body: Any, *, namespace: str | None, headers: dict[str, str]
+    ) -> Any:
+        """An edge's write (`method` on `path`, as the client sent it) made at the hub with the
+        caller's own token: the hub's rules decide and its answer is returned. The namespace it
+        touched (`namespace`, and the one a create or a rename names) is mirrored here at once."""
+        if ctx.token is None or self._hub is None:
+            self._check_local()
+        assert self._hub is not None and ctx.token is not None
+        doc = await write_at_hub(self._hub, ctx.token, method, path, body, headers)
+        touched = {namespace} if namespace is not None else set()
+        if isinstance(doc, dict) and isinstance(doc.get("namespace"), str):
+            touched.add(doc["namespace"])  # a namespace's create or update (no other answer names one)
+        log.info("metadefs: %s %s made at the hub for %s/%s", method, path, ctx.project, ctx.user)
+        now = self._clock.monotonic()
+        self._written = {n: t for n, t in self._written.items() if now - t < WRITE_MEMORY}
+        for name in touched:
+            self._written[name] = now
+            await self._mirror_namespace(name)
+        return doc
+
+    async def _mirror_namespace(self, name: str) -> None:
+        """The hub's namespace `name` as this site's token reads it, put in place here (or gone)."""
+        assert self._hub is not None
+        try:
+            doc = await hub_namespace(self._hub, name)
+        except NotFound:
+            try:
+                await self._catalog.delete_metadef_namespace(name)
+            except NotFound:
+                pass
+            return
+        except (UpstreamUnavailable, HubRejected) as exc:  # the write is made: the next round brings it
+            log.warning("metadefs: namespace %s not mirrored after a write at the hub: %s", name, exc)
+            return
+        await self.replace_all([doc], keep_others=True)
 
     # -- namespaces ---------------------------------------------------------------------------
 
@@ -391,15 +173,7 @@ class MetadefService:
         visibility = params.get("visibility")
         if visibility is not None and visibility not in ("public", "private"):
             raise BadRequest("Invalid visibility value: %s" % visibility)
-        limit = default_limit
-        if "limit" in params:
-            try:
-                limit = int(params["limit"])
-            except ValueError:
-                raise BadRequest("limit param must be an integer") from None
-            if limit < 0:
-                raise BadRequest("limit param must be positive")
-        limit = min(limit, max_limit)
+        limit = min(_limit(params["limit"]) if "limit" in params else default_limit, max_limit)
         namespaces = [ns for ns in await self._catalog.metadef_namespaces() if self._visible(ctx, ns)]
         if visibility is not None:
             namespaces = [ns for ns in namespaces if ns.visibility == visibility]
@@ -483,16 +257,7 @@ class MetadefService:
         owner = checked.get("owner") or ns.owner
         if owner != ns.owner and not policy.is_admin(ctx):
             raise Forbidden("Only an administrator may change the owner of a namespace.")
-        new = replace(
-            ns,
-            namespace=checked["namespace"],
-            display_name=checked.get("display_name"),
-            description=checked.get("description"),
-            visibility=checked.get("visibility", "private"),
-            protected=checked.get("protected", False),
-            owner=owner,
-            updated_at=self._now(),
-        )
+        new = new_namespace(checked, owner, ns.created_at, self._now())
         await self._catalog.update_metadef_namespace(name, new)
         return namespace_to_json(new)
 
@@ -523,9 +288,61 @@ class MetadefService:
         await self._namespace(ctx, name, rule)
         return await self._catalog.metadef_items(name, kind)
 
-    async def get_item(self, ctx: Context, name: str, kind: str, item_name: str, rule: str) -> MetadefItem:
-        await self._namespace(ctx, name, rule)
+    async def get_item(
+        self, ctx: Context, name: str, kind: str, item_name: str, rule: str, *, resource_type: str | None = None
+    ) -> MetadefItem:
+        """One item; a property asked for `resource_type` is named as that association shows it
+        (with its prefix), as in Glance."""
+        ns = await self._namespace(ctx, name, rule)
+        if resource_type:
+            item_name = await self._unprefixed(ctx, ns, item_name, resource_type)
         return await self._find(name, kind, item_name)
+
+    async def _unprefixed(self, ctx: Context, ns: MetadefNamespace, prop: str, resource_type: str) -> str:
+        """`prop` without the prefix of the namespace's association with `resource_type`; Glance
+        answers 404 for a name without that prefix, and for an association without a prefix."""
+        policy.enforce(ctx, "get_metadef_resource_type", self._target(ns))
+        if resource_type not in {t.name for t in await self._catalog.metadef_resource_types()}:
+            raise NotFound("The metadata definition resource-type with name=%s, was not found." % resource_type)
+        rtas = await self._catalog.metadef_items(ns.namespace, "resource_type")
+        association = next((a for a in rtas if a.name == resource_type), None)
+        if association is None:
+            raise NotFound(
+                "The metadata definition resource-type association of resource-type=%s to namespace=%s, "
+                "was not found." % (resource_type, ns.namespace)
+            )
+        prefix = association.body.get("prefix")
+        if not (prefix and prop.startswith(prefix)):
+            raise NotFound(
+                "Property %s does not start with the expected resource type association prefix of '%s'."
+                % (prop, prefix)
+            )
+        return prop[len(prefix) :]
+
+    async def list_tags(self, ctx: Context, name: str, params: Mapping[str, str]) -> list[MetadefItem]:
+        """A namespace's tags a page at a time, as Glance pages them: sorted by `sort_key`
+        (created_at) in `sort_dir` (desc), ties in the order they were made; after `marker` (a
+        tag name), at most `limit` (no bound by default)."""
+        sort_key, sort_dir = params.get("sort_key", "created_at"), params.get("sort_dir", "desc")
+        if sort_dir not in ("asc", "desc"):
+            raise BadRequest("Invalid sort direction: %s" % sort_dir)
+        if sort_key not in TAG_SORT_KEYS:
+            raise BadRequest(
+                "Invalid sort key: %s. It must be one of the following: %s." % (sort_key, ", ".join(TAG_SORT_KEYS))
+            )
+        limit = _limit(params["limit"]) if params.get("limit") else None
+        await self._namespace(ctx, name, "get_metadef_tags")
+        made = await self._catalog.metadef_items(name, "tag")  # by created_at, then as made
+        ordered = [
+            t
+            for _, t in sorted(
+                enumerate(made), key=lambda p: (getattr(p[1], sort_key) or "", p[0]), reverse=sort_dir == "desc"
+            )
+        ]
+        if params.get("marker"):
+            marker = await self._find(name, "tag", params["marker"])
+            ordered = ordered[[t.name for t in ordered].index(marker.name) + 1 :]
+        return ordered if limit is None else ordered[:limit]
 
     async def _find(self, name: str, kind: str, item_name: str) -> MetadefItem:
         for item in await self._catalog.metadef_items(name, kind):
@@ -563,16 +380,7 @@ class MetadefService:
 
     async def create_tags(self, ctx: Context, name: str, body: Any, *, append: bool) -> list[MetadefItem]:
         """POST .../tags: the tags given, replacing the namespace's (or added to them)."""
-        doc = _object(body, "tags")
-        _allowed(doc, ("tags",), "tags")
-        if not isinstance(doc.get("tags"), list):
-            raise _fail("tags", "'tags' must be an array of tags")
-        names = [check_tag(t, "tags[%d]" % i) for i, t in enumerate(doc["tags"])]
-        if len({n.lower() for n in names}) != len(names):
-            raise Conflict(
-                "Duplicate tag names in the request: %s"
-                % ", ".join(sorted({n for n in names if [m.lower() for m in names].count(n.lower()) > 1}))
-            )
+        names = check_tags(body)
         await self._writable(ctx, name, "add_metadef_tags")
         now = self._now()
         items = [MetadefItem(name, "tag", n, {}, now, now) for n in names]
@@ -610,15 +418,22 @@ class MetadefService:
     async def mirror_once(self, hub: HubClient) -> int:
         """The hub's namespaces as this site's token reads them, with their contents; those the hub
         no longer has go. Returns how many namespaces there are."""
-        return await self.replace_all(await hub_namespaces(hub), keep_others=False)
+        asked = self._clock.monotonic()
+        docs = await hub_namespaces(hub)
+        # A namespace written at the hub through this site since `asked` is as the write left it
+        # here; this round's older answer would undo that until the next round.
+        written = {n for n, t in self._written.items() if t >= asked}
+        fresh = [d for d in docs if d.get("namespace") not in written]
+        return await self.replace_all(fresh, keep_others=False, keep=written)
 
-    async def replace_all(self, namespaces: Sequence[Json], *, keep_others: bool) -> int:
+    async def replace_all(self, namespaces: Sequence[Json], *, keep_others: bool, keep: Set[str] = frozenset()) -> int:
         """Puts each namespace document (a show's shape) in place with its contents; without
-        `keep_others`, namespaces not among them go (a mirror). Returns how many were written."""
-        names = set()
+        `keep_others`, namespaces not among them (nor in `keep`) go (a mirror). Returns how many
+        were written."""
+        names = set(keep)
         now = self._now()
         for doc in namespaces:
-            checked = check_namespace({k: v for k, v in doc.items() if k in _NS_FIELDS + _NS_CONTENTS})
+            checked = check_namespace({k: v for k, v in doc.items() if k in NS_FIELDS + NS_CONTENTS})
             created, updated = str(doc.get("created_at") or now), str(doc.get("updated_at") or now)
             ns = new_namespace(checked, checked.get("owner"), created, updated)
             names.add(ns.namespace)
@@ -628,42 +443,3 @@ class MetadefService:
                 if ns.namespace not in names:
                     await self._catalog.delete_metadef_namespace(ns.namespace)
         return len(names)
-
-
-def new_namespace(checked: Json, owner: str | None, created_at: str, updated_at: str) -> MetadefNamespace:
-    """A checked namespace body as a record, with Glance's defaults (private, unprotected)."""
-    return MetadefNamespace(
-        namespace=checked["namespace"],
-        display_name=checked.get("display_name"),
-        description=checked.get("description"),
-        visibility=checked.get("visibility", "private"),
-        protected=checked.get("protected", False),
-        owner=owner,
-        created_at=created_at,
-        updated_at=updated_at,
-    )
-
-
-def contents(namespace: str, checked: Json, now: str) -> list[MetadefItem]:
-    """The items of a checked namespace body."""
-    items = [
-        MetadefItem(namespace, "resource_type", n, b, now, now)
-        for n, b in checked.get("resource_type_associations", [])
-    ]
-    items += [MetadefItem(namespace, "property", n, b, now, now) for n, b in checked.get("properties", {}).items()]
-    items += [MetadefItem(namespace, "object", n, b, now, now) for n, b in checked.get("objects", [])]
-    items += [MetadefItem(namespace, "tag", n, {}, now, now) for n in checked.get("tags", [])]
-    return items
-
-
-def file_format(doc: Json) -> Json:
-    """A namespace show as Glance's etc/metadefs files hold it (no timestamps, links or owner)."""
-    out: Json = {k: doc[k] for k in ("namespace", "display_name", "description", "visibility", "protected") if k in doc}
-    out["resource_type_associations"] = [
-        {k: v for k, v in a.items() if k not in ("created_at", "updated_at")}
-        for a in doc.get("resource_type_associations", [])
-    ]
-    out["properties"] = doc.get("properties", {})
-    out["objects"] = [{k: v for k, v in o.items() if k not in READ_ONLY} for o in doc.get("objects", [])]
-    out["tags"] = doc.get("tags", [])
-    return out

@@ -181,7 +181,7 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
             images = ImageService(config, catalog, stores, cache, sites=sites, hub_records=records, clock=clock)
             members = MemberService(catalog, images)
             # At an edge with a hub the definitions are the hub's, mirrored read-only.
-            metadefs = MetadefService(catalog, hub_url=client.url if client is not None else None, clock=clock)
+            metadefs = MetadefService(catalog, hub=client, clock=clock)
             hub = (
                 HubLink(config, catalog, stores, cache, images, client, records, metrics, clock=clock)
                 if client is not None and records is not None

@@ -1120,6 +1120,19 @@ def _metadef_paths() -> Json:
     )
     one_tag = paths["/v2/metadefs/namespaces/{namespace}/tags/{name}"]
     one_tag["post"] = _op("createMetadefTag", "Add one tag", made("Tag"), write, tag="metadefs")
+    tags["get"]["parameters"] = [
+        _query("limit", {"type": "integer", "minimum": 0}, "At most this many tags (default: all)"),
+        _query("marker", {"type": "string"}, "The tags after this one, by name"),
+        _query("sort_key", {"type": "string", "enum": ["name", "created_at", "updated_at"]}, "Default created_at"),
+        _query("sort_dir", {"type": "string", "enum": ["asc", "desc"]}, "Default desc (the newest first)"),
+    ]
+    paths["/v2/metadefs/namespaces/{namespace}/properties/{name}"]["get"]["parameters"] = [
+        _query(
+            "resource_type",
+            {"type": "string"},
+            "Name the property as this resource type's association shows it (with its prefix), as Glance does",
+        )
+    ]
     return paths
 
 

@@ -19,7 +19,7 @@ import aiohttp
 from appliance.commands import target as target_options
 from appliance.commands.target import Target, target_from_args
 from appliance.errors import ConfigError
-from appliance.metadefs import file_format
+from appliance.metadefshape import file_format
 
 NAMESPACES = "/v2/metadefs/namespaces"
 

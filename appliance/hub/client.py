@@ -239,14 +239,16 @@ class HubClient:
         json: Any = None,
         content_type: str | None = None,
         expect: tuple[int, ...] = (200,),
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         """A client's write to a hub image, made at the hub with the client's own token (not
-        this site's): the hub decides, and its answer (or refusal) is the client's."""
-        headers = {"X-Auth-Token": token}
+        this site's): the hub decides, and its answer (or refusal) is the client's. `headers`:
+        the client's own that the write depends on (X-Openstack-Append)."""
+        sent = {**(headers or {}), "X-Auth-Token": token}
         if content_type is not None:
-            headers["Content-Type"] = content_type
+            sent["Content-Type"] = content_type
         try:
-            return await self.request_json(method, path, json=json, headers=headers, expect=expect)
+            return await self.request_json(method, path, json=json, headers=sent, expect=expect)
         except HubRejected as exc:
             refusal = FORWARDED_REFUSALS.get(exc.status or 0)
             if refusal is None:

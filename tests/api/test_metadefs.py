@@ -192,11 +192,13 @@ async def test_objects_properties_tags_and_resource_types(http: Http) -> None:
     many = await http.call("admin", "POST", NS + "/ns/tags", 201, json={"tags": [{"name": "a"}, {"name": "b"}]})
     assert many == {"tags": [{"name": "a"}, {"name": "b"}]}
     # Without X-Openstack-Append the tags given replace the namespace's; with it they are added.
-    assert [t["name"] for t in (await http.call("beta", "GET", NS + "/ns/tags"))["tags"]] == ["a", "b"]
+    # (Glance lists the newest first: by created_at, then as made, descending.)
+    assert [t["name"] for t in (await http.call("beta", "GET", NS + "/ns/tags"))["tags"]] == ["b", "a"]
     await http.call(
         "admin", "POST", NS + "/ns/tags", 201, json={"tags": [{"name": "c"}]}, headers={"X-Openstack-Append": "True"}
     )
-    assert [t["name"] for t in (await http.call("beta", "GET", NS + "/ns/tags"))["tags"]] == ["a", "b", "c"]
+    listed = await http.call("beta", "GET", NS + "/ns/tags?sort_dir=asc")
+    assert [t["name"] for t in listed["tags"]] == ["a", "b", "c"]
     await http.call("admin", "POST", NS + "/ns/tags", 409, json={"tags": [{"name": "d"}, {"name": "d"}]})
     assert (await http.call("admin", "PUT", NS + "/ns/tags/a", 200, json={"name": "z"}))["name"] == "z"
     await http.call("admin", "DELETE", NS + "/ns/tags/z", 204)
@@ -214,6 +216,43 @@ async def test_objects_properties_tags_and_resource_types(http: Http) -> None:
     await http.call("admin", "DELETE", NS + "/ns/resource_types/OS::Nova::Flavor", 204)
     await http.call("admin", "DELETE", NS + "/ns/resource_types/OS::Nova::Flavor", 404)
     await http.call("admin", "GET", NS + "/nothing/objects", 404)
+
+
+async def test_a_property_asked_for_a_resource_type_is_named_with_its_prefix(http: Http) -> None:
+    await http.call("admin", "POST", NS, 201, json=FULL)
+    full = NS + "/OS::Test::Full/properties/"
+    shown = await http.call("beta", "GET", full + "hw_cpu_policy?resource_type=OS::Glance::Image")
+    assert shown["name"] == "cpu_policy" and shown["enum"] == ["shared", "dedicated"]
+    refused = await http.call("beta", "GET", full + "cpu_policy?resource_type=OS::Glance::Image", 404)
+    assert "does not start with the expected resource type association prefix of 'hw_'" in refused["message"]
+    await http.call("beta", "GET", full + "hw_cpu_policy?resource_type=OS::Nova::Nothing", 404)
+    assert (await http.call("beta", "GET", full + "cpu_policy?resource_type="))["name"] == "cpu_policy"
+    # An association without a prefix finds nothing (Glance's rule).
+    await http.call("admin", "POST", NS + "/OS::Test::Full/resource_types", 201, json={"name": "OS::Cinder::Volume"})
+    await http.call("beta", "GET", full + "cpu_policy?resource_type=OS::Cinder::Volume", 404)
+
+
+async def test_tags_are_listed_a_page_at_a_time_as_glance_pages_them(http: Http) -> None:
+    await http.call("admin", "POST", NS, 201, json={"namespace": "paged", "visibility": "public"})
+    for name in ("m", "z", "a", "q"):  # made one by one: created_at gives the order
+        await http.call("admin", "POST", NS + "/paged/tags/" + name, 201)
+
+    async def names(query: str, expect: int = 200) -> Any:
+        doc = await http.call("beta", "GET", NS + "/paged/tags" + query, expect)
+        return [t["name"] for t in doc["tags"]] if expect == 200 else doc["message"]
+
+    assert await names("") == ["q", "a", "z", "m"]  # newest first
+    assert await names("?sort_dir=asc") == ["m", "z", "a", "q"]
+    assert await names("?sort_key=name&sort_dir=asc") == ["a", "m", "q", "z"]
+    assert await names("?sort_key=name&sort_dir=asc&limit=2") == ["a", "m"]
+    assert await names("?sort_key=name&sort_dir=asc&limit=2&marker=m") == ["q", "z"]
+    assert await names("?sort_key=name&marker=q") == ["m", "a"]
+    assert await names("?limit=0") == []
+    assert "Invalid sort direction: up" in await names("?sort_dir=up", 400)
+    assert "Invalid sort key: colour" in await names("?sort_key=colour", 400)
+    assert "limit param must be an integer" in await names("?limit=many", 400)
+    assert "limit param must be positive" in await names("?limit=-1", 400)
+    assert "nothing" in await names("?marker=nothing", 404)
 
 
 async def test_policy_defaults_admin_writes_projects_read_public_and_their_own(http: Http) -> None:

@@ -72,7 +72,8 @@ def test_glance_md_commands(site: Daemon) -> None:
     # encode, so appending is tested over HTTP in tests/api/test_metadefs.py.)
     glance.ok("md-tag-create-multiple", "OS::Test::CLI", "--names", "two,three", "--delim", ",")
     glance.ok("md-tag-create", "OS::Test::CLI", "--name", "one")
-    assert [r["name"] for r in as_records(glance.ok("md-tag-list", "OS::Test::CLI"))] == ["two", "three", "one"]
+    # Newest first, as Glance lists a namespace's tags by default (created_at, descending).
+    assert [r["name"] for r in as_records(glance.ok("md-tag-list", "OS::Test::CLI"))] == ["one", "three", "two"]
     glance.ok("md-tag-update", "OS::Test::CLI", "one", "--name", "uno")
     assert as_dict(glance.ok("md-tag-show", "OS::Test::CLI", "uno"))["name"] == "uno"
     glance.ok("md-tag-delete", "OS::Test::CLI", "uno")

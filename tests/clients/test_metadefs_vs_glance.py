@@ -100,6 +100,15 @@ class Script:
             assert shape(o_body) == shape(g_body), (differences(shape(o_body), shape(g_body)), where)
         return o_body
 
+    async def same_tags(self, path: str) -> None:
+        """The tag names in the same order from both (Glance's sorting and paging)."""
+        listed = {}
+        for side, server in self.servers.items():
+            status, body = await server.call("beta", "GET", path.format(ns=self.name))
+            assert status == 200, (side, path, body)
+            listed[side] = [t["name"] for t in body["tags"]]
+        assert listed["ours"] == listed["glance"], (path, listed)
+
 
 NAMESPACE_BODY = {
     "display_name": "Compared",
@@ -147,6 +156,23 @@ async def test_the_metadefs_api_answers_as_glance_does(servers: tuple[Server, Se
         await s.step("admin", "POST", ns + "/tags/t2")  # 409
         await s.step("admin", "POST", ns + "/tags", {"tags": [{"name": "t3"}]}, **{"X-Openstack-Append": "True"})
         await s.step("beta", "GET", ns + "/tags")
+        # A property named as a resource type's association shows it (prefix cmp_), and tag pages.
+        await s.step("beta", "GET", ns + "/properties/cmp_speed?resource_type=OS::Glance::Image")
+        await s.step("beta", "GET", ns + "/properties/speed?resource_type=OS::Glance::Image")  # 404
+        for name in ("m", "z", "a"):
+            await s.step("admin", "POST", ns + "/tags/" + name)
+        for query in (
+            "",
+            "?sort_dir=asc",
+            "?sort_key=name&sort_dir=asc&limit=2",
+            "?sort_key=name&sort_dir=asc&limit=2&marker=m",
+            "?sort_key=name&marker=t3",
+            "?limit=0",
+        ):
+            await s.same_tags(ns + "/tags" + query)
+        await s.step("beta", "GET", ns + "/tags?sort_dir=up")  # 400
+        await s.step("beta", "GET", ns + "/tags?limit=-1")  # 400
+        await s.step("beta", "GET", ns + "/tags?marker=nothing", same_message=False)  # 404
         await s.step("admin", "PUT", ns + "/tags/t3", {"name": "t4"})
         await s.step("beta", "GET", ns + "/tags/t4")
         await s.step("admin", "DELETE", ns + "/tags/t4")

@@ -6,6 +6,7 @@ validating the session's real Keystone."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -46,17 +47,24 @@ class Pair:
         return dict(await self.call(daemon, self.owner, "GET", "/v2/images/%s" % image_id))
 
 
-@pytest.fixture
-async def pair(keystone: Keystone, tmp_path: Path) -> AsyncIterator[Pair]:
-    keystone.create_user("fw-hub", "fw-hub-secret", "service", ["service"])
-    keystone.create_user("fw-edge", "fw-edge-secret", "service", ["service"])
-    keystone.create_user("fw-owner", "fw-owner-secret", "fw-alpha", ["member", "reader"])
-    keystone.create_user("fw-other", "fw-other-secret", "fw-beta", ["member", "reader"])
+@contextlib.asynccontextmanager
+async def keystone_sites(
+    keystone: Keystone, tmp_path: Path, prefix: str, site_token: str, edge_hub: dict[str, Any], **edge: Any
+) -> AsyncIterator[tuple[Daemon, HubProxy, Daemon]]:
+    """A hub and an edge (daemon processes, service users PREFIX-hub and PREFIX-edge) validating
+    `keystone`; the edge reaches the hub through a HubProxy, with `edge_hub` in its [hub] section
+    and `edge`'s other sections."""
 
-    def section(user: str, password: str) -> dict[str, Any]:
-        return {"auth_url": keystone.auth_url, "username": user, "password": password, "project_name": "service"}
+    def section(user: str) -> dict[str, Any]:
+        keystone.create_user(user, user + "-secret", "service", ["service"])
+        return {
+            "auth_url": keystone.auth_url,
+            "username": user,
+            "password": user + "-secret",
+            "project_name": "service",
+        }
 
-    site_token = {"token": SITE_TOKEN, "user": "dcn0", "project": "sites", "roles": ["edge-site"]}
+    token = {"token": site_token, "user": "dcn0", "project": "sites", "roles": ["edge-site"]}
     started: list[Daemon] = []
     link: HubProxy | None = None
     try:
@@ -67,37 +75,23 @@ async def pair(keystone: Keystone, tmp_path: Path) -> AsyncIterator[Pair]:
                 {
                     "site": {"name": "central", "role": "hub"},
                     "stores": {"default": "central", "central": {"path": "images"}},
-                    "keystone": section("fw-hub", "fw-hub-secret"),
-                    "auth": {"tokens": [site_token]},
+                    "keystone": section(prefix + "-hub"),
+                    "auth": {"tokens": [token]},
                     "scrubber": {"enabled": False},
                 },
             ),
         )
         started.append(hub)
         link = await HubProxy(hub.url).start()
-        edge = start_daemon(
-            tmp_path / "dcn0",
-            write_toml(
-                tmp_path / "dcn0.toml",
-                {
-                    "site": {"name": "dcn0"},
-                    "keystone": section("fw-edge", "fw-edge-secret"),
-                    "hub": {"url": link.url, "token": SITE_TOKEN, "read_timeout": 5, "connect_timeout": 2, **HOURLY},
-                    "cache": {"min_free_bytes": 0},
-                    "scrubber": {"enabled": False},
-                },
-            ),
-        )
-        started.append(edge)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-            yield Pair(
-                hub,
-                edge,
-                session,
-                keystone.token("fw-owner", "fw-owner-secret", "fw-alpha"),
-                keystone.token("fw-other", "fw-other-secret", "fw-beta"),
-                link,
-            )
+        edge_conf = {
+            "site": {"name": "dcn0"},
+            "keystone": section(prefix + "-edge"),
+            "hub": {"url": link.url, "token": site_token, **edge_hub},
+            "scrubber": {"enabled": False},
+            **edge,
+        }
+        started.append(start_daemon(tmp_path / "dcn0", write_toml(tmp_path / "dcn0.toml", edge_conf)))
+        yield hub, link, started[-1]
     finally:
         if link is not None:
             await link.close()
@@ -105,6 +99,29 @@ async def pair(keystone: Keystone, tmp_path: Path) -> AsyncIterator[Pair]:
             if d.proc.poll() is None:
                 d.proc.kill()
                 d.proc.wait(10)
+
+
+@pytest.fixture
+async def pair(keystone: Keystone, tmp_path: Path) -> AsyncIterator[Pair]:
+    keystone.create_user("fw-owner", "fw-owner-secret", "fw-alpha", ["member", "reader"])
+    keystone.create_user("fw-other", "fw-other-secret", "fw-beta", ["member", "reader"])
+    edge_hub = {"read_timeout": 5, "connect_timeout": 2, **HOURLY}
+    async with (
+        keystone_sites(keystone, tmp_path, "fw", SITE_TOKEN, edge_hub, cache={"min_free_bytes": 0}) as (
+            hub,
+            link,
+            edge,
+        ),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+    ):
+        yield Pair(
+            hub,
+            edge,
+            session,
+            keystone.token("fw-owner", "fw-owner-secret", "fw-alpha"),
+            keystone.token("fw-other", "fw-other-secret", "fw-beta"),
+            link,
+        )
 
 
 async def hub_image(pair: Pair, name: str, data: bytes) -> str:

@@ -9,6 +9,7 @@ the image back as it was and says why in the task. Also the copy of an edge imag
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -30,7 +31,14 @@ from appliance.hublink import HubLink
 from appliance.images import ImageService
 from appliance.model import FAILED_IMPORT, IMPORTING, IMPORTING_TO, QUEUED, Image, Location, Task
 from appliance.pipeline.base import ImportFailed, ImportStep, StagedImage, StepContext
+from appliance.pipeline.direct import DirectWrite, convert_into_store
+from appliance.pipeline.spool import spool
+from appliance.pipeline.steps.convert import Convert
+from appliance.pipeline.steps.decompress import Decompress
+from appliance.pipeline.steps.inject import InjectMetadata
+from appliance.pipeline.timing import StageTimer
 from appliance.quotas import STAGE_TOTAL
+from appliance.signature import Signer
 from appliance.stores.base import ImageStore
 from appliance.stores.files import file_chunks
 from appliance.stores.filesystem import FilesystemStore
@@ -167,9 +175,10 @@ class ImportRunner:
 
     async def run(self, task: Task, image: Image, request: ImportRequest, ctx: Context) -> None:
         work = self._staging_root / "work" / task.id
+        timer = StageTimer()
         try:
             await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
-            message = await self._execute(task, image, request, ctx, work)
+            message = await self._execute(task, image, request, ctx, work, timer)
         except asyncio.CancelledError:
             if self._images.work.deleting(image.id):  # the delete removes the files
                 await asyncio.shield(self.deleted(task))
@@ -192,11 +201,12 @@ class ImportRunner:
                 task.id,
                 self.now(),
                 status="success",
-                result={"image_id": image.id},
+                # Glance's result is a free JSON object; where the time went is ours to add.
+                result={"image_id": image.id, "stage_seconds": timer.report()},
                 bytes_done=done,
                 bytes_total=total if total is not None else done,
             )
-            log.info("image %s: import finished", image.id)
+            log.info("image %s: import finished (seconds per stage: %s)", image.id, timer.report())
 
     async def deleted(self, task: Task) -> None:
         message = "Import stopped: image %s was deleted" % task.image_id
@@ -219,54 +229,140 @@ class ImportRunner:
         await self._catalog.update_task(task.id, self.now(), status="failure", message=message)
         log.warning("image %s: import failed: %s", image.id, message)
 
-    async def _execute(self, task: Task, image: Image, request: ImportRequest, ctx: Context, work: Path) -> str:
+    async def _execute(
+        self, task: Task, image: Image, request: ImportRequest, ctx: Context, work: Path, timer: StageTimer
+    ) -> str:
         """Run the import; returns "" on success or the failure message."""
         # A signed image's certificate is checked before any data is fetched; the signature is
         # checked against each store's copy as it is written, before the image turns active.
         signer = await self._images.signatures.prepare(image.id, image.properties)
-        staged = await self._acquire(task, image, request, work)
-        if request.method != "copy-image":
-            step_ctx = StepContext(
-                image_id=image.id,
-                work_dir=work,
-                roles=ctx.roles,
-                user_properties=frozenset(image.properties),
-                report=lambda note: log.info("image %s: %s", image.id, note),
-            )
-            for step in self.steps:
+        with timer.stage("download" if request.method in ("web-download", "glance-download") else "acquire"):
+            staged, decoded = await self._acquire(task, image, request, work)
+        direct: DirectWrite | None = None
+        try:
+            if request.method != "copy-image":
+                staged, direct = await self._run_steps(task, image, request, ctx, work, timer, signer, staged, decoded)
+            return await self._write_stores(task, image, request, timer, signer, staged, direct)
+        finally:
+            if direct is not None:  # not committed: a step after it or its store refused
+                await asyncio.shield(direct.discard())
+
+    def _direct_target(self, request: ImportRequest, index: int) -> FilesystemStore | None:
+        """The store image_conversion may convert straight into: the first target, when it
+        holds files and no later plugin changes the data."""
+        first = self._stores.get(request.stores[0]) if request.stores else None
+        later = self.steps[index + 1 :]
+        if isinstance(first, FilesystemStore) and all(isinstance(s, InjectMetadata) for s in later):
+            return first
+        return None
+
+    async def _run_steps(
+        self,
+        task: Task,
+        image: Image,
+        request: ImportRequest,
+        ctx: Context,
+        work: Path,
+        timer: StageTimer,
+        signer: Signer | None,
+        staged: StagedImage,
+        decoded: bool,
+    ) -> tuple[StagedImage, DirectWrite | None]:
+        """The plugins in order, then the checks of their result. A conversion into the first
+        store is returned as a DirectWrite to commit (discarded here if a check refuses)."""
+        step_ctx = StepContext(
+            image_id=image.id,
+            work_dir=work,
+            roles=ctx.roles,
+            user_properties=frozenset(image.properties),
+            report=lambda note: log.info("image %s: %s", image.id, note),
+        )
+        direct: DirectWrite | None = None
+        try:
+            for index, step in enumerate(self.steps):
+                if index == 0 and decoded and isinstance(step, Decompress):
+                    log.info("image %s: plugin %s ran during the download", image.id, step.name)
+                    continue
                 log.info("image %s: running plugin %s", image.id, step.name)
                 started = time.monotonic()
-                staged = await step.run(staged, step_ctx)
+                target = self._direct_target(request, index) if isinstance(step, Convert) else None
+                if isinstance(step, Convert) and target is not None:
+                    checked, plan = await step.check(staged, step_ctx)
+                    if plan is not None and step.can_convert_ranges(plan):
+                        staged, direct = await convert_into_store(
+                            step,
+                            plan,
+                            checked,
+                            step_ctx,
+                            target,
+                            max_size=self.config.api.max_upload_bytes,
+                            signed_hash=signer.hash_name if signer else None,
+                            on_progress=functools.partial(self._hashed, task.id, plan.virtual_size),
+                            timer=timer,
+                        )
+                    else:
+                        with timer.stage(step.name):
+                            staged = await step.run(staged, step_ctx)
+                else:
+                    with timer.stage(step.name):
+                        staged = await step.run(staged, step_ctx)
                 self._observe_plugin(step.name, time.monotonic() - started)
-            added = set(staged.properties) - set(image.properties)
-            if added:  # injected properties count against image_property_quota, as in Glance
-                try:
-                    self._images.check_property_quota({*image.properties, *added})
-                except TooLarge as exc:
-                    raise ImportFailed("Properties the import would add were refused: %s" % exc) from None
-            if not staged.disk_format or not staged.container_format:  # a PATCH raced the import's start
-                raise ImportFailed("Properties disk_format, container_format must be set prior to saving data.")
+            with timer.stage("inspection"):
+                staged = await self._check_result(image, staged)
+        except BaseException:
+            if direct is not None:
+                await asyncio.shield(direct.discard())
+            raise
+        return staged, direct
+
+    def _hashed(self, task_id: str, total: int, done: int) -> None:
+        self.progress[task_id] = (done, total)  # from a hashing thread: one assignment
+
+    async def _check_result(self, image: Image, staged: StagedImage) -> StagedImage:
+        """What the plugins made, checked as an upload would be: property quota, formats set,
+        the final inspection of the data."""
+        added = set(staged.properties) - set(image.properties)
+        if added:  # injected properties count against image_property_quota, as in Glance
             try:
-                found = await asyncio.to_thread(
-                    inspect_file,
-                    str(staged.path),
-                    staged.disk_format,
-                    self.config.formats.max_virtual_size,
-                    staged.container_format,
-                )
-            except ApplianceError as exc:
-                raise ImportFailed("Image data refused: %s" % exc) from None
-            if staged.size == 0:
-                raise ImportFailed("Image data is empty")
-            staged = staged.evolve(
-                virtual_size=found.virtual_size,
-                properties=introspected_properties(found, staged.properties, frozenset(image.properties)),
+                self._images.check_property_quota({*image.properties, *added})
+            except TooLarge as exc:
+                raise ImportFailed("Properties the import would add were refused: %s" % exc) from None
+        if not staged.disk_format or not staged.container_format:  # a PATCH raced the import's start
+            raise ImportFailed("Properties disk_format, container_format must be set prior to saving data.")
+        try:
+            found = await asyncio.to_thread(
+                inspect_file,
+                str(staged.path),
+                staged.disk_format,
+                self.config.formats.max_virtual_size,
+                staged.container_format,
             )
+        except ApplianceError as exc:
+            raise ImportFailed("Image data refused: %s" % exc) from None
+        if staged.size == 0:
+            raise ImportFailed("Image data is empty")
+        return staged.evolve(
+            virtual_size=found.virtual_size,
+            properties=introspected_properties(found, staged.properties, frozenset(image.properties)),
+        )
+
+    async def _write_stores(
+        self,
+        task: Task,
+        image: Image,
+        request: ImportRequest,
+        timer: StageTimer,
+        signer: Signer | None,
+        staged: StagedImage,
+        direct: DirectWrite | None,
+    ) -> str:
+        """One verified copy per target store; activate after the first (or the last)."""
         expected: Digest | None = None
         if request.method == "copy-image":
             expected = Digest(
                 size=image.size or 0, checksum=image.checksum or "", os_hash_value=image.os_hash_value or ""
             )
+        source = staged.path
         remaining = list(request.stores)
         written: list[str] = []
         last_error = ""
@@ -274,15 +370,21 @@ class ImportRunner:
         for store_name in request.stores:
             store = self._stores[store_name]
             try:
-                digest = await store.write(
-                    image.id,
-                    file_chunks(staged.path),
-                    max_size=self.config.api.max_upload_bytes,
-                    on_progress=lambda n: self.progress.__setitem__(task.id, (n, staged.size)),
-                    background=True,
-                    expected_size=staged.size,
-                    signed_hash=signer.hash_name if signer else None,
-                )
+                with timer.stage("store:%s" % store_name):
+                    if direct is not None and direct.store is store:
+                        digest = direct.digest  # converted into it and hashed meanwhile
+                        await direct.commit(image.id)
+                        source = store.path / image.id  # the partial file was renamed
+                    else:
+                        digest = await store.write(
+                            image.id,
+                            file_chunks(source),
+                            max_size=self.config.api.max_upload_bytes,
+                            on_progress=lambda n: self.progress.__setitem__(task.id, (n, staged.size)),
+                            background=True,
+                            expected_size=staged.size,
+                            signed_hash=signer.hash_name if signer else None,
+                        )
                 try:
                     if expected is not None:
                         verify(digest, expected)
@@ -364,8 +466,9 @@ class ImportRunner:
             raise ImportFailed("Reading the copy in store %s failed: %s" % (holder.name, exc)) from None
         return path
 
-    async def _acquire(self, task: Task, image: Image, request: ImportRequest, work: Path) -> StagedImage:
-        """The data to import, as a file."""
+    async def _acquire(self, task: Task, image: Image, request: ImportRequest, work: Path) -> tuple[StagedImage, bool]:
+        """The data to import, as a file, and whether image_decompression already ran on it
+        (a GZIP web-download is decoded as it arrives)."""
         if request.method == "glance-direct":
             path = self._staging.data_path(image.id)
             if path is None:
@@ -385,12 +488,13 @@ class ImportRunner:
             except ApplianceError as exc:
                 raise ImportFailed("Download of hub image %s failed: %s" % (request.glance_image_id, exc)) from None
             size = await asyncio.to_thread(os.path.getsize, path)
-            return StagedImage(
+            staged = StagedImage(
                 path=path,
                 size=size,
                 disk_format=image.disk_format or source.disk_format,
                 container_format=image.container_format or source.container_format,
             )
+            return staged, False
         else:
             path = work / "download"
             imp = self.config.imports
@@ -409,13 +513,23 @@ class ImportRunner:
                     total = response.content_length  # None when the source does not say
                     if total is not None:
                         self._staging.ensure_room(total)
-                    await _save(
+                    first = self.steps[0] if self.steps else None
+                    spooled = await spool(
                         meter.count(chunks) if meter else chunks,
                         path,
-                        lambda n: self.progress.__setitem__(task.id, (n, total)),
-                        self._staging.ensure_room,
+                        decompress=first if isinstance(first, Decompress) else None,
+                        expected=total,
+                        ensure_room=self._staging.ensure_room,
+                        on_progress=lambda n: self.progress.__setitem__(task.id, (n, total)),
                     )
             except ApplianceError as exc:
                 raise ImportFailed(str(exc)) from None
+            staged = StagedImage(
+                path=path, size=spooled.size, disk_format=image.disk_format, container_format=image.container_format
+            )
+            return staged, spooled.decoded is not None
         size = await asyncio.to_thread(os.path.getsize, path)
-        return StagedImage(path=path, size=size, disk_format=image.disk_format, container_format=image.container_format)
+        staged = StagedImage(
+            path=path, size=size, disk_format=image.disk_format, container_format=image.container_format
+        )
+        return staged, False

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from appliance.digest import Buffer, Digest, DigestSink
-from appliance.errors import ApplianceError, StorageError, StorageFull, StoreReadOnly
+from appliance.errors import ApplianceError, StorageError, StorageFull, StoreReadOnly, TooLarge
 from appliance.stores.base import StoreUsage
 from appliance.stores.files import file_chunks, nonzero_runs, replace_durably
 from appliance.stores.stream import feed_batches
@@ -243,6 +243,54 @@ class FilesystemStore:
             if not committed:
                 await sink.abort()
                 await asyncio.to_thread(self._discard, writer, tmp)
+
+    async def open_prepared(self, image_id: str, size: int, *, max_size: int) -> Path:
+        """A new partial file of `size` zero bytes for a writer outside the store (qemu-img
+        converting straight into it), checked as write() checks and fully allocated unless the
+        store is thin. Nothing shows under the image's name before commit_prepared(); a crash
+        leaves only the partial file, which clean_partial() removes at the next start."""
+        reason = self.read_only_reason()
+        if reason:
+            raise StoreReadOnly("Store %s is read-only: %s" % (self.name, reason))
+        if size > max_size:
+            raise TooLarge("Image exceeds the maximum upload size of %d bytes" % max_size)
+        self.ensure_room(size)
+        tmp = self._partial / ("%s.%s" % (image_id, secrets.token_hex(4)))
+
+        def create() -> None:
+            self._partial.mkdir(exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                if self.thin_provisioning:
+                    os.ftruncate(fd, size)
+                else:
+                    os.posix_fallocate(fd, 0, size)  # the blocks a non-thin write would take
+            finally:
+                os.close(fd)
+
+        try:
+            await asyncio.to_thread(create)
+        except OSError as exc:
+            await asyncio.to_thread(tmp.unlink, True)
+            raise self._error(exc) from exc
+        return tmp
+
+    async def commit_prepared(self, tmp: Path, image_id: str) -> None:
+        """Make a prepared file (open_prepared) the image's data: fsync, then rename."""
+
+        def commit() -> None:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            replace_durably(tmp, self.path / image_id)
+
+        await self._io(asyncio.to_thread(commit))
+        log.info("store %s: wrote image %s (prepared)", self.name, image_id)
+
+    async def discard_prepared(self, tmp: Path) -> None:
+        await asyncio.to_thread(tmp.unlink, True)
 
     async def _io(self, step: Awaitable[T]) -> T:
         try:

@@ -24,7 +24,9 @@ SLOW_DELAY = 0.05  # 64 KiB every 50 ms: ~1.3 MiB/s
 
 
 class Source:
-    """GET /fast/<name>: registered bytes at once. GET /slow/<n>: n bytes, 64 KiB per 50 ms."""
+    """GET /fast/<name>: registered bytes at once. GET /slow/<n>: n bytes, 64 KiB per 50 ms.
+    GET /trickle/<name>, /chunked/<name>, /drop/<name>: a registered file slowly, without a
+    length, or cut off half-way."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -52,6 +54,8 @@ def _handler(source: Source) -> type[http.server.BaseHTTPRequestHandler]:
                 body = source.files[name]
                 self._head(len(body))
                 self.wfile.write(body)
+            elif kind in ("trickle", "chunked", "drop") and name in source.files:
+                self._stream(kind, source.files[name])
             elif kind == "slow" and name.isdigit():
                 total = int(name)
                 self._head(total)
@@ -67,6 +71,30 @@ def _handler(source: Source) -> type[http.server.BaseHTTPRequestHandler]:
                     self.close_connection = True
             else:
                 self.send_error(404)
+
+        def _stream(self, kind: str, body: bytes) -> None:
+            """trickle: a registered file at the slow pace; chunked: at once, without a
+            Content-Length; drop: half of it, then the connection closes mid-body."""
+            if kind == "chunked":
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for at in range(0, len(body), SLOW_CHUNK):
+                    piece = body[at : at + SLOW_CHUNK]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            self._head(len(body))
+            end = len(body) // 2 if kind == "drop" else len(body)
+            try:
+                for at in range(0, end, SLOW_CHUNK):
+                    self.wfile.write(body[at : min(end, at + SLOW_CHUNK)])
+                    self.wfile.flush()
+                    if kind == "trickle":
+                        time.sleep(SLOW_DELAY)
+            except OSError:
+                pass
+            self.close_connection = True
 
         def _head(self, length: int) -> None:
             self.send_response(200)

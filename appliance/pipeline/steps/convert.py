@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,15 @@ _QEMU_DRIVERS = {
     "vdi": "vdi",
 }
 _STDERR_LIMIT = 500
+_SECTOR = 512
 _CPU_GRACE = 5  # seconds between the soft (SIGXCPU) and hard (SIGKILL) CPU limits
+
+
+@dataclass(frozen=True)
+class ConvertPlan:
+    source: str  # qemu-img's driver for the input, pinned
+    found: str  # the format the inspector detected
+    virtual_size: int  # qemu-img info's
 
 
 class Convert:
@@ -69,9 +78,28 @@ class Convert:
         self._prlimit = shutil.which("prlimit") or "prlimit"
 
     async def run(self, staged: StagedImage, ctx: StepContext) -> StagedImage:
+        checked, plan = await self.check(staged, ctx)
+        if plan is None:
+            return checked
+        fd, name = tempfile.mkstemp(prefix="converted-", suffix="." + self.output_format, dir=ctx.work_dir)
+        os.close(fd)
+        out = Path(name)
+        try:
+            await self._qemu_img(
+                "convert", "-f", plan.source, "-O", self.output_format, _absolute(staged.path), _absolute(out)
+            )
+            return await self.finish(checked, plan, out, ctx)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(out.unlink, True))
+            raise
+
+    async def check(self, staged: StagedImage, ctx: StepContext) -> tuple[StagedImage, ConvertPlan | None]:
+        """Every check before qemu-img converts: the inspection of the claimed format, the
+        virtual size, qemu-img info's own view. Returns the image and what to convert, or
+        (the image, None) when it stays as it is."""
         if staged.disk_format in _NOT_CONVERTED:
             log.info("image %s: disk_format %s is not converted", ctx.image_id, staged.disk_format)
-            return staged
+            return staged, None
         found = await _inspect(staged.path, staged.disk_format, "", self.max_virtual_size)
         self._check_virtual_size(found.virtual_size)
         properties = staged.properties
@@ -80,40 +108,58 @@ class Convert:
         source = _QEMU_DRIVERS.get(found.format)
         # ISO (no driver here) stays as it is, and so does data already in the output format.
         if source is None or source == self.output_format:
-            return staged.evolve(virtual_size=found.virtual_size, properties=properties)
-
+            return staged.evolve(virtual_size=found.virtual_size, properties=properties), None
         info = await self._info(staged.path, source)
         self._check_virtual_size(info.get("virtual-size"))
-        fd, name = tempfile.mkstemp(prefix="converted-", suffix="." + self.output_format, dir=ctx.work_dir)
-        os.close(fd)
-        out = Path(name)
-        try:
-            await self._qemu_img(
-                "convert", "-f", source, "-O", self.output_format, _absolute(staged.path), _absolute(out)
-            )
-            result = await _inspect(
-                out, self.output_format, "converted image failed inspection: ", self.max_virtual_size
-            )
-            size = (await asyncio.to_thread(out.stat)).st_size
-        except BaseException:
-            await asyncio.shield(asyncio.to_thread(out.unlink, True))
-            raise
+        plan = ConvertPlan(source=source, found=found.format, virtual_size=int(info["virtual-size"]))
+        return staged.evolve(properties=properties), plan
+
+    def can_convert_ranges(self, plan: ConvertPlan) -> bool:
+        """Whether `convert_range` can write the output piece by piece (raw output only: its
+        bytes sit at the guest offsets; qemu's raw windows are whole sectors)."""
+        return self.output_format == "raw" and plan.virtual_size % _SECTOR == 0
+
+    async def convert_range(self, plan: ConvertPlan, source: Path, out: Path, offset: int, length: int) -> None:
+        """Convert guest bytes [offset, offset + length) of `source` into the same range of the
+        raw file `out`, which exists, is all zeros and at least that long. The same pinned
+        drivers and limits as a whole conversion; backing files are switched off explicitly."""
+        window = {"driver": "raw", "offset": offset, "size": length}
+        src = {**window, "file": {"driver": plan.source, "file": {"driver": "file", "filename": _absolute(source)}}}
+        if plan.source == "qcow2":
+            src["file"]["backing"] = None  # type: ignore[index]
+        dst = {**window, "file": {"driver": "file", "filename": _absolute(out)}}
+        # -n: write into the existing file; --target-is-zero: leave its zero ranges unwritten.
+        await self._qemu_img(
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            "-n",
+            "--target-is-zero",
+            "json:" + json.dumps(src),
+            "json:" + json.dumps(dst),
+        )
+
+    async def finish(self, staged: StagedImage, plan: ConvertPlan, out: Path, ctx: StepContext) -> StagedImage:
+        """The converted output inspected again, as the image to go on with."""
+        result = await _inspect(out, self.output_format, "converted image failed inspection: ", self.max_virtual_size)
+        size = (await asyncio.to_thread(out.stat)).st_size
         log.info(
             "image %s: converted %s to %s (%d -> %d bytes)",
             ctx.image_id,
-            found.format,
+            plan.found,
             self.output_format,
             staged.size,
             size,
         )
-        ctx.report("converted %s to %s" % (found.format, self.output_format))
+        ctx.report("converted %s to %s" % (plan.found, self.output_format))
         return staged.evolve(
             path=out,
             disk_format=self.output_format,
             container_format="bare",
             size=size,
             virtual_size=result.virtual_size,
-            properties=properties,
         )
 
     def _check_virtual_size(self, virtual_size: object) -> None:

@@ -92,7 +92,7 @@ class Decompress:
             out = Path(name)
             try:
                 with open(fd, "wb") as f:
-                    sink = _Sink(f, self.max_output_bytes, self.max_ratio, archive_size, stop)
+                    sink = OutputSink(f, self.max_output_bytes, self.max_ratio, archive_size, stop)
                     if kind == "zip":
                         self._unzip(src, sink)
                     elif kind == "gzip":
@@ -118,7 +118,7 @@ class Decompress:
                 "decompression bomb" % (kind, self.max_ratio, compressed, size)
             )
 
-    def _unzip(self, src: BinaryIO, sink: _Sink) -> None:
+    def _unzip(self, src: BinaryIO, sink: OutputSink) -> None:
         with _zip_errors():
             archive = zipfile.ZipFile(src)
         with archive:
@@ -138,7 +138,7 @@ class Decompress:
         if sink.written != info.file_size:
             raise ImportFailed("ZIP member holds %d bytes but its header says %d" % (sink.written, info.file_size))
 
-    def _unlha(self, src: BinaryIO, sink: _Sink) -> None:
+    def _unlha(self, src: BinaryIO, sink: OutputSink) -> None:
         try:
             # lhafile is a pure-Python header parser that fails in many ways on bad input.
             infos = lhafile.LhaFile(src).infolist()
@@ -202,7 +202,7 @@ def nested_kind(head: bytes) -> str | None:
     return None
 
 
-class _Sink:
+class OutputSink:
     """Writes decompressed bytes to the output file, enforcing the limits before each write."""
 
     def __init__(self, f: BinaryIO, max_bytes: int, max_ratio: float, archive_size: int, stop: threading.Event) -> None:
@@ -213,6 +213,10 @@ class _Sink:
         self._stop = stop
         self._head = bytearray()
         self.written = 0
+
+    def archive_grew(self, archive_size: int) -> None:
+        """The archive is a download still arriving: the ratio is taken against what came so far."""
+        self._ratio_limit = max(self._ratio_limit, self._max_ratio * archive_size)
 
     def write(self, data: bytes) -> None:
         if self._stop.is_set():
@@ -300,30 +304,58 @@ def _check_zip_member(info: zipfile.ZipInfo) -> None:
         )
 
 
-def _gunzip(src: BinaryIO, sink: _Sink) -> None:
-    # zlib rather than the gzip module: gzip silently joins members and skips zero padding,
-    # and one layer of exactly one member is all that is accepted.
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    pending, ended = b"", False
-    try:
-        while not inflater.eof:
-            if not pending and not ended:
-                pending = src.read(CHUNK)
-                ended = not pending
-            data = inflater.decompress(pending, CHUNK)  # bounded output per call
-            pending = inflater.unconsumed_tail
-            if data:
-                sink.write(data)
-            elif ended:
-                raise ImportFailed("GZIP stream is truncated")
-    except zlib.error as exc:
-        # zlib checks the CRC-32 and the length in the trailer.
-        raise ImportFailed("GZIP stream is corrupt: %s" % exc) from None
-    rest = inflater.unused_data or src.read(2)
-    if rest.startswith(_GZIP):
-        raise ImportFailed("GZIP file has more than one member; only a single stream is supported")
-    if rest:
-        raise ImportFailed("GZIP file has trailing data after the compressed stream")
+def _gunzip(src: BinaryIO, sink: OutputSink) -> None:
+    stream = GunzipStream(sink)
+    while data := src.read(CHUNK):
+        stream.feed(data)
+    stream.finish()
+
+
+class GunzipStream:
+    """Incremental decoding of exactly one GZIP member into a OutputSink: `feed` the compressed
+    bytes as they come (from a file, or from a download as it arrives), then `finish`."""
+
+    def __init__(self, sink: OutputSink) -> None:
+        # zlib rather than the gzip module: gzip silently joins members and skips zero padding,
+        # and one layer of exactly one member is all that is accepted.
+        self._inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        self._sink = sink
+        self._after = b""  # the first bytes after the end of the stream
+
+    def feed(self, data: bytes) -> None:
+        inflater = self._inflater
+        try:
+            while data and not inflater.eof:
+                out = inflater.decompress(data, CHUNK)  # bounded output per call
+                data = inflater.unconsumed_tail
+                if out:
+                    self._sink.write(out)
+        except zlib.error as exc:
+            # zlib checks the CRC-32 and the length in the trailer.
+            raise ImportFailed("GZIP stream is corrupt: %s" % exc) from None
+        if inflater.eof:
+            self._trailing((inflater.unused_data if not self._after else b"") + data, final=False)
+
+    def finish(self) -> None:
+        inflater = self._inflater
+        try:
+            while not inflater.eof:  # output zlib still holds from input already fed
+                out = inflater.decompress(b"", CHUNK)
+                if not out:
+                    raise ImportFailed("GZIP stream is truncated")
+                self._sink.write(out)
+        except zlib.error as exc:
+            raise ImportFailed("GZIP stream is corrupt: %s" % exc) from None
+        self._trailing(inflater.unused_data if not self._after else b"", final=True)
+
+    def _trailing(self, data: bytes, final: bool) -> None:
+        self._after = (self._after + data)[:2]
+        if len(self._after) < 2 and not final:
+            return  # not yet enough to tell a second member from other trailing bytes
+        if self._after.startswith(_GZIP):
+            raise ImportFailed("GZIP file has more than one member; only a single stream is supported")
+        if self._after:
+            raise ImportFailed("GZIP file has trailing data after the compressed stream")
 
 
 class _LhaInput:
@@ -350,7 +382,7 @@ class _LhaOutput:
     """Where lzhlib's decoder writes. An exception raised from this callback crashes the
     interpreter (seen with lhafile 0.3.1), so errors are kept and re-raised after the session."""
 
-    def __init__(self, sink: _Sink) -> None:
+    def __init__(self, sink: OutputSink) -> None:
         self._sink = sink
         self.error: Exception | None = None
 

@@ -14,6 +14,10 @@ STAMP_GLANCE := $(GLANCE_VENV)/.installed-glance
 # virtual environment, served by gunicorn (pure Python: nothing to compile).
 KEYSTONE_VENV := .venv-keystone
 STAMP_KEYSTONE := $(KEYSTONE_VENV)/.installed-keystone
+# OpenStack Barbican for the signed-image tests that take certificates from its secrets API
+# (tests/barbican.py), in its own virtual environment, served by gunicorn.
+BARBICAN_VENV := .venv-barbican
+STAMP_BARBICAN := $(BARBICAN_VENV)/.installed-barbican
 
 # Ceph for the RBD store tests (tests/ceph.py): a monitor, an OSD and a manager from Debian's
 # packages, and the distribution's librados/librbd bindings, which are not on PyPI: their two
@@ -22,7 +26,7 @@ CEPH_PKGS := ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd
 CEPH_BINDINGS := $(VENV)/ceph-bindings
 STAMP_CEPH := $(VENV)/.installed-ceph
 
-.PHONY: run test lint system-deps install-tools bench clean glance keystone ceph
+.PHONY: run test lint system-deps install-tools bench clean glance keystone barbican ceph
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,6 +55,14 @@ $(STAMP_KEYSTONE):
 	touch $@
 
 keystone: $(STAMP_KEYSTONE)
+
+$(STAMP_BARBICAN):
+	$(PY) -m venv $(BARBICAN_VENV)
+	$(BARBICAN_VENV)/bin/pip install -q --upgrade pip
+	$(BARBICAN_VENV)/bin/pip install -q 'barbican==23.0.0' 'gunicorn==27.0.1'
+	touch $@
+
+barbican: $(STAMP_BARBICAN)
 
 $(STAMP_CEPH): | $(BIN)/python
 	@missing=""; for pkg in $(CEPH_PKGS); do \
@@ -90,7 +102,7 @@ install-tools:
 	    || { echo "error: could not install$$missing; install them with your package manager (Debian: apt-get install$$missing)" >&2; exit 1; }; \
 	fi
 
-test: $(STAMP_TEST) system-deps glance keystone ceph lint
+test: $(STAMP_TEST) system-deps glance keystone barbican ceph lint
 	$(BIN)/python -m pytest -q tests
 
 # The checks that keep the tree tidy: formatting, lint and strict types (config in pyproject.toml).
@@ -105,4 +117,4 @@ bench: $(STAMP_TEST)
 	$(BIN)/python tests/bench/bench_transfer.py
 
 clean:
-	rm -rf $(VENV) $(GLANCE_VENV) $(KEYSTONE_VENV) var
+	rm -rf $(VENV) $(GLANCE_VENV) $(KEYSTONE_VENV) $(BARBICAN_VENV) var

@@ -426,9 +426,12 @@ class ImageService:
                     image.id, expect_status=[QUEUED], columns={"status": SAVING}, updated_at=self._now()
                 ),
             ) as meter:
-                return await self._receive(image, store, job.guard(meter.count(chunks) if meter else chunks), size)
+                chunks = job.guard(meter.count(chunks) if meter else chunks)
+                return await self._receive(image, store, chunks, size, ctx.token)
 
-    async def _receive(self, image: Image, store: ImageStore, chunks: AsyncIterable[bytes], size: int | None) -> Image:
+    async def _receive(
+        self, image: Image, store: ImageStore, chunks: AsyncIterable[bytes], size: int | None, token: str | None
+    ) -> Image:
         """Store an upload's bytes and activate the image (it is `saving`), or put it back to queued."""
         cap = self._config.api.max_upload_bytes
 
@@ -446,7 +449,7 @@ class ImageService:
             inspector = FormatInspector(
                 image.disk_format, self._config.formats.max_virtual_size, container_format=image.container_format
             )
-            signer = await self.signatures.prepare(image.id, image.properties)
+            signer = await self.signatures.prepare(image.id, image.properties, token)
             digest = await store.write(
                 image.id,
                 inspected(inspector),

@@ -235,7 +235,7 @@ class ImportRunner:
         """Run the import; returns "" on success or the failure message."""
         # A signed image's certificate is checked before any data is fetched; the signature is
         # checked against each store's copy as it is written, before the image turns active.
-        signer = await self._images.signatures.prepare(image.id, image.properties)
+        signer = await self._images.signatures.prepare(image.id, image.properties, ctx.token)
         with timer.stage("download" if request.method in ("web-download", "glance-download") else "acquire"):
             staged, decoded = await self._acquire(task, image, request, work)
         direct: DirectWrite | None = None

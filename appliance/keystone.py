@@ -226,23 +226,24 @@ class KeystoneAuth:
         """The appliance's own token (for the hub link), renewed before it expires, or now."""
         return (await self._own_token(renew=renew)).token
 
-    async def endpoint(self, service_type: str, region: str = "") -> str:
-        """The URL of `service_type` in the catalog, for the configured interface and `region`
-        (default: [keystone] region_name; "" = any)."""
+    async def endpoint(self, service_type: str, region: str = "", interface: str = "") -> str:
+        """The URL of `service_type` in the catalog, for `interface` (default: the configured
+        one) and `region` (default: [keystone] region_name; "" = any)."""
         own = await self._own_token()
         region = region or self.config.region_name
+        interface = interface or self.config.interface
         for service in own.catalog:
             if service.get("type") != service_type:
                 continue
             for endpoint in service.get("endpoints") or ():
-                if endpoint.get("interface") != self.config.interface:
+                if endpoint.get("interface") != interface:
                     continue
                 if region and region not in (endpoint.get("region_id"), endpoint.get("region")):
                     continue
                 return str(endpoint["url"]).rstrip("/")
         raise IdentityUnavailable(
             "The Keystone catalog has no %s endpoint for interface %s%s"
-            % (service_type, self.config.interface, " in region %s" % region if region else "")
+            % (service_type, interface, " in region %s" % region if region else "")
         )
 
     async def _own_token(self, renew: bool = False) -> ServiceToken:

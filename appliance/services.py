@@ -179,6 +179,7 @@ async def open_services(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIte
             sites = SiteService(config, catalog, stores, clock=clock)
             await sites.load()
             images = ImageService(config, catalog, stores, cache, sites=sites, hub_records=records, clock=clock)
+            images.signatures.use_keystone(lambda: auth.keystone)  # Barbican: the catalog, the own token
             members = MemberService(catalog, images)
             # At an edge with a hub the definitions are the hub's, mirrored read-only.
             metadefs = MetadefService(catalog, hub=client, clock=clock)

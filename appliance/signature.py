@@ -5,7 +5,8 @@ img_signature_key_type, img_signature_certificate_uuid) is checked before it tur
 certificate is looked up and checked before any data is read (`prepare`), the data is hashed with
 the signature's hash method while it streams into a store (`DigestSink`, on its worker threads),
 and the signature is checked against that hash (`Signer.check`) before the image is activated.
-Certificates are PEM files, one per certificate id, in `[signatures] cert_dir`.
+Certificates come from `[signatures] cert_dir` (one PEM file per certificate id) or Barbican
+(appliance/keymanager.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import base64
 import binascii
 import datetime
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,8 +25,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from appliance import keymanager
 from appliance.config import Config
 from appliance.errors import BadRequest
+from appliance.keymanager import CertificateUnavailable, KeystoneGetter
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,6 @@ ECC_CURVES = tuple(
     if hasattr(ec, name)
 )
 KEY_TYPES = (RSA_PSS, DSA, *ECC_CURVES)
-
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class SignatureFailed(BadRequest):
@@ -120,52 +120,77 @@ def _failed(image_id: str, reason: str) -> SignatureFailed:
     return SignatureFailed("Signature verification failed for image %s: %s" % (image_id, reason))
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """What an image's signature properties say, checked for form."""
+
+    signature: bytes
+    hash_method: str
+    key_type: str
+    cert_id: str
+
+
+def _claim(image_id: str, properties: Mapping[str, str]) -> _Claim:
+    missing = [name for name in PROPERTIES if not properties.get(name)]
+    if missing:
+        # Glance skips verification here; a half-signed image is refused instead, since
+        # activating it unchecked is what an operator who set img_signature does not expect.
+        raise _failed(image_id, "incomplete signature properties: %s must be set too" % ", ".join(missing))
+    hash_method, key_type = properties[HASH_METHOD], properties[KEY_TYPE]
+    if hash_method not in HASH_METHODS:
+        raise _failed(
+            image_id,
+            "unsupported hash method: invalid img_signature_hash_method %r (supported: %s)"
+            % (hash_method, ", ".join(HASH_METHODS)),
+        )
+    if key_type not in KEY_TYPES:
+        raise _failed(
+            image_id,
+            "unsupported key type: invalid img_signature_key_type %r (supported: %s)"
+            % (key_type, ", ".join(KEY_TYPES)),
+        )
+    try:
+        signature = base64.b64decode(properties[SIGNATURE], validate=True)
+    except (binascii.Error, ValueError):
+        raise _failed(image_id, "the signature data (img_signature) was not properly encoded using base64") from None
+    return _Claim(signature, hash_method, key_type, properties[CERT_UUID])
+
+
 class SignatureVerifier:
     """Turns an image's signature properties into a Signer, checking everything that can be
     checked before the data arrives: the properties, the certificate and its trust."""
 
     def __init__(self, config: Config) -> None:
+        self._keystone: KeystoneGetter = lambda: None
         self.apply_config(config)
 
     def apply_config(self, config: Config) -> None:
         conf = config.signatures
-        self._cert_dir = config.path(conf.cert_dir) if conf.cert_dir else None
+        self._certificates = keymanager.source(config, lambda: self._keystone())
         self._validate = conf.enable_certificate_validation
         self._trusted_ca = config.path(conf.trusted_ca) if conf.trusted_ca else None
 
-    async def prepare(self, image_id: str, properties: Mapping[str, str]) -> Signer | None:
+    def use_keystone(self, keystone: KeystoneGetter) -> None:
+        """Where the daemon's current Keystone client is (Barbican: its catalog and the
+        appliance's own token)."""
+        self._keystone = keystone
+
+    async def prepare(self, image_id: str, properties: Mapping[str, str], token: str | None = None) -> Signer | None:
         """None for an image without signature properties; a Signer for a signed one; raises
-        SignatureFailed when the signature cannot be verified (reading files: in a thread)."""
+        SignatureFailed when the signature cannot be verified. `token`: the caller's Keystone
+        token, which reads the certificate from Barbican (key_manager = "barbican")."""
         if not any(name in properties for name in PROPERTIES):
             return None
-        return await asyncio.to_thread(self._prepare, image_id, properties)
-
-    def _prepare(self, image_id: str, properties: Mapping[str, str]) -> Signer:
-        missing = [name for name in PROPERTIES if not properties.get(name)]
-        if missing:
-            # Glance skips verification here; a half-signed image is refused instead, since
-            # activating it unchecked is what an operator who set img_signature does not expect.
-            raise _failed(image_id, "incomplete signature properties: %s must be set too" % ", ".join(missing))
-        hash_method, key_type, cert_id = properties[HASH_METHOD], properties[KEY_TYPE], properties[CERT_UUID]
-        if hash_method not in HASH_METHODS:
-            raise _failed(
-                image_id,
-                "unsupported hash method: invalid img_signature_hash_method %r (supported: %s)"
-                % (hash_method, ", ".join(HASH_METHODS)),
-            )
-        if key_type not in KEY_TYPES:
-            raise _failed(
-                image_id,
-                "unsupported key type: invalid img_signature_key_type %r (supported: %s)"
-                % (key_type, ", ".join(KEY_TYPES)),
-            )
+        claim = _claim(image_id, properties)
         try:
-            signature = base64.b64decode(properties[SIGNATURE], validate=True)
-        except (binascii.Error, ValueError):
-            raise _failed(
-                image_id, "the signature data (img_signature) was not properly encoded using base64"
-            ) from None
-        certificate = self._certificate(image_id, cert_id)
+            certificate = await self._certificates.certificate(claim.cert_id, token)
+        except CertificateUnavailable as exc:
+            raise _failed(image_id, str(exc)) from None
+        # Trusted CA files are read, and the key checked, in a thread.
+        return await asyncio.to_thread(self._signer, image_id, claim, certificate)
+
+    def _signer(self, image_id: str, claim: _Claim, certificate: x509.Certificate) -> Signer:
+        key_type, cert_id = claim.key_type, claim.cert_id
         if self._validate:
             self._check_trust(image_id, cert_id, certificate)
         key = certificate.public_key()
@@ -183,24 +208,7 @@ class SignatureVerifier:
                 % (key_type, cert_id, type(key).__name__.removeprefix("_").replace("PublicKey", "")),
             )
         assert isinstance(key, rsa.RSAPublicKey | dsa.DSAPublicKey | ec.EllipticCurvePublicKey)
-        return Signer(image_id, signature, hash_method, key_type, cert_id, key)
-
-    def _certificate(self, image_id: str, cert_id: str) -> x509.Certificate:
-        if self._cert_dir is None:
-            raise _failed(
-                image_id,
-                "missing certificate: certificate not found with ID %s (no [signatures] cert_dir is configured)"
-                % cert_id,
-            )
-        path = self._cert_dir / ("%s.pem" % cert_id)
-        if not _SAFE_ID.match(cert_id) or not path.is_file():
-            raise _failed(image_id, "missing certificate: certificate not found with ID %s" % cert_id)
-        try:
-            return x509.load_pem_x509_certificate(path.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise _failed(
-                image_id, "missing certificate: certificate %s could not be read: %s" % (cert_id, exc)
-            ) from None
+        return Signer(image_id, claim.signature, claim.hash_method, key_type, cert_id, key)
 
     def _check_trust(self, image_id: str, cert_id: str, certificate: x509.Certificate) -> None:
         """Validity dates, then a chain (through trusted certificates) to a trusted CA."""

@@ -15,8 +15,6 @@ starts it again (`stopped()`, same port and database) before it ends.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import datetime
 import json
 import os
@@ -30,9 +28,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
+
+from tests.loopback import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYSTONE_VENV = ROOT / ".venv-keystone"
@@ -41,7 +41,6 @@ DOMAIN = "default"
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "keystone-admin-secret"
 ADMIN_PROJECT = "admin"
-PR_SET_PDEATHSIG = 1
 
 _CONF = """\
 [DEFAULT]
@@ -92,9 +91,11 @@ def post_fork(server, worker):
 
 
 @dataclass
-class Keystone:
+class Keystone(ServerProcess):
     """A Keystone process: `.auth_url` (…/v3), the admin's credentials, and helpers that change
     what Keystone holds through its API with an admin token."""
+
+    LOG_FILES: ClassVar[tuple[str, ...]] = ("gunicorn.out", "gunicorn.log", "keystone.log")
 
     root: Path
     port: int
@@ -160,36 +161,20 @@ class Keystone:
         self._wait(bootstrap)
 
     def start(self, timeout: float = 60) -> None:
-        fh = open(self.root / "gunicorn.out", "ab")
-        self.proc = subprocess.Popen(
+        self.spawn(
             [
                 str(KEYSTONE_VENV / "bin" / "gunicorn"),
                 "--config",
                 str(self.root / "gunicorn.conf.py"),
                 "keystone.wsgi.api:application",
             ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.root,
-            start_new_session=True,  # its own process group: stop() ends master and worker
-            preexec_fn=_die_with_parent,
-            env={
+            {
                 **os.environ,
                 "OS_KEYSTONE_CONFIG_FILES": str(self.root / "keystone.conf"),
                 "PATH": "%s/bin:/usr/bin:/bin" % KEYSTONE_VENV,
             },
         )
-        fh.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("keystone exited with %s:\n%s" % (self.proc.returncode, self.log_text()))
-            if self.answers():
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("keystone did not answer within %ss:\n%s" % (timeout, self.log_text()))
+        self.wait_answering("keystone", timeout)
 
     def answers(self) -> bool:
         try:
@@ -197,34 +182,6 @@ class Keystone:
                 return bool(resp.status == 200)
         except (OSError, urllib.error.URLError):
             return False
-
-    def stop(self, sig: int = signal.SIGKILL, grace: float = 5) -> None:
-        """End Keystone (by default as a lost link would: at once). The port is free after."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    @contextlib.contextmanager
-    def stopped(self) -> Iterator[None]:
-        """Keystone down for the block, up again (same port, same tokens) after it."""
-        self.stop()
-        try:
-            yield
-        finally:
-            self.start()
-
-    def log_text(self) -> str:
-        parts = []
-        for name in ("gunicorn.out", "gunicorn.log", "keystone.log"):
-            path = self.root / name
-            if path.exists():
-                parts.append(path.read_text(errors="replace")[-3000:])
-        return "\n".join(parts)
 
     def validations(self, token: str) -> int:
         """How many times Keystone was asked to validate `token` (GET /v3/auth/tokens). gunicorn
@@ -436,11 +393,6 @@ class Keystone:
             "OS_INTERFACE": "public",
             "OS_IMAGE_API_VERSION": "2",
         }
-
-
-def _die_with_parent() -> None:
-    # A test run that is killed must not leave Keystone holding its port (Linux prctl).
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _free_port() -> int:

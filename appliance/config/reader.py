@@ -328,15 +328,31 @@ def parse_config(data: Mapping[str, Any], state_dir: Path) -> Config:
         cache=_cache(data.get("cache"), stores),
         inbox=_simple_section("inbox", InboxConfig, data.get("inbox")),
         bundles=_simple_section("bundles", BundlesConfig, data.get("bundles")),
-        signatures=_signatures(data.get("signatures")),
+        signatures=_signatures(data.get("signatures"), keystone),
         logging=log,
     )
 
 
-def _signatures(data: Any) -> SignaturesConfig:
+def _signatures(data: Any, keystone: KeystoneConfig) -> SignaturesConfig:
     conf = _simple_section("signatures", SignaturesConfig, data)
     if conf.enable_certificate_validation and not conf.trusted_ca:
         raise ConfigError("signatures.enable_certificate_validation: needs signatures.trusted_ca (the CA certificates)")
+    for key, value, allowed in (
+        ("key_manager", conf.key_manager, ("cert_dir", "barbican")),
+        ("barbican_endpoint_type", conf.barbican_endpoint_type, ("public", "internal", "admin")),
+        ("auth_type", conf.auth_type, ("token", "keystone_password")),
+    ):
+        if value not in allowed:
+            raise ConfigError("signatures.%s: must be one of %s, got %r" % (key, ", ".join(allowed), value))
+    if conf.barbican_endpoint and not conf.barbican_endpoint.startswith(("http://", "https://")):
+        raise ConfigError(
+            "signatures.barbican_endpoint: must be an http:// or https:// URL, got %r" % conf.barbican_endpoint
+        )
+    if conf.key_manager == "barbican" and not keystone.auth_url:
+        # Barbican takes Keystone tokens only, and the catalog and the own token come from Keystone.
+        raise ConfigError(
+            'signatures.key_manager = "barbican": needs [keystone] auth_url and the appliance\'s credentials'
+        )
     return conf
 
 

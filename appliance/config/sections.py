@@ -352,6 +352,21 @@ class SignaturesConfig:
     # validity dates and chain to a CA in trusted_ca (a PEM file or a directory of them).
     enable_certificate_validation: bool = False
     trusted_ca: str = ""
+    # Where certificates come from: "cert_dir", or "barbican" (castellan's [key_manager] backend:
+    # the secret of that uuid in Barbican's secrets API; needs [keystone] auth_url).
+    key_manager: str = "cert_dir"
+    # castellan's [barbican] options: Barbican's URL ("" = the key-manager service of the
+    # Keystone catalog, barbican_endpoint_type interface, barbican_region_name region or
+    # [keystone] region_name), and the API version added to it.
+    barbican_endpoint: str = ""
+    barbican_api_version: str = "v1"
+    barbican_endpoint_type: str = "public"
+    barbican_region_name: str = ""
+    # castellan's [key_manager] auth_type: whose token reads the secret: "token" (the caller's
+    # Keystone token) or "keystone_password" (the appliance's own [keystone] user).
+    auth_type: str = "token"
+    # With the caller's token, send the appliance's own as X-Service-Token too (castellan's).
+    send_service_user_token: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import Config, SignaturesConfig
+from appliance.config import Config, SignaturesConfig, parse_config
 from appliance.digest import DigestSink
+from appliance.errors import ConfigError
 from appliance.signature import SignatureFailed, SignatureVerifier
 from tests.signkit import HASHES, make_cert, new_key, save_cert, sign, signature_properties
 
@@ -43,3 +44,23 @@ async def test_signer_checks_the_streamed_hash(tmp_path: Path) -> None:
     signer.check(hashlib.sha384(data).digest())
     with pytest.raises(SignatureFailed, match="bad signature"):
         signer.check(hashlib.sha384(data + b"!").digest())
+
+
+@pytest.mark.parametrize(
+    ("signatures", "error"),
+    [
+        ({"key_manager": "barbican"}, 'signatures.key_manager = "barbican": needs [keystone] auth_url'),
+        ({"key_manager": "vault"}, "signatures.key_manager: must be one of cert_dir, barbican, got 'vault'"),
+        ({"auth_type": "password"}, "signatures.auth_type: must be one of token, keystone_password"),
+        ({"barbican_endpoint_type": "private"}, "signatures.barbican_endpoint_type: must be one of public"),
+        ({"barbican_endpoint": "barbican:9311"}, "signatures.barbican_endpoint: must be an http:// or https://"),
+    ],
+)
+def test_barbican_settings_are_checked(signatures: dict[str, str], error: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"signatures": signatures}, tmp_path)
+    assert error in str(info.value)
+    # With Keystone configured, Barbican is accepted.
+    keystone = {"auth_url": "http://127.0.0.1:5000/v3", "username": "u", "password": "p"}
+    parsed = parse_config({"signatures": {"key_manager": "barbican"}, "keystone": keystone}, tmp_path)
+    assert parsed.signatures.key_manager == "barbican"

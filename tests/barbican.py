@@ -122,7 +122,7 @@ bind = "127.0.0.1:{port}"
 workers = 1
 threads = 4
 accesslog = "{root}/access.log"
-access_log_format = '%(m)s %(U)s %(s)s'
+access_log_format = '%(m)s %(U)s %(s)s service=%({{x-service-token}}i)s'
 errorlog = "{root}/gunicorn.log"
 control_socket_disable = True
 """
@@ -217,6 +217,13 @@ class Barbican(ServerProcess):
             return exc.code == 401
         except OSError:
             return False
+
+    def requests_for(self, secret_id: str) -> list[str]:
+        """gunicorn's access log lines of the requests that named `secret_id` (written after
+        each answer): 'GET /v1/secrets/ID 200 service=X-Service-Token or -'."""
+        path = self.root / "access.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        return [line for line in lines if "/secrets/%s" % secret_id in line]
 
     # -- API ------------------------------------------------------------------------------
 

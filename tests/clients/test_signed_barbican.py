@@ -236,6 +236,35 @@ def test_service_token_reads_the_sites_certificates(
     refused(daemon, owner, users_secret, "refused this appliance's token (HTTP 403")
 
 
+def logged_requests(barbican: Barbican, secret_id: str, count: int) -> list[str]:
+    """Barbican's access log lines for `secret_id`, once there are `count` (gunicorn writes a
+    line after its answer)."""
+
+    def lines() -> list[str] | None:
+        found = barbican.requests_for(secret_id)
+        return found if len(found) >= count else None
+
+    return wait_for(lines, "%d requests for secret %s in Barbican's log" % (count, secret_id))
+
+
+def test_service_user_token_rides_along(
+    daemon_factory: Callable[..., Daemon], keystone: Keystone, barbican: Barbican, tmp_path: Path
+) -> None:
+    """send_service_user_token: the uploader's token reads the secret, and the appliance's own
+    token goes with it as X-Service-Token (castellan's option); without it, none is sent."""
+    owner, _other = users(keystone)
+    for send in (True, False):
+        cert_id = store_certificate(barbican, owner)
+        (tmp_path / str(send)).mkdir()
+        daemon = barbican_site(daemon_factory, keystone, tmp_path / str(send), send_service_user_token=send)
+        data = disk()
+        assert upload(daemon, owner, data, signed(cert_id, data))[1] == 204
+        lines = logged_requests(barbican, cert_id, 2)
+        services = {line.rsplit(" service=", 1)[1] for line in lines}
+        assert (services != {"-"}) is send and len(services) == 1, lines
+        daemon.stop()
+
+
 def test_barbican_down(
     daemon_factory: Callable[..., Daemon], keystone: Keystone, barbican: Barbican, tmp_path: Path
 ) -> None:

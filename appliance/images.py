@@ -148,10 +148,13 @@ class ImageService:
         return await self.authorized(ctx, image_id, "get_image")
 
     async def locations(self, ctx: Context, image_id: str) -> tuple[Location, ...]:
-        """Where the bytes are (server paths and site URLs): the owner's or an administrator's
-        business (Glance's `get_image_location`), not every viewer's."""
-        image = await self.authorized(ctx, image_id, "get_image_location")
-        return tuple(loc for loc in image.locations if loc.status == ACTIVE)  # a quarantined copy is gone
+        """Where the bytes are (server paths and site URLs): for service users, the owner's
+        readers and administrators (Locations.listed), not every viewer."""
+        return tuple(self.location_rules.listed(ctx, await self.find(ctx, image_id)))
+
+    async def add_location(self, ctx: Context, image_id: str, body: Any) -> None:
+        """POST /locations (Glance's add-location API): a queued image's data by URL."""
+        await self.location_rules.imports.add(ctx, await self.find(ctx, image_id), body)
 
     async def authorized(self, ctx: Context, image_id: str, rule: str) -> Image:
         """An image the caller sees (else NotFound) and may act on under `rule` (else Forbidden)."""

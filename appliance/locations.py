@@ -3,10 +3,13 @@
 PATCH add/remove on /locations (glance location-add / location-delete), and an image's bytes
 read through an http location.
 
-An http location is one more copy, kept in the pseudo-store `http` (one per image); it is read
-with web-download's downloader under the same URI filter and limits, so an administrator cannot
-point an image at an address the filter refuses. A copy in one of this site's stores can be
-listed again by its store URL once its data is there."""
+An http location is one more copy, kept in the pseudo-store `http` (`http.2`, `http.3`... for
+more: an image may have several, as in Glance); it is read with web-download's downloader under the
+same URI filter and limits, so an administrator cannot point an image at an address the filter
+refuses. A copy in one of this site's stores can be listed again by its store URL once its data is
+there. As in Glance, a queued image takes an http location as its data: its size is the URL's, its
+checksums those given as `validation_data` (or none), and it turns active. POST /locations
+(Glance's add-location API, appliance/locationadd.py) does the same and computes the checksums."""
 
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ from appliance.auth import Context
 from appliance.catalog import Catalog
 from appliance.config import Config
 from appliance.download import Download, span
-from appliance.errors import BadRequest, Conflict, Forbidden, RangeNotSatisfiable
-from appliance.model import ACTIVE, Image, Location
+from appliance.errors import BadRequest, Conflict, Forbidden, NotFound, RangeNotSatisfiable
+from appliance.locationadd import LocationImports, validation_data
+from appliance.model import ACTIVE, IMPORTING, QUEUED, Image, Location
 from appliance.stores.base import ImageStore
 from appliance.urifilter import FETCHABLE_SCHEMES, UriFilter, printable
 from appliance.webdownload import FetchFailed, UriRefused, open_download
@@ -34,6 +38,11 @@ HTTP_STORE = "http"
 HTTP_SOURCE = "http"
 
 
+def is_http(store: str) -> bool:
+    """An http location's pseudo-store (`http`, `http.2`, ...: store names hold no dots)."""
+    return store == HTTP_STORE or store.startswith(HTTP_STORE + ".")
+
+
 class Locations:
     def __init__(
         self, config: Config, catalog: Catalog, stores: Mapping[str, ImageStore], now: Callable[[], str]
@@ -42,6 +51,7 @@ class Locations:
         self._catalog = catalog
         self._stores = stores
         self.apply_config(config)
+        self.imports = LocationImports(self)  # POST /locations
 
     def apply_config(self, config: Config) -> None:
         self._config = config
@@ -64,6 +74,15 @@ class Locations:
         if api.show_image_direct_url and active:
             body["direct_url"] = active[0].url
         return body
+
+    def listed(self, ctx: Context, image: Image) -> list[Location]:
+        """GET /v2/images/ID/locations: Glance's `fetch_image_location` (service users), or
+        `get_image_location` (the owner's readers and administrators, who see them in the body
+        too: the TUI's detail view). A quarantined copy is not listed."""
+        target = policy.image_target(image)
+        if not policy.allows(ctx, "fetch_image_location", target):
+            policy.enforce(ctx, "get_image_location", target)
+        return [loc for loc in image.locations if loc.status == ACTIVE]
 
     # -- PATCH /locations -----------------------------------------------------------------
 
@@ -95,28 +114,70 @@ class Locations:
         if not self._config.api.show_multiple_locations:
             raise Forbidden("It's not allowed to add locations if locations are invisible.")
         policy.enforce(ctx, "set_image_location", policy.image_target(image))
-        if image.status != ACTIVE:
-            # Glance also takes a queued image's first location; here an image gets its data
-            # (and its checksums) by upload or import, then more locations.
-            raise Conflict(
-                "It's not allowed to add locations if image status is %s; a location can be added to an "
-                "active image (upload or import its data first)" % image.status
-            )
-        active = [loc for loc in image.locations if loc.status == ACTIVE]
-        if position != "-" and not (position.isdigit() and int(position) <= len(active)):
-            raise BadRequest(
-                "Invalid location position %r: use /locations/- or an index up to %d" % (position, len(active))
-            )
+        if image.status not in (ACTIVE, QUEUED):
+            raise Conflict("It's not allowed to add locations if image status is %s." % image.status)
         if not isinstance(value, dict) or not isinstance(value.get("url"), str) or not value["url"]:
             raise BadRequest("A location is an object with a 'url' string and optional 'metadata' object")
         url, metadata = value["url"], value.get("metadata", {})
         if not isinstance(metadata, dict):
             raise BadRequest("Location metadata must be a JSON object")
+        checks = validation_data(image, value.get("validation_data", {}))
+        active = [loc for loc in image.locations if loc.status == ACTIVE]
+        if position != "-" and not (position.isdigit() and int(position) <= len(active)):
+            raise BadRequest(
+                "Invalid position for adding a location: use /locations/- or an index up to %d" % len(active)
+            )
         if any(loc.url == url for loc in active):
-            raise BadRequest("Location %s is already listed for image %s" % (url, image.id))
-        location = await self._store_location(image, url) or await self._http_location(image, url, metadata)
-        await self._catalog.add_location(image.id, location, self._now())
+            raise BadRequest("The location %s already exists" % url)
+        if image.status == QUEUED:
+            # Glance: a queued image's first location is its data; it turns active at once.
+            location, size = await self.http_location(image, url, metadata)
+            await self.take_data(image, location, {"size": size, **checks})
+        else:
+            location = (await self._store_location(image, url)) or (await self.http_location(image, url, metadata))[0]
+            await self._catalog.add_location(image.id, location, self._now())
         log.info("image %s: location %s added by %s/%s", image.id, location.store, ctx.project, ctx.user)
+
+    async def take_data(self, image: Image, location: Location, columns: dict[str, Any]) -> None:
+        """A queued image's first location, with `columns` (size, checksums) and status active;
+        claimed from queued first (importing), so that of two at once one wins and the other
+        answers 409, and put back to queued if the location cannot be recorded."""
+        await self.claim(image, location)
+        try:
+            await self.record(image.id, IMPORTING, {"status": ACTIVE, **columns})
+        except BaseException:
+            await self.give_back(image.id, location.store)
+            raise
+
+    async def claim(self, image: Image, location: Location) -> None:
+        """A queued image's first location, the image importing until `record` makes it active."""
+        await self._catalog.update_image(
+            image.id, expect_status=[QUEUED], columns={"status": IMPORTING}, updated_at=self._now()
+        )
+        try:
+            await self._catalog.add_location(image.id, location, self._now())
+        except BaseException:
+            await self.give_back(image.id, location.store)
+            raise
+
+    async def record(self, image_id: str, from_status: str, columns: dict[str, Any]) -> None:
+        await self._catalog.update_image(image_id, expect_status=[from_status], columns=columns, updated_at=self._now())
+
+    def allowed_url(self, url: str) -> bool:
+        """The URI filter's syntax rules (its address rules are applied when the URL is read)."""
+        return self._filter.check_syntax(url).allowed
+
+    async def give_back(self, image_id: str, store: str) -> None:
+        """An image whose location did not become its data: queued again, without it."""
+        with contextlib.suppress(NotFound):
+            await self._catalog.remove_location(image_id, store, self._now(), keep_last=False)
+        with contextlib.suppress(NotFound, Conflict):
+            await self._catalog.update_image(
+                image_id,
+                expect_status=[IMPORTING],
+                columns={"status": QUEUED, "size": None, "checksum": None, "os_hash_algo": None, "os_hash_value": None},
+                updated_at=self._now(),
+            )
 
     async def _store_location(self, image: Image, url: str) -> Location | None:
         """The URL of this image's copy in one of this site's stores, if it names one."""
@@ -129,28 +190,35 @@ class Locations:
                 return Location.in_store(name, url)
         return None
 
-    async def _http_location(self, image: Image, url: str, metadata: dict[str, Any]) -> Location:
+    async def http_location(self, image: Image, url: str, metadata: dict[str, Any]) -> tuple[Location, int]:
+        """An http location of `image` at `url` and the size the URL serves (the image's, if it has one)."""
         scheme = url.split(":", 1)[0].lower()
         if scheme not in FETCHABLE_SCHEMES:
             raise BadRequest(
                 "No store can serve %s: a location is an http(s) URL or a URL of this site's stores (%s)"
                 % (url[:200], ", ".join(store.location_url(image.id) for store in self._stores.values()))
             )
-        if HTTP_STORE in image.stores:
-            raise BadRequest("Image %s already has an http location; remove it first" % image.id)
         try:
-            async with self._open(url) as (response, _chunks):
+            async with self.open_url(url) as (response, _chunks):
                 length = response.content_length
         except UriRefused as exc:
             raise BadRequest("Location %s refused ([import.uri_filter]): %s" % (printable(url), exc.reason)) from None
         except FetchFailed as exc:
             raise BadRequest("Location %s cannot be read: %s" % (printable(url), exc)) from None
-        if length != image.size:
+        if image.size is None and not length:
+            # Glance's answer when the store cannot tell the size (it reads Content-Length too).
+            raise BadRequest("Invalid location: %s serves no Content-Length" % printable(url))
+        if image.size is not None and length != image.size:
             raise BadRequest(
                 "Location %s serves %s bytes, but image %s has %d"
-                % (url[:200], "an unknown number of" if length is None else length, image.id, image.size or 0)
+                % (url[:200], "an unknown number of" if length is None else length, image.id, image.size)
             )
-        return Location(store=HTTP_STORE, url=url, metadata={**metadata, "store": HTTP_STORE})
+        taken = {loc.store for loc in image.locations}
+        store = next(
+            name for name in (HTTP_STORE, *("%s.%d" % (HTTP_STORE, n) for n in range(2, 10_000))) if name not in taken
+        )
+        assert length is not None
+        return Location(store=store, url=url, metadata={**metadata, "store": HTTP_STORE}), length
 
     async def _remove(self, ctx: Context, image: Image, position: str) -> None:
         if not self._config.api.show_multiple_locations:
@@ -173,7 +241,7 @@ class Locations:
     # -- reading through an http location ------------------------------------------------
 
     def http_url(self, image: Image) -> str | None:
-        return next((loc.url for loc in image.locations if loc.store == HTTP_STORE and loc.status == ACTIVE), None)
+        return next((loc.url for loc in image.locations if is_http(loc.store) and loc.status == ACTIVE), None)
 
     async def read_through(self, image: Image, url: str, byte_range: slice | None) -> Download:
         """The image's bytes streamed from its http location (a range is cut from the stream)."""
@@ -182,7 +250,7 @@ class Locations:
         if start >= stop and byte_range is not None:
             raise RangeNotSatisfiable("Requested range not satisfiable: the image has %d bytes" % image.size)
         stack = contextlib.AsyncExitStack()
-        response, chunks = await stack.enter_async_context(self._open(url))
+        response, chunks = await stack.enter_async_context(self.open_url(url))
         if response.content_length not in (None, image.size):
             await stack.aclose()
             raise Conflict(
@@ -197,7 +265,7 @@ class Locations:
             content_range="bytes %d-%d/%d" % (start, stop - 1, image.size) if byte_range is not None else None,
         )
 
-    def _open(self, url: str) -> contextlib.AbstractAsyncContextManager[Any]:
+    def open_url(self, url: str) -> contextlib.AbstractAsyncContextManager[Any]:
         imp = self._config.imports
         return open_download(
             url,

@@ -82,6 +82,7 @@ ADMIN_OR_SITE_ITSELF = "%s or (role:%s and user_id:%%(site)s)" % (ADMIN, SITE_RO
 BASE: dict[str, str] = {
     "default": "",
     "context_is_admin": "role:admin",
+    "service_api": "role:service or role:admin",
 }
 
 # The rules the services enforce (tests/api/test_roles.py drives each against every caller).
@@ -102,6 +103,9 @@ RULES: dict[str, str] = {
     "get_image_location": ADMIN_OR_PROJECT_READER,
     "delete_image_location": ADMIN,
     "set_image_location": ADMIN_OR_PROJECT_MEMBER,
+    # The add-location API (2.17): service users (Cinder, Nova), or the owner's members.
+    "add_image_location": "rule:service_api or (%s and project_id:%%(owner)s)" % PROJECT_MEMBER,
+    "fetch_image_location": "rule:service_api",
     # Image members (glance/policies/image.py)
     "add_member": ADMIN_OR_PROJECT_MEMBER,
     "delete_member": ADMIN_OR_PROJECT_MEMBER,

@@ -314,3 +314,10 @@ async def _stream(
 async def locations(request: web.Request) -> web.Response:
     found = await request.app[IMAGES].locations(request[CONTEXT], request.match_info["image_id"])
     return web.json_response([schemas.location_to_json(loc) for loc in found])
+
+
+@routes.post("/v2/images/{image_id}/locations")
+async def add_location(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    await request.app[IMAGES].add_location(request[CONTEXT], request.match_info["image_id"], body)
+    return web.Response(status=202)  # Glance: accepted, with no body; the data is hashed meanwhile

@@ -254,10 +254,34 @@ def _image_paths() -> Json:
             "parameters": [IMAGE_ID],
             "get": _op(
                 "imageLocations",
-                "Where the image's data is (owner or admin)",
+                "Where the image's data is (fetch_image_location: service users; or get_image_location)",
                 {200: _json({"type": "array", "items": _ref("Location")}, "Locations")},
                 (404, 429, 502, 503),
                 tag="images",
+            ),
+            "post": _op(
+                "addImageLocation",
+                "A queued image's data by URL (add_image_location; API 2.17): 202, hashed in the background",
+                {202: _empty("Accepted")},
+                (400, 404, 409, 429, 502, 503),
+                tag="images",
+                body=_body(
+                    JSON_BODY,
+                    {
+                        "type": "object",
+                        "required": ["url"],
+                        "properties": {
+                            "url": {"type": "string"},
+                            "validation_data": {
+                                "type": "object",
+                                "properties": {
+                                    "os_hash_algo": {"type": "string", "enum": ["sha1", "sha256", "sha512", "md5"]},
+                                    "os_hash_value": {"type": "string", "maxLength": 128},
+                                },
+                            },
+                        },
+                    },
+                ),
             ),
         },
         "/v2/images/{image_id}/stage": {

@@ -215,7 +215,8 @@ PATCH_NAME = {
 
 ADD_LOCATION = {
     "data": json.dumps(
-        [{"op": "add", "path": "/locations/-", "value": {"url": "http://203.0.113.5/d", "metadata": {}}}]
+        # A port the URI filter refuses: past the rule, Glance's 400 for a location it cannot read.
+        [{"op": "add", "path": "/locations/-", "value": {"url": "http://203.0.113.5:9/d", "metadata": {}}}]
     ),
     "headers": {"Content-Type": PATCH_CT},
 }
@@ -269,12 +270,27 @@ CASES = [
         hidden=("other",),
     ),
     Case("get_image_location", on_private("GET", "/locations"), allowed(200, *READERS), hidden=("other",)),
+    # GET /locations takes either rule (this table has no service caller): admin passes both.
+    Case(
+        "fetch_image_location",
+        on_private("GET", "/locations"),
+        allowed(200, *READERS),
+        hidden=("other",),
+        named=dict.fromkeys(NO_ROLE, "get_image_location"),  # the refusal names the rule it fell back to
+    ),
+    Case(
+        # On a queued image, past the rule: the URI filter's 400.
+        "add_image_location",
+        on_fresh("POST", "/locations", upload=None, json={"url": "http://203.0.113.5:9/d"}),
+        allowed(400, *MEMBERS),
+        hidden=("other",),
+    ),
     Case("delete_image_location", copied_to_fast, allowed(204, "admin"), hidden=("other",)),
     Case(
-        # On a queued image: past the rule, the answer is Glance's 409 (a location needs data here).
+        # On a queued image: past the rule, the URL is read (as Glance does) and refused.
         "set_image_location",
         on_fresh("PATCH", upload=None, **ADD_LOCATION),
-        allowed(409, *MEMBERS),
+        allowed(400, *MEMBERS),
         hidden=("other",),
         named={r: "modify_image" for r in ("reader", "noroles", "unknown", "site")},
     ),

@@ -29,6 +29,7 @@ TOKENS = {
     "admin": ("tok-admin", "root", "admin", ["admin", "member", "reader"]),
     "owner": ("tok-owner", "mia", "p1", ["member", "reader"]),
     "other": ("tok-other", "otto", "p2", ["member", "reader"]),
+    "service": ("tok-service", "cinder", "service", ["service"]),  # Glance's service_api
 }
 
 

@@ -5,6 +5,7 @@ flipped byte, a cut after N bytes). It runs on loopback in the test's event loop
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ class HubProxy:
         if "Range" in request.headers:
             self.ranges.append((request.path, request.headers["Range"]))
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        body = await request.read()
+        body = await self._request_body(request)
         try:
             upstream = await self._session.request(
                 request.method, self.target + request.path_qs, headers=headers, data=body or None, allow_redirects=False
@@ -93,6 +94,9 @@ class HubProxy:
                 if request.transport is not None:
                     request.transport.abort()
         return response
+
+    async def _request_body(self, request: web.Request) -> bytes | io.BytesIO:
+        return await request.read()
 
     async def _pace(self, n: int) -> None:
         if not self.rate:

@@ -46,6 +46,9 @@ from tui.messages import (
 )
 from tui.panes.cache import CachePane
 from tui.panes.events import EventsPane
+from tui.panes.image_actions import KEYS as IMAGE_ACTION_KEYS
+from tui.panes.image_actions import PALETTE as IMAGE_ACTION_PALETTE
+from tui.panes.image_actions import ImageActionKeys
 from tui.panes.images import ImagesPane
 from tui.panes.overview import OverviewPane
 from tui.panes.queues import QueuesPane
@@ -76,6 +79,7 @@ PALETTE_ACTIONS = [
     ("cache_image", "Queue image for caching", "prefetch the highlighted image into the cache (key p)"),
     ("cache_remove", "Remove from cache", "drop the highlighted cached copy or queued image (key x)"),
     ("cache_clear", "Clear cache", "drop every cached copy, the queue, or both (key X)"),
+    *IMAGE_ACTION_PALETTE,
 ]
 FILTERABLE = frozenset({"images", "events"})
 UNAUTHORIZED = (401, 403)  # the daemon refuses the token: no poll will load anything
@@ -99,7 +103,7 @@ class PollState:
     again: bool = False
 
 
-class ApplianceTui(App[None]):
+class ApplianceTui(ImageActionKeys, App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "Edge Image Appliance"
     # Every key of the main screen, the panes' actions too: one key map, so that a pane's keys
@@ -125,6 +129,7 @@ class ApplianceTui(App[None]):
         Binding("X", "cache_clear", "Clear"),
         Binding("r", "refresh", "Refresh", show=False),
         Binding("escape", "back", "Back", show=False),
+        *IMAGE_ACTION_KEYS,
         Binding("q", "quit_key", "Quit"),
     ]
 

@@ -4,6 +4,7 @@ what the screens show: entries, the queue with failed attempts, fills with progr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -128,6 +129,12 @@ async def test_fills_and_pinned_pulls_show_progress(hub_and_edge_factory: Callab
         )
         await wait_until(
             pilot, lambda: not queue.cell_text(cached["id"], "progress").endswith("?"), what="fill progress"
+        )
+        # From successive polls: the fill's ETA in its row, its rate and ETA in the line below.
+        await wait_until(pilot, lambda: queue.cell_text(cached["id"], "next").startswith("ETA "), what="the ETA")
+        queue.focus()
+        await wait_until(
+            pilot, lambda: re.search(r"MiB/s · ETA \d+s", text_of(app, "#cache-detail")), what="rate and ETA"
         )
         assert queue.cell_text(cached["id"], "image") == "filled"
         await wait_until(pilot, lambda: pane.entry_table.keys == [cached["id"]], within=30, what="cached")

@@ -12,6 +12,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from tui.panes.image_actions import HELP as IMAGE_ACTION_HELP
+
 # (keys, what they do, mutating?)
 KEYS: list[tuple[str, str, bool]] = [
     ("1 2 3 4 5 6", "Overview Images Queues Cache Events Sites", False),
@@ -31,6 +33,7 @@ KEYS: list[tuple[str, str, bool]] = [
     ("p", "cache the highlighted image (Images)", True),
     ("x", "uncache / dequeue the highlighted row (Cache)", True),
     ("X", "clear the cache, the queue, or both (Cache)", True),
+    *((keys, text, True) for keys, text in IMAGE_ACTION_HELP),
     ("y / n", "answer a confirmation", False),
     ("q ctrl+q", "quit", False),
     ("mouse", "click tabs, rows, buttons, footer keys; wheel", False),

@@ -50,6 +50,17 @@ def guess_disk_format(uri: str) -> str:
     return "qcow2"
 
 
+def format_fields(disk_id: str, container_id: str) -> ComposeResult:
+    """The disk and container format choices, side by side (qcow2 / bare at first)."""
+    with Horizontal(id="import-formats"):
+        with Vertical():
+            yield Label("Disk format")
+            yield Select([(f, f) for f in DISK_FORMATS], value="qcow2", allow_blank=False, id=disk_id)
+        with Vertical():
+            yield Label("Container format")
+            yield Select([(f, f) for f in CONTAINER_FORMATS], value="bare", allow_blank=False, id=container_id)
+
+
 class ImportUrlScreen(ModalScreen[UrlImport | None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
@@ -60,15 +71,7 @@ class ImportUrlScreen(ModalScreen[UrlImport | None]):
             yield Input(placeholder="https://example.org/images/disk.qcow2", id="import-uri")
             yield Label("Name (default: the file name)")
             yield Input(id="import-name")
-            with Horizontal(id="import-formats"):
-                with Vertical():
-                    yield Label("Disk format")
-                    yield Select([(f, f) for f in DISK_FORMATS], value="qcow2", allow_blank=False, id="import-disk")
-                with Vertical():
-                    yield Label("Container format")
-                    yield Select(
-                        [(f, f) for f in CONTAINER_FORMATS], value="bare", allow_blank=False, id="import-container"
-                    )
+            yield from format_fields("import-disk", "import-container")
             yield Static("", id="import-error", classes="-hidden")
             with Horizontal(id="dialog-buttons"):
                 yield Button("Import", variant="primary", id="import")

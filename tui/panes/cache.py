@@ -18,10 +18,25 @@ from textual.widgets import Static
 
 from tui.dialogs.choose import StoreChoiceScreen
 from tui.dialogs.confirm import ConfirmScreen
-from tui.display import EMPTY, ago, human_bytes, human_pair, percent, plain, progress_bar, short_id, usage_bar, visible
+from tui.display import (
+    EMPTY,
+    ago,
+    coarse_duration,
+    human_bytes,
+    human_duration,
+    human_pair,
+    human_rate,
+    percent,
+    plain,
+    progress_bar,
+    short_id,
+    usage_bar,
+    visible,
+)
 from tui.guard import while_running
 from tui.messages import CacheCleared, CacheRemoved
 from tui.panes.acting import ActingPane
+from tui.rate import TransferRates, eta_seconds
 from tui.session import Session, cache_enabled
 from tui.widgets.contained import PlainStatic
 from tui.widgets.keyed_table import KeyedTable, Values
@@ -147,16 +162,28 @@ def queue_state(row: Json) -> str:
     return "retry" if int(row["queued"].get("attempts") or 0) else "queued"
 
 
-def queue_row(row: Json, name: str, now: float) -> Values:
+def fill_eta(fill: Json, rate: float | None) -> float | None:
+    return eta_seconds(fill.get("bytes_done"), fill.get("bytes_total"), rate)
+
+
+def queue_row(row: Json, name: str, now: float, rate: float | None = None) -> Values:
+    """`rate`: a fill's bytes per second from successive polls; its ETA goes in "Next try"."""
     fill, item = row.get("fill"), row.get("queued") or {}
     state = queue_state(row)
     due = item.get("next_attempt_at")
+    if fill:
+        eta = fill_eta(fill, rate)
+        when = "ETA %s" % coarse_duration(eta) if eta is not None else EMPTY
+    elif item:
+        when = "due" if due is not None and due <= now else ago(due, now)
+    else:
+        when = EMPTY
     return (
         name,
         state,
         progress_bar(fill.get("bytes_done"), fill.get("bytes_total")) if fill else Text(EMPTY),
         visible(item["attempts"]) if item else EMPTY,
-        ("due" if due is not None and due <= now else ago(due, now)) if item and state != "filling" else EMPTY,
+        when,
         visible(item.get("last_error") or ""),
     )
 
@@ -177,7 +204,7 @@ def entry_detail(entry: Json, name: str, now: float) -> Text:
     return text
 
 
-def queue_detail(row: Json, name: str, now: float) -> Text:
+def queue_detail(row: Json, name: str, now: float, rate: float | None = None) -> Text:
     fill, item = row.get("fill"), row.get("queued")
     text = Text()
     text.append(visible(name), style="bold")
@@ -185,6 +212,9 @@ def queue_detail(row: Json, name: str, now: float) -> Text:
     parts = []
     if fill:
         parts.append("filling %s" % human_pair(fill.get("bytes_done"), fill.get("bytes_total")))
+        if rate is not None:
+            eta = fill_eta(fill, rate)
+            parts.append("%s%s" % (human_rate(rate), " · ETA %s" % human_duration(eta) if eta is not None else ""))
     if item:
         parts.append("queued %s · %d attempt(s)" % (ago(item.get("queued_at"), now), int(item.get("attempts") or 0)))
         if not fill and item.get("next_attempt_at") is not None:
@@ -230,6 +260,7 @@ class CachePane(ActingPane, Vertical):
         self.queue: dict[str, Json] = {}
         self._now = 0.0
         self._name_of: NameOf = short_id
+        self._fill_rates = TransferRates()  # a fill's rate, from the polls' byte counts
 
     def compose(self) -> ComposeResult:
         yield PlainStatic(off_text({}), id="cache-summary")
@@ -273,6 +304,10 @@ class CachePane(ActingPane, Vertical):
         self.loaded, self._now, self._name_of = True, now, name_of
         self.entries = {str(e["image_id"]): e for e in view.get("entries") or []}
         self.queue = queue_rows(view)
+        fills = {k: r["fill"] for k, r in self.queue.items() if "fill" in r}
+        for key, fill in fills.items():
+            self._fill_rates.observe(key, int(fill.get("bytes_done") or 0), now)
+        self._fill_rates.keep_only(set(fills))
         show_text(
             self.query_one("#cache-entries-title", Static),
             Text.assemble(("Cached images (%d)" % len(self.entries), "bold"), (" · most recently used first", "dim")),
@@ -287,7 +322,9 @@ class CachePane(ActingPane, Vertical):
             ),
         )
         self.entry_table.sync_rows([(k, entry_row(e, name_of(k), now)) for k, e in self.entries.items()])
-        self.queue_table.sync_rows([(k, queue_row(r, name_of(k), now)) for k, r in self.queue.items()])
+        self.queue_table.sync_rows(
+            [(k, queue_row(r, name_of(k), now, self._fill_rates.rate(k))) for k, r in self.queue.items()]
+        )
         self.show_highlighted(name_of)
 
     def selected(self) -> tuple[str, str] | None:
@@ -320,7 +357,7 @@ class CachePane(ActingPane, Vertical):
         if kind == "cache":
             show_text(detail, entry_detail(self.entries[key], name_of(key), self._now))
         else:
-            show_text(detail, queue_detail(self.queue[key], name_of(key), self._now))
+            show_text(detail, queue_detail(self.queue[key], name_of(key), self._now, self._fill_rates.rate(key)))
 
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
         # The detail line follows the focused table.

@@ -1,6 +1,7 @@
 """Images: every image of the site in a table, a `/` filter, and a detail pane (properties and
-locations) for the highlighted row; the actions on an image (import from a URL, copy to a store,
-delete a store's copy, delete, queue for caching) with their dialogs."""
+locations) for the highlighted row; the first actions on an image (import from a URL, copy to a
+store, delete a store's copy, delete, queue for caching) with their dialogs (the others are in
+`tui.panes.image_actions`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tui.dialogs.confirm import ConfirmScreen
 from tui.dialogs.import_url import ImportUrlScreen, UrlImport
 from tui.display import EMPTY, human_bytes, human_pair, short_id, status_text, visible
 from tui.guard import while_running
+from tui.imagefacts import BASE_KEYS, HUB_STORE, image_label, store_list
 from tui.messages import (
     ActionFailed,
     CacheLoaded,
@@ -31,15 +33,13 @@ from tui.messages import (
     StoreCopyDeleted,
     UriRefused,
 )
-from tui.panes.acting import ActingPane
+from tui.panes.image_actions import ImageActions
 from tui.session import Session, cache_enabled
 from tui.widgets.contained import PlainStatic
 from tui.widgets.filtering import FilterLine
 from tui.widgets.keyed_table import KeyedTable, Values
 
 Json = dict[str, Any]
-# The store name an edge gives the hub's copy of a mirrored image: the cache can hold those.
-HUB_STORE = "central"  # the hub, as the daemon names it in `stores`
 
 COLUMNS = [
     ("name", "Name", 15),
@@ -52,36 +52,6 @@ COLUMNS = [
 ]
 # Readable at 80 columns; a wider terminal gives names, then stores, more room.
 GROW = [("name", 25), ("stores", 14)]
-# Attributes every image has; the rest are the image's custom properties.
-BASE_KEYS = frozenset(
-    {
-        "id",
-        "name",
-        "status",
-        "visibility",
-        "protected",
-        "os_hidden",
-        "checksum",
-        "os_hash_algo",
-        "os_hash_value",
-        "owner",
-        "size",
-        "virtual_size",
-        "disk_format",
-        "container_format",
-        "min_disk",
-        "min_ram",
-        "created_at",
-        "updated_at",
-        "tags",
-        "self",
-        "file",
-        "schema",
-        "stores",
-        "locations",
-        "direct_url",
-    }
-)
 
 
 def image_row(image: Json) -> Values:
@@ -109,15 +79,6 @@ def matches(image: Json, needle: str) -> bool:
         visible(image.get(k) or "") for k in ("name", "id", "status", "disk_format", "container_format", "stores")
     )
     return needle.lower() in hay.lower()
-
-
-def store_list(image: Json) -> list[str]:
-    return [s for s in str(image.get("stores") or "").split(",") if s]
-
-
-def image_label(image: Json) -> str:
-    """An image's name (else its id) as shown in dialogs and notifications: `visible`."""
-    return visible(image.get("name") or image["id"])
 
 
 def cache_notes(view: Json) -> dict[str, str]:
@@ -205,9 +166,11 @@ class ImageTable(KeyedTable):
         return status_text(value) if column == "status" else super().render_value(column, value)
 
 
-class ImagesPane(FilterLine, ActingPane, Vertical):
-    # The app's keys call these actions (one key map: see ApplianceTui.BINDINGS).
-    ACTIONS = frozenset({"import_url", "copy_to_store", "delete_from_store", "delete_image", "cache_image"})
+class ImagesPane(FilterLine, ImageActions, Vertical):
+    # The app's keys call these actions (one key map: see ApplianceTui.BINDINGS); the second
+    # set (upload, protect, edit, ...) is ImageActions'.
+    FIRST_ACTIONS = frozenset({"import_url", "copy_to_store", "delete_from_store", "delete_image", "cache_image"})
+    ACTIONS = FIRST_ACTIONS | ImageActions.MORE_ACTIONS
     NEEDS_SELECTION = frozenset({"copy_to_store", "delete_from_store", "delete_image", "cache_image"})
 
     def __init__(self, session: Session, *, id: str | None = None) -> None:
@@ -343,6 +306,8 @@ class ImagesPane(FilterLine, ActingPane, Vertical):
             return False
         if action == "cache_image" and not cache_enabled(self.session.status):
             return False
+        if action in self.MORE_ACTIONS:
+            return self.offer(action, self._selected_or_none())
         if action in self.NEEDS_SELECTION and self._selected_or_none() is None:
             return None  # shown greyed out: no row highlighted
         return True

@@ -1,6 +1,7 @@
 """Sites (on a hub): the edge sites registered with it, online or not, when last heard from,
 their free space, version and cache; below, the highlighted site's stores and the images placed
-there (the images whose `stores` name the site)."""
+there (the images whose `stores` name the site), the copies on their way to it and those that
+failed (Glance's os_glance_importing_to_stores / os_glance_failed_import)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static
 
 from tui.display import EMPTY, ago, human_bytes, iso_epoch, percent, visible
+from tui.imagefacts import FAILED_IMPORT, IMPORTING_TO, split_list
 from tui.widgets.contained import PlainStatic
 from tui.widgets.keyed_table import KeyedTable, Values
 from tui.widgets.steady import show_text
@@ -45,29 +47,43 @@ def cache_cell(site: Json) -> str:
     return "%s / %d%%" % (visible(cache.get("entries", 0)), round(100 * float(cache.get("hit_ratio") or 0)))
 
 
-def placements(images: Iterable[Json]) -> dict[str, list[Json]]:
-    """Images by the stores (sites among them) that hold them: one pass over the list."""
+def placements(images: Iterable[Json], key: str = "stores") -> dict[str, list[Json]]:
+    """Images by the stores (sites among them) named in `key`: one pass over the list. With
+    `key` = os_glance_importing_to_stores, the copies on their way to each site; with
+    os_glance_failed_import, those that failed (Glance's own record of a copy-image)."""
     found: dict[str, list[Json]] = {}
     for image in images:
-        for store in str(image.get("stores") or "").split(","):
-            if store:
-                found.setdefault(store, []).append(image)
+        for store in split_list(image.get(key)):
+            found.setdefault(store, []).append(image)
     return found
 
 
-def site_row(site: Json, placed: int, now: float) -> Values:
+def images_cell(placed: int, pending: int) -> str:
+    return "%d +%d" % (placed, pending) if pending else str(placed)
+
+
+def site_row(site: Json, placed: int, now: float, pending: int = 0) -> Values:
     return (
         str(site.get("name")),
         "online" if site.get("online") else "offline",
         ago(iso_epoch(site.get("last_seen")), now, coarse=True),
         free_text(site),
         str(site.get("version") or EMPTY),
-        str(placed),
+        images_cell(placed, pending),
         cache_cell(site),
     )
 
 
-def site_detail(site: Json, images: list[Json], now: float) -> Text:
+def image_lines(text: Text, images: list[Json]) -> None:
+    for image in sorted(images, key=lambda i: str(i.get("name") or i["id"])):
+        text.append("\n  %s" % visible(image.get("name") or image["id"]))
+        text.append("  %s · %s" % (visible(image["id"]), human_bytes(image.get("size"))), style="dim")
+
+
+def site_detail(
+    site: Json, images: list[Json], now: float, pending: list[Json] | None = None, failed: list[Json] | None = None
+) -> Text:
+    """`pending`: copies handed to the site and not reported yet; `failed`: those it reported failed."""
     text = Text()
     text.append(visible(site.get("name")), style="bold")
     text.append(" ")
@@ -98,9 +114,15 @@ def site_detail(site: Json, images: list[Json], now: float) -> Text:
     text.append("\n\nImages placed here (%d)" % len(images), style="bold")
     if not images:
         text.append(" none: copy-image with this site as the store (c on Images) places one", style="dim")
-    for image in sorted(images, key=lambda i: str(i.get("name") or i["id"])):
-        text.append("\n  %s" % visible(image.get("name") or image["id"]))
-        text.append("  %s · %s" % (visible(image["id"]), human_bytes(image.get("size"))), style="dim")
+    image_lines(text, images)
+    if pending:
+        text.append("\n\nCopies on the way (%d)" % len(pending), style="bold")
+        text.append(" pulled on the site's next sync, then reported", style="dim")
+        image_lines(text, pending)
+    if failed:
+        text.append("\n\nCopies that failed (%d)" % len(failed), style="bold red")
+        text.append(" s on Images copies again", style="dim")
+        image_lines(text, failed)
     return text
 
 
@@ -143,6 +165,8 @@ class SitesPane(Vertical):
         self.sites: dict[str, Json] = {}
         self.loaded = False
         self._placed: dict[str, list[Json]] = {}
+        self._pending: dict[str, list[Json]] = {}
+        self._failed: dict[str, list[Json]] = {}
         self._now = 0.0
 
     def compose(self) -> ComposeResult:
@@ -157,10 +181,14 @@ class SitesPane(Vertical):
     def show_sites(self, sites: list[Json], images: Iterable[Json], now: float) -> None:
         self.loaded = True
         self.sites = {str(s["name"]): s for s in sites}
-        self._placed = placements(images)
+        listed = list(images)
+        self._placed = placements(listed)
+        self._pending = placements(listed, IMPORTING_TO)
+        self._failed = placements(listed, FAILED_IMPORT)
         self._now = now
         rows = [
-            (name, site_row(site, len(self._placed.get(name, ())), now)) for name, site in sorted(self.sites.items())
+            (name, site_row(site, len(self._placed.get(name, ())), now, len(self._pending.get(name, ()))))
+            for name, site in sorted(self.sites.items())
         ]
         self.table.sync_rows(rows)
         self.show_highlighted()
@@ -173,4 +201,10 @@ class SitesPane(Vertical):
             message = "No edge site has registered with this hub yet." if self.loaded else "Loading sites…"
             show_text(detail, Text(message, style="dim"))
             return
-        show_text(detail, site_detail(site, self._placed.get(str(site["name"]), []), self._now))
+        name = str(site["name"])
+        show_text(
+            detail,
+            site_detail(
+                site, self._placed.get(name, []), self._now, self._pending.get(name, []), self._failed.get(name, [])
+            ),
+        )

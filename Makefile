@@ -26,7 +26,7 @@ CEPH_PKGS := ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd
 CEPH_BINDINGS := $(VENV)/ceph-bindings
 STAMP_CEPH := $(VENV)/.installed-ceph
 
-.PHONY: run test lint system-deps install-tools bench clean glance keystone barbican ceph
+.PHONY: run test lint system-deps install-tools bench soak clean glance keystone barbican ceph
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -115,6 +115,10 @@ lint: $(STAMP_TEST)
 bench: $(STAMP_TEST)
 	@$(MAKE) -s install-tools TOOLS="$(SYSTEM_TOOLS) nginx:nginx-light curl:curl zstd:zstd"
 	$(BIN)/python tests/bench/bench_transfer.py
+
+# The soak with faults (tests/integration/test_soak.py) for 30 minutes; `make test` runs it for 100 s.
+soak: $(STAMP_TEST) system-deps
+	SOAK_SECONDS=$${SOAK_SECONDS:-1800} $(BIN)/python -m pytest -q -s tests/integration/test_soak.py
 
 clean:
 	rm -rf $(VENV) $(GLANCE_VENV) $(KEYSTONE_VENV) $(BARBICAN_VENV) var

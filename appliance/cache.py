@@ -330,7 +330,8 @@ class ImageCache:
                 return free_bytes(self.root) - need < conf.min_free_bytes
 
             if short():
-                await self._evict_until(lambda: not short())
+                if self._committed.kind == "files":  # entries in an RBD pool free nothing here
+                    await self._evict_until(lambda: not short())
                 if short():
                     return self._does_not_fit(
                         image, "the filesystem would drop below min_free_bytes (%d)" % conf.min_free_bytes

@@ -16,6 +16,7 @@ import pytest
 from tests.ceph import POOL, CephCluster
 from tests.conftest import Daemon, start_daemon, write_toml
 from tests.integration.test_hub_link import FAST, HUB_ADMIN_TOKEN, SITE_TOKENS, Cloud, _has, glance, running_cloud
+from tests.integration.test_rbd_paths import replace_rbd_image
 from tests.integration.test_rbd_store import image_data
 from tests.waiting import eventually
 
@@ -29,7 +30,12 @@ async def cloud(tmp_path: Path) -> AsyncIterator[Cloud]:
 
 
 def start_rbd_edge(
-    cloud: Cloud, ceph: CephCluster, name: str = "dcn0", token: str | None = None, cache: dict[str, Any] | None = None
+    cloud: Cloud,
+    ceph: CephCluster,
+    name: str = "dcn0",
+    token: str | None = None,
+    cache: dict[str, Any] | None = None,
+    scrubber: dict[str, Any] | None = None,
 ) -> Daemon:
     """An edge whose default store is an RBD pool (a filesystem store beside it)."""
     config = write_toml(
@@ -43,7 +49,7 @@ def start_rbd_edge(
             },
             "hub": {"url": cloud.hub.url, "token": token or SITE_TOKENS[name], **FAST},
             "cache": {"min_free_bytes": 0, **(cache or {})},
-            "scrubber": {"enabled": False},
+            "scrubber": scrubber or {"enabled": False},
         },
     )
     cloud.edges[name] = start_daemon(cloud.tmp / name, config)
@@ -134,7 +140,10 @@ async def test_the_cache_keeps_its_entries_in_an_rbd_pool(cloud: Cloud, ceph: Ce
     size = 4 * MiB
     # Room for two entries: the third fill evicts the least recently used one.
     edge = start_rbd_edge(
-        cloud, ceph, cache={"store": "ceph", "max_size": 10 * MiB, "high_watermark": 90, "low_watermark": 80}
+        cloud,
+        ceph,
+        cache={"store": "ceph", "max_size": 10 * MiB, "high_watermark": 90, "low_watermark": 80},
+        scrubber={"enabled": True, "interval": 1, "rate_mib_per_s": 64},
     )
     blobs = [os.urandom(size) for _ in range(3)]
     ids = [await cloud.upload(cloud.hub, blob, name="cached-%d" % i) for i, blob in enumerate(blobs)]
@@ -178,3 +187,17 @@ async def test_the_cache_keeps_its_entries_in_an_rbd_pool(cloud: Cloud, ceph: Ce
     assert await cached() == {ids[1], ids[2]}
     assert "cache.%s" % ids[0] not in ceph.images()
     assert {"cache.%s" % ids[1], "cache.%s" % ids[2]} <= set(ceph.images())
+
+    # The scrubber re-reads the entries in the pool: one changed there is dropped, and the next
+    # download fills it again from the hub.
+    aside = replace_rbd_image(ceph, "cache.%s" % ids[2], bytes(reversed(blobs[2])), cloud.tmp)
+
+    async def dropped() -> bool:
+        return "cached image %s does not match" % ids[2] in edge.log.read_text() and ids[2] not in await cached()
+
+    await eventually(dropped, "the scrubber to drop the changed entry", within=60)
+    assert await cloud.call(edge, "GET", "/v2/images/%s/file" % ids[2]) == blobs[2]
+    assert ids[2] in await cached()
+    ceph.rbd("snap", "unprotect", "%s/%s@snap" % (POOL, aside))
+    ceph.rbd("snap", "purge", "%s/%s" % (POOL, aside))
+    ceph.rbd("rm", "--no-progress", "%s/%s" % (POOL, aside))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tui.app import make_app
 from tui.config import TuiConfig, default_socket
+from tui.theme import default_state_file
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +48,12 @@ def config_from_args(argv: list[str] | None = None) -> TuiConfig:
     if args.refresh <= 0:
         raise SystemExit("edge-tui: --refresh must be positive")
     return TuiConfig(
-        url=url, socket=socket, token=token or None, read_only=args.read_only, refresh_seconds=args.refresh
+        url=url,
+        socket=socket,
+        token=token or None,
+        read_only=args.read_only,
+        refresh_seconds=args.refresh,
+        state_file=str(default_state_file()),
     )
 
 

@@ -13,22 +13,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, ClassVar
 
-from rich.text import Text
 from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerState
 
 from tui.client import DaemonApi, DaemonError, DaemonUnavailable, HttpDaemonClient
 from tui.config import TuiConfig
-from tui.dialogs.detail import DetailScreen, load_image_detail, task_page
+from tui.detail_views import DetailViews
+from tui.dialogs.detail import DetailScreen
 from tui.dialogs.help import HelpScreen
 from tui.display import short_id, visible
 from tui.guard import report_worker_error, while_running
@@ -44,17 +44,17 @@ from tui.messages import (
     StatusLoaded,
     TasksLoaded,
 )
+from tui.notices import Notice, Notices
 from tui.panes.cache import CachePane
 from tui.panes.events import EventsPane
-from tui.panes.image_actions import KEYS as IMAGE_ACTION_KEYS
-from tui.panes.image_actions import PALETTE as IMAGE_ACTION_PALETTE
-from tui.panes.image_actions import ImageActionKeys
 from tui.panes.images import ImagesPane
 from tui.panes.overview import OverviewPane
 from tui.panes.queues import QueuesPane
 from tui.panes.sites import SitesPane
+from tui.polling import FULL_RELOAD_EVERY, PollPlan, PollState, poll_round
 from tui.session import Session, cache_enabled, is_hub
-from tui.widgets.contained import PlainStatic
+from tui.theme import remember_theme, starting_theme
+from tui.widgets.banner import UNAUTHORIZED, ConnectionBanner, stale_note, unauthorized_text
 
 log = logging.getLogger(__name__)
 
@@ -79,31 +79,11 @@ PALETTE_ACTIONS = [
     ("cache_image", "Queue image for caching", "prefetch the highlighted image into the cache (key p)"),
     ("cache_remove", "Remove from cache", "drop the highlighted cached copy or queued image (key x)"),
     ("cache_clear", "Clear cache", "drop every cached copy, the queue, or both (key X)"),
-    *IMAGE_ACTION_PALETTE,
 ]
 FILTERABLE = frozenset({"images", "events"})
-UNAUTHORIZED = (401, 403)  # the daemon refuses the token: no poll will load anything
-# "Did the images change?" is answered by the status counts plus the most recently updated
-# images (every change bumps updated_at); the full list is fetched only when that differs, and
-# anyway every FULL_RELOAD_EVERY polls.
-PROBE_SIZE = 20
-FULL_RELOAD_EVERY = 20
 
 
-@dataclass
-class PollState:
-    """What the poll worker remembers between rounds (no widgets here)."""
-
-    event_seq: int = 0
-    uptime: int | None = None
-    fingerprint: Any = None
-    images_loaded: bool = False
-    rounds: int = 0
-    force_full: bool = False
-    again: bool = False
-
-
-class ApplianceTui(ImageActionKeys, App[None]):
+class ApplianceTui(DetailViews, App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "Edge Image Appliance"
     # Every key of the main screen, the panes' actions too: one key map, so that a pane's keys
@@ -127,9 +107,10 @@ class ApplianceTui(ImageActionKeys, App[None]):
         Binding("p", "cache_image", "Cache", show=False),
         Binding("x", "cache_remove", "Remove"),
         Binding("X", "cache_clear", "Clear"),
+        Binding("l", "event_level", "Level"),
+        Binding("m", "notices", "Notices", show=False),
         Binding("r", "refresh", "Refresh", show=False),
         Binding("escape", "back", "Back", show=False),
-        *IMAGE_ACTION_KEYS,
         Binding("q", "quit_key", "Quit"),
     ]
 
@@ -142,11 +123,13 @@ class ApplianceTui(ImageActionKeys, App[None]):
         self.session = Session(client, config.read_only, has_token=config.token is not None)
         self._active = "overview"
         self._history: list[str] = []
+        self.notices = Notices()  # every toast, for `m`
         self._poll = PollState()
         self._poll_worker: Worker[None] | None = None
         self._detail_worker: Worker[None] | None = None
         self._detail_id: str | None = None
-        self._banner_up = False
+        self._state_file: Path | None = None
+        self._title = visible(client.target) + (" · read-only" if config.read_only else "")
         self._going_back = False
 
     def notify(
@@ -160,7 +143,9 @@ class ApplianceTui(ImageActionKeys, App[None]):
     ) -> None:
         """Every toast is plain text (most carry the daemon's names, messages or errors): never
         markup, control characters made visible."""
-        super().notify(visible(message), title=visible(title), severity=severity, timeout=timeout, markup=False)
+        message, title = visible(message), visible(title)
+        self.notices.add(Notice(self.clock(), severity, title, message))
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -173,7 +158,7 @@ class ApplianceTui(ImageActionKeys, App[None]):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield PlainStatic(id="banner", classes="-hidden")
+        yield ConnectionBanner(self.client.target, self.config.refresh_seconds, id="banner")
         with TabbedContent(initial="overview", id="panes"):
             with TabPane("1 Overview", id="overview"):
                 yield OverviewPane(id="overview-pane")
@@ -188,6 +173,10 @@ class ApplianceTui(ImageActionKeys, App[None]):
             with TabPane("6 Sites", id="sites"):
                 yield SitesPane(id="sites-pane")
         yield Footer()
+
+    @property
+    def banner(self) -> ConnectionBanner:
+        return self.query_one(ConnectionBanner)
 
     @property
     def overview(self) -> OverviewPane:
@@ -226,10 +215,13 @@ class ApplianceTui(ImageActionKeys, App[None]):
         return self.session.sites
 
     def on_mount(self) -> None:
-        self.sub_title = visible(self.client.target)
-        if self.config.read_only:
-            self.sub_title += " · read-only"
+        state_file = Path(self.config.state_file) if self.config.state_file else None
+        self.theme = starting_theme(state_file, self.available_themes)
+        self._state_file = state_file  # from now on, a theme the operator picks is remembered
+        self.sub_title = self._title
         self.query_one(TabbedContent).hide_tab("sites")  # shown once the status says this is a hub
+        # Tab moves between what a screen shows, not onto the tab bar (number keys switch screens).
+        self.query_one(Tabs).can_focus = False
         self.set_interval(self.config.refresh_seconds, self.poll)
         self.poll()
 
@@ -253,71 +245,11 @@ class ApplianceTui(ImageActionKeys, App[None]):
         # events: the log names the images its messages mention
         want_images = self._active in ("images", "queues", "sites", "events") or not self._poll.images_loaded
         want_tasks = self._active == "queues"
-        self._poll_worker = self.poll_daemon(want_images, full_images, want_tasks, self._active)
+        self._poll_worker = self.poll_daemon(PollPlan(want_images, full_images, want_tasks, self._active))
 
     @work(exclusive=True, group="poll", exit_on_error=False)
-    async def poll_daemon(self, want_images: bool, full_images: bool, want_tasks: bool, active: str) -> None:
-        """`active`: the screen shown; the cache view and the sites list are asked for only where
-        they are shown, and only if the status says the site has them."""
-        state = self._poll
-        try:
-            status = await self.client.status()
-        except DaemonUnavailable as exc:
-            self.post_message(ConnectionFailed(str(exc), reachable=False))
-            return
-        except DaemonError as exc:
-            self.post_message(ConnectionFailed(str(exc), reachable=True, status=exc.status))
-            return
-        self.post_message(StatusLoaded(status))
-        try:
-            uptime = status.get("uptime_seconds")
-            restarted = state.uptime is not None and isinstance(uptime, int) and uptime < state.uptime
-            state.uptime = uptime if isinstance(uptime, int) else state.uptime
-            if restarted:  # a new daemon process: its event numbers start again
-                state.event_seq, state.fingerprint = 0, None
-            if want_images:
-                await self._poll_images(status, full_images)
-            events = await self.client.events(since=state.event_seq)
-            if events or restarted:
-                state.event_seq = max([state.event_seq] + [int(e["seq"]) for e in events])
-                self.post_message(EventsLoaded(events, restarted=restarted))
-            if want_tasks:
-                tasks = await self.client.tasks()
-                self.post_message(TasksLoaded(tasks, time.monotonic()))
-            if active in ("cache", "images") and cache_enabled(status):
-                self.post_message(CacheLoaded(await self.client.cache_view()))
-            if active in ("sites", "overview") and is_hub(status):
-                self.post_message(SitesLoaded(await self.client.sites()))
-        except DaemonUnavailable as exc:
-            self.post_message(ConnectionFailed(str(exc), reachable=False))
-        except DaemonError as exc:
-            self.post_message(ConnectionFailed(str(exc), reachable=True, status=exc.status))
-        except (KeyError, TypeError, ValueError) as exc:  # an answer of another shape
-            log.warning("unexpected answer from the daemon: %r", exc)
-            self.post_message(ConnectionFailed("unexpected answer: %r" % exc, reachable=True))
-
-    async def _poll_images(self, status: Json, full: bool) -> None:
-        """Part of poll_daemon. The first load posts each page as it comes (the screen fills at
-        once) and takes the change probe right after the first page (the first paint waits for
-        one request, not two); later rounds fetch every page only if the probe changed."""
-        state = self._poll
-        counts = sorted((status.get("images") or {}).items())
-        if not state.images_loaded:
-            images: list[Json] = []
-            fingerprint = None
-            async for page in self.client.image_pages():
-                images.extend(page)
-                self.post_message(ImagesPageLoaded(page))
-                if fingerprint is None:
-                    fingerprint = (counts, await self.client.recent_images(PROBE_SIZE))
-            state.fingerprint, state.images_loaded = fingerprint, True
-            self.post_message(ImagesLoaded(images))
-            return
-        fingerprint = (counts, await self.client.recent_images(PROBE_SIZE))
-        if full or fingerprint != state.fingerprint:
-            images = await self.client.images()
-            state.fingerprint = fingerprint
-            self.post_message(ImagesLoaded(images))
+    async def poll_daemon(self, plan: PollPlan) -> None:
+        await poll_round(self.client, self._poll, plan, self.post_message)
 
     def request_detail(self, image_id: str, again: bool = False) -> None:
         """Load the highlighted image's detail, unless that load is already under way; a load
@@ -351,16 +283,15 @@ class ApplianceTui(ImageActionKeys, App[None]):
     def on_status_loaded(self, message: StatusLoaded) -> None:
         status = message.status
         site = status.get("site") or {}
-        self.sub_title = "%s (%s) · %s%s" % (
+        self._title = "%s (%s) · %s%s" % (
             visible(site.get("name", "?")),
             visible(site.get("role", "?")),
             visible(self.client.target),
             " · read-only" if self.config.read_only else "",
         )
-        if self._banner_up:
-            self._banner_up = False
-            self.query_one("#banner", Static).add_class("-hidden")
+        if self.banner.answered(self.clock()):
             self.notify("Connected to the daemon again.", title="Daemon", markup=False)
+        self.mark_stale()
         if is_hub(status) != is_hub(self.status) or not self.status:
             tabs = self.query_one(TabbedContent)
             if is_hub(status):
@@ -378,36 +309,32 @@ class ApplianceTui(ImageActionKeys, App[None]):
 
     @while_running
     def on_connection_failed(self, message: ConnectionFailed) -> None:
-        banner = self.query_one("#banner", Static)
-        if message.status in UNAUTHORIZED:
-            text = Text("⛔ Not authorized by the daemon at %s: " % visible(self.client.target), style="bold")
-            self._show_unauthorized(message.status)
-        elif message.reachable:
-            text = Text("⚠ The daemon at %s answered with an error: " % visible(self.client.target), style="bold")
-        else:
-            text = Text("⚠ Cannot reach the daemon at %s: " % visible(self.client.target), style="bold")
-        text.append(visible(message.reason))
-        text.append(" — retrying every %g s" % self.config.refresh_seconds)
-        banner.update(text)
-        banner.remove_class("-hidden")
-        self._banner_up = True
+        self.banner.failed(message, self.clock())
+        if message.status in UNAUTHORIZED:  # what waits for data says so, not "Loading…" for ever
+            said = unauthorized_text(message.status)
+            for pane, detail in (
+                (self.images_pane, "#image-detail"),
+                (self.queues, "#task-detail"),
+                (self.cache_pane, "#cache-detail"),
+                (self.sites_pane, "#site-detail"),
+            ):
+                if not pane.loaded:
+                    self.query_one(detail, Static).update(said)
+        self.mark_stale()
 
-    def _show_unauthorized(self, status: int | None) -> None:
-        """What waits for data the daemon refuses says so, instead of "Loading…" for ever."""
-        said = Text(
-            "Not authorized (%s): the daemon refuses this token. Give edge-tui another --token, "
-            "or use the Unix socket on the daemon's host." % status,
-            style="bold red",
-        )
-        panes: list[tuple[bool, str]] = [
-            (self.images_pane.loaded, "#image-detail"),
-            (self.queues.loaded, "#task-detail"),
-            (self.cache_pane.loaded, "#cache-detail"),
-            (self.sites_pane.loaded, "#site-detail"),
-        ]
-        for loaded, detail in panes:
-            if not loaded:
-                self.query_one(detail, Static).update(said)
+    def watch_theme(self, theme: str) -> None:
+        if self._state_file is not None:
+            remember_theme(self._state_file, theme)
+
+    def mark_stale(self) -> None:
+        """While the daemon does not answer, what is on screen is marked as the past it is."""
+        fresh_at = self.banner.fresh_at if self.banner.stale else None
+        note = stale_note(fresh_at, self.clock()) if fresh_at is not None else ""
+        self.query_one(TabbedContent).set_class(bool(note), "-stale")
+        self.sub_title = ("STALE, %s · " % note if note else "") + self._title
+        for screen in self.screen_stack:
+            if isinstance(screen, DetailScreen):
+                screen.mark_stale(note)
 
     @while_running
     def on_events_loaded(self, message: EventsLoaded) -> None:
@@ -552,29 +479,12 @@ class ApplianceTui(ImageActionKeys, App[None]):
         elif event.data_table.id == "sites":
             self.sites_pane.show_highlighted()
 
-    @while_running
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        """Enter on a row: the full-screen detail of that image or task."""
-        if isinstance(self.screen, ModalScreen):
-            return
-        if event.data_table.id == "images":
-            self.open_image_detail()
-        elif event.data_table.id == "tasks":
-            task = self.queues.tasks.get(event.row_key.value or "")
-            if task is not None:
-                name = self.image_name(str(task.get("image_id") or ""))
-                self.push_screen(DetailScreen("Task", task_page(task, name)))
-
-    def open_image_detail(self) -> None:
-        image = self.images_pane.selected_image()
-        if image is None:
-            return
-        image_id, note = str(image["id"]), self.images_pane.cache_note(image)
-        self.push_screen(DetailScreen("Image", load=partial(load_image_detail, self.client, image_id, note)))
-
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(self.config.read_only))
+
+    def action_event_level(self) -> None:
+        self.events_pane.set_level()
 
     def action_refresh(self) -> None:
         self.poll(full=True)
@@ -594,6 +504,8 @@ class ApplianceTui(ImageActionKeys, App[None]):
             if self._active != PANE_ACTIONS[action]:
                 return False
             return self._pane_for(action).check_action(action, parameters)
+        if action == "event_level":
+            return self._active == "events"
         if action == "filter" and (self._active not in FILTERABLE or isinstance(self.focused, Input)):
             return False  # in an input field, "/" is typed
         if action == "show_pane" and parameters == ("sites",) and not is_hub(self.status):
@@ -617,6 +529,14 @@ class ApplianceTui(ImageActionKeys, App[None]):
                 partial(self.action_show_pane, pane),
             )
         yield SystemCommand("Refresh now", "Ask the daemon again (key r)", self.action_refresh)
+        yield SystemCommand("Show notifications", "The toasts shown so far, newest first (key m)", self.action_notices)
+        if self._active == "events":
+            for least, said in (("debug", "every level"), ("warning", "warnings and errors"), ("error", "errors")):
+                yield SystemCommand(
+                    "Events: show %s" % said,
+                    "The least level shown (key l)",
+                    partial(self.events_pane.set_level, least),
+                )
         # The actions of the screen shown, as its keys offer them (a highlighted row, not read-only,
         # a cache): never an action on a row that is not on screen.
         for action, title, help_text in PALETTE_ACTIONS:

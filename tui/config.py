@@ -25,6 +25,8 @@ class TuiConfig:
     read_only: bool = False
     refresh_seconds: float = 1.5
     timeout_seconds: float = 10.0
+    # Where the theme the operator picks is remembered (tui.theme); None: not remembered.
+    state_file: str | None = None
 
     def __post_init__(self) -> None:
         if (self.url is None) == (self.socket is None):

@@ -3,6 +3,7 @@ no random ids, ports or free-space figures. Every behaviour test uses a real dae
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -340,9 +341,15 @@ class FakeDaemon:
     def __init__(self, hub: bool = False) -> None:
         self._status = HUB_STATUS if hub else STATUS
         self._images = HUB_IMAGES if hub else IMAGES
+        self._started = time.monotonic()
 
     async def status(self) -> Json:
-        return self._status
+        # The uptime moves on as a daemon's does (the TUI tells a restart from it); the Overview
+        # shows it to the hour at that age, so snapshots do not see it move.
+        return {
+            **self._status,
+            "uptime_seconds": self._status["uptime_seconds"] + int(time.monotonic() - self._started),
+        }
 
     async def events(self, since: int, limit: int = 500) -> list[Json]:
         return [e for e in EVENTS if e["seq"] > since][-limit:]
@@ -381,6 +388,9 @@ class FakeDaemon:
 
     async def sites(self) -> list[Json]:
         return list(SITES)
+
+    async def site_assignments(self, name: str) -> list[Json]:
+        return [{"image_id": IMAGES[12]["id"], "action": "copy", "created_at": iso(NOW - 95)}] if name == "dcn0" else []
 
     async def check_uri(self, uri: str) -> tuple[bool, str]:
         return False, "snapshot fake"

@@ -78,3 +78,23 @@ def test_read_only_images(snap_compare: Any) -> None:
 def test_image_detail_view(snap_compare: Any) -> None:
     # enter on the first image: the full-screen detail (properties, stores, tasks).
     assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys_then_settle("2", "enter"))
+
+
+def test_site_detail_view(snap_compare: Any) -> None:
+    # enter on the first site of the hub: heartbeat, disk, stores, assignments, copies, images held.
+    assert snap_compare(fake_app(hub=True), terminal_size=(80, 24), run_before=keys_then_settle("6", "enter"))
+
+
+def test_cache_detail_view(snap_compare: Any) -> None:
+    # enter on the queue's fill: its progress, the queue entry.
+    assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys_then_settle("4", "tab", "enter"))
+
+
+def test_event_detail_view(snap_compare: Any) -> None:
+    # enter on the newest event: the message whole, the images it names.
+    assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys_then_settle("5", "k", "enter"))
+
+
+def test_events_warnings_only(snap_compare: Any) -> None:
+    # l: warnings and errors only; the cursor on the newest shown.
+    assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys_then_settle("5", "l"))

@@ -22,6 +22,7 @@ from tui.client import DaemonApi, DaemonError, DaemonUnavailable
 from tui.display import EMPTY, human_bytes, plain, status_text, visible
 from tui.panes.queues import method_of, task_detail, transferred
 from tui.widgets.contained import PlainStatic
+from tui.widgets.scrolling import SCROLL_KEYS, scroll
 
 Json = dict[str, Any]
 IMPORTING_TO = "os_glance_importing_to_stores"
@@ -146,14 +147,13 @@ async def load_image_detail(client: DaemonApi, image_id: str, cache: str = "") -
 
 
 class DetailScreen(ModalScreen[None]):
-    """A full screen over the app; `load` (if given) fetches the content, else `content` shows."""
+    """A full screen over the app; `load` (if given) fetches the content, else `content` shows.
+    `every`: load again every so many seconds (a fill in progress, a site's heartbeat); a load
+    that fails after one succeeded keeps what is shown, which the app marks stale."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,q", "close", "Back"),
-        Binding("j,down", "scroll('down')", "Down", show=False),
-        Binding("k,up", "scroll('up')", "Up", show=False),
-        Binding("g,home", "scroll('home')", "Top", show=False),
-        Binding("G,end", "scroll('end')", "End", show=False),
+        *SCROLL_KEYS,
         Binding("r", "reload", "Reload", show=False),
     ]
 
@@ -162,18 +162,32 @@ class DetailScreen(ModalScreen[None]):
         title: str,
         content: RenderableType | None = None,
         load: Callable[[], Awaitable[RenderableType]] | None = None,
+        every: float | None = None,
     ) -> None:
         super().__init__(classes="detail")
         self._title = title
         self._content = content
         self._load = load
+        self._every = every
+        self._stale = ""
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="detail-scroll"):
-            yield Static(
-                Text.assemble((visible(self._title), "bold reverse"), ("  esc: back", "dim")), id="detail-title"
-            )
+            yield Static(self._title_text(), id="detail-title")
             yield PlainStatic(self._content or Text("Loading…", style="dim"), id="detail-body")
+
+    def _title_text(self) -> Text:
+        title = Text.assemble((visible(self._title), "bold reverse"), ("  esc: back", "dim"))
+        if self._stale:
+            title.append("\n⚠ STALE, the daemon does not answer: %s" % self._stale, style="bold red")
+        return title
+
+    def mark_stale(self, note: str) -> None:
+        """`note`: how old the content is while the daemon does not answer ("" once it does)."""
+        if note != self._stale:
+            self._stale = note
+            if self.is_mounted:
+                self.query_one("#detail-title", Static).update(self._title_text())
 
     @property
     def body(self) -> PlainStatic:
@@ -183,6 +197,13 @@ class DetailScreen(ModalScreen[None]):
         self.query_one("#detail-scroll", VerticalScroll).focus()
         if self._load is not None:
             self.fetch()
+            if self._every:
+                self.set_interval(self._every, self._fetch_again)
+
+    def _fetch_again(self) -> None:
+        """The timer's: a load still under way (a slow daemon) goes on rather than restart."""
+        if not any(w.group == "detail-view" and not w.is_finished for w in self.workers):
+            self.fetch()
 
     @work(exclusive=True, group="detail-view", exit_on_error=False)
     async def fetch(self) -> None:
@@ -190,20 +211,14 @@ class DetailScreen(ModalScreen[None]):
         try:
             content = await self._load()
         except (DaemonError, DaemonUnavailable) as exc:
+            if self._content is not None and isinstance(exc, DaemonUnavailable):
+                return  # keep what is shown: the app marks it stale
             content = plain("Cannot load this: %s" % exc, style="red")
         self._content = content
         self.body.update(content)
 
     def action_scroll(self, direction: str) -> None:
-        scroll = self.query_one("#detail-scroll", VerticalScroll)
-        if direction == "down":
-            scroll.scroll_down(animate=False)
-        elif direction == "up":
-            scroll.scroll_up(animate=False)
-        elif direction == "home":
-            scroll.scroll_home(animate=False)
-        else:
-            scroll.scroll_end(animate=False)
+        scroll(self.query_one("#detail-scroll", VerticalScroll), direction)
 
     def action_reload(self) -> None:
         if self._load is not None:

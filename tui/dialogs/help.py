@@ -12,7 +12,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from tui.panes.image_actions import HELP as IMAGE_ACTION_HELP
+from tui.widgets.scrolling import SCROLL_KEYS, scroll
 
 # (keys, what they do, mutating?)
 KEYS: list[tuple[str, str, bool]] = [
@@ -21,10 +21,13 @@ KEYS: list[tuple[str, str, bool]] = [
     ("/", "filter the Images table or the Events log", False),
     ("ctrl+p", "command palette: screens and actions by name", False),
     ("j k ↑ ↓", "move the cursor / scroll", False),
-    ("pgup pgdn home end", "page / jump in tables and logs", False),
+    ("pgup pgdn", "page up / down in tables, logs and details", False),
+    ("home end g G", "first / last row, event or line", False),
     ("tab shift+tab", "move focus (Cache: cached images ↔ queue)", False),
-    ("enter", "open the highlighted image or task in full (esc: back); keep the filter; choose in a dialog", False),
+    ("enter", "open the highlighted row or event in full (esc: back)", False),
     ("esc", "close a dialog or the filter, else go back", False),
+    ("l", "least event level shown: all, warnings, errors (Events)", False),
+    ("m", "the notifications shown so far, with their times", False),
     ("r", "refresh now", False),
     ("n", "import an image from a URL (Images)", True),
     ("c", "copy the highlighted image to a store (Images)", True),
@@ -33,7 +36,6 @@ KEYS: list[tuple[str, str, bool]] = [
     ("p", "cache the highlighted image (Images)", True),
     ("x", "uncache / dequeue the highlighted row (Cache)", True),
     ("X", "clear the cache, the queue, or both (Cache)", True),
-    *((keys, text, True) for keys, text in IMAGE_ACTION_HELP),
     ("y / n", "answer a confirmation", False),
     ("q ctrl+q", "quit", False),
     ("mouse", "click tabs, rows, buttons, footer keys; wheel", False),
@@ -52,7 +54,10 @@ def help_table(read_only: bool) -> Table:
 
 
 class HelpScreen(ModalScreen[None]):
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,question_mark", "close", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q,question_mark", "close", "Close"),
+        *SCROLL_KEYS,
+    ]
 
     def __init__(self, read_only: bool) -> None:
         super().__init__()
@@ -65,6 +70,9 @@ class HelpScreen(ModalScreen[None]):
             if self._read_only:
                 yield Static(Text("Read-only mode: actions that change the daemon are hidden.", style="yellow"))
             yield Static(Text("esc, q or ? closes this help", style="dim"))
+
+    def action_scroll(self, direction: str) -> None:
+        scroll(self.query_one("#dialog", VerticalScroll), direction)
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -54,6 +54,9 @@ class KeyedTable(Contained, DataTable[Any]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("j", "cursor_down", "Down", show=False),
         Binding("k", "cursor_up", "Up", show=False),
+        # DataTable's home/end scroll sideways; an operator means the first / last row.
+        Binding("home,g", "scroll_top", "First", show=False),
+        Binding("end,G", "scroll_bottom", "Last", show=False),
     ]
 
     def __init__(

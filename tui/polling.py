@@ -1,0 +1,143 @@
+"""One poll round: what the app asks the daemon every `refresh_seconds` and the messages it posts.
+
+The app's `poll_daemon` worker runs `poll_round`; `PollState` is what the rounds remember (no
+widgets here). A daemon restart is told from its start time (our clock minus its uptime), not
+only from an uptime that went down: a daemon that was down longer than it had been up before
+comes back with a larger uptime, and its event numbers start again at 1, so the log would wait
+for the new daemon to pass the old number before showing anything."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from textual.message import Message
+
+from tui.client import DaemonApi, DaemonError, DaemonUnavailable
+from tui.messages import (
+    CacheLoaded,
+    ConnectionFailed,
+    EventsLoaded,
+    ImagesLoaded,
+    ImagesPageLoaded,
+    SitesLoaded,
+    StatusLoaded,
+    TasksLoaded,
+)
+from tui.session import cache_enabled, is_hub
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+# "Did the images change?" is answered by the status counts plus the most recently updated
+# images (every change bumps updated_at); the full list is fetched only when that differs, and
+# anyway every FULL_RELOAD_EVERY polls.
+PROBE_SIZE = 20
+FULL_RELOAD_EVERY = 20
+# The daemon's uptime is whole seconds (rounded down): it was started within a second before
+# (asked - uptime), and no later than (answered - uptime).
+RESOLUTION = 1.0
+
+
+@dataclass
+class PollState:
+    event_seq: int = 0
+    uptime: int | None = None
+    started: tuple[float, float] | None = None  # when the daemon started, at the earliest/latest (monotonic)
+    fingerprint: Any = None
+    images_loaded: bool = False
+    rounds: int = 0
+    force_full: bool = False
+    again: bool = False
+
+    def restarted(self, uptime: object, asked: float, answered: float) -> bool:
+        """Record the daemon's uptime, asked at `asked` and answered at `answered` (monotonic);
+        True if the daemon is another process than the last one seen: its uptime went down, or it
+        started after the last one surely had (however slow the answers were)."""
+        if not isinstance(uptime, int):
+            return False
+        earliest, latest = asked - uptime - RESOLUTION, answered - uptime
+        restarted = self.uptime is not None and (
+            uptime < self.uptime or (self.started is not None and earliest > self.started[1])
+        )
+        if restarted or self.started is None:
+            self.started = (earliest, latest)
+        else:  # the same process: each answer narrows when it started
+            self.started = (max(self.started[0], earliest), min(self.started[1], latest))
+        self.uptime = uptime
+        return restarted
+
+
+@dataclass(frozen=True)
+class PollPlan:
+    """What this round asks for besides the status and the events. `active`: the screen shown;
+    the cache view and the sites list are asked for only where they are shown."""
+
+    images: bool
+    full_images: bool
+    tasks: bool
+    active: str
+
+
+async def poll_round(client: DaemonApi, state: PollState, plan: PollPlan, post: Callable[[Message], Any]) -> None:
+    asked = time.monotonic()
+    try:
+        status = await client.status()
+    except DaemonUnavailable as exc:
+        post(ConnectionFailed(str(exc), reachable=False))
+        return
+    except DaemonError as exc:
+        post(ConnectionFailed(str(exc), reachable=True, status=exc.status))
+        return
+    post(StatusLoaded(status))
+    try:
+        restarted = state.restarted(status.get("uptime_seconds"), asked, time.monotonic())
+        if restarted:  # a new daemon process: its event numbers start again
+            state.event_seq, state.fingerprint = 0, None
+        if plan.images:
+            await _poll_images(client, state, status, plan.full_images, post)
+        events = await client.events(since=state.event_seq)
+        if events or restarted:
+            state.event_seq = max([state.event_seq] + [int(e["seq"]) for e in events])
+            post(EventsLoaded(events, restarted=restarted))
+        if plan.tasks:
+            post(TasksLoaded(await client.tasks(), time.monotonic()))
+        if plan.active in ("cache", "images") and cache_enabled(status):
+            post(CacheLoaded(await client.cache_view()))
+        if plan.active in ("sites", "overview") and is_hub(status):
+            post(SitesLoaded(await client.sites()))
+    except DaemonUnavailable as exc:
+        post(ConnectionFailed(str(exc), reachable=False))
+    except DaemonError as exc:
+        post(ConnectionFailed(str(exc), reachable=True, status=exc.status))
+    except (KeyError, TypeError, ValueError) as exc:  # an answer of another shape
+        log.warning("unexpected answer from the daemon: %r", exc)
+        post(ConnectionFailed("unexpected answer: %r" % exc, reachable=True))
+
+
+async def _poll_images(
+    client: DaemonApi, state: PollState, status: Json, full: bool, post: Callable[[Message], Any]
+) -> None:
+    """The first load posts each page as it comes (the screen fills at once) and takes the change
+    probe right after the first page (the first paint waits for one request, not two); later
+    rounds fetch every page only if the probe changed."""
+    counts = sorted((status.get("images") or {}).items())
+    if not state.images_loaded:
+        images: list[Json] = []
+        fingerprint = None
+        async for page in client.image_pages():
+            images.extend(page)
+            post(ImagesPageLoaded(page))
+            if fingerprint is None:
+                fingerprint = (counts, await client.recent_images(PROBE_SIZE))
+        state.fingerprint, state.images_loaded = fingerprint, True
+        post(ImagesLoaded(images))
+        return
+    fingerprint = (counts, await client.recent_images(PROBE_SIZE))
+    if full or fingerprint != state.fingerprint:
+        images = await client.images()
+        state.fingerprint = fingerprint
+        post(ImagesLoaded(images))

@@ -43,8 +43,14 @@ def validation_data(image: Image, value: Any) -> dict[str, Any]:
     """A PATCH location's `validation_data`, checked as Glance checks it: the values the image
     does not have yet (given ones must match those it has), which only a queued image may take;
     os_hash_algo must be sha512, the checksum an md5 and the hash the size of a sha512 (409s)."""
+    # Glance's image schema first (400s): the hash is required, the checksum an md5's length.
     if not isinstance(value, dict) or set(value) - {"checksum", "os_hash_algo", "os_hash_value"}:
         raise BadRequest("validation_data is an object of checksum, os_hash_algo and os_hash_value")
+    if value and not {"os_hash_algo", "os_hash_value"} <= set(value):
+        raise BadRequest("validation_data: 'os_hash_algo' and 'os_hash_value' are required properties")
+    for key, limits in (("checksum", (32, 32)), ("os_hash_algo", (0, 64)), ("os_hash_value", (0, 128))):
+        if key in value and not (isinstance(value[key], str) and limits[0] <= len(value[key]) <= limits[1]):
+            raise BadRequest("validation_data: %s must be a string of %d to %d characters" % (key, *limits))
     new = {}
     for key, given in value.items():
         current = getattr(image, key)

@@ -52,7 +52,7 @@ API_LIMIT_MAX = 5
 
 _CONF = """\
 [DEFAULT]
-enabled_backends = central:file
+enabled_backends = {backends}
 enabled_import_methods = [glance-direct,web-download,copy-image]
 worker_self_reference_url = {url}
 image_cache_dir = {root}/cache
@@ -82,6 +82,7 @@ config_file = {root}/glance-api-paste.ini
 
 [import_filtering_opts]
 allowed_ports =
+{filtering}
 
 [oslo_concurrency]
 lock_path = {root}/locks
@@ -120,7 +121,17 @@ class GlanceServer:
                 url=self.url,
                 root=self.root,
                 limit=API_LIMIT_MAX,
-                options="\n".join("%s = %s" % kv for kv in self.options.items()),
+                # enabled_backends (default central:file) may name more, e.g. web:http for http locations
+                backends=self.options.get("enabled_backends", "central:file"),
+                # import_filtering_opts.NAME: an option of that section (allowed_hosts for loopback)
+                filtering="\n".join(
+                    "%s = %s" % (k.split(".", 1)[1], v)
+                    for k, v in self.options.items()
+                    if k.startswith("import_filtering_opts.")
+                ),
+                options="\n".join(
+                    "%s = %s" % kv for kv in self.options.items() if kv[0] != "enabled_backends" and "." not in kv[0]
+                ),
                 flavor="tokens+caching" if self.keystone is None else "keystone+caching",
             )
             + ("" if self.keystone is None else _authtoken(self.keystone))

@@ -109,12 +109,17 @@ def test_a_queued_image_takes_an_http_location_as_its_data(
         ({"os_hash_algo": "sha256", "os_hash_value": hashlib.sha256(data).hexdigest()}, "os_hash_algo must be sha512"),
         ({"os_hash_algo": "sha512", "os_hash_value": "zz"}, "is not a valid hexadecimal value"),
         ({"os_hash_algo": "sha512", "os_hash_value": md5}, "is not the correct size for sha512"),
-        ({"checksum": "abc", "os_hash_algo": "sha512", "os_hash_value": sha512}, "checksum (abc) is not"),
+        ({"checksum": "x" * 32, "os_hash_algo": "sha512", "os_hash_value": sha512}, "is not a valid hexadecimal"),
     ):
         status, doc = call(daemon, "owner", "PATCH", "/v2/images/%s" % refused, add_patch(url, **validation), **PATCH)
         assert status == 409 and message in doc["message"], (validation, status, doc)
     status, doc = call(
-        daemon, "owner", "PATCH", "/v2/images/%s" % checked, add_patch(second, checksum="0" * 32), **PATCH
+        daemon,
+        "owner",
+        "PATCH",
+        "/v2/images/%s" % checked,
+        add_patch(second, checksum="0" * 32, os_hash_algo="sha512", os_hash_value=sha512),
+        **PATCH,
     )
     assert status == 409 and "checksum is already set with a different value" in doc["message"], doc
     assert image(daemon, refused)["status"] == "queued"

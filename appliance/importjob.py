@@ -370,12 +370,14 @@ class ImportRunner:
         for store_name in request.stores:
             store = self._stores[store_name]
             try:
-                with timer.stage("store:%s" % store_name):
-                    if direct is not None and direct.store is store:
-                        digest = direct.digest  # converted into it and hashed meanwhile
+                if direct is not None and direct.store is store:  # converted into it, hashed meanwhile
+                    with timer.stage("hash_after_conversion"):
+                        digest = await direct.digest()
+                    with timer.stage("store:%s" % store_name):
                         await direct.commit(image.id)
-                        source = store.path / image.id  # the partial file was renamed
-                    else:
+                    source = store.path / image.id  # the partial file was renamed
+                else:
+                    with timer.stage("store:%s" % store_name):
                         digest = await store.write(
                             image.id,
                             file_chunks(source),

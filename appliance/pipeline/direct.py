@@ -11,6 +11,8 @@ name until the runner commits the file.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,18 +29,24 @@ log = logging.getLogger(__name__)
 
 # Ranges per qemu-img run: small enough that hashing starts soon after the conversion does
 # (one run costs ~30 ms to start), few enough runs for big images.
+FIRST_RANGE_BYTES = 32 << 20
 RANGE_BYTES = 256 << 20
 MAX_RANGES = 64
 
 
 @dataclass
 class DirectWrite:
-    """The first store's copy, converted into its partial file and hashed: commit or discard."""
+    """The first store's copy, converted into its partial file and still being hashed:
+    `digest()` once every check has passed, then `commit()`; or `discard()`."""
 
     store: FilesystemStore
     partial: Path
-    digest: Digest
+    size: int
+    follower: FileFollower
     committed: bool = False
+
+    async def digest(self) -> Digest:
+        return await self.follower.finish(self.size)
 
     async def commit(self, image_id: str) -> None:
         await self.store.commit_prepared(self.partial, image_id)
@@ -46,13 +54,17 @@ class DirectWrite:
 
     async def discard(self) -> None:
         if not self.committed:
+            await self.follower.abort()
             await self.store.discard_prepared(self.partial)
 
 
 def ranges(size: int) -> list[tuple[int, int]]:
+    """The ranges qemu-img converts one after the other: a short first one, so hashing starts
+    early, then equal ones (whole MiB: each starts on a sector and cluster boundary)."""
     step = max(RANGE_BYTES, -(-size // MAX_RANGES))
-    step += -step % (1 << 20)  # whole MiB: every range starts on a sector and cluster boundary
-    return [(offset, min(step, size - offset)) for offset in range(0, size, step)]
+    step += -step % (1 << 20)
+    bounds = [0, *range(FIRST_RANGE_BYTES, size, step), size] if size > FIRST_RANGE_BYTES else [0, size]
+    return [(a, b - a) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 async def convert_into_store(
@@ -68,22 +80,22 @@ async def convert_into_store(
     timer: StageTimer,
 ) -> tuple[StagedImage, DirectWrite]:
     """Convert `staged` (checked by `convert.check`, which gave `plan`) into a partial file of
-    `store`; returns the converted image (its path is the partial file) and the write to
-    commit. On any failure the partial file is gone."""
+    `store`; returns the converted image (its path is the partial file) and the write, whose
+    hashing goes on meanwhile. On any failure here the partial file is gone."""
     size = plan.virtual_size
     partial = await store.open_prepared(ctx.image_id, size, max_size=max_size)
     follower = FileFollower(partial, signed_hash=signed_hash, on_progress=on_progress)
+    write = DirectWrite(store, partial, size, follower)
+    parts = ranges(size)
     try:
         with timer.stage(convert.name):
-            for offset, length in ranges(size):
+            for offset, length in parts:
                 await convert.convert_range(plan, staged.path, partial, offset, length)
                 follower.advance(offset + length)
+                await store.written(partial, offset, length)
             converted = await convert.finish(staged, plan, partial, ctx)
-        with timer.stage("hash_after_conversion"):
-            digest = await follower.finish(size)
     except BaseException:
-        await follower.abort()
-        await store.discard_prepared(partial)
+        await asyncio.shield(write.discard())
         raise
-    log.info("image %s: converted into store %s in %d range(s)", ctx.image_id, store.name, len(ranges(size)))
-    return converted, DirectWrite(store, partial, digest)
+    log.info("image %s: converted into store %s in %d range(s)", ctx.image_id, store.name, len(parts))
+    return converted, write

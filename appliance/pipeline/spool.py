@@ -96,7 +96,7 @@ class _Writer:
         self._fh = open(self._path, "wb")  # closed in close()
         if self._decompress is not None and archive_kind(head) == "gzip":
             self._sink = OutputSink(
-                _RoomChecked(self._fh, self._ensure_room),  # type: ignore[arg-type]
+                _RoomChecked(self._fh, self._ensure_room),
                 self._decompress.max_output_bytes,
                 self._decompress.max_ratio,
                 max(self._expected, len(head)),

@@ -275,6 +275,22 @@ class FilesystemStore:
             raise self._error(exc) from exc
         return tmp
 
+    async def written(self, tmp: Path, offset: int, length: int) -> None:
+        """A range of a prepared file is final: start its writeback now, so the commit's fsync
+        does not wait for the whole image."""
+        if _start_writeback is None:
+            return
+
+        def start() -> None:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                assert _start_writeback is not None
+                _start_writeback(fd, offset, length)
+            finally:
+                os.close(fd)
+
+        await self._io(asyncio.to_thread(start))
+
     async def commit_prepared(self, tmp: Path, image_id: str) -> None:
         """Make a prepared file (open_prepared) the image's data: fsync, then rename."""
 

@@ -5,14 +5,22 @@ on a single-node Ceph cluster (tests/ceph.py: one monitor, one memstore OSD) in 
   upload   : curl -T FILE PUT /v2/images/{id}/file (hash MD5 + SHA-512, write, snapshot, protect)
              vs rbd import FILE images/base
   download : curl GET /v2/images/{id}/file > /dev/null   vs   rbd export images/base - > /dev/null
+  web-download qcow2.gz -> raw into RBD (the file's bytes as a gzip'd qcow2, served by nginx on
+             loopback): POST /v2/images/{id}/import web-download, stores [ceph], plugins
+             image_decompression + image_conversion (raw), timed from the request to `active`
+             vs the naive chain: curl URL | gzip -dc > f.qcow2; qemu-img convert -O raw f.qcow2
+             f.raw; rbd import f.raw images/chain
+Random data: nothing compresses and no zero run is skipped (the worst case for both).
 
-Usage: python tests/bench/bench_rbd.py [--mib 1024] [--rounds 2] [--workdir DIR]
+Usage: python tests/bench/bench_rbd.py [--mib 1024] [--web-mib 1024] [--rounds 2] [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_transfer import start_daemon
+from bench_transfer import start_daemon, start_nginx
 
 from tests.ceph import POOL, CephCluster
 from tests.conftest import write_toml
@@ -34,19 +42,95 @@ def timed(argv: list[str], stdout: int | None = subprocess.DEVNULL) -> float:
     return time.perf_counter() - started
 
 
+def timed_shell(command: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, shell=True, check=True)
+    return time.perf_counter() - started
+
+
+def curl_json(auth: list[str], url: str, body: dict[str, object] | None = None) -> dict[str, object]:
+    argv = ["curl", "-sS", "-f", *auth]
+    if body is not None:
+        argv += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    argv.append(url)
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    return dict(json.loads(out)) if out.strip() else {}
+
+
+def web_download(auth: list[str], url: str, source: str) -> float:
+    """Seconds from the web-download request to the image active in the RBD store."""
+    image = curl_json(auth, url + "/v2/images", {"disk_format": "qcow2", "container_format": "bare", "name": "web"})
+    image_url = "%s/v2/images/%s" % (url, image["id"])
+    started = time.perf_counter()
+    curl_json(auth, image_url + "/import", {"method": {"name": "web-download", "uri": source}, "stores": ["ceph"]})
+    while True:
+        shown = curl_json(auth, image_url)
+        if shown.get("os_glance_failed_import"):
+            raise SystemExit("web-download failed: %s" % shown)
+        if shown["status"] == "active" and not shown.get("os_glance_importing_to_stores"):
+            break
+        time.sleep(0.05)
+    seconds = time.perf_counter() - started
+    assert shown["disk_format"] == "raw" and shown["stores"] == "ceph", shown
+    for _ in range(200):  # the task's end (its figures logged) before the delete
+        tasks = curl_json(auth, image_url + "/tasks").get("tasks") or []
+        if tasks and all(dict(t)["status"] != "processing" for t in tasks):  # type: ignore[call-overload]
+            break
+        time.sleep(0.05)
+    subprocess.run(["curl", "-sS", "-f", *auth, "-X", "DELETE", image_url], check=True)
+    return seconds
+
+
+def naive_chain(source: str, work: Path, rbd: list[str]) -> float:
+    """curl | gzip -dc > f.qcow2; qemu-img convert -O raw; rbd import: seconds, files removed."""
+    qcow, raw = work / "chain.qcow2", work / "chain.raw"
+    started = time.perf_counter()
+    steps = [
+        ("curl|gzip -dc", "curl -sS -f %s | gzip -dc > %s" % (source, qcow)),
+        ("qemu-img convert", ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow), str(raw)]),
+        ("rbd import", [*rbd, "import", str(raw), "%s/chain" % POOL]),
+    ]
+    took = []
+    for name, argv in steps:
+        took.append("%s %.1f" % (name, timed(argv) if isinstance(argv, list) else timed_shell(argv)))
+    seconds = time.perf_counter() - started
+    print("  naive chain steps (s): %s" % ", ".join(took))
+    qcow.unlink()
+    raw.unlink()
+    subprocess.run([*rbd, "rm", "%s/chain" % POOL], check=True)
+    return seconds
+
+
+def write_random(path: Path, mib: int) -> None:
+    with open(path, "wb") as fh:
+        for _ in range(mib):
+            fh.write(os.urandom(1 << 20))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=1024, help="size of the random file (default 1 GiB)")
+    ap.add_argument("--web-mib", type=int, default=1024, help="size of the web-download disk (0: skip)")
     ap.add_argument("--rounds", type=int, default=2, help="best of N rounds")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-rbd-"))
     work.mkdir(parents=True, exist_ok=True)
     src = work / "random.raw"
-    with open(src, "wb") as fh:
-        for _ in range(args.mib):
-            fh.write(os.urandom(1 << 20))
+    write_random(src, args.mib)
     size = src.stat().st_size
+    www = work / "www"
+    www.mkdir()
+    if args.web_mib:  # the web-download source: random bytes as a qcow2, gzip'd
+        disk = work / "web.raw"
+        write_random(disk, args.web_mib)
+        subprocess.run(
+            ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(disk), str(www / "disk.qcow2")], check=True
+        )
+        disk.unlink()
+        subprocess.run(["gzip", "-1", str(www / "disk.qcow2")], check=True)
+    nginx, web_url = start_nginx(www, work)
+    source = web_url + "/disk.qcow2.gz"
     cluster = CephCluster(work / "ceph")
     daemon = None
     try:
@@ -57,7 +141,15 @@ def main() -> None:
         state.mkdir()
         config = write_toml(
             work / "site.toml",
-            {"stores": {"default": "ceph", "ceph": cluster.store_config(), "local": {"path": "images"}}},
+            {
+                "stores": {"default": "ceph", "ceph": cluster.store_config(), "local": {"path": "images"}},
+                "import": {
+                    "plugins": ["image_decompression", "image_conversion"],
+                    "output_format": "raw",
+                    "staging_min_free_bytes": 0,
+                    "uri_filter": {"allowed_hosts": ["127.0.0.1"], "allowed_ports": [int(web_url.rsplit(":", 1)[1])]},
+                },
+            },
         )
         daemon, url, token = start_daemon(state, config)
         auth = ["-H", "X-Auth-Token: %s" % token]
@@ -101,6 +193,12 @@ def main() -> None:
             with open(os.devnull, "wb") as null:
                 keep("rbd export", timed([*rbd, "export", "%s/base" % POOL, "-"], stdout=null.fileno()))
             cluster.rbd("rm", "%s/base" % POOL)
+            if args.web_mib:
+                keep("web-download", web_download(auth, url, source))
+                stages = re.findall(r"seconds per stage: (\{.*\})", (state / "daemon.log").read_text())
+                if stages:  # the import's own breakdown, where the daemon logs one
+                    print("  web-download stages (s): %s" % stages[-1])
+                keep("naive chain", naive_chain(source, work, rbd))
 
         mb = size / 1e6
         print("file: %d MiB of random data, best of %d rounds" % (args.mib, args.rounds))
@@ -109,10 +207,27 @@ def main() -> None:
                 "%-8s daemon %7.1f MB/s   %-10s %7.1f MB/s   ratio %.2f"
                 % (ours, mb / best[ours], base, mb / best[base], best[base] / best[ours])
             )
+        if args.web_mib:
+            gz = (www / "disk.qcow2.gz").stat().st_size
+            print(
+                "web-download qcow2.gz (%d MiB raw, %.0f MB gzip'd) -> raw in RBD: daemon %.1f s, naive chain %.1f s "
+                "(curl|gzip -dc, qemu-img convert, rbd import), ratio %.2f (raw MB/s %.1f vs %.1f)"
+                % (
+                    args.web_mib,
+                    gz / 1e6,
+                    best["web-download"],
+                    best["naive chain"],
+                    best["naive chain"] / best["web-download"],
+                    args.web_mib * (1 << 20) / 1e6 / best["web-download"],
+                    args.web_mib * (1 << 20) / 1e6 / best["naive chain"],
+                )
+            )
     finally:
         if daemon is not None:
             daemon.terminate()
             daemon.wait(30)
+        nginx.terminate()
+        nginx.wait(30)
         cluster.shutdown()
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,16 @@ import pytest
 
 from tests.ceph import POOL, CephCluster
 from tests.conftest import Daemon, start_daemon, write_toml
-from tests.integration.test_hub_link import FAST, HUB_ADMIN_TOKEN, SITE_TOKENS, Cloud, _has, glance, running_cloud
+from tests.integration.test_hub_link import (
+    FAST,
+    HUB_ADMIN_TOKEN,
+    SITE_TOKENS,
+    Cloud,
+    _has,
+    _size_at_least,
+    glance,
+    running_cloud,
+)
 from tests.integration.test_rbd_paths import replace_rbd_image
 from tests.integration.test_rbd_store import image_data
 from tests.waiting import eventually
@@ -36,6 +46,7 @@ def start_rbd_edge(
     token: str | None = None,
     cache: dict[str, Any] | None = None,
     scrubber: dict[str, Any] | None = None,
+    **hub: Any,
 ) -> Daemon:
     """An edge whose default store is an RBD pool (a filesystem store beside it)."""
     config = write_toml(
@@ -47,7 +58,7 @@ def start_rbd_edge(
                 "ceph": ceph.store_config(description="Ceph pool images"),
                 "local": {"path": "images", "min_free_bytes": 0},
             },
-            "hub": {"url": cloud.hub.url, "token": token or SITE_TOKENS[name], **FAST},
+            "hub": {"url": cloud.hub.url, "token": token or SITE_TOKENS[name], **FAST, **hub},
             "cache": {"min_free_bytes": 0, **(cache or {})},
             "scrubber": scrubber or {"enabled": False},
         },
@@ -95,6 +106,25 @@ async def test_pins_go_into_an_rbd_default_store_and_the_hub_sees_the_pool(cloud
         return image_id not in ceph.images() and "ceph" not in await cloud.stores_of(edge, image_id)
 
     await eventually(unpinned, "dcn0 to drop its RBD copy", within=60)
+
+
+async def test_a_pin_into_rbd_killed_mid_pull_resumes_with_range(cloud: Cloud, ceph: CephCluster) -> None:
+    data = os.urandom(24 * MiB)
+    image_id = await cloud.upload(cloud.hub, data)
+    edge = start_rbd_edge(cloud, ceph, bandwidth_limit=4 * MiB)  # ~6 s for the pull
+    await eventually(lambda: registered(cloud, "dcn0"), "registration", within=60)
+    await cloud.copy_image(image_id, stores=["dcn0"])
+    pull = edge.state_dir / "pulls" / image_id  # RBD keeps no partial data: the pull is a file here
+    await eventually(lambda: _size_at_least(pull, 4 * MiB), "4 MiB pulled", within=60)
+    edge.stop(signal.SIGKILL)
+    kept = pull.stat().st_size
+    assert 0 < kept < len(data) and image_id not in ceph.images()
+    edge = start_rbd_edge(cloud, ceph, bandwidth_limit=0)
+    await eventually(lambda: _has(cloud, cloud.hub, image_id, "dcn0"), "the hub to list dcn0", within=90)
+    assert "resuming the transfer at byte" in edge.log.read_text()
+    assert [(s["name"], s["protected"]) for s in ceph.snaps(image_id)] == [("snap", "true")]
+    assert not pull.exists()
+    assert await cloud.call(edge, "GET", "/v2/images/%s/file" % image_id) == data
 
 
 async def test_glance_download_into_rbd_and_an_rbd_only_image_copied_to_central(

@@ -20,6 +20,7 @@ import subprocess
 import tarfile
 import time
 import zipfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import zstandard
 from appliance import formats as formats_module
 from appliance.formats import Inspection
 from appliance.pipeline.base import ImportFailed, StagedImage, StepContext
+from appliance.pipeline.spool import spool
 from appliance.pipeline.steps import convert as convert_module
 from appliance.pipeline.steps.convert import Convert
 from appliance.pipeline.steps.decompress import Decompress
@@ -820,3 +822,59 @@ async def test_inject_with_custom_ignored_roles(tmp_path: Path, work: Path) -> N
     staged = stage(tmp_path, b"x")
     assert (await step.run(staged, admin)).properties == {"site": "edge-1"}
     assert await step.run(staged, service) is staged
+
+
+# --- the same decoder fed as a download arrives (appliance.pipeline.spool) -----------------
+
+
+async def _pieces(data: bytes, cuts: list[int]) -> AsyncIterator[bytes]:
+    start = 0
+    for cut in [*cuts, len(data)]:
+        if cut > start:
+            yield data[start:cut]
+            start = cut
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (gzip.compress(payload(3 * MiB)), None),
+        (gzip.compress(payload(64 * KiB)) + gzip.compress(b"second"), "more than one member"),
+        (gzip.compress(payload(64 * KiB)) + b"g", "trailing data"),
+        (gzip.compress(payload(256 * KiB))[:-6], "truncated"),
+        (gzip.compress(bytes(8 * MiB)), "expands more than 100 times"),
+    ],
+    ids=["whole", "two-members", "trailing", "truncated", "bomb"],
+)
+async def test_spooled_gzip_is_refused_as_the_file_is(
+    tmp_path: Path, ctx: StepContext, data: bytes, reason: str | None
+) -> None:
+    """Fed in pieces cut anywhere (one byte at a time around the end of the member), the
+    streaming decoder gives the same bytes, or the same refusal, as the step on the file."""
+    step = Decompress(max_ratio=100)
+    end = len(data) - 12
+    cuts = [1, 7, 4096, 70_000, *range(end - 4, len(data))]
+    out = tmp_path / "spooled"
+    if reason is None:
+        got = await spool(
+            _pieces(data, cuts),
+            out,
+            decompress=step,
+            expected=None,
+            ensure_room=lambda n: None,
+            on_progress=lambda n: None,
+        )
+        assert got.decoded == "gzip" and got.received == len(data)
+        assert out.read_bytes() == gzip.decompress(data) and got.size == out.stat().st_size
+        assert (await step.run(stage(tmp_path, data), ctx)).path.read_bytes() == out.read_bytes()
+        return
+    with pytest.raises(ImportFailed, match=reason):
+        await spool(
+            _pieces(data, cuts),
+            out,
+            decompress=step,
+            expected=None,
+            ensure_room=lambda n: None,
+            on_progress=lambda n: None,
+        )
+    await refused(step, stage(tmp_path, data), ctx, reason)

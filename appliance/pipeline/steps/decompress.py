@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 
 import lhafile
 import lzhlib  # lhafile's decoder extension
@@ -202,10 +202,14 @@ def nested_kind(head: bytes) -> str | None:
     return None
 
 
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
 class OutputSink:
     """Writes decompressed bytes to the output file, enforcing the limits before each write."""
 
-    def __init__(self, f: BinaryIO, max_bytes: int, max_ratio: float, archive_size: int, stop: threading.Event) -> None:
+    def __init__(self, f: Writable, max_bytes: int, max_ratio: float, archive_size: int, stop: threading.Event) -> None:
         self._f = f
         self._max_bytes = max_bytes
         self._max_ratio = max_ratio

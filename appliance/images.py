@@ -153,8 +153,15 @@ class ImageService:
         return tuple(self.location_rules.listed(ctx, await self.find(ctx, image_id)))
 
     async def add_location(self, ctx: Context, image_id: str, body: Any) -> None:
-        """POST /locations (Glance's add-location API): a queued image's data by URL."""
-        await self.location_rules.imports.add(ctx, await self.find(ctx, image_id), body)
+        """POST /locations (Glance's add-location API): a queued image's data by URL; a hub
+        image's is added at the hub."""
+        image = await self.find(ctx, image_id)
+        at_hub = await self.at_hub(ctx, image)
+        if at_hub is not None:
+            hub, token = at_hub
+            await hub.add_location(token, image.id, body)
+            return
+        await self.location_rules.imports.add(ctx, image, body)
 
     async def authorized(self, ctx: Context, image_id: str, rule: str) -> Image:
         """An image the caller sees (else NotFound) and may act on under `rule` (else Forbidden)."""

@@ -216,6 +216,13 @@ class HubRecords:
         await fetch_image_record(self._hub, self._catalog, image_id)
         return doc
 
+    async def add_location(self, token: str, image_id: ImageId, body: Any) -> Image:
+        """POST /locations (the add-location API) made at the hub, which answers 202; then the hub's
+        record, recorded here."""
+        await self._forward(image_id, "POST", "/v2/images/%s/locations" % image_id, token, json=body, expect=(202,))
+        self._wrote(image_id)
+        return await fetch_image_record(self._hub, self._catalog, image_id)
+
     async def delete(self, token: str, image_id: ImageId) -> None:
         """The image deleted at the hub (the caller removes it here)."""
         await self._forward(image_id, "DELETE", "/v2/images/%s" % image_id, token, expect=(204,))

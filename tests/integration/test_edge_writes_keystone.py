@@ -49,11 +49,17 @@ class Pair:
 
 @contextlib.asynccontextmanager
 async def keystone_sites(
-    keystone: Keystone, tmp_path: Path, prefix: str, site_token: str, edge_hub: dict[str, Any], **edge: Any
+    keystone: Keystone,
+    tmp_path: Path,
+    prefix: str,
+    site_token: str,
+    edge_hub: dict[str, Any],
+    hub_extra: dict[str, Any] | None = None,
+    **edge: Any,
 ) -> AsyncIterator[tuple[Daemon, HubProxy, Daemon]]:
     """A hub and an edge (daemon processes, service users PREFIX-hub and PREFIX-edge) validating
     `keystone`; the edge reaches the hub through a HubProxy, with `edge_hub` in its [hub] section
-    and `edge`'s other sections."""
+    and `edge`'s other sections; `hub_extra`: more sections of the hub's."""
 
     def section(user: str) -> dict[str, Any]:
         keystone.create_user(user, user + "-secret", "service", ["service"])
@@ -78,6 +84,7 @@ async def keystone_sites(
                     "keystone": section(prefix + "-hub"),
                     "auth": {"tokens": [token]},
                     "scrubber": {"enabled": False},
+                    **(hub_extra or {}),
                 },
             ),
         )

@@ -298,10 +298,14 @@ class ProjectUsage:
 class Catalog:
     """Image and task records in one SQLite database."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self._db = db
         # One connection serves every coroutine: transactions must not interleave on it.
         self._write_lock = asyncio.Lock()
+        # image-show and image-list read on a second connection, which WAL lets read beside the
+        # writer and which sees committed data only: they never wait behind a write transaction
+        # (under transfer load, each of its statements is a slow hop to the database thread).
+        self._reader = reader
 
     @classmethod
     @asynccontextmanager
@@ -313,9 +317,14 @@ class Catalog:
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=5000")
-            catalog = cls(db)
-            await catalog._migrate()
-            yield catalog
+            await cls(db, db)._migrate()
+            reader = await aiosqlite.connect(str(path), isolation_level=None)
+            try:
+                await reader.execute("PRAGMA query_only=ON")
+                await reader.execute("PRAGMA busy_timeout=5000")
+                yield cls(db, reader)
+            finally:
+                await reader.close()
         finally:
             await db.close()
 
@@ -424,25 +433,42 @@ class Catalog:
         return self._rows_to_images(ids, await self._image_rows(ids))
 
     async def stream_images(self, ids: Sequence[str]) -> AsyncIterator[list[Image]]:
-        """The images of `ids` in that order, in batches sized by what their rows weigh: a batch
-        doubles while it stays under STREAM_BATCH_BYTES and shrinks to one image for heavy ones,
-        and heavy rows are decoded off the event loop. A page of images that carry megabytes
-        of metadata each is never held whole, and the loop is never held for long."""
-        size, start = 1, 0
+        """The images of `ids` in that order, in batches planned from what their rows weigh
+        (one query for the whole page): up to STREAM_BATCH_BYTES and STREAM_MAX_BATCH images a
+        batch, a heavier image alone, heavy rows decoded off the event loop. A page of images
+        that carry megabytes of metadata each is never held whole, the loop is never held for
+        long, and a page of ordinary images is read in one round trip."""
+        weights = await self._row_weights(ids)
+        start = 0
         while start < len(ids):
-            chunk = ids[start : start + size]
-            start += len(chunk)
+            end, weight = start, 0
+            while end < len(ids) and end - start < STREAM_MAX_BATCH:
+                more = weights.get(ids[end], 0)
+                if end > start and weight + more > STREAM_BATCH_BYTES:
+                    break
+                weight, end = weight + more, end + 1
+            chunk = ids[start:end]
+            start = end
             rows = await self._image_rows(chunk)
-            weight = sum(len(v) for row in rows.values() for v in row[len(IMAGE_ATTRIBUTES) :] if v)
             if weight > STREAM_INLINE_BYTES:
-                images = await asyncio.to_thread(self._rows_to_images, chunk, rows)
+                yield await asyncio.to_thread(self._rows_to_images, chunk, rows)
             else:
-                images = self._rows_to_images(chunk, rows)
-            yield images
-            if weight < STREAM_BATCH_BYTES:
-                size = min(size * 2, STREAM_MAX_BATCH)
-            else:
-                size = max(1, size * STREAM_BATCH_BYTES // weight)
+                yield self._rows_to_images(chunk, rows)
+
+    async def _row_weights(self, ids: Sequence[str]) -> dict[str, int]:
+        """About the bytes each image's properties, tags, locations and members take."""
+        if not ids:
+            return {}
+        sql = (
+            "SELECT i.id, "
+            "coalesce((SELECT sum(length(name) + length(value)) FROM image_properties WHERE image_id = i.id), 0)"
+            " + coalesce((SELECT sum(length(tag)) FROM image_tags WHERE image_id = i.id), 0)"
+            " + coalesce((SELECT sum(length(url) + coalesce(length(metadata), 0) + 32)"
+            " FROM image_locations WHERE image_id = i.id), 0)"
+            " + 96 * (SELECT count(*) FROM image_members WHERE image_id = i.id) "
+            "FROM images i WHERE i.id IN (%s)"
+        ) % ", ".join("?" * len(ids))
+        return {row[0]: int(row[1]) for row in await self._reader.execute_fetchall(sql, list(ids))}
 
     async def _image_rows(self, ids: Sequence[str]) -> dict[str, Any]:
         if not ids:
@@ -459,11 +485,10 @@ class Catalog:
             " (SELECT * FROM image_members WHERE image_id = i.id ORDER BY created_at, member_id) m) "
             "FROM images i WHERE i.id IN (%s)"
         ) % (", ".join("i.%s" % c for c in IMAGE_ATTRIBUTES), marks)
-        # Under the write lock: on this one connection a read between two statements of an open
+        # On the reader: on the writer's connection a read between two statements of an open
         # transaction would see it half done (an image row already active, its location not yet
-        # written: the edge answered such a record 204 No Content).
-        async with self._write_lock, self._db.execute(sql, list(ids)) as cur:
-            return {row[0]: row for row in await cur.fetchall()}
+        # written: the edge answered such a record 204 No Content). One hop: execute and fetch.
+        return {row[0]: row for row in await self._reader.execute_fetchall(sql, list(ids))}
 
     @staticmethod
     def _rows_to_images(ids: Sequence[str], rows: dict[str, Any]) -> list[Image]:
@@ -570,8 +595,7 @@ class Catalog:
         sql += " ORDER BY " + ", ".join("%s %s" % (_sort_expr(k), d.upper()) for k, d in sort)
         sql += " LIMIT ?"
         args.append(query.limit)
-        async with self._db.execute(sql, args) as cur:
-            return [ImageId(row[0]) for row in await cur.fetchall()]
+        return [ImageId(row[0]) for row in await self._reader.execute_fetchall(sql, args)]
 
     async def _sort_values(self, image_id: str, keys: list[str], project: str | None) -> tuple[Any, ...] | None:
         """The marker's sort values; a marker the caller cannot see (`project` set: not an admin)
@@ -584,9 +608,8 @@ class Catalog:
                 % (_MEMBER_OF % "")
             )
             args.extend([project, project])
-        async with self._db.execute(sql, args) as cur:
-            row = await cur.fetchone()
-        return tuple(row) if row else None
+        rows = list(await self._reader.execute_fetchall(sql, args))
+        return tuple(rows[0]) if rows else None
 
     async def update_image(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from appliance.errors import ApplianceError
-from appliance.memory import TRIMMER
+from appliance.memory import TRANSFER_BUFFERS
 from appliance.model import ImageData
 from appliance.workers import executor
 
@@ -25,10 +26,12 @@ Buffer = bytes | bytearray | memoryview
 
 HASH_ALGO = "sha512"
 # Batches in flight per stream: when more than HIGH are queued, the feeder waits until only
-# LOW remain. Memory per transfer is bounded by HIGH x batch size, and the worker threads wake
-# the event loop once per HIGH - LOW batches instead of once per batch.
-PIPELINE_HIGH = 8
-PIPELINE_LOW = 4
+# LOW remain. Memory per transfer is bounded by HIGH x batch size (and the daemon's by
+# memory.TRANSFER_BUFFERS), and the worker threads wake the event loop once per HIGH - LOW
+# batches instead of once per batch. Six 4 MiB batches keep both hash threads busy while the
+# loop receives the next ones; eight held 36 MiB per upload for no gain.
+PIPELINE_HIGH = 6
+PIPELINE_LOW = 3
 
 
 class ChecksumMismatch(ApplianceError):
@@ -111,6 +114,23 @@ def hash_prefix(fd: int, size: int, chunk: int = 1 << 20) -> Prefix:
     return Prefix(md5, sha, done)
 
 
+def _give_back_when_done(taken: int, pair: tuple[Future[None], Future[None]]) -> None:
+    """Return a batch's share of TRANSFER_BUFFERS once both threads are done with it (or it
+    was cancelled), on whichever thread finishes last."""
+    left = [len(pair)]
+    lock = threading.Lock()
+
+    def done(_: Future[None]) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            TRANSFER_BUFFERS.give(taken)
+
+    for future in pair:
+        future.add_done_callback(done)
+
+
 class DigestSink:
     """Consume a stream in order: `consume(batch)` (e.g. the file write) and MD5 on one thread,
     SHA-512 (and the signature's hash, if asked for) on another. `feed` applies back-pressure
@@ -162,7 +182,10 @@ class DigestSink:
         if not size:
             return
         self._size += size
-        self._pending.append((self._first.submit(self._md5_step, batch), self._second.submit(self._sha_step, batch)))
+        taken = await TRANSFER_BUFFERS.take(size)
+        pair = (self._first.submit(self._md5_step, batch), self._second.submit(self._sha_step, batch))
+        _give_back_when_done(taken, pair)
+        self._pending.append(pair)
         if len(self._pending) > PIPELINE_HIGH:
             await self._drain_to(PIPELINE_LOW)
 
@@ -204,6 +227,5 @@ class DigestSink:
         self._shutdown()
 
     def _shutdown(self) -> None:
-        self._first.shutdown(wait=False)
+        self._first.shutdown(wait=False)  # which also hands their buffers' memory back
         self._second.shutdown(wait=False)
-        TRIMMER.transfer_ended()

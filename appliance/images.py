@@ -577,13 +577,15 @@ class ImageService:
 
     # -- stores ---------------------------------------------------------------------------
 
-    def stores_info(self) -> builtins.list[tuple[ImageStore, StoreUsage]]:
-        return [(store, store.usage()) for store in self._stores.values()]
+    async def stores_info(self) -> builtins.list[tuple[ImageStore, StoreUsage]]:
+        """Each store's usage, found on a worker thread: a filesystem store lists and stats its
+        files, which must not hold the event loop however many images it has."""
+        return await asyncio.to_thread(lambda: [(store, store.usage()) for store in self._stores.values()])
 
-    def stores_detail(self, ctx: Context) -> builtins.list[tuple[ImageStore, StoreUsage]]:
+    async def stores_detail(self, ctx: Context) -> builtins.list[tuple[ImageStore, StoreUsage]]:
         """stores_info, for a caller allowed the detail (`stores_info_detail`: paths and usage)."""
         policy.enforce(ctx, "stores_info_detail")
-        return self.stores_info()
+        return await self.stores_info()
 
     async def delete_from_store(self, ctx: Context, store_name: str, image_id: str) -> None:
         image = await self.authorized(ctx, image_id, "delete_image_location")

@@ -15,6 +15,8 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -65,3 +67,56 @@ class MemoryTrimmer:
 
 # malloc is one per process, and so is this.
 TRIMMER = MemoryTrimmer(_malloc_trim())
+
+
+class ByteBudget:
+    """Bytes of transfer buffers in flight in the whole daemon (handed to worker threads and not
+    yet hashed and written). `take(n)` waits on the event loop until n more fit; `give(n)`, from
+    any thread, returns them as soon as a batch is done, whatever its transfer does meanwhile
+    (a transfer whose client pauses must not hold others back). Waiters are served in order."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], int]] = deque()
+
+    async def take(self, n: int) -> int:
+        """Returns what was taken (a batch bigger than the whole budget takes all of it)."""
+        n = min(n, self.limit)
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if not self._waiters and self.used + n <= self.limit:
+                self.used += n
+                return n
+            entry = (loop, loop.create_future(), n)
+            self._waiters.append(entry)
+        try:
+            await entry[1]
+        except asyncio.CancelledError:
+            with self._lock:
+                granted = entry not in self._waiters
+                if not granted:
+                    self._waiters.remove(entry)
+            if granted:
+                self.give(n)
+            raise
+        return n
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+            while self._waiters and self.used + self._waiters[0][2] <= self.limit:
+                loop, future, size = self._waiters.popleft()
+                self.used += size
+                loop.call_soon_threadsafe(_grant, future)
+
+
+def _grant(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+# Transfer buffers in flight in the daemon, beside each transfer's own bound (digest.PIPELINE_HIGH
+# batches): 20 concurrent uploads held 20 x 36 MiB queued for their hash threads.
+TRANSFER_BUFFERS = ByteBudget(64 << 20)

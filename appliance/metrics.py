@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from appliance.looplag import LoopLagMonitor
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -76,6 +78,7 @@ class Metrics:
         self.scrub_mismatches = Counter(
             "appliance_scrub_mismatches_total", "Copies quarantined after a hash mismatch", registry=r
         )
+        self.loop_lag = LoopLagMonitor(r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -66,7 +66,7 @@ class Services:
     hub_records: HubRecords | None = None  # None: no [hub] url
 
     def background_loops(self) -> list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]]:
-        loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
+        loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [("loop-lag", self.metrics.loop_lag.run)]
         if self.config.scrubber.enabled:
             loops.append(("scrubber", self.scrubber.run))
         if self.inbox is not None:

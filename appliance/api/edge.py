@@ -12,6 +12,7 @@ from appliance.api.cache import cache_summary
 from appliance.api.keys import CACHE, CONFIG, EVENTS, HUB, IMAGES, IMPORTS, METRICS, STARTED
 from appliance.api.middleware import CONTEXT
 from appliance.errors import BadRequest
+from appliance.looplag import LoopLag
 
 routes = web.RouteTableDef()
 
@@ -33,13 +34,18 @@ async def status(request: web.Request) -> web.Response:
             "cache": cache_summary(request.app[CACHE], config.cache) if request.app[CACHE] is not None else None,
             "stores": [
                 schemas.store_usage_to_json(store.name, store.description, store.name == images.default_store, usage)
-                for store, usage in images.stores_info()
+                for store, usage in await images.stores_info()
             ],
             "images": catalog_counts["images"],
             "tasks": catalog_counts["tasks"],
             "imports_running": request.app[IMPORTS].running_count(),
+            "event_loop_lag": _loop_lag(request.app[METRICS].loop_lag.current()),
         }
     )
+
+
+def _loop_lag(lag: LoopLag) -> dict[str, float]:
+    return {"latest_seconds": round(lag.latest, 4), "max_seconds": round(lag.max, 4), "window_seconds": lag.window}
 
 
 @routes.get("/v2/edge/events")
@@ -73,7 +79,7 @@ async def metrics(request: web.Request) -> web.Response:
     m.imports_running.set(request.app[IMPORTS].running_count())
     cache = request.app[CACHE]
     m.cache_size.set(cache.used_bytes() if cache is not None else 0)
-    for store, usage in request.app[IMAGES].stores_info():
+    for store, usage in await request.app[IMAGES].stores_info():
         m.store_total.labels(store.name).set(usage.total_bytes)
         m.store_free.labels(store.name).set(usage.free_bytes)
         m.store_used.labels(store.name).set(usage.used_bytes)

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 IMAGE_FILE_CHUNK = 1 << 20
+# A list batch whose metadata weighs less is encoded on the event loop: ~0.3 ms for 64 KiB,
+# less than the hop to a worker thread costs when the cores are busy with transfers.
+INLINE_ENCODE_BYTES = 64 << 10
 
 
 async def read_json(request: web.Request, media_types: tuple[str, ...] = ("application/json",)) -> Any:
@@ -88,7 +91,11 @@ async def list_images(request: web.Request) -> web.StreamResponse:
             if not batch:  # its images were deleted since the page's ids were read
                 continue
             shown: dict[str, dict[str, Any]] = {i.id: service.location_rules.shown(request[CONTEXT], i) for i in batch}
-            await response.write(separator + await asyncio.to_thread(schemas.encode_images, batch, members, shown))
+            if schemas.metadata_weight(batch) <= INLINE_ENCODE_BYTES:
+                body = schemas.encode_images(batch, members, shown)
+            else:
+                body = await asyncio.to_thread(schemas.encode_images, batch, members, shown)
+            await response.write(separator + body)
             separator = b", "
         await response.write(tail)
         await response.write_eof()

@@ -90,7 +90,7 @@ async def stores(request: web.Request) -> web.Response:
         {
             "stores": [
                 schemas.store_to_json(store.name, store.description, store.name == service.default_store, usage)
-                for store, usage in service.stores_info()
+                for store, usage in await service.stores_info()
             ]
             + [schemas.site_store_to_json(name) for name in service.stores.sites()]
             + _hub_store(request)
@@ -114,7 +114,7 @@ def _hub_store(request: web.Request) -> list[dict[str, object]]:
 @routes.get("/v2/info/stores/detail")
 async def stores_detail(request: web.Request) -> web.Response:
     service = request.app[IMAGES]
-    detail = service.stores_detail(request[CONTEXT])
+    detail = await service.stores_detail(request[CONTEXT])
     sites = request.app[SITES]
     return web.json_response(
         {

@@ -81,6 +81,16 @@ def encode_images(images: list[Image], members: bool = False, extra: dict[str, d
     return ", ".join(json.dumps({**image_to_json(i, members), **extra.get(i.id, {})}) for i in images).encode()
 
 
+def metadata_weight(images: list[Image]) -> int:
+    """About the bytes of JSON the images' free-form parts encode to (properties, tags,
+    locations, members): whether encoding them would hold the event loop for long."""
+    weight = 0
+    for image in images:
+        weight += sum(len(k) + len(v) for k, v in image.properties.items()) + sum(len(t) for t in image.tags)
+        weight += sum(len(loc.url) + 64 for loc in image.locations) + 128 * len(image.members)
+    return weight
+
+
 def member_to_json(member: Member) -> dict[str, Any]:
     return {
         "created_at": member.created_at,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from textual.message import Message
@@ -42,6 +43,8 @@ async def test_overview_shows_site_stores_cache_and_counts(site: Daemon, site_ap
         counts = text_of(app, "#overview-counts")
         assert "Images  2: 1 active · 1 queued" in counts
         assert "0 failed" in counts
+        # The daemon's event-loop lag (its status answers it; a daemon that does not shows no line).
+        assert re.search(r"\nLoop +lag \d+ ms · max \d+ ms over 1m00s$", counts), counts
         await pilot.press("4")
         assert app.active_pane == "cache"
         assert "Cache not configured on this site." in text_of(app, "#cache-summary")

@@ -171,6 +171,30 @@ def counts_text(status: Json) -> Text:
     return text
 
 
+def _ms(seconds: object) -> str:
+    return "%.0f ms" % (1000 * float(seconds)) if isinstance(seconds, (int, float)) else "?"
+
+
+def loop_text(status: Json) -> Text | None:
+    """How late the daemon's event loop runs (every request waits as long); None from a daemon
+    that does not say."""
+    lag = status.get("event_loop_lag")
+    if not isinstance(lag, dict):
+        return None
+    text = _label("Loop")
+    text.append("lag %s" % _ms(lag.get("latest_seconds")))
+    peak = lag.get("max_seconds")
+    style = ""
+    if isinstance(peak, (int, float)):
+        style = "bold red" if peak >= 0.25 else "yellow" if peak >= 0.05 else ""
+    text.append(" · max ")
+    text.append(_ms(peak), style=style)
+    window = lag.get("window_seconds")
+    if isinstance(window, (int, float)):
+        text.append(" over %s" % human_duration(window), style="dim")
+    return text
+
+
 class OverviewPane(VerticalScroll):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("j", "scroll_down", "Down", show=False),
@@ -189,4 +213,9 @@ class OverviewPane(VerticalScroll):
         show_text(self.query_one("#overview-hub", Static), hub_text(status, now, name_of, sites))
         show_text(self.query_one("#overview-stores", Static), stores_text(status))
         show_text(self.query_one("#overview-cache", Static), cache_text(status))
-        show_text(self.query_one("#overview-counts", Static), counts_text(status))
+        counts = counts_text(status)
+        loop = loop_text(status)
+        if loop is not None:
+            counts.append("\n")
+            counts.append_text(loop)
+        show_text(self.query_one("#overview-counts", Static), counts)

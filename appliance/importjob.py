@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance import policy
 from appliance.auth import Context
 from appliance.catalog import Catalog, ListEdit
 from appliance.clock import timestamp
 from appliance.config import Config
 from appliance.digest import Digest, verify
 from appliance.errors import ApplianceError, TooLarge
-from appliance.formats import inspect_file, introspected_properties
+from appliance.formats import Inspection, inspect_file, introspected_properties
 from appliance.hub.records import HUB_STORE
 from appliance.hublink import HubLink
 from appliance.images import ImageService
@@ -275,6 +276,7 @@ class ImportRunner:
             work_dir=work,
             roles=ctx.roles,
             user_properties=frozenset(image.properties),
+            is_admin=policy.is_admin(ctx),
             report=lambda note: log.info("image %s: %s", image.id, note),
         )
         direct: DirectWrite | None = None
@@ -308,7 +310,9 @@ class ImportRunner:
                         staged = await step.run(staged, step_ctx)
                 self._observe_plugin(step.name, time.monotonic() - started)
             with timer.stage("inspection"):
-                staged = await self._check_result(image, staged)
+                # The converted file was inspected as it was hashed: the same inspector, once.
+                done = direct.inspection if direct is not None and staged.path == direct.partial else None
+                staged = await self._check_result(image, staged, done)
         except BaseException:
             if direct is not None:
                 await asyncio.shield(direct.discard())
@@ -318,9 +322,9 @@ class ImportRunner:
     def _hashed(self, task_id: str, total: int, done: int) -> None:
         self.progress[task_id] = (done, total)  # from a hashing thread: one assignment
 
-    async def _check_result(self, image: Image, staged: StagedImage) -> StagedImage:
+    async def _check_result(self, image: Image, staged: StagedImage, inspected: Inspection | None) -> StagedImage:
         """What the plugins made, checked as an upload would be: property quota, formats set,
-        the final inspection of the data."""
+        the final inspection of the data (`inspected`: done already, on every byte)."""
         added = set(staged.properties) - set(image.properties)
         if added:  # injected properties count against image_property_quota, as in Glance
             try:
@@ -329,16 +333,18 @@ class ImportRunner:
                 raise ImportFailed("Properties the import would add were refused: %s" % exc) from None
         if not staged.disk_format or not staged.container_format:  # a PATCH raced the import's start
             raise ImportFailed("Properties disk_format, container_format must be set prior to saving data.")
-        try:
-            found = await asyncio.to_thread(
-                inspect_file,
-                str(staged.path),
-                staged.disk_format,
-                self.config.formats.max_virtual_size,
-                staged.container_format,
-            )
-        except ApplianceError as exc:
-            raise ImportFailed("Image data refused: %s" % exc) from None
+        found = inspected
+        if found is None:
+            try:
+                found = await asyncio.to_thread(
+                    inspect_file,
+                    str(staged.path),
+                    staged.disk_format,
+                    self.config.formats.max_virtual_size,
+                    staged.container_format,
+                )
+            except ApplianceError as exc:
+                raise ImportFailed("Image data refused: %s" % exc) from None
         if staged.size == 0:
             raise ImportFailed("Image data is empty")
         return staged.evolve(
@@ -371,8 +377,7 @@ class ImportRunner:
             store = self._stores[store_name]
             try:
                 if direct is not None and direct.store is store:  # converted into it, hashed meanwhile
-                    with timer.stage("hash_after_conversion"):
-                        digest = await direct.digest()
+                    digest = direct.digest
                     with timer.stage("store:%s" % store_name):
                         await direct.commit(image.id)
                     source = store.path / image.id  # the partial file was renamed

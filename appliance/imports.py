@@ -46,6 +46,7 @@ from appliance.pipeline.base import ImportStep
 from appliance.pipeline.steps.convert import Convert
 from appliance.pipeline.steps.decompress import Decompress
 from appliance.pipeline.steps.inject import InjectMetadata
+from appliance.pipeline.steps.ovf import DEFAULT_METADATA_FILE, OvfProcess, load_ovf_metadata
 from appliance.quotas import SIZE_TOTAL, STAGE_TOTAL
 from appliance.sites import SiteService
 from appliance.stores.base import ImageStore
@@ -67,7 +68,26 @@ def build_steps(config: Config) -> list[ImportStep]:
         "image_conversion": Convert(output_format=imp.output_format, max_virtual_size=config.formats.max_virtual_size),
         "inject_image_metadata": InjectMetadata(dict(imp.inject), imp.ignore_user_roles),
     }
+    if "ovf_process" in imp.plugins:
+        made["ovf_process"] = ovf_process_step(config)
     return [made[name] for name in imp.plugins]
+
+
+def ovf_process_step(config: Config) -> OvfProcess:
+    """The OVF processing with the names its metadata file lists (checked when the config was
+    loaded); no file at the default path extracts none, as in Glance."""
+    name = config.imports.ovf_metadata_file
+    path = config.path(name)
+    names = load_ovf_metadata(path, required=name != DEFAULT_METADATA_FILE)
+    if names is None:
+        log.warning('OVF properties config file "%s" was not found; no OVF properties are extracted', path)
+    elif not names:
+        log.warning(
+            'OVF metadata of interest was not specified in %s: set "cim_pasd" to a list of '
+            "CIM_ProcessorAllocationSettingData properties",
+            path,
+        )
+    return OvfProcess(names or (), max_value_length=config.limits.max_property_value_length)
 
 
 def build_uri_filter(config: Config) -> UriFilter:

@@ -42,6 +42,7 @@ from appliance.config.sections import (
 )
 from appliance.errors import BadRequest, ConfigError
 from appliance.formats import CONTAINER_FORMATS, DISK_FORMATS
+from appliance.pipeline.steps.ovf import DEFAULT_METADATA_FILE, load_ovf_metadata
 from appliance.text import check_text
 from appliance.urifilter import FETCHABLE_SCHEMES, UriFilterConfig
 
@@ -490,6 +491,21 @@ def _scrubber(data: Any) -> ScrubberConfig:
     return conf
 
 
+def _check_ovf_process(config: Config) -> None:
+    """ovf_process comes before image_conversion (the disk inside the OVA is what is converted),
+    and its metadata file is readable and well-formed."""
+    plugins = config.imports.plugins
+    if "ovf_process" not in plugins:
+        return
+    if "image_conversion" in plugins and plugins.index("image_conversion") < plugins.index("ovf_process"):
+        raise ConfigError(
+            "import.plugins: ovf_process must come before image_conversion (the disk inside the OVA is what "
+            "is converted)"
+        )
+    name = config.imports.ovf_metadata_file
+    load_ovf_metadata(config.path(name), required=name != DEFAULT_METADATA_FILE)
+
+
 def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:
     """systemd's StateDirectory= sets STATE_DIRECTORY; otherwise ./var beside the checkout."""
     return Path(environ.get("STATE_DIRECTORY", "var").split(":")[0])
@@ -518,6 +534,7 @@ def load_config(path: Path | None, state_dir: Path | None = None, **overrides: A
             config = parse_config(merged, config.state_dir)
         imports = read_glance_import_conf(config.path(config.imports.glance_conf), config.imports)
         config = dataclasses.replace(config, imports=imports)
+    _check_ovf_process(config)
     api_changes = {k: v for k, v in overrides.items() if v is not None and k in ("host", "port")}
     if api_changes:
         config = dataclasses.replace(config, api=dataclasses.replace(config.api, **api_changes))

@@ -215,7 +215,7 @@ class FormatsConfig:
 
 # glance-download (a hub image into local stores) is offered only with a [hub] url.
 IMPORT_METHODS = ("glance-direct", "web-download", "copy-image", "glance-download")
-IMPORT_PLUGINS = ("image_decompression", "image_conversion", "inject_image_metadata")
+IMPORT_PLUGINS = ("image_decompression", "ovf_process", "image_conversion", "inject_image_metadata")
 
 
 @dataclass(frozen=True)
@@ -234,6 +234,9 @@ class ImportConfig:
     max_expansion_ratio: int = 1000
     # image_conversion
     output_format: str = "raw"
+    # ovf_process: Glance's ovf-metadata.json, the CIM_ProcessorAllocationSettingData names
+    # (under "cim_pasd") to record as cim_pasd_<Name> properties.
+    ovf_metadata_file: str = "ovf-metadata.json"
     # inject_image_metadata
     inject: tuple[tuple[str, str], ...] = ()
     ignore_user_roles: tuple[str, ...] = ("admin",)

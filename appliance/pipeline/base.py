@@ -37,6 +37,7 @@ class StepContext:
     work_dir: Path  # private scratch directory of this import; removed afterwards
     roles: frozenset[str]  # roles of the user who asked for the import
     user_properties: frozenset[str] = frozenset()  # properties the user already set on the image
+    is_admin: bool = False  # what Glance's context.is_admin (the context_is_admin rule) says
     report: Callable[[str], None] = lambda message: None  # progress notes for the task
 
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
@@ -44,9 +45,13 @@ from tui.messages import (
     StatusLoaded,
     TasksLoaded,
 )
+from tui.navigation import FILTERABLE, Navigation
 from tui.notices import Notice, Notices
 from tui.panes.cache import CachePane
 from tui.panes.events import EventsPane
+from tui.panes.image_actions import KEYS as IMAGE_ACTION_KEYS
+from tui.panes.image_actions import PALETTE as IMAGE_ACTION_PALETTE
+from tui.panes.image_actions import ImageActionKeys
 from tui.panes.images import ImagesPane
 from tui.panes.overview import OverviewPane
 from tui.panes.queues import QueuesPane
@@ -79,11 +84,13 @@ PALETTE_ACTIONS = [
     ("cache_image", "Queue image for caching", "prefetch the highlighted image into the cache (key p)"),
     ("cache_remove", "Remove from cache", "drop the highlighted cached copy or queued image (key x)"),
     ("cache_clear", "Clear cache", "drop every cached copy, the queue, or both (key X)"),
+    *IMAGE_ACTION_PALETTE,
 ]
-FILTERABLE = frozenset({"images", "events"})
+# The detail below a table, which starts at its top for each row.
+DETAIL_PANES = {"images": "#image-detail-pane", "tasks": "#task-detail-pane", "sites": "#site-detail-pane"}
 
 
-class ApplianceTui(DetailViews, App[None]):
+class ApplianceTui(ImageActionKeys, DetailViews, Navigation, App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "Edge Image Appliance"
     # Every key of the main screen, the panes' actions too: one key map, so that a pane's keys
@@ -111,6 +118,7 @@ class ApplianceTui(DetailViews, App[None]):
         Binding("m", "notices", "Notices", show=False),
         Binding("r", "refresh", "Refresh", show=False),
         Binding("escape", "back", "Back", show=False),
+        *IMAGE_ACTION_KEYS,
         Binding("q", "quit_key", "Quit"),
     ]
 
@@ -124,6 +132,7 @@ class ApplianceTui(DetailViews, App[None]):
         self._active = "overview"
         self._history: list[str] = []
         self.notices = Notices()  # every toast, for `m`
+        self._highlighted: dict[str, str] = {}  # table id: the row whose detail is shown
         self._poll = PollState()
         self._poll_worker: Worker[None] | None = None
         self._detail_worker: Worker[None] | None = None
@@ -406,65 +415,12 @@ class ApplianceTui(DetailViews, App[None]):
     def on_daemon_changed(self, message: DaemonChanged) -> None:
         self.poll(full=message.full, soon=not message.full)
 
-    # -- navigation -----------------------------------------------------------------------
-
-    def action_show_pane(self, pane: str) -> None:
-        self.query_one(TabbedContent).active = pane
-
-    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        pane = event.pane.id or "overview"
-        if pane == self._active:
-            return
-        if not self._going_back:
-            self._history.append(self._active)
-            del self._history[:-20]
-        self._going_back = False
-        self._active = pane
-        self._focus_pane(pane)
-        self.refresh_bindings()
-        self.poll(soon=True)
-
-    def _focus_pane(self, pane: str) -> None:
-        if pane == "images":
-            self.images_pane.table.focus()
-        elif pane == "queues":
-            self.queues.table.focus()
-        elif pane == "events":
-            self.events_pane.log_widget.focus()
-        elif pane == "overview":
-            self.overview.focus()
-        elif pane == "sites":
-            self.sites_pane.table.focus()
-        else:
-            self.cache_pane.focus_table()
-
-    async def action_back(self) -> None:  # async as App.action_back, which this replaces
-        focused = self.focused
-        if isinstance(focused, Input) and focused.id in ("image-filter", "event-filter"):
-            self._filter_owner(focused).close_filter(clear=True)
-            return
-        if self._active in FILTERABLE:
-            owner = self.images_pane if self._active == "images" else self.events_pane
-            if owner.filter_text:
-                owner.close_filter(clear=True)
-                return
-        while self._history and self._history[-1] == self._active:
-            self._history.pop()
-        if self._history:
-            self._going_back = True  # the switch must not push the pane we are leaving
-            self.action_show_pane(self._history.pop())
-
-    def _filter_owner(self, widget: Input) -> ImagesPane | EventsPane:
-        return self.images_pane if widget.id == "image-filter" else self.events_pane
-
-    def action_filter(self) -> None:
-        if self._active == "images":
-            self.images_pane.open_filter()
-        elif self._active == "events":
-            self.events_pane.open_filter()
-
     @while_running
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        table, key = event.data_table.id or "", str(event.row_key.value)
+        if table in DETAIL_PANES and self._highlighted.get(table) != key:  # another row: its top
+            self._highlighted[table] = key
+            self.query_one(DETAIL_PANES[table], VerticalScroll).scroll_home(animate=False)
         if event.data_table.id == "images":
             image = self.images_pane.selected_image()
             if image is not None:

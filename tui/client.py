@@ -22,6 +22,7 @@ Json = dict[str, Any]
 PAGE_SIZE = 1000  # the daemon's max_page_size
 # Glance's header that narrows a cache deletion to the cached copies or to the queue.
 CLEAR_TARGET = "x-image-cache-clear-target"
+PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 
 
 class DaemonUnavailable(Exception):
@@ -58,6 +59,10 @@ class DaemonApi(Protocol):
     async def delete_from_store(self, store: str, image_id: str) -> None: ...
     async def delete_image(self, image_id: str) -> None: ...
     async def cache_image(self, image_id: str) -> None: ...
+    async def patch_image(self, image_id: str, ops: list[Json]) -> Json: ...
+    async def image_action(self, image_id: str, action: str) -> None: ...
+    async def upload(self, image_id: str, chunks: AsyncIterator[bytes], size: int) -> None: ...
+    async def start_import(self, image_id: str, body: Json) -> None: ...
     async def uncache_image(self, image_id: str, target: str) -> None: ...
     async def clear_cache(self, target: str) -> None: ...
     async def close(self) -> None: ...
@@ -197,8 +202,41 @@ class HttpDaemonClient:
         await self._call("POST", "/v2/images/%s/import" % quote(image_id), body, expect=(202,))
 
     async def copy_to_store(self, image_id: str, store: str) -> None:
-        body = {"method": {"name": "copy-image"}, "stores": [store]}
+        await self.start_import(image_id, {"method": {"name": "copy-image"}, "stores": [store]})
+
+    async def start_import(self, image_id: str, body: Json) -> None:
+        """Any import request (copy-image to sites, glance-download, a failed import again)."""
         await self._call("POST", "/v2/images/%s/import" % quote(image_id), body, expect=(202,))
+
+    async def patch_image(self, image_id: str, ops: list[Json]) -> Json:
+        """A JSON-patch of the image (Glance's media type); the image as it is afterwards."""
+        return dict(
+            await self._call("PATCH", "/v2/images/%s" % quote(image_id), ops, headers={"Content-Type": PATCH_TYPE})
+        )
+
+    async def image_action(self, image_id: str, action: str) -> None:
+        """action: "deactivate" or "reactivate"."""
+        await self._call("POST", "/v2/images/%s/actions/%s" % (quote(image_id), quote(action)), expect=(204,))
+
+    async def upload(self, image_id: str, chunks: AsyncIterator[bytes], size: int) -> None:
+        """PUT the image's data from `chunks` (`size` bytes in all). Not under the client's total
+        timeout: an upload takes what it takes, as long as the daemon keeps reading."""
+        session = self._open()
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        timeout = aiohttp.ClientTimeout(total=None, connect=min(5.0, self._config.timeout_seconds), sock_read=300)
+        try:
+            async with session.put(
+                self._base + "/v2/images/%s/file" % quote(image_id), data=chunks, headers=headers, timeout=timeout
+            ) as resp:
+                raw = await resp.read()
+                if resp.status != 204:
+                    raise DaemonError(resp.status, _error_message(resp.status, resp.reason or "", raw))
+        except aiohttp.ClientConnectorError as exc:
+            raise DaemonUnavailable(str(exc.os_error) if exc.os_error else str(exc)) from None
+        except aiohttp.ClientError as exc:
+            raise DaemonUnavailable(str(exc) or type(exc).__name__) from None
+        except TimeoutError:
+            raise DaemonUnavailable("the daemon stopped answering during the upload") from None
 
     async def delete_from_store(self, store: str, image_id: str) -> None:
         await self._call("DELETE", "/v2/stores/%s/%s" % (quote(store), quote(image_id)), expect=(204,))

@@ -11,6 +11,7 @@ from textual.app import App, ComposeResult
 from tui.dialogs.import_url import guess_disk_format, name_from_uri
 from tui.display import capacity_bar, human_bytes, human_duration, human_pair, human_rate, progress_bar
 from tui.panes.queues import method_of, task_order, task_row
+from tui.polling import PollState
 from tui.rate import TransferRates, eta_seconds
 from tui.widgets.keyed_table import KeyedTable
 
@@ -163,3 +164,16 @@ async def test_import_form_needs_a_url_and_fills_in_the_rest() -> None:
         await pilot.press("enter")
         await pilot.pause()
     assert answers == [UrlImport("https://mirror.example.org/a/disk.vhdx", "disk.vhdx", "vhdx", "bare")]
+
+
+def test_a_restart_is_told_from_the_daemon_start_time() -> None:
+    """(uptime, asked, answered) on our monotonic clock: a slow answer is the same process; an
+    uptime that went down, or a start later than the last one's latest possible, is a new one."""
+    state = PollState()
+    assert not state.restarted(100, 1000.0, 1000.2)  # the first answer
+    assert not state.restarted(101, 1001.0, 1004.5)  # a slow answer: it started no later
+    assert not state.restarted(103, 1003.1, 1003.2)
+    assert state.restarted(3, 1010.0, 1010.1)  # its uptime went down
+    assert not state.restarted(193, 1200.0, 1200.1)  # the same process, much later
+    assert state.restarted(120, 1300.0, 1300.1)  # down longer than it had been up, and back
+    assert not state.restarted("?", 1301.0, 1301.1)  # an answer without an uptime says nothing

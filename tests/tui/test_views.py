@@ -16,7 +16,6 @@ from typing import Any
 import aiohttp
 import pytest
 from textual.command import CommandList, CommandPalette
-from textual.widgets import Tabs
 
 from tests.conftest import VENV_BIN, Daemon, start_daemon
 from tests.hubproxy import HubProxy
@@ -34,6 +33,7 @@ from tests.tui.conftest import (
 from tests.tui.test_connection import banner_text, dead_port
 from tests.tui.test_detail import body_lines, shows
 from tests.tui.test_hostile_text import Tmux, controls, edge_tui_env, screen_text
+from tui.__main__ import config_from_args
 from tui.app import make_app
 from tui.config import TuiConfig
 from tui.dialogs.confirm import ConfirmScreen
@@ -264,7 +264,7 @@ async def test_a_restart_reloads_the_log_and_stale_data_is_marked(
 
 async def test_home_end_in_tables_tab_and_focus_after_dialogs(site: Daemon, site_api: SiteApi) -> None:
     for name in ("a1", "b2", "c3", "d4"):
-        await site_api.create(name, os.urandom(512))
+        await site_api.create(name, os.urandom(512), note="a long note " * 60)
     app = make_app(socket_config(site))
     async with app.run_test(size=(80, 24)) as pilot:
         table = await open_images(app, pilot, 4)
@@ -274,17 +274,24 @@ async def test_home_end_in_tables_tab_and_focus_after_dialogs(site: Daemon, site
         assert table.highlighted_key == table.keys[0]
         await pilot.press("G")
         assert table.highlighted_key == table.keys[-1]
-        # Tab stays in the screen: not on the tab bar, where keys do nothing visible.
+        # Tab stays in the screen: not on the tab bar, where keys do nothing visible. It reaches
+        # the detail below, which scrolls; the next row's detail starts at its top.
         await pilot.press("tab")
-        assert not isinstance(app.focused, Tabs)
+        detail = app.query_one("#image-detail-pane")
+        assert app.focused is detail
+        await wait_until(pilot, lambda: detail.max_scroll_y > 0, what="a detail longer than its pane")
+        await pilot.press("end")
+        assert detail.scroll_y > 0
         await pilot.press("shift+tab")
         assert app.focused is table
+        await pilot.press("k")
+        assert detail.scroll_y == 0
         # After a dialog, the focus is back on the table, its row still highlighted.
         await pilot.press("d")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the confirmation")
         await pilot.press("escape")
         await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), what="cancelled")
-        assert app.focused is table and table.highlighted_key == table.keys[-1]
+        assert app.focused is table and table.highlighted_key == table.keys[-2]
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         scroll = app.screen.query_one("#dialog")
@@ -323,6 +330,9 @@ async def test_the_theme_is_16_colour_safe_and_remembered(
     async with app.run_test():
         assert app.theme == "nord"  # TEXTUAL_THEME wins, for this run
     assert '"gruvbox"' in state.read_text()
+    # edge-tui keeps it under XDG_STATE_HOME (else ~/.local/state).
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert config_from_args([]).state_file == str(tmp_path / "xdg" / "edge-tui" / "state.json")
 
 
 # -- the real edge-tui in a terminal ---------------------------------------------------------

@@ -12,6 +12,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from tui.panes.image_actions import HELP as IMAGE_ACTION_HELP
 from tui.widgets.scrolling import SCROLL_KEYS, scroll
 
 # (keys, what they do, mutating?)
@@ -36,6 +37,7 @@ KEYS: list[tuple[str, str, bool]] = [
     ("p", "cache the highlighted image (Images)", True),
     ("x", "uncache / dequeue the highlighted row (Cache)", True),
     ("X", "clear the cache, the queue, or both (Cache)", True),
+    *((keys, text, True) for keys, text in IMAGE_ACTION_HELP),
     ("y / n", "answer a confirmation", False),
     ("q ctrl+q", "quit", False),
     ("mouse", "click tabs, rows, buttons, footer keys; wheel", False),

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.digest import Digest
-from appliance.pipeline.base import StagedImage, StepContext
+from appliance.errors import FormatRejected
+from appliance.formats import Inspection
+from appliance.pipeline.base import ImportFailed, StagedImage, StepContext
 from appliance.pipeline.follow import FileFollower
 from appliance.pipeline.steps.convert import Convert, ConvertPlan
 from appliance.pipeline.timing import StageTimer
@@ -36,17 +38,14 @@ MAX_RANGES = 64
 
 @dataclass
 class DirectWrite:
-    """The first store's copy, converted into its partial file and still being hashed:
-    `digest()` once every check has passed, then `commit()`; or `discard()`."""
+    """The first store's copy, converted into its partial file, hashed and inspected in the
+    same pass: commit or discard."""
 
     store: FilesystemStore
     partial: Path
-    size: int
-    follower: FileFollower
+    digest: Digest
+    inspection: Inspection  # of the converted bytes, as claimed after conversion
     committed: bool = False
-
-    async def digest(self) -> Digest:
-        return await self.follower.finish(self.size)
 
     async def commit(self, image_id: str) -> None:
         await self.store.commit_prepared(self.partial, image_id)
@@ -54,7 +53,6 @@ class DirectWrite:
 
     async def discard(self) -> None:
         if not self.committed:
-            await self.follower.abort()
             await self.store.discard_prepared(self.partial)
 
 
@@ -80,12 +78,11 @@ async def convert_into_store(
     timer: StageTimer,
 ) -> tuple[StagedImage, DirectWrite]:
     """Convert `staged` (checked by `convert.check`, which gave `plan`) into a partial file of
-    `store`; returns the converted image (its path is the partial file) and the write, whose
-    hashing goes on meanwhile. On any failure here the partial file is gone."""
+    `store`; returns the converted image (its path is the partial file) and the write to
+    commit. On any failure the partial file is gone."""
     size = plan.virtual_size
     partial = await store.open_prepared(ctx.image_id, size, max_size=max_size)
-    follower = FileFollower(partial, signed_hash=signed_hash, on_progress=on_progress)
-    write = DirectWrite(store, partial, size, follower)
+    follower = FileFollower(partial, convert.output_inspector(), signed_hash=signed_hash, on_progress=on_progress)
     parts = ranges(size)
     try:
         with timer.stage(convert.name):
@@ -93,9 +90,15 @@ async def convert_into_store(
                 await convert.convert_range(plan, staged.path, partial, offset, length)
                 follower.advance(offset + length)
                 await store.written(partial, offset, length)
-            converted = await convert.finish(staged, plan, partial, ctx)
+        with timer.stage("hash_after_conversion"):
+            try:
+                digest, found = await follower.finish(size)
+            except FormatRejected as exc:
+                raise ImportFailed("converted image failed inspection: %s" % exc) from None
+        converted = await convert.finish(staged, plan, partial, ctx, inspected=found)
     except BaseException:
-        await asyncio.shield(write.discard())
+        await asyncio.shield(follower.abort())
+        await asyncio.shield(store.discard_prepared(partial))
         raise
     log.info("image %s: converted into store %s in %d range(s)", ctx.image_id, store.name, len(parts))
-    return converted, write
+    return converted, DirectWrite(store, partial, digest, found)

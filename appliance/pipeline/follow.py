@@ -1,9 +1,10 @@
 """FileFollower: MD5 and SHA-512 of a file while another process is still writing it.
 
 The writer (qemu-img, one range after the other) says how far the file is final with
-`advance(n)`; two worker threads each read up to that point and hash, MD5 on one and SHA-512
-(and a signature's hash) on the other, so on two cores they run beside the conversion and
-beside each other. The event loop never touches the bytes.
+`advance(n)`; two worker threads each read up to that point, MD5 and the format inspection on
+one, SHA-512 (and a signature's hash) on the other, so on two cores they run beside the
+conversion and beside each other, and the file is read once for all of them. The event loop
+never touches the bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from appliance.digest import Digest
+from appliance.errors import FormatRejected
+from appliance.formats import FormatInspector, Inspection
 from appliance.workers import executor
 
 READ_BYTES = 4 << 20
@@ -27,8 +30,17 @@ class _Stopped(Exception):
 
 
 class FileFollower:
-    def __init__(self, path: Path, *, signed_hash: str | None = None, on_progress: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        inspector: FormatInspector,
+        *,
+        signed_hash: str | None = None,
+        on_progress: Callable[[int], None],
+    ) -> None:
         """on_progress(bytes hashed) runs on a worker thread: keep it to a plain assignment."""
+        self._inspector = inspector
+        self._refused: FormatRejected | None = None
         self._path = path
         self._cond = threading.Condition()
         self._final = 0  # bytes of the file that are final
@@ -40,8 +52,12 @@ class FileFollower:
         self._on_progress = on_progress
         self._pool = executor(2, "import-hash", background=True)
         self._futures: list[Future[int]] = [
-            self._pool.submit(self._follow, (self._md5,), True),
-            self._pool.submit(self._follow, (self._sha,) if self._signed is None else (self._sha, self._signed), False),
+            self._pool.submit(self._follow, (self._md5.update, self._inspect), True),
+            self._pool.submit(
+                self._follow,
+                (self._sha.update,) if self._signed is None else (self._sha.update, self._signed.update),
+                False,
+            ),
         ]
 
     def advance(self, final: int) -> None:
@@ -49,7 +65,14 @@ class FileFollower:
             self._final = max(self._final, final)
             self._cond.notify_all()
 
-    def _follow(self, hashes: tuple[hashlib._Hash, ...], report: bool) -> int:
+    def _inspect(self, data: memoryview) -> None:
+        if self._refused is None:  # keep hashing to the end: finish() says why it was refused
+            try:
+                self._inspector.feed(data)  # copies what it keeps: the buffer is reused
+            except FormatRejected as exc:
+                self._refused = exc
+
+    def _follow(self, consumers: tuple[Callable[[memoryview], object], ...], report: bool) -> int:
         done = 0
         # One buffer, read into again and again: a fresh 4 MiB bytes object per read costs
         # page faults that took as long as the MD5 itself.
@@ -69,8 +92,8 @@ class FileFollower:
                 n = os.preadv(fd, [view[: min(READ_BYTES, final - done)]], done)
                 if not n:
                     raise OSError("%s is shorter than the %d bytes written to it" % (self._path, final))
-                for h in hashes:
-                    h.update(view[:n])
+                for consume in consumers:
+                    consume(view[:n])
                 done += n
                 if report:
                     self._on_progress(done)
@@ -78,8 +101,9 @@ class FileFollower:
             view.release()
             os.close(fd)
 
-    async def finish(self, size: int) -> Digest:
-        """The file is complete at `size` bytes: the digest once both threads got there."""
+    async def finish(self, size: int) -> tuple[Digest, Inspection]:
+        """The file is complete at `size` bytes: the digest and the inspection of its bytes
+        once both threads got there. Raises FormatRejected when the inspection refused them."""
         with self._cond:
             self._final = size
             self._ended = True
@@ -89,12 +113,16 @@ class FileFollower:
         finally:
             self._pool.shutdown(wait=False)
         assert sizes == [size, size], sizes
-        return Digest(
+        if self._refused is not None:
+            raise self._refused
+        inspection = self._inspector.finish()
+        digest = Digest(
             size=size,
             checksum=self._md5.hexdigest(),
             os_hash_value=self._sha.hexdigest(),
             signed_hash=self._signed.digest() if self._signed is not None else None,
         )
+        return digest, inspection
 
     async def abort(self) -> None:
         """Stop both threads and wait for them (they hold the file open)."""

@@ -221,3 +221,24 @@ def test_refused_downloads_fail_with_the_reason_and_leave_nothing(
     assert time.monotonic() - started < 60
     assert d.show(image_id)["status"] == "queued"
     assert_clean(d.state_dir, image_id)
+
+
+def test_converted_output_is_inspected_in_the_pipelined_path(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path, source: Source
+) -> None:
+    """A qcow2 whose guest disk holds another qcow2: converted to raw, the output is that
+    inner qcow2, which the inspection of the output (done in the hashing pass) refuses."""
+    inner = tmp_path / "inner.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(inner), "64M"], check=True)
+    outer = tmp_path / "outer.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(inner), str(outer)], check=True)
+    d = daemon_factory("site", site_config(tmp_path, source))
+    image_id = create(d, "nested")
+    web_download(d, image_id, source.add("nested.qcow2.gz", gzip.compress(outer.read_bytes())))
+    done = wait_task_done(d, image_id, set(), timeout=60)
+    assert done["status"] == "failure"
+    assert done["message"].startswith("converted image failed inspection: "), done["message"]
+    assert "qcow2" in done["message"], done["message"]
+    assert d.show(image_id)["status"] == "queued"
+    assert_clean(d.state_dir, image_id)
+    assert store_leftovers(d.state_dir, image_id) == {}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import FormatRejected
-from appliance.formats import Inspection, inspect_file, introspected_properties
+from appliance.formats import FormatInspector, Inspection, inspect_file, introspected_properties
 from appliance.pipeline.base import ImportFailed, StagedImage, StepContext
 from appliance.workers import nice_argv
 
@@ -141,9 +141,20 @@ class Convert:
             "json:" + json.dumps(dst),
         )
 
-    async def finish(self, staged: StagedImage, plan: ConvertPlan, out: Path, ctx: StepContext) -> StagedImage:
-        """The converted output inspected again, as the image to go on with."""
-        result = await _inspect(out, self.output_format, "converted image failed inspection: ", self.max_virtual_size)
+    def output_inspector(self) -> FormatInspector:
+        """The inspection of the converted output, for a caller that reads it anyway."""
+        return FormatInspector(self.output_format, self.max_virtual_size)
+
+    async def finish(
+        self, staged: StagedImage, plan: ConvertPlan, out: Path, ctx: StepContext, inspected: Inspection | None = None
+    ) -> StagedImage:
+        """The converted output inspected again (or `inspected`: the output_inspector() fed
+        every byte of `out`), as the image to go on with."""
+        result = (
+            inspected
+            if inspected is not None
+            else await _inspect(out, self.output_format, "converted image failed inspection: ", self.max_virtual_size)
+        )
         size = (await asyncio.to_thread(out.stat)).st_size
         log.info(
             "image %s: converted %s to %s (%d -> %d bytes)",

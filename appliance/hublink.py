@@ -118,7 +118,7 @@ class HubLink:
             "registered": self.registered,
             "last_sync": self.last_sync,
             "last_error": self.last_error,
-            "pulls": [{"image_id": i, "bytes_done": d, "bytes_total": t} for i, (d, t) in self.pins.pulling.items()],
+            "pulls": self._pull_figures(),
         }
 
     def _up(self) -> None:
@@ -413,7 +413,12 @@ class HubLink:
             "version": __version__,
             "api_url": self._config.hub.api_url,
             "cache": self._cache_figures(),
+            # So that the hub's Sites screen shows how far each copy it assigned has come.
+            "pulls": self._pull_figures(),
         }
+
+    def _pull_figures(self) -> list[dict[str, Any]]:
+        return [{"image_id": i, "bytes_done": d, "bytes_total": t} for i, (d, t) in self.pins.pulling.items()]
 
     def _cache_figures(self) -> dict[str, Any]:
         if self._cache is None:
@@ -457,7 +462,7 @@ class HubLink:
             await self.client.request_json(
                 "POST",
                 "/v2/edge/sites/%s/heartbeat" % self.site,
-                json={k: body[k] for k in ("free_bytes", "total_bytes", "cache")},
+                json={k: body[k] for k in ("free_bytes", "total_bytes", "cache", "pulls")},
             )
         except NotFound:
             self.registered = False  # the hub forgot us (e.g. a new hub): register again

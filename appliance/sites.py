@@ -35,6 +35,7 @@ RESERVED_NAMES = frozenset({HUB_STORE})
 MAX_SITE_STORES = 64
 MAX_TEXT = 255
 MAX_CACHE_JSON = 4096
+MAX_PULLS = 64  # pulls in progress a heartbeat reports (a site runs two at a time)
 MAX_MESSAGE = 4096
 ACTIONS = (COPY, REMOVE)
 RESULTS = ("success", "failure")
@@ -122,6 +123,25 @@ def _cache(body: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _pulls(body: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """A heartbeat's pulls in progress: [{image_id, bytes_done, bytes_total}]."""
+    value = body["pulls"]
+    if not isinstance(value, list) or len(value) > MAX_PULLS:
+        raise BadRequest("'pulls' must be a list of at most %d pulls in progress" % MAX_PULLS)
+    pulls = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise BadRequest("each of 'pulls' must be an object with image_id, bytes_done and bytes_total")
+        pulls.append(
+            {
+                "image_id": parse_uuid(str(item.get("image_id") or ""), "pulls[].image_id"),
+                "bytes_done": _size(item, "bytes_done") or 0,
+                "bytes_total": _size(item, "bytes_total"),
+            }
+        )
+    return tuple(pulls)
+
+
 class SiteService:
     def __init__(
         self, config: Config, catalog: Catalog, local_stores: Collection[str], clock: Clock = SYSTEM_CLOCK
@@ -133,6 +153,8 @@ class SiteService:
         # Registered site names, kept in step with the catalog: import requests check them
         # synchronously, and GET /v2/info/stores lists them on every client command.
         self._names: set[str] = set()
+        # Each site's pulls in progress as its last heartbeat said (kept in memory: progress).
+        self._pulls: dict[str, tuple[dict[str, Any], ...]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -268,8 +290,18 @@ class SiteService:
         changes: dict[str, Any] = {k: _size(body, k) for k in ("free_bytes", "total_bytes") if body.get(k) is not None}
         if "cache" in body:
             changes["cache"] = _cache(body)
+        pulls = _pulls(body) if "pulls" in body else None
         await self._catalog.site_heartbeat(name, self._clock.now(), changes)
+        if pulls is not None:
+            self._pulls[name] = pulls
         return await self._catalog.get_site(name)
+
+    def pulls(self, name: str) -> builtins.list[dict[str, Any]]:
+        """The site's pulls in progress as of its last heartbeat (none once it reported them)."""
+        return list(self._pulls.get(name, ()))
+
+    def _pulled(self, name: str, image_id: str) -> None:
+        self._pulls[name] = tuple(p for p in self._pulls.get(name, ()) if p["image_id"] != image_id)
 
     async def list(self, ctx: Context) -> list[Site]:
         self._check_enabled()
@@ -287,6 +319,7 @@ class SiteService:
         policy.enforce(ctx, "edge:site_delete")
         await self._catalog.delete_site(name, [IMPORTING_TO, FAILED_IMPORT], self._now())
         self._names.discard(name)
+        self._pulls.pop(name, None)
         log.info("site %s deleted by %s/%s", name, ctx.project, ctx.user)
 
     async def assignments(self, ctx: Context, name: str) -> builtins.list[Assignment]:
@@ -328,6 +361,8 @@ class SiteService:
                 "Site %s has no pending %s assignment for image %s: it was replaced, cancelled or already "
                 "reported, or the image was deleted" % (name, action, image_id)
             )
+        if action == COPY:
+            self._pulled(name, image_id)  # its result is in: no longer in progress
         if action == REMOVE:
             if status == "failure":
                 # Kept: a site must not hold a copy the hub no longer lists; it tries again next sync.

@@ -797,6 +797,15 @@ def _schemas(disk_formats: Sequence[str], container_formats: Sequence[str]) -> J
         },
     }
     size = {"type": ["integer", "null"], "minimum": 0, "maximum": INT64_MAX}
+    pulls = {
+        "type": "array",
+        "description": "Pulls in progress (copies assigned by the hub), as of the last heartbeat",
+        "items": {
+            "type": "object",
+            "required": ["image_id", "bytes_done"],
+            "properties": {"image_id": {"type": "string"}, "bytes_done": size, "bytes_total": size},
+        },
+    }
     return {
         "Error": {
             "type": "object",
@@ -910,6 +919,7 @@ def _schemas(disk_formats: Sequence[str], container_formats: Sequence[str]) -> J
                 "api_url": {"type": "string"},
                 "stores": {"type": "array", "items": {"type": "object"}},
                 "cache": {"type": "object"},
+                "pulls": pulls,
             },
         },
         "SiteRegistration": {
@@ -940,7 +950,12 @@ def _schemas(disk_formats: Sequence[str], container_formats: Sequence[str]) -> J
         },
         "Heartbeat": {
             "type": "object",
-            "properties": {"free_bytes": size, "total_bytes": size, "cache": {"type": "object"}},
+            "properties": {
+                "free_bytes": size,
+                "total_bytes": size,
+                "cache": {"type": "object"},
+                "pulls": pulls,
+            },
         },
         "AssignmentReport": {
             "type": "object",

@@ -172,7 +172,8 @@ def store_usage_to_json(name: str, description: str, default: bool, usage: Store
     }
 
 
-def site_to_json(site: Site, online: bool) -> dict[str, Any]:
+def site_to_json(site: Site, online: bool, pulls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`pulls`: the copies it is pulling, as its last heartbeat reported them."""
     return {
         "name": site.name,
         "online": online,
@@ -184,6 +185,7 @@ def site_to_json(site: Site, online: bool) -> dict[str, Any]:
         "api_url": site.api_url,
         "stores": list(site.stores),
         "cache": site.cache,
+        "pulls": pulls or [],
     }
 
 

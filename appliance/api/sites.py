@@ -16,7 +16,8 @@ routes = web.RouteTableDef()
 
 
 def _site_response(request: web.Request, site: Site) -> web.Response:
-    return web.json_response(schemas.site_to_json(site, request.app[SITES].online(site)))
+    service = request.app[SITES]
+    return web.json_response(schemas.site_to_json(site, service.online(site), service.pulls(site.name)))
 
 
 async def _optional_json(request: web.Request) -> Any:
@@ -28,7 +29,9 @@ async def _optional_json(request: web.Request) -> Any:
 async def list_sites(request: web.Request) -> web.Response:
     service = request.app[SITES]
     sites = await service.list(request[CONTEXT])
-    return web.json_response({"sites": [schemas.site_to_json(s, service.online(s)) for s in sites]})
+    return web.json_response(
+        {"sites": [schemas.site_to_json(s, service.online(s), service.pulls(s.name)) for s in sites]}
+    )
 
 
 @routes.post("/v2/edge/sites")

@@ -544,3 +544,33 @@ async def test_an_edge_has_no_sites_api(
     assert reply.status == 404 and "served by a hub" in reply.message
     stores = json.loads(as_dict(await glance(edge, "stores-info"))["stores"])
     assert [s["id"] for s in stores] == ["central"]
+
+
+async def test_heartbeat_pulls_show_on_the_site_until_reported(
+    hub: Daemon, session: aiohttp.ClientSession, image_file: Path
+) -> None:
+    """A site's heartbeat says how far its pulls have come; the hub shows them on the site (the
+    TUI's Sites screen reads them) until the site reports the copy. Bad figures are refused."""
+    [dcn0] = await registered(session, hub, "dcn0")
+    admin = Site(session, hub, "dcn0", ADMIN_TOKEN)
+    image_id = await create_image(hub, image_file)
+    await glance(hub, "image-import", "--import-method", "copy-image", "--stores", "dcn0", image_id)
+    pull = {"image_id": image_id, "bytes_done": 1024, "bytes_total": 4096}
+    reply = await dcn0.heartbeat(free_bytes=1 << 30, pulls=[pull])
+    assert reply.status == 200 and reply.body["pulls"] == [pull]
+    [listed] = (await admin.call("GET", "/v2/edge/sites")).body["sites"]
+    assert listed["pulls"] == [pull]
+    assert (await admin.call("GET", "/v2/edge/sites/dcn0")).body["pulls"] == [pull]
+    # A heartbeat without the key keeps them; the report of the copy ends them.
+    assert (await dcn0.heartbeat(free_bytes=1 << 30)).body["pulls"] == [pull]
+    assert await dcn0.sync() == [(image_id, "copy", 204)]
+    assert (await admin.call("GET", "/v2/edge/sites/dcn0")).body["pulls"] == []
+    for pulls, words in (
+        ("half", "'pulls' must be a list"),
+        ([7], "each of 'pulls' must be an object"),
+        ([{"image_id": "x", "bytes_done": 1}], "pulls[].image_id"),
+        ([{"image_id": image_id, "bytes_done": -1}], "'bytes_done' must be a non-negative integer"),
+        ([pull] * 65, "at most 64"),
+    ):
+        reply = await dcn0.heartbeat(pulls=pulls)
+        assert reply.status == 400 and words in reply.message, (pulls, reply.body)

@@ -1,11 +1,13 @@
 """The actions that depend on where the operator is, against a real hub and edge: at the edge,
 `h` pins a local copy of a hub image (glance-download into this site's store) and a hub image's
 change goes to the hub (a static token's is refused there, in the daemon's words); on the hub,
-`s` copies an image to edge sites, and Sites shows the copy on its way, then placed."""
+`s` copies an image to edge sites, and Sites shows the copy on its way (with the pull's progress
+as the site's heartbeat reports it), then placed."""
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from textual.message import Message
@@ -107,6 +109,10 @@ async def test_on_a_hub_s_copies_to_sites_and_sites_shows_the_copy_on_its_way(hu
         sites = app.sites_pane.table
         await wait_until(pilot, lambda: sites.cell_text("dcn0", "images") == "0 +1", what="the copy on its way")
         assert "Copies on the way (1)" in text_of(app, "#site-detail")
+        # How far dcn0's pull has come, as its heartbeat reports it to the hub.
+        await wait_until(
+            pilot, lambda: re.search(r"pulling .*\d+% [\d.]+/8\.0 MiB", text_of(app, "#site-detail")), what="pull"
+        )
         await wait_until(pilot, lambda: sites.cell_text("dcn0", "images") == "1", within=40, what="placed")
         assert "Copies on the way" not in text_of(app, "#site-detail")
         # Every site has it now: s says so.

@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static
 
-from tui.display import EMPTY, ago, human_bytes, iso_epoch, percent, visible
+from tui.display import EMPTY, ago, human_bytes, human_pair, iso_epoch, percent, progress_bar, visible
 from tui.imagefacts import FAILED_IMPORT, IMPORTING_TO, split_list
 from tui.widgets.contained import PlainStatic
 from tui.widgets.keyed_table import KeyedTable, Values
@@ -74,10 +74,21 @@ def site_row(site: Json, placed: int, now: float, pending: int = 0) -> Values:
     )
 
 
-def image_lines(text: Text, images: list[Json]) -> None:
+def image_lines(text: Text, images: list[Json], pulls: dict[str, Json] | None = None) -> None:
+    """One line an image; with `pulls` (the site's pulls in progress by image id), how far each
+    has come, or that the site has not started it yet."""
     for image in sorted(images, key=lambda i: str(i.get("name") or i["id"])):
         text.append("\n  %s" % visible(image.get("name") or image["id"]))
         text.append("  %s · %s" % (visible(image["id"]), human_bytes(image.get("size"))), style="dim")
+        if pulls is None:
+            continue
+        pull = pulls.get(str(image["id"]))
+        if pull is None:
+            text.append("\n    waiting for the site's next sync", style="dim")
+            continue
+        text.append("\n    pulling ")
+        text.append_text(progress_bar(pull.get("bytes_done"), pull.get("bytes_total") or image.get("size"), width=16))
+        text.append(" %s" % human_pair(pull.get("bytes_done"), pull.get("bytes_total") or image.get("size")))
 
 
 def site_detail(
@@ -117,8 +128,9 @@ def site_detail(
     image_lines(text, images)
     if pending:
         text.append("\n\nCopies on the way (%d)" % len(pending), style="bold")
-        text.append(" pulled on the site's next sync, then reported", style="dim")
-        image_lines(text, pending)
+        text.append(" progress as of the site's last heartbeat", style="dim")
+        pulls = {str(p.get("image_id")): p for p in site.get("pulls") or [] if isinstance(p, dict)}
+        image_lines(text, pending, pulls)
     if failed:
         text.append("\n\nCopies that failed (%d)" % len(failed), style="bold red")
         text.append(" s on Images copies again", style="dim")

@@ -10,6 +10,7 @@ import json
 import subprocess
 import tarfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.clients.test_glance_import import (
     web,  # noqa: F401  (the fixture)
 )
 from tests.conftest import VENV_BIN, Daemon, start_daemon, write_toml
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.clients
 
@@ -459,3 +461,46 @@ def test_glance_image_import_conf_names_ovf_process(tmp_path: Path) -> None:
     assert check("['ovf_process', 'image_conversion']").returncode == 0
     refused = check("['image_conversion', 'ovf_process']")
     assert refused.returncode == 2 and "ovf_process must come before image_conversion" in refused.stderr
+
+
+def test_delete_during_extraction_leaves_nothing(site: Site, tmp_path: Path) -> None:
+    """The image is deleted while its disk is being copied out of the OVA (the extraction's
+    file seen in the import's scratch space), right after the import starts, and once it is
+    active: each time the image goes and no file is left, repeated."""
+    disk = tmp_path / "big.raw"
+    with open(disk, "wb") as fh:
+        fh.truncate(128 << 20)
+    source = tmp_path / "big.ova"
+    with tarfile.open(source, "w") as tar:
+        tar.addfile(_info("vm.ovf", ovf([("file1", "big.raw")])), io.BytesIO(ovf([("file1", "big.raw")])))
+        tar.add(str(disk), arcname="big.raw")
+    data = source.read_bytes()
+    work = site.daemon.state_dir / "staging" / "work"
+    seen_mid_extraction = 0
+    for round_ in range(6):
+        image = site.call("POST", "/v2/images", {"name": "race", "disk_format": "raw", "container_format": "ova"})
+        image_id = image["id"]
+        site.call("PUT", "/v2/images/%s/stage" % image_id, raw=data)
+        site.call("POST", "/v2/images/%s/import" % image_id, {"method": {"name": "glance-direct"}})
+        if round_ % 2 == 0:  # mid-extraction (three tries: one must land)
+            deadline = time.monotonic() + 20
+            while not list(work.glob("*/ova-disk-*")) and time.monotonic() < deadline:
+                if site.daemon.show(image_id)["status"] == "active":
+                    break
+                time.sleep(0.002)
+            seen_mid_extraction += bool(list(work.glob("*/ova-disk-*")))
+        elif round_ != 1:  # once active (round 1: right after the import started)
+            wait_for(lambda i=image_id: site.daemon.show(i)["status"] == "active", "active", timeout=45)
+        site.call("DELETE", "/v2/images/%s" % image_id)
+        wait_for(lambda i=image_id: site.leftovers(i) == [], "no file left of %s" % image_id, timeout=30)
+        with pytest.raises(urllib.error.HTTPError) as gone:
+            site.call("GET", "/v2/images/%s" % image_id)
+        gone.value.close()
+        assert gone.value.code == 404
+    assert seen_mid_extraction, "no deletion landed while a disk was being extracted"
+
+
+def _info(name: str, data: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info

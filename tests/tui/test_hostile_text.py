@@ -30,6 +30,7 @@ from tests.conftest import VENV_BIN, Daemon
 from tests.tui.conftest import HubAndEdge, MiB, SiteApi, confirm, open_images, socket_config, wait_until
 from tui.app import ApplianceTui, make_app
 from tui.dialogs.confirm import ARM_SECONDS, ConfirmScreen
+from tui.dialogs.detail import DetailScreen
 from tui.display import plain, visible
 from tui.messages import ImageDeleted, ImagesLoaded
 from tui.panes.images import ImageTable
@@ -456,3 +457,22 @@ async def test_a_key_that_arrives_while_the_app_shuts_down_is_dropped(site: Daem
         pressed = events.Key("y", "y")
         await app._on_key(pressed)  # with screens, the key goes on to Textual's bindings
         assert not pressed._no_default_action
+
+
+async def test_an_event_naming_a_hostile_image_shows_literally_in_its_detail(
+    site: Daemon, hostile_site: dict[str, str]
+) -> None:
+    app = make_app(socket_config(site))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_images(app, pilot, 4)  # the names the events' image ids get
+        await pilot.press("5")
+        pane = app.events_pane
+        clear_id = hostile_site[CLEAR]
+        await wait_until(pilot, lambda: any(e and clear_id in e["message"] for e in pane.events), what="its event")
+        for _ in range(len(pane.events)):  # the cursor up to the newest event naming it
+            if pane.chosen is not None and clear_id in pane.chosen["message"]:
+                break
+            await pilot.press("k")
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen)
+        await on_screen(pilot, "Images it names", "%s (%s)" % (clear_id, visible(CLEAR)))

@@ -12,7 +12,13 @@ from tui.theme import default_state_file
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-tui", description="Operator UI for the Edge Image Appliance daemon")
+    p = argparse.ArgumentParser(
+        prog="edge-tui",
+        description="Operator UI for the Edge Image Appliance daemon",
+        epilog="Theme: ansi-dark (the terminal's 16 colours) unless TEXTUAL_THEME names another for this run; "
+        "one chosen in the command palette (ctrl+p, Theme) is remembered in "
+        "$XDG_STATE_HOME/edge-tui/state.json (default ~/.local/state/edge-tui/state.json).",
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--url", help="daemon API, http://host:port (or unix:PATH); default: the local Unix socket")
     where.add_argument(

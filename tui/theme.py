@@ -1,5 +1,5 @@
-"""Which theme the UI starts with, and remembering the one the operator picks (ctrl+p, "Change
-theme"): TEXTUAL_THEME if set (for one run), else the theme last chosen, else `ansi-dark`, drawn
+"""Which theme the UI starts with, and remembering the one the operator picks (ctrl+p, "Theme"):
+TEXTUAL_THEME if set (for one run), else the theme last chosen, else `ansi-dark`, drawn
 in the terminal's own 16 colours (legible in a 16-colour terminal and over SSH; textual-dark's
 true colours are approximated there). The choice is kept in a small JSON state file:
 $XDG_STATE_HOME/edge-tui/state.json (default ~/.local/state/edge-tui/state.json)."""
@@ -51,6 +51,7 @@ def remember_theme(state_file: Path, theme: str) -> None:
     failure is logged, the UI goes on."""
     state = read_state(state_file)
     state["theme"] = theme
+    tmp = None
     try:
         state_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=state_file.parent, prefix=".state-")
@@ -59,3 +60,5 @@ def remember_theme(state_file: Path, theme: str) -> None:
         os.replace(tmp, state_file)
     except OSError as exc:
         log.warning("cannot remember the theme in %s: %s", state_file, exc)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)

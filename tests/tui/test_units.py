@@ -3,6 +3,7 @@ guesses, and the keyed table's in-place sync."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from tui.display import capacity_bar, human_bytes, human_duration, human_pair, h
 from tui.panes.queues import method_of, task_order, task_row
 from tui.polling import PollState
 from tui.rate import TransferRates, eta_seconds
+from tui.theme import DEFAULT_THEME, remember_theme, starting_theme
 from tui.widgets.keyed_table import KeyedTable
 
 
@@ -177,3 +179,17 @@ def test_a_restart_is_told_from_the_daemon_start_time() -> None:
     assert not state.restarted(193, 1200.0, 1200.1)  # the same process, much later
     assert state.restarted(120, 1300.0, 1300.1)  # down longer than it had been up, and back
     assert not state.restarted("?", 1301.0, 1301.1)  # an answer without an uptime says nothing
+
+
+def test_a_theme_that_cannot_be_remembered_is_logged_not_raised(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    remember_theme(state, "nord")
+    assert starting_theme(state, {"nord"}, environ={}) == "nord"
+    assert starting_theme(state, {"gruvbox"}, environ={}) == DEFAULT_THEME  # no longer installed
+    assert starting_theme(state, {"nord", "gruvbox"}, environ={"TEXTUAL_THEME": "gruvbox"}) == "gruvbox"
+    state.write_text("{not json")
+    assert starting_theme(state, {"nord"}, environ={}) == DEFAULT_THEME
+    blocked = tmp_path / "a-file" / "state.json"  # its folder cannot be made
+    (tmp_path / "a-file").write_text("")
+    remember_theme(blocked, "nord")
+    assert not blocked.exists() and not [p for p in tmp_path.rglob(".state-*")]  # no half-written file left

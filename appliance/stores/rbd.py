@@ -368,6 +368,8 @@ class RbdStore:
                 return True
         except rbd.ImageNotFound:
             return False
+        except (rbd.Error, rados.Error) as exc:  # the cluster does not answer: a domain error, not a crash
+            raise self._error(exc) from exc
 
     async def read(self, image_id: str, start: int = 0, stop: int | None = None) -> AsyncIterator[bytes]:
         """The bytes of the committed image (its snapshot), [start, stop)."""

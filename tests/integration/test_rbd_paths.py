@@ -32,13 +32,15 @@ def metric(daemon: Daemon, name: str) -> float:
 def replace_rbd_image(ceph: CephCluster, image_id: str, data: bytes, tmp_path: Path) -> str:
     """Put other bytes under an image's name in Glance's layout (what a copy changed in the pool
     looks like to a reader); the original is renamed aside and its name returned."""
-    aside = "aside-%s" % image_id[:8]
-    ceph.rbd("rename", "%s/%s" % (POOL, image_id), "%s/%s" % (POOL, aside))
-    src = tmp_path / ("%s.raw" % aside)
+    aside, ready = "aside-%s" % image_id[:8], "new-%s" % image_id[:8]
+    src = tmp_path / ("%s.raw" % ready)
     src.write_bytes(data)
-    ceph.rbd("import", "--no-progress", str(src), "%s/%s" % (POOL, image_id))
-    ceph.rbd("snap", "create", "%s/%s@snap" % (POOL, image_id))
-    ceph.rbd("snap", "protect", "%s/%s@snap" % (POOL, image_id))
+    # Complete under another name first: the daemon (its scrubber) never sees a half-made one.
+    ceph.rbd("import", "--no-progress", str(src), "%s/%s" % (POOL, ready))
+    ceph.rbd("snap", "create", "%s/%s@snap" % (POOL, ready))
+    ceph.rbd("snap", "protect", "%s/%s@snap" % (POOL, ready))
+    ceph.rbd("rename", "%s/%s" % (POOL, image_id), "%s/%s" % (POOL, aside))
+    ceph.rbd("rename", "%s/%s" % (POOL, ready), "%s/%s" % (POOL, image_id))
     return aside
 
 

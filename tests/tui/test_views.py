@@ -162,6 +162,7 @@ async def test_events_level_cursor_and_detail(tmp_path: Path, daemon_factory: Ca
         await pilot.press("l")
         await wait_until(pilot, lambda: "warnings and errors only" in screen_text(app), what="the level line")
         assert " INFO " not in screen_text(app) and " WARNING " in screen_text(app)
+        assert "· 1 of %d events" % sum(1 for e in pane.events if e) in screen_text(app)
         await pilot.press("l")
         await wait_until(pilot, lambda: "Level: errors only" in screen_text(app), what="errors only")
         assert " WARNING " not in screen_text(app) and " INFO " not in screen_text(app)
@@ -196,6 +197,15 @@ async def test_events_level_cursor_and_detail(tmp_path: Path, daemon_factory: Ca
         await pilot.press("enter")
         assert isinstance(app.screen, DetailScreen)
         assert line_with(app, "Seq").split() == ["Seq", str(pane.chosen["seq"])]
+        await pilot.press("escape")
+        # A filter says how many of the events kept it shows.
+        kept = sum(1 for e in pane.events if e)
+        await pilot.press("slash")
+        await type_text(pilot, "import failed")
+        await pilot.press("enter")
+        await wait_until(
+            pilot, lambda: "Filter: import failed · 1 of %d events" % kept in screen_text(app), what="the count"
+        )
 
 
 # -- a daemon restart, stale data, notifications --------------------------------------------

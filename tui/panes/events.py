@@ -27,6 +27,7 @@ from textual.widgets import Input, RichLog, Static
 from tui.display import level_style, plain, visible
 from tui.widgets.contained import Contained
 from tui.widgets.filtering import FilterLine
+from tui.widgets.steady import show_text
 
 Json = dict[str, Any]
 KEEP = 2000  # the daemon keeps as many
@@ -248,6 +249,29 @@ class EventsPane(FilterLine, Vertical):
             if self._cursor is not None:
                 self._cursor = max(0, self._cursor - 1)
         self._show_cursor()
+        self._say_narrowing()
+
+    def _say_narrowing(self) -> None:
+        """The line above the log while a level or a filter narrows it: which, and how many of
+        the events kept it shows."""
+        level = LEVEL_STEPS.get(self.least, "%s and above" % self.least)
+        line = self.query_one("#event-level", Static)
+        line.set_class(not level and not self.filter_text, "-hidden")
+        if not level and not self.filter_text:
+            return
+        kept = [e for e in self.events if e is not None]
+        shown = sum(1 for e in kept if event_matches(e, self.filter_text, self._name_for, self.least))
+        text = Text()
+        if level:
+            text.append("Level: ", style="bold")
+            text.append(level + " · ")
+        if self.filter_text:
+            text.append("Filter: ", style="bold")
+            text.append_text(plain(self.filter_text))
+            text.append(" · ")
+        text.append("%d of %d events" % (shown, len(kept)))
+        text.append("  (l: level, esc: clear the filter)" if self.filter_text else "  (l: change)", style="dim")
+        show_text(line, text)
 
     # -- the cursor ---------------------------------------------------------------------------
 
@@ -294,10 +318,6 @@ class EventsPane(FilterLine, Vertical):
         if least == self.least:
             return
         self.least = least
-        line = self.query_one("#event-level", Static)
-        said = LEVEL_STEPS.get(least, "%s and above" % least)
-        line.update(Text.assemble(("Level: ", "bold"), said, ("  (l: change)", "dim")))
-        line.set_class(not said, "-hidden")
         self.redraw()
 
     def _name_for(self, image_id: str) -> str | None:

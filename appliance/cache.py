@@ -158,8 +158,14 @@ class ImageCache:
 
     async def open(self, image: Image, byte_range: slice | None = None) -> Download:
         """Serve a hub image: a committed entry, a fill being written (joined or begun),
-        or, for ranges and images that do not fit, bytes relayed from the hub."""
+        or, for ranges, images that do not fit and entries in a pool that does not answer (a lost
+        Ceph cluster), bytes relayed from the hub."""
         entry = self._entries.get(image.id)
+        down = self._committed.unavailable()
+        if down and (entry is not None or byte_range is None):
+            log.warning("cache: image %s relayed from the hub uncached: %s", image.id, down)
+            self.stats.uncached += 1
+            entry = None  # neither read nor filled until its pool answers again
         if entry is not None:
             self._leases[image.id] += 1
             self.stats.hits += 1
@@ -174,7 +180,7 @@ class ImageCache:
         self._metrics.cache_misses.inc()
         if byte_range is not None:
             return await self._relay_range(image, byte_range)
-        transfer = await self._join_or_begin(image)
+        transfer = None if down else await self._join_or_begin(image)
         if transfer is None:
             return Download(image=image, source=HUB, chunks=self._relay(image), length=image.size)
         return Download(image=image, source=HUB, chunks=transfer.follow(), length=image.size)

@@ -60,6 +60,9 @@ class EntryFiles:
     async def commit(self, image: Image, partial: Path) -> None:
         await asyncio.to_thread(replace_durably, partial, self._data / image.id)
 
+    def unavailable(self) -> str:
+        return ""  # a local directory: its failures are each operation's
+
     async def in_use(self, image_id: str) -> str:
         return ""
 
@@ -104,6 +107,11 @@ class EntryPool:
             await self.store.delete(name)
             raise
         await asyncio.to_thread(unlink, partial)  # readers following the fill keep their open file
+
+    def unavailable(self) -> str:
+        """Why entries can be neither read nor written now ("" if they can): the store's
+        health thread's last word on its cluster (never waits for it)."""
+        return self.store.read_only_reason()
 
     async def in_use(self, image_id: str) -> str:
         """Why the entry cannot be removed ("" if it can): clones of its snapshot."""

@@ -5,10 +5,11 @@ and the image cache kept in an RBD pool (fills, LRU eviction, serving, clones)."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,39 @@ async def test_the_cache_keeps_its_entries_in_an_rbd_pool(cloud: Cloud, ceph: Ce
     ceph.rbd("snap", "unprotect", "%s/%s@snap" % (POOL, aside))
     ceph.rbd("snap", "purge", "%s/%s" % (POOL, aside))
     ceph.rbd("rm", "--no-progress", "%s/%s" % (POOL, aside))
+
+
+async def test_cached_images_are_relayed_from_the_hub_while_the_cache_pool_is_lost(
+    cloud: Cloud, ceph: CephCluster
+) -> None:
+    edge = start_rbd_edge(cloud, ceph, cache={"store": "ceph"})
+    data = os.urandom(3 * MiB)
+    image_id = await cloud.upload(cloud.hub, data, name="cached-then-lost")
+    await eventually(lambda: cloud.image(edge, image_id), "the mirror", within=60)
+    assert await cloud.call(edge, "GET", "/v2/images/%s/file" % image_id) == data  # filled into the pool
+    assert "cache.%s" % image_id in ceph.images()
+
+    async def ceph_read_only() -> bool:
+        stores = (await cloud.call(edge, "GET", "/v2/info/stores/detail"))["stores"]
+        return any(s["id"] == "ceph" and s.get("read-only") == "true" for s in stores)
+
+    ceph.stop()
+    try:
+        await eventually(ceph_read_only, "the edge to see its pool gone", within=30)
+        # The entry cannot be read: the hub's copy is relayed (verified), whole and in part.
+        assert await cloud.call(edge, "GET", "/v2/images/%s/file" % image_id) == data
+        part = await cloud.call(
+            edge, "GET", "/v2/images/%s/file" % image_id, 206, headers={"Range": "bytes=%d-%d" % (MiB, MiB + 99)}
+        )
+        assert part == data[MiB : MiB + 100]
+        assert "relayed from the hub uncached: Ceph cluster" in edge.log.read_text()
+    finally:
+        await asyncio.to_thread(ceph.start)
+    await eventually(lambda: _not(ceph_read_only), "the pool back", within=60)
+    hits = (await cloud.call(edge, "GET", "/v2/edge/cache"))["stats"]["hits"]
+    assert await cloud.call(edge, "GET", "/v2/images/%s/file" % image_id) == data
+    assert (await cloud.call(edge, "GET", "/v2/edge/cache"))["stats"]["hits"] == hits + 1  # from the pool again
+
+
+async def _not(check: Callable[[], Awaitable[bool]]) -> bool:
+    return not await check()

@@ -175,16 +175,22 @@ class ImportRunner:
         )
 
     async def run(self, task: Task, image: Image, request: ImportRequest, ctx: Context) -> None:
+        try:
+            await self._run(task, image, request, ctx)
+        except asyncio.CancelledError:
+            # Whenever the delete's cancel lands (in the steps, or in the clean-up and the task's
+            # last write after them), the task ends as failed, never left processing.
+            if self._images.work.deleting(image.id):  # the delete removes the files
+                await asyncio.shield(self.deleted(task))
+            # Else the daemon is stopping: recover() fails the task cleanly on the next start.
+            raise
+
+    async def _run(self, task: Task, image: Image, request: ImportRequest, ctx: Context) -> None:
         work = self._staging_root / "work" / task.id
         timer = StageTimer()
         try:
             await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
             message = await self._execute(task, image, request, ctx, work, timer)
-        except asyncio.CancelledError:
-            if self._images.work.deleting(image.id):  # the delete removes the files
-                await asyncio.shield(self.deleted(task))
-            # Else the daemon is stopping: recover() fails the task cleanly on the next start.
-            raise
         except ApplianceError as exc:
             message = str(exc)
         except Exception as exc:  # a bug must still leave a clear task message and a sane image

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cryptography.hazmat.primitives import serialization
 
 from tests.barbican import BARBICAN_VENV, Barbican
+from tests.bench.summary import summary
 from tests.conftest import Daemon, start_daemon, write_toml
 from tests.keystone import Keystone
 from tests.loopback import free_port
@@ -125,6 +126,7 @@ def main() -> None:
         for kind, values in times.items():
             print("  %-9s p50 %7.2f ms  p90 %7.2f ms" % (kind, pct(values, 0.5), pct(values, 0.9)))
         base, plain = pct(times["cert_dir"], 0.5), pct(times["unsigned"], 0.5)
+        summary("signed upload p50, Barbican cert", pct(times["barbican"], 0.5), base, "ms", "cert_dir p50", "lower")
         print(
             "  barbican p50: %.2fx cert_dir, %.2fx unsigned (+%.1f ms per signed upload)"
             % (

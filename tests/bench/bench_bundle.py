@@ -25,8 +25,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench_import import Client
 from bench_transfer import peak_rss_mib, start_daemon
+
+from tests.bench.summary import summary
 
 BIN = Path(sys.executable).parent
 MiB = 1 << 20
@@ -181,6 +184,8 @@ def main() -> None:
             "  zstd -d -T0 decompress:             %7.1f MB/s  %.2f s  -> import %.2fx"
             % (rate(size, unzstd), unzstd, unzstd / import_s)
         )
+        summary("bundle export (hashed)", rate(size, export_s), rate(size, zstd3), "MB/s", "zstd -T0")
+        summary("bundle import (verified)", rate(size, import_s), rate(size, unzstd), "MB/s", "zstd -d -T0")
         if args.runs > 1:
             print(
                 "runs: export %s s; import %s s"

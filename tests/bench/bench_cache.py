@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.bench.bench_transfer import curl_speed, run, start_daemon, start_nginx
+from tests.bench.summary import summary
 from tests.hubproxy import HubProxy
 
 
@@ -168,6 +169,8 @@ async def main() -> None:
             "(target: exactly one image, %d bytes)"
             % (storm_bytes, args.clients, storm_bytes / wan, storm_requests, single_bytes, wan)
         )
+        summary("cache hit", hit, ngx_speed, "MB/s", "nginx sendfile")
+        summary("boot storm, %d clients" % args.clients, storm, single, "s", "one client", "lower")
         print(
             "all hit runs (MB/s): daemon %s | nginx %s"
             % (", ".join("%.0f" % (s / 1e6) for s in hits), ", ".join("%.0f" % (s / 1e6) for s in base))

@@ -32,6 +32,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.bench.bench_mirror import create_images
+from tests.bench.summary import summary
 from tests.clients.test_glance_cli import Glance
 from tests.conftest import Daemon, start_daemon, write_toml
 from tests.hubproxy import HubProxy
@@ -214,6 +215,7 @@ async def main() -> None:
         for size in args.sizes:
             feed_time, feed_fetched = figures["feed", size]
             base_time, base_fetched = figures["reconcile", size]
+            summary("deletion feed to 404, %d images" % size, feed_time, base_time, "s", "reconcile", "lower")
             print(
                 "catalog %4d: the feed is %.1fx faster to 404 and fetches %s the records of the reconcile"
                 % (

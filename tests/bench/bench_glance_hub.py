@@ -23,6 +23,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.bench.summary import summary
 from tests.conftest import start_daemon, write_toml
 from tests.glance_server import GlanceServer, running_glance
 
@@ -114,6 +115,8 @@ async def main(mib: int, clients: int) -> None:
     cold, warm = rate(n, cold_edge), rate(n, warm_edge)
     print("edge pull-through (cold):          %7.1f MB/s  (%.2f x base)" % (cold, cold / base))
     print("edge from its cache (warm):        %7.1f MB/s  (%.2f x base)" % (warm, warm / base))
+    summary("edge pull-through from Glance (cold)", cold, base, "MB/s", "OpenStack Glance direct")
+    summary("edge from its cache (warm)", warm, base, "MB/s", "OpenStack Glance direct")
     total = rate(n * clients, crowd)
     print(
         "%d clients at once, cold:           %7.1f MB/s in all (%.2f x base); GETs of the data at Glance: %d"

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.bench.summary import summary
 from tests.conftest import start_daemon
 from tests.integration.test_request_bodies import (
     JSON,
@@ -91,6 +92,7 @@ def main() -> None:
         )
     )
     print("p99 ratio hostile/idle: %.2f" % (p99 / base_p99))
+    summary("/healthcheck p99 under hostile bodies", p99 * 1e3, base_p99 * 1e3, "ms", "idle p99", "lower")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench_transfer import start_daemon
 
+from tests.bench.summary import summary
 from tests.conftest import write_toml
 
 ADMIN_TOKEN = "bench-admin"
@@ -158,6 +159,7 @@ async def measure(url: str, pid: int, sites: int, interval: float, seconds: floa
     )
     print("  CPU per heartbeat               : %.2f ms" % (1000 * (cpu1 - cpu0) / max(1, len(window))))
     print("  heartbeat latency               : p50 %.2f ms, p99 %.2f ms, max %.2f ms" % (p50, p99, ms[-1]))
+    summary("hub CPU, %d sites heartbeating" % sites, load_pct, idle_pct, "% core", "sites silent", "lower")
 
 
 def main() -> None:

@@ -29,7 +29,10 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench_transfer import peak_rss_mib, start_daemon, start_nginx
+
+from tests.bench.summary import summary
 
 BIN = Path(sys.executable).parent
 
@@ -172,6 +175,7 @@ def main() -> None:
             "daemon web-download + decompress + convert + hash + store, median : %6.1f s   "
             "ratio %.2fx of the chain (target <= 0.60x)" % (single, single / naive)
         )
+        summary("web-download qcow2.gz -> raw, median", single, naive, "s", "naive chain", "lower")
         print("seconds per stage (task result stage_seconds; overlapping stages each count in full):")
         for name in stages[0]:
             print("  %-28s %s" % (name, "  ".join("%6.2f" % s.get(name, 0.0) for s in stages)))

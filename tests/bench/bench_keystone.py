@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.bench.summary import summary
 from tests.conftest import start_daemon, write_toml
 from tests.keystone import Keystone, _free_port
 
@@ -115,6 +116,7 @@ def main() -> None:
                 % (name, pct(values, 0.5), pct(values, 0.99), statistics.mean(values) * 1000)
             )
         print("  keystone/static p99 ratio: %.2f (target <= 1.10)" % (pct(cached, 0.99) / pct(static, 0.99)))
+        summary("image-show p99, Keystone token", pct(cached, 0.99), pct(static, 0.99), "ms", "static token", "lower")
         print("  Keystone validations of the cached token: %d" % keystone.validations(ks_token))
 
         fresh = keystone.token("bench-user", PASSWORD, "bench")

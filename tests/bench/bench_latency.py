@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_import import make_image
 from bench_transfer import start_nginx
 
+from tests.bench.summary import summary
 from tests.conftest import Daemon, start_daemon
 
 LIST_SIZE = 25
@@ -375,6 +376,17 @@ def main() -> None:
         phases.append(run_phase(daemon, ids[0], Phase("combined"), uploads, imports_done, args.timeout))
         api.close()
         print(report(phases, idle_mib, one.done + uploads.done, load_before, Path("/proc/loadavg").read_text().strip()))
+        idle, combined = phases[0], phases[-1]
+        for label, pick in (("image-show", lambda p: p.show), ("image-list (%d)" % LIST_SIZE, lambda p: p.listing)):
+            summary(
+                "%s p99, 2 imports + upload" % label,
+                1000 * percentile(pick(combined), 0.99),
+                1000 * percentile(pick(idle), 0.99),
+                "ms",
+                "idle p99",
+                "lower",
+            )
+        summary("peak RSS, 2 imports + upload", combined.peak_mib, idle_mib, "MiB", "idle RSS", "lower")
     finally:
         if daemon is not None:
             daemon.stop()

@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_signature import request  # noqa: E402
 from bench_transfer import start_daemon, start_nginx  # noqa: E402
 
+from tests.bench.summary import summary  # noqa: E402
+
 CHUNK = 1 << 20
 
 
@@ -79,6 +81,7 @@ def main() -> None:
         for kind, seconds in best.items():
             print("%-8s %7.1f MB/s  (%.2f s for %d MiB)" % (kind, mb / seconds, seconds, args.mib))
         print("ratio daemon / baseline (throughput): %.2f" % (best["baseline"] / best["daemon"]))
+        summary("location add, hashed", mb / best["daemon"], mb / best["baseline"], "MB/s", "curl + MD5 + SHA-512")
         print("load: %s" % " ".join("%.2f" % v for v in os.getloadavg()))
     finally:
         daemon.terminate()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.bench.summary import summary
 from tests.conftest import start_daemon, write_toml
 
 TOKENS = {"alpha": "bench-alpha", "beta": "bench-beta"}
@@ -95,6 +96,14 @@ def main() -> None:
         for what in ("show", "list"):
             ratio = pct(kinds["%s member" % what], 0.99) / pct(kinds["%s owner" % what], 0.99)
             print("  %s: member/owner p99 ratio %.2f" % (what, ratio))
+            summary(
+                "%s p99, member" % what,
+                pct(kinds["%s member" % what], 0.99),
+                pct(kinds["%s owner" % what], 0.99),
+                "ms",
+                "owner",
+                "lower",
+            )
     finally:
         daemon.stop()
         shutil.rmtree(work, ignore_errors=True)

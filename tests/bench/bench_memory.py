@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.bench.summary import summary
 from tests.conftest import Daemon, start_daemon
 
 SEND_CHUNK = 1 << 20
@@ -123,7 +124,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
         daemon = start_daemon(Path(work) / "site")
         try:
-            print(measure(daemon, args.uploads, args.size_mib, args.rounds).report(args.uploads, args.size_mib))
+            memory = measure(daemon, args.uploads, args.size_mib, args.rounds)
+            print(memory.report(args.uploads, args.size_mib))
+            summary("RSS after %d uploads" % args.uploads, memory.after[-1], memory.idle, "MiB", "idle RSS", "lower")
         finally:
             daemon.stop()
 

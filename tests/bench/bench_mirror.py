@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from appliance.config import parse_config
 from appliance.services import open_services
 from tests.bench.bench_transfer import start_daemon
+from tests.bench.summary import summary
 
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 
@@ -102,9 +103,18 @@ async def main() -> None:
                 )
             t = time.perf_counter()
             await link.mirror_once(full=True)
+            full = time.perf_counter() - t
             print(
                 "full reconcile    : %6.2f s (re-reads all %d records; runs every reconcile_interval)"
-                % (time.perf_counter() - t, args.images)
+                % (full, args.images)
+            )
+            summary(
+                "mirror incremental sync, 10 changes in %d" % args.images,
+                next(took for n, took, _ in results if n == 10),
+                full,
+                "s",
+                "full reconcile",
+                "lower",
             )
     finally:
         if hub is not None:

@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_import import Client, load, median
 from bench_transfer import start_daemon
 
+from tests.bench.summary import summary
+
 OVF = """<?xml version="1.0" encoding="UTF-8"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
     xmlns:pasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ProcessorAllocationSettingData">
@@ -123,6 +125,7 @@ def main() -> None:
                 % (name, m, args.mib / m, m / base, ", ".join("%.2f" % v for v in values))
             )
         print("ova stage seconds (last run): %s" % stages[-1])
+        summary("ova import (median)", median(times["ova"]), base, "s", "bare import", "lower")
         print("after: %s" % load())
     finally:
         if daemon is not None:

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from appliance import policy
 from appliance.auth import Context
 from appliance.errors import Forbidden
+from tests.bench.summary import summary
 
 MEMBER = Context(user="mia", project="p1", roles=frozenset({"member", "reader"}))
 READER = Context(user="rex", project="p2", roles=frozenset({"reader"}))
@@ -84,6 +85,7 @@ def main() -> None:
     for name, fn in cases:
         cost = per_call_us(fn, calls)
         print("%-40s %6.2f us  (%.2fx baseline)" % (name, cost, cost / baseline))
+        summary("policy: " + name, cost, baseline, "us", "json.dumps(image record)", "lower")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_transfer import start_daemon, start_nginx
 
+from tests.bench.summary import summary
 from tests.ceph import POOL, CephCluster
 from tests.conftest import write_toml
 
@@ -207,6 +208,7 @@ def main() -> None:
                 "%-8s daemon %7.1f MB/s   %-10s %7.1f MB/s   ratio %.2f"
                 % (ours, mb / best[ours], base, mb / best[base], best[base] / best[ours])
             )
+            summary("RBD " + ours, mb / best[ours], mb / best[base], "MB/s", base)
         if args.web_mib:
             gz = (www / "disk.qcow2.gz").stat().st_size
             print(
@@ -221,6 +223,14 @@ def main() -> None:
                     args.web_mib * (1 << 20) / 1e6 / best["web-download"],
                     args.web_mib * (1 << 20) / 1e6 / best["naive chain"],
                 )
+            )
+            summary(
+                "web-download qcow2.gz -> raw in RBD",
+                best["web-download"],
+                best["naive chain"],
+                "s",
+                "naive chain",
+                "lower",
             )
     finally:
         if daemon is not None:

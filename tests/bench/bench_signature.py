@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_transfer import start_daemon  # noqa: E402
 
+from tests.bench.summary import summary  # noqa: E402
 from tests.signkit import make_cert, new_key, save_cert, sign, signature_properties  # noqa: E402
 
 CHUNK = 1 << 20
@@ -115,6 +116,8 @@ def main() -> None:
         for kind, seconds in best.items():
             rate = args.mib / seconds
             print("  %-16s %8.1f MiB/s   ratio to unsigned %.2f" % (kind, rate, rate / base))
+            if kind != "unsigned":
+                summary("upload, " + kind, rate, base, "MiB/s", "unsigned upload")
     finally:
         if proc is not None:
             proc.terminate()

@@ -25,6 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.bench.summary import summary
+
 BIN = Path(sys.executable).parent
 
 
@@ -185,6 +188,8 @@ def main() -> None:
             "peak RSS : %8.1f MiB after uploads, %.1f MiB after downloads   (target < 150 MiB)" % (rss_upload, rss_all)
         )
         print("all upload runs (MB/s): %s" % ", ".join("%.1f" % (s / 1e6) for s in up_speeds))
+        summary("upload (curl -T), median", up, mb / base_up, "MB/s", "sha512sum + md5sum")
+        summary("download, stored image, median", dn, bdn, "MB/s", "nginx sendfile")
         print(
             "all download runs (MB/s): daemon %s | nginx %s"
             % (", ".join("%.0f" % (s / 1e6) for s in down), ", ".join("%.0f" % (s / 1e6) for s in base_down))

@@ -44,6 +44,7 @@ import aiohttp  # noqa: E402
 from textual.app import App, ComposeResult  # noqa: E402
 from textual.widgets import DataTable  # noqa: E402
 
+from tests.bench.summary import summary  # noqa: E402
 from tests.conftest import Daemon, start_daemon, write_toml  # noqa: E402
 from tests.waiting import eventually  # noqa: E402
 from tui.app import make_app  # noqa: E402
@@ -222,6 +223,7 @@ def print_cold_start(sock: str, many: int, rounds: int = 3) -> None:
         % (many, first, "OK" if first < 0.5 else "OVER TARGET", best["cold start, all rows shown"])
     )
     bare = best["bare Textual start"]
+    summary("TUI cold start, %d images" % many, first, fetch + bare, "s", "first page fetch + bare Textual", "lower")
     print(
         "  baselines: the daemon's first page alone %.3f s; a bare Textual app's start %.3f s; the cold start "
         "is %.1fx their sum (best of %d; load %s)"
@@ -386,6 +388,7 @@ def main() -> None:
             print("%-36s %6.3f s%s" % (name + ", %d images:" % args.many, seconds, target))
         base, keyed = figures["baseline: stock add_row + measure"], figures["keyed bulk add"]
         print("keyed bulk add vs stock DataTable: %.1fx faster" % (base / keyed))
+        summary("TUI keyed bulk add, %d rows" % args.many, keyed, base, "s", "stock DataTable add_row", "lower")
         print_cold_start(sock, args.many)
         tui, served = asyncio.run(idle_cpu(sock, daemon.proc.pid, args.idle_seconds, args.many))
         print(

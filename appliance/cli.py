@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from appliance import __version__, systemd, workers
+from appliance import __version__, memory, systemd, workers
 from appliance.api.listener import (
     Budget,
     ConnectionLimits,
@@ -114,6 +114,7 @@ def _listeners(runner: web.AppRunner, config: Config) -> tuple[Listener, Listene
 
 async def serve(config: Config, config_path: Path | None = None, overrides: dict[str, object] | None = None) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP re-reads `config_path` with the same CLI `overrides`."""
+    memory.one_arena()  # before any thread starts
     _private_state(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

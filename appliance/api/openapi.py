@@ -1165,6 +1165,7 @@ def _metadef_paths() -> Json:
         _query("sort_key", {"type": "string", "enum": ["name", "created_at", "updated_at"]}, "Default created_at"),
         _query("sort_dir", {"type": "string", "enum": ["asc", "desc"]}, "Default desc (the newest first)"),
     ]
+    tags["get"]["responses"]["400"] = {"$ref": "#/components/responses/E400"}  # a bad paging parameter
     paths["/v2/metadefs/namespaces/{namespace}/properties/{name}"]["get"]["parameters"] = [
         _query(
             "resource_type",

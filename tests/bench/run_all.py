@@ -37,7 +37,7 @@ QUICK: dict[str, list[str]] = {
     "bench_location_add": ["--mib", "64", "--rounds", "2"],
     "bench_members": ["--images", "50", "--members", "10", "--requests", "200"],
     "bench_memory": ["--uploads", "8", "--size-mib", "32"],
-    "bench_metadata": ["--page", "16", "--rounds", "1"],
+    "bench_metadata": ["--page", "32", "--rounds", "1"],
     "bench_mirror": ["--images", "1000"],
     "bench_ova": ["--mib", "128", "--runs", "1"],
     "bench_policy": ["--calls", "20000"],

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +248,8 @@ STREAM_BATCH_BYTES = 1 << 20
 STREAM_MAX_BATCH = 64
 STREAM_INLINE_BYTES = 256 << 10
 BOOL_COLUMNS = frozenset({"protected", "os_hidden"})
+# What SQLite's json_group_* give for no rows, decoded without the JSON parser.
+_EMPTY_JSON: dict[str, Callable[[], Any]] = {"[]": list, "{}": dict}
 
 
 @dataclass(frozen=True)
@@ -439,6 +441,7 @@ class Catalog:
         that carry megabytes of metadata each is never held whole, the loop is never held for
         long, and a page of ordinary images is read in one round trip."""
         weights = await self._row_weights(ids)
+        plan: list[tuple[Sequence[str], int]] = []
         start = 0
         while start < len(ids):
             end, weight = start, 0
@@ -447,13 +450,22 @@ class Catalog:
                 if end > start and weight + more > STREAM_BATCH_BYTES:
                     break
                 weight, end = weight + more, end + 1
-            chunk = ids[start:end]
+            plan.append((ids[start:end], weight))
             start = end
-            rows = await self._image_rows(chunk)
-            if weight > STREAM_INLINE_BYTES:
-                yield await asyncio.to_thread(self._rows_to_images, chunk, rows)
-            else:
-                yield self._rows_to_images(chunk, rows)
+        # The next batch is read on the database thread while this one is decoded and encoded
+        # here: two batches at most are held.
+        ahead: asyncio.Future[dict[str, Any]] | None = None
+        try:
+            for n, (chunk, weight) in enumerate(plan):
+                rows = await (ahead if ahead is not None else self._image_rows(chunk))
+                ahead = asyncio.ensure_future(self._image_rows(plan[n + 1][0])) if n + 1 < len(plan) else None
+                if weight > STREAM_INLINE_BYTES:
+                    yield await asyncio.to_thread(self._rows_to_images, chunk, rows)
+                else:
+                    yield self._rows_to_images(chunk, rows)
+        finally:  # the reader broke off: the batch read ahead is not wanted
+            if ahead is not None and not ahead.cancel() and not ahead.cancelled():
+                ahead.exception()  # retrieved, so that asyncio does not log it as lost
 
     async def _row_weights(self, ids: Sequence[str]) -> dict[str, int]:
         """About the bytes each image's properties, tags, locations and members take."""
@@ -501,7 +513,9 @@ class Catalog:
             rec = dict(zip(IMAGE_ATTRIBUTES, row[:n], strict=True))
             for col in BOOL_COLUMNS:
                 rec[col] = bool(rec[col])
-            props, tags, locs, members = (json.loads(v) for v in row[n:])
+            # Most images have no tags, locations or members: skip decoding their "[]" (a page
+            # of 1,000 decoded 4,000 JSON documents, a fifth of the list's time).
+            props, tags, locs, members = (json.loads(v) if v not in _EMPTY_JSON else _EMPTY_JSON[v]() for v in row[n:])
             out.append(
                 Image(
                     **rec,

@@ -8,6 +8,7 @@ for the new daemon to pass the old number before showing anything."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -121,19 +122,25 @@ async def poll_round(client: DaemonApi, state: PollState, plan: PollPlan, post: 
 async def _poll_images(
     client: DaemonApi, state: PollState, status: Json, full: bool, post: Callable[[Message], Any]
 ) -> None:
-    """The first load posts each page as it comes (the screen fills at once) and takes the change
-    probe right after the first page (the first paint waits for one request, not two); later
-    rounds fetch every page only if the probe changed."""
+    """The first load posts each page as it comes (the screen fills at once) and asks the change
+    probe beside the second page, once the first is shown (the first paint waits for one
+    request, and the rest of the list does not wait for the probe); later rounds fetch every
+    page only if the probe changed."""
     counts = sorted((status.get("images") or {}).items())
     if not state.images_loaded:
         images: list[Json] = []
-        fingerprint = None
-        async for page in client.image_pages():
-            images.extend(page)
-            post(ImagesPageLoaded(page))
-            if fingerprint is None:
-                fingerprint = (counts, await client.recent_images(PROBE_SIZE))
-        state.fingerprint, state.images_loaded = fingerprint, True
+        probe: asyncio.Task[list[Json]] | None = None
+        try:
+            async for page in client.image_pages():
+                images.extend(page)
+                post(ImagesPageLoaded(page))
+                if probe is None:
+                    probe = asyncio.ensure_future(client.recent_images(PROBE_SIZE))
+            recent = await probe if probe is not None else None
+        finally:
+            if probe is not None and not probe.done():
+                probe.cancel()
+        state.fingerprint, state.images_loaded = (counts, recent), True
         post(ImagesLoaded(images))
         return
     fingerprint = (counts, await client.recent_images(PROBE_SIZE))

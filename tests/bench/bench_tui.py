@@ -218,9 +218,10 @@ def print_cold_start(sock: str, many: int, rounds: int = 3) -> None:
     runs = [asyncio.run(cold_start(sock, many)) for _ in range(rounds)]
     best = {name: min(r[name] for r in runs) for name in runs[0]}
     first, fetch = best["cold start, first page shown"], best["first page fetch"]
+    every = best["cold start, all rows shown"]
     print(
-        "cold start to the first page, %d images: %.3f s (target < 0.5 s) %s; all rows %.3f s"
-        % (many, first, "OK" if first < 0.5 else "OVER TARGET", best["cold start, all rows shown"])
+        "cold start to the first page, %d images: %.3f s; to all rows (the full list) %.3f s (target < 0.5 s) %s"
+        % (many, first, every, "OK" if every < 0.5 else "OVER TARGET")
     )
     bare = best["bare Textual start"]
     summary("TUI cold start, %d images" % many, first, fetch + bare, "s", "first page fetch + bare Textual", "lower")

@@ -4,7 +4,7 @@ guesses, and the keyed table's in-place sync."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from textual.app import App, ComposeResult
@@ -144,6 +144,36 @@ async def test_keyed_table_syncs_in_place() -> None:
         await pilot.pause()
         assert table.keys == [k for k, _ in big[:10]]
         assert table.virtual_size.height == 11  # header + rows, without measuring cells
+
+
+class CountingTable(KeyedTable):
+    drawn: ClassVar[list[str]] = []
+
+    def render_value(self, column: str, value: Any) -> Any:
+        self.drawn.append(value)
+        return super().render_value(column, value)
+
+
+class ManyRowsApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield CountingTable([("a", "A", 6), ("b", "B", 5)])
+
+
+async def test_keyed_table_draws_only_the_rows_shown() -> None:
+    """10,000 rows added in bulk cost no cell renderings until drawn: only the rows on screen
+    (and any asked for) are rendered, so a first load of 10,000 images does not build 70,000 Texts."""
+    CountingTable.drawn.clear()
+    app = ManyRowsApp()
+    async with app.run_test(size=(40, 12)) as pilot:
+        table = app.query_one(CountingTable)
+        table.add_keyed_rows([("r%05d" % i, ("n%05d" % i, "z")) for i in range(10_000)])
+        await pilot.pause()
+        assert table.row_count == 10_000
+        assert "n00000" in CountingTable.drawn and len(CountingTable.drawn) < 2 * 12
+        assert table.cell_text("r09999", "a") == "n09999"  # rendered when asked for
+        table.action_scroll_bottom()
+        await pilot.pause()
+        assert "n09990" in CountingTable.drawn and len(CountingTable.drawn) < 4 * 12
 
 
 async def test_import_form_needs_a_url_and_fills_in_the_rest() -> None:

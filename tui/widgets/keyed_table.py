@@ -50,6 +50,23 @@ class _Lines(Sequence[tuple[RowKey, int]]):
         """DataTable.clear() empties the cached list; the view follows the key order instead."""
 
 
+class _Cells(dict[ColumnKey, Any]):
+    """One row's cells, drawn on first read: DataTable reads a row's cells only to draw it (or
+    for get_cell), so 10,000 rows added cost one tuple each, not 70,000 Rich Texts (0.1 s a
+    page of 1,000), and only the rows scrolled into view are ever rendered."""
+
+    __slots__ = ("_columns", "_draw", "_values")
+
+    def __init__(self, draw: Any, values: Values, columns: dict[ColumnKey, tuple[str, int]]) -> None:
+        super().__init__()
+        self._draw, self._values, self._columns = draw, values, columns
+
+    def __missing__(self, key: ColumnKey) -> Any:
+        name, index = self._columns[key]
+        cell = self[key] = self._draw(name, self._values[index]) if index < len(self._values) else None
+        return cell
+
+
 class KeyedTable(Contained, DataTable[Any]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("j", "cursor_down", "Down", show=False),
@@ -156,21 +173,21 @@ class KeyedTable(Contained, DataTable[Any]):
         if not rows:
             return
         render = self.render_value
-        column_keys = [c.key for c in self.ordered_columns]
-        names = [str(k.value) for k in column_keys]
+        columns = {c.key: (str(c.key.value), i) for i, c in enumerate(self.ordered_columns)}
         was_empty = self.row_count == 0
         index = self.row_count
         for key, values in rows:
             row_key = RowKey(key)
             self._row_locations[row_key] = index
-            self._data[row_key] = {c: render(n, v) for c, n, v in zip(column_keys, names, values, strict=False)}
+            self._data[row_key] = _Cells(render, values, columns)
             self.rows[row_key] = Row(row_key, 1, None, False)
             self._values[key] = values
             self._order.append(key)
             self._order_keys.append(row_key)
             index += 1
         self._require_update_dimensions = True
-        self._update_count += 1
+        if was_empty:  # rows added below keep the lines drawn so far (cached by row key)
+            self._update_count += 1
         self.cursor_coordinate = self.cursor_coordinate
         if was_empty and self.show_cursor and self.cursor_type != "none":
             self._highlight_cursor()

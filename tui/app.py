@@ -26,6 +26,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerState
 
+from tui.admin_only import show_admin_only
 from tui.client import DaemonApi, DaemonError, DaemonUnavailable, HttpDaemonClient
 from tui.config import TuiConfig
 from tui.detail_views import DetailViews
@@ -34,6 +35,7 @@ from tui.dialogs.help import HelpScreen
 from tui.display import short_id, visible
 from tui.guard import report_worker_error, while_running
 from tui.messages import (
+    AdminOnly,
     CacheLoaded,
     ConnectionFailed,
     DaemonChanged,
@@ -108,10 +110,9 @@ class ApplianceTui(ImageActionKeys, DetailViews, Navigation, App[None]):
         Binding("slash", "filter", "Filter", priority=True),
         Binding("n", "import_url", "Import"),
         Binding("c", "copy_to_store", "Copy"),
-        Binding("x", "delete_from_store", "Drop"),
+        Binding("x", "delete_from_store", "Del copy"),
         Binding("d", "delete_image", "Delete"),
-        # Not in the footer (no room at 80 columns): the image detail's cache line names it.
-        Binding("p", "cache_image", "Cache", show=False),
+        Binding("p", "cache_image", "Cache"),
         Binding("x", "cache_remove", "Remove"),
         Binding("X", "cache_clear", "Clear"),
         Binding("l", "event_level", "Level"),
@@ -181,7 +182,7 @@ class ApplianceTui(ImageActionKeys, DetailViews, Navigation, App[None]):
                 yield EventsPane(self.known_name, id="events-pane")
             with TabPane("6 Sites", id="sites"):
                 yield SitesPane(id="sites-pane")
-        yield Footer()
+        yield Footer(compact=True)  # every key of the Images screen fits 80 columns
 
     @property
     def banner(self) -> ConnectionBanner:
@@ -315,6 +316,10 @@ class ApplianceTui(ImageActionKeys, DetailViews, Navigation, App[None]):
         self.cache_pane.show_status(status)
         if keys_change:
             self.refresh_bindings()
+
+    @while_running
+    def on_admin_only(self, message: AdminOnly) -> None:
+        show_admin_only(self, message.reason)
 
     @while_running
     def on_connection_failed(self, message: ConnectionFailed) -> None:

@@ -27,6 +27,15 @@ class ConnectionFailed(Message):
         self.status = status  # the daemon's HTTP status, when it answered
 
 
+class AdminOnly(Message):
+    """The daemon refuses this token its status (403): the token lacks the admin role. Its
+    images and tasks are still polled; `reason` is the daemon's refusal."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
 class EventsLoaded(Message):
     def __init__(self, events: list[Json], restarted: bool = False) -> None:
         super().__init__()

@@ -19,6 +19,7 @@ from textual.message import Message
 
 from tui.client import DaemonApi, DaemonError, DaemonUnavailable
 from tui.messages import (
+    AdminOnly,
     CacheLoaded,
     ConnectionFailed,
     EventsLoaded,
@@ -37,6 +38,7 @@ Json = dict[str, Any]
 # images (every change bumps updated_at); the full list is fetched only when that differs, and
 # anyway every FULL_RELOAD_EVERY polls.
 PROBE_SIZE = 20
+FORBIDDEN = 403
 FULL_RELOAD_EVERY = 20
 # The daemon's uptime is whole seconds (rounded down): it was started within a second before
 # (asked - uptime), and no later than (answered - uptime).
@@ -91,7 +93,13 @@ async def poll_round(client: DaemonApi, state: PollState, plan: PollPlan, post: 
         post(ConnectionFailed(str(exc), reachable=False))
         return
     except DaemonError as exc:
-        post(ConnectionFailed(str(exc), reachable=True, status=exc.status))
+        if exc.status != FORBIDDEN:
+            post(ConnectionFailed(str(exc), reachable=True, status=exc.status))
+            return
+        # A token without the admin role: the status, events, cache and sites are admin-only,
+        # its project's images and tasks are not; those are still shown.
+        post(AdminOnly(str(exc)))
+        await _poll_member(client, state, plan, post)
         return
     post(StatusLoaded(status))
     try:
@@ -117,6 +125,18 @@ async def poll_round(client: DaemonApi, state: PollState, plan: PollPlan, post: 
     except (KeyError, TypeError, ValueError) as exc:  # an answer of another shape
         log.warning("unexpected answer from the daemon: %r", exc)
         post(ConnectionFailed("unexpected answer: %r" % exc, reachable=True))
+
+
+async def _poll_member(client: DaemonApi, state: PollState, plan: PollPlan, post: Callable[[Message], Any]) -> None:
+    try:
+        if plan.images:
+            await _poll_images(client, state, {}, plan.full_images, post)
+        if plan.tasks:
+            post(TasksLoaded(await client.tasks(), time.monotonic()))
+    except DaemonUnavailable as exc:
+        post(ConnectionFailed(str(exc), reachable=False))
+    except DaemonError as exc:
+        post(ConnectionFailed(str(exc), reachable=True, status=exc.status))
 
 
 async def _poll_images(

@@ -405,7 +405,7 @@ async def test_edge_tui_in_a_terminal_shows_hostile_names_and_keeps_the_screen(
     screen = tmux.wait_for("[b]bold[/b]")
     lines = screen.split("\n")
     assert "Edge Image Appliance" in lines[0]  # the header is still at the top: nothing cleared the screen
-    assert "[/x]" in screen and "\\x9b31m\\x7f\\u20" in screen  # (the Name column cuts it at 15 cells)
+    assert "[/x]" in screen and "\\x9b31m\\x7f\\u2…" in screen  # (the Name column cuts it at 15 cells, with "…")
     assert "\\x1b[2J\\x1b[31mred  %s" % hostile_site[CLEAR] in screen  # the highlighted image's detail
     assert not controls(screen)
     assert len(lines) >= 24 and "Quit" in lines[23]  # and the footer at the bottom

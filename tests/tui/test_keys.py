@@ -17,14 +17,20 @@ from textual.command import CommandList, CommandPalette
 from textual.widgets import Static, TabbedContent
 
 from tests.conftest import VENV_BIN, Daemon
-from tests.tui.conftest import SiteApi, socket_config, wait_until
+from tests.tui.conftest import HubAndEdge, SiteApi, socket_config, wait_until
+from tests.tui.test_hostile_text import screen_text
 from tui.app import ApplianceTui, make_app
+from tui.dialogs.choose import ManyChoiceScreen, StoreChoiceScreen
 from tui.dialogs.confirm import ConfirmScreen
+from tui.dialogs.detail import DetailScreen
+from tui.dialogs.edit_image import EditImageScreen
 from tui.dialogs.help import KEYS, HelpScreen
+from tui.panes.events import EventLog
 from tui.panes.images import ImageTable
+from tui.session import cache_enabled
 from tui.widgets.keyed_table import KeyedTable
 
-KEY_NAMES = {"question_mark": "?", "slash": "/", "escape": "esc"}
+KEY_NAMES = {"question_mark": "?", "slash": "/", "escape": "esc", "down": "↓", "up": "↑"}
 
 
 def help_text(app: Any) -> str:
@@ -79,6 +85,10 @@ async def test_help_lists_every_key(site: Daemon) -> None:
         assert isinstance(app.screen, HelpScreen)
         text = help_text(app)
         bindings = [b for b in ApplianceTui.BINDINGS] + list(KeyedTable.BINDINGS)
+        # and the keys of the screens and dialogs it opens
+        for screen in (DetailScreen, EditImageScreen, StoreChoiceScreen, ManyChoiceScreen, ConfirmScreen):
+            bindings += list(screen.BINDINGS)
+        bindings += list(EventLog.BINDINGS)
         for binding in bindings:
             for key in binding.key.split(","):  # type: ignore[union-attr]
                 shown = KEY_NAMES.get(key, key)
@@ -177,3 +187,19 @@ async def test_the_palette_offers_the_shown_screens_actions_and_navigation(site:
         await pilot.press("4")
         cache = await palette_titles(pilot, "image")
         assert not any("Delete image" in t for t in cache), cache
+
+
+async def test_the_images_footer_at_80x24_names_every_image_key(hub_and_edge: HubAndEdge) -> None:
+    """At an edge with a cache: p (queue for caching) is in the footer, x says what it deletes,
+    and q Quit still fits."""
+    await hub_and_edge.edge.create("footer-probe")
+    app = make_app(hub_and_edge.edge_tui())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_until(pilot, lambda: app.query_one(ImageTable).row_count == 1)
+        await wait_until(pilot, lambda: cache_enabled(app.session.status), what="the site's cache")
+        await pilot.pause()
+        footer = screen_text(app).split("\n")[-1]
+        for words in ("? Help", "/ Filter", "n Import", "c Copy", "x Del copy", "d Delete", "p Cache", "q Quit"):
+            assert words in footer, (words, footer)
+        assert "Drop" not in footer

@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from textual.message import Message
+from textual.widgets import DataTable, Static
 
 from tests.conftest import Daemon
 from tests.tui.conftest import SiteApi, site_config, socket_config, type_text, wait_until
+from tests.tui.test_hostile_text import screen_text
 from tui.app import make_app
 from tui.messages import ImportStarted, TasksLoaded
 
@@ -113,3 +116,31 @@ async def test_import_from_url_shows_live_progress_then_success_and_failures(
         assert table.keys == [failed, key]
         table.move_cursor(row=0)
         await wait_until(pilot, lambda: "404" in str(app.query_one("#task-detail").content), what="detail")
+
+
+async def test_a_failed_import_is_readable_at_80x24(open_site: SiteApi, source: TestServer) -> None:
+    """Without a detail view: the message starts on the failed row, right after its status (cut
+    with "…"), and the pane below shows it whole, wrapped, inside the 80x24 screen."""
+    image = await open_site.create("broken-one")
+    url = "http://127.0.0.1:%d/missing/%s.raw" % (source.port, "a-rather-long-path-name" * 3)
+    body = {"method": {"name": "web-download", "uri": url}}
+    await open_site.call("POST", "/v2/images/%s/import" % image["id"], expect=202, json=body)
+    app = make_app(socket_config(open_site.daemon))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("3")
+        table = app.query_one("#tasks", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 1 and "404" in shown_text(app), within=20, what="failure")
+        message = (await open_site.call("GET", "/v2/tasks"))["tasks"][0]["message"]
+        assert url in message
+        screen = screen_text(app).split("\n")
+        assert len(screen) == 24
+        row = next(line for line in screen if "broken-one" in line)
+        assert "failure" in row and row.split("failure", 1)[1].strip().startswith(message[:8])
+        assert "…" in row  # the long message is cut with an ellipsis, not silently
+        # The whole message is on the screen below the table, wrapped over a few lines.
+        below = screen[screen.index(row) + 1 :]
+        assert message.replace(" ", "") in "".join(below).replace(" ", ""), below
+
+
+def shown_text(app: Any) -> str:
+    return str(app.query_one("#task-detail", Static).content)

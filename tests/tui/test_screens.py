@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from textual.message import Message
-from textual.widgets import Static
+from textual.widgets import Input, Static
 
 from tests.conftest import Daemon
 from tests.tui.conftest import SiteApi, socket_config, url_config, wait_until
@@ -88,13 +88,17 @@ async def test_filter_narrows_the_table_and_escape_clears_it(site: Daemon, site_
             pilot, lambda: app.images_pane.filter_text == "debian" and table.row_count == 2, what="filtered rows"
         )
         assert sorted(table.cell_text(k, "name") for k in table.keys) == ["debian-12", "debian-13"]
+        box = app.query_one("#image-filter", Input)
+        assert box.border_subtitle == "2 of 3 images"  # how many of all the filter kept
+        await site_api.create("debian-14")  # the count follows the daemon's list
+        await wait_until(pilot, lambda: box.border_subtitle == "3 of 4 images", what="count after a poll")
         await pilot.press("enter")  # keep the filter, back to the table
         assert app.focused is table
         await pilot.press("j")
         assert table.cursor_row == 1
         await pilot.press("escape")  # clears the filter
-        await wait_until(pilot, lambda: table.row_count == 3, what="all rows back")
-        assert app.images_pane.filter_text == ""
+        await wait_until(pilot, lambda: table.row_count == 4, what="all rows back")
+        assert app.images_pane.filter_text == "" and box.border_subtitle == ""
 
 
 async def test_live_refresh_updates_rows_in_place(site: Daemon, site_api: SiteApi) -> None:

@@ -98,3 +98,14 @@ def test_event_detail_view(snap_compare: Any) -> None:
 def test_events_warnings_only(snap_compare: Any) -> None:
     # l: warnings and errors only; the cursor on the newest shown.
     assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys_then_settle("5", "l"))
+
+
+def test_queues_failed_task_at_80x24(snap_compare: Any) -> None:
+    # The failed import's message starts on its row (cut with "…") and is whole, wrapped, below.
+    assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys_then_settle("3", "j"))
+
+
+def test_images_filter_count(snap_compare: Any) -> None:
+    # "/" then "qcow" + enter: the filter line's border says how many images of all it kept.
+    keys = ("2", "slash", "q", "c", "o", "w", "enter")
+    assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys_then_settle(*keys))

@@ -90,12 +90,12 @@ def test_task_rows() -> None:
         "input": {"import_req": {"method": {"name": "web-download", "uri": "https://x/y"}}, "backend": ["local"]},
     }
     row = task_row(task, "cirros", rate=float(1 << 20))
-    assert row[0:2] == ("cirros", "processing")
-    assert row[2].plain == "██░░░░░░  25%"
-    assert row[3:6] == ("1.0/4.0 GiB", "1.0 MiB/s", "51m12s")
+    assert row[0:3] == ("cirros", "processing", "")  # the message right after the status
+    assert row[3].plain == "██░░░░░░  25%"
+    assert row[4:7] == ("1.0/4.0 GiB", "1.0 MiB/s", "51m12s")
     assert row[7] == "web-download → local"
     done = dict(task, status="success", bytes_total=None)
-    assert task_row(done, "cirros", None)[4:6] == ("—", "—")
+    assert task_row(done, "cirros", None)[5:7] == ("—", "—")
     assert method_of({"type": "api_image_import"}) == "api_image_import"
     older = dict(task, created_at="2025-01-01T00:00:00Z")
     failed = dict(task, status="failure")

@@ -207,6 +207,7 @@ class ImagesPane(FilterLine, ImageActions, Vertical):
 
     def _rows(self) -> list[tuple[str, Values]]:
         shown = sorted((i for i in self.images.values() if matches(i, self.filter_text)), key=sort_key)
+        self.show_match_count(len(shown), len(self.images), "images")
         return [(str(i["id"]), image_row(i)) for i in shown]
 
     def add_page(self, page: list[Json]) -> None:

@@ -28,14 +28,16 @@ from tui.widgets.keyed_table import KeyedTable, Values
 
 Json = dict[str, Any]
 
+# Message right after Status: at 80 columns a failed task's reason starts on its row (cut with
+# "…"; the pane below wraps it whole), not 80 cells to the right.
 COLUMNS = [
     ("image", "Image", 11),
     ("status", "Status", 10),
+    ("message", "Message", 14),
     ("progress", "Progress", 13),
     ("bytes", "Transferred", 15),
     ("rate", "Rate", 10),
     ("eta", "ETA", 6),
-    ("message", "Message", 12),
     ("method", "Method", 20),
 ]
 # The rest of a wide terminal: a little for image names, then all for messages.
@@ -65,11 +67,11 @@ def task_row(task: Json, image_name: str, rate: float | None) -> Values:
     return (
         image_name,
         status,
+        str(task.get("message") or ""),
         progress_bar(done, total) if (running or total) else Text(EMPTY),
         transferred(task),
         human_rate(rate) if running else EMPTY,
         human_duration(eta_seconds(done, total, rate)) if running else EMPTY,
-        str(task.get("message") or ""),
         method_of(task),
     )
 
@@ -82,17 +84,21 @@ def task_order(task: Json) -> tuple[int, str]:
 
 
 def task_detail(task: Json, image_name: str) -> Text:
+    """The highlighted task, its message whole and wrapped right under its name and status (at
+    80x24 the pane shows six lines), then its ids and times."""
     text = Text()
     text.append("%s " % visible(image_name), style="bold")
-    text.append("(image %s) · task %s\n" % (visible(task.get("image_id")), visible(task.get("id"))), style="dim")
     text.append_text(status_text(str(task.get("status"))))
-    text.append(
-        " · %s · created %s · updated %s"
-        % (method_of(task), visible(task.get("created_at") or EMPTY), visible(task.get("updated_at") or EMPTY))
-    )
+    text.append(" · %s" % method_of(task))
     if task.get("message"):
         style = "red" if task.get("status") == "failure" else ""
         text.append("\n%s" % visible(task["message"]), style=style)
+    text.append("\nimage %s · task %s" % (visible(task.get("image_id")), visible(task.get("id"))), style="dim")
+    text.append(
+        "\ncreated %s · updated %s"
+        % (visible(task.get("created_at") or EMPTY), visible(task.get("updated_at") or EMPTY)),
+        style="dim",
+    )
     return text
 
 

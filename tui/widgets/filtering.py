@@ -28,6 +28,10 @@ class FilterLine(Widget):
     def apply_filter(self, text: str) -> None:
         raise NotImplementedError
 
+    def show_match_count(self, shown: int, total: int, noun: str) -> None:
+        """ "3 of 120 images" on the filter line's border while a filter narrows the rows."""
+        self.filter_input.border_subtitle = "%d of %d %s" % (shown, total, noun) if self.filter_text else ""
+
     def open_filter(self) -> None:
         """Focus moves at once, not after the keys already queued (Widget.focus defers it):
         keys typed right after `/` go into the filter, not to the table's and app's bindings."""

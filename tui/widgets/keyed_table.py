@@ -123,6 +123,14 @@ class KeyedTable(Contained, DataTable[Any]):
         visible; subclasses style some columns and pass the rest here."""
         return plain(value) if isinstance(value, str) else value
 
+    def _cell(self, column: str, value: Any) -> Any:
+        """The cell as drawn: text longer than its column ends in "…" instead of being cut."""
+        cell = self.render_value(column, value)
+        if isinstance(cell, Text):
+            cell.no_wrap = True
+            cell.overflow = "ellipsis"
+        return cell
+
     # -- reading ------------------------------------------------------------------------
 
     @property
@@ -172,7 +180,7 @@ class KeyedTable(Contained, DataTable[Any]):
         self._ensure_columns()
         if not rows:
             return
-        render = self.render_value
+        render = self._cell
         columns = {c.key: (str(c.key.value), i) for i, c in enumerate(self.ordered_columns)}
         was_empty = self.row_count == 0
         index = self.row_count
@@ -234,7 +242,7 @@ class KeyedTable(Contained, DataTable[Any]):
                 continue
             for name, before, after in zip(names, old, new, strict=False):
                 if before != after:
-                    self.update_cell(key, name, self.render_value(name, after))
+                    self.update_cell(key, name, self._cell(name, after))
             self._values[key] = new
             changed = True
         added = [(k, v) for k, v in rows if k not in self._values]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import web
 
-from appliance.api.images import body_chunks
+from appliance.api.images import BODY_BROKE, body_chunks
 from appliance.api.keys import BUNDLES
 from appliance.api.middleware import CONTEXT
 from appliance.errors import ApplianceError, UnsupportedMediaType
@@ -29,7 +31,8 @@ async def import_bundle(request: web.Request) -> web.Response:
         report = await bundles.import_stream(request[CONTEXT], body_chunks(request), request.query.get("store"))
     except ApplianceError:
         # The client is still sending: read the rest so it gets to see the answer.
-        async for _ in request.content.iter_chunked(1 << 20):
-            pass
+        with contextlib.suppress(*BODY_BROKE):  # unless it has gone: the refusal stands
+            async for _ in request.content.iter_chunked(1 << 20):
+                pass
         raise
     return web.json_response(report.to_json())

@@ -30,13 +30,20 @@ IMAGE_FILE_CHUNK = 1 << 20
 INLINE_ENCODE_BYTES = 64 << 10
 
 
+# What a body read raises when the client stops sending or goes away mid-body.
+BODY_BROKE = (ClientPayloadError, HttpProcessingError, ConnectionError, asyncio.IncompleteReadError)
+
+
 async def read_json(request: web.Request, media_types: tuple[str, ...] = ("application/json",)) -> Any:
     if request.content_type not in media_types:
         raise UnsupportedMediaType(
             "Unsupported Content-Type %r for %s %s; expected %s"
             % (request.content_type, request.method, request.path, " or ".join(media_types))
         )
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except BODY_BROKE as exc:  # the client went away mid-body: answered (if it still listens), not logged as a crash
+        raise BadRequest("The request body broke off: %s" % (exc or type(exc).__name__)) from None
     try:
         return wire.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -184,7 +191,7 @@ async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
                 yield data
             elif content.at_eof():
                 break
-    except (ClientPayloadError, HttpProcessingError, ConnectionError, asyncio.IncompleteReadError) as exc:
+    except BODY_BROKE as exc:
         raise BadRequest(
             "The request body broke off after %d bytes: %s" % (received, exc or type(exc).__name__)
         ) from None

@@ -12,7 +12,7 @@ import hashlib
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
@@ -104,14 +104,23 @@ def hash_prefix(fd: int, size: int, chunk: int = 1 << 20) -> Prefix:
     re-read what a broken transfer already wrote before resuming after it."""
     md5, sha = hashlib.md5(), hashlib.sha512()
     done = 0
-    while done < size:
-        data = os.pread(fd, min(chunk, size - done), done)
-        if not data:
-            break
+    for data in pread_chunks(fd, size, chunk):
         md5.update(data)
         sha.update(data)
         done += len(data)
     return Prefix(md5, sha, done)
+
+
+def pread_chunks(fd: int, size: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The first `size` bytes of an open file a chunk at a time, fewer if it is shorter
+    (blocking: run it in a thread); pread leaves the descriptor's offset to its other readers."""
+    done = 0
+    while done < size:
+        data = os.pread(fd, min(chunk, size - done), done)
+        if not data:
+            return
+        yield data
+        done += len(data)
 
 
 def _give_back_when_done(taken: int, pair: tuple[Future[None], Future[None]]) -> None:

@@ -20,7 +20,7 @@ import random
 from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 
-from appliance.digest import Buffer, ChecksumMismatch, Digest, DigestSink, hash_prefix, verify
+from appliance.digest import Buffer, ChecksumMismatch, Digest, DigestSink, hash_prefix, pread_chunks, verify
 from appliance.errors import ApplianceError, HubUnreachable
 from appliance.hub.client import HubClient
 from appliance.model import Image
@@ -273,13 +273,8 @@ def _file_hash(fd: int, algo: str, size: int) -> str | None:
         return None
     if not h.digest_size:  # shake_*: no fixed length, not a Glance multihash
         return None
-    done = 0
-    while done < size:
-        data = os.pread(fd, min(READ_CHUNK, size - done), done)
-        if not data:
-            break
+    for data in pread_chunks(fd, size, READ_CHUNK):
         h.update(data)
-        done += len(data)
     return h.hexdigest()
 
 

@@ -10,7 +10,7 @@ from appliance import policy
 from appliance.auth import Context
 from appliance.config import FormatsConfig, LimitsConfig
 from appliance.errors import BadRequest, Forbidden, TooLarge
-from appliance.model import VISIBILITIES
+from appliance.model import VISIBILITIES, Image
 from appliance.text import check_text
 
 # Attributes the server computes; a client setting one gets 403 as in Glance.
@@ -161,3 +161,17 @@ def parse_patch_op(op: Any) -> tuple[str, str, Any]:
     if name != "remove" and "value" not in op:
         raise BadRequest("Operation '%s' on %s needs a 'value'" % (name, path))
     return name, key, op.get("value")
+
+
+# What says how to read an image's data: set while it is queued, fixed once data arrives.
+FORMAT_ATTRIBUTES = frozenset({"disk_format", "container_format"})
+
+
+def require_formats(image: Image) -> None:
+    """Glance's rule (and its words): no data for an image that does not say how to read it."""
+    missing = [key for key in ("disk_format", "container_format") if not getattr(image, key)]
+    if missing:
+        raise BadRequest(
+            "%s %s must be set prior to saving data."
+            % ("Property" if len(missing) == 1 else "Properties", ", ".join(missing))
+        )

@@ -25,6 +25,7 @@ from appliance.hub.lookup import HubRecords
 from appliance.hub.records import is_hub_image
 from appliance.ids import parse_uuid
 from appliance.imagework import ImageWork
+from appliance.locationadd import LocationImports
 from appliance.locations import Locations
 from appliance.model import (
     ACTIVE,
@@ -42,27 +43,6 @@ from appliance.storenames import StoreNames
 from appliance.stores.base import ImageStore, StoreUsage
 
 log = logging.getLogger(__name__)
-
-
-# What says how to read an image's data: set while it is queued, fixed once data arrives.
-FORMAT_ATTRIBUTES = frozenset({"disk_format", "container_format"})
-
-
-def require_formats(image: Image) -> None:
-    """Glance's rule (and its words): no data for an image that does not say how to read it."""
-    missing = [key for key in ("disk_format", "container_format") if not getattr(image, key)]
-    if missing:
-        raise BadRequest(
-            "%s %s must be set prior to saving data."
-            % ("Property" if len(missing) == 1 else "Properties", ", ".join(missing))
-        )
-
-
-def image_target(ctx: Context, image: Image) -> policy.Target:
-    """The image as a policy target, with Glance's `member_id`: the caller's project when it is a
-    member of the image (what `project_id:%(member_id)s` checks)."""
-    member = image.membership(ctx.project)
-    return {**policy.image_target(image), "member_id": member.member_id if member is not None else None}
 
 
 @dataclass(frozen=True)
@@ -98,6 +78,7 @@ class ImageService:
         self.quotas = Quotas(config.quotas, catalog, stores)
         self.work = ImageWork()  # uploads, staging, imports: a delete stops them first
         self.location_rules = Locations(config, catalog, stores, self._now)  # Glance's location API
+        self.location_imports = LocationImports(self.location_rules)  # POST /locations
         self.signatures = SignatureVerifier(config)  # signed images (img_signature_*)
 
     @property
@@ -161,12 +142,12 @@ class ImageService:
             hub, token = at_hub
             await hub.add_location(token, image.id, body)
             return
-        await self.location_rules.imports.add(ctx, image, body)
+        await self.location_imports.add(ctx, image, body)
 
     async def authorized(self, ctx: Context, image_id: str, rule: str) -> Image:
         """An image the caller sees (else NotFound) and may act on under `rule` (else Forbidden)."""
         image = await self.find(ctx, image_id)
-        policy.enforce(ctx, rule, image_target(ctx, image))
+        policy.enforce(ctx, rule, policy.caller_image_target(ctx, image))
         return image
 
     async def find(self, ctx: Context, image_id: str) -> Image:
@@ -303,7 +284,7 @@ class ImageService:
             elif key in imagerules.BASE_ATTRIBUTES:
                 if name == "remove":
                     raise Forbidden("Attribute '%s' is a base attribute and cannot be removed" % key)
-                if key in FORMAT_ATTRIBUTES and image.status != QUEUED:
+                if key in imagerules.FORMAT_ATTRIBUTES and image.status != QUEUED:
                     # The data was (or is being) inspected against them.
                     raise Forbidden("Attribute %s can be only replaced for a queued image." % key)
                 columns[key] = imagerules.validate_attribute(ctx, self._config.formats, key, value)
@@ -328,7 +309,7 @@ class ImageService:
             tags=tags,
             updated_at=self._now(),
             # Atomic with the check above: an upload that starts meanwhile makes this a Conflict.
-            expect_status=[QUEUED] if FORMAT_ATTRIBUTES & columns.keys() else None,
+            expect_status=[QUEUED] if imagerules.FORMAT_ATTRIBUTES & columns.keys() else None,
         )
         log.info(
             "image %s updated (%s)",
@@ -425,7 +406,7 @@ class ImageService:
             raise TooLarge("Image size %d exceeds the maximum upload size of %d bytes" % (size, cap))
         if image.status != QUEUED:
             raise Conflict("Image %s is %s; data can only be uploaded to a queued image" % (image.id, image.status))
-        require_formats(image)
+        imagerules.require_formats(image)
         with self.work.track(image.id, "upload") as job:  # a delete stops it at the next chunk
             async with self.quotas.transfer(
                 ctx.project,
@@ -455,7 +436,7 @@ class ImageService:
             # The formats as they are now that the image is `saving` and they can no longer change
             # (a PATCH may have changed them while it was queued).
             image = await self._catalog.get_image(image.id)
-            require_formats(image)
+            imagerules.require_formats(image)
             inspector = FormatInspector(
                 image.disk_format, self._config.formats.max_virtual_size, container_format=image.container_format
             )

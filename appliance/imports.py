@@ -28,7 +28,8 @@ from appliance.errors import BadRequest, Conflict, NotFound, TooLarge
 from appliance.hub.records import HUB_STORE
 from appliance.hublink import HubLink
 from appliance.ids import parse_uuid
-from appliance.images import ImageService, require_formats
+from appliance.imagerules import require_formats
+from appliance.images import ImageService
 from appliance.importjob import ImportRequest, ImportRunner
 from appliance.model import (
     ACTIVE,

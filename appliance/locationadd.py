@@ -14,73 +14,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance import policy
 from appliance.auth import Context
 from appliance.errors import ApplianceError, BadRequest, Conflict, Forbidden
+from appliance.locations import HASHING_ALGORITHM, Locations, hex_bytes
 from appliance.model import ACTIVE, IMPORTING, QUEUED, Image, Location
 from appliance.urifilter import printable
 
-if TYPE_CHECKING:  # locations.py imports validation_data from here
-    from appliance.locations import Locations
-
 log = logging.getLogger(__name__)
 
-HASHING_ALGORITHM = "sha512"  # Glance's [DEFAULT] hashing_algorithm, which this appliance uses
 ADD_HASH_ALGOS = ("sha1", "sha256", "sha512", "md5")  # what POST /locations accepts (Glance's schema)
 HASH_BATCH = 1 << 20  # bytes hashed per worker-thread hop
-
-
-def _hex_bytes(value: Any) -> bytes | None:
-    try:
-        return bytes.fromhex(value) if isinstance(value, str) else None
-    except ValueError:
-        return None
-
-
-def validation_data(image: Image, value: Any) -> dict[str, Any]:
-    """A PATCH location's `validation_data`, checked as Glance checks it: the values the image
-    does not have yet (given ones must match those it has), which only a queued image may take;
-    os_hash_algo must be sha512, the checksum an md5 and the hash the size of a sha512 (409s)."""
-    # Glance's image schema first (400s): the hash is required, the checksum an md5's length.
-    if not isinstance(value, dict) or set(value) - {"checksum", "os_hash_algo", "os_hash_value"}:
-        raise BadRequest("validation_data is an object of checksum, os_hash_algo and os_hash_value")
-    if value and not {"os_hash_algo", "os_hash_value"} <= set(value):
-        raise BadRequest("validation_data: 'os_hash_algo' and 'os_hash_value' are required properties")
-    for key, limits in (("checksum", (32, 32)), ("os_hash_algo", (0, 64)), ("os_hash_value", (0, 128))):
-        if key in value and not (isinstance(value[key], str) and limits[0] <= len(value[key]) <= limits[1]):
-            raise BadRequest("validation_data: %s must be a string of %d to %d characters" % (key, *limits))
-    new = {}
-    for key, given in value.items():
-        current = getattr(image, key)
-        if given == current:
-            continue
-        if current:
-            raise Conflict("%s is already set with a different value" % key)
-        new[key] = given
-    if not new:
-        return {}
-    if image.status != QUEUED:
-        raise Conflict("New value(s) for %s may only be provided when image status is 'queued'" % ", ".join(new))
-    if "checksum" in new:
-        checksum = _hex_bytes(new["checksum"])
-        if checksum is None:
-            raise Conflict("checksum (%s) is not a valid hexadecimal value" % new["checksum"])
-        if len(checksum) != 16:
-            raise Conflict("checksum (%s) is not the correct size for md5 (should be 16 bytes)" % new["checksum"])
-    if new.get("os_hash_algo") != HASHING_ALGORITHM:
-        raise Conflict("os_hash_algo must be %s, not %s" % (HASHING_ALGORITHM, new.get("os_hash_algo")))
-    digest = _hex_bytes(new.get("os_hash_value"))
-    if digest is None:
-        raise Conflict("os_hash_value (%s) is not a valid hexadecimal value" % new.get("os_hash_value"))
-    want = hashlib.new(HASHING_ALGORITHM).digest_size
-    if len(digest) != want:
-        raise Conflict(
-            "os_hash_value (%s) is not the correct size for %s (should be %d bytes)"
-            % (new["os_hash_value"], HASHING_ALGORITHM, want)
-        )
-    return new
 
 
 def _check_body(body: Any) -> tuple[str, dict[str, str]]:
@@ -101,7 +47,7 @@ def _check_body(body: Any) -> tuple[str, dict[str, str]]:
     algo, value = checks["os_hash_algo"], checks["os_hash_value"]
     if algo not in ADD_HASH_ALGOS:
         raise BadRequest("validation_data: os_hash_algo %r is not one of %s" % (algo, ", ".join(ADD_HASH_ALGOS)))
-    digest = _hex_bytes(value)
+    digest = hex_bytes(value)
     if not isinstance(value, str) or len(value) > 128 or digest is None:
         raise BadRequest("os_hash_value (%s) is not a valid hexadecimal value" % value)
     want = hashlib.new(algo).digest_size

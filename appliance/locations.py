@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
@@ -25,7 +26,6 @@ from appliance.catalog import Catalog
 from appliance.config import Config
 from appliance.download import Download, span
 from appliance.errors import BadRequest, Conflict, Forbidden, NotFound, RangeNotSatisfiable
-from appliance.locationadd import LocationImports, validation_data
 from appliance.model import ACTIVE, IMPORTING, QUEUED, Image, Location
 from appliance.stores.base import ImageStore
 from appliance.urifilter import FETCHABLE_SCHEMES, UriFilter, printable
@@ -43,6 +43,60 @@ def is_http(store: str) -> bool:
     return store == HTTP_STORE or store.startswith(HTTP_STORE + ".")
 
 
+HASHING_ALGORITHM = "sha512"  # Glance's [DEFAULT] hashing_algorithm, which this appliance uses
+
+
+def hex_bytes(value: Any) -> bytes | None:
+    try:
+        return bytes.fromhex(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def validation_data(image: Image, value: Any) -> dict[str, Any]:
+    """A PATCH location's `validation_data`, checked as Glance checks it: the values the image
+    does not have yet (given ones must match those it has), which only a queued image may take;
+    os_hash_algo must be sha512, the checksum an md5 and the hash the size of a sha512 (409s)."""
+    # Glance's image schema first (400s): the hash is required, the checksum an md5's length.
+    if not isinstance(value, dict) or set(value) - {"checksum", "os_hash_algo", "os_hash_value"}:
+        raise BadRequest("validation_data is an object of checksum, os_hash_algo and os_hash_value")
+    if value and not {"os_hash_algo", "os_hash_value"} <= set(value):
+        raise BadRequest("validation_data: 'os_hash_algo' and 'os_hash_value' are required properties")
+    for key, limits in (("checksum", (32, 32)), ("os_hash_algo", (0, 64)), ("os_hash_value", (0, 128))):
+        if key in value and not (isinstance(value[key], str) and limits[0] <= len(value[key]) <= limits[1]):
+            raise BadRequest("validation_data: %s must be a string of %d to %d characters" % (key, *limits))
+    new = {}
+    for key, given in value.items():
+        current = getattr(image, key)
+        if given == current:
+            continue
+        if current:
+            raise Conflict("%s is already set with a different value" % key)
+        new[key] = given
+    if not new:
+        return {}
+    if image.status != QUEUED:
+        raise Conflict("New value(s) for %s may only be provided when image status is 'queued'" % ", ".join(new))
+    if "checksum" in new:
+        checksum = hex_bytes(new["checksum"])
+        if checksum is None:
+            raise Conflict("checksum (%s) is not a valid hexadecimal value" % new["checksum"])
+        if len(checksum) != 16:
+            raise Conflict("checksum (%s) is not the correct size for md5 (should be 16 bytes)" % new["checksum"])
+    if new.get("os_hash_algo") != HASHING_ALGORITHM:
+        raise Conflict("os_hash_algo must be %s, not %s" % (HASHING_ALGORITHM, new.get("os_hash_algo")))
+    digest = hex_bytes(new.get("os_hash_value"))
+    if digest is None:
+        raise Conflict("os_hash_value (%s) is not a valid hexadecimal value" % new.get("os_hash_value"))
+    want = hashlib.new(HASHING_ALGORITHM).digest_size
+    if len(digest) != want:
+        raise Conflict(
+            "os_hash_value (%s) is not the correct size for %s (should be %d bytes)"
+            % (new["os_hash_value"], HASHING_ALGORITHM, want)
+        )
+    return new
+
+
 class Locations:
     def __init__(
         self, config: Config, catalog: Catalog, stores: Mapping[str, ImageStore], now: Callable[[], str]
@@ -51,7 +105,6 @@ class Locations:
         self._catalog = catalog
         self._stores = stores
         self.apply_config(config)
-        self.imports = LocationImports(self)  # POST /locations
 
     def apply_config(self, config: Config) -> None:
         self._config = config

@@ -27,7 +27,7 @@ from appliance.clock import timestamp
 from appliance.errors import BadRequest, Forbidden, NotFound
 from appliance.hub.client import HubRejected
 from appliance.hub.records import member_from_glance
-from appliance.images import ImageService, image_target
+from appliance.images import ImageService
 from appliance.model import MEMBER_PENDING, MEMBER_STATUSES, Image, ImageId, Member
 from appliance.text import check_text
 
@@ -87,7 +87,7 @@ class MemberService:
         return [m for m in image.members if m.member_id == ctx.project]
 
     def _lookup(self, ctx: Context, image: Image, member_id: str) -> Member:
-        policy.enforce(ctx, "get_member", image_target(ctx, image))
+        policy.enforce(ctx, "get_member", policy.caller_image_target(ctx, image))
         found = next((m for m in self._visible_members(ctx, image) if m.member_id == member_id), None)
         if found is None:
             raise NotFound("%s not found in the member list of the image %s." % (member_id, image.id))
@@ -96,7 +96,7 @@ class MemberService:
     async def list(self, ctx: Context, image_id: str) -> list[Member]:
         image = await self._image(ctx, image_id)
         _check_shared(image, "Not allowed to list members for image %s: %s" % (image.id, ONLY_SHARED))
-        policy.enforce(ctx, "get_members", image_target(ctx, image))
+        policy.enforce(ctx, "get_members", policy.caller_image_target(ctx, image))
         return self._visible_members(ctx, image)
 
     async def get(self, ctx: Context, image_id: str, member_id: str) -> Member:
@@ -114,7 +114,7 @@ class MemberService:
         if at_hub is not NO_HUB:
             return _hub_member(image.id, at_hub)
         _check_shared(image, "Not allowed to create members for image %s. %s" % (image.id, ONLY_SHARED))
-        policy.enforce(ctx, "add_member", image_target(ctx, image))
+        policy.enforce(ctx, "add_member", policy.caller_image_target(ctx, image))
         stamp = self._now()
         member = Member(image.id, member_id, MEMBER_PENDING, stamp, stamp)
         await self._catalog.add_member(member, self._images.config.limits.image_member_quota)
@@ -146,7 +146,7 @@ class MemberService:
             return
         _check_shared(image, "Not allowed to delete members for image %s. %s" % (image.id, ONLY_SHARED))
         member = self._lookup(ctx, image, member_id)
-        policy.enforce(ctx, "delete_member", image_target(ctx, image))
+        policy.enforce(ctx, "delete_member", policy.caller_image_target(ctx, image))
         await self._catalog.remove_member(image.id, member.member_id, self._now())
         log.info(
             "image %s no longer shared with project %s (by %s/%s)", image.id, member.member_id, ctx.project, ctx.user

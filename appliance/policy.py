@@ -435,6 +435,13 @@ def enforce(ctx: Context, rule: str, target: Target | None = None) -> None:
         )
 
 
+def caller_image_target(ctx: Context, image: Image) -> Target:
+    """The image as a policy target, with Glance's `member_id`: the caller's project when it is a
+    member of the image (what `project_id:%(member_id)s` checks)."""
+    member = image.membership(ctx.project)
+    return {**image_target(image), "member_id": member.member_id if member is not None else None}
+
+
 def image_target(image: Image) -> Target:
     """Glance's ImageTarget: the image's attributes and extra properties, `project_id` its owner."""
     target: dict[str, object] = dict(image.properties)

@@ -30,7 +30,8 @@ from appliance.clock import timestamp
 from appliance.config import Config
 from appliance.errors import ApplianceError, BadRequest, ConfigError, Conflict, NotFound, StoreReadOnly
 from appliance.formats import FormatInspector
-from appliance.images import ImageService, require_formats
+from appliance.imagerules import require_formats
+from appliance.images import ImageService
 from appliance.model import ACTIVE, DEACTIVATED, SAVING, Image, ImageData, Location
 from appliance.stores.base import ImageStore
 

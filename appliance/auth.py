@@ -78,7 +78,9 @@ def _ensure_admin_token(path: Path) -> str:
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
+    # Hex, not urlsafe base64: a token starting with "-" is taken for an option by the CLIs'
+    # argparse (`--os-token $(cat admin-token)` fails one time in 32).
+    token = secrets.token_hex(32)
     # O_EXCL + 0600: the token is never readable by others, not even for a moment.
     tmp = path.with_name(path.name + ".new")
     tmp.unlink(missing_ok=True)

@@ -88,8 +88,7 @@ class Glance(_Glance):
             "2",
             "--os-image-url",
             self.daemon.url,
-            "--os-auth-token",
-            token if token is not None else self.daemon.token,
+            "--os-auth-token=" + (token if token is not None else self.daemon.token),  # may start with "-"
             *args,
         ]
         master, slave = os.openpty()

@@ -105,8 +105,7 @@ def openstack(site: Daemon, *args: str, token: str = ADMIN) -> subprocess.Comple
         "admin_token",
         "--os-endpoint",
         site.url + "/v2",  # with admin_token, the SDK takes the endpoint as the versioned base
-        "--os-token",
-        token,
+        "--os-token=" + token,  # one argument: a token may start with "-"
         "--os-image-api-version",
         "2",
         *args,

@@ -241,7 +241,7 @@ async def test_edge_tui_in_a_terminal_uploads_with_progress_then_protects(
     term = Tmux(tmp_path)
     try:
         term.start(
-            [str(VENV_BIN / "edge-tui"), "--url", relay.url, "--token", site.token, "--refresh", "0.5"],
+            [str(VENV_BIN / "edge-tui"), "--url", relay.url, "--token=" + site.token, "--refresh", "0.5"],
             {"TERM": "xterm-256color"},
         )
         await screen_shows(term, "edge-test")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -26,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.bench_transfer import curl_speed, run, start_daemon, start_nginx
+from tests.bench.bench_transfer import create_image, curl_speed, run, start_daemon, start_nginx
 from tests.bench.summary import summary
 from tests.hubproxy import HubProxy
 
@@ -40,20 +39,8 @@ def random_file(path: Path, mib: int) -> Path:
 
 def hub_image(url: str, token: str, path: Path, name: str) -> str:
     auth = ["-H", "X-Auth-Token: " + token]
-    created = json.loads(
-        run(
-            [
-                "curl",
-                "-sS",
-                "--fail",
-                *auth,
-                "-H",
-                "Content-Type: application/json",
-                "-d",
-                json.dumps({"name": name, "disk_format": "raw", "container_format": "bare", "visibility": "public"}),
-                url + "/v2/images",
-            ]
-        ).stdout
+    image_id = create_image(
+        url, auth, {"name": name, "disk_format": "raw", "container_format": "bare", "visibility": "public"}
     )
     run(
         [
@@ -65,10 +52,10 @@ def hub_image(url: str, token: str, path: Path, name: str) -> str:
             "Content-Type: application/octet-stream",
             "-T",
             str(path),
-            "%s/v2/images/%s/file" % (url, created["id"]),
+            "%s/v2/images/%s/file" % (url, image_id),
         ]
     )
-    return str(created["id"])
+    return image_id
 
 
 async def clients(url: str, token: str, image_id: str, n: int) -> float:

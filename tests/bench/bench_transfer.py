@@ -6,14 +6,19 @@ Prints, for the same file in the same run:
     SHA-512 computed in two threads over the same buffers (the limit an upload is held to);
   * download throughput of `GET /v2/images/{id}/file` (curl), beside nginx (sendfile) serving
     the very file the daemon stored;
-  * the daemon's peak RSS (VmHWM) after the upload and after the downloads.
+  * the daemon's peak RSS (VmHWM) after the upload and after the downloads;
+  * where OpenStack Glance 33 is installed (`make glance`: .venv-glance), the same uploads and
+    downloads against a real Glance (tests/glance_server.py: uWSGI, one filesystem store) on the
+    same machine in the same run, printed beside ours with BENCH lines (ours / Glance's); its
+    downloads come after one untimed read, which fills Glance's image cache.
 
-Usage: python tests/bench/bench_transfer.py [--size-mib 1024] [--runs 3] [--workdir DIR]
+Usage: python tests/bench/bench_transfer.py [--size-mib 1024] [--runs 3] [--workdir DIR] [--no-glance]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -30,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.bench.summary import summary
+from tests.glance_server import GLANCE_VENV, GlanceServer, running_glance
 
 BIN = Path(sys.executable).parent
 
@@ -126,11 +132,52 @@ def parallel_hash_rate(path: Path, runs: int) -> float:
     return statistics.median(rates)
 
 
+def create_image(url: str, headers: list[str], body: dict[str, str]) -> str:
+    """POST /v2/images with curl; the new image's id."""
+    post = ["curl", "-sS", "--fail", *headers, "-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    return str(json.loads(run([*post, url + "/v2/images"]).stdout)["id"])
+
+
+def upload_runs(url: str, headers: list[str], image: Path, runs: int) -> tuple[list[float], str]:
+    """`runs` uploads of `image` with curl -T, each to a new image (the previous one deleted);
+    the speeds (bytes/s, as curl measured them) and the last image's id."""
+    speeds: list[float] = []
+    image_id = ""
+    for _ in range(runs):
+        if image_id:
+            run(["curl", "-sS", "--fail", "-X", "DELETE", *headers, "%s/v2/images/%s" % (url, image_id)])
+        image_id = create_image(url, headers, {"name": "bench", "disk_format": "raw", "container_format": "bare"})
+        speeds.append(
+            curl_speed(
+                [
+                    *headers,
+                    "-H",
+                    "Content-Type: application/octet-stream",
+                    "-T",
+                    str(image),
+                    "%s/v2/images/%s/file" % (url, image_id),
+                ]
+            )
+        )
+    return speeds, image_id
+
+
+def glance_if_installed(work: Path, wanted: bool) -> contextlib.AbstractContextManager[GlanceServer | None]:
+    """A real Glance 33 for the comparison rows, or None where `make glance` has not installed it."""
+    if not wanted:
+        return contextlib.nullcontext(None)
+    if not (GLANCE_VENV / "bin" / "uwsgi").exists():
+        print("OpenStack Glance is not installed (`make glance`): no Glance rows")
+        return contextlib.nullcontext(None)
+    return running_glance(work / "glance")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--no-glance", action="store_true", help="leave OpenStack Glance out even if it is installed")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=args.workdir))
     try:
@@ -153,57 +200,38 @@ def main() -> None:
         state.mkdir()
         proc, url, token = start_daemon(state)
         auth = ["-H", "X-Auth-Token: " + token]
-        up_speeds = []
-        image_id = ""
-        for _ in range(args.runs):
-            if image_id:
-                run(["curl", "-sS", "--fail", "-X", "DELETE", *auth, "%s/v2/images/%s" % (url, image_id)])
-            created = json.loads(
-                run(
-                    [
-                        "curl",
-                        "-sS",
-                        "--fail",
-                        *auth,
-                        "-H",
-                        "Content-Type: application/json",
-                        "-d",
-                        '{"name": "bench", "disk_format": "raw", "container_format": "bare"}',
-                        url + "/v2/images",
-                    ]
-                ).stdout
-            )
-            image_id = created["id"]
-            up_speeds.append(
-                curl_speed(
-                    [
-                        *auth,
-                        "-H",
-                        "Content-Type: application/octet-stream",
-                        "-T",
-                        str(image),
-                        "%s/v2/images/%s/file" % (url, image_id),
-                    ]
-                )
-            )
+        up_speeds, image_id = upload_runs(url, auth, image, args.runs)
         rss_upload = peak_rss_mib(proc.pid)
         shown = json.loads(run(["curl", "-sS", "--fail", *auth, "%s/v2/images/%s" % (url, image_id)]).stdout)
         stored = state / "images" / image_id
         assert shown["status"] == "active" and stored.stat().st_size == size
 
+        rss_all = 0.0
+        glance_up: list[float] = []
+        glance_down: list[float] = []
+        glance_id = ""
         ngx, ngx_url = start_nginx(stored.parent, work)
         try:
-            file_url = "%s/v2/images/%s/file" % (url, image_id)
-            down, base_down = [], []
-            for _ in range(args.runs):  # interleaved so both see the same machine state
-                down.append(curl_speed([*auth, "-o", "/dev/null", file_url]))
-                base_down.append(curl_speed(["-o", "/dev/null", "%s/%s" % (ngx_url, image_id)]))
+            with glance_if_installed(work, not args.no_glance) as glance:
+                if glance is not None:  # after ours, on the same file, daemon idle
+                    glance_auth = ["-H", "X-Auth-Token: " + glance.token]
+                    glance_up, glance_id = upload_runs(glance.url, glance_auth, image, args.runs)
+                    # Untimed: Glance's first read of an image also fills its image cache.
+                    glance_file = "%s/v2/images/%s/file" % (glance.url, glance_id)
+                    curl_speed([*glance_auth, "-o", "/dev/null", glance_file])
+                file_url = "%s/v2/images/%s/file" % (url, image_id)
+                down, base_down = [], []
+                for _ in range(args.runs):  # interleaved so all see the same machine state
+                    down.append(curl_speed([*auth, "-o", "/dev/null", file_url]))
+                    base_down.append(curl_speed(["-o", "/dev/null", "%s/%s" % (ngx_url, image_id)]))
+                    if glance is not None:
+                        glance_down.append(curl_speed([*glance_auth, "-o", "/dev/null", glance_file]))
+                rss_all = peak_rss_mib(proc.pid)
         finally:
             ngx.terminate()
             ngx.wait(10)
-        rss_all = peak_rss_mib(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
 
         # Medians: one lucky run on a shared VM should not decide a ratio.
         up = statistics.median(up_speeds) / 1e6
@@ -231,6 +259,18 @@ def main() -> None:
             "all download runs (MB/s): daemon %s | nginx %s"
             % (", ".join("%.0f" % (s / 1e6) for s in down), ", ".join("%.0f" % (s / 1e6) for s in base_down))
         )
+        if glance_up:
+            gup, gdn = statistics.median(glance_up) / 1e6, statistics.median(glance_down) / 1e6
+            print(
+                "OpenStack Glance 33: upload %.1f MB/s (ours %.2fx; %.2fx of the MD5 || SHA-512 limit), "
+                "download %.1f MB/s (ours %.2fx)" % (gup, up / gup, gup / limit_up, gdn, dn / gdn)
+            )
+            print(
+                "all Glance runs (MB/s): upload %s | download %s"
+                % (", ".join("%.1f" % (s / 1e6) for s in glance_up), ", ".join("%.0f" % (s / 1e6) for s in glance_down))
+            )
+            summary("upload (curl -T), median", up, gup, "MB/s", "OpenStack Glance 33")
+            summary("download, stored image, median", dn, gdn, "MB/s", "OpenStack Glance 33")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -4,7 +4,8 @@ Each benchmark runs as its own process, with small sizes where it has flags for 
 the whole run ends in bounded time on a shared 2-core machine; its output goes by as it runs, and
 the `BENCH name | figure | baseline | ratio | better` lines it prints (tests/bench/summary.py) are
 gathered into one table at the end: each figure, its baseline from the same run and the ratio.
-OpenStack Glance joins the table through bench_glance_hub (a real Glance 33 from `make glance`).
+OpenStack Glance joins the table through bench_glance_hub and bench_transfer (a real Glance 33 from
+`make glance`, on the same machine in the same run).
 
 Usage: python tests/bench/run_all.py [--full] [--only bench_policy bench_members ...] [--timeout S]
 """

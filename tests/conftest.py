@@ -184,13 +184,14 @@ class Daemon:
 def start_daemon(
     state_dir: Path,
     config: Path | None = None,
-    timeout: float = 20,
+    timeout: float = 120,
     env: dict[str, str] | None = None,
     port: int = 0,
     preexec_fn: Callable[[], None] | None = None,
 ) -> Daemon:
     """port: 0 picks a free one; a restarted daemon passes its old port to keep its URL.
-    preexec_fn runs in the child before exec (resource limits, umask)."""
+    preexec_fn runs in the child before exec (resource limits, umask). The timeout is generous: on a
+    loaded 2-core CI machine the interpreter alone has taken over 20 s to start."""
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / "daemon.log"
     cmd = [

@@ -283,22 +283,31 @@ async def test_offline_hub_edges_keep_serving_and_everything_converges(cloud: Cl
     assert {cached_id, other_id, local_id} <= listed
     message = (await cloud.call(edge, "GET", "/v2/images/%s/file" % other_id, 503))["message"]
     assert "hub is unreachable" in message and "not cached" in message
-    status = await cloud.call(edge, "GET", "/v2/edge/status")
-    assert status["hub"]["state"] == "down"
+    await eventually(lambda: _hub_state(cloud, edge, "down"), "the edge to see its hub link down")
     # The hub returns: it first sees the sites as offline (two missed beats), then they converge.
-    cloud.restart_hub()
-    sites = await cloud.sites()
+    # The edges are paused while it starts: one retrying its heartbeat could reach the new hub
+    # before the sites are listed, and the hub's first view would no longer be observable.
+    paused = list(cloud.edges.values())
+    for d in paused:
+        d.proc.send_signal(signal.SIGSTOP)
+    try:
+        cloud.restart_hub()
+        sites = await cloud.sites()
+    finally:
+        for d in paused:
+            d.proc.send_signal(signal.SIGCONT)
     assert not sites["dcn0"]["online"] and not sites["dcn1"]["online"]
 
     async def converged() -> bool:
         sites = await cloud.sites()
-        return (
-            all(s["online"] for s in sites.values())
-            and (await cloud.call(edge, "GET", "/v2/edge/status"))["hub"]["state"] == "up"
-        )
+        return all(s["online"] for s in sites.values()) and await _hub_state(cloud, edge, "up")
 
-    await eventually(converged, "sites online again and the edge's link up")
+    await eventually(converged, "sites online again and the edge's link up", within=60)
     assert await cloud.call(edge, "GET", "/v2/images/%s/file" % other_id) == other_data
+
+
+async def _hub_state(cloud: Cloud, edge: Daemon, state: str) -> bool:
+    return bool((await cloud.call(edge, "GET", "/v2/edge/status"))["hub"]["state"] == state)
 
 
 async def _known(cloud: Cloud, daemon: Daemon, image_id: str) -> bool:

@@ -153,6 +153,7 @@ async def serve(config: Config, config_path: Path | None = None, overrides: dict
             interval = systemd.watchdog_interval()
             if interval:
                 watchdog = asyncio.create_task(_watchdog(interval), name="watchdog")
+            memory.freeze_startup()
             log.info("site %s (%s) ready; state in %s", config.site.name, config.site.role, config.state_dir)
             loops = [asyncio.create_task(run(), name=name) for name, run in services.background_loops()]
             stopper = asyncio.create_task(stop.wait())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 import threading
 from collections import deque
@@ -50,6 +51,17 @@ def one_arena() -> None:
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is not None:
         mallopt(M_ARENA_MAX, 1)
+
+
+def freeze_startup() -> None:
+    """Keep what the daemon built at startup (modules, routes, policy rules, metrics) out of
+    the cyclic garbage collector's scans. A full collection walks every tracked object on the
+    thread that triggers it, mostly the event loop's: the daemon's modules alone are ~53,000
+    objects, whose full collection took 0.2 s on a busy 2-core machine (36-68 ms at a daemon's
+    startup), and every request waited as long. Frozen, a full collection walks only what was
+    allocated since (0.01 ms for the modules). Call it once, when startup is done."""
+    gc.collect()  # startup garbage goes now, not into the permanent generation
+    gc.freeze()
 
 
 class MemoryTrimmer:

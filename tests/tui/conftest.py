@@ -73,7 +73,7 @@ class SiteApi:
         )
 
     async def wait_tasks_done(self, image_id: str) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             tasks = (await self.call("GET", "/v2/images/%s/tasks" % image_id))["tasks"]
             if tasks and all(t["status"] not in ("pending", "processing") for t in tasks):
@@ -118,7 +118,7 @@ async def type_text(pilot: Pilot[Any], text: str) -> None:
     await pilot.pause()
 
 
-async def wait_until(pilot: Pilot[Any], predicate: Callable[[], Any], within: float = 15, what: str = "") -> None:
+async def wait_until(pilot: Pilot[Any], predicate: Callable[[], Any], within: float = 60, what: str = "") -> None:
     deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
@@ -139,7 +139,7 @@ async def confirm(pilot: Pilot[Any]) -> None:
     before the dialog is armed is ignored on purpose)."""
     screen = pilot.app.screen
     assert isinstance(screen, ConfirmScreen), screen
-    await wait_until(pilot, lambda: screen.armed, within=5, what="the confirmation armed")
+    await wait_until(pilot, lambda: screen.armed, what="the confirmation armed")
     await pilot.press("y")
 
 
@@ -181,7 +181,7 @@ class HubAndEdge:
             data=io.BytesIO(os.urandom(size)),
             headers={"Content-Type": "application/octet-stream"},
         )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while not any(i["id"] == image["id"] for i in await self.edge.images()):
             assert time.monotonic() < deadline, "the edge never mirrored %s" % name
             await asyncio.sleep(0.1)

@@ -29,6 +29,7 @@ from textual.widgets import Input, Static
 from tests.conftest import VENV_BIN, Daemon
 from tests.tui.conftest import HubAndEdge, MiB, SiteApi, confirm, open_images, socket_config, wait_until
 from tui.app import ApplianceTui, make_app
+from tui.dialogs import confirm as confirm_module
 from tui.dialogs.confirm import ARM_SECONDS, ConfirmScreen
 from tui.dialogs.detail import DetailScreen
 from tui.display import plain, visible
@@ -299,10 +300,11 @@ async def test_a_confirmation_ignores_yes_typed_ahead(site: Daemon, site_api: Si
     async with app.run_test() as pilot:
         await open_images(app, pilot, 1)
         burst(app, ("d", "d"), ("y", "y"), ("enter", "\r"), ("y", "y"))
-        await pilot.pause(0.2)
-        assert isinstance(app.screen, ConfirmScreen)  # still asking: Cancel has focus, y is not armed
+        # However late a loaded machine handles the burst, its keys arrived before the question.
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the confirmation")
         await pilot.pause(ARM_SECONDS + 0.3)
         await app.workers.wait_for_complete()
+        assert isinstance(app.screen, ConfirmScreen)  # still asking: Cancel has focus, y is not armed
         assert (await site_api.image(image["id"]))["status"] == "active"
         await confirm(pilot)  # a "y" once the question was there to read does delete
         await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
@@ -311,17 +313,25 @@ async def test_a_confirmation_ignores_yes_typed_ahead(site: Daemon, site_api: Si
 
 
 async def test_enter_typed_ahead_is_ignored_once_the_dialog_has_focus(
-    site: Daemon, site_api: SiteApi, image: dict[str, Any]
+    site: Daemon, site_api: SiteApi, image: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The other order of the same burst: the dialog mounted (Cancel focused) before enter arrived.
     The outcome must not depend on which won the race."""
+    # The keys must arrive within the arming window of the dialog being drawn; this test's own
+    # turn on a loaded machine can come later than 0.5 s after that, so the window is widened.
+    monkeypatch.setattr(confirm_module, "ARM_SECONDS", 60.0)
     app = make_app(socket_config(site))
     async with app.run_test() as pilot:
         await open_images(app, pilot, 1)
         await pilot.press("d")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the confirmation")
+
+        def cancel_focused() -> bool:
+            return isinstance(app.screen, ConfirmScreen) and app.focused is not None and app.focused.id == "no"
+
+        await wait_until(pilot, cancel_focused, what="the confirmation, Cancel focused")
         burst(app, ("enter", "\r"), ("y", "y"))
         await pilot.pause(0.2)
+        await pilot.pause()
         assert isinstance(app.screen, ConfirmScreen)
     assert (await site_api.image(image["id"]))["status"] == "active"
 

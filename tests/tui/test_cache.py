@@ -113,9 +113,13 @@ async def test_queue_remove_and_clear_send_the_cache_api_calls(hub_and_edge: Hub
 
 
 async def test_fills_and_pinned_pulls_show_progress(hub_and_edge_factory: Callable[..., Any]) -> None:
-    link: HubAndEdge = await hub_and_edge_factory(rate=2 * MiB)  # a slow WAN: ~4 s an image
-    cached = await link.hub_image("filled", 8 * MiB)
-    pinned = await link.hub_image("pinned", 8 * MiB)
+    # A slow WAN (2 MiB/s: a rate the TUI shows in MiB/s, an ETA under a minute) and images big
+    # enough to keep each transfer going for ~24 s: the TUI sees it in progress however slowly a
+    # loaded machine runs its polls; once seen, the link is opened up.
+    slow = 2 * MiB
+    link: HubAndEdge = await hub_and_edge_factory(rate=slow)
+    cached = await link.hub_image("filled", 48 * MiB)
+    pinned = await link.hub_image("pinned", 48 * MiB)
     app = make_app(link.edge_tui())
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("4")
@@ -137,15 +141,18 @@ async def test_fills_and_pinned_pulls_show_progress(hub_and_edge_factory: Callab
             pilot, lambda: re.search(r"MiB/s · ETA \d+s", text_of(app, "#cache-detail")), what="rate and ETA"
         )
         assert queue.cell_text(cached["id"], "image") == "filled"
-        await wait_until(pilot, lambda: pane.entry_table.keys == [cached["id"]], within=30, what="cached")
+        link.link.rate = 0
+        await wait_until(pilot, lambda: pane.entry_table.keys == [cached["id"]], what="cached")
         assert queue.row_count == 0
         # A copy placed at this site by the hub: the Overview's hub line shows the pull.
+        link.link.rate = slow
         await link.hub.copy(pinned["id"], "dcn0")
         await pilot.press("1")
-        await wait_until(pilot, lambda: "pulling pinned" in text_of(app, "#overview-hub"), within=30, what="the pull")
+        await wait_until(pilot, lambda: "pulling pinned" in text_of(app, "#overview-hub"), what="the pull")
         await wait_until(
             pilot, lambda: "%" in text_of(app, "#overview-hub").split("pulling pinned", 1)[1], what="pull progress"
         )
+        link.link.rate = 0
 
 
 async def test_read_only_offers_no_cache_action(hub_and_edge: HubAndEdge) -> None:

@@ -1,6 +1,6 @@
 """Handing the memory of finished transfers back to the system.
 
-A transfer's socket reads (up to 4 MiB each) and the batches queued to its hash threads are
+A transfer's socket reads (up to 1 MiB each) and the batches queued to its hash threads are
 freed when it ends, but glibc keeps them: once a large mmapped buffer has been freed it raises
 its mmap threshold, later buffers come from the heap, and free space in the middle of a heap
 is never returned. That left 17-37 MiB per concurrent upload allocated after it ended.

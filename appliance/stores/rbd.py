@@ -11,6 +11,7 @@ the cluster's health is refreshed in the background and `usage()` only reads the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -305,6 +306,11 @@ class RbdStore:
             raise Conflict("Store %s already holds an RBD image %s" % (self.name, image_id)) from None
         except BaseException:
             ioctx.close()
+            # The create (or the open after it) timed out with the cluster gone: the image may
+            # exist all the same, and nothing else would remove it. The health thread does, once
+            # the cluster answers (an image that was never made is simply not found).
+            with self._lock:
+                self._leftovers.setdefault(image_id, None)
             raise
 
     @staticmethod
@@ -336,8 +342,9 @@ class RbdStore:
             with self._ioctx() as ioctx:
                 try:
                     self._remove(ioctx, image_id)
-                except rbd.ImageNotFound:
-                    pass
+                except rbd.ImageNotFound:  # or a create cut short: listed, with no header to open
+                    with contextlib.suppress(rbd.ImageNotFound):
+                        rbd.RBD().remove(ioctx, image_id)
         except (rbd.Error, rados.Error, ApplianceError) as exc:
             log.warning("store %s: half-written image %s not removed yet: %s", self.name, image_id, exc)
             return

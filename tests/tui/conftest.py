@@ -111,7 +111,9 @@ def url_config(daemon: Daemon, **kw: Any) -> TuiConfig:
 
 
 async def type_text(pilot: Pilot[Any], text: str) -> None:
-    """Type into the focused Input in one go (pressing each key costs ~0.1 s in run_test)."""
+    """Type into the focused Input in one go (pressing each key costs ~0.1 s in run_test), once a
+    dialog just opened has focused it (on a loaded machine, after the keys that opened it)."""
+    await wait_until(pilot, lambda: isinstance(pilot.app.focused, Input), what="an input focused")
     focused = pilot.app.focused
     assert isinstance(focused, Input), focused
     focused.insert_text_at_cursor(text)

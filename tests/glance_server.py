@@ -74,7 +74,8 @@ filesystem_store_datadir = {root}/staging
 filesystem_store_datadir = {root}/tasks
 
 [database]
-connection = sqlite:///{root}/glance.sqlite
+# SQLite's lock wait (pysqlite's default 5 s): concurrent imports write task progress on a busy machine.
+connection = sqlite:///{root}/glance.sqlite?timeout=60
 
 [paste_deploy]
 flavor = {flavor}
@@ -172,6 +173,10 @@ class GlanceServer:
                 "65535",
                 "--chunked-input-limit",
                 str(64 << 20),
+                # Under uWSGI sys.executable is uwsgi itself; oslo_concurrency runs qemu-img under
+                # `sys.executable -m oslo_concurrency.prlimit` (image_conversion, import inspection).
+                "--py-sys-executable",
+                str(GLANCE_VENV / "bin" / "python"),
             ],
             stdout=fh,
             stderr=subprocess.STDOUT,

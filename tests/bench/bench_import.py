@@ -58,6 +58,18 @@ def make_image(work: Path, data_mib: int, virtual_gib: int) -> Path:
     return work / "disk.qcow2.gz"
 
 
+def start_importer(work: Path, port: int) -> tuple[subprocess.Popen[bytes], str, str]:
+    """A daemon in work/state whose imports decompress and convert, allowed to fetch from
+    127.0.0.1:port (the nginx serving the source)."""
+    state = work / "state"
+    state.mkdir()
+    (state / "appliance.toml").write_text(
+        '[import]\nplugins = ["image_decompression", "image_conversion"]\n'
+        '[import.uri_filter]\nallowed_hosts = ["127.0.0.0/8"]\nallowed_ports = [%d]\n' % port
+    )
+    return start_daemon(state, state / "appliance.toml")
+
+
 class Client:
     def __init__(self, url: str, token: str) -> None:
         self.url, self.token = url, token
@@ -137,13 +149,7 @@ def main() -> None:
         port = int(base.rsplit(":", 1)[1])
         uri = "%s/%s" % (base, src.name)
 
-        state = work / "state"
-        state.mkdir()
-        (state / "appliance.toml").write_text(
-            '[import]\nplugins = ["image_decompression", "image_conversion"]\n'
-            '[import.uri_filter]\nallowed_hosts = ["127.0.0.0/8"]\nallowed_ports = [%d]\n' % port
-        )
-        daemon, url, token = start_daemon(state, state / "appliance.toml")
+        daemon, url, token = start_importer(work, port)
         client = Client(url, token)
 
         chains: list[float] = []

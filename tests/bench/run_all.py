@@ -4,8 +4,8 @@ Each benchmark runs as its own process, with small sizes where it has flags for 
 the whole run ends in bounded time on a shared 2-core machine; its output goes by as it runs, and
 the `BENCH name | figure | baseline | ratio | better` lines it prints (tests/bench/summary.py) are
 gathered into one table at the end: each figure, its baseline from the same run and the ratio.
-OpenStack Glance joins the table through bench_glance_hub and bench_transfer (a real Glance 33 from
-`make glance`, on the same machine in the same run).
+OpenStack Glance joins the table through bench_glance_hub, bench_transfer and bench_glance_import (a
+real Glance 33 from `make glance`, on the same machine in the same run).
 
 Usage: python tests/bench/run_all.py [--full] [--only bench_policy bench_members ...] [--timeout S]
 """
@@ -30,6 +30,7 @@ QUICK: dict[str, list[str]] = {
     "bench_cache": ["--hit-mib", "128", "--wan-mib", "64", "--clients", "8", "--runs", "2"],
     "bench_deletion_feed": ["--sizes", "50", "--deletions", "3"],
     "bench_glance_hub": ["--mib", "64", "--clients", "4"],
+    "bench_glance_import": ["--data-mib", "128", "--virtual-gib", "1", "--runs", "1"],
     "bench_hostile_bodies": ["--seconds", "4"],
     "bench_hub_sites": ["--sites", "100", "--interval", "5", "--seconds", "20"],
     "bench_import": ["--data-mib", "128", "--virtual-gib", "1", "--runs", "1", "--no-pair"],

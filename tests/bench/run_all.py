@@ -30,7 +30,7 @@ QUICK: dict[str, list[str]] = {
     "bench_cache": ["--hit-mib", "128", "--wan-mib", "64", "--clients", "8", "--runs", "2"],
     "bench_deletion_feed": ["--sizes", "50", "--deletions", "3"],
     "bench_glance_hub": ["--mib", "64", "--clients", "4"],
-    "bench_glance_import": ["--data-mib", "128", "--virtual-gib", "1", "--runs", "1"],
+    "bench_glance_import": ["--data-mib", "128", "--virtual-gib", "1", "--runs", "1", "--pair-timeout", "240"],
     "bench_hostile_bodies": ["--seconds", "4"],
     "bench_hub_sites": ["--sites", "100", "--interval", "5", "--seconds", "20"],
     "bench_import": ["--data-mib", "128", "--virtual-gib", "1", "--runs", "1", "--no-pair"],

@@ -7,8 +7,9 @@ the same two plugins in its glance-image-import.conf and `[image_conversion] out
 alternating `--runs` times in the same run; medians are compared. Then two imports at once on each,
 one after the other, with `GET /v2/images/{id}` sampled all along: p50 and p99.
 
-Known: on the test Glance (uWSGI, one process, SQLite), one of two concurrent imports was seen to
-stay `processing` with nothing in staging (under load 13); the pair then ends at --pair-timeout.
+Known: on the test Glance (uWSGI, one process, SQLite), one of two concurrent imports stayed
+`processing` with nothing in staging in two runs out of two; the pair then ends at --pair-timeout
+and prints no latency comparison (the single-import rows stand).
 
 Usage: python tests/bench/bench_glance_import.py [--data-mib 700] [--virtual-gib 2] [--runs 3] [--no-pair]
                                                  [--pair-timeout 600]
@@ -52,6 +53,10 @@ def timed_import(client: Client, name: str, uri: str) -> tuple[float, dict]:
     return time.perf_counter() - t, image
 
 
+class Stuck(Exception):
+    """Two concurrent imports did not both finish within the pair's timeout."""
+
+
 def show_latency_during_pair(client: Client, shown: str, uri: str, timeout: float) -> tuple[float, float, float]:
     """Two imports at once; `GET /v2/images/{shown}` every 20 ms until both are active:
     (seconds for the pair, p50 ms, p99 ms)."""
@@ -61,7 +66,7 @@ def show_latency_during_pair(client: Client, shown: str, uri: str, timeout: floa
     pending = set(ids)
     while pending:
         if time.perf_counter() - t > timeout:
-            raise SystemExit("imports %s still not active after %.0f s" % (", ".join(sorted(pending)), timeout))
+            raise Stuck("import of %s still not active after %.0f s" % (", ".join(sorted(pending)), timeout))
         s = time.perf_counter()
         client.call("GET", "/v2/images/%s" % shown)
         latencies.append(time.perf_counter() - s)
@@ -140,20 +145,25 @@ def main() -> None:
             if not args.no_pair:
                 pairs: dict[str, tuple[float, float, float]] = {}
                 for name, client in (("ours", ours), ("glance", theirs)):
-                    pairs[name] = show_latency_during_pair(client, first[name]["id"], uri, args.pair_timeout)
+                    try:
+                        pairs[name] = show_latency_during_pair(client, first[name]["id"], uri, args.pair_timeout)
+                    except Stuck as exc:
+                        print("%-6s two imports at once: %s; no latency comparison; %s" % (name, exc, load()))
+                        continue
                     print(
                         "%-6s two imports at once: %.1f s; image-show p50 %.1f ms, p99 %.1f ms; %s"
                         % (name, *pairs[name], load())
                     )
                 for i, pct in ((1, "p50"), (2, "p99")):
-                    summary(
-                        "image-show %s while 2 imports run" % pct,
-                        pairs["ours"][i],
-                        pairs["glance"][i],
-                        "ms",
-                        "OpenStack Glance 33",
-                        "lower",
-                    )
+                    if len(pairs) == 2:
+                        summary(
+                            "image-show %s while 2 imports run" % pct,
+                            pairs["ours"][i],
+                            pairs["glance"][i],
+                            "ms",
+                            "OpenStack Glance 33",
+                            "lower",
+                        )
     finally:
         for proc in (daemon, nginx):
             if proc is not None:

@@ -62,7 +62,8 @@ class _RbdWriter:
     """Runs on a digest worker thread: writes batches into an open RBD image, skipping zero runs
     (RBD images are thin: what is never written reads as zeros), growing the image as it goes."""
 
-    def __init__(self, ioctx: Any, image: Any, size: int) -> None:
+    def __init__(self, cluster: Any, ioctx: Any, image: Any, size: int) -> None:
+        self.cluster = cluster  # the write's own client (see RbdStore._create)
         self.ioctx = ioctx
         self.image = image
         self.size = size
@@ -161,6 +162,16 @@ class RbdStore:
         with self._lock:
             if self._cluster is not None:
                 return self._cluster
+        cluster = self._new_client()
+        with self._lock:
+            if self._cluster is None:
+                self._cluster, self.fsid = cluster, cluster.get_fsid()
+                return cluster
+        cluster.shutdown()  # another thread connected meanwhile
+        return self._cluster
+
+    def _new_client(self) -> Any:
+        """A connected librados client (the fsid already read, so later reads are local)."""
         conf = {
             "client_mount_timeout": str(OP_TIMEOUT),
             "rados_mon_op_timeout": str(OP_TIMEOUT),
@@ -174,16 +185,11 @@ class RbdStore:
         cluster = rados.Rados(conffile=self.conf_file, rados_id=self.user, conf=conf)
         try:
             cluster.connect(timeout=OP_TIMEOUT)
-            fsid = cluster.get_fsid()
+            cluster.get_fsid()
         except BaseException:
             cluster.shutdown()
             raise
-        with self._lock:
-            if self._cluster is None:
-                self._cluster, self.fsid = cluster, fsid
-                return cluster
-        cluster.shutdown()  # another thread connected meanwhile
-        return self._cluster
+        return cluster
 
     def _ioctx(self) -> Any:
         try:
@@ -276,8 +282,7 @@ class RbdStore:
         reason = self.read_only_reason()
         if reason:
             raise StoreReadOnly("Store %s is read-only: %s" % (self.name, reason))
-        ioctx, image = await self._io(asyncio.to_thread(self._create, image_id, expected_size or 0))
-        writer = _RbdWriter(ioctx, image, expected_size or 0)
+        writer = await self._io(asyncio.to_thread(self._create, image_id, expected_size or 0))
         sink = DigestSink(writer.write, background=background, signed_hash=signed_hash)
         committed = False
         try:
@@ -294,18 +299,31 @@ class RbdStore:
                 await sink.abort()
                 await asyncio.to_thread(self._discard, writer, image_id)
 
-    def _create(self, image_id: str, size: int) -> tuple[Any, Any]:
+    def _create(self, image_id: str, size: int) -> _RbdWriter:
+        """A new image open for writing on a librados client of its own: if the cluster goes
+        away mid-write, closing the image fails and its watch would keep it busy (unremovable)
+        for as long as the client lives; shutting down the write's own client ends the watch
+        without touching other transfers."""
         if image_id in self._leftovers:  # an earlier failed write of the same image
             self._remove_leftover(image_id)
-        ioctx = self._ioctx()
+        cluster = self._new_client()
+        try:
+            ioctx = cluster.open_ioctx(self.pool)
+        except BaseException as exc:
+            cluster.shutdown()
+            if isinstance(exc, rados.ObjectNotFound):
+                raise StorageError("Store %s: Ceph pool %s does not exist" % (self.name, self.pool)) from None
+            raise
         try:
             rbd.RBD().create(ioctx, image_id, size, order=self.order, old_format=False)
-            return ioctx, rbd.Image(ioctx, image_id)
+            return _RbdWriter(cluster, ioctx, rbd.Image(ioctx, image_id), size)
         except rbd.ImageExists:
             ioctx.close()
+            cluster.shutdown()
             raise Conflict("Store %s already holds an RBD image %s" % (self.name, image_id)) from None
         except BaseException:
             ioctx.close()
+            cluster.shutdown()
             # The create (or the open after it) timed out with the cluster gone: the image may
             # exist all the same, and nothing else would remove it. The health thread does, once
             # the cluster answers (an image that was never made is simply not found).
@@ -318,6 +336,7 @@ class RbdStore:
         writer.finish()
         writer.image.close()
         writer.ioctx.close()
+        writer.cluster.shutdown()
 
     def _discard(self, writer: _RbdWriter, image_id: str) -> None:
         try:
@@ -325,20 +344,22 @@ class RbdStore:
         except OSError:
             pass
         with self._lock:
-            self._leftovers[image_id] = (writer.ioctx, writer.image)
+            self._leftovers[image_id] = writer
         if writer.failed is None or not isinstance(writer.failed, (rbd.Error, rados.Error, OSError)):
             self._remove_leftover(image_id)  # else the cluster is likely gone: the health thread retries
 
     def _remove_leftover(self, image_id: str) -> None:
         """Remove a half-written image; if the cluster does not answer, it stays listed and the
         next good health check removes it."""
-        handles = self._leftovers.get(image_id)
+        writer = self._leftovers.get(image_id)
+        if writer is not None:  # its open handle's watch keeps the image busy: end its client
+            with contextlib.suppress(rbd.Error, rados.Error):
+                writer.image.close()
+            writer.ioctx.close()  # before the client: an ioctx outliving it would be freed after it
+            writer.cluster.shutdown()
+            with self._lock:
+                self._leftovers[image_id] = None
         try:
-            if handles is not None:
-                handles[1].close()  # the writer's handle (its watch keeps the image busy)
-                handles[0].close()
-                with self._lock:
-                    self._leftovers[image_id] = None
             with self._ioctx() as ioctx:
                 try:
                     self._remove(ioctx, image_id)

@@ -229,12 +229,13 @@ class ImageService:
             query, project=ctx.project, admin=policy.sees_every_image(ctx), limit=limit + 1
         )  # one extra tells whether a next page exists
         try:
-            ids = await self._catalog.list_image_ids(query)
+            ids, weights = await self._catalog.list_image_page(query)
         except NotFound as exc:
             raise BadRequest(str(exc)) from None  # Glance: an unknown marker is a bad request
         more = len(ids) > limit
         ids = ids[:limit]
-        return Page(ids=ids, batches=self._catalog.stream_images(ids), next_marker=ids[-1] if more and ids else None)
+        batches = self._catalog.stream_images(ids, weights)
+        return Page(ids=ids, batches=batches, next_marker=ids[-1] if more and ids else None)
 
     async def at_hub(self, ctx: Context, image: Image) -> tuple[HubRecords, str] | None:
         """Where a write to `image` is made: None for this site's own images (created here, even

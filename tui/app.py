@@ -141,6 +141,10 @@ class ApplianceTui(ImageActionKeys, DetailViews, Navigation, App[None]):
         self._state_file: Path | None = None
         self._title = visible(client.target) + (" · read-only" if config.read_only else "")
         self._going_back = False
+        # Set before anything is mounted: set in on_mount, it restyles every widget once more.
+        state_file = Path(config.state_file) if config.state_file else None
+        self.theme = starting_theme(state_file, self.available_themes)
+        self._state_file = state_file  # from now on, a theme the operator picks is remembered
 
     def notify(
         self,
@@ -225,9 +229,6 @@ class ApplianceTui(ImageActionKeys, DetailViews, Navigation, App[None]):
         return self.session.sites
 
     def on_mount(self) -> None:
-        state_file = Path(self.config.state_file) if self.config.state_file else None
-        self.theme = starting_theme(state_file, self.available_themes)
-        self._state_file = state_file  # from now on, a theme the operator picks is remembered
         self.sub_title = self._title
         self.query_one(TabbedContent).hide_tab("sites")  # shown once the status says this is a hub
         # Tab moves between what a screen shows, not onto the tab bar (number keys switch screens).
@@ -357,7 +358,7 @@ class ApplianceTui(ImageActionKeys, DetailViews, Navigation, App[None]):
     @while_running
     def on_images_loaded(self, message: ImagesLoaded) -> None:
         pane = self.images_pane
-        if pane.show_images(message.images):
+        if pane.show_images(message.images, message.paged):
             image = pane.selected_image()
             if image is not None:
                 self.request_detail(str(image["id"]), again=True)

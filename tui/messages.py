@@ -44,11 +44,13 @@ class EventsLoaded(Message):
 
 
 class ImagesLoaded(Message):
-    """The full image list (every page)."""
+    """The full image list (every page); `paged`: each of its pages came before, in an
+    ImagesPageLoaded (the first load)."""
 
-    def __init__(self, images: list[Json]) -> None:
+    def __init__(self, images: list[Json], paged: bool = False) -> None:
         super().__init__()
         self.images = images
+        self.paged = paged
 
 
 class ImagesPageLoaded(Message):

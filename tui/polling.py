@@ -161,7 +161,7 @@ async def _poll_images(
             if probe is not None and not probe.done():
                 probe.cancel()
         state.fingerprint, state.images_loaded = (counts, recent), True
-        post(ImagesLoaded(images))
+        post(ImagesLoaded(images, paged=True))
         return
     fingerprint = (counts, await client.recent_images(PROBE_SIZE))
     if full or fingerprint != state.fingerprint:

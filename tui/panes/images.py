@@ -217,13 +217,18 @@ class ImagesPane(FilterLine, ImageActions, Vertical):
             self.images[str(image["id"])] = image
         self.table.add_keyed_rows([(str(i["id"]), image_row(i)) for i in fresh if matches(i, self.filter_text)])
 
-    def show_images(self, images: list[Json]) -> bool:
+    def show_images(self, images: list[Json], paged: bool = False) -> bool:
         """Show a fresh image list; returns True if the highlighted image changed (the caller
-        reloads its locations)."""
+        reloads its locations). `paged`: its pages came to add_page first."""
         before = self.selected_image()
-        self.images = {str(i["id"]): i for i in images}
+        fresh = {str(i["id"]): i for i in images}
+        shown = paged and fresh.keys() == self.images.keys()
+        self.images = fresh
         self.loaded = True
-        self.table.sync_rows(self._rows())
+        if shown:  # the pages put these rows in the table, in order: sorting and comparing them all again finds nothing
+            self.show_match_count(self.table.row_count, len(self.images), "images")
+        else:
+            self.table.sync_rows(self._rows())
         after = self.selected_image()
         if after is None:
             self._render_empty()

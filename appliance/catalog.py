@@ -356,7 +356,14 @@ class Catalog:
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock:
             try:
-                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    await asyncio.shield(self._db.execute("BEGIN IMMEDIATE"))
+                except asyncio.CancelledError:
+                    # The BEGIN runs on the database thread all the same: undo it there (queued
+                    # after it), or the connection stays inside a transaction that no one ends and
+                    # every later write fails ("cannot start a transaction within a transaction").
+                    await asyncio.shield(self._rollback())
+                    raise
                 try:
                     yield self._db
                 except BaseException:

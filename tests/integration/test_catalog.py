@@ -265,3 +265,26 @@ async def test_concurrent_writers_do_not_interleave_transactions(tmp_path: Path)
         assert await catalog.count_images() == 40
         loaded = [await catalog.get_image(image.id) for image in images]
         assert [img.tags for img in loaded] == [("t%d" % i,) for i in range(40)]
+
+
+async def test_a_write_cancelled_at_any_moment_leaves_the_catalog_writable(tmp_path: Path) -> None:
+    """A delete cancels an import's catalog write at whatever await it has reached; cancelled
+    while its BEGIN was on the database thread, the transaction used to stay open for good and
+    every later write failed ('cannot start a transaction within a transaction')."""
+    import asyncio as _asyncio
+
+    async with Catalog.open(tmp_path / "c.sqlite") as catalog:
+        image = make_image()
+        await catalog.create_image(image)
+        for steps in range(40):  # cancel after 0..39 turns of the loop: every await is hit
+            writer = _asyncio.ensure_future(catalog.add_tag(image.id, "cancelled-%d" % steps, STAMP))
+            for _ in range(steps):
+                await _asyncio.sleep(0)
+            writer.cancel()
+            try:
+                await writer
+            except _asyncio.CancelledError:
+                pass
+            await catalog.add_tag(image.id, "after-%d" % steps, STAMP)  # raised OperationalError
+        tags = set((await catalog.get_image(image.id)).tags)
+        assert {"after-%d" % n for n in range(40)} <= tags

@@ -136,6 +136,8 @@ RULES: dict[str, str] = {
     "edge:check_uri": ADMIN,
     "edge:status": ADMIN,
     "edge:events": ADMIN,
+    # Who the daemon takes the caller for: anyone it knows may ask about itself.
+    "edge:whoami": "@",
 }
 
 # glance/policies/metadef.py: reads for a namespace's project or a public one, writes for
@@ -412,6 +414,14 @@ def in_force() -> Policy:
 def is_admin(ctx: Context) -> bool:
     """Glance's context.is_admin: what the `context_is_admin` rule in force answers for `ctx`."""
     return bool(_in_force.credentials(ctx)["is_admin"])
+
+
+def caller(ctx: Context) -> dict[str, object]:
+    """`ctx` as the rules in force see it, for the caller itself (`edge:whoami`): its user and
+    project, its roles with the implied ones, and what `context_is_admin` answers for it."""
+    enforce(ctx, "edge:whoami")
+    creds = _in_force.credentials(ctx)
+    return {"user_id": ctx.user, "project_id": ctx.project, "roles": creds["roles"], "is_admin": creds["is_admin"]}
 
 
 def check_string(rule: str) -> str:

@@ -178,6 +178,12 @@ class SiteService:
             else:
                 self._names.add(site.name)
 
+    def whoami(self, ctx: Context) -> dict[str, object]:
+        """The caller as the rules in force see it (`edge:whoami`, at an edge as at a hub), and this
+        site's name and role: what an operator's tool shows beside what the token may see."""
+        site = self._config.site
+        return {**policy.caller(ctx), "site": {"name": site.name, "role": site.role}}
+
     # -- what the rest of the hub asks --------------------------------------------------------
 
     def is_site(self, name: str) -> bool:

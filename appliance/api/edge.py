@@ -1,4 +1,5 @@
-"""Appliance-only operator endpoints under /v2/edge (admin): status summary and events."""
+"""Appliance-only operator endpoints under /v2/edge: status summary and events (admin), and who
+the caller is (anyone the daemon knows)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from aiohttp import web
 from appliance import __version__, wire
 from appliance.api import schemas
 from appliance.api.cache import cache_summary
-from appliance.api.keys import CACHE, CONFIG, EVENTS, HUB, IMAGES, IMPORTS, METRICS, STARTED
+from appliance.api.keys import CACHE, CONFIG, EVENTS, HUB, IMAGES, IMPORTS, METRICS, SITES, STARTED
 from appliance.api.middleware import CONTEXT
 from appliance.errors import BadRequest
 from appliance.looplag import LoopLag
@@ -65,6 +66,11 @@ async def events(request: web.Request) -> web.Response:
             ]
         }
     )
+
+
+@routes.get("/v2/edge/whoami")
+async def whoami(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SITES].whoami(request[CONTEXT]))
 
 
 @routes.get("/metrics")

@@ -19,6 +19,7 @@ from appliance import __version__
 from appliance.api import schema_docs
 from appliance.api.keys import IMAGES
 from appliance.api.schemas import PATCH_MEDIA_TYPES
+from appliance.config.sections import ROLES
 from appliance.model import MEMBER_STATUSES, VISIBILITIES
 from appliance.wire import INT64_MAX
 
@@ -492,6 +493,23 @@ def _info_paths() -> Json:
     }
 
 
+_WHOAMI: Json = {
+    "type": "object",
+    "required": ["user_id", "project_id", "roles", "is_admin", "site"],
+    "properties": {
+        "user_id": {"type": "string"},
+        "project_id": {"type": "string"},
+        "roles": {"type": "array", "items": {"type": "string"}},
+        "is_admin": {"type": "boolean"},
+        "site": {
+            "type": "object",
+            "required": ["name", "role"],
+            "properties": {"name": {"type": "string"}, "role": {"enum": list(ROLES)}},
+        },
+    },
+}
+
+
 def _edge_paths() -> Json:
     site_name = _path("name", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,63}$"}, "A site's name")
     obj = {"type": "object"}
@@ -535,6 +553,15 @@ def _edge_paths() -> Json:
                     _query("since", _INT64, "Events after this sequence number"),
                     _query("limit", _INT64, "At most this many (1 to 2000)"),
                 ],
+            )
+        },
+        "/v2/edge/whoami": {
+            "get": _op(
+                "edgeWhoami",
+                "Who the daemon takes the caller for: user, project, roles (with the implied ones), "
+                "whether it is an administrator, and this site",
+                {200: _json(_WHOAMI, "The caller")},
+                tag="edge",
             )
         },
         "/v2/edge/cache": {

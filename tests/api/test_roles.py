@@ -333,6 +333,7 @@ CASES = [
     ),
     Case("edge:status", fixed("GET", "/v2/edge/status"), allowed(200, "admin")),
     Case("edge:events", fixed("GET", "/v2/edge/events"), allowed(200, "admin")),
+    Case("edge:whoami", fixed("GET", "/v2/edge/whoami"), allowed(200, *ALL)),
 ]
 
 
@@ -368,6 +369,21 @@ async def test_a_site_reads_every_project_but_writes_nothing(hub: Hub) -> None:
     # nor another site's records
     status, body = await hub.call("site", "POST", "/v2/edge/sites/dcn1/heartbeat", json={})
     assert status == 403 and "edge:site_heartbeat" in body["message"]
+
+
+async def test_whoami_answers_each_caller_with_its_roles_and_this_site(hub: Hub) -> None:
+    site = {"name": "central", "role": "hub"}
+    for role, (_token, user, project, roles) in CALLERS.items():
+        found = await hub.ok(role, "GET", "/v2/edge/whoami", 200)
+        implied = {r for held in roles for r in policy.IMPLIED.get(held, ())}
+        expected = {"user_id": user, "project_id": project, "roles": sorted({*roles, *implied}), "site": site}
+        assert found == {**expected, "is_admin": role == "admin"}, (role, found)
+    assert (await hub.ok("member", "GET", "/v2/edge/whoami", 200))["roles"] == ["member", "reader"]
+    assert (await hub.ok("admin", "GET", "/v2/edge/whoami", 200))["roles"] == ["admin", "member", "reader"]
+    for headers in ({}, {"X-Auth-Token": "not-a-token"}):
+        async with hub.session.get(hub.daemon.url + "/v2/edge/whoami", headers={**JSON_ERRORS, **headers}) as resp:
+            assert resp.status == 401, await resp.text()
+            assert "WWW-Authenticate" in resp.headers
 
 
 # -- leaks ------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerState
 
-from tui.admin_only import show_admin_only
+from tui.admin_only import identity, show_admin_only
 from tui.client import DaemonApi, DaemonError, DaemonUnavailable, HttpDaemonClient
 from tui.config import TuiConfig
 from tui.detail_views import DetailViews
@@ -293,16 +293,8 @@ class ApplianceTui(ImageActionKeys, DetailViews, Navigation, App[None]):
     @while_running
     def on_status_loaded(self, message: StatusLoaded) -> None:
         status = message.status
-        site = status.get("site") or {}
-        self._title = "%s (%s) · %s%s" % (
-            visible(site.get("name", "?")),
-            visible(site.get("role", "?")),
-            visible(self.client.target),
-            " · read-only" if self.config.read_only else "",
-        )
-        if self.banner.answered(self.clock()):
-            self.notify("Connected to the daemon again.", title="Daemon", markup=False)
-        self.mark_stale()
+        self._set_title(status.get("site") or {})
+        self._answered()
         if is_hub(status) != is_hub(self.status) or not self.status:
             tabs = self.query_one(TabbedContent)
             if is_hub(status):
@@ -320,7 +312,28 @@ class ApplianceTui(ImageActionKeys, DetailViews, Navigation, App[None]):
 
     @while_running
     def on_admin_only(self, message: AdminOnly) -> None:
-        show_admin_only(self, message.reason)
+        whoami = message.whoami
+        if whoami and whoami != self.session.whoami:
+            self.session.whoami = whoami
+            self._set_title(whoami.get("site") or {}, identity(whoami))
+            if self.session.at_hub():  # Sites is shown, marked admin-only, not hidden
+                self.query_one(TabbedContent).show_tab("sites")
+            self.refresh_bindings()
+        show_admin_only(self, message.reason, whoami)
+        self._answered()  # refused the status, but the daemon answered: not stale
+
+    def _set_title(self, site: Json, who: str = "") -> None:
+        """The header's line: the site and its role, who the token is (when refused the status),
+        where the daemon is."""
+        where = "%s (%s)" % (visible(site.get("name", "?")), visible(site.get("role", "?")))
+        self._title = " · ".join(part for part in (where, who, visible(self.client.target)) if part) + (
+            " · read-only" if self.config.read_only else ""
+        )
+
+    def _answered(self) -> None:
+        if self.banner.answered(self.clock()):
+            self.notify("Connected to the daemon again.", title="Daemon", markup=False)
+        self.mark_stale()
 
     @while_running
     def on_connection_failed(self, message: ConnectionFailed) -> None:
@@ -470,7 +483,7 @@ class ApplianceTui(ImageActionKeys, DetailViews, Navigation, App[None]):
             return self._active == "events"
         if action == "filter" and (self._active not in FILTERABLE or isinstance(self.focused, Input)):
             return False  # in an input field, "/" is typed
-        if action == "show_pane" and parameters == ("sites",) and not is_hub(self.status):
+        if action == "show_pane" and parameters == ("sites",) and not self.session.at_hub():
             return False
         return True
 
@@ -483,7 +496,7 @@ class ApplianceTui(ImageActionKeys, DetailViews, Navigation, App[None]):
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for number, (pane, title) in enumerate(PANES, start=1):
-            if pane == "sites" and not is_hub(self.status):
+            if pane == "sites" and not self.session.at_hub():
                 continue
             yield SystemCommand(
                 "Show %s" % title,

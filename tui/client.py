@@ -41,6 +41,7 @@ class DaemonApi(Protocol):
     target: str
 
     async def status(self) -> Json: ...
+    async def whoami(self) -> Json: ...
     async def events(self, since: int, limit: int = 500) -> list[Json]: ...
     def image_pages(self) -> AsyncIterator[list[Json]]: ...
     async def images(self) -> list[Json]: ...
@@ -139,6 +140,10 @@ class HttpDaemonClient:
 
     async def status(self) -> Json:
         return dict(await self._call("GET", "/v2/edge/status"))
+
+    async def whoami(self) -> Json:
+        """Who the daemon takes this token for (any token may ask): user, project, roles, site."""
+        return dict(await self._call("GET", "/v2/edge/whoami"))
 
     async def events(self, since: int, limit: int = 500) -> list[Json]:
         return list((await self._call("GET", "/v2/edge/events?since=%d&limit=%d" % (since, limit)))["events"])

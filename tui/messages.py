@@ -29,11 +29,13 @@ class ConnectionFailed(Message):
 
 class AdminOnly(Message):
     """The daemon refuses this token its status (403): the token lacks the admin role. Its
-    images and tasks are still polled; `reason` is the daemon's refusal."""
+    images and tasks are still polled; `reason` is the daemon's refusal, `whoami` who the token
+    is (GET /v2/edge/whoami; empty if the daemon could not say)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, whoami: Json) -> None:
         super().__init__()
         self.reason = reason
+        self.whoami = whoami
 
 
 class EventsLoaded(Message):

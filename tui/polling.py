@@ -85,6 +85,15 @@ class PollPlan:
     active: str
 
 
+async def _whoami(client: DaemonApi) -> Json:
+    """Who the token is, for one refused the status; empty if the daemon cannot say (an older
+    one without /v2/edge/whoami, or a failure the rest of the round reports)."""
+    try:
+        return await client.whoami()
+    except (DaemonError, DaemonUnavailable):
+        return {}
+
+
 async def poll_round(client: DaemonApi, state: PollState, plan: PollPlan, post: Callable[[Message], Any]) -> None:
     asked = time.monotonic()
     try:
@@ -98,7 +107,7 @@ async def poll_round(client: DaemonApi, state: PollState, plan: PollPlan, post: 
             return
         # A token without the admin role: the status, events, cache and sites are admin-only,
         # its project's images and tasks are not; those are still shown.
-        post(AdminOnly(str(exc)))
+        post(AdminOnly(str(exc), await _whoami(client)))
         await _poll_member(client, state, plan, post)
         return
     post(StatusLoaded(status))

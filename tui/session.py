@@ -28,6 +28,12 @@ class Session:
     sites: list[Json] | None = None  # on a hub, once loaded
     # The TUI sends a token (--url with a token); over the Unix socket it has none to forward.
     has_token: bool = False
+    # Who a token refused the status is (GET /v2/edge/whoami), and the site it reached.
+    whoami: Json = field(default_factory=dict)
+
+    def at_hub(self) -> bool:
+        """This is a hub, as the status says, or for a token refused the status, as whoami says."""
+        return is_hub(self.status) or is_hub(self.whoami)
 
     def own_stores(self) -> list[str]:
         """This site's stores (not the hub's `central`, not edge sites)."""

@@ -351,6 +351,15 @@ class FakeDaemon:
             "uptime_seconds": self._status["uptime_seconds"] + int(time.monotonic() - self._started),
         }
 
+    async def whoami(self) -> Json:
+        return {
+            "user_id": "admin",
+            "project_id": "admin",
+            "roles": ["admin", "member", "reader"],
+            "is_admin": True,
+            "site": self._status["site"],
+        }
+
     async def events(self, since: int, limit: int = 500) -> list[Json]:
         return [e for e in EVENTS if e["seq"] > since][-limit:]
 

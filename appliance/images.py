@@ -223,19 +223,35 @@ class ImageService:
     async def list(self, ctx: Context, query: ImageQuery) -> Page:
         """A page of the images `query` (parsed by the API layer) asks for, among those the
         caller sees; `query.limit` is the page size."""
-        policy.enforce(ctx, "get_images")
         limit = query.limit
-        query = dataclasses.replace(
-            query, project=ctx.project, admin=policy.sees_every_image(ctx), limit=limit + 1
-        )  # one extra tells whether a next page exists
         try:
-            ids, weights = await self._catalog.list_image_page(query)
+            ids, weights = await self._catalog.list_image_page(self._scoped(ctx, query))
         except NotFound as exc:
             raise BadRequest(str(exc)) from None  # Glance: an unknown marker is a bad request
         more = len(ids) > limit
         ids = ids[:limit]
         batches = self._catalog.stream_images(ids, weights)
         return Page(ids=ids, batches=batches, next_marker=ids[-1] if more and ids else None)
+
+    async def rows(self, ctx: Context, query: ImageQuery) -> tuple[builtins.list[tuple[Any, ...]], str | None]:
+        """The images `query` selects among those the caller sees, as the operator's table
+        shows them (catalog.IMAGE_ROW_COLUMNS), and the next page's marker (None: the last)."""
+        try:
+            rows = await self._catalog.list_image_rows(self._scoped(ctx, query))
+        except NotFound as exc:
+            raise BadRequest(str(exc)) from None
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        return rows, str(rows[-1][0]) if more and rows else None
+
+    @staticmethod
+    def _scoped(ctx: Context, query: ImageQuery) -> ImageQuery:
+        """A list query as the caller may ask it: their project, whether they see every image,
+        and one image more than the page (it tells whether a next page exists)."""
+        policy.enforce(ctx, "get_images")
+        return dataclasses.replace(
+            query, project=ctx.project, admin=policy.sees_every_image(ctx), limit=query.limit + 1
+        )
 
     async def at_hub(self, ctx: Context, image: Image) -> tuple[HubRecords, str] | None:
         """Where a write to `image` is made: None for this site's own images (created here, even

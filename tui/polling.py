@@ -55,6 +55,8 @@ class PollState:
     rounds: int = 0
     force_full: bool = False
     again: bool = False
+    # The first image load, sent beside the round's status request (poll_round).
+    first_load: asyncio.Future[tuple[list[Json], list[Json] | None]] | None = None
 
     def restarted(self, uptime: object, asked: float, answered: float) -> bool:
         """Record the daemon's uptime, asked at `asked` and answered at `answered` (monotonic);
@@ -95,6 +97,19 @@ async def _whoami(client: DaemonApi) -> Json:
 
 
 async def poll_round(client: DaemonApi, state: PollState, plan: PollPlan, post: Callable[[Message], Any]) -> None:
+    # The first image load goes out beside the status, not after it: the list is most of what
+    # a cold start waits for, and its answer does not depend on the status.
+    if plan.images and not state.images_loaded:
+        state.first_load = asyncio.ensure_future(_first_images(client, post))
+    try:
+        await _poll_round(client, state, plan, post)
+    finally:
+        first, state.first_load = state.first_load, None
+        if first is not None and not first.cancel() and not first.cancelled():
+            first.exception()  # retrieved: a failure is the round's to report, once
+
+
+async def _poll_round(client: DaemonApi, state: PollState, plan: PollPlan, post: Callable[[Message], Any]) -> None:
     asked = time.monotonic()
     try:
         status = await client.status()
@@ -151,24 +166,12 @@ async def _poll_member(client: DaemonApi, state: PollState, plan: PollPlan, post
 async def _poll_images(
     client: DaemonApi, state: PollState, status: Json, full: bool, post: Callable[[Message], Any]
 ) -> None:
-    """The first load posts each page as it comes (the screen fills at once) and asks the change
-    probe beside the second page, once the first is shown (the first paint waits for one
-    request, and the rest of the list does not wait for the probe); later rounds fetch every
-    page only if the probe changed."""
+    """The first load is state.first_load (started with the round); later rounds fetch every
+    page only if the change probe changed."""
     counts = sorted((status.get("images") or {}).items())
     if not state.images_loaded:
-        images: list[Json] = []
-        probe: asyncio.Task[list[Json]] | None = None
-        try:
-            async for page in client.image_pages():
-                images.extend(page)
-                post(ImagesPageLoaded(page))
-                if probe is None:
-                    probe = asyncio.ensure_future(client.recent_images(PROBE_SIZE))
-            recent = await probe if probe is not None else None
-        finally:
-            if probe is not None and not probe.done():
-                probe.cancel()
+        first = state.first_load
+        images, recent = await (first if first is not None else _first_images(client, post))
         state.fingerprint, state.images_loaded = (counts, recent), True
         post(ImagesLoaded(images, paged=True))
         return
@@ -177,3 +180,21 @@ async def _poll_images(
         images = await client.images()
         state.fingerprint = fingerprint
         post(ImagesLoaded(images))
+
+
+async def _first_images(client: DaemonApi, post: Callable[[Message], Any]) -> tuple[list[Json], list[Json] | None]:
+    """Every image, each page posted as it comes (the screen fills at once), and the change
+    probe asked beside the second page, once the first is shown (the first paint waits for one
+    request, and the rest of the list does not wait for the probe)."""
+    images: list[Json] = []
+    probe: asyncio.Task[list[Json]] | None = None
+    try:
+        async for page in client.image_pages():
+            images.extend(page)
+            post(ImagesPageLoaded(page))
+            if probe is None:
+                probe = asyncio.ensure_future(client.recent_images(PROBE_SIZE))
+        return images, await probe if probe is not None else None
+    finally:
+        if probe is not None and not probe.done():
+            probe.cancel()

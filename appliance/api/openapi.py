@@ -177,6 +177,30 @@ def _image_paths() -> Json:
                 body=_body(JSON_BODY, _ref("ImageCreate")),
             ),
         },
+        "/v2/edge/image-rows": {
+            "get": _op(
+                "listImageRows",
+                "The operator's table of images: the list's filters, sort and marker, the caller's visibility, "
+                "a few columns per image as arrays, up to 10,000 a page",
+                {
+                    200: _json(
+                        {
+                            "type": "object",
+                            "required": ["columns", "rows"],
+                            "properties": {
+                                "columns": {"type": "array", "items": {"type": "string"}},
+                                "rows": {"type": "array", "items": {"type": "array"}},
+                                "next": {"type": "string"},
+                            },
+                        },
+                        "A page of rows",
+                    )
+                },
+                (400,),
+                tag="edge",
+                params=list_params,
+            )
+        },
         "/v2/images/{image_id}": {
             "parameters": [IMAGE_ID],
             "get": _op("showImage", "One image", ok_image, (404, 429, 502, 503), tag="images"),

@@ -38,12 +38,14 @@ LIST_PARAMS = frozenset(
 )
 
 
-def image_list_query(params: Mapping[str, str], tags: Sequence[str], pages: ApiConfig) -> ImageQuery:
+def image_list_query(
+    params: Mapping[str, str], tags: Sequence[str], pages: ApiConfig, most: int | None = None
+) -> ImageQuery:
     """`params`: the query string (single values, the last one wins as in Glance); `tags`: every
     `tag=` value. The caller's scope (project, admin) is the service's to add; `limit` is the
-    page size asked for, capped at `pages.max_page_size`."""
+    page size asked for, capped at `most` (default: `pages.max_page_size`)."""
     limit = _int_param(params, "limit", pages.default_page_size, minimum=0)
-    limit = min(limit, pages.max_page_size)
+    limit = min(limit, pages.max_page_size if most is None else most)
     filters: list[tuple[str, Any]] = []
     ids: tuple[str, ...] = ()
     props: list[tuple[str, str]] = []

@@ -6,6 +6,7 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
+from appliance.catalog import IMAGE_ROW_COLUMNS
 from appliance.clock import timestamp
 from appliance.model import MIRRORED_MEMBERS, Assignment, ChangePage, Image, Location, Member, Site, Task
 from appliance.stores.base import StoreUsage
@@ -72,6 +73,21 @@ def images_page_frame(query: dict[str, str], next_marker: str | None) -> tuple[b
     rest = images_page_to_json([], query, next_marker)
     del rest["images"]
     return b'{"images": [', ("], " + json.dumps(rest)[1:]).encode()
+
+
+def image_rows_json(rows: list[tuple[Any, ...]], query: dict[str, str], next_marker: str | None) -> bytes:
+    """/v2/edge/image-rows: {"columns": [...], "rows": [[...], ...], "next": <link>} (no "next"
+    on the last page)."""
+    body: dict[str, Any] = {
+        "columns": list(IMAGE_ROW_COLUMNS),
+        "rows": [(*row[:_PROTECTED], bool(row[_PROTECTED]), *row[_PROTECTED + 1 :]) for row in rows],
+    }
+    if next_marker is not None:
+        body["next"] = "/v2/edge/image-rows?%s" % urlencode({**query, "marker": next_marker})
+    return json.dumps(body).encode()
+
+
+_PROTECTED = IMAGE_ROW_COLUMNS.index("protected")
 
 
 def encode_images(images: list[Image], members: bool = False, extra: dict[str, dict[str, Any]] | None = None) -> bytes:

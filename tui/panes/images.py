@@ -221,7 +221,7 @@ class ImagesPane(FilterLine, ImageActions, Vertical):
         """Show a fresh image list; returns True if the highlighted image changed (the caller
         reloads its locations). `paged`: its pages came to add_page first."""
         before = self.selected_image()
-        fresh = {str(i["id"]): i for i in images}
+        fresh = {str(i["id"]): self._kept(i) for i in images}
         shown = paged and fresh.keys() == self.images.keys()
         self.images = fresh
         self.loaded = True
@@ -237,6 +237,15 @@ class ImagesPane(FilterLine, ImageActions, Vertical):
         if changed:
             self.show_selected(after)
         return changed
+
+    def _kept(self, image: Json) -> Json:
+        """The list's record of an image (the daemon's image row: a few fields), with what a
+        detail load added to it (properties, checksums, tags) while the image is unchanged, so
+        a reload does not blank the detail pane until the next detail load."""
+        known = self.images.get(str(image["id"]))
+        if known is None or known.keys() <= image.keys() or known.get("updated_at") != image.get("updated_at"):
+            return image
+        return {**known, **image}
 
     def apply_filter(self, text: str) -> None:
         if text == self.filter_text:

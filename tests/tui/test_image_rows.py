@@ -1,0 +1,53 @@
+"""The Images table is filled from the daemon's image rows (a few fields an image), and the
+detail pane from the image itself: against a real daemon, what the detail load added survives a
+reload of the list while the image is unchanged, and goes when the image changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.tui.conftest import SiteApi, open_images, socket_config, wait_until
+from tui.app import make_app
+
+
+def detail(app: Any) -> str:
+    return str(app.query_one("#image-detail").render())
+
+
+async def test_a_reload_keeps_the_detail_of_an_unchanged_image_and_drops_a_changed_ones(site_api: SiteApi) -> None:
+    image = await site_api.create("aaa-first", b"x" * 1000, os_distro="fedora", tags=["gold"])
+    app = make_app(socket_config(site_api.daemon))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_images(app, pilot, 1)
+        pane = app.images_pane
+        # The list's record is the image row: no custom properties, no tags, no checksum ...
+        await wait_until(pilot, lambda: "os_distro" in detail(app), what="the detail load")
+        record = pane.images[image["id"]]
+        assert record["os_distro"] == "fedora" and record["tags"] == ["gold"] and record["checksum"]
+        assert record["stores"] == "local" and record["size"] == 1000
+        # ... another image makes the list reload; the first one's detail stays as it was, at
+        # once (seen as the reload is handled, before any detail load could add it again).
+        seen: list[tuple[Any, str]] = []
+        show_images = pane.show_images
+
+        def watched(images: list[Any], paged: bool = False) -> bool:
+            changed = show_images(images, paged)
+            seen.append((pane.images[image["id"]].get("os_distro"), detail(app)))
+            return changed
+
+        pane.show_images = watched  # type: ignore[method-assign]
+        await site_api.create("zzz-second")
+        await open_images(app, pilot, 2)
+        await wait_until(pilot, lambda: seen, what="a reload")
+        distro, shown = seen[0]
+        assert distro == "fedora" and "os_distro" in shown and "gold" in shown
+        # A change to the image (its updated_at moves): the reload's row replaces the record,
+        # and the detail load that follows shows the new value, not the old one.
+        await site_api.call(
+            "PATCH",
+            "/v2/images/%s" % image["id"],
+            json=[{"op": "replace", "path": "/os_distro", "value": "debian"}],
+            headers={"Content-Type": "application/openstack-images-v2.1-json-patch"},
+        )
+        await wait_until(pilot, lambda: "debian" in detail(app), what="the changed property")
+        assert pane.images[image["id"]]["os_distro"] == "debian" and "fedora" not in detail(app)

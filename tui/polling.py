@@ -184,17 +184,16 @@ async def _poll_images(
 
 async def _first_images(client: DaemonApi, post: Callable[[Message], Any]) -> tuple[list[Json], list[Json] | None]:
     """Every image, each page posted as it comes (the screen fills at once), and the change
-    probe asked beside the second page, once the first is shown (the first paint waits for one
-    request, and the rest of the list does not wait for the probe)."""
+    probe's answer taken from the list itself (the most recently updated, as the daemon orders
+    them), so the first load asks the daemon nothing more."""
     images: list[Json] = []
-    probe: asyncio.Task[list[Json]] | None = None
-    try:
-        async for page in client.image_pages():
-            images.extend(page)
-            post(ImagesPageLoaded(page))
-            if probe is None:
-                probe = asyncio.ensure_future(client.recent_images(PROBE_SIZE))
-        return images, await probe if probe is not None else None
-    finally:
-        if probe is not None and not probe.done():
-            probe.cancel()
+    async for page in client.image_pages():
+        images.extend(page)
+        post(ImagesPageLoaded(page))
+    return images, most_recent(images)
+
+
+def most_recent(images: list[Json]) -> list[Json]:
+    """What client.recent_images(PROBE_SIZE) answers for these images: sort_key=updated_at,
+    descending, ties by id descending (the daemon's total order)."""
+    return sorted(images, key=lambda i: (str(i.get("updated_at") or ""), str(i["id"])), reverse=True)[:PROBE_SIZE]

@@ -7,14 +7,15 @@
                cold (the press comes before anything is loaded: paging the API with
                limit=1000, each page added in bulk as it arrives; the first page, then all
                rows), and warm (after the start-up prefetch filled the table)
-  load       : start-up → 10,000 rows in the table; one full fetch of the list (10 pages)
+  load       : start-up → 10,000 rows in the table; one full fetch of the list (image rows)
   cold start : 10,000 images; from building the app (as `edge-tui` starts) with "2" pressed at
-               once to the Images table drawn with its first page, and to all rows (the full
-               list: target < 0.5 s); baselines from the same run: the daemon's first page alone (a fresh
-               connection, GET /v2/images?limit=1000), which the TUI waits for, the daemon's
-               full list alone (its pages one after another, as the TUI must follow `next`), and a bare
-               Textual app with one DataTable from construction to its first frame (the floor
-               of any Textual start on this machine)
+               once to the Images table drawn with its first rows, and to all rows (the full
+               list: target < 0.5 s), median and best of 7; baselines from the same run: the
+               daemon's first page of image rows alone (a fresh connection), the daemon's image
+               rows alone (first page, then the rest, as the TUI reads them), Glance's list of the
+               same images (10 pages of 1,000, what the TUI read before), and a bare Textual app
+               with one DataTable from construction to its first frame (the floor of any
+               Textual start on this machine)
   baseline   : the same 10,000 rows added with plain DataTable.add_row into a stock
                DataTable, in the same run (what the keyed table's bulk add replaces)
   hub + edge : a hub and an edge with a cache holding --cached images: idle CPU with the
@@ -31,6 +32,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -49,7 +51,7 @@ from tests.bench.summary import summary  # noqa: E402
 from tests.conftest import Daemon, start_daemon, write_toml  # noqa: E402
 from tests.waiting import eventually  # noqa: E402
 from tui.app import make_app  # noqa: E402
-from tui.client import HttpDaemonClient  # noqa: E402
+from tui.client import FIRST_ROWS, ROWS_PAGE, HttpDaemonClient  # noqa: E402
 from tui.config import TuiConfig  # noqa: E402
 from tui.panes.cache import CacheEntryTable  # noqa: E402
 from tui.panes.images import COLUMNS, ImageTable, image_row  # noqa: E402
@@ -166,7 +168,7 @@ async def switch_times(sock: str, expect: int) -> dict[str, float]:
     client = HttpDaemonClient(TuiConfig(socket=sock))
     t = time.perf_counter()
     images = await client.images()
-    figures["full list fetch (10 pages)"] = time.perf_counter() - t
+    figures["full list fetch (image rows)"] = time.perf_counter() - t
     await client.close()
     assert len(images) == expect
     figures["baseline: stock add_row + measure"] = await stock_datatable([image_row(i) for i in images])
@@ -195,12 +197,18 @@ async def cold_start(sock: str, expect: int) -> dict[str, float]:
     async for _page in client.image_pages():
         pass
     fetch_all = time.perf_counter() - t
+    t = time.perf_counter()
+    path: str | None = "/v2/images?limit=1000&sort_key=name,id&sort_dir=asc,asc"
+    while path is not None:  # what the TUI read before the image rows: Glance's list, 10 pages
+        path = (await client._call("GET", path)).get("next")
+    glance_list = time.perf_counter() - t
     await client.close()
     return {
         "cold start, first page shown": first,
         "cold start, all rows shown": every,
         "first page fetch": fetch,
         "full list fetch": fetch_all,
+        "Glance list fetch": glance_list,
         "bare Textual start": await bare_start(),
     }
 
@@ -219,19 +227,34 @@ async def bare_start() -> float:
         return time.perf_counter() - t
 
 
-def print_cold_start(sock: str, many: int, rounds: int = 3) -> None:
-    """The best of `rounds` (a 2-core machine shared with other work is noisy)."""
+def print_cold_start(sock: str, many: int, rounds: int = 7) -> None:
+    """The median and the best of `rounds` (a 2-core machine shared with other work is noisy;
+    the cold start is bimodal: all rows can land before the first frame, or after it)."""
     runs = [asyncio.run(cold_start(sock, many)) for _ in range(rounds)]
     best = {name: min(r[name] for r in runs) for name in runs[0]}
-    first, fetch = best["cold start, first page shown"], best["first page fetch"]
-    every = best["cold start, all rows shown"]
+    median = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
+    every = median["cold start, all rows shown"]
     print(
-        "cold start to the first page, %d images: %.3f s; to all rows (the full list) %.3f s (target < 0.5 s) %s"
-        % (many, first, every, "OK" if every < 0.5 else "OVER TARGET")
+        "cold start, %d images, median (best) of %d: first rows shown %.3f s (%.3f); all rows %.3f s (%.3f)"
+        " (target < 0.5 s) %s"
+        % (
+            many,
+            rounds,
+            median["cold start, first page shown"],
+            best["cold start, first page shown"],
+            every,
+            best["cold start, all rows shown"],
+            "OK" if every < 0.5 else "OVER TARGET",
+        )
     )
-    bare = best["bare Textual start"]
+    print("  all rows, each run: %s s" % " ".join("%.3f" % r["cold start, all rows shown"] for r in runs))
+    first, fetch, bare = (
+        median["cold start, first page shown"],
+        median["first page fetch"],
+        median["bare Textual start"],
+    )
     summary("TUI cold start, %d images" % many, first, fetch + bare, "s", "first page fetch + bare Textual", "lower")
-    fetch_all = best["full list fetch"]
+    fetch_all = median["full list fetch"]
     summary(
         "TUI cold start to the full list, %d images" % many,
         every,
@@ -241,13 +264,19 @@ def print_cold_start(sock: str, many: int, rounds: int = 3) -> None:
         "lower",
     )
     print(
-        "  baselines: the daemon's first page alone %.3f s; a bare Textual app's start %.3f s; the cold start "
-        "is %.1fx their sum (best of %d; load %s)"
-        % (fetch, bare, first / (fetch + bare), rounds, " ".join("%.1f" % x for x in os.getloadavg()))
-    )
-    print(
-        "  the daemon's full list alone (%d pages, one after another) %.3f s; the cold start to all rows is %.1fx"
-        " it plus the bare start" % (-(-many // 1000), fetch_all, every / (fetch_all + bare))
+        "  baselines (medians): the daemon's image rows, first page (%d) %.3f s, all (%d requests) %.3f s;"
+        " Glance's list of the same images (%d pages of 1,000, what the TUI read before) %.3f s;"
+        " a bare Textual app's start %.3f s (load %s)"
+        % (
+            FIRST_ROWS,
+            fetch,
+            1 + -(-(many - FIRST_ROWS) // ROWS_PAGE),
+            fetch_all,
+            -(-many // 1000),
+            median["Glance list fetch"],
+            bare,
+            " ".join("%.1f" % x for x in os.getloadavg()),
+        )
     )
 
 

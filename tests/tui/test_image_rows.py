@@ -6,8 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from textual.message import Message
+
 from tests.tui.conftest import SiteApi, open_images, socket_config, wait_until
 from tui.app import make_app
+from tui.client import HttpDaemonClient
+from tui.messages import ConnectionFailed, ImagesLoaded
+from tui.polling import PROBE_SIZE, PollPlan, PollState, poll_round
 
 
 def detail(app: Any) -> str:
@@ -51,3 +56,29 @@ async def test_a_reload_keeps_the_detail_of_an_unchanged_image_and_drops_a_chang
         )
         await wait_until(pilot, lambda: "debian" in detail(app), what="the changed property")
         assert pane.images[image["id"]]["os_distro"] == "debian" and "fedora" not in detail(app)
+
+
+async def test_the_first_load_answers_the_change_probe_itself(site_api: SiteApi) -> None:
+    """The first load takes the probe's answer from the list (no request); it must be what the
+    daemon answers, ties in updated_at included (images made within one second), or every
+    second round would fetch the whole list again."""
+    for n in range(30):
+        await site_api.create("img-%02d" % (n % 7), b"x" if n % 3 == 0 else None)
+    client = HttpDaemonClient(socket_config(site_api.daemon))
+    try:
+        state, plan = PollState(), PollPlan(images=True, full_images=False, tasks=False, active="images")
+        rounds: list[list[Message]] = [[], []]
+        for posted in rounds:
+            await poll_round(client, state, plan, posted.append)
+        first = [m for m in rounds[0] if isinstance(m, ImagesLoaded)]
+        assert len(first) == 1 and len(first[0].images) == 30
+        assert state.fingerprint[1] == await client.recent_images(PROBE_SIZE)
+        assert not [m for m in rounds[1] if isinstance(m, (ImagesLoaded, ConnectionFailed))], rounds[1]
+        # A change is seen by the next round's probe.
+        await site_api.create("img-new")
+        posted: list[Message] = []
+        await poll_round(client, state, plan, posted.append)
+        loaded = [m for m in posted if isinstance(m, ImagesLoaded)]
+        assert len(loaded) == 1 and len(loaded[0].images) == 31
+    finally:
+        await client.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
+from textual.css.query import NoMatches
 from textual.widgets import Input, TabbedContent
 
 if TYPE_CHECKING:
@@ -34,7 +35,10 @@ class Navigation:
             del app._history[:-HISTORY]
         app._going_back = False
         app._active = pane
-        self._focus_pane(pane)
+        try:
+            self._focus_pane(pane)
+        except NoMatches:  # a tab change handled while the app closes: its panes are gone
+            return
         app.refresh_bindings()
         app.poll(soon=True)
 

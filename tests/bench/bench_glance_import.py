@@ -18,7 +18,6 @@ Usage: python tests/bench/bench_glance_import.py [--data-mib 700] [--virtual-gib
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench_import import Client, load, make_image, median, start_importer
-from bench_transfer import start_nginx
+from bench_transfer import start_nginx, stop_all
 
 from tests.bench.summary import summary
 from tests.glance_server import GLANCE_VENV, running_glance
@@ -165,11 +164,7 @@ def main() -> None:
                             "lower",
                         )
     finally:
-        for proc in (daemon, nginx):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(30)
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all((daemon, nginx), work)
 
 
 if __name__ == "__main__":

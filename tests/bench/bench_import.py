@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench_transfer import peak_rss_mib, start_daemon, start_nginx
+from bench_transfer import peak_rss_mib, start_daemon, start_nginx, stop_all
 
 from tests.bench.summary import summary
 
@@ -213,11 +213,7 @@ def main() -> None:
             )
         print("daemon peak RSS: %.1f MiB (target < 200 MiB); %s" % (peak_rss_mib(daemon.pid), load()))
     finally:
-        for proc in (daemon, nginx):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(30)
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all((daemon, nginx), work)
 
 
 if __name__ == "__main__":

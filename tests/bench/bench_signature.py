@@ -16,7 +16,6 @@ import argparse
 import http.client
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_transfer import start_daemon  # noqa: E402
+from bench_transfer import start_daemon, stop_all  # noqa: E402
 
 from tests.bench.summary import summary  # noqa: E402
 from tests.signkit import make_cert, new_key, save_cert, sign, signature_properties  # noqa: E402
@@ -119,10 +118,7 @@ def main() -> None:
             if kind != "unsigned":
                 summary("upload, " + kind, rate, base, "MiB/s", "unsigned upload")
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(30)
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all((proc,), work)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -103,6 +104,16 @@ http { access_log off; sendfile on; tcp_nopush on; client_body_temp_path %(w)s/c
     proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(work)])
     time.sleep(0.5)
     return proc, "http://127.0.0.1:%d" % port
+
+
+def stop_all(procs: Iterable[subprocess.Popen[bytes] | None], work: Path) -> None:
+    """A benchmark's teardown: each process started (None: never started) stopped, its work
+    directory removed."""
+    for proc in procs:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def parallel_hash_rate(path: Path, runs: int) -> float:

@@ -77,16 +77,21 @@ def images_page_frame(query: dict[str, str], next_marker: str | None) -> tuple[b
 
 def image_rows_json(rows: list[tuple[Any, ...]], query: dict[str, str], next_marker: str | None) -> bytes:
     """/v2/edge/image-rows: {"columns": [...], "rows": [[...], ...], "next": <link>} (no "next"
-    on the last page)."""
-    body: dict[str, Any] = {
-        "columns": list(IMAGE_ROW_COLUMNS),
-        "rows": [(*row[:_PROTECTED], bool(row[_PROTECTED]), *row[_PROTECTED + 1 :]) for row in rows],
-    }
+    on the last page). Encoded ROWS_CHUNK rows at a time: the C encoder holds the GIL for a
+    whole call (10,000 rows: ~30 ms), and the event loop's thread must get it back between."""
+    parts = [b'{"columns": ', json.dumps(list(IMAGE_ROW_COLUMNS)).encode(), b', "rows": [']
+    for start in range(0, len(rows), ROWS_CHUNK):
+        chunk = [(*r[:_PROTECTED], bool(r[_PROTECTED]), *r[_PROTECTED + 1 :]) for r in rows[start : start + ROWS_CHUNK]]
+        parts.append((", " if start else "").encode() + json.dumps(chunk)[1:-1].encode())
+    parts.append(b"]")
     if next_marker is not None:
-        body["next"] = "/v2/edge/image-rows?%s" % urlencode({**query, "marker": next_marker})
-    return json.dumps(body).encode()
+        link = "/v2/edge/image-rows?%s" % urlencode({**query, "marker": next_marker})
+        parts.append(b', "next": ' + json.dumps(link).encode())
+    parts.append(b"}")
+    return b"".join(parts)
 
 
+ROWS_CHUNK = 500
 _PROTECTED = IMAGE_ROW_COLUMNS.index("protected")
 
 

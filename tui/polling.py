@@ -97,16 +97,21 @@ async def _whoami(client: DaemonApi) -> Json:
 
 
 async def poll_round(client: DaemonApi, state: PollState, plan: PollPlan, post: Callable[[Message], Any]) -> None:
-    # The first image load goes out beside the status, not after it: the list is most of what
-    # a cold start waits for, and its answer does not depend on the status.
-    if plan.images and not state.images_loaded:
-        state.first_load = asyncio.ensure_future(_first_images(client, post))
+    if plan.images and not state.images_loaded and state.first_load is None:
+        start_first_load(client, state, post)
     try:
         await _poll_round(client, state, plan, post)
     finally:
         first, state.first_load = state.first_load, None
         if first is not None and not first.cancel() and not first.cancelled():
             first.exception()  # retrieved: a failure is the round's to report, once
+
+
+def start_first_load(client: DaemonApi, state: PollState, post: Callable[[Message], Any]) -> None:
+    """Send the first image load now, ahead of the round that will wait for it: the list is most
+    of what a cold start waits for, and its answer does not depend on the status (the app sends
+    it as it loads, before its screens are built; poll_round beside the status otherwise)."""
+    state.first_load = asyncio.ensure_future(_first_images(client, post))
 
 
 async def _poll_round(client: DaemonApi, state: PollState, plan: PollPlan, post: Callable[[Message], Any]) -> None:

@@ -8,9 +8,11 @@ from typing import Any
 
 from textual.message import Message
 
-from tests.tui.conftest import SiteApi, open_images, socket_config, wait_until
+from tests.tui.conftest import REFRESH, SiteApi, open_images, socket_config, wait_until
+from tests.tui.relay import RecordingRelay
 from tui.app import make_app
 from tui.client import HttpDaemonClient
+from tui.config import TuiConfig
 from tui.messages import ConnectionFailed, ImagesLoaded
 from tui.polling import PROBE_SIZE, PollPlan, PollState, poll_round
 
@@ -82,3 +84,20 @@ async def test_the_first_load_answers_the_change_probe_itself(site_api: SiteApi)
         assert len(loaded) == 1 and len(loaded[0].images) == 31
     finally:
         await client.close()
+
+
+async def test_the_image_list_is_asked_for_while_the_screens_are_built(site_api: SiteApi) -> None:
+    """The cold start's first request is the image list (sent as the app loads), not the
+    status the first poll round asks for once the screens are mounted."""
+    for n in range(3):
+        await site_api.create("img-%d" % n)
+    relay = await RecordingRelay(site_api.daemon.url).start()
+    try:
+        app = make_app(TuiConfig(url=relay.url, token=site_api.daemon.token, refresh_seconds=REFRESH))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await open_images(app, pilot, 3)
+        paths = [path for _, path, _ in relay.seen]
+        assert paths[0] == "/v2/edge/image-rows" and "/v2/edge/status" in paths, paths
+        assert "/v2/images" not in paths  # the table is filled from the rows, not Glance's list
+    finally:
+        await relay.close()

@@ -165,6 +165,16 @@ async def switch_times(sock: str, expect: int) -> dict[str, float]:
         app.simulate_key("2")
         figures["warm switch"] = await clock.drawn_after(t, lambda: app.active_pane == "images")
         assert table.row_count == expect
+        # Cursor moves with every row loaded: from the key to the table redrawn with the cursor
+        # on the next row (j), a page down, and to the last row (G) and back (g).
+        moves: list[float] = []
+        for key in ["j"] * 20 + ["pagedown", "G", "g"]:
+            await pilot.pause(0.05)
+            before, t = table.cursor_row, time.perf_counter()
+            app.simulate_key(key)
+            moves.append(await clock.drawn_after(t, lambda b=before: table.cursor_row != b))  # type: ignore[misc]
+        figures["cursor move, median of 23"] = statistics.median(moves)
+        figures["cursor move, slowest of 23"] = max(moves)
     client = HttpDaemonClient(TuiConfig(socket=sock))
     t = time.perf_counter()
     images = await client.images()

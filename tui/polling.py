@@ -55,7 +55,7 @@ class PollState:
     rounds: int = 0
     force_full: bool = False
     again: bool = False
-    # The first image load, sent beside the round's status request (poll_round).
+    # The first image load, under way (start_first_load: as the app loads, else by poll_round).
     first_load: asyncio.Future[tuple[list[Json], list[Json] | None]] | None = None
 
     def restarted(self, uptime: object, asked: float, answered: float) -> bool:

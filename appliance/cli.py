@@ -120,6 +120,9 @@ async def serve(config: Config, config_path: Path | None = None, overrides: dict
     loop = asyncio.get_running_loop()
     # asyncio.to_thread work (file I/O, decompression, scrubbing) runs below the loop's priority.
     loop.set_default_executor(workers.executor(min(32, (os.cpu_count() or 1) + 4), "worker"))
+    workers.watch_children_by_pidfd(loop)
+    workers.LANES.warm(background=False, count=2)  # an upload's hash threads
+    workers.LANES.warm(background=True, count=3)  # an import's spool and hash threads
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with open_services(config) as services:

@@ -20,7 +20,7 @@ from typing import Protocol
 from appliance.errors import ApplianceError
 from appliance.memory import TRANSFER_BUFFERS
 from appliance.model import ImageData
-from appliance.workers import executor
+from appliance.workers import lane
 
 Buffer = bytes | bytearray | memoryview
 
@@ -164,8 +164,8 @@ class DigestSink:
         self._md5 = resume.md5 if resume else hashlib.md5()
         self._sha = resume.sha if resume else hashlib.sha512()
         self._size = resume.size if resume else 0
-        self._first = executor(1, "digest-md5", background)
-        self._second = executor(1, "digest-sha", background)
+        self._first = lane(background)
+        self._second = lane(background)
         self._pending: deque[tuple[Future[None], Future[None]]] = deque()
 
     def _md5_step(self, batch: Sequence[Buffer]) -> None:

@@ -4,9 +4,12 @@ values are per thread). Uncontended, they still get every idle cycle."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import sys
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 from appliance.memory import TRIMMER
@@ -43,7 +46,90 @@ def executor(workers: int, name: str, background: bool = True) -> ThreadPoolExec
     return _Workers(workers, thread_name_prefix=name, initializer=lower_priority, initargs=(nice,))
 
 
+# Idle lanes kept per priority: two imports (spool, two hash threads each) and an upload (two).
+LANES_KEPT = 8
+
+
+class _Lane(_Workers):
+    """One worker thread that runs what is submitted in order, and outlives its user: shutting
+    it down hands it back to its LanePool, which lends it to the next transfer."""
+
+    def __init__(self, pool: LanePool, nice: int) -> None:
+        super().__init__(1, thread_name_prefix="lane-nice%d" % nice, initializer=lower_priority, initargs=(nice,))
+        self.nice = nice
+        self._pool = pool
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if cancel_futures or not self._pool.give(self):
+            super().shutdown(wait, cancel_futures=cancel_futures)
+        else:
+            TRIMMER.transfer_ended()
+
+
+class LanePool:
+    """Single-thread executors reused across transfers. A new executor starts its thread on
+    the first submit, from the event loop, which waits until the thread runs: on 2 busy cores
+    that held the loop for up to 12 ms, once per hash thread of every upload and import."""
+
+    def __init__(self, kept: int = LANES_KEPT) -> None:
+        self._kept = kept
+        self._idle: dict[int, list[_Lane]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, background: bool) -> ThreadPoolExecutor:
+        nice = WORKER_NICE if background else FOREGROUND_NICE
+        with self._lock:
+            idle = self._idle.get(nice)
+            if idle:
+                return idle.pop()
+        return _Lane(self, nice)
+
+    def give(self, lane: _Lane) -> bool:
+        with self._lock:
+            idle = self._idle.setdefault(lane.nice, [])
+            if len(idle) >= self._kept:
+                return False
+            idle.append(lane)
+            return True
+
+    def warm(self, background: bool, count: int) -> None:
+        """Start `count` lanes' threads now (at startup, off any request's path)."""
+        lanes = [self.take(background) for _ in range(count)]
+        for lane in lanes:
+            lane.submit(int).result()
+        for lane in lanes:
+            lane.shutdown(wait=False)
+
+
+LANES = LanePool()
+
+
+def lane(background: bool = True) -> ThreadPoolExecutor:
+    """A worker thread of its own for one transfer's stage, in order; shut it down when done."""
+    return LANES.take(background)
+
+
 def nice_argv(argv: list[str]) -> list[str]:
     """Prefix an external command with `nice` (coreutils) at the workers' priority."""
     nice = shutil.which("nice")
     return [nice, "-n", str(WORKER_NICE), *argv] if nice else argv
+
+
+def watch_children_by_pidfd(loop: asyncio.AbstractEventLoop) -> bool:
+    """Learn of qemu-img's exits through a pidfd the loop polls, not through a thread per
+    child. Python 3.11's default watcher starts a thread for every subprocess, and the loop
+    waits until it has started: an import runs qemu-img once per range, and under two imports
+    and an upload on 2 cores those starts held the loop for up to 12 ms each (3.12 and later
+    use pidfds by themselves). False where the kernel has no pidfd_open (Linux < 5.3)."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    watcher = asyncio.PidfdChildWatcher()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        watcher.attach_loop(loop)
+        asyncio.set_child_watcher(watcher)
+    return True

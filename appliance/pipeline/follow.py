@@ -20,7 +20,7 @@ from pathlib import Path
 from appliance.digest import Digest
 from appliance.errors import FormatRejected
 from appliance.formats import FormatInspector, Inspection
-from appliance.workers import executor
+from appliance.workers import lane
 
 READ_BYTES = 4 << 20
 
@@ -50,10 +50,10 @@ class FileFollower:
         self._sha = hashlib.sha512()
         self._signed = hashlib.new(signed_hash) if signed_hash else None
         self._on_progress = on_progress
-        self._pool = executor(2, "import-hash", background=True)
+        self._lanes = (lane(background=True), lane(background=True))
         self._futures: list[Future[int]] = [
-            self._pool.submit(self._follow, (self._md5.update, self._inspect), True),
-            self._pool.submit(
+            self._lanes[0].submit(self._follow, (self._md5.update, self._inspect), True),
+            self._lanes[1].submit(
                 self._follow,
                 (self._sha.update,) if self._signed is None else (self._sha.update, self._signed.update),
                 False,
@@ -111,7 +111,7 @@ class FileFollower:
         try:
             sizes = [await asyncio.wrap_future(f) for f in self._futures]
         finally:
-            self._pool.shutdown(wait=False)
+            self._release()
         assert sizes == [size, size], sizes
         if self._refused is not None:
             raise self._refused
@@ -134,4 +134,8 @@ class FileFollower:
                 await asyncio.shield(asyncio.wrap_future(fut))
             except Exception:  # stopped, or the file went: the abort's cause is what matters
                 pass
-        self._pool.shutdown(wait=False)
+        self._release()
+
+    def _release(self) -> None:
+        for worker in self._lanes:
+            worker.shutdown(wait=False)

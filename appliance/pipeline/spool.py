@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from appliance.pipeline.steps.decompress import Decompress, GunzipStream, OutputSink, archive_kind
-from appliance.workers import executor
+from appliance.workers import lane
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ async def spool(
     Raises what the source raises, ImportFailed for a refused archive, StorageFull."""
     stop = threading.Event()
     writer = _Writer(path, decompress, expected, ensure_room, stop)
-    pool = executor(1, "import-spool", background=True)
+    pool = lane(background=True)
     pending: deque[Future[None]] = deque()
     batch: list[bytes] = []
     batched = received = 0

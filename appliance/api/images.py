@@ -17,6 +17,7 @@ from appliance.api import schemas
 from appliance.api.keys import IMAGES, IMPORTS, METRICS
 from appliance.api.middleware import CONTEXT
 from appliance.api.query import image_list_query
+from appliance.api.socketbody import socket_chunks, takes_socket
 from appliance.download import Download, span
 from appliance.errors import ApplianceError, BadRequest, RangeNotSatisfiable, UnsupportedMediaType
 from appliance.members import shows_members
@@ -199,6 +200,11 @@ async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
     content = request.content
     received = 0
     try:
+        if takes_socket(request):  # a large body: not through the parser
+            async for data in socket_chunks(request):
+                received += len(data)
+                yield data
+            return
         while True:
             data, _end_of_http_chunk = await content.readchunk()
             if data:

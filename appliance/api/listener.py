@@ -115,6 +115,7 @@ class GuardedHandler(RequestHandler):
         self._received_at_check = 0
         self._paused_since_check = False
         self._body_deadline = 0.0
+        self._detached = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -143,6 +144,39 @@ class GuardedHandler(RequestHandler):
         self._paused_since_check = True
         super().pause_reading()
 
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        if not self._detached:
+            super().resume_reading(resume_parser)
+
+    # The hand-over of a body to api.socketbody, which reads it from the socket itself.
+
+    def reading_held(self) -> bool:
+        """Flow control paused reading, and the parser may hold received bytes."""
+        return bool(self._reading_paused)
+
+    def parse_held(self) -> None:
+        """Let the parser hand on what it holds (the body's buffer has room again)."""
+        super().resume_reading()
+
+    def detach_body(self) -> None:
+        """Stop reading this connection on the event loop: the rest of the current body is
+        read from the socket by its handler. The parser never sees it, so the connection
+        closes once the answer is sent, and the body limits are the reader's to enforce."""
+        self._detached = True
+        self._stop_timers()
+        self._lingering_time = 0.0
+        self.close()
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def body_limits(self) -> ConnectionLimits:
+        return self._limits
+
+    def body_deadline_monotonic(self) -> float:
+        """When the current body must have arrived (time.monotonic(), as the loop's clock), 0
+        for never."""
+        return self._body_deadline if self._limits.body_timeout else 0.0
+
     def _arm_header_timer(self) -> None:
         if self._limits.header_timeout <= 0:
             return
@@ -155,7 +189,7 @@ class GuardedHandler(RequestHandler):
             log.warning(
                 "%s: closed a connection from %s: no complete request headers within %g s",
                 self._listener.name,
-                self._peer(),
+                self.peer(),
                 self._limits.header_timeout,
             )
             self.force_close()
@@ -208,7 +242,7 @@ class GuardedHandler(RequestHandler):
         self._schedule_body_check(now)
 
     def _cut_off(self, body: Any, reason: str) -> None:
-        log.warning("%s: closed a connection from %s: %s", self._listener.name, self._peer(), reason)
+        log.warning("%s: closed a connection from %s: %s", self._listener.name, self.peer(), reason)
         # The handler's next read fails; it cleans up (the image back to queued, nothing partial
         # left) before the middleware answers 408, so the client sees the 408 only once the
         # image can take the next upload. Then the connection closes: the rest of the body is
@@ -236,7 +270,7 @@ class GuardedHandler(RequestHandler):
         self._header_timer = self._body_timer = None
         self._body = None
 
-    def _peer(self) -> str:
+    def peer(self) -> str:
         transport = self.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
         if isinstance(peer, tuple) and len(peer) >= 2:

@@ -45,6 +45,8 @@ INFLIGHT = 8
 # A cluster that does not answer within this fails the operation (librados would wait forever):
 # uploads fail and the store turns read-only instead of hanging.
 OP_TIMEOUT = 10
+# How long a dead writer's client stays blocklisted: it was shut down, so it never comes back.
+FENCE_SECONDS = 3600
 # How often usage() starts a background refresh, and how long a refresh may run before the
 # store reports the cluster as not answering.
 HEALTH_EVERY = 2.0
@@ -64,6 +66,7 @@ class _RbdWriter:
 
     def __init__(self, cluster: Any, ioctx: Any, image: Any, size: int) -> None:
         self.cluster = cluster  # the write's own client (see RbdStore._create)
+        self.address = str(cluster.get_addrs())  # to fence it off (RbdStore._remove_leftover)
         self.ioctx = ioctx
         self.image = image
         self.size = size
@@ -153,6 +156,7 @@ class RbdStore:
         # Half-written images whose removal failed (the cluster went away), with their handle if
         # closing it failed too (its watch keeps the image busy): removed once the cluster is back.
         self._leftovers: dict[str, Any] = {}
+        self._fence: dict[str, str] = {}  # image id -> address of its dead writer's client
         self._closed = threading.Event()
         self._health = threading.Thread(target=self._watch, name="rbd-health-%s" % name, daemon=True)
 
@@ -359,7 +363,22 @@ class RbdStore:
             writer.cluster.shutdown()
             with self._lock:
                 self._leftovers[image_id] = None
+                if isinstance(writer.failed, (rbd.Error, rados.Error, OSError)):
+                    self._fence[image_id] = writer.address
         try:
+            fence = self._fence.get(image_id)
+            if fence:
+                # The write's client lost the cluster mid-write: an operation it had sent (seen:
+                # a watch ping on the image header) can stay stuck in the OSD after the cluster
+                # returns, and every open of the image times out behind it. Blocklisting the
+                # dead client makes the OSDs drop what it left, as librbd does to a lock owner
+                # that stopped answering ("profile rbd" allows it).
+                try:
+                    self._connect().blocklist_add(fence, FENCE_SECONDS)
+                except (rados.PermissionError, rados.PermissionDeniedError, rados.InvalidArgumentError) as exc:
+                    log.warning("store %s: cannot blocklist the dead writer %s: %s", self.name, fence, exc)
+                with self._lock:
+                    self._fence.pop(image_id, None)
             with self._ioctx() as ioctx:
                 try:
                     self._remove(ioctx, image_id)

@@ -218,6 +218,8 @@ async def socket_chunks(request: web.Request) -> AsyncIterator[bytes]:
     protocol = request.protocol
     assert isinstance(protocol, GuardedHandler) and request.transport is not None
     taken = await _detach(request, protocol)
+    if request.transport is None:  # the client went away meanwhile
+        raise ConnectionResetError("the connection closed")
     sock = request.transport.get_extra_info("socket")
     receiver = _Receiver(
         os.dup(sock.fileno()), protocol.body_limits(), protocol.body_deadline_monotonic(), protocol.peer()

@@ -22,7 +22,6 @@ from appliance.api.keys import (
     STARTED,
 )
 from appliance.api.middleware import auth_middleware, error_middleware
-from appliance.api.socketbody import close_after_socket_body
 from appliance.services import Services
 
 # Socket read buffer per request: big reads keep the per-chunk cost of uploads low.
@@ -36,7 +35,6 @@ def build_app(services: Services) -> web.Application:
         handler_args={"read_bufsize": READ_BUFSIZE},
     )
     services.metrics.install(app)
-    app.on_response_prepare.append(close_after_socket_body)
     app[CONFIG] = services.config
     app[IMAGES] = services.images
     app[MEMBERS] = services.members

@@ -10,9 +10,13 @@ import shutil
 import sys
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from appliance.memory import TRIMMER
+
+T = TypeVar("T")
 
 WORKER_NICE = 5
 # A client's own upload: its hashing threads yield to the event loop too, which must keep
@@ -51,18 +55,38 @@ LANES_KEPT = 8
 
 
 class _Lane(_Workers):
-    """One worker thread that runs what is submitted in order, and outlives its user: shutting
-    it down hands it back to its LanePool, which lends it to the next transfer."""
+    """One worker thread that runs what is submitted in order, and outlives its users: it is
+    lent out (a _Loan) again and again by its LanePool."""
 
-    def __init__(self, pool: LanePool, nice: int) -> None:
+    def __init__(self, nice: int) -> None:
         super().__init__(1, thread_name_prefix="lane-nice%d" % nice, initializer=lower_priority, initargs=(nice,))
         self.nice = nice
+
+
+class _Loan(Executor):
+    """One transfer's use of a lane. Shutting it down hands the lane back, once: a user that
+    shuts down twice (an abort, then a close) must not give back a lane lent to someone else
+    meanwhile, and submits after that are refused as by a shut-down executor."""
+
+    def __init__(self, pool: LanePool, lane: _Lane) -> None:
         self._pool = pool
+        self._lane: _Lane | None = lane
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        lane = self._lane
+        if lane is None:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        return lane.submit(fn, *args, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        if cancel_futures or not self._pool.give(self):
-            super().shutdown(wait, cancel_futures=cancel_futures)
+        lane, self._lane = self._lane, None
+        if lane is None:
+            return
+        if cancel_futures or not self._pool.give(lane):
+            lane.shutdown(wait, cancel_futures=cancel_futures)
         else:
+            if wait:
+                lane.submit(int).result()  # what this user queued is done
             TRIMMER.transfer_ended()
 
 
@@ -76,13 +100,12 @@ class LanePool:
         self._idle: dict[int, list[_Lane]] = {}
         self._lock = threading.Lock()
 
-    def take(self, background: bool) -> ThreadPoolExecutor:
+    def take(self, background: bool) -> Executor:
         nice = WORKER_NICE if background else FOREGROUND_NICE
         with self._lock:
             idle = self._idle.get(nice)
-            if idle:
-                return idle.pop()
-        return _Lane(self, nice)
+            lane = idle.pop() if idle else None
+        return _Loan(self, lane or _Lane(nice))
 
     def give(self, lane: _Lane) -> bool:
         with self._lock:
@@ -94,17 +117,17 @@ class LanePool:
 
     def warm(self, background: bool, count: int) -> None:
         """Start `count` lanes' threads now (at startup, off any request's path)."""
-        lanes = [self.take(background) for _ in range(count)]
-        for lane in lanes:
-            lane.submit(int).result()
-        for lane in lanes:
-            lane.shutdown(wait=False)
+        loans = [self.take(background) for _ in range(count)]
+        for loan in loans:
+            loan.submit(int).result()
+        for loan in loans:
+            loan.shutdown(wait=False)
 
 
 LANES = LanePool()
 
 
-def lane(background: bool = True) -> ThreadPoolExecutor:
+def lane(background: bool = True) -> Executor:
     """A worker thread of its own for one transfer's stage, in order; shut it down when done."""
     return LANES.take(background)
 

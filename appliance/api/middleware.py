@@ -17,6 +17,7 @@ from aiohttp import ClientPayloadError, web
 from aiohttp.typedefs import Middleware
 
 from appliance import errors
+from appliance.api.socketbody import end_socket_body
 from appliance.auth import LOCAL_ADMIN, Authenticator, Context
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except errors.ApplianceError as exc:
+        end_socket_body(request)
         status = status_of(exc)
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.path, exc)
@@ -178,6 +180,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        end_socket_body(request)
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate", "content-range")}
         message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
         if exc.status == 405:

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -47,13 +47,12 @@ POLL_SECONDS = 0.25
 LINGER_SECONDS = 10.0
 
 
-async def close_after_socket_body(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: say `Connection: close` when the parser lost track of the stream,
-    and end the body's reading (the rest is drained for a while if the answer came early)."""
+def end_socket_body(request: web.Request) -> None:
+    """The answer is going out (an error, raised before the body was read to its end): stop
+    reading it, and drop the rest for a while so that a client still sending sees the answer.
+    A handler that refused may not have closed its reader."""
     body = request.get(SOCKET_BODY)
     if body is not None:
-        response.force_close()
-        response.headers["Connection"] = "close"  # the headers are built before this hook runs
         body.end()
 
 
@@ -165,6 +164,9 @@ async def _detach(request: web.Request, protocol: GuardedHandler) -> list[bytes]
             break
         protocol.parse_held()  # flow control held data in the parser: let it through
     protocol.detach_body()
+    # The parser lost track of the stream: the answer says `Connection: close`, as aiohttp
+    # writes it for a client that asked for it.
+    request._message = request._message._replace(should_close=True)
     # A read the loop had already scheduled still runs: let it, and take what it parsed.
     await asyncio.sleep(0)
     if data := content.read_nowait():
@@ -249,7 +251,7 @@ async def socket_chunks(request: web.Request) -> AsyncIterator[bytes]:
         body.end()
 
 
-def _linger(worker: ThreadPoolExecutor, receiver: _Receiver, left: int) -> None:
+def _linger(worker: Executor, receiver: _Receiver, left: int) -> None:
     worker.submit(int).result()  # the stopped fill has returned
     worker.shutdown(wait=False)
     receiver.drain(left, LINGER_SECONDS)

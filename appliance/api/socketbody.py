@@ -25,15 +25,12 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from appliance.api.listener import ConnectionLimits, GuardedHandler
 from appliance.errors import BadRequest, RequestTimeout
 from appliance.workers import lane
-
-if TYPE_CHECKING:
-    from appliance.api.listener import ConnectionLimits, GuardedHandler
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +56,6 @@ def end_socket_body(request: web.Request) -> None:
 def takes_socket(request: web.Request) -> bool:
     """Whether this request's body is read from the socket: a plain (not chunked) body of
     SOCKET_BODY_MIN bytes or more, on a connection of the guarded listeners."""
-    from appliance.api.listener import GuardedHandler
-
     length = request.content_length
     return (
         length is not None
@@ -180,11 +175,11 @@ class _SocketBody:
     which comes once, from whichever happens first: the last byte is taken, the reader is
     closed, or the answer goes out (a handler that refused may not close its reader)."""
 
-    def __init__(self, receiver: _Receiver, length: int, received: int) -> None:
+    def __init__(self, receiver: _Receiver, length: int) -> None:
         self._receiver = receiver
         self._worker = lane(background=False)
         self.length = length
-        self.received = received
+        self.received = 0
         self._ended = False
 
     async def fill(self) -> list[bytes]:
@@ -215,8 +210,6 @@ SOCKET_BODY = web.RequestKey("socket_body", _SocketBody)
 async def socket_chunks(request: web.Request) -> AsyncIterator[bytes]:
     """The body of a request for which takes_socket() holds, as received. Raises BadRequest
     when it ends short of its Content-Length, RequestTimeout when it is too slow."""
-    from appliance.api.listener import GuardedHandler
-
     protocol = request.protocol
     assert isinstance(protocol, GuardedHandler) and request.transport is not None
     taken = await _detach(request, protocol)
@@ -226,7 +219,7 @@ async def socket_chunks(request: web.Request) -> AsyncIterator[bytes]:
     receiver = _Receiver(
         os.dup(sock.fileno()), protocol.body_limits(), protocol.body_deadline_monotonic(), protocol.peer()
     )
-    body = _SocketBody(receiver, request.content_length or 0, 0)
+    body = _SocketBody(receiver, request.content_length or 0)
     request[SOCKET_BODY] = body
     try:
         for data in taken:
